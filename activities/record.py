@@ -1,0 +1,26 @@
+"""`record_turn` and `record_conversation`: the SQL store's read side, written idempotently."""
+
+from __future__ import annotations
+
+from sqlalchemy.engine import Engine
+from temporalio import activity
+
+from dialogue import store
+from workflows.contracts import RecordConversationRequest, RecordTurnRequest
+
+
+class RecordActivities:
+    """Synchronous (database drivers block); the worker runs them on a thread pool."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+
+    @activity.defn(name="record_turn")
+    def record_turn(self, request: RecordTurnRequest) -> None:
+        """Write the turn to the transcript and the conversation index."""
+        store.record_turn(self._engine, request)
+
+    @activity.defn(name="record_conversation")
+    def record_conversation(self, request: RecordConversationRequest) -> None:
+        """Create or close the conversation's index row."""
+        store.record_conversation(self._engine, request)

@@ -1,0 +1,190 @@
+"""`/v1/conversations`: send turns to conversation workflows, read their state and transcripts, end them."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Header, Path, Query, status
+from starlette.concurrency import run_in_threadpool
+from temporalio.client import WithStartWorkflowOperation, WorkflowHandle
+from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
+from temporalio.service import RPCError, RPCStatusCode
+
+from api.deps import CurrentPrincipal, EngineDep, SettingsDep, TemporalClientDep
+from api.errors import ApiError, conversation_ended, temporal_errors
+from api.schemas import (
+    CONVERSATION_ID_PATTERN,
+    ConversationCreate,
+    ConversationCreated,
+    ConversationEnded,
+    ConversationsPage,
+    ConversationSummary,
+    MessagePublic,
+    MessagesPage,
+)
+from dialogue import store
+from dialogue.settings import Settings
+from dialogue.temporal import workflow_id
+from workflows.contracts import ConversationInput, ConversationState, EndRequest, TurnReply, TurnRequest
+from workflows.conversation import ConversationWorkflow
+
+router = APIRouter(prefix="/conversations", tags=["conversations"])
+
+ConversationIdPath = Annotated[
+    str, Path(pattern=CONVERSATION_ID_PATTERN, description="The conversation's id.")
+]
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        max_length=200,
+        pattern=r"^[\x21-\x7e]+$",
+        description="Makes a retried request return the first one's reply instead of sending a second turn.",
+    ),
+]
+
+
+def _start_options(settings: Settings, conversation_id: str) -> dict[str, Any]:
+    """How a conversation workflow is started, the same from `create` and from a first turn."""
+    return {
+        "id": workflow_id(conversation_id),
+        "task_queue": settings.task_queue,
+        # An ended conversation stays ended: its id is never started again.
+        "id_reuse_policy": WorkflowIDReusePolicy.REJECT_DUPLICATE,
+    }
+
+
+def _input(settings: Settings, conversation_id: str) -> ConversationInput:
+    return ConversationInput(
+        conversation_id=conversation_id,
+        max_text_chars=settings.max_text_chars,
+        idle_timeout_seconds=settings.idle_timeout_seconds,
+    )
+
+
+@router.post("", status_code=status.HTTP_201_CREATED)
+async def create_conversation(
+    body: ConversationCreate | None,
+    settings: SettingsDep,
+    temporal: TemporalClientDep,
+    _: CurrentPrincipal,
+) -> ConversationCreated:
+    """Start a conversation; the client may choose its id."""
+    conversation_id = (body.id if body else None) or uuid.uuid4().hex
+    with temporal_errors(conversation_id):
+        await temporal.start_workflow(
+            ConversationWorkflow.run,
+            _input(settings, conversation_id),
+            id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
+            **_start_options(settings, conversation_id),
+        )
+    return ConversationCreated(conversation_id=conversation_id, status="active")
+
+
+@router.post("/{conversation_id}/turns")
+async def create_turn(
+    conversation_id: ConversationIdPath,
+    turn: TurnRequest,
+    settings: SettingsDep,
+    temporal: TemporalClientDep,
+    _: CurrentPrincipal,
+    idempotency_key: IdempotencyKey = None,
+) -> TurnReply:
+    """Send a user turn and wait for the reply; creates the conversation if it does not exist."""
+    if not turn.text.strip():
+        raise ApiError(422, "invalid_turn", "text must not be empty")
+    if len(turn.text) > settings.max_text_chars:
+        raise ApiError(422, "invalid_turn", f"text is longer than {settings.max_text_chars} characters")
+    turn_id = idempotency_key or str(uuid.uuid4())
+    start = WithStartWorkflowOperation(
+        ConversationWorkflow.run,
+        _input(settings, conversation_id),
+        id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+        **_start_options(settings, conversation_id),
+    )
+    with temporal_errors(conversation_id):
+        try:
+            reply: TurnReply = await asyncio.wait_for(
+                temporal.execute_update_with_start_workflow(
+                    ConversationWorkflow.turn, turn, start_workflow_operation=start, id=turn_id
+                ),
+                timeout=settings.turn_timeout_seconds,
+            )
+        except TimeoutError:
+            raise ApiError(
+                504,
+                "turn_timeout",
+                f"turn {turn_id} is still running; retry with 'Idempotency-Key: {turn_id}' to get its reply",
+            ) from None
+    return reply
+
+
+@router.get("/{conversation_id}")
+async def read_conversation(
+    conversation_id: ConversationIdPath, temporal: TemporalClientDep, _: CurrentPrincipal
+) -> ConversationState:
+    """The live state of a conversation, from its workflow."""
+    with temporal_errors(conversation_id):
+        state: ConversationState = await _handle(temporal, conversation_id).query(ConversationWorkflow.state)
+    return state
+
+
+@router.get("/{conversation_id}/messages")
+async def read_messages(
+    conversation_id: ConversationIdPath,
+    engine: EngineDep,
+    temporal: TemporalClientDep,
+    _: CurrentPrincipal,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> MessagesPage:
+    """The transcript, oldest first, a page at a time."""
+    rows, total = await run_in_threadpool(
+        store.read_messages, engine, conversation_id, limit=limit, offset=offset
+    )
+    if total == 0 and await run_in_threadpool(store.get_conversation, engine, conversation_id) is None:
+        # Just created and not yet recorded, or unknown: Temporal knows which.
+        with temporal_errors(conversation_id):
+            await _handle(temporal, conversation_id).describe()
+    items = [MessagePublic.model_validate(row, from_attributes=True) for row in rows]
+    return MessagesPage(items=items, total=total, limit=limit, offset=offset)
+
+
+@router.post("/{conversation_id}/end")
+async def end_conversation(
+    conversation_id: ConversationIdPath, temporal: TemporalClientDep, _: CurrentPrincipal
+) -> ConversationEnded:
+    """End a conversation: later turns get 409."""
+    handle = _handle(temporal, conversation_id)
+    with temporal_errors(conversation_id):
+        try:
+            await handle.signal(ConversationWorkflow.end, EndRequest())
+        except RPCError as err:
+            if err.status != RPCStatusCode.NOT_FOUND:
+                raise
+            await handle.describe()  # 404 if it never existed
+            raise conversation_ended(conversation_id) from None
+    return ConversationEnded(conversation_id=conversation_id)
+
+
+@router.get("")
+async def read_conversations(
+    engine: EngineDep,
+    _: CurrentPrincipal,
+    status: Literal["active", "ended"] | None = None,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> ConversationsPage:
+    """Conversations, most recently updated first."""
+    rows, total = await run_in_threadpool(
+        store.list_conversations, engine, status=status, limit=limit, offset=offset
+    )
+    items = [
+        ConversationSummary.model_validate(row.model_dump() | {"conversation_id": row.id}) for row in rows
+    ]
+    return ConversationsPage(items=items, total=total, limit=limit, offset=offset)
+
+
+def _handle(temporal: TemporalClientDep, conversation_id: str) -> WorkflowHandle[Any, Any]:
+    return temporal.get_workflow_handle(workflow_id(conversation_id))

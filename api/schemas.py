@@ -1,0 +1,64 @@
+"""Request and response models of the API's own (the workflow's messages are in `workflows.contracts`)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any
+
+from pydantic import BaseModel, Field, StringConstraints
+
+# Ids become part of workflow ids and URLs: keep them to a safe alphabet.
+CONVERSATION_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
+ConversationId = Annotated[str, StringConstraints(pattern=CONVERSATION_ID_PATTERN)]
+
+
+class ConversationCreate(BaseModel):
+    id: ConversationId | None = Field(
+        default=None, description="Chosen by the client; generated when absent."
+    )
+
+
+class ConversationCreated(BaseModel):
+    conversation_id: str
+    status: str
+
+
+class ConversationEnded(BaseModel):
+    conversation_id: str
+    status: str = "ended"
+
+
+class ConversationSummary(BaseModel):
+    conversation_id: str
+    status: str
+    turn_count: int
+    last_intent: str | None
+    created_at: datetime
+    updated_at: datetime
+    ended_reason: str | None
+
+
+class ConversationsPage(BaseModel):
+    items: list[ConversationSummary]
+    total: int
+    limit: int
+    offset: int
+
+
+class MessagePublic(BaseModel):
+    turn_id: str
+    turn_index: int
+    role: str
+    text: str
+    intent: str | None
+    confidence: float | None
+    degraded: bool
+    sources: list[dict[str, Any]]
+    created_at: datetime
+
+
+class MessagesPage(BaseModel):
+    items: list[MessagePublic]
+    total: int
+    limit: int
+    offset: int

@@ -1,0 +1,93 @@
+"""The SQL store's engine and tables: the read side of conversations (index and transcript).
+
+SQLite by default, PostgreSQL in production; the same tables on both.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import JSON, Column, DateTime, TypeDecorator, UniqueConstraint, event
+from sqlalchemy.engine import Dialect, Engine
+from sqlmodel import Field, SQLModel, create_engine
+
+
+class UtcDateTime(TypeDecorator[datetime]):
+    """Stores UTC and always gives back an aware UTC datetime (SQLite itself forgets the zone)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.astimezone(UTC) if value.tzinfo else value.replace(tzinfo=UTC)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _utc_column(*, index: bool = False) -> Any:
+    return Field(sa_type=UtcDateTime, index=index)
+
+
+class Conversation(SQLModel, table=True):
+    """One row per conversation: what listing and filtering read."""
+
+    id: str = Field(primary_key=True, max_length=200)
+    status: str = Field(default="active", index=True, max_length=20)
+    turn_count: int = 0
+    last_intent: str | None = Field(default=None, max_length=100)
+    created_at: datetime = _utc_column()
+    updated_at: datetime = _utc_column(index=True)
+    ended_reason: str | None = Field(default=None, max_length=100)
+
+
+class Message(SQLModel, table=True):
+    """One row per utterance of the transcript: the user's text or the bot's reply."""
+
+    __table_args__ = (UniqueConstraint("conversation_id", "turn_index", "role"),)
+
+    id: str = Field(primary_key=True, max_length=300)
+    """`{turn_id}:{role}`: a retried record finds its own row instead of adding one."""
+    conversation_id: str = Field(index=True, max_length=200)
+    turn_id: str = Field(max_length=200)
+    turn_index: int
+    role: str = Field(max_length=10)
+    text: str
+    intent: str | None = Field(default=None, max_length=100)
+    confidence: float | None = None
+    degraded: bool = False
+    sources: list[dict[str, Any]] = Field(default_factory=list, sa_column=Column(JSON))
+    created_at: datetime = _utc_column()
+
+
+@lru_cache
+def get_engine(url: str) -> Engine:
+    """One engine (and connection pool) per database URL per process."""
+    if url.startswith("sqlite"):
+        path = url.split("///", 1)[-1]
+        if path and path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+        event.listen(engine, "connect", _sqlite_pragmas)
+        return engine
+    return create_engine(url, pool_pre_ping=True)
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    # WAL lets the API read while the worker writes; the two are separate processes.
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.close()
+
+
+def init_db(engine: Engine) -> None:
+    """Create the tables that do not exist yet."""
+    SQLModel.metadata.create_all(engine)

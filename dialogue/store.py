@@ -1,0 +1,106 @@
+"""Reads and idempotent writes of the SQL store; the activities write, the API reads."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import func
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, col, select
+
+from dialogue.db import Conversation, Message
+from workflows.contracts import RecordConversationRequest, RecordTurnRequest
+
+
+def record_turn(engine: Engine, turn: RecordTurnRequest) -> None:
+    """Write a turn's two messages and bring the conversation's index row up to date.
+
+    Idempotent: rows are keyed by the turn id, so a retried activity rewrites the same
+    rows, and the turn count only ever grows.
+    """
+    with Session(engine) as session:
+        conversation = session.get(Conversation, turn.conversation_id)
+        if conversation is None:
+            conversation = Conversation(id=turn.conversation_id, created_at=turn.at, updated_at=turn.at)
+        conversation.turn_count = max(conversation.turn_count, turn.turn_index + 1)
+        if turn.turn_index + 1 >= conversation.turn_count:
+            conversation.last_intent = turn.nlu.intent.name
+            conversation.updated_at = max(conversation.updated_at, turn.at)
+        session.add(conversation)
+        common: dict[str, Any] = {
+            "conversation_id": turn.conversation_id,
+            "turn_id": turn.turn_id,
+            "turn_index": turn.turn_index,
+            "created_at": turn.at,
+        }
+        session.merge(Message(id=f"{turn.turn_id}:user", role="user", text=turn.user_text, **common))
+        session.merge(
+            Message(
+                id=f"{turn.turn_id}:bot",
+                role="bot",
+                text=turn.reply.text,
+                intent=turn.nlu.intent.name,
+                confidence=turn.nlu.intent.confidence,
+                degraded=turn.degraded,
+                sources=[source.model_dump(mode="json") for source in turn.reply.sources],
+                **common,
+            )
+        )
+        session.commit()
+
+
+def record_conversation(engine: Engine, change: RecordConversationRequest) -> None:
+    """Create the index row if absent, or record the conversation's end; idempotent."""
+    with Session(engine) as session:
+        conversation = session.get(Conversation, change.conversation_id)
+        if conversation is None:
+            conversation = Conversation(id=change.conversation_id, created_at=change.at, updated_at=change.at)
+        conversation.turn_count = max(conversation.turn_count, change.turn_count)
+        if change.status == "ended":
+            conversation.status = "ended"
+            conversation.ended_reason = change.ended_reason
+            conversation.updated_at = max(conversation.updated_at, change.at)
+        session.add(conversation)
+        session.commit()
+
+
+def get_conversation(engine: Engine, conversation_id: str) -> Conversation | None:
+    with Session(engine) as session:
+        return session.get(Conversation, conversation_id)
+
+
+def list_conversations(
+    engine: Engine, *, status: str | None, limit: int, offset: int
+) -> tuple[Sequence[Conversation], int]:
+    """A page of conversations, most recently updated first, and how many match in all."""
+    with Session(engine) as session:
+        query = select(Conversation)
+        count = select(func.count()).select_from(Conversation)
+        if status is not None:
+            query = query.where(Conversation.status == status)
+            count = count.where(col(Conversation.status) == status)
+        query = (
+            query.order_by(col(Conversation.updated_at).desc(), col(Conversation.id))
+            .offset(offset)
+            .limit(limit)
+        )
+        return session.exec(query).all(), session.exec(count).one()
+
+
+def read_messages(
+    engine: Engine, conversation_id: str, *, limit: int, offset: int
+) -> tuple[Sequence[Message], int]:
+    """A page of a transcript in turn order (user before bot), and its length."""
+    with Session(engine) as session:
+        where = col(Message.conversation_id) == conversation_id
+        query = (
+            select(Message)
+            .where(where)
+            # "bot" < "user" alphabetically, so order by role descending puts the user first.
+            .order_by(col(Message.turn_index), col(Message.role).desc())
+            .offset(offset)
+            .limit(limit)
+        )
+        total = session.exec(select(func.count()).select_from(Message).where(where)).one()
+        return session.exec(query).all(), total

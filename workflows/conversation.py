@@ -1,0 +1,253 @@
+"""`ConversationWorkflow`: one durable workflow per conversation.
+
+Turns arrive as the `turn` update and run one at a time, in arrival order. Each turn
+understands the text and searches the knowledge base side by side, then generates
+the reply and records it. A step that fails after its retries gives a fallback
+instead of an error: the user gets an answer marked `degraded`, and the
+conversation stays healthy for the next turn.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable
+from datetime import timedelta
+from typing import Any, TypeVar
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy
+from temporalio.exceptions import ActivityError, ApplicationError
+
+with workflow.unsafe.imports_passed_through():
+    from activities.generate import GenerateActivity
+    from activities.record import RecordActivities
+    from activities.retrieve import RetrieveActivity
+    from activities.understand import OUT_OF_SCOPE, UnderstandActivity
+    from dialogue.temporal import LAST_INTENT, STATUS, TURN_COUNT
+    from workflows.contracts import (
+        ConversationInput,
+        ConversationState,
+        EndRequest,
+        GenerateRequest,
+        IntentPrediction,
+        NluResult,
+        Passage,
+        RecordConversationRequest,
+        RecordTurnRequest,
+        Reply,
+        RetrieveRequest,
+        TurnReply,
+        TurnRequest,
+        UnderstandRequest,
+    )
+
+T = TypeVar("T")
+
+# Error types the API maps to HTTP statuses (api/errors.py).
+CONVERSATION_ENDED = "ConversationEnded"
+INVALID_TURN = "InvalidTurn"
+
+FALLBACK_TEXT = "Sorry, I can't answer that right now. Please try again in a moment."
+
+
+def _step(timeout_s: float, total_s: float, attempts: int) -> dict[str, Any]:
+    """Activity options: each attempt bounded, retries with exponential backoff, the whole bounded too."""
+    return {
+        "start_to_close_timeout": timedelta(seconds=timeout_s),
+        "schedule_to_close_timeout": timedelta(seconds=total_s),
+        "retry_policy": RetryPolicy(
+            initial_interval=timedelta(milliseconds=200),
+            backoff_coefficient=2.0,
+            maximum_interval=timedelta(seconds=2),
+            maximum_attempts=attempts,
+        ),
+    }
+
+
+UNDERSTAND = _step(timeout_s=5, total_s=10, attempts=3)
+RETRIEVE = _step(timeout_s=5, total_s=10, attempts=3)
+GENERATE = _step(timeout_s=20, total_s=30, attempts=3)
+# Recording is cheap to retry and the transcript should not miss a turn: try harder.
+RECORD = _step(timeout_s=10, total_s=60, attempts=10)
+
+
+@workflow.defn
+class ConversationWorkflow:
+    @workflow.init
+    def __init__(self, input: ConversationInput) -> None:
+        now = workflow.now()
+        self._input = input
+        self._state = ConversationState(conversation_id=input.conversation_id, started_at=now, updated_at=now)
+        # asyncio.Lock is FIFO: turns that wait for it run in the order they arrived.
+        self._turn_lock = asyncio.Lock()
+        self._turns_in_flight = 0
+        self._touched = False
+
+    @workflow.run
+    async def run(self, input: ConversationInput) -> ConversationState:
+        workflow.upsert_search_attributes([STATUS.value_set("active")])
+        await workflow.execute_activity_method(
+            RecordActivities.record_conversation,
+            self._record_request(),
+            **RECORD,
+        )
+        idle = timedelta(seconds=input.idle_timeout_seconds)
+        while self._state.status == "active":
+            self._touched = False
+            try:
+                await workflow.wait_condition(
+                    lambda: self._touched or self._state.status != "active", timeout=idle
+                )
+            except TimeoutError:
+                if self._turns_in_flight == 0:
+                    self._close("idle_timeout")
+        # Turns accepted before the end still get their replies.
+        await workflow.wait_condition(workflow.all_handlers_finished)
+        await workflow.execute_activity_method(
+            RecordActivities.record_conversation, self._record_request(), **RECORD
+        )
+        return self._state
+
+    @workflow.update
+    async def turn(self, request: TurnRequest) -> TurnReply:
+        self._turns_in_flight += 1
+        self._touched = True
+        try:
+            async with self._turn_lock:
+                return await self._run_turn(request)
+        finally:
+            self._turns_in_flight -= 1
+            self._touched = True
+
+    @turn.validator
+    def validate_turn(self, request: TurnRequest) -> None:
+        # Raising here rejects the update before it enters history.
+        if self._state.status != "active":
+            raise ApplicationError("the conversation has ended", type=CONVERSATION_ENDED)
+        if not request.text.strip():
+            raise ApplicationError("text must not be empty", type=INVALID_TURN)
+        if len(request.text) > self._input.max_text_chars:
+            raise ApplicationError(
+                f"text is longer than {self._input.max_text_chars} characters", type=INVALID_TURN
+            )
+
+    @workflow.query
+    def state(self) -> ConversationState:
+        return self._state
+
+    @workflow.signal
+    def end(self, request: EndRequest) -> None:
+        if self._state.status == "active":
+            self._close(request.reason)
+
+    def _close(self, reason: str) -> None:
+        self._state.status = "ended"
+        self._state.ended_reason = reason
+        self._state.updated_at = workflow.now()
+        workflow.upsert_search_attributes([STATUS.value_set("ended")])
+
+    async def _run_turn(self, request: TurnRequest) -> TurnReply:
+        update = workflow.current_update_info()
+        turn_id = update.id if update else str(workflow.uuid4())
+        turn_index = self._state.turn_count
+        text = request.text.strip()
+        timings: dict[str, float] = {}
+        failed: list[str] = []
+        started = workflow.time()
+
+        # Retrieval does not depend on the intent: run it beside NLU, not after it.
+        nlu, retrieved = await asyncio.gather(
+            self._attempt(
+                "understand",
+                workflow.execute_activity_method(
+                    UnderstandActivity.understand, UnderstandRequest(text=text), **UNDERSTAND
+                ),
+                timings,
+                failed,
+            ),
+            self._attempt(
+                "retrieve",
+                workflow.execute_activity_method(
+                    RetrieveActivity.retrieve, RetrieveRequest(text=text), **RETRIEVE
+                ),
+                timings,
+                failed,
+            ),
+        )
+        nlu = nlu or NluResult(intent=IntentPrediction(name=OUT_OF_SCOPE, confidence=0.0))
+        passages: list[Passage] = retrieved.passages if retrieved else []
+        reply = await self._attempt(
+            "generate",
+            workflow.execute_activity_method(
+                GenerateActivity.generate,
+                GenerateRequest(text=text, turn_index=turn_index, nlu=nlu, passages=passages),
+                **GENERATE,
+            ),
+            timings,
+            failed,
+        ) or Reply(text=FALLBACK_TEXT)
+
+        self._state.turn_count = turn_index + 1
+        self._state.last_intent = nlu.intent.name
+        self._state.slots.update({e.entity: e.value for e in nlu.entities})
+        self._state.updated_at = workflow.now()
+        workflow.upsert_search_attributes(
+            [
+                LAST_INTENT.value_set(nlu.intent.name),
+                TURN_COUNT.value_set(self._state.turn_count),
+            ]
+        )
+        record = RecordTurnRequest(
+            conversation_id=self._input.conversation_id,
+            turn_id=turn_id,
+            turn_index=turn_index,
+            user_text=text,
+            reply=reply,
+            nlu=nlu,
+            degraded=bool(failed),
+            at=self._state.updated_at,
+        )
+        await self._attempt(
+            "record",
+            workflow.execute_activity_method(RecordActivities.record_turn, record, **RECORD),
+            timings,
+            failed,
+        )
+        timings["total"] = _ms(workflow.time() - started)
+        return TurnReply(
+            conversation_id=self._input.conversation_id,
+            turn_id=turn_id,
+            turn_index=turn_index,
+            reply=reply,
+            nlu=nlu,
+            degraded=bool(failed),
+            degraded_reason=", ".join(f"{step} failed" for step in failed) or None,
+            timings_ms=timings,
+        )
+
+    async def _attempt(
+        self, step: str, call: Awaitable[T], timings: dict[str, float], failed: list[str]
+    ) -> T | None:
+        """Run one step; on failure after its retries, note it and give None so the turn can fall back."""
+        start = workflow.time()
+        try:
+            return await call
+        except ActivityError as err:
+            workflow.logger.warning("step %s failed: %s", step, err.cause or err)
+            failed.append(step)
+            return None
+        finally:
+            timings[step] = _ms(workflow.time() - start)
+
+    def _record_request(self) -> RecordConversationRequest:
+        return RecordConversationRequest(
+            conversation_id=self._input.conversation_id,
+            status=self._state.status,
+            turn_count=self._state.turn_count,
+            at=self._state.updated_at,
+            ended_reason=self._state.ended_reason,
+        )
+
+
+def _ms(seconds: float) -> float:
+    return round(seconds * 1000, 1)
