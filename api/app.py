@@ -9,6 +9,7 @@ from fastapi import APIRouter, FastAPI
 from temporalio.client import Client
 
 from api.errors import install_error_handlers
+from api.limits import BodySizeLimit
 from api.routes import conversations, health
 from dialogue.db import get_engine, init_db
 from dialogue.settings import Settings, get_settings
@@ -33,8 +34,8 @@ def create_app(settings: Settings | None = None, *, temporal: Client | None = No
         title="Dialogue Engine",
         version="1",
         lifespan=lifespan,
-        max_body_size=settings.max_body_bytes,
     )
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     install_error_handlers(app)
     v1 = APIRouter(prefix="/v1")
     v1.include_router(conversations.router)

@@ -120,7 +120,10 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        code = HTTPStatus(exc.status_code).phrase.lower().replace(" ", "_")
+        # Spelled out where Python's phrase differs between versions (413 was renamed in 3.13).
+        code = {413: "content_too_large"}.get(exc.status_code) or HTTPStatus(
+            exc.status_code
+        ).phrase.lower().replace(" ", "_")
         return JSONResponse(_body(code, str(exc.detail)), status_code=exc.status_code, headers=exc.headers)
 
     @app.exception_handler(Exception)

@@ -14,10 +14,17 @@ STOPWORDS = frozenset(
 
 
 def words(text: str) -> list[str]:
-    """Lower-cased words of `text`, stopwords kept (keyword phrases may need them)."""
-    return _WORD.findall(text.lower())
+    """Lower-cased, singular words of `text`, stopwords kept (keyword phrases may need them)."""
+    return [_singular(word) for word in _WORD.findall(text.lower())]
 
 
 def terms(text: str) -> list[str]:
-    """Lower-cased words of `text` without stopwords: what retrieval indexes."""
-    return [word for word in words(text) if word not in STOPWORDS]
+    """Lower-cased, singular words of `text` without stopwords: what retrieval indexes."""
+    return [_singular(word) for word in _WORD.findall(text.lower()) if word not in STOPWORDS]
+
+
+def _singular(word: str) -> str:
+    # Enough folding that "returns" finds "return" and "refunds" finds "refund"; same on both sides.
+    if len(word) > 3 and word.endswith("s") and not word.endswith(("ss", "us", "is")):
+        return word[:-1]
+    return word

