@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 
@@ -67,6 +68,12 @@ async def test_state_transcript_end_and_list(http: httpx.AsyncClient) -> None:
     assert_error(await http.post(f"{base}/turns", json={"text": "hello again"}), 409, "conversation_ended")
     assert (await http.post(f"{base}/end")).json() == ended.json()  # ending twice is harmless
     assert (await http.get(base)).json()["status"] == "ended"
+
+    for _ in range(100):  # wait for the workflow to close, then try again: still 409
+        if (await http.get("/v1/conversations", params={"status": "ended"})).json()["total"]:
+            break
+        await asyncio.sleep(0.05)
+    assert_error(await http.post(f"{base}/turns", json={"text": "hello again"}), 409, "conversation_ended")
 
     listed = (await http.get("/v1/conversations", params={"status": "ended"})).json()
     assert conversation_id in [c["conversation_id"] for c in listed["items"]]

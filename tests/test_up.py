@@ -107,5 +107,14 @@ def test_dialogue_up_runs_stops_cleanly_and_keeps_conversations(stack: Stack) ->
         again = http.post("/v1/conversations/demo-1/turns", json={"text": "how do I return an item?"})
         assert again.status_code == 200, again.text
         assert again.json()["turn_index"] == 1
+    replayed = subprocess.run(
+        [sys.executable, "-m", "dialogue", "replay", "demo-1"],
+        env=stack.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert replayed.returncode == 0, replayed.stdout + replayed.stderr
+    assert "conv-demo-1: replayed" in replayed.stdout
     assert stack.stop(signal.SIGTERM) == 0
     assert stack.processes_left() == []

@@ -13,20 +13,23 @@ from temporalio.api.enums.v1 import EventType
 from temporalio.client import (
     Client,
     WithStartWorkflowOperation,
+    WorkflowExecutionStatus,
     WorkflowHandle,
+    WorkflowHistory,
     WorkflowUpdateFailedError,
 )
 from temporalio.common import WorkflowIDConflictPolicy
-from temporalio.contrib.pydantic import pydantic_data_converter
-from temporalio.exceptions import ApplicationError
-from temporalio.worker import Replayer, Worker
+from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
+from temporalio.worker import Worker
 
 from dialogue import store
 from dialogue.db import get_engine
 from dialogue.settings import Settings
 from dialogue.temporal import LAST_INTENT, TURN_COUNT, workflow_id
-from workflows.contracts import ConversationInput, EndRequest, TurnReply, TurnRequest
+from workflows.contracts import EndRequest, TurnReply, TurnRequest
 from workflows.conversation import FALLBACK_TEXT, INVALID_TURN, ConversationWorkflow
+from workflows.replay import load_history, replay
+from workflows.starting import conversation_input, start_options
 
 
 async def send_turn(
@@ -34,10 +37,9 @@ async def send_turn(
 ) -> TurnReply:
     start = WithStartWorkflowOperation(
         ConversationWorkflow.run,
-        ConversationInput(conversation_id=conversation_id, **overrides),
-        id=workflow_id(conversation_id),
-        task_queue=settings.task_queue,
+        conversation_input(settings, conversation_id).model_copy(update=overrides),
         id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+        **start_options(settings, conversation_id),
     )
     reply: TurnReply = await client.execute_update_with_start_workflow(
         ConversationWorkflow.turn, TurnRequest(text=text), start_workflow_operation=start
@@ -164,6 +166,20 @@ async def test_end_closes_the_conversation_and_records_it(
     assert row is not None and (row.status, row.ended_reason) == ("ended", "user_left")
 
 
+async def test_a_closed_conversation_is_never_started_again(
+    client: Client, settings: Settings, worker: Worker
+) -> None:
+    conversation_id = new_id()
+    await send_turn(client, settings, conversation_id, "hello")
+    handle = client.get_workflow_handle_for(ConversationWorkflow.run, workflow_id(conversation_id))
+    await handle.signal(ConversationWorkflow.end, EndRequest())
+    await handle.result()
+
+    with pytest.raises(WorkflowAlreadyStartedError):
+        await send_turn(client, settings, conversation_id, "hello again")
+    assert (await handle.describe()).status == WorkflowExecutionStatus.COMPLETED  # no new run
+
+
 async def test_an_idle_conversation_ends_itself(client: Client, settings: Settings, worker: Worker) -> None:
     conversation_id = new_id()
     await send_turn(client, settings, conversation_id, "hello", idle_timeout_seconds=1)
@@ -207,7 +223,7 @@ async def test_a_failing_step_gives_a_degraded_fallback_and_the_next_turn_works(
 
 
 async def test_history_replays_against_the_current_code(
-    client: Client, settings: Settings, worker: Worker
+    client: Client, settings: Settings, worker: Worker, tmp_path: Path
 ) -> None:
     conversation_id = new_id()
     for text in ["hello", "can I return a gift card?", "order NW-123456 has not arrived"]:
@@ -218,8 +234,21 @@ async def test_history_replays_against_the_current_code(
 
     state = await handle.query(ConversationWorkflow.state)
     assert state.slots == {"order_id": "NW-123456"}
-    history = await handle.fetch_history()
-    result = await Replayer(
-        workflows=[ConversationWorkflow], data_converter=pydantic_data_converter
-    ).replay_workflow(history, raise_on_replay_failure=False)
-    assert result.replay_failure is None
+    from_server = await load_history(conversation_id, client=client)
+    exported = tmp_path / "history.json"
+    exported.write_text(from_server.to_json())
+    from_file = await load_history(conversation_id, history_file=exported)
+    assert len(from_file.events) == len(from_server.events) > 20
+    assert (await replay(from_file)).replay_failure is None
+
+
+async def test_replay_catches_code_that_would_decide_differently(
+    client: Client, settings: Settings, worker: Worker
+) -> None:
+    conversation_id = new_id()
+    await send_turn(client, settings, conversation_id, "hello")
+    history = await load_history(conversation_id, client=client)
+    # Drop the scheduling of the first activity: the code now "decides" something the history lacks.
+    tampered = [e for e in history.events if e.event_type != EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED]
+    result = await replay(WorkflowHistory(history.workflow_id, tampered))
+    assert result.replay_failure is not None

@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from datetime import timedelta
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Body, Header, Path, Query, status
 from starlette.concurrency import run_in_threadpool
 from temporalio.client import WithStartWorkflowOperation, WorkflowHandle
-from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
+from temporalio.common import WorkflowIDConflictPolicy
+from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
 from api.deps import CurrentPrincipal, EngineDep, SettingsDep, TemporalClientDep
-from api.errors import ApiError, temporal_errors
+from api.errors import ApiError, conversation_ended, temporal_errors
 from api.schemas import (
     CONVERSATION_ID_PATTERN,
     ConversationCreate,
@@ -25,12 +27,15 @@ from api.schemas import (
     MessagesPage,
 )
 from dialogue import store
-from dialogue.settings import Settings
 from dialogue.temporal import workflow_id
-from workflows.contracts import ConversationInput, ConversationState, EndRequest, TurnReply, TurnRequest
+from workflows.contracts import ConversationState, EndRequest, TurnReply, TurnRequest
 from workflows.conversation import ConversationWorkflow
+from workflows.starting import conversation_input, start_options
 
 router = APIRouter(prefix="/conversations", tags=["conversations"])
+
+# A query needs a worker; without one it would wait for the server's own deadline.
+QUERY_TIMEOUT = timedelta(seconds=10)
 
 ConversationIdPath = Annotated[
     str, Path(pattern=CONVERSATION_ID_PATTERN, description="The conversation's id.")
@@ -45,24 +50,6 @@ IdempotencyKey = Annotated[
 ]
 
 
-def _start_options(settings: Settings, conversation_id: str) -> dict[str, Any]:
-    """How a conversation workflow is started, the same from `create` and from a first turn."""
-    return {
-        "id": workflow_id(conversation_id),
-        "task_queue": settings.task_queue,
-        # An ended conversation stays ended: its id is never started again.
-        "id_reuse_policy": WorkflowIDReusePolicy.REJECT_DUPLICATE,
-    }
-
-
-def _input(settings: Settings, conversation_id: str) -> ConversationInput:
-    return ConversationInput(
-        conversation_id=conversation_id,
-        max_text_chars=settings.max_text_chars,
-        idle_timeout_seconds=settings.idle_timeout_seconds,
-    )
-
-
 @router.post("", status_code=status.HTTP_201_CREATED)
 async def create_conversation(
     settings: SettingsDep,
@@ -75,9 +62,9 @@ async def create_conversation(
     with temporal_errors(conversation_id):
         await temporal.start_workflow(
             ConversationWorkflow.run,
-            _input(settings, conversation_id),
+            conversation_input(settings, conversation_id),
             id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
-            **_start_options(settings, conversation_id),
+            **start_options(settings, conversation_id),
         )
     return ConversationCreated(conversation_id=conversation_id, status="active")
 
@@ -99,9 +86,9 @@ async def create_turn(
     turn_id = idempotency_key or str(uuid.uuid4())
     start = WithStartWorkflowOperation(
         ConversationWorkflow.run,
-        _input(settings, conversation_id),
+        conversation_input(settings, conversation_id),
         id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
-        **_start_options(settings, conversation_id),
+        **start_options(settings, conversation_id),
     )
     with temporal_errors(conversation_id):
         try:
@@ -111,6 +98,9 @@ async def create_turn(
                 ),
                 timeout=settings.turn_timeout_seconds,
             )
+        except WorkflowAlreadyStartedError:
+            # The conversation's workflow has closed, and its id is never reused.
+            raise conversation_ended(conversation_id) from None
         except TimeoutError:
             raise ApiError(
                 504,
@@ -126,7 +116,9 @@ async def read_conversation(
 ) -> ConversationState:
     """The live state of a conversation, from its workflow."""
     with temporal_errors(conversation_id):
-        state: ConversationState = await _handle(temporal, conversation_id).query(ConversationWorkflow.state)
+        state: ConversationState = await _handle(temporal, conversation_id).query(
+            ConversationWorkflow.state, rpc_timeout=QUERY_TIMEOUT
+        )
     return state
 
 

@@ -1,0 +1,29 @@
+"""How clients start a conversation workflow: the same from the API's create, its first turn, tools and tests."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from temporalio.common import WorkflowIDReusePolicy
+
+from dialogue.settings import Settings
+from dialogue.temporal import workflow_id
+from workflows.contracts import ConversationInput
+
+
+def conversation_input(settings: Settings, conversation_id: str) -> ConversationInput:
+    return ConversationInput(
+        conversation_id=conversation_id,
+        max_text_chars=settings.max_text_chars,
+        idle_timeout_seconds=settings.idle_timeout_seconds,
+    )
+
+
+def start_options(settings: Settings, conversation_id: str) -> dict[str, Any]:
+    """Options of `start_workflow` and `WithStartWorkflowOperation`, but the conflict policy."""
+    return {
+        "id": workflow_id(conversation_id),
+        "task_queue": settings.task_queue,
+        # An ended conversation stays ended: its id is never started again.
+        "id_reuse_policy": WorkflowIDReusePolicy.REJECT_DUPLICATE,
+    }
