@@ -6,7 +6,7 @@ from sqlalchemy.engine import Engine
 from temporalio import activity
 
 from dialogue import store
-from workflows.contracts import RecordConversationRequest, RecordTurnRequest
+from workflows.contracts import RecordConversationRequest, Recorded, RecordTurnRequest
 
 
 class RecordActivities:
@@ -16,11 +16,13 @@ class RecordActivities:
         self._engine = engine
 
     @activity.defn(name="record_turn")
-    def record_turn(self, request: RecordTurnRequest) -> None:
+    def record_turn(self, request: RecordTurnRequest) -> Recorded:
         """Write the turn to the transcript and the conversation index."""
         store.record_turn(self._engine, request)
+        return Recorded(conversation_id=request.conversation_id, turn_index=request.turn_index, messages=2)
 
     @activity.defn(name="record_conversation")
-    def record_conversation(self, request: RecordConversationRequest) -> None:
+    def record_conversation(self, request: RecordConversationRequest) -> Recorded:
         """Create or close the conversation's index row."""
         store.record_conversation(self._engine, request)
+        return Recorded(conversation_id=request.conversation_id, status=request.status)

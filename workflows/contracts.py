@@ -155,3 +155,12 @@ class RecordConversationRequest(BaseModel):
     turn_count: int = 0
     at: datetime
     ended_reason: str | None = None
+
+
+class Recorded(BaseModel):
+    """What a record activity wrote: readable in history, unlike an empty result."""
+
+    conversation_id: str
+    turn_index: int | None = None
+    messages: int = 0
+    status: ConversationStatus | None = None
