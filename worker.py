@@ -14,12 +14,14 @@ from concurrent.futures import ThreadPoolExecutor
 from temporalio.client import Client
 from temporalio.worker import Worker
 
-from activities.generate import GenerateActivity, TemplateGenerator
+from activities.generate import GenerateActivity, ReplyComposer
 from activities.record import RecordActivities
-from activities.retrieve import Bm25Index, RetrieveActivity
-from activities.understand import KeywordNlu, UnderstandActivity
+from activities.retrieve import RetrieveActivity
+from activities.understand import UnderstandActivity
 from dialogue.bot import load_bot
 from dialogue.db import get_engine, init_db
+from dialogue.knowledge.search import HybridIndex
+from dialogue.nlu.parser import build_parser
 from dialogue.settings import Settings, get_settings
 from dialogue.temporal import connect
 from workflows.conversation import ConversationWorkflow
@@ -40,9 +42,9 @@ def build_worker(
         task_queue=task_queue or settings.task_queue,
         workflows=[ConversationWorkflow],
         activities=[
-            UnderstandActivity(KeywordNlu(bot)).understand,
-            RetrieveActivity(Bm25Index(bot.documents)).retrieve,
-            GenerateActivity(TemplateGenerator(bot)).generate,
+            UnderstandActivity(build_parser(settings, bot)).understand,
+            RetrieveActivity(HybridIndex(engine)).retrieve,
+            GenerateActivity(ReplyComposer(bot)).generate,
             record.record_turn,
             record.record_conversation,
         ],

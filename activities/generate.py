@@ -1,4 +1,5 @@
-"""`generate`: the grounded template generator — a response template and the best passage with its source."""
+"""`generate`: the reply to a turn — a response template, a grounded answer from the knowledge
+base, a clarifying question, or a fallback — worded from the bot definition."""
 
 from __future__ import annotations
 
@@ -6,42 +7,54 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from dialogue.bot import BotDefinition
-from workflows.contracts import GenerateRequest, Passage, Reply, Source
+from dialogue.generation.grounded import Relevance, grounded_answer
+from workflows.contracts import OUT_OF_SCOPE, GenerateRequest, Reply
 
 
-class TemplateGenerator:
+class ReplyComposer:
     def __init__(self, bot: BotDefinition) -> None:
         self._bot = bot
+        self._relevance = Relevance(min_semantic=bot.min_semantic_score, min_lexical=bot.min_answer_score)
 
-    def generate(self, request: GenerateRequest) -> Reply:
-        intent = self._bot.intent(request.nlu.intent.name)
+    def compose(self, request: GenerateRequest) -> Reply:
+        bot, nlu, turn = self._bot, request.nlu, request.turn_index
+        if nlu.intent.name == OUT_OF_SCOPE:
+            return Reply(text=_pick(bot.fallback_responses, turn))
+        clarifying = self._clarifying_question(request)
+        if clarifying is not None:
+            return Reply(text=clarifying)
+        intent = bot.intent(nlu.intent.name)
         templates = intent.responses if intent else []
         if intent is not None and intent.action == "respond" and templates:
-            return Reply(text=_pick(templates, request.turn_index))
+            return Reply(text=_render(_pick(templates, turn)))
+        answer = grounded_answer(request.text, request.passages, self._relevance)
+        if answer is None:
+            return Reply(text=_pick(bot.no_answer_responses, turn))
+        template = _pick(templates, turn) if templates else bot.answer_template
+        return Reply(text=_render(template, answer=answer.text), sources=answer.sources)
 
-        best = self._trusted_passage(request.passages)
-        if best is None:
-            return Reply(text=_pick(self._bot.fallback_responses, request.turn_index))
-        template = _pick(templates, request.turn_index) if templates else self._bot.answer_template
-        source = Source(
-            document_id=best.document_id,
-            title=best.title,
-            url=best.url,
-            snippet=best.text[:240],
-            score=best.score,
+    def _clarifying_question(self, request: GenerateRequest) -> str | None:
+        ranking = [p for p in request.nlu.ranking if p.name != OUT_OF_SCOPE]
+        if request.nlu.intent.confidence >= self._bot.clarify_below or len(ranking) < 2:
+            return None
+        first, second = (self._bot.intent(p.name) for p in ranking[:2])
+        if first is None or second is None:
+            return None
+        return _render(
+            self._bot.clarify_template,
+            first=first.title or first.name.replace("_", " "),
+            second=second.title or second.name.replace("_", " "),
         )
-        try:
-            text = template.format(answer=best.text)
-        except (KeyError, IndexError, ValueError) as err:
-            # A broken template is bad configuration: retrying cannot fix it.
-            raise ApplicationError(
-                f"response template {template!r} is invalid: {err!r}", type="BadTemplate", non_retryable=True
-            ) from err
-        return Reply(text=text, sources=[source])
 
-    def _trusted_passage(self, passages: list[Passage]) -> Passage | None:
-        best = max(passages, key=lambda p: p.score, default=None)
-        return best if best is not None and best.score >= self._bot.min_answer_score else None
+
+def _render(template: str, **values: str) -> str:
+    try:
+        return template.format(**values)
+    except (KeyError, IndexError, ValueError) as err:
+        # A broken template is bad configuration: retrying cannot fix it.
+        raise ApplicationError(
+            f"response template {template!r} is invalid: {err!r}", type="BadTemplate", non_retryable=True
+        ) from err
 
 
 def _pick(options: list[str], turn_index: int) -> str:
@@ -50,10 +63,10 @@ def _pick(options: list[str], turn_index: int) -> str:
 
 
 class GenerateActivity:
-    def __init__(self, generator: TemplateGenerator) -> None:
-        self._generator = generator
+    def __init__(self, composer: ReplyComposer) -> None:
+        self._composer = composer
 
     @activity.defn(name="generate")
     async def generate(self, request: GenerateRequest) -> Reply:
         """The reply text and its sources."""
-        return self._generator.generate(request)
+        return self._composer.compose(request)

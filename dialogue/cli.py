@@ -1,18 +1,23 @@
-"""The `dialogue` command: `up` (the whole embedded stack), `api`, `worker`."""
+"""The `dialogue` command: `up` (the whole embedded stack), `api`, `worker`, `replay`, `nlu …`."""
 
 from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from dialogue.settings import get_settings
 
+if TYPE_CHECKING:
+    from dialogue.nlu.parser import NluParser
+
 app = typer.Typer(
     help="Dialogue Engine: chatbot conversations as durable Temporal workflows.", no_args_is_help=True
 )
+nlu_app = typer.Typer(help="Train, evaluate and try the intent classifier.", no_args_is_help=True)
+app.add_typer(nlu_app, name="nlu")
 
 
 @app.command()
@@ -68,3 +73,73 @@ def replay(
         return 0
 
     raise typer.Exit(asyncio.run(run()))
+
+
+@nlu_app.command("train")
+def nlu_train(
+    data: Annotated[
+        Path, typer.Option("--data", help="Training examples (JSONL).", exists=True, dir_okay=False)
+    ],
+    out: Annotated[Path, typer.Option("--out", help="Folder to write the model to.")],
+    validation: Annotated[
+        Path | None,
+        typer.Option(
+            "--validation", help="Held-out examples to tune the out-of-scope threshold on.", exists=True
+        ),
+    ] = None,
+    embeddings: Annotated[
+        bool, typer.Option("--embeddings/--no-embeddings", help="Use sentence embeddings (when installed).")
+    ] = True,
+) -> None:
+    """Train an intent classifier and write it as a versioned model folder."""
+    from dialogue.nlu.data import read_examples
+    from dialogue.nlu.embeddings import embeddings_available
+    from dialogue.nlu.model import save, train
+
+    examples = read_examples(data)
+    held = read_examples(validation) if validation else None
+    model = train(examples, held, use_embeddings=embeddings and embeddings_available())
+    meta = save(model, out)
+    typer.echo(
+        f"trained {len(meta.intents)} intents on {meta.n_examples} examples in {meta.training_seconds} s; "
+        f"embeddings: {meta.embeddings or 'none'}; out-of-scope threshold {meta.threshold} "
+        f"({meta.threshold_source}); version {meta.version}; written to {out}"
+    )
+
+
+@nlu_app.command("evaluate")
+def nlu_evaluate(
+    model: Annotated[Path, typer.Option("--model", help="A model folder from `dialogue nlu train`.")],
+    data: Annotated[Path, typer.Option("--data", help="Test examples (JSONL).", exists=True, dir_okay=False)],
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Accuracy, in-scope accuracy, out-of-scope recall and precision, macro-F1, latency."""
+    from dialogue.nlu.data import read_examples
+    from dialogue.nlu.evaluate import evaluate
+
+    report = evaluate(_model_parser(model), read_examples(data))
+    if as_json:
+        typer.echo(report.model_dump_json())
+        return
+    for name, value in report.model_dump().items():
+        typer.echo(f"{name:<18} {value}")
+
+
+@nlu_app.command("parse")
+def nlu_parse(
+    text: Annotated[str, typer.Argument(help="The utterance.")],
+    model: Annotated[Path, typer.Option("--model", help="A model folder from `dialogue nlu train`.")],
+) -> None:
+    """Parse one utterance and print the result as JSON."""
+    typer.echo(_model_parser(model).parse(text).model_dump_json(indent=2))
+
+
+def _model_parser(folder: Path) -> NluParser:
+    from dialogue.bot import load_bot
+    from dialogue.nlu.model import ModelError, load
+    from dialogue.nlu.parser import ModelParser
+
+    try:
+        return ModelParser(load_bot(get_settings().bot_path), load(folder))
+    except ModelError as err:
+        raise typer.BadParameter(str(err), param_hint="--model") from err

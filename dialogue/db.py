@@ -10,7 +10,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import JSON, Column, DateTime, TypeDecorator, UniqueConstraint, event
+from sqlalchemy import JSON, Column, DateTime, LargeBinary, Text, TypeDecorator, UniqueConstraint, event
 from sqlalchemy.engine import Dialect, Engine
 from sqlmodel import Field, SQLModel, create_engine
 
@@ -65,6 +65,49 @@ class Message(SQLModel, table=True):
     degraded: bool = False
     sources: list[dict[str, Any]] = Field(default_factory=list, sa_column=Column(JSON))
     created_at: datetime = _utc_column()
+
+
+class KnowledgeDocument(SQLModel, table=True):
+    """A knowledge-base document; its version grows each time its content changes."""
+
+    __tablename__ = "knowledge_document"
+
+    id: str = Field(primary_key=True, max_length=200)
+    title: str = Field(max_length=500)
+    source: str | None = Field(default=None, max_length=1000)
+    """Where it came from: a file path or URL."""
+    content_type: str = Field(max_length=20)
+    content_hash: str = Field(max_length=64)
+    version: int = 1
+    text: str = Field(sa_type=Text)
+    chunk_count: int = 0
+    created_at: datetime = _utc_column()
+    updated_at: datetime = _utc_column()
+
+
+class KnowledgeChunk(SQLModel, table=True):
+    """A searchable piece of a document version: a few paragraphs under one heading."""
+
+    __tablename__ = "knowledge_chunk"
+
+    id: str = Field(primary_key=True, max_length=300)
+    """`{document id}:{version}:{position}`."""
+    document_id: str = Field(index=True, max_length=200)
+    document_version: int
+    position: int
+    heading: str = Field(default="", max_length=1000)
+    text: str = Field(sa_type=Text)
+    embedding: bytes | None = Field(default=None, sa_type=LargeBinary)
+    """float32 sentence embedding, when the embeddings extra is installed."""
+
+
+class KnowledgeRevision(SQLModel, table=True):
+    """One row whose number grows with every change to the knowledge base: indexes reload when it moves."""
+
+    __tablename__ = "knowledge_revision"
+
+    id: int = Field(default=1, primary_key=True)
+    revision: int = 0
 
 
 @lru_cache

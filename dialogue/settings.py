@@ -46,6 +46,11 @@ class Settings(BaseSettings):
     bot_path: Path = PROJECT_ROOT / "examples" / "demo" / "bot.yaml"
     """The bot definition the worker serves."""
 
+    nlu_backend: Literal["auto", "keywords", "trained"] = "auto"
+    """`auto` uses the trained model when there is one, else the bot's keyword rules."""
+    nlu_model_dir: Path | None = None
+    """The trained NLU model; `data_dir/models/<bot name>-nlu` when unset (`dialogue up` trains it)."""
+
     max_text_chars: int = Field(default=4000, ge=1)
     """Longest user text a turn accepts (422 above it)."""
     max_body_bytes: int = Field(default=64 * 1024, ge=1024)
@@ -68,6 +73,9 @@ class Settings(BaseSettings):
     @property
     def temporal_binary(self) -> Path:
         return self.temporal_bin or Path(sys.executable).parent / "temporal"
+
+    def nlu_model_path(self, bot_name: str) -> Path:
+        return self.nlu_model_dir or self.data_dir / "models" / f"{bot_name}-nlu"
 
     def resolve_api_key(self) -> str:
         """The development key: the setting, else the one kept in `data_dir`, else a new one kept there."""

@@ -19,7 +19,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from dialogue.bot import load_bot
 from dialogue.db import get_engine, init_db
+from dialogue.knowledge import store as knowledge
+from dialogue.nlu.model import ensure_bot_model
 from dialogue.settings import Settings
 from dialogue.temporal import search_attribute_flags
 
@@ -119,6 +122,28 @@ class Stack:
         self.children.clear()
 
 
+def prepare_bot(settings: Settings) -> None:
+    """Create the tables, ingest the bot's knowledge folder and train its NLU model, each only if changed."""
+    engine = get_engine(settings.resolved_database_url)
+    init_db(engine)
+    bot = load_bot(settings.bot_path)
+    if bot.knowledge_dir:
+        results = [
+            knowledge.ingest_path(engine, p)
+            for p in knowledge.knowledge_files([bot.resolve(bot.knowledge_dir)])
+        ]
+        changed = sum(r.changed for r in results)
+        print(f"Knowledge base: {len(results)} documents ({changed} new or changed)", flush=True)
+    if settings.nlu_backend != "keywords" and bot.nlu is not None:
+        folder = settings.nlu_model_path(bot.name)
+        print(f"NLU model: checking {folder} ...", flush=True)
+        ensured = ensure_bot_model(bot, folder)
+        if ensured is not None:
+            meta, trained = ensured
+            what = f"trained in {meta.training_seconds} s" if trained else "up to date"
+            print(f"NLU model: {len(meta.intents)} intents, version {meta.version}, {what}", flush=True)
+
+
 def run_stack(settings: Settings) -> int:
     """Start everything, print where it is, and wait for Ctrl-C, SIGTERM or a child's death."""
     data_dir = settings.data_dir.resolve()
@@ -143,7 +168,11 @@ def run_stack(settings: Settings) -> int:
         return 1
 
     api_key = settings.resolve_api_key()
-    init_db(get_engine(settings.resolved_database_url))
+    try:
+        prepare_bot(settings)
+    except Exception as err:  # a broken bot definition or data file: say which, start nothing
+        print(f"dialogue up: cannot prepare the bot {settings.bot_path}: {err}", file=sys.stderr)
+        return 1
     # Children read the same settings; these make sure they agree with what was resolved here.
     os.environ.update(
         DIALOGUE_API_KEY=api_key,

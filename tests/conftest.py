@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import socket
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -22,7 +23,10 @@ from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 from api import create_app
+from dialogue.bot import BotDefinition, load_bot
 from dialogue.db import get_engine, init_db
+from dialogue.knowledge import store as knowledge
+from dialogue.nlu.model import ensure_bot_model
 from dialogue.settings import Settings
 from dialogue.temporal import SEARCH_ATTRIBUTES
 from worker import build_worker
@@ -87,13 +91,52 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
         yield from _postgres_schema_url()
 
 
+@pytest.fixture(scope="session")
+def demo_bot() -> BotDefinition:
+    return load_bot(Settings().bot_path)
+
+
+@pytest.fixture(scope="session")
+def demo_model_dir(tmp_path_factory: pytest.TempPathFactory, demo_bot: BotDefinition) -> Path:
+    """The demo bot's NLU model, trained once for the session (with embeddings when installed)."""
+    folder = tmp_path_factory.mktemp("nlu") / "model"
+    ensure_bot_model(demo_bot, folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def demo_store(tmp_path_factory: pytest.TempPathFactory, demo_bot: BotDefinition) -> Path:
+    """A SQLite store with the demo knowledge base ingested once; tests get copies."""
+    path = tmp_path_factory.mktemp("store") / "demo.db"
+    engine = get_engine(f"sqlite:///{path}")
+    init_db(engine)
+    ingest_knowledge(engine, demo_bot)
+    engine.dispose()
+    return path
+
+
+def ingest_knowledge(engine: Engine, bot: BotDefinition) -> None:
+    assert bot.knowledge_dir
+    for path in knowledge.knowledge_files([bot.resolve(bot.knowledge_dir)]):
+        knowledge.ingest_path(engine, path)
+
+
 @pytest.fixture
-def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """The store behind the worker and API: SQLite unless a test parametrizes it (indirect) with "postgresql"."""
+def store_url(
+    request: pytest.FixtureRequest, tmp_path: Path, demo_store: Path, demo_bot: BotDefinition
+) -> Iterator[str]:
+    """The store behind the worker and API, with the demo knowledge base: SQLite unless a test
+    parametrizes it (indirect) with "postgresql"."""
     if getattr(request, "param", "sqlite") == "postgresql":
-        yield from _postgres_schema_url()
+        for url in _postgres_schema_url():
+            engine = get_engine(url)
+            init_db(engine)
+            ingest_knowledge(engine, demo_bot)
+            yield url
     else:
-        yield f"sqlite:///{tmp_path / 'dialogue.db'}"
+        copy = tmp_path / "dialogue.db"
+        shutil.copyfile(demo_store, copy)
+        yield f"sqlite:///{copy}"
 
 
 @pytest.fixture
@@ -104,7 +147,7 @@ def engine(database_url: str) -> Engine:
 
 
 @pytest.fixture
-def settings(env: WorkflowEnvironment, tmp_path: Path, store_url: str) -> Settings:
+def settings(env: WorkflowEnvironment, tmp_path: Path, store_url: str, demo_model_dir: Path) -> Settings:
     """Settings for one test: its own task queue, data folder and store."""
     return Settings(
         data_dir=tmp_path / "data",
@@ -112,6 +155,7 @@ def settings(env: WorkflowEnvironment, tmp_path: Path, store_url: str) -> Settin
         temporal_address=env.client.service_client.config.target_host,
         task_queue=f"test-{uuid.uuid4()}",
         api_key=TEST_API_KEY,
+        nlu_model_dir=demo_model_dir,
     )
 
 

@@ -32,7 +32,9 @@ async def test_a_turn_creates_the_conversation_and_answers_in_one_round_trip(htt
     body = response.json()
     assert body["turn_index"] == 0 and body["turn_id"]
     assert body["reply"]["text"] and body["reply"]["sources"] == []
-    assert body["nlu"]["intent"] == {"name": "greet", "confidence": 0.5}
+    assert body["nlu"]["intent"]["name"] == "greet"
+    assert 0.5 < body["nlu"]["intent"]["confidence"] <= 1
+    assert body["nlu"]["model"].startswith("trained:")
     assert body["degraded"] is False
     assert body["timings_ms"]["total"] > 0
 

@@ -21,7 +21,7 @@ START_TIMEOUT = 120
 
 
 class Stack:
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, nlu_model_dir: Path) -> None:
         self.data_dir = data_dir
         self.ports = {"temporal": free_port(), "ui": free_port(), "api": free_port()}
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("DIALOGUE_")} | {
@@ -29,6 +29,8 @@ class Stack:
             "DIALOGUE_TEMPORAL_ADDRESS": f"127.0.0.1:{self.ports['temporal']}",
             "DIALOGUE_TEMPORAL_UI_PORT": str(self.ports["ui"]),
             "DIALOGUE_API_PORT": str(self.ports["api"]),
+            # The session's trained demo model: `up` finds it up to date instead of training again.
+            "DIALOGUE_NLU_MODEL_DIR": str(nlu_model_dir),
         }
         self.api = f"http://127.0.0.1:{self.ports['api']}"
         self.process: subprocess.Popen[str] | None = None
@@ -77,8 +79,8 @@ class Stack:
 
 
 @pytest.fixture
-def stack(tmp_path: Path) -> Iterator[Stack]:
-    running = Stack(tmp_path / "data")
+def stack(tmp_path: Path, demo_model_dir: Path) -> Iterator[Stack]:
+    running = Stack(tmp_path / "data", demo_model_dir)
     yield running
     if running.process and running.process.poll() is None:
         running.process.kill()

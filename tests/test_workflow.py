@@ -70,7 +70,7 @@ async def test_a_turn_runs_every_step_and_is_recorded(
     reply = await send_turn(client, settings, conversation_id, "How long does express shipping take?")
 
     assert reply.turn_index == 0
-    assert reply.nlu.intent.name == "shipping"
+    assert reply.nlu.intent.name == "shipping_info"
     assert reply.reply.sources and reply.reply.sources[0].document_id == "shipping"
     assert not reply.degraded
     assert {"understand", "retrieve", "generate", "record", "total"} <= reply.timings_ms.keys()
@@ -96,7 +96,7 @@ async def test_a_turn_runs_every_step_and_is_recorded(
     assert b"express shipping" in payload.data
 
     described = await handle.describe()
-    assert described.typed_search_attributes.get(LAST_INTENT) == "shipping"
+    assert described.typed_search_attributes.get(LAST_INTENT) == "shipping_info"
     assert described.typed_search_attributes.get(TURN_COUNT) == 1
 
     rows, total = store.read_messages(

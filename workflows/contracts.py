@@ -15,6 +15,9 @@ from pydantic import BaseModel, Field
 
 ConversationStatus = Literal["active", "ended"]
 
+OUT_OF_SCOPE = "out_of_scope"
+"""The intent of text that belongs to no intent of the bot."""
+
 
 class ConversationInput(BaseModel):
     """What a conversation workflow starts with."""
@@ -50,13 +53,24 @@ class Entity(BaseModel):
     end: int
 
 
+class Sentiment(BaseModel):
+    label: Literal["positive", "neutral", "negative"]
+    score: float = Field(ge=-1, le=1)
+    """From -1 (most negative) to 1 (most positive)."""
+
+
 class NluResult(BaseModel):
     """What `understand` made of the user's text."""
 
     intent: IntentPrediction
+    ranking: list[IntentPrediction] = []
+    """The likeliest intents, best first (the trained model only)."""
     entities: list[Entity] = []
+    sentiment: Sentiment | None = None
     action: str = "answer"
     """What the bot definition says to do with this intent: `respond` from templates, `answer` from the knowledge base."""
+    model: str | None = None
+    """Which model decided: `keywords`, or `trained:<content hash>` (for lineage)."""
 
 
 class UnderstandRequest(BaseModel):
@@ -70,7 +84,15 @@ class Passage(BaseModel):
     title: str
     text: str
     score: float
+    """The fused rank score (reciprocal-rank fusion of the lexical and semantic rankings)."""
     url: str | None = None
+    chunk_id: str | None = None
+    heading: str = ""
+    document_version: int | None = None
+    lexical_score: float = 0.0
+    """BM25 score; 0 when no query word occurs in the passage."""
+    semantic_score: float | None = None
+    """Cosine similarity of query and passage embeddings; None without the embeddings extra."""
 
 
 class RetrieveRequest(BaseModel):
@@ -90,6 +112,8 @@ class Source(BaseModel):
     url: str | None = None
     snippet: str
     score: float
+    chunk_id: str | None = None
+    document_version: int | None = None
 
 
 class GenerateRequest(BaseModel):

@@ -22,9 +22,10 @@ with workflow.unsafe.imports_passed_through():
     from activities.generate import GenerateActivity
     from activities.record import RecordActivities
     from activities.retrieve import RetrieveActivity
-    from activities.understand import OUT_OF_SCOPE, UnderstandActivity
+    from activities.understand import UnderstandActivity
     from dialogue.temporal import LAST_INTENT, STATUS, TURN_COUNT
     from workflows.contracts import (
+        OUT_OF_SCOPE,
         ConversationInput,
         ConversationState,
         EndRequest,

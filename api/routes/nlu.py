@@ -1,0 +1,36 @@
+"""`/v1/nlu`: understanding alone, with no conversation and no side effects."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from starlette.concurrency import run_in_threadpool
+
+from api.deps import CurrentPrincipal, SettingsDep
+from api.errors import ApiError
+from dialogue.bot import load_bot_cached
+from dialogue.nlu.parser import NluParser, build_parser
+from workflows.contracts import NluResult, TurnRequest
+
+router = APIRouter(prefix="/nlu", tags=["nlu"])
+
+
+def _parser(request: Request, settings: SettingsDep) -> NluParser:
+    # Built on first use: the API only loads the model if someone asks it to parse.
+    parser: NluParser | None = getattr(request.app.state, "nlu_parser", None)
+    if parser is None:
+        parser = build_parser(settings, load_bot_cached(settings.bot_path))
+        request.app.state.nlu_parser = parser
+    return parser
+
+
+@router.post("/parse")
+async def parse_text(
+    body: TurnRequest, request: Request, settings: SettingsDep, _: CurrentPrincipal
+) -> NluResult:
+    """Intent, ranking, entities and sentiment of a text, from the same model the worker uses."""
+    if not body.text.strip():
+        raise ApiError(422, "invalid_text", "text must not be empty")
+    if len(body.text) > settings.max_text_chars:
+        raise ApiError(422, "invalid_text", f"text is longer than {settings.max_text_chars} characters")
+    parser = await run_in_threadpool(_parser, request, settings)
+    return await run_in_threadpool(parser.parse, body.text)

@@ -1,0 +1,1 @@
+"""Answer generation backends: `grounded` (extractive, no model) and `openai` (any compatible endpoint)."""

@@ -1,0 +1,75 @@
+"""The grounded generator: answers with the sentences of the retrieved passages that best match
+the question, cites the passages it used, and finds no answer rather than guess."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from dialogue.knowledge.chunking import sentences
+from dialogue.text import terms
+from workflows.contracts import Passage, Source
+
+MAX_ANSWER_CHARS = 420
+SUPPORT_RATIO = 0.5
+"""A further sentence joins the answer when it scores at least this share of the best one."""
+
+
+@dataclass
+class Relevance:
+    min_semantic: float = 0.4
+    """Cosine similarity a passage needs to be trusted, when embeddings are there."""
+    min_lexical: float = 1.0
+    """BM25 score a passage needs to be trusted, without embeddings."""
+
+    def trusted(self, passage: Passage) -> bool:
+        if passage.semantic_score is not None:
+            return passage.semantic_score >= self.min_semantic
+        return passage.lexical_score >= self.min_lexical
+
+
+@dataclass
+class Answer:
+    text: str
+    sources: list[Source]
+
+
+def source_of(passage: Passage) -> Source:
+    return Source(
+        document_id=passage.document_id,
+        title=passage.title,
+        url=passage.url,
+        snippet=passage.text[:240],
+        score=passage.score,
+        chunk_id=passage.chunk_id,
+        document_version=passage.document_version,
+    )
+
+
+def grounded_answer(question: str, passages: list[Passage], relevance: Relevance) -> Answer | None:
+    """The best sentences of the trusted passages, or None when no passage is trusted."""
+    trusted = [p for p in passages if relevance.trusted(p)][:2]
+    if not trusted:
+        return None
+    query = set(terms(question))
+    scored = []
+    for rank, passage in enumerate(trusted):
+        for position, sentence in enumerate(sentences(passage.text)):
+            words = terms(sentence)
+            overlap = len(query & set(words))
+            # Favour the better passage, then matching words, then shorter sentences.
+            score = overlap / (1 + 0.02 * len(words)) + (0.5 if rank == 0 else 0.0)
+            scored.append((score, rank, position, sentence))
+    if not scored:
+        return None
+    scored.sort(key=lambda s: s[0], reverse=True)
+    best = scored[0]
+    chosen = [best]
+    length = len(best[3])
+    for candidate in scored[1:]:
+        if candidate[0] < SUPPORT_RATIO * best[0] or length + len(candidate[3]) > MAX_ANSWER_CHARS:
+            continue
+        chosen.append(candidate)
+        length += len(candidate[3])
+    chosen.sort(key=lambda s: (s[1], s[2]))  # in reading order
+    used = sorted({rank for _, rank, _, _ in chosen})
+    return Answer(text=" ".join(s[3] for s in chosen), sources=[source_of(trusted[r]) for r in used])

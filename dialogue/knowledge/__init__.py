@@ -1,0 +1,1 @@
+"""The knowledge base: documents parsed by structure, chunked, stored with versions, searched hybrid."""

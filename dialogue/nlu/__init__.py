@@ -1,0 +1,1 @@
+"""Natural-language understanding: intents (keyword rules or a trained classifier), entities, sentiment."""

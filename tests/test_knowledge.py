@@ -1,0 +1,162 @@
+"""The knowledge base: parsing by structure, chunking, versioned storage on both databases, hybrid search."""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import orjson
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, select
+
+from dialogue.bot import BotDefinition
+from dialogue.db import KnowledgeChunk
+from dialogue.knowledge import store
+from dialogue.knowledge.chunking import chunk
+from dialogue.knowledge.evaluate import evaluate_retrieval, read_questions
+from dialogue.knowledge.parsing import parse
+from dialogue.knowledge.search import HybridIndex
+
+MARKDOWN = """# Gift cards
+
+Gift cards never expire.
+
+## Buying
+
+Buy them online in amounts from 10 to 500 euros.
+
+```
+## not a heading inside code
+```
+
+### Delivery
+
+They arrive by e-mail within minutes.
+
+## Returns
+
+Gift cards cannot be returned.
+"""
+
+HTML = """<html><head><title>Ignored</title><style>p {color: red}</style></head><body>
+<nav><p>Menu</p></nav><h1>Contact</h1><p>Call us on weekdays.</p>
+<h2>Hours</h2><ul><li>Monday to Friday, 8 to 20</li><li>Saturday, 9 to 14</li></ul></body></html>"""
+
+
+def test_markdown_sections_follow_headings_not_code() -> None:
+    document = parse(MARKDOWN, "markdown", fallback_title="x")
+    assert document.title == "Gift cards"
+    assert [(s.heading, len(s.paragraphs)) for s in document.sections] == [
+        ("", 1),
+        ("Buying", 2),
+        ("Buying > Delivery", 1),
+        ("Returns", 1),
+    ]
+
+
+def test_html_and_text_parse_to_title_and_sections() -> None:
+    html = parse(HTML, "html", fallback_title="x")
+    assert html.title == "Contact"
+    assert [(s.heading, s.paragraphs) for s in html.sections] == [
+        ("", ["Call us on weekdays."]),
+        ("Hours", ["Monday to Friday, 8 to 20", "Saturday, 9 to 14"]),
+    ]
+    text = parse("Opening hours\n\nWe open at 8.\n\nWe close at 20.", "text", fallback_title="x")
+    assert text.title == "Opening hours"
+    assert text.sections[0].paragraphs == ["We open at 8.", "We close at 20."]
+
+
+def test_chunks_never_cross_a_heading_and_overlap_by_a_sentence() -> None:
+    paragraphs = "\n\n".join(
+        f"Sentence {i} of a long section. It has a second sentence {i}." for i in range(12)
+    )
+    document = parse(
+        f"# T\n\n## Long\n\n{paragraphs}\n\n## Short\n\nOne line.", "markdown", fallback_title="x"
+    )
+    chunks = chunk(document, max_chars=200)
+    assert {c.heading for c in chunks} == {"Long", "Short"}
+    long_chunks = [c for c in chunks if c.heading == "Long"]
+    assert len(long_chunks) > 2
+    assert all(len(c.text) <= 260 for c in long_chunks)
+    for previous, following in itertools.pairwise(long_chunks):
+        assert previous.text.split(". ")[-1].rstrip(".") in following.text  # the overlap
+
+
+def test_ingest_is_idempotent_and_versions_changes(engine: Engine) -> None:
+    first = store.ingest(
+        engine, document_id="gift-cards", text=MARKDOWN, content_type="markdown", with_embeddings=False
+    )
+    again = store.ingest(
+        engine, document_id="gift-cards", text=MARKDOWN, content_type="markdown", with_embeddings=False
+    )
+    assert (first.version, first.chunks, first.changed) == (1, 4, True)
+    assert (again.version, again.changed) == (1, False)
+    revision = store.revision(engine)
+
+    changed = store.ingest(
+        engine,
+        document_id="gift-cards",
+        text=MARKDOWN + "\n## Lost cards\n\nWe replace lost cards.",
+        content_type="markdown",
+        with_embeddings=False,
+    )
+    assert (changed.version, changed.chunks, changed.changed) == (2, 5, True)
+    assert store.revision(engine) == revision + 1
+    with Session(engine) as session:
+        versions = {c.document_version for c in session.exec(select(KnowledgeChunk)).all()}
+    assert versions == {2}  # the old version's chunks are gone
+
+    assert store.delete(engine, "gift-cards")
+    assert not store.delete(engine, "gift-cards")
+    assert store.get(engine, "gift-cards") is None
+    with Session(engine) as session:
+        assert session.exec(select(KnowledgeChunk)).all() == []
+
+
+def test_hybrid_search_finds_the_answering_document_and_follows_changes(
+    tmp_path: Path, demo_store: Path
+) -> None:
+    from dialogue.db import get_engine
+
+    engine = get_engine(f"sqlite:///{demo_store}")
+    index = HybridIndex(engine, reload_seconds=0)
+    best = index.search("how much does express shipping cost", top_k=3)[0]
+    assert best.document_id == "shipping"
+    assert best.lexical_score > 0 and best.chunk_id and best.document_version == 1
+    refund = index.search("how long does the refund take after I return an item?", top_k=5)
+    assert "returns" in [p.document_id for p in refund]
+
+    copy = tmp_path / "copy.db"
+    copy.write_bytes(demo_store.read_bytes())
+    mutable = get_engine(f"sqlite:///{copy}")
+    index = HybridIndex(mutable, reload_seconds=0)
+    assert index.search("zorblax teleporter", top_k=1)[0].lexical_score == 0
+    store.ingest(
+        mutable,
+        document_id="teleporter",
+        text="# Zorblax teleporter\n\nThe zorblax teleporter ships in 2030.",
+        content_type="markdown",
+    )
+    assert index.search("zorblax teleporter", top_k=1)[0].document_id == "teleporter"
+
+
+def test_retrieval_evaluation_on_the_demo_qa_set(demo_store: Path, demo_bot: BotDefinition) -> None:
+    from dialogue.db import get_engine
+
+    questions = read_questions(demo_bot.resolve("qa.jsonl"))
+    assert len(questions) >= 50
+    report = evaluate_retrieval(HybridIndex(get_engine(f"sqlite:///{demo_store}")), questions)
+    assert report.n_questions == len(questions)
+    assert 0.6 <= report.recall_at_1 <= report.recall_at_5 <= 1
+    assert report.recall_at_1 <= report.mrr <= report.recall_at_5
+
+
+def test_read_questions_rejects_bad_lines(tmp_path: Path) -> None:
+    path = tmp_path / "qa.jsonl"
+    path.write_bytes(orjson.dumps({"question": "q"}) + b"\n")
+    try:
+        read_questions(path)
+    except ValueError as err:
+        assert "qa.jsonl:1" in str(err)
+    else:
+        raise AssertionError("expected a ValueError")
