@@ -20,6 +20,7 @@ from activities.retrieve import RetrieveActivity
 from activities.understand import UnderstandActivity
 from dialogue.bot import load_bot
 from dialogue.db import get_engine, init_db
+from dialogue.generation import build_generator
 from dialogue.knowledge.search import HybridIndex
 from dialogue.nlu.parser import build_parser
 from dialogue.settings import Settings, get_settings
@@ -43,8 +44,8 @@ def build_worker(
         workflows=[ConversationWorkflow],
         activities=[
             UnderstandActivity(build_parser(settings, bot)).understand,
-            RetrieveActivity(HybridIndex(engine)).retrieve,
-            GenerateActivity(ReplyComposer(bot)).generate,
+            RetrieveActivity(HybridIndex(engine, reload_seconds=settings.knowledge_reload_seconds)).retrieve,
+            GenerateActivity(ReplyComposer(bot, build_generator(settings, bot))).generate,
             record.record_turn,
             record.record_conversation,
         ],

@@ -1,5 +1,5 @@
-"""`generate`: the reply to a turn — a response template, a grounded answer from the knowledge
-base, a clarifying question, or a fallback — worded from the bot definition."""
+"""`generate`: the reply to a turn — a response template, an answer from the knowledge base
+(grounded or by an LLM), a clarifying question, or a fallback — worded from the bot definition."""
 
 from __future__ import annotations
 
@@ -7,16 +7,16 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from dialogue.bot import BotDefinition
-from dialogue.generation.grounded import Relevance, grounded_answer
+from dialogue.generation import AnswerGenerator
 from workflows.contracts import OUT_OF_SCOPE, GenerateRequest, Reply
 
 
 class ReplyComposer:
-    def __init__(self, bot: BotDefinition) -> None:
+    def __init__(self, bot: BotDefinition, generator: AnswerGenerator) -> None:
         self._bot = bot
-        self._relevance = Relevance(min_semantic=bot.min_semantic_score, min_lexical=bot.min_answer_score)
+        self._generator = generator
 
-    def compose(self, request: GenerateRequest) -> Reply:
+    async def compose(self, request: GenerateRequest) -> Reply:
         bot, nlu, turn = self._bot, request.nlu, request.turn_index
         if nlu.intent.name == OUT_OF_SCOPE:
             return Reply(text=_pick(bot.fallback_responses, turn))
@@ -27,11 +27,17 @@ class ReplyComposer:
         templates = intent.responses if intent else []
         if intent is not None and intent.action == "respond" and templates:
             return Reply(text=_render(_pick(templates, turn)))
-        answer = grounded_answer(request.text, request.passages, self._relevance)
+        answer = await self._generator.answer(request.text, request.passages)
+        prompt = self._generator.prompt
+        lineage = {
+            "generator": self._generator.name,
+            "prompt_id": prompt.id if prompt else None,
+            "prompt_hash": prompt.hash if prompt else None,
+        }
         if answer is None:
-            return Reply(text=_pick(bot.no_answer_responses, turn))
+            return Reply(text=_pick(bot.no_answer_responses, turn), **lineage)
         template = _pick(templates, turn) if templates else bot.answer_template
-        return Reply(text=_render(template, answer=answer.text), sources=answer.sources)
+        return Reply(text=_render(template, answer=answer.text), sources=answer.sources, **lineage)
 
     def _clarifying_question(self, request: GenerateRequest) -> str | None:
         ranking = [p for p in request.nlu.ranking if p.name != OUT_OF_SCOPE]
@@ -68,5 +74,5 @@ class GenerateActivity:
 
     @activity.defn(name="generate")
     async def generate(self, request: GenerateRequest) -> Reply:
-        """The reply text and its sources."""
-        return self._composer.compose(request)
+        """The reply text, its sources, and what produced it."""
+        return await self._composer.compose(request)

@@ -7,9 +7,9 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, Field, StringConstraints
 
-# Ids become part of workflow ids and URLs: keep them to a safe alphabet.
-CONVERSATION_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
-ConversationId = Annotated[str, StringConstraints(pattern=CONVERSATION_ID_PATTERN)]
+# Conversation and document ids become parts of workflow ids and URLs: keep them to a safe alphabet.
+ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
+ConversationId = Annotated[str, StringConstraints(pattern=ID_PATTERN)]
 
 
 class ConversationCreate(BaseModel):

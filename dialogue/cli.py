@@ -1,4 +1,4 @@
-"""The `dialogue` command: `up` (the whole embedded stack), `api`, `worker`, `replay`, `nlu …`."""
+"""The `dialogue` command: `up` (the whole embedded stack), `api`, `worker`, `replay`, `nlu …`, `kb …`."""
 
 from __future__ import annotations
 
@@ -143,3 +143,79 @@ def _model_parser(folder: Path) -> NluParser:
         return ModelParser(load_bot(get_settings().bot_path), load(folder))
     except ModelError as err:
         raise typer.BadParameter(str(err), param_hint="--model") from err
+
+
+kb_app = typer.Typer(help="Manage and evaluate the knowledge base in the SQL store.", no_args_is_help=True)
+app.add_typer(kb_app, name="kb")
+
+
+@kb_app.command("ingest")
+def kb_ingest(
+    paths: Annotated[
+        list[Path], typer.Argument(help="Files or folders of .md, .txt and .html documents.", exists=True)
+    ],
+) -> None:
+    """Add or update documents: each file's name is its id; a changed file gets a new version."""
+    from rich.progress import track
+
+    from dialogue.db import get_engine, init_db
+    from dialogue.knowledge import store
+
+    engine = get_engine(get_settings().resolved_database_url)
+    init_db(engine)
+    files = list(store.knowledge_files(paths))
+    if not files:
+        raise typer.BadParameter("no .md, .txt or .html files found", param_hint="PATHS")
+    results = [store.ingest_path(engine, path) for path in track(files, description="Ingesting")]
+    changed = [r for r in results if r.changed]
+    typer.echo(
+        f"{len(results)} documents, {len(changed)} new or changed, {sum(r.chunks for r in results)} chunks"
+    )
+
+
+@kb_app.command("list")
+def kb_list() -> None:
+    """List the documents with their versions and chunk counts."""
+    from dialogue.db import get_engine, init_db
+    from dialogue.knowledge import store
+
+    engine = get_engine(get_settings().resolved_database_url)
+    init_db(engine)
+    rows, total = store.list_documents(engine, limit=10_000, offset=0)
+    for row in rows:
+        typer.echo(f"{row.id:<32} v{row.version:<3} {row.chunk_count:>3} chunks  {row.title}")
+    typer.echo(f"{total} documents")
+
+
+@kb_app.command("delete")
+def kb_delete(document_id: Annotated[str, typer.Argument(help="The document's id.")]) -> None:
+    """Delete a document and its chunks."""
+    from dialogue.db import get_engine
+    from dialogue.knowledge import store
+
+    if not store.delete(get_engine(get_settings().resolved_database_url), document_id):
+        typer.echo(f"no document {document_id!r}", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"deleted {document_id}")
+
+
+@kb_app.command("evaluate")
+def kb_evaluate(
+    data: Annotated[
+        Path, typer.Option("--data", help="Questions (JSONL: question, document_ids).", exists=True)
+    ],
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Recall@1, recall@5 and MRR of retrieval over the knowledge base in the store."""
+    from dialogue.db import get_engine, init_db
+    from dialogue.knowledge.evaluate import evaluate_retrieval, read_questions
+    from dialogue.knowledge.search import HybridIndex
+
+    engine = get_engine(get_settings().resolved_database_url)
+    init_db(engine)
+    report = evaluate_retrieval(HybridIndex(engine), read_questions(data))
+    if as_json:
+        typer.echo(report.model_dump_json())
+        return
+    for name, value in report.model_dump().items():
+        typer.echo(f"{name:<12} {value}")

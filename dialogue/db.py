@@ -64,6 +64,8 @@ class Message(SQLModel, table=True):
     confidence: float | None = None
     degraded: bool = False
     sources: list[dict[str, Any]] = Field(default_factory=list, sa_column=Column(JSON))
+    lineage: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
+    """For the bot's messages: models, prompt and document versions behind the reply."""
     created_at: datetime = _utc_column()
 
 

@@ -51,6 +51,18 @@ class Settings(BaseSettings):
     nlu_model_dir: Path | None = None
     """The trained NLU model; `data_dir/models/<bot name>-nlu` when unset (`dialogue up` trains it)."""
 
+    knowledge_reload_seconds: float = Field(default=2.0, ge=0)
+    """How often the worker checks the knowledge base for changes (one small query)."""
+
+    generator: Literal["grounded", "openai"] = "grounded"
+    """How knowledge-base answers are worded: `grounded` (extractive, no model) or `openai` (an LLM)."""
+    llm_base_url: str = "http://127.0.0.1:11434/v1"
+    """Any OpenAI-compatible Chat Completions endpoint (OpenAI, vLLM, Ollama, llama.cpp server)."""
+    llm_model: str = "gpt-4o-mini"
+    llm_api_key: str | None = Field(default=None, repr=False)
+    llm_timeout_seconds: float = Field(default=20.0, gt=0)
+    """One attempt's limit; Temporal retries within the generate step's own deadline."""
+
     max_text_chars: int = Field(default=4000, ge=1)
     """Longest user text a turn accepts (422 above it)."""
     max_body_bytes: int = Field(default=64 * 1024, ge=1024)

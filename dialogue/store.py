@@ -44,6 +44,7 @@ def record_turn(engine: Engine, turn: RecordTurnRequest) -> None:
                 confidence=turn.nlu.intent.confidence,
                 degraded=turn.degraded,
                 sources=[source.model_dump(mode="json") for source in turn.reply.sources],
+                lineage=turn.lineage.model_dump(mode="json") if turn.lineage else None,
                 **common,
             )
         )

@@ -156,6 +156,7 @@ def settings(env: WorkflowEnvironment, tmp_path: Path, store_url: str, demo_mode
         task_queue=f"test-{uuid.uuid4()}",
         api_key=TEST_API_KEY,
         nlu_model_dir=demo_model_dir,
+        knowledge_reload_seconds=0,
     )
 
 

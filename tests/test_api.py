@@ -188,3 +188,54 @@ async def test_temporal_unreachable_is_503_with_retry_after(settings: Settings) 
     finally:
         server.should_exit = True
         await task
+
+
+async def test_knowledge_documents_are_versioned_and_answer_turns(http: httpx.AsyncClient) -> None:
+    doc = {
+        "id": "zorblax",
+        "content_type": "markdown",
+        "text": "# Zorblax teleporter\n\n## Delivery\n\nThe Zorblax teleporter ships from our Oslo warehouse in 4 days.",
+    }
+    created = await http.post("/v1/knowledge/documents", json=doc)
+    assert created.status_code == 201, created.text
+    assert created.json() == {"document_id": "zorblax", "version": 1, "chunks": 1, "changed": True}
+    same = await http.post("/v1/knowledge/documents", json=doc)
+    assert same.status_code == 200 and same.json()["changed"] is False
+    doc["text"] = doc["text"].replace("4 days", "2 days")
+    assert (await http.post("/v1/knowledge/documents", json=doc)).json()["version"] == 2
+
+    listed = (await http.get("/v1/knowledge/documents", params={"limit": 200})).json()
+    assert "zorblax" in [d["document_id"] for d in listed["items"]]
+    one = (await http.get("/v1/knowledge/documents/zorblax")).json()
+    assert (one["title"], one["version"]) == ("Zorblax teleporter", 2)
+
+    turn = await http.post(
+        f"/v1/conversations/{new_id()}/turns",
+        json={"text": "How long does shipping of the Zorblax teleporter take?"},
+    )
+    reply = turn.json()["reply"]
+    assert "2 days" in reply["text"]
+    assert reply["sources"][0]["document_id"] == "zorblax"
+    assert reply["sources"][0]["document_version"] == 2
+
+    assert (await http.delete("/v1/knowledge/documents/zorblax")).status_code == 204
+    assert_error(await http.get("/v1/knowledge/documents/zorblax"), 404, "document_not_found")
+    assert_error(await http.delete("/v1/knowledge/documents/zorblax"), 404, "document_not_found")
+    assert_error(
+        await http.post("/v1/knowledge/documents", json={"id": "x", "text": ""}), 422, "invalid_request"
+    )
+
+
+async def test_nlu_parse_has_no_side_effects(http: httpx.AsyncClient) -> None:
+    before = (await http.get("/v1/conversations")).json()["total"]
+    parsed = await http.post(
+        "/v1/nlu/parse", json={"text": "My order NW-123456 never arrived, this is awful"}
+    )
+    assert parsed.status_code == 200, parsed.text
+    body = parsed.json()
+    assert body["intent"]["name"] in {"delivery_problem", "order_status", "complaint"}
+    assert ("order_id", "NW-123456") in [(e["entity"], e["value"]) for e in body["entities"]]
+    assert body["sentiment"]["label"] == "negative"
+    assert len(body["ranking"]) >= 2
+    assert_error(await http.post("/v1/nlu/parse", json={"text": " "}), 422, "invalid_text")
+    assert (await http.get("/v1/conversations")).json()["total"] == before  # nothing recorded

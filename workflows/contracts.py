@@ -126,6 +126,26 @@ class GenerateRequest(BaseModel):
 class Reply(BaseModel):
     text: str
     sources: list[Source] = []
+    generator: str = "template"
+    """What produced the text: `template`, `grounded`, or `openai:<model>`."""
+    prompt_id: str | None = None
+    prompt_hash: str | None = None
+
+
+class DocumentRef(BaseModel):
+    document_id: str
+    version: int | None = None
+    chunk_id: str | None = None
+
+
+class Lineage(BaseModel):
+    """Where an answer came from: the models, the prompt and the document versions it stands on."""
+
+    nlu_model: str | None = None
+    generator: str
+    prompt_id: str | None = None
+    prompt_hash: str | None = None
+    documents: list[DocumentRef] = []
 
 
 class TurnReply(BaseModel):
@@ -141,6 +161,7 @@ class TurnReply(BaseModel):
     """Which step failed when `degraded` is true: the user got a fallback reply."""
     timings_ms: dict[str, float] = {}
     """Time of each step, as the workflow saw it (scheduling included), and the whole turn."""
+    lineage: Lineage | None = None
 
 
 class ConversationState(BaseModel):
@@ -169,6 +190,7 @@ class RecordTurnRequest(BaseModel):
     nlu: NluResult
     degraded: bool = False
     at: datetime
+    lineage: Lineage | None = None
 
 
 class RecordConversationRequest(BaseModel):

@@ -28,9 +28,11 @@ with workflow.unsafe.imports_passed_through():
         OUT_OF_SCOPE,
         ConversationInput,
         ConversationState,
+        DocumentRef,
         EndRequest,
         GenerateRequest,
         IntentPrediction,
+        Lineage,
         NluResult,
         Passage,
         RecordConversationRequest,
@@ -198,6 +200,16 @@ class ConversationWorkflow:
                 TURN_COUNT.value_set(self._state.turn_count),
             ]
         )
+        lineage = Lineage(
+            nlu_model=nlu.model,
+            generator=reply.generator,
+            prompt_id=reply.prompt_id,
+            prompt_hash=reply.prompt_hash,
+            documents=[
+                DocumentRef(document_id=s.document_id, version=s.document_version, chunk_id=s.chunk_id)
+                for s in reply.sources
+            ],
+        )
         record = RecordTurnRequest(
             conversation_id=self._input.conversation_id,
             turn_id=turn_id,
@@ -207,6 +219,7 @@ class ConversationWorkflow:
             nlu=nlu,
             degraded=bool(failed),
             at=self._state.updated_at,
+            lineage=lineage,
         )
         await self._attempt(
             "record",
@@ -224,6 +237,7 @@ class ConversationWorkflow:
             degraded=bool(failed),
             degraded_reason=", ".join(f"{step} failed" for step in failed) or None,
             timings_ms=timings,
+            lineage=lineage,
         )
 
     async def _attempt(

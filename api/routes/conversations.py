@@ -17,7 +17,7 @@ from temporalio.service import RPCError, RPCStatusCode
 from api.deps import CurrentPrincipal, EngineDep, SettingsDep, TemporalClientDep
 from api.errors import ApiError, conversation_ended, temporal_errors
 from api.schemas import (
-    CONVERSATION_ID_PATTERN,
+    ID_PATTERN,
     ConversationCreate,
     ConversationCreated,
     ConversationEnded,
@@ -37,9 +37,7 @@ router = APIRouter(prefix="/conversations", tags=["conversations"])
 # A query needs a worker; without one it would wait for the server's own deadline.
 QUERY_TIMEOUT = timedelta(seconds=10)
 
-ConversationIdPath = Annotated[
-    str, Path(pattern=CONVERSATION_ID_PATTERN, description="The conversation's id.")
-]
+ConversationIdPath = Annotated[str, Path(pattern=ID_PATTERN, description="The conversation's id.")]
 IdempotencyKey = Annotated[
     str | None,
     Header(

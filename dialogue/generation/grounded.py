@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from dialogue.generation.prompts import Prompt
 from dialogue.knowledge.chunking import sentences
 from dialogue.text import terms
 from workflows.contracts import Passage, Source
@@ -43,6 +44,19 @@ def source_of(passage: Passage) -> Source:
         chunk_id=passage.chunk_id,
         document_version=passage.document_version,
     )
+
+
+class GroundedGenerator:
+    """The default answer generator: no model, no key, no network."""
+
+    name = "grounded"
+    prompt: Prompt | None = None
+
+    def __init__(self, relevance: Relevance) -> None:
+        self._relevance = relevance
+
+    async def answer(self, question: str, passages: list[Passage]) -> Answer | None:
+        return grounded_answer(question, passages, self._relevance)
 
 
 def grounded_answer(question: str, passages: list[Passage], relevance: Relevance) -> Answer | None:

@@ -1,0 +1,117 @@
+"""`/v1/knowledge/documents`: add, list, read and delete knowledge-base documents."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Query, Response, status
+from pydantic import BaseModel, Field
+from starlette.concurrency import run_in_threadpool
+
+from api.deps import CurrentPrincipal, EngineDep
+from api.errors import ApiError
+from api.schemas import ID_PATTERN
+from dialogue.knowledge import store
+from dialogue.knowledge.parsing import ContentType
+
+router = APIRouter(prefix="/knowledge/documents", tags=["knowledge"])
+
+DocumentIdPath = Annotated[str, Path(pattern=ID_PATTERN, description="The document's id.")]
+
+
+class DocumentCreate(BaseModel):
+    id: str = Field(pattern=ID_PATTERN, description="Stable id; sending the same id again updates it.")
+    text: str = Field(min_length=1, description="The whole document.")
+    content_type: ContentType = "markdown"
+    title: str | None = Field(
+        default=None, max_length=500, description="Taken from the document when absent."
+    )
+    source: str | None = Field(
+        default=None, max_length=1000, description="Where it comes from (URL or path)."
+    )
+
+
+class DocumentStored(BaseModel):
+    document_id: str
+    version: int
+    chunks: int
+    changed: bool
+
+
+class DocumentSummary(BaseModel):
+    document_id: str
+    title: str
+    version: int
+    chunk_count: int
+    content_type: str
+    source: str | None
+    updated_at: datetime
+
+
+class DocumentPublic(DocumentSummary):
+    text: str
+
+
+class DocumentsPage(BaseModel):
+    items: list[DocumentSummary]
+    total: int
+    limit: int
+    offset: int
+
+
+@router.post("", status_code=status.HTTP_201_CREATED)
+async def create_document(
+    body: DocumentCreate, engine: EngineDep, response: Response, _: CurrentPrincipal
+) -> DocumentStored:
+    """Add a document, or update it (a new version) when its content changed; 200 when it did not."""
+    result = await run_in_threadpool(
+        lambda: store.ingest(
+            engine,
+            document_id=body.id,
+            text=body.text,
+            content_type=body.content_type,
+            title=body.title,
+            source=body.source,
+        )
+    )
+    if not result.changed:
+        response.status_code = status.HTTP_200_OK
+    return DocumentStored(
+        document_id=result.document_id, version=result.version, chunks=result.chunks, changed=result.changed
+    )
+
+
+@router.get("")
+async def read_documents(
+    engine: EngineDep,
+    _: CurrentPrincipal,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> DocumentsPage:
+    """Documents in id order."""
+    rows, total = await run_in_threadpool(store.list_documents, engine, limit=limit, offset=offset)
+    items = [DocumentSummary.model_validate(row.model_dump() | {"document_id": row.id}) for row in rows]
+    return DocumentsPage(items=items, total=total, limit=limit, offset=offset)
+
+
+@router.get("/{document_id}")
+async def read_document(
+    document_id: DocumentIdPath, engine: EngineDep, _: CurrentPrincipal
+) -> DocumentPublic:
+    """One document with its text."""
+    row = await run_in_threadpool(store.get, engine, document_id)
+    if row is None:
+        raise _document_not_found(document_id)
+    return DocumentPublic.model_validate(row.model_dump() | {"document_id": row.id})
+
+
+@router.delete("/{document_id}", status_code=status.HTTP_204_NO_CONTENT)
+async def delete_document(document_id: DocumentIdPath, engine: EngineDep, _: CurrentPrincipal) -> None:
+    """Delete a document and its chunks; answers stop citing it within seconds."""
+    if not await run_in_threadpool(store.delete, engine, document_id):
+        raise _document_not_found(document_id)
+
+
+def _document_not_found(document_id: str) -> ApiError:
+    return ApiError(404, "document_not_found", f"document {document_id!r} does not exist")

@@ -1,0 +1,78 @@
+"""A small OpenAI-compatible Chat Completions server for the tests: real HTTP, real SSE streaming.
+
+It stands in for a paid LLM provider only. Each request takes the next planned behaviour
+from a queue (the last one repeats); every request is recorded.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+
+
+@dataclass
+class Plan:
+    text: str = ""
+    status: int = 200
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class FakeLlm:
+    plans: list[Plan] = field(default_factory=lambda: [Plan(text="Hello [1].")])
+    requests: list[dict[str, Any]] = field(default_factory=list)
+
+    def app(self) -> FastAPI:
+        app = FastAPI()
+
+        @app.post("/v1/chat/completions")
+        async def complete(request: Request) -> Response:
+            body = await request.json()
+            self.requests.append(body)
+            plan = self.plans.pop(0) if len(self.plans) > 1 else self.plans[0]
+            if plan.status != 200:
+                error = {"error": {"message": f"planned {plan.status}", "type": "test", "code": None}}
+                return JSONResponse(error, status_code=plan.status, headers=plan.headers)
+            if not body.get("stream"):
+                return JSONResponse(_completion(body["model"], plan.text))
+            return StreamingResponse(_chunks(body["model"], plan.text), media_type="text/event-stream")
+
+        return app
+
+
+def _completion(model: str, text: str) -> dict[str, Any]:
+    return {
+        "id": "cmpl-test",
+        "object": "chat.completion",
+        "created": 0,
+        "model": model,
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+    }
+
+
+async def _chunks(model: str, text: str) -> AsyncIterator[bytes]:
+    words = text.split(" ")
+    for i, word in enumerate(words):
+        piece = word if i == len(words) - 1 else word + " "
+        chunk = {
+            "id": "cmpl-test",
+            "object": "chat.completion.chunk",
+            "created": 0,
+            "model": model,
+            "choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": None}],
+        }
+        yield b"data: " + orjson.dumps(chunk) + b"\n\n"
+    done = {
+        "id": "cmpl-test",
+        "object": "chat.completion.chunk",
+        "created": 0,
+        "model": model,
+        "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}],
+    }
+    yield b"data: " + orjson.dumps(done) + b"\n\n"
+    yield b"data: [DONE]\n\n"

@@ -1,0 +1,166 @@
+"""The `openai` generator against an OpenAI-compatible server over real HTTP, alone and inside a turn."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
+
+import pytest
+from temporalio.api.enums.v1 import EventType
+from temporalio.client import Client
+from temporalio.exceptions import ApplicationError
+
+from dialogue.generation.openai_chat import OpenAIChatGenerator
+from dialogue.settings import Settings
+from dialogue.temporal import workflow_id
+from tests.conftest import free_port, serve
+from tests.fake_llm import FakeLlm, Plan
+from tests.test_workflow import send_turn
+from worker import build_worker
+from workflows.contracts import Passage
+
+PASSAGES = [
+    Passage(
+        document_id="shipping",
+        title="Shipping",
+        text="Express costs 12.90 euros.",
+        score=0.03,
+        semantic_score=0.8,
+        chunk_id="shipping:1:0",
+        document_version=1,
+    ),
+    Passage(
+        document_id="returns",
+        title="Returns",
+        text="Returns are free within 30 days.",
+        score=0.02,
+        semantic_score=0.6,
+        chunk_id="returns:1:0",
+        document_version=1,
+    ),
+    Passage(document_id="weak", title="Weak", text="Unrelated.", score=0.01, semantic_score=0.1),
+]
+
+
+@pytest.fixture
+async def llm() -> AsyncIterator[tuple[FakeLlm, str]]:
+    fake = FakeLlm()
+    server, task, base_url = await serve(fake.app())
+    yield fake, f"{base_url}/v1"
+    server.should_exit = True
+    await task
+
+
+def generator(base_url: str, timeout: float = 5) -> OpenAIChatGenerator:
+    return OpenAIChatGenerator(
+        base_url=base_url, model="test-model", api_key="sk-test", timeout_seconds=timeout
+    )
+
+
+async def test_a_streamed_answer_cites_the_passages_it_used(llm: tuple[FakeLlm, str]) -> None:
+    fake, base_url = llm
+    fake.plans = [Plan(text="Express shipping costs 12.90 euros [1].")]
+    tokens: list[str] = []
+    answer = await generator(base_url).answer("How much is express?", PASSAGES, on_token=tokens.append)
+
+    assert answer is not None
+    assert answer.text == "Express shipping costs 12.90 euros [1]."
+    assert "".join(tokens) == answer.text and len(tokens) > 3  # it streamed
+    assert [s.document_id for s in answer.sources] == ["shipping"]
+    sent = fake.requests[0]
+    assert sent["model"] == "test-model" and sent["stream"] is True
+    system = sent["messages"][0]["content"]
+    assert "[1] Shipping: Express costs 12.90 euros." in system
+    assert "Unrelated." not in system  # untrusted passages never reach the model
+    assert sent["messages"][1] == {"role": "user", "content": "How much is express?"}
+
+
+async def test_no_answer_from_the_model_or_no_trusted_passage_is_none(llm: tuple[FakeLlm, str]) -> None:
+    fake, base_url = llm
+    fake.plans = [Plan(text="NO_ANSWER")]
+    assert await generator(base_url).answer("What is the meaning of life?", PASSAGES) is None
+    assert await generator(base_url).answer("anything", PASSAGES[2:]) is None
+    assert len(fake.requests) == 1  # the second question never called the model
+
+
+@pytest.mark.parametrize(
+    ("plan", "retryable", "delay"),
+    [
+        (Plan(status=429, headers={"Retry-After": "3"}), True, timedelta(seconds=3)),
+        (Plan(status=503), True, None),
+        (Plan(status=408), True, None),
+        (Plan(status=400), False, None),
+        (Plan(status=401), False, None),
+    ],
+)
+async def test_errors_say_whether_retrying_helps(
+    llm: tuple[FakeLlm, str], plan: Plan, retryable: bool, delay: timedelta | None
+) -> None:
+    fake, base_url = llm
+    fake.plans = [plan]
+    with pytest.raises(ApplicationError) as raised:
+        await generator(base_url).answer("How much is express?", PASSAGES)
+    assert raised.value.non_retryable is not retryable
+    assert raised.value.next_retry_delay == delay
+    assert len(fake.requests) == 1  # the client itself never retries: Temporal does
+
+
+async def test_an_unreachable_endpoint_is_retryable() -> None:
+    with pytest.raises(ApplicationError) as raised:
+        await generator(f"http://127.0.0.1:{free_port()}/v1", timeout=2).answer(
+            "How much is express?", PASSAGES
+        )
+    assert raised.value.type == "LlmUnavailable" and not raised.value.non_retryable
+
+
+async def test_a_turn_retries_the_llm_after_its_retry_after_then_answers(
+    client: Client, settings: Settings, llm: tuple[FakeLlm, str]
+) -> None:
+    fake, base_url = llm
+    fake.plans = [
+        Plan(status=429, headers={"Retry-After": "1"}),
+        Plan(text="Express shipping costs 12.90 euros [1]."),
+    ]
+    llm_settings = settings.model_copy(
+        update={"generator": "openai", "llm_base_url": base_url, "llm_model": "test-model"}
+    )
+    conversation_id = f"llm-{uuid.uuid4().hex[:8]}"
+    with ThreadPoolExecutor(4) as executor:
+        async with build_worker(client, llm_settings, executor=executor):
+            reply = await send_turn(
+                client, llm_settings, conversation_id, "How much does express shipping cost?"
+            )
+
+    assert not reply.degraded
+    assert reply.reply.text == "Express shipping costs 12.90 euros [1]."
+    assert reply.reply.sources[0].document_id == "shipping"
+    assert reply.lineage is not None
+    assert (reply.lineage.generator, reply.lineage.prompt_id) == ("openai:test-model", "grounded_answer@v1")
+    assert reply.lineage.prompt_hash and reply.lineage.documents[0].document_id == "shipping"
+    assert len(fake.requests) == 2
+    history = [
+        e async for e in client.get_workflow_handle(workflow_id(conversation_id)).fetch_history_events()
+    ]
+    attempts = [
+        e.activity_task_started_event_attributes.attempt
+        for e in history
+        if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_STARTED
+    ]
+    assert max(attempts) == 2  # the 429 was retried by Temporal, once
+
+
+async def test_a_rejected_llm_request_degrades_the_turn_at_once(
+    client: Client, settings: Settings, llm: tuple[FakeLlm, str]
+) -> None:
+    fake, base_url = llm
+    fake.plans = [Plan(status=400)]
+    llm_settings = settings.model_copy(update={"generator": "openai", "llm_base_url": base_url})
+    with ThreadPoolExecutor(4) as executor:
+        async with build_worker(client, llm_settings, executor=executor):
+            reply = await send_turn(
+                client, llm_settings, f"llm-{uuid.uuid4().hex[:8]}", "How much does express shipping cost?"
+            )
+    assert reply.degraded and reply.degraded_reason == "generate failed"
+    assert len(fake.requests) == 1  # non-retryable: no second attempt
