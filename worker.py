@@ -17,6 +17,7 @@ from temporalio.worker import Worker
 from activities.generate import GenerateActivity, ReplyComposer
 from activities.record import RecordActivities
 from activities.retrieve import RetrieveActivity
+from activities.tools import ToolActivity
 from activities.understand import UnderstandActivity
 from dialogue.bot import load_bot
 from dialogue.db import get_engine, init_db
@@ -43,11 +44,12 @@ def build_worker(
         task_queue=task_queue or settings.task_queue,
         workflows=[ConversationWorkflow],
         activities=[
-            UnderstandActivity(build_parser(settings, bot)).understand,
+            UnderstandActivity(bot, build_parser(settings, bot)).understand,
             RetrieveActivity(HybridIndex(engine, reload_seconds=settings.knowledge_reload_seconds)).retrieve,
             GenerateActivity(ReplyComposer(bot, build_generator(settings, bot))).generate,
             record.record_turn,
             record.record_conversation,
+            ToolActivity(bot).run_tool,
         ],
         activity_executor=executor,
     )

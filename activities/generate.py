@@ -1,14 +1,21 @@
-"""`generate`: the reply to a turn — a response template, an answer from the knowledge base
-(grounded or by an LLM), a clarifying question, or a fallback — worded from the bot definition."""
+"""`generate`: words the policy's decision — a response template, an answer from the knowledge base
+(grounded or by an LLM), a clarifying question, a flow's question or result, a fallback — from
+the bot definition."""
 
 from __future__ import annotations
+
+from typing import Any
 
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from dialogue.bot import BotDefinition
+from dialogue.bot import BotDefinition, Flow
 from dialogue.generation import AnswerGenerator
-from workflows.contracts import OUT_OF_SCOPE, GenerateRequest, Reply
+from dialogue.policy import decide
+from workflows.contracts import OUT_OF_SCOPE, Decision, DialogueState, GenerateRequest, Reply
+
+HANDOFF_TEXT = "I'll hand you over to a member of our team."
+END_TEXT = "Goodbye!"
 
 
 class ReplyComposer:
@@ -17,40 +24,81 @@ class ReplyComposer:
         self._generator = generator
 
     async def compose(self, request: GenerateRequest) -> Reply:
-        bot, nlu, turn = self._bot, request.nlu, request.turn_index
-        if nlu.intent.name == OUT_OF_SCOPE:
-            return Reply(text=_pick(bot.fallback_responses, turn))
-        clarifying = self._clarifying_question(request)
-        if clarifying is not None:
-            return Reply(text=clarifying)
-        intent = bot.intent(nlu.intent.name)
+        decision = request.decision or decide(self._bot, request.nlu, DialogueState())
+        reply = await self._reply(request, decision)
+        flow = self._bot.flow(decision.flow)
+        if decision.resume_flow and flow is not None and decision.dialogue.requested_slot:
+            reminder = _render(
+                self._bot.resume_template,
+                flow=flow.title,
+                prompt=_prompt(flow, decision.dialogue.requested_slot),
+            )
+            reply = reply.model_copy(update={"text": f"{reply.text} {reminder}"})
+        return reply
+
+    async def _reply(self, request: GenerateRequest, decision: Decision) -> Reply:
+        bot, turn = self._bot, request.turn_index
+        intent = bot.intent(request.nlu.intent.name)
         templates = intent.responses if intent else []
-        if intent is not None and intent.action == "respond" and templates:
-            return Reply(text=_render(_pick(templates, turn)))
+        flow = bot.flow(decision.flow)
+        match decision.action:
+            case "fallback":
+                return Reply(text=_pick(bot.fallback_responses, turn))
+            case "clarify":
+                return Reply(text=self._clarifying_question(request))
+            case "respond" | "handoff" | "end" if templates:
+                return Reply(text=_render(_pick(templates, turn)))
+            case "handoff":
+                return Reply(text=HANDOFF_TEXT)
+            case "end":
+                return Reply(text=END_TEXT)
+            case "flow_prompt" if flow is not None:
+                missing = decision.dialogue.requested_slot or ""
+                spec = next((s for s in flow.slots if s.name == decision.invalid_slot), None)
+                prefix = f"{spec.invalid} " if spec is not None and spec.invalid else ""
+                return Reply(text=prefix + _prompt(flow, missing))
+            case "flow_complete" if flow is not None:
+                return Reply(text=self._flow_result(flow, request, decision))
+            case "flow_cancel" if flow is not None:
+                return Reply(text=flow.cancelled)
+        return await self._answer(request, templates)
+
+    async def _answer(self, request: GenerateRequest, templates: list[str]) -> Reply:
         answer = await self._generator.answer(request.text, request.passages)
         prompt = self._generator.prompt
-        lineage = {
+        lineage: dict[str, Any] = {
             "generator": self._generator.name,
             "prompt_id": prompt.id if prompt else None,
             "prompt_hash": prompt.hash if prompt else None,
         }
         if answer is None:
-            return Reply(text=_pick(bot.no_answer_responses, turn), **lineage)
-        template = _pick(templates, turn) if templates else bot.answer_template
+            return Reply(text=_pick(self._bot.no_answer_responses, request.turn_index), **lineage)
+        template = _pick(templates, request.turn_index) if templates else self._bot.answer_template
         return Reply(text=_render(template, answer=answer.text), sources=answer.sources, **lineage)
 
-    def _clarifying_question(self, request: GenerateRequest) -> str | None:
+    def _flow_result(self, flow: Flow, request: GenerateRequest, decision: Decision) -> str:
+        result = request.tool_result
+        values = {
+            k: str(v) for k, v in {**decision.dialogue.slots, **(result.data if result else {})}.items()
+        }
+        if result is None:
+            return _pick(self._bot.fallback_responses, request.turn_index)
+        if result.ok:
+            return _render(flow.done, **values)
+        again = f" {_prompt(flow, result.retry_slot)}" if result.retry_slot else ""
+        return _render(flow.failed, **values) + again
+
+    def _clarifying_question(self, request: GenerateRequest) -> str:
         ranking = [p for p in request.nlu.ranking if p.name != OUT_OF_SCOPE]
-        if request.nlu.intent.confidence >= self._bot.clarify_below or len(ranking) < 2:
-            return None
-        first, second = (self._bot.intent(p.name) for p in ranking[:2])
-        if first is None or second is None:
-            return None
-        return _render(
-            self._bot.clarify_template,
-            first=first.title or first.name.replace("_", " "),
-            second=second.title or second.name.replace("_", " "),
-        )
+        named = [self._bot.intent(p.name) for p in ranking[:2]]
+        titles = [i.title or i.name.replace("_", " ") for i in named if i is not None]
+        if len(titles) < 2:
+            return _pick(self._bot.fallback_responses, request.turn_index)
+        return _render(self._bot.clarify_template, first=titles[0], second=titles[1])
+
+
+def _prompt(flow: Flow, slot: str) -> str:
+    return next((s.prompt for s in flow.slots if s.name == slot), "")
 
 
 def _render(template: str, **values: str) -> str:

@@ -1,18 +1,22 @@
-"""`understand`: the NLU backend chosen in settings (keyword rules or the trained model)."""
+"""`understand`: the NLU backend chosen in settings, then the dialogue policy's decision."""
 
 from __future__ import annotations
 
 from temporalio import activity
 
+from dialogue.bot import BotDefinition
 from dialogue.nlu.parser import NluParser
-from workflows.contracts import NluResult, UnderstandRequest
+from dialogue.policy import decide
+from workflows.contracts import Understanding, UnderstandRequest
 
 
 class UnderstandActivity:
-    def __init__(self, parser: NluParser) -> None:
+    def __init__(self, bot: BotDefinition, parser: NluParser) -> None:
+        self._bot = bot
         self._parser = parser
 
     @activity.defn(name="understand")
-    async def understand(self, request: UnderstandRequest) -> NluResult:
-        """Intent, confidence, entities and sentiment of the user's text."""
-        return self._parser.parse(request.text)
+    async def understand(self, request: UnderstandRequest) -> Understanding:
+        """Intent, entities and sentiment of the user's text, and what the bot should do next."""
+        nlu = self._parser.parse(request.text)
+        return Understanding(nlu=nlu, decision=decide(self._bot, nlu, request.dialogue))

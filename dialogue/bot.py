@@ -21,8 +21,11 @@ class Intent(BaseModel):
     """Words or phrases that, found in the text, point to this intent."""
     responses: list[str] = []
     """Reply templates; `{answer}` stands for the best knowledge-base passage."""
-    action: Literal["respond", "answer"] = "respond"
-    """`respond` replies from the templates; `answer` grounds the reply in the knowledge base."""
+    action: Literal["respond", "answer", "flow", "handoff", "end"] = "respond"
+    """`respond` replies from the templates; `answer` grounds the reply in the knowledge base; `flow` starts
+    the named flow; `handoff` hands the conversation to a person; `end` replies and ends the conversation."""
+    flow: str | None = None
+    """The flow an intent with action `flow` starts."""
 
 
 class EntityPattern(BaseModel):
@@ -34,6 +37,41 @@ class EntityPattern(BaseModel):
     def _compiles(cls, value: str) -> str:
         re.compile(value)
         return value
+
+
+class SlotSpec(BaseModel):
+    name: str
+    entity: str | None = None
+    """The entity that fills the slot; the slot's name when unset."""
+    prompt: str
+    """What the bot asks when the slot is missing."""
+    pattern: str | None = None
+    """A value must match this (full match) to be accepted."""
+    invalid: str | None = None
+    """What the bot says when a value does not match."""
+
+    @field_validator("pattern")
+    @classmethod
+    def _compiles(cls, value: str | None) -> str | None:
+        if value is not None:
+            re.compile(value)
+        return value
+
+
+class Flow(BaseModel):
+    """Multi-turn slot filling that ends in a tool call."""
+
+    name: str
+    title: str
+    """How the bot names it when reminding the user ("checking your order")."""
+    slots: list[SlotSpec]
+    tool: str
+    """The tool (see `dialogue.tools`) called with the slots once all are filled."""
+    done: str
+    """Reply template once the tool answered; `{slot}` and `{field}` of the tool's data are filled in."""
+    failed: str = "Sorry, I couldn't complete that."
+    """Reply template when the tool could not find what the slots describe."""
+    cancelled: str = "Alright, I've stopped that."
 
 
 class NluData(BaseModel):
@@ -49,6 +87,9 @@ class BotDefinition(BaseModel):
     description: str = ""
     intents: list[Intent] = []
     entities: list[EntityPattern] = []
+    flows: list[Flow] = []
+    tables: dict[str, str] = {}
+    """Data files the tools read, by name (relative to the bot file): the demo's `orders` table."""
     lookups: dict[str, list[str]] = {}
     """Entity lookup tables: entity name to its values, matched as whole words."""
     nlu: NluData | None = None
@@ -59,6 +100,8 @@ class BotDefinition(BaseModel):
     )
     """Replies when the knowledge base holds no answer."""
     clarify_template: str = "Sorry, I'm not sure I understood. Do you want to {first} or {second}?"
+    resume_template: str = "To get back to {flow}: {prompt}"
+    """Added to a reply on another topic while a flow waits for an answer."""
     clarify_below: float = 0.0
     """Below this intent confidence the bot asks which of the two likeliest intents was meant."""
     answer_template: str = "{answer}"
@@ -75,6 +118,9 @@ class BotDefinition(BaseModel):
 
     def intent(self, name: str) -> Intent | None:
         return next((intent for intent in self.intents if intent.name == name), None)
+
+    def flow(self, name: str | None) -> Flow | None:
+        return next((flow for flow in self.flows if flow.name == name), None)
 
     @property
     def entity_patterns(self) -> dict[str, str]:

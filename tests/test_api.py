@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator
+from typing import Any
 
 import httpx
 import pytest
@@ -239,3 +240,40 @@ async def test_nlu_parse_has_no_side_effects(http: httpx.AsyncClient) -> None:
     assert len(body["ranking"]) >= 2
     assert_error(await http.post("/v1/nlu/parse", json={"text": " "}), 422, "invalid_text")
     assert (await http.get("/v1/conversations")).json()["total"] == before  # nothing recorded
+
+
+async def test_the_order_flow_fills_its_slot_survives_a_detour_and_calls_its_tool(
+    http: httpx.AsyncClient,
+) -> None:
+    base = f"/v1/conversations/{new_id()}"
+
+    async def say(text: str) -> dict[str, Any]:
+        response = await http.post(f"{base}/turns", json={"text": text})
+        assert response.status_code == 200, response.text
+        body: dict[str, Any] = response.json()
+        assert not body["degraded"], body
+        return body
+
+    asked = await say("Where is my order?")
+    assert "order number" in asked["reply"]["text"]
+    state = (await http.get(base)).json()
+    assert (state["active_flow"], state["requested_slot"]) == ("order_lookup", "order_id")
+
+    detour = await say("By the way, how much does express shipping cost?")
+    assert "12.90" in detour["reply"]["text"]
+    assert "To get back to checking your order" in detour["reply"]["text"]
+    assert (await http.get(base)).json()["active_flow"] == "order_lookup"
+
+    unknown = await say("It's NW-000000")
+    assert "couldn't find an order NW-000000" in unknown["reply"]["text"]
+    assert (await http.get(base)).json()["active_flow"] == "order_lookup"
+
+    found = await say("Sorry, I meant NW-482913")
+    assert "NW-482913" in found["reply"]["text"] and "shipped" in found["reply"]["text"]
+    state = (await http.get(base)).json()
+    assert state["active_flow"] is None
+    assert state["slots"]["order_id"] == "NW-482913"
+
+    goodbye = await say("Goodbye!")
+    assert goodbye["nlu"]["intent"]["name"] == "goodbye"  # its action is `end`
+    assert_error(await http.post(f"{base}/turns", json={"text": "hello?"}), 409, "conversation_ended")

@@ -226,14 +226,14 @@ async def test_history_replays_against_the_current_code(
     client: Client, settings: Settings, worker: Worker, tmp_path: Path
 ) -> None:
     conversation_id = new_id()
-    for text in ["hello", "can I return a gift card?", "order NW-123456 has not arrived"]:
+    for text in ["hello", "can I return a gift card?", "order NW-482913 has not arrived"]:
         await send_turn(client, settings, conversation_id, text)
     handle = client.get_workflow_handle_for(ConversationWorkflow.run, workflow_id(conversation_id))
     await handle.signal(ConversationWorkflow.end, EndRequest())
     await handle.result()
 
     state = await handle.query(ConversationWorkflow.state)
-    assert state.slots == {"order_id": "NW-123456"}
+    assert state.slots == {"order_id": "NW-482913"}
     from_server = await load_history(conversation_id, client=client)
     exported = tmp_path / "history.json"
     exported.write_text(from_server.to_json())

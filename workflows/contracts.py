@@ -73,8 +73,65 @@ class NluResult(BaseModel):
     """Which model decided: `keywords`, or `trained:<content hash>` (for lineage)."""
 
 
+class DialogueState(BaseModel):
+    """The part of a conversation's state that the dialogue policy reads and changes."""
+
+    active_flow: str | None = None
+    slots: dict[str, Any] = {}
+    requested_slot: str | None = None
+    """The slot the bot last asked for."""
+
+
 class UnderstandRequest(BaseModel):
     text: str
+    dialogue: DialogueState = DialogueState()
+
+
+Action = Literal[
+    "respond",
+    "answer",
+    "clarify",
+    "fallback",
+    "flow_prompt",
+    "flow_complete",
+    "flow_cancel",
+    "handoff",
+    "end",
+]
+
+
+class ToolCall(BaseModel):
+    name: str
+    arguments: dict[str, Any] = {}
+
+
+class ToolResult(BaseModel):
+    ok: bool
+    data: dict[str, Any] = {}
+    retry_slot: str | None = None
+    """When the call failed for a slot's value (an unknown order id): the slot to ask for again."""
+
+
+class Decision(BaseModel):
+    """What the dialogue policy decided for a turn; the workflow applies it, `generate` words it."""
+
+    action: Action
+    flow: str | None = None
+    """The flow the turn belongs to or continues."""
+    dialogue: DialogueState = DialogueState()
+    """The dialogue state after this turn."""
+    invalid_slot: str | None = None
+    """A slot whose value the user gave but which failed validation."""
+    tool: ToolCall | None = None
+    resume_flow: bool = False
+    """The turn answered another topic while a flow waits: remind the user of the flow's question."""
+
+
+class Understanding(BaseModel):
+    """The `understand` step's result: what the user said, and what to do about it."""
+
+    nlu: NluResult
+    decision: Decision
 
 
 class Passage(BaseModel):
@@ -121,6 +178,9 @@ class GenerateRequest(BaseModel):
     turn_index: int
     nlu: NluResult
     passages: list[Passage] = []
+    decision: Decision | None = None
+    """None: decide from the NLU result alone (as before flows existed)."""
+    tool_result: ToolResult | None = None
 
 
 class Reply(BaseModel):
@@ -172,6 +232,7 @@ class ConversationState(BaseModel):
     turn_count: int = 0
     slots: dict[str, Any] = {}
     active_flow: str | None = None
+    requested_slot: str | None = None
     handoff: bool = False
     last_intent: str | None = None
     started_at: datetime

@@ -22,12 +22,15 @@ with workflow.unsafe.imports_passed_through():
     from activities.generate import GenerateActivity
     from activities.record import RecordActivities
     from activities.retrieve import RetrieveActivity
+    from activities.tools import ToolActivity
     from activities.understand import UnderstandActivity
     from dialogue.temporal import LAST_INTENT, STATUS, TURN_COUNT
     from workflows.contracts import (
         OUT_OF_SCOPE,
         ConversationInput,
         ConversationState,
+        Decision,
+        DialogueState,
         DocumentRef,
         EndRequest,
         GenerateRequest,
@@ -39,6 +42,7 @@ with workflow.unsafe.imports_passed_through():
         RecordTurnRequest,
         Reply,
         RetrieveRequest,
+        ToolResult,
         TurnReply,
         TurnRequest,
         UnderstandRequest,
@@ -72,6 +76,7 @@ RETRIEVE = _step(timeout_s=5, total_s=10, attempts=3)
 GENERATE = _step(timeout_s=20, total_s=30, attempts=3)
 # Recording is cheap to retry and the transcript should not miss a turn: try harder.
 RECORD = _step(timeout_s=10, total_s=60, attempts=10)
+TOOL = _step(timeout_s=10, total_s=20, attempts=3)
 
 
 @workflow.defn
@@ -158,12 +163,14 @@ class ConversationWorkflow:
         failed: list[str] = []
         started = workflow.time()
 
-        # Retrieval does not depend on the intent: run it beside NLU, not after it.
-        nlu, retrieved = await asyncio.gather(
+        # Retrieval does not depend on the intent: run it beside NLU and the policy, not after them.
+        understanding, retrieved = await asyncio.gather(
             self._attempt(
                 "understand",
                 workflow.execute_activity_method(
-                    UnderstandActivity.understand, UnderstandRequest(text=text), **UNDERSTAND
+                    UnderstandActivity.understand,
+                    UnderstandRequest(text=text, dialogue=self._dialogue()),
+                    **UNDERSTAND,
                 ),
                 timings,
                 failed,
@@ -177,13 +184,33 @@ class ConversationWorkflow:
                 failed,
             ),
         )
-        nlu = nlu or NluResult(intent=IntentPrediction(name=OUT_OF_SCOPE, confidence=0.0))
+        nlu = (
+            understanding.nlu
+            if understanding
+            else NluResult(intent=IntentPrediction(name=OUT_OF_SCOPE, confidence=0.0))
+        )
+        decision = understanding.decision if understanding else None
         passages: list[Passage] = retrieved.passages if retrieved else []
+        tool_result = None
+        if decision is not None and decision.tool is not None:
+            tool_result = await self._attempt(
+                "tool",
+                workflow.execute_activity_method(ToolActivity.run_tool, decision.tool, **TOOL),
+                timings,
+                failed,
+            )
         reply = await self._attempt(
             "generate",
             workflow.execute_activity_method(
                 GenerateActivity.generate,
-                GenerateRequest(text=text, turn_index=turn_index, nlu=nlu, passages=passages),
+                GenerateRequest(
+                    text=text,
+                    turn_index=turn_index,
+                    nlu=nlu,
+                    passages=passages,
+                    decision=decision,
+                    tool_result=tool_result,
+                ),
                 **GENERATE,
             ),
             timings,
@@ -192,7 +219,8 @@ class ConversationWorkflow:
 
         self._state.turn_count = turn_index + 1
         self._state.last_intent = nlu.intent.name
-        self._state.slots.update({e.entity: e.value for e in nlu.entities})
+        if decision is not None:
+            self._apply(decision, tool_result)
         self._state.updated_at = workflow.now()
         workflow.upsert_search_attributes(
             [
@@ -228,6 +256,8 @@ class ConversationWorkflow:
             failed,
         )
         timings["total"] = _ms(workflow.time() - started)
+        if decision is not None and decision.action == "end":
+            self._close("ended_by_user")
         return TurnReply(
             conversation_id=self._input.conversation_id,
             turn_id=turn_id,
@@ -253,6 +283,33 @@ class ConversationWorkflow:
             return None
         finally:
             timings[step] = _ms(workflow.time() - start)
+
+    def _dialogue(self) -> DialogueState:
+        return DialogueState(
+            active_flow=self._state.active_flow,
+            slots=self._state.slots,
+            requested_slot=self._state.requested_slot,
+        )
+
+    def _apply(self, decision: Decision, tool_result: ToolResult | None) -> None:
+        """Take the policy's new dialogue state, and what the flow's tool call changed."""
+        dialogue = decision.dialogue
+        active_flow, requested_slot, slots = (
+            dialogue.active_flow,
+            dialogue.requested_slot,
+            dict(dialogue.slots),
+        )
+        if decision.action == "flow_complete":
+            if tool_result is not None and not tool_result.ok and tool_result.retry_slot:
+                slots.pop(tool_result.retry_slot, None)  # ask for it again
+                requested_slot = tool_result.retry_slot
+            else:
+                active_flow, requested_slot = None, None
+        self._state.active_flow = active_flow
+        self._state.requested_slot = requested_slot
+        self._state.slots = slots
+        if decision.action == "handoff":
+            self._state.handoff = True
 
     def _record_request(self) -> RecordConversationRequest:
         return RecordConversationRequest(

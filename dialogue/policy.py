@@ -1,0 +1,118 @@
+"""The dialogue policy: from what the user said and where the conversation stands, what to do.
+
+A pure function of the bot definition, the NLU result and the dialogue state, run inside
+the `understand` activity, so its decision is recorded in history and a replay never
+re-decides. The workflow applies the decision; `generate` words it.
+
+- An active flow takes the turn when the turn fills one of its slots, confirms, or is unsure.
+- Another confident intent in the middle of a flow is answered, and the flow's question is
+  asked again: the user may change topic and come back.
+- `deny` in the middle of a flow cancels it.
+- Without a flow: out-of-scope gets the fallback, low confidence a clarifying question,
+  otherwise the intent's action (`respond`, `answer`, `flow`, `handoff`, `end`).
+"""
+
+from __future__ import annotations
+
+import re
+
+from dialogue.bot import BotDefinition, Flow
+from workflows.contracts import OUT_OF_SCOPE, Decision, DialogueState, NluResult, ToolCall
+
+CANCEL_INTENTS = frozenset({"deny"})
+STAY_INTENTS = frozenset({"affirm", OUT_OF_SCOPE})
+
+
+def decide(bot: BotDefinition, nlu: NluResult, state: DialogueState) -> Decision:
+    # Every entity is remembered as a slot of its name (the latest value wins); flows take theirs from it.
+    remembered = {**state.slots, **{e.entity: e.value for e in nlu.entities}}
+    state = state.model_copy(update={"slots": remembered})
+    flow = bot.flow(state.active_flow)
+    if flow is not None:
+        return _continue_flow(bot, flow, nlu, state)
+    return _without_flow(bot, nlu, state)
+
+
+def _without_flow(bot: BotDefinition, nlu: NluResult, state: DialogueState) -> Decision:
+    kept = state.model_copy(update={"active_flow": None, "requested_slot": None})
+    if nlu.intent.name == OUT_OF_SCOPE:
+        return Decision(action="fallback", dialogue=kept)
+    if _unsure(bot, nlu):
+        return Decision(action="clarify", dialogue=kept)
+    intent = bot.intent(nlu.intent.name)
+    if intent is None:
+        return Decision(action="answer", dialogue=kept)
+    if intent.action == "flow":
+        flow = bot.flow(intent.flow)
+        if flow is None:
+            return Decision(action="answer", dialogue=kept)
+        return _continue_flow(
+            bot, flow, nlu, kept.model_copy(update={"active_flow": flow.name}), starting=True
+        )
+    return Decision(action=intent.action, dialogue=kept)
+
+
+def _continue_flow(
+    bot: BotDefinition, flow: Flow, nlu: NluResult, state: DialogueState, *, starting: bool = False
+) -> Decision:
+    slots = dict(state.slots)
+    filled, invalid = _fill(flow, nlu, slots)
+    if not starting and not filled:
+        intent = nlu.intent.name
+        if intent in CANCEL_INTENTS:
+            after = state.model_copy(update={"active_flow": None, "requested_slot": None})
+            return Decision(action="flow_cancel", flow=flow.name, dialogue=after)
+        declared = bot.intent(intent)
+        is_trigger = declared is not None and declared.flow == flow.name
+        if not invalid and not is_trigger and intent not in STAY_INTENTS and not _unsure(bot, nlu):
+            # Another topic: answer it, keep the flow, ask its question again.
+            side = _without_flow(bot, nlu, state)
+            if side.action in ("respond", "answer", "clarify"):
+                missing = _missing(flow, slots)
+                return side.model_copy(
+                    update={
+                        "flow": flow.name,
+                        "resume_flow": missing is not None,
+                        "dialogue": state.model_copy(update={"requested_slot": missing}),
+                    }
+                )
+    missing = _missing(flow, slots)
+    after = DialogueState(active_flow=flow.name, slots=slots, requested_slot=missing)
+    if missing is not None:
+        return Decision(action="flow_prompt", flow=flow.name, dialogue=after, invalid_slot=invalid)
+    arguments = {spec.name: slots[spec.name] for spec in flow.slots}
+    return Decision(
+        action="flow_complete",
+        flow=flow.name,
+        dialogue=after,
+        tool=ToolCall(name=flow.tool, arguments=arguments),
+    )
+
+
+def _fill(flow: Flow, nlu: NluResult, slots: dict[str, object]) -> tuple[list[str], str | None]:
+    """Fill the flow's slots from the turn's entities (or, for a flow's slot named like no entity,
+    from what was remembered); the names filled this turn, and a slot whose value was refused."""
+    filled: list[str] = []
+    invalid: str | None = None
+    for spec in flow.slots:
+        entity = spec.entity or spec.name
+        values = [e.value for e in nlu.entities if e.entity == entity]
+        valid = [v for v in values if spec.pattern is None or re.fullmatch(spec.pattern, v)]
+        if valid:
+            slots[spec.name] = valid[0]
+            filled.append(spec.name)
+        elif values:
+            invalid = spec.name
+            slots.pop(spec.name, None)
+        elif spec.name in slots and spec.pattern and not re.fullmatch(spec.pattern, str(slots[spec.name])):
+            slots.pop(spec.name, None)
+    return filled, invalid
+
+
+def _missing(flow: Flow, slots: dict[str, object]) -> str | None:
+    return next((spec.name for spec in flow.slots if spec.name not in slots), None)
+
+
+def _unsure(bot: BotDefinition, nlu: NluResult) -> bool:
+    candidates = [p for p in nlu.ranking if p.name != OUT_OF_SCOPE]
+    return nlu.intent.confidence < bot.clarify_below and len(candidates) >= 2

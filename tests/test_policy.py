@@ -1,0 +1,83 @@
+"""The dialogue policy, as a pure function: flows, topic changes, clarifying, fallbacks."""
+
+from __future__ import annotations
+
+from dialogue.bot import BotDefinition
+from dialogue.policy import decide
+from dialogue.tools import order_status
+from workflows.contracts import OUT_OF_SCOPE, DialogueState, Entity, IntentPrediction, NluResult
+
+
+def nlu(
+    intent: str, confidence: float = 0.9, *, entities: dict[str, str] | None = None, second: str | None = None
+) -> NluResult:
+    ranking = [IntentPrediction(name=intent, confidence=confidence)]
+    if second:
+        ranking.append(IntentPrediction(name=second, confidence=confidence / 2))
+    found = [Entity(entity=k, value=v, start=0, end=len(v)) for k, v in (entities or {}).items()]
+    return NluResult(intent=ranking[0], ranking=ranking, entities=found)
+
+
+IN_FLOW = DialogueState(active_flow="order_lookup", requested_slot="order_id")
+
+
+def test_an_intent_with_a_flow_starts_it_and_asks_for_the_missing_slot(demo_bot: BotDefinition) -> None:
+    decision = decide(demo_bot, nlu("order_status"), DialogueState())
+    assert decision.action == "flow_prompt"
+    assert (decision.dialogue.active_flow, decision.dialogue.requested_slot) == ("order_lookup", "order_id")
+
+
+def test_a_flow_with_its_slots_given_upfront_calls_its_tool(demo_bot: BotDefinition) -> None:
+    decision = decide(demo_bot, nlu("order_status", entities={"order_id": "NW-482913"}), DialogueState())
+    assert decision.action == "flow_complete"
+    assert decision.tool is not None
+    assert (decision.tool.name, decision.tool.arguments) == ("order_status", {"order_id": "NW-482913"})
+
+
+def test_the_slot_is_filled_on_the_next_turn_whatever_the_intent(demo_bot: BotDefinition) -> None:
+    decision = decide(demo_bot, nlu(OUT_OF_SCOPE, 0.3, entities={"order_id": "NW-482913"}), IN_FLOW)
+    assert decision.action == "flow_complete"
+
+
+def test_an_invalid_value_is_refused_and_asked_again(demo_bot: BotDefinition) -> None:
+    decision = decide(demo_bot, nlu(OUT_OF_SCOPE, entities={"order_id": "AB-1234"}), IN_FLOW)
+    assert (decision.action, decision.invalid_slot) == ("flow_prompt", "order_id")
+    assert "order_id" not in decision.dialogue.slots
+
+
+def test_another_topic_is_answered_and_the_flow_waits(demo_bot: BotDefinition) -> None:
+    decision = decide(demo_bot, nlu("shipping_info"), IN_FLOW)
+    assert decision.action == "answer"
+    assert decision.resume_flow
+    assert (decision.dialogue.active_flow, decision.dialogue.requested_slot) == ("order_lookup", "order_id")
+    back = decide(demo_bot, nlu("order_status", entities={"order_id": "NW-482913"}), decision.dialogue)
+    assert back.action == "flow_complete"
+
+
+def test_deny_cancels_the_flow(demo_bot: BotDefinition) -> None:
+    decision = decide(demo_bot, nlu("deny"), IN_FLOW)
+    assert decision.action == "flow_cancel"
+    assert decision.dialogue.active_flow is None
+
+
+def test_without_a_flow_the_intent_action_decides(demo_bot: BotDefinition) -> None:
+    assert decide(demo_bot, nlu("greet"), DialogueState()).action == "respond"
+    assert decide(demo_bot, nlu("returns"), DialogueState()).action == "answer"
+    assert decide(demo_bot, nlu("human_agent"), DialogueState()).action == "handoff"
+    assert decide(demo_bot, nlu("goodbye"), DialogueState()).action == "end"
+    assert decide(demo_bot, nlu(OUT_OF_SCOPE), DialogueState()).action == "fallback"
+    assert decide(demo_bot, nlu("returns", 0.3, second="refund_status"), DialogueState()).action == "clarify"
+
+
+def test_entities_are_remembered_as_slots(demo_bot: BotDefinition) -> None:
+    decision = decide(
+        demo_bot, nlu("greet", entities={"product": "headphones"}), DialogueState(slots={"email": "a@b.c"})
+    )
+    assert decision.dialogue.slots == {"email": "a@b.c", "product": "headphones"}
+
+
+def test_the_order_status_tool_reads_the_demo_table(demo_bot: BotDefinition) -> None:
+    found = order_status(demo_bot, {"order_id": "nw-482913"})
+    assert found.ok and found.data["status"] == "shipped" and "DHL" in found.data["details"]
+    missing = order_status(demo_bot, {"order_id": "NW-000000"})
+    assert (missing.ok, missing.retry_slot) == (False, "order_id")
