@@ -38,14 +38,19 @@ def build_worker(
     bot = load_bot(settings.bot_path)
     engine = get_engine(settings.resolved_database_url)
     init_db(engine)
+    parser = build_parser(settings, bot)
+    index = HybridIndex(engine, reload_seconds=settings.knowledge_reload_seconds)
+    # Load the models and build the index now, not during the first user's turn.
+    parser.parse("hello")
+    index.search("hello", top_k=1)
     record = RecordActivities(engine)
     return Worker(
         client,
         task_queue=task_queue or settings.task_queue,
         workflows=[ConversationWorkflow],
         activities=[
-            UnderstandActivity(bot, build_parser(settings, bot)).understand,
-            RetrieveActivity(HybridIndex(engine, reload_seconds=settings.knowledge_reload_seconds)).retrieve,
+            UnderstandActivity(bot, parser).understand,
+            RetrieveActivity(index).retrieve,
             GenerateActivity(ReplyComposer(bot, build_generator(settings, bot))).generate,
             record.record_turn,
             record.record_conversation,

@@ -108,7 +108,7 @@ class BotDefinition(BaseModel):
     """How a knowledge-base answer is worded when the intent has no template of its own."""
     min_answer_score: float = 1.0
     """BM25 score a passage needs to be trusted to answer (when there are no embeddings)."""
-    min_semantic_score: float = 0.4
+    min_semantic_score: float = 0.35
     """Cosine similarity a passage needs to be trusted to answer (with embeddings)."""
     knowledge_dir: str | None = "knowledge"
     """Folder of knowledge documents (Markdown, text, HTML) relative to the bot file; `dialogue up` ingests it."""

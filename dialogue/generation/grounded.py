@@ -3,6 +3,8 @@ the question, cites the passages it used, and finds no answer rather than guess.
 
 from __future__ import annotations
 
+import math
+from collections import Counter
 from dataclasses import dataclass
 
 from dialogue.generation.prompts import Prompt
@@ -11,13 +13,14 @@ from dialogue.text import terms
 from workflows.contracts import Passage, Source
 
 MAX_ANSWER_CHARS = 420
-SUPPORT_RATIO = 0.5
+SUPPORT_RATIO = 0.6
+MAX_SENTENCES = 2
 """A further sentence joins the answer when it scores at least this share of the best one."""
 
 
 @dataclass
 class Relevance:
-    min_semantic: float = 0.4
+    min_semantic: float = 0.35
     """Cosine similarity a passage needs to be trusted, when embeddings are there."""
     min_lexical: float = 1.0
     """BM25 score a passage needs to be trusted, without embeddings."""
@@ -65,25 +68,40 @@ def grounded_answer(question: str, passages: list[Passage], relevance: Relevance
     if not trusted:
         return None
     query = set(terms(question))
-    scored = []
+    candidates: list[tuple[int, int, str, list[str]]] = []
+    seen: set[str] = set()
     for rank, passage in enumerate(trusted):
         for position, sentence in enumerate(sentences(passage.text)):
-            words = terms(sentence)
-            overlap = len(query & set(words))
-            # Favour the better passage, then matching words, then shorter sentences.
-            score = overlap / (1 + 0.02 * len(words)) + (0.5 if rank == 0 else 0.0)
-            scored.append((score, rank, position, sentence))
-    if not scored:
+            key = " ".join(sentence.lower().split())
+            if key in seen:  # chunks overlap by a sentence: never say it twice
+                continue
+            seen.add(key)
+            candidates.append((rank, position, sentence, terms(sentence)))
+    if not candidates:
         return None
+    # A question word found in few candidate sentences tells more than one found in all of them.
+    frequency = Counter(word for *_, words in candidates for word in set(words))
+    weight = {word: math.log(1 + len(candidates) / frequency[word]) for word in query if frequency[word]}
+    scored = []
+    for rank, position, sentence, words in candidates:
+        overlap = sum(weight.get(word, 0.0) for word in set(words))
+        # Favour the better passage, then matching words, then shorter sentences.
+        score = overlap / (1 + 0.02 * len(words)) + (0.25 if rank == 0 else 0.0)
+        scored.append((score, rank, position, sentence))
     scored.sort(key=lambda s: s[0], reverse=True)
     best = scored[0]
     chosen = [best]
     length = len(best[3])
     for candidate in scored[1:]:
+        if len(chosen) == MAX_SENTENCES:
+            break
         if candidate[0] < SUPPORT_RATIO * best[0] or length + len(candidate[3]) > MAX_ANSWER_CHARS:
             continue
         chosen.append(candidate)
         length += len(candidate[3])
     chosen.sort(key=lambda s: (s[1], s[2]))  # in reading order
-    used = sorted({rank for _, rank, _, _ in chosen})
-    return Answer(text=" ".join(s[3] for s in chosen), sources=[source_of(trusted[r]) for r in used])
+    used: list[Passage] = []
+    for rank in sorted({rank for _, rank, _, _ in chosen}):
+        if trusted[rank].document_id not in {p.document_id for p in used}:
+            used.append(trusted[rank])
+    return Answer(text=" ".join(s[3] for s in chosen), sources=[source_of(p) for p in used])
