@@ -162,3 +162,37 @@ def test_nlu_cli_trains_evaluates_and_parses(tmp_path: Path, demo_bot: BotDefini
     assert report["in_scope_accuracy"] > 0.8
     parsed = json.loads(dialogue("parse", "--model", str(model), "I would like to return my smartwatch"))
     assert parsed["intent"]["name"] == "returns"
+
+
+def test_the_backend_is_chosen_in_settings(
+    tmp_path: Path, demo_bot: BotDefinition, demo_model_dir: Path
+) -> None:
+    from dialogue.nlu.parser import build_parser
+    from dialogue.settings import Settings
+
+    missing = tmp_path / "none"
+    assert isinstance(
+        build_parser(Settings(nlu_model_dir=missing), demo_bot), KeywordParser
+    )  # auto, no model
+    assert isinstance(build_parser(Settings(nlu_model_dir=demo_model_dir), demo_bot), ModelParser)
+    keywords = Settings(nlu_model_dir=demo_model_dir, nlu_backend="keywords")
+    assert isinstance(build_parser(keywords, demo_bot), KeywordParser)
+    with pytest.raises(ModelError):
+        build_parser(Settings(nlu_model_dir=missing, nlu_backend="trained"), demo_bot)
+
+
+def test_embeddings_are_unit_length_and_padding_does_not_change_them() -> None:
+    from dialogue.nlu.embeddings import embed, embeddings_available
+
+    if not embeddings_available():
+        pytest.skip("the embeddings extra is not installed")
+    import numpy as np
+
+    short, long = "refund", "I sent the headphones back two weeks ago and still have not seen my money"
+    together = embed([short, long])
+    alone = np.vstack([embed([short]), embed([long])])
+    assert np.allclose(np.linalg.norm(together, axis=1), 1, atol=1e-5)
+    assert np.allclose(together, alone, atol=1e-5)  # the short one was padded in the batch
+    similar = float(embed(["where is my parcel?"])[0] @ embed(["track my package"])[0])
+    unrelated = float(embed(["where is my parcel?"])[0] @ embed(["recipe for lasagne"])[0])
+    assert similar > unrelated + 0.2

@@ -97,6 +97,7 @@ async def test_a_turn_runs_every_step_and_is_recorded(
 
     described = await handle.describe()
     assert described.typed_search_attributes.get(LAST_INTENT) == "shipping_info"
+    assert "1 turns" in (await handle.query("__temporal_workflow_metadata")).current_details
     assert described.typed_search_attributes.get(TURN_COUNT) == 1
 
     rows, total = store.read_messages(

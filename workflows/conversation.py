@@ -152,6 +152,7 @@ class ConversationWorkflow:
         self._state.status = "ended"
         self._state.ended_reason = reason
         self._state.updated_at = workflow.now()
+        workflow.set_current_details(self._details())
         workflow.upsert_search_attributes([STATUS.value_set("ended")])
 
     async def _run_turn(self, request: TurnRequest) -> TurnReply:
@@ -222,6 +223,7 @@ class ConversationWorkflow:
         if decision is not None:
             self._apply(decision, tool_result)
         self._state.updated_at = workflow.now()
+        workflow.set_current_details(self._details())
         workflow.upsert_search_attributes(
             [
                 LAST_INTENT.value_set(nlu.intent.name),
@@ -283,6 +285,21 @@ class ConversationWorkflow:
             return None
         finally:
             timings[step] = _ms(workflow.time() - start)
+
+    def _details(self) -> str:
+        """The summary the Web UI shows under "Current details"."""
+        state = self._state
+        lines = [
+            f"**{state.status}** · {state.turn_count} turns · last intent `{state.last_intent}`",
+            f"flow: `{state.active_flow}` (asking for `{state.requested_slot}`)"
+            if state.active_flow
+            else "flow: none",
+        ]
+        if state.slots:
+            lines.append("slots: " + ", ".join(f"`{k}`={v}" for k, v in sorted(state.slots.items())))
+        if state.handoff:
+            lines.append("handed off to a person")
+        return "\n\n".join(lines)
 
     def _dialogue(self) -> DialogueState:
         return DialogueState(
