@@ -39,7 +39,7 @@ def build_worker(
     engine = get_engine(settings.resolved_database_url)
     init_db(engine)
     parser = build_parser(settings, bot)
-    index = HybridIndex(engine, reload_seconds=settings.knowledge_reload_seconds)
+    index = HybridIndex(engine, reload_seconds=settings.knowledge_reload_seconds, mode=settings.retrieval)
     # Load the models and build the index now, not during the first user's turn.
     parser.parse("hello")
     index.search("hello", top_k=1)

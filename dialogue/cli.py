@@ -213,7 +213,7 @@ def kb_evaluate(
 
     engine = get_engine(get_settings().resolved_database_url)
     init_db(engine)
-    report = evaluate_retrieval(HybridIndex(engine), read_questions(data))
+    report = evaluate_retrieval(HybridIndex(engine, mode=get_settings().retrieval), read_questions(data))
     if as_json:
         typer.echo(report.model_dump_json())
         return

@@ -51,6 +51,8 @@ class Settings(BaseSettings):
     nlu_model_dir: Path | None = None
     """The trained NLU model; `data_dir/models/<bot name>-nlu` when unset (`dialogue up` trains it)."""
 
+    retrieval: Literal["hybrid", "lexical", "semantic"] = "hybrid"
+    """`hybrid` fuses BM25 and embeddings; `lexical` (BM25) and `semantic` (embeddings) keep one ranking."""
     knowledge_reload_seconds: float = Field(default=2.0, ge=0)
     """How often the worker checks the knowledge base for changes (one small query)."""
 

@@ -6,11 +6,13 @@ import itertools
 from pathlib import Path
 
 import orjson
+import pytest
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
 from dialogue.bot import BotDefinition
 from dialogue.db import KnowledgeChunk
+from dialogue.jsonl import DataError
 from dialogue.knowledge import store
 from dialogue.knowledge.chunking import chunk
 from dialogue.knowledge.evaluate import evaluate_retrieval, read_questions
@@ -154,9 +156,16 @@ def test_retrieval_evaluation_on_the_demo_qa_set(demo_store: Path, demo_bot: Bot
 def test_read_questions_rejects_bad_lines(tmp_path: Path) -> None:
     path = tmp_path / "qa.jsonl"
     path.write_bytes(orjson.dumps({"question": "q"}) + b"\n")
-    try:
+    with pytest.raises(DataError, match=r"qa\.jsonl:1"):
         read_questions(path)
-    except ValueError as err:
-        assert "qa.jsonl:1" in str(err)
-    else:
-        raise AssertionError("expected a ValueError")
+
+
+def test_retrieval_modes_keep_one_ranking(demo_store: Path) -> None:
+    from dialogue.db import get_engine
+
+    engine = get_engine(f"sqlite:///{demo_store}")
+    lexical = HybridIndex(engine, mode="lexical").search("express shipping cost", top_k=3)
+    semantic = HybridIndex(engine, mode="semantic").search("express shipping cost", top_k=3)
+    assert all(p.semantic_score is None for p in lexical)
+    assert all(p.lexical_score == 0 for p in semantic)
+    assert lexical[0].document_id == semantic[0].document_id == "shipping"

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import orjson
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 
+from dialogue.jsonl import read_jsonl
 from dialogue.knowledge.search import HybridIndex
 
 DEPTH = 20
@@ -26,15 +26,7 @@ class RetrievalReport(BaseModel):
 
 
 def read_questions(path: Path) -> list[Question]:
-    questions = []
-    for number, line in enumerate(path.read_bytes().splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            questions.append(Question.model_validate(orjson.loads(line)))
-        except (orjson.JSONDecodeError, ValidationError) as err:
-            raise ValueError(f"{path}:{number}: {err}") from err
-    return questions
+    return read_jsonl(path, Question)
 
 
 def evaluate_retrieval(index: HybridIndex, questions: list[Question]) -> RetrievalReport:

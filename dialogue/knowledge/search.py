@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Literal
 
 import bm25s
 import numpy as np
@@ -36,13 +37,27 @@ class _Snapshot:
     vectors: np.ndarray | None
 
 
+RetrievalMode = Literal["hybrid", "lexical", "semantic"]
+
+
 class HybridIndex:
     def __init__(
-        self, engine: Engine, *, reload_seconds: float = 2.0, use_embeddings: bool | None = None
+        self,
+        engine: Engine,
+        *,
+        reload_seconds: float = 2.0,
+        use_embeddings: bool | None = None,
+        mode: RetrievalMode = "hybrid",
     ) -> None:
+        """`mode` keeps one of the two rankings alone; without embeddings, only the lexical one exists."""
         self._engine = engine
         self._reload_seconds = reload_seconds
-        self._use_embeddings = embeddings_available() if use_embeddings is None else use_embeddings
+        self._use_embeddings = (embeddings_available() if use_embeddings is None else use_embeddings) and (
+            mode != "lexical"
+        )
+        if mode == "semantic" and not self._use_embeddings:
+            raise ValueError("semantic retrieval needs the embeddings extra")
+        self._lexical_on = mode != "semantic"
         self._snapshot: _Snapshot | None = None
         self._checked_at = 0.0
 
@@ -50,7 +65,7 @@ class HybridIndex:
         snapshot = self._fresh()
         if not snapshot.pairs:
             return []
-        lexical = self._lexical(snapshot, text)
+        lexical = self._lexical(snapshot, text) if self._lexical_on else []
         semantic = self._semantic(snapshot, text)
         fused: dict[int, float] = {}
         for weight, ranking in ((LEXICAL_WEIGHT, lexical), (SEMANTIC_WEIGHT, semantic)):

@@ -13,8 +13,9 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import orjson
-from pydantic import BaseModel, ValidationError, model_validator
+from pydantic import BaseModel, model_validator
 
+from dialogue.jsonl import DataError, read_jsonl
 from workflows.contracts import OUT_OF_SCOPE
 
 __all__ = ["OUT_OF_SCOPE", "DataError", "EntitySpan", "Example", "data_hash", "read_examples"]
@@ -40,23 +41,8 @@ class Example(BaseModel):
         return self
 
 
-class DataError(ValueError):
-    """A training or test file that cannot be read; says which line."""
-
-
 def read_examples(path: Path) -> list[Example]:
-    examples = []
-    with path.open("rb") as lines:
-        for number, line in enumerate(lines, start=1):
-            if not line.strip():
-                continue
-            try:
-                examples.append(Example.model_validate(orjson.loads(line)))
-            except (orjson.JSONDecodeError, ValidationError) as err:
-                raise DataError(f"{path}:{number}: {err}") from err
-    if not examples:
-        raise DataError(f"{path}: no examples")
-    return examples
+    return read_jsonl(path, Example)
 
 
 def data_hash(examples: Iterable[Example]) -> str:
