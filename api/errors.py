@@ -81,6 +81,16 @@ def from_temporal(exc: BaseException, conversation_id: str) -> ApiError | None:
             return not_found(conversation_id)
         if exc.status == RPCStatusCode.ALREADY_EXISTS:
             return conversation_ended(conversation_id)
+        if exc.status == RPCStatusCode.RESOURCE_EXHAUSTED:
+            # Temporal's limit of in-flight updates per workflow: too many turns at once.
+            return ApiError(
+                429,
+                "too_many_turns",
+                "too many turns in flight for this conversation; retry shortly",
+                {"Retry-After": RETRY_AFTER_SECONDS},
+            )
+        if exc.status == RPCStatusCode.FAILED_PRECONDITION:
+            return ApiError(409, "conversation_unavailable", exc.message)
         return None
     # A lazy client that cannot reach the server says so with a RuntimeError.
     if isinstance(exc, RuntimeError) and str(exc).startswith("Failed client connect"):

@@ -163,7 +163,10 @@ def kb_ingest(
 
     engine = get_engine(get_settings().resolved_database_url)
     init_db(engine)
-    files = list(store.knowledge_files(paths))
+    try:
+        files = store.knowledge_files(paths)
+    except ValueError as err:
+        raise typer.BadParameter(str(err), param_hint="PATHS") from err
     if not files:
         raise typer.BadParameter("no .md, .txt or .html files found", param_hint="PATHS")
     results = [store.ingest_path(engine, path) for path in track(files, description="Ingesting")]

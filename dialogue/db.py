@@ -54,7 +54,7 @@ class Message(SQLModel, table=True):
     __table_args__ = (UniqueConstraint("conversation_id", "turn_index", "role"),)
 
     id: str = Field(primary_key=True, max_length=300)
-    """`{turn_id}:{role}`: a retried record finds its own row instead of adding one."""
+    """`{conversation id}:{turn index}:{role}`: a retried record finds its own row instead of adding one."""
     conversation_id: str = Field(index=True, max_length=200)
     turn_id: str = Field(max_length=200)
     turn_index: int

@@ -60,14 +60,17 @@ def _continue_flow(
     if not starting and not filled:
         intent = nlu.intent.name
         if intent in CANCEL_INTENTS:
-            after = state.model_copy(update={"active_flow": None, "requested_slot": None})
+            # Forget what the user gave for the abandoned flow: it must not fill the next one.
+            after = DialogueState(slots=_without_flow_slots(flow, slots))
             return Decision(action="flow_cancel", flow=flow.name, dialogue=after)
         declared = bot.intent(intent)
         is_trigger = declared is not None and declared.flow == flow.name
         if not invalid and not is_trigger and intent not in STAY_INTENTS and not _unsure(bot, nlu):
-            # Another topic: answer it, keep the flow, ask its question again.
-            side = _without_flow(bot, nlu, state)
+            side = _without_flow(
+                bot, nlu, state.model_copy(update={"slots": _without_flow_slots(flow, slots)})
+            )
             if side.action in ("respond", "answer", "clarify"):
+                # Another topic: answer it, keep the flow, ask its question again.
                 missing = _missing(flow, slots)
                 return side.model_copy(
                     update={
@@ -76,6 +79,8 @@ def _continue_flow(
                         "dialogue": state.model_copy(update={"requested_slot": missing}),
                     }
                 )
+            # A handoff, an end or another flow replaces this one.
+            return side
     missing = _missing(flow, slots)
     after = DialogueState(active_flow=flow.name, slots=slots, requested_slot=missing)
     if missing is not None:
@@ -97,16 +102,25 @@ def _fill(flow: Flow, nlu: NluResult, slots: dict[str, object]) -> tuple[list[st
     for spec in flow.slots:
         entity = spec.entity or spec.name
         values = [e.value for e in nlu.entities if e.entity == entity]
-        valid = [v for v in values if spec.pattern is None or re.fullmatch(spec.pattern, v)]
+        valid = [v for v in values if spec.pattern is None or re.fullmatch(spec.pattern, v, re.IGNORECASE)]
         if valid:
             slots[spec.name] = valid[0]
             filled.append(spec.name)
         elif values:
             invalid = spec.name
             slots.pop(spec.name, None)
-        elif spec.name in slots and spec.pattern and not re.fullmatch(spec.pattern, str(slots[spec.name])):
+        elif (
+            spec.name in slots
+            and spec.pattern
+            and not re.fullmatch(spec.pattern, str(slots[spec.name]), re.IGNORECASE)
+        ):
             slots.pop(spec.name, None)
     return filled, invalid
+
+
+def _without_flow_slots(flow: Flow, slots: dict[str, object]) -> dict[str, object]:
+    names = {spec.name for spec in flow.slots} | {spec.entity for spec in flow.slots if spec.entity}
+    return {k: v for k, v in slots.items() if k not in names}
 
 
 def _missing(flow: Flow, slots: dict[str, object]) -> str | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import secrets
 import sys
 from functools import lru_cache
@@ -100,8 +101,10 @@ class Settings(BaseSettings):
             return path.read_text().strip()
         self.data_dir.mkdir(parents=True, exist_ok=True)
         key = "dk_" + secrets.token_urlsafe(24)
-        path.write_text(key + "\n")
-        path.chmod(0o600)
+        # Created private, never readable by others even for a moment.
+        descriptor = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+        with os.fdopen(descriptor, "w") as key_file:
+            key_file.write(key + "\n")
         return key
 
 

@@ -16,8 +16,9 @@ from workflows.contracts import RecordConversationRequest, RecordTurnRequest
 def record_turn(engine: Engine, turn: RecordTurnRequest) -> None:
     """Write a turn's two messages and bring the conversation's index row up to date.
 
-    Idempotent: rows are keyed by the turn id, so a retried activity rewrites the same
-    rows, and the turn count only ever grows.
+    Idempotent: rows are keyed by conversation, turn index and role, so a retried activity
+    rewrites the same rows (and two conversations whose clients chose the same idempotency
+    key never share one); the turn count only ever grows.
     """
     with Session(engine) as session:
         conversation = session.get(Conversation, turn.conversation_id)
@@ -34,10 +35,11 @@ def record_turn(engine: Engine, turn: RecordTurnRequest) -> None:
             "turn_index": turn.turn_index,
             "created_at": turn.at,
         }
-        session.merge(Message(id=f"{turn.turn_id}:user", role="user", text=turn.user_text, **common))
+        key = f"{turn.conversation_id}:{turn.turn_index}"
+        session.merge(Message(id=f"{key}:user", role="user", text=turn.user_text, **common))
         session.merge(
             Message(
-                id=f"{turn.turn_id}:bot",
+                id=f"{key}:bot",
                 role="bot",
                 text=turn.reply.text,
                 intent=turn.nlu.intent.name,

@@ -5,14 +5,21 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
 import pytest
+from temporalio.client import Client
+from temporalio.service import RPCError
 
 from api import create_app
+from dialogue import store
+from dialogue.db import get_engine
 from dialogue.settings import Settings
+from dialogue.temporal import workflow_id
 from tests.conftest import TEST_API_KEY, free_port, serve
+from workflows.contracts import RecordConversationRequest
 
 
 def new_id() -> str:
@@ -277,3 +284,25 @@ async def test_the_order_flow_fills_its_slot_survives_a_detour_and_calls_its_too
     goodbye = await say("Goodbye!")
     assert goodbye["nlu"]["intent"]["name"] == "goodbye"  # its action is `end`
     assert_error(await http.post(f"{base}/turns", json={"text": "hello?"}), 409, "conversation_ended")
+
+
+async def test_an_ended_conversation_stays_ended_after_temporal_forgot_it(
+    http: httpx.AsyncClient, settings: Settings, client: Client
+) -> None:
+    # As after the namespace's retention: the store knows it ended, Temporal no longer has the run.
+    conversation_id = new_id()
+    engine = get_engine(settings.resolved_database_url)
+    store.record_conversation(
+        engine,
+        RecordConversationRequest(conversation_id=conversation_id, status="ended", at=datetime.now(UTC)),
+    )
+    assert_error(
+        await http.post(f"/v1/conversations/{conversation_id}/turns", json={"text": "hello"}),
+        409,
+        "conversation_ended",
+    )
+    assert_error(
+        await http.post("/v1/conversations", json={"id": conversation_id}), 409, "conversation_ended"
+    )
+    with pytest.raises(RPCError):
+        await client.get_workflow_handle(workflow_id(conversation_id)).describe()  # nothing was started

@@ -169,3 +169,12 @@ def test_retrieval_modes_keep_one_ranking(demo_store: Path) -> None:
     assert all(p.semantic_score is None for p in lexical)
     assert all(p.lexical_score == 0 for p in semantic)
     assert lexical[0].document_id == semantic[0].document_id == "shipping"
+
+
+def test_two_files_with_one_document_id_are_refused(tmp_path: Path) -> None:
+    (tmp_path / "faq").mkdir()
+    (tmp_path / "legal").mkdir()
+    (tmp_path / "faq" / "returns.md").write_text("# Returns\n\nFree.")
+    (tmp_path / "legal" / "returns.html").write_text("<h1>Returns</h1><p>Terms.</p>")
+    with pytest.raises(ValueError, match="both be document 'returns'"):
+        store.knowledge_files([tmp_path])

@@ -81,3 +81,22 @@ def test_the_order_status_tool_reads_the_demo_table(demo_bot: BotDefinition) -> 
     assert found.ok and found.data["status"] == "shipped" and "DHL" in found.data["details"]
     missing = order_status(demo_bot, {"order_id": "NW-000000"})
     assert (missing.ok, missing.retry_slot) == (False, "order_id")
+
+
+def test_a_handoff_or_goodbye_leaves_the_flow(demo_bot: BotDefinition) -> None:
+    handoff = decide(demo_bot, nlu("human_agent"), IN_FLOW)
+    assert handoff.action == "handoff" and handoff.dialogue.active_flow is None
+    assert decide(demo_bot, nlu("goodbye"), IN_FLOW).action == "end"
+
+
+def test_a_cancelled_flow_forgets_its_slot_values(demo_bot: BotDefinition) -> None:
+    gave_up = DialogueState(active_flow="order_lookup", requested_slot="order_id", slots={"order_id": "AB-1"})
+    cancelled = decide(demo_bot, nlu("deny"), gave_up)
+    assert "order_id" not in cancelled.dialogue.slots
+    again = decide(demo_bot, nlu("order_status"), cancelled.dialogue)
+    assert again.action == "flow_prompt"  # asks again instead of reusing the abandoned value
+
+
+def test_slot_patterns_ignore_case(demo_bot: BotDefinition) -> None:
+    decision = decide(demo_bot, nlu(OUT_OF_SCOPE, entities={"order_id": "nw-482913"}), IN_FLOW)
+    assert decision.action == "flow_complete"

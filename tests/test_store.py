@@ -48,6 +48,15 @@ def test_record_turn_twice_writes_each_row_once(engine: Engine) -> None:
     assert conversation.last_intent == "shipping"
 
 
+def test_conversations_sharing_an_idempotency_key_keep_their_own_transcripts(engine: Engine) -> None:
+    first, second = turn("c5", 0), turn("c6", 0)
+    second.turn_id = first.turn_id = "client-key-1"
+    store.record_turn(engine, first)
+    store.record_turn(engine, second)
+    assert store.read_messages(engine, "c5", limit=10, offset=0)[1] == 2
+    assert store.read_messages(engine, "c6", limit=10, offset=0)[1] == 2
+
+
 def test_transcript_is_in_turn_order_and_paginates(engine: Engine) -> None:
     for index in (2, 0, 1):  # recorded out of order
         store.record_turn(engine, turn("c2", index))

@@ -149,6 +149,8 @@ class ConversationWorkflow:
             self._close(request.reason)
 
     def _close(self, reason: str) -> None:
+        if self._state.status == "ended":
+            return  # the first reason stands
         self._state.status = "ended"
         self._state.ended_reason = reason
         self._state.updated_at = workflow.now()

@@ -51,12 +51,14 @@ IdempotencyKey = Annotated[
 @router.post("", status_code=status.HTTP_201_CREATED)
 async def create_conversation(
     settings: SettingsDep,
+    engine: EngineDep,
     temporal: TemporalClientDep,
     _: CurrentPrincipal,
     body: Annotated[ConversationCreate | None, Body()] = None,
 ) -> ConversationCreated:
     """Start a conversation; the client may choose its id."""
     conversation_id = (body.id if body else None) or uuid.uuid4().hex
+    await _refuse_if_ended(engine, conversation_id)
     with temporal_errors(conversation_id):
         await temporal.start_workflow(
             ConversationWorkflow.run,
@@ -72,6 +74,7 @@ async def create_turn(
     conversation_id: ConversationIdPath,
     turn: TurnRequest,
     settings: SettingsDep,
+    engine: EngineDep,
     temporal: TemporalClientDep,
     _: CurrentPrincipal,
     idempotency_key: IdempotencyKey = None,
@@ -81,6 +84,7 @@ async def create_turn(
         raise ApiError(422, "invalid_turn", "text must not be empty")
     if len(turn.text) > settings.max_text_chars:
         raise ApiError(422, "invalid_turn", f"text is longer than {settings.max_text_chars} characters")
+    await _refuse_if_ended(engine, conversation_id)
     turn_id = idempotency_key or str(uuid.uuid4())
     start = WithStartWorkflowOperation(
         ConversationWorkflow.run,
@@ -173,6 +177,17 @@ async def read_conversations(
         ConversationSummary.model_validate(row.model_dump() | {"conversation_id": row.id}) for row in rows
     ]
     return ConversationsPage(items=items, total=total, limit=limit, offset=offset)
+
+
+async def _refuse_if_ended(engine: EngineDep, conversation_id: str) -> None:
+    """409 for a conversation the store knows as ended.
+
+    Temporal refuses to start an ended conversation's workflow id again only while it
+    keeps the closed run (the namespace's retention); the store remembers for good.
+    """
+    row = await run_in_threadpool(store.get_conversation, engine, conversation_id)
+    if row is not None and row.status == "ended":
+        raise conversation_ended(conversation_id)
 
 
 def _handle(temporal: TemporalClientDep, conversation_id: str) -> WorkflowHandle[Any, Any]:

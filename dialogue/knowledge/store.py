@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -19,6 +19,10 @@ from dialogue.db import KnowledgeChunk, KnowledgeDocument, KnowledgeRevision
 from dialogue.knowledge.chunking import chunk
 from dialogue.knowledge.parsing import ContentType, content_type_of, parse
 from dialogue.nlu.embeddings import embed, embeddings_available
+
+# The columns' sizes: PostgreSQL refuses longer values where SQLite would keep them.
+MAX_TITLE = 500
+MAX_HEADING = 1000
 
 
 @dataclass
@@ -69,7 +73,7 @@ def ingest(
             created_at=now,
             updated_at=now,
         )
-        document.title = title or parsed.title
+        document.title = (title or parsed.title)[:MAX_TITLE]
         document.source = source
         document.content_type = content_type
         document.content_hash = content_hash
@@ -86,7 +90,7 @@ def ingest(
                     document_id=document_id,
                     document_version=version,
                     position=position,
-                    heading=piece.heading,
+                    heading=piece.heading[:MAX_HEADING],
                     text=piece.text,
                     embedding=vectors[position].astype(np.float32).tobytes() if vectors is not None else None,
                 )
@@ -109,13 +113,26 @@ def ingest_path(engine: Engine, path: Path) -> Ingested:
     )
 
 
-def knowledge_files(paths: Sequence[Path]) -> Iterator[Path]:
-    """The ingestible files among `paths`, folders searched recursively, in a stable order."""
+def knowledge_files(paths: Sequence[Path]) -> list[Path]:
+    """The ingestible files among `paths`, folders searched recursively, in a stable order.
+
+    Raises ValueError when two files would get the same document id (`faq/returns.md`
+    and `legal/returns.html`): one would silently replace the other on every ingest.
+    """
+    files: list[Path] = []
     for path in paths:
         if path.is_dir():
-            yield from sorted(p for p in path.rglob("*") if p.is_file() and content_type_of(p))
+            files += sorted(p for p in path.rglob("*") if p.is_file() and content_type_of(p))
         elif content_type_of(path):
-            yield path
+            files.append(path)
+    seen: dict[str, Path] = {}
+    for path in files:
+        other = seen.setdefault(document_id_for(path), path)
+        if other != path:
+            raise ValueError(
+                f"{other} and {path} would both be document {document_id_for(path)!r}; rename one"
+            )
+    return files
 
 
 def delete(engine: Engine, document_id: str) -> bool:

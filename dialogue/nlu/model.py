@@ -158,7 +158,13 @@ def ensure_bot_model(bot: BotDefinition, folder: Path) -> tuple[ModelMetadata, b
     validation = read_examples(bot.resolve(bot.nlu.validation)) if bot.nlu.validation else None
     if has_model(folder):
         current = ModelMetadata.model_validate_json((folder / METADATA_FILE).read_text())
-        if current.data_hash == data_hash(examples) and current.format_version == FORMAT_VERSION:
+        same = (
+            current.format_version == FORMAT_VERSION
+            and current.data_hash == data_hash(examples)
+            and current.validation_hash == (data_hash(validation) if validation else None)
+            and (current.embeddings is not None) == embeddings_available()
+        )
+        if same:
             return current, False
     return save(train(examples, validation), folder), True
 
