@@ -93,7 +93,7 @@ class KnowledgeChunk(SQLModel, table=True):
     __tablename__ = "knowledge_chunk"
 
     id: str = Field(primary_key=True, max_length=300)
-    """`{document id}:{version}:{position}`."""
+    """`{document id}:{version}:{content hash, 8 hex digits}:{position}`."""
     document_id: str = Field(index=True, max_length=200)
     document_version: int
     position: int

@@ -7,6 +7,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Query, Response, status
 from pydantic import BaseModel, Field
+from sqlalchemy.exc import IntegrityError
 from starlette.concurrency import run_in_threadpool
 
 from api.deps import CurrentPrincipal, EngineDep
@@ -65,16 +66,20 @@ async def create_document(
     body: DocumentCreate, engine: EngineDep, response: Response, _: CurrentPrincipal
 ) -> DocumentStored:
     """Add a document, or update it (a new version) when its content changed; 200 when it did not."""
-    result = await run_in_threadpool(
-        lambda: store.ingest(
-            engine,
-            document_id=body.id,
-            text=body.text,
-            content_type=body.content_type,
-            title=body.title,
-            source=body.source,
+    try:
+        result = await run_in_threadpool(
+            lambda: store.ingest(
+                engine,
+                document_id=body.id,
+                text=body.text,
+                content_type=body.content_type,
+                title=body.title,
+                source=body.source,
+            )
         )
-    )
+    except IntegrityError as err:
+        # Another request created the same document at the same moment.
+        raise ApiError(409, "document_conflict", f"document {body.id!r} is being written; retry") from err
     if not result.changed:
         response.status_code = status.HTTP_200_OK
     return DocumentStored(

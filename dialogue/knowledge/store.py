@@ -51,7 +51,8 @@ def ingest(
     """Store a document and its chunks; a changed document gets a new version that replaces its chunks."""
     content_hash = hashlib.sha256(f"{content_type}\n{title or ''}\n{text}".encode()).hexdigest()
     with Session(engine) as session:
-        existing = session.get(KnowledgeDocument, document_id)
+        # FOR UPDATE (PostgreSQL): two updates of one document take turns instead of both making version n+1.
+        existing = session.get(KnowledgeDocument, document_id, with_for_update=True)
         if existing is not None and existing.content_hash == content_hash:
             return Ingested(document_id, existing.version, existing.chunk_count, changed=False)
         parsed = parse(text, content_type, fallback_title=title or document_id.replace("-", " ").capitalize())
@@ -86,7 +87,9 @@ def ingest(
         for position, piece in enumerate(pieces):
             session.add(
                 KnowledgeChunk(
-                    id=f"{document_id}:{version}:{position}",
+                    # The content hash too: a document deleted and added again restarts at version 1,
+                    # and lineage must not mistake the new text for the old.
+                    id=f"{document_id}:{version}:{content_hash[:8]}:{position}",
                     document_id=document_id,
                     document_version=version,
                     position=position,
