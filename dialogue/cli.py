@@ -52,7 +52,7 @@ def replay(
     conversation_id: Annotated[str, typer.Argument(help="The conversation's id (its workflow is conv-ID).")],
     history_file: Annotated[
         Path | None,
-        typer.Option("--history-file", help="A JSON history export instead of the server's copy."),
+        typer.Option("--file", "--history-file", help="A JSON history export instead of the server's copy."),
     ] = None,
 ) -> None:
     """Replay a conversation's history against the current workflow code (no activity runs)."""
