@@ -24,7 +24,7 @@ from temporalio.client import WorkflowUpdateFailedError, WorkflowUpdateRPCTimeou
 from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
-from workflows.conversation import CONVERSATION_ENDED, INVALID_TURN
+from workflows.conversation import CONVERSATION_ENDED, INVALID_TURN, QUEUE_FULL, TURN_IN_PROGRESS
 
 log = logging.getLogger("dialogue.api")
 
@@ -67,6 +67,10 @@ def from_temporal(exc: BaseException, conversation_id: str) -> ApiError | None:
             return conversation_ended(conversation_id)
         if isinstance(cause, ApplicationError) and cause.type == INVALID_TURN:
             return ApiError(422, "invalid_turn", cause.message)
+        if isinstance(cause, ApplicationError) and cause.type == TURN_IN_PROGRESS:
+            return ApiError(409, "turn_in_progress", cause.message)
+        if isinstance(cause, ApplicationError) and cause.type == QUEUE_FULL:
+            return ApiError(429, "turn_queue_full", cause.message, {"Retry-After": RETRY_AFTER_SECONDS})
         return ApiError(500, "turn_failed", "the turn could not be completed")
     if isinstance(exc, WorkflowAlreadyStartedError):
         return ApiError(409, "conversation_exists", f"conversation {conversation_id!r} already exists")

@@ -7,6 +7,8 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, Field, StringConstraints
 
+from workflows.contracts import DoubleTextPolicy
+
 # Conversation and document ids become parts of workflow ids and URLs: keep them to a safe alphabet.
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
 ConversationId = Annotated[str, StringConstraints(pattern=ID_PATTERN)]
@@ -15,6 +17,10 @@ ConversationId = Annotated[str, StringConstraints(pattern=ID_PATTERN)]
 class ConversationCreate(BaseModel):
     id: ConversationId | None = Field(
         default=None, description="Chosen by the client; generated when absent."
+    )
+    double_text: DoubleTextPolicy | None = Field(
+        default=None,
+        description="`enqueue` or `reject` a turn sent while another runs; the setting's default when absent.",
     )
 
 

@@ -66,6 +66,11 @@ class Settings(BaseSettings):
     llm_timeout_seconds: float = Field(default=20.0, gt=0)
     """One attempt's limit; Temporal retries within the generate step's own deadline."""
 
+    double_text: Literal["enqueue", "reject"] = "enqueue"
+    """A turn arriving while another runs: `enqueue` (answered in order) or `reject` (409); per conversation."""
+    max_queued_turns: int = Field(default=8, ge=1, le=9)
+    """Turns running or waiting in one conversation at most (429 beyond); Temporal allows 10 in flight."""
+
     max_text_chars: int = Field(default=4000, ge=1)
     """Longest user text a turn accepts (422 above it)."""
     max_body_bytes: int = Field(default=64 * 1024, ge=1024)

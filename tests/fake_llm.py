@@ -6,6 +6,7 @@ from a queue (the last one repeats); every request is recorded.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,6 +20,8 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 class Plan:
     text: str = ""
     status: int = 200
+    delay: float = 0.0
+    """Seconds to wait before answering: a slow model."""
     headers: dict[str, str] = field(default_factory=dict)
 
 
@@ -35,6 +38,7 @@ class FakeLlm:
             body = await request.json()
             self.requests.append(body)
             plan = self.plans.pop(0) if len(self.plans) > 1 else self.plans[0]
+            await asyncio.sleep(plan.delay)
             if plan.status != 200:
                 error = {"error": {"message": f"planned {plan.status}", "type": "test", "code": None}}
                 return JSONResponse(error, status_code=plan.status, headers=plan.headers)

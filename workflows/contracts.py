@@ -14,6 +14,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 ConversationStatus = Literal["active", "ended"]
+DoubleTextPolicy = Literal["enqueue", "reject"]
 
 OUT_OF_SCOPE = "out_of_scope"
 """The intent of text that belongs to no intent of the bot."""
@@ -27,6 +28,10 @@ class ConversationInput(BaseModel):
     """Longest user text a turn accepts; checked by the update validator."""
     idle_timeout_seconds: float = 24 * 3600
     """The conversation ends itself after this long without a turn."""
+    double_text: DoubleTextPolicy = "enqueue"
+    """What happens to a turn that arrives while another runs: `enqueue` it, or `reject` it (409)."""
+    max_queued_turns: int = 8
+    """Turns running or waiting at most; more are refused (429). Temporal allows 10 updates in flight."""
 
 
 class TurnRequest(BaseModel):

@@ -53,6 +53,8 @@ T = TypeVar("T")
 # Error types the API maps to HTTP statuses (api/errors.py).
 CONVERSATION_ENDED = "ConversationEnded"
 INVALID_TURN = "InvalidTurn"
+TURN_IN_PROGRESS = "TurnInProgress"
+QUEUE_FULL = "TurnQueueFull"
 
 FALLBACK_TEXT = "Sorry, I can't answer that right now. Please try again in a moment."
 
@@ -89,6 +91,7 @@ class ConversationWorkflow:
         # asyncio.Lock is FIFO: turns that wait for it run in the order they arrived.
         self._turn_lock = asyncio.Lock()
         self._turns_in_flight = 0
+        self._running_turn: str | None = None
         self._touched = False
 
     @workflow.run
@@ -122,7 +125,12 @@ class ConversationWorkflow:
         self._touched = True
         try:
             async with self._turn_lock:
-                return await self._run_turn(request)
+                update = workflow.current_update_info()
+                self._running_turn = update.id if update else None
+                try:
+                    return await self._run_turn(request)
+                finally:
+                    self._running_turn = None
         finally:
             self._turns_in_flight -= 1
             self._touched = True
@@ -138,6 +146,12 @@ class ConversationWorkflow:
             raise ApplicationError(
                 f"text is longer than {self._input.max_text_chars} characters", type=INVALID_TURN
             )
+        if self._input.double_text == "reject" and self._turns_in_flight:
+            raise ApplicationError(
+                f"turn {self._running_turn} is still running", self._running_turn, type=TURN_IN_PROGRESS
+            )
+        if self._turns_in_flight >= self._input.max_queued_turns:
+            raise ApplicationError(f"{self._turns_in_flight} turns are already waiting", type=QUEUE_FULL)
 
     @workflow.query
     def state(self) -> ConversationState:

@@ -8,14 +8,18 @@ from temporalio.common import WorkflowIDReusePolicy
 
 from dialogue.settings import Settings
 from dialogue.temporal import workflow_id
-from workflows.contracts import ConversationInput
+from workflows.contracts import ConversationInput, DoubleTextPolicy
 
 
-def conversation_input(settings: Settings, conversation_id: str) -> ConversationInput:
+def conversation_input(
+    settings: Settings, conversation_id: str, *, double_text: DoubleTextPolicy | None = None
+) -> ConversationInput:
     return ConversationInput(
         conversation_id=conversation_id,
         max_text_chars=settings.max_text_chars,
         idle_timeout_seconds=settings.idle_timeout_seconds,
+        double_text=double_text or settings.double_text,
+        max_queued_turns=settings.max_queued_turns,
     )
 
 

@@ -62,7 +62,7 @@ async def create_conversation(
     with temporal_errors(conversation_id):
         await temporal.start_workflow(
             ConversationWorkflow.run,
-            conversation_input(settings, conversation_id),
+            conversation_input(settings, conversation_id, double_text=body.double_text if body else None),
             id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
             **start_options(settings, conversation_id),
         )
