@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, StringConstraints
 
-from workflows.contracts import DoubleTextPolicy
+from workflows.contracts import DoubleTextPolicy, TurnReply
 
 # Conversation and document ids become parts of workflow ids and URLs: keep them to a safe alphabet.
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
@@ -68,3 +68,26 @@ class MessagesPage(BaseModel):
     total: int
     limit: int
     offset: int
+
+
+class TurnCreate(BaseModel):
+    """A user's turn as the API takes it."""
+
+    text: str = Field(description="What the user said.")
+    wait: bool = Field(
+        default=True, description="False: answer 202 at once and fetch the reply from the turn's URL."
+    )
+
+
+class TurnAccepted(BaseModel):
+    conversation_id: str
+    turn_id: str
+    status: Literal["accepted"] = "accepted"
+
+
+class TurnStatus(BaseModel):
+    conversation_id: str
+    turn_id: str
+    status: Literal["running", "completed", "failed"]
+    reply: TurnReply | None = None
+    error: str | None = None

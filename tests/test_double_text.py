@@ -8,9 +8,12 @@ from collections.abc import AsyncIterator
 
 import httpx
 import pytest
+from temporalio.client import Client
+from temporalio.worker import Worker
 
+from api import create_app
 from dialogue.settings import Settings
-from tests.conftest import serve
+from tests.conftest import TEST_API_KEY, serve
 from tests.fake_llm import FakeLlm, Plan
 
 SLOW_QUESTION = "How much does express shipping cost?"  # answered by the (slow) LLM
@@ -63,3 +66,53 @@ async def test_enqueue_answers_in_order_and_bounds_the_queue(http: httpx.AsyncCl
     replies = [(await first).json(), (await second).json()]
     assert [r["turn_index"] for r in replies] == [0, 1]
     assert "12.90" in replies[0]["reply"]["text"]
+
+
+async def test_an_async_turn_answers_202_and_its_reply_is_fetched_later(http: httpx.AsyncClient) -> None:
+    base = f"/v1/conversations/dt-{uuid.uuid4().hex[:8]}"
+    accepted = await http.post(f"{base}/turns", json={"text": SLOW_QUESTION, "wait": False})
+    assert accepted.status_code == 202, accepted.text
+    turn_id = accepted.json()["turn_id"]
+    assert accepted.headers["location"] == f"{base}/turns/{turn_id}"
+
+    first_response = await http.get(f"{base}/turns/{turn_id}")
+    first_look = first_response.json()
+    assert first_response.status_code == 200, first_response.text
+    assert first_look["status"] == "running" and first_look["reply"] is None
+    for _ in range(40):
+        status = (await http.get(f"{base}/turns/{turn_id}")).json()
+        if status["status"] == "completed":
+            break
+        await asyncio.sleep(0.25)
+    assert status["status"] == "completed"
+    assert "12.90" in status["reply"]["reply"]["text"] and status["reply"]["turn_id"] == turn_id
+
+    unknown = await http.get(f"{base}/turns/no-such-turn")
+    assert unknown.status_code == 404 and unknown.json()["error"]["code"] == "turn_not_found"
+
+
+@pytest.fixture
+def impatient_settings(settings: Settings) -> Settings:
+    return settings.model_copy(update={"turn_timeout_seconds": 0.5})
+
+
+async def test_a_reply_not_ready_in_time_is_504_naming_the_turn_to_retry(
+    impatient_settings: Settings, client: Client, worker: Worker
+) -> None:
+    server, task, base_url = await serve(create_app(impatient_settings, temporal=client))
+    try:
+        async with httpx.AsyncClient(
+            base_url=base_url, headers={"Authorization": f"Bearer {TEST_API_KEY}"}
+        ) as http:
+            url = f"/v1/conversations/dt-{uuid.uuid4().hex[:8]}/turns"
+            late = await http.post(url, json={"text": SLOW_QUESTION}, headers={"Idempotency-Key": "late-1"})
+            assert late.status_code == 504 and "late-1" in late.json()["error"]["message"]
+            await asyncio.sleep(3)  # the slow model answers after 1.5 s
+            again = await http.post(url, json={"text": SLOW_QUESTION}, headers={"Idempotency-Key": "late-1"})
+            assert (
+                again.status_code == 200 and again.json()["turn_id"] == "late-1"
+            )  # the same turn, now answered
+            assert again.json()["turn_index"] == 0
+    finally:
+        server.should_exit = True
+        await task

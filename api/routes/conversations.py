@@ -7,9 +7,15 @@ import uuid
 from datetime import timedelta
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Body, Header, Path, Query, status
+from fastapi import APIRouter, Body, Header, Path, Query, Response, status
 from starlette.concurrency import run_in_threadpool
-from temporalio.client import WithStartWorkflowOperation, WorkflowHandle
+from temporalio.client import (
+    WithStartWorkflowOperation,
+    WorkflowHandle,
+    WorkflowUpdateFailedError,
+    WorkflowUpdateRPCTimeoutOrCancelledError,
+    WorkflowUpdateStage,
+)
 from temporalio.common import WorkflowIDConflictPolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
@@ -25,6 +31,9 @@ from api.schemas import (
     ConversationSummary,
     MessagePublic,
     MessagesPage,
+    TurnAccepted,
+    TurnCreate,
+    TurnStatus,
 )
 from dialogue import store
 from dialogue.temporal import workflow_id
@@ -36,6 +45,7 @@ router = APIRouter(prefix="/conversations", tags=["conversations"])
 
 # A query needs a worker; without one it would wait for the server's own deadline.
 QUERY_TIMEOUT = timedelta(seconds=10)
+TURN_POLL_SECONDS = 0.5
 
 ConversationIdPath = Annotated[str, Path(pattern=ID_PATTERN, description="The conversation's id.")]
 IdempotencyKey = Annotated[
@@ -69,23 +79,29 @@ async def create_conversation(
     return ConversationCreated(conversation_id=conversation_id, status="active")
 
 
-@router.post("/{conversation_id}/turns")
+@router.post(
+    "/{conversation_id}/turns",
+    responses={202: {"model": TurnAccepted, "description": "`wait` was false: the turn is queued."}},
+)
 async def create_turn(
     conversation_id: ConversationIdPath,
-    turn: TurnRequest,
+    body: TurnCreate,
     settings: SettingsDep,
     engine: EngineDep,
     temporal: TemporalClientDep,
+    response: Response,
     _: CurrentPrincipal,
     idempotency_key: IdempotencyKey = None,
-) -> TurnReply:
-    """Send a user turn and wait for the reply; creates the conversation if it does not exist."""
-    if not turn.text.strip():
+) -> TurnReply | TurnAccepted:
+    """Send a user turn and wait for the reply (or, with `wait: false`, only until it is queued: 202);
+    creates the conversation if it does not exist."""
+    if not body.text.strip():
         raise ApiError(422, "invalid_turn", "text must not be empty")
-    if len(turn.text) > settings.max_text_chars:
+    if len(body.text) > settings.max_text_chars:
         raise ApiError(422, "invalid_turn", f"text is longer than {settings.max_text_chars} characters")
     await _refuse_if_ended(engine, conversation_id)
     turn_id = idempotency_key or str(uuid.uuid4())
+    turn = TurnRequest(text=body.text)
     start = WithStartWorkflowOperation(
         ConversationWorkflow.run,
         conversation_input(settings, conversation_id),
@@ -94,6 +110,17 @@ async def create_turn(
     )
     with temporal_errors(conversation_id):
         try:
+            if not body.wait:
+                await temporal.start_update_with_start_workflow(
+                    ConversationWorkflow.turn,
+                    turn,
+                    start_workflow_operation=start,
+                    id=turn_id,
+                    wait_for_stage=WorkflowUpdateStage.ACCEPTED,
+                )
+                response.status_code = status.HTTP_202_ACCEPTED
+                response.headers["Location"] = f"/v1/conversations/{conversation_id}/turns/{turn_id}"
+                return TurnAccepted(conversation_id=conversation_id, turn_id=turn_id)
             reply: TurnReply = await asyncio.wait_for(
                 temporal.execute_update_with_start_workflow(
                     ConversationWorkflow.turn, turn, start_workflow_operation=start, id=turn_id
@@ -103,13 +130,42 @@ async def create_turn(
         except WorkflowAlreadyStartedError:
             # The conversation's workflow has closed, and its id is never reused.
             raise conversation_ended(conversation_id) from None
-        except TimeoutError:
+        except (TimeoutError, WorkflowUpdateRPCTimeoutOrCancelledError):
             raise ApiError(
                 504,
                 "turn_timeout",
                 f"turn {turn_id} is still running; retry with 'Idempotency-Key: {turn_id}' to get its reply",
             ) from None
     return reply
+
+
+@router.get("/{conversation_id}/turns/{turn_id}")
+async def read_turn(
+    conversation_id: ConversationIdPath,
+    turn_id: Annotated[str, Path(max_length=200)],
+    temporal: TemporalClientDep,
+    _: CurrentPrincipal,
+) -> TurnStatus:
+    """A turn's status, and its reply once it is completed."""
+    update = _handle(temporal, conversation_id).get_update_handle_for(ConversationWorkflow.turn, turn_id)
+    with temporal_errors(conversation_id):
+        try:
+            # The server holds the poll until the turn completes: wait a moment, no longer.
+            reply = await asyncio.wait_for(update.result(), timeout=TURN_POLL_SECONDS)
+        except (TimeoutError, WorkflowUpdateRPCTimeoutOrCancelledError):
+            # The SDK reports the cancelled poll as its own error rather than the time-out.
+            return TurnStatus(conversation_id=conversation_id, turn_id=turn_id, status="running")
+        except WorkflowUpdateFailedError as err:
+            return TurnStatus(
+                conversation_id=conversation_id, turn_id=turn_id, status="failed", error=str(err.cause)
+            )
+        except RPCError as err:
+            if err.status == RPCStatusCode.NOT_FOUND:
+                raise ApiError(
+                    404, "turn_not_found", f"no turn {turn_id!r} in conversation {conversation_id!r}"
+                ) from None
+            raise
+    return TurnStatus(conversation_id=conversation_id, turn_id=turn_id, status="completed", reply=reply)
 
 
 @router.get("/{conversation_id}")
