@@ -68,7 +68,7 @@ class Settings(BaseSettings):
 
     double_text: Literal["enqueue", "reject"] = "enqueue"
     """A turn arriving while another runs: `enqueue` (answered in order) or `reject` (409); per conversation."""
-    max_queued_turns: int = Field(default=8, ge=1, le=9)
+    max_queued_turns: int = Field(default=10, ge=1, le=10)
     """Turns running or waiting in one conversation at most (429 beyond); Temporal allows 10 in flight."""
 
     max_text_chars: int = Field(default=4000, ge=1)

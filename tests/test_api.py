@@ -306,3 +306,16 @@ async def test_an_ended_conversation_stays_ended_after_temporal_forgot_it(
     )
     with pytest.raises(RPCError):
         await client.get_workflow_handle(workflow_id(conversation_id)).describe()  # nothing was started
+
+
+async def test_ten_turns_at_once_are_all_answered_in_order_and_recorded_once(http: httpx.AsyncClient) -> None:
+    base = f"/v1/conversations/{new_id()}"
+    responses = await asyncio.gather(
+        *(http.post(f"{base}/turns", json={"text": f"question {i} about returns"}) for i in range(10))
+    )
+    assert [r.status_code for r in responses] == [200] * 10
+    assert sorted(r.json()["turn_index"] for r in responses) == list(range(10))
+    transcript = (await http.get(f"{base}/messages", params={"limit": 200})).json()
+    assert transcript["total"] == 20
+    assert [m["turn_index"] for m in transcript["items"]] == [i for i in range(10) for _ in (0, 1)]
+    assert (await http.get(base)).json()["turn_count"] == 10

@@ -30,7 +30,7 @@ class ConversationInput(BaseModel):
     """The conversation ends itself after this long without a turn."""
     double_text: DoubleTextPolicy = "enqueue"
     """What happens to a turn that arrives while another runs: `enqueue` it, or `reject` it (409)."""
-    max_queued_turns: int = 8
+    max_queued_turns: int = 10
     """Turns running or waiting at most; more are refused (429). Temporal allows 10 updates in flight."""
 
 

@@ -131,6 +131,7 @@ async def create_turn(
             # The conversation's workflow has closed, and its id is never reused.
             raise conversation_ended(conversation_id) from None
         except (TimeoutError, WorkflowUpdateRPCTimeoutOrCancelledError):
+            await _settle(start)
             raise ApiError(
                 504,
                 "turn_timeout",
@@ -233,6 +234,16 @@ async def read_conversations(
         ConversationSummary.model_validate(row.model_dump() | {"conversation_id": row.id}) for row in rows
     ]
     return ConversationsPage(items=items, total=total, limit=limit, offset=offset)
+
+
+async def _settle(start: WithStartWorkflowOperation[Any, Any]) -> None:
+    """Collect the start operation's outcome after a cancelled call, so it is not reported as never retrieved."""
+    waiter = asyncio.ensure_future(start.workflow_handle())
+    await asyncio.wait({waiter}, timeout=0.1)
+    if not waiter.done():
+        waiter.cancel()
+    elif not waiter.cancelled():
+        waiter.exception()
 
 
 async def _refuse_if_ended(engine: EngineDep, conversation_id: str) -> None:
