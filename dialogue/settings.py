@@ -79,6 +79,15 @@ class Settings(BaseSettings):
     """A conversation with no turn for this long ends itself."""
     turn_timeout_seconds: float = Field(default=30, gt=0)
     """How long the API waits for a turn's reply before answering 504."""
+    turn_deadline_seconds: float = Field(default=20, gt=0)
+    """A turn's own deadline: past it the workflow answers with a fallback marked `degraded`.
+    Shorter than `turn_timeout_seconds`, so the user gets that fallback rather than a 504."""
+
+    @model_validator(mode="after")
+    def _deadline_inside_the_wait(self) -> Settings:
+        if self.turn_deadline_seconds >= self.turn_timeout_seconds:
+            raise ValueError("DIALOGUE_TURN_DEADLINE_SECONDS must be below DIALOGUE_TURN_TIMEOUT_SECONDS")
+        return self
 
     @model_validator(mode="after")
     def _refuse_unsafe_production(self) -> Settings:

@@ -28,6 +28,8 @@ class ConversationInput(BaseModel):
     """Longest user text a turn accepts; checked by the update validator."""
     idle_timeout_seconds: float = 24 * 3600
     """The conversation ends itself after this long without a turn."""
+    turn_deadline_seconds: float = 20
+    """A reply not ready in this time is replaced by a fallback marked `degraded`."""
     double_text: DoubleTextPolicy = "enqueue"
     """What happens to a turn that arrives while another runs: `enqueue` it, or `reject` it (409)."""
     max_queued_turns: int = 10

@@ -12,11 +12,11 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable
 from datetime import timedelta
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
-from temporalio.exceptions import ActivityError, ApplicationError
+from temporalio.exceptions import ActivityError, ApplicationError, CancelledError
 
 with workflow.unsafe.imports_passed_through():
     from activities.generate import GenerateActivity
@@ -57,6 +57,14 @@ TURN_IN_PROGRESS = "TurnInProgress"
 QUEUE_FULL = "TurnQueueFull"
 
 FALLBACK_TEXT = "Sorry, I can't answer that right now. Please try again in a moment."
+TURN_DEADLINE_PATCH = "turn-deadline"
+
+
+class _Outcome(NamedTuple):
+    nlu: NluResult
+    decision: Decision | None
+    tool_result: ToolResult | None
+    reply: Reply
 
 
 def _step(timeout_s: float, total_s: float, attempts: int) -> dict[str, Any]:
@@ -180,6 +188,81 @@ class ConversationWorkflow:
         failed: list[str] = []
         started = workflow.time()
 
+        respond = self._respond(text, turn_index, timings, failed)
+        if workflow.patched(TURN_DEADLINE_PATCH):
+            try:
+                # Past the deadline the steps still running are cancelled and the user gets the fallback.
+                outcome = await asyncio.wait_for(respond, timeout=self._input.turn_deadline_seconds)
+            except TimeoutError:
+                failed.append("deadline exceeded")
+                outcome = _Outcome(
+                    NluResult(intent=IntentPrediction(name=OUT_OF_SCOPE, confidence=0.0)),
+                    None,
+                    None,
+                    Reply(text=FALLBACK_TEXT),
+                )
+        else:  # conversations started before the deadline existed replay without its timer
+            outcome = await respond
+        nlu, decision, tool_result, reply = outcome
+
+        self._state.turn_count = turn_index + 1
+        self._state.last_intent = nlu.intent.name
+        if decision is not None:
+            self._apply(decision, tool_result)
+        self._state.updated_at = workflow.now()
+        workflow.set_current_details(self._details())
+        workflow.upsert_search_attributes(
+            [
+                LAST_INTENT.value_set(nlu.intent.name),
+                TURN_COUNT.value_set(self._state.turn_count),
+            ]
+        )
+        lineage = Lineage(
+            nlu_model=nlu.model,
+            generator=reply.generator,
+            prompt_id=reply.prompt_id,
+            prompt_hash=reply.prompt_hash,
+            documents=[
+                DocumentRef(document_id=s.document_id, version=s.document_version, chunk_id=s.chunk_id)
+                for s in reply.sources
+            ],
+        )
+        record = RecordTurnRequest(
+            conversation_id=self._input.conversation_id,
+            turn_id=turn_id,
+            turn_index=turn_index,
+            user_text=text,
+            reply=reply,
+            nlu=nlu,
+            degraded=bool(failed),
+            at=self._state.updated_at,
+            lineage=lineage,
+        )
+        await self._attempt(
+            "record",
+            workflow.execute_activity_method(RecordActivities.record_turn, record, **RECORD),
+            timings,
+            failed,
+        )
+        timings["total"] = _ms(workflow.time() - started)
+        if decision is not None and decision.action == "end":
+            self._close("ended_by_user")
+        return TurnReply(
+            conversation_id=self._input.conversation_id,
+            turn_id=turn_id,
+            turn_index=turn_index,
+            reply=reply,
+            nlu=nlu,
+            degraded=bool(failed),
+            degraded_reason=", ".join(failed) or None,
+            timings_ms=timings,
+            lineage=lineage,
+        )
+
+    async def _respond(
+        self, text: str, turn_index: int, timings: dict[str, float], failed: list[str]
+    ) -> _Outcome:
+        """The steps of a turn up to its reply: understand and retrieve, the flow's tool, generate."""
         # Retrieval does not depend on the intent: run it beside NLU and the policy, not after them.
         understanding, retrieved = await asyncio.gather(
             self._attempt(
@@ -234,59 +317,7 @@ class ConversationWorkflow:
             failed,
         ) or Reply(text=FALLBACK_TEXT)
 
-        self._state.turn_count = turn_index + 1
-        self._state.last_intent = nlu.intent.name
-        if decision is not None:
-            self._apply(decision, tool_result)
-        self._state.updated_at = workflow.now()
-        workflow.set_current_details(self._details())
-        workflow.upsert_search_attributes(
-            [
-                LAST_INTENT.value_set(nlu.intent.name),
-                TURN_COUNT.value_set(self._state.turn_count),
-            ]
-        )
-        lineage = Lineage(
-            nlu_model=nlu.model,
-            generator=reply.generator,
-            prompt_id=reply.prompt_id,
-            prompt_hash=reply.prompt_hash,
-            documents=[
-                DocumentRef(document_id=s.document_id, version=s.document_version, chunk_id=s.chunk_id)
-                for s in reply.sources
-            ],
-        )
-        record = RecordTurnRequest(
-            conversation_id=self._input.conversation_id,
-            turn_id=turn_id,
-            turn_index=turn_index,
-            user_text=text,
-            reply=reply,
-            nlu=nlu,
-            degraded=bool(failed),
-            at=self._state.updated_at,
-            lineage=lineage,
-        )
-        await self._attempt(
-            "record",
-            workflow.execute_activity_method(RecordActivities.record_turn, record, **RECORD),
-            timings,
-            failed,
-        )
-        timings["total"] = _ms(workflow.time() - started)
-        if decision is not None and decision.action == "end":
-            self._close("ended_by_user")
-        return TurnReply(
-            conversation_id=self._input.conversation_id,
-            turn_id=turn_id,
-            turn_index=turn_index,
-            reply=reply,
-            nlu=nlu,
-            degraded=bool(failed),
-            degraded_reason=", ".join(f"{step} failed" for step in failed) or None,
-            timings_ms=timings,
-            lineage=lineage,
-        )
+        return _Outcome(nlu, decision, tool_result, reply)
 
     async def _attempt(
         self, step: str, call: Awaitable[T], timings: dict[str, float], failed: list[str]
@@ -296,8 +327,11 @@ class ConversationWorkflow:
         try:
             return await call
         except ActivityError as err:
+            if isinstance(err.cause, CancelledError):
+                # Cancelled by the turn's deadline, not failed: let the cancellation reach the deadline.
+                raise asyncio.CancelledError from err
             workflow.logger.warning("step %s failed: %s", step, err.cause or err)
-            failed.append(step)
+            failed.append(f"{step} failed")
             return None
         finally:
             timings[step] = _ms(workflow.time() - start)

@@ -18,6 +18,7 @@ def conversation_input(
         conversation_id=conversation_id,
         max_text_chars=settings.max_text_chars,
         idle_timeout_seconds=settings.idle_timeout_seconds,
+        turn_deadline_seconds=settings.turn_deadline_seconds,
         double_text=double_text or settings.double_text,
         max_queued_turns=settings.max_queued_turns,
     )

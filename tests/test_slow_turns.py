@@ -1,4 +1,4 @@
-"""A turn that arrives while another runs: rejected (409) or queued, and the queue is bounded (429)."""
+"""Turns that take long: double-texting (409 or queued, bounded by 429), async turns, the API's wait, the turn deadline."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from api import create_app
 from dialogue.settings import Settings
 from tests.conftest import TEST_API_KEY, serve
 from tests.fake_llm import FakeLlm, Plan
+from workflows.conversation import FALLBACK_TEXT
 
 SLOW_QUESTION = "How much does express shipping cost?"  # answered by the (slow) LLM
 
@@ -113,6 +114,33 @@ async def test_a_reply_not_ready_in_time_is_504_naming_the_turn_to_retry(
                 again.status_code == 200 and again.json()["turn_id"] == "late-1"
             )  # the same turn, now answered
             assert again.json()["turn_index"] == 0
+    finally:
+        server.should_exit = True
+        await task
+
+
+@pytest.fixture
+def hasty_settings(settings: Settings) -> Settings:
+    return settings.model_copy(update={"turn_deadline_seconds": 0.8})
+
+
+async def test_past_its_deadline_a_turn_gets_a_degraded_fallback_and_the_next_one_works(
+    hasty_settings: Settings, client: Client, worker: Worker
+) -> None:
+    server, task, base_url = await serve(create_app(hasty_settings, temporal=client))
+    try:
+        async with httpx.AsyncClient(
+            base_url=base_url, headers={"Authorization": f"Bearer {TEST_API_KEY}"}
+        ) as http:
+            base = f"/v1/conversations/dt-{uuid.uuid4().hex[:8]}"
+            late = (await http.post(f"{base}/turns", json={"text": SLOW_QUESTION})).json()
+            assert late["degraded"] and late["degraded_reason"] == "deadline exceeded"
+            assert late["reply"]["text"] == FALLBACK_TEXT
+            assert late["timings_ms"]["total"] < 2000  # it did not wait for the 1.5 s model
+            following = (await http.post(f"{base}/turns", json={"text": "hello"})).json()
+            assert not following["degraded"] and following["turn_index"] == 1
+            transcript = (await http.get(f"{base}/messages")).json()["items"]
+            assert [m["degraded"] for m in transcript if m["role"] == "bot"] == [True, False]
     finally:
         server.should_exit = True
         await task
