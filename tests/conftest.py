@@ -10,6 +10,7 @@ import socket
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import httpx
@@ -179,12 +180,21 @@ async def serve(app: object) -> tuple[uvicorn.Server, asyncio.Task[None], str]:
     return server, task, f"http://127.0.0.1:{port}"
 
 
+@asynccontextmanager
+async def api_client(app: object, api_key: str = TEST_API_KEY) -> AsyncIterator[httpx.AsyncClient]:
+    """An HTTP client, authenticated, to `app` served over real HTTP for the length of the block."""
+    server, task, base_url = await serve(app)
+    try:
+        headers = {"Authorization": f"Bearer {api_key}"}
+        async with httpx.AsyncClient(base_url=base_url, headers=headers, timeout=30) as http_client:
+            yield http_client
+    finally:
+        server.should_exit = True
+        await task
+
+
 @pytest.fixture
 async def http(client: Client, settings: Settings, worker: Worker) -> AsyncIterator[httpx.AsyncClient]:
-    """An HTTP client, authenticated with the test key, to the API served over real HTTP with the real Temporal behind it."""
-    server, task, base_url = await serve(create_app(settings, temporal=client))
-    headers = {"Authorization": f"Bearer {TEST_API_KEY}"}
-    async with httpx.AsyncClient(base_url=base_url, headers=headers, timeout=30) as http_client:
+    """The API with the real Temporal and a real worker behind it, over real HTTP."""
+    async with api_client(create_app(settings, temporal=client)) as http_client:
         yield http_client
-    server.should_exit = True
-    await task

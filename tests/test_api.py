@@ -18,7 +18,7 @@ from dialogue import store
 from dialogue.db import get_engine
 from dialogue.settings import Settings
 from dialogue.temporal import workflow_id
-from tests.conftest import TEST_API_KEY, free_port, serve
+from tests.conftest import api_client, free_port
 from workflows.contracts import RecordConversationRequest
 
 
@@ -177,25 +177,18 @@ async def test_every_v1_route_needs_the_api_key(http: httpx.AsyncClient) -> None
 
 async def test_temporal_unreachable_is_503_with_retry_after(settings: Settings) -> None:
     down = settings.model_copy(update={"temporal_address": f"127.0.0.1:{free_port()}"})
-    server, task, base_url = await serve(create_app(down))
-    try:
-        async with httpx.AsyncClient(
-            base_url=base_url, headers={"Authorization": f"Bearer {TEST_API_KEY}"}
-        ) as http:
-            for response in [
-                await http.post("/v1/conversations/x/turns", json={"text": "hello"}),
-                await http.get("/v1/conversations/x"),
-                await http.post("/v1/conversations/x/end"),
-            ]:
-                assert_error(response, 503, "temporal_unavailable")
-                assert response.headers["retry-after"]
-            ready = await http.get("/readyz")
-            assert ready.status_code == 503
-            assert ready.json()["checks"]["temporal"].startswith("unavailable")
-            assert (await http.get("/v1/conversations")).status_code == 200  # the store still answers
-    finally:
-        server.should_exit = True
-        await task
+    async with api_client(create_app(down)) as http:
+        for response in [
+            await http.post("/v1/conversations/x/turns", json={"text": "hello"}),
+            await http.get("/v1/conversations/x"),
+            await http.post("/v1/conversations/x/end"),
+        ]:
+            assert_error(response, 503, "temporal_unavailable")
+            assert response.headers["retry-after"]
+        ready = await http.get("/readyz")
+        assert ready.status_code == 503
+        assert ready.json()["checks"]["temporal"].startswith("unavailable")
+        assert (await http.get("/v1/conversations")).status_code == 200  # the store still answers
 
 
 async def test_knowledge_documents_are_versioned_and_answer_turns(http: httpx.AsyncClient) -> None:

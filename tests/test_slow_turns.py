@@ -13,7 +13,7 @@ from temporalio.worker import Worker
 
 from api import create_app
 from dialogue.settings import Settings
-from tests.conftest import TEST_API_KEY, serve
+from tests.conftest import api_client, serve
 from tests.fake_llm import FakeLlm, Plan
 from workflows.conversation import FALLBACK_TEXT
 
@@ -100,23 +100,14 @@ def impatient_settings(settings: Settings) -> Settings:
 async def test_a_reply_not_ready_in_time_is_504_naming_the_turn_to_retry(
     impatient_settings: Settings, client: Client, worker: Worker
 ) -> None:
-    server, task, base_url = await serve(create_app(impatient_settings, temporal=client))
-    try:
-        async with httpx.AsyncClient(
-            base_url=base_url, headers={"Authorization": f"Bearer {TEST_API_KEY}"}
-        ) as http:
-            url = f"/v1/conversations/dt-{uuid.uuid4().hex[:8]}/turns"
-            late = await http.post(url, json={"text": SLOW_QUESTION}, headers={"Idempotency-Key": "late-1"})
-            assert late.status_code == 504 and "late-1" in late.json()["error"]["message"]
-            await asyncio.sleep(3)  # the slow model answers after 1.5 s
-            again = await http.post(url, json={"text": SLOW_QUESTION}, headers={"Idempotency-Key": "late-1"})
-            assert (
-                again.status_code == 200 and again.json()["turn_id"] == "late-1"
-            )  # the same turn, now answered
-            assert again.json()["turn_index"] == 0
-    finally:
-        server.should_exit = True
-        await task
+    async with api_client(create_app(impatient_settings, temporal=client)) as http:
+        url = f"/v1/conversations/dt-{uuid.uuid4().hex[:8]}/turns"
+        late = await http.post(url, json={"text": SLOW_QUESTION}, headers={"Idempotency-Key": "late-1"})
+        assert late.status_code == 504 and "late-1" in late.json()["error"]["message"]
+        await asyncio.sleep(3)  # the slow model answers after 1.5 s
+        again = await http.post(url, json={"text": SLOW_QUESTION}, headers={"Idempotency-Key": "late-1"})
+        assert again.status_code == 200 and again.json()["turn_id"] == "late-1"  # the same turn, now answered
+        assert again.json()["turn_index"] == 0
 
 
 @pytest.fixture
@@ -127,20 +118,13 @@ def hasty_settings(settings: Settings) -> Settings:
 async def test_past_its_deadline_a_turn_gets_a_degraded_fallback_and_the_next_one_works(
     hasty_settings: Settings, client: Client, worker: Worker
 ) -> None:
-    server, task, base_url = await serve(create_app(hasty_settings, temporal=client))
-    try:
-        async with httpx.AsyncClient(
-            base_url=base_url, headers={"Authorization": f"Bearer {TEST_API_KEY}"}
-        ) as http:
-            base = f"/v1/conversations/dt-{uuid.uuid4().hex[:8]}"
-            late = (await http.post(f"{base}/turns", json={"text": SLOW_QUESTION})).json()
-            assert late["degraded"] and late["degraded_reason"] == "deadline exceeded"
-            assert late["reply"]["text"] == FALLBACK_TEXT
-            assert late["timings_ms"]["total"] < 2000  # it did not wait for the 1.5 s model
-            following = (await http.post(f"{base}/turns", json={"text": "hello"})).json()
-            assert not following["degraded"] and following["turn_index"] == 1
-            transcript = (await http.get(f"{base}/messages")).json()["items"]
-            assert [m["degraded"] for m in transcript if m["role"] == "bot"] == [True, False]
-    finally:
-        server.should_exit = True
-        await task
+    async with api_client(create_app(hasty_settings, temporal=client)) as http:
+        base = f"/v1/conversations/dt-{uuid.uuid4().hex[:8]}"
+        late = (await http.post(f"{base}/turns", json={"text": SLOW_QUESTION})).json()
+        assert late["degraded"] and late["degraded_reason"] == "deadline exceeded"
+        assert late["reply"]["text"] == FALLBACK_TEXT
+        assert late["timings_ms"]["total"] < 2000  # it did not wait for the 1.5 s model
+        following = (await http.post(f"{base}/turns", json={"text": "hello"})).json()
+        assert not following["degraded"] and following["turn_index"] == 1
+        transcript = (await http.get(f"{base}/messages")).json()["items"]
+        assert [m["degraded"] for m in transcript if m["role"] == "bot"] == [True, False]
