@@ -195,12 +195,7 @@ class ConversationWorkflow:
                 outcome = await asyncio.wait_for(respond, timeout=self._input.turn_deadline_seconds)
             except TimeoutError:
                 failed.append("deadline exceeded")
-                outcome = _Outcome(
-                    NluResult(intent=IntentPrediction(name=OUT_OF_SCOPE, confidence=0.0)),
-                    None,
-                    None,
-                    Reply(text=FALLBACK_TEXT),
-                )
+                outcome = _Outcome(_not_understood(), None, None, Reply(text=FALLBACK_TEXT))
         else:  # conversations started before the deadline existed replay without its timer
             outcome = await respond
         nlu, decision, tool_result, reply = outcome
@@ -284,11 +279,7 @@ class ConversationWorkflow:
                 failed,
             ),
         )
-        nlu = (
-            understanding.nlu
-            if understanding
-            else NluResult(intent=IntentPrediction(name=OUT_OF_SCOPE, confidence=0.0))
-        )
+        nlu = understanding.nlu if understanding else _not_understood()
         decision = understanding.decision if understanding else None
         passages: list[Passage] = retrieved.passages if retrieved else []
         tool_result = None
@@ -386,6 +377,11 @@ class ConversationWorkflow:
             at=self._state.updated_at,
             ended_reason=self._state.ended_reason,
         )
+
+
+def _not_understood() -> NluResult:
+    """The NLU result of a turn whose understanding failed or did not finish."""
+    return NluResult(intent=IntentPrediction(name=OUT_OF_SCOPE, confidence=0.0))
 
 
 def _ms(seconds: float) -> float:
