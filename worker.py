@@ -51,8 +51,9 @@ def build_worker(
         activities=[
             UnderstandActivity(bot, parser).understand,
             RetrieveActivity(index).retrieve,
-            GenerateActivity(ReplyComposer(bot, build_generator(settings, bot))).generate,
+            GenerateActivity(ReplyComposer(bot, build_generator(settings, bot)), engine).generate,
             record.record_turn,
+            record.record_message,
             record.record_conversation,
             ToolActivity(bot).run_tool,
         ],

@@ -4,15 +4,22 @@ the bot definition."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import re
+from collections.abc import Callable
+from types import TracebackType
 from typing import Any
 
+from sqlalchemy.engine import Engine
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from dialogue import events
 from dialogue.bot import BotDefinition, Flow
 from dialogue.generation import AnswerGenerator
 from dialogue.policy import decide
-from workflows.contracts import OUT_OF_SCOPE, Decision, DialogueState, GenerateRequest, Reply
+from workflows.contracts import OUT_OF_SCOPE, Decision, DialogueState, GenerateRequest, Reply, StreamTarget
 
 HANDOFF_TEXT = "I'll hand you over to a member of our team."
 END_TEXT = "Goodbye!"
@@ -23,9 +30,9 @@ class ReplyComposer:
         self._bot = bot
         self._generator = generator
 
-    async def compose(self, request: GenerateRequest) -> Reply:
+    async def compose(self, request: GenerateRequest, on_token: Callable[[str], None] | None = None) -> Reply:
         decision = request.decision or decide(self._bot, request.nlu, DialogueState())
-        reply = await self._reply(request, decision)
+        reply = await self._reply(request, decision, on_token)
         flow = self._bot.flow(decision.flow)
         if decision.resume_flow and flow is not None and decision.dialogue.requested_slot:
             reminder = _render(
@@ -36,7 +43,9 @@ class ReplyComposer:
             reply = reply.model_copy(update={"text": f"{reply.text} {reminder}"})
         return reply
 
-    async def _reply(self, request: GenerateRequest, decision: Decision) -> Reply:
+    async def _reply(
+        self, request: GenerateRequest, decision: Decision, on_token: Callable[[str], None] | None
+    ) -> Reply:
         bot, turn = self._bot, request.turn_index
         intent = bot.intent(request.nlu.intent.name)
         templates = intent.responses if intent else []
@@ -61,10 +70,12 @@ class ReplyComposer:
                 return Reply(text=self._flow_result(flow, request, decision))
             case "flow_cancel" if flow is not None:
                 return Reply(text=flow.cancelled)
-        return await self._answer(request, templates)
+        return await self._answer(request, templates, on_token)
 
-    async def _answer(self, request: GenerateRequest, templates: list[str]) -> Reply:
-        answer = await self._generator.answer(request.text, request.passages)
+    async def _answer(
+        self, request: GenerateRequest, templates: list[str], on_token: Callable[[str], None] | None
+    ) -> Reply:
+        answer = await self._generator.answer(request.text, request.passages, on_token=on_token)
         prompt = self._generator.prompt
         lineage: dict[str, Any] = {
             "generator": self._generator.name,
@@ -117,10 +128,92 @@ def _pick(options: list[str], turn_index: int) -> str:
 
 
 class GenerateActivity:
-    def __init__(self, composer: ReplyComposer) -> None:
+    def __init__(self, composer: ReplyComposer, engine: Engine) -> None:
         self._composer = composer
+        self._engine = engine
 
     @activity.defn(name="generate")
     async def generate(self, request: GenerateRequest) -> Reply:
-        """The reply text, its sources, and what produced it."""
-        return await self._composer.compose(request)
+        """The reply text, its sources, and what produced it; streamed to the event log when asked."""
+        async with _Progress(self._engine, request) as progress:
+            reply = await self._composer.compose(request, on_token=progress.token)
+            progress.finish(reply)
+        return reply
+
+
+HEARTBEAT_SECONDS = 1.0
+_WORDS = re.compile(r"\S+\s*")
+
+
+class _Progress:
+    """Heartbeats while the reply is being made and, for a streamed turn, writes its events.
+
+    Tokens are buffered and written by one background task: while a write is in progress
+    the next tokens gather, so a fast generator costs few writes and a slow one is sent
+    token by token. Heartbeats let Temporal notice a lost worker within the heartbeat
+    timeout and deliver a cancellation (the turn's deadline, an interrupting turn).
+    """
+
+    def __init__(self, engine: Engine, request: GenerateRequest) -> None:
+        self._engine = engine
+        self._target: StreamTarget | None = request.stream
+        self._pending: list[events.NewEvent] = []
+        self._wake = asyncio.Event()
+        self._done = False
+        self._streamed_tokens = 0
+        if self._target is not None:
+            if activity.info().attempt > 1:
+                # The client saw part of an earlier attempt's reply: tell it to start over.
+                self._add("restart", {"attempt": activity.info().attempt})
+            self._add("nlu", request.nlu.model_dump(mode="json"))
+            self._add(
+                "sources",
+                {
+                    "passages": [
+                        {"document_id": p.document_id, "title": p.title, "url": p.url, "score": p.score}
+                        for p in request.passages
+                    ]
+                },
+            )
+
+    async def __aenter__(self) -> _Progress:
+        self._writer = asyncio.create_task(self._write_loop())
+        return self
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
+    ) -> None:
+        self._done = True
+        self._wake.set()
+        if kind is None:
+            await self._writer  # the last tokens are in the log before the reply is returned
+        else:
+            self._writer.cancel()
+
+    def token(self, text: str) -> None:
+        if self._target is not None:
+            self._streamed_tokens += 1
+            self._add("token", {"text": text})
+
+    def finish(self, reply: Reply) -> None:
+        """A reply made all at once (a template, the grounded generator) is streamed word by word."""
+        if self._target is not None and self._streamed_tokens == 0:
+            for word in _WORDS.findall(reply.text):
+                self._add("token", {"text": word})
+
+    def _add(self, kind: events.EventKind, data: dict[str, Any]) -> None:
+        assert self._target is not None
+        self._pending.append(events.NewEvent(kind=kind, data=data, turn_id=self._target.turn_id))
+        self._wake.set()
+
+    async def _write_loop(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):  # no news: heartbeat all the same
+                await asyncio.wait_for(self._wake.wait(), timeout=HEARTBEAT_SECONDS)
+            self._wake.clear()
+            activity.heartbeat()
+            if self._pending and self._target is not None:
+                batch, self._pending = self._pending, []
+                await asyncio.to_thread(events.append, self._engine, self._target.conversation_id, batch)
+            if self._done and not self._pending:
+                return

@@ -6,7 +6,7 @@ from sqlalchemy.engine import Engine
 from temporalio import activity
 
 from dialogue import store
-from workflows.contracts import RecordConversationRequest, Recorded, RecordTurnRequest
+from workflows.contracts import RecordConversationRequest, Recorded, RecordMessageRequest, RecordTurnRequest
 
 
 class RecordActivities:
@@ -19,7 +19,16 @@ class RecordActivities:
     def record_turn(self, request: RecordTurnRequest) -> Recorded:
         """Write the turn to the transcript and the conversation index."""
         store.record_turn(self._engine, request)
-        return Recorded(conversation_id=request.conversation_id, turn_index=request.turn_index, messages=2)
+        messages = 1 if request.reply is None else 2
+        return Recorded(
+            conversation_id=request.conversation_id, turn_index=request.turn_index, messages=messages
+        )
+
+    @activity.defn(name="record_message")
+    def record_message(self, request: RecordMessageRequest) -> Recorded:
+        """Write a person's message or a handoff to the transcript and the event log."""
+        store.record_message(self._engine, request)
+        return Recorded(conversation_id=request.conversation_id, turn_index=request.turn_index, messages=1)
 
     @activity.defn(name="record_conversation")
     def record_conversation(self, request: RecordConversationRequest) -> Recorded:

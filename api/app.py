@@ -10,7 +10,7 @@ from temporalio.client import Client
 
 from api.errors import install_error_handlers
 from api.limits import BodySizeLimit
-from api.routes import conversations, health, knowledge, nlu
+from api.routes import conversations, handoff, health, knowledge, nlu
 from dialogue.db import get_engine, init_db
 from dialogue.settings import Settings, get_settings
 from dialogue.temporal import connect
@@ -39,6 +39,7 @@ def create_app(settings: Settings | None = None, *, temporal: Client | None = No
     install_error_handlers(app)
     v1 = APIRouter(prefix="/v1")
     v1.include_router(conversations.router)
+    v1.include_router(handoff.router)
     v1.include_router(nlu.router)
     v1.include_router(knowledge.router)
     app.include_router(v1)

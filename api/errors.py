@@ -24,7 +24,13 @@ from temporalio.client import WorkflowUpdateFailedError, WorkflowUpdateRPCTimeou
 from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
-from workflows.conversation import CONVERSATION_ENDED, INVALID_TURN, QUEUE_FULL, TURN_IN_PROGRESS
+from workflows.conversation import (
+    CONVERSATION_ENDED,
+    INVALID_TURN,
+    NOT_HANDED_OFF,
+    QUEUE_FULL,
+    TURN_IN_PROGRESS,
+)
 
 log = logging.getLogger("dialogue.api")
 
@@ -69,6 +75,8 @@ def from_temporal(exc: BaseException, conversation_id: str) -> ApiError | None:
             return ApiError(422, "invalid_turn", cause.message)
         if isinstance(cause, ApplicationError) and cause.type == TURN_IN_PROGRESS:
             return ApiError(409, "turn_in_progress", cause.message)
+        if isinstance(cause, ApplicationError) and cause.type == NOT_HANDED_OFF:
+            return ApiError(409, "not_handed_off", cause.message)
         if isinstance(cause, ApplicationError) and cause.type == QUEUE_FULL:
             return ApiError(429, "turn_queue_full", cause.message, {"Retry-After": RETRY_AFTER_SECONDS})
         return ApiError(500, "turn_failed", "the turn could not be completed")

@@ -12,6 +12,7 @@ from workflows.contracts import DoubleTextPolicy, TurnReply
 # Conversation and document ids become parts of workflow ids and URLs: keep them to a safe alphabet.
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
 ConversationId = Annotated[str, StringConstraints(pattern=ID_PATTERN)]
+IDEMPOTENCY_KEY_PATTERN = r"^[\x21-\x7e]+$"
 
 
 class ConversationCreate(BaseModel):
@@ -20,7 +21,8 @@ class ConversationCreate(BaseModel):
     )
     double_text: DoubleTextPolicy | None = Field(
         default=None,
-        description="`enqueue` or `reject` a turn sent while another runs; the setting's default when absent.",
+        description="A turn sent while another runs: `enqueue` it, `reject` it (409), or `interrupt` the "
+        "running one (the newest turn is answered); the setting's default when absent.",
     )
 
 
@@ -55,7 +57,9 @@ class MessagePublic(BaseModel):
     turn_id: str
     turn_index: int
     role: str
+    """`user`, `bot`, `agent` or `system`."""
     text: str
+    author: str | None = None
     intent: str | None
     confidence: float | None
     degraded: bool
@@ -76,6 +80,11 @@ class TurnCreate(BaseModel):
     text: str = Field(description="What the user said.")
     wait: bool = Field(
         default=True, description="False: answer 202 at once and fetch the reply from the turn's URL."
+    )
+    idempotency_key: (
+        Annotated[str, StringConstraints(max_length=200, pattern=IDEMPOTENCY_KEY_PATTERN)] | None
+    ) = Field(
+        default=None, description="As the `Idempotency-Key` header, for clients that cannot set headers."
     )
 
 

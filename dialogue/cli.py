@@ -55,21 +55,23 @@ def replay(
         typer.Option("--file", "--history-file", help="A JSON history export instead of the server's copy."),
     ] = None,
 ) -> None:
-    """Replay a conversation's history against the current workflow code (no activity runs)."""
+    """Replay a conversation's history (every run of it) against the current workflow code; no activity runs."""
     from dialogue.temporal import connect
-    from workflows.replay import load_history, replay
+    from workflows.replay import divergence, load_history, load_runs, replay
 
     async def run() -> int:
-        client = None if history_file else await connect(get_settings())
-        history = await load_history(conversation_id, client=client, history_file=history_file)
-        result = await replay(history)
-        events = len(history.events)
-        if result.replay_failure is not None:
-            typer.echo(f"{history.workflow_id}: replay FAILED over {events} events: {result.replay_failure}")
-            return 1
-        typer.echo(
-            f"{history.workflow_id}: replayed {events} events; the current code makes the same decisions"
-        )
+        if history_file is not None:
+            histories = [await load_history(conversation_id, history_file=history_file)]
+        else:
+            histories = await load_runs(conversation_id, await connect(get_settings()))
+        for number, history in enumerate(histories, start=1):
+            result = await replay(history)
+            name = f"{history.workflow_id} run {number}/{len(histories)} ({history.run_id})"
+            events = len(history.events)
+            if result.replay_failure is not None:
+                typer.echo(f"{name}: replay FAILED over {events} events, {divergence(result.replay_failure)}")
+                return 1
+            typer.echo(f"{name}: replayed {events} events; the current code makes the same decisions")
         return 0
 
     raise typer.Exit(asyncio.run(run()))

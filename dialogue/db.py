@@ -59,7 +59,10 @@ class Message(SQLModel, table=True):
     turn_id: str = Field(max_length=200)
     turn_index: int
     role: str = Field(max_length=10)
+    """`user`, `bot`, `agent` (a person's reply during a handoff) or `system` (handoff, handback)."""
     text: str
+    author: str | None = Field(default=None, max_length=200)
+    """The person who wrote an `agent` message, when known."""
     intent: str | None = Field(default=None, max_length=100)
     confidence: float | None = None
     degraded: bool = False
@@ -67,6 +70,22 @@ class Message(SQLModel, table=True):
     lineage: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
     """For the bot's messages: models, prompt and document versions behind the reply."""
     created_at: datetime = _utc_column()
+
+
+class ConversationEvent(SQLModel, table=True):
+    """The event log of a conversation: what stream clients receive (a streamed turn's NLU result,
+    sources and tokens; agent messages; handoffs). Numbered per conversation, so a client that
+    reconnects with the last number it saw misses nothing and sees nothing twice."""
+
+    __tablename__ = "conversation_event"
+
+    conversation_id: str = Field(primary_key=True, max_length=200)
+    seq: int = Field(primary_key=True)
+    turn_id: str | None = Field(default=None, max_length=200)
+    kind: str = Field(max_length=20)
+    data: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON))
+    at: float
+    """Unix time the event was produced (sub-millisecond): stream latency is measured from it."""
 
 
 class KnowledgeDocument(SQLModel, table=True):

@@ -66,10 +66,14 @@ class Settings(BaseSettings):
     llm_timeout_seconds: float = Field(default=20.0, gt=0)
     """One attempt's limit; Temporal retries within the generate step's own deadline."""
 
-    double_text: Literal["enqueue", "reject"] = "enqueue"
-    """A turn arriving while another runs: `enqueue` (answered in order) or `reject` (409); per conversation."""
+    double_text: Literal["enqueue", "reject", "interrupt"] = "enqueue"
+    """A turn arriving while another runs: `enqueue` (answered in order), `reject` (409) or `interrupt`
+    (the running turn is cancelled, the newest answered); per conversation."""
     max_queued_turns: int = Field(default=10, ge=1, le=10)
     """Turns running or waiting in one conversation at most (429 beyond); Temporal allows 10 in flight."""
+
+    turns_per_run: int = Field(default=200, ge=1, le=1000)
+    """Messages one workflow run takes before it continues as new with a compact state."""
 
     max_text_chars: int = Field(default=4000, ge=1)
     """Longest user text a turn accepts (422 above it)."""

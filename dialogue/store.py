@@ -9,8 +9,9 @@ from sqlalchemy import func
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
+from dialogue import events
 from dialogue.db import Conversation, Message
-from workflows.contracts import RecordConversationRequest, RecordTurnRequest
+from workflows.contracts import RecordConversationRequest, RecordMessageRequest, RecordTurnRequest
 
 
 def record_turn(engine: Engine, turn: RecordTurnRequest) -> None:
@@ -26,7 +27,8 @@ def record_turn(engine: Engine, turn: RecordTurnRequest) -> None:
             conversation = Conversation(id=turn.conversation_id, created_at=turn.at, updated_at=turn.at)
         conversation.turn_count = max(conversation.turn_count, turn.turn_index + 1)
         if turn.turn_index + 1 >= conversation.turn_count:
-            conversation.last_intent = turn.nlu.intent.name
+            if turn.reply is not None:
+                conversation.last_intent = turn.nlu.intent.name
             conversation.updated_at = max(conversation.updated_at, turn.at)
         session.add(conversation)
         common: dict[str, Any] = {
@@ -37,6 +39,9 @@ def record_turn(engine: Engine, turn: RecordTurnRequest) -> None:
         }
         key = f"{turn.conversation_id}:{turn.turn_index}"
         session.merge(Message(id=f"{key}:user", role="user", text=turn.user_text, **common))
+        if turn.reply is None:  # interrupted, or a person answers: the user's words alone
+            session.commit()
+            return
         session.merge(
             Message(
                 id=f"{key}:bot",
@@ -51,6 +56,48 @@ def record_turn(engine: Engine, turn: RecordTurnRequest) -> None:
             )
         )
         session.commit()
+
+
+def record_message(engine: Engine, message: RecordMessageRequest) -> None:
+    """Write an agent's message or a handoff to the transcript, and append it to the event log; idempotent."""
+    with Session(engine) as session:
+        conversation = session.get(Conversation, message.conversation_id)
+        if conversation is not None:
+            conversation.turn_count = max(conversation.turn_count, message.turn_index + 1)
+            conversation.updated_at = max(conversation.updated_at, message.at)
+            session.add(conversation)
+        session.merge(
+            Message(
+                id=f"{message.conversation_id}:{message.turn_index}:{message.role}",
+                conversation_id=message.conversation_id,
+                turn_id=message.turn_id,
+                turn_index=message.turn_index,
+                role=message.role,
+                text=message.text,
+                author=message.author,
+                created_at=message.at,
+            )
+        )
+        session.commit()
+    # A retried activity finds its event already there.
+    if not events.has(engine, message.conversation_id, message.turn_id, message.event):
+        events.append(
+            engine,
+            message.conversation_id,
+            [
+                events.NewEvent(
+                    kind=message.event,
+                    turn_id=message.turn_id,
+                    data={
+                        "turn_index": message.turn_index,
+                        "role": message.role,
+                        "text": message.text,
+                        "author": message.author,
+                        "at": message.at.isoformat(),
+                    },
+                )
+            ],
+        )
 
 
 def record_conversation(engine: Engine, change: RecordConversationRequest) -> None:
@@ -100,7 +147,7 @@ def read_messages(
         query = (
             select(Message)
             .where(where)
-            # "bot" < "user" alphabetically, so order by role descending puts the user first.
+            # One role per place but for user and bot: "user" > "bot", so descending puts the user first.
             .order_by(col(Message.turn_index), col(Message.role).desc())
             .offset(offset)
             .limit(limit)

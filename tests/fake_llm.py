@@ -23,6 +23,8 @@ class Plan:
     delay: float = 0.0
     """Seconds to wait before answering: a slow model."""
     headers: dict[str, str] = field(default_factory=dict)
+    token_delay: float = 0.0
+    """Seconds between streamed tokens: a model that writes as it thinks."""
 
 
 @dataclass
@@ -44,7 +46,9 @@ class FakeLlm:
                 return JSONResponse(error, status_code=plan.status, headers=plan.headers)
             if not body.get("stream"):
                 return JSONResponse(_completion(body["model"], plan.text))
-            return StreamingResponse(_chunks(body["model"], plan.text), media_type="text/event-stream")
+            return StreamingResponse(
+                _chunks(body["model"], plan.text, plan.token_delay), media_type="text/event-stream"
+            )
 
         return app
 
@@ -59,9 +63,11 @@ def _completion(model: str, text: str) -> dict[str, Any]:
     }
 
 
-async def _chunks(model: str, text: str) -> AsyncIterator[bytes]:
+async def _chunks(model: str, text: str, token_delay: float = 0.0) -> AsyncIterator[bytes]:
     words = text.split(" ")
     for i, word in enumerate(words):
+        if i and token_delay:
+            await asyncio.sleep(token_delay)
         piece = word if i == len(words) - 1 else word + " "
         chunk = {
             "id": "cmpl-test",

@@ -69,6 +69,23 @@ async def test_enqueue_answers_in_order_and_bounds_the_queue(http: httpx.AsyncCl
     assert "12.90" in replies[0]["reply"]["text"]
 
 
+async def test_interrupt_cancels_the_running_turn_and_answers_the_newest(http: httpx.AsyncClient) -> None:
+    conversation_id = f"dt-{uuid.uuid4().hex[:8]}"
+    created = await http.post("/v1/conversations", json={"id": conversation_id, "double_text": "interrupt"})
+    assert created.status_code == 201
+    url = f"/v1/conversations/{conversation_id}/turns"
+    first = asyncio.create_task(http.post(url, json={"text": SLOW_QUESTION}))
+    await asyncio.sleep(0.6)  # the model is working on the first turn
+    second = await http.post(url, json={"text": "hello"})
+    interrupted = (await first).json()
+    assert interrupted["interrupted"] and interrupted["reply"]["text"] == ""
+    assert second.status_code == 200 and not second.json()["interrupted"] and second.json()["reply"]["text"]
+    assert second.json()["turn_index"] == 1
+    transcript = (await http.get(f"/v1/conversations/{conversation_id}/messages")).json()["items"]
+    # Both of the user's words are kept; only the newest got a reply.
+    assert [(m["turn_index"], m["role"]) for m in transcript] == [(0, "user"), (1, "user"), (1, "bot")]
+
+
 async def test_an_async_turn_answers_202_and_its_reply_is_fetched_later(http: httpx.AsyncClient) -> None:
     base = f"/v1/conversations/dt-{uuid.uuid4().hex[:8]}"
     accepted = await http.post(f"{base}/turns", json={"text": SLOW_QUESTION, "wait": False})

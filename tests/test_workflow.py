@@ -28,7 +28,7 @@ from dialogue.settings import Settings
 from dialogue.temporal import LAST_INTENT, TURN_COUNT, workflow_id
 from workflows.contracts import EndRequest, TurnReply, TurnRequest
 from workflows.conversation import FALLBACK_TEXT, INVALID_TURN, ConversationWorkflow
-from workflows.replay import load_history, replay
+from workflows.replay import divergence, load_history, replay
 from workflows.starting import conversation_input, start_options
 
 
@@ -253,3 +253,5 @@ async def test_replay_catches_code_that_would_decide_differently(
     tampered = [e for e in history.events if e.event_type != EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED]
     result = await replay(WorkflowHistory(history.workflow_id, tampered))
     assert result.replay_failure is not None
+    # The report names the event the code diverged at (the dropped one's successor now sits there).
+    assert divergence(result.replay_failure).startswith("at event ")

@@ -11,10 +11,11 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, computed_field
 
 ConversationStatus = Literal["active", "ended"]
-DoubleTextPolicy = Literal["enqueue", "reject"]
+DoubleTextPolicy = Literal["enqueue", "reject", "interrupt"]
+Holder = Literal["bot", "agent"]
 
 OUT_OF_SCOPE = "out_of_scope"
 """The intent of text that belongs to no intent of the bot."""
@@ -34,12 +35,48 @@ class ConversationInput(BaseModel):
     """What happens to a turn that arrives while another runs: `enqueue` it, or `reject` it (409)."""
     max_queued_turns: int = 10
     """Turns running or waiting at most; more are refused (429). Temporal allows 10 updates in flight."""
+    turns_per_run: int = 200
+    """Messages (turns, agent messages, handoffs) one run takes before it continues as new, keeping
+    its history small; far below Temporal's 2,000 updates per run."""
+    carried: CarriedState | None = None
+    """What the previous run handed over at continue-as-new; None in a conversation's first run."""
 
 
 class TurnRequest(BaseModel):
     """A user's turn, as the API receives it and the workflow's `turn` update takes it."""
 
     text: str = Field(description="What the user said.")
+    stream: bool = False
+    """Write the turn's progress (NLU, sources, tokens) to the event log for an SSE client."""
+
+
+class HandoffRequest(BaseModel):
+    """The `handoff` update: a person takes the conversation over from the bot."""
+
+    agent: str | None = None
+    """Who takes over, when known (an agent's name or id)."""
+    reason: str = "requested"
+
+
+class HandbackRequest(BaseModel):
+    """The `handback` update: the bot answers again."""
+
+    agent: str | None = None
+
+
+class AgentMessageRequest(BaseModel):
+    """The `agent_message` update: a person's reply to the user while the conversation is handed off."""
+
+    text: str
+    agent: str | None = None
+
+
+class AgentMessageReply(BaseModel):
+    conversation_id: str
+    turn_index: int
+    """Agent messages take a place in the transcript's order like turns."""
+    agent: str | None = None
+    at: datetime
 
 
 class EndRequest(BaseModel):
@@ -180,6 +217,13 @@ class Source(BaseModel):
     document_version: int | None = None
 
 
+class StreamTarget(BaseModel):
+    """Where `generate` writes a streamed turn's events: the conversation's event log, under the turn's id."""
+
+    conversation_id: str
+    turn_id: str
+
+
 class GenerateRequest(BaseModel):
     text: str
     turn_index: int
@@ -188,6 +232,8 @@ class GenerateRequest(BaseModel):
     decision: Decision | None = None
     """None: decide from the NLU result alone (as before flows existed)."""
     tool_result: ToolResult | None = None
+    stream: StreamTarget | None = None
+    """Set when the client streams the turn: the NLU result, the sources and the tokens go to the event log."""
 
 
 class Reply(BaseModel):
@@ -229,6 +275,11 @@ class TurnReply(BaseModel):
     timings_ms: dict[str, float] = {}
     """Time of each step, as the workflow saw it (scheduling included), and the whole turn."""
     lineage: Lineage | None = None
+    interrupted: bool = False
+    """A newer turn interrupted this one (`interrupt` policy): it has no reply text."""
+    held_by: Holder = "bot"
+    """`agent`: the conversation is handed off; a person answers through agent messages, not this reply."""
+    user_text: str = ""
 
 
 class ConversationState(BaseModel):
@@ -241,10 +292,33 @@ class ConversationState(BaseModel):
     active_flow: str | None = None
     requested_slot: str | None = None
     handoff: bool = False
+    """True while a person holds the conversation."""
+    held_by: Holder = "bot"
+    agent: str | None = None
+    """The person holding the conversation, when known."""
     last_intent: str | None = None
     started_at: datetime
     updated_at: datetime
     ended_reason: str | None = None
+    intent_counts: dict[str, int] = {}
+    """How often each intent came up: the running summary that survives continue-as-new."""
+    run: int = 1
+    """Which run of the workflow holds the conversation now (continue-as-new starts the next)."""
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def summary(self) -> str:
+        top = sorted(self.intent_counts.items(), key=lambda item: (-item[1], item[0]))[:5]
+        topics = ", ".join(f"{name} x{count}" for name, count in top) or "nothing yet"
+        return f"{self.turn_count} turns; topics: {topics}"
+
+
+class CarriedState(BaseModel):
+    """The compact state a run hands to the next at continue-as-new: not the history, only what matters."""
+
+    state: ConversationState
+    recent_turns: list[TurnReply] = []
+    """The last few replies: a retried turn whose run has ended still gets its reply, not a second turn."""
 
 
 class RecordTurnRequest(BaseModel):
@@ -254,11 +328,26 @@ class RecordTurnRequest(BaseModel):
     turn_id: str
     turn_index: int
     user_text: str
-    reply: Reply
+    reply: Reply | None
+    """None when the bot did not answer: interrupted, or a person holds the conversation."""
     nlu: NluResult
     degraded: bool = False
     at: datetime
     lineage: Lineage | None = None
+
+
+class RecordMessageRequest(BaseModel):
+    """A transcript entry outside the bot's turns: an agent's message, a handoff or a handback."""
+
+    conversation_id: str
+    turn_id: str
+    turn_index: int
+    role: Literal["agent", "system"]
+    text: str
+    author: str | None = None
+    at: datetime
+    event: Literal["agent_message", "handoff", "handback"]
+    """The event-log kind a stream client receives: `agent_message`, `handoff` or `handback`."""
 
 
 class RecordConversationRequest(BaseModel):
@@ -278,3 +367,6 @@ class Recorded(BaseModel):
     turn_index: int | None = None
     messages: int = 0
     status: ConversationStatus | None = None
+
+
+ConversationInput.model_rebuild()

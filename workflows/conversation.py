@@ -5,14 +5,19 @@ understands the text and searches the knowledge base side by side, then generate
 the reply and records it. A step that fails after its retries gives a fallback
 instead of an error: the user gets an answer marked `degraded`, and the
 conversation stays healthy for the next turn.
+
+A person can take the conversation over (`handoff`), answer through `agent_message`,
+and give it back (`handback`); these run in the same order as turns. After
+`turns_per_run` messages the run continues as new with a compact state, so a
+conversation of any length keeps a small history.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
-from typing import Any, NamedTuple, TypeVar
+from typing import Any, Literal, NamedTuple, TypeVar
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
@@ -27,6 +32,9 @@ with workflow.unsafe.imports_passed_through():
     from dialogue.temporal import LAST_INTENT, STATUS, TURN_COUNT
     from workflows.contracts import (
         OUT_OF_SCOPE,
+        AgentMessageReply,
+        AgentMessageRequest,
+        CarriedState,
         ConversationInput,
         ConversationState,
         Decision,
@@ -34,14 +42,19 @@ with workflow.unsafe.imports_passed_through():
         DocumentRef,
         EndRequest,
         GenerateRequest,
+        HandbackRequest,
+        HandoffRequest,
+        Holder,
         IntentPrediction,
         Lineage,
         NluResult,
         Passage,
         RecordConversationRequest,
+        RecordMessageRequest,
         RecordTurnRequest,
         Reply,
         RetrieveRequest,
+        StreamTarget,
         ToolResult,
         TurnReply,
         TurnRequest,
@@ -55,9 +68,17 @@ CONVERSATION_ENDED = "ConversationEnded"
 INVALID_TURN = "InvalidTurn"
 TURN_IN_PROGRESS = "TurnInProgress"
 QUEUE_FULL = "TurnQueueFull"
+NOT_HANDED_OFF = "NotHandedOff"
 
 FALLBACK_TEXT = "Sorry, I can't answer that right now. Please try again in a moment."
+NOT_RUN = "none"
+"""The intent of a turn the bot did not run: interrupted, or answered by a person."""
 TURN_DEADLINE_PATCH = "turn-deadline"
+CONTINUE_AS_NEW_PATCH = "continue-as-new"
+HOLD_PATCH = "handoff-holds-conversation"
+"""Since this patch, a handoff pauses the bot until handback (before, it only set a flag)."""
+RECENT_TURNS = 5
+"""Replies a run remembers and hands over: a turn retried across continue-as-new gets its reply back."""
 
 
 class _Outcome(NamedTuple):
@@ -67,9 +88,12 @@ class _Outcome(NamedTuple):
     reply: Reply
 
 
-def _step(timeout_s: float, total_s: float, attempts: int) -> dict[str, Any]:
+def _step(
+    timeout_s: float, total_s: float, attempts: int, heartbeat_s: float | None = None
+) -> dict[str, Any]:
     """Activity options: each attempt bounded, retries with exponential backoff, the whole bounded too."""
     return {
+        "heartbeat_timeout": timedelta(seconds=heartbeat_s) if heartbeat_s else None,
         "start_to_close_timeout": timedelta(seconds=timeout_s),
         "schedule_to_close_timeout": timedelta(seconds=total_s),
         "retry_policy": RetryPolicy(
@@ -83,7 +107,9 @@ def _step(timeout_s: float, total_s: float, attempts: int) -> dict[str, Any]:
 
 UNDERSTAND = _step(timeout_s=5, total_s=10, attempts=3)
 RETRIEVE = _step(timeout_s=5, total_s=10, attempts=3)
-GENERATE = _step(timeout_s=20, total_s=30, attempts=3)
+# Generation heartbeats: a lost worker is noticed in seconds, and a cancellation (deadline, interrupt)
+# reaches the LLM call instead of letting it run on.
+GENERATE = _step(timeout_s=20, total_s=30, attempts=3, heartbeat_s=5)
 # Recording is cheap to retry and the transcript should not miss a turn: try harder.
 RECORD = _step(timeout_s=10, total_s=60, attempts=10)
 TOOL = _step(timeout_s=10, total_s=20, attempts=3)
@@ -95,33 +121,65 @@ class ConversationWorkflow:
     def __init__(self, input: ConversationInput) -> None:
         now = workflow.now()
         self._input = input
-        self._state = ConversationState(conversation_id=input.conversation_id, started_at=now, updated_at=now)
-        # asyncio.Lock is FIFO: turns that wait for it run in the order they arrived.
+        if input.carried is not None:
+            self._state = input.carried.state.model_copy(update={"run": input.carried.state.run + 1})
+            self._recent = {reply.turn_id: reply for reply in input.carried.recent_turns}
+        else:
+            self._state = ConversationState(
+                conversation_id=input.conversation_id, started_at=now, updated_at=now
+            )
+            self._recent = {}
+        # asyncio.Lock is FIFO: turns (and a person's messages) that wait for it run in arrival order.
         self._turn_lock = asyncio.Lock()
-        self._turns_in_flight = 0
+        self._in_flight = 0
         self._running_turn: str | None = None
         self._touched = False
+        self._messages_this_run = 0
+        self._arrivals = 0
+        """Turns that arrived in this run, counted when they arrive: the newest wins under `interrupt`."""
+        self._responding: asyncio.Task[_Outcome] | None = None
+        self._interrupted = False
 
     @workflow.run
     async def run(self, input: ConversationInput) -> ConversationState:
+        # Runs recorded before continue-as-new existed replay without it.
+        can_continue = workflow.patched(CONTINUE_AS_NEW_PATCH)
         workflow.upsert_search_attributes([STATUS.value_set("active")])
-        await workflow.execute_activity_method(
-            RecordActivities.record_conversation,
-            self._record_request(),
-            **RECORD,
-        )
+        if input.carried is None:
+            await workflow.execute_activity_method(
+                RecordActivities.record_conversation,
+                self._record_request(),
+                **RECORD,
+            )
+        else:
+            workflow.set_current_details(self._details())
         idle = timedelta(seconds=input.idle_timeout_seconds)
-        while self._state.status == "active":
+
+        def time_to_continue() -> bool:
+            return can_continue and (
+                self._messages_this_run >= input.turns_per_run
+                or workflow.info().is_continue_as_new_suggested()
+            )
+
+        while self._state.status == "active" and not time_to_continue():
             self._touched = False
             try:
                 await workflow.wait_condition(
                     lambda: self._touched or self._state.status != "active", timeout=idle
                 )
             except TimeoutError:
-                if self._turns_in_flight == 0:
+                if self._in_flight == 0:
                     self._close("idle_timeout")
-        # Turns accepted before the end still get their replies.
+        # Turns accepted before the end (or before continuing) still get their replies, in this run.
         await workflow.wait_condition(workflow.all_handlers_finished)
+        if self._state.status == "active":
+            workflow.continue_as_new(
+                input.model_copy(
+                    update={
+                        "carried": CarriedState(state=self._state, recent_turns=list(self._recent.values()))
+                    }
+                )
+            )
         await workflow.execute_activity_method(
             RecordActivities.record_conversation, self._record_request(), **RECORD
         )
@@ -129,37 +187,86 @@ class ConversationWorkflow:
 
     @workflow.update
     async def turn(self, request: TurnRequest) -> TurnReply:
-        self._turns_in_flight += 1
-        self._touched = True
-        try:
-            async with self._turn_lock:
-                update = workflow.current_update_info()
-                self._running_turn = update.id if update else None
-                try:
-                    return await self._run_turn(request)
-                finally:
-                    self._running_turn = None
-        finally:
-            self._turns_in_flight -= 1
-            self._touched = True
+        turn_id = _update_id()
+        answered = self._recent.get(turn_id)
+        if answered is not None:
+            return answered  # retried after its run continued as new: the same reply, no second turn
+        self._arrivals += 1
+        arrival = self._arrivals
+        if self._input.double_text == "interrupt" and self._responding is not None:
+            self._interrupted = True
+            self._responding.cancel()
+
+        async def run_turn() -> TurnReply:
+            if self._input.double_text == "interrupt" and self._arrivals > arrival:
+                # A newer turn arrived while this one waited: it would be interrupted at once.
+                return await self._answer_without_bot(turn_id, request, interrupted=True)
+            self._running_turn = turn_id
+            try:
+                return await self._run_turn(turn_id, request)
+            finally:
+                self._running_turn = None
+
+        reply = await self._in_order(run_turn)
+        self._recent[turn_id] = reply
+        while len(self._recent) > RECENT_TURNS:
+            del self._recent[next(iter(self._recent))]
+        return reply
 
     @turn.validator
     def validate_turn(self, request: TurnRequest) -> None:
         # Raising here rejects the update before it enters history.
-        if self._state.status != "active":
-            raise ApplicationError("the conversation has ended", type=CONVERSATION_ENDED)
-        if not request.text.strip():
-            raise ApplicationError("text must not be empty", type=INVALID_TURN)
-        if len(request.text) > self._input.max_text_chars:
-            raise ApplicationError(
-                f"text is longer than {self._input.max_text_chars} characters", type=INVALID_TURN
-            )
-        if self._input.double_text == "reject" and self._turns_in_flight:
+        if _update_id() in self._recent:
+            return  # answered already: the handler gives the same reply
+        self._refuse_if_ended()
+        self._check_text(request.text)
+        if self._input.double_text == "reject" and self._in_flight:
             raise ApplicationError(
                 f"turn {self._running_turn} is still running", self._running_turn, type=TURN_IN_PROGRESS
             )
-        if self._turns_in_flight >= self._input.max_queued_turns:
-            raise ApplicationError(f"{self._turns_in_flight} turns are already waiting", type=QUEUE_FULL)
+        if self._in_flight >= self._input.max_queued_turns:
+            raise ApplicationError(f"{self._in_flight} turns are already waiting", type=QUEUE_FULL)
+
+    @workflow.update
+    async def handoff(self, request: HandoffRequest) -> ConversationState:
+        """A person takes the conversation over: the bot stops answering until `handback`."""
+        return await self._in_order(lambda: self._hand_over("agent", request.agent, request.reason))
+
+    @handoff.validator
+    def validate_handoff(self, request: HandoffRequest) -> None:
+        self._refuse_if_ended()
+
+    @workflow.update
+    async def handback(self, request: HandbackRequest) -> ConversationState:
+        """The bot answers the user's turns again."""
+        return await self._in_order(lambda: self._hand_over("bot", request.agent, "handed back"))
+
+    @handback.validator
+    def validate_handback(self, request: HandbackRequest) -> None:
+        self._refuse_if_ended()
+
+    @workflow.update
+    async def agent_message(self, request: AgentMessageRequest) -> AgentMessageReply:
+        """A person's reply to the user, recorded in the transcript and sent to stream clients."""
+
+        async def post() -> AgentMessageReply:
+            index = self._take_index()
+            await self._record_message(index, "agent", request.text.strip(), request.agent, "agent_message")
+            return AgentMessageReply(
+                conversation_id=self._input.conversation_id,
+                turn_index=index,
+                agent=request.agent,
+                at=self._state.updated_at,
+            )
+
+        return await self._in_order(post)
+
+    @agent_message.validator
+    def validate_agent_message(self, request: AgentMessageRequest) -> None:
+        self._refuse_if_ended()
+        self._check_text(request.text)
+        if self._state.held_by != "agent":
+            raise ApplicationError("the bot holds this conversation: hand it off first", type=NOT_HANDED_OFF)
 
     @workflow.query
     def state(self) -> ConversationState:
@@ -170,6 +277,38 @@ class ConversationWorkflow:
         if self._state.status == "active":
             self._close(request.reason)
 
+    def _refuse_if_ended(self) -> None:
+        if self._state.status != "active":
+            raise ApplicationError("the conversation has ended", type=CONVERSATION_ENDED)
+
+    def _check_text(self, text: str) -> None:
+        if not text.strip():
+            raise ApplicationError("text must not be empty", type=INVALID_TURN)
+        if len(text) > self._input.max_text_chars:
+            raise ApplicationError(
+                f"text is longer than {self._input.max_text_chars} characters", type=INVALID_TURN
+            )
+
+    async def _in_order(self, work: Callable[[], Awaitable[T]]) -> T:
+        """Run a turn or a person's action after those that arrived before it, one at a time."""
+        self._in_flight += 1
+        self._touched = True
+        try:
+            async with self._turn_lock:
+                result = await work()
+                self._messages_this_run += 1
+                return result
+        finally:
+            self._in_flight -= 1
+            self._touched = True
+
+    def _take_index(self) -> int:
+        """The next place in the transcript: user turns, a person's messages and handoffs share one order."""
+        index = self._state.turn_count
+        self._state.turn_count = index + 1
+        self._state.updated_at = workflow.now()
+        return index
+
     def _close(self, reason: str) -> None:
         if self._state.status == "ended":
             return  # the first reason stands
@@ -179,29 +318,116 @@ class ConversationWorkflow:
         workflow.set_current_details(self._details())
         workflow.upsert_search_attributes([STATUS.value_set("ended")])
 
-    async def _run_turn(self, request: TurnRequest) -> TurnReply:
-        update = workflow.current_update_info()
-        turn_id = update.id if update else str(workflow.uuid4())
+    async def _hand_over(self, holder: Holder, agent: str | None, reason: str) -> ConversationState:
+        if self._state.held_by == holder:
+            return self._state  # already there: handing over twice changes nothing
+        self._state.held_by = holder
+        self._state.handoff = holder == "agent"
+        self._state.agent = agent if holder == "agent" else None
+        who = agent or "a person"
+        text = f"Handed off to {who} ({reason})." if holder == "agent" else f"{who} handed back to the bot."
+        await self._record_message(
+            self._take_index(), "system", text, agent, "handoff" if holder == "agent" else "handback"
+        )
+        return self._state
+
+    async def _record_message(
+        self,
+        index: int,
+        role: Literal["agent", "system"],
+        text: str,
+        author: str | None,
+        event: Literal["agent_message", "handoff", "handback"],
+    ) -> None:
+        workflow.set_current_details(self._details())
+        workflow.upsert_search_attributes([TURN_COUNT.value_set(self._state.turn_count)])
+        await workflow.execute_activity_method(
+            RecordActivities.record_message,
+            RecordMessageRequest(
+                conversation_id=self._input.conversation_id,
+                turn_id=f"{event}-{index}",
+                turn_index=index,
+                role=role,
+                text=text,
+                author=author,
+                at=self._state.updated_at,
+                event=event,
+            ),
+            **RECORD,
+        )
+
+    async def _answer_without_bot(
+        self, turn_id: str, request: TurnRequest, *, interrupted: bool
+    ) -> TurnReply:
+        """A turn the bot does not answer (interrupted, or a person holds the conversation): recorded all the same."""
+        index = self._take_index()
+        text = request.text.strip()
+        nlu = NluResult(intent=IntentPrediction(name=NOT_RUN, confidence=0.0))
+        workflow.set_current_details(self._details())
+        await workflow.execute_activity_method(
+            RecordActivities.record_turn,
+            RecordTurnRequest(
+                conversation_id=self._input.conversation_id,
+                turn_id=turn_id,
+                turn_index=index,
+                user_text=text,
+                reply=None,
+                nlu=nlu,
+                at=self._state.updated_at,
+            ),
+            **RECORD,
+        )
+        return TurnReply(
+            conversation_id=self._input.conversation_id,
+            turn_id=turn_id,
+            turn_index=index,
+            reply=Reply(text="", generator=NOT_RUN),
+            nlu=nlu,
+            interrupted=interrupted,
+            held_by=self._state.held_by,
+            user_text=text,
+        )
+
+    async def _run_turn(self, turn_id: str, request: TurnRequest) -> TurnReply:
+        if self._state.held_by == "agent":
+            return await self._answer_without_bot(turn_id, request, interrupted=False)
         turn_index = self._state.turn_count
         text = request.text.strip()
         timings: dict[str, float] = {}
         failed: list[str] = []
         started = workflow.time()
+        stream = (
+            StreamTarget(conversation_id=self._input.conversation_id, turn_id=turn_id)
+            if request.stream
+            else None
+        )
 
-        respond = self._respond(text, turn_index, timings, failed)
-        if workflow.patched(TURN_DEADLINE_PATCH):
-            try:
-                # Past the deadline the steps still running are cancelled and the user gets the fallback.
-                outcome = await asyncio.wait_for(respond, timeout=self._input.turn_deadline_seconds)
-            except TimeoutError:
-                failed.append("deadline exceeded")
-                outcome = _Outcome(_not_understood(), None, None, Reply(text=FALLBACK_TEXT))
-        else:  # conversations started before the deadline existed replay without its timer
-            outcome = await respond
+        # A task, so that a newer turn can cancel it under the `interrupt` policy.
+        self._interrupted = False
+        self._responding = asyncio.ensure_future(self._respond(text, turn_index, timings, failed, stream))
+        try:
+            if workflow.patched(TURN_DEADLINE_PATCH):
+                try:
+                    # Past the deadline the steps still running are cancelled and the user gets the fallback.
+                    outcome = await asyncio.wait_for(
+                        self._responding, timeout=self._input.turn_deadline_seconds
+                    )
+                except TimeoutError:
+                    failed.append("deadline exceeded")
+                    outcome = _Outcome(_not_understood(), None, None, Reply(text=FALLBACK_TEXT))
+            else:  # conversations started before the deadline existed replay without its timer
+                outcome = await self._responding
+        except asyncio.CancelledError:
+            if not self._interrupted:
+                raise  # the workflow itself is being cancelled
+            return await self._answer_without_bot(turn_id, request, interrupted=True)
+        finally:
+            self._responding = None
         nlu, decision, tool_result, reply = outcome
 
         self._state.turn_count = turn_index + 1
         self._state.last_intent = nlu.intent.name
+        self._state.intent_counts[nlu.intent.name] = self._state.intent_counts.get(nlu.intent.name, 0) + 1
         if decision is not None:
             self._apply(decision, tool_result)
         self._state.updated_at = workflow.now()
@@ -239,6 +465,8 @@ class ConversationWorkflow:
             timings,
             failed,
         )
+        if decision is not None and decision.action == "handoff" and workflow.patched(HOLD_PATCH):
+            await self._hand_over("agent", None, "the user asked for a person")
         timings["total"] = _ms(workflow.time() - started)
         if decision is not None and decision.action == "end":
             self._close("ended_by_user")
@@ -252,10 +480,17 @@ class ConversationWorkflow:
             degraded_reason=", ".join(failed) or None,
             timings_ms=timings,
             lineage=lineage,
+            held_by=self._state.held_by,
+            user_text=text,
         )
 
     async def _respond(
-        self, text: str, turn_index: int, timings: dict[str, float], failed: list[str]
+        self,
+        text: str,
+        turn_index: int,
+        timings: dict[str, float],
+        failed: list[str],
+        stream: StreamTarget | None,
     ) -> _Outcome:
         """The steps of a turn up to its reply: understand and retrieve, the flow's tool, generate."""
         # Retrieval does not depend on the intent: run it beside NLU and the policy, not after them.
@@ -301,6 +536,7 @@ class ConversationWorkflow:
                     passages=passages,
                     decision=decision,
                     tool_result=tool_result,
+                    stream=stream,
                 ),
                 **GENERATE,
             ),
@@ -338,8 +574,10 @@ class ConversationWorkflow:
         ]
         if state.slots:
             lines.append("slots: " + ", ".join(f"`{k}`={v}" for k, v in sorted(state.slots.items())))
-        if state.handoff:
-            lines.append("handed off to a person")
+        if state.held_by == "agent":
+            lines.append(f"handed off to {state.agent or 'a person'}: the bot is paused")
+        if state.run > 1:
+            lines.append(f"run {state.run} (continued as new); {state.summary}")
         return "\n\n".join(lines)
 
     def _dialogue(self) -> DialogueState:
@@ -377,6 +615,12 @@ class ConversationWorkflow:
             at=self._state.updated_at,
             ended_reason=self._state.ended_reason,
         )
+
+
+def _update_id() -> str:
+    """The running update's id: the turn id (the client's idempotency key, or one the API chose)."""
+    update = workflow.current_update_info()
+    return update.id if update else str(workflow.uuid4())
 
 
 def _not_understood() -> NluResult:

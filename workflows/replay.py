@@ -9,6 +9,7 @@ happened in a debugger.
 from __future__ import annotations
 
 import asyncio
+import re
 from pathlib import Path
 
 from temporalio.client import Client, WorkflowHistory
@@ -29,6 +30,26 @@ async def load_history(
     if client is None:
         raise ValueError("give a client or a history file")
     return await client.get_workflow_handle(workflow_id(conversation_id)).fetch_history()
+
+
+async def load_runs(conversation_id: str, client: Client) -> list[WorkflowHistory]:
+    """The history of every run of the conversation (continue-as-new starts a new one), oldest first."""
+    workflow = workflow_id(conversation_id)
+    runs = [execution async for execution in client.list_workflows(f"WorkflowId = '{workflow}'")]
+    runs.sort(key=lambda execution: execution.start_time)
+    if not runs:  # the visibility store lags a new workflow a little: the latest run is always there
+        return [await client.get_workflow_handle(workflow).fetch_history()]
+    return [await client.get_workflow_handle(workflow, run_id=run.run_id).fetch_history() for run in runs]
+
+
+_DIVERGED_AT = re.compile(r"HistoryEvent\(id: (\d+), (\w+)\)")
+
+
+def divergence(failure: Exception) -> str:
+    """Where a replay diverged from its history, as readable as the SDK's message allows."""
+    found = _DIVERGED_AT.search(str(failure))
+    where = f"at event {found.group(1)} ({found.group(2)}): " if found else ""
+    return f"{where}{type(failure).__name__}: {failure}"
 
 
 async def replay(history: WorkflowHistory) -> WorkflowReplayResult:

@@ -21,6 +21,7 @@ def conversation_input(
         turn_deadline_seconds=settings.turn_deadline_seconds,
         double_text=double_text or settings.double_text,
         max_queued_turns=settings.max_queued_turns,
+        turns_per_run=settings.turns_per_run,
     )
 
 

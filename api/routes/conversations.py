@@ -24,6 +24,7 @@ from api.deps import CurrentPrincipal, EngineDep, SettingsDep, TemporalClientDep
 from api.errors import ApiError, conversation_ended, temporal_errors
 from api.schemas import (
     ID_PATTERN,
+    IDEMPOTENCY_KEY_PATTERN,
     ConversationCreate,
     ConversationCreated,
     ConversationEnded,
@@ -35,6 +36,7 @@ from api.schemas import (
     TurnCreate,
     TurnStatus,
 )
+from api.streaming import ResumePoint, conversation_stream, stream_response, turn_stream
 from dialogue import store
 from dialogue.temporal import workflow_id
 from workflows.contracts import ConversationState, EndRequest, TurnReply, TurnRequest
@@ -52,10 +54,20 @@ IdempotencyKey = Annotated[
     str | None,
     Header(
         max_length=200,
-        pattern=r"^[\x21-\x7e]+$",
+        pattern=IDEMPOTENCY_KEY_PATTERN,
         description="Makes a retried request return the first one's reply instead of sending a second turn.",
     ),
 ]
+LastEventId = Annotated[
+    str | None,
+    Header(max_length=200, description="The last event a reconnecting stream client received."),
+]
+TurnIdPath = Annotated[str, Path(max_length=200, description="The turn's id (its idempotency key).")]
+SSE_RESPONSE = {
+    "content": {"text/event-stream": {}},
+    "description": "With `Accept: text/event-stream`: the turn's events (`nlu`, `sources`, `token`, "
+    "`restart`), then `final` with the reply, or `error`.",
+}
 
 
 @router.post("", status_code=status.HTTP_201_CREATED)
@@ -81,7 +93,12 @@ async def create_conversation(
 
 @router.post(
     "/{conversation_id}/turns",
-    responses={202: {"model": TurnAccepted, "description": "`wait` was false: the turn is queued."}},
+    response_model=TurnReply | TurnAccepted,
+    responses={
+        200: SSE_RESPONSE,
+        202: {"model": TurnAccepted, "description": "`wait` was false: the turn is queued."},
+        204: {"description": "Streaming resumed after the final event: nothing more to send."},
+    },
 )
 async def create_turn(
     conversation_id: ConversationIdPath,
@@ -92,16 +109,24 @@ async def create_turn(
     response: Response,
     _: CurrentPrincipal,
     idempotency_key: IdempotencyKey = None,
-) -> TurnReply | TurnAccepted:
-    """Send a user turn and wait for the reply (or, with `wait: false`, only until it is queued: 202);
-    creates the conversation if it does not exist."""
+    accept: Annotated[str | None, Header()] = None,
+    last_event_id: LastEventId = None,
+) -> TurnReply | TurnAccepted | Response:
+    """Send a user turn and wait for the reply (or, with `wait: false`, only until it is queued: 202;
+    or, with `Accept: text/event-stream`, stream its progress); creates the conversation if it does not exist."""
     if not body.text.strip():
         raise ApiError(422, "invalid_turn", "text must not be empty")
     if len(body.text) > settings.max_text_chars:
         raise ApiError(422, "invalid_turn", f"text is longer than {settings.max_text_chars} characters")
+    if idempotency_key and body.idempotency_key and idempotency_key != body.idempotency_key:
+        raise ApiError(422, "invalid_request", "the Idempotency-Key header and idempotency_key differ")
+    streaming = "text/event-stream" in (accept or "")
+    resume = ResumePoint(last_event_id)
+    if streaming and resume.finished:
+        return Response(status_code=status.HTTP_204_NO_CONTENT)
     await _refuse_if_ended(engine, conversation_id)
-    turn_id = idempotency_key or str(uuid.uuid4())
-    turn = TurnRequest(text=body.text)
+    turn_id = idempotency_key or body.idempotency_key or str(uuid.uuid4())
+    turn = TurnRequest(text=body.text, stream=streaming)
     start = WithStartWorkflowOperation(
         ConversationWorkflow.run,
         conversation_input(settings, conversation_id),
@@ -110,6 +135,24 @@ async def create_turn(
     )
     with temporal_errors(conversation_id):
         try:
+            if streaming:
+                update = await temporal.start_update_with_start_workflow(
+                    ConversationWorkflow.turn,
+                    turn,
+                    start_workflow_operation=start,
+                    id=turn_id,
+                    wait_for_stage=WorkflowUpdateStage.ACCEPTED,
+                )
+                return stream_response(
+                    turn_stream(
+                        engine,
+                        conversation_id,
+                        turn_id,
+                        update.result,
+                        after=resume.after,
+                        timeout_seconds=settings.turn_timeout_seconds,
+                    )
+                )
             if not body.wait:
                 await temporal.start_update_with_start_workflow(
                     ConversationWorkflow.turn,
@@ -143,7 +186,7 @@ async def create_turn(
 @router.get("/{conversation_id}/turns/{turn_id}")
 async def read_turn(
     conversation_id: ConversationIdPath,
-    turn_id: Annotated[str, Path(max_length=200)],
+    turn_id: TurnIdPath,
     temporal: TemporalClientDep,
     _: CurrentPrincipal,
 ) -> TurnStatus:
@@ -162,11 +205,74 @@ async def read_turn(
             )
         except RPCError as err:
             if err.status == RPCStatusCode.NOT_FOUND:
-                raise ApiError(
-                    404, "turn_not_found", f"no turn {turn_id!r} in conversation {conversation_id!r}"
-                ) from None
+                raise _turn_not_found(conversation_id, turn_id) from None
             raise
     return TurnStatus(conversation_id=conversation_id, turn_id=turn_id, status="completed", reply=reply)
+
+
+@router.get(
+    "/{conversation_id}/turns/{turn_id}/events",
+    response_class=Response,
+    responses={200: SSE_RESPONSE, 204: {"description": "The client saw the final event already."}},
+)
+async def follow_turn(
+    conversation_id: ConversationIdPath,
+    turn_id: TurnIdPath,
+    settings: SettingsDep,
+    engine: EngineDep,
+    temporal: TemporalClientDep,
+    _: CurrentPrincipal,
+    last_event_id: LastEventId = None,
+) -> Response:
+    """Follow a turn's events (an `EventSource` reconnects here with `Last-Event-ID`)."""
+    resume = ResumePoint(last_event_id)
+    if resume.finished:
+        return Response(status_code=status.HTTP_204_NO_CONTENT)
+    update = _handle(temporal, conversation_id).get_update_handle_for(ConversationWorkflow.turn, turn_id)
+    result = asyncio.ensure_future(update.result())
+    # Answer 404 before the stream starts when Temporal does not know the turn.
+    await asyncio.wait({result}, timeout=TURN_POLL_SECONDS)
+    if result.done() and result.exception() is not None:
+        with temporal_errors(conversation_id):
+            try:
+                result.result()
+            except RPCError as err:
+                if err.status == RPCStatusCode.NOT_FOUND:
+                    raise _turn_not_found(conversation_id, turn_id) from None
+                raise
+
+    async def reply() -> TurnReply:
+        return await result
+
+    return stream_response(
+        turn_stream(
+            engine,
+            conversation_id,
+            turn_id,
+            reply,
+            after=resume.after,
+            timeout_seconds=settings.turn_timeout_seconds,
+        )
+    )
+
+
+@router.get("/{conversation_id}/events", response_class=Response, responses={200: SSE_RESPONSE})
+async def follow_conversation(
+    conversation_id: ConversationIdPath,
+    engine: EngineDep,
+    temporal: TemporalClientDep,
+    _: CurrentPrincipal,
+    last_event_id: LastEventId = None,
+    after: Annotated[
+        int | None, Query(ge=0, description="Start after this event (else `Last-Event-ID`).")
+    ] = None,
+) -> Response:
+    """Every event of a conversation as it happens: streamed turns, a person's messages, handoffs."""
+    if await run_in_threadpool(store.get_conversation, engine, conversation_id) is None:
+        with temporal_errors(conversation_id):
+            await _handle(temporal, conversation_id).describe()  # 404 when it does not exist
+    start = after if after is not None else ResumePoint(last_event_id).after
+    return stream_response(conversation_stream(engine, conversation_id, after=start))
 
 
 @router.get("/{conversation_id}")
@@ -255,6 +361,10 @@ async def _refuse_if_ended(engine: EngineDep, conversation_id: str) -> None:
     row = await run_in_threadpool(store.get_conversation, engine, conversation_id)
     if row is not None and row.status == "ended":
         raise conversation_ended(conversation_id)
+
+
+def _turn_not_found(conversation_id: str, turn_id: str) -> ApiError:
+    return ApiError(404, "turn_not_found", f"no turn {turn_id!r} in conversation {conversation_id!r}")
 
 
 def _handle(temporal: TemporalClientDep, conversation_id: str) -> WorkflowHandle[Any, Any]:

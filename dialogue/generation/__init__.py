@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Protocol
 
 from dialogue.bot import BotDefinition
@@ -16,8 +17,11 @@ class AnswerGenerator(Protocol):
     """`grounded` or `openai:<model>`: recorded in the reply's lineage."""
     prompt: Prompt | None
 
-    async def answer(self, question: str, passages: list[Passage]) -> Answer | None:
-        """An answer from the passages, or None when they hold none."""
+    async def answer(
+        self, question: str, passages: list[Passage], *, on_token: Callable[[str], None] | None = None
+    ) -> Answer | None:
+        """An answer from the passages, or None when they hold none; `on_token` sees each piece of
+        text as it is produced (generators that produce it all at once may never call it)."""
         ...
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from dialogue.generation.prompts import Prompt
@@ -58,7 +59,9 @@ class GroundedGenerator:
     def __init__(self, relevance: Relevance) -> None:
         self._relevance = relevance
 
-    async def answer(self, question: str, passages: list[Passage]) -> Answer | None:
+    async def answer(
+        self, question: str, passages: list[Passage], *, on_token: Callable[[str], None] | None = None
+    ) -> Answer | None:
         return grounded_answer(question, passages, self._relevance)
 
 

@@ -1,8 +1,9 @@
 """Record a conversation's history for the replay tests: `python -m tests.histories.record NAME`.
 
 Runs a scripted conversation (greeting, knowledge answer, the order flow with a detour, a
-goodbye that ends it) on a dev server of its own with a real worker, and writes the history
-to `tests/histories/NAME.json`. Record one whenever the workflow changes shape, and keep the
+streamed turn, a handoff asked for by the user with a person's reply and a handback, a
+goodbye that ends it) on a dev server of its own with a real worker, in runs of six
+messages, and writes the history of each run to `tests/histories/NAME-runN.json`. Record one whenever the workflow changes shape, and keep the
 old ones: CI replays them all against the current code, so a change that would break
 running conversations fails CI.
 """
@@ -28,22 +29,29 @@ from dialogue.nlu.model import ensure_bot_model
 from dialogue.settings import Settings
 from dialogue.temporal import SEARCH_ATTRIBUTES, workflow_id
 from worker import build_worker
-from workflows.contracts import TurnRequest
+from workflows.contracts import AgentMessageRequest, HandbackRequest, TurnRequest
 from workflows.conversation import ConversationWorkflow
+from workflows.replay import load_runs
 from workflows.starting import conversation_input, start_options
 
-SCRIPT = [
-    "hello",
-    "how much does express shipping cost?",
-    "where is my order?",
-    "can I pay with PayPal?",
-    "it is NW-000000",
-    "sorry, NW-482913",
-    "goodbye!",
+SCRIPT: list[tuple[str, str]] = [
+    ("turn", "hello"),
+    ("turn", "how much does express shipping cost?"),
+    ("turn", "where is my order?"),
+    ("turn", "can I pay with PayPal?"),
+    ("turn", "it is NW-000000"),
+    ("turn", "sorry, NW-482913"),
+    ("stream", "how do I return an item?"),
+    ("turn", "I want to speak to a human agent"),
+    ("agent", "Hello, this is Ada. How can I help?"),
+    ("turn", "all good now, thanks"),
+    ("handback", ""),
+    ("turn", "goodbye!"),
 ]
+TURNS_PER_RUN = 6
 
 
-async def record(name: str) -> Path:
+async def record(name: str) -> list[Path]:
     with tempfile.TemporaryDirectory() as scratch:
         folder = Path(scratch)
         settings = Settings(
@@ -52,6 +60,7 @@ async def record(name: str) -> Path:
             task_queue=f"record-{uuid.uuid4()}",
             api_key="unused",
             nlu_model_dir=folder / "nlu",
+            turns_per_run=TURNS_PER_RUN,
         )
         bot = load_bot(settings.bot_path)
         engine = get_engine(settings.resolved_database_url)
@@ -69,24 +78,38 @@ async def record(name: str) -> Path:
             conversation_id = f"history-{name}"
             with ThreadPoolExecutor(4) as executor:
                 async with build_worker(env.client, settings, executor=executor):
-                    for text in SCRIPT:
-                        start = WithStartWorkflowOperation(
-                            ConversationWorkflow.run,
-                            conversation_input(settings, conversation_id),
-                            id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
-                            **start_options(settings, conversation_id),
-                        )
-                        await env.client.execute_update_with_start_workflow(
-                            ConversationWorkflow.turn, TurnRequest(text=text), start_workflow_operation=start
-                        )
                     handle = env.client.get_workflow_handle(workflow_id(conversation_id))
+                    for step, text in SCRIPT:
+                        if step == "agent":
+                            await handle.execute_update(
+                                ConversationWorkflow.agent_message,
+                                AgentMessageRequest(text=text, agent="ada"),
+                            )
+                        elif step == "handback":
+                            await handle.execute_update(
+                                ConversationWorkflow.handback, HandbackRequest(agent="ada")
+                            )
+                        else:
+                            start = WithStartWorkflowOperation(
+                                ConversationWorkflow.run,
+                                conversation_input(settings, conversation_id),
+                                id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+                                **start_options(settings, conversation_id),
+                            )
+                            await env.client.execute_update_with_start_workflow(
+                                ConversationWorkflow.turn,
+                                TurnRequest(text=text, stream=step == "stream"),
+                                start_workflow_operation=start,
+                            )
                     await handle.result()
-                    history = await handle.fetch_history()
+                    histories = await load_runs(conversation_id, env.client)
         finally:
             await env.shutdown()
-    target = Path(__file__).parent / f"{name}.json"
-    target.write_text(history.to_json())
-    return target
+    targets = []
+    for number, history in enumerate(histories, start=1):
+        targets.append(Path(__file__).parent / f"{name}-run{number}.json")
+        targets[-1].write_text(history.to_json())
+    return targets
 
 
 if __name__ == "__main__":

@@ -1,0 +1,90 @@
+"""Human handoff: a person takes a conversation over, answers the user, and hands it back.
+
+Each is an update of the conversation's workflow, run in order with the user's turns, so
+the transcript keeps one order: the user's words, the bot's or the person's replies, and
+where the conversation changed hands.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from fastapi import APIRouter, status
+
+from api.deps import CurrentPrincipal, SettingsDep, TemporalClientDep
+from api.errors import ApiError, temporal_errors
+from api.routes.conversations import ConversationIdPath
+from dialogue.temporal import workflow_id
+from workflows.contracts import (
+    AgentMessageReply,
+    AgentMessageRequest,
+    ConversationState,
+    HandbackRequest,
+    HandoffRequest,
+)
+from workflows.conversation import ConversationWorkflow
+
+router = APIRouter(prefix="/conversations", tags=["handoff"])
+
+
+@router.post("/{conversation_id}/handoff")
+async def hand_off(
+    conversation_id: ConversationIdPath,
+    body: HandoffRequest,
+    settings: SettingsDep,
+    temporal: TemporalClientDep,
+    _: CurrentPrincipal,
+) -> ConversationState:
+    """A person takes the conversation over: the bot stops answering; the user's turns wait for the person."""
+    state: ConversationState = await _update(
+        temporal, settings, conversation_id, ConversationWorkflow.handoff, body
+    )
+    return state
+
+
+@router.post("/{conversation_id}/agent-messages", status_code=status.HTTP_201_CREATED)
+async def post_agent_message(
+    conversation_id: ConversationIdPath,
+    body: AgentMessageRequest,
+    settings: SettingsDep,
+    temporal: TemporalClientDep,
+    _: CurrentPrincipal,
+) -> AgentMessageReply:
+    """A person's reply to the user (409 unless the conversation is handed off): recorded in the
+    transcript and sent to the conversation's event stream."""
+    if len(body.text) > settings.max_text_chars:
+        raise ApiError(422, "invalid_turn", f"text is longer than {settings.max_text_chars} characters")
+    reply: AgentMessageReply = await _update(
+        temporal, settings, conversation_id, ConversationWorkflow.agent_message, body
+    )
+    return reply
+
+
+@router.post("/{conversation_id}/handback")
+async def hand_back(
+    conversation_id: ConversationIdPath,
+    body: HandbackRequest,
+    settings: SettingsDep,
+    temporal: TemporalClientDep,
+    _: CurrentPrincipal,
+) -> ConversationState:
+    """The bot answers the user's turns again."""
+    state: ConversationState = await _update(
+        temporal, settings, conversation_id, ConversationWorkflow.handback, body
+    )
+    return state
+
+
+async def _update(
+    temporal: TemporalClientDep, settings: SettingsDep, conversation_id: str, update: Any, body: Any
+) -> Any:
+    handle = temporal.get_workflow_handle(workflow_id(conversation_id))
+    with temporal_errors(conversation_id):
+        try:
+            # It waits for the turn in progress, if any: bounded like a turn.
+            return await asyncio.wait_for(
+                handle.execute_update(update, body), timeout=settings.turn_timeout_seconds
+            )
+        except TimeoutError:
+            raise ApiError(504, "update_timeout", "the conversation is busy; retry shortly") from None

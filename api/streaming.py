@@ -1,0 +1,118 @@
+"""Server-sent events from the conversation event log.
+
+A streamed turn's events (its NLU result, sources and tokens) come from the event log the
+`generate` activity writes, numbered per conversation; the last event, `final`, is the
+turn's reply from Temporal. Event ids are those numbers, so a client that reconnects with
+`Last-Event-ID` resumes after the last event it saw. The final event's id is
+`<number>-final`: a client that reconnects after it gets 204 (EventSource then stops).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import orjson
+from fastapi.sse import EventSourceResponse, format_sse_event
+from sqlalchemy.engine import Engine
+from starlette.concurrency import run_in_threadpool
+
+from api.errors import ApiError, from_temporal
+from dialogue import events
+from dialogue.db import ConversationEvent
+from workflows.contracts import TurnReply
+
+POLL_SECONDS = 0.01
+"""How often a turn's stream looks for new events: the bound on the delay it adds to each token."""
+CONVERSATION_POLL_SECONDS = 0.05
+KEEPALIVE_SECONDS = 15.0
+FINAL_SUFFIX = "-final"
+HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+class ResumePoint:
+    """Where a reconnecting client left off, from its `Last-Event-ID`."""
+
+    def __init__(self, last_event_id: str | None) -> None:
+        value = (last_event_id or "").strip()
+        self.finished = value.endswith(FINAL_SUFFIX)
+        number = value.removesuffix(FINAL_SUFFIX)
+        self.after = int(number) if number.isdigit() else 0
+
+
+def sse(event: str, data: Any, event_id: str | None = None) -> bytes:
+    return format_sse_event(data_str=orjson.dumps(data).decode(), event=event, id=event_id)
+
+
+def _logged(row: ConversationEvent) -> bytes:
+    # `at` is when the worker produced the event: clients can measure how late it arrived.
+    return sse(row.kind, {**row.data, "seq": row.seq, "turn_id": row.turn_id, "at": row.at}, str(row.seq))
+
+
+def stream_response(body: AsyncIterator[bytes]) -> EventSourceResponse:
+    return EventSourceResponse(body, headers=HEADERS)
+
+
+async def turn_stream(
+    engine: Engine,
+    conversation_id: str,
+    turn_id: str,
+    reply: Callable[[], Awaitable[TurnReply]],
+    *,
+    after: int,
+    timeout_seconds: float,
+) -> AsyncIterator[bytes]:
+    """A turn's logged events after `after`, then its reply as the `final` event."""
+    result = asyncio.ensure_future(reply())
+    last = after
+    deadline = time.monotonic() + timeout_seconds
+    try:
+        while True:
+            finished = result.done()  # before reading: what the turn wrote before it finished is read now
+            rows = await run_in_threadpool(events.read, engine, conversation_id, after=last, turn_id=turn_id)
+            for row in rows:
+                yield _logged(row)
+                last = row.seq
+            if finished and not rows:
+                break
+            if time.monotonic() > deadline:
+                yield sse("error", _error_body(ApiError(504, "turn_timeout", _retry_hint(turn_id))))
+                return
+            await asyncio.wait({result}, timeout=POLL_SECONDS)
+        try:
+            final = result.result()
+        except Exception as exc:
+            mapped = from_temporal(exc, conversation_id) or ApiError(500, "turn_failed", "the turn failed")
+            yield sse("error", _error_body(mapped))
+            return
+        yield sse("final", final.model_dump(mode="json"), f"{last}{FINAL_SUFFIX}")
+    finally:
+        if not result.done():
+            result.cancel()
+
+
+async def conversation_stream(engine: Engine, conversation_id: str, *, after: int) -> AsyncIterator[bytes]:
+    """Every event of the conversation after `after`, as it is logged, until the client goes away."""
+    last = after
+    quiet_since = time.monotonic()
+    while True:
+        rows = await run_in_threadpool(events.read, engine, conversation_id, after=last)
+        for row in rows:
+            yield _logged(row)
+            last = row.seq
+        if rows:
+            quiet_since = time.monotonic()
+        elif time.monotonic() - quiet_since > KEEPALIVE_SECONDS:
+            yield b": keep-alive\n\n"  # proxies close connections that stay silent
+            quiet_since = time.monotonic()
+        await asyncio.sleep(CONVERSATION_POLL_SECONDS)
+
+
+def _retry_hint(turn_id: str) -> str:
+    return f"turn {turn_id} is still running; reconnect with 'Idempotency-Key: {turn_id}' to follow it"
+
+
+def _error_body(error: ApiError) -> dict[str, Any]:
+    return {"status": error.status, "code": error.code, "message": error.message}

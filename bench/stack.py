@@ -1,0 +1,75 @@
+"""The embedded stack (`dialogue up`) in a scratch folder on free loopback ports, for the benchmarks."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from types import TracebackType
+
+START_TIMEOUT = 300
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class EmbeddedStack:
+    """`dialogue up` as a user runs it, with `settings` (DIALOGUE_* values) on top of the defaults."""
+
+    def __init__(self, **settings: str) -> None:
+        self._scratch = tempfile.TemporaryDirectory(prefix="dialogue-bench-")
+        folder = Path(self._scratch.name)
+        self.api_port = free_port()
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("DIALOGUE_")} | {
+            "DIALOGUE_DATA_DIR": str(folder / "data"),
+            "DIALOGUE_TEMPORAL_ADDRESS": f"127.0.0.1:{free_port()}",
+            "DIALOGUE_TEMPORAL_UI_PORT": str(free_port()),
+            "DIALOGUE_API_PORT": str(self.api_port),
+            **{f"DIALOGUE_{name.upper()}": value for name, value in settings.items()},
+        }
+        self.api = f"http://127.0.0.1:{self.api_port}"
+        self.log = folder / "up.log"
+        self.key = ""
+        self._process: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> EmbeddedStack:
+        with self.log.open("wb") as out:
+            self._process = subprocess.Popen(
+                [sys.executable, "-m", "dialogue", "up"], env=self.env, stdout=out, stderr=subprocess.STDOUT
+            )
+        deadline = time.monotonic() + START_TIMEOUT
+        while time.monotonic() < deadline:
+            output = self.log.read_text(errors="replace")
+            if "Ctrl-C stops everything" in output:
+                found = re.search(r"API key\s+(\S+)", output)
+                assert found, output
+                self.key = found.group(1)
+                return self
+            if self._process.poll() is not None:
+                raise RuntimeError(f"dialogue up exited:\n{output}")
+            time.sleep(0.3)
+        raise RuntimeError(f"dialogue up did not start in {START_TIMEOUT} s:\n{self.log.read_text()}")
+
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
+    ) -> None:
+        if self._process is not None and self._process.poll() is None:
+            self._process.send_signal(signal.SIGTERM)
+            try:
+                self._process.wait(60)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+        self._scratch.cleanup()
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.key}"}

@@ -1,0 +1,89 @@
+"""The conversation event log: the worker's activities append, the API's streams read.
+
+Events are numbered per conversation (1, 2, 3, …) in the order they are committed: a
+writer takes the next number under the primary key, and a writer that loses the race
+takes the following one. A stream client that reconnects with the last number it saw
+(`Last-Event-ID`) therefore misses nothing and receives nothing twice.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from sqlalchemy import func
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlmodel import Session, col, select
+
+from dialogue.db import ConversationEvent
+
+EventKind = Literal["nlu", "sources", "token", "restart", "agent_message", "handoff", "handback"]
+APPEND_ATTEMPTS = 20
+
+
+@dataclass
+class NewEvent:
+    kind: EventKind
+    data: dict[str, Any]
+    turn_id: str | None = None
+    at: float = field(default_factory=time.time)
+
+
+def append(engine: Engine, conversation_id: str, events: Sequence[NewEvent]) -> list[int]:
+    """Append events in one transaction; their numbers follow the last committed one."""
+    if not events:
+        return []
+    for attempt in range(APPEND_ATTEMPTS):
+        try:
+            with Session(engine) as session:
+                last = session.exec(
+                    select(func.max(ConversationEvent.seq)).where(
+                        col(ConversationEvent.conversation_id) == conversation_id
+                    )
+                ).one()
+                first = (last or 0) + 1
+                session.add_all(
+                    ConversationEvent(
+                        conversation_id=conversation_id,
+                        seq=first + i,
+                        turn_id=event.turn_id,
+                        kind=event.kind,
+                        data=event.data,
+                        at=event.at,
+                    )
+                    for i, event in enumerate(events)
+                )
+                session.commit()
+                return list(range(first, first + len(events)))
+        except (IntegrityError, OperationalError):
+            # Another writer took these numbers (or SQLite's snapshot moved under us): take the next ones.
+            time.sleep(0.002 * (attempt + 1))
+    raise RuntimeError(f"could not append to the event log of {conversation_id!r}")
+
+
+def read(
+    engine: Engine, conversation_id: str, *, after: int = 0, turn_id: str | None = None, limit: int = 500
+) -> Sequence[ConversationEvent]:
+    """Events numbered above `after`, oldest first; only one turn's when `turn_id` is given."""
+    with Session(engine) as session:
+        query = select(ConversationEvent).where(
+            col(ConversationEvent.conversation_id) == conversation_id, col(ConversationEvent.seq) > after
+        )
+        if turn_id is not None:
+            query = query.where(col(ConversationEvent.turn_id) == turn_id)
+        return session.exec(query.order_by(col(ConversationEvent.seq)).limit(limit)).all()
+
+
+def has(engine: Engine, conversation_id: str, turn_id: str, kind: EventKind) -> bool:
+    with Session(engine) as session:
+        found = session.exec(
+            select(ConversationEvent.seq).where(
+                col(ConversationEvent.conversation_id) == conversation_id,
+                col(ConversationEvent.turn_id) == turn_id,
+                col(ConversationEvent.kind) == kind,
+            )
+        ).first()
+        return found is not None
