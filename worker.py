@@ -10,12 +10,14 @@ import asyncio
 import logging
 import signal
 from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
 
 from temporalio.client import Client
 from temporalio.worker import Worker
 
 from activities.generate import GenerateActivity, ReplyComposer
 from activities.record import RecordActivities
+from activities.retention import RetentionActivities
 from activities.retrieve import RetrieveActivity
 from activities.tools import ToolActivity
 from activities.understand import UnderstandActivity
@@ -27,6 +29,7 @@ from dialogue.nlu.parser import build_parser
 from dialogue.settings import Settings, get_settings
 from dialogue.temporal import connect
 from workflows.conversation import ConversationWorkflow
+from workflows.retention import RetentionWorkflow, ensure_retention_schedule
 
 log = logging.getLogger("dialogue.worker")
 
@@ -47,7 +50,7 @@ def build_worker(
     return Worker(
         client,
         task_queue=task_queue or settings.task_queue,
-        workflows=[ConversationWorkflow],
+        workflows=[ConversationWorkflow, RetentionWorkflow],
         activities=[
             UnderstandActivity(bot, parser).understand,
             RetrieveActivity(index).retrieve,
@@ -56,8 +59,13 @@ def build_worker(
             record.record_message,
             record.record_conversation,
             ToolActivity(bot).run_tool,
+            RetentionActivities(client, engine, bot.privacy.retention_days).purge_expired,
         ],
         activity_executor=executor,
+        # A conversation's next task goes to the worker that ran the last one while it is in cache; if that
+        # worker died, Temporal hands the task to another after this long (default 10 s: a lost worker
+        # then delayed a redone turn by 10 s, measured in tests/test_faults.py).
+        sticky_queue_schedule_to_start_timeout=timedelta(seconds=3),
     )
 
 
@@ -69,6 +77,9 @@ async def run_worker(settings: Settings) -> None:
         loop.add_signal_handler(sig, stop.set)
     with ThreadPoolExecutor(max_workers=16) as executor:
         worker = build_worker(client, settings, executor=executor)
+        if load_bot(settings.bot_path).privacy.retention_days is not None:
+            every = timedelta(seconds=settings.retention_interval_seconds)
+            await ensure_retention_schedule(client, settings.task_queue, every)
         async with worker:
             log.info("worker polling task queue %s at %s", settings.task_queue, settings.temporal_address)
             await stop.wait()

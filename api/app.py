@@ -6,14 +6,21 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import APIRouter, FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 from temporalio.client import Client
 
+from api.deps import authorize_codec
 from api.errors import install_error_handlers
-from api.limits import BodySizeLimit
-from api.routes import conversations, handoff, health, knowledge, nlu
+from api.limits import BodySizeLimit, RateLimiter
+from api.routes import conversations, handoff, health, keys, knowledge, lineage, nlu
+from api.routes.codec import codec_cors, codec_router
+from dialogue.bot import load_bot
+from dialogue.codec import EncryptionCodec
 from dialogue.db import get_engine, init_db
+from dialogue.privacy.policy import PrivacyPolicy
 from dialogue.settings import Settings, get_settings
 from dialogue.temporal import connect
+from dialogue.tokens import TokenVerifier
 
 
 def create_app(settings: Settings | None = None, *, temporal: Client | None = None) -> FastAPI:
@@ -26,6 +33,9 @@ def create_app(settings: Settings | None = None, *, temporal: Client | None = No
         app.state.api_key = settings.resolve_api_key()
         app.state.engine = get_engine(settings.resolved_database_url)
         init_db(app.state.engine)
+        app.state.token_verifier = TokenVerifier(settings) if TokenVerifier.configured(settings) else None
+        app.state.rate_limiter = RateLimiter(settings.rate_limit_per_second, settings.rate_limit_burst)
+        app.state.privacy = PrivacyPolicy(load_bot(settings.bot_path).privacy)
         # Lazy: the API starts, and answers 503, while Temporal is still down.
         app.state.temporal = temporal or await connect(settings, lazy=True)
         yield
@@ -36,12 +46,26 @@ def create_app(settings: Settings | None = None, *, temporal: Client | None = No
         lifespan=lifespan,
     )
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    if settings.cors_origins:  # closed unless origins are configured
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST", "DELETE"],
+            allow_headers=["Authorization", "Content-Type", "Idempotency-Key", "Last-Event-ID"],
+        )
     install_error_handlers(app)
     v1 = APIRouter(prefix="/v1")
     v1.include_router(conversations.router)
     v1.include_router(handoff.router)
+    v1.include_router(lineage.router)
+    v1.include_router(keys.router)
     v1.include_router(nlu.router)
     v1.include_router(knowledge.router)
     app.include_router(v1)
     app.include_router(health.router)
+    payload_keys = settings.payload_codec_keys()
+    if payload_keys is not None:
+        # The Web UI's remote codec: operators read decrypted conversations there.
+        app.include_router(codec_router(EncryptionCodec(payload_keys), authorize_codec))
+        codec_cors(app, settings.ui_origins)  # added last, so it answers the UI's preflight first
     return app

@@ -1,25 +1,30 @@
-"""Dependencies the routes declare: settings, the store's engine, the Temporal client, the caller."""
+"""Dependencies the routes declare: settings, the store's engine, the Temporal client, the caller.
+
+The caller is identified by `Authorization: Bearer …`: the bootstrap key from settings
+(admin of the `default` tenant), an API key from the store, or a JWT when a verifier is
+configured. Each key or token then draws from its own rate-limit bucket. Routes ask for
+the scope they need: `ClientPrincipal`, `AgentPrincipal` or `AdminPrincipal`.
+"""
 
 from __future__ import annotations
 
 import hmac
-from dataclasses import dataclass
+import logging
 from typing import Annotated
 
 from fastapi import Depends, Request
 from sqlalchemy.engine import Engine
+from starlette.concurrency import run_in_threadpool
 from temporalio.client import Client
 
 from api.errors import ApiError
+from api.limits import RateLimiter
+from dialogue.identity import DEFAULT_TENANT, InvalidCredentials, Principal, Scope, authenticate_key
 from dialogue.settings import Settings
+from dialogue.tokens import TokenVerifier
 
-
-@dataclass(frozen=True)
-class Principal:
-    """Who is calling. One development tenant for now; keys per tenant come with tenancy."""
-
-    tenant: str
-    scope: str
+log = logging.getLogger("dialogue.api")
+BOOTSTRAP_SUBJECT = "key:bootstrap"
 
 
 def get_settings(request: Request) -> Settings:
@@ -38,21 +43,76 @@ def get_temporal(request: Request) -> Client:
 
 
 def get_principal(request: Request) -> Principal:
+    """Who is calling (401 otherwise), once within its rate limit (429 otherwise).
+
+    A plain function: FastAPI runs it on a worker thread, where the key lookup may block.
+    """
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    token = token.strip()
     if scheme.lower() != "bearer" or not token:
         raise ApiError(
             401,
             "unauthenticated",
-            "send the API key as 'Authorization: Bearer <key>'",
+            "send an API key or token as 'Authorization: Bearer <key>'",
             {"WWW-Authenticate": "Bearer"},
         )
-    expected: str = request.app.state.api_key
-    if not hmac.compare_digest(token.strip().encode(), expected.encode()):
-        raise ApiError(401, "invalid_api_key", "the API key is not valid", {"WWW-Authenticate": "Bearer"})
-    return Principal(tenant="default", scope="admin")
+    state = request.app.state
+    verifier: TokenVerifier | None = state.token_verifier
+    try:
+        if hmac.compare_digest(token.encode(), state.api_key.encode()):
+            principal = Principal(tenant=DEFAULT_TENANT, scope="admin", subject=BOOTSTRAP_SUBJECT)
+        elif token.startswith("dk_"):
+            principal = authenticate_key(state.engine, token)
+        elif verifier is not None and token.count(".") == 2:
+            principal = verifier.verify(token)
+        else:
+            raise InvalidCredentials("neither a key nor an accepted token")
+    except InvalidCredentials as err:
+        log.info("refused credentials: %s", err)  # the reason stays in the log, not in the answer
+        raise ApiError(
+            401, "invalid_credentials", "the API key or token is not valid", {"WWW-Authenticate": "Bearer"}
+        ) from None
+    limiter: RateLimiter = state.rate_limiter
+    wait = limiter.take(principal.subject)
+    if wait > 0:
+        raise ApiError(
+            429, "rate_limited", "too many requests for this key; slow down", {"Retry-After": str(wait)}
+        )
+    return principal
+
+
+def require(scope: Scope) -> object:
+    """A dependency giving the caller if its scope includes `scope` (403 otherwise)."""
+
+    def allowed(principal: Annotated[Principal, Depends(get_principal)]) -> Principal:
+        if not principal.allows(scope):
+            raise ApiError(403, "forbidden", f"this needs the {scope} scope; the key has {principal.scope}")
+        return principal
+
+    return Depends(allowed)
+
+
+LOOPBACK = {"127.0.0.1", "::1"}
+
+
+async def authorize_codec(request: Request) -> None:
+    """Who may decrypt payloads through the codec server: a key or token with the agent scope.
+
+    In development, callers on loopback need none: the embedded Web UI has no login and so
+    sends no credentials. In production the UI must pass its users' tokens (Temporal UI
+    auth with "pass access token" to the codec endpoint).
+    """
+    settings: Settings = request.app.state.settings
+    if settings.environment == "development" and request.client and request.client.host in LOOPBACK:
+        return
+    principal = await run_in_threadpool(get_principal, request)
+    if not principal.allows("agent"):
+        raise ApiError(403, "forbidden", "decoding payloads needs the agent scope")
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 EngineDep = Annotated[Engine, Depends(get_engine)]
 TemporalClientDep = Annotated[Client, Depends(get_temporal)]
-CurrentPrincipal = Annotated[Principal, Depends(get_principal)]
+ClientPrincipal = Annotated[Principal, require("client")]
+AgentPrincipal = Annotated[Principal, require("agent")]
+AdminPrincipal = Annotated[Principal, require("admin")]

@@ -1,4 +1,6 @@
-"""Request body size limit, counted on the bytes received (a client may omit or misstate Content-Length).
+"""Request limits: the body size, and a rate per caller.
+
+The body size is counted on the bytes received (a client may omit or misstate Content-Length).
 
 A body declared too large is refused before it is read; a body that grows too large
 while streaming raises a 413 `HTTPException`, which the error handlers render in the
@@ -7,6 +9,11 @@ plain text, outside the reach of our handlers.)
 """
 
 from __future__ import annotations
+
+import math
+import threading
+import time
+from collections.abc import Callable
 
 import orjson
 from starlette.exceptions import HTTPException
@@ -43,3 +50,32 @@ class BodySizeLimit:
             return event
 
         await self.app(scope, counting_receive, send)
+
+
+class RateLimiter:
+    """A token bucket per caller: `burst` requests at once, then `rate` per second.
+
+    Per API process: with several replicas each keeps its own buckets, so a caller's
+    ceiling is the rate times the replicas behind the load balancer.
+    """
+
+    def __init__(self, rate: float, burst: int, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self._rate = rate
+        self._burst = float(burst)
+        self._clock = clock
+        self._buckets: dict[str, tuple[float, float]] = {}
+        self._lock = threading.Lock()  # callers run on FastAPI's worker threads
+
+    def take(self, caller: str) -> int:
+        """Take one token: 0 when allowed, else the whole seconds to wait (for `Retry-After`)."""
+        if self._rate <= 0:
+            return 0
+        with self._lock:
+            now = self._clock()
+            tokens, then = self._buckets.get(caller, (self._burst, now))
+            tokens = min(self._burst, tokens + (now - then) * self._rate)
+            if tokens >= 1:
+                self._buckets[caller] = (tokens - 1, now)
+                return 0
+            self._buckets[caller] = (tokens, now)
+            return max(1, math.ceil((1 - tokens) / self._rate))

@@ -28,6 +28,25 @@ class Intent(BaseModel):
     """The flow an intent with action `flow` starts."""
 
 
+class Privacy(BaseModel):
+    """What the bot keeps of what people tell it."""
+
+    redact: Literal["storage", "llm", "off"] = "storage"
+    """`storage`: personal data is replaced (`[EMAIL]`, `[PHONE]`, `[CARD]`, `[IBAN]`, …) before a turn
+    enters Temporal, the store or an LLM; `llm`: only before text is sent to an external LLM; `off`."""
+    patterns: dict[str, str] = {}
+    """More to redact: label → regular expression (e.g. `CUSTOMER_ID: "\\bC-\\d{6}\\b"`)."""
+    retention_days: float | None = None
+    """Conversations not updated for this long are erased by the retention schedule; kept when unset."""
+
+    @field_validator("patterns")
+    @classmethod
+    def _compile(cls, value: dict[str, str]) -> dict[str, str]:
+        for pattern in value.values():
+            re.compile(pattern)
+        return value
+
+
 class EntityPattern(BaseModel):
     name: str
     pattern: str
@@ -110,6 +129,7 @@ class BotDefinition(BaseModel):
     """BM25 score a passage needs to be trusted to answer (when there are no embeddings)."""
     min_semantic_score: float = 0.35
     """Cosine similarity a passage needs to be trusted to answer (with embeddings)."""
+    privacy: Privacy = Privacy()
     knowledge_dir: str | None = "knowledge"
     """Folder of knowledge documents (Markdown, text, HTML) relative to the bot file; `dialogue up` ingests it."""
 

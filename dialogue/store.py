@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func
+from sqlalchemy import delete, func
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
 from dialogue import events
-from dialogue.db import Conversation, Message
+from dialogue.db import Conversation, ConversationEvent, Feedback, Message
 from workflows.contracts import RecordConversationRequest, RecordMessageRequest, RecordTurnRequest
 
 
@@ -121,12 +122,14 @@ def get_conversation(engine: Engine, conversation_id: str) -> Conversation | Non
 
 
 def list_conversations(
-    engine: Engine, *, status: str | None, limit: int, offset: int
+    engine: Engine, *, tenant: str, status: str | None, limit: int, offset: int
 ) -> tuple[Sequence[Conversation], int]:
-    """A page of conversations, most recently updated first, and how many match in all."""
+    """A page of a tenant's conversations, most recently updated first, and how many match in all."""
+    # Keys are `tenant/id`: the tenant's rows are the key range ["tenant/", "tenant0"), "0" following "/".
+    in_tenant = (col(Conversation.id) >= f"{tenant}/", col(Conversation.id) < f"{tenant}0")
     with Session(engine) as session:
-        query = select(Conversation)
-        count = select(func.count()).select_from(Conversation)
+        query = select(Conversation).where(*in_tenant)
+        count = select(func.count()).select_from(Conversation).where(*in_tenant)
         if status is not None:
             query = query.where(Conversation.status == status)
             count = count.where(col(Conversation.status) == status)
@@ -154,3 +157,92 @@ def read_messages(
         )
         total = session.exec(select(func.count()).select_from(Message).where(where)).one()
         return session.exec(query).all(), total
+
+
+def erase_conversation(engine: Engine, key: str, at: datetime) -> dict[str, int]:
+    """Delete a conversation's transcript, lineage, event log and feedback; keep a tombstone row
+    (status `erased`, no content) so the id is not mistaken for a new conversation. Idempotent."""
+    with Session(engine) as session:
+        counts = {
+            "messages": session.exec(delete(Message).where(col(Message.conversation_id) == key)).rowcount,
+            "events": session.exec(
+                delete(ConversationEvent).where(col(ConversationEvent.conversation_id) == key)
+            ).rowcount,
+            "feedback": session.exec(delete(Feedback).where(col(Feedback.conversation_id) == key)).rowcount,
+        }
+        row = session.get(Conversation, key) or Conversation(id=key, created_at=at, updated_at=at)
+        row.status, row.ended_reason, row.last_intent, row.turn_count = "erased", "erased", None, 0
+        row.updated_at = at
+        session.add(row)
+        session.commit()
+    return counts
+
+
+def expired_conversations(engine: Engine, *, before: datetime, limit: int = 500) -> list[str]:
+    """Keys of conversations not updated since `before` and not erased yet, oldest first."""
+    with Session(engine) as session:
+        query = (
+            select(Conversation.id)
+            .where(col(Conversation.updated_at) < before, col(Conversation.status) != "erased")
+            .order_by(col(Conversation.updated_at))
+            .limit(limit)
+        )
+        return list(session.exec(query).all())
+
+
+def bot_message(engine: Engine, key: str, turn_id: str) -> Message | None:
+    """The bot's reply of a turn, with its lineage; None when the turn has none (yet)."""
+    with Session(engine) as session:
+        query = select(Message).where(
+            col(Message.conversation_id) == key, col(Message.turn_id) == turn_id, col(Message.role) == "bot"
+        )
+        return session.exec(query).first()
+
+
+def record_feedback(
+    engine: Engine, key: str, turn_id: str, *, rating: str, comment: str | None, author: str, at: datetime
+) -> Feedback:
+    """Store a rating of a turn's answer; rating the same turn again replaces it."""
+    with Session(engine) as session:
+        row = session.merge(
+            Feedback(
+                id=f"{key}:{turn_id}",
+                conversation_id=key,
+                turn_id=turn_id,
+                rating=rating,
+                comment=comment,
+                author=author,
+                created_at=at,
+            )
+        )
+        session.commit()
+        session.refresh(row)
+        return row
+
+
+def get_feedback(engine: Engine, key: str, turn_id: str) -> Feedback | None:
+    with Session(engine) as session:
+        return session.get(Feedback, f"{key}:{turn_id}")
+
+
+def rated_turns(
+    engine: Engine, *, tenant: str | None = None
+) -> list[tuple[Feedback, Message | None, Message | None]]:
+    """Every rating with the answer it rates (and the user's words before it), oldest first."""
+    with Session(engine) as session:
+        query = select(Feedback).order_by(col(Feedback.created_at))
+        if tenant is not None:
+            query = query.where(
+                col(Feedback.conversation_id) >= f"{tenant}/", col(Feedback.conversation_id) < f"{tenant}0"
+            )
+        rows = []
+        for feedback in session.exec(query).all():
+            messages = session.exec(
+                select(Message).where(
+                    col(Message.conversation_id) == feedback.conversation_id,
+                    col(Message.turn_id) == feedback.turn_id,
+                )
+            ).all()
+            by_role = {message.role: message for message in messages}
+            rows.append((feedback, by_role.get("user"), by_role.get("bot")))
+        return rows

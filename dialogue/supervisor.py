@@ -209,6 +209,12 @@ def run_stack(settings: Settings) -> int:
                 "--log-level",
                 "warn",
                 *search_attribute_flags(),
+                # The Web UI decrypts payloads through the API's codec server.
+                *(
+                    ["--ui-codec-endpoint", f"{_api_url(settings)}/codec"]
+                    if settings.payload_encryption
+                    else []
+                ),
             ],
             log=data_dir / "temporal.log",
         )
@@ -216,7 +222,7 @@ def run_stack(settings: Settings) -> int:
         _wait_until(_accepts(temporal_host, settings.temporal_ui_port), "the Temporal Web UI", temporal)
         stack.spawn("worker", [sys.executable, "-m", "worker"])
         api = stack.spawn("api", [sys.executable, "-m", "dialogue", "api"])
-        api_url = f"http://{settings.api_host}:{settings.api_port}"
+        api_url = _api_url(settings)
         _wait_until(_http_ok(f"{api_url}/healthz"), "the API", api)
     except StartupError as err:
         print(f"dialogue up: {err}; see {data_dir / 'temporal.log'} for the server's log", file=sys.stderr)
@@ -253,3 +259,8 @@ def run_stack(settings: Settings) -> int:
     stack.stop()
     print("Stopped.", flush=True)
     return exit_code
+
+
+def _api_url(settings: Settings) -> str:
+    scheme = "https" if settings.api_ssl_certfile else "http"
+    return f"{scheme}://{settings.api_host}:{settings.api_port}"

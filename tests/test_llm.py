@@ -14,7 +14,7 @@ from temporalio.exceptions import ApplicationError
 
 from dialogue.generation.openai_chat import OpenAIChatGenerator
 from dialogue.settings import Settings
-from dialogue.temporal import workflow_id
+from dialogue.temporal import conversation_key, workflow_id
 from tests.conftest import free_port, serve
 from tests.fake_llm import FakeLlm, Plan
 from tests.test_workflow import send_turn
@@ -141,7 +141,10 @@ async def test_a_turn_retries_the_llm_after_its_retry_after_then_answers(
     assert reply.lineage.prompt_hash and reply.lineage.documents[0].document_id == "shipping"
     assert len(fake.requests) == 2
     history = [
-        e async for e in client.get_workflow_handle(workflow_id(conversation_id)).fetch_history_events()
+        e
+        async for e in client.get_workflow_handle(
+            workflow_id(conversation_key("default", conversation_id))
+        ).fetch_history_events()
     ]
     attempts = [
         e.activity_task_started_event_attributes.attempt

@@ -14,7 +14,7 @@ from temporalio.worker import Worker
 
 from api import create_app
 from dialogue.settings import Settings
-from dialogue.temporal import workflow_id
+from dialogue.temporal import conversation_key, workflow_id
 from tests.conftest import api_client
 from workflows.replay import load_runs, replay
 
@@ -23,7 +23,9 @@ async def runs_of(client: Client, conversation_id: str) -> list[int]:
     """The history length of each run of the conversation's workflow, oldest first."""
     lengths = [
         execution.history_length
-        async for execution in client.list_workflows(f"WorkflowId = '{workflow_id(conversation_id)}'")
+        async for execution in client.list_workflows(
+            f"WorkflowId = '{workflow_id(conversation_key('default', conversation_id))}'"
+        )
     ]
     return list(reversed(lengths))
 
@@ -65,9 +67,9 @@ async def test_state_and_turns_cross_continue_as_new(
         assert transcript["total"] == 28  # 14 turns, each recorded once
         assert [m["turn_index"] for m in transcript["items"]] == [i for i in range(14) for _ in (0, 1)]
     # `dialogue replay` replays every run, each against the current code.
-    histories = await load_runs(conversation, client)
+    histories = await load_runs(conversation_key("default", conversation), client)
     assert len(histories) >= 3
-    assert [(await replay(history)).replay_failure for history in histories] == [None] * len(histories)
+    assert [(await replay(history, client.data_converter)).replay_failure for history in histories] == [None] * len(histories)
 
 
 async def _eventually_in_run(http: httpx.AsyncClient, conversation: str, run: int) -> dict[str, Any]:

@@ -106,19 +106,19 @@ def test_record_conversation_creates_then_ends_and_keeps_dates_aware(engine: Eng
     assert conversation.updated_at == T0 + timedelta(minutes=5)
 
 
-def test_list_conversations_filters_by_status_newest_first(engine: Engine) -> None:
-    for index, conversation_id in enumerate(["a", "b", "c"]):
-        store.record_turn(engine, turn(conversation_id, 0, at=T0 + timedelta(hours=index)))
+def test_list_conversations_filters_by_tenant_and_status_newest_first(engine: Engine) -> None:
+    for index, key in enumerate(["t1/a", "t1/b", "t1/c", "t10/d", "t2/e"]):
+        store.record_turn(engine, turn(key, 0, at=T0 + timedelta(hours=index)))
     store.record_conversation(
         engine,
-        RecordConversationRequest(conversation_id="b", status="ended", at=T0 + timedelta(hours=5)),
+        RecordConversationRequest(conversation_id="t1/b", status="ended", at=T0 + timedelta(hours=5)),
     )
 
-    everything, total = store.list_conversations(engine, status=None, limit=10, offset=0)
-    active, active_total = store.list_conversations(engine, status="active", limit=10, offset=0)
-    page, _ = store.list_conversations(engine, status=None, limit=1, offset=1)
-    assert [c.id for c in everything] == ["b", "c", "a"]
+    everything, total = store.list_conversations(engine, tenant="t1", status=None, limit=10, offset=0)
+    active, active_total = store.list_conversations(engine, tenant="t1", status="active", limit=10, offset=0)
+    page, _ = store.list_conversations(engine, tenant="t1", status=None, limit=1, offset=1)
+    assert [c.id for c in everything] == ["t1/b", "t1/c", "t1/a"]  # not t10's nor t2's
     assert total == 3
-    assert [c.id for c in active] == ["c", "a"]
+    assert [c.id for c in active] == ["t1/c", "t1/a"]
     assert active_total == 2
-    assert [c.id for c in page] == ["c"]
+    assert [c.id for c in page] == ["t1/c"]

@@ -117,6 +117,6 @@ def test_dialogue_up_runs_stops_cleanly_and_keeps_conversations(stack: Stack) ->
         timeout=60,
     )
     assert replayed.returncode == 0, replayed.stdout + replayed.stderr
-    assert "conv-demo-1 run 1/1" in replayed.stdout and "replayed" in replayed.stdout
+    assert "conv-default/demo-1 run 1/1" in replayed.stdout and "replayed" in replayed.stdout
     assert stack.stop(signal.SIGTERM) == 0
     assert stack.processes_left() == []

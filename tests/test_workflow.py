@@ -23,10 +23,12 @@ from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
 from temporalio.worker import Worker
 
 from dialogue import store
+from dialogue.codec import EncryptionCodec
 from dialogue.db import get_engine
 from dialogue.settings import Settings
-from dialogue.temporal import LAST_INTENT, TURN_COUNT, workflow_id
-from workflows.contracts import EndRequest, TurnReply, TurnRequest
+from dialogue.temporal import LAST_INTENT, TURN_COUNT, conversation_key, workflow_id
+from tests.conftest import TEST_PAYLOAD_KEYS
+from workflows.contracts import ConversationState, EndRequest, TurnReply, TurnRequest
 from workflows.conversation import FALLBACK_TEXT, INVALID_TURN, ConversationWorkflow
 from workflows.replay import divergence, load_history, replay
 from workflows.starting import conversation_input, start_options
@@ -39,7 +41,7 @@ async def send_turn(
         ConversationWorkflow.run,
         conversation_input(settings, conversation_id).model_copy(update=overrides),
         id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
-        **start_options(settings, conversation_id),
+        **start_options(settings, key(conversation_id)),
     )
     reply: TurnReply = await client.execute_update_with_start_workflow(
         ConversationWorkflow.turn, TurnRequest(text=text), start_workflow_operation=start
@@ -63,6 +65,10 @@ def new_id() -> str:
     return f"wf-{uuid.uuid4().hex[:10]}"
 
 
+def key(conversation_id: str) -> str:
+    return conversation_key("default", conversation_id)
+
+
 async def test_a_turn_runs_every_step_and_is_recorded(
     client: Client, settings: Settings, worker: Worker
 ) -> None:
@@ -75,7 +81,7 @@ async def test_a_turn_runs_every_step_and_is_recorded(
     assert not reply.degraded
     assert {"understand", "retrieve", "generate", "record", "total"} <= reply.timings_ms.keys()
 
-    handle = client.get_workflow_handle_for(ConversationWorkflow.run, workflow_id(conversation_id))
+    handle = client.get_workflow_handle(workflow_id(key(conversation_id)), result_type=ConversationState)
     history = await events(handle)
     assert set(activity_types(history)) == {
         "record_conversation",
@@ -84,7 +90,7 @@ async def test_a_turn_runs_every_step_and_is_recorded(
         "generate",
         "record_turn",
     }
-    # Payloads are readable JSON in history (and so in the Web UI), not opaque bytes.
+    # Payloads are encrypted in history; the codec (the Web UI's codec server) opens them into readable JSON.
     scheduled = next(
         e
         for e in history
@@ -92,8 +98,10 @@ async def test_a_turn_runs_every_step_and_is_recorded(
         and e.activity_task_scheduled_event_attributes.activity_type.name == "understand"
     )
     payload = scheduled.activity_task_scheduled_event_attributes.input.payloads[0]
-    assert payload.metadata["encoding"] == b"json/plain"
-    assert b"express shipping" in payload.data
+    assert payload.metadata["encoding"] == b"binary/encrypted"
+    assert b"express shipping" not in payload.data
+    (opened,) = await EncryptionCodec(TEST_PAYLOAD_KEYS).decode([payload])
+    assert opened.metadata["encoding"] == b"json/plain" and b"express shipping" in opened.data
 
     described = await handle.describe()
     assert described.typed_search_attributes.get(LAST_INTENT) == "shipping_info"
@@ -101,7 +109,7 @@ async def test_a_turn_runs_every_step_and_is_recorded(
     assert described.typed_search_attributes.get(TURN_COUNT) == 1
 
     rows, total = store.read_messages(
-        get_engine(settings.resolved_database_url), conversation_id, limit=10, offset=0
+        get_engine(settings.resolved_database_url), key(conversation_id), limit=10, offset=0
     )
     assert total == 2
     assert rows[0].turn_id == reply.turn_id
@@ -118,7 +126,7 @@ async def test_concurrent_turns_run_one_at_a_time_in_arrival_order(
     assert sorted(r.turn_index for r in replies) == [1, 2, 3, 4, 5]
 
     history = await events(
-        client.get_workflow_handle_for(ConversationWorkflow.run, workflow_id(conversation_id))
+        client.get_workflow_handle(workflow_id(key(conversation_id)), result_type=ConversationState)
     )
     accepted = [
         e.workflow_execution_update_accepted_event_attributes.accepted_request.meta.update_id
@@ -143,7 +151,7 @@ async def test_bad_turns_are_rejected_before_entering_history(
         assert isinstance(raised.value.cause, ApplicationError)
         assert raised.value.cause.type == INVALID_TURN
 
-    handle = client.get_workflow_handle_for(ConversationWorkflow.run, workflow_id(conversation_id))
+    handle = client.get_workflow_handle(workflow_id(key(conversation_id)), result_type=ConversationState)
     history = await events(handle)
     accepted = [e for e in history if e.event_type == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_UPDATE_ACCEPTED]
     assert len(accepted) == 1
@@ -155,7 +163,7 @@ async def test_end_closes_the_conversation_and_records_it(
 ) -> None:
     conversation_id = new_id()
     await send_turn(client, settings, conversation_id, "hello")
-    handle = client.get_workflow_handle_for(ConversationWorkflow.run, workflow_id(conversation_id))
+    handle = client.get_workflow_handle(workflow_id(key(conversation_id)), result_type=ConversationState)
     await handle.signal(ConversationWorkflow.end, EndRequest(reason="user_left"))
 
     final = await handle.result()
@@ -163,7 +171,7 @@ async def test_end_closes_the_conversation_and_records_it(
     assert (
         await handle.query(ConversationWorkflow.state)
     ).status == "ended"  # a closed workflow still answers
-    row = store.get_conversation(get_engine(settings.resolved_database_url), conversation_id)
+    row = store.get_conversation(get_engine(settings.resolved_database_url), key(conversation_id))
     assert row is not None and (row.status, row.ended_reason) == ("ended", "user_left")
 
 
@@ -172,7 +180,7 @@ async def test_a_closed_conversation_is_never_started_again(
 ) -> None:
     conversation_id = new_id()
     await send_turn(client, settings, conversation_id, "hello")
-    handle = client.get_workflow_handle_for(ConversationWorkflow.run, workflow_id(conversation_id))
+    handle = client.get_workflow_handle(workflow_id(key(conversation_id)), result_type=ConversationState)
     await handle.signal(ConversationWorkflow.end, EndRequest())
     await handle.result()
 
@@ -185,7 +193,8 @@ async def test_an_idle_conversation_ends_itself(client: Client, settings: Settin
     conversation_id = new_id()
     await send_turn(client, settings, conversation_id, "hello", idle_timeout_seconds=1)
     final = await asyncio.wait_for(
-        client.get_workflow_handle_for(ConversationWorkflow.run, workflow_id(conversation_id)).result(), 30
+        client.get_workflow_handle(workflow_id(key(conversation_id)), result_type=ConversationState).result(),
+        30,
     )
     assert (final.status, final.ended_reason) == ("ended", "idle_timeout")
 
@@ -229,18 +238,18 @@ async def test_history_replays_against_the_current_code(
     conversation_id = new_id()
     for text in ["hello", "can I return a gift card?", "order NW-482913 has not arrived"]:
         await send_turn(client, settings, conversation_id, text)
-    handle = client.get_workflow_handle_for(ConversationWorkflow.run, workflow_id(conversation_id))
+    handle = client.get_workflow_handle(workflow_id(key(conversation_id)), result_type=ConversationState)
     await handle.signal(ConversationWorkflow.end, EndRequest())
     await handle.result()
 
     state = await handle.query(ConversationWorkflow.state)
     assert state.slots == {"order_id": "NW-482913"}
-    from_server = await load_history(conversation_id, client=client)
+    from_server = await load_history(key(conversation_id), client=client)
     exported = tmp_path / "history.json"
     exported.write_text(from_server.to_json())
-    from_file = await load_history(conversation_id, history_file=exported)
+    from_file = await load_history(key(conversation_id), history_file=exported)
     assert len(from_file.events) == len(from_server.events) > 20
-    assert (await replay(from_file)).replay_failure is None
+    assert (await replay(from_file, client.data_converter)).replay_failure is None
 
 
 async def test_replay_catches_code_that_would_decide_differently(
@@ -248,10 +257,19 @@ async def test_replay_catches_code_that_would_decide_differently(
 ) -> None:
     conversation_id = new_id()
     await send_turn(client, settings, conversation_id, "hello")
-    history = await load_history(conversation_id, client=client)
-    # Drop the scheduling of the first activity: the code now "decides" something the history lacks.
-    tampered = [e for e in history.events if e.event_type != EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED]
-    result = await replay(WorkflowHistory(history.workflow_id, tampered))
+    history = await load_history(key(conversation_id), client=client)
+    # As if the code used to call another activity first: history and code disagree at that event.
+    scheduled = next(
+        e for e in history.events if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED
+    )
+    scheduled.activity_task_scheduled_event_attributes.activity_type.name = "an_older_step"
+    result = await replay(history, client.data_converter)
     assert result.replay_failure is not None
-    # The report names the event the code diverged at (the dropped one's successor now sits there).
-    assert divergence(result.replay_failure).startswith("at event ")
+    report = await divergence(history, result.replay_failure, client.data_converter)
+    assert report.startswith(f"at event {scheduled.event_id} (ACTIVITY_TASK_SCHEDULED)"), report
+
+    # Dropping events instead makes the history inconsistent: still reported with where it broke.
+    dropped = [e for e in history.events if e.event_type != EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED]
+    broken = await replay(WorkflowHistory(history.workflow_id, dropped), client.data_converter)
+    assert broken.replay_failure is not None
+    assert (await divergence(history, broken.replay_failure, client.data_converter)).startswith("at event ")

@@ -25,6 +25,8 @@ class ConversationInput(BaseModel):
     """What a conversation workflow starts with."""
 
     conversation_id: str
+    """The client's id for the conversation."""
+    tenant: str = "default"
     max_text_chars: int = 4000
     """Longest user text a turn accepts; checked by the update validator."""
     idle_timeout_seconds: float = 24 * 3600
@@ -40,6 +42,11 @@ class ConversationInput(BaseModel):
     its history small; far below Temporal's 2,000 updates per run."""
     carried: CarriedState | None = None
     """What the previous run handed over at continue-as-new; None in a conversation's first run."""
+
+    @property
+    def key(self) -> str:
+        """Tenant-qualified: what the store and the event log know the conversation by."""
+        return f"{self.tenant}/{self.conversation_id}"
 
 
 class TurnRequest(BaseModel):
@@ -249,6 +256,8 @@ class DocumentRef(BaseModel):
     document_id: str
     version: int | None = None
     chunk_id: str | None = None
+    score: float | None = None
+    """The retrieval score the passage had when it was used."""
 
 
 class Lineage(BaseModel):
@@ -259,6 +268,11 @@ class Lineage(BaseModel):
     prompt_id: str | None = None
     prompt_hash: str | None = None
     documents: list[DocumentRef] = []
+    nlu: NluResult | None = None
+    """What the NLU made of the user's text: intent, ranking, entities, sentiment."""
+    timings_ms: dict[str, float] = {}
+    """Time of each step up to the reply."""
+    degraded_reason: str | None = None
 
 
 class TurnReply(BaseModel):
@@ -367,6 +381,12 @@ class Recorded(BaseModel):
     turn_index: int | None = None
     messages: int = 0
     status: ConversationStatus | None = None
+
+
+class RetentionReport(BaseModel):
+    erased: int
+    retention_days: float | None
+    cutoff: datetime | None = None
 
 
 ConversationInput.model_rebuild()

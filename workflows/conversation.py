@@ -29,7 +29,7 @@ with workflow.unsafe.imports_passed_through():
     from activities.retrieve import RetrieveActivity
     from activities.tools import ToolActivity
     from activities.understand import UnderstandActivity
-    from dialogue.temporal import LAST_INTENT, STATUS, TURN_COUNT
+    from dialogue.temporal import LAST_INTENT, STATUS, TENANT, TURN_COUNT
     from workflows.contracts import (
         OUT_OF_SCOPE,
         AgentMessageReply,
@@ -144,7 +144,7 @@ class ConversationWorkflow:
     async def run(self, input: ConversationInput) -> ConversationState:
         # Runs recorded before continue-as-new existed replay without it.
         can_continue = workflow.patched(CONTINUE_AS_NEW_PATCH)
-        workflow.upsert_search_attributes([STATUS.value_set("active")])
+        workflow.upsert_search_attributes([STATUS.value_set("active"), TENANT.value_set(input.tenant)])
         if input.carried is None:
             await workflow.execute_activity_method(
                 RecordActivities.record_conversation,
@@ -344,7 +344,7 @@ class ConversationWorkflow:
         await workflow.execute_activity_method(
             RecordActivities.record_message,
             RecordMessageRequest(
-                conversation_id=self._input.conversation_id,
+                conversation_id=self._input.key,
                 turn_id=f"{event}-{index}",
                 turn_index=index,
                 role=role,
@@ -367,7 +367,7 @@ class ConversationWorkflow:
         await workflow.execute_activity_method(
             RecordActivities.record_turn,
             RecordTurnRequest(
-                conversation_id=self._input.conversation_id,
+                conversation_id=self._input.key,
                 turn_id=turn_id,
                 turn_index=index,
                 user_text=text,
@@ -396,11 +396,7 @@ class ConversationWorkflow:
         timings: dict[str, float] = {}
         failed: list[str] = []
         started = workflow.time()
-        stream = (
-            StreamTarget(conversation_id=self._input.conversation_id, turn_id=turn_id)
-            if request.stream
-            else None
-        )
+        stream = StreamTarget(conversation_id=self._input.key, turn_id=turn_id) if request.stream else None
 
         # A task, so that a newer turn can cancel it under the `interrupt` policy.
         self._interrupted = False
@@ -444,12 +440,17 @@ class ConversationWorkflow:
             prompt_id=reply.prompt_id,
             prompt_hash=reply.prompt_hash,
             documents=[
-                DocumentRef(document_id=s.document_id, version=s.document_version, chunk_id=s.chunk_id)
+                DocumentRef(
+                    document_id=s.document_id, version=s.document_version, chunk_id=s.chunk_id, score=s.score
+                )
                 for s in reply.sources
             ],
+            nlu=nlu,
+            timings_ms=dict(timings),
+            degraded_reason=", ".join(failed) or None,
         )
         record = RecordTurnRequest(
-            conversation_id=self._input.conversation_id,
+            conversation_id=self._input.key,
             turn_id=turn_id,
             turn_index=turn_index,
             user_text=text,
@@ -609,7 +610,7 @@ class ConversationWorkflow:
 
     def _record_request(self) -> RecordConversationRequest:
         return RecordConversationRequest(
-            conversation_id=self._input.conversation_id,
+            conversation_id=self._input.key,
             status=self._state.status,
             turn_count=self._state.turn_count,
             at=self._state.updated_at,

@@ -12,10 +12,15 @@ from workflows.contracts import ConversationInput, DoubleTextPolicy
 
 
 def conversation_input(
-    settings: Settings, conversation_id: str, *, double_text: DoubleTextPolicy | None = None
+    settings: Settings,
+    conversation_id: str,
+    *,
+    tenant: str = "default",
+    double_text: DoubleTextPolicy | None = None,
 ) -> ConversationInput:
     return ConversationInput(
         conversation_id=conversation_id,
+        tenant=tenant,
         max_text_chars=settings.max_text_chars,
         idle_timeout_seconds=settings.idle_timeout_seconds,
         turn_deadline_seconds=settings.turn_deadline_seconds,
@@ -25,10 +30,11 @@ def conversation_input(
     )
 
 
-def start_options(settings: Settings, conversation_id: str) -> dict[str, Any]:
-    """Options of `start_workflow` and `WithStartWorkflowOperation`, but the conflict policy."""
+def start_options(settings: Settings, key: str) -> dict[str, Any]:
+    """Options of `start_workflow` and `WithStartWorkflowOperation` (but the conflict policy) for the
+    conversation with this key (`dialogue.temporal.conversation_key`)."""
     return {
-        "id": workflow_id(conversation_id),
+        "id": workflow_id(key),
         "task_queue": settings.task_queue,
         # An ended conversation stays ended: its id is never started again.
         "id_reuse_policy": WorkflowIDReusePolicy.REJECT_DUPLICATE,

@@ -7,7 +7,7 @@ import uuid
 from datetime import timedelta
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Body, Header, Path, Query, Response, status
+from fastapi import APIRouter, Body, Header, Path, Query, Request, Response, status
 from starlette.concurrency import run_in_threadpool
 from temporalio.client import (
     WithStartWorkflowOperation,
@@ -20,8 +20,8 @@ from temporalio.common import WorkflowIDConflictPolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
-from api.deps import CurrentPrincipal, EngineDep, SettingsDep, TemporalClientDep
-from api.errors import ApiError, conversation_ended, temporal_errors
+from api.deps import ClientPrincipal, EngineDep, SettingsDep, TemporalClientDep
+from api.errors import ApiError, conversation_ended, not_found, temporal_errors
 from api.schemas import (
     ID_PATTERN,
     IDEMPOTENCY_KEY_PATTERN,
@@ -37,8 +37,9 @@ from api.schemas import (
     TurnStatus,
 )
 from api.streaming import ResumePoint, conversation_stream, stream_response, turn_stream
-from dialogue import store
-from dialogue.temporal import workflow_id
+from dialogue import erasure, store
+from dialogue.identity import Principal
+from dialogue.temporal import conversation_key, workflow_id
 from workflows.contracts import ConversationState, EndRequest, TurnReply, TurnRequest
 from workflows.conversation import ConversationWorkflow
 from workflows.starting import conversation_input, start_options
@@ -75,18 +76,23 @@ async def create_conversation(
     settings: SettingsDep,
     engine: EngineDep,
     temporal: TemporalClientDep,
-    _: CurrentPrincipal,
+    principal: ClientPrincipal,
     body: Annotated[ConversationCreate | None, Body()] = None,
 ) -> ConversationCreated:
     """Start a conversation; the client may choose its id."""
     conversation_id = (body.id if body else None) or uuid.uuid4().hex
-    await _refuse_if_ended(engine, conversation_id)
+    await _refuse_if_ended(engine, principal, conversation_id)
     with temporal_errors(conversation_id):
         await temporal.start_workflow(
             ConversationWorkflow.run,
-            conversation_input(settings, conversation_id, double_text=body.double_text if body else None),
+            conversation_input(
+                settings,
+                conversation_id,
+                tenant=principal.tenant,
+                double_text=body.double_text if body else None,
+            ),
             id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
-            **start_options(settings, conversation_id),
+            **start_options(settings, _key(principal, conversation_id)),
         )
     return ConversationCreated(conversation_id=conversation_id, status="active")
 
@@ -107,7 +113,8 @@ async def create_turn(
     engine: EngineDep,
     temporal: TemporalClientDep,
     response: Response,
-    _: CurrentPrincipal,
+    request: Request,
+    principal: ClientPrincipal,
     idempotency_key: IdempotencyKey = None,
     accept: Annotated[str | None, Header()] = None,
     last_event_id: LastEventId = None,
@@ -124,14 +131,15 @@ async def create_turn(
     resume = ResumePoint(last_event_id)
     if streaming and resume.finished:
         return Response(status_code=status.HTTP_204_NO_CONTENT)
-    await _refuse_if_ended(engine, conversation_id)
+    await _refuse_if_ended(engine, principal, conversation_id)
     turn_id = idempotency_key or body.idempotency_key or str(uuid.uuid4())
-    turn = TurnRequest(text=body.text, stream=streaming)
+    # Personal data is redacted here, before the text reaches Temporal, the store or a model.
+    turn = TurnRequest(text=request.app.state.privacy.for_storage(body.text), stream=streaming)
     start = WithStartWorkflowOperation(
         ConversationWorkflow.run,
-        conversation_input(settings, conversation_id),
+        conversation_input(settings, conversation_id, tenant=principal.tenant),
         id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
-        **start_options(settings, conversation_id),
+        **start_options(settings, _key(principal, conversation_id)),
     )
     with temporal_errors(conversation_id):
         try:
@@ -146,7 +154,7 @@ async def create_turn(
                 return stream_response(
                     turn_stream(
                         engine,
-                        conversation_id,
+                        _key(principal, conversation_id),
                         turn_id,
                         update.result,
                         after=resume.after,
@@ -188,10 +196,12 @@ async def read_turn(
     conversation_id: ConversationIdPath,
     turn_id: TurnIdPath,
     temporal: TemporalClientDep,
-    _: CurrentPrincipal,
+    principal: ClientPrincipal,
 ) -> TurnStatus:
     """A turn's status, and its reply once it is completed."""
-    update = _handle(temporal, conversation_id).get_update_handle_for(ConversationWorkflow.turn, turn_id)
+    update = _handle(temporal, _key(principal, conversation_id)).get_update_handle_for(
+        ConversationWorkflow.turn, turn_id
+    )
     with temporal_errors(conversation_id):
         try:
             # The server holds the poll until the turn completes: wait a moment, no longer.
@@ -221,14 +231,16 @@ async def follow_turn(
     settings: SettingsDep,
     engine: EngineDep,
     temporal: TemporalClientDep,
-    _: CurrentPrincipal,
+    principal: ClientPrincipal,
     last_event_id: LastEventId = None,
 ) -> Response:
     """Follow a turn's events (an `EventSource` reconnects here with `Last-Event-ID`)."""
     resume = ResumePoint(last_event_id)
     if resume.finished:
         return Response(status_code=status.HTTP_204_NO_CONTENT)
-    update = _handle(temporal, conversation_id).get_update_handle_for(ConversationWorkflow.turn, turn_id)
+    update = _handle(temporal, _key(principal, conversation_id)).get_update_handle_for(
+        ConversationWorkflow.turn, turn_id
+    )
     result = asyncio.ensure_future(update.result())
     # Answer 404 before the stream starts when Temporal does not know the turn.
     await asyncio.wait({result}, timeout=TURN_POLL_SECONDS)
@@ -247,7 +259,7 @@ async def follow_turn(
     return stream_response(
         turn_stream(
             engine,
-            conversation_id,
+            _key(principal, conversation_id),
             turn_id,
             reply,
             after=resume.after,
@@ -261,27 +273,28 @@ async def follow_conversation(
     conversation_id: ConversationIdPath,
     engine: EngineDep,
     temporal: TemporalClientDep,
-    _: CurrentPrincipal,
+    principal: ClientPrincipal,
     last_event_id: LastEventId = None,
     after: Annotated[
         int | None, Query(ge=0, description="Start after this event (else `Last-Event-ID`).")
     ] = None,
 ) -> Response:
     """Every event of a conversation as it happens: streamed turns, a person's messages, handoffs."""
-    if await run_in_threadpool(store.get_conversation, engine, conversation_id) is None:
+    key = _key(principal, conversation_id)
+    if await run_in_threadpool(store.get_conversation, engine, key) is None:
         with temporal_errors(conversation_id):
-            await _handle(temporal, conversation_id).describe()  # 404 when it does not exist
+            await _handle(temporal, key).describe()  # 404 when it does not exist
     start = after if after is not None else ResumePoint(last_event_id).after
-    return stream_response(conversation_stream(engine, conversation_id, after=start))
+    return stream_response(conversation_stream(engine, key, after=start))
 
 
 @router.get("/{conversation_id}")
 async def read_conversation(
-    conversation_id: ConversationIdPath, temporal: TemporalClientDep, _: CurrentPrincipal
+    conversation_id: ConversationIdPath, temporal: TemporalClientDep, principal: ClientPrincipal
 ) -> ConversationState:
     """The live state of a conversation, from its workflow."""
     with temporal_errors(conversation_id):
-        state: ConversationState = await _handle(temporal, conversation_id).query(
+        state: ConversationState = await _handle(temporal, _key(principal, conversation_id)).query(
             ConversationWorkflow.state, rpc_timeout=QUERY_TIMEOUT
         )
     return state
@@ -292,28 +305,27 @@ async def read_messages(
     conversation_id: ConversationIdPath,
     engine: EngineDep,
     temporal: TemporalClientDep,
-    _: CurrentPrincipal,
+    principal: ClientPrincipal,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     offset: Annotated[int, Query(ge=0)] = 0,
 ) -> MessagesPage:
     """The transcript, oldest first, a page at a time."""
-    rows, total = await run_in_threadpool(
-        store.read_messages, engine, conversation_id, limit=limit, offset=offset
-    )
-    if total == 0 and await run_in_threadpool(store.get_conversation, engine, conversation_id) is None:
+    key = _key(principal, conversation_id)
+    rows, total = await run_in_threadpool(store.read_messages, engine, key, limit=limit, offset=offset)
+    if total == 0 and await run_in_threadpool(store.get_conversation, engine, key) is None:
         # Just created and not yet recorded, or unknown: Temporal knows which.
         with temporal_errors(conversation_id):
-            await _handle(temporal, conversation_id).describe()
+            await _handle(temporal, _key(principal, conversation_id)).describe()
     items = [MessagePublic.model_validate(row, from_attributes=True) for row in rows]
     return MessagesPage(items=items, total=total, limit=limit, offset=offset)
 
 
 @router.post("/{conversation_id}/end")
 async def end_conversation(
-    conversation_id: ConversationIdPath, temporal: TemporalClientDep, _: CurrentPrincipal
+    conversation_id: ConversationIdPath, temporal: TemporalClientDep, principal: ClientPrincipal
 ) -> ConversationEnded:
     """End a conversation: later turns get 409. Ending an ended conversation changes nothing."""
-    handle = _handle(temporal, conversation_id)
+    handle = _handle(temporal, _key(principal, conversation_id))
     with temporal_errors(conversation_id):
         try:
             await handle.signal(ConversationWorkflow.end, EndRequest())
@@ -324,20 +336,43 @@ async def end_conversation(
     return ConversationEnded(conversation_id=conversation_id)
 
 
+@router.delete("/{conversation_id}", status_code=status.HTTP_204_NO_CONTENT, response_class=Response)
+async def erase_conversation(
+    conversation_id: ConversationIdPath,
+    settings: SettingsDep,
+    engine: EngineDep,
+    temporal: TemporalClientDep,
+    principal: ClientPrincipal,
+) -> Response:
+    """Erase a conversation: its workflow histories, transcript, lineage, events and feedback.
+    An audit entry (who, when, which id; no content) remains. Admin, or its client when allowed."""
+    if not (principal.allows("admin") or settings.clients_may_erase):
+        raise ApiError(403, "forbidden", "erasing a conversation needs the admin scope")
+    with temporal_errors(conversation_id):
+        erased = await erasure.erase_conversation(
+            temporal, engine, _key(principal, conversation_id), actor=principal.subject, reason="requested"
+        )
+    if not erased:
+        raise not_found(conversation_id)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
 @router.get("")
 async def read_conversations(
     engine: EngineDep,
-    _: CurrentPrincipal,
+    principal: ClientPrincipal,
     status: Literal["active", "ended"] | None = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     offset: Annotated[int, Query(ge=0)] = 0,
 ) -> ConversationsPage:
     """Conversations, most recently updated first."""
     rows, total = await run_in_threadpool(
-        store.list_conversations, engine, status=status, limit=limit, offset=offset
+        store.list_conversations, engine, tenant=principal.tenant, status=status, limit=limit, offset=offset
     )
+    prefix = len(_key(principal, ""))
     items = [
-        ConversationSummary.model_validate(row.model_dump() | {"conversation_id": row.id}) for row in rows
+        ConversationSummary.model_validate(row.model_dump() | {"conversation_id": row.id[prefix:]})
+        for row in rows
     ]
     return ConversationsPage(items=items, total=total, limit=limit, offset=offset)
 
@@ -352,20 +387,25 @@ async def _settle(start: WithStartWorkflowOperation[Any, Any]) -> None:
         waiter.exception()
 
 
-async def _refuse_if_ended(engine: EngineDep, conversation_id: str) -> None:
-    """409 for a conversation the store knows as ended.
+async def _refuse_if_ended(engine: EngineDep, principal: Principal, conversation_id: str) -> None:
+    """409 for a conversation the store knows as ended (or erased).
 
     Temporal refuses to start an ended conversation's workflow id again only while it
     keeps the closed run (the namespace's retention); the store remembers for good.
     """
-    row = await run_in_threadpool(store.get_conversation, engine, conversation_id)
-    if row is not None and row.status == "ended":
+    row = await run_in_threadpool(store.get_conversation, engine, _key(principal, conversation_id))
+    if row is not None and row.status != "active":
         raise conversation_ended(conversation_id)
+
+
+def _key(principal: Principal, conversation_id: str) -> str:
+    """The conversation of the caller's tenant: another tenant's ids are never reached."""
+    return conversation_key(principal.tenant, conversation_id)
 
 
 def _turn_not_found(conversation_id: str, turn_id: str) -> ApiError:
     return ApiError(404, "turn_not_found", f"no turn {turn_id!r} in conversation {conversation_id!r}")
 
 
-def _handle(temporal: TemporalClientDep, conversation_id: str) -> WorkflowHandle[Any, Any]:
-    return temporal.get_workflow_handle(workflow_id(conversation_id))
+def _handle(temporal: TemporalClientDep, key: str) -> WorkflowHandle[Any, Any]:
+    return temporal.get_workflow_handle(workflow_id(key))

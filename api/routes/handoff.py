@@ -10,12 +10,13 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from fastapi import APIRouter, status
+from fastapi import APIRouter, Request, status
 
-from api.deps import CurrentPrincipal, SettingsDep, TemporalClientDep
+from api.deps import AgentPrincipal, SettingsDep, TemporalClientDep
 from api.errors import ApiError, temporal_errors
 from api.routes.conversations import ConversationIdPath
-from dialogue.temporal import workflow_id
+from dialogue.identity import Principal
+from dialogue.temporal import conversation_key, workflow_id
 from workflows.contracts import (
     AgentMessageReply,
     AgentMessageRequest,
@@ -34,11 +35,11 @@ async def hand_off(
     body: HandoffRequest,
     settings: SettingsDep,
     temporal: TemporalClientDep,
-    _: CurrentPrincipal,
+    principal: AgentPrincipal,
 ) -> ConversationState:
     """A person takes the conversation over: the bot stops answering; the user's turns wait for the person."""
     state: ConversationState = await _update(
-        temporal, settings, conversation_id, ConversationWorkflow.handoff, body
+        temporal, settings, principal, conversation_id, ConversationWorkflow.handoff, body
     )
     return state
 
@@ -47,16 +48,18 @@ async def hand_off(
 async def post_agent_message(
     conversation_id: ConversationIdPath,
     body: AgentMessageRequest,
+    request: Request,
     settings: SettingsDep,
     temporal: TemporalClientDep,
-    _: CurrentPrincipal,
+    principal: AgentPrincipal,
 ) -> AgentMessageReply:
     """A person's reply to the user (409 unless the conversation is handed off): recorded in the
     transcript and sent to the conversation's event stream."""
     if len(body.text) > settings.max_text_chars:
         raise ApiError(422, "invalid_turn", f"text is longer than {settings.max_text_chars} characters")
+    body = body.model_copy(update={"text": request.app.state.privacy.for_storage(body.text)})
     reply: AgentMessageReply = await _update(
-        temporal, settings, conversation_id, ConversationWorkflow.agent_message, body
+        temporal, settings, principal, conversation_id, ConversationWorkflow.agent_message, body
     )
     return reply
 
@@ -67,19 +70,24 @@ async def hand_back(
     body: HandbackRequest,
     settings: SettingsDep,
     temporal: TemporalClientDep,
-    _: CurrentPrincipal,
+    principal: AgentPrincipal,
 ) -> ConversationState:
     """The bot answers the user's turns again."""
     state: ConversationState = await _update(
-        temporal, settings, conversation_id, ConversationWorkflow.handback, body
+        temporal, settings, principal, conversation_id, ConversationWorkflow.handback, body
     )
     return state
 
 
 async def _update(
-    temporal: TemporalClientDep, settings: SettingsDep, conversation_id: str, update: Any, body: Any
+    temporal: TemporalClientDep,
+    settings: SettingsDep,
+    principal: Principal,
+    conversation_id: str,
+    update: Any,
+    body: Any,
 ) -> Any:
-    handle = temporal.get_workflow_handle(workflow_id(conversation_id))
+    handle = temporal.get_workflow_handle(workflow_id(conversation_key(principal.tenant, conversation_id)))
     with temporal_errors(conversation_id):
         try:
             # It waits for the turn in progress, if any: bounded like a turn.

@@ -10,7 +10,7 @@ from pydantic import BaseModel, Field
 from sqlalchemy.exc import IntegrityError
 from starlette.concurrency import run_in_threadpool
 
-from api.deps import CurrentPrincipal, EngineDep
+from api.deps import AdminPrincipal, EngineDep
 from api.errors import ApiError
 from api.schemas import ID_PATTERN
 from dialogue.knowledge import store
@@ -63,7 +63,7 @@ class DocumentsPage(BaseModel):
 
 @router.post("", status_code=status.HTTP_201_CREATED)
 async def create_document(
-    body: DocumentCreate, engine: EngineDep, response: Response, _: CurrentPrincipal
+    body: DocumentCreate, engine: EngineDep, response: Response, _: AdminPrincipal
 ) -> DocumentStored:
     """Add a document, or update it (a new version) when its content changed; 200 when it did not."""
     try:
@@ -90,7 +90,7 @@ async def create_document(
 @router.get("")
 async def read_documents(
     engine: EngineDep,
-    _: CurrentPrincipal,
+    _: AdminPrincipal,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     offset: Annotated[int, Query(ge=0)] = 0,
 ) -> DocumentsPage:
@@ -101,9 +101,7 @@ async def read_documents(
 
 
 @router.get("/{document_id}")
-async def read_document(
-    document_id: DocumentIdPath, engine: EngineDep, _: CurrentPrincipal
-) -> DocumentPublic:
+async def read_document(document_id: DocumentIdPath, engine: EngineDep, _: AdminPrincipal) -> DocumentPublic:
     """One document with its text."""
     row = await run_in_threadpool(store.get, engine, document_id)
     if row is None:
@@ -112,7 +110,7 @@ async def read_document(
 
 
 @router.delete("/{document_id}", status_code=status.HTTP_204_NO_CONTENT)
-async def delete_document(document_id: DocumentIdPath, engine: EngineDep, _: CurrentPrincipal) -> None:
+async def delete_document(document_id: DocumentIdPath, engine: EngineDep, _: AdminPrincipal) -> None:
     """Delete a document and its chunks; answers stop citing it within seconds."""
     if not await run_in_threadpool(store.delete, engine, document_id):
         raise _document_not_found(document_id)

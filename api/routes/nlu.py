@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from starlette.concurrency import run_in_threadpool
 
-from api.deps import CurrentPrincipal, SettingsDep
+from api.deps import ClientPrincipal, SettingsDep
 from api.errors import ApiError
 from dialogue.bot import load_bot_cached
 from dialogue.nlu.parser import NluParser, build_parser
@@ -25,7 +25,7 @@ def _parser(request: Request, settings: SettingsDep) -> NluParser:
 
 @router.post("/parse")
 async def parse_text(
-    body: TurnRequest, request: Request, settings: SettingsDep, _: CurrentPrincipal
+    body: TurnRequest, request: Request, settings: SettingsDep, _: ClientPrincipal
 ) -> NluResult:
     """Intent, ranking, entities and sentiment of a text, from the same model the worker uses."""
     if not body.text.strip():

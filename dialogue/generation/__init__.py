@@ -29,6 +29,7 @@ def build_generator(settings: Settings, bot: BotDefinition) -> AnswerGenerator:
     relevance = Relevance(min_semantic=bot.min_semantic_score, min_lexical=bot.min_answer_score)
     if settings.generator == "openai":
         from dialogue.generation.openai_chat import OpenAIChatGenerator
+        from dialogue.privacy.policy import PrivacyPolicy
 
         return OpenAIChatGenerator(
             base_url=settings.llm_base_url,
@@ -37,5 +38,6 @@ def build_generator(settings: Settings, bot: BotDefinition) -> AnswerGenerator:
             timeout_seconds=settings.llm_timeout_seconds,
             bot_description=bot.description,
             relevance=relevance,
+            redact=PrivacyPolicy(bot.privacy).for_llm,
         )
     return GroundedGenerator(relevance)

@@ -40,6 +40,7 @@ class OpenAIChatGenerator:
         temperature: float = 0.2,
         bot_description: str = "",
         relevance: Relevance | None = None,
+        redact: Callable[[str], str] = str,
     ) -> None:
         self.name = f"openai:{model}"
         self.model = model
@@ -52,6 +53,8 @@ class OpenAIChatGenerator:
         self._temperature = temperature
         self._bot_description = bot_description
         self._relevance = relevance or Relevance()
+        self._redact = redact
+        """Applied to the user's words before they leave for the model (the bot's privacy policy)."""
 
     async def answer(
         self, question: str, passages: list[Passage], *, on_token: Callable[[str], None] | None = None
@@ -64,7 +67,7 @@ class OpenAIChatGenerator:
             bot_description=self._bot_description or "an online shop.",
             passages="\n\n".join(f"[{i}] {p.title}: {p.text}" for i, p in enumerate(trusted, start=1)),
         )
-        text = await self._complete(system, question, on_token)
+        text = await self._complete(system, self._redact(question), on_token)
         if not text or text.strip().startswith(NO_ANSWER):
             return None
         cited = {int(n) for n in _CITATION.findall(text) if 1 <= int(n) <= len(trusted)}

@@ -1,0 +1,36 @@
+"""`purge_expired`: erase the conversations the bot's retention period has run out on."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy.engine import Engine
+from temporalio import activity
+from temporalio.client import Client
+
+from dialogue import store
+from dialogue.erasure import erase_conversation
+from workflows.contracts import RetentionReport
+
+
+class RetentionActivities:
+    def __init__(self, client: Client, engine: Engine, retention_days: float | None) -> None:
+        self._client = client
+        self._engine = engine
+        self._retention_days = retention_days
+
+    @activity.defn(name="purge_expired")
+    async def purge_expired(self) -> RetentionReport:
+        """Erase conversations not updated within the retention period, a batch at a time."""
+        if self._retention_days is None:
+            return RetentionReport(erased=0, retention_days=None)
+        cutoff = datetime.now(UTC) - timedelta(days=self._retention_days)
+        erased = 0
+        while keys := store.expired_conversations(self._engine, before=cutoff, limit=100):
+            for key in keys:
+                activity.heartbeat(erased)
+                await erase_conversation(
+                    self._client, self._engine, key, actor="retention", reason="retention"
+                )
+                erased += 1
+        return RetentionReport(erased=erased, retention_days=self._retention_days, cutoff=cutoff)

@@ -1,0 +1,69 @@
+"""`/v1/keys`: an admin manages its own tenant's API keys. A key is shown once, when it is created."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Response, status
+from pydantic import BaseModel, Field
+from starlette.concurrency import run_in_threadpool
+
+from api.deps import AdminPrincipal, EngineDep
+from api.errors import ApiError
+from dialogue.identity import Scope, audit, create_key, list_keys, revoke_key
+
+router = APIRouter(prefix="/keys", tags=["keys"])
+
+
+class KeyCreate(BaseModel):
+    scope: Scope
+    name: Annotated[str, Field(max_length=200)] | None = None
+    expires_in_days: Annotated[float, Field(gt=0, le=3650)] | None = None
+
+
+class KeyPublic(BaseModel):
+    id: str
+    tenant: str
+    scope: str
+    name: str | None
+    created_at: datetime
+    expires_at: datetime | None
+    revoked_at: datetime | None
+
+
+class KeyCreated(KeyPublic):
+    key: str = Field(description="The key itself: shown this once, stored only as a hash.")
+
+
+@router.post("", status_code=status.HTTP_201_CREATED)
+async def create(body: KeyCreate, engine: EngineDep, principal: AdminPrincipal) -> KeyCreated:
+    """A new key of the caller's tenant."""
+    expires = datetime.now(UTC) + timedelta(days=body.expires_in_days) if body.expires_in_days else None
+    row, key = await run_in_threadpool(
+        create_key, engine, tenant=principal.tenant, scope=body.scope, name=body.name, expires_at=expires
+    )
+    await run_in_threadpool(
+        audit, engine, tenant=principal.tenant, actor=principal.subject, action="key_create", target=row.id
+    )
+    return KeyCreated.model_validate(row.model_dump() | {"key": key})
+
+
+@router.get("")
+async def read(engine: EngineDep, principal: AdminPrincipal) -> list[KeyPublic]:
+    """The tenant's keys (never their secrets)."""
+    rows = await run_in_threadpool(list_keys, engine, tenant=principal.tenant)
+    return [KeyPublic.model_validate(row, from_attributes=True) for row in rows]
+
+
+@router.delete("/{key_id}", status_code=status.HTTP_204_NO_CONTENT, response_class=Response)
+async def revoke(
+    key_id: Annotated[str, Path(max_length=32)], engine: EngineDep, principal: AdminPrincipal
+) -> Response:
+    """Revoke a key of the tenant: it is refused from the next request on."""
+    if await run_in_threadpool(revoke_key, engine, key_id, tenant=principal.tenant) is None:
+        raise ApiError(404, "key_not_found", f"no key {key_id!r}")
+    await run_in_threadpool(
+        audit, engine, tenant=principal.tenant, actor=principal.subject, action="key_revoke", target=key_id
+    )
+    return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -1,0 +1,99 @@
+"""What produced an answer, and what its user thought of it: the audit trail of every reply.
+
+The lineage (NLU model and result, documents with their versions and scores, generator,
+model and prompt version, timings) is stored with the reply by `record_turn`; ratings are
+stored beside it and `dialogue feedback export` writes both out to improve the bot.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Request, status
+from pydantic import BaseModel, Field
+from starlette.concurrency import run_in_threadpool
+
+from api.deps import ClientPrincipal, EngineDep
+from api.errors import ApiError
+from api.routes.conversations import ConversationIdPath, TurnIdPath
+from dialogue import store
+from dialogue.temporal import conversation_key
+
+router = APIRouter(prefix="/conversations", tags=["lineage"])
+
+
+class TurnLineage(BaseModel):
+    conversation_id: str
+    turn_id: str
+    turn_index: int
+    reply: str
+    degraded: bool
+    lineage: dict[str, Any] | None
+    feedback: FeedbackPublic | None = None
+
+
+class FeedbackCreate(BaseModel):
+    rating: Literal["up", "down"]
+    comment: Annotated[str, Field(max_length=2000)] | None = None
+
+
+class FeedbackPublic(BaseModel):
+    turn_id: str
+    rating: str
+    comment: str | None
+    created_at: datetime
+
+
+@router.get("/{conversation_id}/turns/{turn_id}/lineage")
+async def read_lineage(
+    conversation_id: ConversationIdPath, turn_id: TurnIdPath, engine: EngineDep, principal: ClientPrincipal
+) -> TurnLineage:
+    """What produced a turn's answer, and its rating if it has one."""
+    key = conversation_key(principal.tenant, conversation_id)
+    answer = await run_in_threadpool(store.bot_message, engine, key, turn_id)
+    if answer is None:
+        raise _no_answer(conversation_id, turn_id)
+    rating = await run_in_threadpool(store.get_feedback, engine, key, turn_id)
+    return TurnLineage(
+        conversation_id=conversation_id,
+        turn_id=turn_id,
+        turn_index=answer.turn_index,
+        reply=answer.text,
+        degraded=answer.degraded,
+        lineage=answer.lineage,
+        feedback=FeedbackPublic.model_validate(rating, from_attributes=True) if rating else None,
+    )
+
+
+@router.post("/{conversation_id}/turns/{turn_id}/feedback", status_code=status.HTTP_201_CREATED)
+async def rate_answer(
+    conversation_id: ConversationIdPath,
+    turn_id: TurnIdPath,
+    body: FeedbackCreate,
+    request: Request,
+    engine: EngineDep,
+    principal: ClientPrincipal,
+) -> FeedbackPublic:
+    """Rate a turn's answer up or down, with an optional comment (redacted like a turn's text)."""
+    key = conversation_key(principal.tenant, conversation_id)
+    if await run_in_threadpool(store.bot_message, engine, key, turn_id) is None:
+        raise _no_answer(conversation_id, turn_id)
+    comment = request.app.state.privacy.for_storage(body.comment) if body.comment else None
+    row = await run_in_threadpool(
+        store.record_feedback,
+        engine,
+        key,
+        turn_id,
+        rating=body.rating,
+        comment=comment,
+        author=principal.subject,
+        at=datetime.now(UTC),
+    )
+    return FeedbackPublic.model_validate(row, from_attributes=True)
+
+
+def _no_answer(conversation_id: str, turn_id: str) -> ApiError:
+    return ApiError(
+        404, "turn_not_found", f"no answered turn {turn_id!r} in conversation {conversation_id!r}"
+    )
