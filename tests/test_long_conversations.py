@@ -69,7 +69,9 @@ async def test_state_and_turns_cross_continue_as_new(
     # `dialogue replay` replays every run, each against the current code.
     histories = await load_runs(conversation_key("default", conversation), client)
     assert len(histories) >= 3
-    assert [(await replay(history, client.data_converter)).replay_failure for history in histories] == [None] * len(histories)
+    assert [(await replay(history, client.data_converter)).replay_failure for history in histories] == [
+        None
+    ] * len(histories)
 
 
 async def _eventually_in_run(http: httpx.AsyncClient, conversation: str, run: int) -> dict[str, Any]:
