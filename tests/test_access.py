@@ -1,0 +1,236 @@
+"""The access matrix: every endpoint and every caller (no credentials, an expired or revoked key, each
+scope of the owning tenant, an admin of another tenant), asserting the status code; plus bearer JWTs
+(HS256, RS256 from a JWKS file) and the per-key rate limit."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import httpx
+import jwt
+import pytest
+from cryptography.hazmat.primitives.asymmetric import rsa
+from pydantic import SecretStr
+from temporalio.client import Client
+from temporalio.worker import Worker
+
+from api import create_app
+from dialogue.db import get_engine
+from dialogue.identity import create_key, revoke_key
+from dialogue.settings import Settings
+from tests.conftest import api_client
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    method: str
+    path: str
+    """`{c}` is the conversation, `{t}` a turn of it."""
+    scope: str
+    body: dict[str, object] | None = None
+    owned: bool = True
+    """Names a conversation: another tenant gets 404, as if it did not exist."""
+    destructive: bool = False
+    """Changes the conversation for good: every caller gets a fresh one."""
+    stream: bool = False
+
+
+ENDPOINTS = [
+    Endpoint("POST", "/v1/conversations", "client", {"id": "{new}"}, owned=False),
+    Endpoint("GET", "/v1/conversations", "client", owned=False),
+    # Sending to an id creates the conversation in the caller's own tenant (a new one for another tenant).
+    Endpoint(
+        "POST", "/v1/conversations/{c}/turns", "client", {"text": "hello"}, owned=False, destructive=True
+    ),
+    Endpoint("GET", "/v1/conversations/{c}", "client"),
+    Endpoint("GET", "/v1/conversations/{c}/messages", "client"),
+    Endpoint("GET", "/v1/conversations/{c}/turns/{t}", "client"),
+    Endpoint("GET", "/v1/conversations/{c}/turns/{t}/events", "client", stream=True),
+    Endpoint("GET", "/v1/conversations/{c}/events", "client", stream=True),
+    Endpoint("GET", "/v1/conversations/{c}/turns/{t}/lineage", "client"),
+    Endpoint("POST", "/v1/conversations/{c}/turns/{t}/feedback", "client", {"rating": "up"}),
+    Endpoint("POST", "/v1/conversations/{c}/end", "client", destructive=True),
+    Endpoint("POST", "/v1/conversations/{c}/handoff", "agent", {}, destructive=True),
+    Endpoint("POST", "/v1/conversations/{c}/agent-messages", "agent", {"text": "hi"}),
+    Endpoint("POST", "/v1/conversations/{c}/handback", "agent", {}),
+    Endpoint("DELETE", "/v1/conversations/{c}", "admin", destructive=True),
+    Endpoint("POST", "/v1/nlu/parse", "client", {"text": "hello"}, owned=False),
+    Endpoint("GET", "/v1/knowledge/documents", "admin", owned=False),
+    Endpoint("POST", "/v1/knowledge/documents", "admin", {"id": "acl", "text": "# A\nb"}, owned=False),
+    Endpoint("GET", "/v1/keys", "admin", owned=False),
+    Endpoint("POST", "/v1/keys", "admin", {"scope": "client"}, owned=False),
+]
+RANK = {"client": 1, "agent": 2, "admin": 3}
+
+
+@pytest.fixture
+async def keys(settings: Settings) -> dict[str, str]:
+    engine = get_engine(settings.resolved_database_url)
+    made = {
+        scope: create_key(engine, tenant="acme", scope=scope)[1] for scope in ("client", "agent", "admin")
+    }
+    made["other-admin"] = create_key(engine, tenant="globex", scope="admin")[1]
+    made["expired"] = create_key(
+        engine, tenant="acme", scope="admin", expires_at=datetime.now(UTC) - timedelta(seconds=1)
+    )[1]
+    revoked, made["revoked"] = create_key(engine, tenant="acme", scope="admin")
+    revoke_key(engine, revoked.id)
+    return made
+
+
+@pytest.fixture
+async def http(client: Client, settings: Settings, worker: Worker) -> AsyncIterator[httpx.AsyncClient]:
+    async with api_client(create_app(settings, temporal=client), api_key="") as http_client:
+        http_client.headers.pop("Authorization")
+        yield http_client
+
+
+async def a_conversation(http: httpx.AsyncClient, key: str) -> tuple[str, str]:
+    """A conversation of acme with one answered turn: its id and the turn's id."""
+    conversation, turn = f"acl-{uuid.uuid4().hex[:8]}", f"turn-{uuid.uuid4().hex[:6]}"
+    answered = await http.post(
+        f"/v1/conversations/{conversation}/turns",
+        json={"text": "how much does express shipping cost?"},
+        headers={"Authorization": f"Bearer {key}", "Idempotency-Key": turn},
+    )
+    assert answered.status_code == 200, answered.text
+    return conversation, turn
+
+
+async def call(
+    http: httpx.AsyncClient, endpoint: Endpoint, conversation: str, turn: str, key: str | None
+) -> int:
+    path = endpoint.path.format(c=conversation, t=turn)
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    body = (
+        json.loads(json.dumps(endpoint.body).replace("{new}", f"new-{uuid.uuid4().hex[:8]}"))
+        if endpoint.body is not None
+        else None
+    )
+    if endpoint.stream:
+        async with http.stream(endpoint.method, path, headers=headers) as response:
+            return response.status_code  # an open event stream: its status is all we need
+    response = await http.request(endpoint.method, path, json=body, headers=headers)
+    return response.status_code
+
+
+def expected(endpoint: Endpoint, caller: str) -> str:
+    if caller in ("none", "expired", "revoked"):
+        return "401"
+    if caller == "other-admin":
+        return "404" if endpoint.owned else "ok"
+    return "ok" if RANK[caller] >= RANK[endpoint.scope] else "403"
+
+
+def outcome(status: int) -> str:
+    # Allowed means not refused for who is asking: a 2xx, or the domain's own answer (409 and 422).
+    return str(status) if status in (401, 403, 404) or status >= 500 else "ok"
+
+
+async def test_every_endpoint_for_every_caller(http: httpx.AsyncClient, keys: dict[str, str]) -> None:
+    shared = await a_conversation(http, keys["admin"])
+    await http.post(  # agent messages need a conversation held by a person
+        f"/v1/conversations/{shared[0]}/handoff",
+        json={},
+        headers={"Authorization": f"Bearer {keys['admin']}"},
+    )
+    callers = ["none", "expired", "revoked", "client", "agent", "admin", "other-admin"]
+    wrong = []
+    for endpoint in ENDPOINTS:
+        for caller in callers:
+            conversation, turn = await a_conversation(http, keys["admin"]) if endpoint.destructive else shared
+            got = outcome(await call(http, endpoint, conversation, turn, keys.get(caller)))
+            if got != expected(endpoint, caller):
+                wrong.append(
+                    f"{endpoint.method} {endpoint.path} as {caller}: {got}, expected {expected(endpoint, caller)}"
+                )
+    assert not wrong, "\n".join(wrong)
+
+
+async def test_another_tenant_sees_none_of_the_conversations(
+    http: httpx.AsyncClient, keys: dict[str, str]
+) -> None:
+    conversation, _ = await a_conversation(http, keys["client"])
+    mine = await http.get("/v1/conversations", headers={"Authorization": f"Bearer {keys['client']}"})
+    theirs = await http.get("/v1/conversations", headers={"Authorization": f"Bearer {keys['other-admin']}"})
+    assert conversation in [c["conversation_id"] for c in mine.json()["items"]]
+    assert conversation not in [c["conversation_id"] for c in theirs.json()["items"]]
+    # The same id in the other tenant is another conversation altogether.
+    other = await http.post(
+        f"/v1/conversations/{conversation}/turns",
+        json={"text": "hello"},
+        headers={"Authorization": f"Bearer {keys['other-admin']}"},
+    )
+    assert other.status_code == 200 and other.json()["turn_index"] == 0
+
+
+@pytest.fixture
+def rsa_jwks(tmp_path: Path) -> tuple[rsa.RSAPrivateKey, Path]:
+    private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    public = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(private.public_key()))
+    path = tmp_path / "jwks.json"
+    path.write_text(json.dumps({"keys": [public | {"kid": "k1", "use": "sig", "alg": "RS256"}]}))
+    return private, path
+
+
+async def test_bearer_tokens_from_an_identity_provider(
+    settings: Settings, client: Client, worker: Worker, rsa_jwks: tuple[rsa.RSAPrivateKey, Path]
+) -> None:
+    private, jwks = rsa_jwks
+    secret = "hs256-secret-for-tests-0123456789abcdef"
+    now = int(time.time())
+    claims = {"sub": "u1", "tenant": "acme", "scope": "openid client", "exp": now + 60}
+    verifiers: list[tuple[dict[str, object], str]] = [
+        ({"jwt_hs256_secret": SecretStr(secret)}, jwt.encode(claims, secret, algorithm="HS256")),
+        ({"jwt_jwks_file": jwks}, jwt.encode(claims, private, algorithm="RS256", headers={"kid": "k1"})),
+    ]
+    for verifier, token in verifiers:
+        app = create_app(settings.model_copy(update=verifier), temporal=client)
+        async with api_client(app, api_key=token) as http:
+            assert (
+                await http.post("/v1/conversations/jwt-1/turns", json={"text": "hello"})
+            ).status_code == 200
+            assert (await http.get("/v1/keys")).status_code == 403  # a client token
+    expired = jwt.encode(claims | {"exp": now - 10}, secret, algorithm="HS256")
+    forged = jwt.encode(claims, "another-secret-that-is-long-enough-000", algorithm="HS256")
+    app = create_app(settings.model_copy(update={"jwt_hs256_secret": SecretStr(secret)}), temporal=client)
+    for token in (expired, forged):
+        async with api_client(app, api_key=token) as http:
+            refused = await http.get("/v1/conversations")
+            assert refused.status_code == 401 and refused.json()["error"]["code"] == "invalid_credentials"
+
+
+async def test_each_key_has_its_own_rate_limit(settings: Settings, client: Client) -> None:
+    engine = get_engine(settings.resolved_database_url)
+    busy, calm = (create_key(engine, tenant="acme", scope="client")[1] for _ in range(2))
+    app = create_app(
+        settings.model_copy(update={"rate_limit_per_second": 0.5, "rate_limit_burst": 3}), temporal=client
+    )
+    async with api_client(app, api_key=busy) as http:
+        statuses = [(await http.get("/v1/conversations")).status_code for _ in range(4)]
+        assert statuses == [200, 200, 200, 429]
+        limited = await http.get("/v1/conversations")
+        assert limited.json()["error"]["code"] == "rate_limited" and int(limited.headers["retry-after"]) >= 1
+        other = await http.get("/v1/conversations", headers={"Authorization": f"Bearer {calm}"})
+        assert other.status_code == 200  # another key's bucket is full
+
+
+async def test_cors_is_closed_by_default_and_open_to_configured_origins(
+    settings: Settings, client: Client
+) -> None:
+    preflight = {"Origin": "https://shop.example", "Access-Control-Request-Method": "POST"}
+    async with api_client(create_app(settings, temporal=client)) as http:
+        closed = await http.options("/v1/conversations", headers=preflight)
+        assert "access-control-allow-origin" not in closed.headers
+    opened = create_app(
+        settings.model_copy(update={"cors_origins": ["https://shop.example"]}), temporal=client
+    )
+    async with api_client(opened) as http:
+        allowed = await http.options("/v1/conversations", headers=preflight)
+        assert allowed.headers["access-control-allow-origin"] == "https://shop.example"
