@@ -16,6 +16,7 @@ import httpx
 import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
+from fastapi import FastAPI
 from pydantic import SecretStr
 from temporalio.client import Client
 from temporalio.worker import Worker
@@ -24,7 +25,7 @@ from api import create_app
 from dialogue.db import get_engine
 from dialogue.identity import create_key, revoke_key
 from dialogue.settings import Settings
-from tests.conftest import api_client
+from tests.conftest import api_client, serve
 
 
 @dataclass(frozen=True)
@@ -183,12 +184,19 @@ async def test_bearer_tokens_from_an_identity_provider(
     settings: Settings, client: Client, worker: Worker, rsa_jwks: tuple[rsa.RSAPrivateKey, Path]
 ) -> None:
     private, jwks = rsa_jwks
+    published = FastAPI()  # the identity provider's JWKS endpoint, over real HTTP
+    published.get("/.well-known/jwks.json")(lambda: json.loads(jwks.read_text()))
+    server, task, provider = await serve(published)
     secret = "hs256-secret-for-tests-0123456789abcdef"
     now = int(time.time())
     claims = {"sub": "u1", "tenant": "acme", "scope": "openid client", "exp": now + 60}
     verifiers: list[tuple[dict[str, object], str]] = [
         ({"jwt_hs256_secret": SecretStr(secret)}, jwt.encode(claims, secret, algorithm="HS256")),
         ({"jwt_jwks_file": jwks}, jwt.encode(claims, private, algorithm="RS256", headers={"kid": "k1"})),
+        (
+            {"jwt_jwks_url": f"{provider}/.well-known/jwks.json"},
+            jwt.encode(claims, private, algorithm="RS256", headers={"kid": "k1"}),
+        ),
     ]
     for verifier, token in verifiers:
         app = create_app(settings.model_copy(update=verifier), temporal=client)
@@ -197,6 +205,8 @@ async def test_bearer_tokens_from_an_identity_provider(
                 await http.post("/v1/conversations/jwt-1/turns", json={"text": "hello"})
             ).status_code == 200
             assert (await http.get("/v1/keys")).status_code == 403  # a client token
+    server.should_exit = True
+    await task
     expired = jwt.encode(claims | {"exp": now - 10}, secret, algorithm="HS256")
     forged = jwt.encode(claims, "another-secret-that-is-long-enough-000", algorithm="HS256")
     app = create_app(settings.model_copy(update={"jwt_hs256_secret": SecretStr(secret)}), temporal=client)
