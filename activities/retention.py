@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy.engine import Engine
@@ -25,12 +26,20 @@ class RetentionActivities:
         if self._retention_days is None:
             return RetentionReport(erased=0, retention_days=None)
         cutoff = datetime.now(UTC) - timedelta(days=self._retention_days)
-        erased = 0
-        while keys := store.expired_conversations(self._engine, before=cutoff, limit=100):
+        erased, failed = 0, 0
+        while keys := await asyncio.to_thread(
+            store.expired_conversations, self._engine, before=cutoff, limit=100, offset=failed
+        ):
             for key in keys:
                 activity.heartbeat(erased)
-                await erase_conversation(
-                    self._client, self._engine, key, actor="retention", reason="retention"
-                )
-                erased += 1
-        return RetentionReport(erased=erased, retention_days=self._retention_days, cutoff=cutoff)
+                try:
+                    await erase_conversation(
+                        self._client, self._engine, key, actor="retention", reason="retention"
+                    )
+                    erased += 1
+                except Exception:  # one conversation that cannot be erased now must not stop the others
+                    activity.logger.exception("retention could not erase %s; the next run retries", key)
+                    failed += 1
+        return RetentionReport(
+            erased=erased, failed=failed, retention_days=self._retention_days, cutoff=cutoff
+        )

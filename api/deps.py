@@ -96,18 +96,25 @@ LOOPBACK = {"127.0.0.1", "::1"}
 
 
 async def authorize_codec(request: Request) -> None:
-    """Who may decrypt payloads through the codec server: a key or token with the agent scope.
+    """Who may decrypt payloads through the codec server: a key or token with the admin scope.
 
-    In development, callers on loopback need none: the embedded Web UI has no login and so
-    sends no credentials. In production the UI must pass its users' tokens (Temporal UI
-    auth with "pass access token" to the codec endpoint).
+    In development, with the API listening on loopback only, callers on loopback need none:
+    the embedded Web UI has no login and so sends no credentials. Elsewhere the UI must pass
+    its users' tokens (Temporal UI auth with "pass access token" to the codec endpoint).
     """
     settings: Settings = request.app.state.settings
-    if settings.environment == "development" and request.client and request.client.host in LOOPBACK:
+    local_only = settings.api_host in LOOPBACK or settings.api_host == "localhost"
+    if (
+        settings.environment == "development"
+        and local_only
+        and request.client
+        and request.client.host in LOOPBACK
+    ):
         return
     principal = await run_in_threadpool(get_principal, request)
-    if not principal.allows("agent"):
-        raise ApiError(403, "forbidden", "decoding payloads needs the agent scope")
+    # One key list seals every tenant's payloads: opening them is for the deployment's admins.
+    if not principal.allows("admin"):
+        raise ApiError(403, "forbidden", "decoding payloads needs the admin scope")
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]

@@ -52,6 +52,9 @@ class BodySizeLimit:
         await self.app(scope, counting_receive, send)
 
 
+MAX_BUCKETS = 10_000
+
+
 class RateLimiter:
     """A token bucket per caller: `burst` requests at once, then `rate` per second.
 
@@ -74,8 +77,20 @@ class RateLimiter:
             now = self._clock()
             tokens, then = self._buckets.get(caller, (self._burst, now))
             tokens = min(self._burst, tokens + (now - then) * self._rate)
+            if len(self._buckets) > MAX_BUCKETS:
+                self._forget_full(now)
             if tokens >= 1:
                 self._buckets[caller] = (tokens - 1, now)
                 return 0
             self._buckets[caller] = (tokens, now)
             return max(1, math.ceil((1 - tokens) / self._rate))
+
+    def _forget_full(self, now: float) -> None:
+        """Drop the buckets that have refilled: forgetting them changes nothing, and the dict stays small."""
+        full = [
+            c
+            for c, (tokens, then) in self._buckets.items()
+            if tokens + (now - then) * self._rate >= self._burst
+        ]
+        for caller in full:
+            del self._buckets[caller]

@@ -10,6 +10,7 @@ turn's reply from Temporal. Event ids are those numbers, so a client that reconn
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -39,7 +40,8 @@ class ResumePoint:
         value = (last_event_id or "").strip()
         self.finished = value.endswith(FINAL_SUFFIX)
         number = value.removesuffix(FINAL_SUFFIX)
-        self.after = int(number) if number.isdigit() else 0
+        # ASCII digits only, and within a 64-bit integer: anything else starts from the beginning.
+        self.after = int(number) if re.fullmatch(r"[0-9]{1,18}", number) else 0
 
 
 def sse(event: str, data: Any, event_id: str | None = None) -> bytes:

@@ -26,6 +26,8 @@ async def erase_conversation(client: Client, engine: Engine, key: str, *, actor:
     known = bool(runs) or await asyncio.to_thread(store.get_conversation, engine, key) is not None
     if not known:
         return False
+    # The tombstone first: from now on the API refuses turns, and late writes of the worker are dropped.
+    first = await asyncio.to_thread(store.erase_conversation, engine, key, datetime.now(UTC))
     for run_id in runs:
         # Deleting a running execution terminates it first; its history then goes with the others.
         try:
@@ -38,7 +40,9 @@ async def erase_conversation(client: Client, engine: Engine, key: str, *, actor:
         except RPCError as err:
             if err.status != RPCStatusCode.NOT_FOUND:
                 raise
-    counts = await asyncio.to_thread(store.erase_conversation, engine, key, datetime.now(UTC))
+    # Again, now that nothing runs: rows written while the workflow was being deleted go too.
+    late = await asyncio.to_thread(store.erase_conversation, engine, key, datetime.now(UTC))
+    counts = {table: first[table] + late[table] for table in first}
     tenant = key.split("/", 1)[0]
     await asyncio.to_thread(
         audit,

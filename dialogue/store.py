@@ -14,6 +14,9 @@ from dialogue import events
 from dialogue.db import Conversation, ConversationEvent, Feedback, Message
 from workflows.contracts import RecordConversationRequest, RecordMessageRequest, RecordTurnRequest
 
+ERASED = "erased"
+"""The status of a conversation's tombstone: its content is gone and nothing is written for it again."""
+
 
 def record_turn(engine: Engine, turn: RecordTurnRequest) -> None:
     """Write a turn's two messages and bring the conversation's index row up to date.
@@ -24,6 +27,8 @@ def record_turn(engine: Engine, turn: RecordTurnRequest) -> None:
     """
     with Session(engine) as session:
         conversation = session.get(Conversation, turn.conversation_id)
+        if conversation is not None and conversation.status == ERASED:
+            return  # erased while the turn ran: nothing of it is written again
         if conversation is None:
             conversation = Conversation(id=turn.conversation_id, created_at=turn.at, updated_at=turn.at)
         conversation.turn_count = max(conversation.turn_count, turn.turn_index + 1)
@@ -63,6 +68,8 @@ def record_message(engine: Engine, message: RecordMessageRequest) -> None:
     """Write an agent's message or a handoff to the transcript, and append it to the event log; idempotent."""
     with Session(engine) as session:
         conversation = session.get(Conversation, message.conversation_id)
+        if conversation is not None and conversation.status == ERASED:
+            return
         if conversation is not None:
             conversation.turn_count = max(conversation.turn_count, message.turn_index + 1)
             conversation.updated_at = max(conversation.updated_at, message.at)
@@ -105,6 +112,8 @@ def record_conversation(engine: Engine, change: RecordConversationRequest) -> No
     """Create the index row if absent, or record the conversation's end; idempotent."""
     with Session(engine) as session:
         conversation = session.get(Conversation, change.conversation_id)
+        if conversation is not None and conversation.status == ERASED:
+            return
         if conversation is None:
             conversation = Conversation(id=change.conversation_id, created_at=change.at, updated_at=change.at)
         conversation.turn_count = max(conversation.turn_count, change.turn_count)
@@ -171,20 +180,23 @@ def erase_conversation(engine: Engine, key: str, at: datetime) -> dict[str, int]
             "feedback": session.exec(delete(Feedback).where(col(Feedback.conversation_id) == key)).rowcount,
         }
         row = session.get(Conversation, key) or Conversation(id=key, created_at=at, updated_at=at)
-        row.status, row.ended_reason, row.last_intent, row.turn_count = "erased", "erased", None, 0
+        row.status, row.ended_reason, row.last_intent, row.turn_count = ERASED, ERASED, None, 0
         row.updated_at = at
         session.add(row)
         session.commit()
     return counts
 
 
-def expired_conversations(engine: Engine, *, before: datetime, limit: int = 500) -> list[str]:
+def expired_conversations(
+    engine: Engine, *, before: datetime, limit: int = 500, offset: int = 0
+) -> list[str]:
     """Keys of conversations not updated since `before` and not erased yet, oldest first."""
     with Session(engine) as session:
         query = (
             select(Conversation.id)
-            .where(col(Conversation.updated_at) < before, col(Conversation.status) != "erased")
-            .order_by(col(Conversation.updated_at))
+            .where(col(Conversation.updated_at) < before, col(Conversation.status) != ERASED)
+            .order_by(col(Conversation.updated_at), col(Conversation.id))
+            .offset(offset)
             .limit(limit)
         )
         return list(session.exec(query).all())

@@ -21,6 +21,9 @@ ASYMMETRIC = ["RS256", "ES256"]
 
 class TokenVerifier:
     def __init__(self, settings: Settings) -> None:
+        if (settings.jwt_jwks_url or settings.jwt_jwks_file) and not settings.jwt_audience:
+            # A provider's keys sign tokens for all its applications: only the audience says "for us".
+            raise ValueError("DIALOGUE_JWT_AUDIENCE must be set with a JWKS (file or URL)")
         self._settings = settings
         self._jwks_client = jwt.PyJWKClient(settings.jwt_jwks_url) if settings.jwt_jwks_url else None
         self._jwks_file = _load_jwks(settings.jwt_jwks_file) if settings.jwt_jwks_file else None

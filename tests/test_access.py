@@ -25,6 +25,7 @@ from api import create_app
 from dialogue.db import get_engine
 from dialogue.identity import create_key, revoke_key
 from dialogue.settings import Settings
+from dialogue.tokens import TokenVerifier
 from tests.conftest import api_client, serve
 
 
@@ -189,12 +190,15 @@ async def test_bearer_tokens_from_an_identity_provider(
     server, task, provider = await serve(published)
     secret = "hs256-secret-for-tests-0123456789abcdef"
     now = int(time.time())
-    claims = {"sub": "u1", "tenant": "acme", "scope": "openid client", "exp": now + 60}
+    claims = {"sub": "u1", "tenant": "acme", "scope": "openid client", "exp": now + 60, "aud": "dialogue"}
     verifiers: list[tuple[dict[str, object], str]] = [
         ({"jwt_hs256_secret": SecretStr(secret)}, jwt.encode(claims, secret, algorithm="HS256")),
-        ({"jwt_jwks_file": jwks}, jwt.encode(claims, private, algorithm="RS256", headers={"kid": "k1"})),
         (
-            {"jwt_jwks_url": f"{provider}/.well-known/jwks.json"},
+            {"jwt_jwks_file": jwks, "jwt_audience": "dialogue"},
+            jwt.encode(claims, private, algorithm="RS256", headers={"kid": "k1"}),
+        ),
+        (
+            {"jwt_jwks_url": f"{provider}/.well-known/jwks.json", "jwt_audience": "dialogue"},
             jwt.encode(claims, private, algorithm="RS256", headers={"kid": "k1"}),
         ),
     ]
@@ -205,6 +209,15 @@ async def test_bearer_tokens_from_an_identity_provider(
                 await http.post("/v1/conversations/jwt-1/turns", json={"text": "hello"})
             ).status_code == 200
             assert (await http.get("/v1/keys")).status_code == 403  # a client token
+    # A token the same provider signed for another application is refused.
+    other_app = jwt.encode(claims | {"aud": "billing"}, private, algorithm="RS256", headers={"kid": "k1"})
+    app = create_app(
+        settings.model_copy(update={"jwt_jwks_file": jwks, "jwt_audience": "dialogue"}), temporal=client
+    )
+    async with api_client(app, api_key=other_app) as http:
+        assert (await http.get("/v1/conversations")).status_code == 401
+    with pytest.raises(ValueError, match="AUDIENCE"):  # and a JWKS without an audience is refused at start-up
+        TokenVerifier(settings.model_copy(update={"jwt_jwks_file": jwks}))
     server.should_exit = True
     await task
     expired = jwt.encode(claims | {"exp": now - 10}, secret, algorithm="HS256")

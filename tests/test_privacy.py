@@ -244,9 +244,7 @@ async def test_lineage_and_feedback_of_an_answer_and_their_export(
     lineage = (await http.get(f"/v1/conversations/{conversation}/turns/{turn['turn_id']}/lineage")).json()
     assert lineage["reply"] == turn["reply"]["text"]
     recorded = lineage["lineage"]
-    assert (
-        recorded["nlu_model"].startswith("trained:") and recorded["nlu"]["intent"]["name"] == "returns"
-    )
+    assert recorded["nlu_model"].startswith("trained:") and recorded["nlu"]["intent"]["name"] == "returns"
     assert (
         recorded["generator"] == "grounded"
         and {"understand", "retrieve", "generate"} <= recorded["timings_ms"].keys()

@@ -60,22 +60,22 @@ class TurnRequest(BaseModel):
 class HandoffRequest(BaseModel):
     """The `handoff` update: a person takes the conversation over from the bot."""
 
-    agent: str | None = None
+    agent: str | None = Field(default=None, max_length=200)
     """Who takes over, when known (an agent's name or id)."""
-    reason: str = "requested"
+    reason: str = Field(default="requested", max_length=200)
 
 
 class HandbackRequest(BaseModel):
     """The `handback` update: the bot answers again."""
 
-    agent: str | None = None
+    agent: str | None = Field(default=None, max_length=200)
 
 
 class AgentMessageRequest(BaseModel):
     """The `agent_message` update: a person's reply to the user while the conversation is handed off."""
 
     text: str
-    agent: str | None = None
+    agent: str | None = Field(default=None, max_length=200)
 
 
 class AgentMessageReply(BaseModel):
@@ -385,6 +385,7 @@ class Recorded(BaseModel):
 
 class RetentionReport(BaseModel):
     erased: int
+    failed: int = 0
     retention_days: float | None
     cutoff: datetime | None = None
 

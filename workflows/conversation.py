@@ -77,8 +77,9 @@ TURN_DEADLINE_PATCH = "turn-deadline"
 CONTINUE_AS_NEW_PATCH = "continue-as-new"
 HOLD_PATCH = "handoff-holds-conversation"
 """Since this patch, a handoff pauses the bot until handback (before, it only set a flag)."""
-RECENT_TURNS = 5
-"""Replies a run remembers and hands over: a turn retried across continue-as-new gets its reply back."""
+RECENT_TURNS = 20
+"""Replies a run remembers and hands over: a turn retried across continue-as-new gets its reply back.
+Twice the longest queue, so that a queued turn that timed out at the API can still be collected."""
 
 
 class _Outcome(NamedTuple):
@@ -271,6 +272,11 @@ class ConversationWorkflow:
     @workflow.query
     def state(self) -> ConversationState:
         return self._state
+
+    @workflow.query
+    def recent_turn(self, turn_id: str) -> TurnReply | None:
+        """A recent turn's reply, also one answered by an earlier run (whose updates Temporal no longer finds)."""
+        return self._recent.get(turn_id)
 
     @workflow.signal
     def end(self, request: EndRequest) -> None:

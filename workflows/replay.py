@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 from temporalio.api.enums.v1 import EventType
@@ -106,5 +107,22 @@ async def replay(
     history: WorkflowHistory, converter: DataConverter = pydantic_data_converter
 ) -> WorkflowReplayResult:
     """Replay with the converter (and payload keys) the history was written with."""
+    (result,) = await replay_all([history], converter)
+    return result
+
+
+async def replay_all(
+    histories: list[WorkflowHistory], converter: DataConverter = pydantic_data_converter
+) -> list[WorkflowReplayResult]:
+    """Replay several histories (the runs of a conversation) with one replayer, in order."""
     replayer = Replayer(workflows=[ConversationWorkflow], data_converter=converter)
-    return await replayer.replay_workflow(history, raise_on_replay_failure=False)
+
+    async def each() -> AsyncIterator[WorkflowHistory]:
+        for history in histories:
+            yield history
+
+    results = []
+    async with replayer.workflow_replay_iterator(each()) as replayed:
+        async for result in replayed:
+            results.append(result)
+    return results

@@ -199,13 +199,12 @@ async def read_turn(
     principal: ClientPrincipal,
 ) -> TurnStatus:
     """A turn's status, and its reply once it is completed."""
-    update = _handle(temporal, _key(principal, conversation_id)).get_update_handle_for(
-        ConversationWorkflow.turn, turn_id
-    )
     with temporal_errors(conversation_id):
         try:
             # The server holds the poll until the turn completes: wait a moment, no longer.
-            reply = await asyncio.wait_for(update.result(), timeout=TURN_POLL_SECONDS)
+            reply = await asyncio.wait_for(
+                _turn_result(temporal, _key(principal, conversation_id), turn_id), timeout=TURN_POLL_SECONDS
+            )
         except (TimeoutError, WorkflowUpdateRPCTimeoutOrCancelledError):
             # The SDK reports the cancelled poll as its own error rather than the time-out.
             return TurnStatus(conversation_id=conversation_id, turn_id=turn_id, status="running")
@@ -238,10 +237,7 @@ async def follow_turn(
     resume = ResumePoint(last_event_id)
     if resume.finished:
         return Response(status_code=status.HTTP_204_NO_CONTENT)
-    update = _handle(temporal, _key(principal, conversation_id)).get_update_handle_for(
-        ConversationWorkflow.turn, turn_id
-    )
-    result = asyncio.ensure_future(update.result())
+    result = asyncio.ensure_future(_turn_result(temporal, _key(principal, conversation_id), turn_id))
     # Answer 404 before the stream starts when Temporal does not know the turn.
     await asyncio.wait({result}, timeout=TURN_POLL_SECONDS)
     if result.done() and result.exception() is not None:
@@ -276,7 +272,7 @@ async def follow_conversation(
     principal: ClientPrincipal,
     last_event_id: LastEventId = None,
     after: Annotated[
-        int | None, Query(ge=0, description="Start after this event (else `Last-Event-ID`).")
+        int | None, Query(ge=0, le=10**18, description="Start after this event (else `Last-Event-ID`).")
     ] = None,
 ) -> Response:
     """Every event of a conversation as it happens: streamed turns, a person's messages, handoffs."""
@@ -401,6 +397,24 @@ async def _refuse_if_ended(engine: EngineDep, principal: Principal, conversation
 def _key(principal: Principal, conversation_id: str) -> str:
     """The conversation of the caller's tenant: another tenant's ids are never reached."""
     return conversation_key(principal.tenant, conversation_id)
+
+
+async def _turn_result(temporal: TemporalClientDep, key: str, turn_id: str) -> TurnReply:
+    """A turn's reply, waiting for it; from the workflow's recent turns when an earlier run answered it
+    (Temporal finds an update only in the run it was sent to, and the conversation may have continued)."""
+    handle = _handle(temporal, key)
+    try:
+        reply: TurnReply = await handle.get_update_handle_for(ConversationWorkflow.turn, turn_id).result()
+        return reply
+    except RPCError as err:
+        if err.status != RPCStatusCode.NOT_FOUND:
+            raise
+        earlier: TurnReply | None = await handle.query(
+            ConversationWorkflow.recent_turn, turn_id, rpc_timeout=QUERY_TIMEOUT
+        )
+        if earlier is None:
+            raise
+        return earlier
 
 
 def _turn_not_found(conversation_id: str, turn_id: str) -> ApiError:

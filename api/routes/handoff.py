@@ -33,11 +33,13 @@ router = APIRouter(prefix="/conversations", tags=["handoff"])
 async def hand_off(
     conversation_id: ConversationIdPath,
     body: HandoffRequest,
+    request: Request,
     settings: SettingsDep,
     temporal: TemporalClientDep,
     principal: AgentPrincipal,
 ) -> ConversationState:
     """A person takes the conversation over: the bot stops answering; the user's turns wait for the person."""
+    body = body.model_copy(update={"reason": request.app.state.privacy.for_storage(body.reason)})
     state: ConversationState = await _update(
         temporal, settings, principal, conversation_id, ConversationWorkflow.handoff, body
     )
