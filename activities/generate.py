@@ -211,7 +211,8 @@ class _Progress:
             with contextlib.suppress(TimeoutError):  # no news: heartbeat all the same
                 await asyncio.wait_for(self._wake.wait(), timeout=HEARTBEAT_SECONDS)
             self._wake.clear()
-            activity.heartbeat()
+            if not self._done:  # a reply made in under a second needs no heartbeat (one RPC less per turn)
+                activity.heartbeat()
             if self._pending and self._target is not None:
                 batch, self._pending = self._pending, []
                 await asyncio.to_thread(events.append, self._engine, self._target.conversation_id, batch)

@@ -57,7 +57,10 @@ def record_turn(engine: Engine, turn: RecordTurnRequest) -> None:
                 confidence=turn.nlu.intent.confidence,
                 degraded=turn.degraded,
                 sources=[source.model_dump(mode="json") for source in turn.reply.sources],
-                lineage=turn.lineage.model_dump(mode="json") if turn.lineage else None,
+                # The stored lineage adds the NLU result, which the turn carries once, beside the lineage.
+                lineage=turn.lineage.model_dump(mode="json") | {"nlu": turn.nlu.model_dump(mode="json")}
+                if turn.lineage
+                else None,
                 **common,
             )
         )

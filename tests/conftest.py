@@ -30,6 +30,7 @@ from dialogue.knowledge import store as knowledge
 from dialogue.nlu.model import ensure_bot_model
 from dialogue.settings import Settings
 from dialogue.temporal import SEARCH_ATTRIBUTES
+from tests.fake_llm import FakeLlm
 from worker import build_worker
 
 TEST_PAYLOAD_KEYS = PayloadKeys.generate("test")
@@ -192,6 +193,17 @@ async def api_client(app: object, api_key: str = TEST_API_KEY) -> AsyncIterator[
         headers = {"Authorization": f"Bearer {api_key}"}
         async with httpx.AsyncClient(base_url=base_url, headers=headers, timeout=30) as http_client:
             yield http_client
+    finally:
+        server.should_exit = True
+        await task
+
+
+@asynccontextmanager
+async def served_llm(fake: FakeLlm) -> AsyncIterator[str]:
+    """A stand-in LLM provider over real HTTP for the block; yields its OpenAI-compatible base URL."""
+    server, task, base_url = await serve(fake.app())
+    try:
+        yield f"{base_url}/v1"
     finally:
         server.should_exit = True
         await task

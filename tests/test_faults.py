@@ -32,7 +32,7 @@ from temporalio.client import Client, WorkflowHandle
 from api import create_app
 from dialogue.settings import PROJECT_ROOT, Settings
 from dialogue.temporal import connect, search_attribute_flags
-from tests.conftest import api_client, free_port, serve
+from tests.conftest import api_client, free_port, served_llm
 from tests.fake_llm import FakeLlm, Plan
 from worker import build_worker
 from workflows.conversation import FALLBACK_TEXT
@@ -256,17 +256,6 @@ class StoreLock:
 
 
 @asynccontextmanager
-async def fake_llm(fake: FakeLlm) -> AsyncIterator[str]:
-    """The fake LLM over real HTTP; yields its base URL."""
-    server, task, base_url = await serve(fake.app())
-    try:
-        yield f"{base_url}/v1"
-    finally:
-        server.should_exit = True
-        await task
-
-
-@asynccontextmanager
 async def worker_and_api(client: Client, settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
     """A worker in this process and the API over real HTTP, both on `client`."""
     with ThreadPoolExecutor(max_workers=8) as executor:
@@ -333,7 +322,7 @@ async def test_a_worker_killed_mid_turn_loses_no_turn_and_doubles_none(
     recorded, and a third's has just been handed to the worker; a new worker finishes all
     three, each exactly once, and the clients' retries get the same turns' replies."""
     fake = FakeLlm(plans=[Plan(text=LLM_ANSWER, delay=2)])
-    async with fake_llm(fake) as llm_url:
+    async with served_llm(fake) as llm_url:
         # A deadline above the recovery time: this is about the real reply, not the fallback.
         crash_settings = settings.model_copy(
             update={
@@ -506,7 +495,7 @@ async def test_a_flaky_llm_gets_each_turn_a_reply_or_a_fallback_within_the_deadl
     every turn is answered, really or with the fallback marked degraded, within the deadline,
     and the conversation goes on."""
     fake = FakeLlm(plans=flaky_plans(seed=7, count=40))
-    async with fake_llm(fake) as llm_url:
+    async with served_llm(fake) as llm_url:
         flaky_settings = settings.model_copy(
             update={
                 "generator": "openai",

@@ -15,7 +15,7 @@ from temporalio.exceptions import ApplicationError
 from dialogue.generation.openai_chat import OpenAIChatGenerator
 from dialogue.settings import Settings
 from dialogue.temporal import conversation_key, workflow_id
-from tests.conftest import free_port, serve
+from tests.conftest import free_port, served_llm
 from tests.fake_llm import FakeLlm, Plan
 from tests.test_workflow import send_turn
 from worker import build_worker
@@ -47,10 +47,8 @@ PASSAGES = [
 @pytest.fixture
 async def llm() -> AsyncIterator[tuple[FakeLlm, str]]:
     fake = FakeLlm()
-    server, task, base_url = await serve(fake.app())
-    yield fake, f"{base_url}/v1"
-    server.should_exit = True
-    await task
+    async with served_llm(fake) as url:
+        yield fake, url
 
 
 def generator(base_url: str, timeout: float = 5) -> OpenAIChatGenerator:

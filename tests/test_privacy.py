@@ -31,7 +31,7 @@ from dialogue.codec import EncryptionCodec, encrypted_data_converter
 from dialogue.db import AuditEntry, Conversation, get_engine
 from dialogue.settings import Settings
 from dialogue.temporal import SEARCH_ATTRIBUTES, conversation_key, workflow_id
-from tests.conftest import TEST_PAYLOAD_KEYS, api_client, serve
+from tests.conftest import TEST_PAYLOAD_KEYS, api_client, served_llm
 from tests.fake_llm import FakeLlm, Plan
 from worker import build_worker
 from workflows.retention import SCHEDULE_ID, RetentionWorkflow, ensure_retention_schedule
@@ -153,10 +153,8 @@ def llm_only_bot(settings: Settings, tmp_path: Path) -> Path:
 @pytest.fixture
 async def recording_llm() -> AsyncIterator[tuple[FakeLlm, str]]:
     fake = FakeLlm(plans=[Plan(text="Express shipping costs 12.90 euros [1].")])
-    server, task, base_url = await serve(fake.app())
-    yield fake, f"{base_url}/v1"
-    server.should_exit = True
-    await task
+    async with served_llm(fake) as url:
+        yield fake, url
 
 
 async def test_redaction_for_the_llm_only(

@@ -13,7 +13,7 @@ from temporalio.worker import Worker
 
 from api import create_app
 from dialogue.settings import Settings
-from tests.conftest import api_client, serve
+from tests.conftest import api_client, served_llm
 from tests.fake_llm import FakeLlm, Plan
 from workflows.conversation import FALLBACK_TEXT
 
@@ -22,11 +22,8 @@ SLOW_QUESTION = "How much does express shipping cost?"  # answered by the (slow)
 
 @pytest.fixture
 async def slow_llm() -> AsyncIterator[str]:
-    fake = FakeLlm(plans=[Plan(text="It costs 12.90 euros [1].", delay=1.5)])
-    server, task, base_url = await serve(fake.app())
-    yield f"{base_url}/v1"
-    server.should_exit = True
-    await task
+    async with served_llm(FakeLlm(plans=[Plan(text="It costs 12.90 euros [1].", delay=1.5)])) as url:
+        yield url
 
 
 @pytest.fixture

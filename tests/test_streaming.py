@@ -13,7 +13,7 @@ import orjson
 import pytest
 
 from dialogue.settings import Settings
-from tests.conftest import serve
+from tests.conftest import served_llm
 from tests.fake_llm import FakeLlm, Plan
 
 LLM_TEXT = "Express shipping costs 12.90 euros and arrives the next working day [1]."
@@ -57,10 +57,8 @@ async def read_events(response: httpx.Response, limit: int | None = None) -> lis
 @pytest.fixture
 async def llm_url() -> AsyncIterator[str]:
     """A model that writes a token every 50 ms."""
-    server, task, base_url = await serve(FakeLlm(plans=[Plan(text=LLM_TEXT, token_delay=0.05)]).app())
-    yield f"{base_url}/v1"
-    server.should_exit = True
-    await task
+    async with served_llm(FakeLlm(plans=[Plan(text=LLM_TEXT, token_delay=0.05)])) as url:
+        yield url
 
 
 @pytest.fixture

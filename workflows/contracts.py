@@ -268,8 +268,6 @@ class Lineage(BaseModel):
     prompt_id: str | None = None
     prompt_hash: str | None = None
     documents: list[DocumentRef] = []
-    nlu: NluResult | None = None
-    """What the NLU made of the user's text: intent, ranking, entities, sentiment."""
     timings_ms: dict[str, float] = {}
     """Time of each step up to the reply."""
     degraded_reason: str | None = None

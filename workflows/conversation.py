@@ -451,7 +451,6 @@ class ConversationWorkflow:
                 )
                 for s in reply.sources
             ],
-            nlu=nlu,
             timings_ms=dict(timings),
             degraded_reason=", ".join(failed) or None,
         )
