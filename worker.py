@@ -23,10 +23,18 @@ from activities.tools import ToolActivity
 from activities.understand import UnderstandActivity
 from dialogue.bot import load_bot
 from dialogue.db import get_engine, init_db
-from dialogue.generation import build_generator
+from dialogue.generation import build_generators
 from dialogue.knowledge.search import HybridIndex
+from dialogue.logs import configure_logging
 from dialogue.nlu.parser import build_parser
 from dialogue.settings import Settings, get_settings
+from dialogue.telemetry import (
+    WorkerMetricsServer,
+    sdk_runtime,
+    temporal_interceptors,
+    tracer_provider,
+    worker_interceptors,
+)
 from dialogue.temporal import connect
 from workflows.conversation import ConversationWorkflow
 from workflows.retention import RetentionWorkflow, ensure_retention_schedule
@@ -54,7 +62,7 @@ def build_worker(
         activities=[
             UnderstandActivity(bot, parser).understand,
             RetrieveActivity(index).retrieve,
-            GenerateActivity(ReplyComposer(bot, build_generator(settings, bot)), engine).generate,
+            GenerateActivity(ReplyComposer(bot, build_generators(settings, bot)), engine).generate,
             record.record_turn,
             record.record_message,
             record.record_conversation,
@@ -62,15 +70,24 @@ def build_worker(
             RetentionActivities(client, engine, bot.privacy.retention_days).purge_expired,
         ],
         activity_executor=executor,
+        interceptors=worker_interceptors(),
         # A conversation's next task goes to the worker that ran the last one while it is in cache; if that
         # worker died, Temporal hands the task to another after this long (default 10 s: a lost worker
         # then delayed a redone turn by 10 s, measured in tests/test_faults.py).
         sticky_queue_schedule_to_start_timeout=timedelta(seconds=3),
+        # On SIGTERM, let the activities in hand finish (a turn's steps take well under this) instead of
+        # cancelling them at once: a rolling deploy then redoes no step.
+        graceful_shutdown_timeout=timedelta(seconds=settings.worker_shutdown_grace_seconds),
     )
 
 
 async def run_worker(settings: Settings) -> None:
-    client = await connect(settings)
+    runtime, sdk_metrics_url = sdk_runtime() if settings.worker_metrics_port else (None, None)
+    client = await connect(
+        settings,
+        interceptors=temporal_interceptors(tracer_provider(settings, "worker")),
+        runtime=runtime,
+    )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -81,14 +98,31 @@ async def run_worker(settings: Settings) -> None:
             every = timedelta(seconds=settings.retention_interval_seconds)
             await ensure_retention_schedule(client, settings.task_queue, every)
         async with worker:
-            log.info("worker polling task queue %s at %s", settings.task_queue, settings.temporal_address)
+            metrics = None
+            if settings.worker_metrics_port:
+                metrics = WorkerMetricsServer(
+                    settings.worker_metrics_host, settings.worker_metrics_port, sdk_metrics_url
+                )
+                metrics.start()
+            log.info(
+                "worker polling task queue %s",
+                settings.task_queue,
+                extra={
+                    "task_queue": settings.task_queue,
+                    "temporal": settings.temporal_address,
+                    "metrics_port": metrics.port if metrics else None,
+                },
+            )
             await stop.wait()
+            if metrics:
+                metrics.stop()
     log.info("worker stopped")
 
 
 def main() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    asyncio.run(run_worker(get_settings()))
+    settings = get_settings()
+    configure_logging(settings, "worker")
+    asyncio.run(run_worker(settings))
 
 
 if __name__ == "__main__":

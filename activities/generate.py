@@ -17,7 +17,7 @@ from temporalio.exceptions import ApplicationError
 
 from dialogue import events
 from dialogue.bot import BotDefinition, Flow
-from dialogue.generation import AnswerGenerator
+from dialogue.generation import AnswerGenerator, Generators
 from dialogue.policy import decide
 from workflows.contracts import OUT_OF_SCOPE, Decision, DialogueState, GenerateRequest, Reply, StreamTarget
 
@@ -26,9 +26,9 @@ END_TEXT = "Goodbye!"
 
 
 class ReplyComposer:
-    def __init__(self, bot: BotDefinition, generator: AnswerGenerator) -> None:
+    def __init__(self, bot: BotDefinition, generators: Generators | AnswerGenerator) -> None:
         self._bot = bot
-        self._generator = generator
+        self._generators = generators if isinstance(generators, Generators) else Generators.only(generators)
 
     async def compose(self, request: GenerateRequest, on_token: Callable[[str], None] | None = None) -> Reply:
         decision = request.decision or decide(self._bot, request.nlu, DialogueState())
@@ -75,10 +75,13 @@ class ReplyComposer:
     async def _answer(
         self, request: GenerateRequest, templates: list[str], on_token: Callable[[str], None] | None
     ) -> Reply:
-        answer = await self._generator.answer(request.text, request.passages, on_token=on_token)
-        prompt = self._generator.prompt
+        generator = self._generators.choose(request.llm)
+        answer = await generator.answer(
+            request.text, request.passages, on_token=on_token, redact=request.redact
+        )
+        prompt = generator.prompt
         lineage: dict[str, Any] = {
-            "generator": self._generator.name,
+            "generator": generator.name,
             "prompt_id": prompt.id if prompt else None,
             "prompt_hash": prompt.hash if prompt else None,
         }

@@ -7,6 +7,8 @@ from contextlib import asynccontextmanager
 
 from fastapi import APIRouter, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
+from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
+from opentelemetry.sdk.trace import TracerProvider
 from temporalio.client import Client
 
 from api.deps import authorize_codec
@@ -14,18 +16,28 @@ from api.errors import install_error_handlers
 from api.limits import BodySizeLimit, RateLimiter
 from api.routes import conversations, handoff, health, keys, knowledge, lineage, nlu
 from api.routes.codec import codec_cors, codec_router
+from api.telemetry import RequestTelemetry, metrics_router
 from dialogue.bot import load_bot
 from dialogue.codec import EncryptionCodec
 from dialogue.db import get_engine, init_db
+from dialogue.flags import deployment_flags
 from dialogue.privacy.policy import PrivacyPolicy
 from dialogue.settings import Settings, get_settings
+from dialogue.telemetry import temporal_interceptors, tracer_provider
 from dialogue.temporal import connect
 from dialogue.tokens import TokenVerifier
 
 
-def create_app(settings: Settings | None = None, *, temporal: Client | None = None) -> FastAPI:
-    """The API. `temporal` injects a connected client (tests); otherwise one connects lazily at start-up."""
+def create_app(
+    settings: Settings | None = None,
+    *,
+    temporal: Client | None = None,
+    tracing: TracerProvider | None = None,
+) -> FastAPI:
+    """The API. `temporal` injects a connected client (tests); otherwise one connects lazily at start-up.
+    `tracing` replaces the tracer provider settings would build (tests collect spans in memory)."""
     settings = settings or get_settings()
+    tracing = tracing or tracer_provider(settings, "api")
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -35,9 +47,13 @@ def create_app(settings: Settings | None = None, *, temporal: Client | None = No
         init_db(app.state.engine)
         app.state.token_verifier = TokenVerifier(settings) if TokenVerifier.configured(settings) else None
         app.state.rate_limiter = RateLimiter(settings.rate_limit_per_second, settings.rate_limit_burst)
-        app.state.privacy = PrivacyPolicy(load_bot(settings.bot_path).privacy)
+        bot = load_bot(settings.bot_path)
+        app.state.privacy = PrivacyPolicy(bot.privacy)
+        app.state.flags = deployment_flags(settings, bot)
         # Lazy: the API starts, and answers 503, while Temporal is still down.
-        app.state.temporal = temporal or await connect(settings, lazy=True)
+        app.state.temporal = temporal or await connect(
+            settings, lazy=True, interceptors=temporal_interceptors(tracing)
+        )
         yield
 
     app = FastAPI(
@@ -63,9 +79,16 @@ def create_app(settings: Settings | None = None, *, temporal: Client | None = No
     v1.include_router(knowledge.router)
     app.include_router(v1)
     app.include_router(health.router)
+    app.include_router(metrics_router)
     payload_keys = settings.payload_codec_keys()
     if payload_keys is not None:
         # The Web UI's remote codec: operators read decrypted conversations there.
         app.include_router(codec_router(EncryptionCodec(payload_keys), authorize_codec))
-        codec_cors(app, settings.ui_origins)  # added last, so it answers the UI's preflight first
+        codec_cors(app, settings.ui_origins)  # added late, so it answers the UI's preflight first
+    app.add_middleware(RequestTelemetry)
+    if tracing is not None:
+        # Outermost: the request's span is current in every middleware and route below it.
+        FastAPIInstrumentor.instrument_app(
+            app, tracer_provider=tracing, excluded_urls="/healthz,/readyz,/metrics"
+        )
     return app

@@ -19,6 +19,7 @@ from temporalio.client import Client
 
 from api.errors import ApiError
 from api.limits import RateLimiter
+from dialogue.flags import FeatureFlags
 from dialogue.identity import DEFAULT_TENANT, InvalidCredentials, Principal, Scope, authenticate_key
 from dialogue.settings import Settings
 from dialogue.tokens import TokenVerifier
@@ -40,6 +41,11 @@ def get_engine(request: Request) -> Engine:
 def get_temporal(request: Request) -> Client:
     client: Client = request.app.state.temporal
     return client
+
+
+def get_flags(request: Request) -> FeatureFlags:
+    flags: FeatureFlags = request.app.state.flags
+    return flags
 
 
 def get_principal(request: Request) -> Principal:
@@ -78,6 +84,7 @@ def get_principal(request: Request) -> Principal:
         raise ApiError(
             429, "rate_limited", "too many requests for this key; slow down", {"Retry-After": str(wait)}
         )
+    request.state.tenant = principal.tenant  # for the request's log line (api/telemetry.py)
     return principal
 
 
@@ -120,6 +127,7 @@ async def authorize_codec(request: Request) -> None:
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 EngineDep = Annotated[Engine, Depends(get_engine)]
 TemporalClientDep = Annotated[Client, Depends(get_temporal)]
+FlagsDep = Annotated[FeatureFlags, Depends(get_flags)]
 ClientPrincipal = Annotated[Principal, require("client")]
 AgentPrincipal = Annotated[Principal, require("agent")]
 AdminPrincipal = Annotated[Principal, require("admin")]

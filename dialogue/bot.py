@@ -12,6 +12,8 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, Field, field_validator
 
+from dialogue.flags import FlagSettings
+
 
 class Intent(BaseModel):
     name: str
@@ -130,6 +132,9 @@ class BotDefinition(BaseModel):
     min_semantic_score: float = 0.35
     """Cosine similarity a passage needs to be trusted to answer (with embeddings)."""
     privacy: Privacy = Privacy()
+    flags: FlagSettings = {}
+    """Feature flags for this bot, overriding the deployment's (`DIALOGUE_FLAGS`): `streaming`,
+    `llm_generator`, `redaction`, `handoff`, each `true`, `false` or a percentage of conversations."""
     knowledge_dir: str | None = "knowledge"
     """Folder of knowledge documents (Markdown, text, HTML) relative to the bot file; `dialogue up` ingests it."""
 

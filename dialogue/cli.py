@@ -38,13 +38,16 @@ def api() -> None:
     import uvicorn
 
     from api import create_app
+    from dialogue.logs import configure_logging
 
     settings = get_settings()
+    configure_logging(settings, "api")
     uvicorn.run(
         create_app(settings),
         host=settings.api_host,
         port=settings.api_port,
-        log_level="info",
+        log_config=None,  # the handlers configure_logging set: JSON lines with the request's ids
+        access_log=False,  # the API logs each request itself, with its route, tenant and trace id
         ssl_certfile=settings.api_ssl_certfile,
         ssl_keyfile=settings.api_ssl_keyfile,
         ssl_ca_certs=settings.api_ssl_ca_file,
@@ -247,6 +250,64 @@ def kb_evaluate(
         typer.echo(f"{name:<12} {value}")
 
 
+db_app = typer.Typer(help="Migrate the SQL store's schema (Alembic).", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+
+
+@db_app.command("upgrade")
+def db_upgrade() -> None:
+    """Bring the schema to the newest revision; adopts tables made before migrations existed."""
+    from sqlalchemy.exc import OperationalError
+
+    from dialogue.db import get_engine
+    from dialogue.migrations import SchemaMismatch, head, upgrade
+
+    url = get_settings().resolved_database_url
+    try:
+        migrated = upgrade(get_engine(url))
+    except SchemaMismatch as err:
+        typer.echo(f"dialogue db upgrade: {err}", err=True)
+        raise typer.Exit(1) from err
+    except OperationalError as err:
+        typer.echo(f"dialogue db upgrade: cannot use the store {_safe_url(url)}: {err.orig}", err=True)
+        raise typer.Exit(1) from err
+    if migrated.before == migrated.after:
+        newer = "" if migrated.after == head() else f", newer than this version's {head()}: left as it is"
+        typer.echo(f"schema revision: {migrated.after} (up to date{newer})")
+        return
+    adopted = " (existing tables adopted)" if migrated.adopted else ""
+    typer.echo(f"schema revision: {migrated.before or 'none'} -> {migrated.after}{adopted}")
+
+
+@db_app.command("current")
+def db_current() -> None:
+    """Print the schema's revision and whether it is the newest; changes nothing."""
+    from sqlalchemy.exc import OperationalError
+
+    from dialogue.db import get_engine
+    from dialogue.migrations import current_revision, head, known
+
+    url = get_settings().resolved_database_url
+    try:
+        current, newest = current_revision(get_engine(url)), head()
+    except OperationalError as err:
+        typer.echo(f"dialogue db current: cannot use the store {_safe_url(url)}: {err.orig}", err=True)
+        raise typer.Exit(1) from err
+    if current == newest:
+        state = "up to date"
+    elif current is not None and not known(current):
+        state = f"newer than this version's {newest}"
+    else:
+        state = f"behind {newest}: run `dialogue db upgrade`"
+    typer.echo(f"schema revision: {current or 'none'} ({state})")
+
+
+def _safe_url(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
 keys_app = typer.Typer(help="Create, list and revoke tenants' API keys.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
 
@@ -355,3 +416,68 @@ def feedback_export(
     else:
         out.write_text(text)
         typer.echo(f"{len(lines)} rated turns written to {out}", err=True)
+
+
+payload_keys_app = typer.Typer(
+    help="The keys Temporal's payloads are sealed with (AES-256-GCM); see docs/runbook.md for rotation.",
+    no_args_is_help=True,
+)
+app.add_typer(payload_keys_app, name="payload-keys")
+
+
+def _payload_keys_file() -> Path:
+    settings = get_settings()
+    if settings.payload_keys is not None:
+        typer.echo(
+            "DIALOGUE_PAYLOAD_KEYS is set: edit that variable instead (`dialogue payload-keys generate` "
+            "makes an entry for it)",
+            err=True,
+        )
+        raise typer.Exit(2)
+    return settings.payload_keys_file or settings.data_dir / "payload-keys"
+
+
+@payload_keys_app.command("list")
+def payload_keys_list() -> None:
+    """The key ids this process would use, the current one (that seals new payloads) first."""
+    keys = get_settings().payload_codec_keys()
+    if keys is None:
+        typer.echo("payload encryption is off (DIALOGUE_PAYLOAD_ENCRYPTION=false)")
+        return
+    for key_id in keys:
+        typer.echo(f"{key_id}{'  (current)' if key_id == keys.current_id else ''}")
+
+
+@payload_keys_app.command("rotate")
+def payload_keys_rotate(
+    not_current: Annotated[
+        bool,
+        typer.Option(
+            "--not-current",
+            help="Add the key for decoding only; `promote` it once every process has restarted with it.",
+        ),
+    ] = False,
+) -> None:
+    """Add a new key to the key file, keeping every old one (old histories stay readable)."""
+    from dialogue.codec import rotate
+
+    keys = rotate(_payload_keys_file(), current=not not_current)
+    added = keys.current_id if not not_current else list(keys)[-1]
+    typer.echo(f"added key {added}; current key: {keys.current_id}. Restart the API, workers and CLI users.")
+
+
+@payload_keys_app.command("promote")
+def payload_keys_promote(key_id: Annotated[str, typer.Argument(help="A key id in the file.")]) -> None:
+    """Make a key already in the file the one new payloads are sealed with."""
+    from dialogue.codec import promote
+
+    keys = promote(_payload_keys_file(), key_id)
+    typer.echo(f"current key: {keys.current_id}. Restart the API and workers.")
+
+
+@payload_keys_app.command("generate")
+def payload_keys_generate() -> None:
+    """Print a new `id:BASE64KEY` entry, for deployments that pass the keys in DIALOGUE_PAYLOAD_KEYS."""
+    from dialogue.codec import PayloadKeys
+
+    typer.echo(PayloadKeys.generate().spec())

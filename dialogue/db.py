@@ -10,6 +10,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+import orjson
 from sqlalchemy import JSON, Column, DateTime, LargeBinary, Text, TypeDecorator, UniqueConstraint, event
 from sqlalchemy.engine import Dialect, Engine
 from sqlmodel import Field, SQLModel, create_engine
@@ -184,10 +185,18 @@ def get_engine(url: str) -> Engine:
         path = url.split("///", 1)[-1]
         if path and path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+        engine = create_engine(
+            url, connect_args={"check_same_thread": False, "timeout": 30}, json_serializer=_json
+        )
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
-    return create_engine(url, pool_pre_ping=True)
+    return create_engine(url, pool_pre_ping=True, json_serializer=_json)
+
+
+def _json(value: Any) -> str:
+    # orjson writes NaN and infinities as null: PostgreSQL's json type refuses the bare NaN
+    # that json.dumps writes (and SQLite keeps), so a stray score would fail the whole turn.
+    return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY).decode()
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -198,6 +207,11 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
-def init_db(engine: Engine) -> None:
-    """Create the tables that do not exist yet."""
-    SQLModel.metadata.create_all(engine)
+def init_db(engine: Engine) -> str:
+    """Bring the schema to the newest migration and return its revision (see `dialogue.migrations`).
+
+    Safe when the API and the worker start at the same moment: one migrates, the other waits.
+    """
+    from dialogue.migrations import upgrade  # it imports this module's tables
+
+    return upgrade(engine).after

@@ -27,6 +27,10 @@ SCOPES: tuple[Scope, ...] = ("client", "agent", "admin")
 TENANT_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}$"
 DEFAULT_TENANT = "default"
 _KEY = re.compile(r"^dk_([a-f0-9]{12})_([A-Za-z0-9_-]{20,100})$")
+# Column sizes: PostgreSQL refuses longer values where SQLite would keep them.
+MAX_KEY_NAME = 200
+MAX_ACTOR = 200
+MAX_TARGET = 300
 
 
 @dataclass(frozen=True)
@@ -62,6 +66,8 @@ def create_key(
         raise ValueError(f"tenant must match {TENANT_PATTERN}")
     if scope not in SCOPES:
         raise ValueError(f"scope must be one of {', '.join(SCOPES)}")
+    if name is not None and len(name) > MAX_KEY_NAME:
+        raise ValueError(f"name must be at most {MAX_KEY_NAME} characters")
     key_id, secret = secrets.token_hex(6), secrets.token_urlsafe(32)
     row = ApiKey(
         id=key_id,
@@ -124,7 +130,13 @@ def audit(engine: Engine, *, tenant: str, actor: str, action: str, target: str, 
     with Session(engine) as session:
         session.add(
             AuditEntry(
-                at=datetime.now(UTC), tenant=tenant, actor=actor, action=action, target=target, detail=detail
+                at=datetime.now(UTC),
+                tenant=tenant,
+                # A token's subject is the caller's to choose: keep the entry rather than fail the action.
+                actor=actor[:MAX_ACTOR],
+                action=action,
+                target=target[:MAX_TARGET],
+                detail=detail,
             )
         )
         session.commit()

@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING, Literal
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from dialogue.flags import FlagSettings
+
 if TYPE_CHECKING:
     from temporalio.service import TLSConfig
 
@@ -96,6 +98,23 @@ class Settings(BaseSettings):
     clients_may_erase: bool = False
     """Let a `client` key erase its own tenant's conversations (otherwise `admin` only)."""
 
+    log_format: Literal["json", "text"] = "json"
+    """`json`: one JSON object per line (conversation, turn, tenant and trace ids); `text` for reading by eye."""
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_message_text: bool = False
+    """Put users' and the bot's words in INFO logs; off by default, so logs hold no conversation content."""
+    worker_metrics_host: str = "127.0.0.1"
+    worker_metrics_port: int = Field(default=9464, ge=0, le=65535)
+    """The worker's Prometheus `/metrics` (its own and the Temporal SDK's); 0 turns it off."""
+    tracing_exporter: Literal["none", "console", "otlp"] = "none"
+    """Where OpenTelemetry spans go: an OTLP/HTTP collector (`otlp_endpoint`), the console, or nowhere."""
+    otlp_endpoint: str = "http://127.0.0.1:4318/v1/traces"
+    """The OTLP/HTTP traces endpoint of a collector (Jaeger, Tempo, the OpenTelemetry Collector)."""
+    worker_shutdown_grace_seconds: float = Field(default=10, ge=0)
+    """On SIGTERM a worker stops polling and lets running activities finish for up to this long."""
+    worker_poll_max_age_seconds: float = Field(default=60, gt=0)
+    """`/readyz` says not ready when no worker has polled the task queue for this long."""
+
     bot_path: Path = PROJECT_ROOT / "examples" / "demo" / "bot.yaml"
     """The bot definition the worker serves."""
 
@@ -117,6 +136,12 @@ class Settings(BaseSettings):
     llm_api_key: str | None = Field(default=None, repr=False)
     llm_timeout_seconds: float = Field(default=20.0, gt=0)
     """One attempt's limit; Temporal retries within the generate step's own deadline."""
+
+    flags: FlagSettings = {}
+    """Feature flags (`streaming`, `llm_generator`, `redaction`, `handoff`): `true`, `false` or the percentage
+    of conversations a flag is on for, e.g. `{"llm_generator": 10, "handoff": false}`; a bot's `flags:`
+    overrides them. Unset flags keep the behaviour from before flags: on, and `llm_generator` on exactly
+    when `generator` is `openai`."""
 
     double_text: Literal["enqueue", "reject", "interrupt"] = "enqueue"
     """A turn arriving while another runs: `enqueue` (answered in order), `reject` (409) or `interrupt`

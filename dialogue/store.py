@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, func
+from sqlalchemy import ColumnElement, delete, func
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
@@ -16,6 +17,9 @@ from workflows.contracts import RecordConversationRequest, RecordMessageRequest,
 
 ERASED = "erased"
 """The status of a conversation's tombstone: its content is gone and nothing is written for it again."""
+# Column sizes: PostgreSQL refuses longer values where SQLite would keep them.
+MAX_ID = 300
+MAX_AUTHOR = 200
 
 
 def record_turn(engine: Engine, turn: RecordTurnRequest) -> None:
@@ -137,8 +141,7 @@ def list_conversations(
     engine: Engine, *, tenant: str, status: str | None, limit: int, offset: int
 ) -> tuple[Sequence[Conversation], int]:
     """A page of a tenant's conversations, most recently updated first, and how many match in all."""
-    # Keys are `tenant/id`: the tenant's rows are the key range ["tenant/", "tenant0"), "0" following "/".
-    in_tenant = (col(Conversation.id) >= f"{tenant}/", col(Conversation.id) < f"{tenant}0")
+    in_tenant = _in_tenant(engine, col(Conversation.id), tenant)
     with Session(engine) as session:
         query = select(Conversation).where(*in_tenant)
         count = select(func.count()).select_from(Conversation).where(*in_tenant)
@@ -221,12 +224,12 @@ def record_feedback(
     with Session(engine) as session:
         row = session.merge(
             Feedback(
-                id=f"{key}:{turn_id}",
+                id=_feedback_id(key, turn_id),
                 conversation_id=key,
                 turn_id=turn_id,
                 rating=rating,
                 comment=comment,
-                author=author,
+                author=author[:MAX_AUTHOR],  # a token's subject is the caller's to choose
                 created_at=at,
             )
         )
@@ -237,7 +240,25 @@ def record_feedback(
 
 def get_feedback(engine: Engine, key: str, turn_id: str) -> Feedback | None:
     with Session(engine) as session:
-        return session.get(Feedback, f"{key}:{turn_id}")
+        return session.get(Feedback, _feedback_id(key, turn_id))
+
+
+def _feedback_id(key: str, turn_id: str) -> str:
+    # A key (up to 192 characters) and a turn id (up to 200) can outgrow the id column's 300, which
+    # PostgreSQL enforces: a long turn id is then represented by its digest.
+    natural = f"{key}:{turn_id}"
+    if len(natural) <= MAX_ID:
+        return natural
+    return f"{key}:sha256:{hashlib.sha256(turn_id.encode()).hexdigest()}"
+
+
+def _in_tenant(engine: Engine, key: Any, tenant: str) -> tuple[ColumnElement[bool], ColumnElement[bool]]:
+    # Keys are `tenant/id`: the tenant's rows are the key range ["tenant/", "tenant0"), "0" following
+    # "/" byte-wise. PostgreSQL compares in the database's collation, and a linguistic one (en_US)
+    # first ignores the "/": "t1/c" would sort after "t10". So there the range is taken in C order.
+    if engine.dialect.name == "postgresql":
+        key = key.collate("C")
+    return key >= f"{tenant}/", key < f"{tenant}0"
 
 
 def rated_turns(
@@ -247,9 +268,7 @@ def rated_turns(
     with Session(engine) as session:
         query = select(Feedback).order_by(col(Feedback.created_at))
         if tenant is not None:
-            query = query.where(
-                col(Feedback.conversation_id) >= f"{tenant}/", col(Feedback.conversation_id) < f"{tenant}0"
-            )
+            query = query.where(*_in_tenant(engine, col(Feedback.conversation_id), tenant))
         rows = []
         for feedback in session.exec(query).all():
             messages = session.exec(

@@ -123,9 +123,9 @@ class Stack:
 
 
 def prepare_bot(settings: Settings) -> None:
-    """Create the tables, ingest the bot's knowledge folder and train its NLU model, each only if changed."""
+    """Migrate the store, ingest the bot's knowledge folder and train its NLU model, each only if changed."""
     engine = get_engine(settings.resolved_database_url)
-    init_db(engine)
+    print(f"Store: schema revision {init_db(engine)}", flush=True)
     bot = load_bot(settings.bot_path)
     if bot.knowledge_dir:
         results = [
@@ -154,6 +154,8 @@ def run_stack(settings: Settings) -> int:
         "Temporal Web UI": (temporal_host, settings.temporal_ui_port),
         "API": (settings.api_host, settings.api_port),
     }
+    if settings.worker_metrics_port:
+        wanted["worker metrics"] = (settings.worker_metrics_host, settings.worker_metrics_port)
     busy = [
         f"{what} port {host}:{port}" for what, (host, port) in wanted.items() if not port_is_free(host, port)
     ]
@@ -179,6 +181,9 @@ def run_stack(settings: Settings) -> int:
         DIALOGUE_DATA_DIR=str(data_dir),
         DIALOGUE_DATABASE_URL=settings.resolved_database_url,
     )
+    if "log_format" not in settings.model_fields_set:
+        # A terminal is read by eye; JSON lines are for a log pipeline in production.
+        os.environ["DIALOGUE_LOG_FORMAT"] = "text"
 
     stack = Stack(settings)
     stopping = False
@@ -234,6 +239,7 @@ def run_stack(settings: Settings) -> int:
         f"  API             {api_url}  (docs: {api_url}/docs)\n"
         f"  Temporal        {settings.temporal_address}\n"
         f"  Temporal Web UI http://{temporal_host}:{settings.temporal_ui_port}\n"
+        f"  Metrics         {api_url}/metrics, worker {_worker_metrics_url(settings)}\n"
         f"  Bot             {settings.bot_path}\n"
         f"  Data            {data_dir}\n"
         f"  API key         {api_key}\n\n"
@@ -264,3 +270,9 @@ def run_stack(settings: Settings) -> int:
 def _api_url(settings: Settings) -> str:
     scheme = "https" if settings.api_ssl_certfile else "http"
     return f"{scheme}://{settings.api_host}:{settings.api_port}"
+
+
+def _worker_metrics_url(settings: Settings) -> str:
+    if not settings.worker_metrics_port:
+        return "off"
+    return f"http://{settings.worker_metrics_host}:{settings.worker_metrics_port}/metrics"

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from temporalio.client import Client
+from collections.abc import Sequence
+
+from temporalio.client import Client, Interceptor
 from temporalio.common import SearchAttributeKey
 from temporalio.converter import DataConverter
+from temporalio.runtime import Runtime
 
 from dialogue.codec import encrypted_data_converter
 from dialogue.settings import Settings
@@ -14,7 +17,16 @@ STATUS = SearchAttributeKey.for_keyword("DialogueStatus")
 LAST_INTENT = SearchAttributeKey.for_keyword("DialogueLastIntent")
 TURN_COUNT = SearchAttributeKey.for_int("DialogueTurnCount")
 TENANT = SearchAttributeKey.for_keyword("DialogueTenant")
-SEARCH_ATTRIBUTES: tuple[SearchAttributeKey, ...] = (STATUS, LAST_INTENT, TURN_COUNT, TENANT)
+DEGRADED_COUNT = SearchAttributeKey.for_int("DialogueDegradedCount")
+HANDOFF = SearchAttributeKey.for_bool("DialogueHandoff")
+SEARCH_ATTRIBUTES: tuple[SearchAttributeKey, ...] = (
+    STATUS,
+    LAST_INTENT,
+    TURN_COUNT,
+    TENANT,
+    DEGRADED_COUNT,
+    HANDOFF,
+)
 
 _TYPE_NAMES = {"KEYWORD": "Keyword", "INT": "Int", "TEXT": "Text", "BOOL": "Bool"}
 
@@ -45,12 +57,19 @@ def data_converter(settings: Settings) -> DataConverter:
     return encrypted_data_converter(settings.payload_codec_keys())
 
 
-async def connect(settings: Settings, *, lazy: bool = False) -> Client:
+async def connect(
+    settings: Settings,
+    *,
+    lazy: bool = False,
+    interceptors: Sequence[Interceptor] = (),
+    runtime: Runtime | None = None,
+) -> Client:
     """A client for every process (API, worker, CLI): payloads are pydantic models as JSON,
     encrypted before they reach Temporal; the Web UI reads them through the API's codec server.
 
     `lazy` defers the connection to the first call, so the API can start, and answer
-    503, while Temporal is down.
+    503, while Temporal is down. `interceptors` (tracing) apply to workers built on the client too;
+    `runtime` carries the worker's SDK metrics.
     """
     return await Client.connect(
         settings.temporal_address,
@@ -58,4 +77,6 @@ async def connect(settings: Settings, *, lazy: bool = False) -> Client:
         data_converter=data_converter(settings),
         tls=settings.temporal_tls_config(),
         lazy=lazy,
+        interceptors=interceptors,
+        runtime=runtime,
     )

@@ -214,3 +214,59 @@ async def http(client: Client, settings: Settings, worker: Worker) -> AsyncItera
     """The API with the real Temporal and a real worker behind it, over real HTTP."""
     async with api_client(create_app(settings, temporal=client)) as http_client:
         yield http_client
+
+
+@pytest.fixture(scope="session")
+def postgres_database() -> Iterator[str]:
+    """A database of the session's own in the real PostgreSQL (`dialogue_test_<hex>`), dropped at the end.
+
+    It collates like glibc's en_US.UTF-8, which servers often take from their system's locale
+    (ICU en-US with punctuation ignored at first), so a query that assumes byte order fails
+    here as it would in production. A server without ICU gives it its default collation.
+    """
+    import psycopg
+    from psycopg import sql
+    from sqlalchemy.engine import make_url
+
+    server = make_url(POSTGRES_URL)
+    try:
+        admin = psycopg.connect(
+            server.set(drivername="postgresql").render_as_string(hide_password=False), autocommit=True
+        )
+    except psycopg.OperationalError as err:
+        if os.environ.get("CI"):
+            raise
+        pytest.skip(f"PostgreSQL not reachable at {POSTGRES_URL} ({type(err).__name__}); CI requires it")
+    database = f"dialogue_test_{uuid.uuid4().hex[:12]}"
+    name = sql.Identifier(database)
+    try:
+        admin.execute(
+            sql.SQL(
+                "CREATE DATABASE {} TEMPLATE template0 ENCODING 'UTF8' LOCALE 'C' "
+                "LOCALE_PROVIDER icu ICU_LOCALE 'en-US-u-ka-shifted'"
+            ).format(name)
+        )
+    except psycopg.Error:
+        admin.execute(sql.SQL("CREATE DATABASE {}").format(name))
+    try:
+        yield server.set(database=database).render_as_string(hide_password=False)
+    finally:
+        admin.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(name))
+        admin.close()
+
+
+@pytest.fixture
+def postgres_url(postgres_database: str) -> Iterator[str]:
+    """A schema of its own in the session's PostgreSQL database: to Alembic, an empty database."""
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(postgres_database, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+    url = f"{postgres_database}?options=-csearch_path%3D{schema}"
+    try:
+        yield url
+    finally:
+        get_engine(url).dispose()  # its pooled connections would outlive the schema
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()

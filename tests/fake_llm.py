@@ -46,8 +46,10 @@ class FakeLlm:
                 return JSONResponse(error, status_code=plan.status, headers=plan.headers)
             if not body.get("stream"):
                 return JSONResponse(_completion(body["model"], plan.text))
+            usage = (body.get("stream_options") or {}).get("include_usage", False)
             return StreamingResponse(
-                _chunks(body["model"], plan.text, plan.token_delay), media_type="text/event-stream"
+                _chunks(body["model"], plan.text, plan.token_delay, usage=usage),
+                media_type="text/event-stream",
             )
 
         return app
@@ -63,7 +65,9 @@ def _completion(model: str, text: str) -> dict[str, Any]:
     }
 
 
-async def _chunks(model: str, text: str, token_delay: float = 0.0) -> AsyncIterator[bytes]:
+async def _chunks(
+    model: str, text: str, token_delay: float = 0.0, *, usage: bool = False
+) -> AsyncIterator[bytes]:
     words = text.split(" ")
     for i, word in enumerate(words):
         if i and token_delay:
@@ -85,4 +89,8 @@ async def _chunks(model: str, text: str, token_delay: float = 0.0) -> AsyncItera
         "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}],
     }
     yield b"data: " + orjson.dumps(done) + b"\n\n"
+    if usage:  # as OpenAI does with stream_options.include_usage: a last chunk with no choices
+        counts = {"prompt_tokens": 100, "completion_tokens": len(words), "total_tokens": 100 + len(words)}
+        last = {**done, "choices": [], "usage": counts}
+        yield b"data: " + orjson.dumps(last) + b"\n\n"
     yield b"data: [DONE]\n\n"

@@ -171,7 +171,7 @@ async def test_every_v1_route_needs_the_api_key(http: httpx.AsyncClient) -> None
     assert (await http.get("/healthz", headers={"Authorization": ""})).status_code == 200
     assert (await http.get("/readyz")).json() == {
         "status": "ready",
-        "checks": {"temporal": "ok", "database": "ok"},
+        "checks": {"temporal": "ok", "database": "ok", "worker": "ok"},
     }
 
 

@@ -9,12 +9,8 @@ becoming a second turn.
 from __future__ import annotations
 
 import asyncio
-import json
-import os
 import random
-import signal
 import sqlite3
-import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -25,15 +21,15 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from pydantic import SecretStr
 from temporalio.api.enums.v1 import PendingActivityState
 from temporalio.client import Client, WorkflowHandle
 
 from api import create_app
-from dialogue.settings import PROJECT_ROOT, Settings
+from dialogue.settings import Settings
 from dialogue.temporal import connect, search_attribute_flags
 from tests.conftest import api_client, free_port, served_llm
 from tests.fake_llm import FakeLlm, Plan
+from tests.processes import WorkerProcess
 from worker import build_worker
 from workflows.conversation import FALLBACK_TEXT
 
@@ -121,57 +117,6 @@ async def wait_until(check: Callable[[], bool], what: str, within: float = 15) -
 
 
 # --- The pieces the faults hit ----------------------------------------------------------------
-
-
-def process_env(settings: Settings) -> dict[str, str]:
-    """The environment of a process that reads `settings`: each field as its `DIALOGUE_*` variable."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DIALOGUE_")}
-    for name, value in settings.model_dump(mode="json", exclude_none=True).items():
-        secret = getattr(settings, name)
-        if isinstance(secret, SecretStr):
-            value = secret.get_secret_value()  # dumped masked
-        # Complex values (lists, dicts) are read back as JSON.
-        env[f"DIALOGUE_{name.upper()}"] = value if isinstance(value, str) else json.dumps(value)
-    return env
-
-
-class WorkerProcess:
-    """`python -m worker` in its own OS process, as deployed: something SIGKILL can hit mid-turn."""
-
-    def __init__(self, settings: Settings, log: Path) -> None:
-        self.settings = settings
-        self.log = log
-        self.process: asyncio.subprocess.Process | None = None
-
-    async def start(self) -> float:
-        """Start it and wait until it polls its task queue; returns how long that took."""
-        started = time.monotonic()
-        with self.log.open("ab") as out:
-            self.process = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "worker",
-                cwd=PROJECT_ROOT,
-                env=process_env(self.settings),
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=out,
-                stderr=asyncio.subprocess.STDOUT,
-            )
-        while b"worker polling task queue" not in self.log.read_bytes():
-            assert self.process.returncode is None, f"the worker exited:\n{self.log.read_text()}"
-            assert time.monotonic() < started + START_TIMEOUT, f"no worker:\n{self.log.read_text()}"
-            await asyncio.sleep(0.1)
-        return time.monotonic() - started
-
-    def freeze(self) -> None:
-        """SIGSTOP: its polls stay open, so the server goes on handing it tasks it will never finish."""
-        assert self.process is not None
-        self.process.send_signal(signal.SIGSTOP)
-
-    async def kill(self) -> None:
-        if self.process is not None and self.process.returncode is None:
-            self.process.kill()  # SIGKILL: no shutdown, no goodbye to the server
-            await asyncio.wait_for(self.process.wait(), 10)
 
 
 class DevServer:

@@ -178,3 +178,11 @@ def test_two_files_with_one_document_id_are_refused(tmp_path: Path) -> None:
     (tmp_path / "legal" / "returns.html").write_text("<h1>Returns</h1><p>Terms.</p>")
     with pytest.raises(ValueError, match="both be document 'returns'"):
         store.knowledge_files([tmp_path])
+
+
+def test_a_long_file_name_makes_a_document_id_that_fits_its_column(tmp_path: Path, engine: Engine) -> None:
+    path = tmp_path / f"{'very-long-name-' * 16}.md"  # 240 characters, as a file system allows
+    path.write_text("# Long\n\nA document with a long file name.")
+    ingested = store.ingest_path(engine, path)
+    assert len(ingested.document_id) == store.MAX_DOCUMENT_ID
+    assert store.get(engine, ingested.document_id) is not None

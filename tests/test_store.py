@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import math
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy.engine import Engine
+from sqlmodel import Session, select
 
-from dialogue import store
+from dialogue import events, store
+from dialogue.db import AuditEntry, get_engine, init_db
+from dialogue.identity import audit, create_key
 from workflows.contracts import (
     IntentPrediction,
     NluResult,
@@ -122,3 +127,66 @@ def test_list_conversations_filters_by_tenant_and_status_newest_first(engine: En
     assert [c.id for c in active] == ["t1/c", "t1/a"]
     assert active_total == 2
     assert [c.id for c in page] == ["t1/c"]
+
+
+def test_tenant_listing_holds_under_a_linguistic_collation(postgres_url: str) -> None:
+    # The session's database collates like en_US, which ignores the "/" at first: there "t1/c"
+    # sorts after "t10", and a range of keys taken in the database's order would lose it.
+    engine = get_engine(postgres_url)
+    init_db(engine)
+    test_list_conversations_filters_by_tenant_and_status_newest_first(engine)
+    store.record_feedback(engine, "t1/c", "t1/c-turn-0", rating="up", comment=None, author="key:a", at=T0)
+    store.record_feedback(engine, "t10/d", "t10/d-turn-0", rating="up", comment=None, author="key:a", at=T0)
+    assert [f.conversation_id for f, _, _ in store.rated_turns(engine, tenant="t1")] == ["t1/c"]
+
+
+def test_concurrent_appends_to_one_conversation_number_every_event_once(engine: Engine) -> None:
+    def write(writer: int) -> list[int]:
+        return [
+            number
+            for i in range(8)
+            for number in events.append(
+                engine, "c8", [events.NewEvent(kind="token", data={"writer": writer, "i": i})] * 2
+            )
+        ]
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        numbers = [n for written in pool.map(write, range(4)) for n in written]
+
+    assert sorted(numbers) == list(range(1, 65))
+    rows = events.read(engine, "c8")
+    assert [row.seq for row in rows] == list(range(1, 65))
+    for writer in range(4):  # each writer's events in the order it wrote them
+        mine = [row.data["i"] for row in rows if row.data["writer"] == writer]
+        assert mine == sorted(mine)
+
+
+def test_a_score_that_is_not_a_number_is_stored_as_null(engine: Engine) -> None:
+    # PostgreSQL's json type refuses the bare NaN that json.dumps would write.
+    odd = turn("c9", 0)
+    assert odd.reply is not None
+    odd.reply.sources[0].score = math.nan
+    store.record_turn(engine, odd)
+    rows, _ = store.read_messages(engine, "c9", limit=10, offset=0)
+    assert rows[1].sources[0]["score"] is None
+
+
+def test_values_longer_than_their_columns_are_kept_within_them(engine: Engine) -> None:
+    # PostgreSQL enforces VARCHAR lengths (SQLite does not): the longest key and turn id the API
+    # accepts, and a token subject of the caller's choosing, must not fail the write.
+    key, turn_id, subject = f"{'t' * 63}/{'c' * 128}", "k" * 200, "token:" + "s" * 500
+    store.record_turn(engine, turn(key, 0).model_copy(update={"turn_id": turn_id}))
+    store.record_feedback(engine, key, turn_id, rating="down", comment=None, author=subject, at=T0)
+    store.record_feedback(engine, key, turn_id, rating="up", comment="better", author=subject, at=T0)
+    rated = store.get_feedback(engine, key, turn_id)
+    assert rated is not None and (rated.rating, rated.turn_id) == ("up", turn_id)
+    assert len(store.rated_turns(engine)) == 1
+    audit(engine, tenant="t" * 63, actor=subject, action="erase", target=key)
+    with Session(engine) as session:
+        assert session.exec(select(AuditEntry)).one().actor == subject[:200]
+    try:
+        create_key(engine, tenant="acme", scope="client", name="n" * 201)
+    except ValueError as err:
+        assert "name" in str(err)
+    else:
+        raise AssertionError("a key name longer than its column was accepted")

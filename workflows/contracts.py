@@ -55,6 +55,9 @@ class TurnRequest(BaseModel):
     text: str = Field(description="What the user said.")
     stream: bool = False
     """Write the turn's progress (NLU, sources, tokens) to the event log for an SSE client."""
+    flags: dict[str, bool] = {}
+    """The conversation's feature flags (`dialogue.flags`), evaluated by the API for this turn. Empty in
+    turns sent before flags existed: each flag then keeps the behaviour it had before."""
 
 
 class HandoffRequest(BaseModel):
@@ -241,6 +244,11 @@ class GenerateRequest(BaseModel):
     tool_result: ToolResult | None = None
     stream: StreamTarget | None = None
     """Set when the client streams the turn: the NLU result, the sources and the tokens go to the event log."""
+    llm: bool | None = None
+    """The `llm_generator` flag: answer from the knowledge base with the LLM (True) or the grounded
+    generator (False); None, the worker's configured generator (turns sent before flags existed)."""
+    redact: bool = True
+    """The `redaction` flag: False sends the user's words to an LLM as said, whatever the privacy policy."""
 
 
 class Reply(BaseModel):
@@ -271,6 +279,8 @@ class Lineage(BaseModel):
     timings_ms: dict[str, float] = {}
     """Time of each step up to the reply."""
     degraded_reason: str | None = None
+    flags: dict[str, bool] = {}
+    """The conversation's feature flags for this turn (empty before flags existed)."""
 
 
 class TurnReply(BaseModel):
@@ -309,6 +319,8 @@ class ConversationState(BaseModel):
     agent: str | None = None
     """The person holding the conversation, when known."""
     last_intent: str | None = None
+    degraded_count: int = 0
+    """Turns answered with a fallback (a step failed or the deadline passed)."""
     started_at: datetime
     updated_at: datetime
     ended_reason: str | None = None

@@ -29,7 +29,8 @@ with workflow.unsafe.imports_passed_through():
     from activities.retrieve import RetrieveActivity
     from activities.tools import ToolActivity
     from activities.understand import UnderstandActivity
-    from dialogue.temporal import LAST_INTENT, STATUS, TENANT, TURN_COUNT
+    from dialogue.metrics import TURN_QUEUE_DEPTH
+    from dialogue.temporal import DEGRADED_COUNT, HANDOFF, LAST_INTENT, STATUS, TENANT, TURN_COUNT
     from workflows.contracts import (
         OUT_OF_SCOPE,
         AgentMessageReply,
@@ -140,12 +141,25 @@ class ConversationWorkflow:
         """Turns that arrived in this run, counted when they arrive: the newest wins under `interrupt`."""
         self._responding: asyncio.Task[_Outcome] | None = None
         self._interrupted = False
+        # Replay-safe (nothing is recorded while replaying): how many turns wait ahead of a new one.
+        self._queue_depth = (
+            workflow.metric_meter()
+            .with_additional_attributes({"policy": input.double_text})
+            .create_histogram(TURN_QUEUE_DEPTH, "Turns running or waiting ahead of a new turn.", "turns")
+        )
 
     @workflow.run
     async def run(self, input: ConversationInput) -> ConversationState:
         # Runs recorded before continue-as-new existed replay without it.
         can_continue = workflow.patched(CONTINUE_AS_NEW_PATCH)
-        workflow.upsert_search_attributes([STATUS.value_set("active"), TENANT.value_set(input.tenant)])
+        workflow.upsert_search_attributes(
+            [
+                STATUS.value_set("active"),
+                TENANT.value_set(input.tenant),
+                DEGRADED_COUNT.value_set(self._state.degraded_count),
+                HANDOFF.value_set(self._state.held_by == "agent"),
+            ]
+        )
         if input.carried is None:
             await workflow.execute_activity_method(
                 RecordActivities.record_conversation,
@@ -194,6 +208,7 @@ class ConversationWorkflow:
             return answered  # retried after its run continued as new: the same reply, no second turn
         self._arrivals += 1
         arrival = self._arrivals
+        self._queue_depth.record(self._in_flight)
         if self._input.double_text == "interrupt" and self._responding is not None:
             self._interrupted = True
             self._responding.cancel()
@@ -346,7 +361,9 @@ class ConversationWorkflow:
         event: Literal["agent_message", "handoff", "handback"],
     ) -> None:
         workflow.set_current_details(self._details())
-        workflow.upsert_search_attributes([TURN_COUNT.value_set(self._state.turn_count)])
+        workflow.upsert_search_attributes(
+            [TURN_COUNT.value_set(self._state.turn_count), HANDOFF.value_set(self._state.held_by == "agent")]
+        )
         await workflow.execute_activity_method(
             RecordActivities.record_message,
             RecordMessageRequest(
@@ -396,7 +413,11 @@ class ConversationWorkflow:
 
     async def _run_turn(self, turn_id: str, request: TurnRequest) -> TurnReply:
         if self._state.held_by == "agent":
-            return await self._answer_without_bot(turn_id, request, interrupted=False)
+            if request.flags.get("handoff", True):
+                return await self._answer_without_bot(turn_id, request, interrupted=False)
+            # Handoff was switched off while a person held the conversation, and no person may answer
+            # now: the bot takes it back rather than leave the user waiting for no one.
+            await self._hand_over("bot", None, "handoff switched off")
         turn_index = self._state.turn_count
         text = request.text.strip()
         timings: dict[str, float] = {}
@@ -406,7 +427,9 @@ class ConversationWorkflow:
 
         # A task, so that a newer turn can cancel it under the `interrupt` policy.
         self._interrupted = False
-        self._responding = asyncio.ensure_future(self._respond(text, turn_index, timings, failed, stream))
+        self._responding = asyncio.ensure_future(
+            self._respond(text, turn_index, timings, failed, stream, request.flags)
+        )
         try:
             if workflow.patched(TURN_DEADLINE_PATCH):
                 try:
@@ -430,6 +453,8 @@ class ConversationWorkflow:
         self._state.turn_count = turn_index + 1
         self._state.last_intent = nlu.intent.name
         self._state.intent_counts[nlu.intent.name] = self._state.intent_counts.get(nlu.intent.name, 0) + 1
+        if failed:
+            self._state.degraded_count += 1
         if decision is not None:
             self._apply(decision, tool_result)
         self._state.updated_at = workflow.now()
@@ -438,6 +463,7 @@ class ConversationWorkflow:
             [
                 LAST_INTENT.value_set(nlu.intent.name),
                 TURN_COUNT.value_set(self._state.turn_count),
+                DEGRADED_COUNT.value_set(self._state.degraded_count),
             ]
         )
         lineage = Lineage(
@@ -453,6 +479,7 @@ class ConversationWorkflow:
             ],
             timings_ms=dict(timings),
             degraded_reason=", ".join(failed) or None,
+            flags=dict(request.flags),
         )
         record = RecordTurnRequest(
             conversation_id=self._input.key,
@@ -497,6 +524,7 @@ class ConversationWorkflow:
         timings: dict[str, float],
         failed: list[str],
         stream: StreamTarget | None,
+        flags: dict[str, bool],
     ) -> _Outcome:
         """The steps of a turn up to its reply: understand and retrieve, the flow's tool, generate."""
         # Retrieval does not depend on the intent: run it beside NLU and the policy, not after them.
@@ -522,6 +550,9 @@ class ConversationWorkflow:
         )
         nlu = understanding.nlu if understanding else _not_understood()
         decision = understanding.decision if understanding else None
+        if decision is not None and decision.action == "handoff" and not flags.get("handoff", True):
+            # No person may take over: the bot stays, and its fallback says what it can help with.
+            decision = decision.model_copy(update={"action": "fallback"})
         passages: list[Passage] = retrieved.passages if retrieved else []
         tool_result = None
         if decision is not None and decision.tool is not None:
@@ -543,6 +574,8 @@ class ConversationWorkflow:
                     decision=decision,
                     tool_result=tool_result,
                     stream=stream,
+                    llm=flags.get("llm_generator"),
+                    redact=flags.get("redaction", True),
                 ),
                 **GENERATE,
             ),
@@ -580,6 +613,8 @@ class ConversationWorkflow:
         ]
         if state.slots:
             lines.append("slots: " + ", ".join(f"`{k}`={v}" for k, v in sorted(state.slots.items())))
+        if state.degraded_count:
+            lines.append(f"{state.degraded_count} degraded turns (see each turn's lineage for why)")
         if state.held_by == "agent":
             lines.append(f"handed off to {state.agent or 'a person'}: the bot is paused")
         if state.run > 1:

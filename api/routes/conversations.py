@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import Annotated, Any, Literal
 
@@ -20,7 +21,7 @@ from temporalio.common import WorkflowIDConflictPolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
-from api.deps import ClientPrincipal, EngineDep, SettingsDep, TemporalClientDep
+from api.deps import ClientPrincipal, EngineDep, FlagsDep, SettingsDep, TemporalClientDep
 from api.errors import ApiError, conversation_ended, not_found, temporal_errors
 from api.schemas import (
     ID_PATTERN,
@@ -37,7 +38,9 @@ from api.schemas import (
     TurnStatus,
 )
 from api.streaming import ResumePoint, conversation_stream, stream_response, turn_stream
+from api.telemetry import mark_turn
 from dialogue import erasure, store
+from dialogue.flags import FeatureFlags, Flag
 from dialogue.identity import Principal
 from dialogue.temporal import conversation_key, workflow_id
 from workflows.contracts import ConversationState, EndRequest, TurnReply, TurnRequest
@@ -115,6 +118,7 @@ async def create_turn(
     response: Response,
     request: Request,
     principal: ClientPrincipal,
+    feature_flags: FlagsDep,
     idempotency_key: IdempotencyKey = None,
     accept: Annotated[str | None, Header()] = None,
     last_event_id: LastEventId = None,
@@ -127,14 +131,17 @@ async def create_turn(
         raise ApiError(422, "invalid_turn", f"text is longer than {settings.max_text_chars} characters")
     if idempotency_key and body.idempotency_key and idempotency_key != body.idempotency_key:
         raise ApiError(422, "invalid_request", "the Idempotency-Key header and idempotency_key differ")
-    streaming = "text/event-stream" in (accept or "")
+    flags = feature_flags.evaluate(_key(principal, conversation_id))
+    # Streaming off, the turn is answered all the same, as JSON: its Content-Type tells the client.
+    streaming = flags["streaming"] and "text/event-stream" in (accept or "")
     resume = ResumePoint(last_event_id)
     if streaming and resume.finished:
         return Response(status_code=status.HTTP_204_NO_CONTENT)
     await _refuse_if_ended(engine, principal, conversation_id)
     turn_id = idempotency_key or body.idempotency_key or str(uuid.uuid4())
     # Personal data is redacted here, before the text reaches Temporal, the store or a model.
-    turn = TurnRequest(text=request.app.state.privacy.for_storage(body.text), stream=streaming)
+    text = request.app.state.privacy.for_storage(body.text, enabled=flags["redaction"])
+    turn = TurnRequest(text=text, stream=streaming, flags=flags)
     start = WithStartWorkflowOperation(
         ConversationWorkflow.run,
         conversation_input(settings, conversation_id, tenant=principal.tenant),
@@ -156,7 +163,7 @@ async def create_turn(
                         engine,
                         _key(principal, conversation_id),
                         turn_id,
-                        update.result,
+                        _marked(request, turn_id, update.result),
                         after=resume.after,
                         timeout_seconds=settings.turn_timeout_seconds,
                     )
@@ -188,7 +195,21 @@ async def create_turn(
                 "turn_timeout",
                 f"turn {turn_id} is still running; retry with 'Idempotency-Key: {turn_id}' to get its reply",
             ) from None
+    mark_turn(request.state, turn_id, degraded=reply.degraded)
     return reply
+
+
+def _marked(
+    request: Request, turn_id: str, result: Callable[[], Awaitable[TurnReply]]
+) -> Callable[[], Awaitable[TurnReply]]:
+    """A streamed turn's reply, marked for the request's metrics and log line once it arrives."""
+
+    async def marked() -> TurnReply:
+        reply = await result()
+        mark_turn(request.state, turn_id, degraded=reply.degraded)
+        return reply
+
+    return marked
 
 
 @router.get("/{conversation_id}/turns/{turn_id}")
@@ -231,9 +252,11 @@ async def follow_turn(
     engine: EngineDep,
     temporal: TemporalClientDep,
     principal: ClientPrincipal,
+    feature_flags: FlagsDep,
     last_event_id: LastEventId = None,
 ) -> Response:
     """Follow a turn's events (an `EventSource` reconnects here with `Last-Event-ID`)."""
+    require_flag(feature_flags, principal, conversation_id, "streaming")
     resume = ResumePoint(last_event_id)
     if resume.finished:
         return Response(status_code=status.HTTP_204_NO_CONTENT)
@@ -267,15 +290,19 @@ async def follow_turn(
 @router.get("/{conversation_id}/events", response_class=Response, responses={200: SSE_RESPONSE})
 async def follow_conversation(
     conversation_id: ConversationIdPath,
+    settings: SettingsDep,
     engine: EngineDep,
     temporal: TemporalClientDep,
     principal: ClientPrincipal,
+    feature_flags: FlagsDep,
     last_event_id: LastEventId = None,
     after: Annotated[
         int | None, Query(ge=0, le=10**18, description="Start after this event (else `Last-Event-ID`).")
     ] = None,
 ) -> Response:
     """Every event of a conversation as it happens: streamed turns, a person's messages, handoffs."""
+    # Off, no event stream at all; a person's messages are in the transcript (`…/messages`) all the same.
+    require_flag(feature_flags, principal, conversation_id, "streaming")
     key = _key(principal, conversation_id)
     if await run_in_threadpool(store.get_conversation, engine, key) is None:
         with temporal_errors(conversation_id):
@@ -415,6 +442,18 @@ async def _turn_result(temporal: TemporalClientDep, key: str, turn_id: str) -> T
         if earlier is None:
             raise
         return earlier
+
+
+def require_flag(
+    feature_flags: FeatureFlags, principal: Principal, conversation_id: str, flag: Flag
+) -> dict[str, bool]:
+    """The conversation's flags; 409 `feature_disabled` when `flag` is off for it."""
+    flags = feature_flags.evaluate(_key(principal, conversation_id))
+    if not flags[flag]:
+        raise ApiError(
+            409, "feature_disabled", f"{flag} is switched off for conversation {conversation_id!r}"
+        )
+    return flags
 
 
 def _turn_not_found(conversation_id: str, turn_id: str) -> ApiError:

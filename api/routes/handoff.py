@@ -12,9 +12,9 @@ from typing import Any
 
 from fastapi import APIRouter, Request, status
 
-from api.deps import AgentPrincipal, SettingsDep, TemporalClientDep
+from api.deps import AgentPrincipal, FlagsDep, SettingsDep, TemporalClientDep
 from api.errors import ApiError, temporal_errors
-from api.routes.conversations import ConversationIdPath
+from api.routes.conversations import ConversationIdPath, require_flag
 from dialogue.identity import Principal
 from dialogue.temporal import conversation_key, workflow_id
 from workflows.contracts import (
@@ -37,9 +37,12 @@ async def hand_off(
     settings: SettingsDep,
     temporal: TemporalClientDep,
     principal: AgentPrincipal,
+    feature_flags: FlagsDep,
 ) -> ConversationState:
     """A person takes the conversation over: the bot stops answering; the user's turns wait for the person."""
-    body = body.model_copy(update={"reason": request.app.state.privacy.for_storage(body.reason)})
+    flags = require_flag(feature_flags, principal, conversation_id, "handoff")
+    reason = request.app.state.privacy.for_storage(body.reason, enabled=flags["redaction"])
+    body = body.model_copy(update={"reason": reason})
     state: ConversationState = await _update(
         temporal, settings, principal, conversation_id, ConversationWorkflow.handoff, body
     )
@@ -54,12 +57,15 @@ async def post_agent_message(
     settings: SettingsDep,
     temporal: TemporalClientDep,
     principal: AgentPrincipal,
+    feature_flags: FlagsDep,
 ) -> AgentMessageReply:
     """A person's reply to the user (409 unless the conversation is handed off): recorded in the
     transcript and sent to the conversation's event stream."""
+    flags = require_flag(feature_flags, principal, conversation_id, "handoff")
     if len(body.text) > settings.max_text_chars:
         raise ApiError(422, "invalid_turn", f"text is longer than {settings.max_text_chars} characters")
-    body = body.model_copy(update={"text": request.app.state.privacy.for_storage(body.text)})
+    text = request.app.state.privacy.for_storage(body.text, enabled=flags["redaction"])
+    body = body.model_copy(update={"text": text})
     reply: AgentMessageReply = await _update(
         temporal, settings, principal, conversation_id, ConversationWorkflow.agent_message, body
     )
@@ -73,8 +79,11 @@ async def hand_back(
     settings: SettingsDep,
     temporal: TemporalClientDep,
     principal: AgentPrincipal,
+    feature_flags: FlagsDep,
 ) -> ConversationState:
     """The bot answers the user's turns again."""
+    # Off, a conversation a person held goes back to the bot by itself, at the user's next turn.
+    require_flag(feature_flags, principal, conversation_id, "handoff")
     state: ConversationState = await _update(
         temporal, settings, principal, conversation_id, ConversationWorkflow.handback, body
     )

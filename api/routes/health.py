@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
+from temporalio.api.enums.v1 import TaskQueueType
+from temporalio.api.taskqueue.v1 import TaskQueue
+from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
+from temporalio.client import Client
 
-from api.deps import EngineDep, TemporalClientDep
+from api.deps import EngineDep, SettingsDep, TemporalClientDep
+from dialogue.settings import Settings
 
 router = APIRouter(tags=["health"])
 
@@ -23,8 +29,10 @@ async def read_health() -> dict[str, str]:
 
 
 @router.get("/readyz")
-async def read_readiness(engine: EngineDep, temporal: TemporalClientDep) -> JSONResponse:
-    """Ready when Temporal and the database both answer; says which does not."""
+async def read_readiness(
+    engine: EngineDep, temporal: TemporalClientDep, settings: SettingsDep
+) -> JSONResponse:
+    """Ready when Temporal and the database answer and a worker polls the task queue; says which does not."""
     checks: dict[str, Any] = {}
     try:
         await asyncio.wait_for(temporal.service_client.check_health(), PROBE_TIMEOUT_SECONDS)
@@ -41,9 +49,31 @@ async def read_readiness(engine: EngineDep, temporal: TemporalClientDep) -> JSON
         checks["database"] = "ok"
     except Exception as exc:
         checks["database"] = f"unavailable: {type(exc).__name__}"
+    try:
+        checks["worker"] = await asyncio.wait_for(_worker_polling(temporal, settings), PROBE_TIMEOUT_SECONDS)
+    except Exception as exc:
+        checks["worker"] = f"unknown: {type(exc).__name__}"
     ready = all(value == "ok" for value in checks.values())
     return JSONResponse(
         {"status": "ready" if ready else "not_ready", "checks": checks},
         status_code=200 if ready else 503,
         headers=None if ready else {"Retry-After": "5"},
     )
+
+
+async def _worker_polling(temporal: Client, settings: Settings) -> str:
+    """`ok` when a worker polled the conversations' task queue lately: without one, turns wait and time out."""
+    described = await temporal.workflow_service.describe_task_queue(
+        DescribeTaskQueueRequest(
+            namespace=settings.temporal_namespace,
+            task_queue=TaskQueue(name=settings.task_queue),
+            task_queue_type=TaskQueueType.TASK_QUEUE_TYPE_WORKFLOW,
+        )
+    )
+    latest = max((poller.last_access_time.ToSeconds() for poller in described.pollers), default=None)
+    if latest is None:
+        return f"no worker polls task queue {settings.task_queue!r}"
+    age = time.time() - latest
+    if age > settings.worker_poll_max_age_seconds:
+        return f"no worker has polled task queue {settings.task_queue!r} for {age:.0f} s"
+    return "ok"

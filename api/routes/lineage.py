@@ -14,7 +14,7 @@ from fastapi import APIRouter, Request, status
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
-from api.deps import ClientPrincipal, EngineDep
+from api.deps import ClientPrincipal, EngineDep, FlagsDep
 from api.errors import ApiError
 from api.routes.conversations import ConversationIdPath, TurnIdPath
 from dialogue import store
@@ -74,12 +74,14 @@ async def rate_answer(
     request: Request,
     engine: EngineDep,
     principal: ClientPrincipal,
+    feature_flags: FlagsDep,
 ) -> FeedbackPublic:
     """Rate a turn's answer up or down, with an optional comment (redacted like a turn's text)."""
     key = conversation_key(principal.tenant, conversation_id)
     if await run_in_threadpool(store.bot_message, engine, key, turn_id) is None:
         raise _no_answer(conversation_id, turn_id)
-    comment = request.app.state.privacy.for_storage(body.comment) if body.comment else None
+    redaction = feature_flags.enabled("redaction", key)
+    comment = request.app.state.privacy.for_storage(body.comment, enabled=redaction) if body.comment else None
     row = await run_in_threadpool(
         store.record_feedback,
         engine,

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Protocol
 
 from dialogue.bot import BotDefinition
+from dialogue.flags import deployment_flags
 from dialogue.generation.grounded import Answer, GroundedGenerator, Relevance
 from dialogue.generation.prompts import Prompt
 from dialogue.settings import Settings
 from workflows.contracts import Passage
+
+log = logging.getLogger("dialogue.generation")
 
 
 class AnswerGenerator(Protocol):
@@ -18,26 +23,68 @@ class AnswerGenerator(Protocol):
     prompt: Prompt | None
 
     async def answer(
-        self, question: str, passages: list[Passage], *, on_token: Callable[[str], None] | None = None
+        self,
+        question: str,
+        passages: list[Passage],
+        *,
+        on_token: Callable[[str], None] | None = None,
+        redact: bool = True,
     ) -> Answer | None:
         """An answer from the passages, or None when they hold none; `on_token` sees each piece of
-        text as it is produced (generators that produce it all at once may never call it)."""
+        text as it is produced (generators that produce it all at once may never call it). `redact`
+        is the conversation's `redaction` flag, for generators that send the question elsewhere."""
         ...
 
 
-def build_generator(settings: Settings, bot: BotDefinition) -> AnswerGenerator:
-    relevance = Relevance(min_semantic=bot.min_semantic_score, min_lexical=bot.min_answer_score)
-    if settings.generator == "openai":
-        from dialogue.generation.openai_chat import OpenAIChatGenerator
-        from dialogue.privacy.policy import PrivacyPolicy
+@dataclass(frozen=True)
+class Generators:
+    """The generators a worker answers with: the configured one, and one for each side of the
+    `llm_generator` flag."""
 
-        return OpenAIChatGenerator(
-            base_url=settings.llm_base_url,
-            model=settings.llm_model,
-            api_key=settings.llm_api_key,
-            timeout_seconds=settings.llm_timeout_seconds,
-            bot_description=bot.description,
-            relevance=relevance,
-            redact=PrivacyPolicy(bot.privacy).for_llm,
-        )
-    return GroundedGenerator(relevance)
+    configured: AnswerGenerator
+    """`DIALOGUE_GENERATOR`'s: for turns that carry no flags (sent before flags existed)."""
+    grounded: AnswerGenerator
+    llm: AnswerGenerator | None = None
+    """Built when the LLM is the configured generator or the flag may turn it on for some conversation."""
+
+    @classmethod
+    def only(cls, generator: AnswerGenerator) -> Generators:
+        """One generator for every turn, whatever its flags."""
+        return cls(configured=generator, grounded=generator, llm=generator)
+
+    def choose(self, llm: bool | None) -> AnswerGenerator:
+        """The generator for a turn whose `llm_generator` flag is `llm` (None: the turn has no flags)."""
+        if llm is None:
+            return self.configured
+        if not llm:
+            return self.grounded
+        if self.llm is None:
+            # The API's flags say LLM but this worker's settings never let the flag on: a configuration
+            # being rolled out. Answer all the same; the lineage names the generator that did.
+            log.warning("the llm_generator flag is on for a turn, but this worker has no LLM generator")
+            return self.configured
+        return self.llm
+
+
+def build_generators(settings: Settings, bot: BotDefinition) -> Generators:
+    """The worker's generators: the LLM one only when some conversation may be answered by it."""
+    relevance = Relevance(min_semantic=bot.min_semantic_score, min_lexical=bot.min_answer_score)
+    grounded = GroundedGenerator(relevance)
+    if settings.generator != "openai" and not deployment_flags(settings, bot).may_be_on("llm_generator"):
+        return Generators(configured=grounded, grounded=grounded)
+
+    from dialogue.generation.openai_chat import OpenAIChatGenerator
+    from dialogue.privacy.policy import PrivacyPolicy
+
+    llm = OpenAIChatGenerator(
+        base_url=settings.llm_base_url,
+        model=settings.llm_model,
+        api_key=settings.llm_api_key,
+        timeout_seconds=settings.llm_timeout_seconds,
+        bot_description=bot.description,
+        relevance=relevance,
+        redact=PrivacyPolicy(bot.privacy).for_llm,
+    )
+    return Generators(
+        configured=llm if settings.generator == "openai" else grounded, grounded=grounded, llm=llm
+    )

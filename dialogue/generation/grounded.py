@@ -60,8 +60,14 @@ class GroundedGenerator:
         self._relevance = relevance
 
     async def answer(
-        self, question: str, passages: list[Passage], *, on_token: Callable[[str], None] | None = None
+        self,
+        question: str,
+        passages: list[Passage],
+        *,
+        on_token: Callable[[str], None] | None = None,
+        redact: bool = True,
     ) -> Answer | None:
+        # Nothing leaves the process here: there is nothing to redact for.
         return grounded_answer(question, passages, self._relevance)
 
 

@@ -18,6 +18,7 @@ from temporalio.exceptions import ApplicationError
 
 from dialogue.generation.grounded import Answer, Relevance, source_of
 from dialogue.generation.prompts import Prompt, load_prompt
+from dialogue.metrics import LLM_ERRORS, LLM_TOKENS
 from workflows.contracts import Passage
 
 NO_ANSWER = "NO_ANSWER"
@@ -57,9 +58,15 @@ class OpenAIChatGenerator:
         """Applied to the user's words before they leave for the model (the bot's privacy policy)."""
 
     async def answer(
-        self, question: str, passages: list[Passage], *, on_token: Callable[[str], None] | None = None
+        self,
+        question: str,
+        passages: list[Passage],
+        *,
+        on_token: Callable[[str], None] | None = None,
+        redact: bool = True,
     ) -> Answer | None:
-        """The model's answer from the trusted passages; None when none is trusted or the model finds none."""
+        """The model's answer from the trusted passages; None when none is trusted or the model finds none.
+        `redact=False` (the conversation's `redaction` flag is off) sends the question as said."""
         trusted = [p for p in passages if self._relevance.trusted(p)][:MAX_PASSAGES]
         if not trusted:
             return None
@@ -67,7 +74,7 @@ class OpenAIChatGenerator:
             bot_description=self._bot_description or "an online shop.",
             passages="\n\n".join(f"[{i}] {p.title}: {p.text}" for i, p in enumerate(trusted, start=1)),
         )
-        text = await self._complete(system, self._redact(question), on_token)
+        text = await self._complete(system, self._redact(question) if redact else question, on_token)
         if not text or text.strip().startswith(NO_ANSWER):
             return None
         cited = {int(n) for n in _CITATION.findall(text) if 1 <= int(n) <= len(trusted)}
@@ -82,19 +89,30 @@ class OpenAIChatGenerator:
                 max_tokens=self._max_tokens,
                 temperature=self._temperature,
                 stream=True,
+                # The token counts arrive in a last chunk (OpenAI, vLLM, Ollama, llama.cpp server).
+                stream_options={"include_usage": True},
             )
             pieces: list[str] = []
+            usage = None
             async for chunk in stream:
+                usage = chunk.usage or usage
                 delta = chunk.choices[0].delta.content if chunk.choices else None
                 if delta:
                     pieces.append(delta)
                     if on_token is not None:
                         on_token(delta)
-            return "".join(pieces)
         except openai.APIStatusError as err:
+            LLM_ERRORS.labels(str(err.status_code)).inc()
             raise _status_error(err) from err
         except (openai.APITimeoutError, openai.APIConnectionError) as err:
+            LLM_ERRORS.labels("timeout" if isinstance(err, openai.APITimeoutError) else "connection").inc()
             raise ApplicationError(f"LLM endpoint unreachable: {err}", type="LlmUnavailable") from err
+        if usage is not None:
+            LLM_TOKENS.labels("prompt").inc(usage.prompt_tokens)
+            LLM_TOKENS.labels("completion").inc(usage.completion_tokens)
+        else:  # a server that reports no usage streams about one token per chunk
+            LLM_TOKENS.labels("completion").inc(len(pieces))
+        return "".join(pieces)
 
 
 def _status_error(err: openai.APIStatusError) -> ApplicationError:

@@ -21,7 +21,9 @@ from dialogue.knowledge.parsing import ContentType, content_type_of, parse
 from dialogue.nlu.embeddings import embed, embeddings_available
 
 # The columns' sizes: PostgreSQL refuses longer values where SQLite would keep them.
+MAX_DOCUMENT_ID = 200
 MAX_TITLE = 500
+MAX_SOURCE = 1000
 MAX_HEADING = 1000
 
 
@@ -35,7 +37,8 @@ class Ingested:
 
 
 def document_id_for(path: Path) -> str:
-    return re.sub(r"[^a-z0-9._-]+", "-", path.stem.lower()).strip("-") or "document"
+    # A file name may run to 255 bytes; two that agree in their first 200 are caught as a clash.
+    return re.sub(r"[^a-z0-9._-]+", "-", path.stem.lower()).strip("-")[:MAX_DOCUMENT_ID] or "document"
 
 
 def ingest(
@@ -75,7 +78,7 @@ def ingest(
             updated_at=now,
         )
         document.title = (title or parsed.title)[:MAX_TITLE]
-        document.source = source
+        document.source = source[:MAX_SOURCE] if source else None
         document.content_type = content_type
         document.content_hash = content_hash
         document.version = version

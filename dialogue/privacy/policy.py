@@ -11,10 +11,11 @@ class PrivacyPolicy:
         self.mode = privacy.redact
         self._redactor = Redactor.default(privacy.patterns)
 
-    def for_storage(self, text: str) -> str:
-        """The text as it may enter Temporal, the store and the logs."""
-        return self._redactor.redact(text).text if self.mode == "storage" else text
+    def for_storage(self, text: str, *, enabled: bool = True) -> str:
+        """The text as it may enter Temporal, the store and the logs; `enabled` is the conversation's
+        `redaction` flag (off, the text is kept as said, whatever the policy)."""
+        return self._redactor.redact(text).text if enabled and self.mode == "storage" else text
 
-    def for_llm(self, text: str) -> str:
-        """The text as it may be sent to an external LLM."""
-        return self._redactor.redact(text).text if self.mode != "off" else text
+    def for_llm(self, text: str, *, enabled: bool = True) -> str:
+        """The text as it may be sent to an external LLM; `enabled` as for `for_storage`."""
+        return self._redactor.redact(text).text if enabled and self.mode != "off" else text

@@ -1,0 +1,117 @@
+"""Per-request telemetry: a latency histogram by route and status, turn outcomes, one log line per request,
+and the trace id in the response's `X-Trace-Id` header (the id to search for in logs and traces)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from fastapi import APIRouter, Response
+from prometheus_client import REGISTRY, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from dialogue.logs import current_trace_id, log_context
+from dialogue.metrics import HTTP_REQUEST_SECONDS, TURN_SECONDS, TURNS
+
+log = logging.getLogger("dialogue.api")
+
+TURN_ROUTE = "/v1/conversations/{conversation_id}/turns"
+TRACE_HEADER = b"x-trace-id"
+QUIET_ROUTES = {"/healthz", "/readyz", "/metrics"}
+"""Probed every few seconds: counted, but not worth a log line each."""
+
+metrics_router = APIRouter(tags=["health"])
+
+
+@metrics_router.get("/metrics", response_class=Response)
+def read_metrics() -> Response:
+    """Prometheus metrics of this API process (no authentication: expose it on the internal network only)."""
+    return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
+
+
+def mark_turn(state: Any, turn_id: str, *, degraded: bool) -> None:
+    """Called by the turn route with the reply: the status code alone cannot tell a degraded answer."""
+    state.turn_id = turn_id
+    state.turn_outcome = "degraded" if degraded else "ok"
+
+
+def _turn_outcome(status: int, state: dict[str, Any]) -> str | None:
+    if status in (202, 204):
+        return None  # queued, or a resumed stream that had ended: no answer was given by this request
+    if status >= 500:
+        return "failed"
+    if status >= 400:
+        return "rejected"
+    return str(state.get("turn_outcome", "ok"))
+
+
+def _route_template(scope: Scope) -> str:
+    """The matched route's full template (`/v1/conversations/{conversation_id}/turns`): bounded label values.
+
+    FastAPI keeps an included router's route in scope without the router's prefix; the effective
+    route context it records beside it has the full path.
+    """
+    context = (scope.get("fastapi") or {}).get("effective_route_context")
+    path = getattr(context, "path", None) or getattr(scope.get("route"), "path", None)
+    return str(path) if path else "unmatched"
+
+
+class RequestTelemetry:
+    """Pure ASGI (not BaseHTTPMiddleware), so streamed responses pass through untouched; it sits inside the
+    OpenTelemetry middleware, whose span is current here."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+        trace_id = current_trace_id()
+
+        async def send_with_trace(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                if trace_id:
+                    message["headers"] = [*message.get("headers", []), (TRACE_HEADER, trace_id.encode())]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_trace)
+        finally:
+            self._observe(scope, status, time.perf_counter() - started, trace_id)
+
+    def _observe(self, scope: Scope, status: int, seconds: float, trace_id: str | None) -> None:
+        route = _route_template(scope)
+        method = scope["method"]
+        HTTP_REQUEST_SECONDS.labels(method, route, str(status)).observe(seconds)
+        state: dict[str, Any] = scope.get("state") or {}
+        outcome = _turn_outcome(status, state) if route == TURN_ROUTE and method == "POST" else None
+        if outcome is not None:
+            TURNS.labels(outcome).inc()
+            TURN_SECONDS.labels(outcome).observe(seconds)
+        if route in QUIET_ROUTES:
+            return
+        conversation_id = (scope.get("path_params") or {}).get("conversation_id")
+        tenant = state.get("tenant")
+        key = f"{tenant}/{conversation_id}" if tenant and conversation_id else None
+        with log_context(key, state.get("turn_id")):
+            log.info(
+                "%s %s %s",
+                method,
+                route,
+                status,
+                extra={
+                    "method": method,
+                    "route": route,
+                    "status": status,
+                    "duration_ms": round(seconds * 1000, 2),
+                    **({"tenant": tenant} if tenant and not key else {}),
+                    **({"turn_outcome": outcome} if outcome else {}),
+                },
+            )

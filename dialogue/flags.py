@@ -1,0 +1,98 @@
+"""Feature flags: streaming, the LLM generator, redaction and handoff, each on, off, or rolled out to a
+share of conversations.
+
+A flag's setting is `true`, `false`, or the percentage (0 to 100) of conversations it is on for. The
+deployment sets them (`DIALOGUE_FLAGS`, JSON), and a bot's `flags:` overrides the deployment's for
+that bot. A conversation's value is a pure function of the flag and the conversation's key: every
+process, on every turn, puts a conversation on the same side of a rollout, and raising a percentage
+only adds conversations (none changes side). The API evaluates the flags once per turn and sends
+the values with the turn; the workflow acts on them and records them in the answer's lineage.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Annotated, Literal, get_args
+
+from pydantic import Field
+
+if TYPE_CHECKING:
+    from dialogue.bot import BotDefinition
+    from dialogue.settings import Settings
+
+Flag = Literal["streaming", "llm_generator", "redaction", "handoff"]
+FLAGS: tuple[Flag, ...] = get_args(Flag)
+
+Rollout = bool | Annotated[float, Field(ge=0, le=100)]
+"""On (`true`), off (`false`), or on for this percentage of conversations."""
+FlagSettings = dict[Flag, Rollout]
+"""Flag name to its rollout; an unknown name fails validation, so a typo stops the process at start-up."""
+
+BUCKETS = 10_000
+"""A percentage to two decimals."""
+
+
+def bucket(flag: str, key: str) -> int:
+    """The conversation's place in `[0, BUCKETS)` for this flag.
+
+    SHA-256 rather than `hash()`, which Python salts per process: every API replica must agree.
+    The flag's name is hashed in, so the conversations of one rollout are not those of another.
+    """
+    digest = hashlib.sha256(f"{flag}:{key}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") % BUCKETS
+
+
+def _percent(rollout: Rollout) -> float:
+    if isinstance(rollout, bool):
+        return 100.0 if rollout else 0.0
+    return float(rollout)
+
+
+@dataclass(frozen=True)
+class FeatureFlags:
+    """Every flag's rollout, in percent, once the defaults, the deployment's and the bot's are merged."""
+
+    percent: Mapping[Flag, float]
+
+    @classmethod
+    def resolve(
+        cls,
+        deployment: Mapping[Flag, Rollout],
+        bot: Mapping[Flag, Rollout] | None = None,
+        *,
+        generator: str = "grounded",
+    ) -> FeatureFlags:
+        """The bot's setting of a flag, else the deployment's, else the default: everything on, and the
+        LLM generator on exactly when it is the configured generator (as before flags existed)."""
+        defaults: dict[Flag, Rollout] = {
+            "streaming": True,
+            "llm_generator": generator == "openai",
+            "redaction": True,
+            "handoff": True,
+        }
+        merged = defaults | dict(deployment) | dict(bot or {})
+        return cls({flag: _percent(merged[flag]) for flag in FLAGS})
+
+    def enabled(self, flag: Flag, key: str) -> bool:
+        """Whether `flag` is on for the conversation with this key (`tenant/id`)."""
+        share = self.percent[flag]
+        if share >= 100:
+            return True
+        if share <= 0:
+            return False
+        return bucket(flag, key) < round(share * BUCKETS / 100)
+
+    def evaluate(self, key: str) -> dict[str, bool]:
+        """Every flag's value for one conversation: what a turn carries and its lineage records."""
+        return {flag: self.enabled(flag, key) for flag in FLAGS}
+
+    def may_be_on(self, flag: Flag) -> bool:
+        """Whether some conversation may have `flag` on: what a worker must be ready for."""
+        return self.percent[flag] > 0
+
+
+def deployment_flags(settings: Settings, bot: BotDefinition) -> FeatureFlags:
+    """The flags of a bot as this deployment serves it."""
+    return FeatureFlags.resolve(settings.flags, bot.flags, generator=settings.generator)

@@ -1,0 +1,49 @@
+"""The Prometheus metrics of Dialogue Engine, in one place: what dashboards and alerts are written against.
+
+The API exposes its registry at `/metrics`; the worker on its own port (`worker_metrics_port`), with the
+Temporal SDK's worker metrics (`temporal_*`) beside its own.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Histogram
+
+# Buckets in seconds: a turn's floor is ~10 ms, its deadline 20 s.
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0)
+
+HTTP_REQUEST_SECONDS = Histogram(
+    "dialogue_http_request_duration_seconds",
+    "API requests by route template, method and status code.",
+    ["method", "route", "status"],
+    buckets=LATENCY_BUCKETS,
+)
+TURNS = Counter(
+    "dialogue_turns",
+    "Turns sent through the API by outcome: ok, degraded (fallback answer), rejected (4xx), failed (5xx).",
+    ["outcome"],
+)
+TURN_SECONDS = Histogram(
+    "dialogue_turn_duration_seconds",
+    "A turn's round trip in the API, from request to reply, by outcome.",
+    ["outcome"],
+    buckets=LATENCY_BUCKETS,
+)
+STEP_SECONDS = Histogram(
+    "dialogue_step_duration_seconds",
+    "One activity of a turn in the worker (understand, retrieve, generate, record_turn, ...), by outcome.",
+    ["step", "outcome"],
+    buckets=LATENCY_BUCKETS,
+)
+LLM_TOKENS = Counter(
+    "dialogue_llm_tokens",
+    "Tokens the LLM provider reported, by kind (prompt, completion).",
+    ["kind"],
+)
+LLM_ERRORS = Counter(
+    "dialogue_llm_errors",
+    "Failed LLM calls by reason (timeout, status code, connection).",
+    ["reason"],
+)
+# Recorded by the workflow through Temporal's replay-safe metric meter, so it appears among the
+# worker's SDK metrics: how many turns were ahead of a new one in its conversation, by double-text policy.
+TURN_QUEUE_DEPTH = "dialogue_turn_queue_depth"
