@@ -23,12 +23,13 @@ START_TIMEOUT = 120
 class Stack:
     def __init__(self, data_dir: Path, nlu_model_dir: Path) -> None:
         self.data_dir = data_dir
-        self.ports = {"temporal": free_port(), "ui": free_port(), "api": free_port()}
+        self.ports = {"temporal": free_port(), "ui": free_port(), "api": free_port(), "metrics": free_port()}
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("DIALOGUE_")} | {
             "DIALOGUE_DATA_DIR": str(data_dir),
             "DIALOGUE_TEMPORAL_ADDRESS": f"127.0.0.1:{self.ports['temporal']}",
             "DIALOGUE_TEMPORAL_UI_PORT": str(self.ports["ui"]),
             "DIALOGUE_API_PORT": str(self.ports["api"]),
+            "DIALOGUE_WORKER_METRICS_PORT": str(self.ports["metrics"]),
             # The session's trained demo model: `up` finds it up to date instead of training again.
             "DIALOGUE_NLU_MODEL_DIR": str(nlu_model_dir),
         }
@@ -94,8 +95,14 @@ def test_dialogue_up_runs_stops_cleanly_and_keeps_conversations(stack: Stack) ->
         first = http.post("/v1/conversations/demo-1/turns", json={"text": "hello"})
         assert first.status_code == 200, first.text
         assert first.json()["nlu"]["intent"]["name"] == "greet"
+        assert http.get("/readyz").json()["checks"] == {"temporal": "ok", "database": "ok", "worker": "ok"}
     ui = httpx.get(f"http://127.0.0.1:{stack.ports['ui']}/", timeout=10)
     assert ui.status_code == 200
+    worker_metrics = httpx.get(f"http://127.0.0.1:{stack.ports['metrics']}/metrics", timeout=10).text
+    assert 'dialogue_step_duration_seconds_count{outcome="ok",step="understand"} 1.0' in worker_metrics
+    assert "temporal_worker_task_slots_available" in worker_metrics
+    # A terminal shows text lines under `dialogue up`, not JSON.
+    assert "INFO dialogue.worker: worker polling task queue" in stack.log.read_text()
 
     assert stack.stop(signal.SIGINT) == 0
     assert all(port_is_free("127.0.0.1", port) for port in stack.ports.values())
