@@ -30,6 +30,7 @@ from dialogue.nlu.parser import build_parser
 from dialogue.settings import Settings, get_settings
 from dialogue.telemetry import (
     WorkerMetricsServer,
+    exported,
     sdk_runtime,
     temporal_interceptors,
     tracer_provider,
@@ -85,7 +86,7 @@ async def run_worker(settings: Settings) -> None:
     runtime, sdk_metrics_url = sdk_runtime() if settings.worker_metrics_port else (None, None)
     client = await connect(
         settings,
-        interceptors=temporal_interceptors(tracer_provider(settings, "worker")),
+        interceptors=temporal_interceptors(exported(settings, tracer_provider(settings, "worker"))),
         runtime=runtime,
     )
     stop = asyncio.Event()

@@ -23,7 +23,7 @@ from dialogue.db import get_engine, init_db
 from dialogue.flags import deployment_flags
 from dialogue.privacy.policy import PrivacyPolicy
 from dialogue.settings import Settings, get_settings
-from dialogue.telemetry import temporal_interceptors, tracer_provider
+from dialogue.telemetry import exported, temporal_interceptors, tracer_provider
 from dialogue.temporal import connect
 from dialogue.tokens import TokenVerifier
 
@@ -37,7 +37,10 @@ def create_app(
     """The API. `temporal` injects a connected client (tests); otherwise one connects lazily at start-up.
     `tracing` replaces the tracer provider settings would build (tests collect spans in memory)."""
     settings = settings or get_settings()
-    tracing = tracing or tracer_provider(settings, "api")
+    # Injected (tests) or exported: trace the Temporal calls too. Otherwise the request's span only
+    # gives the response and its log lines a trace id.
+    provider = tracing or tracer_provider(settings, "api")
+    traced_calls = tracing or exported(settings, provider)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -52,7 +55,7 @@ def create_app(
         app.state.flags = deployment_flags(settings, bot)
         # Lazy: the API starts, and answers 503, while Temporal is still down.
         app.state.temporal = temporal or await connect(
-            settings, lazy=True, interceptors=temporal_interceptors(tracing)
+            settings, lazy=True, interceptors=temporal_interceptors(traced_calls)
         )
         yield
 
@@ -86,9 +89,8 @@ def create_app(
         app.include_router(codec_router(EncryptionCodec(payload_keys), authorize_codec))
         codec_cors(app, settings.ui_origins)  # added late, so it answers the UI's preflight first
     app.add_middleware(RequestTelemetry)
-    if tracing is not None:
-        # Outermost: the request's span is current in every middleware and route below it.
-        FastAPIInstrumentor.instrument_app(
-            app, tracer_provider=tracing, excluded_urls="/healthz,/readyz,/metrics"
-        )
+    # Outermost: the request's span is current in every middleware and route below it.
+    FastAPIInstrumentor.instrument_app(
+        app, tracer_provider=provider, excluded_urls="/healthz,/readyz,/metrics"
+    )
     return app

@@ -12,13 +12,15 @@ from prometheus_client import REGISTRY, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from dialogue.logs import current_trace_id, log_context
+from dialogue.logs import current_trace_id, log_context, message_text
 from dialogue.metrics import HTTP_REQUEST_SECONDS, TURN_SECONDS, TURNS
+from workflows.contracts import TurnReply
 
 log = logging.getLogger("dialogue.api")
 
 TURN_ROUTE = "/v1/conversations/{conversation_id}/turns"
 TRACE_HEADER = b"x-trace-id"
+KNOWN_METHODS = {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"}
 QUIET_ROUTES = {"/healthz", "/readyz", "/metrics"}
 """Probed every few seconds: counted, but not worth a log line each."""
 
@@ -31,10 +33,13 @@ def read_metrics() -> Response:
     return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
 
 
-def mark_turn(state: Any, turn_id: str, *, degraded: bool) -> None:
-    """Called by the turn route with the reply: the status code alone cannot tell a degraded answer."""
-    state.turn_id = turn_id
-    state.turn_outcome = "degraded" if degraded else "ok"
+def mark_turn(state: Any, reply: TurnReply) -> None:
+    """Called by the turn route with the reply: the status code alone cannot tell a degraded answer.
+    The words go into the request's log line only when `log_message_text` is set (redacted as stored)."""
+    state.turn_id = reply.turn_id
+    state.turn_outcome = "degraded" if reply.degraded else "ok"
+    texts = {"user_text": message_text(reply.user_text), "reply_text": message_text(reply.reply.text)}
+    state.turn_texts = {name: text for name, text in texts.items() if text is not None}
 
 
 def _turn_outcome(status: int, state: dict[str, Any]) -> str | None:
@@ -88,7 +93,8 @@ class RequestTelemetry:
 
     def _observe(self, scope: Scope, status: int, seconds: float, trace_id: str | None) -> None:
         route = _route_template(scope)
-        method = scope["method"]
+        # h11 accepts any token as a method: an unknown one must not mint a new label value.
+        method = scope["method"] if scope["method"] in KNOWN_METHODS else "other"
         HTTP_REQUEST_SECONDS.labels(method, route, str(status)).observe(seconds)
         state: dict[str, Any] = scope.get("state") or {}
         outcome = _turn_outcome(status, state) if route == TURN_ROUTE and method == "POST" else None
@@ -113,5 +119,6 @@ class RequestTelemetry:
                     "duration_ms": round(seconds * 1000, 2),
                     **({"tenant": tenant} if tenant and not key else {}),
                     **({"turn_outcome": outcome} if outcome else {}),
+                    **state.get("turn_texts", {}),
                 },
             )

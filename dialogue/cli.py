@@ -11,8 +11,11 @@ import typer
 from dialogue.settings import get_settings
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from sqlalchemy.engine import Engine
 
+    from dialogue.codec import PayloadKeys
     from dialogue.nlu.parser import NluParser
 
 app = typer.Typer(
@@ -437,13 +440,32 @@ def _payload_keys_file() -> Path:
     return settings.payload_keys_file or settings.data_dir / "payload-keys"
 
 
+def _payload_keys_or_exit(change: Callable[[], PayloadKeys]) -> PayloadKeys:
+    """The keys after `change`; a missing file or an unknown or duplicate key id as a message, not a traceback."""
+    try:
+        return change()
+    except FileNotFoundError as err:
+        typer.echo(
+            f"no key file at {err.filename}: `dialogue up` or the API creates one in development", err=True
+        )
+    except (KeyError, ValueError) as err:
+        typer.echo(err.args[0] if err.args else str(err), err=True)
+    raise typer.Exit(1)
+
+
 @payload_keys_app.command("list")
 def payload_keys_list() -> None:
     """The key ids this process would use, the current one (that seals new payloads) first."""
-    keys = get_settings().payload_codec_keys()
-    if keys is None:
+    from dialogue.codec import PayloadKeys
+
+    settings = get_settings()
+    if not settings.payload_encryption:
         typer.echo("payload encryption is off (DIALOGUE_PAYLOAD_ENCRYPTION=false)")
         return
+    if settings.payload_keys is not None:
+        keys = PayloadKeys.parse(settings.payload_keys.get_secret_value())
+    else:  # read only: listing must not create a key file where none is
+        keys = _payload_keys_or_exit(lambda: PayloadKeys.load(_payload_keys_file()))
     for key_id in keys:
         typer.echo(f"{key_id}{'  (current)' if key_id == keys.current_id else ''}")
 
@@ -461,7 +483,7 @@ def payload_keys_rotate(
     """Add a new key to the key file, keeping every old one (old histories stay readable)."""
     from dialogue.codec import rotate
 
-    keys = rotate(_payload_keys_file(), current=not not_current)
+    keys = _payload_keys_or_exit(lambda: rotate(_payload_keys_file(), current=not not_current))
     added = keys.current_id if not not_current else list(keys)[-1]
     typer.echo(f"added key {added}; current key: {keys.current_id}. Restart the API, workers and CLI users.")
 
@@ -471,7 +493,7 @@ def payload_keys_promote(key_id: Annotated[str, typer.Argument(help="A key id in
     """Make a key already in the file the one new payloads are sealed with."""
     from dialogue.codec import promote
 
-    keys = promote(_payload_keys_file(), key_id)
+    keys = _payload_keys_or_exit(lambda: promote(_payload_keys_file(), key_id))
     typer.echo(f"current key: {keys.current_id}. Restart the API and workers.")
 
 

@@ -55,6 +55,8 @@ class FeatureFlags:
     """Every flag's rollout, in percent, once the defaults, the deployment's and the bot's are merged."""
 
     percent: Mapping[Flag, float]
+    unset_generator: bool = False
+    """`llm_generator` set nowhere: each worker's own `DIALOGUE_GENERATOR` decides, as before flags."""
 
     @classmethod
     def resolve(
@@ -73,7 +75,8 @@ class FeatureFlags:
             "handoff": True,
         }
         merged = defaults | dict(deployment) | dict(bot or {})
-        return cls({flag: _percent(merged[flag]) for flag in FLAGS})
+        unset = "llm_generator" not in deployment and "llm_generator" not in (bot or {})
+        return cls({flag: _percent(merged[flag]) for flag in FLAGS}, unset_generator=unset)
 
     def enabled(self, flag: Flag, key: str) -> bool:
         """Whether `flag` is on for the conversation with this key (`tenant/id`)."""
@@ -85,8 +88,14 @@ class FeatureFlags:
         return bucket(flag, key) < round(share * BUCKETS / 100)
 
     def evaluate(self, key: str) -> dict[str, bool]:
-        """Every flag's value for one conversation: what a turn carries and its lineage records."""
-        return {flag: self.enabled(flag, key) for flag in FLAGS}
+        """Every flag's value for one conversation: what a turn carries and its lineage records.
+        Without `llm_generator` when it is set nowhere: the API's generator setting must not overrule
+        the workers' (deployments that set `openai` on the workers alone keep their LLM)."""
+        return {
+            flag: self.enabled(flag, key)
+            for flag in FLAGS
+            if not (flag == "llm_generator" and self.unset_generator)
+        }
 
     def may_be_on(self, flag: Flag) -> bool:
         """Whether some conversation may have `flag` on: what a worker must be ready for."""

@@ -19,6 +19,8 @@ from opentelemetry import trace
 from pythonjsonlogger.core import RESERVED_ATTRS
 from pythonjsonlogger.json import JsonFormatter
 
+from dialogue.temporal import key_of
+
 if TYPE_CHECKING:
     from dialogue.settings import Settings
 
@@ -56,6 +58,13 @@ class ContextFilter(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         key = _conversation.get()
+        # Temporal's workflow and activity loggers attach the workflow's info, also to lines written
+        # outside an activity's own context (the SDK's "Completing activity as failed" warning).
+        temporal = getattr(record, "temporal_workflow", None) or getattr(record, "temporal_activity", None)
+        if key is None and isinstance(temporal, dict):
+            key = key_of(str(temporal.get("workflow_id", "")))
+            if "update_id" in temporal:  # a turn's update: its id is the turn's
+                record.turn_id = temporal["update_id"]
         if key is not None:
             tenant, _, conversation_id = key.partition("/")
             record.tenant = tenant

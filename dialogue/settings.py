@@ -112,8 +112,9 @@ class Settings(BaseSettings):
     """The OTLP/HTTP traces endpoint of a collector (Jaeger, Tempo, the OpenTelemetry Collector)."""
     worker_shutdown_grace_seconds: float = Field(default=10, ge=0)
     """On SIGTERM a worker stops polling and lets running activities finish for up to this long."""
-    worker_poll_max_age_seconds: float = Field(default=60, gt=0)
-    """`/readyz` says not ready when no worker has polled the task queue for this long."""
+    worker_poll_max_age_seconds: float = Field(default=180, gt=0)
+    """`/readyz` says not ready when no worker has polled the task queue for this long. An idle worker's
+    long poll lasts a minute, and the server notes its time at the start and the end of each."""
 
     bot_path: Path = PROJECT_ROOT / "examples" / "demo" / "bot.yaml"
     """The bot definition the worker serves."""

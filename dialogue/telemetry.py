@@ -7,6 +7,7 @@ every workflow call and a span to every step, which a deployment with no collect
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import threading
 import time
@@ -33,37 +34,43 @@ from temporalio.worker import (
 from dialogue.logs import log_context
 from dialogue.metrics import STEP_SECONDS, TURN_QUEUE_DEPTH
 from dialogue.settings import Settings
-
-WORKFLOW_ID_PREFIX = "conv-"
+from dialogue.temporal import key_of
 
 
 def tracer_provider(
     settings: Settings, service: str, *, exporter: SpanExporter | None = None
-) -> TracerProvider | None:
-    """The process's tracer provider, exporting where settings say; None when tracing is off.
+) -> TracerProvider:
+    """The process's tracer provider, exporting where settings say, or nowhere: the API makes spans
+    even then, so that every response and log line has a trace id to search by.
 
     `exporter` replaces the configured one (tests collect spans in memory).
     """
+    provider = TracerProvider(resource=Resource.create({"service.name": f"dialogue-{service}"}))
     if exporter is None:
         if settings.tracing_exporter == "none":
-            return None
+            return provider
         if settings.tracing_exporter == "console":
             exporter = ConsoleSpanExporter()
         else:
             from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
             exporter = OTLPSpanExporter(endpoint=settings.otlp_endpoint)
-    provider = TracerProvider(resource=Resource.create({"service.name": f"dialogue-{service}"}))
     provider.add_span_processor(BatchSpanProcessor(exporter))
     return provider
 
 
 def temporal_interceptors(provider: TracerProvider | None) -> list[ClientInterceptor]:
     """Client interceptors (a worker built on the client inherits them): spans for every Temporal call,
-    with the trace context carried in headers into the workflow and its activities."""
+    with the trace context carried in headers into the workflow and its activities. None without a
+    provider: the header and the spans cost every call something, worth paying only when exported."""
     if provider is None:
         return []
     return [TracingInterceptor(provider.get_tracer("dialogue"))]
+
+
+def exported(settings: Settings, provider: TracerProvider) -> TracerProvider | None:
+    """`provider` when settings export its spans, else None (for `temporal_interceptors`)."""
+    return provider if settings.tracing_exporter != "none" else None
 
 
 class StepTelemetry(Interceptor):
@@ -76,7 +83,7 @@ class StepTelemetry(Interceptor):
 class _StepTelemetryInbound(ActivityInboundInterceptor):
     async def execute_activity(self, input: ExecuteActivityInput) -> Any:
         info = activity.info()
-        key = info.workflow_id.removeprefix(WORKFLOW_ID_PREFIX) if info.workflow_id else None
+        key = key_of(info.workflow_id) if info.workflow_id else None
         turn_id = next((getattr(arg, "turn_id", None) for arg in input.args), None)
         started = time.perf_counter()
         outcome = "error"
@@ -85,6 +92,9 @@ class _StepTelemetryInbound(ActivityInboundInterceptor):
                 result = await super().execute_activity(input)
             outcome = "ok"
             return result
+        except asyncio.CancelledError:
+            outcome = "cancelled"  # by the turn's deadline, an interrupt or a shutdown: not a failure
+            raise
         finally:
             STEP_SECONDS.labels(info.activity_type, outcome).observe(time.perf_counter() - started)
 

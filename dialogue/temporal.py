@@ -47,9 +47,19 @@ def conversation_key(tenant: str, conversation_id: str) -> str:
     return f"{tenant}/{conversation_id}"
 
 
+WORKFLOW_ID_PREFIX = "conv-"
+
+
 def workflow_id(key: str) -> str:
     """The workflow of the conversation with this key (`conversation_key`), e.g. `conv-acme/42`."""
-    return f"conv-{key}"
+    return f"{WORKFLOW_ID_PREFIX}{key}"
+
+
+def key_of(workflow_id: str) -> str | None:
+    """The conversation key a workflow id names; None for other workflows (retention)."""
+    return (
+        workflow_id.removeprefix(WORKFLOW_ID_PREFIX) if workflow_id.startswith(WORKFLOW_ID_PREFIX) else None
+    )
 
 
 def data_converter(settings: Settings) -> DataConverter:

@@ -98,8 +98,10 @@ def test_true_false_0_and_100_are_everyone_or_no_one() -> None:
 
 def test_unset_flags_keep_the_behaviour_from_before_flags() -> None:
     grounded, openai = (FeatureFlags.resolve({}, generator=g) for g in ("grounded", "openai"))
-    assert grounded.evaluate("default/x") == {f: f != "llm_generator" for f in FLAGS}
-    assert openai.evaluate("default/x") == dict.fromkeys(FLAGS, True)
+    # Unset, the LLM flag is not sent at all: each worker's DIALOGUE_GENERATOR decides, as before.
+    everything_else = {f: True for f in FLAGS if f != "llm_generator"}
+    assert grounded.evaluate("default/x") == openai.evaluate("default/x") == everything_else
+    assert not grounded.may_be_on("llm_generator") and openai.may_be_on("llm_generator")
 
 
 def test_a_bots_flags_override_the_deployments(tmp_path: Path) -> None:

@@ -30,6 +30,7 @@ from tests.processes import ApiProcess, WorkerProcess
 from worker import build_worker
 
 KB_QUESTION = "How long does delivery take?"
+API_OPTIONS: list[dict[str, Any]] = [{"tracing_exporter": "console"}, {"log_message_text": True}]
 
 
 def samples(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
@@ -207,12 +208,14 @@ async def test_two_workers_and_two_apis_answer_every_turn_once(settings: Setting
         )
         for i in range(2)
     ]
+    # The first exports its spans (to its console); the second exports none, but still gives each
+    # response and log line a trace id, and logs the words of each turn, as configured.
     apis = [
         ApiProcess(
-            settings.model_copy(update={"api_port": free_port(), "tracing_exporter": "console"}),
+            settings.model_copy(update={"api_port": free_port(), **options}),
             tmp_path / f"api{i}.log",
         )
-        for i in range(2)
+        for i, options in enumerate(API_OPTIONS)
     ]
     conversations = [f"scale-{i}" for i in range(6)]
     turns_each = 4
@@ -280,7 +283,10 @@ async def test_two_workers_and_two_apis_answer_every_turn_once(settings: Setting
         assert line["turn_id"].startswith(line["conversation_id"])
         assert line["turn_outcome"] == "ok"
     assert {line["trace_id"] for line in turn_lines} == trace_ids
-    for log in [*(a.log for a in apis), *(w.log for w in workers)]:
+    worded = [line for line in json_lines(apis[1].log) if "user_text" in line]
+    assert len(worded) == total_turns // 2
+    assert all(secret_word in line["user_text"] and line["reply_text"] for line in worded)
+    for log in [apis[0].log, *(w.log for w in workers)]:
         assert secret_word not in log.read_text(), log
 
 
@@ -303,6 +309,10 @@ def test_payload_keys_rotate_then_promote_from_the_cli(
             assert result.exit_code == 0, result.output
             return result.output.split("\n")[:-1]
 
+        missing = runner.invoke(app, ["payload-keys", "list"])
+        assert missing.exit_code == 1 and "no key file" in missing.output
+        assert not (tmp_path / "payload-keys").exists()  # listing creates nothing
+        get_settings().payload_codec_keys()  # as the API does in development: makes the file
         first = listed()
         assert len(first) == 1 and first[0].endswith("(current)")
         old_id = first[0].split()[0]

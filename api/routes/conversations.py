@@ -163,7 +163,7 @@ async def create_turn(
                         engine,
                         _key(principal, conversation_id),
                         turn_id,
-                        _marked(request, turn_id, update.result),
+                        _marked(request, update.result),
                         after=resume.after,
                         timeout_seconds=settings.turn_timeout_seconds,
                     )
@@ -195,18 +195,18 @@ async def create_turn(
                 "turn_timeout",
                 f"turn {turn_id} is still running; retry with 'Idempotency-Key: {turn_id}' to get its reply",
             ) from None
-    mark_turn(request.state, turn_id, degraded=reply.degraded)
+    mark_turn(request.state, reply)
     return reply
 
 
 def _marked(
-    request: Request, turn_id: str, result: Callable[[], Awaitable[TurnReply]]
+    request: Request, result: Callable[[], Awaitable[TurnReply]]
 ) -> Callable[[], Awaitable[TurnReply]]:
     """A streamed turn's reply, marked for the request's metrics and log line once it arrives."""
 
     async def marked() -> TurnReply:
         reply = await result()
-        mark_turn(request.state, turn_id, degraded=reply.degraded)
+        mark_turn(request.state, reply)
         return reply
 
     return marked
