@@ -30,6 +30,21 @@ def process_env(settings: Settings) -> dict[str, str]:
     return env
 
 
+async def spawn(module: list[str], settings: Settings, log: Path) -> asyncio.subprocess.Process:
+    """`python -m <module…>` reading `settings` from its environment, its output appended to `log`."""
+    with log.open("ab") as out:
+        return await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            *module,
+            cwd=PROJECT_ROOT,
+            env=process_env(settings),
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=out,
+            stderr=asyncio.subprocess.STDOUT,
+        )
+
+
 class WorkerProcess:
     """`python -m worker` in its own OS process, as deployed: something SIGKILL can hit mid-turn."""
 
@@ -41,17 +56,7 @@ class WorkerProcess:
     async def start(self) -> float:
         """Start it and wait until it polls its task queue; returns how long that took."""
         started = time.monotonic()
-        with self.log.open("ab") as out:
-            self.process = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "worker",
-                cwd=PROJECT_ROOT,
-                env=process_env(self.settings),
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=out,
-                stderr=asyncio.subprocess.STDOUT,
-            )
+        self.process = await spawn(["worker"], self.settings, self.log)
         while b"worker polling task queue" not in self.log.read_bytes():
             assert self.process.returncode is None, f"the worker exited:\n{self.log.read_text()}"
             assert time.monotonic() < started + START_TIMEOUT, f"no worker:\n{self.log.read_text()}"
@@ -86,18 +91,7 @@ class ApiProcess:
 
     async def start(self) -> None:
         started = time.monotonic()
-        with self.log.open("ab") as out:
-            self.process = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "dialogue",
-                "api",
-                cwd=PROJECT_ROOT,
-                env=process_env(self.settings),
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=out,
-                stderr=asyncio.subprocess.STDOUT,
-            )
+        self.process = await spawn(["dialogue", "api"], self.settings, self.log)
         host, port = self.settings.api_host, self.settings.api_port
         while True:
             assert self.process.returncode is None, f"the API exited:\n{self.log.read_text()}"
