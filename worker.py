@@ -10,8 +10,10 @@ import asyncio
 import logging
 import signal
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import timedelta
 
+from sqlalchemy.engine import Engine
 from temporalio.client import Client
 from temporalio.worker import Worker
 
@@ -43,10 +45,20 @@ from workflows.retention import RetentionWorkflow, ensure_retention_schedule
 log = logging.getLogger("dialogue.worker")
 
 
-def build_worker(
-    client: Client, settings: Settings, *, task_queue: str | None = None, executor: ThreadPoolExecutor
-) -> Worker:
-    """A worker with every workflow and activity of a turn, wired to the bot and the store in `settings`."""
+@dataclass(frozen=True)
+class TurnActivities:
+    """The activities of a turn, wired to the bot and the store in settings, models loaded."""
+
+    engine: Engine
+    understand: UnderstandActivity
+    retrieve: RetrieveActivity
+    generate: GenerateActivity
+    record: RecordActivities
+    tool: ToolActivity
+
+
+def build_turn_activities(settings: Settings) -> TurnActivities:
+    """The activities of a turn (the worker's; `bench/turn_latency.py` calls them without Temporal)."""
     bot = load_bot(settings.bot_path)
     engine = get_engine(settings.resolved_database_url)
     init_db(engine)
@@ -55,20 +67,35 @@ def build_worker(
     # Load the models and build the index now, not during the first user's turn.
     parser.parse("hello")
     index.search("hello", top_k=1)
-    record = RecordActivities(engine)
+    return TurnActivities(
+        engine=engine,
+        understand=UnderstandActivity(bot, parser),
+        retrieve=RetrieveActivity(index),
+        generate=GenerateActivity(ReplyComposer(bot, build_generators(settings, bot)), engine),
+        record=RecordActivities(engine),
+        tool=ToolActivity(bot),
+    )
+
+
+def build_worker(
+    client: Client, settings: Settings, *, task_queue: str | None = None, executor: ThreadPoolExecutor
+) -> Worker:
+    """A worker with every workflow and activity of a turn, wired to the bot and the store in `settings`."""
+    turn = build_turn_activities(settings)
+    retention_days = load_bot(settings.bot_path).privacy.retention_days
     return Worker(
         client,
         task_queue=task_queue or settings.task_queue,
         workflows=[ConversationWorkflow, RetentionWorkflow],
         activities=[
-            UnderstandActivity(bot, parser).understand,
-            RetrieveActivity(index).retrieve,
-            GenerateActivity(ReplyComposer(bot, build_generators(settings, bot)), engine).generate,
-            record.record_turn,
-            record.record_message,
-            record.record_conversation,
-            ToolActivity(bot).run_tool,
-            RetentionActivities(client, engine, bot.privacy.retention_days).purge_expired,
+            turn.understand.understand,
+            turn.retrieve.retrieve,
+            turn.generate.generate,
+            turn.record.record_turn,
+            turn.record.record_message,
+            turn.record.record_conversation,
+            turn.tool.run_tool,
+            RetentionActivities(client, turn.engine, retention_days).purge_expired,
         ],
         activity_executor=executor,
         interceptors=worker_interceptors(),

@@ -34,6 +34,7 @@ class EmbeddedStack:
             "DIALOGUE_TEMPORAL_ADDRESS": f"127.0.0.1:{free_port()}",
             "DIALOGUE_TEMPORAL_UI_PORT": str(free_port()),
             "DIALOGUE_API_PORT": str(self.api_port),
+            "DIALOGUE_WORKER_METRICS_PORT": str(free_port()),
             **{f"DIALOGUE_{name.upper()}": value for name, value in settings.items()},
         }
         self.api = f"http://127.0.0.1:{self.api_port}"

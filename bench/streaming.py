@@ -100,7 +100,7 @@ async def run(turns: int, token_delay: float) -> dict[str, Any]:
     return {
         "scenario": "streaming",
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": f"{platform.machine()}, {_cpus()} CPUs, Python {platform.python_version()}",
+        "machine": machine(),
         "turns": turns,
         "model_token_interval_ms": token_delay * 1000,
         "token_produced_to_received_ms": percentiles(delays),
@@ -109,10 +109,10 @@ async def run(turns: int, token_delay: float) -> dict[str, Any]:
     }
 
 
-def _cpus() -> int:
+def machine() -> str:
     import os
 
-    return os.cpu_count() or 0
+    return f"{platform.machine()}, {os.cpu_count() or 0} CPUs, Python {platform.python_version()}"
 
 
 def main() -> None:

@@ -106,11 +106,13 @@ def upgrade(engine: Engine) -> Migrated:
     Raises SchemaMismatch when tables without a revision differ from the models beyond
     the one known gap (`message.author`).
     """
-    # Most starts find the schema current: answer those without the lock, which a connection pooler in
-    # transaction mode (PgBouncer) cannot hold for a session.
-    current = current_revision(engine)
-    if current == head() or (current is not None and not known(current)):
-        return Migrated(current, current)
+    if engine.dialect.name == "postgresql":
+        # Most starts find the schema current: answer those without the lock, which a connection pooler
+        # in transaction mode (PgBouncer) cannot hold for a session. (Not on SQLite: a second process
+        # opening a file that another is creating fails with "database is locked" instead of waiting.)
+        current = current_revision(engine)
+        if current == head() or (current is not None and not known(current)):
+            return Migrated(current, current)
     with _migration_lock(engine) as connection:
         before = MigrationContext.configure(connection).get_current_revision()
         connection.commit()  # Alembic runs the migrations in a transaction of its own

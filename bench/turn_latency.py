@@ -1,0 +1,179 @@
+"""Turn latency: sequential turns over real HTTP against `dialogue up`, and in the same run, round by
+round, three baselines:
+
+- `pipeline`: the turn's own work with no Temporal: the worker's activities (understand, retrieve,
+  generate, record_turn) called in this process one after the other: the floor of the work itself;
+- `bare_update`: an update-with-start to a workflow whose update runs no activity, on the stack's
+  Temporal: Temporal's floor for a turn;
+- `naive`: the same with three regular activities that do nothing: what scheduling three steps costs.
+
+Reports p50/p90/p99 of each, the overhead (turn p50 - pipeline p50) and the ratios; results in
+bench/results/turn_latency.json.
+
+    .venv/bin/python -m bench.turn_latency [--rounds 200]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import inspect
+import json
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+from temporalio.client import Client, WithStartWorkflowOperation
+from temporalio.common import WorkflowIDConflictPolicy
+from temporalio.testing import ActivityEnvironment
+from temporalio.worker import Worker
+
+from bench.baselines import BareUpdate, NaiveTurn, noop
+from bench.stack import EmbeddedStack
+from bench.streaming import RESULTS, machine, percentiles
+from dialogue.settings import Settings
+from dialogue.temporal import connect
+from worker import TurnActivities, build_turn_activities
+from workflows.contracts import GenerateRequest, RecordTurnRequest, RetrieveRequest, UnderstandRequest
+
+TEXTS = ["hello", "how much does express shipping cost?", "can I pay with PayPal?", "thanks"]
+CONVERSATIONS = 10
+"""Turns go round this many conversations, so none reaches a continue-as-new in a default run."""
+BASELINE_QUEUE = "bench-baselines"
+WARM_UP_ROUNDS = 5
+
+
+async def timed(call: Awaitable[Any]) -> float:
+    """Milliseconds `call` takes (a coroutine does nothing until awaited: it is timed from its start)."""
+    started = time.perf_counter()
+    await call
+    return (time.perf_counter() - started) * 1000
+
+
+async def _run(env: ActivityEnvironment, function: Callable[..., Any], request: Any) -> Any:
+    result = env.run(function, request)
+    return await result if inspect.isawaitable(result) else result
+
+
+async def pipeline_turn(env: ActivityEnvironment, acts: TurnActivities, text: str, index: int) -> None:
+    """One turn's work as the workflow orders it, without Temporal."""
+    understood = await _run(env, acts.understand.understand, UnderstandRequest(text=text))
+    retrieved = await _run(env, acts.retrieve.retrieve, RetrieveRequest(text=text))
+    reply = await _run(
+        env,
+        acts.generate.generate,
+        GenerateRequest(
+            text=text,
+            turn_index=index,
+            nlu=understood.nlu,
+            passages=retrieved.passages,
+            decision=understood.decision,
+        ),
+    )
+    record = RecordTurnRequest(
+        conversation_id="default/bench-pipeline",
+        turn_id=f"pipeline-{index}",
+        turn_index=index,
+        user_text=text,
+        reply=reply,
+        nlu=understood.nlu,
+        at=datetime.now(UTC),
+    )
+    await _run(env, acts.record.record_turn, record)
+
+
+async def baseline_turn(
+    client: Client, workflow: type[BareUpdate] | type[NaiveTurn], key: str, text: str
+) -> None:
+    start = WithStartWorkflowOperation(
+        workflow.run,
+        id=key,
+        task_queue=BASELINE_QUEUE,
+        id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+    )
+    await client.execute_update_with_start_workflow(workflow.turn, text, start_workflow_operation=start)
+
+
+async def run(rounds: int) -> dict[str, Any]:
+    stack = EmbeddedStack()
+    await asyncio.to_thread(stack.__enter__)
+    try:
+        env = stack.env
+        settings = Settings(
+            data_dir=Path(env["DIALOGUE_DATA_DIR"]),
+            temporal_address=env["DIALOGUE_TEMPORAL_ADDRESS"],
+            api_key=stack.key,
+        )
+        acts = build_turn_activities(settings)
+        activity_env = ActivityEnvironment()
+        client = await connect(settings)  # the encrypted data converter, as the API and worker use
+        run_id = uuid.uuid4().hex[:6]
+        series: dict[str, list[float]] = {"turn": [], "pipeline": [], "bare_update": [], "naive": []}
+        with ThreadPoolExecutor(max_workers=4) as executor:
+            async with (
+                Worker(
+                    client,
+                    task_queue=BASELINE_QUEUE,
+                    workflows=[BareUpdate, NaiveTurn],
+                    activities=[noop],
+                    activity_executor=executor,
+                ),
+                httpx.AsyncClient(base_url=stack.api, headers=stack.headers, timeout=60) as http,
+            ):
+
+                async def http_turn(conversation: str, text: str) -> None:
+                    reply = await http.post(f"/v1/conversations/{conversation}/turns", json={"text": text})
+                    reply.raise_for_status()
+
+                for index in range(WARM_UP_ROUNDS + rounds):
+                    text = TEXTS[index % len(TEXTS)]
+                    conversation = f"{run_id}-{index % CONVERSATIONS}"
+                    measured = {
+                        "turn": await timed(http_turn(f"bench-{conversation}", text)),
+                        "pipeline": await timed(pipeline_turn(activity_env, acts, text, index)),
+                        "bare_update": await timed(
+                            baseline_turn(client, BareUpdate, f"bare-{conversation}", text)
+                        ),
+                        "naive": await timed(baseline_turn(client, NaiveTurn, f"naive-{conversation}", text)),
+                    }
+                    if index >= WARM_UP_ROUNDS:
+                        for name, ms in measured.items():
+                            series[name].append(ms)
+                for k in range(CONVERSATIONS):
+                    for prefix in ("bare", "naive"):
+                        await client.get_workflow_handle(f"{prefix}-{run_id}-{k}").signal("end")
+    finally:
+        await asyncio.to_thread(stack.__exit__, None, None, None)
+    stats = {name: percentiles(values) for name, values in series.items()}
+    turn, pipeline, bare = (stats[name]["p50"] for name in ("turn", "pipeline", "bare_update"))
+    return {
+        "scenario": "turn_latency",
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": machine(),
+        "rounds": rounds,
+        "texts": TEXTS,
+        "ms": stats,
+        "overhead_p50_ms": round(turn - pipeline, 1),
+        "turn_over_bare_plus_pipeline": round(turn / (bare + pipeline), 2),
+        "naive_over_bare": round(stats["naive"]["p50"] / bare, 2),
+        "turn_over_naive": round(turn / stats["naive"]["p50"], 2),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=200)
+    args = parser.parse_args()
+    result = asyncio.run(run(args.rounds))
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "turn_latency.json").write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
