@@ -34,6 +34,7 @@ test: lint typecheck pytest
 # Benchmarks: results as JSON in bench/results/ (timing lives here, never in tests).
 bench: install
 	$(BIN)/python -m bench.turn_latency
+	$(BIN)/python -m bench.throughput
 	$(BIN)/python -m bench.streaming
 
 clean:

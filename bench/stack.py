@@ -72,5 +72,10 @@ class EmbeddedStack:
         self._scratch.cleanup()
 
     @property
+    def pid(self) -> int | None:
+        """The `dialogue up` process: Temporal, the worker and the API are its children."""
+        return self._process.pid if self._process else None
+
+    @property
     def headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.key}"}

@@ -1,0 +1,143 @@
+"""Throughput: many conversations sending turns at once over real HTTP against `dialogue up`; sustained
+turns per second, latency percentiles at that rate, and the CPU each process of the stack used.
+
+An asyncio load generator on loopback: `--conversations` conversations, each sending `--turns` turns
+one after the other, at most `--concurrency` turns in flight across all of them (a bound, so the
+queue never outgrows the API's reply wait). Results in bench/results/throughput.json.
+
+    .venv/bin/python -m bench.throughput [--conversations 500] [--turns 2] [--concurrency 50]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import resource
+import time
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from bench.stack import EmbeddedStack
+from bench.streaming import RESULTS, machine, percentiles
+from bench.turn_latency import TEXTS
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def process_tree(root: int) -> dict[int, str]:
+    """The processes below `root` (the stack's children: Temporal, worker, API), by pid, with a short name."""
+    parents: dict[int, int] = {}
+    names: dict[int, str] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
+        names[int(entry.name)] = _role(command)
+    tree = {pid: names[pid] for pid, parent in parents.items() if parent == root}
+    return tree
+
+
+def _role(command: str) -> str:
+    if "temporal" in command and "server" in command:
+        return "temporal"
+    if "-m worker" in command:
+        return "worker"
+    if "dialogue api" in command:
+        return "api"
+    return command[:40]
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime + stime
+
+
+def _own_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+async def run(conversations: int, turns: int, concurrency: int) -> dict[str, Any]:
+    # One client key sends every conversation's turns here: its rate limit would measure itself.
+    stack = EmbeddedStack(rate_limit_per_second="0")
+    await asyncio.to_thread(stack.__enter__)
+    try:
+        assert stack.pid is not None
+        processes = process_tree(stack.pid)
+        run_id = uuid.uuid4().hex[:6]
+        gate = asyncio.Semaphore(concurrency)
+        latencies: list[float] = []
+        failures: dict[str, int] = {}
+        limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+        async with httpx.AsyncClient(
+            base_url=stack.api, headers=stack.headers, timeout=60, limits=limits
+        ) as http:
+            await http.post(f"/v1/conversations/warm-{run_id}/turns", json={"text": "hello"})
+
+            async def converse(number: int) -> None:
+                for index in range(turns):
+                    async with gate:
+                        started = time.perf_counter()
+                        try:
+                            reply = await http.post(
+                                f"/v1/conversations/{run_id}-{number}/turns",
+                                json={"text": TEXTS[(number + index) % len(TEXTS)]},
+                            )
+                            outcome = str(reply.status_code)
+                        except httpx.HTTPError as err:
+                            outcome = type(err).__name__
+                        if outcome == "200":
+                            latencies.append((time.perf_counter() - started) * 1000)
+                        else:
+                            failures[outcome] = failures.get(outcome, 0) + 1
+
+            cpu_before = {pid: cpu_seconds(pid) for pid in processes}
+            own_before = _own_cpu()
+            began = time.perf_counter()
+            await asyncio.gather(*(converse(n) for n in range(conversations)))
+            elapsed = time.perf_counter() - began
+            cpu = {name: round(cpu_seconds(pid) - cpu_before[pid], 1) for pid, name in processes.items()}
+            cpu["load generator"] = round(_own_cpu() - own_before, 1)
+    finally:
+        await asyncio.to_thread(stack.__exit__, None, None, None)
+    return {
+        "scenario": "throughput",
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": machine(),
+        "conversations": conversations,
+        "turns_per_conversation": turns,
+        "concurrency": concurrency,
+        "seconds": round(elapsed, 1),
+        "turns_per_second": round(len(latencies) / elapsed, 1),
+        "latency_ms": percentiles(latencies),
+        "failures": failures,
+        "cpu_seconds": cpu,
+        "cpu_cores_busy": round(sum(cpu.values()) / elapsed, 2),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--conversations", type=int, default=500)
+    parser.add_argument("--turns", type=int, default=2)
+    parser.add_argument("--concurrency", type=int, default=50)
+    args = parser.parse_args()
+    result = asyncio.run(run(args.conversations, args.turns, args.concurrency))
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "throughput.json").write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
