@@ -16,6 +16,7 @@ from datetime import timedelta
 from sqlalchemy.engine import Engine
 from temporalio.client import Client
 from temporalio.worker import Worker
+from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
 from activities.generate import GenerateActivity, ReplyComposer
 from activities.record import RecordActivities
@@ -43,6 +44,14 @@ from workflows.conversation import ConversationWorkflow
 from workflows.retention import RetentionWorkflow, ensure_retention_schedule
 
 log = logging.getLogger("dialogue.worker")
+
+SANDBOX = SandboxedWorkflowRunner(
+    restrictions=SandboxRestrictions.default.with_passthrough_modules("workflows", "activities", "dialogue")
+)
+"""The sandbox still stops nondeterministic calls (clocks, randomness, I/O) in workflow code, but imports
+our modules once per process instead of once per workflow run: re-running the workflow module for each
+new conversation (or each one evicted from the cache and replayed) was a quarter of the worker's CPU
+(bench/profile.py). They keep no module-level state a run could change."""
 
 
 @dataclass(frozen=True)
@@ -91,6 +100,7 @@ def build_worker(
             turn.understand.understand,
             turn.retrieve.retrieve,
             turn.generate.generate,
+            turn.generate.compose,
             turn.record.record_turn,
             turn.record.record_message,
             turn.record.record_conversation,
@@ -99,6 +109,7 @@ def build_worker(
         ],
         activity_executor=executor,
         interceptors=worker_interceptors(),
+        workflow_runner=SANDBOX,
         # A conversation's next task goes to the worker that ran the last one while it is in cache; if that
         # worker died, Temporal hands the task to another after this long (default 10 s: a lost worker
         # then delayed a redone turn by 10 s, measured in tests/test_faults.py).

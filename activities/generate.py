@@ -19,7 +19,15 @@ from dialogue import events
 from dialogue.bot import BotDefinition, Flow
 from dialogue.generation import AnswerGenerator, Generators
 from dialogue.policy import decide
-from workflows.contracts import OUT_OF_SCOPE, Decision, DialogueState, GenerateRequest, Reply, StreamTarget
+from workflows.contracts import (
+    OUT_OF_SCOPE,
+    ComposedReply,
+    Decision,
+    DialogueState,
+    GenerateRequest,
+    Reply,
+    StreamTarget,
+)
 
 HANDOFF_TEXT = "I'll hand you over to a member of our team."
 END_TEXT = "Goodbye!"
@@ -30,9 +38,16 @@ class ReplyComposer:
         self._bot = bot
         self._generators = generators if isinstance(generators, Generators) else Generators.only(generators)
 
+    def calls_a_model(self, request: GenerateRequest) -> bool:
+        """Whether the reply is an answer from a generator that calls a model over the network."""
+        scripted = self._scripted(request, self._decision(request))
+        return scripted is None and self._generators.choose(request.llm).remote
+
     async def compose(self, request: GenerateRequest, on_token: Callable[[str], None] | None = None) -> Reply:
-        decision = request.decision or decide(self._bot, request.nlu, DialogueState())
-        reply = await self._reply(request, decision, on_token)
+        decision = self._decision(request)
+        reply = self._scripted(request, decision) or await self._answer(
+            request, self._templates(request), on_token
+        )
         flow = self._bot.flow(decision.flow)
         if decision.resume_flow and flow is not None and decision.dialogue.requested_slot:
             reminder = _render(
@@ -43,12 +58,17 @@ class ReplyComposer:
             reply = reply.model_copy(update={"text": f"{reply.text} {reminder}"})
         return reply
 
-    async def _reply(
-        self, request: GenerateRequest, decision: Decision, on_token: Callable[[str], None] | None
-    ) -> Reply:
+    def _decision(self, request: GenerateRequest) -> Decision:
+        return request.decision or decide(self._bot, request.nlu, DialogueState())
+
+    def _templates(self, request: GenerateRequest) -> list[str]:
+        intent = self._bot.intent(request.nlu.intent.name)
+        return intent.responses if intent else []
+
+    def _scripted(self, request: GenerateRequest, decision: Decision) -> Reply | None:
+        """The reply the bot definition words by itself; None for an answer from the knowledge base."""
         bot, turn = self._bot, request.turn_index
-        intent = bot.intent(request.nlu.intent.name)
-        templates = intent.responses if intent else []
+        templates = self._templates(request)
         flow = bot.flow(decision.flow)
         match decision.action:
             case "fallback":
@@ -70,7 +90,7 @@ class ReplyComposer:
                 return Reply(text=self._flow_result(flow, request, decision))
             case "flow_cancel" if flow is not None:
                 return Reply(text=flow.cancelled)
-        return await self._answer(request, templates, on_token)
+        return None
 
     async def _answer(
         self, request: GenerateRequest, templates: list[str], on_token: Callable[[str], None] | None
@@ -143,6 +163,15 @@ class GenerateActivity:
             progress.finish(reply)
         return reply
 
+    @activity.defn(name="compose")
+    async def compose(self, request: GenerateRequest) -> ComposedReply:
+        """`generate` for a reply made here in milliseconds (a template, the grounded generator): run as a
+        local activity, inside the turn's workflow task. A reply from a model elsewhere is left to
+        `generate`, a regular activity: retried on any worker, heartbeating while the model answers."""
+        if self._composer.calls_a_model(request):
+            return ComposedReply()
+        return ComposedReply(reply=await self.generate(request))
+
 
 HEARTBEAT_SECONDS = 1.0
 _WORDS = re.compile(r"\S+\s*")
@@ -214,7 +243,9 @@ class _Progress:
             with contextlib.suppress(TimeoutError):  # no news: heartbeat all the same
                 await asyncio.wait_for(self._wake.wait(), timeout=HEARTBEAT_SECONDS)
             self._wake.clear()
-            if not self._done:  # a reply made in under a second needs no heartbeat (one RPC less per turn)
+            # A reply made in under a second needs no heartbeat (one RPC less per turn); a local activity
+            # has none (it lives inside a workflow task).
+            if not self._done and not activity.info().is_local:
                 activity.heartbeat()
             if self._pending and self._target is not None:
                 batch, self._pending = self._pending, []

@@ -14,6 +14,8 @@ from pathlib import Path
 from types import TracebackType
 
 START_TIMEOUT = 300
+BUILT_IN_PIPELINE = {"nlu_backend": "keywords", "retrieval": "lexical", "generator": "grounded"}
+"""The issue's target configuration: keyword (lexical) NLU, BM25 retrieval, the grounded generator."""
 
 
 def free_port() -> int:

@@ -23,7 +23,7 @@ from typing import Any
 
 import httpx
 
-from bench.stack import EmbeddedStack
+from bench.stack import BUILT_IN_PIPELINE, EmbeddedStack
 from bench.streaming import RESULTS, machine, percentiles
 from bench.turn_latency import TEXTS
 
@@ -68,44 +68,55 @@ def _own_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def load_client(stack: EmbeddedStack, concurrency: int) -> httpx.AsyncClient:
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    return httpx.AsyncClient(base_url=stack.api, headers=stack.headers, timeout=60, limits=limits)
+
+
+async def send_load(
+    http: httpx.AsyncClient, conversations: int, turns: int, concurrency: int
+) -> tuple[list[float], dict[str, int]]:
+    """`conversations` new conversations of `turns` turns each, at most `concurrency` turns in flight:
+    the latency of each answered turn (ms), and the failures by HTTP status or error."""
+    run_id = uuid.uuid4().hex[:6]
+    gate = asyncio.Semaphore(concurrency)
+    latencies: list[float] = []
+    failures: dict[str, int] = {}
+
+    async def converse(number: int) -> None:
+        for index in range(turns):
+            async with gate:
+                started = time.perf_counter()
+                try:
+                    reply = await http.post(
+                        f"/v1/conversations/{run_id}-{number}/turns",
+                        json={"text": TEXTS[(number + index) % len(TEXTS)]},
+                    )
+                    outcome = str(reply.status_code)
+                except httpx.HTTPError as err:
+                    outcome = type(err).__name__
+                if outcome == "200":
+                    latencies.append((time.perf_counter() - started) * 1000)
+                else:
+                    failures[outcome] = failures.get(outcome, 0) + 1
+
+    await asyncio.gather(*(converse(n) for n in range(conversations)))
+    return latencies, failures
+
+
 async def run(conversations: int, turns: int, concurrency: int) -> dict[str, Any]:
     # One client key sends every conversation's turns here: its rate limit would measure itself.
-    stack = EmbeddedStack(rate_limit_per_second="0")
+    stack = EmbeddedStack(rate_limit_per_second="0", **BUILT_IN_PIPELINE)
     await asyncio.to_thread(stack.__enter__)
     try:
         assert stack.pid is not None
         processes = process_tree(stack.pid)
-        run_id = uuid.uuid4().hex[:6]
-        gate = asyncio.Semaphore(concurrency)
-        latencies: list[float] = []
-        failures: dict[str, int] = {}
-        limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-        async with httpx.AsyncClient(
-            base_url=stack.api, headers=stack.headers, timeout=60, limits=limits
-        ) as http:
-            await http.post(f"/v1/conversations/warm-{run_id}/turns", json={"text": "hello"})
-
-            async def converse(number: int) -> None:
-                for index in range(turns):
-                    async with gate:
-                        started = time.perf_counter()
-                        try:
-                            reply = await http.post(
-                                f"/v1/conversations/{run_id}-{number}/turns",
-                                json={"text": TEXTS[(number + index) % len(TEXTS)]},
-                            )
-                            outcome = str(reply.status_code)
-                        except httpx.HTTPError as err:
-                            outcome = type(err).__name__
-                        if outcome == "200":
-                            latencies.append((time.perf_counter() - started) * 1000)
-                        else:
-                            failures[outcome] = failures.get(outcome, 0) + 1
-
+        async with load_client(stack, concurrency) as http:
+            await http.post("/v1/conversations/warm-up/turns", json={"text": "hello"})
             cpu_before = {pid: cpu_seconds(pid) for pid in processes}
             own_before = _own_cpu()
             began = time.perf_counter()
-            await asyncio.gather(*(converse(n) for n in range(conversations)))
+            latencies, failures = await send_load(http, conversations, turns, concurrency)
             elapsed = time.perf_counter() - began
             cpu = {name: round(cpu_seconds(pid) - cpu_before[pid], 1) for pid, name in processes.items()}
             cpu["load generator"] = round(_own_cpu() - own_before, 1)
@@ -115,6 +126,7 @@ async def run(conversations: int, turns: int, concurrency: int) -> dict[str, Any
         "scenario": "throughput",
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": machine(),
+        "pipeline": BUILT_IN_PIPELINE,
         "conversations": conversations,
         "turns_per_conversation": turns,
         "concurrency": concurrency,

@@ -34,7 +34,7 @@ from temporalio.testing import ActivityEnvironment
 from temporalio.worker import Worker
 
 from bench.baselines import BareUpdate, NaiveTurn, noop
-from bench.stack import EmbeddedStack
+from bench.stack import BUILT_IN_PIPELINE, EmbeddedStack
 from bench.streaming import RESULTS, machine, percentiles
 from dialogue.settings import Settings
 from dialogue.temporal import connect
@@ -100,14 +100,17 @@ async def baseline_turn(
 
 
 async def run(rounds: int) -> dict[str, Any]:
-    stack = EmbeddedStack()
+    stack = EmbeddedStack(**BUILT_IN_PIPELINE)
     await asyncio.to_thread(stack.__enter__)
     try:
         env = stack.env
-        settings = Settings(
-            data_dir=Path(env["DIALOGUE_DATA_DIR"]),
-            temporal_address=env["DIALOGUE_TEMPORAL_ADDRESS"],
-            api_key=stack.key,
+        settings = Settings.model_validate(
+            {
+                "data_dir": Path(env["DIALOGUE_DATA_DIR"]),
+                "temporal_address": env["DIALOGUE_TEMPORAL_ADDRESS"],
+                "api_key": stack.key,
+                **BUILT_IN_PIPELINE,
+            }
         )
         acts = build_turn_activities(settings)
         activity_env = ActivityEnvironment()
@@ -156,6 +159,7 @@ async def run(rounds: int) -> dict[str, Any]:
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": machine(),
         "rounds": rounds,
+        "pipeline": BUILT_IN_PIPELINE,
         "texts": TEXTS,
         "ms": stats,
         "overhead_p50_ms": round(turn - pipeline, 1),

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from temporalio.api.enums.v1 import PendingActivityState
+from temporalio.api.enums.v1 import PendingWorkflowTaskState
 from temporalio.client import Client, WorkflowHandle
 
 from api import create_app
@@ -224,19 +224,15 @@ async def conversation_workflow(
     raise AssertionError(f"no workflow for {conversation_id} on {task_queue}")
 
 
-async def wait_for_running_activity(workflow: WorkflowHandle[Any, Any], activity: str) -> None:
-    """Until the workflow has `activity` running on a worker."""
+async def wait_for_workflow_task_in_hand(workflow: WorkflowHandle[Any, Any]) -> None:
+    """Until a worker holds the workflow's task (its local activities run inside it)."""
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline:
-        description = await workflow.describe()
-        for pending in description.raw_description.pending_activities:
-            if (
-                pending.activity_type.name == activity
-                and pending.state == PendingActivityState.PENDING_ACTIVITY_STATE_STARTED
-            ):
-                return
+        task = (await workflow.describe()).raw_description.pending_workflow_task
+        if task.state == PendingWorkflowTaskState.PENDING_WORKFLOW_TASK_STATE_STARTED:
+            return
         await asyncio.sleep(0.05)
-    raise AssertionError(f"{activity} did not start in {workflow.id}")
+    raise AssertionError(f"no worker took the workflow task of {workflow.id}")
 
 
 async def steps_redone_after_a_timeout(workflow: WorkflowHandle[Any, Any]) -> set[str]:
@@ -305,7 +301,10 @@ async def test_a_worker_killed_mid_turn_loses_no_turn_and_doubles_none(
                 # takes: they give up and send the turn again, with the same key.
                 lock.acquire()
                 in_record = asyncio.create_task(send(recording, "thanks", attempt_timeout=4))
-                await wait_for_running_activity(workflows[recording], "record_turn")
+                await wait_for_workflow_task_in_hand(workflows[recording])
+                # `record_turn` is a local activity, inside the workflow task, after steps that take
+                # milliseconds: it is blocked on the store's lock well within this second.
+                await asyncio.sleep(1)
                 in_generate = asyncio.create_task(send(generating, SLOW_QUESTION, attempt_timeout=4))
                 await wait_until(lambda: len(fake.requests) == 1, "the LLM request")
                 first.freeze()  # from here on it finishes nothing: each turn stays where it is
@@ -327,7 +326,10 @@ async def test_a_worker_killed_mid_turn_loses_no_turn_and_doubles_none(
                 # Each kill landed where it was meant to: the server gave that step to the new worker.
                 for conversation_id, step in (
                     (generating, "generate"),
-                    (recording, "record_turn"),
+                    (
+                        recording,
+                        "workflow task",
+                    ),  # record_turn is a local activity: its workflow task is redone
                     (handed, "workflow task"),
                 ):
                     assert step in await steps_redone_after_a_timeout(workflows[conversation_id])

@@ -135,7 +135,8 @@ async def test_a_trace_runs_from_the_request_through_the_workflow_to_every_activ
     names = {s.name for s in spans}
     root = "POST /v1/conversations/{conversation_id}/turns"
     assert root in names, sorted(names)
-    for step in ("understand", "retrieve", "generate", "record_turn"):
+    # Local activities (the grounded reply is `compose`) are traced like regular ones.
+    for step in ("understand", "retrieve", "compose", "record_turn"):
         run = [s for s in spans if s.name == f"RunActivity:{step}"]
         assert run, f"no span for {step}: {sorted(names)}"
         chain = ancestry(run[0])

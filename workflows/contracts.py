@@ -260,6 +260,13 @@ class Reply(BaseModel):
     prompt_hash: str | None = None
 
 
+class ComposedReply(BaseModel):
+    """What the local `compose` step made of a turn."""
+
+    reply: Reply | None = None
+    """None: the reply needs a model elsewhere (an LLM), which the retried `generate` activity calls."""
+
+
 class DocumentRef(BaseModel):
     document_id: str
     version: int | None = None

@@ -17,11 +17,11 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
-from typing import Any, Literal, NamedTuple, TypeVar
+from typing import Any, Literal, NamedTuple, TypeVar, overload
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
-from temporalio.exceptions import ActivityError, ApplicationError, CancelledError
+from temporalio.exceptions import ActivityError, ApplicationError, CancelledError, FailureError
 
 with workflow.unsafe.imports_passed_through():
     from activities.generate import GenerateActivity
@@ -63,6 +63,8 @@ with workflow.unsafe.imports_passed_through():
     )
 
 T = TypeVar("T")
+A = TypeVar("A")
+S = TypeVar("S")
 
 # Error types the API maps to HTTP statuses (api/errors.py).
 CONVERSATION_ENDED = "ConversationEnded"
@@ -78,6 +80,11 @@ TURN_DEADLINE_PATCH = "turn-deadline"
 CONTINUE_AS_NEW_PATCH = "continue-as-new"
 HOLD_PATCH = "handoff-holds-conversation"
 """Since this patch, a handoff pauses the bot until handback (before, it only set a flag)."""
+LOCAL_STEPS_PATCH = "local-steps"
+"""Since this patch, the steps that take milliseconds on the worker (understand, retrieve, a reply made
+without a model, record_turn) are local activities: they run inside the turn's workflow task, each
+saving a round trip through the server's task queue (~35 ms a step, bench/turn_latency.py). A reply
+from an LLM stays the regular `generate` activity."""
 RECENT_TURNS = 20
 """Replies a run remembers and hands over: a turn retried across continue-as-new gets its reply back.
 Twice the longest queue, so that a queued turn that timed out at the API can still be collected."""
@@ -95,7 +102,7 @@ def _step(
 ) -> dict[str, Any]:
     """Activity options: each attempt bounded, retries with exponential backoff, the whole bounded too."""
     return {
-        "heartbeat_timeout": timedelta(seconds=heartbeat_s) if heartbeat_s else None,
+        **({"heartbeat_timeout": timedelta(seconds=heartbeat_s)} if heartbeat_s else {}),
         "start_to_close_timeout": timedelta(seconds=timeout_s),
         "schedule_to_close_timeout": timedelta(seconds=total_s),
         "retry_policy": RetryPolicy(
@@ -112,6 +119,7 @@ RETRIEVE = _step(timeout_s=5, total_s=10, attempts=3)
 # Generation heartbeats: a lost worker is noticed in seconds, and a cancellation (deadline, interrupt)
 # reaches the LLM call instead of letting it run on.
 GENERATE = _step(timeout_s=20, total_s=30, attempts=3, heartbeat_s=5)
+COMPOSE = _step(timeout_s=5, total_s=10, attempts=3)
 # Recording is cheap to retry and the transcript should not miss a turn: try harder.
 RECORD = _step(timeout_s=10, total_s=60, attempts=10)
 TOOL = _step(timeout_s=10, total_s=20, attempts=3)
@@ -387,7 +395,8 @@ class ConversationWorkflow:
         text = request.text.strip()
         nlu = NluResult(intent=IntentPrediction(name=NOT_RUN, confidence=0.0))
         workflow.set_current_details(self._details())
-        await workflow.execute_activity_method(
+        await _run_step(
+            workflow.patched(LOCAL_STEPS_PATCH),
             RecordActivities.record_turn,
             RecordTurnRequest(
                 conversation_id=self._input.key,
@@ -398,7 +407,7 @@ class ConversationWorkflow:
                 nlu=nlu,
                 at=self._state.updated_at,
             ),
-            **RECORD,
+            RECORD,
         )
         return TurnReply(
             conversation_id=self._input.conversation_id,
@@ -494,7 +503,7 @@ class ConversationWorkflow:
         )
         await self._attempt(
             "record",
-            workflow.execute_activity_method(RecordActivities.record_turn, record, **RECORD),
+            _run_step(workflow.patched(LOCAL_STEPS_PATCH), RecordActivities.record_turn, record, RECORD),
             timings,
             failed,
         )
@@ -527,23 +536,23 @@ class ConversationWorkflow:
         flags: dict[str, bool],
     ) -> _Outcome:
         """The steps of a turn up to its reply: understand and retrieve, the flow's tool, generate."""
+        local = workflow.patched(LOCAL_STEPS_PATCH)
         # Retrieval does not depend on the intent: run it beside NLU and the policy, not after them.
         understanding, retrieved = await asyncio.gather(
             self._attempt(
                 "understand",
-                workflow.execute_activity_method(
+                _run_step(
+                    local,
                     UnderstandActivity.understand,
                     UnderstandRequest(text=text, dialogue=self._dialogue()),
-                    **UNDERSTAND,
+                    UNDERSTAND,
                 ),
                 timings,
                 failed,
             ),
             self._attempt(
                 "retrieve",
-                workflow.execute_activity_method(
-                    RetrieveActivity.retrieve, RetrieveRequest(text=text), **RETRIEVE
-                ),
+                _run_step(local, RetrieveActivity.retrieve, RetrieveRequest(text=text), RETRIEVE),
                 timings,
                 failed,
             ),
@@ -564,8 +573,8 @@ class ConversationWorkflow:
             )
         reply = await self._attempt(
             "generate",
-            workflow.execute_activity_method(
-                GenerateActivity.generate,
+            _generate(
+                local,
                 GenerateRequest(
                     text=text,
                     turn_index=turn_index,
@@ -577,7 +586,6 @@ class ConversationWorkflow:
                     llm=flags.get("llm_generator"),
                     redact=flags.get("redaction", True),
                 ),
-                **GENERATE,
             ),
             timings,
             failed,
@@ -592,11 +600,14 @@ class ConversationWorkflow:
         start = workflow.time()
         try:
             return await call
-        except ActivityError as err:
-            if isinstance(err.cause, CancelledError):
+        except FailureError as err:
+            # A regular activity's failure is an ActivityError around the cause; a local activity's may be
+            # the cause itself (seen for a non-retryable error: the SDK's core does not always wrap it).
+            cause = err.cause if isinstance(err, ActivityError) else err
+            if isinstance(cause, CancelledError):
                 # Cancelled by the turn's deadline, not failed: let the cancellation reach the deadline.
                 raise asyncio.CancelledError from err
-            workflow.logger.warning("step %s failed: %s", step, err.cause or err)
+            workflow.logger.warning("step %s failed: %s", step, cause or err)
             failed.append(f"{step} failed")
             return None
         finally:
@@ -656,6 +667,32 @@ class ConversationWorkflow:
             at=self._state.updated_at,
             ended_reason=self._state.ended_reason,
         )
+
+
+@overload
+def _run_step(
+    local: bool, step: Callable[[S, A], Awaitable[T]], arg: A, options: dict[str, Any]
+) -> Awaitable[T]: ...
+
+
+@overload
+def _run_step(local: bool, step: Callable[[S, A], T], arg: A, options: dict[str, Any]) -> Awaitable[T]: ...
+
+
+def _run_step(local: bool, step: Callable[..., Any], arg: Any, options: dict[str, Any]) -> Awaitable[Any]:
+    """A step as a local activity (inside the workflow task) or a regular one (through the task queue)."""
+    if local:
+        return workflow.execute_local_activity_method(step, arg, **options)
+    return workflow.execute_activity_method(step, arg, **options)
+
+
+async def _generate(local: bool, request: GenerateRequest) -> Reply:
+    """The reply: made in the workflow task when no model is called, else by the `generate` activity."""
+    if local:
+        composed = await workflow.execute_local_activity_method(GenerateActivity.compose, request, **COMPOSE)
+        if composed.reply is not None:
+            return composed.reply
+    return await workflow.execute_activity_method(GenerateActivity.generate, request, **GENERATE)
 
 
 def _update_id() -> str:

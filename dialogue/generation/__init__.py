@@ -21,6 +21,9 @@ class AnswerGenerator(Protocol):
     name: str
     """`grounded` or `openai:<model>`: recorded in the reply's lineage."""
     prompt: Prompt | None
+    remote: bool
+    """True when answering calls a model over the network: such an answer is made by the `generate`
+    activity (retried, heartbeating), not inside the turn's workflow task."""
 
     async def answer(
         self,

@@ -55,6 +55,7 @@ class GroundedGenerator:
 
     name = "grounded"
     prompt: Prompt | None = None
+    remote = False
 
     def __init__(self, relevance: Relevance) -> None:
         self._relevance = relevance

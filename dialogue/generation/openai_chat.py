@@ -29,6 +29,7 @@ _CITATION = re.compile(r"\[(\d+)\]")
 
 class OpenAIChatGenerator:
     prompt: Prompt | None
+    remote = True
 
     def __init__(
         self,

@@ -52,8 +52,9 @@ class HybridIndex:
         """`mode` keeps one of the two rankings alone; without embeddings, only the lexical one exists."""
         self._engine = engine
         self._reload_seconds = reload_seconds
-        self._use_embeddings = (embeddings_available() if use_embeddings is None else use_embeddings) and (
-            mode != "lexical"
+        # Lexical search never asks whether embeddings exist: asking imports torch (~290 MB per worker).
+        self._use_embeddings = mode != "lexical" and (
+            embeddings_available() if use_embeddings is None else use_embeddings
         )
         if mode == "semantic" and not self._use_embeddings:
             raise ValueError("semantic retrieval needs the embeddings extra")

@@ -1,0 +1,143 @@
+"""Profile: where the worker's and the API's CPU goes under the throughput load, sampled with py-spy.
+
+Starts the embedded stack, sends the throughput scenario's load (conversations x turns, bounded
+concurrency) and meanwhile samples the worker and the API with `py-spy record` (the Temporal dev
+server is Go: its CPU is in bench/throughput.py's numbers). Reports, per process, the share of
+samples each part of the code is on the stack for (inclusive), and the functions with the most
+samples of their own. Results in bench/results/profile.json.
+
+    .venv/bin/python -m bench.profile [--conversations 300] [--turns 2] [--concurrency 50]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import signal
+import subprocess
+import sys
+import tempfile
+from collections import Counter
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from bench.stack import BUILT_IN_PIPELINE, EmbeddedStack
+from bench.streaming import RESULTS, machine
+from bench.throughput import load_client, process_tree, send_load
+
+PARTS = {
+    "temporal sandbox": ("temporalio/worker/workflow_sandbox",),
+    "temporal workflow instance": ("temporalio/worker/_workflow_instance",),
+    "temporal activity worker": ("temporalio/worker/_activity",),
+    "temporal core bridge": ("temporalio/bridge",),
+    "payload codec (encryption)": ("dialogue/codec",),
+    "pydantic": ("pydantic",),
+    "data converter": ("temporalio/converter", "temporalio/contrib/pydantic"),
+    "protobuf": ("google/protobuf",),
+    "sqlalchemy / sqlite": ("sqlalchemy", "sqlite3"),
+    "conversation workflow": ("workflows/conversation",),
+    "activities": ("/activities/",),
+    "nlu + retrieval + generation": ("dialogue/nlu", "dialogue/knowledge", "dialogue/generation", "bm25s"),
+    "telemetry, metrics, logging": ("dialogue/telemetry", "prometheus_client", "opentelemetry", "logging"),
+    "fastapi / starlette": ("fastapi", "starlette"),
+    "uvicorn / h11": ("uvicorn", "h11", "httptools"),
+    "api code": ("/api/",),
+    "asyncio": ("asyncio/",),
+}
+"""Parts of the code, by the paths of their frames: a sample counts for each part on its stack."""
+IDLE = ("EpollSelector.select", "_PollLikeSelector.select", "concurrent/futures/thread.py:81")
+"""Frames of a thread that waits, not works: samples whose top frame is one of these are left out."""
+
+
+def summarise(folded: Path) -> dict[str, Any]:
+    """Inclusive share per part, and the top functions by own samples, from py-spy's raw (folded) output."""
+    parts: Counter[str] = Counter()
+    own: Counter[str] = Counter()
+    busy = 0
+    for line in folded.read_text().splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        frames = stack.split(";")
+        if not frames or any(mark in frames[-1] for mark in IDLE):
+            continue
+        count = int(count_text)
+        busy += count
+        own[frames[-1]] += count
+        for part, marks in PARTS.items():
+            if any(mark in frame for frame in frames for mark in marks):
+                parts[part] += count
+    return {
+        "busy_samples": busy,
+        "inclusive_share": {part: round(n / busy, 3) for part, n in parts.most_common()} if busy else {},
+        "top_own": [{"frame": frame, "share": round(n / busy, 3)} for frame, n in own.most_common(15)],
+    }
+
+
+def sample(pid: int, output: Path, rate: int) -> subprocess.Popen[bytes]:
+    """`py-spy record` of the process `pid` until SIGINT, folded stacks to `output`."""
+    command = [
+        str(Path(sys.executable).with_name("py-spy")),
+        "record",
+        "--pid",
+        str(pid),
+        "--rate",
+        str(rate),
+    ]
+    # --gil: only samples of a thread holding the GIL, i.e. running Python, not waiting.
+    command += ["--gil", "--format", "raw", "--output", str(output)]
+    return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+async def run(conversations: int, turns: int, concurrency: int, rate: int) -> dict[str, Any]:
+    stack = EmbeddedStack(rate_limit_per_second="0", **BUILT_IN_PIPELINE)
+    await asyncio.to_thread(stack.__enter__)
+    scratch = tempfile.TemporaryDirectory(prefix="dialogue-profile-")
+    try:
+        assert stack.pid is not None
+        roles = {name: pid for pid, name in process_tree(stack.pid).items() if name in ("worker", "api")}
+        async with load_client(stack, concurrency) as http:
+            await http.post("/v1/conversations/warm-up/turns", json={"text": "hello"})
+            samplers = {
+                name: sample(pid, Path(scratch.name) / f"{name}.txt", rate) for name, pid in roles.items()
+            }
+            await asyncio.sleep(1)  # py-spy attached
+            latencies, failures = await send_load(http, conversations, turns, concurrency)
+            for sampler in samplers.values():
+                sampler.send_signal(signal.SIGINT)  # py-spy writes its output on SIGINT
+            for sampler in samplers.values():
+                await asyncio.to_thread(sampler.wait, 60)
+        profiles = {name: summarise(Path(scratch.name) / f"{name}.txt") for name in samplers}
+    finally:
+        await asyncio.to_thread(stack.__exit__, None, None, None)
+        scratch.cleanup()
+    return {
+        "scenario": "profile",
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": machine(),
+        "pipeline": BUILT_IN_PIPELINE,
+        "conversations": conversations,
+        "turns_per_conversation": turns,
+        "concurrency": concurrency,
+        "answered": len(latencies),
+        "failures": failures,
+        "sample_rate_hz": rate,
+        "profiles": profiles,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--conversations", type=int, default=300)
+    parser.add_argument("--turns", type=int, default=2)
+    parser.add_argument("--concurrency", type=int, default=50)
+    parser.add_argument("--rate", type=int, default=200, help="samples per second")
+    args = parser.parse_args()
+    result = asyncio.run(run(args.conversations, args.turns, args.concurrency, args.rate))
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "profile.json").write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
