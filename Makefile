@@ -31,11 +31,14 @@ pytest: install
 
 test: lint typecheck pytest
 
-# Benchmarks: results as JSON in bench/results/ (timing lives here, never in tests).
+# Benchmarks: results as JSON in bench/results/ (timing lives here, never in tests). About 15 minutes.
 bench: install
 	$(BIN)/python -m bench.turn_latency
 	$(BIN)/python -m bench.throughput
+	$(BIN)/python -m bench.long_conversation
+	$(BIN)/python -m bench.open_conversations
 	$(BIN)/python -m bench.streaming
+	$(BIN)/python -m bench.profile
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -30,7 +30,7 @@ from temporalio.api.enums.v1 import EventType
 from temporalio.api.history.v1 import History
 from temporalio.client import Client, WorkflowHistory
 
-from bench.stack import EmbeddedStack
+from bench.stack import BUILT_IN_PIPELINE, EmbeddedStack
 from bench.streaming import RESULTS, machine, percentiles
 from bench.turn_latency import TEXTS
 from dialogue.identity import DEFAULT_TENANT
@@ -74,12 +74,7 @@ async def run_size(client: Client, history: WorkflowHistory) -> dict[str, Any]:
 
 async def run(turns: int, turns_per_run: int) -> dict[str, Any]:
     # One client key sends every turn: its rate limit would measure itself.
-    stack = EmbeddedStack(
-        nlu_backend="keywords",
-        retrieval="lexical",
-        rate_limit_per_second="0",
-        turns_per_run=str(turns_per_run),
-    )
+    stack = EmbeddedStack(rate_limit_per_second="0", turns_per_run=str(turns_per_run), **BUILT_IN_PIPELINE)
     await asyncio.to_thread(stack.__enter__)
     try:
         run_id = uuid.uuid4().hex[:6]

@@ -27,7 +27,7 @@ from typing import Any
 
 import httpx
 
-from bench.stack import EmbeddedStack
+from bench.stack import BUILT_IN_PIPELINE, EmbeddedStack
 from bench.streaming import RESULTS, machine, percentiles
 from bench.throughput import process_tree
 from bench.turn_latency import TEXTS
@@ -56,7 +56,7 @@ def memory(processes: dict[int, str]) -> dict[str, dict[str, float]]:
 
 async def run(conversations: int, concurrency: int, idle: float, old: int) -> dict[str, Any]:
     # One client key sends every conversation's turns here: its rate limit would measure itself.
-    stack = EmbeddedStack(nlu_backend="keywords", retrieval="lexical", rate_limit_per_second="0")
+    stack = EmbeddedStack(rate_limit_per_second="0", **BUILT_IN_PIPELINE)
     await asyncio.to_thread(stack.__enter__)
     try:
         assert stack.pid is not None

@@ -5,7 +5,11 @@ round, three baselines:
   generate, record_turn) called in this process one after the other: the floor of the work itself;
 - `bare_update`: an update-with-start to a workflow whose update runs no activity, on the stack's
   Temporal: Temporal's floor for a turn;
-- `naive`: the same with three regular activities that do nothing: what scheduling three steps costs.
+- `naive`: the same with three regular activities that do nothing: what scheduling three steps costs;
+
+and `turn_unsandboxed`, the same turns against a second stack whose worker runs workflow code outside
+Temporal's sandbox (`DIALOGUE_WORKFLOW_SANDBOX=false`). Both stacks run the issue's target pipeline
+(keyword NLU, BM25, the grounded generator: `bench.stack.BUILT_IN_PIPELINE`).
 
 Reports p50/p90/p99 of each, the overhead (turn p50 - pipeline p50) and the ratios; results in
 bench/results/turn_latency.json.
@@ -101,7 +105,9 @@ async def baseline_turn(
 
 async def run(rounds: int) -> dict[str, Any]:
     stack = EmbeddedStack(**BUILT_IN_PIPELINE)
-    await asyncio.to_thread(stack.__enter__)
+    # The same stack with the workflow sandbox off: a lever measured turn by turn beside the default.
+    unsandboxed = EmbeddedStack(workflow_sandbox="false", **BUILT_IN_PIPELINE)
+    await asyncio.gather(asyncio.to_thread(stack.__enter__), asyncio.to_thread(unsandboxed.__enter__))
     try:
         env = stack.env
         settings = Settings.model_validate(
@@ -116,7 +122,13 @@ async def run(rounds: int) -> dict[str, Any]:
         activity_env = ActivityEnvironment()
         client = await connect(settings)  # the encrypted data converter, as the API and worker use
         run_id = uuid.uuid4().hex[:6]
-        series: dict[str, list[float]] = {"turn": [], "pipeline": [], "bare_update": [], "naive": []}
+        series: dict[str, list[float]] = {
+            "turn": [],
+            "turn_unsandboxed": [],
+            "pipeline": [],
+            "bare_update": [],
+            "naive": [],
+        }
         with ThreadPoolExecutor(max_workers=4) as executor:
             async with (
                 Worker(
@@ -127,10 +139,13 @@ async def run(rounds: int) -> dict[str, Any]:
                     activity_executor=executor,
                 ),
                 httpx.AsyncClient(base_url=stack.api, headers=stack.headers, timeout=60) as http,
+                httpx.AsyncClient(
+                    base_url=unsandboxed.api, headers=unsandboxed.headers, timeout=60
+                ) as http_unsandboxed,
             ):
 
-                async def http_turn(conversation: str, text: str) -> None:
-                    reply = await http.post(f"/v1/conversations/{conversation}/turns", json={"text": text})
+                async def http_turn(conversation: str, text: str, on: httpx.AsyncClient = http) -> None:
+                    reply = await on.post(f"/v1/conversations/{conversation}/turns", json={"text": text})
                     reply.raise_for_status()
 
                 for index in range(WARM_UP_ROUNDS + rounds):
@@ -138,6 +153,9 @@ async def run(rounds: int) -> dict[str, Any]:
                     conversation = f"{run_id}-{index % CONVERSATIONS}"
                     measured = {
                         "turn": await timed(http_turn(f"bench-{conversation}", text)),
+                        "turn_unsandboxed": await timed(
+                            http_turn(f"bench-{conversation}", text, http_unsandboxed)
+                        ),
                         "pipeline": await timed(pipeline_turn(activity_env, acts, text, index)),
                         "bare_update": await timed(
                             baseline_turn(client, BareUpdate, f"bare-{conversation}", text)
@@ -151,7 +169,10 @@ async def run(rounds: int) -> dict[str, Any]:
                     for prefix in ("bare", "naive"):
                         await client.get_workflow_handle(f"{prefix}-{run_id}-{k}").signal("end")
     finally:
-        await asyncio.to_thread(stack.__exit__, None, None, None)
+        await asyncio.gather(
+            asyncio.to_thread(stack.__exit__, None, None, None),
+            asyncio.to_thread(unsandboxed.__exit__, None, None, None),
+        )
     stats = {name: percentiles(values) for name, values in series.items()}
     turn, pipeline, bare = (stats[name]["p50"] for name in ("turn", "pipeline", "bare_update"))
     return {
@@ -164,6 +185,8 @@ async def run(rounds: int) -> dict[str, Any]:
         "ms": stats,
         "overhead_p50_ms": round(turn - pipeline, 1),
         "turn_over_bare_plus_pipeline": round(turn / (bare + pipeline), 2),
+        "unsandboxed_overhead_p50_ms": round(stats["turn_unsandboxed"]["p50"] - pipeline, 1),
+        "unsandboxed_over_bare_plus_pipeline": round(stats["turn_unsandboxed"]["p50"] / (bare + pipeline), 2),
         "naive_over_bare": round(stats["naive"]["p50"] / bare, 2),
         "turn_over_naive": round(turn / stats["naive"]["p50"], 2),
     }

@@ -209,6 +209,11 @@ def run_stack(settings: Settings) -> int:
                 str(settings.temporal_ui_port),
                 "--db-filename",
                 str(data_dir / "temporal.db"),
+                # Write-ahead log, synced at checkpoints: a committed turn survives the server being
+                # killed (not a power cut's last moments, which a cluster on PostgreSQL is for).
+                # 34 turns/s instead of 27, 17 CPU-ms per turn in the server instead of 24
+                # (bench/throughput.py).
+                *("--sqlite-pragma", "journal_mode=wal", "--sqlite-pragma", "synchronous=normal"),
                 "--namespace",
                 settings.temporal_namespace,
                 "--log-level",
