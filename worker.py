@@ -51,8 +51,8 @@ SANDBOX = SandboxedWorkflowRunner(
 )
 """The sandbox still stops nondeterministic calls (clocks, randomness, I/O) in workflow code, but imports
 our modules once per process instead of once per workflow run: re-running the workflow module for each
-new conversation (or each one evicted from the cache and replayed) was a quarter of the worker's CPU
-(bench/profile.py). They keep no module-level state a run could change."""
+new conversation (or each one evicted from the cache and replayed) cost 14% of the worker's CPU under
+the throughput load (bench/profile.py). They keep no module-level state a run could change."""
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,6 @@ import asyncio
 import json
 import time
 import uuid
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +30,8 @@ from temporalio.api.history.v1 import History
 from temporalio.client import Client, WorkflowHistory
 
 from bench.stack import BUILT_IN_PIPELINE, EmbeddedStack
-from bench.streaming import RESULTS, machine, percentiles
+from bench.streaming import RESULTS, header, percentiles
+from bench.throughput import post_turn
 from bench.turn_latency import TEXTS
 from dialogue.identity import DEFAULT_TENANT
 from dialogue.settings import Settings
@@ -85,16 +85,9 @@ async def run(turns: int, turns_per_run: int) -> dict[str, Any]:
             await http.post(f"/v1/conversations/warm-{run_id}/turns", json={"text": "hello"})
             began = time.perf_counter()
             for index in range(turns):
-                started = time.perf_counter()
-                try:
-                    reply = await http.post(
-                        f"/v1/conversations/{conversation}/turns", json={"text": TEXTS[index % len(TEXTS)]}
-                    )
-                    outcome = str(reply.status_code)
-                except httpx.HTTPError as err:
-                    outcome = type(err).__name__
+                outcome, took, _ = await post_turn(http, conversation, TEXTS[index % len(TEXTS)])
                 if outcome == "200":
-                    latencies.append((time.perf_counter() - started) * 1000)
+                    latencies.append(took)
                 else:
                     latencies.append(None)
                     failures[outcome] = failures.get(outcome, 0) + 1
@@ -117,10 +110,7 @@ async def run(turns: int, turns_per_run: int) -> dict[str, Any]:
     # The first turn of each run after the first: the one a continue-as-new happened just before.
     firsts = [ms for i in range(turns_per_run, turns, turns_per_run) if (ms := latencies[i]) is not None]
     return {
-        "scenario": "long_conversation",
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": machine(),
-        "pipeline": {"nlu_backend": "keywords", "retrieval": "lexical", "generator": "grounded"},
+        **header("long_conversation", pipeline=BUILT_IN_PIPELINE),
         "turns": turns,
         "turns_per_run": turns_per_run,
         "workflow_id": workflow_id(key),

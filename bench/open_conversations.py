@@ -21,16 +21,14 @@ import json
 import random
 import time
 import uuid
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
 
 from bench.stack import BUILT_IN_PIPELINE, EmbeddedStack
-from bench.streaming import RESULTS, machine, percentiles
-from bench.throughput import process_tree
-from bench.turn_latency import TEXTS
+from bench.streaming import RESULTS, header, percentiles
+from bench.throughput import post_turn, process_tree, send_load
 
 TARGET_WORKER_MB = 500
 TURN_TIMEOUT = 60
@@ -62,9 +60,6 @@ async def run(conversations: int, concurrency: int, idle: float, old: int) -> di
         assert stack.pid is not None
         processes = process_tree(stack.pid)
         run_id = uuid.uuid4().hex[:6]
-        gate = asyncio.Semaphore(concurrency)
-        latencies: list[float] = []
-        failures: dict[str, int] = {}
         limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
         async with httpx.AsyncClient(
             base_url=stack.api, headers=stack.headers, timeout=TURN_TIMEOUT, limits=limits
@@ -72,24 +67,8 @@ async def run(conversations: int, concurrency: int, idle: float, old: int) -> di
             await http.post(f"/v1/conversations/warm-{run_id}/turns", json={"text": "hello"})
             before = memory(processes)
 
-            async def open_one(number: int) -> None:
-                async with gate:
-                    started = time.perf_counter()
-                    try:
-                        reply = await http.post(
-                            f"/v1/conversations/{run_id}-{number}/turns",
-                            json={"text": TEXTS[number % len(TEXTS)]},
-                        )
-                        outcome = str(reply.status_code)
-                    except httpx.HTTPError as err:
-                        outcome = type(err).__name__
-                    if outcome == "200":
-                        latencies.append((time.perf_counter() - started) * 1000)
-                    else:
-                        failures[outcome] = failures.get(outcome, 0) + 1
-
             began = time.perf_counter()
-            await asyncio.gather(*(open_one(n) for n in range(conversations)))
+            latencies, failures = await send_load(http, conversations, 1, concurrency, run_id)
             elapsed = time.perf_counter() - began
             await asyncio.sleep(idle)
             after = memory(processes)
@@ -100,27 +79,17 @@ async def run(conversations: int, concurrency: int, idle: float, old: int) -> di
             old_latencies: list[float] = []
             old_outcomes: dict[str, int] = {}
             for number in picked:
-                started = time.perf_counter()
-                try:
-                    reply = await http.post(
-                        f"/v1/conversations/{run_id}-{number}/turns", json={"text": "thanks"}
-                    )
-                    outcome = str(reply.status_code)
-                    if outcome == "200":
-                        old_latencies.append((time.perf_counter() - started) * 1000)
-                        if (index := reply.json().get("turn_index")) != 1:
-                            outcome = f"200 with turn_index {index}"
-                except httpx.HTTPError as err:
-                    outcome = type(err).__name__
+                outcome, ms, reply = await post_turn(http, f"{run_id}-{number}", "thanks")
+                if reply is not None and outcome == "200":
+                    old_latencies.append(ms)
+                    if (index := reply.json().get("turn_index")) != 1:
+                        outcome = f"200 with turn_index {index}"
                 old_outcomes[outcome] = old_outcomes.get(outcome, 0) + 1
     finally:
         await asyncio.to_thread(stack.__exit__, None, None, None)
     worker_mb = after.get("worker", {}).get("rss", 0.0)
     return {
-        "scenario": "open_conversations",
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": machine(),
-        "pipeline": {"nlu_backend": "keywords", "retrieval": "lexical", "generator": "grounded"},
+        **header("open_conversations", pipeline=BUILT_IN_PIPELINE),
         "conversations": conversations,
         "concurrency": concurrency,
         "opened": len(latencies),

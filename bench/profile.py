@@ -19,12 +19,11 @@ import subprocess
 import sys
 import tempfile
 from collections import Counter
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from bench.stack import BUILT_IN_PIPELINE, EmbeddedStack
-from bench.streaming import RESULTS, machine
+from bench.streaming import RESULTS, header
 from bench.throughput import load_client, process_tree, send_load
 
 PARTS = {
@@ -42,7 +41,7 @@ PARTS = {
     "nlu + retrieval + generation": ("dialogue/nlu", "dialogue/knowledge", "dialogue/generation", "bm25s"),
     "telemetry, metrics, logging": ("dialogue/telemetry", "prometheus_client", "opentelemetry", "logging"),
     "fastapi / starlette": ("fastapi", "starlette"),
-    "uvicorn / h11": ("uvicorn", "h11", "httptools"),
+    "uvicorn (HTTP)": ("uvicorn", "h11", "httptools"),
     "api code": ("/api/",),
     "asyncio": ("asyncio/",),
 }
@@ -112,10 +111,7 @@ async def run(conversations: int, turns: int, concurrency: int, rate: int) -> di
         await asyncio.to_thread(stack.__exit__, None, None, None)
         scratch.cleanup()
     return {
-        "scenario": "profile",
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": machine(),
-        "pipeline": BUILT_IN_PIPELINE,
+        **header("profile", pipeline=BUILT_IN_PIPELINE),
         "conversations": conversations,
         "turns_per_conversation": turns,
         "concurrency": concurrency,

@@ -98,14 +98,22 @@ async def run(turns: int, token_delay: float) -> dict[str, Any]:
         server.should_exit = True
         await serving
     return {
-        "scenario": "streaming",
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": machine(),
+        **header("streaming"),
         "turns": turns,
         "model_token_interval_ms": token_delay * 1000,
         "token_produced_to_received_ms": percentiles(delays),
         "request_to_first_token_ms": percentiles(firsts),
         "request_to_final_event_ms": percentiles(finals),
+    }
+
+
+def header(scenario: str, **more: Any) -> dict[str, Any]:
+    """What every result file starts with: the scenario, when, on what machine (and `more`)."""
+    return {
+        "scenario": scenario,
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": machine(),
+        **more,
     }
 
 

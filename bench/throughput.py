@@ -3,9 +3,11 @@ turns per second, latency percentiles at that rate, and the CPU each process of 
 
 An asyncio load generator on loopback: `--conversations` conversations, each sending `--turns` turns
 one after the other, at most `--concurrency` turns in flight across all of them (a bound, so the
-queue never outgrows the API's reply wait). Results in bench/results/throughput.json.
+queue never outgrows the API's reply wait). Each `--concurrency` level is run in turn on the same stack:
+50 in flight finds the rate the stack sustains (latency is then mostly queueing), 4 the latency at a
+lower rate. Results in bench/results/throughput.json.
 
-    .venv/bin/python -m bench.throughput [--conversations 500] [--turns 2] [--concurrency 50]
+    .venv/bin/python -m bench.throughput [--conversations 500] [--turns 2] [--concurrency 50 4]
 """
 
 from __future__ import annotations
@@ -17,14 +19,13 @@ import os
 import resource
 import time
 import uuid
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
 
 from bench.stack import BUILT_IN_PIPELINE, EmbeddedStack
-from bench.streaming import RESULTS, machine, percentiles
+from bench.streaming import RESULTS, header, percentiles
 from bench.turn_latency import TEXTS
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -73,12 +74,24 @@ def load_client(stack: EmbeddedStack, concurrency: int) -> httpx.AsyncClient:
     return httpx.AsyncClient(base_url=stack.api, headers=stack.headers, timeout=60, limits=limits)
 
 
+async def post_turn(
+    http: httpx.AsyncClient, conversation: str, text: str
+) -> tuple[str, float, httpx.Response | None]:
+    """One turn: its outcome (the HTTP status, or the error's name), its latency (ms) and the response."""
+    started = time.perf_counter()
+    try:
+        reply = await http.post(f"/v1/conversations/{conversation}/turns", json={"text": text})
+    except httpx.HTTPError as err:
+        return type(err).__name__, (time.perf_counter() - started) * 1000, None
+    return str(reply.status_code), (time.perf_counter() - started) * 1000, reply
+
+
 async def send_load(
-    http: httpx.AsyncClient, conversations: int, turns: int, concurrency: int
+    http: httpx.AsyncClient, conversations: int, turns: int, concurrency: int, run_id: str | None = None
 ) -> tuple[list[float], dict[str, int]]:
-    """`conversations` new conversations of `turns` turns each, at most `concurrency` turns in flight:
-    the latency of each answered turn (ms), and the failures by HTTP status or error."""
-    run_id = uuid.uuid4().hex[:6]
+    """`conversations` new conversations (`{run_id}-{number}`) of `turns` turns each, at most `concurrency`
+    turns in flight: the latency of each answered turn (ms), and the failures by HTTP status or error."""
+    run_id = run_id or uuid.uuid4().hex[:6]
     gate = asyncio.Semaphore(concurrency)
     latencies: list[float] = []
     failures: dict[str, int] = {}
@@ -86,17 +99,10 @@ async def send_load(
     async def converse(number: int) -> None:
         for index in range(turns):
             async with gate:
-                started = time.perf_counter()
-                try:
-                    reply = await http.post(
-                        f"/v1/conversations/{run_id}-{number}/turns",
-                        json={"text": TEXTS[(number + index) % len(TEXTS)]},
-                    )
-                    outcome = str(reply.status_code)
-                except httpx.HTTPError as err:
-                    outcome = type(err).__name__
+                text = TEXTS[(number + index) % len(TEXTS)]
+                outcome, ms, _ = await post_turn(http, f"{run_id}-{number}", text)
                 if outcome == "200":
-                    latencies.append((time.perf_counter() - started) * 1000)
+                    latencies.append(ms)
                 else:
                     failures[outcome] = failures.get(outcome, 0) + 1
 
@@ -104,38 +110,47 @@ async def send_load(
     return latencies, failures
 
 
-async def run(conversations: int, turns: int, concurrency: int) -> dict[str, Any]:
-    # One client key sends every conversation's turns here: its rate limit would measure itself.
-    stack = EmbeddedStack(rate_limit_per_second="0", **BUILT_IN_PIPELINE)
-    await asyncio.to_thread(stack.__enter__)
-    try:
-        assert stack.pid is not None
-        processes = process_tree(stack.pid)
-        async with load_client(stack, concurrency) as http:
-            await http.post("/v1/conversations/warm-up/turns", json={"text": "hello"})
-            cpu_before = {pid: cpu_seconds(pid) for pid in processes}
-            own_before = _own_cpu()
-            began = time.perf_counter()
-            latencies, failures = await send_load(http, conversations, turns, concurrency)
-            elapsed = time.perf_counter() - began
-            cpu = {name: round(cpu_seconds(pid) - cpu_before[pid], 1) for pid, name in processes.items()}
-            cpu["load generator"] = round(_own_cpu() - own_before, 1)
-    finally:
-        await asyncio.to_thread(stack.__exit__, None, None, None)
+async def level(
+    stack: EmbeddedStack, processes: dict[int, str], conversations: int, turns: int, concurrency: int
+) -> dict[str, Any]:
+    """The load at one concurrency: turns/s, latency percentiles at that rate, CPU of each process."""
+    async with load_client(stack, concurrency) as http:
+        await http.post("/v1/conversations/warm-up/turns", json={"text": "hello"})
+        cpu_before = {pid: cpu_seconds(pid) for pid in processes}
+        own_before = _own_cpu()
+        began = time.perf_counter()
+        latencies, failures = await send_load(http, conversations, turns, concurrency)
+        elapsed = time.perf_counter() - began
+        cpu = {name: round(cpu_seconds(pid) - cpu_before[pid], 1) for pid, name in processes.items()}
+        cpu["load generator"] = round(_own_cpu() - own_before, 1)
     return {
-        "scenario": "throughput",
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": machine(),
-        "pipeline": BUILT_IN_PIPELINE,
-        "conversations": conversations,
-        "turns_per_conversation": turns,
         "concurrency": concurrency,
         "seconds": round(elapsed, 1),
         "turns_per_second": round(len(latencies) / elapsed, 1),
         "latency_ms": percentiles(latencies),
         "failures": failures,
         "cpu_seconds": cpu,
+        "cpu_ms_per_turn": {name: round(1000 * s / max(len(latencies), 1), 1) for name, s in cpu.items()},
         "cpu_cores_busy": round(sum(cpu.values()) / elapsed, 2),
+    }
+
+
+async def run(conversations: int, turns: int, concurrencies: list[int]) -> dict[str, Any]:
+    # One client key sends every conversation's turns here: its rate limit would measure itself.
+    stack = EmbeddedStack(rate_limit_per_second="0", **BUILT_IN_PIPELINE)
+    await asyncio.to_thread(stack.__enter__)
+    try:
+        assert stack.pid is not None
+        processes = process_tree(stack.pid)
+        # One stack, each level with new conversations: the levels are compared side by side.
+        levels = [await level(stack, processes, conversations, turns, c) for c in concurrencies]
+    finally:
+        await asyncio.to_thread(stack.__exit__, None, None, None)
+    return {
+        **header("throughput", pipeline=BUILT_IN_PIPELINE),
+        "conversations": conversations,
+        "turns_per_conversation": turns,
+        "levels": levels,
     }
 
 
@@ -143,7 +158,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--conversations", type=int, default=500)
     parser.add_argument("--turns", type=int, default=2)
-    parser.add_argument("--concurrency", type=int, default=50)
+    parser.add_argument(
+        "--concurrency", type=int, nargs="+", default=[50, 4], help="turns in flight at most, one run each"
+    )
     args = parser.parse_args()
     result = asyncio.run(run(args.conversations, args.turns, args.concurrency))
     RESULTS.mkdir(exist_ok=True)

@@ -7,7 +7,8 @@ round, three baselines:
   Temporal: Temporal's floor for a turn;
 - `naive`: the same with three regular activities that do nothing: what scheduling three steps costs;
 
-and `turn_unsandboxed`, the same turns against a second stack whose worker runs workflow code outside
+and `steps_in_workflow`, each turn's steps as the workflow timed them (from the first step to the
+transcript recorded: the turn's local activities), and `turn_unsandboxed`, the same turns against a second stack whose worker runs workflow code outside
 Temporal's sandbox (`DIALOGUE_WORKFLOW_SANDBOX=false`). Both stacks run the issue's target pipeline
 (keyword NLU, BM25, the grounded generator: `bench.stack.BUILT_IN_PIPELINE`).
 
@@ -39,7 +40,7 @@ from temporalio.worker import Worker
 
 from bench.baselines import BareUpdate, NaiveTurn, noop
 from bench.stack import BUILT_IN_PIPELINE, EmbeddedStack
-from bench.streaming import RESULTS, machine, percentiles
+from bench.streaming import RESULTS, header, percentiles
 from dialogue.settings import Settings
 from dialogue.temporal import connect
 from worker import TurnActivities, build_turn_activities
@@ -143,10 +144,14 @@ async def run(rounds: int) -> dict[str, Any]:
                     base_url=unsandboxed.api, headers=unsandboxed.headers, timeout=60
                 ) as http_unsandboxed,
             ):
+                steps: list[float] = []
+                """The default stack's turns as the workflow timed them: first step started to recorded."""
 
                 async def http_turn(conversation: str, text: str, on: httpx.AsyncClient = http) -> None:
                     reply = await on.post(f"/v1/conversations/{conversation}/turns", json={"text": text})
                     reply.raise_for_status()
+                    if on is http:
+                        steps.append(reply.json()["timings_ms"]["total"])
 
                 for index in range(WARM_UP_ROUNDS + rounds):
                     text = TEXTS[index % len(TEXTS)]
@@ -173,14 +178,12 @@ async def run(rounds: int) -> dict[str, Any]:
             asyncio.to_thread(stack.__exit__, None, None, None),
             asyncio.to_thread(unsandboxed.__exit__, None, None, None),
         )
+    series["steps_in_workflow"] = steps[WARM_UP_ROUNDS:]
     stats = {name: percentiles(values) for name, values in series.items()}
     turn, pipeline, bare = (stats[name]["p50"] for name in ("turn", "pipeline", "bare_update"))
     return {
-        "scenario": "turn_latency",
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": machine(),
+        **header("turn_latency", pipeline=BUILT_IN_PIPELINE),
         "rounds": rounds,
-        "pipeline": BUILT_IN_PIPELINE,
         "texts": TEXTS,
         "ms": stats,
         "overhead_p50_ms": round(turn - pipeline, 1),

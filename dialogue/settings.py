@@ -112,7 +112,7 @@ class Settings(BaseSettings):
     """The OTLP/HTTP traces endpoint of a collector (Jaeger, Tempo, the OpenTelemetry Collector)."""
     workflow_sandbox: bool = True
     """Run workflow code in Temporal's sandbox, which refuses nondeterministic calls (clocks, randomness,
-    I/O) as they happen. Off saves ~5 ms of worker CPU per turn (bench/turn_latency.py); the replay of
+    I/O) as they happen. Off, a turn is ~3.4 ms faster (bench/turn_latency.py, side by side); the replay of
     recorded histories in CI still catches a change that would decide differently."""
     worker_shutdown_grace_seconds: float = Field(default=10, ge=0)
     """On SIGTERM a worker stops polling and lets running activities finish for up to this long."""

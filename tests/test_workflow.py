@@ -279,3 +279,35 @@ async def test_replay_catches_code_that_would_decide_differently(
     broken = await replay(WorkflowHistory(history.workflow_id, dropped), client.data_converter)
     assert broken.replay_failure is not None
     assert (await divergence(history, broken.replay_failure, client.data_converter)).startswith("at event ")
+
+
+async def test_an_llm_reply_is_its_own_regular_activity_and_a_template_reply_stays_local(
+    client: Client, settings: Settings
+) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tests.conftest import served_llm
+    from tests.fake_llm import FakeLlm, Plan
+    from worker import build_worker
+
+    fake = FakeLlm(plans=[Plan(text="Express shipping costs 12.90 euros [1].")])
+    async with served_llm(fake) as llm_url:
+        with_llm = settings.model_copy(
+            update={"generator": "openai", "llm_base_url": llm_url, "llm_model": "stand-in"}
+        )
+        conversation_id = new_id()
+        with ThreadPoolExecutor(4) as executor:
+            async with build_worker(client, with_llm, executor=executor):
+                answered = await send_turn(
+                    client, with_llm, conversation_id, "How much does express shipping cost?"
+                )
+                greeted = await send_turn(client, with_llm, conversation_id, "hello")
+
+    assert answered.reply.generator == "openai:stand-in" and "12.90" in answered.reply.text
+    assert greeted.reply.generator == "template"
+    assert len(fake.requests) == 1  # the greeting never reached the model
+    history = await events(client.get_workflow_handle(workflow_id(key(conversation_id))))
+    # The model's answer went through the task queue: retried on any worker, heartbeating. `compose`
+    # ran first, locally, and handed it over without a reply; the greeting was composed locally.
+    assert activity_types(history, "regular") == ["record_conversation", "generate"]
+    assert activity_types(history, "local").count("compose") == 2
