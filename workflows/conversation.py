@@ -83,8 +83,8 @@ HOLD_PATCH = "handoff-holds-conversation"
 LOCAL_STEPS_PATCH = "local-steps"
 """Since this patch, the steps that take milliseconds on the worker (understand, retrieve, a reply made
 without a model, record_turn) are local activities: they run inside the turn's workflow task, each
-saving a round trip through the server's task queue (~35 ms a step, bench/turn_latency.py). A reply
-from an LLM stays the regular `generate` activity."""
+saving a round trip through the server's task queue (~18 ms a step on the embedded dev server,
+bench/turn_latency.py). A reply from an LLM stays the regular `generate` activity."""
 RECENT_TURNS = 20
 """Replies a run remembers and hands over: a turn retried across continue-as-new gets its reply back.
 Twice the longest queue, so that a queued turn that timed out at the API can still be collected."""
