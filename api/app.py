@@ -14,7 +14,7 @@ from temporalio.client import Client
 from api.deps import authorize_codec
 from api.errors import install_error_handlers
 from api.limits import BodySizeLimit, RateLimiter
-from api.routes import conversations, handoff, health, keys, knowledge, lineage, nlu
+from api.routes import conversations, handoff, health, keys, knowledge, lineage, nlu, pages
 from api.routes.codec import codec_cors, codec_router
 from api.telemetry import RequestTelemetry, metrics_router
 from dialogue.bot import load_bot
@@ -83,6 +83,8 @@ def create_app(
     app.include_router(v1)
     app.include_router(health.router)
     app.include_router(metrics_router)
+    app.include_router(pages.router)  # the web chat page, open: it asks for a key itself
+    app.mount("/static", pages.static_files, name="static")
     payload_keys = settings.payload_codec_keys()
     if payload_keys is not None:
         # The Web UI's remote codec: operators read decrypted conversations there.

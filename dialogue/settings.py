@@ -42,6 +42,8 @@ class Settings(BaseSettings):
     task_queue: str = "dialogue"
     temporal_ui_port: int = 8233
     """Port of the embedded dev server's Web UI (`dialogue up` only)."""
+    temporal_ui_url: str | None = None
+    """The Web UI's base URL for links (the chat page's debug panel); the embedded dev server's when unset."""
 
     temporal_tls_ca_file: Path | None = None
     """CA certificate to verify the Temporal frontend with; setting any TLS option turns TLS on."""

@@ -1,0 +1,334 @@
+// The chat page: the key form, the transcript, the composer, ratings and the debug panel.
+// Text from the API is only ever set as textContent, never as HTML: a reply cannot inject markup.
+import { Api, ApiError, newId } from "./api.js";
+
+const KEY_STORAGE = "dialogue.apiKey";
+const CONVERSATION_STORAGE = "dialogue.conversationId";
+
+const $ = (id) => document.getElementById(id);
+const ui = {
+  keyForm: $("key-form"),
+  keyInput: $("api-key"),
+  keyStatus: $("key-status"),
+  messages: $("messages"),
+  status: $("status"),
+  composer: $("composer"),
+  text: $("message"),
+  debugToggle: $("debug-toggle"),
+  debug: $("debug"),
+};
+
+// The key is kept in localStorage so that it is asked for once; the page's Content-Security-Policy
+// lets no other script run here to read it.
+const api = new Api(() => localStorage.getItem(KEY_STORAGE) || "");
+let conversationId = localStorage.getItem(CONVERSATION_STORAGE);
+let lastAnswer = null; // {turnId, nlu, timings} of the newest answer, for the debug panel
+let config = null; // /chat/config.json: where the Temporal Web UI is
+
+function element(tag, className, text) {
+  const node = document.createElement(tag);
+  if (className) node.className = className;
+  if (text !== undefined) node.textContent = text;
+  return node;
+}
+
+// --- the key -----------------------------------------------------------------------------------
+
+function askForKey(message = "") {
+  ui.keyForm.hidden = false;
+  ui.keyStatus.textContent = message;
+  ui.keyInput.value = "";
+  ui.keyInput.focus();
+}
+
+ui.keyForm.addEventListener("submit", (event) => {
+  event.preventDefault();
+  const key = ui.keyInput.value.trim();
+  if (!key) return askForKey("Enter a key.");
+  localStorage.setItem(KEY_STORAGE, key);
+  ui.keyInput.value = "";
+  ui.keyForm.hidden = true;
+  ui.text.focus();
+  loadHistory();
+});
+
+$("change-key").addEventListener("click", () => askForKey());
+
+// --- the transcript ----------------------------------------------------------------------------
+
+const SPEAKERS = { user: "You", bot: "Bot", agent: "Agent", system: "Notice" };
+
+function addMessage(role, text, author) {
+  const item = element("li", `message ${role}`);
+  const who = author && role === "agent" ? `${SPEAKERS.agent} (${author})` : SPEAKERS[role] || role;
+  // Bubbles show who speaks by their place and colour; screen readers hear it said.
+  const quiet = role === "user" || role === "bot" ? " visually-hidden" : "";
+  item.append(element("span", `speaker${quiet}`, `${who}: `), element("p", "text", text));
+  ui.messages.append(item);
+  item.scrollIntoView({ block: "end" });
+  return item;
+}
+
+function addNotice(item, className, text) {
+  item.append(element("p", `notice ${className}`, text));
+}
+
+function showError(error, item) {
+  if (error instanceof ApiError && error.status === 401) askForKey("The key was refused: enter another.");
+  const text = error instanceof ApiError ? error.message : `Something went wrong: ${error.message}`;
+  const hint = error instanceof ApiError && error.code === "conversation_ended" ? ": start a new conversation" : "";
+  const target = item || addMessage("system", "");
+  target.setAttribute("role", "alert");
+  addNotice(target, "error", text + hint);
+}
+
+// Links to http(s) only: a source's url comes from the knowledge base, and `javascript:` must not run.
+function safeUrl(url) {
+  try {
+    const parsed = new URL(url, location.href);
+    return ["http:", "https:"].includes(parsed.protocol) ? parsed.href : null;
+  } catch {
+    return null;
+  }
+}
+
+function addSources(item, sources) {
+  if (!sources || !sources.length) return;
+  const list = element("ul", "sources");
+  list.setAttribute("aria-label", "Sources");
+  for (const source of sources) {
+    const entry = element("li");
+    const href = source.url && safeUrl(source.url);
+    if (href) {
+      const link = element("a", null, source.title || href);
+      link.href = href;
+      link.target = "_blank";
+      link.rel = "noopener noreferrer";
+      entry.append(link);
+    } else {
+      entry.textContent = source.title || source.document_id;
+    }
+    list.append(entry);
+  }
+  item.append(list);
+}
+
+function addFeedback(item, turnId) {
+  const group = element("div", "feedback");
+  group.setAttribute("role", "group");
+  group.setAttribute("aria-label", "Rate this answer");
+  const buttons = [
+    ["up", "Helpful", "\u{1F44D}"],
+    ["down", "Not helpful", "\u{1F44E}"],
+  ].map(([rating, label, symbol]) => {
+    const button = element("button", "rate", symbol);
+    button.type = "button";
+    button.setAttribute("aria-label", label);
+    button.setAttribute("aria-pressed", "false");
+    button.addEventListener("click", async () => {
+      try {
+        await api.rate(conversationId, turnId, rating);
+        // The store keeps one rating per answer: the newest replaces the other.
+        for (const other of buttons) other.setAttribute("aria-pressed", String(other === button));
+      } catch (error) {
+        showError(error, item);
+      }
+    });
+    return button;
+  });
+  group.append(...buttons);
+  item.append(group);
+}
+
+// An answer's extras: its sources, why it may be wrong, who holds the conversation, the rating buttons.
+function finishAnswer(item, answer) {
+  addSources(item, answer.sources);
+  if (answer.degraded) {
+    const why = answer.degradedReason ? ` (${answer.degradedReason} failed)` : "";
+    addNotice(item, "degraded", `Part of the bot did not answer in time${why}: this is a fallback reply.`);
+  }
+  if (answer.interrupted) addNotice(item, "info", "A newer message interrupted this one.");
+  if (answer.heldBy === "agent") {
+    // Live agent messages are a later increment: the transcript has them after a reload.
+    addNotice(item, "info", "A person is handling this conversation now; reload the page to see their replies.");
+  }
+  if (answer.turnId && item.querySelector(".text").textContent) addFeedback(item, answer.turnId);
+}
+
+async function loadHistory() {
+  ui.messages.replaceChildren();
+  lastAnswer = null;
+  let items;
+  try {
+    items = await api.messages(conversationId);
+  } catch (error) {
+    if (error instanceof ApiError && error.code === "conversation_not_found") return; // not started yet
+    return showError(error);
+  }
+  for (const message of items) {
+    if (message.role === "bot" && !message.text) continue; // a turn answered by a person, not the bot
+    const item = addMessage(message.role, message.text, message.author);
+    if (message.role !== "bot") continue;
+    finishAnswer(item, { sources: message.sources, degraded: message.degraded, turnId: message.turn_id });
+    lastAnswer = { turnId: message.turn_id };
+  }
+  refreshDebug();
+}
+
+// --- sending -----------------------------------------------------------------------------------
+
+async function send(text) {
+  addMessage("user", text);
+  const item = addMessage("bot", "");
+  const body = item.querySelector(".text");
+  const typing = element("span", "typing", "\u2026");
+  typing.setAttribute("aria-hidden", "true");
+  body.append(typing);
+  ui.status.textContent = "The bot is typing\u2026";
+  // Busy while tokens arrive: screen readers announce the answer once, not word by word.
+  item.setAttribute("aria-busy", "true");
+  let streamed = "";
+  try {
+    await api.sendTurn(conversationId, text, {
+      nlu: (nlu) => (lastAnswer = { nlu }),
+      token: (token) => {
+        streamed += token;
+        body.textContent = streamed;
+      },
+      restart: () => {
+        streamed = "";
+        body.replaceChildren(typing);
+      },
+      final: (reply) => {
+        body.textContent = reply.reply.text; // the reply as recorded, which the tokens only previewed
+        finishAnswer(item, {
+          sources: reply.reply.sources,
+          degraded: reply.degraded,
+          degradedReason: reply.degraded_reason,
+          interrupted: reply.interrupted,
+          heldBy: reply.held_by,
+          turnId: reply.turn_id,
+        });
+        lastAnswer = { turnId: reply.turn_id, nlu: reply.nlu, timings: reply.timings_ms };
+      },
+    });
+  } catch (error) {
+    typing.remove();
+    showError(error, item);
+  } finally {
+    item.setAttribute("aria-busy", "false");
+    ui.status.textContent = "";
+    item.scrollIntoView({ block: "end" });
+  }
+  refreshDebug();
+}
+
+ui.composer.addEventListener("submit", (event) => {
+  event.preventDefault();
+  const text = ui.text.value.trim();
+  if (!text) return;
+  if (!localStorage.getItem(KEY_STORAGE)) return askForKey("Enter the API key first.");
+  ui.text.value = "";
+  ui.text.focus(); // after a click on Send too: the next message is typed at once
+  send(text);
+});
+
+ui.text.addEventListener("keydown", (event) => {
+  // Enter sends, Shift+Enter is a new line; not while an input method is composing a character.
+  if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
+    event.preventDefault();
+    ui.composer.requestSubmit();
+  }
+});
+
+$("new-conversation").addEventListener("click", () => {
+  startConversation(newId());
+  ui.text.focus();
+});
+
+function startConversation(id) {
+  conversationId = id;
+  localStorage.setItem(CONVERSATION_STORAGE, id);
+  loadHistory();
+}
+
+// --- the debug panel ---------------------------------------------------------------------------
+
+ui.debugToggle.addEventListener("click", () => {
+  const open = ui.debugToggle.getAttribute("aria-expanded") !== "true";
+  ui.debugToggle.setAttribute("aria-expanded", String(open));
+  ui.debug.hidden = !open;
+  refreshDebug();
+});
+
+function fill(id, entries) {
+  const target = $(id);
+  if (!entries.length) return void (target.textContent = "\u2014");
+  const list = element("ul");
+  for (const [name, value] of entries) list.append(element("li", null, `${name}: ${value}`));
+  target.replaceChildren(list);
+}
+
+function show(id, text) {
+  $(id).textContent = text ?? "\u2014";
+}
+
+// Filled only while open: the state query and the lineage are calls the chat itself does not need.
+async function refreshDebug() {
+  if (ui.debug.hidden) return;
+  show("debug-conversation", conversationId);
+  showTemporalLink();
+  const answer = lastAnswer;
+  if (answer?.turnId && !answer.timings) {
+    // Loaded from the transcript: the answer's lineage holds its NLU result and timings.
+    answer.timings = {};
+    try {
+      const { lineage } = await api.lineage(conversationId, answer.turnId);
+      Object.assign(answer, { nlu: lineage?.nlu, timings: lineage?.timings_ms || {} });
+    } catch {
+      // An answer recorded without lineage (a failed record step): nothing more to show.
+    }
+  }
+  const intent = answer?.nlu?.intent;
+  show("debug-intent", intent?.name);
+  show("debug-confidence", intent ? intent.confidence.toFixed(2) : null);
+  fill("debug-entities", (answer?.nlu?.entities || []).map((e) => [e.entity, e.value]));
+  fill("debug-timings", Object.entries(answer?.timings || {}).map(([step, ms]) => [step, `${Math.round(ms)} ms`]));
+  try {
+    const state = await api.state(conversationId);
+    show("debug-flow", state.active_flow);
+    fill("debug-slots", Object.entries(state.slots).map(([name, value]) => [name, JSON.stringify(value)]));
+  } catch (error) {
+    // A conversation without turns has no workflow yet; anything else is worth showing here.
+    const missing = error instanceof ApiError && error.status === 404;
+    show("debug-flow", missing ? null : error.message);
+    fill("debug-slots", []);
+  }
+}
+
+async function showTemporalLink() {
+  const link = $("debug-temporal");
+  try {
+    config = config || (await (await fetch("/chat/config.json")).json());
+  } catch {
+    return;
+  }
+  // The workflow id is `conv-<tenant>/<id>`, and no endpoint tells a client its tenant: this assumes
+  // `default`, the bootstrap key's tenant (the note beside the link says so).
+  const workflowId = `${config.workflow_id_prefix}default/${conversationId}`;
+  link.href = `${config.temporal_ui_url}/namespaces/${encodeURIComponent(config.namespace)}/workflows/${encodeURIComponent(workflowId)}`;
+  link.hidden = false;
+}
+
+// --- start -------------------------------------------------------------------------------------
+
+if (!conversationId) {
+  conversationId = newId();
+  localStorage.setItem(CONVERSATION_STORAGE, conversationId);
+}
+if (localStorage.getItem(KEY_STORAGE)) {
+  loadHistory();
+  ui.text.focus();
+} else {
+  askForKey();
+}
