@@ -38,7 +38,7 @@ from temporalio.common import WorkflowIDConflictPolicy
 from temporalio.testing import ActivityEnvironment
 from temporalio.worker import Worker
 
-from bench.baselines import BareUpdate, NaiveTurn, noop
+from bench.baselines import BaselineTurn, noop
 from bench.stack import BUILT_IN_PIPELINE, EmbeddedStack
 from bench.streaming import RESULTS, header, percentiles
 from dialogue.settings import Settings
@@ -92,16 +92,16 @@ async def pipeline_turn(env: ActivityEnvironment, acts: TurnActivities, text: st
     await _run(env, acts.record.record_turn, record)
 
 
-async def baseline_turn(
-    client: Client, workflow: type[BareUpdate] | type[NaiveTurn], key: str, text: str
-) -> None:
+async def baseline_turn(client: Client, steps: int, key: str, text: str) -> None:
+    """A turn of `steps` no-op regular activities (0: a bare update), on the baseline worker."""
     start = WithStartWorkflowOperation(
-        workflow.run,
+        BaselineTurn.run,
+        steps,
         id=key,
         task_queue=BASELINE_QUEUE,
         id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
     )
-    await client.execute_update_with_start_workflow(workflow.turn, text, start_workflow_operation=start)
+    await client.execute_update_with_start_workflow(BaselineTurn.turn, text, start_workflow_operation=start)
 
 
 async def run(rounds: int) -> dict[str, Any]:
@@ -135,7 +135,7 @@ async def run(rounds: int) -> dict[str, Any]:
                 Worker(
                     client,
                     task_queue=BASELINE_QUEUE,
-                    workflows=[BareUpdate, NaiveTurn],
+                    workflows=[BaselineTurn],
                     activities=[noop],
                     activity_executor=executor,
                 ),
@@ -162,10 +162,8 @@ async def run(rounds: int) -> dict[str, Any]:
                             http_turn(f"bench-{conversation}", text, http_unsandboxed)
                         ),
                         "pipeline": await timed(pipeline_turn(activity_env, acts, text, index)),
-                        "bare_update": await timed(
-                            baseline_turn(client, BareUpdate, f"bare-{conversation}", text)
-                        ),
-                        "naive": await timed(baseline_turn(client, NaiveTurn, f"naive-{conversation}", text)),
+                        "bare_update": await timed(baseline_turn(client, 0, f"bare-{conversation}", text)),
+                        "naive": await timed(baseline_turn(client, 3, f"naive-{conversation}", text)),
                     }
                     if index >= WARM_UP_ROUNDS:
                         for name, ms in measured.items():

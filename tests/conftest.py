@@ -166,6 +166,22 @@ def settings(env: WorkflowEnvironment, tmp_path: Path, store_url: str, demo_mode
     )
 
 
+class worker_for:
+    """An in-process worker with other settings, on the same task queue as the fixture's (use one or the other)."""
+
+    def __init__(self, client: Client, settings: Settings) -> None:
+        self._executor = ThreadPoolExecutor(max_workers=4)
+        self._worker = build_worker(client, settings, executor=self._executor)
+
+    async def __aenter__(self) -> Worker:
+        await self._worker.__aenter__()
+        return self._worker
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._worker.__aexit__(None, None, None)
+        self._executor.shutdown()
+
+
 @pytest.fixture
 async def worker(client: Client, settings: Settings) -> AsyncIterator[Worker]:
     with ThreadPoolExecutor(max_workers=8) as executor:

@@ -25,9 +25,8 @@ from api import create_app
 from dialogue.settings import Settings
 from dialogue.telemetry import temporal_interceptors, tracer_provider
 from dialogue.temporal import conversation_key, workflow_id
-from tests.conftest import TEST_API_KEY, api_client, free_port
+from tests.conftest import TEST_API_KEY, api_client, free_port, worker_for
 from tests.processes import ApiProcess, WorkerProcess
-from worker import build_worker
 
 KB_QUESTION = "How long does delivery take?"
 API_OPTIONS: list[dict[str, Any]] = [{"tracing_exporter": "console"}, {"log_message_text": True}]
@@ -85,24 +84,6 @@ async def test_metrics_count_turns_by_outcome_and_time_each_step(client: Client,
         assert delta("dialogue_step_duration_seconds_count", step=step, outcome="ok") == 2, step
     assert delta("dialogue_step_duration_seconds_count", step="generate", outcome="error") >= 1
     assert delta("dialogue_llm_errors_total") >= 1
-
-
-class worker_for:
-    """A second in-process worker with other settings, on the same task queue, replacing the fixture's."""
-
-    def __init__(self, client: Client, settings: Settings) -> None:
-        from concurrent.futures import ThreadPoolExecutor
-
-        self._executor = ThreadPoolExecutor(max_workers=4)
-        self._worker = build_worker(client, settings, executor=self._executor)
-
-    async def __aenter__(self) -> Worker:
-        await self._worker.__aenter__()
-        return self._worker
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self._worker.__aexit__(None, None, None)
-        self._executor.shutdown()
 
 
 async def test_a_trace_runs_from_the_request_through_the_workflow_to_every_activity(

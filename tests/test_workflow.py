@@ -28,7 +28,7 @@ from dialogue.codec import EncryptionCodec
 from dialogue.db import get_engine
 from dialogue.settings import Settings
 from dialogue.temporal import LAST_INTENT, TURN_COUNT, conversation_key, workflow_id
-from tests.conftest import TEST_PAYLOAD_KEYS
+from tests.conftest import TEST_PAYLOAD_KEYS, worker_for
 from workflows.contracts import ConversationState, EndRequest, TurnReply, TurnRequest
 from workflows.conversation import FALLBACK_TEXT, INVALID_TURN, ConversationWorkflow
 from workflows.replay import divergence, load_history, replay
@@ -219,17 +219,10 @@ def broken_bot(tmp_path: Path, settings: Settings) -> Settings:
 async def test_a_failing_step_gives_a_degraded_fallback_and_the_next_turn_works(
     client: Client, broken_bot: Settings
 ) -> None:
-    from concurrent.futures import ThreadPoolExecutor
-
-    from worker import build_worker
-
     conversation_id = new_id()
-    with ThreadPoolExecutor(4) as executor:
-        async with build_worker(client, broken_bot, executor=executor):
-            degraded = await send_turn(
-                client, broken_bot, conversation_id, "how long does express shipping take"
-            )
-            healthy = await send_turn(client, broken_bot, conversation_id, "hello")
+    async with worker_for(client, broken_bot):
+        degraded = await send_turn(client, broken_bot, conversation_id, "how long does express shipping take")
+        healthy = await send_turn(client, broken_bot, conversation_id, "hello")
 
     assert degraded.degraded
     assert degraded.degraded_reason == "generate failed"
@@ -284,11 +277,8 @@ async def test_replay_catches_code_that_would_decide_differently(
 async def test_an_llm_reply_is_its_own_regular_activity_and_a_template_reply_stays_local(
     client: Client, settings: Settings
 ) -> None:
-    from concurrent.futures import ThreadPoolExecutor
-
     from tests.conftest import served_llm
     from tests.fake_llm import FakeLlm, Plan
-    from worker import build_worker
 
     fake = FakeLlm(plans=[Plan(text="Express shipping costs 12.90 euros [1].")])
     async with served_llm(fake) as llm_url:
@@ -296,12 +286,11 @@ async def test_an_llm_reply_is_its_own_regular_activity_and_a_template_reply_sta
             update={"generator": "openai", "llm_base_url": llm_url, "llm_model": "stand-in"}
         )
         conversation_id = new_id()
-        with ThreadPoolExecutor(4) as executor:
-            async with build_worker(client, with_llm, executor=executor):
-                answered = await send_turn(
-                    client, with_llm, conversation_id, "How much does express shipping cost?"
-                )
-                greeted = await send_turn(client, with_llm, conversation_id, "hello")
+        async with worker_for(client, with_llm):
+            answered = await send_turn(
+                client, with_llm, conversation_id, "How much does express shipping cost?"
+            )
+            greeted = await send_turn(client, with_llm, conversation_id, "hello")
 
     assert answered.reply.generator == "openai:stand-in" and "12.90" in answered.reply.text
     assert greeted.reply.generator == "template"
