@@ -102,6 +102,19 @@ def require(scope: Scope) -> object:
 LOOPBACK = {"127.0.0.1", "::1"}
 
 
+def local_development(request: Request) -> bool:
+    """A development stack that listens on loopback only, asked from the same machine: the one
+    place where conveniences that skip or reveal the key (the codec, the pre-filled key) are allowed."""
+    settings: Settings = request.app.state.settings
+    local_only = settings.api_host in LOOPBACK or settings.api_host == "localhost"
+    return bool(
+        settings.environment == "development"
+        and local_only
+        and request.client
+        and request.client.host in LOOPBACK
+    )
+
+
 async def authorize_codec(request: Request) -> None:
     """Who may decrypt payloads through the codec server: a key or token with the admin scope.
 
@@ -109,14 +122,7 @@ async def authorize_codec(request: Request) -> None:
     the embedded Web UI has no login and so sends no credentials. Elsewhere the UI must pass
     its users' tokens (Temporal UI auth with "pass access token" to the codec endpoint).
     """
-    settings: Settings = request.app.state.settings
-    local_only = settings.api_host in LOOPBACK or settings.api_host == "localhost"
-    if (
-        settings.environment == "development"
-        and local_only
-        and request.client
-        and request.client.host in LOOPBACK
-    ):
+    if local_development(request):
         return
     principal = await run_in_threadpool(get_principal, request)
     # One key list seals every tenant's payloads: opening them is for the deployment's admins.

@@ -38,9 +38,12 @@ class ConversationEnded(BaseModel):
 
 class ConversationSummary(BaseModel):
     conversation_id: str
+    tenant: str
     status: str
     turn_count: int
     last_intent: str | None
+    degraded_count: int
+    """Answers that were a fallback (a step failed, or the deadline passed)."""
     created_at: datetime
     updated_at: datetime
     ended_reason: str | None
@@ -100,3 +103,12 @@ class TurnStatus(BaseModel):
     status: Literal["running", "completed", "failed"]
     reply: TurnReply | None = None
     error: str | None = None
+
+
+class Caller(BaseModel):
+    """Who the key or token is: what a page needs to know about its user."""
+
+    tenant: str
+    scope: str
+    """`client`, `agent` or `admin`."""
+    subject: str

@@ -49,12 +49,7 @@ def append(engine: Engine, conversation_id: str, events: Sequence[NewEvent]) -> 
                         text("SELECT pg_advisory_xact_lock(:space, hashtext(:id))"),
                         {"space": EVENT_LOCK_SPACE, "id": conversation_id},
                     )
-                last = session.exec(
-                    select(func.max(ConversationEvent.seq)).where(
-                        col(ConversationEvent.conversation_id) == conversation_id
-                    )
-                ).one()
-                first = (last or 0) + 1
+                first = _newest(session, conversation_id) + 1
                 session.add_all(
                     ConversationEvent(
                         conversation_id=conversation_id,
@@ -85,6 +80,21 @@ def read(
         if turn_id is not None:
             query = query.where(col(ConversationEvent.turn_id) == turn_id)
         return session.exec(query.order_by(col(ConversationEvent.seq)).limit(limit)).all()
+
+
+def last(engine: Engine, conversation_id: str) -> int:
+    """The number of the conversation's newest event (0 when it has none): where "from now" starts."""
+    with Session(engine) as session:
+        return _newest(session, conversation_id)
+
+
+def _newest(session: Session, conversation_id: str) -> int:
+    newest = session.exec(
+        select(func.max(ConversationEvent.seq)).where(
+            col(ConversationEvent.conversation_id) == conversation_id
+        )
+    ).one()
+    return newest or 0
 
 
 def has(engine: Engine, conversation_id: str, turn_id: str, kind: EventKind) -> bool:

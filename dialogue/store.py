@@ -138,22 +138,47 @@ def get_conversation(engine: Engine, conversation_id: str) -> Conversation | Non
 
 
 def list_conversations(
-    engine: Engine, *, tenant: str, status: str | None, limit: int, offset: int
-) -> tuple[Sequence[Conversation], int]:
-    """A page of a tenant's conversations, most recently updated first, and how many match in all."""
-    in_tenant = _in_tenant(engine, col(Conversation.id), tenant)
+    engine: Engine,
+    *,
+    tenant: str,
+    status: str | None = None,
+    intent: str | None = None,
+    degraded: bool | None = None,
+    contains: str | None = None,
+    limit: int,
+    offset: int,
+) -> tuple[list[tuple[Conversation, int]], int]:
+    """A page of a tenant's conversations, most recently updated first, each with its number of
+    degraded answers, and how many match in all. `contains` is matched in the id, literally."""
+    degraded_count = (
+        select(func.count())
+        .select_from(Message)
+        .where(col(Message.conversation_id) == col(Conversation.id), col(Message.degraded))
+        .correlate(Conversation)
+        .scalar_subquery()
+    )
+    where = [*_in_tenant(engine, col(Conversation.id), tenant)]
+    if status is not None:
+        where.append(col(Conversation.status) == status)
+    if intent is not None:
+        where.append(col(Conversation.last_intent) == intent)
+    if degraded is not None:
+        where.append(degraded_count > 0 if degraded else degraded_count == 0)
+    if contains:
+        # After the tenant's `tenant/` prefix; `%` and `_` typed by a person are meant literally.
+        escaped = contains.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        where.append(col(Conversation.id).like(f"{tenant}/%{escaped}%", escape="\\"))
     with Session(engine) as session:
-        query = select(Conversation).where(*in_tenant)
-        count = select(func.count()).select_from(Conversation).where(*in_tenant)
-        if status is not None:
-            query = query.where(Conversation.status == status)
-            count = count.where(col(Conversation.status) == status)
         query = (
-            query.order_by(col(Conversation.updated_at).desc(), col(Conversation.id))
+            select(Conversation, degraded_count)
+            .where(*where)
+            .order_by(col(Conversation.updated_at).desc(), col(Conversation.id))
             .offset(offset)
             .limit(limit)
         )
-        return session.exec(query).all(), session.exec(count).one()
+        count = select(func.count()).select_from(Conversation).where(*where)
+        rows = [(conversation, int(number)) for conversation, number in session.exec(query).all()]
+        return rows, session.exec(count).one()
 
 
 def read_messages(

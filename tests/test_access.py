@@ -67,6 +67,7 @@ ENDPOINTS = [
     Endpoint("POST", "/v1/knowledge/documents", "admin", {"id": "acl", "text": "# A\nb"}, owned=False),
     Endpoint("GET", "/v1/keys", "admin", owned=False),
     Endpoint("POST", "/v1/keys", "admin", {"scope": "client"}, owned=False),
+    Endpoint("GET", "/v1/me", "client", owned=False),
 ]
 RANK = {"client": 1, "agent": 2, "admin": 3}
 
@@ -162,7 +163,18 @@ async def test_another_tenant_sees_none_of_the_conversations(
     mine = await http.get("/v1/conversations", headers={"Authorization": f"Bearer {keys['client']}"})
     theirs = await http.get("/v1/conversations", headers={"Authorization": f"Bearer {keys['other-admin']}"})
     assert conversation in [c["conversation_id"] for c in mine.json()["items"]]
+    assert {c["tenant"] for c in mine.json()["items"]} == {"acme"}
     assert conversation not in [c["conversation_id"] for c in theirs.json()["items"]]
+    found = await http.get(
+        "/v1/conversations",
+        params={"q": conversation},
+        headers={"Authorization": f"Bearer {keys['other-admin']}"},
+    )
+    assert found.json()["total"] == 0  # nor by searching for its id
+    # Each key learns its own tenant and scope, for the pages.
+    me = await http.get("/v1/me", headers={"Authorization": f"Bearer {keys['client']}"})
+    assert me.json() == {"tenant": "acme", "scope": "client", "subject": me.json()["subject"]}
+    assert me.json()["subject"]
     # The same id in the other tenant is another conversation altogether.
     other = await http.post(
         f"/v1/conversations/{conversation}/turns",

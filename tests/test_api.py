@@ -87,6 +87,19 @@ async def test_state_transcript_end_and_list(http: httpx.AsyncClient) -> None:
 
     listed = (await http.get("/v1/conversations", params={"status": "ended"})).json()
     assert conversation_id in [c["conversation_id"] for c in listed["items"]]
+    # What the console filters by: the last intent, degraded answers, part of the id.
+    found = (
+        await http.get("/v1/conversations", params={"q": conversation_id[4:], "intent": "returns"})
+    ).json()
+    assert [(c["conversation_id"], c["tenant"], c["degraded_count"]) for c in found["items"]] == [
+        (conversation_id, "default", 0)
+    ]
+    assert (await http.get("/v1/conversations", params={"q": conversation_id, "intent": "greet"})).json()[
+        "total"
+    ] == 0
+    assert (await http.get("/v1/conversations", params={"q": conversation_id, "degraded": "true"})).json()[
+        "total"
+    ] == 0
     active = (await http.get("/v1/conversations", params={"status": "active"})).json()
     assert conversation_id not in [c["conversation_id"] for c in active["items"]]
 

@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from html.parser import HTMLParser
 from pathlib import Path
+from urllib.parse import urljoin
 
 import httpx
 import pytest
@@ -19,7 +20,7 @@ from api import create_app
 from dialogue.settings import Settings
 from tests.conftest import TEST_API_KEY, TEST_PAYLOAD_KEYS, free_port, serve
 
-STATIC = Path(__file__).resolve().parent.parent / "api" / "static" / "chat"
+STATIC = Path(__file__).resolve().parent.parent / "api" / "static"
 UI_PORT = 18233
 JS_TYPES = ("text/javascript", "application/javascript")
 
@@ -87,7 +88,8 @@ class Page(HTMLParser):
 
 
 def scripts() -> dict[str, str]:
-    return {path.name: path.read_text() for path in STATIC.glob("*.js")}
+    """Every page's scripts by their path under /static."""
+    return {path.relative_to(STATIC).as_posix(): path.read_text() for path in STATIC.rglob("*.js")}
 
 
 async def test_the_front_page_redirects_to_the_chat_page(anonymous: httpx.AsyncClient) -> None:
@@ -129,11 +131,11 @@ async def test_the_page_assets_load_with_their_content_types(anonymous: httpx.As
     sources = [attrs["src"] for _, attrs in page.all("script")]
     styles = [attrs["href"] for _, attrs in page.all("link") if attrs.get("rel") == "stylesheet"]
     assert sources and styles
-    # Modules the page's script imports, relative to it, load too.
+    # Modules the pages' scripts import, relative to them, load too.
     for name, text in scripts().items():
         imports = re.findall(r'from "([^"]+)"', text)
-        assert all(i.startswith("./") for i in imports), f"{name} imports from elsewhere: {imports}"
-        sources += [f"/static/chat/{i.removeprefix('./')}" for i in imports]
+        assert all(i.startswith(("./", "../")) for i in imports), f"{name} imports from elsewhere: {imports}"
+        sources += [urljoin(f"/static/{name}", i) for i in imports]
     for source in sources:
         response = await anonymous.get(source)
         assert response.status_code == 200, source
@@ -145,8 +147,10 @@ async def test_the_page_assets_load_with_their_content_types(anonymous: httpx.As
 
 
 def test_the_page_loads_nothing_from_elsewhere_and_never_puts_the_key_in_a_url() -> None:
-    files = {path.name: path.read_text() for path in STATIC.iterdir()}
-    assert {"index.html", "chat.js", "chat.css"} <= set(files)
+    files = {path.relative_to(STATIC).as_posix(): path.read_text() for path in STATIC.rglob("*.*")}
+    assert {"chat/index.html", "chat/chat.js", "chat/chat.css", "shared/api.js", "shared/theme.css"} <= set(
+        files
+    )
     for name, text in files.items():
         assert not re.search(r"(?:src|href)=\"(?:https?:)?//", text), f"{name} loads from another origin"
         assert "@import" not in text and "url(" not in text, name
@@ -154,17 +158,34 @@ def test_the_page_loads_nothing_from_elsewhere_and_never_puts_the_key_in_a_url()
         for leak in ("?key=", "&key=", "api_key=", "apikey=", "access_token=", "token="):
             assert leak not in text.lower(), f"{name} puts the key in a URL ({leak})"
     # The key goes out in one place: the Authorization header.
-    assert scripts()["api.js"].count("Authorization: `Bearer ${this.key()}`") == 1
+    assert sum(text.count("Authorization:") for text in scripts().values()) == 1
+    assert scripts()["shared/api.js"].count("Authorization: `Bearer ${this.key()}`") == 1
 
 
-async def test_the_chat_config_tells_where_the_web_ui_is(anonymous: httpx.AsyncClient) -> None:
-    response = await anonymous.get("/chat/config.json")
+async def test_the_page_config_tells_where_the_web_ui_is(anonymous: httpx.AsyncClient) -> None:
+    response = await anonymous.get("/config.json")
     assert response.status_code == 200
     assert response.json() == {
         "temporal_ui_url": f"http://127.0.0.1:{UI_PORT}",
         "namespace": "default",
         "workflow_id_prefix": "conv-",
+        # A development stack on loopback, asked from this machine: the key to pre-fill.
+        "development_key": TEST_API_KEY,
     }
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [{"environment": "production"}, {"api_host": "0.0.0.0"}],
+    ids=["production", "listening-beyond-loopback"],
+)
+async def test_the_development_key_is_offered_only_by_a_local_development_stack(
+    tmp_path: Path, changes: dict[str, str]
+) -> None:
+    async with without_key(page_settings(tmp_path, **changes)) as http:
+        response = await http.get("/config.json")
+    assert response.status_code == 200
+    assert response.json()["development_key"] is None
 
 
 async def test_the_chat_config_uses_the_configured_web_ui(tmp_path: Path) -> None:
@@ -172,7 +193,7 @@ async def test_the_chat_config_uses_the_configured_web_ui(tmp_path: Path) -> Non
         tmp_path, temporal_ui_url="https://temporal.example.com/ui/", temporal_namespace="bots"
     )
     async with without_key(settings) as http:
-        config = (await http.get("/chat/config.json")).json()
+        config = (await http.get("/config.json")).json()
     assert config["temporal_ui_url"] == "https://temporal.example.com/ui"
     assert config["namespace"] == "bots"
 
@@ -215,7 +236,7 @@ def test_contrast_of_a_known_pair() -> None:
 
 
 def test_text_colours_contrast_at_least_4_5_to_1() -> None:
-    css = (STATIC / "chat.css").read_text()
+    css = "\n".join(path.read_text() for path in STATIC.rglob("*.css"))
     colours = dict(re.findall(r"--([\w-]+):\s*(#[0-9a-fA-F]{6})\s*;", css))
     used = set(re.findall(r"var\(--([\w-]+)\)", css))
     assert used <= set(colours), f"undefined colours: {used - set(colours)}"

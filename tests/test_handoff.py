@@ -60,6 +60,26 @@ async def test_a_person_takes_over_answers_and_hands_back(http: httpx.AsyncClien
     assert [m["turn_index"] for m in transcript] == [0, 0, 1, 2, 3, 4, 5, 5]
 
 
+async def test_a_page_that_has_read_the_transcript_follows_from_the_newest_event(
+    http: httpx.AsyncClient,
+) -> None:
+    conversation = f"ho-{uuid.uuid4().hex[:8]}"
+    base = f"/v1/conversations/{conversation}"
+    assert (await http.post(f"{base}/turns", json={"text": "hello"})).status_code == 200
+    assert (await http.post(f"{base}/handoff", json={"agent": "ada"})).status_code == 200
+    earlier = await http.post(f"{base}/agent-messages", json={"text": "Already in the transcript."})
+    assert earlier.status_code == 201
+
+    async with http.stream("GET", f"{base}/events", params={"from_now": "true"}) as response:
+        assert response.status_code == 200
+        new = asyncio.ensure_future(read_events(response, limit=1))
+        await asyncio.sleep(0.3)  # the stream is open and polling: what was logged before is behind it
+        posted = await http.post(f"{base}/agent-messages", json={"text": "Sent while the page is open."})
+        assert posted.status_code == 201
+        (event,) = await asyncio.wait_for(new, timeout=10)
+    assert (event.kind, event.data["text"]) == ("agent_message", "Sent while the page is open.")
+
+
 async def test_asking_for_a_person_hands_off_and_only_a_handed_off_conversation_takes_agent_messages(
     http: httpx.AsyncClient,
 ) -> None:

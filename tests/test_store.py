@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
@@ -122,11 +123,37 @@ def test_list_conversations_filters_by_tenant_and_status_newest_first(engine: En
     everything, total = store.list_conversations(engine, tenant="t1", status=None, limit=10, offset=0)
     active, active_total = store.list_conversations(engine, tenant="t1", status="active", limit=10, offset=0)
     page, _ = store.list_conversations(engine, tenant="t1", status=None, limit=1, offset=1)
-    assert [c.id for c in everything] == ["t1/b", "t1/c", "t1/a"]  # not t10's nor t2's
+    assert [c.id for c, _ in everything] == ["t1/b", "t1/c", "t1/a"]  # not t10's nor t2's
     assert total == 3
-    assert [c.id for c in active] == ["t1/c", "t1/a"]
+    assert [c.id for c, _ in active] == ["t1/c", "t1/a"]
     assert active_total == 2
-    assert [c.id for c in page] == ["t1/c"]
+    assert [c.id for c, _ in page] == ["t1/c"]
+
+
+def test_list_conversations_by_intent_degraded_answers_and_part_of_the_id(engine: Engine) -> None:
+    store.record_turn(engine, turn("t1/order-1", 0))
+    store.record_turn(engine, turn("t1/order-1", 1).model_copy(update={"degraded": True}))
+    store.record_turn(engine, turn("t1/order-1", 2).model_copy(update={"degraded": True}))
+    refund = turn("t1/refund_%", 0)
+    store.record_turn(
+        engine,
+        refund.model_copy(update={"nlu": NluResult(intent=IntentPrediction(name="refund", confidence=0.9))}),
+    )
+    store.record_turn(engine, turn("t1/refundX", 0))
+    store.record_turn(engine, turn("t2/order-2", 0).model_copy(update={"degraded": True}))
+
+    def ids(**filters: Any) -> dict[str, int]:
+        rows, total = store.list_conversations(engine, tenant="t1", limit=10, offset=0, **filters)
+        assert total == len(rows)
+        return {conversation.id: degraded for conversation, degraded in rows}
+
+    assert ids() == {"t1/order-1": 2, "t1/refund_%": 0, "t1/refundX": 0}  # degraded answers counted
+    assert ids(degraded=True) == {"t1/order-1": 2}  # not t2's
+    assert ids(degraded=False) == {"t1/refund_%": 0, "t1/refundX": 0}
+    assert ids(intent="refund") == {"t1/refund_%": 0}
+    assert ids(contains="der") == {"t1/order-1": 2}
+    assert ids(contains="_%") == {"t1/refund_%": 0}  # taken literally, not as wildcards
+    assert ids(contains="t1") == {}  # the tenant is not part of the id a client sees
 
 
 def test_tenant_listing_holds_under_a_linguistic_collation(postgres_url: str) -> None:

@@ -39,7 +39,7 @@ from api.schemas import (
 )
 from api.streaming import ResumePoint, conversation_stream, stream_response, turn_stream
 from api.telemetry import mark_turn
-from dialogue import erasure, store
+from dialogue import erasure, events, store
 from dialogue.flags import FeatureFlags, Flag
 from dialogue.identity import Principal
 from dialogue.temporal import conversation_key, workflow_id
@@ -299,6 +299,10 @@ async def follow_conversation(
     after: Annotated[
         int | None, Query(ge=0, le=10**18, description="Start after this event (else `Last-Event-ID`).")
     ] = None,
+    from_now: Annotated[
+        bool,
+        Query(description="Start after the newest event: for a client that has just read the transcript."),
+    ] = False,
 ) -> Response:
     """Every event of a conversation as it happens: streamed turns, a person's messages, handoffs."""
     # Off, no event stream at all; a person's messages are in the transcript (`…/messages`) all the same.
@@ -307,7 +311,12 @@ async def follow_conversation(
     if await run_in_threadpool(store.get_conversation, engine, key) is None:
         with temporal_errors(conversation_id):
             await _handle(temporal, key).describe()  # 404 when it does not exist
-    start = after if after is not None else ResumePoint(last_event_id).after
+    if after is not None:
+        start = after
+    elif last_event_id is None and from_now:
+        start = await run_in_threadpool(events.last, engine, key)
+    else:
+        start = ResumePoint(last_event_id).after
     return stream_response(conversation_stream(engine, key, after=start))
 
 
@@ -385,17 +394,39 @@ async def read_conversations(
     engine: EngineDep,
     principal: ClientPrincipal,
     status: Literal["active", "ended"] | None = None,
+    intent: Annotated[
+        str | None, Query(max_length=100, description="Only those whose last intent is this.")
+    ] = None,
+    degraded: Annotated[
+        bool | None, Query(description="Only those with (true) or without (false) a degraded answer.")
+    ] = None,
+    q: Annotated[str | None, Query(max_length=200, description="Only those whose id contains this.")] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     offset: Annotated[int, Query(ge=0)] = 0,
 ) -> ConversationsPage:
     """Conversations, most recently updated first."""
     rows, total = await run_in_threadpool(
-        store.list_conversations, engine, tenant=principal.tenant, status=status, limit=limit, offset=offset
+        store.list_conversations,
+        engine,
+        tenant=principal.tenant,
+        status=status,
+        intent=intent or None,
+        degraded=degraded,
+        contains=q or None,
+        limit=limit,
+        offset=offset,
     )
     prefix = len(_key(principal, ""))
     items = [
-        ConversationSummary.model_validate(row.model_dump() | {"conversation_id": row.id[prefix:]})
-        for row in rows
+        ConversationSummary.model_validate(
+            row.model_dump()
+            | {
+                "conversation_id": row.id[prefix:],
+                "tenant": principal.tenant,
+                "degraded_count": degraded_count,
+            }
+        )
+        for row, degraded_count in rows
     ]
     return ConversationsPage(items=items, total=total, limit=limit, offset=offset)
 

@@ -1,7 +1,9 @@
-"""The web chat page: static files served beside the API, no build step, no key needed to load them.
+"""The web pages, the chat (`/chat`) and the operator console (`/console`): static files served
+beside the API, no build step, no key needed to load them.
 
-The page itself asks for an API key and sends it to `/v1` like any other client; nothing here is
-behind authentication, so nothing here may reveal more than the deployment's public layout.
+The pages ask for an API key and send it to `/v1` like any other client; nothing here is behind
+authentication, so nothing here may reveal more than the deployment's public layout (except the
+development key, to the machine a local development stack runs on).
 """
 
 from __future__ import annotations
@@ -9,16 +11,17 @@ from __future__ import annotations
 import mimetypes
 from pathlib import Path
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel
 
-from api.deps import SettingsDep
+from api.deps import SettingsDep, local_development
 from dialogue.temporal import WORKFLOW_ID_PREFIX
 
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
 CHAT_PAGE = STATIC_DIR / "chat" / "index.html"
+CONSOLE_PAGE = STATIC_DIR / "console" / "index.html"
 
 # Module scripts load only with a JavaScript MIME type; some systems' tables (the Windows registry)
 # map `.js` to text/plain, and the browser would then refuse chat.js.
@@ -40,13 +43,16 @@ static_files = StaticFiles(directory=STATIC_DIR)
 """Mounted at `/static` by the app: the page's scripts and styles."""
 
 
-class ChatConfig(BaseModel):
-    """What the page needs to link a conversation to the Temporal Web UI."""
+class PageConfig(BaseModel):
+    """What the pages need beside the API: where the Temporal Web UI is, and the development key."""
 
     temporal_ui_url: str
     namespace: str
     workflow_id_prefix: str
     """A conversation's workflow id is this, its tenant, `/` and its id."""
+    development_key: str | None = None
+    """The key `dialogue up` printed, for the pages to pre-fill: only on a local development stack,
+    to a browser on the same machine (which can read the key from the data folder anyway)."""
 
 
 @router.get("/")
@@ -61,12 +67,19 @@ async def read_chat_page() -> FileResponse:
     return FileResponse(CHAT_PAGE, media_type="text/html", headers=PAGE_HEADERS)
 
 
-@router.get("/chat/config.json")
-async def read_chat_config(settings: SettingsDep) -> ChatConfig:
-    """Where the Temporal Web UI is, for the debug panel's link."""
+@router.get("/console")
+async def read_console_page() -> FileResponse:
+    """The operator console: conversations, their lineage and live state, takeover, charts."""
+    return FileResponse(CONSOLE_PAGE, media_type="text/html", headers=PAGE_HEADERS)
+
+
+@router.get("/config.json")
+async def read_page_config(request: Request, settings: SettingsDep) -> PageConfig:
+    """Where the Temporal Web UI is, for the links to a conversation's workflow; the development key."""
     embedded = f"http://127.0.0.1:{settings.temporal_ui_port}"  # where `dialogue up` starts it
-    return ChatConfig(
+    return PageConfig(
         temporal_ui_url=(settings.temporal_ui_url or embedded).rstrip("/"),
         namespace=settings.temporal_namespace,
         workflow_id_prefix=WORKFLOW_ID_PREFIX,
+        development_key=request.app.state.api_key if local_development(request) else None,
     )

@@ -1,6 +1,6 @@
 // The chat page: the key form, the transcript, the composer, ratings and the debug panel.
 // Text from the API is only ever set as textContent, never as HTML: a reply cannot inject markup.
-import { Api, ApiError, newId } from "./api.js";
+import { Api, ApiError, newId } from "../shared/api.js";
 
 const KEY_STORAGE = "dialogue.apiKey";
 const CONVERSATION_STORAGE = "dialogue.conversationId";
@@ -23,7 +23,8 @@ const ui = {
 const api = new Api(() => localStorage.getItem(KEY_STORAGE) || "");
 let conversationId = localStorage.getItem(CONVERSATION_STORAGE);
 let lastAnswer = null; // {turnId, nlu, timings} of the newest answer, for the debug panel
-let config = null; // /chat/config.json: where the Temporal Web UI is
+let config = null; // /config.json: where the Temporal Web UI is, and the development key
+let caller = null; // /v1/me: the key's tenant, for the Temporal Web UI link
 
 function element(tag, className, text) {
   const node = document.createElement(tag);
@@ -34,11 +35,20 @@ function element(tag, className, text) {
 
 // --- the key -----------------------------------------------------------------------------------
 
-function askForKey(message = "") {
+async function pageConfig() {
+  config = config || (await (await fetch("/config.json")).json());
+  return config;
+}
+
+async function askForKey(message = "") {
   ui.keyForm.hidden = false;
   ui.keyStatus.textContent = message;
   ui.keyInput.value = "";
   ui.keyInput.focus();
+  // A local development stack (`dialogue up`) offers its key: pressing Save is all it takes.
+  // Not when that is the key just refused, or the one being changed.
+  const offered = (await pageConfig().catch(() => null))?.development_key;
+  if (offered && !ui.keyInput.value && offered !== localStorage.getItem(KEY_STORAGE)) ui.keyInput.value = offered;
 }
 
 ui.keyForm.addEventListener("submit", (event) => {
@@ -46,6 +56,7 @@ ui.keyForm.addEventListener("submit", (event) => {
   const key = ui.keyInput.value.trim();
   if (!key) return askForKey("Enter a key.");
   localStorage.setItem(KEY_STORAGE, key);
+  caller = null;
   ui.keyInput.value = "";
   ui.keyForm.hidden = true;
   ui.text.focus();
@@ -149,8 +160,8 @@ function finishAnswer(item, answer) {
   }
   if (answer.interrupted) addNotice(item, "info", "A newer message interrupted this one.");
   if (answer.heldBy === "agent") {
-    // Live agent messages are a later increment: the transcript has them after a reload.
-    addNotice(item, "info", "A person is handling this conversation now; reload the page to see their replies.");
+    const where = live.following ? "their replies appear here" : "reload the page to see their replies";
+    addNotice(item, "info", `A person is handling this conversation now; ${where}.`);
   }
   if (answer.turnId && item.querySelector(".text").textContent) addFeedback(item, answer.turnId);
 }
@@ -158,21 +169,73 @@ function finishAnswer(item, answer) {
 async function loadHistory() {
   ui.messages.replaceChildren();
   lastAnswer = null;
+  live.shown.clear();
+  live.ready = false;
+  await follow(); // open before the transcript is read: a message sent in between is in one or the other
   let items;
   try {
     items = await api.messages(conversationId);
   } catch (error) {
-    if (error instanceof ApiError && error.code === "conversation_not_found") return; // not started yet
+    if (error instanceof ApiError && error.code === "conversation_not_found") return showLive(); // not started yet
     return showError(error);
   }
   for (const message of items) {
     if (message.role === "bot" && !message.text) continue; // a turn answered by a person, not the bot
     const item = addMessage(message.role, message.text, message.author);
+    live.shown.add(`${message.turn_id}:${message.role}`);
     if (message.role !== "bot") continue;
     finishAnswer(item, { sources: message.sources, degraded: message.degraded, turnId: message.turn_id });
     lastAnswer = { turnId: message.turn_id };
   }
+  showLive();
   refreshDebug();
+}
+
+// --- a person's messages, live -----------------------------------------------------------------
+
+// The conversation's event stream brings what a person writes from the operator console, and the
+// handoff and handback notices, as they happen. The page's own turns come with their own stream.
+const live = {
+  following: false, // the stream is open (not while the conversation has no turn yet, or streaming is off)
+  controller: null,
+  shown: new Set(), // `${turn_id}:${role}` of the transcript entries on the page
+  ready: false, // the transcript is on the page; events that came before it wait in `waiting`
+  waiting: [],
+};
+const LIVE_ROLES = { agent_message: "agent", handoff: "system", handback: "system" };
+
+function follow() {
+  live.controller?.abort();
+  const controller = (live.controller = new AbortController());
+  return new Promise((opened) => {
+    setTimeout(opened, 3000); // an API that cannot be reached: show the transcript all the same
+    const onEvent = (event) => {
+      if (!LIVE_ROLES[event.type]) return; // a streamed turn's tokens: its own request shows them
+      live.waiting.push(event.data);
+      if (live.ready) showLive();
+    };
+    const onOpen = () => {
+      live.following = true;
+      opened();
+    };
+    api
+      .follow(conversationId, onEvent, { signal: controller.signal, onOpen })
+      .catch(() => {}) // 404: no turn yet (the first answer starts following); 409: streaming is off
+      .finally(() => {
+        if (live.controller === controller) live.following = false;
+        opened();
+      });
+  });
+}
+
+function showLive() {
+  live.ready = true;
+  for (const message of live.waiting.splice(0)) {
+    const id = `${message.turn_id}:${message.role}`;
+    if (live.shown.has(id)) continue; // in the transcript already
+    live.shown.add(id);
+    addMessage(message.role, message.text, message.author);
+  }
 }
 
 // --- sending -----------------------------------------------------------------------------------
@@ -200,6 +263,7 @@ async function send(text) {
         body.replaceChildren(typing);
       },
       final: (reply) => {
+        if (!live.following) follow(); // the conversation's first turn: now it has an event stream
         body.textContent = reply.reply.text; // the reply as recorded, which the tokens only previewed
         finishAnswer(item, {
           sources: reply.reply.sources,
@@ -309,13 +373,12 @@ async function refreshDebug() {
 async function showTemporalLink() {
   const link = $("debug-temporal");
   try {
-    config = config || (await (await fetch("/chat/config.json")).json());
+    await pageConfig();
+    caller = caller || (await api.json("/v1/me"));
   } catch {
     return;
   }
-  // The workflow id is `conv-<tenant>/<id>`, and no endpoint tells a client its tenant: this assumes
-  // `default`, the bootstrap key's tenant (the note beside the link says so).
-  const workflowId = `${config.workflow_id_prefix}default/${conversationId}`;
+  const workflowId = `${config.workflow_id_prefix}${caller.tenant}/${conversationId}`;
   link.href = `${config.temporal_ui_url}/namespaces/${encodeURIComponent(config.namespace)}/workflows/${encodeURIComponent(workflowId)}`;
   link.hidden = false;
 }

@@ -79,6 +79,34 @@ export class Api {
     });
   }
 
+  // Follow a conversation's event stream (a person's messages, handoffs, handbacks, streamed turns)
+  // until `signal` aborts: `on(event)` gets each {type, id, data}. Starts at the newest event
+  // (the transcript has what came before: read it after `onOpen`, and nothing falls in between);
+  // after a drop it resumes from the last event seen.
+  async follow(id, on, { signal, onOpen = () => {} } = {}) {
+    let lastId = null;
+    for (let failures = 0; !signal?.aborted; ) {
+      try {
+        const start = lastId === null ? "?from_now=true" : "";
+        const headers = lastId === null ? { Accept: SSE } : { Accept: SSE, "Last-Event-ID": lastId };
+        const response = await this.fetch(`${this.conversation(id)}/events${start}`, { headers, signal });
+        if (!response.ok) throw await errorOf(response);
+        failures = 0;
+        onOpen();
+        for await (const event of readEvents(response)) {
+          if (event.id !== null) lastId = event.id;
+          on(event);
+        }
+      } catch (error) {
+        if (signal?.aborted) return;
+        // Refused (unknown conversation, streaming switched off, bad key): following cannot work.
+        if (error instanceof ApiError && error.status !== 503) throw error;
+      }
+      failures += 1;
+      await sleep(Math.min(RESUME_DELAYS_MS[RESUME_DELAYS_MS.length - 1], 250 * 2 ** failures));
+    }
+  }
+
   // Send a turn and follow its events. `on` gets nlu(data), token(text), restart(), final(reply).
   // Resolves once the reply is handed to on.final; rejects with an ApiError otherwise.
   async sendTurn(id, text, on) {
