@@ -68,6 +68,8 @@ class MessagePublic(BaseModel):
     degraded: bool
     sources: list[dict[str, Any]]
     created_at: datetime
+    rating: str | None = None
+    """`up` or `down` when the user rated this answer (`…/feedback`)."""
 
 
 class MessagesPage(BaseModel):

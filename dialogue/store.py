@@ -268,6 +268,19 @@ def get_feedback(engine: Engine, key: str, turn_id: str) -> Feedback | None:
         return session.get(Feedback, _feedback_id(key, turn_id))
 
 
+def ratings(engine: Engine, key: str, turn_ids: Sequence[str]) -> dict[str, str]:
+    """The rating of each of these turns' answers that has one, by turn id."""
+    if not turn_ids:
+        return {}
+    with Session(engine) as session:
+        rows = session.exec(
+            select(Feedback.turn_id, Feedback.rating).where(
+                col(Feedback.conversation_id) == key, col(Feedback.turn_id).in_(list(turn_ids))
+            )
+        ).all()
+        return dict(rows)
+
+
 def _feedback_id(key: str, turn_id: str) -> str:
     # A key (up to 192 characters) and a turn id (up to 200) can outgrow the id column's 300, which
     # PostgreSQL enforces: a long turn id is then represented by its digest.

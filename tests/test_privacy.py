@@ -259,6 +259,9 @@ async def test_lineage_and_feedback_of_an_answer_and_their_export(
     assert (await http.get(f"/v1/conversations/{conversation}/turns/{turn['turn_id']}/lineage")).json()[
         "feedback"
     ]["rating"] == "down"
+    # The transcript shows it beside the answer (a reloaded page keeps the thumb pressed).
+    messages = (await http.get(f"/v1/conversations/{conversation}/messages")).json()["items"]
+    assert [(m["role"], m["rating"]) for m in messages] == [("user", None), ("bot", "down")]
     missing = await http.post(f"/v1/conversations/{conversation}/turns/nope/feedback", json={"rating": "up"})
     assert missing.status_code == 404
 

@@ -348,7 +348,14 @@ async def read_messages(
         # Just created and not yet recorded, or unknown: Temporal knows which.
         with temporal_errors(conversation_id):
             await _handle(temporal, _key(principal, conversation_id)).describe()
-    items = [MessagePublic.model_validate(row, from_attributes=True) for row in rows]
+    answers = [row.turn_id for row in rows if row.role == "bot"]
+    rated = await run_in_threadpool(store.ratings, engine, key, answers) if answers else {}
+    items = [
+        MessagePublic.model_validate(row, from_attributes=True).model_copy(
+            update={"rating": rated.get(row.turn_id) if row.role == "bot" else None}
+        )
+        for row in rows
+    ]
     return MessagesPage(items=items, total=total, limit=limit, offset=offset)
 
 

@@ -124,7 +124,7 @@ function addSources(item, sources) {
   item.append(list);
 }
 
-function addFeedback(item, turnId) {
+function addFeedback(item, turnId, rated = null) {
   const group = element("div", "feedback");
   group.setAttribute("role", "group");
   group.setAttribute("aria-label", "Rate this answer");
@@ -135,7 +135,7 @@ function addFeedback(item, turnId) {
     const button = element("button", "rate", symbol);
     button.type = "button";
     button.setAttribute("aria-label", label);
-    button.setAttribute("aria-pressed", "false");
+    button.setAttribute("aria-pressed", String(rating === rated));
     button.addEventListener("click", async () => {
       try {
         await api.rate(conversationId, turnId, rating);
@@ -163,7 +163,7 @@ function finishAnswer(item, answer) {
     const where = live.following ? "their replies appear here" : "reload the page to see their replies";
     addNotice(item, "info", `A person is handling this conversation now; ${where}.`);
   }
-  if (answer.turnId && item.querySelector(".text").textContent) addFeedback(item, answer.turnId);
+  if (answer.turnId && item.querySelector(".text").textContent) addFeedback(item, answer.turnId, answer.rating);
 }
 
 async function loadHistory() {
@@ -184,7 +184,12 @@ async function loadHistory() {
     const item = addMessage(message.role, message.text, message.author);
     live.shown.add(`${message.turn_id}:${message.role}`);
     if (message.role !== "bot") continue;
-    finishAnswer(item, { sources: message.sources, degraded: message.degraded, turnId: message.turn_id });
+    finishAnswer(item, {
+      sources: message.sources,
+      degraded: message.degraded,
+      turnId: message.turn_id,
+      rating: message.rating,
+    });
     lastAnswer = { turnId: message.turn_id };
   }
   showLive();
