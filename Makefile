@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint typecheck pytest bench clean
+.PHONY: install browser run test lint typecheck pytest bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,6 +16,19 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# Debian's Chromium and its matching chromedriver for tests/test_browser.py: the tests drive the
+# system browser, and nothing downloads one at run time. The emoji font draws the chat's rating buttons
+# in the tests' screenshots. Installed only when missing; sudo unless root.
+BROWSER_PACKAGES := chromium chromium-driver fonts-noto-color-emoji
+BROWSER_FILES := /usr/bin/chromium /usr/bin/chromedriver /usr/share/fonts/truetype/noto/NotoColorEmoji.ttf
+APT_GET := $(if $(filter 0,$(shell id -u)),,sudo) env DEBIAN_FRONTEND=noninteractive apt-get
+
+browser:
+	@if ! ls $(BROWSER_FILES) >/dev/null 2>&1; then \
+		$(APT_GET) install -y $(BROWSER_PACKAGES) \
+		|| { $(APT_GET) update && $(APT_GET) install -y $(BROWSER_PACKAGES); }; \
+	fi
+
 run: install
 	$(BIN)/dialogue up
 
@@ -26,7 +39,7 @@ lint: install
 typecheck: install
 	$(BIN)/mypy
 
-pytest: install
+pytest: install browser
 	$(BIN)/pytest
 
 test: lint typecheck pytest

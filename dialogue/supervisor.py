@@ -242,6 +242,8 @@ def run_stack(settings: Settings) -> int:
     print(
         "\nDialogue Engine is up.\n"
         f"  API             {api_url}  (docs: {api_url}/docs)\n"
+        f"  Chat            {api_url}/chat  (the key below is filled in: press Save key)\n"
+        f"  Console         {api_url}/console\n"
         f"  Temporal        {settings.temporal_address}\n"
         f"  Temporal Web UI http://{temporal_host}:{settings.temporal_ui_port}\n"
         f"  Metrics         {api_url}/metrics, worker {_worker_metrics_url(settings)}\n"

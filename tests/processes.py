@@ -1,12 +1,14 @@
 """The app's own processes for tests that need them real: `python -m worker` and `dialogue api`,
-each reading its settings from `DIALOGUE_*` variables as deployed."""
+each reading its settings from `DIALOGUE_*` variables as deployed, and the whole `dialogue up`."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import os
+import re
 import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -14,6 +16,7 @@ from pathlib import Path
 from pydantic import SecretStr
 
 from dialogue.settings import PROJECT_ROOT, Settings
+from tests.conftest import free_port
 
 START_TIMEOUT = 60.0
 
@@ -109,3 +112,75 @@ class ApiProcess:
         if self.process is not None and self.process.returncode is None:
             self.process.terminate()
             await asyncio.wait_for(self.process.wait(), 20)
+
+
+UP_START_TIMEOUT = 120.0
+
+
+class UpStack:
+    """`python -m dialogue up` in its own process, as a user runs it: the Temporal dev server, a worker
+    and the API on ports of its own, with its own data folder (and `env`'s `DIALOGUE_*` on top)."""
+
+    def __init__(self, data_dir: Path, nlu_model_dir: Path, env: dict[str, str] | None = None) -> None:
+        self.data_dir = data_dir
+        self.ports = {"temporal": free_port(), "ui": free_port(), "api": free_port(), "metrics": free_port()}
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("DIALOGUE_")} | {
+            "DIALOGUE_DATA_DIR": str(data_dir),
+            "DIALOGUE_TEMPORAL_ADDRESS": f"127.0.0.1:{self.ports['temporal']}",
+            "DIALOGUE_TEMPORAL_UI_PORT": str(self.ports["ui"]),
+            "DIALOGUE_API_PORT": str(self.ports["api"]),
+            "DIALOGUE_WORKER_METRICS_PORT": str(self.ports["metrics"]),
+            # The session's trained demo model: `up` finds it up to date instead of training again.
+            "DIALOGUE_NLU_MODEL_DIR": str(nlu_model_dir),
+        }
+        self.env |= env or {}
+        self.api = f"http://127.0.0.1:{self.ports['api']}"
+        self.process: subprocess.Popen[str] | None = None
+        self.log = data_dir.parent / "up.log"
+
+    def start(self) -> str:
+        """Start `dialogue up`; returns the API key it printed."""
+        self.data_dir.parent.mkdir(parents=True, exist_ok=True)
+        with self.log.open("w") as out:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "dialogue", "up"],
+                env=self.env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+        deadline = time.monotonic() + UP_START_TIMEOUT
+        while time.monotonic() < deadline:
+            output = self.log.read_text()
+            if "Ctrl-C stops everything" in output:
+                match = re.search(r"API key\s+(\S+)", output)
+                assert match, output
+                return match.group(1)
+            assert self.process.poll() is None, f"dialogue up exited early:\n{output}"
+            time.sleep(0.3)
+        raise AssertionError(f"dialogue up did not start:\n{self.log.read_text()}")
+
+    def stop(self, sig: signal.Signals) -> int:
+        assert self.process is not None
+        self.process.send_signal(sig)
+        return self.process.wait(60)
+
+    def kill(self) -> None:
+        """SIGKILL, for a test's teardown when it did not stop the stack itself."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(10)
+
+    def processes_left(self) -> list[str]:
+        """Processes still running with this stack's data folder in their command line or environment."""
+        marker = str(self.data_dir).encode()
+        left = []
+        for proc in Path("/proc").iterdir():
+            if not proc.name.isdigit() or int(proc.name) == os.getpid():
+                continue
+            try:
+                if marker in (proc / "cmdline").read_bytes() or marker in (proc / "environ").read_bytes():
+                    left.append((proc / "cmdline").read_bytes().replace(b"\0", b" ").decode())
+            except OSError:
+                continue
+        return left

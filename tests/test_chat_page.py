@@ -1,4 +1,4 @@
-"""The web chat page over real HTTP: served without a key, its assets, its labels, its configuration.
+"""The web chat page and the operator console over real HTTP: served without a key, their assets,\ntheir labels, their configuration.
 
 The page's JavaScript is not executed here (browser tests do that); these check what a browser
 would be handed, and that the page's colours keep text readable.
@@ -96,6 +96,7 @@ async def test_the_front_page_redirects_to_the_chat_page(anonymous: httpx.AsyncC
     response = await anonymous.get("/", follow_redirects=False)
     assert response.status_code == 307
     assert response.headers["location"] == "/chat"
+    assert (await anonymous.get("/favicon.ico")).status_code == 204  # no 404 in every page's log
 
 
 async def test_the_chat_page_is_served_without_a_key_with_every_control_labelled(
@@ -126,8 +127,32 @@ async def test_the_chat_page_is_served_without_a_key_with_every_control_labelled
     page.by_id(toggle["aria-controls"])
 
 
-async def test_the_page_assets_load_with_their_content_types(anonymous: httpx.AsyncClient) -> None:
-    page = Page((await anonymous.get("/chat")).text)
+async def test_the_console_is_served_without_a_key_with_every_control_labelled(
+    anonymous: httpx.AsyncClient,
+) -> None:
+    response = await anonymous.get("/console")
+    assert response.status_code == 200
+    assert "script-src 'self'" in response.headers["content-security-policy"]
+    page = Page(response.text)
+    labelled = {attrs["for"] for _, attrs in page.all("label")}
+    for control in ("api-key", "filter-status", "filter-intent", "filter-q", "filter-degraded"):
+        assert control in labelled
+    for control in ("agent-name", "agent-message"):
+        assert control in labelled
+    for target in labelled:
+        tag, _ = page.by_id(target)
+        assert tag in ("input", "textarea", "select"), f"<label for={target}> names a {tag}"
+    assert "name" not in page.by_id("api-key")[1]
+    for index, attrs in page.all("button"):
+        assert page.texts.get(index, "").strip() or attrs.get("aria-label"), attrs
+    for chart in ("chart-turns", "chart-latency", "chart-degraded"):
+        assert page.by_id(chart)[0] == "figure"
+    assert page.by_id("conversations")[0] == "table"
+
+
+@pytest.mark.parametrize("path", ["/chat", "/console"])
+async def test_the_page_assets_load_with_their_content_types(anonymous: httpx.AsyncClient, path: str) -> None:
+    page = Page((await anonymous.get(path)).text)
     sources = [attrs["src"] for _, attrs in page.all("script")]
     styles = [attrs["href"] for _, attrs in page.all("link") if attrs.get("rel") == "stylesheet"]
     assert sources and styles
@@ -148,9 +173,8 @@ async def test_the_page_assets_load_with_their_content_types(anonymous: httpx.As
 
 def test_the_page_loads_nothing_from_elsewhere_and_never_puts_the_key_in_a_url() -> None:
     files = {path.relative_to(STATIC).as_posix(): path.read_text() for path in STATIC.rglob("*.*")}
-    assert {"chat/index.html", "chat/chat.js", "chat/chat.css", "shared/api.js", "shared/theme.css"} <= set(
-        files
-    )
+    pages = {"chat/index.html", "chat/chat.js", "console/index.html", "console/console.js", "shared/api.js"}
+    assert pages <= set(files)
     for name, text in files.items():
         assert not re.search(r"(?:src|href)=\"(?:https?:)?//", text), f"{name} loads from another origin"
         assert "@import" not in text and "url(" not in text, name

@@ -10,10 +10,15 @@ import httpx
 from tests.test_streaming import read_events
 
 
-async def test_a_person_takes_over_answers_and_hands_back(http: httpx.AsyncClient) -> None:
-    conversation = f"ho-{uuid.uuid4().hex[:8]}"
-    base = f"/v1/conversations/{conversation}"
+async def a_conversation(http: httpx.AsyncClient) -> str:
+    """A new conversation the bot has answered once: its path under /v1."""
+    base = f"/v1/conversations/ho-{uuid.uuid4().hex[:8]}"
     assert (await http.post(f"{base}/turns", json={"text": "hello"})).status_code == 200
+    return base
+
+
+async def test_a_person_takes_over_answers_and_hands_back(http: httpx.AsyncClient) -> None:
+    base = await a_conversation(http)
 
     # An operator's console follows the conversation's events while this happens.
     async def follow() -> list[str]:
@@ -63,9 +68,7 @@ async def test_a_person_takes_over_answers_and_hands_back(http: httpx.AsyncClien
 async def test_a_page_that_has_read_the_transcript_follows_from_the_newest_event(
     http: httpx.AsyncClient,
 ) -> None:
-    conversation = f"ho-{uuid.uuid4().hex[:8]}"
-    base = f"/v1/conversations/{conversation}"
-    assert (await http.post(f"{base}/turns", json={"text": "hello"})).status_code == 200
+    base = await a_conversation(http)
     assert (await http.post(f"{base}/handoff", json={"agent": "ada"})).status_code == 200
     earlier = await http.post(f"{base}/agent-messages", json={"text": "Already in the transcript."})
     assert earlier.status_code == 201
@@ -83,9 +86,7 @@ async def test_a_page_that_has_read_the_transcript_follows_from_the_newest_event
 async def test_asking_for_a_person_hands_off_and_only_a_handed_off_conversation_takes_agent_messages(
     http: httpx.AsyncClient,
 ) -> None:
-    conversation = f"ho-{uuid.uuid4().hex[:8]}"
-    base = f"/v1/conversations/{conversation}"
-    assert (await http.post(f"{base}/turns", json={"text": "hello"})).status_code == 200
+    base = await a_conversation(http)
     refused = await http.post(f"{base}/agent-messages", json={"text": "hi"})
     assert refused.status_code == 409 and refused.json()["error"]["code"] == "not_handed_off"
 

@@ -1,8 +1,8 @@
 // The chat page: the key form, the transcript, the composer, ratings and the debug panel.
 // Text from the API is only ever set as textContent, never as HTML: a reply cannot inject markup.
 import { Api, ApiError, newId } from "../shared/api.js";
+import { KEY_STORAGE, addSources, element, keyForm, temporalUrl } from "../shared/page.js";
 
-const KEY_STORAGE = "dialogue.apiKey";
 const CONVERSATION_STORAGE = "dialogue.conversationId";
 
 const $ = (id) => document.getElementById(id);
@@ -23,42 +23,12 @@ const ui = {
 const api = new Api(() => localStorage.getItem(KEY_STORAGE) || "");
 let conversationId = localStorage.getItem(CONVERSATION_STORAGE);
 let lastAnswer = null; // {turnId, nlu, timings} of the newest answer, for the debug panel
-let config = null; // /config.json: where the Temporal Web UI is, and the development key
 let caller = null; // /v1/me: the key's tenant, for the Temporal Web UI link
-
-function element(tag, className, text) {
-  const node = document.createElement(tag);
-  if (className) node.className = className;
-  if (text !== undefined) node.textContent = text;
-  return node;
-}
 
 // --- the key -----------------------------------------------------------------------------------
 
-async function pageConfig() {
-  config = config || (await (await fetch("/config.json")).json());
-  return config;
-}
-
-async function askForKey(message = "") {
-  ui.keyForm.hidden = false;
-  ui.keyStatus.textContent = message;
-  ui.keyInput.value = "";
-  ui.keyInput.focus();
-  // A local development stack (`dialogue up`) offers its key: pressing Save is all it takes.
-  // Not when that is the key just refused, or the one being changed.
-  const offered = (await pageConfig().catch(() => null))?.development_key;
-  if (offered && !ui.keyInput.value && offered !== localStorage.getItem(KEY_STORAGE)) ui.keyInput.value = offered;
-}
-
-ui.keyForm.addEventListener("submit", (event) => {
-  event.preventDefault();
-  const key = ui.keyInput.value.trim();
-  if (!key) return askForKey("Enter a key.");
-  localStorage.setItem(KEY_STORAGE, key);
+const askForKey = keyForm(ui, () => {
   caller = null;
-  ui.keyInput.value = "";
-  ui.keyForm.hidden = true;
   ui.text.focus();
   loadHistory();
 });
@@ -93,37 +63,6 @@ function showError(error, item) {
   addNotice(target, "error", text + hint);
 }
 
-// Links to http(s) only: a source's url comes from the knowledge base, and `javascript:` must not run.
-function safeUrl(url) {
-  try {
-    const parsed = new URL(url, location.href);
-    return ["http:", "https:"].includes(parsed.protocol) ? parsed.href : null;
-  } catch {
-    return null;
-  }
-}
-
-function addSources(item, sources) {
-  if (!sources || !sources.length) return;
-  const list = element("ul", "sources");
-  list.setAttribute("aria-label", "Sources");
-  for (const source of sources) {
-    const entry = element("li");
-    const href = source.url && safeUrl(source.url);
-    if (href) {
-      const link = element("a", null, source.title || href);
-      link.href = href;
-      link.target = "_blank";
-      link.rel = "noopener noreferrer";
-      entry.append(link);
-    } else {
-      entry.textContent = source.title || source.document_id;
-    }
-    list.append(entry);
-  }
-  item.append(list);
-}
-
 function addFeedback(item, turnId, rated = null) {
   const group = element("div", "feedback");
   group.setAttribute("role", "group");
@@ -155,8 +94,9 @@ function addFeedback(item, turnId, rated = null) {
 function finishAnswer(item, answer) {
   addSources(item, answer.sources);
   if (answer.degraded) {
-    const why = answer.degradedReason ? ` (${answer.degradedReason} failed)` : "";
-    addNotice(item, "degraded", `Part of the bot did not answer in time${why}: this is a fallback reply.`);
+    // The reason names the step and what happened to it ("generate failed", "deadline exceeded").
+    const why = answer.degradedReason ? ` (${answer.degradedReason})` : "";
+    addNotice(item, "degraded", `Part of the bot could not answer${why}: this is a fallback reply.`);
   }
   if (answer.interrupted) addNotice(item, "info", "A newer message interrupted this one.");
   if (answer.heldBy === "agent") {
@@ -378,13 +318,11 @@ async function refreshDebug() {
 async function showTemporalLink() {
   const link = $("debug-temporal");
   try {
-    await pageConfig();
-    caller = caller || (await api.json("/v1/me"));
+    caller = caller || (await api.me());
+    link.href = await temporalUrl(caller.tenant, conversationId);
   } catch {
     return;
   }
-  const workflowId = `${config.workflow_id_prefix}${caller.tenant}/${conversationId}`;
-  link.href = `${config.temporal_ui_url}/namespaces/${encodeURIComponent(config.namespace)}/workflows/${encodeURIComponent(workflowId)}`;
   link.hidden = false;
 }
 

@@ -79,6 +79,41 @@ export class Api {
     });
   }
 
+  // --- the operator console's calls ---
+
+  // Who the key is: {tenant, scope, subject}.
+  me() {
+    return this.json("/v1/me");
+  }
+
+  // A page of conversations, most recently updated first: {items, total, limit, offset}.
+  // Empty filters are left out of the query.
+  conversations({ status, intent, degraded, q, limit = 50, offset = 0 } = {}) {
+    const query = new URLSearchParams();
+    if (status) query.set("status", status);
+    if (intent) query.set("intent", intent);
+    if (degraded) query.set("degraded", "true");
+    if (q) query.set("q", q);
+    query.set("limit", String(limit));
+    query.set("offset", String(offset));
+    return this.json(`/v1/conversations?${query}`);
+  }
+
+  // A person takes the conversation over (agent or admin scope): the conversation's new state.
+  handoff(id, { agent = null, reason = "requested" } = {}) {
+    return this.json(`${this.conversation(id)}/handoff`, { method: "POST", body: { agent, reason } });
+  }
+
+  // A person's message to the user, while the conversation is handed off.
+  agentMessage(id, text, agent = null) {
+    return this.json(`${this.conversation(id)}/agent-messages`, { method: "POST", body: { text, agent } });
+  }
+
+  // The bot answers again: the conversation's new state.
+  handback(id, agent = null) {
+    return this.json(`${this.conversation(id)}/handback`, { method: "POST", body: { agent } });
+  }
+
   // Follow a conversation's event stream (a person's messages, handoffs, handbacks, streamed turns)
   // until `signal` aborts: `on(event)` gets each {type, id, data}. Starts at the newest event
   // (the transcript has what came before: read it after `onOpen`, and nothing falls in between);

@@ -1,0 +1,174 @@
+"""A real browser for the end-to-end tests: Debian's Chromium, headless, driven by Selenium through the
+chromedriver built from the same source (`make browser` installs both). Nothing downloads a browser:
+the driver's path is given, so Selenium Manager (which would look for one) is never run.
+
+Every wait is explicit and generous; a failed wait says what it waited for and shows the page's
+text and the browser's console log, and tests save a screenshot of each step."""
+
+from __future__ import annotations
+
+import json
+import re
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+from selenium import webdriver
+from selenium.common.exceptions import (
+    NoSuchElementException,
+    StaleElementReferenceException,
+    TimeoutException,
+    WebDriverException,
+)
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.webdriver.remote.webdriver import WebDriver
+from selenium.webdriver.remote.webelement import WebElement
+from selenium.webdriver.support.ui import WebDriverWait
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMEDRIVER = Path("/usr/bin/chromedriver")
+SCREENSHOTS = Path(__file__).resolve().parent / "artifacts" / "screenshots"
+"""Kept out of git (.gitignore: tests/artifacts/); CI may keep them as artifacts."""
+WAIT_SECONDS = 30.0
+WINDOW = (1280, 900)
+
+# As root Chromium needs --no-sandbox. The rest keep it off the network: no component updates, sync,
+# field trials or QUIC probes (on a closed network they only pile up refused connections).
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-default-apps",
+    "--disable-extensions",
+    f"--window-size={WINDOW[0]},{WINDOW[1]}",
+]
+
+T = TypeVar("T")
+
+
+def missing_browser() -> str | None:
+    """Why the browser tests cannot run here, or None when they can."""
+    missing = [str(path) for path in (CHROMIUM, CHROMEDRIVER) if not path.exists()]
+    if not missing:
+        return None
+    return f"{' and '.join(missing)} missing: `make browser` installs Debian's chromium and chromium-driver"
+
+
+class Browser:
+    """One headless Chromium with a fresh profile; `name` prefixes its screenshots."""
+
+    def __init__(self) -> None:
+        self._profile = tempfile.TemporaryDirectory(prefix="chromium-profile-")
+        options = webdriver.ChromeOptions()
+        options.binary_location = str(CHROMIUM)
+        for flag in [*FLAGS, f"--user-data-dir={self._profile.name}"]:
+            options.add_argument(flag)
+        options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+        self._console: list[str] = []
+        self.name = "browser"
+        self._steps: dict[str, int] = {}
+        try:
+            self.driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
+        except Exception:
+            self._profile.cleanup()
+            raise
+
+    def quit(self) -> None:
+        try:
+            self.driver.quit()
+        finally:
+            self._profile.cleanup()
+
+    # --- finding and waiting -------------------------------------------------------------------
+
+    def find(self, css: str) -> WebElement:
+        return self.driver.find_element(By.CSS_SELECTOR, css)
+
+    def find_all(self, css: str) -> list[WebElement]:
+        return self.driver.find_elements(By.CSS_SELECTOR, css)
+
+    def wait_for(self, what: str, condition: Callable[[WebDriver], T | Literal[False] | None]) -> T:
+        """Wait until `condition` gives something truthy (and return it); fail saying `what` did not happen.
+
+        An element missing, or replaced while the condition looked at it (a list drawn again), is
+        looked for again."""
+        wait = WebDriverWait(
+            self.driver,
+            WAIT_SECONDS,
+            poll_frequency=0.1,
+            ignored_exceptions=(NoSuchElementException, StaleElementReferenceException),
+        )
+        try:
+            result = wait.until(condition)
+        except TimeoutException:
+            raise AssertionError(f"waited {WAIT_SECONDS:.0f} s for {what}\n{self.diagnostics()}") from None
+        assert result is not None  # `until` returns a truthy value only
+        return result
+
+    def wait_for_element(self, css: str, what: str | None = None) -> WebElement:
+        """The first displayed element matching `css`, once there is one."""
+
+        def shown(driver: WebDriver) -> WebElement | None:
+            for element in driver.find_elements(By.CSS_SELECTOR, css):
+                if element.is_displayed():
+                    return element
+            return None
+
+        return self.wait_for(what or f"{css} to be shown", shown)
+
+    def click(self, css: str, what: str | None = None) -> None:
+        """Click the first displayed element matching `css`, found afresh until the click lands."""
+
+        def clicked(driver: WebDriver) -> bool:
+            for element in driver.find_elements(By.CSS_SELECTOR, css):
+                if element.is_displayed() and element.is_enabled():
+                    element.click()
+                    return True
+            return False
+
+        self.wait_for(what or f"{css} to be clicked", clicked)
+
+    def script(self, source: str, *args: Any) -> Any:
+        return self.driver.execute_script(source, *args)
+
+    # --- what a failure shows ------------------------------------------------------------------
+
+    def console_log(self) -> list[str]:
+        """The page's console messages (errors, warnings, logs) since the browser started."""
+        try:
+            entries = self.driver.get_log("browser")  # Chromium's own command
+        except WebDriverException:
+            entries = []
+        self._console += [f"{entry['level']} {entry['message']}" for entry in entries]
+        return list(self._console)
+
+    def diagnostics(self) -> str:
+        """The page's address, its visible text and its console log: what a reader of a failure needs."""
+        try:
+            url = self.driver.current_url
+            text = self.find("body").text
+            storage = self.script("return Object.assign({}, localStorage)") or {}
+        except WebDriverException as err:
+            return f"(the page cannot be read: {err.msg})"
+        storage = {key: ("…" if "key" in key.lower() else value) for key, value in storage.items()}
+        console = "\n".join(self.console_log()[-30:]) or "(empty)"
+        return (
+            f"--- page {url}\n{text}\n--- localStorage {json.dumps(storage)}\n"
+            f"--- browser console (last 30)\n{console}"
+        )
+
+    def screenshot(self, step: str) -> Path:
+        """Save the window as `<name>-<nn>-<step>.png` in tests/artifacts/screenshots/."""
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        number = self._steps[self.name] = self._steps.get(self.name, 0) + 1
+        slug = re.sub(r"[^a-z0-9]+", "-", step.lower()).strip("-")
+        path = SCREENSHOTS / f"{self.name}-{number:02d}-{slug}.png"
+        assert self.driver.save_screenshot(str(path)), f"no screenshot saved at {path}"
+        return path
