@@ -7,9 +7,12 @@ text and the browser's console log, and tests save a screenshot of each step."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
+import socket
 import tempfile
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -172,3 +175,57 @@ class Browser:
         path = SCREENSHOTS / f"{self.name}-{number:02d}-{slug}.png"
         assert self.driver.save_screenshot(str(path)), f"no screenshot saved at {path}"
         return path
+
+
+class TcpRelay:
+    """A TCP relay on a free loopback port to `target`, whose open connections can be cut at once:
+    a dropped connection as the browser meets it (the stream it reads ends in an error), while new
+    connections go through again."""
+
+    def __init__(self, target: tuple[str, int]) -> None:
+        self.target = target
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self._listener.getsockname()[1]
+        self._open: set[socket.socket] = set()
+        self._lock = threading.Lock()
+        threading.Thread(target=self._accept, name="relay", daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return  # closed
+            upstream = socket.create_connection(self.target)
+            with self._lock:
+                self._open |= {client, upstream}
+            for source, sink in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(source, sink), daemon=True).start()
+
+    def _pump(self, source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            self._close(source, sink)
+
+    def _close(self, *sockets: socket.socket) -> None:
+        for sock in sockets:
+            with self._lock:
+                self._open.discard(sock)
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
+
+    def cut(self) -> int:
+        """Close every connection open now; returns how many there were."""
+        with self._lock:
+            current = list(self._open)
+        self._close(*current)
+        return len(current)
+
+    def close(self) -> None:
+        self._listener.close()
+        self.cut()

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +29,7 @@ from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.remote.webelement import WebElement
 
-from tests.browser import SCREENSHOTS, Browser, missing_browser
+from tests.browser import SCREENSHOTS, Browser, TcpRelay, missing_browser
 from tests.conftest import free_port
 from tests.fake_llm import FakeLlm, Plan
 from tests.processes import UpStack
@@ -207,12 +209,14 @@ def storage(browser: Browser, name: str) -> str | None:
     return value
 
 
-def open_chat(browser: Browser, up: Up) -> None:
-    """The chat page, its key saved: the key form offers the stack's key and Save key is all it takes."""
-    if browser.driver.current_url.startswith(up.chat):
+def open_chat(browser: Browser, up: Up, chat: str | None = None) -> None:
+    """The chat page (at `chat`, else the stack's), its key saved: the key form offers the stack's
+    key and Save key is all it takes."""
+    chat = chat or up.chat
+    if browser.driver.current_url.startswith(chat):
         browser.driver.refresh()
     else:
-        browser.driver.get(up.chat)
+        browser.driver.get(chat)
     if storage(browser, KEY_STORAGE):
         browser.wait_for_element("#composer")
         return
@@ -571,3 +575,71 @@ def test_the_console_controls_are_labelled(browser: Browser, up: Up) -> None:
     ):
         assert browser.find_all(control), f"{control} is missing\n{browser.diagnostics()}"
     assert browser.script(UNLABELLED_CONTROLS_JS) == [], browser.diagnostics()
+
+
+def turns_counted(up: Up) -> dict[str, int]:
+    """The API's turns by outcome, as its /metrics counts them."""
+    text = httpx.get(f"{up.stack.api}/metrics", timeout=10).text
+    found = re.finditer(r'^dialogue_turns_total\{outcome="(\w+)"\} (\S+)$', text, re.MULTILINE)
+    return {match.group(1): int(float(match.group(2))) for match in found}
+
+
+def test_the_console_charts_show_the_apis_turn_counters(browser: Browser, up: Up) -> None:
+    open_chat(browser, up)  # the console uses the key the chat saved
+    counted = turns_counted(up)
+    answered = counted.get("ok", 0) + counted.get("degraded", 0)
+    browser.driver.get(up.console)
+    browser.wait_for("the totals", lambda _: browser.find("#total-turns").text == str(answered))
+
+    # Two more turns: the next sample counts them, and the turns-per-minute chart shows a rate.
+    with httpx.Client(
+        base_url=up.stack.api, headers={"Authorization": f"Bearer {up.key}"}, timeout=30
+    ) as http:
+        for text in ("hello", "thanks"):
+            sent = http.post(f"/v1/conversations/charts-{uuid.uuid4().hex[:8]}/turns", json={"text": text})
+            assert sent.status_code == 200, sent.text
+    browser.wait_for("the next sample", lambda _: browser.find("#total-turns").text == str(answered + 2))
+    browser.script("document.getElementById('charts').scrollIntoView()")
+    browser.screenshot("charts")
+    degraded = turns_counted(up).get("degraded", 0)
+    assert browser.find("#total-degraded").text.endswith(f"% ({degraded})"), browser.diagnostics()
+    summary = browser.find("#chart-turns svg").get_attribute("aria-label") or ""
+    rate = re.match(r"Turns per minute: ([0-9.]+) over", summary)
+    assert rate and float(rate.group(1)) > 0, summary
+    for chart in ("#chart-latency", "#chart-degraded"):
+        assert browser.find(f"{chart} svg").get_attribute("role") == "img"
+        assert browser.find(f"{chart} figcaption").text.strip(), browser.diagnostics()
+
+
+def test_a_dropped_connection_picks_the_stream_up_again(
+    browser: Browser, up: Up, llm: tuple[FakeLlm, str]
+) -> None:
+    fake, _ = llm
+    # The page reaches the API through a relay: a network that can fail.
+    relay = TcpRelay(("127.0.0.1", int(up.stack.ports["api"])))
+    try:
+        open_chat(browser, up, f"http://127.0.0.1:{relay.port}/chat")
+        conversation_id = new_conversation(browser)
+        fake.plans = [Plan(text=ANSWER, token_delay=0.3)]
+        cut: list[int] = []
+
+        def drop_the_connection() -> None:
+            browser.screenshot("reply streaming")
+            cut.append(relay.cut())
+
+        try:
+            reply = type_and_send(browser, QUESTION, midway=drop_the_connection)
+        finally:
+            fake.plans = [Plan(text=ANSWER)]
+        browser.screenshot("reply after reconnecting")
+    finally:
+        relay.close()
+    assert cut and cut[0] > 0, "no connection was open to cut"
+    assert text_of(reply) == ANSWER, browser.diagnostics()
+    assert not reply.find_elements("css selector", ".notice.error"), browser.diagnostics()
+    # One turn, answered once: the page followed the same turn again instead of sending another.
+    with httpx.Client(
+        base_url=up.stack.api, headers={"Authorization": f"Bearer {up.key}"}, timeout=30
+    ) as http:
+        transcript = http.get(f"/v1/conversations/{conversation_id}/messages").json()
+    assert [(m["role"], m["text"]) for m in transcript["items"]] == [("user", QUESTION), ("bot", ANSWER)]
