@@ -103,8 +103,12 @@ LOOPBACK = {"127.0.0.1", "::1"}
 
 
 def local_development(request: Request) -> bool:
-    """A development stack that listens on loopback only, asked from the same machine: the one
-    place where conveniences that skip or reveal the key (the codec, the pre-filled key) are allowed."""
+    """A development stack that listens on loopback only, asked from the same machine by its
+    loopback name: the one place where conveniences that skip or reveal the key (the codec, the
+    pre-filled key) are allowed.
+
+    The name matters too: a web page whose own host name was re-pointed at 127.0.0.1 (DNS
+    rebinding) reaches this port from loopback, but under its own name in `Host`."""
     settings: Settings = request.app.state.settings
     local_only = settings.api_host in LOOPBACK or settings.api_host == "localhost"
     return bool(
@@ -112,6 +116,7 @@ def local_development(request: Request) -> bool:
         and local_only
         and request.client
         and request.client.host in LOOPBACK
+        and request.url.hostname in LOOPBACK | {"localhost"}
     )
 
 

@@ -95,8 +95,15 @@ async def turn_stream(
             result.cancel()
 
 
-async def conversation_stream(engine: Engine, conversation_id: str, *, after: int) -> AsyncIterator[bytes]:
-    """Every event of the conversation after `after`, as it is logged, until the client goes away."""
+async def conversation_stream(
+    engine: Engine, conversation_id: str, *, after: int, announce: bool = False
+) -> AsyncIterator[bytes]:
+    """Every event of the conversation after `after`, as it is logged, until the client goes away.
+
+    With `announce`, an `open` event first, whose id is `after`: a client that started "from now"
+    and loses the connection before any other event comes resumes from there, missing nothing."""
+    if announce:
+        yield sse("open", {"after": after}, str(after))
     last = after
     quiet_since = time.monotonic()
     while True:

@@ -166,8 +166,9 @@ def list_conversations(
         where.append(degraded_count > 0 if degraded else degraded_count == 0)
     if contains:
         # After the tenant's `tenant/` prefix; `%` and `_` typed by a person are meant literally.
+        # Case-insensitive on both databases (SQLite's LIKE is, PostgreSQL's is not: ILIKE there).
         escaped = contains.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-        where.append(col(Conversation.id).like(f"{tenant}/%{escaped}%", escape="\\"))
+        where.append(col(Conversation.id).ilike(f"{tenant}/%{escaped}%", escape="\\"))
     with Session(engine) as session:
         query = (
             select(Conversation, degraded_count)

@@ -242,7 +242,7 @@ def run_stack(settings: Settings) -> int:
     print(
         "\nDialogue Engine is up.\n"
         f"  API             {api_url}  (docs: {api_url}/docs)\n"
-        f"  Chat            {api_url}/chat  (the key below is filled in: press Save key)\n"
+        f"  Chat            {api_url}/chat  (in a browser on this machine the key below is filled in)\n"
         f"  Console         {api_url}/console\n"
         f"  Temporal        {settings.temporal_address}\n"
         f"  Temporal Web UI http://{temporal_host}:{settings.temporal_ui_port}\n"

@@ -198,6 +198,18 @@ async def test_the_page_config_tells_where_the_web_ui_is(anonymous: httpx.AsyncC
     }
 
 
+async def test_the_development_key_is_not_offered_under_another_host_name(
+    anonymous: httpx.AsyncClient,
+) -> None:
+    # A page whose host name was re-pointed at 127.0.0.1 (DNS rebinding) comes from loopback, but
+    # names its own host: it gets no key, and the codec asks it for one.
+    rebound = {"Host": "rebound.example:8000"}
+    assert (await anonymous.get("/config.json", headers=rebound)).json()["development_key"] is None
+    assert (await anonymous.get("/config.json", headers={"Host": "localhost:8000"})).json()["development_key"]
+    decoded = await anonymous.post("/codec/decode", json={"payloads": []}, headers=rebound)
+    assert decoded.status_code == 401
+
+
 @pytest.mark.parametrize(
     "changes",
     [{"environment": "production"}, {"api_host": "0.0.0.0"}],

@@ -75,12 +75,14 @@ async def test_a_page_that_has_read_the_transcript_follows_from_the_newest_event
 
     async with http.stream("GET", f"{base}/events", params={"from_now": "true"}) as response:
         assert response.status_code == 200
-        new = asyncio.ensure_future(read_events(response, limit=1))
+        new = asyncio.ensure_future(read_events(response, limit=2))
         await asyncio.sleep(0.3)  # the stream is open and polling: what was logged before is behind it
         posted = await http.post(f"{base}/agent-messages", json={"text": "Sent while the page is open."})
         assert posted.status_code == 201
-        (event,) = await asyncio.wait_for(new, timeout=10)
+        opened, event = await asyncio.wait_for(new, timeout=10)
     assert (event.kind, event.data["text"]) == ("agent_message", "Sent while the page is open.")
+    # The stream said where it started: reconnecting from there misses nothing.
+    assert opened.kind == "open" and opened.id == str(event.data["seq"] - 1)
 
 
 async def test_asking_for_a_person_hands_off_and_only_a_handed_off_conversation_takes_agent_messages(

@@ -152,6 +152,7 @@ def test_list_conversations_by_intent_degraded_answers_and_part_of_the_id(engine
     assert ids(degraded=False) == {"t1/refund_%": 0, "t1/refundX": 0}
     assert ids(intent="refund") == {"t1/refund_%": 0}
     assert ids(contains="der") == {"t1/order-1": 2}
+    assert ids(contains="ORDER") == {"t1/order-1": 2}  # as a person types it, on both databases
     assert ids(contains="_%") == {"t1/refund_%": 0}  # taken literally, not as wildcards
     assert ids(contains="t1") == {}  # the tenant is not part of the id a client sees
 

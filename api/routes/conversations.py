@@ -301,7 +301,10 @@ async def follow_conversation(
     ] = None,
     from_now: Annotated[
         bool,
-        Query(description="Start after the newest event: for a client that has just read the transcript."),
+        Query(
+            description="Start after the newest event, announced first as an `open` event with its id: "
+            "for a client that has just read the transcript."
+        ),
     ] = False,
 ) -> Response:
     """Every event of a conversation as it happens: streamed turns, a person's messages, handoffs."""
@@ -311,13 +314,14 @@ async def follow_conversation(
     if await run_in_threadpool(store.get_conversation, engine, key) is None:
         with temporal_errors(conversation_id):
             await _handle(temporal, key).describe()  # 404 when it does not exist
+    starting_now = after is None and last_event_id is None and from_now
     if after is not None:
         start = after
-    elif last_event_id is None and from_now:
+    elif starting_now:
         start = await run_in_threadpool(events.last, engine, key)
     else:
         start = ResumePoint(last_event_id).after
-    return stream_response(conversation_stream(engine, key, after=start))
+    return stream_response(conversation_stream(engine, key, after=start, announce=starting_now))
 
 
 @router.get("/{conversation_id}")

@@ -51,8 +51,9 @@ class PageConfig(BaseModel):
     workflow_id_prefix: str
     """A conversation's workflow id is this, its tenant, `/` and its id."""
     development_key: str | None = None
-    """The key `dialogue up` printed, for the pages to pre-fill: only on a local development stack,
-    to a browser on the same machine (which can read the key from the data folder anyway)."""
+    """The key `dialogue up` printed, for the pages to pre-fill: only on a development stack that
+    listens on loopback, to a browser on the same machine that calls it by a loopback name. Anyone
+    with a shell on that machine can read it here: a development convenience, never in production."""
 
 
 @router.get("/")

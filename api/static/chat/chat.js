@@ -107,18 +107,24 @@ function finishAnswer(item, answer) {
 }
 
 async function loadHistory() {
+  const loading = (live.loading += 1); // a newer call (a new conversation, a new key) supersedes this one
   ui.messages.replaceChildren();
   lastAnswer = null;
   live.shown.clear();
+  live.waiting = [];
   live.ready = false;
   await follow(); // open before the transcript is read: a message sent in between is in one or the other
+  if (loading !== live.loading) return;
   let items;
   try {
     items = await api.messages(conversationId);
   } catch (error) {
-    if (error instanceof ApiError && error.code === "conversation_not_found") return showLive(); // not started yet
+    if (loading !== live.loading) return;
+    showLive(); // no transcript (none yet, or it failed): what arrives live is shown all the same
+    if (error instanceof ApiError && error.code === "conversation_not_found") return; // not started yet
     return showError(error);
   }
+  if (loading !== live.loading) return;
   for (const message of items) {
     if (message.role === "bot" && !message.text) continue; // a turn answered by a person, not the bot
     const item = addMessage(message.role, message.text, message.author);
@@ -146,6 +152,7 @@ const live = {
   shown: new Set(), // `${turn_id}:${role}` of the transcript entries on the page
   ready: false, // the transcript is on the page; events that came before it wait in `waiting`
   waiting: [],
+  loading: 0, // counts loadHistory calls: only the newest one fills the page
 };
 const LIVE_ROLES = { agent_message: "agent", handoff: "system", handback: "system" };
 

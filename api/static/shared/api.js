@@ -135,7 +135,8 @@ export class Api {
       } catch (error) {
         if (signal?.aborted) return;
         // Refused (unknown conversation, streaming switched off, bad key): following cannot work.
-        if (error instanceof ApiError && error.status !== 503) throw error;
+        // Unavailable (503) or rate limited (429): later.
+        if (error instanceof ApiError && ![429, 503].includes(error.status)) throw error;
       }
       failures += 1;
       await sleep(Math.min(RESUME_DELAYS_MS[RESUME_DELAYS_MS.length - 1], 250 * 2 ** failures));
