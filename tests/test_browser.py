@@ -643,3 +643,27 @@ def test_a_dropped_connection_picks_the_stream_up_again(
     ) as http:
         transcript = http.get(f"/v1/conversations/{conversation_id}/messages").json()
     assert [(m["role"], m["text"]) for m in transcript["items"]] == [("user", QUESTION), ("bot", ANSWER)]
+
+
+def test_the_console_shows_a_rating_given_while_it_is_open(
+    browser: Browser, up: Up, answered: Answered
+) -> None:
+    open_chat(browser, up)  # the console uses the key the chat saved
+    browser.driver.get(f"{up.console}#{answered.conversation_id}")  # the hash opens the conversation
+
+    def rating() -> str:
+        notes = browser.find_all("ol#transcript li.message.bot .rating")
+        return notes[0].text if notes else ""
+
+    browser.wait_for(
+        "the rating the user gave in the chat", lambda _: "rated this answer helpful" in rating()
+    )
+    with httpx.Client(
+        base_url=up.stack.api, headers={"Authorization": f"Bearer {up.key}"}, timeout=30
+    ) as http:
+        base = f"/v1/conversations/{answered.conversation_id}"
+        [answer] = [m for m in http.get(f"{base}/messages").json()["items"] if m["role"] == "bot"]
+        rated = http.post(f"{base}/turns/{answer['turn_id']}/feedback", json={"rating": "down"})
+        assert rated.status_code == 201, rated.text
+    browser.wait_for("the new rating", lambda _: "not helpful" in rating())
+    browser.screenshot("rating updated")

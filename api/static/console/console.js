@@ -437,6 +437,10 @@ async function refreshTranscript(id) {
   if (id !== detail.id) return;
   transcriptNote(items.length ? "" : NO_MESSAGES);
   const keys = items.map(keyOf);
+  for (const answer of items.filter((message) => message.role === "bot")) {
+    const shown = [...ui.transcript.children].find((li) => li.dataset.turnId === answer.turn_id && li.classList.contains("bot"));
+    showRating(shown, answer.rating);
+  }
   const signature = `${items.length}|${keys[keys.length - 1] || ""}`;
   if (signature === detail.signature) return; // unchanged: an open lineage panel and focus stay put
   const first = detail.signature === null;
@@ -473,6 +477,19 @@ function transcriptNote(text, error = false) {
   lastNote = text;
 }
 
+// The user's rating of an answer, kept up to date: a rating may come after the answer is shown.
+function showRating(item, rating) {
+  if (!item) return;
+  let note = item.querySelector(".rating");
+  if (!rating) return void note?.remove();
+  const text = `The user rated this answer ${rating === "up" ? "helpful" : "not helpful"}.`;
+  if (!note) {
+    note = element("p", "rating");
+    item.insertBefore(note, item.querySelector(".lineage-toggle"));
+  }
+  if (note.textContent !== text) note.textContent = text;
+}
+
 function messageItem(message) {
   if (message.role === "bot" && !message.text) return null; // a turn a person answered, not the bot
   const item = element("li", `message ${SPEAKERS[message.role] ? message.role : "system"}`);
@@ -491,9 +508,7 @@ function messageItem(message) {
     item.append(element("p", "notice degraded", "Degraded: a step failed or the deadline passed; this was a fallback reply."));
   }
   addSources(item, message.sources);
-  if (message.rating) {
-    item.append(element("p", "rating", `The user rated this answer ${message.rating === "up" ? "helpful" : "not helpful"}.`));
-  }
+  showRating(item, message.rating);
   if (message.role === "bot") addLineage(item, message);
   return item;
 }
