@@ -15,6 +15,7 @@ from datetime import timedelta
 
 import uvloop
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import SQLAlchemyError
 from temporalio.client import Client
 from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
@@ -26,7 +27,7 @@ from activities.retrieve import RetrieveActivity
 from activities.tools import ToolActivity
 from activities.understand import UnderstandActivity
 from dialogue.bot import load_bot
-from dialogue.db import get_engine, init_db
+from dialogue.db import get_engine, init_db_if_reachable
 from dialogue.generation import build_generators
 from dialogue.knowledge.search import HybridIndex
 from dialogue.logs import configure_logging
@@ -71,12 +72,15 @@ def build_turn_activities(settings: Settings) -> TurnActivities:
     """The activities of a turn (the worker's; `bench/turn_latency.py` calls them without Temporal)."""
     bot = load_bot(settings.bot_path)
     engine = get_engine(settings.resolved_database_url)
-    init_db(engine)
+    init_db_if_reachable(engine)
     parser = build_parser(settings, bot)
     index = HybridIndex(engine, reload_seconds=settings.knowledge_reload_seconds, mode=settings.retrieval)
     # Load the models and build the index now, not during the first user's turn.
     parser.parse("hello")
-    index.search("hello", top_k=1)
+    try:
+        index.search("hello", top_k=1)
+    except SQLAlchemyError as err:  # the store is down: the index is built at the first turn after it is back
+        log.error("knowledge base unreachable at start (%s)", err.__class__.__name__)
     return TurnActivities(
         engine=engine,
         understand=UnderstandActivity(bot, parser),

@@ -12,6 +12,7 @@ from types import TracebackType
 from typing import Any
 
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import SQLAlchemyError
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
@@ -249,6 +250,12 @@ class _Progress:
                 activity.heartbeat()
             if self._pending and self._target is not None:
                 batch, self._pending = self._pending, []
-                await asyncio.to_thread(events.append, self._engine, self._target.conversation_id, batch)
+                try:
+                    await asyncio.to_thread(events.append, self._engine, self._target.conversation_id, batch)
+                except (SQLAlchemyError, events.EventLogBusy) as err:
+                    # The store is unavailable: the reply matters, its live stream does not. The client
+                    # gets the whole reply in the final event, which comes from Temporal.
+                    activity.logger.warning("event log unavailable; the turn goes on unstreamed: %s", err)
+                    self._target, self._pending = None, []
             if self._done and not self._pending:
                 return

@@ -13,6 +13,10 @@ class RetrieveActivity:
         self._index = index
 
     @activity.defn(name="retrieve")
-    async def retrieve(self, request: RetrieveRequest) -> RetrieveResult:
-        """The knowledge-base passages that best match the user's text."""
+    def retrieve(self, request: RetrieveRequest) -> RetrieveResult:
+        """The knowledge-base passages that best match the user's text.
+
+        Synchronous, so the worker runs it on a thread: the index checks the store for changes, and a store
+        that is slow to answer (an outage: up to the connection time-out) must not stall the event loop
+        that every other conversation's workflow tasks and activities share."""
         return RetrieveResult(passages=self._index.search(request.text, request.top_k))

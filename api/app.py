@@ -19,7 +19,7 @@ from api.routes.codec import codec_cors, codec_router
 from api.telemetry import RequestTelemetry, metrics_router
 from dialogue.bot import load_bot
 from dialogue.codec import EncryptionCodec
-from dialogue.db import get_engine, init_db
+from dialogue.db import get_engine, init_db_if_reachable
 from dialogue.flags import deployment_flags
 from dialogue.privacy.policy import PrivacyPolicy
 from dialogue.settings import Settings, get_settings
@@ -47,9 +47,10 @@ def create_app(
         app.state.settings = settings
         app.state.api_key = settings.resolve_api_key()
         app.state.engine = get_engine(settings.resolved_database_url)
-        init_db(app.state.engine)
+        init_db_if_reachable(app.state.engine)
         app.state.token_verifier = TokenVerifier(settings) if TokenVerifier.configured(settings) else None
         app.state.rate_limiter = RateLimiter(settings.rate_limit_per_second, settings.rate_limit_burst)
+        app.state.confirmed_keys = {}  # api/deps.py: keys accepted during a store outage
         bot = load_bot(settings.bot_path)
         app.state.privacy = PrivacyPolicy(bot.privacy)
         app.state.flags = deployment_flags(settings, bot)

@@ -8,12 +8,15 @@ the scope they need: `ClientPrincipal`, `AgentPrincipal` or `AdminPrincipal`.
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import logging
-from typing import Annotated
+import time
+from typing import Annotated, Any
 
 from fastapi import Depends, Request
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.concurrency import run_in_threadpool
 from temporalio.client import Client
 
@@ -68,7 +71,7 @@ def get_principal(request: Request) -> Principal:
         if hmac.compare_digest(token.encode(), state.api_key.encode()):
             principal = Principal(tenant=DEFAULT_TENANT, scope="admin", subject=BOOTSTRAP_SUBJECT)
         elif token.startswith("dk_"):
-            principal = authenticate_key(state.engine, token)
+            principal = _authenticate_key(state, token)
         elif verifier is not None and token.count(".") == 2:
             principal = verifier.verify(token)
         else:
@@ -85,6 +88,34 @@ def get_principal(request: Request) -> Principal:
             429, "rate_limited", "too many requests for this key; slow down", {"Retry-After": str(wait)}
         )
     request.state.tenant = principal.tenant  # for the request's log line (api/telemetry.py)
+    return principal
+
+
+KEY_GRACE_SECONDS = 15 * 60
+"""While the store cannot be read, a key it confirmed this recently is still accepted: the store is not a
+hard dependency of a turn. A key revoked during the outage is refused once the store answers again."""
+
+
+def _authenticate_key(state: Any, token: str) -> Principal:
+    """An API key from the store; during a store outage, a key the store confirmed lately (see above)."""
+    digest = hashlib.sha256(token.encode()).digest()  # the keys themselves are not kept in memory
+    confirmed: dict[bytes, tuple[Principal, float]] = state.confirmed_keys
+    try:
+        principal = authenticate_key(state.engine, token)
+    except SQLAlchemyError:
+        known = confirmed.get(digest)
+        if known is None or time.monotonic() - known[1] > KEY_GRACE_SECONDS:
+            raise
+        log.warning(
+            "store unavailable: accepting %s, confirmed %.0f s ago",
+            known[0].subject,
+            time.monotonic() - known[1],
+        )
+        return known[0]
+    except InvalidCredentials:
+        confirmed.pop(digest, None)
+        raise
+    confirmed[digest] = (principal, time.monotonic())
     return principal
 
 

@@ -3,7 +3,8 @@
     ApiError                 raised by routes and dependencies: status, code, message
     RequestValidationError   -> 422 invalid_request
     HTTPException (Starlette)-> its status, code from the status
-    temporal errors          -> see `from_temporal`
+    temporal errors          -> see `from_temporal`; a closed workflow -> `closed_conversation`
+    store errors             -> see `from_store`: unreachable, locked, timing out -> 503 store_unavailable
     anything else            -> 500 internal_error, logged, no stack trace in the body
 
 Body: {"error": {"code": "...", "message": "..."}}
@@ -19,22 +20,34 @@ from http import HTTPStatus
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from temporalio.client import WorkflowUpdateFailedError, WorkflowUpdateRPCTimeoutOrCancelledError
+from temporalio.client import (
+    Client,
+    WorkflowExecutionStatus,
+    WorkflowQueryFailedError,
+    WorkflowUpdateFailedError,
+    WorkflowUpdateRPCTimeoutOrCancelledError,
+)
 from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
+from dialogue.recovery import BROKEN
+from dialogue.temporal import workflow_id
 from workflows.conversation import (
     CONVERSATION_ENDED,
     INVALID_TURN,
     NOT_HANDED_OFF,
     QUEUE_FULL,
+    STORE_BEHIND,
     TURN_IN_PROGRESS,
 )
 
 log = logging.getLogger("dialogue.api")
 
 RETRY_AFTER_SECONDS = "5"
+UNAVAILABLE_RETRY_AFTER_SECONDS = "30"
 
 
 class ApiError(Exception):
@@ -54,6 +67,24 @@ def not_found(conversation_id: str) -> ApiError:
 
 def conversation_ended(conversation_id: str) -> ApiError:
     return ApiError(409, "conversation_ended", f"conversation {conversation_id!r} has ended")
+
+
+def conversation_unavailable(conversation_id: str, key: str, how: str) -> ApiError:
+    tenant = key.split("/", 1)[0]
+    return ApiError(
+        503,
+        "conversation_unavailable",
+        f"conversation {conversation_id!r} is unavailable: its workflow {workflow_id(key)} {how}. Its "
+        f"transcript is kept; an operator can bring it back with "
+        f"'dialogue recover {conversation_id} --tenant {tenant}' (see the runbook)",
+        {"Retry-After": UNAVAILABLE_RETRY_AFTER_SECONDS},
+    )
+
+
+def store_unavailable(reason: str = "the store is unavailable") -> ApiError:
+    return ApiError(
+        503, "store_unavailable", f"{reason}; retry shortly", {"Retry-After": RETRY_AFTER_SECONDS}
+    )
 
 
 def temporal_unavailable() -> ApiError:
@@ -79,7 +110,17 @@ def from_temporal(exc: BaseException, conversation_id: str) -> ApiError | None:
             return ApiError(409, "not_handed_off", cause.message)
         if isinstance(cause, ApplicationError) and cause.type == QUEUE_FULL:
             return ApiError(429, "turn_queue_full", cause.message, {"Retry-After": RETRY_AFTER_SECONDS})
+        if isinstance(cause, ApplicationError) and cause.type == STORE_BEHIND:
+            return store_unavailable(cause.message.removesuffix("; retry shortly"))
         return ApiError(500, "turn_failed", "the turn could not be completed")
+    if isinstance(exc, WorkflowQueryFailedError):
+        # The workflow's code could not answer (a worker that cannot replay its history): not the caller's fault.
+        return ApiError(
+            503,
+            "conversation_unavailable",
+            f"conversation {conversation_id!r} could not be read: {exc.message}",
+            {"Retry-After": UNAVAILABLE_RETRY_AFTER_SECONDS},
+        )
     if isinstance(exc, WorkflowAlreadyStartedError):
         return ApiError(409, "conversation_exists", f"conversation {conversation_id!r} already exists")
     if isinstance(exc, WorkflowUpdateRPCTimeoutOrCancelledError):
@@ -102,12 +143,40 @@ def from_temporal(exc: BaseException, conversation_id: str) -> ApiError | None:
                 {"Retry-After": RETRY_AFTER_SECONDS},
             )
         if exc.status == RPCStatusCode.FAILED_PRECONDITION:
-            return ApiError(409, "conversation_unavailable", exc.message)
+            # The workflow is between runs (continuing as new) or closing: a retry finds it settled.
+            return ApiError(503, "conversation_busy", exc.message, {"Retry-After": "1"})
         return None
     # A lazy client that cannot reach the server says so with a RuntimeError.
     if isinstance(exc, RuntimeError) and str(exc).startswith("Failed client connect"):
         return temporal_unavailable()
     return None
+
+
+def from_store(exc: BaseException) -> ApiError | None:
+    """503 for the SQL store being unreachable, locked or out of connections; None for anything else
+    (a bug, such as a constraint the code broke, stays a 500)."""
+    if isinstance(exc, OperationalError | InterfaceError | DisconnectionError | PoolTimeoutError):
+        return store_unavailable()
+    return None
+
+
+async def closed_conversation(temporal: Client, key: str, conversation_id: str) -> ApiError:
+    """The error for work a conversation's workflow refused because it is closed: 409 when the
+    conversation ended, 503 when its workflow failed, was terminated or timed out (broken, not ended:
+    `dialogue recover` brings it back), 404 when Temporal does not know it."""
+    try:
+        described = await temporal.get_workflow_handle(workflow_id(key)).describe()
+    except RPCError as err:
+        if err.status == RPCStatusCode.NOT_FOUND:
+            return not_found(conversation_id)
+        return from_temporal(err, conversation_id) or temporal_unavailable()
+    broken = BROKEN.get(described.status) if described.status else None
+    if broken is not None:
+        closed = f" at {described.close_time:%Y-%m-%d %H:%M:%S} UTC" if described.close_time else ""
+        return conversation_unavailable(conversation_id, key, f"{broken.replace('_', ' ')}{closed}")
+    if described.status == WorkflowExecutionStatus.RUNNING:
+        return ApiError(409, "conversation_exists", f"conversation {conversation_id!r} already exists")
+    return conversation_ended(conversation_id)
 
 
 @contextmanager
@@ -147,6 +216,16 @@ def install_error_handlers(app: FastAPI) -> None:
             exc.status_code
         ).phrase.lower().replace(" ", "_")
         return JSONResponse(_body(code, str(exc.detail)), status_code=exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(SQLAlchemyError)
+    async def _store(request: Request, exc: SQLAlchemyError) -> JSONResponse:
+        mapped = from_store(exc)
+        if mapped is None:
+            return await _unexpected(request, exc)
+        log.warning(
+            "store unavailable on %s %s: %s", request.method, request.url.path, exc.__class__.__name__
+        )
+        return await _api_error(request, mapped)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

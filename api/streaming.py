@@ -10,14 +10,16 @@ turn's reply from Temporal. Event ids are those numbers, so a client that reconn
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
 import orjson
 from fastapi.sse import EventSourceResponse, format_sse_event
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.concurrency import run_in_threadpool
 
 from api.errors import ApiError, from_temporal
@@ -25,10 +27,14 @@ from dialogue import events
 from dialogue.db import ConversationEvent
 from workflows.contracts import TurnReply
 
+log = logging.getLogger("dialogue.api")
+
 POLL_SECONDS = 0.01
 """How often a turn's stream looks for new events: the bound on the delay it adds to each token."""
 CONVERSATION_POLL_SECONDS = 0.05
 KEEPALIVE_SECONDS = 15.0
+STORE_RETRY_SECONDS = 1.0
+"""How often a stream looks at the event log again while the store is unavailable."""
 FINAL_SUFFIX = "-final"
 HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
@@ -73,7 +79,7 @@ async def turn_stream(
     try:
         while True:
             finished = result.done()  # before reading: what the turn wrote before it finished is read now
-            rows = await run_in_threadpool(events.read, engine, conversation_id, after=last, turn_id=turn_id)
+            rows = await _read_events(engine, conversation_id, after=last, turn_id=turn_id)
             for row in rows:
                 yield _logged(row)
                 last = row.seq
@@ -107,7 +113,7 @@ async def conversation_stream(
     last = after
     quiet_since = time.monotonic()
     while True:
-        rows = await run_in_threadpool(events.read, engine, conversation_id, after=last)
+        rows = await _read_events(engine, conversation_id, after=last)
         for row in rows:
             yield _logged(row)
             last = row.seq
@@ -117,6 +123,19 @@ async def conversation_stream(
             yield b": keep-alive\n\n"  # proxies close connections that stay silent
             quiet_since = time.monotonic()
         await asyncio.sleep(CONVERSATION_POLL_SECONDS)
+
+
+async def _read_events(
+    engine: Engine, conversation_id: str, *, after: int, turn_id: str | None = None
+) -> Sequence[ConversationEvent]:
+    """The logged events after `after`; none while the store cannot be read. A turn's stream then still
+    ends with its reply, from Temporal, and a conversation's stream picks up where it was once it can."""
+    try:
+        return await run_in_threadpool(events.read, engine, conversation_id, after=after, turn_id=turn_id)
+    except SQLAlchemyError as err:
+        log.warning("event log unavailable for %s: %s", conversation_id, err.__class__.__name__)
+        await asyncio.sleep(STORE_RETRY_SECONDS)
+        return []
 
 
 def _retry_hint(turn_id: str) -> str:

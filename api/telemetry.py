@@ -3,17 +3,20 @@ and the trace id in the response's `X-Trace-Id` header (the id to search for in 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from typing import Any
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Request, Response
 from prometheus_client import REGISTRY, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from temporalio.client import Client
 
 from dialogue.logs import current_trace_id, log_context, message_text
-from dialogue.metrics import HTTP_REQUEST_SECONDS, TURN_SECONDS, TURNS
+from dialogue.metrics import BROKEN_CONVERSATIONS, HTTP_REQUEST_SECONDS, TURN_SECONDS, TURNS
+from dialogue.recovery import BROKEN, broken_conversations
 from workflows.contracts import TurnReply
 
 log = logging.getLogger("dialogue.api")
@@ -27,10 +30,32 @@ QUIET_ROUTES = {"/healthz", "/readyz", "/metrics"}
 metrics_router = APIRouter(tags=["health"])
 
 
+BROKEN_REFRESH_SECONDS = 15.0
+BROKEN_TIMEOUT_SECONDS = 2.0
+
+
 @metrics_router.get("/metrics", response_class=Response)
-def read_metrics() -> Response:
+async def read_metrics(request: Request) -> Response:
     """Prometheus metrics of this API process (no authentication: expose it on the internal network only)."""
+    await _refresh_broken_conversations(request.app.state)
     return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
+
+
+async def _refresh_broken_conversations(state: Any) -> None:
+    """Count broken conversations in Temporal's visibility, at most every BROKEN_REFRESH_SECONDS and within
+    BROKEN_TIMEOUT_SECONDS; when Temporal cannot say, the last count stays (and `/readyz` tells why)."""
+    read_at: float | None = getattr(state, "broken_read_at", None)
+    if read_at is not None and time.monotonic() - read_at < BROKEN_REFRESH_SECONDS:
+        return
+    state.broken_read_at = time.monotonic()
+    temporal: Client = state.temporal
+    try:
+        broken = await asyncio.wait_for(broken_conversations(temporal), BROKEN_TIMEOUT_SECONDS)
+    except Exception as err:  # a scrape must not fail for it
+        log.warning("could not count broken conversations: %s", err.__class__.__name__)
+        return
+    for status in BROKEN.values():
+        BROKEN_CONVERSATIONS.labels(status).set(sum(b.status == status for b in broken))
 
 
 def mark_turn(state: Any, reply: TurnReply) -> None:

@@ -1,4 +1,5 @@
-"""The `dialogue` command: `up` (the whole embedded stack), `api`, `worker`, `replay`, `nlu …`, `kb …`."""
+"""The `dialogue` command: `up` (the whole embedded stack), `api`, `worker`, `replay`, `recover`, `nlu …`,
+`kb …`."""
 
 from __future__ import annotations
 
@@ -100,6 +101,51 @@ def replay(
                 return 1
             typer.echo(f"{name}: replayed {events} events; the current code makes the same decisions")
         return 0
+
+    raise typer.Exit(asyncio.run(run()))
+
+
+@app.command()
+def recover(
+    conversation_id: Annotated[
+        str | None, typer.Argument(help="The conversation's id (its workflow is conv-TENANT/ID).")
+    ] = None,
+    tenant: Annotated[str, typer.Option(help="The tenant the conversation belongs to.")] = "default",
+    all_failed: Annotated[
+        bool,
+        typer.Option("--all-failed", help="Every conversation whose workflow is broken, in every tenant."),
+    ] = False,
+) -> None:
+    """Bring back a conversation whose workflow failed, was terminated or timed out: reset it to its last
+    completed workflow task, so it continues with its transcript and its turns' idempotency keys."""
+    from temporalio.service import RPCError
+
+    from dialogue.recovery import broken_conversations
+    from dialogue.recovery import recover as recover_workflow
+    from dialogue.temporal import connect, conversation_key, workflow_id
+
+    if (conversation_id is None) == (not all_failed):
+        raise typer.BadParameter("give a conversation id or --all-failed (not both)")
+
+    async def run() -> int:
+        client = await connect(get_settings())
+        if all_failed:
+            targets = [broken.workflow_id for broken in await broken_conversations(client)]
+            typer.echo(f"{len(targets)} broken conversations")
+        else:
+            assert conversation_id is not None
+            targets = [workflow_id(conversation_key(tenant, conversation_id))]
+        failures = 0
+        for target in targets:
+            try:
+                done = await recover_workflow(client, target)
+            except RPCError as err:
+                typer.echo(f"{target}: could not recover: {err.message}", err=True)
+                failures += 1
+                continue
+            run_note = f"; new run {done.run_id}" if done.run_id else ""
+            typer.echo(f"{target}: {done.outcome}{run_note}")
+        return 1 if failures else 0
 
     raise typer.Exit(asyncio.run(run()))
 

@@ -5,6 +5,7 @@ SQLite by default, PostgreSQL in production; the same tables on both.
 
 from __future__ import annotations
 
+import logging
 from datetime import UTC, datetime
 from functools import lru_cache
 from pathlib import Path
@@ -13,7 +14,10 @@ from typing import Any
 import orjson
 from sqlalchemy import JSON, Column, DateTime, LargeBinary, Text, TypeDecorator, UniqueConstraint, event
 from sqlalchemy.engine import Dialect, Engine
+from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlmodel import Field, SQLModel, create_engine
+
+log = logging.getLogger("dialogue.store")
 
 
 class UtcDateTime(TypeDecorator[datetime]):
@@ -178,6 +182,10 @@ class KnowledgeRevision(SQLModel, table=True):
     revision: int = 0
 
 
+SQLITE_BUSY_SECONDS = 10
+CONNECT_TIMEOUT_SECONDS = 5
+
+
 @lru_cache
 def get_engine(url: str) -> Engine:
     """One engine (and connection pool) per database URL per process."""
@@ -185,12 +193,23 @@ def get_engine(url: str) -> Engine:
         path = url.split("///", 1)[-1]
         if path and path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
+        # A writer waits this long for another's lock, then fails: the workflow keeps a write the store
+        # cannot take and retries it (workflows/conversation.py, RECORD_INLINE is just above this).
         engine = create_engine(
-            url, connect_args={"check_same_thread": False, "timeout": 30}, json_serializer=_json
+            url,
+            connect_args={"check_same_thread": False, "timeout": SQLITE_BUSY_SECONDS},
+            json_serializer=_json,
         )
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
-    return create_engine(url, pool_pre_ping=True, json_serializer=_json)
+    # A server that cannot be reached fails a connection attempt in seconds instead of the system's
+    # minutes-long TCP time-out: an outage becomes a quick, retried error, not a hung thread.
+    return create_engine(
+        url,
+        pool_pre_ping=True,
+        json_serializer=_json,
+        connect_args={"connect_timeout": CONNECT_TIMEOUT_SECONDS},
+    )
 
 
 def _json(value: Any) -> str:
@@ -215,3 +234,16 @@ def init_db(engine: Engine) -> str:
     from dialogue.migrations import upgrade  # it imports this module's tables
 
     return upgrade(engine).after
+
+
+def init_db_if_reachable(engine: Engine) -> str | None:
+    """`init_db` for a process starting up, unless the store cannot be reached: then None, logged. A worker
+    or an API started during a store outage serves what it can without the store (turns are answered from
+    Temporal) instead of exiting and being restarted in a loop; the schema is checked at its next start."""
+    try:
+        return init_db(engine)
+    except (OperationalError, InterfaceError) as err:
+        log.error(
+            "the store is unreachable (%s); starting without checking its schema", err.__class__.__name__
+        )
+        return None

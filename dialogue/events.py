@@ -27,6 +27,10 @@ EVENT_LOCK_SPACE = 0x64656C67
 """The first key of the per-conversation advisory locks (PostgreSQL); the second is the id's hash."""
 
 
+class EventLogBusy(RuntimeError):
+    """Other writers kept taking the numbers this one tried: APPEND_ATTEMPTS times in a row."""
+
+
 @dataclass
 class NewEvent:
     kind: EventKind
@@ -63,10 +67,14 @@ def append(engine: Engine, conversation_id: str, events: Sequence[NewEvent]) -> 
                 )
                 session.commit()
                 return list(range(first, first + len(events)))
-        except (IntegrityError, OperationalError):
-            # Another writer took these numbers (or SQLite's snapshot moved under us): take the next ones.
-            time.sleep(0.002 * (attempt + 1))
-    raise RuntimeError(f"could not append to the event log of {conversation_id!r}")
+        except IntegrityError:
+            pass  # another writer took these numbers: take the next ones
+        except OperationalError as err:
+            if "locked" not in str(err.orig):
+                raise  # the store is unreachable or unwritable: retrying here would only make the caller wait
+            # SQLite's snapshot moved under us ("database is locked"): read the newest number again.
+        time.sleep(0.002 * (attempt + 1))
+    raise EventLogBusy(f"could not append to the event log of {conversation_id!r}")
 
 
 def read(

@@ -6,7 +6,7 @@ Temporal SDK's worker metrics (`temporal_*`) beside its own.
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 # Buckets in seconds: a turn's floor is ~10 ms, its deadline 20 s.
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0)
@@ -43,6 +43,12 @@ LLM_ERRORS = Counter(
     "dialogue_llm_errors",
     "Failed LLM calls by reason (timeout, status code, connection).",
     ["reason"],
+)
+BROKEN_CONVERSATIONS = Gauge(
+    "dialogue_conversation_workflows_broken",
+    "Conversations whose workflow failed, was terminated, timed out or was cancelled, and was not recovered "
+    "since (`dialogue recover`), by how it closed; read from Temporal when /metrics is scraped.",
+    ["status"],
 )
 # Recorded by the workflow through Temporal's replay-safe metric meter, so it appears among the
 # worker's SDK metrics: how many turns were ahead of a new one in its conversation, by double-text policy.

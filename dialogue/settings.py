@@ -116,6 +116,9 @@ class Settings(BaseSettings):
     """Run workflow code in Temporal's sandbox, which refuses nondeterministic calls (clocks, randomness,
     I/O) as they happen. Off, a turn is ~3.4 ms faster (bench/turn_latency.py, side by side); the replay of
     recorded histories in CI still catches a change that would decide differently."""
+    worker_processes: int = Field(default=1, ge=1, le=32)
+    """Worker processes `dialogue up` starts (each serves its metrics on the next port after the last's);
+    one that crashes is started again while the others serve."""
     worker_shutdown_grace_seconds: float = Field(default=10, ge=0)
     """On SIGTERM a worker stops polling and lets running activities finish for up to this long."""
     worker_poll_max_age_seconds: float = Field(default=180, gt=0)

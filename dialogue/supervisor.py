@@ -1,8 +1,14 @@
-"""`dialogue up`: the embedded stack — Temporal dev server, worker and API — supervised as one unit.
+"""`dialogue up`: the embedded stack — Temporal dev server, workers and API — supervised as one unit.
 
 Children run in their own sessions, so a Ctrl-C reaches only the supervisor, which
-stops them in order (API, worker, Temporal) and waits for each. If the supervisor
+stops them in order (API, workers, Temporal) and waits for each. If the supervisor
 itself dies, the kernel sends each child SIGTERM (PR_SET_PDEATHSIG): no orphans.
+
+A child that exits on its own is started again after a back-off (1 s, doubling to 30 s),
+while the others keep running: the API answers and queues turns while a worker is
+restarted, and a restarted worker finishes what the dead one left. Only a child that
+crashes CRASH_LIMIT times within CRASH_WINDOW_SECONDS stops the stack, saying so: at
+that rate something is wrong that restarting does not fix.
 """
 
 from __future__ import annotations
@@ -28,6 +34,10 @@ from dialogue.temporal import search_attribute_flags
 
 STOP_GRACE_SECONDS = 15.0
 START_TIMEOUT_SECONDS = 90.0
+RESTART_FIRST_DELAY_SECONDS = 1.0
+RESTART_MAX_DELAY_SECONDS = 30.0
+CRASH_LIMIT = 5
+CRASH_WINDOW_SECONDS = 120.0
 _PR_SET_PDEATHSIG = 1
 
 
@@ -89,36 +99,105 @@ def _http_ok(url: str) -> Callable[[], bool]:
 
 
 @dataclass
-class Stack:
-    settings: Settings
-    children: list[tuple[str, subprocess.Popen[bytes]]] = field(default_factory=list)
+class Child:
+    """A process of the stack: how to start it, the running process, and its crashes."""
 
-    def spawn(self, name: str, argv: list[str], *, log: Path | None = None) -> subprocess.Popen[bytes]:
-        out = open(log, "ab") if log else None  # noqa: SIM115 - the child owns it for its life
-        child = subprocess.Popen(
-            argv,
+    name: str
+    argv: list[str]
+    log: Path | None = None
+    env: dict[str, str] = field(default_factory=dict)
+    process: subprocess.Popen[bytes] | None = None
+    crashes: list[float] = field(default_factory=list)
+    """When it exited on its own (monotonic seconds), for the back-off and the crash limit."""
+    restart_at: float | None = None
+    restarts: int = 0
+
+    def start(self) -> subprocess.Popen[bytes]:
+        out = open(self.log, "ab") if self.log else None  # noqa: SIM115 - the child owns it for its life
+        self.process = subprocess.Popen(
+            self.argv,
             stdout=out,
             stderr=subprocess.STDOUT if out else None,
             stdin=subprocess.DEVNULL,
             start_new_session=True,
             preexec_fn=_die_with_parent,
+            env={**os.environ, **self.env} if self.env else None,
         )
         if out:
             out.close()
-        self.children.append((name, child))
-        return child
+        return self.process
+
+    def exited(self) -> int | None:
+        """Its exit code when it has exited and is not yet due to start again."""
+        if self.process is None or self.restart_at is not None:
+            return None
+        return self.process.poll()
+
+    def schedule_restart(self, now: float) -> float | None:
+        """Note a crash and when to start again; None when it crashed too often to go on."""
+        self.crashes = [t for t in self.crashes if now - t < CRASH_WINDOW_SECONDS] + [now]
+        if len(self.crashes) >= CRASH_LIMIT:
+            return None
+        delay = min(RESTART_FIRST_DELAY_SECONDS * 2 ** (len(self.crashes) - 1), RESTART_MAX_DELAY_SECONDS)
+        self.restart_at = now + delay
+        return delay
+
+    def restart_if_due(self, now: float) -> bool:
+        if self.restart_at is None or now < self.restart_at:
+            return False
+        self.restart_at = None
+        self.restarts += 1
+        self.start()
+        return True
+
+
+@dataclass
+class Stack:
+    settings: Settings
+    children: list[Child] = field(default_factory=list)
+
+    def spawn(
+        self, name: str, argv: list[str], *, log: Path | None = None, env: dict[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
+        child = Child(name, argv, log, env or {})
+        self.children.append(child)
+        return child.start()
+
+    def supervise(self, now: float) -> str | None:
+        """Start again what exited on its own and is due; the reason to stop the stack, if there is one."""
+        for child in self.children:
+            child.restart_if_due(now)
+            code = child.exited()
+            if code is None:
+                continue
+            delay = child.schedule_restart(now)
+            if delay is None:
+                return (
+                    f"{child.name} exited with code {code}, its {len(child.crashes)}th crash within "
+                    f"{CRASH_WINDOW_SECONDS:.0f} s; stopping the stack"
+                )
+            print(
+                f"dialogue up: {child.name} exited with code {code}; starting it again in {delay:.0f} s "
+                f"(restart {child.restarts + 1})",
+                file=sys.stderr,
+                flush=True,
+            )
+        return None
 
     def stop(self) -> None:
         """SIGTERM each child, newest first, and wait for it; SIGKILL what does not stop in time."""
-        for name, child in reversed(self.children):
-            if child.poll() is None:
-                child.send_signal(signal.SIGTERM)
+        for child in reversed(self.children):
+            process = child.process
+            if process is not None and process.poll() is None:
+                process.send_signal(signal.SIGTERM)
                 try:
-                    child.wait(STOP_GRACE_SECONDS)
+                    process.wait(STOP_GRACE_SECONDS)
                 except subprocess.TimeoutExpired:
-                    print(f"  {name} did not stop in {STOP_GRACE_SECONDS:.0f} s; killing it", flush=True)
-                    child.kill()
-                    child.wait()
+                    print(
+                        f"  {child.name} did not stop in {STOP_GRACE_SECONDS:.0f} s; killing it", flush=True
+                    )
+                    process.kill()
+                    process.wait()
         self.children.clear()
 
 
@@ -154,8 +233,11 @@ def run_stack(settings: Settings) -> int:
         "Temporal Web UI": (temporal_host, settings.temporal_ui_port),
         "API": (settings.api_host, settings.api_port),
     }
-    if settings.worker_metrics_port:
-        wanted["worker metrics"] = (settings.worker_metrics_host, settings.worker_metrics_port)
+    for number in range(settings.worker_processes if settings.worker_metrics_port else 0):
+        wanted[f"worker {number + 1} metrics"] = (
+            settings.worker_metrics_host,
+            settings.worker_metrics_port + number,
+        )
     busy = [
         f"{what} port {host}:{port}" for what, (host, port) in wanted.items() if not port_is_free(host, port)
     ]
@@ -230,7 +312,15 @@ def run_stack(settings: Settings) -> int:
         )
         _wait_until(_accepts(temporal_host, temporal_port), "the Temporal dev server", temporal)
         _wait_until(_accepts(temporal_host, settings.temporal_ui_port), "the Temporal Web UI", temporal)
-        stack.spawn("worker", [sys.executable, "-m", "worker"])
+        for number in range(settings.worker_processes):
+            name = "worker" if settings.worker_processes == 1 else f"worker {number + 1}"
+            # Each worker serves its metrics on a port of its own: the setting's, then the next ones.
+            metrics_port = settings.worker_metrics_port + number if settings.worker_metrics_port else 0
+            stack.spawn(
+                name,
+                [sys.executable, "-m", "worker"],
+                env={"DIALOGUE_WORKER_METRICS_PORT": str(metrics_port)},
+            )
         api = stack.spawn("api", [sys.executable, "-m", "dialogue", "api"])
         api_url = _api_url(settings)
         _wait_until(_http_ok(f"{api_url}/healthz"), "the API", api)
@@ -258,17 +348,13 @@ def run_stack(settings: Settings) -> int:
     )
     exit_code = 0
     while not stopping:
-        dead = [(name, child) for name, child in stack.children if child.poll() is not None]
-        if dead:
-            name, child = dead[0]
-            print(
-                f"dialogue up: {name} exited with code {child.returncode}; stopping the stack",
-                file=sys.stderr,
-            )
+        reason = stack.supervise(time.monotonic())
+        if reason is not None:
+            print(f"dialogue up: {reason}", file=sys.stderr, flush=True)
             exit_code = 1
             break
         time.sleep(0.2)
-    print("Stopping: API, worker, Temporal ...", flush=True)
+    print("Stopping: API, workers, Temporal ...", flush=True)
     stack.stop()
     print("Stopped.", flush=True)
     return exit_code
@@ -282,4 +368,5 @@ def _api_url(settings: Settings) -> str:
 def _worker_metrics_url(settings: Settings) -> str:
     if not settings.worker_metrics_port:
         return "off"
-    return f"http://{settings.worker_metrics_host}:{settings.worker_metrics_port}/metrics"
+    ports = [settings.worker_metrics_port + number for number in range(settings.worker_processes)]
+    return ", ".join(f"http://{settings.worker_metrics_host}:{port}/metrics" for port in ports)

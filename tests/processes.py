@@ -171,16 +171,26 @@ class UpStack:
             self.process.kill()
             self.process.wait(10)
 
+    def pids(self, part: str) -> list[int]:
+        """Processes of this stack whose command line contains `part` (e.g. `-m worker`)."""
+        return [pid for pid, cmdline, in_environ in self._processes() if part in cmdline and in_environ]
+
     def processes_left(self) -> list[str]:
         """Processes still running with this stack's data folder in their command line or environment."""
+        marker = str(self.data_dir)
+        return [cmdline for _, cmdline, in_environ in self._processes() if in_environ or marker in cmdline]
+
+    def _processes(self) -> list[tuple[int, str, bool]]:
+        """Every other process: its pid, its command line, and whether its environment names this stack's
+        data folder."""
         marker = str(self.data_dir).encode()
-        left = []
+        found = []
         for proc in Path("/proc").iterdir():
             if not proc.name.isdigit() or int(proc.name) == os.getpid():
                 continue
             try:
-                if marker in (proc / "cmdline").read_bytes() or marker in (proc / "environ").read_bytes():
-                    left.append((proc / "cmdline").read_bytes().replace(b"\0", b" ").decode())
+                cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+                found.append((int(proc.name), cmdline, marker in (proc / "environ").read_bytes()))
             except OSError:
                 continue
-        return left
+        return found

@@ -1,22 +1,19 @@
 """Faults a real deployment meets: the worker killed mid-turn, the Temporal server restarted, a flaky LLM.
 
 Real processes, real Temporal dev servers, real HTTP on loopback, every wait bounded. The
-clients here do what the API asks of them: a turn whose request failed or timed out is sent
-again with the same `Idempotency-Key`, and gets the first request's reply instead of
-becoming a second turn.
+clients here do what the API asks of them (tests/turns.py): a turn whose request failed or
+timed out is sent again with the same `Idempotency-Key`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import random
-import sqlite3
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,91 +26,16 @@ from dialogue.settings import Settings
 from dialogue.temporal import connect, search_attribute_flags
 from tests.conftest import api_client, free_port, served_llm
 from tests.fake_llm import FakeLlm, Plan
+from tests.outages import StoreLock, steps_redone_after_a_timeout
 from tests.processes import WorkerProcess
+from tests.turns import Turn, assert_transcript_once, send_turn, wait_until
 from worker import build_worker
 from workflows.conversation import FALLBACK_TEXT
 
 SLOW_QUESTION = "How much does express shipping cost?"  # answered by the LLM
 OTHER_QUESTION = "What is your returns policy?"  # answered by the LLM too
 LLM_ANSWER = "It costs 12.90 euros [1]."
-# What a client retries: Temporal unreachable (503), the reply not ready in time (504).
-RETRYABLE_STATUSES = {503, 504}
 START_TIMEOUT = 60.0
-
-
-# --- A client that retries, and what it checks ------------------------------------------------
-
-
-@dataclass
-class Turn:
-    """One user turn as a retrying client sent it, and what it got back."""
-
-    text: str
-    key: str
-    reply: dict[str, Any] = field(default_factory=dict)
-    failures: list[str] = field(default_factory=list)
-    """What each failed attempt saw: an HTTP status or a transport error."""
-    seconds: float = 0.0
-    answered_at: float = 0.0
-    """`time.monotonic()` when the reply arrived."""
-
-
-async def send_turn(
-    http: httpx.AsyncClient, conversation_id: str, turn: Turn, *, attempt_timeout: float, total_timeout: float
-) -> Turn:
-    """POST the turn until it is answered, always with the same Idempotency-Key, backing off."""
-    url = f"/v1/conversations/{conversation_id}/turns"
-    started = time.monotonic()
-
-    async def attempts() -> dict[str, Any]:
-        delay = 0.2
-        while True:
-            try:
-                response = await http.post(
-                    url,
-                    json={"text": turn.text},
-                    headers={"Idempotency-Key": turn.key},
-                    timeout=attempt_timeout,
-                )
-            except httpx.TransportError as err:  # includes the client's own time-out
-                turn.failures.append(type(err).__name__)
-            else:
-                if response.status_code == 200:
-                    body: dict[str, Any] = response.json()
-                    return body
-                assert response.status_code in RETRYABLE_STATUSES, response.text
-                if response.status_code == 503:
-                    assert response.headers["retry-after"]
-                turn.failures.append(str(response.status_code))
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 2.0)
-
-    turn.reply = await asyncio.wait_for(attempts(), total_timeout)
-    turn.answered_at = time.monotonic()
-    turn.seconds = turn.answered_at - started
-    assert turn.reply["turn_id"] == turn.key
-    return turn
-
-
-async def assert_transcript_once(http: httpx.AsyncClient, conversation_id: str, turns: list[Turn]) -> None:
-    """The transcript holds each turn, its user text and the reply the client got, once and in order."""
-    response = await http.get(f"/v1/conversations/{conversation_id}/messages", params={"limit": 200})
-    assert response.status_code == 200, response.text
-    page = response.json()
-    expected = []
-    for index, turn in enumerate(turns):
-        assert turn.reply["turn_index"] == index
-        expected.append((index, "user", turn.key, turn.text))
-        expected.append((index, "bot", turn.key, turn.reply["reply"]["text"]))
-    assert [(m["turn_index"], m["role"], m["turn_id"], m["text"]) for m in page["items"]] == expected
-    assert page["total"] == len(expected)
-
-
-async def wait_until(check: Callable[[], bool], what: str, within: float = 15) -> None:
-    deadline = time.monotonic() + within
-    while not check():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.02)
 
 
 # --- The pieces the faults hit ----------------------------------------------------------------
@@ -178,28 +100,6 @@ class DevServer:
                 raise
 
 
-class StoreLock:
-    """Holds the SQLite store's write lock, so the worker's `record_turn` blocks inside the activity.
-
-    The store runs in WAL mode: the API still reads while the lock is held.
-    """
-
-    def __init__(self, database_url: str) -> None:
-        assert database_url.startswith("sqlite:///")
-        self.path = database_url.removeprefix("sqlite:///")
-        self.connection: sqlite3.Connection | None = None
-
-    def acquire(self) -> None:
-        self.connection = sqlite3.connect(self.path, isolation_level=None)
-        self.connection.execute("BEGIN IMMEDIATE")
-
-    def release(self) -> None:
-        if self.connection is not None:
-            self.connection.execute("ROLLBACK")
-            self.connection.close()
-            self.connection = None
-
-
 @asynccontextmanager
 async def worker_and_api(client: Client, settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
     """A worker in this process and the API over real HTTP, both on `client`."""
@@ -233,24 +133,6 @@ async def wait_for_workflow_task_in_hand(workflow: WorkflowHandle[Any, Any]) -> 
             return
         await asyncio.sleep(0.05)
     raise AssertionError(f"no worker took the workflow task of {workflow.id}")
-
-
-async def steps_redone_after_a_timeout(workflow: WorkflowHandle[Any, Any]) -> set[str]:
-    """What the server gave to another worker because the first one went silent: activity names,
-    and "workflow task". Proves where a kill landed."""
-    history = await workflow.fetch_history()
-    names: dict[int, str] = {}
-    redone: set[str] = set()
-    for event in history.events:
-        if event.HasField("activity_task_scheduled_event_attributes"):
-            names[event.event_id] = event.activity_task_scheduled_event_attributes.activity_type.name
-        elif event.HasField("activity_task_started_event_attributes"):
-            started = event.activity_task_started_event_attributes
-            if started.attempt > 1 and started.last_failure.HasField("timeout_failure_info"):
-                redone.add(names[started.scheduled_event_id])
-        elif event.HasField("workflow_task_timed_out_event_attributes"):
-            redone.add("workflow task")
-    return redone
 
 
 # --- 1. The worker killed mid-turn ------------------------------------------------------------

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -62,3 +64,73 @@ def test_dialogue_up_runs_stops_cleanly_and_keeps_conversations(stack: UpStack) 
     assert "conv-default/demo-1 run 1/1" in replayed.stdout and "replayed" in replayed.stdout
     assert stack.stop(signal.SIGTERM) == 0
     assert stack.processes_left() == []
+
+
+def test_dialogue_up_restarts_a_killed_worker_while_the_api_answers(stack: UpStack) -> None:
+    """SIGKILL the worker of a running stack: the API goes on answering, the supervisor starts the
+    worker again within seconds, and a turn sent in the gap is answered once it is back."""
+    key = stack.start()
+    with httpx.Client(base_url=stack.api, headers={"Authorization": f"Bearer {key}"}, timeout=40) as http:
+        assert http.post("/v1/conversations/gap/turns", json={"text": "hello"}).status_code == 200
+        [worker] = stack.pids("-m worker")
+        os.kill(worker, signal.SIGKILL)
+        killed = time.monotonic()
+        assert http.get("/healthz").status_code == 200
+        assert http.get("/v1/conversations/gap/messages").json()["total"] == 2  # the store answers alone
+        turn = {"text": "how do I return an item?"}
+        while (
+            reply := http.post("/v1/conversations/gap/turns", json=turn, headers={"Idempotency-Key": "gap-1"})
+        ).status_code in (503, 504):
+            assert time.monotonic() - killed < 90, reply.text
+        assert reply.status_code == 200, reply.text
+        print(f"\nthe turn sent in the gap answered {time.monotonic() - killed:.1f} s after the kill")
+        assert reply.json()["turn_index"] == 1
+        assert [m["role"] for m in http.get("/v1/conversations/gap/messages").json()["items"]] == [
+            "user",
+            "bot",
+        ] * 2
+        assert stack.pids("-m worker") not in ([], [worker])
+    assert (
+        "dialogue up: worker exited with code -9; starting it again in 1 s (restart 1)"
+        in stack.log.read_text()
+    )
+    assert stack.stop(signal.SIGTERM) == 0
+    assert stack.processes_left() == []
+
+
+def test_dialogue_up_with_two_workers_keeps_serving_when_one_dies(
+    tmp_path: Path, demo_model_dir: Path
+) -> None:
+    """`DIALOGUE_WORKER_PROCESSES=2`: two workers, each with its metrics port; one SIGKILLed, the other
+    answers the turns meanwhile, and the dead one is started again."""
+    stack = UpStack(tmp_path / "data", demo_model_dir, env={"DIALOGUE_WORKER_PROCESSES": "2"})
+    try:
+        key = stack.start()
+        metrics = stack.ports["metrics"]
+        for port in (metrics, metrics + 1):  # each worker serves its metrics once it has started
+            deadline = time.monotonic() + 60
+            while not port_answers(port):
+                assert time.monotonic() < deadline, stack.log.read_text()
+                time.sleep(0.2)
+        first, _ = sorted(stack.pids("-m worker"))
+        os.kill(first, signal.SIGKILL)
+        with httpx.Client(base_url=stack.api, headers={"Authorization": f"Bearer {key}"}, timeout=40) as http:
+            for n in range(5):
+                reply = http.post(f"/v1/conversations/two-{n}/turns", json={"text": "hello"})
+                assert reply.status_code == 200, reply.text
+        deadline = time.monotonic() + 60
+        while len(stack.pids("-m worker")) < 2 or "worker 1 exited with code -9" not in stack.log.read_text():
+            assert time.monotonic() < deadline, stack.log.read_text()
+            time.sleep(0.2)
+        assert first not in stack.pids("-m worker")
+        assert stack.stop(signal.SIGTERM) == 0
+        assert stack.processes_left() == []
+    finally:
+        stack.kill()
+
+
+def port_answers(port: int) -> bool:
+    try:
+        return httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5).status_code == 200
+    except httpx.TransportError:
+        return False

@@ -13,12 +13,16 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, computed_field
 
-ConversationStatus = Literal["active", "ended"]
+ConversationStatus = Literal["active", "ended", "failed"]
+"""`failed`: the conversation's workflow failed, was terminated or timed out (the API's reading of Temporal;
+the workflow itself never says it). Broken, not ended: `dialogue recover` brings it back."""
 DoubleTextPolicy = Literal["enqueue", "reject", "interrupt"]
 Holder = Literal["bot", "agent"]
 
 OUT_OF_SCOPE = "out_of_scope"
 """The intent of text that belongs to no intent of the bot."""
+UNRECORDABLE = "Unrecordable"
+"""The error type of a record activity whose data the store refuses for good (retrying cannot help)."""
 
 
 class ConversationInput(BaseModel):
@@ -335,6 +339,10 @@ class ConversationState(BaseModel):
     """How often each intent came up: the running summary that survives continue-as-new."""
     run: int = 1
     """Which run of the workflow holds the conversation now (continue-as-new starts the next)."""
+    unrecorded: int = 0
+    """Messages the store could not take yet (it was unavailable): retried until it does, in order."""
+    workflow_status: str | None = None
+    """When `status` is `failed`: how the workflow closed (`failed`, `terminated`, `timed_out`, `canceled`)."""
 
     @computed_field  # type: ignore[prop-decorator]
     @property

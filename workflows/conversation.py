@@ -33,6 +33,7 @@ with workflow.unsafe.imports_passed_through():
     from dialogue.temporal import DEGRADED_COUNT, HANDOFF, LAST_INTENT, STATUS, TENANT, TURN_COUNT
     from workflows.contracts import (
         OUT_OF_SCOPE,
+        UNRECORDABLE,
         AgentMessageReply,
         AgentMessageRequest,
         CarriedState,
@@ -72,6 +73,7 @@ INVALID_TURN = "InvalidTurn"
 TURN_IN_PROGRESS = "TurnInProgress"
 QUEUE_FULL = "TurnQueueFull"
 NOT_HANDED_OFF = "NotHandedOff"
+STORE_BEHIND = "StoreBehind"
 
 FALLBACK_TEXT = "Sorry, I can't answer that right now. Please try again in a moment."
 NOT_RUN = "none"
@@ -88,6 +90,9 @@ bench/turn_latency.py). A reply from an LLM stays the regular `generate` activit
 RECENT_TURNS = 20
 """Replies a run remembers and hands over: a turn retried across continue-as-new gets its reply back.
 Twice the longest queue, so that a queued turn that timed out at the API can still be collected."""
+MAX_UNRECORDED = 20
+"""Transcript writes a conversation keeps waiting for the store at most. Beyond, turns and a person's
+messages are refused (503 with `Retry-After`) rather than growing the workflow's state without bound."""
 
 
 class _Outcome(NamedTuple):
@@ -114,15 +119,46 @@ def _step(
     }
 
 
+# The rule: a step the user waits for is bounded, and its failure is a degraded reply; a step whose
+# effect must happen (recording) is never given up, and its failure never reaches the user or ends the
+# conversation. Nothing the workflow awaits may fail the workflow.
+#
+# Turn steps: each attempt bounded, the whole step too, and never past the turn's deadline
+# (`_within_deadline`): past it the user gets the fallback, marked `degraded`.
 UNDERSTAND = _step(timeout_s=5, total_s=10, attempts=3)
 RETRIEVE = _step(timeout_s=5, total_s=10, attempts=3)
 # Generation heartbeats: a lost worker is noticed in seconds, and a cancellation (deadline, interrupt)
 # reaches the LLM call instead of letting it run on.
 GENERATE = _step(timeout_s=20, total_s=30, attempts=3, heartbeat_s=5)
 COMPOSE = _step(timeout_s=5, total_s=10, attempts=3)
-# Recording is cheap to retry and the transcript should not miss a turn: try harder.
-RECORD = _step(timeout_s=10, total_s=60, attempts=10)
 TOOL = _step(timeout_s=10, total_s=20, attempts=3)
+# Recording, inside the turn: one try, bounded just above SQLite's busy timeout (dialogue/db.py). A write the
+# store cannot take now is kept in the workflow's state and written later (`_record_later`): the reply
+# does not wait for the store, and is not degraded for it.
+RECORD_INLINE = _step(timeout_s=11, total_s=11, attempts=1)
+# Recording later, and the conversation's own row at its start and end: retried until the store takes it,
+# backing off to one try every 30 s. No schedule-to-close: an outage of the store or of every worker,
+# however long, only delays the transcript. Each attempt is bounded, so a worker that dies mid-write
+# hands the write to another.
+RECORD_UNTIL_DONE: dict[str, Any] = {
+    "start_to_close_timeout": timedelta(seconds=15),
+    "retry_policy": RetryPolicy(
+        initial_interval=timedelta(milliseconds=500),
+        backoff_coefficient=2.0,
+        maximum_interval=timedelta(seconds=30),
+        maximum_attempts=0,  # unlimited
+        non_retryable_error_types=[UNRECORDABLE],
+    ),
+}
+
+
+class _Write(NamedTuple):
+    """A write to the store's read side that must happen: the record activity and its request."""
+
+    activity: Callable[..., Any]
+    request: RecordTurnRequest | RecordMessageRequest | RecordConversationRequest
+    local: bool = False
+    """Inline as a local activity (record_turn, since the local-steps patch) rather than a regular one."""
 
 
 @workflow.defn
@@ -149,6 +185,9 @@ class ConversationWorkflow:
         """Turns that arrived in this run, counted when they arrive: the newest wins under `interrupt`."""
         self._responding: asyncio.Task[_Outcome] | None = None
         self._interrupted = False
+        self._unrecorded: list[_Write] = []
+        """Writes the store could not take when they were made, oldest first (see `_record`)."""
+        self._recorder: asyncio.Future[None] | None = None
         # Replay-safe (nothing is recorded while replaying): how many turns wait ahead of a new one.
         self._queue_depth = (
             workflow.metric_meter()
@@ -169,11 +208,7 @@ class ConversationWorkflow:
             ]
         )
         if input.carried is None:
-            await workflow.execute_activity_method(
-                RecordActivities.record_conversation,
-                self._record_request(),
-                **RECORD,
-            )
+            await _record_until_done(_Write(RecordActivities.record_conversation, self._record_request()))
         else:
             workflow.set_current_details(self._details())
         idle = timedelta(seconds=input.idle_timeout_seconds)
@@ -193,8 +228,9 @@ class ConversationWorkflow:
             except TimeoutError:
                 if self._in_flight == 0:
                     self._close("idle_timeout")
-        # Turns accepted before the end (or before continuing) still get their replies, in this run.
-        await workflow.wait_condition(workflow.all_handlers_finished)
+        # Turns accepted before the end (or before continuing) still get their replies, in this run, and
+        # the transcript has every message before the run ends: the next run starts with nothing owed.
+        await workflow.wait_condition(lambda: workflow.all_handlers_finished() and self._recorded())
         if self._state.status == "active":
             workflow.continue_as_new(
                 input.model_copy(
@@ -203,9 +239,7 @@ class ConversationWorkflow:
                     }
                 )
             )
-        await workflow.execute_activity_method(
-            RecordActivities.record_conversation, self._record_request(), **RECORD
-        )
+        await _record_until_done(_Write(RecordActivities.record_conversation, self._record_request()))
         return self._state
 
     @workflow.update
@@ -244,6 +278,7 @@ class ConversationWorkflow:
             return  # answered already: the handler gives the same reply
         self._refuse_if_ended()
         self._check_text(request.text)
+        self._refuse_if_store_behind()
         if self._input.double_text == "reject" and self._in_flight:
             raise ApplicationError(
                 f"turn {self._running_turn} is still running", self._running_turn, type=TURN_IN_PROGRESS
@@ -259,6 +294,7 @@ class ConversationWorkflow:
     @handoff.validator
     def validate_handoff(self, request: HandoffRequest) -> None:
         self._refuse_if_ended()
+        self._refuse_if_store_behind()
 
     @workflow.update
     async def handback(self, request: HandbackRequest) -> ConversationState:
@@ -268,6 +304,7 @@ class ConversationWorkflow:
     @handback.validator
     def validate_handback(self, request: HandbackRequest) -> None:
         self._refuse_if_ended()
+        self._refuse_if_store_behind()
 
     @workflow.update
     async def agent_message(self, request: AgentMessageRequest) -> AgentMessageReply:
@@ -289,6 +326,7 @@ class ConversationWorkflow:
     def validate_agent_message(self, request: AgentMessageRequest) -> None:
         self._refuse_if_ended()
         self._check_text(request.text)
+        self._refuse_if_store_behind()
         if self._state.held_by != "agent":
             raise ApplicationError("the bot holds this conversation: hand it off first", type=NOT_HANDED_OFF)
 
@@ -309,6 +347,13 @@ class ConversationWorkflow:
     def _refuse_if_ended(self) -> None:
         if self._state.status != "active":
             raise ApplicationError("the conversation has ended", type=CONVERSATION_ENDED)
+
+    def _refuse_if_store_behind(self) -> None:
+        if len(self._unrecorded) >= MAX_UNRECORDED:
+            raise ApplicationError(
+                f"{len(self._unrecorded)} messages are waiting for the store to record them; retry shortly",
+                type=STORE_BEHIND,
+            )
 
     def _check_text(self, text: str) -> None:
         if not text.strip():
@@ -372,19 +417,20 @@ class ConversationWorkflow:
         workflow.upsert_search_attributes(
             [TURN_COUNT.value_set(self._state.turn_count), HANDOFF.value_set(self._state.held_by == "agent")]
         )
-        await workflow.execute_activity_method(
-            RecordActivities.record_message,
-            RecordMessageRequest(
-                conversation_id=self._input.key,
-                turn_id=f"{event}-{index}",
-                turn_index=index,
-                role=role,
-                text=text,
-                author=author,
-                at=self._state.updated_at,
-                event=event,
-            ),
-            **RECORD,
+        await self._record(
+            _Write(
+                RecordActivities.record_message,
+                RecordMessageRequest(
+                    conversation_id=self._input.key,
+                    turn_id=f"{event}-{index}",
+                    turn_index=index,
+                    role=role,
+                    text=text,
+                    author=author,
+                    at=self._state.updated_at,
+                    event=event,
+                ),
+            )
         )
 
     async def _answer_without_bot(
@@ -395,19 +441,20 @@ class ConversationWorkflow:
         text = request.text.strip()
         nlu = NluResult(intent=IntentPrediction(name=NOT_RUN, confidence=0.0))
         workflow.set_current_details(self._details())
-        await _run_step(
-            workflow.patched(LOCAL_STEPS_PATCH),
-            RecordActivities.record_turn,
-            RecordTurnRequest(
-                conversation_id=self._input.key,
-                turn_id=turn_id,
-                turn_index=index,
-                user_text=text,
-                reply=None,
-                nlu=nlu,
-                at=self._state.updated_at,
-            ),
-            RECORD,
+        await self._record(
+            _Write(
+                RecordActivities.record_turn,
+                RecordTurnRequest(
+                    conversation_id=self._input.key,
+                    turn_id=turn_id,
+                    turn_index=index,
+                    user_text=text,
+                    reply=None,
+                    nlu=nlu,
+                    at=self._state.updated_at,
+                ),
+                local=workflow.patched(LOCAL_STEPS_PATCH),
+            )
         )
         return TurnReply(
             conversation_id=self._input.conversation_id,
@@ -501,12 +548,11 @@ class ConversationWorkflow:
             at=self._state.updated_at,
             lineage=lineage,
         )
-        await self._attempt(
-            "record",
-            _run_step(workflow.patched(LOCAL_STEPS_PATCH), RecordActivities.record_turn, record, RECORD),
-            timings,
-            failed,
+        recording = workflow.time()
+        await self._record(
+            _Write(RecordActivities.record_turn, record, local=workflow.patched(LOCAL_STEPS_PATCH))
         )
+        timings["record"] = _ms(workflow.time() - recording)
         if decision is not None and decision.action == "handoff" and workflow.patched(HOLD_PATCH):
             await self._hand_over("agent", None, "the user asked for a person")
         timings["total"] = _ms(workflow.time() - started)
@@ -545,14 +591,19 @@ class ConversationWorkflow:
                     local,
                     UnderstandActivity.understand,
                     UnderstandRequest(text=text, dialogue=self._dialogue()),
-                    UNDERSTAND,
+                    self._within_deadline(UNDERSTAND),
                 ),
                 timings,
                 failed,
             ),
             self._attempt(
                 "retrieve",
-                _run_step(local, RetrieveActivity.retrieve, RetrieveRequest(text=text), RETRIEVE),
+                _run_step(
+                    local,
+                    RetrieveActivity.retrieve,
+                    RetrieveRequest(text=text),
+                    self._within_deadline(RETRIEVE),
+                ),
                 timings,
                 failed,
             ),
@@ -567,7 +618,9 @@ class ConversationWorkflow:
         if decision is not None and decision.tool is not None:
             tool_result = await self._attempt(
                 "tool",
-                workflow.execute_activity_method(ToolActivity.run_tool, decision.tool, **TOOL),
+                workflow.execute_activity_method(
+                    ToolActivity.run_tool, decision.tool, **self._within_deadline(TOOL)
+                ),
                 timings,
                 failed,
             )
@@ -575,6 +628,8 @@ class ConversationWorkflow:
             "generate",
             _generate(
                 local,
+                self._within_deadline(COMPOSE),
+                self._within_deadline(GENERATE),
                 GenerateRequest(
                     text=text,
                     turn_index=turn_index,
@@ -613,6 +668,54 @@ class ConversationWorkflow:
         finally:
             timings[step] = _ms(workflow.time() - start)
 
+    async def _record(self, write: _Write) -> None:
+        """Write to the store now if it takes the write within RECORD_INLINE; otherwise keep the write and
+        let `_record_later` make it. Never raises for the store: the user's reply neither waits for nor
+        fails on it. While writes are waiting, new ones queue behind them, so the store gets them in order."""
+        if not self._unrecorded:
+            try:
+                await _run_step(write.local, write.activity, write.request, RECORD_INLINE)
+                return
+            except FailureError as err:
+                cause = err.cause if isinstance(err, ActivityError) else err
+                if isinstance(cause, CancelledError):
+                    raise asyncio.CancelledError from err
+                workflow.logger.warning(
+                    "the store did not take %s now; it is kept and written later: %s",
+                    _activity_name(write),
+                    cause or err,
+                )
+        self._unrecorded.append(write)
+        self._state.unrecorded = len(self._unrecorded)
+        workflow.set_current_details(self._details())
+        if self._recorder is None:
+            self._recorder = asyncio.ensure_future(self._record_later())
+
+    def _recorded(self) -> bool:
+        """Nothing is owed to the store. A recorder that died of a bug raises here: the workflow task fails
+        and is retried (a fixed worker takes it over) instead of the conversation waiting for ever."""
+        if self._recorder is not None and self._recorder.done() and not self._recorder.cancelled():
+            self._recorder.result()
+        return not self._unrecorded
+
+    async def _record_later(self) -> None:
+        """Make the writes the store could not take, oldest first, each until it succeeds."""
+        while True:
+            await workflow.wait_condition(lambda: bool(self._unrecorded))
+            await _record_until_done(self._unrecorded[0])
+            self._unrecorded.pop(0)
+            self._state.unrecorded = len(self._unrecorded)
+            workflow.set_current_details(self._details())
+
+    def _within_deadline(self, options: dict[str, Any]) -> dict[str, Any]:
+        """A turn step's options, its budget cut to the turn's deadline: nothing of a turn outlives it."""
+        deadline = timedelta(seconds=self._input.turn_deadline_seconds)
+        return {
+            **options,
+            "start_to_close_timeout": min(options["start_to_close_timeout"], deadline),
+            "schedule_to_close_timeout": min(options["schedule_to_close_timeout"], deadline),
+        }
+
     def _details(self) -> str:
         """The summary the Web UI shows under "Current details"."""
         state = self._state
@@ -628,6 +731,8 @@ class ConversationWorkflow:
             lines.append(f"{state.degraded_count} degraded turns (see each turn's lineage for why)")
         if state.held_by == "agent":
             lines.append(f"handed off to {state.agent or 'a person'}: the bot is paused")
+        if state.unrecorded:
+            lines.append(f"{state.unrecorded} messages wait for the store (retried until it takes them)")
         if state.run > 1:
             lines.append(f"run {state.run} (continued as new); {state.summary}")
         return "\n\n".join(lines)
@@ -686,13 +791,38 @@ def _run_step(local: bool, step: Callable[..., Any], arg: Any, options: dict[str
     return workflow.execute_activity_method(step, arg, **options)
 
 
-async def _generate(local: bool, request: GenerateRequest) -> Reply:
+async def _generate(
+    local: bool, compose: dict[str, Any], generate: dict[str, Any], request: GenerateRequest
+) -> Reply:
     """The reply: made in the workflow task when no model is called, else by the `generate` activity."""
     if local:
-        composed = await workflow.execute_local_activity_method(GenerateActivity.compose, request, **COMPOSE)
+        composed = await workflow.execute_local_activity_method(GenerateActivity.compose, request, **compose)
         if composed.reply is not None:
             return composed.reply
-    return await workflow.execute_activity_method(GenerateActivity.generate, request, **GENERATE)
+    return await workflow.execute_activity_method(GenerateActivity.generate, request, **generate)
+
+
+async def _record_until_done(write: _Write) -> None:
+    """Make a write that must happen: retried by Temporal without limit (RECORD_UNTIL_DONE), so an outage
+    of the store or of the workers only delays it; it never fails the workflow."""
+    while True:
+        try:
+            await workflow.execute_activity_method(write.activity, write.request, **RECORD_UNTIL_DONE)
+            return
+        except ActivityError as err:
+            if isinstance(err.cause, CancelledError):
+                raise
+            if isinstance(err.cause, ApplicationError) and err.cause.type == UNRECORDABLE:
+                # The store refuses this data for good: losing one transcript entry beats a stuck conversation.
+                workflow.logger.error("the store refused %s for good: %s", _activity_name(write), err.cause)
+                return
+            # Only an attempt budget set by an earlier version of this code (a run brought back with
+            # `dialogue recover`) ends the retries: start them again.
+            workflow.logger.warning("%s gave up; trying again: %s", _activity_name(write), err.cause or err)
+
+
+def _activity_name(write: _Write) -> str:
+    return str(getattr(write.activity, "__name__", "a record"))
 
 
 def _update_id() -> str:

@@ -37,7 +37,13 @@ class RetentionWorkflow:
             RetentionActivities.purge_expired,
             start_to_close_timeout=timedelta(minutes=30),
             heartbeat_timeout=timedelta(minutes=2),
-            retry_policy=RetryPolicy(initial_interval=timedelta(seconds=5), maximum_attempts=5),
+            # Until it succeeds: a store or Temporal outage delays the purge, and never fails the run
+            # (the schedule skips its next runs while this one still retries).
+            retry_policy=RetryPolicy(
+                initial_interval=timedelta(seconds=5),
+                maximum_interval=timedelta(minutes=5),
+                maximum_attempts=0,
+            ),
         )
 
 

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import uuid
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Body, Header, Path, Query, Request, Response, status
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.concurrency import run_in_threadpool
 from temporalio.client import (
     WithStartWorkflowOperation,
@@ -22,7 +24,13 @@ from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
 from api.deps import ClientPrincipal, EngineDep, FlagsDep, SettingsDep, TemporalClientDep
-from api.errors import ApiError, conversation_ended, not_found, temporal_errors
+from api.errors import (
+    ApiError,
+    closed_conversation,
+    conversation_ended,
+    not_found,
+    temporal_errors,
+)
 from api.schemas import (
     ID_PATTERN,
     IDEMPOTENCY_KEY_PATTERN,
@@ -42,12 +50,14 @@ from api.telemetry import mark_turn
 from dialogue import erasure, events, store
 from dialogue.flags import FeatureFlags, Flag
 from dialogue.identity import Principal
+from dialogue.recovery import BROKEN
 from dialogue.temporal import conversation_key, workflow_id
 from workflows.contracts import ConversationState, EndRequest, TurnReply, TurnRequest
 from workflows.conversation import ConversationWorkflow
 from workflows.starting import conversation_input, start_options
 
 router = APIRouter(prefix="/conversations", tags=["conversations"])
+log = logging.getLogger("dialogue.api")
 
 # A query needs a worker; without one it would wait for the server's own deadline.
 QUERY_TIMEOUT = timedelta(seconds=10)
@@ -59,7 +69,7 @@ IdempotencyKey = Annotated[
     Header(
         max_length=200,
         pattern=IDEMPOTENCY_KEY_PATTERN,
-        description="Makes a retried request return the first one's reply instead of sending a second turn.",
+        description="Makes a retried request return the first one's answer instead of doing it a second time.",
     ),
 ]
 LastEventId = Annotated[
@@ -85,18 +95,22 @@ async def create_conversation(
     """Start a conversation; the client may choose its id."""
     conversation_id = (body.id if body else None) or uuid.uuid4().hex
     await _refuse_if_ended(engine, principal, conversation_id)
+    key = _key(principal, conversation_id)
     with temporal_errors(conversation_id):
-        await temporal.start_workflow(
-            ConversationWorkflow.run,
-            conversation_input(
-                settings,
-                conversation_id,
-                tenant=principal.tenant,
-                double_text=body.double_text if body else None,
-            ),
-            id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
-            **start_options(settings, _key(principal, conversation_id)),
-        )
+        try:
+            await temporal.start_workflow(
+                ConversationWorkflow.run,
+                conversation_input(
+                    settings,
+                    conversation_id,
+                    tenant=principal.tenant,
+                    double_text=body.double_text if body else None,
+                ),
+                id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
+                **start_options(settings, key),
+            )
+        except WorkflowAlreadyStartedError:
+            raise await closed_conversation(temporal, key, conversation_id) from None
     return ConversationCreated(conversation_id=conversation_id, status="active")
 
 
@@ -186,8 +200,11 @@ async def create_turn(
                 timeout=settings.turn_timeout_seconds,
             )
         except WorkflowAlreadyStartedError:
-            # The conversation's workflow has closed, and its id is never reused.
-            raise conversation_ended(conversation_id) from None
+            # The conversation's workflow has closed, and its id is never reused: ended, or broken.
+            await _settle(start)
+            raise await closed_conversation(
+                temporal, _key(principal, conversation_id), conversation_id
+            ) from None
         except (TimeoutError, WorkflowUpdateRPCTimeoutOrCancelledError):
             await _settle(start)
             raise ApiError(
@@ -326,14 +343,40 @@ async def follow_conversation(
 
 @router.get("/{conversation_id}")
 async def read_conversation(
-    conversation_id: ConversationIdPath, temporal: TemporalClientDep, principal: ClientPrincipal
+    conversation_id: ConversationIdPath,
+    engine: EngineDep,
+    temporal: TemporalClientDep,
+    principal: ClientPrincipal,
 ) -> ConversationState:
-    """The live state of a conversation, from its workflow."""
+    """The live state of a conversation, from its workflow; `status` is `failed` when the workflow failed,
+    was terminated or timed out (`workflow_status` says which), with the state it had then if it can be read."""
+    key = _key(principal, conversation_id)
+    handle = _handle(temporal, key)
     with temporal_errors(conversation_id):
-        state: ConversationState = await _handle(temporal, _key(principal, conversation_id)).query(
-            ConversationWorkflow.state, rpc_timeout=QUERY_TIMEOUT
+        described, queried = await asyncio.gather(
+            handle.describe(),
+            handle.query(ConversationWorkflow.state, rpc_timeout=QUERY_TIMEOUT),
+            return_exceptions=True,
         )
-    return state
+        if isinstance(described, BaseException):
+            raise described
+        broken = BROKEN.get(described.status) if described.status else None
+        if broken is None:
+            if isinstance(queried, BaseException):
+                raise queried
+            state: ConversationState = queried
+            return state
+    # Broken, not ended: the state as the workflow last had it (or the store's record), marked failed.
+    if isinstance(queried, BaseException):
+        row = await run_in_threadpool(store.get_conversation, engine, key)
+        queried = ConversationState(
+            conversation_id=conversation_id,
+            started_at=row.created_at if row else described.start_time,
+            updated_at=row.updated_at if row else (described.close_time or described.start_time),
+            turn_count=row.turn_count if row else 0,
+            last_intent=row.last_intent if row else None,
+        )
+    return queried.model_copy(update={"status": "failed", "workflow_status": broken})
 
 
 @router.get("/{conversation_id}/messages")
@@ -368,14 +411,17 @@ async def end_conversation(
     conversation_id: ConversationIdPath, temporal: TemporalClientDep, principal: ClientPrincipal
 ) -> ConversationEnded:
     """End a conversation: later turns get 409. Ending an ended conversation changes nothing."""
-    handle = _handle(temporal, _key(principal, conversation_id))
+    key = _key(principal, conversation_id)
     with temporal_errors(conversation_id):
         try:
-            await handle.signal(ConversationWorkflow.end, EndRequest())
+            await _handle(temporal, key).signal(ConversationWorkflow.end, EndRequest())
         except RPCError as err:
             if err.status != RPCStatusCode.NOT_FOUND:
                 raise
-            await handle.describe()  # closed already, or 404 if it never existed
+            # Closed already: fine if it ended; 404 if it never existed; 503 if its workflow broke.
+            closed = await closed_conversation(temporal, key, conversation_id)
+            if closed.code != "conversation_ended":
+                raise closed from None
     return ConversationEnded(conversation_id=conversation_id)
 
 
@@ -457,8 +503,14 @@ async def _refuse_if_ended(engine: EngineDep, principal: Principal, conversation
 
     Temporal refuses to start an ended conversation's workflow id again only while it
     keeps the closed run (the namespace's retention); the store remembers for good.
+    The store is not a hard dependency of a turn: when it cannot be read, Temporal alone
+    decides (it still refuses an ended conversation it keeps).
     """
-    row = await run_in_threadpool(store.get_conversation, engine, _key(principal, conversation_id))
+    try:
+        row = await run_in_threadpool(store.get_conversation, engine, _key(principal, conversation_id))
+    except SQLAlchemyError as err:
+        log.warning("store unavailable; conversation %s checked by Temporal alone: %s", conversation_id, err)
+        return
     if row is not None and row.status != "active":
         raise conversation_ended(conversation_id)
 

@@ -6,6 +6,7 @@ the knowledge revision (one small query) and rebuilds when documents changed.
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 from typing import Literal
@@ -13,12 +14,15 @@ from typing import Literal
 import bm25s
 import numpy as np
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import SQLAlchemyError
 
 from dialogue.db import KnowledgeChunk, KnowledgeDocument
 from dialogue.knowledge import store
 from dialogue.nlu.embeddings import embed, embeddings_available
 from dialogue.text import terms
 from workflows.contracts import Passage
+
+log = logging.getLogger("dialogue.knowledge")
 
 RRF_K = 60
 """The usual constant of reciprocal-rank fusion: damps the weight of the very first ranks."""
@@ -114,8 +118,16 @@ class HybridIndex:
         if self._snapshot is not None and now - self._checked_at < self._reload_seconds:
             return self._snapshot
         self._checked_at = now
-        if self._snapshot is None or store.revision(self._engine) != self._snapshot.revision:
-            self._snapshot = self._build()
+        try:
+            if self._snapshot is None or store.revision(self._engine) != self._snapshot.revision:
+                self._snapshot = self._build()
+        except SQLAlchemyError:
+            if self._snapshot is None:
+                raise
+            # The store is unavailable: answer from the index as it was, and look again next time.
+            log.warning(
+                "knowledge base unreachable; searching the index of revision %s", self._snapshot.revision
+            )
         return self._snapshot
 
     def _build(self) -> _Snapshot:

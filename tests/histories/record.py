@@ -1,8 +1,9 @@
 """Record a conversation's history for the replay tests: `python -m tests.histories.record NAME`.
 
-Runs a scripted conversation (greeting, knowledge answer, the order flow with a detour, a
-streamed turn, a handoff asked for by the user with a person's reply and a handback, a
-goodbye that ends it) on a dev server of its own with a real worker, in runs of six
+Runs a scripted conversation (greeting, knowledge answer, the order flow with a detour
+while the store cannot be written (so its records are made later, and the run waits for
+them before it continues as new), a streamed turn, a handoff asked for by the user with a
+person's reply and a handback, a goodbye that ends it) on a dev server of its own with a real worker, in runs of six
 messages, and writes the history of each run to `tests/histories/NAME-runN.json`. Record one whenever the workflow changes shape, and keep the
 old ones: CI replays them all against the current code, so a change that would break
 running conversations fails CI.
@@ -28,6 +29,7 @@ from dialogue.knowledge import store
 from dialogue.nlu.model import ensure_bot_model
 from dialogue.settings import Settings
 from dialogue.temporal import SEARCH_ATTRIBUTES, workflow_id
+from tests.outages import UnwritableSqlite
 from worker import build_worker
 from workflows.contracts import AgentMessageRequest, HandbackRequest, TurnRequest
 from workflows.conversation import ConversationWorkflow
@@ -37,10 +39,12 @@ from workflows.starting import conversation_input, start_options
 SCRIPT: list[tuple[str, str]] = [
     ("turn", "hello"),
     ("turn", "how much does express shipping cost?"),
+    ("store down", ""),
     ("turn", "where is my order?"),
     ("turn", "can I pay with PayPal?"),
     ("turn", "it is NW-000000"),
     ("turn", "sorry, NW-482913"),
+    ("store up", ""),
     ("stream", "how do I return an item?"),
     ("turn", "I want to speak to a human agent"),
     ("agent", "Hello, this is Ada. How can I help?"),
@@ -79,8 +83,17 @@ async def record(name: str) -> list[Path]:
             with ThreadPoolExecutor(4) as executor:
                 async with build_worker(env.client, settings, executor=executor):
                     handle = env.client.get_workflow_handle(workflow_id(conversation_id))
+                    outage = UnwritableSqlite(settings.resolved_database_url)
                     for step, text in SCRIPT:
-                        if step == "agent":
+                        if step == "store down":
+                            outage.cut()
+                        elif step == "store up":
+                            outage.restore()
+                            for _ in range(300):  # its records retry at most 30 s apart
+                                if not (await handle.query(ConversationWorkflow.state)).unrecorded:
+                                    break
+                                await asyncio.sleep(0.2)
+                        elif step == "agent":
                             await handle.execute_update(
                                 ConversationWorkflow.agent_message,
                                 AgentMessageRequest(text=text, agent="ada"),
