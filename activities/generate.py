@@ -16,13 +16,15 @@ from sqlalchemy.exc import SQLAlchemyError
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from dialogue import events
+from dialogue import events, store
 from dialogue.bot import BotDefinition, Flow
 from dialogue.generation import AnswerGenerator, Generators
+from dialogue.llm.context import ROLES, Conversation, Said
 from dialogue.policy import decide
 from workflows.contracts import (
     OUT_OF_SCOPE,
     ComposedReply,
+    ContextRequest,
     Decision,
     DialogueState,
     GenerateRequest,
@@ -42,12 +44,17 @@ class ReplyComposer:
     def calls_a_model(self, request: GenerateRequest) -> bool:
         """Whether the reply is an answer from a generator that calls a model over the network."""
         scripted = self._scripted(request, self._decision(request))
-        return scripted is None and self._generators.choose(request.llm).remote
+        return scripted is None and self._generators.choose(request.llm, request.variant).remote
 
-    async def compose(self, request: GenerateRequest, on_token: Callable[[str], None] | None = None) -> Reply:
+    async def compose(
+        self,
+        request: GenerateRequest,
+        on_token: Callable[[str], None] | None = None,
+        conversation: Conversation | None = None,
+    ) -> Reply:
         decision = self._decision(request)
         reply = self._scripted(request, decision) or await self._answer(
-            request, self._templates(request), on_token
+            request, self._templates(request), on_token, conversation
         )
         flow = self._bot.flow(decision.flow)
         if decision.resume_flow and flow is not None and decision.dialogue.requested_slot:
@@ -94,19 +101,29 @@ class ReplyComposer:
         return None
 
     async def _answer(
-        self, request: GenerateRequest, templates: list[str], on_token: Callable[[str], None] | None
+        self,
+        request: GenerateRequest,
+        templates: list[str],
+        on_token: Callable[[str], None] | None,
+        conversation: Conversation | None,
     ) -> Reply:
-        generator = self._generators.choose(request.llm)
+        generator = self._generators.choose(request.llm, request.variant)
         answer = await generator.answer(
-            request.text, request.passages, on_token=on_token, redact=request.redact
+            request.text,
+            request.passages,
+            on_token=on_token,
+            redact=request.redact,
+            conversation=conversation,
         )
         prompt = generator.prompt
         lineage: dict[str, Any] = {
             "generator": generator.name,
             "prompt_id": prompt.id if prompt else None,
             "prompt_hash": prompt.hash if prompt else None,
+            "context": answer.context if answer else None,
+            "data": answer.data if answer else None,
         }
-        if answer is None:
+        if answer is None or not answer.found:
             return Reply(text=_pick(self._bot.no_answer_responses, request.turn_index), **lineage)
         template = _pick(templates, request.turn_index) if templates else self._bot.answer_template
         return Reply(text=_render(template, answer=answer.text), sources=answer.sources, **lineage)
@@ -159,8 +176,11 @@ class GenerateActivity:
     @activity.defn(name="generate")
     async def generate(self, request: GenerateRequest) -> Reply:
         """The reply text, its sources, and what produced it; streamed to the event log when asked."""
+        conversation = None
+        if request.context is not None and self._composer.calls_a_model(request):
+            conversation = await asyncio.to_thread(_conversation, self._engine, request.context)
         async with _Progress(self._engine, request) as progress:
-            reply = await self._composer.compose(request, on_token=progress.token)
+            reply = await self._composer.compose(request, on_token=progress.token, conversation=conversation)
             progress.finish(reply)
         return reply
 
@@ -172,6 +192,33 @@ class GenerateActivity:
         if self._composer.calls_a_model(request):
             return ComposedReply()
         return ComposedReply(reply=await self.generate(request))
+
+
+MAX_CONTEXT_ROWS = 200
+"""Transcript rows one LLM call reads at most, newest first: the budget fills long before (a turn is
+two rows), and a conversation of any length costs the same."""
+
+
+def _conversation(engine: Engine, context: ContextRequest) -> Conversation:
+    """The transcript before the current turn, from the store: not carried through the workflow's
+    history (an LLM call's input would be most of it), recorded in lineage by place instead."""
+    since = context.summary.through if context.summary is not None else 0
+    expected = range(since, context.turn_index)
+    try:
+        rows = store.recent_messages(
+            engine, context.conversation_id, start=since, end=context.turn_index, limit=MAX_CONTEXT_ROWS
+        )
+    except SQLAlchemyError as err:
+        activity.logger.warning("transcript unavailable for the LLM's context: %s", err.__class__.__name__)
+        return Conversation(summary=context.summary, expected=expected, notes=("the store was unavailable",))
+    earlier = [Said(row.turn_index, row.role, row.text) for row in rows if row.role in ROLES]  # type: ignore[arg-type]
+    unread = min(row.turn_index for row in rows) if len(rows) >= MAX_CONTEXT_ROWS else None
+    return Conversation(
+        earlier=earlier,
+        summary=context.summary,
+        expected=range(unread, context.turn_index) if unread is not None else expected,
+        unread_before=unread,
+    )
 
 
 HEARTBEAT_SECONDS = 1.0

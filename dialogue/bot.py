@@ -7,7 +7,7 @@ from __future__ import annotations
 import re
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, Field, field_validator
@@ -103,6 +103,51 @@ class NluData(BaseModel):
     test: str | None = None
 
 
+class LlmOverrides(BaseModel):
+    """Model settings that a rollout may change: the bot's `llm.variant`, on for the conversations the
+    `llm_variant` flag puts on it (e.g. a new prompt for 10 % of them)."""
+
+    model: str | None = None
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    max_tokens: int | None = Field(default=None, ge=1)
+    context_tokens: int | None = Field(default=None, ge=64)
+    prompt: str | None = None
+
+
+class LlmSettings(BaseModel):
+    """How the bot's LLM calls are made (when the LLM generator answers): each recorded in lineage."""
+
+    model: str | None = None
+    """The model name at the endpoint; `DIALOGUE_LLM_MODEL` when unset."""
+    temperature: float = Field(default=0.2, ge=0, le=2)
+    max_tokens: int = Field(default=400, ge=1)
+    """A reply's length at most; a model that writes on is cut there."""
+    context_tokens: int = Field(default=3000, ge=64)
+    """The conversation's share of a call: the summary, the recent turns verbatim and the current message
+    (the instructions and the passages come on top). Counted with the model's own tokenizer when it is
+    an OpenAI model, else estimated (dialogue/llm/tokenizer.py)."""
+    prompt: str = "grounded_answer@v2"
+    """The answering prompt, `name@vN`: dialogue/generation/prompts/<name>.vN.txt."""
+    summary_prompt: str = "summarize@v1"
+    """The prompt that folds older turns into the rolling summary."""
+    rewrite_prompt: str = "standalone_query@v1"
+    """The prompt that makes a follow-up question standalone for retrieval."""
+    rewrite_queries: bool = True
+    """Let the LLM make a follow-up standalone before retrieval; off, or without an LLM, a heuristic does."""
+    response_format: dict[str, Any] | None = None
+    """A JSON schema for structured replies: asked of the model (`response_format` json_schema, or in the
+    instructions where the endpoint has no such option), validated, in the reply's `data`."""
+    reply_field: str = "answer"
+    """The field of a structured reply that is said to the user."""
+    variant: LlmOverrides | None = None
+
+    def with_variant(self) -> LlmSettings:
+        """These settings with the variant's overrides (the `llm_variant` flag's side)."""
+        if self.variant is None:
+            return self
+        return self.model_copy(update=self.variant.model_dump(exclude_none=True))
+
+
 class BotDefinition(BaseModel):
     name: str
     description: str = ""
@@ -132,6 +177,7 @@ class BotDefinition(BaseModel):
     min_semantic_score: float = 0.35
     """Cosine similarity a passage needs to be trusted to answer (with embeddings)."""
     privacy: Privacy = Privacy()
+    llm: LlmSettings = LlmSettings()
     flags: FlagSettings = {}
     """Feature flags for this bot, overriding the deployment's (`DIALOGUE_FLAGS`): `streaming`,
     `llm_generator`, `redaction`, `handoff`, each `true`, `false` or a percentage of conversations."""

@@ -1,5 +1,6 @@
-"""Feature flags: streaming, the LLM generator, redaction and handoff, each on, off, or rolled out to a
-share of conversations.
+"""Feature flags: streaming, the LLM generator, redaction, handoff and the bot's LLM variant (its
+`llm.variant` settings: another prompt, model or budget), each on, off, or rolled out to a share of
+conversations.
 
 A flag's setting is `true`, `false`, or the percentage (0 to 100) of conversations it is on for. The
 deployment sets them (`DIALOGUE_FLAGS`, JSON), and a bot's `flags:` overrides the deployment's for
@@ -22,7 +23,7 @@ if TYPE_CHECKING:
     from dialogue.bot import BotDefinition
     from dialogue.settings import Settings
 
-Flag = Literal["streaming", "llm_generator", "redaction", "handoff"]
+Flag = Literal["streaming", "llm_generator", "redaction", "handoff", "llm_variant"]
 FLAGS: tuple[Flag, ...] = get_args(Flag)
 
 Rollout = bool | Annotated[float, Field(ge=0, le=100)]
@@ -73,6 +74,7 @@ class FeatureFlags:
             "llm_generator": generator == "openai",
             "redaction": True,
             "handoff": True,
+            "llm_variant": False,
         }
         merged = defaults | dict(deployment) | dict(bot or {})
         unset = "llm_generator" not in deployment and "llm_generator" not in (bot or {})

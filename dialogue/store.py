@@ -200,6 +200,24 @@ def read_messages(
         return session.exec(query).all(), total
 
 
+def recent_messages(
+    engine: Engine, conversation_id: str, *, start: int, end: int, limit: int
+) -> Sequence[Message]:
+    """The newest `limit` transcript rows in places `start` to `end` (excluded), newest first."""
+    with Session(engine) as session:
+        query = (
+            select(Message)
+            .where(
+                col(Message.conversation_id) == conversation_id,
+                col(Message.turn_index) >= start,
+                col(Message.turn_index) < end,
+            )
+            .order_by(col(Message.turn_index).desc(), col(Message.role))
+            .limit(limit)
+        )
+        return session.exec(query).all()
+
+
 def erase_conversation(engine: Engine, key: str, at: datetime) -> dict[str, int]:
     """Delete a conversation's transcript, lineage, event log and feedback; keep a tombstone row
     (status `erased`, no content) so the id is not mistaken for a new conversation. Idempotent."""

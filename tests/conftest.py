@@ -12,10 +12,12 @@ from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 import uvicorn
+import yaml
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import Engine
 from temporalio.client import Client
@@ -164,6 +166,18 @@ def settings(env: WorkflowEnvironment, tmp_path: Path, store_url: str, demo_mode
         payload_keys=TEST_PAYLOAD_KEYS.spec(),
         rate_limit_per_second=0,  # the tests send faster than a person; the limit has its own test
     )
+
+
+def bot_with(settings: Settings, tmp_path: Path, **changes: Any) -> Path:
+    """The demo bot with some top-level keys changed, written beside the test (its paths made absolute)."""
+    raw = yaml.safe_load(settings.bot_path.read_text())
+    base = settings.bot_path.parent
+    raw["knowledge_dir"] = str(base / raw["knowledge_dir"])
+    raw["nlu"] = {k: str(base / v) for k, v in raw["nlu"].items()}
+    raw["tables"] = {k: str(base / v) for k, v in raw["tables"].items()}
+    path = tmp_path / "bot.yaml"
+    path.write_text(yaml.safe_dump(raw | changes))
+    return path
 
 
 class worker_for:

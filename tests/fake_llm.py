@@ -25,6 +25,8 @@ class Plan:
     headers: dict[str, str] = field(default_factory=dict)
     token_delay: float = 0.0
     """Seconds between streamed tokens: a model that writes as it thinks."""
+    error: str = ""
+    """The error message of a planned failure (`status` other than 200)."""
 
 
 @dataclass
@@ -42,7 +44,8 @@ class FakeLlm:
             plan = self.plans.pop(0) if len(self.plans) > 1 else self.plans[0]
             await asyncio.sleep(plan.delay)
             if plan.status != 200:
-                error = {"error": {"message": f"planned {plan.status}", "type": "test", "code": None}}
+                message = plan.error or f"planned {plan.status}"
+                error = {"error": {"message": message, "type": "test", "code": None}}
                 return JSONResponse(error, status_code=plan.status, headers=plan.headers)
             if not body.get("stream"):
                 return JSONResponse(_completion(body["model"], plan.text))

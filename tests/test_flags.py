@@ -13,7 +13,6 @@ from typing import Any
 
 import httpx
 import pytest
-import yaml
 from pydantic import ValidationError
 from temporalio.client import Client
 
@@ -24,7 +23,7 @@ from dialogue.db import get_engine
 from dialogue.flags import FLAGS, FeatureFlags, bucket, deployment_flags
 from dialogue.generation import build_generators
 from dialogue.settings import Settings
-from tests.conftest import api_client, served_llm
+from tests.conftest import api_client, bot_with, served_llm
 from tests.fake_llm import FakeLlm, Plan
 from worker import build_worker
 
@@ -43,18 +42,6 @@ async def deployment(client: Client, settings: Settings) -> AsyncIterator[httpx.
             api_client(create_app(settings, temporal=client)) as http,
         ):
             yield http
-
-
-def bot_with(settings: Settings, tmp_path: Path, **changes: Any) -> Path:
-    """The demo bot with some top-level keys changed, written beside the test (its paths made absolute)."""
-    raw = yaml.safe_load(settings.bot_path.read_text())
-    base = settings.bot_path.parent
-    raw["knowledge_dir"] = str(base / raw["knowledge_dir"])
-    raw["nlu"] = {k: str(base / v) for k, v in raw["nlu"].items()}
-    raw["tables"] = {k: str(base / v) for k, v in raw["tables"].items()}
-    path = tmp_path / "bot.yaml"
-    path.write_text(yaml.safe_dump(raw | changes))
-    return path
 
 
 def conversations(flags: FeatureFlags, *, on: bool, count: int) -> list[str]:
@@ -92,14 +79,23 @@ def test_true_false_0_and_100_are_everyone_or_no_one() -> None:
     flags = FeatureFlags.resolve({"streaming": False, "redaction": 100, "handoff": 0, "llm_generator": True})
     values = [flags.evaluate(key) for key in KEYS[:200]]
     assert all(
-        v == {"streaming": False, "llm_generator": True, "redaction": True, "handoff": False} for v in values
+        v
+        == {
+            "streaming": False,
+            "llm_generator": True,
+            "redaction": True,
+            "handoff": False,
+            "llm_variant": False,
+        }
+        for v in values
     )
 
 
 def test_unset_flags_keep_the_behaviour_from_before_flags() -> None:
     grounded, openai = (FeatureFlags.resolve({}, generator=g) for g in ("grounded", "openai"))
     # Unset, the LLM flag is not sent at all: each worker's DIALOGUE_GENERATOR decides, as before.
-    everything_else = {f: True for f in FLAGS if f != "llm_generator"}
+    # The LLM variant is off unless a rollout puts conversations on it.
+    everything_else = {f: f != "llm_variant" for f in FLAGS if f != "llm_generator"}
     assert grounded.evaluate("default/x") == openai.evaluate("default/x") == everything_else
     assert not grounded.may_be_on("llm_generator") and openai.may_be_on("llm_generator")
 
@@ -112,6 +108,7 @@ def test_a_bots_flags_override_the_deployments(tmp_path: Path) -> None:
         "llm_generator": 10,
         "redaction": 0,
         "handoff": 100,
+        "llm_variant": 0,
     }
 
 
@@ -126,7 +123,9 @@ def test_an_unknown_flag_or_a_share_past_100_is_a_configuration_error(
     monkeypatch.delenv("DIALOGUE_FLAGS")
     with pytest.raises(ValidationError, match="less than or equal to 100"):
         Settings(flags={"streaming": 150})
-    with pytest.raises(ValidationError, match="'streaming', 'llm_generator', 'redaction' or 'handoff'"):
+    with pytest.raises(
+        ValidationError, match="'streaming', 'llm_generator', 'redaction', 'handoff' or 'llm_variant'"
+    ):
         load_bot(bot_with(Settings(), tmp_path, flags={"streeming": True}))
 
 

@@ -6,13 +6,15 @@ import uuid
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
+from typing import Any
 
 import pytest
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client
 from temporalio.exceptions import ApplicationError
 
-from dialogue.generation.openai_chat import OpenAIChatGenerator
+from dialogue.bot import LlmSettings
+from dialogue.generation.openai_chat import ChatClient, OpenAIChatGenerator
 from dialogue.settings import Settings
 from dialogue.temporal import conversation_key, workflow_id
 from tests.conftest import free_port, served_llm
@@ -51,10 +53,9 @@ async def llm() -> AsyncIterator[tuple[FakeLlm, str]]:
         yield fake, url
 
 
-def generator(base_url: str, timeout: float = 5) -> OpenAIChatGenerator:
-    return OpenAIChatGenerator(
-        base_url=base_url, model="test-model", api_key="sk-test", timeout_seconds=timeout
-    )
+def generator(base_url: str, timeout: float = 5, **llm: Any) -> OpenAIChatGenerator:
+    client = ChatClient(base_url=base_url, model="test-model", api_key="sk-test", timeout_seconds=timeout)
+    return OpenAIChatGenerator(client, LlmSettings(**llm))
 
 
 async def test_a_streamed_answer_cites_the_passages_it_used(llm: tuple[FakeLlm, str]) -> None:
@@ -75,10 +76,11 @@ async def test_a_streamed_answer_cites_the_passages_it_used(llm: tuple[FakeLlm, 
     assert sent["messages"][1] == {"role": "user", "content": "How much is express?"}
 
 
-async def test_no_answer_from_the_model_or_no_trusted_passage_is_none(llm: tuple[FakeLlm, str]) -> None:
+async def test_no_answer_from_the_model_or_no_trusted_passage_is_not_found(llm: tuple[FakeLlm, str]) -> None:
     fake, base_url = llm
     fake.plans = [Plan(text="NO_ANSWER")]
-    assert await generator(base_url).answer("What is the meaning of life?", PASSAGES) is None
+    nothing = await generator(base_url).answer("What is the meaning of life?", PASSAGES)
+    assert nothing is not None and not nothing.found and nothing.context is not None
     assert await generator(base_url).answer("anything", PASSAGES[2:]) is None
     assert len(fake.requests) == 1  # the second question never called the model
 
@@ -135,7 +137,7 @@ async def test_a_turn_retries_the_llm_after_its_retry_after_then_answers(
     assert reply.reply.text == "Express shipping costs 12.90 euros [1]."
     assert reply.reply.sources[0].document_id == "shipping"
     assert reply.lineage is not None
-    assert (reply.lineage.generator, reply.lineage.prompt_id) == ("openai:test-model", "grounded_answer@v1")
+    assert (reply.lineage.generator, reply.lineage.prompt_id) == ("openai:test-model", "grounded_answer@v2")
     assert reply.lineage.prompt_hash and reply.lineage.documents[0].document_id == "shipping"
     assert len(fake.requests) == 2
     history = [

@@ -31,7 +31,7 @@ from dialogue.codec import EncryptionCodec, encrypted_data_converter
 from dialogue.db import AuditEntry, Conversation, get_engine
 from dialogue.settings import Settings
 from dialogue.temporal import SEARCH_ATTRIBUTES, conversation_key, workflow_id
-from tests.conftest import TEST_PAYLOAD_KEYS, api_client, served_llm
+from tests.conftest import TEST_PAYLOAD_KEYS, api_client, bot_with, served_llm
 from tests.fake_llm import FakeLlm, Plan
 from worker import build_worker
 from workflows.retention import SCHEDULE_ID, RetentionWorkflow, ensure_retention_schedule
@@ -140,14 +140,8 @@ def payloads_of(message: Message) -> list[Payload]:
 @pytest.fixture
 def llm_only_bot(settings: Settings, tmp_path: Path) -> Path:
     """The demo bot, but redacting only what goes to the LLM."""
-    raw = yaml.safe_load(settings.bot_path.read_text())
-    base = settings.bot_path.parent
-    raw["privacy"]["redact"] = "llm"
-    raw["knowledge_dir"] = str(base / "knowledge")
-    raw["nlu"] = {k: str(base / v) for k, v in raw["nlu"].items()}
-    path = tmp_path / "bot.yaml"
-    path.write_text(yaml.safe_dump(raw))
-    return path
+    privacy = yaml.safe_load(settings.bot_path.read_text())["privacy"] | {"redact": "llm"}
+    return bot_with(settings, tmp_path, privacy=privacy)
 
 
 @pytest.fixture

@@ -238,6 +238,57 @@ class StreamTarget(BaseModel):
     turn_id: str
 
 
+class RollingSummary(BaseModel):
+    """The conversation's older turns folded into a few sentences, for LLM calls: what no longer fits the
+    budget verbatim. Made by the `summarize` activity; kept in the workflow's state."""
+
+    text: str
+    version: int = 1
+    """Grows with every fold: lineage names the version an answer saw."""
+    through: int = 0
+    """The turns before this place are in the summary; from it on, an LLM call sees them verbatim."""
+    generator: str = "extractive"
+    """`extractive` (no model) or `openai:<model>`."""
+    prompt_id: str | None = None
+
+
+class ContextRequest(BaseModel):
+    """What an LLM call needs to see the conversation: the turns before `turn_index` are read from the
+    transcript inside the activity (not carried through history), the summary comes with the request."""
+
+    conversation_id: str
+    """The tenant-qualified key, as the store knows the conversation."""
+    turn_index: int
+    summary: RollingSummary | None = None
+
+
+class ContextLineage(BaseModel):
+    """What an LLM answer saw of the conversation; with the history, enough to build the request again."""
+
+    turns: list[int] = []
+    """Places of the transcript sent verbatim, oldest first."""
+    dropped: list[int] = []
+    """Places left out (over the budget) that the summary does not cover yet."""
+    missing: list[int] = []
+    """Places the transcript did not have (not recorded yet, or the store unavailable)."""
+    summary_version: int | None = None
+    summary_through: int | None = None
+    context_tokens: int = 0
+    """Summary, turns and current message, as counted before the call."""
+    budget: int = 0
+    tokenizer: str = ""
+    """`o200k_base`, `cl100k_base` (exact), or `estimate` (four bytes a token)."""
+    prompt_tokens: int | None = None
+    """As the endpoint reported them."""
+    completion_tokens: int | None = None
+    truncated: bool = False
+    """The current message alone exceeded the budget and was cut."""
+    messages_sha256: str = ""
+    retrieval_query: str | None = None
+    """The standalone question retrieval searched with, when it differs from the message."""
+    notes: list[str] = []
+
+
 class GenerateRequest(BaseModel):
     text: str
     turn_index: int
@@ -253,6 +304,10 @@ class GenerateRequest(BaseModel):
     generator (False); None, the worker's configured generator (turns sent before flags existed)."""
     redact: bool = True
     """The `redaction` flag: False sends the user's words to an LLM as said, whatever the privacy policy."""
+    context: ContextRequest | None = None
+    """Set for conversations whose LLM calls see the conversation (not in turns sent before)."""
+    variant: bool = False
+    """The `llm_variant` flag: the bot's `llm.variant` settings instead of its `llm` ones."""
 
 
 class Reply(BaseModel):
@@ -262,6 +317,10 @@ class Reply(BaseModel):
     """What produced the text: `template`, `grounded`, or `openai:<model>`."""
     prompt_id: str | None = None
     prompt_hash: str | None = None
+    context: ContextLineage | None = None
+    """For an LLM answer: what it saw of the conversation."""
+    data: dict[str, Any] | None = None
+    """For a bot with `llm.response_format`: the structured reply, validated against its schema."""
 
 
 class ComposedReply(BaseModel):
@@ -292,6 +351,10 @@ class Lineage(BaseModel):
     degraded_reason: str | None = None
     flags: dict[str, bool] = {}
     """The conversation's feature flags for this turn (empty before flags existed)."""
+    context: ContextLineage | None = None
+    """For an LLM answer: the turns it saw, the summary version, token counts, the retrieval query."""
+    data: dict[str, Any] | None = None
+    """For a structured reply: the object the model returned."""
 
 
 class TurnReply(BaseModel):
@@ -341,6 +404,8 @@ class ConversationState(BaseModel):
     """Which run of the workflow holds the conversation now (continue-as-new starts the next)."""
     unrecorded: int = 0
     """Messages the store could not take yet (it was unavailable): retried until it does, in order."""
+    rolling_summary: RollingSummary | None = None
+    """The older turns folded into a summary for LLM calls, once they no longer fit the context budget."""
     workflow_status: str | None = None
     """When `status` is `failed`: how the workflow closed (`failed`, `terminated`, `timed_out`, `canceled`)."""
 

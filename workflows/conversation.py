@@ -37,6 +37,7 @@ with workflow.unsafe.imports_passed_through():
         AgentMessageReply,
         AgentMessageRequest,
         CarriedState,
+        ContextRequest,
         ConversationInput,
         ConversationState,
         Decision,
@@ -536,7 +537,10 @@ class ConversationWorkflow:
             timings_ms=dict(timings),
             degraded_reason=", ".join(failed) or None,
             flags=dict(request.flags),
+            context=reply.context,
+            data=reply.data,
         )
+        reply = reply.model_copy(update={"context": None})  # the lineage has it: once in history is enough
         record = RecordTurnRequest(
             conversation_id=self._input.key,
             turn_id=turn_id,
@@ -640,6 +644,12 @@ class ConversationWorkflow:
                     stream=stream,
                     llm=flags.get("llm_generator"),
                     redact=flags.get("redaction", True),
+                    context=ContextRequest(
+                        conversation_id=self._input.key,
+                        turn_index=turn_index,
+                        summary=self._state.rolling_summary,
+                    ),
+                    variant=flags.get("llm_variant", False),
                 ),
             ),
             timings,

@@ -5,14 +5,18 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-from dialogue.bot import BotDefinition
+from dialogue.bot import BotDefinition, LlmSettings
 from dialogue.flags import deployment_flags
 from dialogue.generation.grounded import Answer, GroundedGenerator, Relevance
 from dialogue.generation.prompts import Prompt
+from dialogue.llm.context import Conversation
 from dialogue.settings import Settings
 from workflows.contracts import Passage
+
+if TYPE_CHECKING:
+    from dialogue.generation.openai_chat import ChatClient
 
 log = logging.getLogger("dialogue.generation")
 
@@ -32,10 +36,12 @@ class AnswerGenerator(Protocol):
         *,
         on_token: Callable[[str], None] | None = None,
         redact: bool = True,
+        conversation: Conversation | None = None,
     ) -> Answer | None:
-        """An answer from the passages, or None when they hold none; `on_token` sees each piece of
-        text as it is produced (generators that produce it all at once may never call it). `redact`
-        is the conversation's `redaction` flag, for generators that send the question elsewhere."""
+        """An answer from the passages, or None (or one marked not found) when they hold none; `on_token`
+        sees each piece of text as it is produced (generators that produce it all at once may never call
+        it). `redact` is the conversation's `redaction` flag, for generators that send the question
+        elsewhere; `conversation`, what was said before, for generators that show it to a model."""
         ...
 
 
@@ -49,18 +55,23 @@ class Generators:
     grounded: AnswerGenerator
     llm: AnswerGenerator | None = None
     """Built when the LLM is the configured generator or the flag may turn it on for some conversation."""
+    llm_variant: AnswerGenerator | None = None
+    """The LLM with the bot's `llm.variant` settings, for the conversations the `llm_variant` flag puts on it."""
 
     @classmethod
     def only(cls, generator: AnswerGenerator) -> Generators:
         """One generator for every turn, whatever its flags."""
         return cls(configured=generator, grounded=generator, llm=generator)
 
-    def choose(self, llm: bool | None) -> AnswerGenerator:
-        """The generator for a turn whose `llm_generator` flag is `llm` (None: the turn has no flags)."""
+    def choose(self, llm: bool | None, variant: bool = False) -> AnswerGenerator:
+        """The generator for a turn whose `llm_generator` flag is `llm` (None: the turn has no flags) and
+        whose `llm_variant` flag is `variant`."""
         if llm is None:
             return self.configured
         if not llm:
             return self.grounded
+        if variant and self.llm_variant is not None:
+            return self.llm_variant
         if self.llm is None:
             # The API's flags say LLM but this worker's settings never let the flag on: a configuration
             # being rolled out. Answer all the same; the lineage names the generator that did.
@@ -79,15 +90,32 @@ def build_generators(settings: Settings, bot: BotDefinition) -> Generators:
     from dialogue.generation.openai_chat import OpenAIChatGenerator
     from dialogue.privacy.policy import PrivacyPolicy
 
-    llm = OpenAIChatGenerator(
+    def generator(llm_settings: LlmSettings) -> OpenAIChatGenerator:
+        return OpenAIChatGenerator(
+            chat_client(settings, llm_settings),
+            llm_settings,
+            bot_description=bot.description,
+            relevance=relevance,
+            redact=PrivacyPolicy(bot.privacy).for_llm,
+        )
+
+    llm = generator(bot.llm)
+    variant = generator(bot.llm.with_variant()) if bot.llm.variant is not None else None
+    return Generators(
+        configured=llm if settings.generator == "openai" else grounded,
+        grounded=grounded,
+        llm=llm,
+        llm_variant=variant,
+    )
+
+
+def chat_client(settings: Settings, llm_settings: LlmSettings) -> ChatClient:
+    """The endpoint of the deployment (`DIALOGUE_LLM_*`) with the bot's model, else the deployment's."""
+    from dialogue.generation.openai_chat import ChatClient
+
+    return ChatClient(
         base_url=settings.llm_base_url,
-        model=settings.llm_model,
+        model=llm_settings.model or settings.llm_model,
         api_key=settings.llm_api_key,
         timeout_seconds=settings.llm_timeout_seconds,
-        bot_description=bot.description,
-        relevance=relevance,
-        redact=PrivacyPolicy(bot.privacy).for_llm,
-    )
-    return Generators(
-        configured=llm if settings.generator == "openai" else grounded, grounded=grounded, llm=llm
     )

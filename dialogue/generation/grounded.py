@@ -7,11 +7,13 @@ import math
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from dialogue.generation.prompts import Prompt
 from dialogue.knowledge.chunking import sentences
+from dialogue.llm.context import Conversation
 from dialogue.text import terms
-from workflows.contracts import Passage, Source
+from workflows.contracts import ContextLineage, Passage, Source
 
 MAX_ANSWER_CHARS = 420
 SUPPORT_RATIO = 0.6
@@ -36,6 +38,12 @@ class Relevance:
 class Answer:
     text: str
     sources: list[Source]
+    found: bool = True
+    """False: the generator looked and found no answer in the passages (the bot says so)."""
+    context: ContextLineage | None = None
+    """What an LLM saw of the conversation."""
+    data: dict[str, Any] | None = None
+    """A structured reply's object."""
 
 
 def source_of(passage: Passage) -> Source:
@@ -67,8 +75,10 @@ class GroundedGenerator:
         *,
         on_token: Callable[[str], None] | None = None,
         redact: bool = True,
+        conversation: Conversation | None = None,
     ) -> Answer | None:
-        # Nothing leaves the process here: there is nothing to redact for.
+        # Nothing leaves the process here: there is nothing to redact for. The passages answer the
+        # message alone (a follow-up's were found with its standalone question).
         return grounded_answer(question, passages, self._relevance)
 
 

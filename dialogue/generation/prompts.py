@@ -29,3 +29,11 @@ def load_prompt(name: str, version: int) -> Prompt:
     return Prompt(
         id=f"{name}@v{version}", hash=hashlib.sha256(template.encode()).hexdigest()[:16], template=template
     )
+
+
+def prompt_by_ref(ref: str) -> Prompt:
+    """A prompt named as in a bot definition: `name@vN`."""
+    name, _, version = ref.partition("@v")
+    if not name or not version.isdigit():
+        raise ValueError(f"a prompt is named `name@vN`, not {ref!r}")
+    return load_prompt(name, int(version))

@@ -1,0 +1,209 @@
+"""What an LLM call sees of the conversation: the budget, whole turns newest first, the summary, the
+current message cut when it alone is too long, redaction of every message; and, through a real
+worker, API and stand-in model over HTTP, the earlier turns of a conversation in order."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from temporalio.client import Client
+
+from api import create_app
+from dialogue.llm.context import AGENT_PREFIX, SUMMARY_HEADING, TRUNCATED, Said, assemble, messages_digest
+from dialogue.llm.tokenizer import ESTIMATE, MESSAGE_OVERHEAD, TokenCounter, counter_for
+from dialogue.settings import Settings
+from tests.conftest import api_client, bot_with, served_llm, worker_for
+from tests.fake_llm import FakeLlm, Plan
+from workflows.contracts import RollingSummary
+
+ESTIMATED = TokenCounter(ESTIMATE)
+
+
+def said(*turns: tuple[str, str], start: int = 0) -> list[Said]:
+    """A transcript of (user, bot) turns."""
+    return [
+        s
+        for index, (user, bot) in enumerate(turns, start=start)
+        for s in (Said(index, "user", user), Said(index, "bot", bot))
+    ]
+
+
+def test_the_conversation_goes_in_order_between_the_instructions_and_the_current_message() -> None:
+    earlier = said(("hello", "Hi! How can I help?"), ("how much is express?", "12.90 euros [1]."))
+    context = assemble(
+        system="SYSTEM",
+        current="and to Austria?",
+        earlier=earlier[::-1],
+        summary=None,
+        budget=1000,
+        counter=ESTIMATED,
+    )
+    assert context.messages == [
+        {"role": "system", "content": "SYSTEM"},
+        {"role": "user", "content": "hello"},
+        {"role": "assistant", "content": "Hi! How can I help?"},
+        {"role": "user", "content": "how much is express?"},
+        {"role": "assistant", "content": "12.90 euros [1]."},
+        {"role": "user", "content": "and to Austria?"},
+    ]
+    assert context.lineage.turns == [0, 1] and context.lineage.dropped == []
+    assert context.lineage.messages_sha256 == messages_digest(context.messages)
+    assert context.lineage.context_tokens == ESTIMATED.messages(context.messages[1:])
+
+
+def test_the_budget_keeps_the_newest_whole_turns_and_names_the_rest() -> None:
+    earlier = said(*[(f"question number {n} " * 5, f"answer number {n} " * 5) for n in range(10)])
+    budget = 200
+    context = assemble(
+        system="S", current="and then?", earlier=earlier, summary=None, budget=budget, counter=ESTIMATED
+    )
+    lineage = context.lineage
+    assert lineage.turns and lineage.turns == list(
+        range(lineage.turns[0], 10)
+    )  # contiguous, up to the newest
+    assert lineage.dropped == list(range(lineage.turns[0]))
+    assert lineage.context_tokens <= budget
+    assert ESTIMATED.messages(context.messages[1:]) == lineage.context_tokens
+    # A turn goes in whole: never a reply without the words it answers.
+    roles = [m["role"] for m in context.messages[1:-1]]
+    assert roles == ["user", "assistant"] * len(lineage.turns)
+
+
+def test_the_summary_stands_for_the_turns_it_covers() -> None:
+    earlier = said(("old question", "old answer"), ("newer question", "newer answer"))
+    summary = RollingSummary(text="The customer asked about an old thing.", version=3, through=1)
+    context = assemble(
+        system="S", current="now?", earlier=earlier, summary=summary, budget=500, counter=ESTIMATED
+    )
+    assert context.messages[1] == {"role": "system", "content": SUMMARY_HEADING + summary.text}
+    assert "old question" not in str(context.messages)  # covered by the summary
+    assert (context.lineage.turns, context.lineage.summary_version, context.lineage.summary_through) == (
+        [1],
+        3,
+        1,
+    )
+
+
+def test_a_current_message_over_the_budget_is_cut_with_a_marker() -> None:
+    context = assemble(
+        system="S",
+        current="word " * 2000,
+        earlier=said(("a", "b")),
+        summary=None,
+        budget=100,
+        counter=ESTIMATED,
+    )
+    current = context.messages[-1]["content"]
+    assert current.endswith(TRUNCATED) and context.lineage.truncated
+    assert ESTIMATED.count(current) + MESSAGE_OVERHEAD <= 100
+    assert context.lineage.turns == [] and context.lineage.dropped == [0]
+
+
+def test_every_message_is_redacted_and_people_and_notices_are_marked() -> None:
+    earlier = [
+        Said(0, "user", "mail me at ana@example.com"),
+        Said(0, "bot", "Sure, ana@example.com."),
+        Said(1, "system", "Handed off to ana (requested)."),
+        Said(2, "agent", "Hi, I am Ana: write to ana@example.com"),
+    ]
+    summary = RollingSummary(text="They gave ana@example.com.", through=0)
+    context = assemble(
+        system="S",
+        current="again: ana@example.com",
+        earlier=earlier,
+        summary=summary,
+        budget=1000,
+        counter=ESTIMATED,
+        redact=lambda text: text.replace("ana@example.com", "[EMAIL]"),
+        expected=range(0, 4),
+    )
+    assert "ana@example.com" not in str(context.messages)
+    assert context.messages[-2] == {
+        "role": "assistant",
+        "content": AGENT_PREFIX + "Hi, I am Ana: write to [EMAIL]",
+    }
+    assert context.messages[-3]["content"].startswith("[Note: Handed off")
+    assert context.lineage.missing == [3]  # place 3 should be there (e.g. not recorded yet)
+
+
+def test_openai_models_are_counted_with_their_own_encoding() -> None:
+    assert counter_for("gpt-4o-mini").name == "o200k_base"
+    assert counter_for("gpt-4").name == "cl100k_base"
+    assert counter_for("llama3.1:8b").name == ESTIMATE
+    assert counter_for("gpt-4o-mini").count("Hello world") == 2
+
+
+# --- Through a real worker and API ------------------------------------------------------------
+
+
+@pytest.fixture
+async def recording_llm() -> AsyncIterator[tuple[FakeLlm, str]]:
+    fake = FakeLlm(plans=[Plan(text="Express shipping costs 12.90 euros [1].")])
+    async with served_llm(fake) as url:
+        yield fake, url
+
+
+@pytest.fixture
+async def llm_chat(
+    client: Client, settings: Settings, tmp_path: Path, recording_llm: tuple[FakeLlm, str]
+) -> AsyncIterator[httpx.AsyncClient]:
+    """The demo bot answering with the stand-in LLM, redacting only what goes to it (storage keeps the
+    words as said, so the LLM's redaction is what this checks)."""
+    _, url = recording_llm
+    privacy = {"redact": "llm", "patterns": {}}
+    chat_settings = settings.model_copy(
+        update={
+            "generator": "openai",
+            "llm_base_url": url,
+            "llm_model": "gpt-4o-mini",
+            "bot_path": bot_with(settings, tmp_path, privacy=privacy),
+        }
+    )
+    async with (
+        worker_for(client, chat_settings),
+        api_client(create_app(chat_settings, temporal=client)) as http,
+    ):
+        yield http
+
+
+async def turn(http: httpx.AsyncClient, conversation_id: str, text: str) -> dict[str, Any]:
+    response = await http.post(f"/v1/conversations/{conversation_id}/turns", json={"text": text})
+    assert response.status_code == 200, response.text
+    reply: dict[str, Any] = response.json()
+    return reply
+
+
+async def test_the_model_sees_the_earlier_turns_in_order_redacted(
+    llm_chat: httpx.AsyncClient, recording_llm: tuple[FakeLlm, str]
+) -> None:
+    fake, _ = recording_llm
+    conversation_id = f"ctx-{uuid.uuid4().hex[:6]}"
+    await turn(llm_chat, conversation_id, "hello, I am ana@example.com")
+    first = await turn(llm_chat, conversation_id, "How much does express shipping cost?")
+    second = await turn(llm_chat, conversation_id, "How long does express shipping take?")
+
+    last = fake.requests[-1]["messages"]
+    assert [m["role"] for m in last] == ["system", "user", "assistant", "user", "assistant", "user"]
+    assert last[1]["content"] == "hello, I am [EMAIL]"  # stored as said, redacted on the way out
+    assert last[3]["content"] == "How much does express shipping cost?"
+    assert last[4]["content"] == first["reply"]["text"]
+    assert last[5]["content"] == "How long does express shipping take?"
+    assert all(
+        "ana@example.com" not in m["content"] for request in fake.requests for m in request["messages"]
+    )
+
+    context = second["lineage"]["context"]
+    assert context["turns"] == [0, 1] and context["dropped"] == [] and context["missing"] == []
+    assert context["messages_sha256"] == messages_digest(last)
+    assert (context["tokenizer"], context["budget"]) == ("o200k_base", 3000)
+    assert context["prompt_tokens"] == 100 and context["completion_tokens"] > 0  # as the endpoint said
+    assert second["reply"]["context"] is None  # in the lineage only
+    stored = (
+        await llm_chat.get(f"/v1/conversations/{conversation_id}/turns/{second['turn_id']}/lineage")
+    ).json()
+    assert stored["lineage"]["context"] == context
