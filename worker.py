@@ -24,6 +24,7 @@ from activities.generate import GenerateActivity, ReplyComposer
 from activities.record import RecordActivities
 from activities.retention import RetentionActivities
 from activities.retrieve import RetrieveActivity
+from activities.summarize import SummarizeActivity
 from activities.tools import ToolActivity
 from activities.understand import UnderstandActivity
 from dialogue.bot import load_bot
@@ -66,6 +67,7 @@ class TurnActivities:
     generate: GenerateActivity
     record: RecordActivities
     tool: ToolActivity
+    summarize: SummarizeActivity
 
 
 def build_turn_activities(settings: Settings) -> TurnActivities:
@@ -81,13 +83,15 @@ def build_turn_activities(settings: Settings) -> TurnActivities:
         index.search("hello", top_k=1)
     except SQLAlchemyError as err:  # the store is down: the index is built at the first turn after it is back
         log.error("knowledge base unreachable at start (%s)", err.__class__.__name__)
+    generators = build_generators(settings, bot)
     return TurnActivities(
         engine=engine,
         understand=UnderstandActivity(bot, parser),
         retrieve=RetrieveActivity(index),
-        generate=GenerateActivity(ReplyComposer(bot, build_generators(settings, bot)), engine),
+        generate=GenerateActivity(ReplyComposer(bot, generators), engine),
         record=RecordActivities(engine),
         tool=ToolActivity(bot),
+        summarize=SummarizeActivity(bot, engine, generators),
     )
 
 
@@ -110,6 +114,7 @@ def build_worker(
             turn.record.record_message,
             turn.record.record_conversation,
             turn.tool.run_tool,
+            turn.summarize.summarize,
             RetentionActivities(client, turn.engine, retention_days).purge_expired,
         ],
         activity_executor=executor,

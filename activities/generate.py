@@ -210,7 +210,9 @@ def _conversation(engine: Engine, context: ContextRequest) -> Conversation:
         )
     except SQLAlchemyError as err:
         activity.logger.warning("transcript unavailable for the LLM's context: %s", err.__class__.__name__)
-        return Conversation(summary=context.summary, expected=expected, notes=("the store was unavailable",))
+        return Conversation(
+            summary=context.summary, expected=expected, notes=(*context.notes, "the store was unavailable")
+        )
     earlier = [Said(row.turn_index, row.role, row.text) for row in rows if row.role in ROLES]  # type: ignore[arg-type]
     unread = min(row.turn_index for row in rows) if len(rows) >= MAX_CONTEXT_ROWS else None
     return Conversation(
@@ -218,6 +220,7 @@ def _conversation(engine: Engine, context: ContextRequest) -> Conversation:
         summary=context.summary,
         expected=range(unread, context.turn_index) if unread is not None else expected,
         unread_before=unread,
+        notes=tuple(context.notes),
     )
 
 

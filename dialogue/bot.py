@@ -110,7 +110,7 @@ class LlmOverrides(BaseModel):
     model: str | None = None
     temperature: float | None = Field(default=None, ge=0, le=2)
     max_tokens: int | None = Field(default=None, ge=1)
-    context_tokens: int | None = Field(default=None, ge=64)
+    context_tokens: int | None = Field(default=None, ge=32)
     prompt: str | None = None
 
 
@@ -122,12 +122,15 @@ class LlmSettings(BaseModel):
     temperature: float = Field(default=0.2, ge=0, le=2)
     max_tokens: int = Field(default=400, ge=1)
     """A reply's length at most; a model that writes on is cut there."""
-    context_tokens: int = Field(default=3000, ge=64)
+    context_tokens: int = Field(default=3000, ge=32)
     """The conversation's share of a call: the summary, the recent turns verbatim and the current message
     (the instructions and the passages come on top). Counted with the model's own tokenizer when it is
     an OpenAI model, else estimated (dialogue/llm/tokenizer.py)."""
     prompt: str = "grounded_answer@v2"
     """The answering prompt, `name@vN`: dialogue/generation/prompts/<name>.vN.txt."""
+    summarizer: Literal["llm", "extractive"] = "llm"
+    """How older turns are folded into the rolling summary: by the model (`summary_prompt`), or by keeping
+    the first sentence of each message (no model call)."""
     summary_prompt: str = "summarize@v1"
     """The prompt that folds older turns into the rolling summary."""
     rewrite_prompt: str = "standalone_query@v1"

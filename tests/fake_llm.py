@@ -7,7 +7,7 @@ from a queue (the last one repeats); every request is recorded.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,6 +33,8 @@ class Plan:
 class FakeLlm:
     plans: list[Plan] = field(default_factory=lambda: [Plan(text="Hello [1].")])
     requests: list[dict[str, Any]] = field(default_factory=list)
+    route: Callable[[dict[str, Any]], Plan | None] | None = None
+    """Picks the plan for a request by its content (None: the queue's next), e.g. summaries apart."""
 
     def app(self) -> FastAPI:
         app = FastAPI()
@@ -41,7 +43,8 @@ class FakeLlm:
         async def complete(request: Request) -> Response:
             body = await request.json()
             self.requests.append(body)
-            plan = self.plans.pop(0) if len(self.plans) > 1 else self.plans[0]
+            routed = self.route(body) if self.route is not None else None
+            plan = routed or (self.plans.pop(0) if len(self.plans) > 1 else self.plans[0])
             await asyncio.sleep(plan.delay)
             if plan.status != 200:
                 message = plan.error or f"planned {plan.status}"

@@ -167,3 +167,71 @@ async def test_a_rejected_llm_request_degrades_the_turn_at_once(
             )
     assert reply.degraded and reply.degraded_reason == "generate failed"
     assert len(fake.requests) == 1  # non-retryable: no second attempt
+
+
+SCHEMA = {
+    "type": "object",
+    "properties": {"answer": {"type": "string"}, "confidence": {"type": "number"}},
+    "required": ["answer", "confidence"],
+    "additionalProperties": False,
+}
+
+
+async def test_a_structured_reply_is_asked_for_validated_and_said(llm: tuple[FakeLlm, str]) -> None:
+    fake, base_url = llm
+    fake.plans = [Plan(text='{"answer": "Express costs 12.90 euros [1].", "confidence": 0.9}')]
+    answer = await generator(base_url, response_format=SCHEMA).answer("How much is express?", PASSAGES)
+    assert answer is not None and answer.found
+    assert answer.data == {"answer": "Express costs 12.90 euros [1].", "confidence": 0.9}
+    assert answer.text == "Express costs 12.90 euros [1]."
+    sent = fake.requests[0]["response_format"]
+    assert sent["type"] == "json_schema" and sent["json_schema"]["schema"] == SCHEMA
+
+
+async def test_an_invalid_structured_reply_gets_one_more_try_then_fails_for_good(
+    llm: tuple[FakeLlm, str],
+) -> None:
+    fake, base_url = llm
+    fake.plans = [
+        Plan(text="Sure! It costs 12.90."),
+        Plan(text='{"answer": "It costs 12.90 [1].", "confidence": 1}'),
+    ]
+    answer = await generator(base_url, response_format=SCHEMA).answer("How much is express?", PASSAGES)
+    assert answer is not None and answer.data == {"answer": "It costs 12.90 [1].", "confidence": 1}
+    assert (
+        answer.context is not None and "the first reply did not conform to the schema" in answer.context.notes
+    )
+    assert fake.requests[1]["messages"][-1]["content"].startswith("That reply is not valid: not JSON")
+
+    fake.plans = [Plan(text='{"answer": 3}')]
+    with pytest.raises(ApplicationError) as raised:
+        await generator(base_url, response_format=SCHEMA).answer("How much is express?", PASSAGES)
+    assert raised.value.type == "InvalidStructuredReply" and raised.value.non_retryable
+
+
+async def test_an_endpoint_without_response_format_gets_the_schema_in_the_instructions(
+    llm: tuple[FakeLlm, str],
+) -> None:
+    fake, base_url = llm
+    fake.route = lambda body: (
+        Plan(status=400, error="response_format json_schema is not supported by this server")
+        if "response_format" in body
+        else None
+    )
+    fake.plans = [Plan(text='{"answer": "12.90 euros [1].", "confidence": 0.5}')]
+    answering = generator(base_url, response_format=SCHEMA)
+    answer = await answering.answer("How much is express?", PASSAGES)
+    assert answer is not None and answer.data == {"answer": "12.90 euros [1].", "confidence": 0.5}
+    fallback = fake.requests[1]
+    assert "response_format" not in fallback and '"confidence"' in fallback["messages"][0]["content"]
+    await answering.answer("How much is express?", PASSAGES)  # learnt: asked in words at once
+    assert "response_format" not in fake.requests[2] and len(fake.requests) == 3
+
+
+async def test_a_model_that_floods_is_cut_at_max_tokens(llm: tuple[FakeLlm, str]) -> None:
+    fake, base_url = llm
+    fake.plans = [Plan(text="Express costs 12.90 euros [1]. " + "again and again " * 2000)]
+    answer = await generator(base_url, max_tokens=40).answer("How much is express?", PASSAGES)
+    assert answer is not None and answer.context is not None
+    assert "the reply was cut at max_tokens (40)" in answer.context.notes
+    assert len(answer.text.split()) <= 40

@@ -4,6 +4,7 @@ worker, API and stand-in model over HTTP, the earlier turns of a conversation in
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -207,3 +208,98 @@ async def test_the_model_sees_the_earlier_turns_in_order_redacted(
         await llm_chat.get(f"/v1/conversations/{conversation_id}/turns/{second['turn_id']}/lineage")
     ).json()
     assert stored["lineage"]["context"] == context
+
+
+def is_summary_request(body: dict[str, Any]) -> bool:
+    return "running summary" in body["messages"][0]["content"]
+
+
+@pytest.fixture
+async def small_budget_chat(
+    client: Client, settings: Settings, tmp_path: Path, recording_llm: tuple[FakeLlm, str]
+) -> AsyncIterator[httpx.AsyncClient]:
+    """As `llm_chat`, with a context budget of a few turns: older ones must be summarized."""
+    _, url = recording_llm
+    chat_settings = settings.model_copy(
+        update={
+            "generator": "openai",
+            "llm_base_url": url,
+            "llm_model": "gpt-4o-mini",
+            "bot_path": bot_with(settings, tmp_path, llm={"context_tokens": 60}),
+        }
+    )
+    async with (
+        worker_for(client, chat_settings),
+        api_client(create_app(chat_settings, temporal=client)) as http,
+    ):
+        yield http
+
+
+QUESTIONS = [
+    "How much does express shipping cost?",
+    "How long does standard shipping take?",
+    "Can I return an item after 30 days?",
+    "Which countries do you ship to?",
+    "How much does express shipping cost again?",
+]
+
+
+async def wait_for_summary(http: httpx.AsyncClient, conversation_id: str) -> dict[str, Any]:
+    for _ in range(100):
+        state = (await http.get(f"/v1/conversations/{conversation_id}")).json()
+        if state["rolling_summary"] is not None:
+            summary: dict[str, Any] = state["rolling_summary"]
+            return summary
+        await asyncio.sleep(0.1)
+    raise AssertionError("no summary")
+
+
+async def test_turns_past_the_budget_are_folded_into_a_summary_the_next_calls_see(
+    small_budget_chat: httpx.AsyncClient, recording_llm: tuple[FakeLlm, str]
+) -> None:
+    fake, _ = recording_llm
+    fake.route = lambda body: (
+        Plan(text="The customer asked about shipping prices.") if is_summary_request(body) else None
+    )
+    conversation_id = f"sum-{uuid.uuid4().hex[:6]}"
+    replies = [await turn(small_budget_chat, conversation_id, q) for q in QUESTIONS[:3]]
+    dropped = replies[-1]["lineage"]["context"]["dropped"]
+    assert dropped, replies[-1]["lineage"]["context"]  # the budget no longer holds every turn
+
+    summary = await wait_for_summary(small_budget_chat, conversation_id)
+    assert summary["text"] == "The customer asked about shipping prices."
+    assert (summary["version"], summary["through"], summary["generator"]) == (
+        1,
+        max(dropped) + 1,
+        "openai:gpt-4o-mini",
+    )
+    asked = next(r for r in fake.requests if is_summary_request(r))["messages"][0]["content"]
+    assert f"Customer: {QUESTIONS[0]}" in asked  # the dropped turn, folded
+
+    after = await turn(small_budget_chat, conversation_id, QUESTIONS[3])
+    context = after["lineage"]["context"]
+    assert (context["summary_version"], context["summary_through"]) == (1, summary["through"])
+    sent = fake.requests[-1]["messages"]
+    assert sent[1] == {"role": "system", "content": SUMMARY_HEADING + summary["text"]}
+    assert QUESTIONS[0] not in str(sent)  # in the summary, not verbatim
+
+
+async def test_a_failed_summary_leaves_the_verbatim_window_and_says_so(
+    small_budget_chat: httpx.AsyncClient, recording_llm: tuple[FakeLlm, str]
+) -> None:
+    fake, _ = recording_llm
+    fake.route = lambda body: Plan(status=500) if is_summary_request(body) else None
+    conversation_id = f"nosum-{uuid.uuid4().hex[:6]}"
+    for question in QUESTIONS[:3]:
+        await turn(small_budget_chat, conversation_id, question)
+    for _ in range(100):  # three attempts, then the workflow gives up on this summary
+        if sum(is_summary_request(r) for r in fake.requests) >= 3:
+            break
+        await asyncio.sleep(0.1)
+    await asyncio.sleep(0.5)
+    after = await turn(small_budget_chat, conversation_id, QUESTIONS[3])
+    context = after["lineage"]["context"]
+    assert not after["degraded"] and context["summary_version"] is None and context["dropped"]
+    assert "the last summary failed: older turns are left out" in context["notes"]
+    state = (await small_budget_chat.get(f"/v1/conversations/{conversation_id}")).json()
+    assert state["rolling_summary"] is None and state["status"] == "active"

@@ -260,6 +260,20 @@ class ContextRequest(BaseModel):
     """The tenant-qualified key, as the store knows the conversation."""
     turn_index: int
     summary: RollingSummary | None = None
+    notes: list[str] = []
+    """What the workflow knows the call should say in lineage (e.g. the last summary failed)."""
+
+
+class SummarizeRequest(BaseModel):
+    """Fold the turns from `previous.through` up to `through` into the conversation's summary."""
+
+    conversation_id: str
+    """The tenant-qualified key, as the store knows the conversation."""
+    previous: RollingSummary | None = None
+    through: int
+    variant: bool = False
+    """The `llm_variant` flag: the model and prompt of the bot's `llm.variant`."""
+    redact: bool = True
 
 
 class ContextLineage(BaseModel):

@@ -27,6 +27,7 @@ with workflow.unsafe.imports_passed_through():
     from activities.generate import GenerateActivity
     from activities.record import RecordActivities
     from activities.retrieve import RetrieveActivity
+    from activities.summarize import SummarizeActivity
     from activities.tools import ToolActivity
     from activities.understand import UnderstandActivity
     from dialogue.metrics import TURN_QUEUE_DEPTH
@@ -58,6 +59,7 @@ with workflow.unsafe.imports_passed_through():
         Reply,
         RetrieveRequest,
         StreamTarget,
+        SummarizeRequest,
         ToolResult,
         TurnReply,
         TurnRequest,
@@ -133,6 +135,9 @@ RETRIEVE = _step(timeout_s=5, total_s=10, attempts=3)
 GENERATE = _step(timeout_s=20, total_s=30, attempts=3, heartbeat_s=5)
 COMPOSE = _step(timeout_s=5, total_s=10, attempts=3)
 TOOL = _step(timeout_s=10, total_s=20, attempts=3)
+# Folding older turns into the rolling summary: an LLM call like generate's, but after the reply, never in
+# the user's way. Failing after its retries leaves the verbatim window (older turns dropped, noted in lineage).
+SUMMARIZE = _step(timeout_s=20, total_s=30, attempts=3)
 # Recording, inside the turn: one try, bounded just above SQLite's busy timeout (dialogue/db.py). A write the
 # store cannot take now is kept in the workflow's state and written later (`_record_later`): the reply
 # does not wait for the store, and is not degraded for it.
@@ -189,6 +194,8 @@ class ConversationWorkflow:
         self._unrecorded: list[_Write] = []
         """Writes the store could not take when they were made, oldest first (see `_record`)."""
         self._recorder: asyncio.Future[None] | None = None
+        self._summarizing: asyncio.Future[None] | None = None
+        self._summary_failed = False
         # Replay-safe (nothing is recorded while replaying): how many turns wait ahead of a new one.
         self._queue_depth = (
             workflow.metric_meter()
@@ -231,7 +238,9 @@ class ConversationWorkflow:
                     self._close("idle_timeout")
         # Turns accepted before the end (or before continuing) still get their replies, in this run, and
         # the transcript has every message before the run ends: the next run starts with nothing owed.
-        await workflow.wait_condition(lambda: workflow.all_handlers_finished() and self._recorded())
+        await workflow.wait_condition(
+            lambda: workflow.all_handlers_finished() and self._recorded() and self._summarizing is None
+        )
         if self._state.status == "active":
             workflow.continue_as_new(
                 input.model_copy(
@@ -557,6 +566,11 @@ class ConversationWorkflow:
             _Write(RecordActivities.record_turn, record, local=workflow.patched(LOCAL_STEPS_PATCH))
         )
         timings["record"] = _ms(workflow.time() - recording)
+        if lineage.context is not None and lineage.context.dropped and self._summarizing is None:
+            # Turns no longer fit the budget: fold them into the summary, after the reply, for the next turns.
+            self._summarizing = asyncio.ensure_future(
+                self._summarize(max(lineage.context.dropped) + 1, request)
+            )
         if decision is not None and decision.action == "handoff" and workflow.patched(HOLD_PATCH):
             await self._hand_over("agent", None, "the user asked for a person")
         timings["total"] = _ms(workflow.time() - started)
@@ -648,6 +662,9 @@ class ConversationWorkflow:
                         conversation_id=self._input.key,
                         turn_index=turn_index,
                         summary=self._state.rolling_summary,
+                        notes=["the last summary failed: older turns are left out"]
+                        if self._summary_failed
+                        else [],
                     ),
                     variant=flags.get("llm_variant", False),
                 ),
@@ -717,6 +734,32 @@ class ConversationWorkflow:
             self._state.unrecorded = len(self._unrecorded)
             workflow.set_current_details(self._details())
 
+    async def _summarize(self, through: int, request: TurnRequest) -> None:
+        """Fold the turns before `through` into the rolling summary; a failure keeps the old one."""
+        try:
+            summary = await workflow.execute_activity_method(
+                SummarizeActivity.summarize,
+                SummarizeRequest(
+                    conversation_id=self._input.key,
+                    previous=self._state.rolling_summary,
+                    through=through,
+                    variant=request.flags.get("llm_variant", False),
+                    redact=request.flags.get("redaction", True),
+                ),
+                **SUMMARIZE,
+            )
+            current = self._state.rolling_summary
+            if current is None or summary.through > current.through:
+                self._state.rolling_summary = summary
+            self._summary_failed = False
+        except ActivityError as err:
+            if isinstance(err.cause, CancelledError):
+                raise
+            workflow.logger.warning("summary failed, older turns are left out: %s", err.cause or err)
+            self._summary_failed = True
+        finally:
+            self._summarizing = None
+
     def _within_deadline(self, options: dict[str, Any]) -> dict[str, Any]:
         """A turn step's options, its budget cut to the turn's deadline: nothing of a turn outlives it."""
         deadline = timedelta(seconds=self._input.turn_deadline_seconds)
@@ -741,6 +784,11 @@ class ConversationWorkflow:
             lines.append(f"{state.degraded_count} degraded turns (see each turn's lineage for why)")
         if state.held_by == "agent":
             lines.append(f"handed off to {state.agent or 'a person'}: the bot is paused")
+        if state.rolling_summary is not None:
+            summary = state.rolling_summary
+            lines.append(
+                f"summary v{summary.version} of turns before {summary.through} ({summary.generator})"
+            )
         if state.unrecorded:
             lines.append(f"{state.unrecorded} messages wait for the store (retried until it takes them)")
         if state.run > 1:

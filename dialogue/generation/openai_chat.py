@@ -158,6 +158,8 @@ class OpenAIChatGenerator:
     ) -> None:
         self.name = f"openai:{client.model}"
         self.prompt: Prompt | None = prompt_by_ref(settings.prompt)
+        self.client = client
+        self.settings = settings
         self._client = client
         self._settings = settings
         self._bot_description = bot_description
