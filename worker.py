@@ -24,6 +24,7 @@ from activities.generate import GenerateActivity, ReplyComposer
 from activities.record import RecordActivities
 from activities.retention import RetentionActivities
 from activities.retrieve import RetrieveActivity
+from activities.rewrite import RewriteActivity
 from activities.summarize import SummarizeActivity
 from activities.tools import ToolActivity
 from activities.understand import UnderstandActivity
@@ -68,6 +69,7 @@ class TurnActivities:
     record: RecordActivities
     tool: ToolActivity
     summarize: SummarizeActivity
+    rewrite: RewriteActivity
 
 
 def build_turn_activities(settings: Settings) -> TurnActivities:
@@ -92,6 +94,7 @@ def build_turn_activities(settings: Settings) -> TurnActivities:
         record=RecordActivities(engine),
         tool=ToolActivity(bot),
         summarize=SummarizeActivity(bot, engine, generators),
+        rewrite=RewriteActivity(bot, generators),
     )
 
 
@@ -115,6 +118,7 @@ def build_worker(
             turn.record.record_conversation,
             turn.tool.run_tool,
             turn.summarize.summarize,
+            turn.rewrite.rewrite_query,
             RetentionActivities(client, turn.engine, retention_days).purge_expired,
         ],
         activity_executor=executor,

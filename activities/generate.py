@@ -70,7 +70,8 @@ class ReplyComposer:
         return request.decision or decide(self._bot, request.nlu, DialogueState())
 
     def _templates(self, request: GenerateRequest) -> list[str]:
-        intent = self._bot.intent(request.nlu.intent.name)
+        topic = request.decision.topic if request.decision is not None else None
+        intent = self._bot.intent(topic or request.nlu.intent.name)
         return intent.responses if intent else []
 
     def _scripted(self, request: GenerateRequest, decision: Decision) -> Reply | None:
@@ -108,8 +109,11 @@ class ReplyComposer:
         conversation: Conversation | None,
     ) -> Reply:
         generator = self._generators.choose(request.llm, request.variant)
+        # A model sees the conversation and answers the message itself; a generator that sees only one
+        # question answers the standalone one a follow-up was searched with.
+        question = request.text if generator.remote else (request.query or request.text)
         answer = await generator.answer(
-            request.text,
+            question,
             request.passages,
             on_token=on_token,
             redact=request.redact,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from temporalio import activity
 
 from dialogue.knowledge.search import HybridIndex
+from dialogue.llm.followup import standalone_query
 from workflows.contracts import RetrieveRequest, RetrieveResult
 
 
@@ -19,4 +20,7 @@ class RetrieveActivity:
         Synchronous, so the worker runs it on a thread: the index checks the store for changes, and a store
         that is slow to answer (an outage: up to the connection time-out) must not stall the event loop
         that every other conversation's workflow tasks and activities share."""
-        return RetrieveResult(passages=self._index.search(request.text, request.top_k))
+        query = request.standalone or standalone_query(request.text, request.previous)
+        return RetrieveResult(
+            passages=self._index.search(query, request.top_k), query=query if query != request.text else None
+        )

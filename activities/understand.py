@@ -5,6 +5,7 @@ from __future__ import annotations
 from temporalio import activity
 
 from dialogue.bot import BotDefinition
+from dialogue.llm.followup import is_follow_up
 from dialogue.nlu.parser import NluParser
 from dialogue.policy import decide
 from workflows.contracts import Understanding, UnderstandRequest
@@ -19,4 +20,5 @@ class UnderstandActivity:
     async def understand(self, request: UnderstandRequest) -> Understanding:
         """Intent, entities and sentiment of the user's text, and what the bot should do next."""
         nlu = self._parser.parse(request.text)
-        return Understanding(nlu=nlu, decision=decide(self._bot, nlu, request.dialogue))
+        decision = decide(self._bot, nlu, request.dialogue, follow_up=is_follow_up(request.text))
+        return Understanding(nlu=nlu, decision=decision)

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -280,23 +281,35 @@ def kb_delete(document_id: Annotated[str, typer.Argument(help="The document's id
 @kb_app.command("evaluate")
 def kb_evaluate(
     data: Annotated[
-        Path, typer.Option("--data", help="Questions (JSONL: question, document_ids).", exists=True)
+        Path,
+        typer.Option("--data", help="Questions (JSONL: question or turns, and document_ids).", exists=True),
     ],
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
-    """Recall@1, recall@5 and MRR of retrieval over the knowledge base in the store."""
+    """Recall@1, recall@5 and MRR of retrieval over the knowledge base in the store. For multi-turn
+    exchanges (`turns`), of their last message, with the conversation's context and without it."""
     from dialogue.db import get_engine, init_db
     from dialogue.knowledge.evaluate import evaluate_retrieval, read_questions
     from dialogue.knowledge.search import HybridIndex
 
     engine = get_engine(get_settings().resolved_database_url)
     init_db(engine)
-    report = evaluate_retrieval(HybridIndex(engine, mode=get_settings().retrieval), read_questions(data))
+    index = HybridIndex(engine, mode=get_settings().retrieval)
+    questions = read_questions(data)
+    reports = {"with context": evaluate_retrieval(index, questions, context=True)}
+    if any(q.turns for q in questions):
+        reports["without context"] = evaluate_retrieval(index, questions, context=False)
     if as_json:
-        typer.echo(report.model_dump_json())
+        if len(reports) == 1:
+            typer.echo(reports["with context"].model_dump_json())
+        else:
+            typer.echo(json.dumps({k.replace(" ", "_"): v.model_dump() for k, v in reports.items()}))
         return
-    for name, value in report.model_dump().items():
-        typer.echo(f"{name:<12} {value}")
+    for label, report in reports.items():
+        if len(reports) > 1:
+            typer.echo(label)
+        for name, value in report.model_dump().items():
+            typer.echo(f"{name:<12} {value}")
 
 
 db_app = typer.Typer(help="Migrate the SQL store's schema (Alembic).", no_args_is_help=True)

@@ -8,7 +8,9 @@ re-decides. The workflow applies the decision; `generate` words it.
 - Another confident intent in the middle of a flow is answered, and the flow's question is
   asked again: the user may change topic and come back.
 - `deny` in the middle of a flow cancels it.
-- Without a flow: out-of-scope gets the fallback, low confidence a clarifying question,
+- Without a flow: a follow-up the NLU cannot place ("and to Austria?": out of scope, or unsure)
+  right after a knowledge-base answer continues it, answered from the knowledge base on the same
+  topic; otherwise out-of-scope gets the fallback, low confidence a clarifying question,
   otherwise the intent's action (`respond`, `answer`, `flow`, `handoff`, `end`).
 """
 
@@ -23,18 +25,24 @@ CANCEL_INTENTS = frozenset({"deny"})
 STAY_INTENTS = frozenset({"affirm", OUT_OF_SCOPE})
 
 
-def decide(bot: BotDefinition, nlu: NluResult, state: DialogueState) -> Decision:
+def decide(bot: BotDefinition, nlu: NluResult, state: DialogueState, *, follow_up: bool = False) -> Decision:
+    """`follow_up`: the text leans on what was said before (`dialogue.llm.followup.is_follow_up`)."""
     # Every entity is remembered as a slot of its name (the latest value wins); flows take theirs from it.
     remembered = {**state.slots, **{e.entity: e.value for e in nlu.entities}}
     state = state.model_copy(update={"slots": remembered})
     flow = bot.flow(state.active_flow)
     if flow is not None:
         return _continue_flow(bot, flow, nlu, state)
-    return _without_flow(bot, nlu, state)
+    return _without_flow(bot, nlu, state, follow_up=follow_up)
 
 
-def _without_flow(bot: BotDefinition, nlu: NluResult, state: DialogueState) -> Decision:
+def _without_flow(
+    bot: BotDefinition, nlu: NluResult, state: DialogueState, *, follow_up: bool = False
+) -> Decision:
     kept = state.model_copy(update={"active_flow": None, "requested_slot": None})
+    placed = nlu.intent.name != OUT_OF_SCOPE and not _unsure(bot, nlu)
+    if follow_up and not placed and state.last_action == "answer" and state.last_topic:
+        return Decision(action="answer", topic=state.last_topic, dialogue=kept)
     if nlu.intent.name == OUT_OF_SCOPE:
         return Decision(action="fallback", dialogue=kept)
     if _unsure(bot, nlu):

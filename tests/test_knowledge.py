@@ -11,13 +11,14 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
 from dialogue.bot import BotDefinition
-from dialogue.db import KnowledgeChunk
+from dialogue.db import KnowledgeChunk, get_engine
 from dialogue.jsonl import DataError
 from dialogue.knowledge import store
 from dialogue.knowledge.chunking import chunk
-from dialogue.knowledge.evaluate import evaluate_retrieval, read_questions
+from dialogue.knowledge.evaluate import Question, evaluate_retrieval, read_questions
 from dialogue.knowledge.parsing import parse
 from dialogue.knowledge.search import HybridIndex
+from dialogue.settings import PROJECT_ROOT
 
 MARKDOWN = """# Gift cards
 
@@ -186,3 +187,30 @@ def test_a_long_file_name_makes_a_document_id_that_fits_its_column(tmp_path: Pat
     ingested = store.ingest_path(engine, path)
     assert len(ingested.document_id) == store.MAX_DOCUMENT_ID
     assert store.get(engine, ingested.document_id) is not None
+
+
+DEMO = PROJECT_ROOT / "examples" / "demo"
+
+
+def test_follow_ups_retrieve_better_with_the_conversation_and_questions_lose_nothing(
+    demo_store: Path,
+) -> None:
+    """The demo's multi-turn set (50 exchanges whose last message leans on the earlier ones): recall@5 of
+    the last message made standalone from the conversation against the message alone; and the single-turn
+    set, each question after another topic's, unchanged by it."""
+    index = HybridIndex(get_engine(f"sqlite:///{demo_store}"))
+    multi = read_questions(DEMO / "qa_multiturn.jsonl")
+    with_context = evaluate_retrieval(index, multi, context=True)
+    alone = evaluate_retrieval(index, multi, context=False)
+    print(f"\nmulti-turn: with context {with_context}; without {alone}")
+    assert len(multi) >= 40 and all(len(q.turns) >= 2 for q in multi)
+    assert with_context.recall_at_5 >= alone.recall_at_5 + 0.05
+
+    single = read_questions(DEMO / "qa.jsonl")
+    after_another = [
+        Question(turns=[other.question, q.question], document_ids=q.document_ids)
+        for q, other in zip(single, single[1:] + single[:1], strict=True)
+    ]
+    assert evaluate_retrieval(index, after_another, context=True).recall_at_5 >= (
+        evaluate_retrieval(index, single).recall_at_5 - 0.02
+    )

@@ -303,3 +303,48 @@ async def test_a_failed_summary_leaves_the_verbatim_window_and_says_so(
     assert "the last summary failed: older turns are left out" in context["notes"]
     state = (await small_budget_chat.get(f"/v1/conversations/{conversation_id}")).json()
     assert state["rolling_summary"] is None and state["status"] == "active"
+
+
+async def test_a_follow_up_is_answered_from_the_right_passages_without_a_model(
+    http: httpx.AsyncClient,
+) -> None:
+    """The built-in pipeline: "and to Austria?" is out of scope for the NLU alone; after an answer about
+    express shipping it continues that topic, searched with the standalone question."""
+    conversation_id = f"follow-{uuid.uuid4().hex[:6]}"
+    await turn(http, conversation_id, "How much does express shipping cost?")
+    follow = await turn(http, conversation_id, "and to Austria?")
+    assert follow["nlu"]["intent"]["name"] == "out_of_scope" and not follow["degraded"]
+    assert "Austria" in follow["reply"]["text"] and follow["reply"]["sources"][0]["document_id"] == "shipping"
+    assert follow["lineage"]["retrieval_query"] == "and to Austria? (much express shipping cost)"
+    state = (await http.get(f"/v1/conversations/{conversation_id}")).json()
+    assert (state["last_intent"], state["last_action"]) == ("shipping_info", "answer")
+
+
+async def test_with_an_llm_a_follow_up_is_rewritten_by_the_model_and_answered_in_context(
+    llm_chat: httpx.AsyncClient, recording_llm: tuple[FakeLlm, str]
+) -> None:
+    fake, _ = recording_llm
+    standalone = "How much does express shipping to Austria cost?"
+    fake.route = lambda body: (
+        Plan(text=standalone) if "standalone question" in body["messages"][0]["content"] else None
+    )
+    conversation_id = f"rewrite-{uuid.uuid4().hex[:6]}"
+    first = await turn(llm_chat, conversation_id, "How much does express shipping cost?")
+    fake.plans = [Plan(text="Yes, express shipping to Austria costs 12.90 euros too [1].")]
+    follow = await turn(llm_chat, conversation_id, "and to Austria?")
+
+    rewrite, answer = fake.requests[-2:]
+    asked = rewrite["messages"][0]["content"]
+    assert "Previous question: How much does express shipping cost?" in asked
+    assert (
+        f"Previous answer: {first['reply']['text']}" in asked and "Latest message: and to Austria?" in asked
+    )
+    assert [m["content"] for m in answer["messages"][1:]] == [
+        "How much does express shipping cost?",
+        first["reply"]["text"],
+        "and to Austria?",
+    ]
+    assert follow["reply"]["text"] == "Yes, express shipping to Austria costs 12.90 euros too [1]."
+    assert follow["lineage"]["context"]["retrieval_query"] == standalone
+    assert follow["reply"]["sources"][0]["document_id"] == "shipping"
+    assert "rewrite" in follow["timings_ms"]

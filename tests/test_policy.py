@@ -100,3 +100,19 @@ def test_a_cancelled_flow_forgets_its_slot_values(demo_bot: BotDefinition) -> No
 def test_slot_patterns_ignore_case(demo_bot: BotDefinition) -> None:
     decision = decide(demo_bot, nlu(OUT_OF_SCOPE, entities={"order_id": "nw-482913"}), IN_FLOW)
     assert decision.action == "flow_complete"
+
+
+AFTER_AN_ANSWER = DialogueState(last_topic="shipping_info", last_action="answer")
+
+
+def test_a_follow_up_the_nlu_cannot_place_continues_the_answer_before_it(demo_bot: BotDefinition) -> None:
+    decision = decide(demo_bot, nlu(OUT_OF_SCOPE, 0.4), AFTER_AN_ANSWER, follow_up=True)
+    assert (decision.action, decision.topic) == ("answer", "shipping_info")
+
+
+def test_a_follow_up_after_no_answer_or_a_placed_message_is_not_one(demo_bot: BotDefinition) -> None:
+    after_a_greeting = DialogueState(last_topic="greet", last_action="respond")
+    assert decide(demo_bot, nlu(OUT_OF_SCOPE, 0.4), after_a_greeting, follow_up=True).action == "fallback"
+    assert decide(demo_bot, nlu(OUT_OF_SCOPE, 0.4), AFTER_AN_ANSWER, follow_up=False).action == "fallback"
+    placed = decide(demo_bot, nlu("warranty", 0.95), AFTER_AN_ANSWER, follow_up=True)
+    assert (placed.action, placed.topic) == ("answer", None)

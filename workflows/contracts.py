@@ -138,6 +138,10 @@ class DialogueState(BaseModel):
     slots: dict[str, Any] = {}
     requested_slot: str | None = None
     """The slot the bot last asked for."""
+    last_topic: str | None = None
+    """The intent the previous turn was about: what a follow-up ("and to Austria?") continues."""
+    last_action: str | None = None
+    """What the bot did in the previous turn (`answer`, `respond`, a flow step, …)."""
 
 
 class UnderstandRequest(BaseModel):
@@ -183,6 +187,8 @@ class Decision(BaseModel):
     tool: ToolCall | None = None
     resume_flow: bool = False
     """The turn answered another topic while a flow waits: remind the user of the flow's question."""
+    topic: str | None = None
+    """For a follow-up the NLU could not place ("and to Austria?"): the intent of the turn it continues."""
 
 
 class Understanding(BaseModel):
@@ -213,10 +219,33 @@ class Passage(BaseModel):
 class RetrieveRequest(BaseModel):
     text: str
     top_k: int = 3
+    previous: str | None = None
+    """The question the previous turn searched with: a follow-up is made standalone from it."""
+    standalone: str | None = None
+    """The question to search with, when the `rewrite_query` step made it (the LLM)."""
 
 
 class RetrieveResult(BaseModel):
     passages: list[Passage] = []
+    query: str | None = None
+    """What was searched with, when it is not the user's text (a follow-up made standalone)."""
+
+
+class RewriteRequest(BaseModel):
+    """Make a follow-up standalone for retrieval: "and to Austria?" after a question about express shipping."""
+
+    text: str
+    previous: str
+    """The previous turn's question (as it searched)."""
+    previous_reply: str = ""
+    variant: bool = False
+    redact: bool = True
+
+
+class RewriteResult(BaseModel):
+    query: str
+    generator: str
+    """`heuristic`, or `openai:<model>`."""
 
 
 class Source(BaseModel):
@@ -322,6 +351,9 @@ class GenerateRequest(BaseModel):
     """Set for conversations whose LLM calls see the conversation (not in turns sent before)."""
     variant: bool = False
     """The `llm_variant` flag: the bot's `llm.variant` settings instead of its `llm` ones."""
+    query: str | None = None
+    """The standalone question retrieval searched with, for a follow-up: what a generator that sees only
+    the message (the grounded one) answers."""
 
 
 class Reply(BaseModel):
@@ -367,6 +399,8 @@ class Lineage(BaseModel):
     """The conversation's feature flags for this turn (empty before flags existed)."""
     context: ContextLineage | None = None
     """For an LLM answer: the turns it saw, the summary version, token counts, the retrieval query."""
+    retrieval_query: str | None = None
+    """What retrieval searched with, when the message was a follow-up made standalone."""
     data: dict[str, Any] | None = None
     """For a structured reply: the object the model returned."""
 
@@ -420,6 +454,10 @@ class ConversationState(BaseModel):
     """Messages the store could not take yet (it was unavailable): retried until it does, in order."""
     rolling_summary: RollingSummary | None = None
     """The older turns folded into a summary for LLM calls, once they no longer fit the context budget."""
+    last_query: str | None = None
+    """What the last turn's retrieval searched with: the next follow-up is made standalone from it."""
+    last_action: str | None = None
+    """What the bot did in the last turn: a follow-up continues an `answer`."""
     workflow_status: str | None = None
     """When `status` is `failed`: how the workflow closed (`failed`, `terminated`, `timed_out`, `canceled`)."""
 

@@ -27,9 +27,11 @@ with workflow.unsafe.imports_passed_through():
     from activities.generate import GenerateActivity
     from activities.record import RecordActivities
     from activities.retrieve import RetrieveActivity
+    from activities.rewrite import RewriteActivity
     from activities.summarize import SummarizeActivity
     from activities.tools import ToolActivity
     from activities.understand import UnderstandActivity
+    from dialogue.llm.followup import is_follow_up
     from dialogue.metrics import TURN_QUEUE_DEPTH
     from dialogue.temporal import DEGRADED_COUNT, HANDOFF, LAST_INTENT, STATUS, TENANT, TURN_COUNT
     from workflows.contracts import (
@@ -58,6 +60,8 @@ with workflow.unsafe.imports_passed_through():
         RecordTurnRequest,
         Reply,
         RetrieveRequest,
+        RetrieveResult,
+        RewriteRequest,
         StreamTarget,
         SummarizeRequest,
         ToolResult,
@@ -90,6 +94,8 @@ LOCAL_STEPS_PATCH = "local-steps"
 without a model, record_turn) are local activities: they run inside the turn's workflow task, each
 saving a round trip through the server's task queue (~18 ms a step on the embedded dev server,
 bench/turn_latency.py). A reply from an LLM stays the regular `generate` activity."""
+QUERY_REWRITE_PATCH = "llm-query-rewrite"
+"""Since this patch, a follow-up may be made standalone by the `rewrite_query` activity before retrieval."""
 RECENT_TURNS = 20
 """Replies a run remembers and hands over: a turn retried across continue-as-new gets its reply back.
 Twice the longest queue, so that a queued turn that timed out at the API can still be collected."""
@@ -103,6 +109,8 @@ class _Outcome(NamedTuple):
     decision: Decision | None
     tool_result: ToolResult | None
     reply: Reply
+    query: str | None = None
+    """What retrieval searched with, when the message was a follow-up made standalone."""
 
 
 def _step(
@@ -138,6 +146,8 @@ TOOL = _step(timeout_s=10, total_s=20, attempts=3)
 # Folding older turns into the rolling summary: an LLM call like generate's, but after the reply, never in
 # the user's way. Failing after its retries leaves the verbatim window (older turns dropped, noted in lineage).
 SUMMARIZE = _step(timeout_s=20, total_s=30, attempts=3)
+# Making a follow-up standalone with the LLM, before retrieval: short; failing, the heuristic stands in.
+REWRITE = _step(timeout_s=5, total_s=8, attempts=2)
 # Recording, inside the turn: one try, bounded just above SQLite's busy timeout (dialogue/db.py). A write the
 # store cannot take now is kept in the workflow's state and written later (`_record_later`): the reply
 # does not wait for the store, and is not degraded for it.
@@ -514,11 +524,15 @@ class ConversationWorkflow:
             return await self._answer_without_bot(turn_id, request, interrupted=True)
         finally:
             self._responding = None
-        nlu, decision, tool_result, reply = outcome
+        nlu, decision, tool_result, reply, query = outcome
+        # A follow-up the NLU could not place is about the topic it continues ("and to Austria?").
+        topic = decision.topic if decision is not None and decision.topic else nlu.intent.name
 
         self._state.turn_count = turn_index + 1
-        self._state.last_intent = nlu.intent.name
-        self._state.intent_counts[nlu.intent.name] = self._state.intent_counts.get(nlu.intent.name, 0) + 1
+        self._state.last_intent = topic
+        self._state.intent_counts[topic] = self._state.intent_counts.get(topic, 0) + 1
+        self._state.last_action = decision.action if decision is not None else None
+        self._state.last_query = query or text
         if failed:
             self._state.degraded_count += 1
         if decision is not None:
@@ -527,7 +541,7 @@ class ConversationWorkflow:
         workflow.set_current_details(self._details())
         workflow.upsert_search_attributes(
             [
-                LAST_INTENT.value_set(nlu.intent.name),
+                LAST_INTENT.value_set(topic),
                 TURN_COUNT.value_set(self._state.turn_count),
                 DEGRADED_COUNT.value_set(self._state.degraded_count),
             ]
@@ -546,8 +560,9 @@ class ConversationWorkflow:
             timings_ms=dict(timings),
             degraded_reason=", ".join(failed) or None,
             flags=dict(request.flags),
-            context=reply.context,
+            context=reply.context.model_copy(update={"retrieval_query": query}) if reply.context else None,
             data=reply.data,
+            retrieval_query=query,
         )
         reply = reply.model_copy(update={"context": None})  # the lineage has it: once in history is enough
         record = RecordTurnRequest(
@@ -614,17 +629,7 @@ class ConversationWorkflow:
                 timings,
                 failed,
             ),
-            self._attempt(
-                "retrieve",
-                _run_step(
-                    local,
-                    RetrieveActivity.retrieve,
-                    RetrieveRequest(text=text),
-                    self._within_deadline(RETRIEVE),
-                ),
-                timings,
-                failed,
-            ),
+            self._attempt("retrieve", self._retrieve(local, text, flags, timings), timings, failed),
         )
         nlu = understanding.nlu if understanding else _not_understood()
         decision = understanding.decision if understanding else None
@@ -632,6 +637,7 @@ class ConversationWorkflow:
             # No person may take over: the bot stays, and its fallback says what it can help with.
             decision = decision.model_copy(update={"action": "fallback"})
         passages: list[Passage] = retrieved.passages if retrieved else []
+        query = retrieved.query if retrieved else None
         tool_result = None
         if decision is not None and decision.tool is not None:
             tool_result = await self._attempt(
@@ -667,13 +673,14 @@ class ConversationWorkflow:
                         else [],
                     ),
                     variant=flags.get("llm_variant", False),
+                    query=query,
                 ),
             ),
             timings,
             failed,
         ) or Reply(text=FALLBACK_TEXT)
 
-        return _Outcome(nlu, decision, tool_result, reply)
+        return _Outcome(nlu, decision, tool_result, reply, query)
 
     async def _attempt(
         self, step: str, call: Awaitable[T], timings: dict[str, float], failed: list[str]
@@ -733,6 +740,52 @@ class ConversationWorkflow:
             self._unrecorded.pop(0)
             self._state.unrecorded = len(self._unrecorded)
             workflow.set_current_details(self._details())
+
+    async def _retrieve(
+        self, local: bool, text: str, flags: dict[str, bool], timings: dict[str, float]
+    ) -> RetrieveResult:
+        """Search the knowledge base. A follow-up ("and to Austria?") of a knowledge-base answer searches
+        with a standalone question:
+        the model's (`rewrite_query`, when an LLM may answer the conversation), else the heuristic's,
+        which `retrieve` applies itself; a failed rewrite falls back to the heuristic, not to degraded."""
+        previous = self._state.last_query if self._state.last_action == "answer" else None
+        standalone = None
+        if (
+            previous
+            and is_follow_up(text)
+            and flags.get("llm_generator") is not False
+            and workflow.patched(QUERY_REWRITE_PATCH)
+        ):
+            started = workflow.time()
+            try:
+                rewritten = await workflow.execute_activity_method(
+                    RewriteActivity.rewrite_query,
+                    RewriteRequest(
+                        text=text,
+                        previous=previous,
+                        previous_reply=self._last_reply_text(),
+                        variant=flags.get("llm_variant", False),
+                        redact=flags.get("redaction", True),
+                    ),
+                    **self._within_deadline(REWRITE),
+                )
+                standalone = rewritten.query
+            except ActivityError as err:
+                if isinstance(err.cause, CancelledError):
+                    raise asyncio.CancelledError from err
+                workflow.logger.warning("rewrite_query failed, the heuristic stands in: %s", err.cause or err)
+            finally:
+                timings["rewrite"] = _ms(workflow.time() - started)
+        return await _run_step(
+            local,
+            RetrieveActivity.retrieve,
+            RetrieveRequest(text=text, previous=previous, standalone=standalone),
+            self._within_deadline(RETRIEVE),
+        )
+
+    def _last_reply_text(self) -> str:
+        last = next(reversed(self._recent.values()), None)
+        return last.reply.text if last is not None else ""
 
     async def _summarize(self, through: int, request: TurnRequest) -> None:
         """Fold the turns before `through` into the rolling summary; a failure keeps the old one."""
@@ -800,6 +853,8 @@ class ConversationWorkflow:
             active_flow=self._state.active_flow,
             slots=self._state.slots,
             requested_slot=self._state.requested_slot,
+            last_topic=self._state.last_intent,
+            last_action=self._state.last_action,
         )
 
     def _apply(self, decision: Decision, tool_result: ToolResult | None) -> None:

@@ -4,17 +4,41 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import BaseModel
+from pydantic import BaseModel, model_validator
 
 from dialogue.jsonl import read_jsonl
 from dialogue.knowledge.search import HybridIndex
+from dialogue.llm.followup import standalone_query
 
 DEPTH = 20
 
 
 class Question(BaseModel):
-    question: str
+    """One question and the documents that answer it. A multi-turn exchange gives `turns` instead: the
+    user's messages, the last one to be answered (often elliptical: "and to Austria?")."""
+
+    question: str = ""
+    turns: list[str] = []
     document_ids: list[str]
+
+    @model_validator(mode="after")
+    def _one_or_the_other(self) -> Question:
+        if bool(self.question) == bool(self.turns):
+            raise ValueError("give `question` or `turns`")
+        return self
+
+    def query(self, *, context: bool) -> str:
+        """What retrieval searches with: the last message, made standalone from the earlier ones (as a
+        conversation does, `dialogue.llm.followup`) when `context` is true."""
+        if self.question:
+            return self.question
+        if not context:
+            return self.turns[-1]
+        previous: str | None = None
+        for message in self.turns:
+            previous = standalone_query(message, previous)
+        assert previous is not None
+        return previous
 
 
 class RetrievalReport(BaseModel):
@@ -29,12 +53,14 @@ def read_questions(path: Path) -> list[Question]:
     return read_jsonl(path, Question)
 
 
-def evaluate_retrieval(index: HybridIndex, questions: list[Question]) -> RetrievalReport:
+def evaluate_retrieval(
+    index: HybridIndex, questions: list[Question], *, context: bool = True
+) -> RetrievalReport:
     hits_1 = hits_5 = 0
     reciprocal = 0.0
     for question in questions:
         documents: list[str] = []
-        for passage in index.search(question.question, top_k=DEPTH):
+        for passage in index.search(question.query(context=context), top_k=DEPTH):
             if passage.document_id not in documents:
                 documents.append(passage.document_id)
         rank = next((i + 1 for i, d in enumerate(documents) if d in question.document_ids), None)
