@@ -78,6 +78,14 @@ def replay(
         Path | None,
         typer.Option("--file", "--history-file", help="A JSON history export instead of the server's copy."),
     ] = None,
+    llm_requests: Annotated[
+        bool,
+        typer.Option(
+            "--llm-requests",
+            help="Also print, as JSON lines, each LLM answer's request rebuilt from the history, and whether "
+            "it matches the digest its lineage recorded.",
+        ),
+    ] = False,
 ) -> None:
     """Replay a conversation's history (every run of it) against the current workflow code; no activity runs."""
     from dialogue.temporal import connect, conversation_key, data_converter
@@ -101,6 +109,23 @@ def replay(
                 )
                 return 1
             typer.echo(f"{name}: replayed {events} events; the current code makes the same decisions")
+        if llm_requests:
+            from dialogue.bot import load_bot
+            from dialogue.generation import build_generators
+            from dialogue.llm.rebuild import llm_requests as rebuild
+
+            settings = get_settings()
+            generators = build_generators(settings, load_bot(settings.bot_path))
+            for request in await rebuild(histories, converter, generators):
+                typer.echo(
+                    json.dumps(
+                        {
+                            "turn_index": request.turn_index,
+                            "matches": request.matches,
+                            "messages": request.messages,
+                        }
+                    )
+                )
         return 0
 
     raise typer.Exit(asyncio.run(run()))

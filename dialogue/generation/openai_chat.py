@@ -23,7 +23,7 @@ from temporalio.exceptions import ApplicationError
 from dialogue.bot import LlmSettings
 from dialogue.generation.grounded import Answer, Relevance, source_of
 from dialogue.generation.prompts import Prompt, prompt_by_ref
-from dialogue.llm.context import ChatMessage, Conversation, assemble
+from dialogue.llm.context import ChatMessage, Context, Conversation, assemble
 from dialogue.llm.tokenizer import TokenCounter, counter_for
 from dialogue.metrics import LLM_ERRORS, LLM_TOKENS
 from workflows.contracts import Passage
@@ -179,27 +179,10 @@ class OpenAIChatGenerator:
         """The model's answer from the trusted passages, seeing the conversation; None when no passage is
         trusted, an answer marked not found when the model finds none in them. `redact=False` (the
         conversation's `redaction` flag is off) sends the words as said."""
-        trusted = [p for p in passages if self._relevance.trusted(p)][:MAX_PASSAGES]
-        if not trusted:
+        prepared = self.prepare(question, passages, conversation=conversation, redact=redact)
+        if prepared is None:
             return None
-        assert self.prompt is not None
-        system = self.prompt.render(
-            bot_description=self._bot_description or "an online shop.",
-            passages="\n\n".join(f"[{i}] {p.title}: {p.text}" for i, p in enumerate(trusted, start=1)),
-        )
-        conversation = conversation or Conversation()
-        context = assemble(
-            system=system,
-            current=question,
-            earlier=conversation.earlier,
-            summary=conversation.summary,
-            budget=self._settings.context_tokens,
-            counter=self._client.counter,
-            redact=self._redact if redact else str,
-            expected=conversation.expected,
-            unread_before=conversation.unread_before,
-            notes=conversation.notes,
-        )
+        trusted, context = prepared
         settings = self._settings
         schema = settings.response_format
         completion = await self._client.complete(
@@ -225,6 +208,39 @@ class OpenAIChatGenerator:
         cited = {int(n) for n in _CITATION.findall(text) if 1 <= int(n) <= len(trusted)}
         used = [p for i, p in enumerate(trusted, start=1) if i in cited] or trusted[:1]
         return Answer(text=text.strip(), sources=[source_of(p) for p in used], context=lineage, data=data)
+
+    def prepare(
+        self,
+        question: str,
+        passages: list[Passage],
+        *,
+        conversation: Conversation | None = None,
+        redact: bool = True,
+    ) -> tuple[list[Passage], Context] | None:
+        """The passages the model may use and the messages it is sent; None when no passage is trusted.
+        No I/O: the same inputs, from a history, give the same messages (`dialogue.llm.rebuild`)."""
+        trusted = [p for p in passages if self._relevance.trusted(p)][:MAX_PASSAGES]
+        if not trusted:
+            return None
+        assert self.prompt is not None
+        system = self.prompt.render(
+            bot_description=self._bot_description or "an online shop.",
+            passages="\n\n".join(f"[{i}] {p.title}: {p.text}" for i, p in enumerate(trusted, start=1)),
+        )
+        conversation = conversation or Conversation()
+        context = assemble(
+            system=system,
+            current=question,
+            earlier=conversation.earlier,
+            summary=conversation.summary,
+            budget=self._settings.context_tokens,
+            counter=self._client.counter,
+            redact=self._redact if redact else str,
+            expected=conversation.expected,
+            unread_before=conversation.unread_before,
+            notes=conversation.notes,
+        )
+        return trusted, context
 
     async def _structured(
         self, messages: list[ChatMessage], completion: Completion, schema: dict[str, Any]

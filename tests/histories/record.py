@@ -4,8 +4,10 @@ Runs a scripted conversation (greeting, knowledge answer, the order flow with a 
 while the store cannot be written (so its records are made later, and the run waits for
 them before it continues as new), a streamed turn, a handoff asked for by the user with a
 person's reply and a handback, a goodbye that ends it) on a dev server of its own with a real worker, in runs of six
-messages, and writes the history of each run to `tests/histories/NAME-runN.json`. Record one whenever the workflow changes shape, and keep the
-old ones: CI replays them all against the current code, so a change that would break
+messages, and writes the history of each run to `tests/histories/NAME-runN.json`. With `--llm` (`python -m tests.histories.record
+NAME --llm`) the answers come from a stand-in LLM over HTTP, and the requests it received are kept
+beside the history, for the test that rebuilds them from it. Record one whenever the workflow changes
+shape, and keep the old ones: CI replays them all against the current code, so a change that would break
 running conversations fails CI.
 """
 
@@ -16,8 +18,10 @@ import sys
 import tempfile
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import AsyncExitStack
 from pathlib import Path
 
+import orjson
 from temporalio.client import WithStartWorkflowOperation
 from temporalio.common import WorkflowIDConflictPolicy
 from temporalio.contrib.pydantic import pydantic_data_converter
@@ -29,6 +33,8 @@ from dialogue.knowledge import store
 from dialogue.nlu.model import ensure_bot_model
 from dialogue.settings import Settings
 from dialogue.temporal import SEARCH_ATTRIBUTES, workflow_id
+from tests.conftest import served_llm
+from tests.fake_llm import FakeLlm, Plan
 from tests.outages import UnwritableSqlite
 from worker import build_worker
 from workflows.contracts import AgentMessageRequest, HandbackRequest, TurnRequest
@@ -39,6 +45,7 @@ from workflows.starting import conversation_input, start_options
 SCRIPT: list[tuple[str, str]] = [
     ("turn", "hello"),
     ("turn", "how much does express shipping cost?"),
+    ("turn", "and to Austria?"),
     ("store down", ""),
     ("turn", "where is my order?"),
     ("turn", "can I pay with PayPal?"),
@@ -55,7 +62,43 @@ SCRIPT: list[tuple[str, str]] = [
 TURNS_PER_RUN = 6
 
 
-async def record(name: str) -> list[Path]:
+LLM_MODEL = "gpt-4o-mini"
+LLM_ANSWER = "It is in our help articles [1]."
+LLM_STANDALONE = "How much does express shipping to Austria cost?"
+
+
+def llm_settings(settings: Settings, base_url: str) -> Settings:
+    """What a history recorded with `--llm` was made with: rebuilding its requests needs the same."""
+    return settings.model_copy(
+        update={"generator": "openai", "llm_base_url": base_url, "llm_model": LLM_MODEL}
+    )
+
+
+def stand_in_llm() -> FakeLlm:
+    """A model that answers every question from the passages and rewrites follow-ups the same way."""
+    return FakeLlm(
+        plans=[Plan(text=LLM_ANSWER)],
+        route=lambda body: (
+            Plan(text=LLM_STANDALONE) if "standalone question" in body["messages"][0]["content"] else None
+        ),
+    )
+
+
+async def record(name: str, *, llm: bool = False) -> list[Path]:
+    """With `llm`, the bot answers with a stand-in LLM over HTTP, and the requests it got are written
+    beside the history (`NAME.requests.jsonl`): a test rebuilds them from the history alone."""
+    fake = stand_in_llm()
+    async with AsyncExitStack() as stack:
+        url = await stack.enter_async_context(served_llm(fake)) if llm else None
+        targets = await _record(name, url)
+    if llm:
+        requests = Path(__file__).parent / f"{name}.requests.jsonl"
+        requests.write_bytes(b"".join(orjson.dumps(r["messages"]) + b"\n" for r in fake.requests))
+        targets.append(requests)
+    return targets
+
+
+async def _record(name: str, llm_url: str | None) -> list[Path]:
     with tempfile.TemporaryDirectory() as scratch:
         folder = Path(scratch)
         settings = Settings(
@@ -66,6 +109,8 @@ async def record(name: str) -> list[Path]:
             nlu_model_dir=folder / "nlu",
             turns_per_run=TURNS_PER_RUN,
         )
+        if llm_url is not None:
+            settings = llm_settings(settings, llm_url)
         bot = load_bot(settings.bot_path)
         engine = get_engine(settings.resolved_database_url)
         init_db(engine)
@@ -126,4 +171,4 @@ async def record(name: str) -> list[Path]:
 
 
 if __name__ == "__main__":
-    print(asyncio.run(record(sys.argv[1])))
+    print(asyncio.run(record(sys.argv[1], llm="--llm" in sys.argv[2:])))
