@@ -27,7 +27,7 @@ class RewriteActivity:
     @activity.defn(name="rewrite_query")
     async def rewrite_query(self, request: RewriteRequest) -> RewriteResult:
         """The standalone question to search with."""
-        generator = self._generators.choose(True, request.variant)
+        generator = self._generators.model(request.variant)
         if not self._bot.llm.rewrite_queries or not isinstance(generator, OpenAIChatGenerator):
             return RewriteResult(
                 query=standalone_query(request.text, request.previous), generator="heuristic"

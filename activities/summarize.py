@@ -41,7 +41,7 @@ class SummarizeActivity:
             limit=MAX_FOLDED_ROWS,
         )
         messages = [Said(row.turn_index, row.role, row.text) for row in rows if row.role in ROLES]  # type: ignore[arg-type]
-        generator = self._generators.choose(True, request.variant)
+        generator = self._generators.model(request.variant)
         if self._bot.llm.summarizer == "extractive" or not isinstance(generator, OpenAIChatGenerator):
             return extractive(request.previous, messages, request.through)
         return await fold_with_model(

@@ -348,3 +348,28 @@ async def test_with_an_llm_a_follow_up_is_rewritten_by_the_model_and_answered_in
     assert follow["lineage"]["context"]["retrieval_query"] == standalone
     assert follow["reply"]["sources"][0]["document_id"] == "shipping"
     assert "rewrite" in follow["timings_ms"]
+
+
+async def test_a_variant_rollout_answers_with_the_bots_variant_settings_recorded_in_lineage(
+    client: Client, settings: Settings, tmp_path: Path, recording_llm: tuple[FakeLlm, str]
+) -> None:
+    """`llm.variant` (another model, prompt and budget) for the conversations the `llm_variant` flag puts
+    on it: here all of them, from the bot's flags."""
+    fake, url = recording_llm
+    variant = {
+        "model": "gpt-4.1-mini",
+        "prompt": "grounded_answer@v1",
+        "context_tokens": 500,
+        "temperature": 0.7,
+    }
+    bot = bot_with(settings, tmp_path, llm={"variant": variant}, flags={"llm_variant": True})
+    rolled = settings.model_copy(
+        update={"generator": "openai", "llm_base_url": url, "llm_model": "gpt-4o-mini", "bot_path": bot}
+    )
+    async with worker_for(client, rolled), api_client(create_app(rolled, temporal=client)) as http:
+        reply = await turn(http, f"variant-{uuid.uuid4().hex[:6]}", "How much does express shipping cost?")
+    lineage = reply["lineage"]
+    assert (lineage["generator"], lineage["prompt_id"]) == ("openai:gpt-4.1-mini", "grounded_answer@v1")
+    assert lineage["flags"]["llm_variant"] is True and lineage["context"]["budget"] == 500
+    sent = fake.requests[-1]
+    assert (sent["model"], sent["temperature"]) == ("gpt-4.1-mini", 0.7)

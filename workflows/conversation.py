@@ -746,13 +746,14 @@ class ConversationWorkflow:
     ) -> RetrieveResult:
         """Search the knowledge base. A follow-up ("and to Austria?") of a knowledge-base answer searches
         with a standalone question:
-        the model's (`rewrite_query`, when an LLM may answer the conversation), else the heuristic's,
+        the model's (`rewrite_query`, when an LLM made that answer), else the heuristic's,
         which `retrieve` applies itself; a failed rewrite falls back to the heuristic, not to degraded."""
         previous = self._state.last_query if self._state.last_action == "answer" else None
         standalone = None
         if (
             previous
             and is_follow_up(text)
+            and self._last_reply_generator().startswith("openai:")  # the conversation has a model
             and flags.get("llm_generator") is not False
             and workflow.patched(QUERY_REWRITE_PATCH)
         ):
@@ -786,6 +787,10 @@ class ConversationWorkflow:
     def _last_reply_text(self) -> str:
         last = next(reversed(self._recent.values()), None)
         return last.reply.text if last is not None else ""
+
+    def _last_reply_generator(self) -> str:
+        last = next(reversed(self._recent.values()), None)
+        return last.reply.generator if last is not None else ""
 
     async def _summarize(self, through: int, request: TurnRequest) -> None:
         """Fold the turns before `through` into the rolling summary; a failure keeps the old one."""

@@ -63,21 +63,27 @@ class Generators:
         """One generator for every turn, whatever its flags."""
         return cls(configured=generator, grounded=generator, llm=generator)
 
+    def model(self, variant: bool = False) -> AnswerGenerator | None:
+        """The LLM generator (the variant's for `variant`), if this worker has one: for the steps around an
+        LLM answer (summary, query rewrite), which need a model only when the conversation has one."""
+        if variant and self.llm_variant is not None:
+            return self.llm_variant
+        return self.llm
+
     def choose(self, llm: bool | None, variant: bool = False) -> AnswerGenerator:
         """The generator for a turn whose `llm_generator` flag is `llm` (None: the turn has no flags) and
         whose `llm_variant` flag is `variant`."""
-        if llm is None:
-            return self.configured
-        if not llm:
+        if llm is False:
             return self.grounded
-        if variant and self.llm_variant is not None:
-            return self.llm_variant
-        if self.llm is None:
+        chosen = self.configured if llm is None else self.llm
+        if chosen is None:
             # The API's flags say LLM but this worker's settings never let the flag on: a configuration
             # being rolled out. Answer all the same; the lineage names the generator that did.
             log.warning("the llm_generator flag is on for a turn, but this worker has no LLM generator")
             return self.configured
-        return self.llm
+        if variant and chosen is self.llm and self.llm_variant is not None:
+            return self.llm_variant
+        return chosen
 
 
 def build_generators(settings: Settings, bot: BotDefinition) -> Generators:
