@@ -52,6 +52,7 @@ bench: install
 	$(BIN)/python -m bench.open_conversations
 	$(BIN)/python -m bench.streaming
 	$(BIN)/python -m bench.profile
+	$(BIN)/python -m bench.llm_context
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

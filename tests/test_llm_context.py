@@ -226,6 +226,7 @@ async def small_budget_chat(
             "llm_base_url": url,
             "llm_model": "gpt-4o-mini",
             "bot_path": bot_with(settings, tmp_path, llm={"context_tokens": 60}),
+            "turns_per_run": 3,  # the summary must survive continue-as-new
         }
     )
     async with (
@@ -268,9 +269,11 @@ async def test_turns_past_the_budget_are_folded_into_a_summary_the_next_calls_se
 
     summary = await wait_for_summary(small_budget_chat, conversation_id)
     assert summary["text"] == "The customer asked about shipping prices."
+    sent = replies[-1]["lineage"]["context"]["turns"]
+    through = max(max(dropped) + 1, sent[len(sent) // 2] if sent else 0)
     assert (summary["version"], summary["through"], summary["generator"]) == (
         1,
-        max(dropped) + 1,
+        through,
         "openai:gpt-4o-mini",
     )
     asked = next(r for r in fake.requests if is_summary_request(r))["messages"][0]["content"]
@@ -282,6 +285,8 @@ async def test_turns_past_the_budget_are_folded_into_a_summary_the_next_calls_se
     sent = fake.requests[-1]["messages"]
     assert sent[1] == {"role": "system", "content": SUMMARY_HEADING + summary["text"]}
     assert QUESTIONS[0] not in str(sent)  # in the summary, not verbatim
+    state = (await small_budget_chat.get(f"/v1/conversations/{conversation_id}")).json()
+    assert state["run"] > 1 and state["rolling_summary"]["version"] >= 1  # carried into the next run
 
 
 async def test_a_failed_summary_leaves_the_verbatim_window_and_says_so(
@@ -373,3 +378,18 @@ async def test_a_variant_rollout_answers_with_the_bots_variant_settings_recorded
     assert lineage["flags"]["llm_variant"] is True and lineage["context"]["budget"] == 500
     sent = fake.requests[-1]
     assert (sent["model"], sent["temperature"]) == ("gpt-4.1-mini", 0.7)
+
+
+def test_the_extractive_summary_keeps_first_sentences_within_its_size() -> None:
+    from dialogue.llm.summary import MAX_SUMMARY_CHARS, extractive
+
+    first = extractive(
+        None, said(("How much is express? I need it fast.", "It costs 12.90 euros. It arrives tomorrow.")), 1
+    )
+    assert first.text == "Customer: How much is express? Assistant: It costs 12.90 euros."
+    assert (first.version, first.through, first.generator) == (1, 1, "extractive")
+    longer = first
+    for n in range(1, 60):
+        longer = extractive(longer, said((f"Question {n} about returns.", f"Answer {n}."), start=n), n + 1)
+    assert len(longer.text) <= MAX_SUMMARY_CHARS and longer.version == 60
+    assert "Answer 59." in longer.text and "Question 1 about" not in longer.text  # the oldest went first

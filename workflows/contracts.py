@@ -454,6 +454,8 @@ class ConversationState(BaseModel):
     """Messages the store could not take yet (it was unavailable): retried until it does, in order."""
     rolling_summary: RollingSummary | None = None
     """The older turns folded into a summary for LLM calls, once they no longer fit the context budget."""
+    summary_failed: bool = False
+    """The last fold failed after its retries: LLM calls leave the older turns out, and say so."""
     last_query: str | None = None
     """What the last turn's retrieval searched with: the next follow-up is made standalone from it."""
     last_action: str | None = None

@@ -205,7 +205,6 @@ class ConversationWorkflow:
         """Writes the store could not take when they were made, oldest first (see `_record`)."""
         self._recorder: asyncio.Future[None] | None = None
         self._summarizing: asyncio.Future[None] | None = None
-        self._summary_failed = False
         # Replay-safe (nothing is recorded while replaying): how many turns wait ahead of a new one.
         self._queue_depth = (
             workflow.metric_meter()
@@ -582,10 +581,12 @@ class ConversationWorkflow:
         )
         timings["record"] = _ms(workflow.time() - recording)
         if lineage.context is not None and lineage.context.dropped and self._summarizing is None:
-            # Turns no longer fit the budget: fold them into the summary, after the reply, for the next turns.
-            self._summarizing = asyncio.ensure_future(
-                self._summarize(max(lineage.context.dropped) + 1, request)
-            )
+            # Turns no longer fit the budget: fold them into the summary, after the reply, for the next turns;
+            # with the older half of those that still fit, so that the next fold is many turns away (a full
+            # window would otherwise overflow, and call the model to fold, at every turn).
+            sent = lineage.context.turns
+            through = max(max(lineage.context.dropped) + 1, sent[len(sent) // 2] if sent else 0)
+            self._summarizing = asyncio.ensure_future(self._summarize(through, request))
         if decision is not None and decision.action == "handoff" and workflow.patched(HOLD_PATCH):
             await self._hand_over("agent", None, "the user asked for a person")
         timings["total"] = _ms(workflow.time() - started)
@@ -669,7 +670,7 @@ class ConversationWorkflow:
                         turn_index=turn_index,
                         summary=self._state.rolling_summary,
                         notes=["the last summary failed: older turns are left out"]
-                        if self._summary_failed
+                        if self._state.summary_failed
                         else [],
                     ),
                     variant=flags.get("llm_variant", False),
@@ -809,12 +810,12 @@ class ConversationWorkflow:
             current = self._state.rolling_summary
             if current is None or summary.through > current.through:
                 self._state.rolling_summary = summary
-            self._summary_failed = False
+            self._state.summary_failed = False
         except ActivityError as err:
             if isinstance(err.cause, CancelledError):
                 raise
             workflow.logger.warning("summary failed, older turns are left out: %s", err.cause or err)
-            self._summary_failed = True
+            self._state.summary_failed = True
         finally:
             self._summarizing = None
 

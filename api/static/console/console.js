@@ -413,9 +413,17 @@ function showState(state) {
       stateEntry("Started", timeElement(state.started_at)),
       stateEntry("Updated", timeElement(state.updated_at)),
       stateEntry("Summary", state.summary),
+      stateEntry("Rolling summary", rollingSummary(state.rolling_summary)),
+      stateEntry("Waiting for the store", state.unrecorded || null),
     );
   }
   updateControls();
+}
+
+function rollingSummary(summary) {
+  if (!summary) return null;
+  const by = summary.prompt_id ? `${summary.generator}, ${summary.prompt_id}` : summary.generator;
+  return `v${summary.version}, turns before ${summary.through} (${by}): ${summary.text}`;
 }
 
 // --- the transcript ----------------------------------------------------------------------------
@@ -557,6 +565,7 @@ async function showLineage(button, panel, turnId, open) {
 
 const KNOWN_LINEAGE = new Set([
   "nlu", "nlu_model", "generator", "prompt_id", "prompt_hash", "documents", "timings_ms", "degraded_reason", "flags",
+  "context", "retrieval_query", "data",
 ]);
 const fixed = (value, digits) => (typeof value === "number" ? value.toFixed(digits) : String(value ?? NONE));
 
@@ -599,6 +608,9 @@ function lineageView(answer) {
         .join(", "),
     ),
   );
+  add("Searched with", lineage.retrieval_query);
+  add("Conversation sent", contextLines(lineage.context));
+  add("Structured reply", lineage.data ? JSON.stringify(lineage.data) : null);
   add("Steps", Object.entries(lineage.timings_ms || {}).map(([step, ms]) => `${step}: ${formatMs(ms)}`));
   const reason = lineage.degraded_reason ? `${lineage.degraded_reason} failed` : "the reason was not recorded";
   add("Degraded", answer.degraded ? `yes: ${reason}; the user got a fallback reply` : "no");
@@ -611,6 +623,29 @@ function lineageView(answer) {
     if (!KNOWN_LINEAGE.has(name)) add(name, typeof value === "string" ? value : JSON.stringify(value));
   }
   return view;
+}
+
+// What an LLM answer saw of the conversation (ContextLineage).
+function contextLines(context) {
+  if (!context) return null;
+  const places = (list) => (list.length ? list.join(", ") : "none");
+  const tokens = [
+    `${context.context_tokens} of ${context.budget} tokens (${context.tokenizer})`,
+    context.prompt_tokens !== null ? `prompt ${context.prompt_tokens}` : null,
+    context.completion_tokens !== null ? `completion ${context.completion_tokens}` : null,
+  ];
+  return [
+    `turns verbatim: ${places(context.turns)}`,
+    context.summary_version !== null
+      ? `summary v${context.summary_version} (turns before ${context.summary_through})`
+      : "no summary",
+    context.dropped.length ? `left out (over the budget): ${places(context.dropped)}` : null,
+    context.missing.length ? `not in the transcript yet: ${places(context.missing)}` : null,
+    tokens.filter(Boolean).join(", "),
+    context.truncated ? "the message was cut to the budget" : null,
+    ...context.notes,
+    `messages sha256 ${String(context.messages_sha256).slice(0, 16)}\u2026`,
+  ].filter(Boolean);
 }
 
 // --- taking over -------------------------------------------------------------------------------
