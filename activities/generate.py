@@ -217,8 +217,8 @@ def _conversation(engine: Engine, context: ContextRequest) -> Conversation:
         return Conversation(
             summary=context.summary, expected=expected, notes=(*context.notes, "the store was unavailable")
         )
-    earlier = [Said(row.turn_index, row.role, row.text) for row in rows if row.role in ROLES]  # type: ignore[arg-type]
-    unread = min(row.turn_index for row in rows) if len(rows) >= MAX_CONTEXT_ROWS else None
+    earlier = [Said(index, role, text) for index, role, text in rows if role in ROLES]  # type: ignore[arg-type]
+    unread = min(index for index, _, _ in rows) if len(rows) >= MAX_CONTEXT_ROWS else None
     return Conversation(
         earlier=earlier,
         summary=context.summary,

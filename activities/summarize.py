@@ -40,7 +40,7 @@ class SummarizeActivity:
             end=request.through,
             limit=MAX_FOLDED_ROWS,
         )
-        messages = [Said(row.turn_index, row.role, row.text) for row in rows if row.role in ROLES]  # type: ignore[arg-type]
+        messages = [Said(index, role, text) for index, role, text in rows if role in ROLES]  # type: ignore[arg-type]
         generator = self._generators.model(request.variant)
         if self._bot.llm.summarizer == "extractive" or not isinstance(generator, OpenAIChatGenerator):
             return extractive(request.previous, messages, request.through)

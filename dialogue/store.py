@@ -202,11 +202,12 @@ def read_messages(
 
 def recent_messages(
     engine: Engine, conversation_id: str, *, start: int, end: int, limit: int
-) -> Sequence[Message]:
-    """The newest `limit` transcript rows in places `start` to `end` (excluded), newest first."""
+) -> Sequence[tuple[int, str, str]]:
+    """The newest `limit` transcript rows in places `start` to `end` (excluded), newest first, as (place,
+    role, text): only the columns an LLM's context needs (a reply's lineage JSON is most of a row)."""
     with Session(engine) as session:
         query = (
-            select(Message)
+            select(Message.turn_index, Message.role, Message.text)
             .where(
                 col(Message.conversation_id) == conversation_id,
                 col(Message.turn_index) >= start,
