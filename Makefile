@@ -44,7 +44,7 @@ pytest: install browser
 
 test: lint typecheck pytest
 
-# Benchmarks: results as JSON in bench/results/ (timing lives here, never in tests). About 15 minutes.
+# Benchmarks: results as JSON in bench/results/ (timing lives here, never in tests). About 25 minutes.
 bench: install
 	$(BIN)/python -m bench.turn_latency
 	$(BIN)/python -m bench.throughput
