@@ -20,6 +20,7 @@ from temporalio.client import Client
 from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
+from activities.agent import AgentActivity
 from activities.generate import GenerateActivity, ReplyComposer
 from activities.record import RecordActivities
 from activities.retention import RetentionActivities
@@ -70,6 +71,7 @@ class TurnActivities:
     tool: ToolActivity
     summarize: SummarizeActivity
     rewrite: RewriteActivity
+    agent: AgentActivity
 
 
 def build_turn_activities(settings: Settings) -> TurnActivities:
@@ -95,6 +97,7 @@ def build_turn_activities(settings: Settings) -> TurnActivities:
         tool=ToolActivity(bot),
         summarize=SummarizeActivity(bot, engine, generators),
         rewrite=RewriteActivity(bot, generators),
+        agent=AgentActivity(bot, engine, generators),
     )
 
 
@@ -119,6 +122,8 @@ def build_worker(
             turn.tool.run_tool,
             turn.summarize.summarize,
             turn.rewrite.rewrite_query,
+            turn.agent.agent_step,
+            turn.agent.call_tool,
             RetentionActivities(client, turn.engine, retention_days).purge_expired,
         ],
         activity_executor=executor,

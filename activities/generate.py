@@ -16,15 +16,15 @@ from sqlalchemy.exc import SQLAlchemyError
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from dialogue import events, store
+from activities.context import read_conversation
+from dialogue import events
 from dialogue.bot import BotDefinition, Flow
 from dialogue.generation import AnswerGenerator, Generators
-from dialogue.llm.context import ROLES, Conversation, Said
+from dialogue.llm.context import Conversation
 from dialogue.policy import decide
 from workflows.contracts import (
     OUT_OF_SCOPE,
     ComposedReply,
-    ContextRequest,
     Decision,
     DialogueState,
     GenerateRequest,
@@ -182,7 +182,7 @@ class GenerateActivity:
         """The reply text, its sources, and what produced it; streamed to the event log when asked."""
         conversation = None
         if request.context is not None and self._composer.calls_a_model(request):
-            conversation = await asyncio.to_thread(_conversation, self._engine, request.context)
+            conversation = await asyncio.to_thread(read_conversation, self._engine, request.context)
         async with _Progress(self._engine, request) as progress:
             reply = await self._composer.compose(request, on_token=progress.token, conversation=conversation)
             progress.finish(reply)
@@ -196,36 +196,6 @@ class GenerateActivity:
         if self._composer.calls_a_model(request):
             return ComposedReply()
         return ComposedReply(reply=await self.generate(request))
-
-
-MAX_CONTEXT_ROWS = 200
-"""Transcript rows one LLM call reads at most, newest first: the budget fills long before (a turn is
-two rows), and a conversation of any length costs the same."""
-
-
-def _conversation(engine: Engine, context: ContextRequest) -> Conversation:
-    """The transcript before the current turn, from the store: not carried through the workflow's
-    history (an LLM call's input would be most of it), recorded in lineage by place instead."""
-    since = context.summary.through if context.summary is not None else 0
-    expected = range(since, context.turn_index)
-    try:
-        rows = store.recent_messages(
-            engine, context.conversation_id, start=since, end=context.turn_index, limit=MAX_CONTEXT_ROWS
-        )
-    except SQLAlchemyError as err:
-        activity.logger.warning("transcript unavailable for the LLM's context: %s", err.__class__.__name__)
-        return Conversation(
-            summary=context.summary, expected=expected, notes=(*context.notes, "the store was unavailable")
-        )
-    earlier = [Said(index, role, text) for index, role, text in rows if role in ROLES]  # type: ignore[arg-type]
-    unread = min(index for index, _, _ in rows) if len(rows) >= MAX_CONTEXT_ROWS else None
-    return Conversation(
-        earlier=earlier,
-        summary=context.summary,
-        expected=range(unread, context.turn_index) if unread is not None else expected,
-        unread_before=unread,
-        notes=tuple(context.notes),
-    )
 
 
 HEARTBEAT_SECONDS = 1.0

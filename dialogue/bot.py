@@ -15,6 +15,39 @@ from pydantic import BaseModel, Field, field_validator
 from dialogue.flags import FlagSettings
 
 
+class ToolSpec(BaseModel):
+    """A tool the agent may call: what the model is told of it, and how it is run."""
+
+    name: str = Field(pattern=r"^[a-zA-Z0-9_-]{1,64}$")
+    description: str
+    parameters: dict[str, Any] = {"type": "object", "properties": {}}
+    """A JSON schema of the arguments; the model's arguments are checked against it before any call."""
+    kind: Literal["python"] = "python"
+    """`python`: a function registered in code (`dialogue.agent.python_tools`)."""
+    function: str | None = None
+    """The registered function's name, when it differs from the tool's."""
+    timeout_seconds: float = Field(default=10, gt=0)
+    """One attempt of a call at most."""
+    attempts: int = Field(default=3, ge=1)
+    """Attempts of a call at most (retried by Temporal with back-off)."""
+
+
+class AgentSettings(BaseModel):
+    """The agent: an LLM that answers a turn by calling the bot's tools until it can reply."""
+
+    tools: list[ToolSpec] = []
+    max_steps: int = Field(default=6, ge=1, le=50)
+    """Model calls in one turn at most; at the limit the model answers with what it has (degraded)."""
+    max_tool_calls: int = Field(default=20, ge=1, le=200)
+    """Tool calls in one turn at most."""
+    prompt: str = "agent@v1"
+    max_result_chars: int = Field(default=4000, ge=100)
+    """Of a tool's result, the model sees this much (cut with a marker)."""
+
+    def tool(self, name: str) -> ToolSpec | None:
+        return next((tool for tool in self.tools if tool.name == name), None)
+
+
 class Intent(BaseModel):
     name: str
     title: str | None = None
@@ -23,9 +56,10 @@ class Intent(BaseModel):
     """Words or phrases that, found in the text, point to this intent."""
     responses: list[str] = []
     """Reply templates; `{answer}` stands for the best knowledge-base passage."""
-    action: Literal["respond", "answer", "flow", "handoff", "end"] = "respond"
+    action: Literal["respond", "answer", "flow", "handoff", "end", "agent"] = "respond"
     """`respond` replies from the templates; `answer` grounds the reply in the knowledge base; `flow` starts
-    the named flow; `handoff` hands the conversation to a person; `end` replies and ends the conversation."""
+    the named flow; `handoff` hands the conversation to a person; `end` replies and ends the conversation;
+    `agent` lets the LLM answer, calling the bot's tools (`agent:`)."""
     flow: str | None = None
     """The flow an intent with action `flow` starts."""
 
@@ -181,6 +215,7 @@ class BotDefinition(BaseModel):
     """Cosine similarity a passage needs to be trusted to answer (with embeddings)."""
     privacy: Privacy = Privacy()
     llm: LlmSettings = LlmSettings()
+    agent: AgentSettings = AgentSettings()
     flags: FlagSettings = {}
     """Feature flags for this bot, overriding the deployment's (`DIALOGUE_FLAGS`): `streaming`,
     `llm_generator`, `redaction`, `handoff`, each `true`, `false` or a percentage of conversations."""

@@ -27,6 +27,9 @@ class Plan:
     """Seconds between streamed tokens: a model that writes as it thinks."""
     error: str = ""
     """The error message of a planned failure (`status` other than 200)."""
+    tool_calls: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    """Tools the model asks to call, (name, arguments), streamed as real endpoints do: `tool_calls` deltas
+    whose arguments arrive in pieces, several calls in one response, `finish_reason: tool_calls`."""
 
 
 @dataclass
@@ -54,7 +57,14 @@ class FakeLlm:
                 return JSONResponse(_completion(body["model"], plan.text))
             usage = (body.get("stream_options") or {}).get("include_usage", False)
             return StreamingResponse(
-                _chunks(body["model"], plan.text, plan.token_delay, usage=usage),
+                _chunks(
+                    body["model"],
+                    plan.text,
+                    plan.token_delay,
+                    usage=usage,
+                    tool_calls=plan.tool_calls,
+                    call_prefix=f"r{len(self.requests)}",
+                ),
                 media_type="text/event-stream",
             )
 
@@ -72,9 +82,15 @@ def _completion(model: str, text: str) -> dict[str, Any]:
 
 
 async def _chunks(
-    model: str, text: str, token_delay: float = 0.0, *, usage: bool = False
+    model: str,
+    text: str,
+    token_delay: float = 0.0,
+    *,
+    usage: bool = False,
+    tool_calls: list[tuple[str, dict[str, Any]]] | None = None,
+    call_prefix: str = "r",
 ) -> AsyncIterator[bytes]:
-    words = text.split(" ")
+    words = text.split(" ") if text else []
     for i, word in enumerate(words):
         if i and token_delay:
             await asyncio.sleep(token_delay)
@@ -87,12 +103,36 @@ async def _chunks(
             "choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": None}],
         }
         yield b"data: " + orjson.dumps(chunk) + b"\n\n"
+    for index, (name, arguments) in enumerate(tool_calls or []):
+        encoded = orjson.dumps(arguments).decode()
+        pieces = [encoded[i : i + 7] for i in range(0, len(encoded), 7)] or [""]
+        for n, piece in enumerate(pieces):
+            call: dict[str, Any] = {"index": index, "function": {"arguments": piece}}
+            if n == 0:  # the first delta of a call names it; the arguments follow in pieces
+                call |= {
+                    "id": f"call_{call_prefix}_{index}",
+                    "type": "function",
+                    "function": {"name": name, "arguments": piece},
+                }
+            delta = (
+                {"role": "assistant", "tool_calls": [call]}
+                if n == 0 and index == 0 and not words
+                else {"tool_calls": [call]}
+            )
+            chunk = {
+                "id": "cmpl-test",
+                "object": "chat.completion.chunk",
+                "created": 0,
+                "model": model,
+                "choices": [{"index": 0, "delta": delta, "finish_reason": None}],
+            }
+            yield b"data: " + orjson.dumps(chunk) + b"\n\n"
     done = {
         "id": "cmpl-test",
         "object": "chat.completion.chunk",
         "created": 0,
         "model": model,
-        "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}],
+        "choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls" if tool_calls else "stop"}],
     }
     yield b"data: " + orjson.dumps(done) + b"\n\n"
     if usage:  # as OpenAI does with stream_options.include_usage: a last chunk with no choices

@@ -159,6 +159,7 @@ Action = Literal[
     "flow_cancel",
     "handoff",
     "end",
+    "agent",
 ]
 
 
@@ -267,6 +268,45 @@ class StreamTarget(BaseModel):
     turn_id: str
 
 
+class AgentToolCall(BaseModel):
+    """A tool call the model asked for, checked against the tool's declaration."""
+
+    call_id: str
+    name: str
+    arguments: dict[str, Any] = {}
+    idempotency_key: str = ""
+    """`{conversation}:{turn id}:{call id}`: the same on every attempt, so a tool can do its effect once."""
+    timeout_seconds: float = 10
+    attempts: int = 3
+    invalid: str | None = None
+    """Why the call is not made (no such tool, arguments against its schema): the model is told instead."""
+
+
+class AgentToolOutcome(BaseModel):
+    """What a tool call gave: what the model is shown of it, and what lineage keeps."""
+
+    call_id: str
+    name: str
+    ok: bool
+    content: str = ""
+    """The result as the model sees it (JSON, cut at the bot's `max_result_chars`), or the error."""
+    size: int = 0
+    """Bytes of the whole result."""
+    sha256: str = ""
+    arguments_sha256: str = ""
+    error: str | None = None
+
+
+class AgentStepRecord(BaseModel):
+    """One model step of a turn that asked for tools, and what the tools gave."""
+
+    text: str = ""
+    calls: list[AgentToolCall] = []
+    outcomes: list[AgentToolOutcome] = []
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+
+
 class RollingSummary(BaseModel):
     """The conversation's older turns folded into a few sentences, for LLM calls: what no longer fits the
     budget verbatim. Made by the `summarize` activity; kept in the workflow's state."""
@@ -330,6 +370,33 @@ class ContextLineage(BaseModel):
     retrieval_query: str | None = None
     """The standalone question retrieval searched with, when it differs from the message."""
     notes: list[str] = []
+
+
+class AgentStepRequest(BaseModel):
+    """One model step of the agent: the conversation (read from the store inside the step), the turn's
+    message and the steps it made so far."""
+
+    text: str
+    turn_id: str
+    turn_index: int
+    context: ContextRequest
+    steps: list[AgentStepRecord] = []
+    llm: bool | None = None
+    variant: bool = False
+    redact: bool = True
+
+
+class AgentStep(BaseModel):
+    """The model's answer (`reply`), or the tools it asks for (`calls`)."""
+
+    reply: Reply | None = None
+    calls: list[AgentToolCall] = []
+    text: str = ""
+    """What the model said beside its calls."""
+    limit_reached: bool = False
+    """The turn's step or tool-call limit made the model answer without tools."""
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
 
 
 class GenerateRequest(BaseModel):
@@ -401,6 +468,8 @@ class Lineage(BaseModel):
     """For an LLM answer: the turns it saw, the summary version, token counts, the retrieval query."""
     retrieval_query: str | None = None
     """What retrieval searched with, when the message was a follow-up made standalone."""
+    agent: list[AgentStepRecord] | None = None
+    """For an agent's answer: each model step that asked for tools, with its calls and their outcomes."""
     data: dict[str, Any] | None = None
     """For a structured reply: the object the model returned."""
 
@@ -535,3 +604,4 @@ class RetentionReport(BaseModel):
 
 
 ConversationInput.model_rebuild()
+AgentStep.model_rebuild()

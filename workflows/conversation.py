@@ -24,6 +24,7 @@ from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError, CancelledError, FailureError
 
 with workflow.unsafe.imports_passed_through():
+    from activities.agent import AgentActivity
     from activities.generate import GenerateActivity
     from activities.record import RecordActivities
     from activities.retrieve import RetrieveActivity
@@ -31,6 +32,7 @@ with workflow.unsafe.imports_passed_through():
     from activities.summarize import SummarizeActivity
     from activities.tools import ToolActivity
     from activities.understand import UnderstandActivity
+    from dialogue.agent.tools import arguments_digest
     from dialogue.llm.followup import is_follow_up
     from dialogue.metrics import TURN_QUEUE_DEPTH
     from dialogue.temporal import DEGRADED_COUNT, HANDOFF, LAST_INTENT, STATUS, TENANT, TURN_COUNT
@@ -39,6 +41,10 @@ with workflow.unsafe.imports_passed_through():
         UNRECORDABLE,
         AgentMessageReply,
         AgentMessageRequest,
+        AgentStepRecord,
+        AgentStepRequest,
+        AgentToolCall,
+        AgentToolOutcome,
         CarriedState,
         ContextRequest,
         ConversationInput,
@@ -111,6 +117,8 @@ class _Outcome(NamedTuple):
     reply: Reply
     query: str | None = None
     """What retrieval searched with, when the message was a follow-up made standalone."""
+    agent: list[AgentStepRecord] | None = None
+    """An agent's steps that called tools."""
 
 
 def _step(
@@ -146,6 +154,11 @@ TOOL = _step(timeout_s=10, total_s=20, attempts=3)
 # Folding older turns into the rolling summary: an LLM call like generate's, but after the reply, never in
 # the user's way. Failing after its retries leaves the verbatim window (older turns dropped, noted in lineage).
 SUMMARIZE = _step(timeout_s=20, total_s=30, attempts=3)
+# One model step of the agent: an LLM call like generate's, within the turn's deadline. A tool call's options
+# come from its declaration (timeout, attempts), cut to the deadline too.
+AGENT_STEP = _step(timeout_s=20, total_s=30, attempts=3)
+MAX_AGENT_STEPS = 50
+"""The loop's own guard; the bot's `agent.max_steps` (enforced by `agent_step`) comes first."""
 # Making a follow-up standalone with the LLM, before retrieval: short; failing, the heuristic stands in.
 REWRITE = _step(timeout_s=5, total_s=8, attempts=2)
 # Recording, inside the turn: one try, bounded just above SQLite's busy timeout (dialogue/db.py). A write the
@@ -503,7 +516,7 @@ class ConversationWorkflow:
         # A task, so that a newer turn can cancel it under the `interrupt` policy.
         self._interrupted = False
         self._responding = asyncio.ensure_future(
-            self._respond(text, turn_index, timings, failed, stream, request.flags)
+            self._respond(text, turn_id, turn_index, timings, failed, stream, request.flags)
         )
         try:
             if workflow.patched(TURN_DEADLINE_PATCH):
@@ -523,7 +536,7 @@ class ConversationWorkflow:
             return await self._answer_without_bot(turn_id, request, interrupted=True)
         finally:
             self._responding = None
-        nlu, decision, tool_result, reply, query = outcome
+        nlu, decision, tool_result, reply, query, agent_steps = outcome
         # A follow-up the NLU could not place is about the topic it continues ("and to Austria?").
         topic = decision.topic if decision is not None and decision.topic else nlu.intent.name
 
@@ -562,6 +575,7 @@ class ConversationWorkflow:
             context=reply.context.model_copy(update={"retrieval_query": query}) if reply.context else None,
             data=reply.data,
             retrieval_query=query,
+            agent=agent_steps,
         )
         reply = reply.model_copy(update={"context": None})  # the lineage has it: once in history is enough
         record = RecordTurnRequest(
@@ -609,6 +623,7 @@ class ConversationWorkflow:
     async def _respond(
         self,
         text: str,
+        turn_id: str,
         turn_index: int,
         timings: dict[str, float],
         failed: list[str],
@@ -649,6 +664,12 @@ class ConversationWorkflow:
                 timings,
                 failed,
             )
+        if decision is not None and decision.action == "agent":
+            agent = await self._attempt(
+                "agent", self._agent(text, turn_id, turn_index, flags, failed), timings, failed
+            )
+            reply = agent[0] if agent else Reply(text=FALLBACK_TEXT)
+            return _Outcome(nlu, decision, tool_result, reply, query, agent[1] if agent else None)
         reply = await self._attempt(
             "generate",
             _generate(
@@ -741,6 +762,71 @@ class ConversationWorkflow:
             self._unrecorded.pop(0)
             self._state.unrecorded = len(self._unrecorded)
             workflow.set_current_details(self._details())
+
+    async def _agent(
+        self, text: str, turn_id: str, turn_index: int, flags: dict[str, bool], failed: list[str]
+    ) -> tuple[Reply, list[AgentStepRecord]]:
+        """The agent's loop: a model step, the tools it asks for (side by side), their outcomes back to it,
+        until it answers. The bot's limits are the `agent_step` activity's to keep (it makes the model
+        answer at them); MAX_AGENT_STEPS only guards this loop."""
+        base = AgentStepRequest(
+            text=text,
+            turn_id=turn_id,
+            turn_index=turn_index,
+            context=ContextRequest(
+                conversation_id=self._input.key, turn_index=turn_index, summary=self._state.rolling_summary
+            ),
+            llm=flags.get("llm_generator"),
+            variant=flags.get("llm_variant", False),
+            redact=flags.get("redaction", True),
+        )
+        steps: list[AgentStepRecord] = []
+        for _ in range(MAX_AGENT_STEPS):
+            step = await workflow.execute_activity_method(
+                AgentActivity.agent_step,
+                base.model_copy(update={"steps": steps}),
+                **self._within_deadline(AGENT_STEP),
+            )
+            if step.reply is not None:
+                if step.limit_reached:
+                    failed.append("agent step limit")
+                return step.reply, steps
+            outcomes = await asyncio.gather(*(self._call_tool(call) for call in step.calls))
+            steps.append(
+                AgentStepRecord(
+                    text=step.text,
+                    calls=step.calls,
+                    outcomes=list(outcomes),
+                    prompt_tokens=step.prompt_tokens,
+                    completion_tokens=step.completion_tokens,
+                )
+            )
+        failed.append("agent step limit")
+        return Reply(text=FALLBACK_TEXT), steps
+
+    async def _call_tool(self, call: AgentToolCall) -> AgentToolOutcome:
+        """One tool call as its own activity, with the tool's own timeout and attempts; a call that must not
+        run, or that failed after its attempts, is an error result for the model, not a failed turn."""
+        common = {
+            "call_id": call.call_id,
+            "name": call.name,
+            "arguments_sha256": arguments_digest(call.arguments),
+        }
+        if call.invalid is not None:
+            return AgentToolOutcome(ok=False, error=call.invalid, **common)
+        options = _step(
+            timeout_s=call.timeout_seconds,
+            total_s=call.timeout_seconds * call.attempts + 5,
+            attempts=call.attempts,
+        )
+        try:
+            return await workflow.execute_activity_method(
+                AgentActivity.call_tool, call, **self._within_deadline(options)
+            )
+        except ActivityError as err:
+            if isinstance(err.cause, CancelledError):
+                raise asyncio.CancelledError from err
+            return AgentToolOutcome(ok=False, error=f"the tool failed: {err.cause or err}", **common)
 
     async def _retrieve(
         self, local: bool, text: str, flags: dict[str, bool], timings: dict[str, float]

@@ -36,6 +36,15 @@ _CITATION = re.compile(r"\[(\d+)\]")
 _FENCE = re.compile(r"^```(?:json)?\s*|\s*```$")
 
 
+@dataclass(frozen=True)
+class RequestedCall:
+    """A tool call the model asked for, as it streamed it: its id, the tool's name, the arguments' JSON."""
+
+    id: str
+    name: str
+    arguments: str
+
+
 @dataclass
 class Completion:
     text: str
@@ -44,6 +53,7 @@ class Completion:
     cut: bool = False
     """The model wrote past `max_tokens` (an endpoint that does not stop it): its text was cut there."""
     notes: list[str] = field(default_factory=list)
+    tool_calls: list[RequestedCall] = field(default_factory=list)
 
 
 class ChatClient:
@@ -66,11 +76,13 @@ class ChatClient:
         temperature: float,
         on_token: Callable[[str], None] | None = None,
         schema: dict[str, Any] | None = None,
+        tools: list[dict[str, Any]] | None = None,
     ) -> Completion:
         """The model's reply to `messages`. With `schema`, a JSON object is asked for: through
-        `response_format` where the endpoint supports it, else in the instructions."""
+        `response_format` where the endpoint supports it, else in the instructions. With `tools`
+        (OpenAI's function tools), the model may ask for calls instead of, or beside, its text."""
         notes: list[str] = []
-        options: dict[str, Any] = {}
+        options: dict[str, Any] = {"tools": tools} if tools else {}
         if schema is not None and self._json_schema:
             options["response_format"] = {
                 "type": "json_schema",
@@ -88,7 +100,12 @@ class ChatClient:
             # An endpoint without structured output: ask for the JSON in words instead, from now on.
             self._json_schema = False
             return await self.complete(
-                messages, max_tokens=max_tokens, temperature=temperature, on_token=on_token, schema=schema
+                messages,
+                max_tokens=max_tokens,
+                temperature=temperature,
+                on_token=on_token,
+                schema=schema,
+                tools=tools,
             )
         except openai.APIStatusError as err:
             LLM_ERRORS.labels(str(err.status_code)).inc()
@@ -118,11 +135,19 @@ class ChatClient:
             extra_body=options or None,
         )
         pieces: list[str] = []
+        calls: dict[int, dict[str, str]] = {}
         usage = None
         written = 0
         cut = False
         async for chunk in stream:
             usage = chunk.usage or usage
+            for call in (chunk.choices[0].delta.tool_calls or []) if chunk.choices else []:
+                # A call's id and name come in its first delta, its arguments in pieces after.
+                gathered = calls.setdefault(call.index, {"id": "", "name": "", "arguments": ""})
+                gathered["id"] = call.id or gathered["id"]
+                if call.function is not None:
+                    gathered["name"] = call.function.name or gathered["name"]
+                    gathered["arguments"] += call.function.arguments or ""
             delta = chunk.choices[0].delta.content if chunk.choices else None
             if not delta:
                 continue
@@ -141,7 +166,8 @@ class ChatClient:
             LLM_TOKENS.labels("prompt").inc(prompt_tokens)
         LLM_TOKENS.labels("completion").inc(completion_tokens)
         notes = [f"the reply was cut at max_tokens ({max_tokens})"] if cut else []
-        return Completion("".join(pieces), prompt_tokens, completion_tokens, cut, notes)
+        requested = [RequestedCall(**calls[index]) for index in sorted(calls)]
+        return Completion("".join(pieces), prompt_tokens, completion_tokens, cut, notes, requested)
 
 
 class OpenAIChatGenerator:
