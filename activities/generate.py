@@ -5,18 +5,15 @@ the bot definition."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import re
 from collections.abc import Callable
-from types import TracebackType
 from typing import Any
 
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import SQLAlchemyError
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.context import read_conversation
+from activities.progress import Progress
 from dialogue import events
 from dialogue.bot import BotDefinition, Flow
 from dialogue.generation import AnswerGenerator, Generators
@@ -29,7 +26,6 @@ from workflows.contracts import (
     DialogueState,
     GenerateRequest,
     Reply,
-    StreamTarget,
 )
 
 HANDOFF_TEXT = "I'll hand you over to a member of our team."
@@ -183,7 +179,19 @@ class GenerateActivity:
         conversation = None
         if request.context is not None and self._composer.calls_a_model(request):
             conversation = await asyncio.to_thread(read_conversation, self._engine, request.context)
-        async with _Progress(self._engine, request) as progress:
+        opening: list[tuple[events.EventKind, dict[str, Any]]] = [
+            ("nlu", request.nlu.model_dump(mode="json")),
+            (
+                "sources",
+                {
+                    "passages": [
+                        {"document_id": p.document_id, "title": p.title, "url": p.url, "score": p.score}
+                        for p in request.passages
+                    ]
+                },
+            ),
+        ]
+        async with Progress(self._engine, request.stream, opening) as progress:
             reply = await self._composer.compose(request, on_token=progress.token, conversation=conversation)
             progress.finish(reply)
         return reply
@@ -196,90 +204,3 @@ class GenerateActivity:
         if self._composer.calls_a_model(request):
             return ComposedReply()
         return ComposedReply(reply=await self.generate(request))
-
-
-HEARTBEAT_SECONDS = 1.0
-_WORDS = re.compile(r"\S+\s*")
-
-
-class _Progress:
-    """Heartbeats while the reply is being made and, for a streamed turn, writes its events.
-
-    Tokens are buffered and written by one background task: while a write is in progress
-    the next tokens gather, so a fast generator costs few writes and a slow one is sent
-    token by token. Heartbeats let Temporal notice a lost worker within the heartbeat
-    timeout and deliver a cancellation (the turn's deadline, an interrupting turn).
-    """
-
-    def __init__(self, engine: Engine, request: GenerateRequest) -> None:
-        self._engine = engine
-        self._target: StreamTarget | None = request.stream
-        self._pending: list[events.NewEvent] = []
-        self._wake = asyncio.Event()
-        self._done = False
-        self._streamed_tokens = 0
-        if self._target is not None:
-            if activity.info().attempt > 1:
-                # The client saw part of an earlier attempt's reply: tell it to start over.
-                self._add("restart", {"attempt": activity.info().attempt})
-            self._add("nlu", request.nlu.model_dump(mode="json"))
-            self._add(
-                "sources",
-                {
-                    "passages": [
-                        {"document_id": p.document_id, "title": p.title, "url": p.url, "score": p.score}
-                        for p in request.passages
-                    ]
-                },
-            )
-
-    async def __aenter__(self) -> _Progress:
-        self._writer = asyncio.create_task(self._write_loop())
-        return self
-
-    async def __aexit__(
-        self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
-    ) -> None:
-        self._done = True
-        self._wake.set()
-        if kind is None:
-            await self._writer  # the last tokens are in the log before the reply is returned
-        else:
-            self._writer.cancel()
-
-    def token(self, text: str) -> None:
-        if self._target is not None:
-            self._streamed_tokens += 1
-            self._add("token", {"text": text})
-
-    def finish(self, reply: Reply) -> None:
-        """A reply made all at once (a template, the grounded generator) is streamed word by word."""
-        if self._target is not None and self._streamed_tokens == 0:
-            for word in _WORDS.findall(reply.text):
-                self._add("token", {"text": word})
-
-    def _add(self, kind: events.EventKind, data: dict[str, Any]) -> None:
-        assert self._target is not None
-        self._pending.append(events.NewEvent(kind=kind, data=data, turn_id=self._target.turn_id))
-        self._wake.set()
-
-    async def _write_loop(self) -> None:
-        while True:
-            with contextlib.suppress(TimeoutError):  # no news: heartbeat all the same
-                await asyncio.wait_for(self._wake.wait(), timeout=HEARTBEAT_SECONDS)
-            self._wake.clear()
-            # A reply made in under a second needs no heartbeat (one RPC less per turn); a local activity
-            # has none (it lives inside a workflow task).
-            if not self._done and not activity.info().is_local:
-                activity.heartbeat()
-            if self._pending and self._target is not None:
-                batch, self._pending = self._pending, []
-                try:
-                    await asyncio.to_thread(events.append, self._engine, self._target.conversation_id, batch)
-                except (SQLAlchemyError, events.EventLogBusy) as err:
-                    # The store is unavailable: the reply matters, its live stream does not. The client
-                    # gets the whole reply in the final event, which comes from Temporal.
-                    activity.logger.warning("event log unavailable; the turn goes on unstreamed: %s", err)
-                    self._target, self._pending = None, []
-            if self._done and not self._pending:
-                return

@@ -21,7 +21,18 @@ from sqlmodel import Session, col, select
 
 from dialogue.db import ConversationEvent
 
-EventKind = Literal["nlu", "sources", "token", "restart", "agent_message", "handoff", "handback"]
+EventKind = Literal[
+    "nlu",
+    "sources",
+    "token",
+    "restart",
+    "agent_message",
+    "handoff",
+    "handback",
+    "tool_call",
+    "tool_result",
+    "approval_required",
+]
 APPEND_ATTEMPTS = 20
 EVENT_LOCK_SPACE = 0x64656C67
 """The first key of the per-conversation advisory locks (PostgreSQL); the second is the id's hash."""

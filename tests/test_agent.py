@@ -19,6 +19,7 @@ from api import create_app
 from dialogue.settings import Settings
 from tests.conftest import api_client, bot_with, served_llm, worker_for
 from tests.fake_llm import FakeLlm, Plan
+from tests.test_streaming import SSE, read_events
 
 ORDER_STATUS = {
     "name": "order_status",
@@ -192,3 +193,34 @@ async def test_at_the_step_limit_the_model_answers_without_tools_and_the_turn_is
     assert reply["reply"]["text"] == "I found NW-482913 on its way, but could not finish."
     last = fake.requests[-1]
     assert "tools" not in last and "cannot call tools any more" in last["messages"][-1]["content"]
+
+
+async def test_a_streamed_agent_turn_sends_its_tool_calls_and_results_then_tokens_and_the_reply(
+    client: Client, settings: Settings, tmp_path: Path, model: tuple[FakeLlm, str]
+) -> None:
+    fake, url = model
+    fake.plans = [
+        Plan(tool_calls=[("order_status", {"order_id": "NW-482913"})]),
+        Plan(text="Your order NW-482913 is on its way with DHL.", token_delay=0.01),
+    ]
+    conversation_id = f"streamed-{uuid.uuid4().hex[:6]}"
+    async with (
+        agent_chat(client, settings, tmp_path, url) as http,
+        http.stream(
+            "POST",
+            f"/v1/conversations/{conversation_id}/turns",
+            json={"text": "where is my order NW-482913?"},
+            headers=SSE,
+        ) as response,
+    ):
+        assert response.status_code == 200
+        received = await read_events(response)
+    kinds = [event.kind for event in received]
+    first_token = kinds.index("token")
+    assert kinds[-1] == "final" and kinds.index("tool_call") < kinds.index("tool_result") < first_token
+    call = next(event.data for event in received if event.kind == "tool_call")
+    result = next(event.data for event in received if event.kind == "tool_result")
+    assert call["name"] == "order_status" and call["arguments"] == {"order_id": "NW-482913"}
+    assert result["call_id"] == call["call_id"] and result["ok"] and result["size"] > 0
+    streamed = "".join(event.data["text"] for event in received if event.kind == "token")
+    assert streamed == received[-1].data["reply"]["text"] == "Your order NW-482913 is on its way with DHL."

@@ -280,6 +280,8 @@ class AgentToolCall(BaseModel):
     attempts: int = 3
     invalid: str | None = None
     """Why the call is not made (no such tool, arguments against its schema): the model is told instead."""
+    stream: StreamTarget | None = None
+    """A streamed turn's event log: the call's result goes there (`tool_result`)."""
 
 
 class AgentToolOutcome(BaseModel):
@@ -384,6 +386,8 @@ class AgentStepRequest(BaseModel):
     llm: bool | None = None
     variant: bool = False
     redact: bool = True
+    stream: StreamTarget | None = None
+    """Set when the client streams the turn: tokens, `tool_call` and `tool_result` events go to the log."""
 
 
 class AgentStep(BaseModel):

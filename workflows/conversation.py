@@ -666,7 +666,7 @@ class ConversationWorkflow:
             )
         if decision is not None and decision.action == "agent":
             agent = await self._attempt(
-                "agent", self._agent(text, turn_id, turn_index, flags, failed), timings, failed
+                "agent", self._agent(text, turn_id, turn_index, flags, failed, stream), timings, failed
             )
             reply = agent[0] if agent else Reply(text=FALLBACK_TEXT)
             return _Outcome(nlu, decision, tool_result, reply, query, agent[1] if agent else None)
@@ -764,7 +764,13 @@ class ConversationWorkflow:
             workflow.set_current_details(self._details())
 
     async def _agent(
-        self, text: str, turn_id: str, turn_index: int, flags: dict[str, bool], failed: list[str]
+        self,
+        text: str,
+        turn_id: str,
+        turn_index: int,
+        flags: dict[str, bool],
+        failed: list[str],
+        stream: StreamTarget | None,
     ) -> tuple[Reply, list[AgentStepRecord]]:
         """The agent's loop: a model step, the tools it asks for (side by side), their outcomes back to it,
         until it answers. The bot's limits are the `agent_step` activity's to keep (it makes the model
@@ -779,6 +785,7 @@ class ConversationWorkflow:
             llm=flags.get("llm_generator"),
             variant=flags.get("llm_variant", False),
             redact=flags.get("redaction", True),
+            stream=stream,
         )
         steps: list[AgentStepRecord] = []
         for _ in range(MAX_AGENT_STEPS):

@@ -80,7 +80,7 @@ TurnIdPath = Annotated[str, Path(max_length=200, description="The turn's id (its
 SSE_RESPONSE = {
     "content": {"text/event-stream": {}},
     "description": "With `Accept: text/event-stream`: the turn's events (`nlu`, `sources`, `token`, "
-    "`restart`), then `final` with the reply, or `error`.",
+    "`restart`; an agent's `tool_call`, `tool_result` and `approval_required`), then `final` with the reply, or `error`.",
 }
 
 
