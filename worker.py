@@ -97,7 +97,7 @@ def build_turn_activities(settings: Settings) -> TurnActivities:
         tool=ToolActivity(bot),
         summarize=SummarizeActivity(bot, engine, generators),
         rewrite=RewriteActivity(bot, generators),
-        agent=AgentActivity(bot, engine, generators),
+        agent=AgentActivity(bot, engine, generators, settings.data_dir),
     )
 
 
@@ -124,6 +124,8 @@ def build_worker(
             turn.rewrite.rewrite_query,
             turn.agent.agent_step,
             turn.agent.call_tool,
+            turn.agent.call_mcp_tool,
+            turn.agent.list_mcp_tools,
             RetentionActivities(client, turn.engine, retention_days).purge_expired,
         ],
         activity_executor=executor,

@@ -8,8 +8,12 @@ each checked against the bot's declarations. `call_tool` runs one call.
 from __future__ import annotations
 
 import asyncio
+import time
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
+from opentelemetry import trace
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 from temporalio import activity
@@ -17,18 +21,40 @@ from temporalio.exceptions import ApplicationError
 
 from activities.context import read_conversation
 from activities.progress import Progress
-from dialogue import events
+from dialogue import events, store
+from dialogue.agent.http_tools import call_http
+from dialogue.agent.mcp_tools import McpClients
 from dialogue.agent.python_tools import PYTHON_TOOLS, CallContext, ToolFailed
-from dialogue.agent.tools import arguments_digest, checked_call, openai_tools, shown, step_messages
+from dialogue.agent.tools import (
+    Shown,
+    arguments_digest,
+    checked_call,
+    offered,
+    openai_tools,
+    shown,
+    step_messages,
+)
 from dialogue.bot import BotDefinition
+from dialogue.db import ToolResult
 from dialogue.generation import Generators
 from dialogue.generation.openai_chat import OpenAIChatGenerator, RequestedCall
 from dialogue.generation.prompts import prompt_by_ref
 from dialogue.llm.context import assemble
+from dialogue.metrics import TOOL_CALLS, TOOL_SECONDS
 from dialogue.privacy.policy import PrivacyPolicy
-from workflows.contracts import AgentStep, AgentStepRequest, AgentToolCall, AgentToolOutcome, Reply
+from workflows.contracts import (
+    AgentStep,
+    AgentStepRequest,
+    AgentToolCall,
+    AgentToolOutcome,
+    McpToolList,
+    ModelCall,
+    OfferedTool,
+    Reply,
+)
 
 NO_MODEL = "AgentWithoutModel"
+TOOL_MISSING = "ToolMissing"
 LAST_WORD = (
     "You cannot call tools any more in this turn. Answer the customer now with what the tool results "
     "above say, and say plainly what you could not do."
@@ -36,11 +62,21 @@ LAST_WORD = (
 
 
 class AgentActivity:
-    def __init__(self, bot: BotDefinition, engine: Engine, generators: Generators) -> None:
+    def __init__(self, bot: BotDefinition, engine: Engine, generators: Generators, data_dir: Path) -> None:
         self._bot = bot
+        self._data_dir = data_dir
+        self._mcp = McpClients(bot)
         self._engine = engine
         self._generators = generators
-        self._redact = PrivacyPolicy(bot.privacy).for_llm
+        self._privacy = PrivacyPolicy(bot.privacy)
+        self._redact = self._privacy.for_llm
+        missing = [
+            tool.name
+            for tool in bot.agent.tools
+            if tool.kind == "python" and (tool.function or tool.name) not in PYTHON_TOOLS
+        ]
+        if missing:  # at the worker's start, not at a user's turn
+            raise ValueError(f"agent.tools: no Python function registered for {', '.join(missing)}")
 
     @activity.defn(name="agent_step")
     async def agent_step(self, request: AgentStepRequest) -> AgentStep:
@@ -53,6 +89,7 @@ class AgentActivity:
                 non_retryable=True,
             )
         settings = self._bot.agent
+        tools = offered(settings, request.mcp_tools)
         made = sum(len(step.calls) for step in request.steps)
         last = len(request.steps) + 1 >= settings.max_steps or made >= settings.max_tool_calls
         prompt = prompt_by_ref(settings.prompt)
@@ -72,18 +109,27 @@ class AgentActivity:
         messages: list[dict[str, Any]] = [*context.messages, *step_messages(request.steps)]
         if last:
             messages.append({"role": "system", "content": LAST_WORD})
+        started = time.monotonic()
         async with Progress(self._engine, request.stream) as progress:
             completion = await generator.client.complete(
                 messages,
                 max_tokens=generator.settings.max_tokens,
                 temperature=generator.settings.temperature,
-                tools=None if last else openai_tools(settings),
+                tools=None if last else openai_tools(tools),
                 on_token=progress.token,
             )
             tokens = {
                 "prompt_tokens": completion.prompt_tokens,
                 "completion_tokens": completion.completion_tokens,
             }
+            model = ModelCall(
+                model=generator.name,
+                prompt_id=prompt.id,
+                prompt_hash=prompt.hash,
+                duration_ms=round((time.monotonic() - started) * 1000, 1),
+                attempt=activity.info().attempt,
+                **tokens,
+            )
             if not completion.tool_calls or last:
                 reply = Reply(
                     text=completion.text.strip(),
@@ -92,8 +138,10 @@ class AgentActivity:
                     prompt_hash=prompt.hash,
                     context=context.lineage.model_copy(update=tokens),
                 )
-                return AgentStep(reply=reply, limit_reached=last and bool(request.steps), **tokens)
-            calls = self._checked(request, completion.tool_calls, made)
+                return AgentStep(
+                    reply=reply, limit_reached=last and bool(request.steps), model_call=model, **tokens
+                )
+            calls = self._checked(request, tools, completion.tool_calls, made)
             for call in calls:
                 progress.add(
                     "tool_call",
@@ -104,21 +152,36 @@ class AgentActivity:
                         "invalid": call.invalid,
                     },
                 )
-        return AgentStep(calls=calls, text=completion.text, **tokens)
+                if call.approval is not None and call.invalid is None:
+                    progress.add(
+                        "approval_required",
+                        {
+                            "call_id": call.call_id,
+                            "name": call.name,
+                            "arguments": call.arguments,
+                            "approval": call.approval,
+                        },
+                    )
+        return AgentStep(calls=calls, text=completion.text, model_call=model, **tokens)
 
     def _checked(
-        self, request: AgentStepRequest, requested: list[RequestedCall], made: int
+        self,
+        request: AgentStepRequest,
+        tools: list[OfferedTool],
+        requested: list[RequestedCall],
+        made: int,
     ) -> list[AgentToolCall]:
         """The calls the model asked for, checked against the declarations; past the turn's limit, not made."""
         settings = self._bot.agent
-        key = f"{request.context.conversation_id}:{request.turn_id}"
         calls = [
             checked_call(
-                settings,
+                tools,
                 call_id=call.id or f"call-{len(request.steps)}-{n}",
                 name=call.name,
                 arguments_json=call.arguments,
-                key=key,
+                conversation_id=request.context.conversation_id,
+                turn_id=request.turn_id,
+                approval_timeout_seconds=settings.approval_timeout_seconds,
             ).model_copy(update={"stream": request.stream})
             for n, call in enumerate(requested)
         ]
@@ -129,28 +192,104 @@ class AgentActivity:
 
     @activity.defn(name="call_tool")
     def call_tool(self, call: AgentToolCall) -> AgentToolOutcome:
-        """Run one tool call; a failure the tool expects (`ToolFailed`) is its result, for the model."""
+        """Run one call of a Python or HTTP tool; a failure the tool expects (`ToolFailed`) is its result, for
+        the model. Any other error fails the attempt, and Temporal retries it up to the tool's attempts."""
         spec = self._bot.agent.tool(call.name)
-        function = PYTHON_TOOLS.get((spec.function or spec.name) if spec else "")
-        if spec is None or function is None:
+        if spec is None:
             raise ApplicationError(
-                f"no tool {call.name!r} in this worker", type="ToolMissing", non_retryable=True
+                f"no tool {call.name!r} in this worker", type=TOOL_MISSING, non_retryable=True
             )
+        started = time.monotonic()
+        try:
+            if spec.kind == "http":
+                assert spec.http is not None  # the bot's validation made sure
+                result = call_http(spec.http, call.arguments, call.idempotency_key, spec.timeout_seconds)
+            else:
+                function = PYTHON_TOOLS[spec.function or spec.name]  # checked at the worker's start
+                context = CallContext(self._bot, call.idempotency_key, self._data_dir)
+                result = function(context, call.arguments)
+        except ToolFailed as failed:
+            return self._outcome(call, started, failed=str(failed))
+        except Exception:
+            _count(call, started, "error")
+            raise
+        return self._outcome(call, started, result=result)
+
+    @activity.defn(name="call_mcp_tool")
+    async def call_mcp_tool(self, call: AgentToolCall) -> AgentToolOutcome:
+        """Run one call of a tool an MCP server offers, the idempotency key in the request's `_meta`."""
+        server = next((s for s in self._bot.agent.mcp_servers if s.name == call.server), None)
+        if server is None or not server.allows(call.name):
+            raise ApplicationError(
+                f"no MCP tool {call.name!r} allowed in this worker", type=TOOL_MISSING, non_retryable=True
+            )
+        started = time.monotonic()
+        try:
+            result = await self._mcp.call(server, call.name, call.arguments, call.idempotency_key)
+        except ToolFailed as failed:
+            return self._outcome(call, started, failed=str(failed))
+        except Exception:
+            _count(call, started, "error")
+            raise
+        return self._outcome(call, started, result=result)
+
+    @activity.defn(name="list_mcp_tools")
+    async def list_mcp_tools(self) -> McpToolList:
+        """The allowed tools of the bot's MCP servers, from this worker's cache while it is fresh."""
+        return await self._mcp.list_tools(self._bot.agent.mcp_servers)
+
+    def _outcome(
+        self, call: AgentToolCall, started: float, *, result: Any = None, failed: str | None = None
+    ) -> AgentToolOutcome:
+        """What the call gave, in the tool's metrics, its span and (streamed turns) the event log."""
+        seconds = _count(call, started, "failed" if failed is not None else "ok")
         common = {
             "call_id": call.call_id,
             "name": call.name,
             "arguments_sha256": arguments_digest(call.arguments),
+            "attempt": activity.info().attempt,
+            "duration_ms": round(seconds * 1000, 1),
         }
-        try:
-            result = function(CallContext(self._bot, call.idempotency_key), call.arguments)
-        except ToolFailed as failed:
-            outcome = AgentToolOutcome(ok=False, error=str(failed), **common)
+        if failed is not None:
+            outcome = AgentToolOutcome(ok=False, error=failed, **common)
         else:
-            content, size, digest = shown(result, self._bot.agent.max_result_chars)
-            outcome = AgentToolOutcome(ok=True, content=content, size=size, sha256=digest, **common)
+            seen = shown(result, self._bot.agent.max_result_chars)
+            outcome = AgentToolOutcome(
+                ok=True,
+                content=seen.content,
+                size=seen.size,
+                sha256=seen.sha256,
+                stored=seen.cut and self._keep(call, seen),
+                **common,
+            )
+        span = trace.get_current_span()  # the activity's span, under the turn's trace
+        span.set_attribute("dialogue.tool", call.name)
+        span.set_attribute("dialogue.tool.ok", outcome.ok)
+        span.set_attribute("dialogue.tool.result_bytes", outcome.size)
         if call.stream is not None:
             self._tell(call, outcome)
         return outcome
+
+    def _keep(self, call: AgentToolCall, seen: Shown) -> bool:
+        """Keep the whole of a result the model saw cut (not in Temporal's history: in the store), redacted as
+        the transcript is. A store that cannot take it costs the link, not the call: its effect happened."""
+        row = ToolResult(
+            conversation_id=call.conversation_id,
+            call_id=call.call_id,
+            name=call.name,
+            size=seen.size,
+            sha256=seen.sha256,
+            content=self._privacy.for_storage(seen.whole),
+            created_at=datetime.now(UTC),
+        )
+        try:
+            store.keep_tool_result(self._engine, row)
+        except SQLAlchemyError as err:
+            activity.logger.warning(
+                "the whole result of %s was not kept: %s", call.call_id, err.__class__.__name__
+            )
+            return False
+        return True
 
     def _tell(self, call: AgentToolCall, outcome: AgentToolOutcome) -> None:
         """A streamed turn's `tool_result` event: what came back, not the whole result (lineage has its size)."""
@@ -170,3 +309,11 @@ class AgentActivity:
             )
         except SQLAlchemyError as err:  # the stream is a courtesy: the result goes to the model all the same
             activity.logger.warning("event log unavailable: %s", err.__class__.__name__)
+
+
+def _count(call: AgentToolCall, started: float, outcome: str) -> float:
+    """The attempt in the tool's metrics; its duration in seconds."""
+    seconds = time.monotonic() - started
+    TOOL_CALLS.labels(call.name, outcome).inc()
+    TOOL_SECONDS.labels(call.name).observe(seconds)
+    return seconds

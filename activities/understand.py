@@ -20,5 +20,11 @@ class UnderstandActivity:
     async def understand(self, request: UnderstandRequest) -> Understanding:
         """Intent, entities and sentiment of the user's text, and what the bot should do next."""
         nlu = self._parser.parse(request.text)
-        decision = decide(self._bot, nlu, request.dialogue, follow_up=is_follow_up(request.text))
+        decision = decide(
+            self._bot,
+            nlu,
+            request.dialogue,
+            follow_up=is_follow_up(request.text),
+            agent_mode=request.agent_mode and self._bot.mode == "agent",
+        )
         return Understanding(nlu=nlu, decision=decision)

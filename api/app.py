@@ -14,7 +14,7 @@ from temporalio.client import Client
 from api.deps import authorize_codec
 from api.errors import install_error_handlers
 from api.limits import BodySizeLimit, RateLimiter
-from api.routes import conversations, handoff, health, keys, knowledge, lineage, me, nlu, pages
+from api.routes import approvals, conversations, handoff, health, keys, knowledge, lineage, me, nlu, pages
 from api.routes.codec import codec_cors, codec_router
 from api.telemetry import RequestTelemetry, metrics_router
 from dialogue.bot import load_bot
@@ -77,6 +77,7 @@ def create_app(
     v1 = APIRouter(prefix="/v1")
     v1.include_router(conversations.router)
     v1.include_router(handoff.router)
+    v1.include_router(approvals.router)
     v1.include_router(lineage.router)
     v1.include_router(keys.router)
     v1.include_router(me.router)

@@ -36,8 +36,11 @@ from temporalio.service import RPCError, RPCStatusCode
 from dialogue.recovery import BROKEN
 from dialogue.temporal import workflow_id
 from workflows.conversation import (
+    APPROVAL_DECIDED,
+    APPROVAL_FORBIDDEN,
     CONVERSATION_ENDED,
     INVALID_TURN,
+    NO_SUCH_APPROVAL,
     NOT_HANDED_OFF,
     QUEUE_FULL,
     STORE_BEHIND,
@@ -108,6 +111,12 @@ def from_temporal(exc: BaseException, conversation_id: str) -> ApiError | None:
             return ApiError(409, "turn_in_progress", cause.message)
         if isinstance(cause, ApplicationError) and cause.type == NOT_HANDED_OFF:
             return ApiError(409, "not_handed_off", cause.message)
+        if isinstance(cause, ApplicationError) and cause.type == NO_SUCH_APPROVAL:
+            return ApiError(404, "approval_not_found", cause.message)
+        if isinstance(cause, ApplicationError) and cause.type == APPROVAL_DECIDED:
+            return ApiError(409, "approval_decided", cause.message)
+        if isinstance(cause, ApplicationError) and cause.type == APPROVAL_FORBIDDEN:
+            return ApiError(403, "forbidden", cause.message)
         if isinstance(cause, ApplicationError) and cause.type == QUEUE_FULL:
             return ApiError(429, "turn_queue_full", cause.message, {"Retry-After": RETRY_AFTER_SECONDS})
         if isinstance(cause, ApplicationError) and cause.type == STORE_BEHIND:

@@ -93,6 +93,15 @@ class TurnCreate(BaseModel):
     )
 
 
+class ApprovalCreate(BaseModel):
+    """A decision on a tool call that waits for approval."""
+
+    approve: bool = Field(description="True: the call runs; false: it does not, and the model is told.")
+    note: str | None = Field(
+        default=None, max_length=500, description="Why: kept in the answer's lineage, and the model reads it."
+    )
+
+
 class TurnAccepted(BaseModel):
     conversation_id: str
     turn_id: str

@@ -10,9 +10,19 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 
 from dialogue.flags import FlagSettings
+
+
+class HttpTool(BaseModel):
+    """How an HTTP tool is called: `{name}` in the URL is the argument of that name (URL-encoded); the other
+    arguments go in the query (GET, DELETE) or as the JSON body. `${NAME}` in a header is the environment
+    variable NAME, read when the call is made: secrets stay out of the bot file."""
+
+    method: Literal["GET", "POST", "PUT", "PATCH", "DELETE"] = "POST"
+    url: str
+    headers: dict[str, str] = {}
 
 
 class ToolSpec(BaseModel):
@@ -22,14 +32,59 @@ class ToolSpec(BaseModel):
     description: str
     parameters: dict[str, Any] = {"type": "object", "properties": {}}
     """A JSON schema of the arguments; the model's arguments are checked against it before any call."""
-    kind: Literal["python"] = "python"
-    """`python`: a function registered in code (`dialogue.agent.python_tools`)."""
+    kind: Literal["python", "http", "mcp"] = "python"
+    """`python`: a function registered in code (`dialogue.agent.python_tools`); `http`: a request (`http`);
+    `mcp`: a tool an MCP server lists (not declared here: see `agent.mcp_servers`)."""
+    http: HttpTool | None = None
+    server: str | None = None
+    """For an MCP tool: the server that lists it."""
     function: str | None = None
     """The registered function's name, when it differs from the tool's."""
     timeout_seconds: float = Field(default=10, gt=0)
     """One attempt of a call at most."""
     attempts: int = Field(default=3, ge=1)
     """Attempts of a call at most (retried by Temporal with back-off)."""
+    approval: Literal["none", "agent", "user"] = "none"
+    """Who must approve a call before it runs: `agent` (a person with the agent scope, in the console),
+    `user` (the user, in the chat), or no one."""
+
+    @model_validator(mode="after")
+    def _how_it_runs(self) -> ToolSpec:
+        if self.kind == "http" and self.http is None:
+            raise ValueError(f"tool {self.name}: kind http needs `http` (method, url, headers)")
+        return self
+
+
+class McpServer(BaseModel):
+    """An MCP server whose tools the agent may call: started over stdio (`command`) or reached over
+    streamable HTTP (`url`). Its tools are listed by an activity (cached per worker for `list_seconds`)
+    and offered to the model as the allow-list says; each call is an activity."""
+
+    name: str = Field(pattern=r"^[a-zA-Z0-9_-]{1,32}$")
+    command: list[str] | None = None
+    """stdio: the command that starts the server; `{python}` is the worker's Python, `{bot_dir}` the bot's
+    folder."""
+    url: str | None = None
+    """streamable HTTP: the server's endpoint, e.g. `http://127.0.0.1:8765/mcp`."""
+    headers: dict[str, str] = {}
+    """For `url`: sent with each request; `${NAME}` is the environment variable NAME."""
+    allow: list[str] = []
+    """The tools offered to the model, by name; `["*"]`: all the server lists. None unless listed."""
+    approval: Literal["none", "agent", "user"] = "none"
+    """Who approves a call to any of its tools first."""
+    timeout_seconds: float = Field(default=10, gt=0)
+    attempts: int = Field(default=3, ge=1)
+    list_seconds: float = Field(default=300, ge=0)
+    """How long a worker keeps a server's tool list before it asks again."""
+
+    @model_validator(mode="after")
+    def _one_transport(self) -> McpServer:
+        if (self.command is None) == (self.url is None):
+            raise ValueError(f"MCP server {self.name}: set `command` (stdio) or `url` (streamable HTTP)")
+        return self
+
+    def allows(self, tool: str) -> bool:
+        return "*" in self.allow or tool in self.allow
 
 
 class AgentSettings(BaseModel):
@@ -43,6 +98,15 @@ class AgentSettings(BaseModel):
     prompt: str = "agent@v1"
     max_result_chars: int = Field(default=4000, ge=100)
     """Of a tool's result, the model sees this much (cut with a marker)."""
+    approval_timeout_seconds: float = Field(default=900, gt=0)
+    """A call waiting for approval this long is denied, and the agent goes on without it."""
+    mcp_servers: list[McpServer] = []
+    intents: list[str] = []
+    """In agent mode, the intents the agent handles however sure the NLU is (their scripts stay for the
+    scripted mode)."""
+    confidence: float = Field(default=0.8, ge=0, le=1)
+    """In agent mode, a scripted intent is answered by its script only when the NLU is at least this sure;
+    every other turn (unsure, out of scope, a follow-up) goes to the agent."""
 
     def tool(self, name: str) -> ToolSpec | None:
         return next((tool for tool in self.tools if tool.name == name), None)
@@ -216,6 +280,9 @@ class BotDefinition(BaseModel):
     privacy: Privacy = Privacy()
     llm: LlmSettings = LlmSettings()
     agent: AgentSettings = AgentSettings()
+    mode: Literal["scripted", "agent"] = "scripted"
+    """`agent`: the LLM handles every turn that no scripted intent is sure of, with the bot's tools
+    (`agent:`). Only where the `agent` flag is on; elsewhere, and with `scripted`, intents decide."""
     flags: FlagSettings = {}
     """Feature flags for this bot, overriding the deployment's (`DIALOGUE_FLAGS`): `streaming`,
     `llm_generator`, `redaction`, `handoff`, each `true`, `false` or a percentage of conversations."""
@@ -224,6 +291,17 @@ class BotDefinition(BaseModel):
 
     path: Path | None = None
     """The file the definition was read from; relative paths in it start at its folder."""
+
+    @model_validator(mode="after")
+    def _agent_names(self) -> BotDefinition:
+        """A typo in the agent's declarations stops the process at start-up, not a user's turn."""
+        unknown = [name for name in self.agent.intents if self.intent(name) is None]
+        if unknown:
+            raise ValueError(f"agent.intents names no intent of this bot: {', '.join(unknown)}")
+        names = [tool.name for tool in self.agent.tools]
+        if len(set(names)) != len(names):
+            raise ValueError("agent.tools: two tools have the same name")
+        return self
 
     def intent(self, name: str) -> Intent | None:
         return next((intent for intent in self.intents if intent.name == name), None)

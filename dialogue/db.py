@@ -139,6 +139,22 @@ class Feedback(SQLModel, table=True):
     created_at: datetime = _utc_column(index=True)
 
 
+class ToolResult(SQLModel, table=True):
+    """The whole result of an agent's tool call too long for the model, which saw it cut: kept here rather
+    than in Temporal's history, and linked from the answer's lineage (`stored`)."""
+
+    __tablename__ = "tool_result"
+
+    conversation_id: str = Field(primary_key=True, max_length=200)
+    call_id: str = Field(primary_key=True, max_length=200)
+    name: str = Field(max_length=64)
+    size: int
+    sha256: str = Field(max_length=64)
+    content: str = Field(sa_type=Text)
+    """JSON, redacted as the transcript is."""
+    created_at: datetime = _utc_column()
+
+
 class KnowledgeDocument(SQLModel, table=True):
     """A knowledge-base document; its version grows each time its content changes."""
 

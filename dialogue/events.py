@@ -32,6 +32,7 @@ EventKind = Literal[
     "tool_call",
     "tool_result",
     "approval_required",
+    "bot_message",
 ]
 APPEND_ATTEMPTS = 20
 EVENT_LOCK_SPACE = 0x64656C67
@@ -116,7 +117,7 @@ def _newest(session: Session, conversation_id: str) -> int:
     return newest or 0
 
 
-def has(engine: Engine, conversation_id: str, turn_id: str, kind: EventKind) -> bool:
+def has(engine: Engine, conversation_id: str, turn_id: str | None, kind: EventKind) -> bool:
     with Session(engine) as session:
         found = session.exec(
             select(ConversationEvent.seq).where(

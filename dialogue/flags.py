@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from dialogue.bot import BotDefinition
     from dialogue.settings import Settings
 
-Flag = Literal["streaming", "llm_generator", "redaction", "handoff", "llm_variant"]
+Flag = Literal["streaming", "llm_generator", "redaction", "handoff", "llm_variant", "agent"]
 FLAGS: tuple[Flag, ...] = get_args(Flag)
 
 Rollout = bool | Annotated[float, Field(ge=0, le=100)]
@@ -75,6 +75,7 @@ class FeatureFlags:
             "redaction": True,
             "handoff": True,
             "llm_variant": False,
+            "agent": False,
         }
         merged = defaults | dict(deployment) | dict(bot or {})
         unset = "llm_generator" not in deployment and "llm_generator" not in (bot or {})

@@ -44,6 +44,21 @@ LLM_ERRORS = Counter(
     "Failed LLM calls by reason (timeout, status code, connection).",
     ["reason"],
 )
+TOOL_CALLS = Counter(
+    "dialogue_agent_tool_calls",
+    "Attempts of the agent's tool calls, by tool and outcome: ok, failed (the tool's own error, which the "
+    "model reads) or error (the attempt failed and Temporal retries it, up to the tool's attempts).",
+    ["tool", "outcome"],
+)
+TOOL_SECONDS = Histogram(
+    "dialogue_agent_tool_duration_seconds",
+    "One attempt of an agent's tool call, by tool.",
+    ["tool"],
+    buckets=LATENCY_BUCKETS,
+)
+# Recorded by the workflow (replay-safe metric meter), among the worker's SDK metrics: decisions on tool
+# calls that waited for approval, by tool and decision (approved, denied, timeout).
+APPROVAL_DECISIONS = "dialogue_agent_approvals"
 BROKEN_CONVERSATIONS = Gauge(
     "dialogue_conversation_workflows_broken",
     "Conversations whose workflow failed, was terminated, timed out or was cancelled, and was not recovered "

@@ -25,15 +25,35 @@ CANCEL_INTENTS = frozenset({"deny"})
 STAY_INTENTS = frozenset({"affirm", OUT_OF_SCOPE})
 
 
-def decide(bot: BotDefinition, nlu: NluResult, state: DialogueState, *, follow_up: bool = False) -> Decision:
-    """`follow_up`: the text leans on what was said before (`dialogue.llm.followup.is_follow_up`)."""
+def decide(
+    bot: BotDefinition,
+    nlu: NluResult,
+    state: DialogueState,
+    *,
+    follow_up: bool = False,
+    agent_mode: bool = False,
+) -> Decision:
+    """`follow_up`: the text leans on what was said before (`dialogue.llm.followup.is_follow_up`).
+    `agent_mode`: the bot's `mode: agent` is on for this conversation (the `agent` flag)."""
     # Every entity is remembered as a slot of its name (the latest value wins); flows take theirs from it.
     remembered = {**state.slots, **{e.entity: e.value for e in nlu.entities}}
     state = state.model_copy(update={"slots": remembered})
     flow = bot.flow(state.active_flow)
     if flow is not None:
         return _continue_flow(bot, flow, nlu, state)
+    if agent_mode and _for_the_agent(bot, nlu):
+        return Decision(
+            action="agent", dialogue=state.model_copy(update={"active_flow": None, "requested_slot": None})
+        )
     return _without_flow(bot, nlu, state, follow_up=follow_up)
+
+
+def _for_the_agent(bot: BotDefinition, nlu: NluResult) -> bool:
+    """In agent mode: the agent's own intents, and whatever no scripted intent is sure of."""
+    if nlu.intent.name in bot.agent.intents:
+        return True
+    sure = nlu.intent.name != OUT_OF_SCOPE and nlu.intent.confidence >= bot.agent.confidence
+    return not sure or bot.intent(nlu.intent.name) is None
 
 
 def _without_flow(

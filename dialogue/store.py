@@ -12,7 +12,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
 from dialogue import events
-from dialogue.db import Conversation, ConversationEvent, Feedback, Message
+from dialogue.db import Conversation, ConversationEvent, Feedback, Message, ToolResult
 from workflows.contracts import RecordConversationRequest, RecordMessageRequest, RecordTurnRequest
 
 ERASED = "erased"
@@ -48,7 +48,8 @@ def record_turn(engine: Engine, turn: RecordTurnRequest) -> None:
             "created_at": turn.at,
         }
         key = f"{turn.conversation_id}:{turn.turn_index}"
-        session.merge(Message(id=f"{key}:user", role="user", text=turn.user_text, **common))
+        if turn.resumes is None:  # an agent going on after approvals answers no message of the user's
+            session.merge(Message(id=f"{key}:user", role="user", text=turn.user_text, **common))
         if turn.reply is None:  # interrupted, or a person answers: the user's words alone
             session.commit()
             return
@@ -69,6 +70,45 @@ def record_turn(engine: Engine, turn: RecordTurnRequest) -> None:
             )
         )
         session.commit()
+    if turn.resumes is not None and turn.reply is not None:
+        # No one asked for this answer in a request of their own: stream clients of the conversation get it.
+        _announce(
+            engine,
+            turn.conversation_id,
+            events.NewEvent(
+                kind="bot_message",
+                turn_id=turn.turn_id,
+                data={
+                    "turn_index": turn.turn_index,
+                    "role": "bot",
+                    "text": turn.reply.text,
+                    "author": None,
+                    "at": turn.at.isoformat(),
+                    "resumes": turn.resumes,
+                },
+            ),
+        )
+
+
+def _announce(engine: Engine, conversation_id: str, event: events.NewEvent) -> None:
+    """Append an event once: a retried activity finds it there already."""
+    if not events.has(engine, conversation_id, event.turn_id, event.kind):
+        events.append(engine, conversation_id, [event])
+
+
+def keep_tool_result(engine: Engine, result: ToolResult) -> None:
+    """Keep a tool call's whole result; idempotent (a retried call writes the same row)."""
+    with Session(engine) as session:
+        conversation = session.get(Conversation, result.conversation_id)
+        if conversation is not None and conversation.status == ERASED:
+            return
+        session.merge(result)
+        session.commit()
+
+
+def tool_result(engine: Engine, conversation_id: str, call_id: str) -> ToolResult | None:
+    with Session(engine) as session:
+        return session.get(ToolResult, (conversation_id, call_id))
 
 
 def record_message(engine: Engine, message: RecordMessageRequest) -> None:
@@ -94,25 +134,21 @@ def record_message(engine: Engine, message: RecordMessageRequest) -> None:
             )
         )
         session.commit()
-    # A retried activity finds its event already there.
-    if not events.has(engine, message.conversation_id, message.turn_id, message.event):
-        events.append(
-            engine,
-            message.conversation_id,
-            [
-                events.NewEvent(
-                    kind=message.event,
-                    turn_id=message.turn_id,
-                    data={
-                        "turn_index": message.turn_index,
-                        "role": message.role,
-                        "text": message.text,
-                        "author": message.author,
-                        "at": message.at.isoformat(),
-                    },
-                )
-            ],
-        )
+    _announce(
+        engine,
+        message.conversation_id,
+        events.NewEvent(
+            kind=message.event,
+            turn_id=message.turn_id,
+            data={
+                "turn_index": message.turn_index,
+                "role": message.role,
+                "text": message.text,
+                "author": message.author,
+                "at": message.at.isoformat(),
+            },
+        ),
+    )
 
 
 def record_conversation(engine: Engine, change: RecordConversationRequest) -> None:
@@ -229,6 +265,9 @@ def erase_conversation(engine: Engine, key: str, at: datetime) -> dict[str, int]
                 delete(ConversationEvent).where(col(ConversationEvent.conversation_id) == key)
             ).rowcount,
             "feedback": session.exec(delete(Feedback).where(col(Feedback.conversation_id) == key)).rowcount,
+            "tool_results": session.exec(
+                delete(ToolResult).where(col(ToolResult.conversation_id) == key)
+            ).rowcount,
         }
         row = session.get(Conversation, key) or Conversation(id=key, created_at=at, updated_at=at)
         row.status, row.ended_reason, row.last_intent, row.turn_count = ERASED, ERASED, None, 0

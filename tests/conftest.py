@@ -175,6 +175,9 @@ def bot_with(settings: Settings, tmp_path: Path, **changes: Any) -> Path:
     raw["knowledge_dir"] = str(base / raw["knowledge_dir"])
     raw["nlu"] = {k: str(base / v) for k, v in raw["nlu"].items()}
     raw["tables"] = {k: str(base / v) for k, v in raw["tables"].items()}
+    for server in raw.get("agent", {}).get("mcp_servers", []):  # the demo's MCP server stays where it is
+        if "command" in server:
+            server["command"] = [part.replace("{bot_dir}", str(base)) for part in server["command"]]
     path = tmp_path / "bot.yaml"
     path.write_text(yaml.safe_dump(raw | changes))
     return path

@@ -29,6 +29,8 @@ from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.remote.webelement import WebElement
 
+from dialogue.flags import BUCKETS, bucket
+from dialogue.temporal import conversation_key
 from tests.browser import SCREENSHOTS, Browser, TcpRelay, missing_browser
 from tests.conftest import free_port
 from tests.fake_llm import FakeLlm, Plan
@@ -44,6 +46,7 @@ pytestmark = [
     pytest.mark.timeout(300),  # the first test also starts the stack and the browser
 ]
 
+AGENT_PERCENT = 0.01
 KEY_STORAGE = "dialogue.apiKey"
 CONVERSATION_STORAGE = "dialogue.conversationId"
 
@@ -159,6 +162,9 @@ def up(
             "DIALOGUE_LLM_API_KEY": "sk-test",
             # Every search sees the knowledge base as it is: the article added below included.
             "DIALOGUE_KNOWLEDGE_RELOAD_SECONDS": "0",
+            # The demo's agent mode for one conversation in 10,000 (AGENT_PERCENT): the approval test
+            # picks one of those; every other test's conversation stays scripted.
+            "DIALOGUE_FLAGS": json.dumps({"agent": AGENT_PERCENT}),
         },
     )
     try:
@@ -667,3 +673,53 @@ def test_the_console_shows_a_rating_given_while_it_is_open(
         assert rated.status_code == 201, rated.text
     browser.wait_for("the new rating", lambda _: "not helpful" in rating())
     browser.screenshot("rating updated")
+
+
+def agent_conversation_id() -> str:
+    """A new conversation id on the side of the `agent` flag's rollout that has it on."""
+    while True:
+        candidate = f"agent-{uuid.uuid4().hex[:12]}"
+        if bucket("agent", conversation_key("default", candidate)) < round(AGENT_PERCENT * BUCKETS / 100):
+            return candidate
+
+
+def test_the_user_approves_the_agents_call_in_the_chat_and_sees_what_it_did(
+    browser: Browser, up: Up, llm: tuple[FakeLlm, str]
+) -> None:
+    fake, _ = llm
+    conversation_id = agent_conversation_id()
+    open_chat(browser, up)
+    browser.script("localStorage.setItem(arguments[0], arguments[1])", CONVERSATION_STORAGE, conversation_id)
+    open_chat(browser, up)
+    done = "Done: order NW-105733 will go to Ringstr. 5, 1010 Wien."
+    fake.plans = [
+        Plan(tool_calls=[("change_address", {"order_id": "NW-105733", "address": "Ringstr. 5, 1010 Wien"})]),
+        Plan(text=done),
+    ]
+    try:
+        asking = type_and_send(browser, "Please send my order NW-105733 to Ringstr. 5, 1010 Wien instead")
+        browser.screenshot("approval asked")
+        assert "change_address" in text_of(asking) and "your approval" in text_of(asking), (
+            browser.diagnostics()
+        )
+        group = asking.find_element("css selector", ".approval[role=group]")
+        assert group.get_attribute("aria-label") == "Approve change_address?"
+        before = len(bot_messages(browser))
+        group.find_element("css selector", "button.approve").click()
+        answer = browser.wait_for(
+            "the agent's answer after the approval",
+            lambda _: bot_messages(browser)[-1] if len(bot_messages(browser)) > before else None,
+        )
+        browser.screenshot("approved and answered")
+    finally:
+        fake.plans = [Plan(text=ANSWER)]
+    assert text_of(answer) == done, browser.diagnostics()
+    assert "You approved it." in asking.text
+    tools = fake.requests[-1]["messages"]
+    assert any(m["role"] == "tool" and "Ringstr. 5" in m["content"] for m in tools)
+
+    # After a reload: the transcript has both answers, and no decision is offered any more.
+    browser.driver.refresh()
+    browser.wait_for("the transcript", lambda _: len(bot_messages(browser)) >= 2)
+    assert [text_of(m) for m in bot_messages(browser)][-1] == done
+    assert not browser.find_all("#messages .approval button")

@@ -86,6 +86,7 @@ def test_true_false_0_and_100_are_everyone_or_no_one() -> None:
             "redaction": True,
             "handoff": False,
             "llm_variant": False,
+            "agent": False,
         }
         for v in values
     )
@@ -94,8 +95,8 @@ def test_true_false_0_and_100_are_everyone_or_no_one() -> None:
 def test_unset_flags_keep_the_behaviour_from_before_flags() -> None:
     grounded, openai = (FeatureFlags.resolve({}, generator=g) for g in ("grounded", "openai"))
     # Unset, the LLM flag is not sent at all: each worker's DIALOGUE_GENERATOR decides, as before.
-    # The LLM variant is off unless a rollout puts conversations on it.
-    everything_else = {f: f != "llm_variant" for f in FLAGS if f != "llm_generator"}
+    # The LLM variant and the agent mode are off unless a rollout puts conversations on them.
+    everything_else = {f: f not in ("llm_variant", "agent") for f in FLAGS if f != "llm_generator"}
     assert grounded.evaluate("default/x") == openai.evaluate("default/x") == everything_else
     assert not grounded.may_be_on("llm_generator") and openai.may_be_on("llm_generator")
 
@@ -109,6 +110,7 @@ def test_a_bots_flags_override_the_deployments(tmp_path: Path) -> None:
         "redaction": 0,
         "handoff": 100,
         "llm_variant": 0,
+        "agent": 0,
     }
 
 
@@ -124,7 +126,8 @@ def test_an_unknown_flag_or_a_share_past_100_is_a_configuration_error(
     with pytest.raises(ValidationError, match="less than or equal to 100"):
         Settings(flags={"streaming": 150})
     with pytest.raises(
-        ValidationError, match="'streaming', 'llm_generator', 'redaction', 'handoff' or 'llm_variant'"
+        ValidationError,
+        match="'streaming', 'llm_generator', 'redaction', 'handoff', 'llm_variant' or 'agent'",
     ):
         load_bot(bot_with(Settings(), tmp_path, flags={"streeming": True}))
 

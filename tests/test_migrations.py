@@ -26,7 +26,7 @@ from dialogue import store
 from dialogue.bot import BotDefinition
 from dialogue.db import get_engine, init_db
 from dialogue.migrations import (
-    BASELINE,
+    LATER_TABLES,
     SchemaMismatch,
     alembic_config,
     current_revision,
@@ -60,7 +60,8 @@ def differences(engine: Engine) -> list[Any]:
 def made_by_create_all(url: str, *, with_author: bool) -> Engine:
     """A store as the code before migrations left it, with a conversation in it."""
     engine = get_engine(url)
-    SQLModel.metadata.create_all(engine)
+    tables = [table for name, table in SQLModel.metadata.tables.items() if name not in LATER_TABLES]
+    SQLModel.metadata.create_all(engine, tables=tables)
     with engine.begin() as connection:
         if not with_author:
             connection.execute(text("ALTER TABLE message DROP COLUMN author"))
@@ -102,7 +103,8 @@ def test_a_database_made_by_create_all_is_adopted_and_keeps_its_rows(
     empty_url: str, with_author: bool
 ) -> None:
     engine = made_by_create_all(empty_url, with_author=with_author)
-    assert (differences(engine) == []) is with_author
+    missing = [d for d in differences(engine) if not (d[0] == "add_table" and d[1].name in LATER_TABLES)]
+    assert (missing == []) is with_author
 
     migrated = upgrade(engine)
 
@@ -181,10 +183,11 @@ def test_a_schema_that_a_newer_release_migrated_is_left_as_it_is(tmp_path: Path)
     assert differences(engine) == []
 
 
-def test_the_baseline_is_the_head_while_adoption_compares_with_the_models() -> None:
-    # Adoption stamps the baseline after comparing the tables with the models: that holds only while
-    # the two are the same schema. A new revision must make adoption compare with the baseline's own.
-    assert head() == BASELINE
+def test_the_revisions_after_the_baseline_only_add_the_later_tables() -> None:
+    # Adoption stamps the baseline after comparing the tables with the models but LATER_TABLES: that
+    # holds only while the later revisions add tables and change none of the baseline's. A revision that
+    # changes a baseline table must make adoption compare with the baseline's own schema.
+    assert head() == "0002" and {"tool_result"} == LATER_TABLES
 
 
 async def test_a_turn_through_the_api_and_a_worker_is_stored_in_postgresql(

@@ -18,6 +18,8 @@ ConversationStatus = Literal["active", "ended", "failed"]
 the workflow itself never says it). Broken, not ended: `dialogue recover` brings it back."""
 DoubleTextPolicy = Literal["enqueue", "reject", "interrupt"]
 Holder = Literal["bot", "agent"]
+Approver = Literal["agent", "user"]
+"""Who approves a tool call: a person with the agent scope, or the user (the conversation's client)."""
 
 OUT_OF_SCOPE = "out_of_scope"
 """The intent of text that belongs to no intent of the bot."""
@@ -147,6 +149,8 @@ class DialogueState(BaseModel):
 class UnderstandRequest(BaseModel):
     text: str
     dialogue: DialogueState = DialogueState()
+    agent_mode: bool = False
+    """The `agent` flag: a bot with `mode: agent` hands the agent what its scripts are unsure of."""
 
 
 Action = Literal[
@@ -268,11 +272,38 @@ class StreamTarget(BaseModel):
     turn_id: str
 
 
+class OfferedTool(BaseModel):
+    """A tool as the agent offers it to the model and runs it: one the bot declares, or one an MCP server
+    lists (`list_mcp_tools`)."""
+
+    name: str
+    description: str = ""
+    parameters: dict[str, Any] = {"type": "object", "properties": {}}
+    kind: Literal["python", "http", "mcp"] = "python"
+    server: str | None = None
+    """For an MCP tool: the bot's name for the server that lists it."""
+    approval: Literal["none", "agent", "user"] = "none"
+    timeout_seconds: float = 10
+    attempts: int = 3
+
+
+class McpToolList(BaseModel):
+    """The tools the bot's MCP servers offer (allowed ones only), and the servers that could not be listed."""
+
+    tools: list[OfferedTool] = []
+    unavailable: dict[str, str] = {}
+    """Server name to why it could not be listed: its tools are left out of this turn."""
+
+
 class AgentToolCall(BaseModel):
     """A tool call the model asked for, checked against the tool's declaration."""
 
     call_id: str
     name: str
+    kind: Literal["python", "http", "mcp"] = "python"
+    server: str | None = None
+    conversation_id: str = ""
+    """The conversation's key: a result too long for the model is kept in the store under it."""
     arguments: dict[str, Any] = {}
     idempotency_key: str = ""
     """`{conversation}:{turn id}:{call id}`: the same on every attempt, so a tool can do its effect once."""
@@ -282,6 +313,46 @@ class AgentToolCall(BaseModel):
     """Why the call is not made (no such tool, arguments against its schema): the model is told instead."""
     stream: StreamTarget | None = None
     """A streamed turn's event log: the call's result goes there (`tool_result`)."""
+    approval: Approver | None = None
+    """Who must approve the call before it runs (the tool's `approval`); None: no one."""
+    approval_timeout_seconds: float = 900
+    """Unanswered this long, the approval counts as denied."""
+
+
+class ApprovalDecision(BaseModel):
+    """How a call that needed approval was decided, and by whom (lineage keeps it)."""
+
+    approved: bool
+    by: str
+    """The key or token that decided (its subject), or `timeout`."""
+    role: Literal["agent", "user", "timeout"]
+    note: str | None = None
+    at: datetime
+
+
+class PendingApproval(BaseModel):
+    """A tool call waiting for a person's or the user's approval; the turn that asked for it has answered."""
+
+    call_id: str
+    turn_id: str
+    """The turn whose agent waits."""
+    name: str
+    arguments: dict[str, Any] = {}
+    approval: Approver
+    requested_at: datetime
+    expires_at: datetime
+    """Unanswered by then, the call is denied."""
+
+
+class ApprovalRequest(BaseModel):
+    """The `approve` update: a decision on one pending call."""
+
+    call_id: str
+    approve: bool
+    note: str | None = None
+    by: str
+    as_agent: bool = False
+    """The caller has the agent scope: it may decide `agent` approvals (a client only `user` ones)."""
 
 
 class AgentToolOutcome(BaseModel):
@@ -297,6 +368,28 @@ class AgentToolOutcome(BaseModel):
     sha256: str = ""
     arguments_sha256: str = ""
     error: str | None = None
+    approval: ApprovalDecision | None = None
+    """For a call that needed approval: who decided, how and when."""
+    stored: bool = False
+    """The result was longer than the model may see: the whole of it is in the store
+    (`GET /v1/conversations/{id}/tool-results/{call_id}`), the model saw it cut."""
+    attempt: int = 1
+    """The attempt that gave this outcome (a retried call: a worker died, the service failed)."""
+    duration_ms: float = 0.0
+    """Of that attempt."""
+
+
+class ModelCall(BaseModel):
+    """One call of the agent's model, for lineage."""
+
+    model: str
+    """`openai:<model>`."""
+    prompt_id: str | None = None
+    prompt_hash: str | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    duration_ms: float = 0.0
+    attempt: int = 1
 
 
 class AgentStepRecord(BaseModel):
@@ -307,6 +400,7 @@ class AgentStepRecord(BaseModel):
     outcomes: list[AgentToolOutcome] = []
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
+    model_call: ModelCall | None = None
 
 
 class RollingSummary(BaseModel):
@@ -388,6 +482,8 @@ class AgentStepRequest(BaseModel):
     redact: bool = True
     stream: StreamTarget | None = None
     """Set when the client streams the turn: tokens, `tool_call` and `tool_result` events go to the log."""
+    mcp_tools: list[OfferedTool] = []
+    """What the bot's MCP servers offer this turn (listed once per turn, before its first step)."""
 
 
 class AgentStep(BaseModel):
@@ -401,6 +497,7 @@ class AgentStep(BaseModel):
     """The turn's step or tool-call limit made the model answer without tools."""
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
+    model_call: ModelCall | None = None
 
 
 class GenerateRequest(BaseModel):
@@ -474,6 +571,8 @@ class Lineage(BaseModel):
     """What retrieval searched with, when the message was a follow-up made standalone."""
     agent: list[AgentStepRecord] | None = None
     """For an agent's answer: each model step that asked for tools, with its calls and their outcomes."""
+    agent_answer: ModelCall | None = None
+    """For an agent's answer: the model call that wrote it."""
     data: dict[str, Any] | None = None
     """For a structured reply: the object the model returned."""
 
@@ -497,6 +596,41 @@ class TurnReply(BaseModel):
     held_by: Holder = "bot"
     """`agent`: the conversation is handed off; a person answers through agent messages, not this reply."""
     user_text: str = ""
+    approvals: list[PendingApproval] = []
+    """Tool calls of this turn's agent that wait for approval: the reply says so, and the agent goes on
+    once they are decided (`POST …/approvals/{call_id}`)."""
+    resumes: str | None = None
+    """For the answer of an agent that waited for approvals: the turn that asked for them."""
+
+
+class ParkedAgent(BaseModel):
+    """A turn's agent waiting for approvals: where it stands, to go on from there once they are decided."""
+
+    turn_id: str
+    turn_index: int
+    text: str
+    nlu: NluResult | None = None
+    flags: dict[str, bool] = {}
+    streamed: bool = False
+    steps: list[AgentStepRecord] = []
+    """The steps before the one that waits."""
+    waiting: AgentStepRecord
+    """The step whose calls wait: its outcomes so far are those of the calls that needed no approval."""
+    pending: list[PendingApproval] = []
+    decisions: dict[str, ApprovalDecision] = {}
+    resumed: int = 0
+    """How many times this turn's agent went on after approvals (each answer its own transcript entry)."""
+
+
+class ApprovalReply(BaseModel):
+    """What deciding an approval did: the calls of that turn still pending, or the agent's answer once
+    none is (the turn's agent went on)."""
+
+    conversation_id: str
+    call_id: str
+    approved: bool
+    pending: list[PendingApproval] = []
+    reply: TurnReply | None = None
 
 
 class ConversationState(BaseModel):
@@ -533,6 +667,8 @@ class ConversationState(BaseModel):
     """What the last turn's retrieval searched with: the next follow-up is made standalone from it."""
     last_action: str | None = None
     """What the bot did in the last turn: a follow-up continues an `answer`."""
+    pending_approvals: list[PendingApproval] = []
+    """Tool calls waiting for approval, oldest first."""
     workflow_status: str | None = None
     """When `status` is `failed`: how the workflow closed (`failed`, `terminated`, `timed_out`, `canceled`)."""
 
@@ -550,6 +686,8 @@ class CarriedState(BaseModel):
     state: ConversationState
     recent_turns: list[TurnReply] = []
     """The last few replies: a retried turn whose run has ended still gets its reply, not a second turn."""
+    parked: list[ParkedAgent] = []
+    """Agents waiting for approvals: they wait on in the next run."""
 
 
 class RecordTurnRequest(BaseModel):
@@ -565,6 +703,8 @@ class RecordTurnRequest(BaseModel):
     degraded: bool = False
     at: datetime
     lineage: Lineage | None = None
+    resumes: str | None = None
+    """For what an agent said when it went on after approvals (no user message): the turn it continues."""
 
 
 class RecordMessageRequest(BaseModel):

@@ -15,6 +15,7 @@ conversation of any length keeps a small history.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import Any, Literal, NamedTuple, TypeVar, overload
@@ -34,7 +35,7 @@ with workflow.unsafe.imports_passed_through():
     from activities.understand import UnderstandActivity
     from dialogue.agent.tools import arguments_digest
     from dialogue.llm.followup import is_follow_up
-    from dialogue.metrics import TURN_QUEUE_DEPTH
+    from dialogue.metrics import APPROVAL_DECISIONS, TURN_QUEUE_DEPTH
     from dialogue.temporal import DEGRADED_COUNT, HANDOFF, LAST_INTENT, STATUS, TENANT, TURN_COUNT
     from workflows.contracts import (
         OUT_OF_SCOPE,
@@ -45,6 +46,9 @@ with workflow.unsafe.imports_passed_through():
         AgentStepRequest,
         AgentToolCall,
         AgentToolOutcome,
+        ApprovalDecision,
+        ApprovalReply,
+        ApprovalRequest,
         CarriedState,
         ContextRequest,
         ConversationInput,
@@ -59,8 +63,11 @@ with workflow.unsafe.imports_passed_through():
         Holder,
         IntentPrediction,
         Lineage,
+        ModelCall,
         NluResult,
+        ParkedAgent,
         Passage,
+        PendingApproval,
         RecordConversationRequest,
         RecordMessageRequest,
         RecordTurnRequest,
@@ -87,6 +94,9 @@ TURN_IN_PROGRESS = "TurnInProgress"
 QUEUE_FULL = "TurnQueueFull"
 NOT_HANDED_OFF = "NotHandedOff"
 STORE_BEHIND = "StoreBehind"
+NO_SUCH_APPROVAL = "NoSuchApproval"
+APPROVAL_DECIDED = "ApprovalDecided"
+APPROVAL_FORBIDDEN = "ApprovalForbidden"
 
 FALLBACK_TEXT = "Sorry, I can't answer that right now. Please try again in a moment."
 NOT_RUN = "none"
@@ -119,6 +129,20 @@ class _Outcome(NamedTuple):
     """What retrieval searched with, when the message was a follow-up made standalone."""
     agent: list[AgentStepRecord] | None = None
     """An agent's steps that called tools."""
+    parked: ParkedAgent | None = None
+    """The agent waits for approvals of calls it asked for: the reply says so."""
+    agent_answer: ModelCall | None = None
+
+
+class _AgentRun(NamedTuple):
+    """Where an agent's loop stopped: its answer, or the step whose calls wait for approval."""
+
+    reply: Reply
+    steps: list[AgentStepRecord]
+    waiting: AgentStepRecord | None = None
+    pending: list[PendingApproval] = []
+    answer: ModelCall | None = None
+    """The model call that wrote the answer."""
 
 
 def _step(
@@ -157,6 +181,7 @@ SUMMARIZE = _step(timeout_s=20, total_s=30, attempts=3)
 # One model step of the agent: an LLM call like generate's, within the turn's deadline. A tool call's options
 # come from its declaration (timeout, attempts), cut to the deadline too.
 AGENT_STEP = _step(timeout_s=20, total_s=30, attempts=3)
+LIST_MCP_TOOLS = _step(timeout_s=15, total_s=15, attempts=1)
 MAX_AGENT_STEPS = 50
 """The loop's own guard; the bot's `agent.max_steps` (enforced by `agent_step`) comes first."""
 # Making a follow-up standalone with the LLM, before retrieval: short; failing, the heuristic stands in.
@@ -199,11 +224,20 @@ class ConversationWorkflow:
         if input.carried is not None:
             self._state = input.carried.state.model_copy(update={"run": input.carried.state.run + 1})
             self._recent = {reply.turn_id: reply for reply in input.carried.recent_turns}
+            self._parked = {parked.turn_id: parked for parked in input.carried.parked}
         else:
             self._state = ConversationState(
                 conversation_id=input.conversation_id, started_at=now, updated_at=now
             )
             self._recent = {}
+            self._parked = {}
+        self._resuming = 0
+        self._waiting: dict[str, asyncio.Future[None]] = {}
+        """Per agent waiting for approvals: the task that lets it go on once they are decided."""
+        """Agents whose approvals are decided and that are going on: the run ends only after them."""
+        self._resumed: dict[str, TurnReply | None] = {}
+        """Answers of agents that went on after approvals, by their turn id, for the `approve` that waits
+        for one (None: the conversation ended first, the agent did not go on)."""
         # asyncio.Lock is FIFO: turns (and a person's messages) that wait for it run in arrival order.
         self._turn_lock = asyncio.Lock()
         self._in_flight = 0
@@ -224,6 +258,9 @@ class ConversationWorkflow:
             .with_additional_attributes({"policy": input.double_text})
             .create_histogram(TURN_QUEUE_DEPTH, "Turns running or waiting ahead of a new turn.", "turns")
         )
+        self._approval_decisions = workflow.metric_meter().create_counter(
+            APPROVAL_DECISIONS, "Decisions on tool calls that waited for approval.", "decisions"
+        )
 
     @workflow.run
     async def run(self, input: ConversationInput) -> ConversationState:
@@ -241,6 +278,8 @@ class ConversationWorkflow:
             await _record_until_done(_Write(RecordActivities.record_conversation, self._record_request()))
         else:
             workflow.set_current_details(self._details())
+        for parked in self._parked.values():  # carried over: they wait on, their timeouts still running
+            self._watch(parked)
         idle = timedelta(seconds=input.idle_timeout_seconds)
 
         def time_to_continue() -> bool:
@@ -256,18 +295,27 @@ class ConversationWorkflow:
                     lambda: self._touched or self._state.status != "active", timeout=idle
                 )
             except TimeoutError:
-                if self._in_flight == 0:
+                if self._in_flight == 0 and not self._parked:  # approvals time out on their own
                     self._close("idle_timeout")
         # Turns accepted before the end (or before continuing) still get their replies, in this run, and
         # the transcript has every message before the run ends: the next run starts with nothing owed.
         await workflow.wait_condition(
-            lambda: workflow.all_handlers_finished() and self._recorded() and self._summarizing is None
+            lambda: (
+                workflow.all_handlers_finished()
+                and self._recorded()
+                and self._summarizing is None
+                and self._resuming == 0
+            )
         )
         if self._state.status == "active":
             workflow.continue_as_new(
                 input.model_copy(
                     update={
-                        "carried": CarriedState(state=self._state, recent_turns=list(self._recent.values()))
+                        "carried": CarriedState(
+                            state=self._state,
+                            recent_turns=list(self._recent.values()),
+                            parked=list(self._parked.values()),
+                        )
                     }
                 )
             )
@@ -361,6 +409,49 @@ class ConversationWorkflow:
         self._refuse_if_store_behind()
         if self._state.held_by != "agent":
             raise ApplicationError("the bot holds this conversation: hand it off first", type=NOT_HANDED_OFF)
+
+    @workflow.update
+    async def approve(self, request: ApprovalRequest) -> ApprovalReply:
+        """A decision on a tool call that waits for approval. Once every call its turn's agent waits for is
+        decided, the agent goes on (approved calls run, denied ones are the model's to read) and the
+        update answers with what the agent then said."""
+        parked = self._parked_with(request.call_id)
+        assert parked is not None  # the validator made sure
+        parked.decisions[request.call_id] = ApprovalDecision(
+            approved=request.approve,
+            by=request.by,
+            role="agent" if request.as_agent else "user",
+            note=request.note,
+            at=workflow.now(),
+        )
+        self._show_pending()
+        reply = ApprovalReply(
+            conversation_id=self._input.conversation_id, call_id=request.call_id, approved=request.approve
+        )
+        if not _decided(parked):
+            return reply.model_copy(
+                update={"pending": [p for p in parked.pending if p.call_id not in parked.decisions]}
+            )
+        going_on = _resumption_id(parked)
+        await workflow.wait_condition(lambda: going_on in self._resumed)
+        return reply.model_copy(update={"reply": self._resumed[going_on]})
+
+    @approve.validator
+    def validate_approve(self, request: ApprovalRequest) -> None:
+        self._refuse_if_ended()
+        parked = self._parked_with(request.call_id)
+        if parked is None:
+            raise ApplicationError(
+                f"no tool call {request.call_id!r} waits for approval", type=NO_SUCH_APPROVAL
+            )
+        if request.call_id in parked.decisions:
+            raise ApplicationError(f"tool call {request.call_id!r} is decided already", type=APPROVAL_DECIDED)
+        pending = next(p for p in parked.pending if p.call_id == request.call_id)
+        if pending.approval == "agent" and not request.as_agent:
+            raise ApplicationError(
+                f"{pending.name} needs a person's approval (a key with the agent scope)",
+                type=APPROVAL_FORBIDDEN,
+            )
 
     @workflow.query
     def state(self) -> ConversationState:
@@ -536,7 +627,7 @@ class ConversationWorkflow:
             return await self._answer_without_bot(turn_id, request, interrupted=True)
         finally:
             self._responding = None
-        nlu, decision, tool_result, reply, query, agent_steps = outcome
+        nlu, decision, tool_result, reply, query, agent_steps, parked, agent_answer = outcome
         # A follow-up the NLU could not place is about the topic it continues ("and to Austria?").
         topic = decision.topic if decision is not None and decision.topic else nlu.intent.name
 
@@ -576,6 +667,7 @@ class ConversationWorkflow:
             data=reply.data,
             retrieval_query=query,
             agent=agent_steps,
+            agent_answer=agent_answer,
         )
         reply = reply.model_copy(update={"context": None})  # the lineage has it: once in history is enough
         record = RecordTurnRequest(
@@ -594,6 +686,8 @@ class ConversationWorkflow:
             _Write(RecordActivities.record_turn, record, local=workflow.patched(LOCAL_STEPS_PATCH))
         )
         timings["record"] = _ms(workflow.time() - recording)
+        if parked is not None:
+            self._park(parked)
         if lineage.context is not None and lineage.context.dropped and self._summarizing is None:
             # Turns no longer fit the budget: fold them into the summary, after the reply, for the next turns;
             # with the older half of those that still fit, so that the next fold is many turns away (a full
@@ -618,6 +712,7 @@ class ConversationWorkflow:
             lineage=lineage,
             held_by=self._state.held_by,
             user_text=text,
+            approvals=parked.pending if parked is not None else [],
         )
 
     async def _respond(
@@ -639,7 +734,9 @@ class ConversationWorkflow:
                 _run_step(
                     local,
                     UnderstandActivity.understand,
-                    UnderstandRequest(text=text, dialogue=self._dialogue()),
+                    UnderstandRequest(
+                        text=text, dialogue=self._dialogue(), agent_mode=flags.get("agent", False)
+                    ),
                     self._within_deadline(UNDERSTAND),
                 ),
                 timings,
@@ -665,11 +762,26 @@ class ConversationWorkflow:
                 failed,
             )
         if decision is not None and decision.action == "agent":
-            agent = await self._attempt(
-                "agent", self._agent(text, turn_id, turn_index, flags, failed, stream), timings, failed
+            request = self._agent_request(text, turn_id, turn_index, flags, stream)
+            run = await self._attempt("agent", self._agent(request, [], failed), timings, failed)
+            if run is None:
+                return _Outcome(nlu, decision, tool_result, Reply(text=FALLBACK_TEXT), query)
+            if run.waiting is None:
+                return _Outcome(
+                    nlu, decision, tool_result, run.reply, query, run.steps, agent_answer=run.answer
+                )
+            parked = ParkedAgent(
+                turn_id=turn_id,
+                turn_index=turn_index,
+                text=text,
+                nlu=nlu,
+                flags=flags,
+                streamed=stream is not None,
+                steps=run.steps,
+                waiting=run.waiting,
+                pending=run.pending,
             )
-            reply = agent[0] if agent else Reply(text=FALLBACK_TEXT)
-            return _Outcome(nlu, decision, tool_result, reply, query, agent[1] if agent else None)
+            return _Outcome(nlu, decision, tool_result, run.reply, query, [*run.steps, run.waiting], parked)
         reply = await self._attempt(
             "generate",
             _generate(
@@ -763,19 +875,10 @@ class ConversationWorkflow:
             self._state.unrecorded = len(self._unrecorded)
             workflow.set_current_details(self._details())
 
-    async def _agent(
-        self,
-        text: str,
-        turn_id: str,
-        turn_index: int,
-        flags: dict[str, bool],
-        failed: list[str],
-        stream: StreamTarget | None,
-    ) -> tuple[Reply, list[AgentStepRecord]]:
-        """The agent's loop: a model step, the tools it asks for (side by side), their outcomes back to it,
-        until it answers. The bot's limits are the `agent_step` activity's to keep (it makes the model
-        answer at them); MAX_AGENT_STEPS only guards this loop."""
-        base = AgentStepRequest(
+    def _agent_request(
+        self, text: str, turn_id: str, turn_index: int, flags: dict[str, bool], stream: StreamTarget | None
+    ) -> AgentStepRequest:
+        return AgentStepRequest(
             text=text,
             turn_id=turn_id,
             turn_index=turn_index,
@@ -787,29 +890,240 @@ class ConversationWorkflow:
             redact=flags.get("redaction", True),
             stream=stream,
         )
-        steps: list[AgentStepRecord] = []
+
+    async def _agent(
+        self, request: AgentStepRequest, steps: list[AgentStepRecord], failed: list[str]
+    ) -> _AgentRun:
+        """The agent's loop: a model step, the tools it asks for (side by side), their outcomes back to it,
+        until it answers, or until it asks for calls that need approval: the calls that need none run, the
+        others wait (`_park`) and the loop stops there. The bot's limits are the `agent_step` activity's to
+        keep (it makes the model answer at them); MAX_AGENT_STEPS only guards this loop."""
+        steps = list(steps)
+        # The MCP servers' tools, from the worker's cache while fresh: a local step (no round trip through
+        # the server) that never fails (a server that cannot be listed is left out, and said so).
+        listed = await workflow.execute_local_activity_method(AgentActivity.list_mcp_tools, **LIST_MCP_TOOLS)
+        for server, why in listed.unavailable.items():
+            workflow.logger.warning("MCP server %s left out of this turn: %s", server, why)
+        request = request.model_copy(update={"mcp_tools": listed.tools})
         for _ in range(MAX_AGENT_STEPS):
             step = await workflow.execute_activity_method(
                 AgentActivity.agent_step,
-                base.model_copy(update={"steps": steps}),
+                request.model_copy(update={"steps": steps}),
                 **self._within_deadline(AGENT_STEP),
             )
             if step.reply is not None:
                 if step.limit_reached:
                     failed.append("agent step limit")
-                return step.reply, steps
-            outcomes = await asyncio.gather(*(self._call_tool(call) for call in step.calls))
-            steps.append(
-                AgentStepRecord(
-                    text=step.text,
-                    calls=step.calls,
-                    outcomes=list(outcomes),
-                    prompt_tokens=step.prompt_tokens,
-                    completion_tokens=step.completion_tokens,
-                )
+                return _AgentRun(step.reply, steps, answer=step.model_call)
+            waiting = [call for call in step.calls if call.approval is not None and call.invalid is None]
+            asked = {call.call_id for call in waiting}
+            outcomes = await asyncio.gather(
+                *(self._call_tool(call) for call in step.calls if call.call_id not in asked)
             )
+            record = AgentStepRecord(
+                text=step.text,
+                calls=step.calls,
+                outcomes=list(outcomes),
+                prompt_tokens=step.prompt_tokens,
+                completion_tokens=step.completion_tokens,
+                model_call=step.model_call,
+            )
+            if waiting:
+                now = workflow.now()
+                pending = [
+                    PendingApproval(
+                        call_id=call.call_id,
+                        turn_id=request.turn_id,
+                        name=call.name,
+                        arguments=call.arguments,
+                        approval=call.approval,
+                        requested_at=now,
+                        expires_at=now + timedelta(seconds=call.approval_timeout_seconds),
+                    )
+                    for call in waiting
+                    if call.approval is not None
+                ]
+                return _AgentRun(Reply(text=_asking(pending), generator="approval"), steps, record, pending)
+            steps.append(record)
         failed.append("agent step limit")
-        return Reply(text=FALLBACK_TEXT), steps
+        return _AgentRun(Reply(text=FALLBACK_TEXT), steps)
+
+    def _park(self, parked: ParkedAgent) -> None:
+        """The agent waits for its approvals (and goes on once they are decided, or have timed out)."""
+        self._parked[parked.turn_id] = parked
+        self._show_pending()
+        self._watch(parked)
+
+    def _watch(self, parked: ParkedAgent) -> None:
+        self._waiting[parked.turn_id] = asyncio.ensure_future(self._go_on_when_decided(parked))
+
+    def _parked_with(self, call_id: str) -> ParkedAgent | None:
+        return next(
+            (parked for parked in self._parked.values() if any(p.call_id == call_id for p in parked.pending)),
+            None,
+        )
+
+    def _show_pending(self) -> None:
+        self._state.pending_approvals = [
+            pending
+            for parked in self._parked.values()
+            for pending in parked.pending
+            if pending.call_id not in parked.decisions
+        ]
+        self._touched = True
+        workflow.set_current_details(self._details())
+
+    async def _go_on_when_decided(self, parked: ParkedAgent) -> None:
+        """Wait until every call the agent asked for is decided or its approval has timed out (denied),
+        then let the agent go on, in order with the turns."""
+        remaining = (max(p.expires_at for p in parked.pending) - workflow.now()).total_seconds()
+        if remaining > 0:
+            with contextlib.suppress(TimeoutError):
+                await workflow.wait_condition(
+                    lambda: _decided(parked) or self._state.status != "active",
+                    timeout=timedelta(seconds=remaining),
+                )
+        going_on = _resumption_id(parked)
+        if self._state.status != "active":  # ended: nothing more is done for it
+            self._parked.pop(parked.turn_id, None)
+            self._show_pending()
+            self._resumed[going_on] = None
+            return
+        for pending in parked.pending:
+            parked.decisions.setdefault(
+                pending.call_id,
+                ApprovalDecision(
+                    approved=False,
+                    by="timeout",
+                    role="timeout",
+                    note="no one decided in time",
+                    at=workflow.now(),
+                ),
+            )
+        self._resuming += 1
+        try:
+            reply = await self._in_order(lambda: self._go_on(parked))
+        finally:
+            self._resuming -= 1
+        self._resumed[going_on] = reply
+        while len(self._resumed) > RECENT_TURNS:
+            del self._resumed[next(iter(self._resumed))]
+
+    async def _go_on(self, parked: ParkedAgent) -> TurnReply:
+        """The agent goes on after its approvals: the approved calls run, the denied ones go back to the model
+        as their results, and the loop continues. Its answer is a transcript entry of its own, in order with
+        the turns that came meanwhile; it may ask for approvals again."""
+        self._parked.pop(parked.turn_id, None)
+        self._show_pending()
+        turn_id = _resumption_id(parked)
+        index = self._take_index()
+        stream = StreamTarget(conversation_id=self._input.key, turn_id=turn_id) if parked.streamed else None
+        timings: dict[str, float] = {}
+        failed: list[str] = []
+        started = workflow.time()
+
+        async def go_on() -> _AgentRun:
+            approved = [
+                call.model_copy(update={"stream": stream})
+                for call in parked.waiting.calls
+                if (decision := parked.decisions.get(call.call_id)) is not None and decision.approved
+            ]
+            ran = await asyncio.gather(*(self._call_tool(call) for call in approved))
+            made = {outcome.call_id: outcome for outcome in [*parked.waiting.outcomes, *ran]}
+            outcomes = []
+            for call in parked.waiting.calls:
+                decision = parked.decisions.get(call.call_id)
+                if decision is not None:
+                    how = (
+                        "timeout"
+                        if decision.role == "timeout"
+                        else "approved"
+                        if decision.approved
+                        else "denied"
+                    )
+                    self._approval_decisions.add(1, {"tool": call.name, "decision": how})
+                if decision is None:  # needed no approval: it ran before the agent waited
+                    outcomes.append(made[call.call_id])
+                elif decision.approved:
+                    outcomes.append(made[call.call_id].model_copy(update={"approval": decision}))
+                else:
+                    outcomes.append(_denied(call, decision))
+            steps = [*parked.steps, parked.waiting.model_copy(update={"outcomes": outcomes})]
+            request = self._agent_request(
+                parked.text, parked.turn_id, parked.turn_index, parked.flags, stream
+            )
+            return await self._agent(request, steps, failed)
+
+        try:
+            run = await asyncio.wait_for(
+                self._attempt("agent", go_on(), timings, failed), timeout=self._input.turn_deadline_seconds
+            )
+        except TimeoutError:
+            failed.append("deadline exceeded")
+            run = None
+        reply = run.reply if run is not None else Reply(text=FALLBACK_TEXT)
+        again = None
+        if run is not None and run.waiting is not None:
+            again = parked.model_copy(
+                update={
+                    "steps": run.steps,
+                    "waiting": run.waiting,
+                    "pending": run.pending,
+                    "decisions": {},
+                    "resumed": parked.resumed + 1,
+                }
+            )
+        if failed:
+            self._state.degraded_count += 1
+        timings["total"] = _ms(workflow.time() - started)
+        lineage = Lineage(
+            generator=reply.generator,
+            prompt_id=reply.prompt_id,
+            prompt_hash=reply.prompt_hash,
+            timings_ms=dict(timings),
+            degraded_reason=", ".join(failed) or None,
+            flags=dict(parked.flags),
+            context=reply.context,
+            agent=[] if run is None else [*run.steps, run.waiting] if run.waiting is not None else run.steps,
+            agent_answer=run.answer if run is not None else None,
+        )
+        reply = reply.model_copy(update={"context": None})
+        nlu = parked.nlu or _not_understood()
+        await self._record(
+            _Write(
+                RecordActivities.record_turn,
+                RecordTurnRequest(
+                    conversation_id=self._input.key,
+                    turn_id=turn_id,
+                    turn_index=index,
+                    user_text="",
+                    reply=reply,
+                    nlu=nlu,
+                    degraded=bool(failed),
+                    at=self._state.updated_at,
+                    lineage=lineage,
+                    resumes=parked.turn_id,
+                ),
+                local=workflow.patched(LOCAL_STEPS_PATCH),
+            )
+        )
+        if again is not None:
+            self._park(again)
+        workflow.set_current_details(self._details())
+        return TurnReply(
+            conversation_id=self._input.conversation_id,
+            turn_id=turn_id,
+            turn_index=index,
+            reply=reply,
+            nlu=nlu,
+            degraded=bool(failed),
+            degraded_reason=", ".join(failed) or None,
+            timings_ms=timings,
+            lineage=lineage,
+            held_by=self._state.held_by,
+            approvals=again.pending if again is not None else [],
+            resumes=parked.turn_id,
+        )
 
     async def _call_tool(self, call: AgentToolCall) -> AgentToolOutcome:
         """One tool call as its own activity, with the tool's own timeout and attempts; a call that must not
@@ -827,9 +1141,8 @@ class ConversationWorkflow:
             attempts=call.attempts,
         )
         try:
-            return await workflow.execute_activity_method(
-                AgentActivity.call_tool, call, **self._within_deadline(options)
-            )
+            run = AgentActivity.call_mcp_tool if call.kind == "mcp" else AgentActivity.call_tool
+            return await workflow.execute_activity_method(run, call, **self._within_deadline(options))
         except ActivityError as err:
             if isinstance(err.cause, CancelledError):
                 raise asyncio.CancelledError from err
@@ -941,6 +1254,9 @@ class ConversationWorkflow:
             lines.append(
                 f"summary v{summary.version} of turns before {summary.through} ({summary.generator})"
             )
+        if state.pending_approvals:
+            asked = ", ".join(f"`{p.name}` ({p.approval}, `{p.call_id}`)" for p in state.pending_approvals)
+            lines.append(f"waiting for approval: {asked}")
         if state.unrecorded:
             lines.append(f"{state.unrecorded} messages wait for the store (retried until it takes them)")
         if state.run > 1:
@@ -1035,6 +1351,38 @@ async def _record_until_done(write: _Write) -> None:
 
 def _activity_name(write: _Write) -> str:
     return str(getattr(write.activity, "__name__", "a record"))
+
+
+def _decided(parked: ParkedAgent) -> bool:
+    return all(pending.call_id in parked.decisions for pending in parked.pending)
+
+
+def _resumption_id(parked: ParkedAgent) -> str:
+    """The transcript id of what the agent says when it goes on after approvals."""
+    return f"{parked.turn_id}.resumed-{parked.resumed + 1}"
+
+
+def _asking(pending: list[PendingApproval]) -> str:
+    """The reply of a turn whose agent waits for approvals: what it wants to do, and who must say yes."""
+    asks = []
+    for call in pending:
+        who = "your approval" if call.approval == "user" else "the approval of a member of our team"
+        arguments = ", ".join(f"{name}: {value}" for name, value in sorted(call.arguments.items()))
+        asks.append(f"{call.name} ({arguments}) needs {who}")
+    return "Before I go on: " + "; ".join(asks) + "."
+
+
+def _denied(call: AgentToolCall, decision: ApprovalDecision) -> AgentToolOutcome:
+    why = "no one decided in time" if decision.role == "timeout" else f"the {decision.role} said no"
+    note = f" ({decision.note})" if decision.note and decision.role != "timeout" else ""
+    return AgentToolOutcome(
+        call_id=call.call_id,
+        name=call.name,
+        ok=False,
+        error=f"not approved: {why}{note}; the call was not made",
+        arguments_sha256=arguments_digest(call.arguments),
+        approval=decision,
+    )
 
 
 def _update_id() -> str:

@@ -556,3 +556,33 @@ def _turn_not_found(conversation_id: str, turn_id: str) -> ApiError:
 
 def _handle(temporal: TemporalClientDep, key: str) -> WorkflowHandle[Any, Any]:
     return temporal.get_workflow_handle(workflow_id(key))
+
+
+async def execute_update(
+    temporal: TemporalClientDep,
+    settings: SettingsDep,
+    principal: Principal,
+    conversation_id: str,
+    update: Any,
+    body: Any,
+    idempotency_key: str | None,
+) -> Any:
+    """Run an update of the conversation's workflow (a person's action, a decision on an approval), bounded
+    like a turn; the same idempotency key again is the same update, run once."""
+    key = conversation_key(principal.tenant, conversation_id)
+    handle = temporal.get_workflow_handle(workflow_id(key))
+    with temporal_errors(conversation_id):
+        try:
+            # It waits for the turn in progress, if any: bounded like a turn.
+            return await asyncio.wait_for(
+                # The same key again (a retry after a time-out) is the same update: it runs once.
+                handle.execute_update(update, body, id=idempotency_key),
+                timeout=settings.turn_timeout_seconds,
+            )
+        except TimeoutError:
+            raise ApiError(504, "update_timeout", "the conversation is busy; retry shortly") from None
+        except RPCError as err:
+            if err.status != RPCStatusCode.NOT_FOUND:
+                raise
+            # Its workflow is closed (ended, or broken) or never existed.
+            raise await closed_conversation(temporal, key, conversation_id) from None

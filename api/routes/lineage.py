@@ -10,7 +10,8 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Request, status
+import orjson
+from fastapi import APIRouter, Path, Request, status
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
@@ -99,3 +100,49 @@ def _no_answer(conversation_id: str, turn_id: str) -> ApiError:
     return ApiError(
         404, "turn_not_found", f"no answered turn {turn_id!r} in conversation {conversation_id!r}"
     )
+
+
+class ToolResultPublic(BaseModel):
+    """The whole result of an agent's tool call that was too long for the model (its lineage says `stored`)."""
+
+    conversation_id: str
+    call_id: str
+    name: str
+    size: int
+    sha256: str
+    result: Any
+    created_at: datetime
+
+
+@router.get("/{conversation_id}/tool-results/{call_id}")
+async def read_tool_result(
+    conversation_id: ConversationIdPath,
+    call_id: Annotated[str, Path(max_length=200, description="The tool call's id, as the lineage names it.")],
+    engine: EngineDep,
+    principal: ClientPrincipal,
+) -> ToolResultPublic:
+    """The whole result of a tool call the model saw cut; 404 for a call whose result was short enough."""
+    key = conversation_key(principal.tenant, conversation_id)
+    row = await run_in_threadpool(store.tool_result, engine, key, call_id)
+    if row is None:
+        raise ApiError(
+            404,
+            "tool_result_not_found",
+            f"no whole result of call {call_id!r} in conversation {conversation_id!r}",
+        )
+    return ToolResultPublic(
+        conversation_id=conversation_id,
+        call_id=call_id,
+        name=row.name,
+        size=row.size,
+        sha256=row.sha256,
+        result=_parsed(row.content),
+        created_at=row.created_at,
+    )
+
+
+def _parsed(content: str) -> Any:
+    try:
+        return orjson.loads(content)
+    except orjson.JSONDecodeError:  # not JSON after all: the text as stored
+        return content

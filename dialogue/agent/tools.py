@@ -10,35 +10,61 @@ declared tools, and every call is checked here against the declaration before an
 from __future__ import annotations
 
 import hashlib
-from typing import Any
+from typing import Any, NamedTuple
 
 import jsonschema
 import orjson
 
-from dialogue.bot import AgentSettings, ToolSpec
-from workflows.contracts import AgentStepRecord, AgentToolCall
+from dialogue.bot import AgentSettings
+from workflows.contracts import AgentStepRecord, AgentToolCall, OfferedTool
 
 RESULT_OPEN = "<tool_result>"
 RESULT_CLOSE = "</tool_result>"
 CUT = " … [result cut: too long]"
 
 
-def openai_tools(settings: AgentSettings) -> list[dict[str, Any]]:
-    """The declared tools in the `tools` parameter of a Chat Completions request."""
+def offered(settings: AgentSettings, mcp_tools: list[OfferedTool]) -> list[OfferedTool]:
+    """Every tool the model may call this turn: the bot's own, then the MCP servers' (a name the bot's
+    own tools have already is left out: the bot's declaration wins)."""
+    own = [
+        OfferedTool(
+            name=tool.name,
+            description=tool.description,
+            parameters=tool.parameters,
+            kind=tool.kind,
+            approval=tool.approval,
+            timeout_seconds=tool.timeout_seconds,
+            attempts=tool.attempts,
+        )
+        for tool in settings.tools
+    ]
+    names = {tool.name for tool in own}
+    return own + [tool for tool in mcp_tools if tool.name not in names]
+
+
+def openai_tools(tools: list[OfferedTool]) -> list[dict[str, Any]]:
+    """The offered tools in the `tools` parameter of a Chat Completions request."""
     return [
         {
             "type": "function",
             "function": {"name": tool.name, "description": tool.description, "parameters": tool.parameters},
         }
-        for tool in settings.tools
+        for tool in tools
     ]
 
 
 def checked_call(
-    settings: AgentSettings, *, call_id: str, name: str, arguments_json: str, key: str
+    tools: list[OfferedTool],
+    *,
+    call_id: str,
+    name: str,
+    arguments_json: str,
+    conversation_id: str,
+    turn_id: str,
+    approval_timeout_seconds: float,
 ) -> AgentToolCall:
     """A call the model asked for, with why it must not run (`invalid`) when it must not."""
-    spec = settings.tool(name)
+    spec = next((tool for tool in tools if tool.name == name), None)
     try:
         arguments = orjson.loads(arguments_json or "{}")
     except orjson.JSONDecodeError as err:
@@ -46,37 +72,55 @@ def checked_call(
     if not isinstance(arguments, dict):
         return AgentToolCall(call_id=call_id, name=name, invalid="the arguments must be a JSON object")
     if spec is None:
-        allowed = ", ".join(tool.name for tool in settings.tools) or "none"
+        allowed = ", ".join(tool.name for tool in tools) or "none"
         return AgentToolCall(
             call_id=call_id, name=name, arguments=arguments, invalid=f"no tool {name!r} (allowed: {allowed})"
         )
-    problem = invalid_arguments(spec, arguments)
     return AgentToolCall(
         call_id=call_id,
         name=name,
+        conversation_id=conversation_id,
+        kind=spec.kind,
+        server=spec.server,
         arguments=arguments,
-        idempotency_key=f"{key}:{call_id}",
+        idempotency_key=f"{conversation_id}:{turn_id}:{call_id}",
         timeout_seconds=spec.timeout_seconds,
         attempts=spec.attempts,
-        invalid=problem,
+        invalid=invalid_arguments(spec.parameters, arguments),
+        approval=None if spec.approval == "none" else spec.approval,
+        approval_timeout_seconds=approval_timeout_seconds,
     )
 
 
-def invalid_arguments(spec: ToolSpec, arguments: dict[str, Any]) -> str | None:
+def invalid_arguments(schema: dict[str, Any], arguments: dict[str, Any]) -> str | None:
     try:
-        jsonschema.validate(arguments, spec.parameters)
+        jsonschema.validate(arguments, schema)
     except jsonschema.ValidationError as err:
         return f"the arguments do not fit the tool's schema: {err.message}"
+    except jsonschema.SchemaError as err:  # an MCP server's schema may be broken: no call on a guess
+        return f"the tool's own schema is invalid: {err.message}"
     return None
 
 
-def shown(result: Any, limit: int) -> tuple[str, int, str]:
-    """A result as the model sees it (JSON, cut at `limit` characters), its size and its digest."""
+class Shown(NamedTuple):
+    content: str
+    """What the model sees: the JSON, cut at the limit."""
+    size: int
+    """Bytes of the whole JSON."""
+    sha256: str
+    whole: str
+
+    @property
+    def cut(self) -> bool:
+        return len(self.content) < len(self.whole)
+
+
+def shown(result: Any, limit: int) -> Shown:
+    """A result as the model sees it (JSON, cut at `limit` characters), with the whole of it."""
     encoded = orjson.dumps(result, option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS, default=str)
-    text = encoded.decode()
-    if len(text) > limit:
-        text = text[: limit - len(CUT)] + CUT
-    return text, len(encoded), hashlib.sha256(encoded).hexdigest()
+    whole = encoded.decode()
+    content = whole[: limit - len(CUT)] + CUT if len(whole) > limit else whole
+    return Shown(content, len(encoded), hashlib.sha256(encoded).hexdigest(), whole)
 
 
 def arguments_digest(arguments: dict[str, Any]) -> str:

@@ -38,11 +38,15 @@ from dialogue.db import UtcDateTime
 SCRIPT_LOCATION = Path(__file__).parent
 BASELINE = "0001"
 """The revision whose schema is what `create_all` made before migrations existed."""
+LATER_TABLES = frozenset({"tool_result"})
+"""Tables the revisions after the baseline create: a create_all database, made before them, has none of
+them, and adoption compares only the others with the models (the later revisions then add these)."""
 LOCK_KEY = 0x6469616C6F677565
 """The advisory lock's key ("dialogue" in ASCII); advisory locks are per database."""
 
 __all__ = [
     "BASELINE",
+    "LATER_TABLES",
     "Migrated",
     "SchemaMismatch",
     "alembic_config",
@@ -158,10 +162,12 @@ def _adopt(connection: Connection) -> bool:
     """Stamp tables made by create_all with the baseline; False when there are none (an empty database)."""
     if not set(sa.inspect(connection).get_table_names()) & set(SQLModel.metadata.tables):
         return False
-    # create_all predates every revision, so its tables can only be the baseline's. The models are
-    # compared because they are the baseline as long as it is the head; a later revision must
-    # extend this check (or compare with the baseline's own schema).
-    context = MigrationContext.configure(connection, opts={"include_name": include_name})
+    # create_all predates every revision, so its tables can only be the baseline's: they are compared with
+    # the models but for the tables later revisions add (LATER_TABLES; a revision that changes a baseline
+    # table must make this compare with the baseline's own schema instead).
+    context = MigrationContext.configure(
+        connection, opts={"include_name": include_name, "include_object": _in_baseline}
+    )
     differences = compare_metadata(context, SQLModel.metadata)
     if _only_author_missing(differences):
         # The one column added after the first deployments: add it rather than refuse.
@@ -204,6 +210,12 @@ def _describe(difference: Any) -> str:
 def include_name(name: str | None, type_: str, parent_names: Any) -> bool:
     """Only the store's tables: a database shared with other software keeps its tables to itself."""
     return type_ != "table" or name in SQLModel.metadata.tables
+
+
+def _in_baseline(item: Any, name: str | None, type_: str, reflected: bool, compare_to: Any) -> bool:
+    """Whether a table of the models (or a part of one) is the baseline's: not one of LATER_TABLES."""
+    table = name if type_ == "table" else getattr(getattr(item, "table", None), "name", None)
+    return table not in LATER_TABLES
 
 
 def render_item(type_: str, obj: Any, autogen_context: Any) -> str | Literal[False]:

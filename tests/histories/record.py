@@ -4,7 +4,7 @@ Runs a scripted conversation (greeting, knowledge answer, the order flow with a 
 while the store cannot be written (so its records are made later, and the run waits for
 them before it continues as new), a streamed turn, a handoff asked for by the user with a
 person's reply and a handback, a goodbye that ends it) on a dev server of its own with a real worker, in runs of six
-messages, and writes the history of each run to `tests/histories/NAME-runN.json`. With `--llm` (`python -m tests.histories.record
+messages, and writes the history of each run to `tests/histories/NAME-runN.json`. With `--agent`, the agent script (see AGENT_SCRIPT). With `--llm` (`python -m tests.histories.record
 NAME --llm`) the answers come from a stand-in LLM over HTTP, and the requests it received are kept
 beside the history, for the test that rebuilds them from it. Record one whenever the workflow changes
 shape, and keep the old ones: CI replays them all against the current code, so a change that would break
@@ -20,6 +20,7 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AsyncExitStack
 from pathlib import Path
+from typing import Any
 
 import orjson
 from temporalio.client import WithStartWorkflowOperation
@@ -37,7 +38,13 @@ from tests.conftest import served_llm
 from tests.fake_llm import FakeLlm, Plan
 from tests.outages import UnwritableSqlite
 from worker import build_worker
-from workflows.contracts import AgentMessageRequest, HandbackRequest, TurnRequest
+from workflows.contracts import (
+    AgentMessageRequest,
+    ApprovalRequest,
+    HandbackRequest,
+    PendingApproval,
+    TurnRequest,
+)
 from workflows.conversation import ConversationWorkflow
 from workflows.replay import load_runs
 from workflows.starting import conversation_input, start_options
@@ -60,6 +67,20 @@ SCRIPT: list[tuple[str, str]] = [
     ("turn", "goodbye!"),
 ]
 TURNS_PER_RUN = 6
+# `--agent`: the demo in agent mode (the `agent` flag), with a stand-in model that calls its tools: an
+# order looked up, an address change the user approves, a return a person must approve that waits
+# across continue-as-new (a question to the stores' MCP server meanwhile) and is denied, a goodbye.
+AGENT_SCRIPT: list[tuple[str, str]] = [
+    ("turn", "hello"),
+    ("turn", "where is my order NW-482913?"),
+    ("turn", "please send my order NW-105733 to Ringstr. 5, 1010 Wien"),
+    ("approve", "user yes"),
+    ("turn", "I want to return my speaker, order NW-654321"),
+    ("turn", "when is your Hamburg store open?"),
+    ("turn", "thanks"),
+    ("approve", "agent no"),
+    ("turn", "goodbye!"),
+]
 
 
 LLM_MODEL = "gpt-4o-mini"
@@ -84,13 +105,34 @@ def stand_in_llm() -> FakeLlm:
     )
 
 
-async def record(name: str, *, llm: bool = False) -> list[Path]:
+def agent_llm() -> FakeLlm:
+    """A model that calls the demo's tools for the agent script's messages, and answers once it has results."""
+
+    def plan(body: dict[str, Any]) -> Plan:
+        messages = body["messages"]
+        if "tools" not in body or messages[-1]["role"] == "tool":
+            return Plan(text="Done, as the tool results say.")
+        said = next(m["content"] for m in reversed(messages) if m["role"] == "user")
+        calls = {
+            "NW-482913": ("order_status", {"order_id": "NW-482913"}),
+            "Ringstr": ("change_address", {"order_id": "NW-105733", "address": "Ringstr. 5, 1010 Wien"}),
+            "return": ("start_return", {"order_id": "NW-654321", "reason": "not loud enough"}),
+            "Hamburg": ("opening_hours", {"store": "hamburg"}),
+        }
+        wanted = [call for word, call in calls.items() if word in said]
+        return Plan(tool_calls=wanted[:1]) if wanted else Plan(text="How can I help?")
+
+    return FakeLlm(route=plan)
+
+
+async def record(name: str, *, llm: bool = False, agent: bool = False) -> list[Path]:
     """With `llm`, the bot answers with a stand-in LLM over HTTP, and the requests it got are written
-    beside the history (`NAME.requests.jsonl`): a test rebuilds them from the history alone."""
-    fake = stand_in_llm()
+    beside the history (`NAME.requests.jsonl`): a test rebuilds them from the history alone. With
+    `agent`, the agent script runs (the model calls tools)."""
+    fake = agent_llm() if agent else stand_in_llm()
     async with AsyncExitStack() as stack:
-        url = await stack.enter_async_context(served_llm(fake)) if llm else None
-        targets = await _record(name, url)
+        url = await stack.enter_async_context(served_llm(fake)) if llm or agent else None
+        targets = await _record(name, url, AGENT_SCRIPT if agent else SCRIPT, agent)
     if llm:
         requests = Path(__file__).parent / f"{name}.requests.jsonl"
         requests.write_bytes(b"".join(orjson.dumps(r["messages"]) + b"\n" for r in fake.requests))
@@ -98,7 +140,7 @@ async def record(name: str, *, llm: bool = False) -> list[Path]:
     return targets
 
 
-async def _record(name: str, llm_url: str | None) -> list[Path]:
+async def _record(name: str, llm_url: str | None, script: list[tuple[str, str]], agent: bool) -> list[Path]:
     with tempfile.TemporaryDirectory() as scratch:
         folder = Path(scratch)
         settings = Settings(
@@ -129,7 +171,9 @@ async def _record(name: str, llm_url: str | None) -> list[Path]:
                 async with build_worker(env.client, settings, executor=executor):
                     handle = env.client.get_workflow_handle(workflow_id(conversation_id))
                     outage = UnwritableSqlite(settings.resolved_database_url)
-                    for step, text in SCRIPT:
+                    flags = {"agent": True} if agent else {}
+                    pending: list[PendingApproval] = []
+                    for step, text in script:
                         if step == "store down":
                             outage.cut()
                         elif step == "store up":
@@ -143,6 +187,18 @@ async def _record(name: str, llm_url: str | None) -> list[Path]:
                                 ConversationWorkflow.agent_message,
                                 AgentMessageRequest(text=text, agent="ada"),
                             )
+                        elif step == "approve":
+                            who, answer = text.split()
+                            decided = await handle.execute_update(
+                                ConversationWorkflow.approve,
+                                ApprovalRequest(
+                                    call_id=pending.pop(0).call_id,
+                                    approve=answer == "yes",
+                                    by=f"{who}-key",
+                                    as_agent=who == "agent",
+                                ),
+                            )
+                            assert decided.reply is not None, decided
                         elif step == "handback":
                             await handle.execute_update(
                                 ConversationWorkflow.handback, HandbackRequest(agent="ada")
@@ -154,11 +210,12 @@ async def _record(name: str, llm_url: str | None) -> list[Path]:
                                 id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
                                 **start_options(settings, conversation_id),
                             )
-                            await env.client.execute_update_with_start_workflow(
+                            reply = await env.client.execute_update_with_start_workflow(
                                 ConversationWorkflow.turn,
-                                TurnRequest(text=text, stream=step == "stream"),
+                                TurnRequest(text=text, stream=step == "stream", flags=flags),
                                 start_workflow_operation=start,
                             )
+                            pending.extend(reply.approvals)
                     await handle.result()
                     histories = await load_runs(conversation_id, env.client)
         finally:
@@ -171,4 +228,4 @@ async def _record(name: str, llm_url: str | None) -> list[Path]:
 
 
 if __name__ == "__main__":
-    print(asyncio.run(record(sys.argv[1], llm="--llm" in sys.argv[2:])))
+    print(asyncio.run(record(sys.argv[1], llm="--llm" in sys.argv[2:], agent="--agent" in sys.argv[2:])))

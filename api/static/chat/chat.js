@@ -104,6 +104,77 @@ function finishAnswer(item, answer) {
     addNotice(item, "info", `A person is handling this conversation now; ${where}.`);
   }
   if (answer.turnId && item.querySelector(".text").textContent) addFeedback(item, answer.turnId, answer.rating);
+  addApprovals(item, answer.approvals);
+}
+
+// --- approvals -----------------------------------------------------------------------------------
+
+// A tool call the bot's agent waits to make: the user decides the ones that are theirs (`user`); a
+// member of the team decides the others, in the operator console.
+function addApprovals(item, approvals) {
+  for (const call of approvals || []) {
+    if (item.querySelector(`[data-call-id="${CSS.escape(call.call_id)}"]`)) continue;
+    const group = element("div", "approval");
+    group.dataset.callId = call.call_id;
+    if (call.approval !== "user") {
+      group.append(element("p", "notice info", `${call.name} waits for a member of our team to approve it.`));
+      item.append(group);
+      continue;
+    }
+    group.setAttribute("role", "group");
+    group.setAttribute("aria-label", `Approve ${call.name}?`);
+    const buttons = [
+      ["Approve", true],
+      ["Deny", false],
+    ].map(([label, approve]) => {
+      const button = element("button", approve ? "approve" : "deny", label);
+      button.type = "button";
+      button.addEventListener("click", () => decide(group, call, approve, buttons));
+      return button;
+    });
+    group.append(...buttons);
+    item.append(group);
+  }
+}
+
+async function decide(group, call, approve, buttons) {
+  for (const button of buttons) button.disabled = true;
+  try {
+    const decided = await api.approve(conversationId, call.call_id, approve);
+    group.replaceChildren(element("p", "notice info", approve ? "You approved it." : "You said no."));
+    if (decided.reply) showResumed(decided.reply);
+  } catch (error) {
+    for (const button of buttons) button.disabled = false;
+    showError(error, group);
+  }
+}
+
+// What the agent said once its approvals were decided: a bot message of its own.
+function showResumed(reply) {
+  const id = `${reply.turn_id}:bot`;
+  if (live.shown.has(id)) return; // the event stream brought it first
+  live.shown.add(id);
+  const item = addMessage("bot", reply.reply.text);
+  finishAnswer(item, {
+    sources: reply.reply.sources,
+    degraded: reply.degraded,
+    degradedReason: reply.degraded_reason,
+    turnId: reply.turn_id,
+    approvals: reply.approvals,
+  });
+}
+
+// After a reload: the calls still waiting for the user's decision, under the newest bot message.
+async function showPendingApprovals() {
+  let state;
+  try {
+    state = await api.state(conversationId);
+  } catch {
+    return; // no state (no conversation yet): nothing waits
+  }
+  const bots = ui.messages.querySelectorAll("li.message.bot");
+  const target = bots[bots.length - 1];
+  if (target && state.pending_approvals?.length) addApprovals(target, state.pending_approvals);
 }
 
 async function loadHistory() {
@@ -140,6 +211,7 @@ async function loadHistory() {
   }
   showLive();
   refreshDebug();
+  showPendingApprovals();
 }
 
 // --- a person's messages, live -----------------------------------------------------------------
@@ -154,7 +226,8 @@ const live = {
   waiting: [],
   loading: 0, // counts loadHistory calls: only the newest one fills the page
 };
-const LIVE_ROLES = { agent_message: "agent", handoff: "system", handback: "system" };
+// `bot_message`: what the bot's agent said when it went on after approvals (a person's, say).
+const LIVE_ROLES = { agent_message: "agent", handoff: "system", handback: "system", bot_message: "bot" };
 
 function follow() {
   live.controller?.abort();
@@ -186,7 +259,8 @@ function showLive() {
     const id = `${message.turn_id}:${message.role}`;
     if (live.shown.has(id)) continue; // in the transcript already
     live.shown.add(id);
-    addMessage(message.role, message.text, message.author);
+    const item = addMessage(message.role, message.text, message.author);
+    if (message.role === "bot") finishAnswer(item, { turnId: message.turn_id });
   }
 }
 
@@ -224,6 +298,7 @@ async function send(text) {
           interrupted: reply.interrupted,
           heldBy: reply.held_by,
           turnId: reply.turn_id,
+          approvals: reply.approvals,
         });
         lastAnswer = { turnId: reply.turn_id, nlu: reply.nlu, timings: reply.timings_ms };
       },

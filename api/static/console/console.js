@@ -415,9 +415,47 @@ function showState(state) {
       stateEntry("Summary", state.summary),
       stateEntry("Rolling summary", rollingSummary(state.rolling_summary)),
       stateEntry("Waiting for the store", state.unrecorded || null),
+      stateEntry("Waiting for approval", approvalList(state.pending_approvals)),
     );
   }
   updateControls();
+}
+
+// Tool calls the bot's agent waits to make. A person decides `agent` ones here (a key with the agent
+// scope); `user` ones are the user's to decide, in the chat.
+function approvalList(pending) {
+  if (!pending || !pending.length) return null;
+  const list = element("ul", "approvals");
+  const mayDecide = !caller || caller.scope !== "client";
+  for (const call of pending) {
+    const item = element("li");
+    item.dataset.callId = call.call_id;
+    const args = Object.entries(call.arguments || {})
+      .map(([name, value]) => `${name}: ${JSON.stringify(value)}`)
+      .join(", ");
+    const who = call.approval === "user" ? "the user decides, in the chat" : "a person decides";
+    item.append(element("span", null, `${call.name} (${args}): ${who}, until `), timeElement(call.expires_at));
+    if (call.approval === "agent" && mayDecide) {
+      for (const [label, approve] of [
+        ["Approve", true],
+        ["Deny", false],
+      ]) {
+        const button = element("button", approve ? "approve" : "deny", label);
+        button.type = "button";
+        button.setAttribute("aria-label", `${label} ${call.name} (${call.call_id})`);
+        button.addEventListener("click", () =>
+          act(
+            `${approve ? "Approving" : "Denying"} ${call.name}\u2026`,
+            (id) => api.approve(id, call.call_id, approve, agentName() ? `decided by ${agentName()}` : null),
+            approve ? "Approved: the bot goes on and makes the call." : "Denied: the bot goes on without it.",
+          ),
+        );
+        item.append(button);
+      }
+    }
+    list.append(item);
+  }
+  return list;
 }
 
 function rollingSummary(summary) {

@@ -79,6 +79,15 @@ export class Api {
     });
   }
 
+  // Decide on a tool call the bot's agent waits to make: {call_id, approved, pending, reply}; `reply` is
+  // what the agent said when it went on (once no call of its turn waits any more).
+  approve(id, callId, approve, note = null) {
+    return this.json(`${this.conversation(id)}/approvals/${encodeURIComponent(callId)}`, {
+      method: "POST",
+      body: { approve, note },
+    });
+  }
+
   // --- the operator console's calls ---
 
   // Who the key is: {tenant, scope, subject}.

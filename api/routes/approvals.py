@@ -1,0 +1,57 @@
+"""Approvals: a person (agent scope) or the user (the conversation's client) decides on a tool call the
+bot's agent wants to make, as the tool's `approval` says. Each decision is the `approve` update of the
+conversation's workflow; once every call the agent waits for is decided, the agent goes on and the last
+decision's answer carries what it then said."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Request
+
+from api.deps import ClientPrincipal, FlagsDep, SettingsDep, TemporalClientDep
+from api.routes.conversations import ConversationIdPath, IdempotencyKey, execute_update
+from api.schemas import ApprovalCreate
+from dialogue.temporal import conversation_key
+from workflows.contracts import ApprovalReply, ApprovalRequest
+from workflows.conversation import ConversationWorkflow
+
+router = APIRouter(prefix="/conversations", tags=["approvals"])
+
+CallIdPath = Annotated[str, Path(max_length=200, description="The tool call's id, as the reply named it.")]
+
+
+@router.post("/{conversation_id}/approvals/{call_id}")
+async def decide_approval(
+    conversation_id: ConversationIdPath,
+    call_id: CallIdPath,
+    body: ApprovalCreate,
+    request: Request,
+    settings: SettingsDep,
+    temporal: TemporalClientDep,
+    principal: ClientPrincipal,
+    feature_flags: FlagsDep,
+    idempotency_key: IdempotencyKey = None,
+) -> ApprovalReply:
+    """Approve or deny a tool call that waits (`agent` approvals need the agent scope). 404 when no such call
+    waits, 409 when it is decided already. Deciding the last call the agent waits for answers with what the
+    agent said when it went on (`reply`); before that, with the calls still pending."""
+    flags = feature_flags.evaluate(conversation_key(principal.tenant, conversation_id))
+    note = request.app.state.privacy.for_storage(body.note, enabled=flags["redaction"]) if body.note else None
+    decision = ApprovalRequest(
+        call_id=call_id,
+        approve=body.approve,
+        note=note,
+        by=principal.subject,
+        as_agent=principal.allows("agent"),
+    )
+    reply: ApprovalReply = await execute_update(
+        temporal,
+        settings,
+        principal,
+        conversation_id,
+        ConversationWorkflow.approve,
+        decision,
+        idempotency_key,
+    )
+    return reply
