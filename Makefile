@@ -53,6 +53,7 @@ bench: install
 	$(BIN)/python -m bench.streaming
 	$(BIN)/python -m bench.profile
 	$(BIN)/python -m bench.llm_context
+	$(BIN)/python -m bench.agent_loop
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

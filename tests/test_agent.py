@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 import pytest
 import yaml
+from prometheus_client import REGISTRY
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client
 
@@ -157,8 +158,11 @@ async def test_the_agent_calls_a_tool_reads_its_result_and_answers(
         Plan(text="Your order NW-482913 is on its way with DHL."),
     ]
     conversation_id = f"agent-{uuid.uuid4().hex[:6]}"
+    counted = {"tool": "order_status", "outcome": "ok"}
+    before = REGISTRY.get_sample_value("dialogue_agent_tool_calls_total", counted) or 0
     async with agent_chat(client, settings, tmp_path, url) as http:
         reply = await turn(http, conversation_id, "where is my order NW-482913?")
+    assert REGISTRY.get_sample_value("dialogue_agent_tool_calls_total", counted) == before + 1
 
     assert reply["reply"]["text"] == "Your order NW-482913 is on its way with DHL." and not reply["degraded"]
     first, second = fake.requests
@@ -170,6 +174,11 @@ async def test_the_agent_calls_a_tool_reads_its_result_and_answers(
     [step] = reply["lineage"]["agent"]
     [outcome] = step["outcomes"]
     assert outcome["ok"] and outcome["size"] > 0 and outcome["sha256"] and outcome["arguments_sha256"]
+    assert outcome["attempt"] == 1 and outcome["duration_ms"] >= 0
+    assert (
+        step["model_call"]["model"] == "openai:gpt-4o-mini" and step["model_call"]["prompt_id"] == "agent@v1"
+    )
+    assert reply["lineage"]["agent_answer"]["attempt"] == 1
     assert step["calls"][0]["idempotency_key"].startswith(f"default/{conversation_id}:{reply['turn_id']}:")
     assert len(await scheduled(client, conversation_id, "call_tool")) == 1  # each call its own activity
 
@@ -581,3 +590,27 @@ async def test_150_tool_calls_50_in_one_turn_keep_every_run_under_2_mb_and_repla
         )
         assert (await replay(history, client.data_converter)).replay_failure is None
     assert calls == 150
+
+
+async def test_a_retried_model_step_tells_the_stream_to_start_over(
+    client: Client, settings: Settings, tmp_path: Path, model: tuple[FakeLlm, str]
+) -> None:
+    fake, url = model
+    fake.plans = [Plan(status=500), Plan(text="Your order is on its way.")]
+    conversation_id = f"restart-{uuid.uuid4().hex[:6]}"
+    async with (
+        agent_chat(client, settings, tmp_path, url) as http,
+        http.stream(
+            "POST",
+            f"/v1/conversations/{conversation_id}/turns",
+            json={"text": "where is my order NW-482913?"},
+            headers=SSE,
+        ) as response,
+    ):
+        received = await read_events(response)
+    kinds = [event.kind for event in received]
+    assert "restart" in kinds and kinds.index("restart") < kinds.index("token"), kinds
+    assert next(e.data for e in received if e.kind == "restart")["attempt"] == 2
+    after = received[kinds.index("restart") :]
+    streamed = "".join(event.data["text"] for event in after if event.kind == "token")
+    assert streamed == received[-1].data["reply"]["text"] == "Your order is on its way."

@@ -603,7 +603,7 @@ async function showLineage(button, panel, turnId, open) {
 
 const KNOWN_LINEAGE = new Set([
   "nlu", "nlu_model", "generator", "prompt_id", "prompt_hash", "documents", "timings_ms", "degraded_reason", "flags",
-  "context", "retrieval_query", "data",
+  "context", "retrieval_query", "data", "agent", "agent_answer",
 ]);
 const fixed = (value, digits) => (typeof value === "number" ? value.toFixed(digits) : String(value ?? NONE));
 
@@ -649,6 +649,8 @@ function lineageView(answer) {
   add("Searched with", lineage.retrieval_query);
   add("Conversation sent", contextLines(lineage.context));
   add("Structured reply", lineage.data ? JSON.stringify(lineage.data) : null);
+  add("Agent's tool calls", agentLines(lineage.agent || []));
+  add("Agent's answer", lineage.agent_answer ? modelCallLine(lineage.agent_answer) : null);
   add("Steps", Object.entries(lineage.timings_ms || {}).map(([step, ms]) => `${step}: ${formatMs(ms)}`));
   const reason = lineage.degraded_reason ? `${lineage.degraded_reason} failed` : "the reason was not recorded";
   add("Degraded", answer.degraded ? `yes: ${reason}; the user got a fallback reply` : "no");
@@ -661,6 +663,37 @@ function lineageView(answer) {
     if (!KNOWN_LINEAGE.has(name)) add(name, typeof value === "string" ? value : JSON.stringify(value));
   }
   return view;
+}
+
+// An agent's steps: each model call, then each tool call it asked for and what came of it.
+function agentLines(steps) {
+  const lines = [];
+  steps.forEach((step, n) => {
+    if (step.model_call) lines.push(`step ${n + 1}: ${modelCallLine(step.model_call)}`);
+    const outcomes = new Map((step.outcomes || []).map((outcome) => [outcome.call_id, outcome]));
+    for (const call of step.calls || []) {
+      const outcome = outcomes.get(call.call_id);
+      const args = JSON.stringify(call.arguments || {});
+      let what = "waiting for approval";
+      if (outcome) {
+        what = outcome.ok ? `ok, ${outcome.size} bytes${outcome.stored ? " (whole result stored)" : ""}` : `failed: ${outcome.error}`;
+        what += `, attempt ${outcome.attempt}, ${formatMs(outcome.duration_ms)}`;
+        if (outcome.approval) {
+          const decided = outcome.approval.approved ? "approved" : "denied";
+          what += `; ${decided} by ${outcome.approval.role === "timeout" ? "timeout" : outcome.approval.by}`;
+        }
+      }
+      lines.push(`  ${call.name} ${args} (${call.call_id}): ${what}`);
+    }
+  });
+  return lines;
+}
+
+function modelCallLine(call) {
+  const tokens = call.prompt_tokens !== null && call.prompt_tokens !== undefined
+    ? `, ${call.prompt_tokens} + ${call.completion_tokens} tokens`
+    : "";
+  return `${call.model} ${call.prompt_id || ""}${tokens}, ${formatMs(call.duration_ms)}, attempt ${call.attempt}`;
 }
 
 // What an LLM answer saw of the conversation (ContextLineage).
