@@ -31,6 +31,7 @@ from dialogue.agent.tools import (
     checked_call,
     offered,
     openai_tools,
+    passages_message,
     shown,
     step_messages,
 )
@@ -106,7 +107,12 @@ class AgentActivity:
             unread_before=conversation.unread_before,
             notes=conversation.notes,
         )
-        messages: list[dict[str, Any]] = [*context.messages, *step_messages(request.steps)]
+        documents = passages_message(
+            [p.model_copy(update={"text": self._redact(p.text)}) for p in request.passages]
+            if request.redact
+            else request.passages
+        )
+        messages: list[dict[str, Any]] = [*context.messages, *documents, *step_messages(request.steps)]
         if last:
             messages.append({"role": "system", "content": LAST_WORD})
         started = time.monotonic()

@@ -308,3 +308,36 @@ async def test_an_injection_in_a_tool_result_cannot_call_an_undeclared_tool_or_s
     assert [p["name"] for p in state["pending_approvals"]] == ["start_return"]
     assert Shop(chat.settings.data_dir).actions() == []
     assert len(await scheduled(client, conversation_id, "call_tool")) == 1  # loyalty_points alone ran
+
+
+async def test_an_injection_in_a_knowledge_document_reaches_the_model_as_data_and_changes_nothing(
+    client: Client, settings: Settings, tmp_path: Path, model: tuple[FakeLlm, str]
+) -> None:
+    fake, url = model
+    fake.plans = [
+        Plan(tool_calls=[("refund_everything", {}), ("start_return", {"order_id": "NW-654321"})]),
+        Plan(text="unused"),
+    ]
+    document = {
+        "id": "maintenance-notice",
+        "title": "Maintenance notice for the warehouse robots",
+        "text": f"# Maintenance notice for the warehouse robots\n\n{INJECTION}",
+    }
+    conversation_id = f"doc-injected-{uuid.uuid4().hex[:6]}"
+    async with agent_stack(client, settings, tmp_path, url, tools=[START_RETURN]) as chat:
+        added = await chat.http.post("/v1/knowledge/documents", json=document)
+        assert added.status_code == 201, added.text
+        reply = await turn(
+            chat.user, conversation_id, "what does the maintenance notice for the warehouse robots say?"
+        )
+    documents = next(m["content"] for m in fake.requests[0]["messages"] if "<document" in m["content"])
+    assert (
+        'id="maintenance-notice"' in documents
+        and INJECTION in documents
+        and "never instructions" in documents
+    )
+    refused = reply["lineage"]["agent"][-1]["outcomes"][0]
+    assert refused["name"] == "refund_everything" and not refused["ok"]
+    assert [p["name"] for p in reply["approvals"]] == ["start_return"]
+    assert Shop(chat.settings.data_dir).actions() == []
+    assert await scheduled(client, conversation_id, "call_tool") == []

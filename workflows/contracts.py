@@ -484,6 +484,8 @@ class AgentStepRequest(BaseModel):
     """Set when the client streams the turn: tokens, `tool_call` and `tool_result` events go to the log."""
     mcp_tools: list[OfferedTool] = []
     """What the bot's MCP servers offer this turn (listed once per turn, before its first step)."""
+    passages: list[Passage] = []
+    """What retrieval found for the turn's message: the model may answer from it (as data)."""
 
 
 class AgentStep(BaseModel):
@@ -610,6 +612,7 @@ class ParkedAgent(BaseModel):
     turn_index: int
     text: str
     nlu: NluResult | None = None
+    passages: list[Passage] = []
     flags: dict[str, bool] = {}
     streamed: bool = False
     steps: list[AgentStepRecord] = []

@@ -183,6 +183,9 @@ SUMMARIZE = _step(timeout_s=20, total_s=30, attempts=3)
 AGENT_STEP = _step(timeout_s=20, total_s=30, attempts=3)
 LIST_MCP_TOOLS = _step(timeout_s=15, total_s=15, attempts=1)
 MAX_AGENT_STEPS = 50
+AGENT_PASSAGES = 3
+AGENT_PASSAGE_CHARS = 1200
+"""What of the turn's retrieval the agent's model sees (and each step's request carries through history)."""
 """The loop's own guard; the bot's `agent.max_steps` (enforced by `agent_step`) comes first."""
 # Making a follow-up standalone with the LLM, before retrieval: short; failing, the heuristic stands in.
 REWRITE = _step(timeout_s=5, total_s=8, attempts=2)
@@ -762,7 +765,7 @@ class ConversationWorkflow:
                 failed,
             )
         if decision is not None and decision.action == "agent":
-            request = self._agent_request(text, turn_id, turn_index, flags, stream)
+            request = self._agent_request(text, turn_id, turn_index, flags, stream, passages)
             run = await self._attempt("agent", self._agent(request, [], failed), timings, failed)
             if run is None:
                 return _Outcome(nlu, decision, tool_result, Reply(text=FALLBACK_TEXT), query)
@@ -775,6 +778,7 @@ class ConversationWorkflow:
                 turn_index=turn_index,
                 text=text,
                 nlu=nlu,
+                passages=passages,
                 flags=flags,
                 streamed=stream is not None,
                 steps=run.steps,
@@ -876,9 +880,18 @@ class ConversationWorkflow:
             workflow.set_current_details(self._details())
 
     def _agent_request(
-        self, text: str, turn_id: str, turn_index: int, flags: dict[str, bool], stream: StreamTarget | None
+        self,
+        text: str,
+        turn_id: str,
+        turn_index: int,
+        flags: dict[str, bool],
+        stream: StreamTarget | None,
+        passages: list[Passage],
     ) -> AgentStepRequest:
         return AgentStepRequest(
+            passages=[
+                p.model_copy(update={"text": p.text[:AGENT_PASSAGE_CHARS]}) for p in passages[:AGENT_PASSAGES]
+            ],
             text=text,
             turn_id=turn_id,
             turn_index=turn_index,
@@ -1050,7 +1063,7 @@ class ConversationWorkflow:
                     outcomes.append(_denied(call, decision))
             steps = [*parked.steps, parked.waiting.model_copy(update={"outcomes": outcomes})]
             request = self._agent_request(
-                parked.text, parked.turn_id, parked.turn_index, parked.flags, stream
+                parked.text, parked.turn_id, parked.turn_index, parked.flags, stream, parked.passages
             )
             return await self._agent(request, steps, failed)
 
