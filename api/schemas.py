@@ -24,6 +24,14 @@ class ConversationCreate(BaseModel):
         description="A turn sent while another runs: `enqueue` it, `reject` it (409), or `interrupt` the "
         "running one (the newest turn is answered); the setting's default when absent.",
     )
+    slots: dict[
+        Annotated[str, StringConstraints(max_length=100)], Annotated[str, StringConstraints(max_length=500)]
+    ] = Field(
+        default={},
+        max_length=50,
+        description="What is known before the first turn (a signed-in customer's order number, say): "
+        "the dialogue's first slots, which flows fill from.",
+    )
 
 
 class ConversationCreated(BaseModel):

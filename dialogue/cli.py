@@ -60,6 +60,45 @@ def api() -> None:
     )
 
 
+@app.command("test")
+def test_bot(
+    paths: Annotated[
+        list[Path] | None, typer.Argument(help="Test files or folders; default: the bot's tests/ folder.")
+    ] = None,
+    junit: Annotated[Path | None, typer.Option(help="Write the results as JUnit XML here.")] = None,
+    against: Annotated[
+        str | None, typer.Option(help="A running API's base URL; default: the bot's own stack, in-process.")
+    ] = None,
+    key: Annotated[
+        str | None, typer.Option(help="With --against: an API key of it.", envvar="DIALOGUE_TEST_KEY")
+    ] = None,
+) -> None:
+    """Run the bot's conversation tests: each a conversation whose answers are checked step by step."""
+    from rich.console import Console
+
+    from dialogue.bot import load_bot
+    from dialogue.testing.runner import junit_xml
+    from dialogue.testing.spec import SpecError
+    from dialogue.testing.suite import prepare, print_results, run_tests
+
+    settings = get_settings()
+    bot = load_bot(settings.bot_path)
+    console = Console()
+    try:
+        tests = prepare(bot, paths or [settings.bot_path.parent / "tests"])
+    except SpecError as err:
+        console.print(f"[bold red]error:[/] {err}")
+        raise typer.Exit(2) from None
+    if against is not None and not key:
+        console.print("[bold red]error:[/] --against needs --key (or DIALOGUE_TEST_KEY)")
+        raise typer.Exit(2)
+    results = asyncio.run(run_tests(tests, settings, console, against=against, key=key))
+    print_results(results, console)
+    if junit is not None:
+        junit.write_bytes(junit_xml(results))
+    raise typer.Exit(1 if any(result.outcome == "failed" for result in results) else 0)
+
+
 @app.command()
 def worker() -> None:
     """Run a worker for the conversation workflows and their activities."""

@@ -48,6 +48,8 @@ class ConversationInput(BaseModel):
     its history small; far below Temporal's 2,000 updates per run."""
     carried: CarriedState | None = None
     """What the previous run handed over at continue-as-new; None in a conversation's first run."""
+    slots: dict[str, Any] = {}
+    """What is known before the first turn (the signed-in customer's id, say): the dialogue's first slots."""
 
     @property
     def key(self) -> str:

@@ -230,7 +230,7 @@ class ConversationWorkflow:
             self._parked = {parked.turn_id: parked for parked in input.carried.parked}
         else:
             self._state = ConversationState(
-                conversation_id=input.conversation_id, started_at=now, updated_at=now
+                conversation_id=input.conversation_id, started_at=now, updated_at=now, slots=dict(input.slots)
             )
             self._recent = {}
             self._parked = {}

@@ -17,8 +17,10 @@ def conversation_input(
     *,
     tenant: str = "default",
     double_text: DoubleTextPolicy | None = None,
+    slots: dict[str, Any] | None = None,
 ) -> ConversationInput:
     return ConversationInput(
+        slots=slots or {},
         conversation_id=conversation_id,
         tenant=tenant,
         max_text_chars=settings.max_text_chars,

@@ -90,12 +90,20 @@ async def create_conversation(
     engine: EngineDep,
     temporal: TemporalClientDep,
     principal: ClientPrincipal,
+    request: Request,
+    feature_flags: FlagsDep,
     body: Annotated[ConversationCreate | None, Body()] = None,
 ) -> ConversationCreated:
-    """Start a conversation; the client may choose its id."""
+    """Start a conversation; the client may choose its id, and give what is known before the first turn
+    (`slots`, redacted as a turn's text is)."""
     conversation_id = (body.id if body else None) or uuid.uuid4().hex
     await _refuse_if_ended(engine, principal, conversation_id)
     key = _key(principal, conversation_id)
+    redaction = feature_flags.evaluate(key)["redaction"]
+    slots = {
+        name: request.app.state.privacy.for_storage(value, enabled=redaction)
+        for name, value in (body.slots if body else {}).items()
+    }
     with temporal_errors(conversation_id):
         try:
             await temporal.start_workflow(
@@ -105,6 +113,7 @@ async def create_conversation(
                     conversation_id,
                     tenant=principal.tenant,
                     double_text=body.double_text if body else None,
+                    slots=slots,
                 ),
                 id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
                 **start_options(settings, key),
