@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
 
     from dialogue.codec import PayloadKeys
+    from dialogue.evaluation.source import RecordedConversation
     from dialogue.nlu.parser import NluParser
 
 app = typer.Typer(
@@ -97,6 +98,138 @@ def test_bot(
     if junit is not None:
         junit.write_bytes(junit_xml(results))
     raise typer.Exit(1 if any(result.outcome == "failed" for result in results) else 0)
+
+
+eval_app = typer.Typer(
+    help="Replay recorded conversations against a candidate bot and report what would change.",
+    no_args_is_help=True,
+)
+app.add_typer(eval_app, name="eval")
+
+TenantOption = Annotated[str | None, typer.Option(help="Only this tenant's conversations.")]
+SinceOption = Annotated[str | None, typer.Option(help="Updated since (ISO date or time).")]
+UntilOption = Annotated[str | None, typer.Option(help="Started before (ISO date or time).")]
+IntentOption = Annotated[str | None, typer.Option(help="With a turn of this intent.")]
+RatedDownOption = Annotated[bool, typer.Option("--rated-down", help="With an answer rated down.")]
+DegradedOption = Annotated[bool, typer.Option("--degraded", help="With a degraded answer.")]
+LimitOption = Annotated[int, typer.Option(min=1, max=100_000, help="Conversations at most.")]
+
+
+def _recorded(
+    tenant: str | None,
+    since: str | None,
+    until: str | None,
+    intent: str | None,
+    rated_down: bool,
+    degraded: bool,
+    limit: int,
+) -> list[RecordedConversation]:
+    from datetime import datetime
+
+    from dialogue.db import get_engine
+    from dialogue.evaluation.source import Filters, recorded_conversations
+
+    try:
+        filters = Filters(
+            tenant=tenant,
+            since=datetime.fromisoformat(since) if since else None,
+            until=datetime.fromisoformat(until) if until else None,
+            intent=intent,
+            rated_down=rated_down,
+            degraded=degraded,
+            limit=limit,
+        )
+    except ValueError as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(2) from None
+    return recorded_conversations(get_engine(get_settings().resolved_database_url), filters)
+
+
+@eval_app.command("export")
+def eval_export(
+    out: Annotated[Path, typer.Option(help="The file to write (JSON Lines, a conversation per line).")],
+    tenant: TenantOption = None,
+    since: SinceOption = None,
+    until: UntilOption = None,
+    intent: IntentOption = None,
+    rated_down: RatedDownOption = False,
+    degraded: DegradedOption = False,
+    limit: LimitOption = 200,
+) -> None:
+    """Write recorded conversations (redacted as stored) to a file, to evaluate elsewhere."""
+    from dialogue.evaluation.source import export
+
+    conversations = _recorded(tenant, since, until, intent, rated_down, degraded, limit)
+    export(conversations, out)
+    typer.echo(
+        f"{len(conversations)} conversations, {sum(len(c.turns) for c in conversations)} turns -> {out}"
+    )
+
+
+@eval_app.command("run")
+def eval_run(
+    bot: Annotated[Path, typer.Option(help="The candidate's bot definition.")],
+    report: Annotated[Path, typer.Option(help="The folder for report.html and report.json.")],
+    from_file: Annotated[
+        Path | None, typer.Option("--from", help="Conversations from `dialogue eval export`, not the store.")
+    ] = None,
+    tenant: TenantOption = None,
+    since: SinceOption = None,
+    until: UntilOption = None,
+    intent: IntentOption = None,
+    rated_down: RatedDownOption = False,
+    degraded: DegradedOption = False,
+    limit: LimitOption = 200,
+    fail_if: Annotated[
+        list[str] | None, typer.Option(help="Fail (exit 1) if this holds, e.g. 'changed_intents>5%'.")
+    ] = None,
+    judge_url: Annotated[
+        str | None, typer.Option(help="An OpenAI-compatible endpoint to judge answers.")
+    ] = None,
+    judge_model: Annotated[str, typer.Option(help="The judge's model.")] = "gpt-4o-mini",
+    judge_key: Annotated[
+        str | None, typer.Option(envvar="DIALOGUE_JUDGE_API_KEY", help="The judge's key.")
+    ] = None,
+) -> None:
+    """Re-send recorded conversations' user turns to a candidate bot (the current code with BOT) on a task
+    queue of its own, compare every turn with what was answered, and report."""
+    from rich.console import Console
+
+    from dialogue.evaluation.compare import gate, summary
+    from dialogue.evaluation.run import JudgeEndpoint, evaluate, print_summary
+    from dialogue.evaluation.source import read_export
+
+    conditions = fail_if or []
+    try:
+        gate({"turns": 1} | summary([]), conditions)
+    except ValueError as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(2) from None
+    if not bot.exists():
+        typer.echo(f"error: {bot}: no such bot definition", err=True)
+        raise typer.Exit(2)
+    if from_file is not None:
+        conversations = read_export(from_file)
+    else:
+        conversations = _recorded(tenant, since, until, intent, rated_down, degraded, limit)
+    if not conversations:
+        typer.echo("error: no recorded conversation matches", err=True)
+        raise typer.Exit(2)
+    console = Console()
+    judge = JudgeEndpoint(judge_url, judge_model, judge_key) if judge_url else None
+    result = asyncio.run(
+        evaluate(
+            get_settings(),
+            bot,
+            conversations,
+            report=report,
+            conditions=conditions,
+            judge=judge,
+            console=console,
+        )
+    )
+    print_summary(result, report, console)
+    raise typer.Exit(1 if result["gate"] else 0)
 
 
 @app.command()

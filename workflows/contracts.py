@@ -577,6 +577,8 @@ class Lineage(BaseModel):
     """For an agent's answer: each model step that asked for tools, with its calls and their outcomes."""
     agent_answer: ModelCall | None = None
     """For an agent's answer: the model call that wrote it."""
+    action: str | None = None
+    """What the bot did (the policy's decision: `answer`, `flow_prompt`, `agent`, …); None before it was kept."""
     data: dict[str, Any] | None = None
     """For a structured reply: the object the model returned."""
 

@@ -663,7 +663,8 @@ class ConversationWorkflow:
                 )
                 for s in reply.sources
             ],
-            timings_ms=dict(timings),
+            # `total`: until the reply was ready (the turn's own total, in its reply, adds the recording).
+            timings_ms=dict(timings) | {"total": _ms(workflow.time() - started)},
             degraded_reason=", ".join(failed) or None,
             flags=dict(request.flags),
             context=reply.context.model_copy(update={"retrieval_query": query}) if reply.context else None,
@@ -671,6 +672,7 @@ class ConversationWorkflow:
             retrieval_query=query,
             agent=agent_steps,
             agent_answer=agent_answer,
+            action=decision.action if decision is not None else None,
         )
         reply = reply.model_copy(update={"context": None})  # the lineage has it: once in history is enough
         record = RecordTurnRequest(
