@@ -723,3 +723,48 @@ def test_the_user_approves_the_agents_call_in_the_chat_and_sees_what_it_did(
     browser.wait_for("the transcript", lambda _: len(bot_messages(browser)) >= 2)
     assert [text_of(m) for m in bot_messages(browser)][-1] == done
     assert not browser.find_all("#messages .approval button")
+
+
+def test_a_person_approves_the_agents_return_in_the_console_and_the_user_sees_the_answer_live(
+    browser: Browser, up: Up, llm: tuple[FakeLlm, str]
+) -> None:
+    fake, _ = llm
+    driver = browser.driver
+    conversation_id = agent_conversation_id()
+    open_chat(browser, up)
+    browser.script("localStorage.setItem(arguments[0], arguments[1])", CONVERSATION_STORAGE, conversation_id)
+    open_chat(browser, up)
+    done = "Your return is open; the label comes by email."
+    fake.plans = [
+        Plan(tool_calls=[("start_return", {"order_id": "NW-654321", "reason": "too quiet"})]),
+        Plan(text=done),
+    ]
+    try:
+        asking = type_and_send(browser, "I want to return my speaker, order NW-654321")
+        assert "start_return waits for a member of our team" in asking.text, browser.diagnostics()
+        assert not asking.find_elements("css selector", ".approval button")  # not the user's to decide
+        chat = driver.current_window_handle
+
+        driver.switch_to.new_window("window")
+        driver.get(f"{up.console}#{conversation_id}")
+        approve = browser.wait_for_element(
+            "ul.approvals button.approve", "the console's approve button for the pending return"
+        )
+        assert (approve.get_attribute("aria-label") or "").startswith("Approve start_return")
+        browser.screenshot("console approval pending")
+        approve.click()
+        browser.wait_for(
+            "the agent's answer in the console's transcript",
+            lambda _: any(done in m.text for m in browser.find_all("ol#transcript li.message.bot")),
+        )
+        browser.wait_for("no approval waiting", lambda _: not browser.find_all("ul.approvals li"))
+        browser.screenshot("console approved")
+        driver.close()
+        driver.switch_to.window(chat)
+        browser.wait_for(
+            "the agent's answer in the chat, without a reload",
+            lambda _: any(done in text_of(m) for m in bot_messages(browser)),
+        )
+        browser.screenshot("chat shows the approved answer")
+    finally:
+        fake.plans = [Plan(text=ANSWER)]
