@@ -13,7 +13,7 @@ from temporalio.client import Client
 
 from api.deps import authorize_codec
 from api.errors import install_error_handlers
-from api.limits import BodySizeLimit, RateLimiter
+from api.limits import BodySizeLimit, RateLimiter, TurnAdmission
 from api.routes import approvals, conversations, handoff, health, keys, knowledge, lineage, me, nlu, pages
 from api.routes.codec import codec_cors, codec_router
 from api.telemetry import RequestTelemetry, metrics_router
@@ -66,6 +66,7 @@ def create_app(
         lifespan=lifespan,
     )
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(TurnAdmission, limit=settings.max_turns_in_flight)
     if settings.cors_origins:  # closed unless origins are configured
         app.add_middleware(
             CORSMiddleware,

@@ -11,6 +11,7 @@ plain text, outside the reach of our handlers.)
 from __future__ import annotations
 
 import math
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -18,6 +19,8 @@ from collections.abc import Callable
 import orjson
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from dialogue.metrics import TURNS_IN_FLIGHT, TURNS_SHED
 
 
 class BodySizeLimit:
@@ -94,3 +97,48 @@ class RateLimiter:
         ]
         for caller in full:
             del self._buckets[caller]
+
+
+TURN_PATH = re.compile(r"^/v1/conversations/[^/]+/turns/?$")
+SHED_RETRY_AFTER_SECONDS = "1"
+
+
+class TurnAdmission:
+    """Load shedding: at most `limit` turns in flight in this process (a streamed one until its stream
+    ends); a turn past it is answered 503 `overloaded` with `Retry-After` at once, without touching
+    Temporal, so that under overload the turns admitted are answered within their deadline instead of
+    every turn queueing past it. Pure ASGI, like the telemetry, so streams pass through untouched."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+        self.in_flight = 0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (
+            self.limit <= 0
+            or scope["type"] != "http"
+            or scope["method"] != "POST"
+            or not TURN_PATH.match(scope["path"])
+        ):
+            await self.app(scope, receive, send)
+            return
+        if self.in_flight >= self.limit:
+            TURNS_SHED.inc()
+            message = f"the service is at its limit of {self.limit} turns in flight; retry shortly"
+            body = orjson.dumps({"error": {"code": "overloaded", "message": message}})
+            headers = [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"retry-after", SHED_RETRY_AFTER_SECONDS.encode()),
+            ]
+            await send({"type": "http.response.start", "status": 503, "headers": headers})
+            await send({"type": "http.response.body", "body": body})
+            return
+        self.in_flight += 1
+        TURNS_IN_FLIGHT.inc()
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.in_flight -= 1
+            TURNS_IN_FLIGHT.dec()

@@ -34,6 +34,11 @@ STEP_SECONDS = Histogram(
     ["step", "outcome"],
     buckets=LATENCY_BUCKETS,
 )
+TURNS_SHED = Counter(
+    "dialogue_turns_shed",
+    "Turns the API refused at once (503 overloaded) because it already waited on its limit of turns.",
+)
+TURNS_IN_FLIGHT = Gauge("dialogue_turns_in_flight", "Turns the API process waits on now.")
 LLM_TOKENS = Counter(
     "dialogue_llm_tokens",
     "Tokens the LLM provider reported, by kind (prompt, completion).",

@@ -93,6 +93,9 @@ class Settings(BaseSettings):
     """Requests per second per key or token, sustained (a token bucket; 0 turns the limit off)."""
     rate_limit_burst: int = Field(default=40, ge=1)
     """Requests a key may send at once before the sustained rate applies."""
+    max_turns_in_flight: int = Field(default=256, ge=0)
+    """Turns one API process waits on at once; past it a new turn is refused at once, 503 `overloaded`
+    with `Retry-After`, rather than queued past its deadline (0: no limit)."""
     cors_origins: list[str] = []
     """Browser origins allowed to call the API (CORS); none by default."""
     retention_interval_seconds: float = Field(default=3600, gt=0)

@@ -6,10 +6,11 @@ const SSE = "text/event-stream";
 const RESUME_DELAYS_MS = [300, 1000, 2500, 5000];
 
 export class ApiError extends Error {
-  constructor(status, code, message) {
+  constructor(status, code, message, retryAfterSeconds = 0) {
     super(message);
     this.status = status;
     this.code = code;
+    this.retryAfterSeconds = retryAfterSeconds; // from Retry-After: how long the server asks to wait
   }
 }
 
@@ -28,9 +29,10 @@ const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
 // The API's error body is {"error": {"code", "message"}}; a proxy's may be anything.
 async function errorOf(response) {
+  const retryAfter = Number(response.headers.get("Retry-After")) || 0;
   try {
     const { error } = await response.json();
-    return new ApiError(response.status, error.code, error.message);
+    return new ApiError(response.status, error.code, error.message, retryAfter);
   } catch {
     return new ApiError(response.status, "http_error", `The server answered ${response.status} ${response.statusText}.`);
   }
@@ -169,6 +171,7 @@ export class Api {
 
     let lastId = null;
     let next = post;
+    let wait = 0; // what the server asked for (Retry-After), when it refused a request
     for (let attempt = 0; ; attempt += 1) {
       const request = next;
       next = follow; // after a drop: pick the turn's events up after the last one seen
@@ -197,12 +200,19 @@ export class Api {
         // Unknown to the server, the turn never reached it: repeat the POST, which the key makes safe.
         if (error instanceof ApiError && error.code === "turn_not_found") next = post;
         else if (error instanceof ApiError && error.status !== 503) throw error;
+        // 503: the service is overloaded (`overloaded`: the turn was not taken) or a dependency is down;
+        // the same key makes the retry safe, and the wait is at least what the server asked for.
+        if (error instanceof ApiError) {
+          wait = error.retryAfterSeconds * 1000;
+          if (error.code === "overloaded") next = post;
+        }
         // Anything else is the network (fetch and the stream's reader reject with a TypeError): retry.
       }
       if (attempt >= RESUME_DELAYS_MS.length) {
         throw new ApiError(0, "connection_lost", "The connection was lost before the reply arrived. Please try again.");
       }
-      await sleep(RESUME_DELAYS_MS[attempt]);
+      await sleep(Math.max(RESUME_DELAYS_MS[attempt], wait));
+      wait = 0;
     }
   }
 }

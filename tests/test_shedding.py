@@ -1,0 +1,46 @@
+"""Load shedding: past its limit of turns in flight the API refuses a new turn at once (503 `overloaded`
+with `Retry-After`) instead of queueing it past its deadline, starts nothing for it, and counts it."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+from prometheus_client import REGISTRY
+from temporalio.client import Client
+
+from api import create_app
+from dialogue.settings import Settings
+from tests.conftest import api_client, served_llm, worker_for
+from tests.fake_llm import FakeLlm, Plan
+
+QUESTION = "How much does express shipping cost?"  # answered by the (slow) model
+
+
+async def test_turns_past_the_limit_are_refused_at_once_and_nothing_is_started_for_them(
+    client: Client, settings: Settings
+) -> None:
+    slow = FakeLlm(plans=[Plan(text="It costs 12.90 euros [1].", delay=2.0)])
+    async with served_llm(slow) as url:
+        limited = settings.model_copy(
+            update={"generator": "openai", "llm_base_url": url, "llm_model": "slow", "max_turns_in_flight": 2}
+        )
+        shed_before = REGISTRY.get_sample_value("dialogue_turns_shed_total") or 0
+        run = uuid.uuid4().hex[:6]
+        async with worker_for(client, limited), api_client(create_app(limited, temporal=client)) as http:
+            ids = [f"shed-{run}-{n}" for n in range(6)]
+            responses = await asyncio.gather(
+                *(http.post(f"/v1/conversations/{i}/turns", json={"text": QUESTION}) for i in ids)
+            )
+            refused = [i for i, r in zip(ids, responses, strict=True) if r.status_code == 503]
+            states = [await http.get(f"/v1/conversations/{i}") for i in refused]
+    statuses = sorted(r.status_code for r in responses)
+    assert statuses == [200, 200, 503, 503, 503, 503], [r.text for r in responses]
+    for response in responses:
+        if response.status_code == 503:
+            assert response.json()["error"]["code"] == "overloaded"
+            assert response.headers["Retry-After"] == "1"
+    # Nothing was started for a refused turn: its conversation does not exist.
+    assert [s.status_code for s in states] == [404] * 4
+    assert (REGISTRY.get_sample_value("dialogue_turns_shed_total") or 0) == shed_before + 4
+    assert REGISTRY.get_sample_value("dialogue_turns_in_flight") == 0
