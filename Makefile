@@ -44,7 +44,7 @@ pytest: install browser
 
 test: lint typecheck pytest
 
-# Benchmarks: results as JSON in bench/results/ (timing lives here, never in tests). About 25 minutes.
+# Benchmarks: results as JSON in bench/results/ (timing lives here, never in tests). About 35 minutes.
 bench: install
 	$(BIN)/python -m bench.turn_latency
 	$(BIN)/python -m bench.throughput
@@ -54,6 +54,7 @@ bench: install
 	$(BIN)/python -m bench.profile
 	$(BIN)/python -m bench.llm_context
 	$(BIN)/python -m bench.agent_loop
+	$(BIN)/python -m bench.ceiling
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
