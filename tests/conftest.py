@@ -32,6 +32,7 @@ from dialogue.knowledge import store as knowledge
 from dialogue.nlu.model import ensure_bot_model
 from dialogue.settings import Settings
 from dialogue.temporal import SEARCH_ATTRIBUTES
+from dialogue.testing.stack import served
 from tests.fake_llm import FakeLlm
 from worker import build_worker
 
@@ -221,25 +222,19 @@ async def serve(app: object) -> tuple[uvicorn.Server, asyncio.Task[None], str]:
 @asynccontextmanager
 async def api_client(app: object, api_key: str = TEST_API_KEY) -> AsyncIterator[httpx.AsyncClient]:
     """An HTTP client, authenticated, to `app` served over real HTTP for the length of the block."""
-    server, task, base_url = await serve(app)
-    try:
-        headers = {"Authorization": f"Bearer {api_key}"}
-        async with httpx.AsyncClient(base_url=base_url, headers=headers, timeout=30) as http_client:
-            yield http_client
-    finally:
-        server.should_exit = True
-        await task
+    headers = {"Authorization": f"Bearer {api_key}"}
+    async with (
+        served(app) as base_url,
+        httpx.AsyncClient(base_url=base_url, headers=headers, timeout=30) as http,
+    ):
+        yield http
 
 
 @asynccontextmanager
 async def served_llm(fake: FakeLlm) -> AsyncIterator[str]:
     """A stand-in LLM provider over real HTTP for the block; yields its OpenAI-compatible base URL."""
-    server, task, base_url = await serve(fake.app())
-    try:
+    async with served(fake.app()) as base_url:
         yield f"{base_url}/v1"
-    finally:
-        server.should_exit = True
-        await task
 
 
 @pytest.fixture

@@ -8,8 +8,6 @@ import asyncio
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,7 +20,8 @@ from temporalio.client import Client
 from dialogue.agent.shop import Shop
 from dialogue.agent.tools import RESULT_CLOSE, RESULT_OPEN
 from dialogue.settings import Settings
-from tests.conftest import free_port, serve
+from dialogue.testing.stack import served
+from tests.conftest import free_port
 from tests.fake_llm import FakeLlm, Plan
 from tests.test_agent import ORDER_STATUS, START_RETURN, agent_stack, model, scheduled, turn
 
@@ -68,16 +67,6 @@ class Crm:
             return JSONResponse(booking, status_code=201)
 
         return app
-
-
-@asynccontextmanager
-async def served(app: FastAPI) -> AsyncIterator[str]:
-    server, task, base_url = await serve(app)
-    try:
-        yield base_url
-    finally:
-        server.should_exit = True
-        await task
 
 
 def http_tools(base_url: str) -> list[dict[str, Any]]:

@@ -180,7 +180,7 @@ TOOL = _step(timeout_s=10, total_s=20, attempts=3)
 SUMMARIZE = _step(timeout_s=20, total_s=30, attempts=3)
 # One model step of the agent: an LLM call like generate's, within the turn's deadline. A tool call's options
 # come from its declaration (timeout, attempts), cut to the deadline too.
-AGENT_STEP = _step(timeout_s=20, total_s=30, attempts=3)
+AGENT_STEP = _step(timeout_s=20, total_s=30, attempts=3, heartbeat_s=5)
 LIST_MCP_TOOLS = _step(timeout_s=15, total_s=15, attempts=1)
 MAX_AGENT_STEPS = 50
 AGENT_PASSAGES = 3

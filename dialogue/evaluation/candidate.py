@@ -35,14 +35,19 @@ from workflows.starting import conversation_input, start_options
 TENANT = "eval"
 
 
-class CandidateTurn(BaseModel):
+class Answer(BaseModel):
+    """One side's answer to a turn, as an evaluation compares it."""
+
     reply: str
     intent: str | None
     action: str | None
     degraded: bool
     sources: list[str]
     tool_calls: list[str]
-    total_ms: float
+    total_ms: float | None
+
+
+class CandidateTurn(Answer):
     lineage: dict[str, Any]
 
 

@@ -10,20 +10,10 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from dialogue.evaluation.candidate import CandidateTurn, tool_calls
+from dialogue.evaluation.candidate import Answer, CandidateTurn, tool_calls
 from dialogue.evaluation.source import RecordedTurn
 
 CHANGES = ("intent", "action", "sources", "tool_calls", "degraded", "text")
-
-
-class Side(BaseModel):
-    reply: str
-    intent: str | None
-    action: str | None
-    degraded: bool
-    sources: list[str]
-    tool_calls: list[str]
-    total_ms: float | None
 
 
 class TurnComparison(BaseModel):
@@ -32,8 +22,8 @@ class TurnComparison(BaseModel):
     turn_id: str
     user_text: str
     rating: str | None
-    recorded: Side
-    candidate: Side
+    recorded: Answer
+    candidate: Answer
     changes: list[str]
     similarity: float
     """Of the two answers' texts, 0 to 1 (difflib's ratio over words)."""
@@ -44,7 +34,7 @@ class TurnComparison(BaseModel):
 
 def compare(conversation: str, recorded: RecordedTurn, candidate: CandidateTurn) -> TurnComparison:
     lineage = recorded.lineage
-    before = Side(
+    before = Answer(
         reply=recorded.reply,
         intent=recorded.intent,
         action=lineage.get("action"),
@@ -53,7 +43,7 @@ def compare(conversation: str, recorded: RecordedTurn, candidate: CandidateTurn)
         tool_calls=tool_calls(lineage),
         total_ms=(lineage.get("timings_ms") or {}).get("total"),
     )
-    after = Side(**candidate.model_dump(include=set(Side.model_fields)))
+    after = Answer.model_validate(candidate.model_dump(include=set(Answer.model_fields)))
     changes = []
     for name in ("intent", "degraded", "sources", "tool_calls"):
         if getattr(before, name) != getattr(after, name):

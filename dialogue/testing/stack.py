@@ -55,7 +55,7 @@ class Stack:
         name = json.dumps(wanted, sort_keys=True)
         if name not in self._apis:
             app = create_app(self._settings.model_copy(update={"flags": wanted}), temporal=self._temporal)
-            url = await self._exits.enter_async_context(_served(app))
+            url = await self._exits.enter_async_context(served(app))
             self._apis[name] = await self._exits.enter_async_context(
                 httpx.AsyncClient(
                     base_url=url,
@@ -77,7 +77,7 @@ async def in_process_stack(bot_path: Path, deployment: Settings) -> AsyncIterato
     stand_in = FakeLlm(plans=[Plan(text=UNSCRIPTED)])
     with tempfile.TemporaryDirectory(prefix="dialogue-test-") as scratch:
         folder = Path(scratch)
-        async with _served(stand_in.app()) as llm_url:
+        async with served(stand_in.app()) as llm_url:
             settings = deployment.model_copy(
                 update={
                     "bot_path": bot_path,
@@ -122,8 +122,9 @@ async def in_process_stack(bot_path: Path, deployment: Settings) -> AsyncIterato
 
 
 @asynccontextmanager
-async def _served(app: object) -> AsyncIterator[str]:
-    """An ASGI app on a free loopback port, in this event loop."""
+async def served(app: object) -> AsyncIterator[str]:
+    """An ASGI app on a free loopback port, in this event loop, for the block; yields its base URL
+    (the test suite serves its apps and stand-ins with it too)."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
