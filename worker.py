@@ -88,11 +88,12 @@ def build_turn_activities(settings: Settings) -> TurnActivities:
     except SQLAlchemyError as err:  # the store is down: the index is built at the first turn after it is back
         log.error("knowledge base unreachable at start (%s)", err.__class__.__name__)
     generators = build_generators(settings, bot)
+    composer = ReplyComposer(bot, generators)
     return TurnActivities(
         engine=engine,
-        understand=UnderstandActivity(bot, parser),
+        understand=UnderstandActivity(bot, parser, composer.needs_knowledge),
         retrieve=RetrieveActivity(index),
-        generate=GenerateActivity(ReplyComposer(bot, generators), engine),
+        generate=GenerateActivity(composer, engine),
         record=RecordActivities(engine),
         tool=ToolActivity(bot),
         summarize=SummarizeActivity(bot, engine, generators),

@@ -25,6 +25,7 @@ from workflows.contracts import (
     Decision,
     DialogueState,
     GenerateRequest,
+    NluResult,
     Reply,
 )
 
@@ -36,6 +37,14 @@ class ReplyComposer:
     def __init__(self, bot: BotDefinition, generators: Generators | AnswerGenerator) -> None:
         self._bot = bot
         self._generators = generators if isinstance(generators, Generators) else Generators.only(generators)
+
+    def needs_knowledge(self, nlu: NluResult, decision: Decision) -> bool:
+        """Whether the reply to this decision is made from retrieved passages: an answer or the agent's
+        turn, not a template or a flow's words (which a turn can then make without searching)."""
+        if decision.action == "agent":
+            return True
+        probe = GenerateRequest(text="", turn_index=0, nlu=nlu, decision=decision)
+        return self._scripted(probe, decision) is None
 
     def calls_a_model(self, request: GenerateRequest) -> bool:
         """Whether the reply is an answer from a generator that calls a model over the network."""

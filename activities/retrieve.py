@@ -6,6 +6,7 @@ from temporalio import activity
 
 from dialogue.knowledge.search import HybridIndex
 from dialogue.llm.followup import standalone_query
+from dialogue.nlu.embeddings import shared_within
 from workflows.contracts import RetrieveRequest, RetrieveResult
 
 
@@ -21,6 +22,6 @@ class RetrieveActivity:
         that is slow to answer (an outage: up to the connection time-out) must not stall the event loop
         that every other conversation's workflow tasks and activities share."""
         query = request.standalone or standalone_query(request.text, request.previous)
-        return RetrieveResult(
-            passages=self._index.search(query, request.top_k), query=query if query != request.text else None
-        )
+        with shared_within(activity.info().workflow_id or ""):  # the vector `understand` made, if any
+            passages = self._index.search(query, request.top_k)
+        return RetrieveResult(passages=passages, query=query if query != request.text else None)

@@ -66,7 +66,12 @@ def create_app(
         lifespan=lifespan,
     )
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
-    app.add_middleware(TurnAdmission, limit=settings.max_turns_in_flight)
+    app.add_middleware(
+        TurnAdmission,
+        limit=settings.max_turns_in_flight,
+        budget_seconds=settings.turn_queue_budget_seconds,
+        floor=settings.turn_admission_floor,
+    )
     if settings.cors_origins:  # closed unless origins are configured
         app.add_middleware(
             CORSMiddleware,

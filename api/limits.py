@@ -20,7 +20,7 @@ import orjson
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from dialogue.metrics import TURNS_IN_FLIGHT, TURNS_SHED
+from dialogue.metrics import TURN_ADMISSION_LIMIT, TURNS_IN_FLIGHT, TURNS_SHED
 
 
 class BodySizeLimit:
@@ -101,18 +101,38 @@ class RateLimiter:
 
 TURN_PATH = re.compile(r"^/v1/conversations/[^/]+/turns/?$")
 SHED_RETRY_AFTER_SECONDS = "1"
+RATE_WINDOW_SECONDS = 5
 
 
 class TurnAdmission:
-    """Load shedding: at most `limit` turns in flight in this process (a streamed one until its stream
-    ends); a turn past it is answered 503 `overloaded` with `Retry-After` at once, without touching
-    Temporal, so that under overload the turns admitted are answered within their deadline instead of
-    every turn queueing past it. Pure ASGI, like the telemetry, so streams pass through untouched."""
+    """Load shedding: a turn past this process's admission limit is answered 503 `overloaded` with
+    `Retry-After` at once, without touching Temporal, so that under overload the turns admitted are
+    answered within their deadline instead of every turn queueing past it. Turns count from their
+    request until their reply (a streamed one until its stream ends). Pure ASGI, like the telemetry, so
+    streams pass through untouched.
 
-    def __init__(self, app: ASGIApp, limit: int) -> None:
+    The limit is the lower of `limit` (a fixed ceiling) and the turns the stack can answer within
+    `budget_seconds` at the rate it has been answering them (Little's law: in flight = rate x wait), but
+    never below `floor` (a burst after a quiet spell, when the rate says little). Under overload the rate
+    is the stack's capacity, so the turns admitted wait about `budget_seconds` and the stack stays busy;
+    below it, nothing is refused."""
+
+    def __init__(self, app: ASGIApp, limit: int, budget_seconds: float = 0, floor: int = 64) -> None:
         self.app = app
         self.limit = limit
+        self.budget_seconds = budget_seconds
+        self.floor = floor
         self.in_flight = 0
+        self._answered = AnswerRate()
+
+    def admits(self) -> int:
+        """How many turns in flight this process admits now."""
+        if self.budget_seconds <= 0:
+            return self.limit
+        affordable = math.ceil(self._answered.per_second() * self.budget_seconds)
+        admits = min(self.limit, max(self.floor, affordable))
+        TURN_ADMISSION_LIMIT.set(admits)
+        return admits
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if (
@@ -123,9 +143,10 @@ class TurnAdmission:
         ):
             await self.app(scope, receive, send)
             return
-        if self.in_flight >= self.limit:
+        admits = self.admits()
+        if self.in_flight >= admits:
             TURNS_SHED.inc()
-            message = f"the service is at its limit of {self.limit} turns in flight; retry shortly"
+            message = f"the service is at its limit of {admits} turns in flight; retry shortly"
             body = orjson.dumps({"error": {"code": "overloaded", "message": message}})
             headers = [
                 (b"content-type", b"application/json"),
@@ -142,3 +163,24 @@ class TurnAdmission:
         finally:
             self.in_flight -= 1
             TURNS_IN_FLIGHT.dec()
+            self._answered.count()
+
+
+class AnswerRate:
+    """Turns answered per second over the last RATE_WINDOW_SECONDS, counted in one-second buckets."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._buckets: dict[int, int] = {}
+
+    def count(self) -> None:
+        second = int(self._clock())
+        self._buckets[second] = self._buckets.get(second, 0) + 1
+        for old in [b for b in self._buckets if b <= second - RATE_WINDOW_SECONDS]:
+            del self._buckets[old]
+
+    def per_second(self) -> float:
+        now = int(self._clock())
+        # Whole seconds only: the current one is still filling.
+        done = sum(n for second, n in self._buckets.items() if now - RATE_WINDOW_SECONDS <= second < now)
+        return done / RATE_WINDOW_SECONDS

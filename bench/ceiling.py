@@ -25,7 +25,7 @@ from temporalio.common import WorkflowIDConflictPolicy
 from temporalio.worker import Worker
 
 from bench.baselines import BaselineTurn, noop
-from bench.stack import BUILT_IN_PIPELINE, EmbeddedStack
+from bench.stack import BUILT_IN_PIPELINE, EmbeddedStack, default_bot
 from bench.streaming import RESULTS, header, percentiles
 from bench.throughput import level, process_tree
 from dialogue.settings import Settings
@@ -103,10 +103,7 @@ async def measure(stack: EmbeddedStack, conversations: int, users: list[int], up
 
 
 async def run(conversations: int, users: list[int], updates: int) -> dict[str, Any]:
-    # The default bot's NLU model as `make run` trained it, when there is one: not trained again here.
-    model = Settings().nlu_model_path("northwind-support")
-    trained = {"nlu_model_dir": str(model.resolve())} if model.exists() else {}
-    default = EmbeddedStack(rate_limit_per_second="0", **trained)
+    default = EmbeddedStack(rate_limit_per_second="0", **default_bot())
     built_in = EmbeddedStack(rate_limit_per_second="0", **BUILT_IN_PIPELINE)
     return {
         **header("ceiling"),

@@ -6,7 +6,10 @@ server is Go: its CPU is in bench/throughput.py's numbers). Reports, per process
 samples each part of the code is on the stack for (inclusive), and the functions with the most
 samples of their own. Results in bench/results/profile.json.
 
-    .venv/bin/python -m bench.profile [--conversations 300] [--turns 2] [--concurrency 50]
+    .venv/bin/python -m bench.profile [--conversations 300] [--turns 2] [--concurrency 50] [--default-bot]
+
+`--default-bot` profiles the bot as `make run` starts it (trained NLU with embeddings, hybrid retrieval)
+instead of the built-in pipeline; its results go to bench/results/profile-default-bot.json.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from bench.stack import BUILT_IN_PIPELINE, EmbeddedStack
+from bench.stack import BUILT_IN_PIPELINE, EmbeddedStack, default_bot
 from bench.streaming import RESULTS, header
 from bench.throughput import load_client, process_tree, send_load
 
@@ -88,8 +91,10 @@ def sample(pid: int, output: Path, rate: int) -> subprocess.Popen[bytes]:
     return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
-async def run(conversations: int, turns: int, concurrency: int, rate: int) -> dict[str, Any]:
-    stack = EmbeddedStack(rate_limit_per_second="0", **BUILT_IN_PIPELINE)
+async def run(
+    conversations: int, turns: int, concurrency: int, rate: int, pipeline: dict[str, str]
+) -> dict[str, Any]:
+    stack = EmbeddedStack(rate_limit_per_second="0", **pipeline)
     await asyncio.to_thread(stack.__enter__)
     scratch = tempfile.TemporaryDirectory(prefix="dialogue-profile-")
     try:
@@ -111,7 +116,7 @@ async def run(conversations: int, turns: int, concurrency: int, rate: int) -> di
         await asyncio.to_thread(stack.__exit__, None, None, None)
         scratch.cleanup()
     return {
-        **header("profile", pipeline=BUILT_IN_PIPELINE),
+        **header("profile", pipeline=pipeline or "the default bot"),
         "conversations": conversations,
         "turns_per_conversation": turns,
         "concurrency": concurrency,
@@ -128,10 +133,15 @@ def main() -> None:
     parser.add_argument("--turns", type=int, default=2)
     parser.add_argument("--concurrency", type=int, default=50)
     parser.add_argument("--rate", type=int, default=200, help="samples per second")
+    parser.add_argument(
+        "--default-bot", action="store_true", help="the default bot, not the built-in pipeline"
+    )
     args = parser.parse_args()
-    result = asyncio.run(run(args.conversations, args.turns, args.concurrency, args.rate))
+    pipeline = default_bot() if args.default_bot else BUILT_IN_PIPELINE
+    result = asyncio.run(run(args.conversations, args.turns, args.concurrency, args.rate, pipeline))
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "profile.json").write_text(json.dumps(result, indent=2) + "\n")
+    name = "profile-default-bot.json" if args.default_bot else "profile.json"
+    (RESULTS / name).write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
 
 

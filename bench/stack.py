@@ -18,6 +18,15 @@ BUILT_IN_PIPELINE = {"nlu_backend": "keywords", "retrieval": "lexical", "generat
 """The issue's target configuration: keyword (lexical) NLU, BM25 retrieval, the grounded generator."""
 
 
+def default_bot() -> dict[str, str]:
+    """The default bot as `make run` starts it (trained NLU with embeddings, hybrid retrieval, grounded
+    answers), with the NLU model `make run` trained when there is one, so it is not trained again."""
+    from dialogue.settings import Settings
+
+    model = Settings().nlu_model_path("northwind-support")
+    return {"nlu_model_dir": str(model.resolve())} if model.exists() else {}
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

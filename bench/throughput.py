@@ -45,7 +45,11 @@ def process_tree(root: int) -> dict[int, str]:
             continue
         parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
         names[int(entry.name)] = _role(command)
-    tree = {pid: names[pid] for pid, parent in parents.items() if parent == root}
+    tree: dict[int, str] = {}
+    for pid in sorted(pid for pid, parent in parents.items() if parent == root):
+        name = names[pid]
+        same = sum(1 for other in tree.values() if other.split(" #")[0] == name)
+        tree[pid] = f"{name} #{same + 1}" if same else name  # two workers: "worker", "worker #2"
     return tree
 
 

@@ -39,6 +39,10 @@ TURNS_SHED = Counter(
     "Turns the API refused at once (503 overloaded) because it already waited on its limit of turns.",
 )
 TURNS_IN_FLIGHT = Gauge("dialogue_turns_in_flight", "Turns the API process waits on now.")
+TURN_ADMISSION_LIMIT = Gauge(
+    "dialogue_turn_admission_limit",
+    "Turns in flight the API process admits now: what the stack answers within the queueing budget.",
+)
 LLM_TOKENS = Counter(
     "dialogue_llm_tokens",
     "Tokens the LLM provider reported, by kind (prompt, completion).",

@@ -94,8 +94,15 @@ class Settings(BaseSettings):
     rate_limit_burst: int = Field(default=40, ge=1)
     """Requests a key may send at once before the sustained rate applies."""
     max_turns_in_flight: int = Field(default=256, ge=0)
-    """Turns one API process waits on at once; past it a new turn is refused at once, 503 `overloaded`
-    with `Retry-After`, rather than queued past its deadline (0: no limit)."""
+    """Turns one API process waits on at once at most; past it a new turn is refused at once, 503
+    `overloaded` with `Retry-After`, rather than queued past its deadline (0: no limit, no shedding)."""
+    turn_queue_budget_seconds: float = Field(default=5, ge=0)
+    """How long a turn may expect to wait under load: an API process admits as many turns in flight as
+    the stack answers in this long at the rate it has been answering them (at least
+    `turn_admission_floor`, at most `max_turns_in_flight`), and sheds the rest (0: only the fixed limit)."""
+    turn_admission_floor: int = Field(default=64, ge=1)
+    """Turns in flight an API process always admits (within `max_turns_in_flight`): a burst after a quiet
+    spell, when the rate it has been answering at says little, is not refused below this."""
     cors_origins: list[str] = []
     """Browser origins allowed to call the API (CORS); none by default."""
     retention_interval_seconds: float = Field(default=3600, gt=0)

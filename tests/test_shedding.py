@@ -44,3 +44,40 @@ async def test_turns_past_the_limit_are_refused_at_once_and_nothing_is_started_f
     assert [s.status_code for s in states] == [404] * 4
     assert (REGISTRY.get_sample_value("dialogue_turns_shed_total") or 0) == shed_before + 4
     assert REGISTRY.get_sample_value("dialogue_turns_in_flight") == 0
+
+
+async def test_the_admission_limit_follows_the_rate_the_stack_answers_at(
+    client: Client, settings: Settings
+) -> None:
+    """With a queueing budget, a process admits what the stack answered in that long at its recent rate:
+    from a standing start the floor (16), then twice that once it has answered 16 turns (16 turns in a
+    5-second window is 3.2 turns/s; a 10-second budget affords 32)."""
+    slow = FakeLlm(plans=[Plan(text="It costs 12.90 euros [1].", delay=0.5)])
+    async with served_llm(slow) as url:
+        budgeted = settings.model_copy(
+            update={
+                "generator": "openai",
+                "llm_base_url": url,
+                "llm_model": "slow",
+                "turn_queue_budget_seconds": 10,
+                "turn_admission_floor": 16,
+            }
+        )
+        run = uuid.uuid4().hex[:6]
+
+        async def burst(name: str) -> list[int]:
+            responses = await asyncio.gather(
+                *(
+                    http.post(f"/v1/conversations/{name}-{run}-{n}/turns", json={"text": QUESTION})
+                    for n in range(40)
+                )
+            )
+            return [r.status_code for r in responses]
+
+        async with worker_for(client, budgeted), api_client(create_app(budgeted, temporal=client)) as http:
+            first = await burst("first")
+            await asyncio.sleep(1.2)  # the second in which they were answered is over: it counts
+            second = await burst("second")
+    assert (first.count(200), first.count(503)) == (16, 24)
+    assert (second.count(200), second.count(503)) == (32, 8)
+    assert REGISTRY.get_sample_value("dialogue_turn_admission_limit") == 32

