@@ -23,6 +23,7 @@ from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxR
 from activities.agent import AgentActivity
 from activities.generate import GenerateActivity, ReplyComposer
 from activities.record import RecordActivities
+from activities.respond import RespondActivity
 from activities.retention import RetentionActivities
 from activities.retrieve import RetrieveActivity
 from activities.rewrite import RewriteActivity
@@ -72,6 +73,7 @@ class TurnActivities:
     summarize: SummarizeActivity
     rewrite: RewriteActivity
     agent: AgentActivity
+    respond: RespondActivity
 
 
 def build_turn_activities(settings: Settings) -> TurnActivities:
@@ -89,16 +91,20 @@ def build_turn_activities(settings: Settings) -> TurnActivities:
         log.error("knowledge base unreachable at start (%s)", err.__class__.__name__)
     generators = build_generators(settings, bot)
     composer = ReplyComposer(bot, generators)
+    understand = UnderstandActivity(bot, parser, composer.needs_knowledge)
+    retrieve = RetrieveActivity(index)
+    generate = GenerateActivity(composer, engine)
     return TurnActivities(
         engine=engine,
-        understand=UnderstandActivity(bot, parser, composer.needs_knowledge),
-        retrieve=RetrieveActivity(index),
-        generate=GenerateActivity(composer, engine),
+        understand=understand,
+        retrieve=retrieve,
+        generate=generate,
         record=RecordActivities(engine),
         tool=ToolActivity(bot),
         summarize=SummarizeActivity(bot, engine, generators),
         rewrite=RewriteActivity(bot, generators),
         agent=AgentActivity(bot, engine, generators, settings.data_dir),
+        respond=RespondActivity(understand, retrieve, generate),
     )
 
 
@@ -117,6 +123,7 @@ def build_worker(
             turn.retrieve.retrieve,
             turn.generate.generate,
             turn.generate.compose,
+            turn.respond.respond_here,
             turn.record.record_turn,
             turn.record.record_message,
             turn.record.record_conversation,

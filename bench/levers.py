@@ -1,7 +1,6 @@
 """Throughput levers side by side in one run: the default bot as `make run` starts it, under the same load
 (`--users` in flight over `--conversations` new conversations, one turn each, as bench/ceiling.py), with
-one setting changed per stack: the workflow sandbox off, two worker processes sharing the task queue, and
-both. Each stack's own bare-update ceiling is measured first, so every variant is reported as a fraction of
+the workflow sandbox on and off, and one or two worker processes sharing the task queue. Each stack's own bare-update ceiling is measured first, so every variant is reported as a fraction of
 the ceiling on the stack that served it (the machine is shared and noisy: the ratio is what compares).
 
     .venv/bin/python -m bench.levers [--conversations 1000] [--users 50] [--updates 2000]
@@ -19,10 +18,16 @@ from bench.stack import EmbeddedStack, default_bot
 from bench.streaming import RESULTS, header
 
 VARIANTS: dict[str, dict[str, str]] = {
-    "default": {},
-    "sandbox off": {"workflow_sandbox": "false"},
-    "2 worker processes": {"worker_processes": "2"},
-    "sandbox off, 2 worker processes": {"workflow_sandbox": "false", "worker_processes": "2"},
+    "sandbox on, 1 worker process (the defaults until issue 19)": {
+        "workflow_sandbox": "true",
+        "worker_processes": "1",
+    },
+    "sandbox off, 1 worker process": {"workflow_sandbox": "false", "worker_processes": "1"},
+    "sandbox on, 2 worker processes": {"workflow_sandbox": "true", "worker_processes": "2"},
+    "sandbox off, 2 worker processes (the defaults on 2 cores)": {
+        "workflow_sandbox": "false",
+        "worker_processes": "2",
+    },
 }
 
 

@@ -14,6 +14,7 @@ that rate something is wrong that restarting does not fix.
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 import signal
 import socket
@@ -48,6 +49,13 @@ class StartupError(RuntimeError):
 def _die_with_parent() -> None:
     libc = ctypes.CDLL("libc.so.6", use_errno=True)
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def _prepare_child(nice: int) -> None:
+    """In the child before it runs: die with `dialogue up`, and be `nice` steps less eager for the CPU."""
+    _die_with_parent()
+    if nice:
+        os.nice(nice)
 
 
 def _host_port(address: str) -> tuple[str, int]:
@@ -111,6 +119,8 @@ class Child:
     """When it exited on its own (monotonic seconds), for the back-off and the crash limit."""
     restart_at: float | None = None
     restarts: int = 0
+    nice: int = 0
+    """Added to the process's niceness: how much less CPU it gets than the others when they all want it."""
 
     def start(self) -> subprocess.Popen[bytes]:
         out = open(self.log, "ab") if self.log else None  # noqa: SIM115 - the child owns it for its life
@@ -120,7 +130,7 @@ class Child:
             stderr=subprocess.STDOUT if out else None,
             stdin=subprocess.DEVNULL,
             start_new_session=True,
-            preexec_fn=_die_with_parent,
+            preexec_fn=functools.partial(_prepare_child, self.nice),
             env={**os.environ, **self.env} if self.env else None,
         )
         if out:
@@ -157,9 +167,15 @@ class Stack:
     children: list[Child] = field(default_factory=list)
 
     def spawn(
-        self, name: str, argv: list[str], *, log: Path | None = None, env: dict[str, str] | None = None
+        self,
+        name: str,
+        argv: list[str],
+        *,
+        log: Path | None = None,
+        env: dict[str, str] | None = None,
+        nice: int = 0,
     ) -> subprocess.Popen[bytes]:
-        child = Child(name, argv, log, env or {})
+        child = Child(name, argv, log, env or {}, nice=nice)
         self.children.append(child)
         return child.start()
 
@@ -320,6 +336,9 @@ def run_stack(settings: Settings) -> int:
                 name,
                 [sys.executable, "-m", "worker"],
                 env={"DIALOGUE_WORKER_METRICS_PORT": str(metrics_port)},
+                # When the cores are saturated the API still admits or sheds a turn at once and answers
+                # its health checks: the workers yield it the CPU that takes (bench/overload.py).
+                nice=settings.worker_nice,
             )
         api = stack.spawn("api", [sys.executable, "-m", "dialogue", "api"])
         api_url = _api_url(settings)

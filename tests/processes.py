@@ -132,6 +132,9 @@ class UpStack:
             "DIALOGUE_WORKER_METRICS_PORT": str(self.ports["metrics"]),
             # The session's trained demo model: `up` finds it up to date instead of training again.
             "DIALOGUE_NLU_MODEL_DIR": str(nlu_model_dir),
+            # One worker (the default is one per core) unless a test asks for more, inside the sandbox.
+            "DIALOGUE_WORKER_PROCESSES": "1",
+            "DIALOGUE_WORKFLOW_SANDBOX": "true",
         }
         self.env |= env or {}
         self.api = f"http://127.0.0.1:{self.ports['api']}"

@@ -544,6 +544,27 @@ class Reply(BaseModel):
     """For a bot with `llm.response_format`: the structured reply, validated against its schema."""
 
 
+class RespondHereRequest(BaseModel):
+    """The `respond_here` step: a turn's understanding, retrieval and reply in one local activity."""
+
+    understand: UnderstandRequest
+    retrieve: RetrieveRequest
+    generate: GenerateRequest
+    """Everything of the reply's request but what the step finds out (NLU, decision, passages, query)."""
+
+
+class RespondedHere(BaseModel):
+    """What `respond_here` did: always the understanding; the passages when the reply is made from the
+    knowledge base; the reply when it could be made here (not for a flow's tool, the agent or a model)."""
+
+    understanding: Understanding
+    retrieved: RetrieveResult | None = None
+    reply: Reply | None = None
+    failed: list[str] = []
+    """Parts that failed without failing the turn (retrieval: the reply is made without passages)."""
+    timings_ms: dict[str, float] = {}
+
+
 class ComposedReply(BaseModel):
     """What the local `compose` step made of a turn."""
 

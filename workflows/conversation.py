@@ -28,6 +28,7 @@ with workflow.unsafe.imports_passed_through():
     from activities.agent import AgentActivity
     from activities.generate import GenerateActivity
     from activities.record import RecordActivities
+    from activities.respond import RespondActivity
     from activities.retrieve import RetrieveActivity
     from activities.rewrite import RewriteActivity
     from activities.summarize import SummarizeActivity
@@ -72,6 +73,8 @@ with workflow.unsafe.imports_passed_through():
         RecordMessageRequest,
         RecordTurnRequest,
         Reply,
+        RespondedHere,
+        RespondHereRequest,
         RetrieveRequest,
         RetrieveResult,
         RewriteRequest,
@@ -80,6 +83,7 @@ with workflow.unsafe.imports_passed_through():
         ToolResult,
         TurnReply,
         TurnRequest,
+        Understanding,
         UnderstandRequest,
     )
 
@@ -116,6 +120,10 @@ the reply is made from the knowledge base (not for a greeting or a flow's questi
 vector that `understand` computed; one idle timer runs per quiet spell, not one re-armed at every turn
 (two timer commands fewer a turn); a new conversation's index row is written inline by a local activity
 like the turns' (a regular activity cost a round trip through the server's task queue)."""
+ONE_LOCAL_STEP_PATCH = "one-local-step"
+"""Since this patch, a turn's understanding, retrieval and reply (when made without a tool, the agent or a
+model) are one local activity, `respond_here`, instead of three: two local-activity round trips and two
+workflow activations fewer a turn. If it fails, the turn runs the steps one by one, as before."""
 QUERY_REWRITE_PATCH = "llm-query-rewrite"
 """Since this patch, a follow-up may be made standalone by the `rewrite_query` activity before retrieval."""
 RECENT_TURNS = 20
@@ -180,6 +188,7 @@ RETRIEVE = _step(timeout_s=5, total_s=10, attempts=3)
 # reaches the LLM call instead of letting it run on.
 GENERATE = _step(timeout_s=20, total_s=30, attempts=3, heartbeat_s=5)
 COMPOSE = _step(timeout_s=5, total_s=10, attempts=3)
+RESPOND_HERE = _step(timeout_s=10, total_s=15, attempts=2)
 TOOL = _step(timeout_s=10, total_s=20, attempts=3)
 # Folding older turns into the rolling summary: an LLM call like generate's, but after the reply, never in
 # the user's way. Failing after its retries leaves the verbatim window (older turns dropped, noted in lineage).
@@ -769,31 +778,21 @@ class ConversationWorkflow:
     ) -> _Outcome:
         """The steps of a turn up to its reply: understand and retrieve, the flow's tool, generate."""
         local = workflow.patched(LOCAL_STEPS_PATCH)
-        understand = self._attempt(
-            "understand",
-            _run_step(
-                local,
-                UnderstandActivity.understand,
-                UnderstandRequest(text=text, dialogue=self._dialogue(), agent_mode=flags.get("agent", False)),
-                self._within_deadline(UNDERSTAND),
-            ),
-            timings,
-            failed,
-        )
-        retrieved: RetrieveResult | None = None
-        if local and workflow.patched(LEAN_TURN_PATCH):
-            # Retrieval only for a reply made from the knowledge base (or when understanding failed and
-            # the fallback may answer from it): after `understand`, whose utterance vector it reuses.
-            understanding = await understand
-            if understanding is None or understanding.needs_knowledge:
-                retrieved = await self._attempt(
-                    "retrieve", self._retrieve(local, text, flags, timings), timings, failed
-                )
+        here = None
+        if (
+            local
+            and workflow.patched(LEAN_TURN_PATCH)
+            and workflow.patched(ONE_LOCAL_STEP_PATCH)
+            and not self._rewrite_wanted(text, flags)
+        ):
+            here = await self._respond_here(text, turn_index, timings, stream, flags)
+        if here is not None:
+            failed.extend(here.failed)
+            understanding: Understanding | None = here.understanding
+            retrieved: RetrieveResult | None = here.retrieved
         else:
-            # Retrieval does not depend on the intent: run it beside NLU and the policy, not after them.
-            understanding, retrieved = await asyncio.gather(
-                understand,
-                self._attempt("retrieve", self._retrieve(local, text, flags, timings), timings, failed),
+            understanding, retrieved = await self._understand_and_retrieve(
+                local, text, timings, failed, flags
             )
         nlu = understanding.nlu if understanding else _not_understood()
         decision = understanding.decision if understanding else None
@@ -802,6 +801,8 @@ class ConversationWorkflow:
             decision = decision.model_copy(update={"action": "fallback"})
         passages: list[Passage] = retrieved.passages if retrieved else []
         query = retrieved.query if retrieved else None
+        if here is not None and here.reply is not None and decision == here.understanding.decision:
+            return _Outcome(nlu, decision, None, here.reply, query)
         tool_result = None
         if decision is not None and decision.tool is not None:
             tool_result = await self._attempt(
@@ -834,32 +835,16 @@ class ConversationWorkflow:
                 pending=run.pending,
             )
             return _Outcome(nlu, decision, tool_result, run.reply, query, [*run.steps, run.waiting], parked)
+        # A reply `respond_here` tried to compose with this very request needs a model: straight to it.
+        composed_here = here is not None and decision == here.understanding.decision and tool_result is None
         reply = await self._attempt(
             "generate",
             _generate(
-                local,
+                local and not composed_here,
                 self._within_deadline(COMPOSE),
                 self._within_deadline(GENERATE),
-                GenerateRequest(
-                    text=text,
-                    turn_index=turn_index,
-                    nlu=nlu,
-                    passages=passages,
-                    decision=decision,
-                    tool_result=tool_result,
-                    stream=stream,
-                    llm=flags.get("llm_generator"),
-                    redact=flags.get("redaction", True),
-                    context=ContextRequest(
-                        conversation_id=self._input.key,
-                        turn_index=turn_index,
-                        summary=self._state.rolling_summary,
-                        notes=["the last summary failed: older turns are left out"]
-                        if self._state.summary_failed
-                        else [],
-                    ),
-                    variant=flags.get("llm_variant", False),
-                    query=query,
+                self._generate_request(
+                    text, turn_index, nlu, passages, decision, tool_result, stream, flags, query
                 ),
             ),
             timings,
@@ -867,6 +852,103 @@ class ConversationWorkflow:
         ) or Reply(text=FALLBACK_TEXT)
 
         return _Outcome(nlu, decision, tool_result, reply, query)
+
+    async def _respond_here(
+        self,
+        text: str,
+        turn_index: int,
+        timings: dict[str, float],
+        stream: StreamTarget | None,
+        flags: dict[str, bool],
+    ) -> RespondedHere | None:
+        """Understanding, retrieval and (when it needs no tool, agent or model) the reply, in one local
+        step; None if it failed, and the turn then takes the steps one by one, each with its fallback."""
+        request = RespondHereRequest(
+            understand=self._understand_request(text, flags),
+            retrieve=RetrieveRequest(text=text, previous=self._previous_query()),
+            generate=self._generate_request(
+                text, turn_index, _not_understood(), [], None, None, stream, flags, None
+            ),
+        )
+        not_counted: list[str] = []  # a failure here is not the turn's: the steps one by one come next
+        here = await self._attempt(
+            "respond_here",
+            _run_step(True, RespondActivity.respond_here, request, self._within_deadline(RESPOND_HERE)),
+            timings,
+            not_counted,
+        )
+        if here is not None:
+            timings.update(here.timings_ms)
+        return here
+
+    async def _understand_and_retrieve(
+        self, local: bool, text: str, timings: dict[str, float], failed: list[str], flags: dict[str, bool]
+    ) -> tuple[Understanding | None, RetrieveResult | None]:
+        """The `understand` and `retrieve` steps, each on its own (with its own fallback)."""
+        understand = self._attempt(
+            "understand",
+            _run_step(
+                local,
+                UnderstandActivity.understand,
+                self._understand_request(text, flags),
+                self._within_deadline(UNDERSTAND),
+            ),
+            timings,
+            failed,
+        )
+        retrieved: RetrieveResult | None = None
+        if local and workflow.patched(LEAN_TURN_PATCH):
+            # Retrieval only for a reply made from the knowledge base (or when understanding failed and
+            # the fallback may answer from it): after `understand`, whose utterance vector it reuses.
+            understanding = await understand
+            if understanding is None or understanding.needs_knowledge:
+                retrieved = await self._attempt(
+                    "retrieve", self._retrieve(local, text, flags, timings), timings, failed
+                )
+        else:
+            # Retrieval does not depend on the intent: run it beside NLU and the policy, not after them.
+            understanding, retrieved = await asyncio.gather(
+                understand,
+                self._attempt("retrieve", self._retrieve(local, text, flags, timings), timings, failed),
+            )
+        return understanding, retrieved
+
+    def _understand_request(self, text: str, flags: dict[str, bool]) -> UnderstandRequest:
+        return UnderstandRequest(text=text, dialogue=self._dialogue(), agent_mode=flags.get("agent", False))
+
+    def _generate_request(
+        self,
+        text: str,
+        turn_index: int,
+        nlu: NluResult,
+        passages: list[Passage],
+        decision: Decision | None,
+        tool_result: ToolResult | None,
+        stream: StreamTarget | None,
+        flags: dict[str, bool],
+        query: str | None,
+    ) -> GenerateRequest:
+        return GenerateRequest(
+            text=text,
+            turn_index=turn_index,
+            nlu=nlu,
+            passages=passages,
+            decision=decision,
+            tool_result=tool_result,
+            stream=stream,
+            llm=flags.get("llm_generator"),
+            redact=flags.get("redaction", True),
+            context=ContextRequest(
+                conversation_id=self._input.key,
+                turn_index=turn_index,
+                summary=self._state.rolling_summary,
+                notes=["the last summary failed: older turns are left out"]
+                if self._state.summary_failed
+                else [],
+            ),
+            variant=flags.get("llm_variant", False),
+            query=query,
+        )
 
     async def _attempt(
         self, step: str, call: Awaitable[T], timings: dict[str, float], failed: list[str]
@@ -1216,15 +1298,9 @@ class ConversationWorkflow:
         with a standalone question:
         the model's (`rewrite_query`, when an LLM made that answer), else the heuristic's,
         which `retrieve` applies itself; a failed rewrite falls back to the heuristic, not to degraded."""
-        previous = self._state.last_query if self._state.last_action == "answer" else None
+        previous = self._previous_query()
         standalone = None
-        if (
-            previous
-            and is_follow_up(text)
-            and self._last_reply_generator().startswith("openai:")  # the conversation has a model
-            and flags.get("llm_generator") is not False
-            and workflow.patched(QUERY_REWRITE_PATCH)
-        ):
+        if self._rewrite_wanted(text, flags):
             started = workflow.time()
             try:
                 rewritten = await workflow.execute_activity_method(
@@ -1250,6 +1326,20 @@ class ConversationWorkflow:
             RetrieveActivity.retrieve,
             RetrieveRequest(text=text, previous=previous, standalone=standalone),
             self._within_deadline(RETRIEVE),
+        )
+
+    def _previous_query(self) -> str | None:
+        """The question the previous turn searched with, when it was answered from the knowledge base."""
+        return self._state.last_query if self._state.last_action == "answer" else None
+
+    def _rewrite_wanted(self, text: str, flags: dict[str, bool]) -> bool:
+        """Whether a follow-up is made standalone by the model (`rewrite_query`) before retrieval."""
+        return bool(
+            self._previous_query()
+            and is_follow_up(text)
+            and self._last_reply_generator().startswith("openai:")  # the conversation has a model
+            and flags.get("llm_generator") is not False
+            and workflow.patched(QUERY_REWRITE_PATCH)
         )
 
     def _last_reply_text(self) -> str:

@@ -91,6 +91,7 @@ async def in_process_stack(bot_path: Path, deployment: Settings) -> AsyncIterato
                     "llm_model": "stand-in",
                     "rate_limit_per_second": 0,
                     "knowledge_reload_seconds": 0,
+                    "workflow_sandbox": True,  # a test run catches nondeterministic workflow code
                     # Answers from the knowledge base come from the grounded generator, whatever the
                     # deployment says: a file that scripts the model sets `flags: {llm_generator: true}`.
                     "flags": {"llm_generator": False},
