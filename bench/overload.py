@@ -21,10 +21,11 @@ import uuid
 from typing import Any
 
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
 
 from bench.stack import EmbeddedStack, default_bot
 from bench.streaming import RESULTS, header, percentiles
-from bench.throughput import level, process_tree
+from bench.throughput import cpu_seconds, level, own_cpu, process_tree
 from bench.turn_latency import TEXTS
 
 WARM_UP_SECONDS = 5.0
@@ -85,6 +86,7 @@ async def open_loop(stack: EmbeddedStack, rate: float, seconds: float, retries: 
             tasks.append(asyncio.create_task(one_turn(number)))
         await asyncio.gather(*tasks)
         elapsed = time.perf_counter() - began
+        scraped = (await http.get("/metrics")).text
     # Goodput while the overload lasts, after its first WARM_UP_SECONDS (the queue filling): not the
     # tail after the last arrival, when the load is gone.
     in_window = sum(1 for at in answered_at if WARM_UP_SECONDS <= at <= seconds)
@@ -97,6 +99,30 @@ async def open_loop(stack: EmbeddedStack, rate: float, seconds: float, retries: 
         "past_deadline_or_unanswered": late,
         "outcomes": outcomes,
         "refusal_latency_ms": percentiles(refusals) if refusals else {},
+        "refusals_in_the_api": refusals_in_the_api(scraped),
+    }
+
+
+def refusals_in_the_api(exposition: str) -> dict[str, Any]:
+    """The API's own timing of its 503 answers (from request to reply, in the server), from its `/metrics`:
+    how many, and how many within 50 ms. The client's timing above adds its own queueing on this
+    machine's saturated cores."""
+    count = within = 0.0
+    for family in text_string_to_metric_families(exposition):
+        for sample in family.samples:
+            if sample.labels.get("status") != "503":
+                continue
+            if sample.name == "dialogue_http_request_duration_seconds_count":
+                count += sample.value
+            elif (
+                sample.name == "dialogue_http_request_duration_seconds_bucket"
+                and sample.labels["le"] == "0.05"
+            ):
+                within += sample.value
+    return {
+        "answered_503": int(count),
+        "within_50_ms": int(within),
+        "share_within_50_ms": round(within / count, 3) if count else None,
     }
 
 
@@ -106,13 +132,24 @@ async def measure(
     await asyncio.to_thread(stack.__enter__)
     try:
         assert stack.pid is not None
-        peak = await level(stack, process_tree(stack.pid), conversations, 1, users)
+        processes = process_tree(stack.pid)
+        peak = await level(stack, processes, conversations, 1, users)
+        cpu_before = {pid: cpu_seconds(pid) for pid in processes}
+        own_before = own_cpu()
         over = await open_loop(stack, 2 * peak["turns_per_second"], seconds, retries)
+        # Where the CPU went while overloaded: the load generator shares this machine's cores.
+        over["cpu_cores_busy"] = {
+            name: round((cpu_seconds(pid) - cpu_before[pid]) / over["seconds"], 2)
+            for pid, name in processes.items()
+        } | {"load generator": round((own_cpu() - own_before) / over["seconds"], 2)}
         over["goodput_fraction_of_peak"] = round(over["goodput_per_second"] / peak["turns_per_second"], 3)
     finally:
         await asyncio.to_thread(stack.__exit__, None, None, None)
     return {
-        "peak": {k: peak[k] for k in ("concurrency", "turns_per_second", "latency_ms", "failures")},
+        "peak": {
+            k: peak[k]
+            for k in ("concurrency", "turns_per_second", "latency_ms", "failures", "cpu_cores_busy")
+        },
         "at_twice_the_peak": over,
     }
 

@@ -68,7 +68,7 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime + stime
 
 
-def _own_cpu() -> float:
+def own_cpu() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
 
@@ -121,12 +121,12 @@ async def level(
     async with load_client(stack, concurrency) as http:
         await http.post("/v1/conversations/warm-up/turns", json={"text": "hello"})
         cpu_before = {pid: cpu_seconds(pid) for pid in processes}
-        own_before = _own_cpu()
+        own_before = own_cpu()
         began = time.perf_counter()
         latencies, failures = await send_load(http, conversations, turns, concurrency)
         elapsed = time.perf_counter() - began
         cpu = {name: round(cpu_seconds(pid) - cpu_before[pid], 1) for pid, name in processes.items()}
-        cpu["load generator"] = round(_own_cpu() - own_before, 1)
+        cpu["load generator"] = round(own_cpu() - own_before, 1)
     return {
         "concurrency": concurrency,
         "seconds": round(elapsed, 1),
