@@ -27,7 +27,7 @@ from temporalio.worker import Worker
 from bench.baselines import BaselineTurn, noop
 from bench.stack import BUILT_IN_PIPELINE, EmbeddedStack, default_bot
 from bench.streaming import RESULTS, header, percentiles
-from bench.throughput import level, process_tree
+from bench.throughput import cpu_seconds, level, own_cpu, process_tree
 from dialogue.settings import Settings
 from dialogue.temporal import connect
 
@@ -35,9 +35,10 @@ CEILING_QUEUE = "bench-ceiling"
 CEILING_IN_FLIGHT = 50
 
 
-async def ceiling(stack: EmbeddedStack, updates: int) -> dict[str, Any]:
+async def ceiling(stack: EmbeddedStack, updates: int, processes: dict[int, str]) -> dict[str, Any]:
     """Bare updates (update-with-start, no activity) at CEILING_IN_FLIGHT in flight over `updates` / 2
-    workflows, from this process's client to this process's worker, through the stack's dev server."""
+    workflows, from this process's client to this process's worker, through the stack's dev server; with
+    the dev server's CPU per update (the client and worker are this process)."""
     settings = Settings.model_validate(
         {
             "data_dir": Path(stack.env["DIALOGUE_DATA_DIR"]),
@@ -74,13 +75,20 @@ async def ceiling(stack: EmbeddedStack, updates: int) -> dict[str, Any]:
         ):
             await asyncio.gather(*(update(n) for n in range(200)))  # warm up
             latencies.clear()
+            server = next(pid for pid, name in processes.items() if name == "temporal")
+            server_before, own_before = cpu_seconds(server), own_cpu()
             began = time.perf_counter()
             await asyncio.gather(*(update(n) for n in range(200, 200 + updates)))
             elapsed = time.perf_counter() - began
+            server_cpu, own = cpu_seconds(server) - server_before, own_cpu() - own_before
     return {
         "in_flight": CEILING_IN_FLIGHT,
         "updates_per_second": round(updates / elapsed, 1),
         "latency_ms": percentiles(latencies),
+        "cpu_ms_per_update": {
+            "temporal": round(1000 * server_cpu / updates, 1),
+            "client and worker": round(1000 * own / updates, 1),
+        },
     }
 
 
@@ -89,7 +97,7 @@ async def measure(stack: EmbeddedStack, conversations: int, users: list[int], up
     try:
         assert stack.pid is not None
         processes = process_tree(stack.pid)
-        top = await ceiling(stack, updates)
+        top = await ceiling(stack, updates, processes)
         levels = []
         for count in users:
             measured = await level(stack, processes, conversations, 1, count)

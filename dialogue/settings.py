@@ -96,7 +96,7 @@ class Settings(BaseSettings):
     max_turns_in_flight: int = Field(default=256, ge=0)
     """Turns one API process waits on at once at most; past it a new turn is refused at once, 503
     `overloaded` with `Retry-After`, rather than queued past its deadline (0: no limit, no shedding)."""
-    turn_queue_budget_seconds: float = Field(default=5, ge=0)
+    turn_queue_budget_seconds: float = Field(default=2, ge=0)
     """How long a turn may expect to wait under load: an API process admits as many turns in flight as
     the stack answers in this long at the rate it has been answering them (at least
     `turn_admission_floor`, at most `max_turns_in_flight`), and sheds the rest (0: only the fixed limit)."""
