@@ -44,7 +44,7 @@ pytest: install browser
 
 test: lint typecheck pytest
 
-# Benchmarks: results as JSON in bench/results/ (timing lives here, never in tests). About 35 minutes.
+# Benchmarks: results as JSON in bench/results/ (timing lives here, never in tests). About 75 minutes.
 bench: install
 	$(BIN)/python -m bench.turn_latency
 	$(BIN)/python -m bench.throughput
@@ -55,6 +55,10 @@ bench: install
 	$(BIN)/python -m bench.llm_context
 	$(BIN)/python -m bench.agent_loop
 	$(BIN)/python -m bench.ceiling
+	$(BIN)/python -m bench.levers
+	$(BIN)/python -m bench.overload
+	$(BIN)/python -m bench.open_conversations --default-bot
+	$(BIN)/python -m bench.profile --default-bot
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -143,6 +143,7 @@ def build_worker(
         # worker died, Temporal hands the task to another after this long (default 10 s: a lost worker
         # then delayed a redone turn by 10 s, measured in tests/test_faults.py).
         sticky_queue_schedule_to_start_timeout=timedelta(seconds=3),
+        max_cached_workflows=settings.worker_cached_workflows,
         # On SIGTERM, let the activities in hand finish (a turn's steps take well under this) instead of
         # cancelling them at once: a rolling deploy then redoes no step.
         graceful_shutdown_timeout=timedelta(seconds=settings.worker_shutdown_grace_seconds),

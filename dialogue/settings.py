@@ -131,6 +131,10 @@ class Settings(BaseSettings):
     """Worker processes `dialogue up` starts (default: one per core; each serves its metrics on the next
     port after the last's); one that crashes is started again while the others serve. One Python process
     uses one core for Temporal's SDK work: two on two cores sustain ~15% more turns (bench/levers.py)."""
+    worker_cached_workflows: int = Field(default=500, ge=0)
+    """Conversations a worker process keeps in memory between turns (Temporal's sticky cache); one
+    evicted is replayed from its history at its next turn (~50 ms more). Each costs ~0.2 MB: 1,000 (the
+    SDK's default) took a worker to 636 MB with 10,000 open conversations (bench/open_conversations.py)."""
     worker_nice: int = Field(default=5, ge=0, le=19)
     """Niceness `dialogue up` gives its workers: with every core busy, the API (admitting or shedding turns,
     health checks) gets the CPU it needs first; the workers take all the rest."""
