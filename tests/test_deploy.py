@@ -644,4 +644,4 @@ def test_the_wheel_holds_every_shipped_file(tmp_path: Path) -> None:
     expected = {str(path.relative_to(ROOT)) for path in shipped_sources()}
     assert expected - packaged == set()
     entry_points = zipfile.ZipFile(wheel).read(next(n for n in packaged if n.endswith("entry_points.txt")))
-    assert b"dialogue = dialogue.cli:app" in entry_points
+    assert b"dialogue = dialogue.__main__:main" in entry_points
