@@ -36,14 +36,7 @@ from dialogue.agent.tools import (
     step_messages,
 )
 from dialogue.bot import BotDefinition
-from dialogue.db import ToolResult
-from dialogue.generation import Generators
-from dialogue.generation.openai_chat import OpenAIChatGenerator, RequestedCall
-from dialogue.generation.prompts import prompt_by_ref
-from dialogue.llm.context import assemble
-from dialogue.metrics import TOOL_CALLS, TOOL_SECONDS
-from dialogue.privacy.policy import PrivacyPolicy
-from workflows.contracts import (
+from dialogue.contracts import (
     AgentStep,
     AgentStepRequest,
     AgentToolCall,
@@ -53,6 +46,13 @@ from workflows.contracts import (
     OfferedTool,
     Reply,
 )
+from dialogue.db import ToolResult
+from dialogue.generation import Generators
+from dialogue.generation.openai_chat import OpenAIChatGenerator, RequestedCall
+from dialogue.generation.prompts import prompt_by_ref
+from dialogue.llm.context import assemble
+from dialogue.metrics import TOOL_CALLS, TOOL_SECONDS
+from dialogue.privacy.policy import PrivacyPolicy
 
 NO_MODEL = "AgentWithoutModel"
 TOOL_MISSING = "ToolMissing"

@@ -7,8 +7,8 @@ from sqlalchemy.exc import SQLAlchemyError
 from temporalio import activity
 
 from dialogue import store
+from dialogue.contracts import ContextRequest
 from dialogue.llm.context import ROLES, Conversation, Said
-from workflows.contracts import ContextRequest
 
 MAX_CONTEXT_ROWS = 200
 """Transcript rows one LLM call reads at most, newest first: the budget fills long before (a turn is

@@ -16,10 +16,7 @@ from activities.context import read_conversation
 from activities.progress import Progress
 from dialogue import events
 from dialogue.bot import BotDefinition, Flow
-from dialogue.generation import AnswerGenerator, Generators
-from dialogue.llm.context import Conversation
-from dialogue.policy import decide
-from workflows.contracts import (
+from dialogue.contracts import (
     OUT_OF_SCOPE,
     ComposedReply,
     Decision,
@@ -28,6 +25,9 @@ from workflows.contracts import (
     NluResult,
     Reply,
 )
+from dialogue.generation import AnswerGenerator, Generators
+from dialogue.llm.context import Conversation
+from dialogue.policy import decide
 
 HANDOFF_TEXT = "I'll hand you over to a member of our team."
 END_TEXT = "Goodbye!"

@@ -15,7 +15,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from temporalio import activity
 
 from dialogue import events
-from workflows.contracts import Reply, StreamTarget
+from dialogue.contracts import Reply, StreamTarget
 
 HEARTBEAT_SECONDS = 1.0
 _WORDS = re.compile(r"\S+\s*")

@@ -16,7 +16,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from dialogue import store
-from workflows.contracts import (
+from dialogue.contracts import (
     UNRECORDABLE,
     RecordConversationRequest,
     Recorded,

@@ -10,8 +10,8 @@ from temporalio import activity
 from temporalio.client import Client
 
 from dialogue import store
+from dialogue.contracts import RetentionReport
 from dialogue.erasure import erase_conversation
-from workflows.contracts import RetentionReport
 
 
 class RetentionActivities:

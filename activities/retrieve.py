@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from temporalio import activity
 
+from dialogue.contracts import RetrieveRequest, RetrieveResult
 from dialogue.knowledge.search import HybridIndex
 from dialogue.llm.followup import standalone_query
 from dialogue.nlu.embeddings import shared_within
-from workflows.contracts import RetrieveRequest, RetrieveResult
 
 
 class RetrieveActivity:

@@ -6,12 +6,12 @@ from __future__ import annotations
 from temporalio import activity
 
 from dialogue.bot import BotDefinition
+from dialogue.contracts import RewriteRequest, RewriteResult
 from dialogue.generation import Generators
 from dialogue.generation.openai_chat import OpenAIChatGenerator
 from dialogue.generation.prompts import prompt_by_ref
 from dialogue.llm.followup import standalone_query
 from dialogue.privacy.policy import PrivacyPolicy
-from workflows.contracts import RewriteRequest, RewriteResult
 
 MAX_QUERY_TOKENS = 80
 MAX_REPLY_CHARS = 400

@@ -9,12 +9,12 @@ from temporalio import activity
 
 from dialogue import store
 from dialogue.bot import BotDefinition
+from dialogue.contracts import RollingSummary, SummarizeRequest
 from dialogue.generation import Generators
 from dialogue.generation.openai_chat import OpenAIChatGenerator
 from dialogue.llm.context import ROLES, Said
 from dialogue.llm.summary import extractive, fold_with_model
 from dialogue.privacy.policy import PrivacyPolicy
-from workflows.contracts import RollingSummary, SummarizeRequest
 
 MAX_FOLDED_ROWS = 400
 """Rows one fold reads at most: the workflow asks for a fold whenever turns drop out of the budget, so

@@ -7,7 +7,7 @@ from temporalio.exceptions import ApplicationError
 
 from dialogue import tools
 from dialogue.bot import BotDefinition
-from workflows.contracts import ToolCall, ToolResult
+from dialogue.contracts import ToolCall, ToolResult
 
 
 class ToolActivity:

@@ -7,11 +7,11 @@ from collections.abc import Callable
 from temporalio import activity
 
 from dialogue.bot import BotDefinition
+from dialogue.contracts import Decision, NluResult, Understanding, UnderstandRequest
 from dialogue.llm.followup import is_follow_up
 from dialogue.nlu.embeddings import shared_within
 from dialogue.nlu.parser import NluParser
 from dialogue.policy import decide
-from workflows.contracts import Decision, NluResult, Understanding, UnderstandRequest
 
 
 class UnderstandActivity:

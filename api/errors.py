@@ -33,9 +33,7 @@ from temporalio.client import (
 from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
-from dialogue.recovery import BROKEN
-from dialogue.temporal import workflow_id
-from workflows.conversation import (
+from dialogue.contracts import (
     APPROVAL_DECIDED,
     APPROVAL_FORBIDDEN,
     CONVERSATION_ENDED,
@@ -46,6 +44,8 @@ from workflows.conversation import (
     STORE_BEHIND,
     TURN_IN_PROGRESS,
 )
+from dialogue.recovery import BROKEN
+from dialogue.temporal import workflow_id
 
 log = logging.getLogger("dialogue.api")
 

@@ -1,4 +1,4 @@
-"""Request and response models of the API's own (the workflow's messages are in `workflows.contracts`)."""
+"""Request and response models of the API's own (the workflow's messages are in `dialogue.contracts`)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, StringConstraints
 
-from workflows.contracts import DoubleTextPolicy, TurnReply
+from dialogue.contracts import DoubleTextPolicy, TurnReply
 
 # Conversation and document ids become parts of workflow ids and URLs: keep them to a safe alphabet.
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"

@@ -24,8 +24,8 @@ from starlette.concurrency import run_in_threadpool
 
 from api.errors import ApiError, from_temporal
 from dialogue import events
+from dialogue.contracts import TurnReply
 from dialogue.db import ConversationEvent
-from workflows.contracts import TurnReply
 
 log = logging.getLogger("dialogue.api")
 

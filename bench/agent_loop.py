@@ -31,10 +31,10 @@ from bench.streaming import header, percentiles
 from dialogue import tools
 from dialogue.agent.tools import offered, openai_tools, shown, step_messages
 from dialogue.bot import load_bot
+from dialogue.contracts import AgentStepRecord, AgentToolCall, AgentToolOutcome
 from dialogue.generation.openai_chat import ChatClient
 from dialogue.settings import Settings
 from tests.fake_llm import FakeLlm, Plan
-from workflows.contracts import AgentStepRecord, AgentToolCall, AgentToolOutcome
 
 MODEL_DELAY = 0.05
 CALLS = 3

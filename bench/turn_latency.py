@@ -41,10 +41,10 @@ from temporalio.worker import Worker
 from bench.baselines import BaselineTurn, noop
 from bench.stack import BUILT_IN_PIPELINE, EmbeddedStack
 from bench.streaming import RESULTS, header, percentiles
+from dialogue.contracts import GenerateRequest, RecordTurnRequest, RetrieveRequest, UnderstandRequest
 from dialogue.settings import Settings
 from dialogue.temporal import connect
 from worker import TurnActivities, build_turn_activities
-from workflows.contracts import GenerateRequest, RecordTurnRequest, RetrieveRequest, UnderstandRequest
 
 TEXTS = ["hello", "how much does express shipping cost?", "can I pay with PayPal?", "thanks"]
 CONVERSATIONS = 10

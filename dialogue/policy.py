@@ -19,7 +19,7 @@ from __future__ import annotations
 import re
 
 from dialogue.bot import BotDefinition, Flow
-from workflows.contracts import OUT_OF_SCOPE, Decision, DialogueState, NluResult, ToolCall
+from dialogue.contracts import OUT_OF_SCOPE, Decision, DialogueState, NluResult, ToolCall
 
 CANCEL_INTENTS = frozenset({"deny"})
 STAY_INTENTS = frozenset({"affirm", OUT_OF_SCOPE})

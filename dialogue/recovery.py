@@ -25,6 +25,8 @@ from temporalio.api.workflowservice.v1 import ResetWorkflowExecutionRequest
 from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.common import WorkflowIDReusePolicy
 
+from dialogue.contracts import WORKFLOW_TYPE
+
 BROKEN = {
     WorkflowExecutionStatus.FAILED: "failed",
     WorkflowExecutionStatus.TERMINATED: "terminated",
@@ -32,7 +34,6 @@ BROKEN = {
     WorkflowExecutionStatus.CANCELED: "canceled",
 }
 """How a conversation's workflow can close other than by the conversation ending."""
-WORKFLOW_TYPE = "ConversationWorkflow"
 BROKEN_QUERY = (
     f"WorkflowType = '{WORKFLOW_TYPE}' AND ("
     + " OR ".join(f"ExecutionStatus = '{name}'" for name in ("Failed", "Terminated", "TimedOut", "Canceled"))

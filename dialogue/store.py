@@ -12,8 +12,8 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
 from dialogue import events
+from dialogue.contracts import RecordConversationRequest, RecordMessageRequest, RecordTurnRequest
 from dialogue.db import Conversation, ConversationEvent, Feedback, Message, ToolResult
-from workflows.contracts import RecordConversationRequest, RecordMessageRequest, RecordTurnRequest
 
 ERASED = "erased"
 """The status of a conversation's tombstone: its content is gone and nothing is written for it again."""

@@ -9,7 +9,7 @@ from typing import Any
 import orjson
 
 from dialogue.bot import BotDefinition
-from workflows.contracts import ToolCall, ToolResult
+from dialogue.contracts import ToolCall, ToolResult
 
 Tool = Callable[[BotDefinition, dict[str, Any]], ToolResult]
 

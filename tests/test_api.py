@@ -15,11 +15,11 @@ from temporalio.service import RPCError
 
 from api import create_app
 from dialogue import store
+from dialogue.contracts import RecordConversationRequest
 from dialogue.db import get_engine
 from dialogue.settings import Settings
 from dialogue.temporal import conversation_key, workflow_id
 from tests.conftest import api_client, free_port
-from workflows.contracts import RecordConversationRequest
 
 
 def new_id() -> str:

@@ -7,8 +7,8 @@ from temporalio.exceptions import ApplicationError
 
 from activities.generate import ReplyComposer
 from dialogue.bot import BotDefinition
+from dialogue.contracts import OUT_OF_SCOPE, GenerateRequest, IntentPrediction, NluResult, Passage, Reply
 from dialogue.generation.grounded import GroundedGenerator, Relevance, grounded_answer
-from workflows.contracts import OUT_OF_SCOPE, GenerateRequest, IntentPrediction, NluResult, Passage, Reply
 
 RETURNS = Passage(
     document_id="returns",

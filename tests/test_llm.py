@@ -14,6 +14,7 @@ from temporalio.client import Client
 from temporalio.exceptions import ApplicationError
 
 from dialogue.bot import LlmSettings
+from dialogue.contracts import Passage
 from dialogue.generation.openai_chat import ChatClient, OpenAIChatGenerator
 from dialogue.settings import Settings
 from dialogue.temporal import conversation_key, workflow_id
@@ -21,7 +22,6 @@ from tests.conftest import free_port, served_llm
 from tests.fake_llm import FakeLlm, Plan
 from tests.test_workflow import send_turn
 from worker import build_worker
-from workflows.contracts import Passage
 
 PASSAGES = [
     Passage(

@@ -15,12 +15,12 @@ import pytest
 from temporalio.client import Client
 
 from api import create_app
+from dialogue.contracts import RollingSummary
 from dialogue.llm.context import AGENT_PREFIX, SUMMARY_HEADING, TRUNCATED, Said, assemble, messages_digest
 from dialogue.llm.tokenizer import ESTIMATE, MESSAGE_OVERHEAD, TokenCounter, counter_for
 from dialogue.settings import Settings
 from tests.conftest import api_client, bot_with, served_llm, worker_for
 from tests.fake_llm import FakeLlm, Plan
-from workflows.contracts import RollingSummary
 
 ESTIMATED = TokenCounter(ESTIMATE)
 

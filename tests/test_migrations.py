@@ -24,6 +24,7 @@ from temporalio.client import Client
 from api import create_app
 from dialogue import store
 from dialogue.bot import BotDefinition
+from dialogue.contracts import RecordMessageRequest
 from dialogue.db import get_engine, init_db
 from dialogue.migrations import (
     LATER_TABLES,
@@ -37,7 +38,6 @@ from dialogue.migrations import (
 from dialogue.settings import Settings
 from tests.conftest import api_client, ingest_knowledge
 from worker import build_worker
-from workflows.contracts import RecordMessageRequest
 
 
 @pytest.fixture(params=["sqlite", "sqlite-memory", "postgresql"])

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from dialogue.bot import BotDefinition
+from dialogue.contracts import OUT_OF_SCOPE
 from dialogue.nlu.classifier import IntentClassifier, tune_threshold
 from dialogue.nlu.data import DataError, Example, read_examples
 from dialogue.nlu.entities import EntityExtractor
@@ -17,7 +18,6 @@ from dialogue.nlu.evaluate import evaluate
 from dialogue.nlu.model import ModelError, load, save, train
 from dialogue.nlu.parser import KeywordParser, ModelParser
 from dialogue.nlu.sentiment import sentiment
-from workflows.contracts import OUT_OF_SCOPE
 
 
 @pytest.mark.parametrize(

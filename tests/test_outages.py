@@ -32,6 +32,7 @@ from temporalio.testing import ActivityEnvironment
 from activities.record import RecordActivities
 from api import create_app
 from api.errors import from_store
+from dialogue.contracts import UNRECORDABLE, RecordMessageRequest
 from dialogue.db import get_engine
 from dialogue.identity import create_key
 from dialogue.recovery import broken_conversations
@@ -41,7 +42,6 @@ from tests.conftest import api_client, worker_for
 from tests.outages import StoreLock, StoreOutage, TcpProxy, UnwritableSqlite, steps_redone_after_a_timeout
 from tests.processes import WorkerProcess, process_env
 from tests.turns import Turn, assert_transcript_once, send_turn
-from workflows.contracts import UNRECORDABLE, RecordMessageRequest
 from workflows.conversation import RECORD_INLINE, RECORD_UNTIL_DONE
 
 DEADLINE = 4.0

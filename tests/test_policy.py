@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from dialogue.bot import BotDefinition
+from dialogue.contracts import OUT_OF_SCOPE, DialogueState, Entity, IntentPrediction, NluResult
 from dialogue.policy import decide
 from dialogue.tools import order_status
-from workflows.contracts import OUT_OF_SCOPE, DialogueState, Entity, IntentPrediction, NluResult
 
 
 def nlu(

@@ -11,9 +11,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
 from dialogue import events, store
-from dialogue.db import AuditEntry, get_engine, init_db
-from dialogue.identity import audit, create_key
-from workflows.contracts import (
+from dialogue.contracts import (
     IntentPrediction,
     NluResult,
     RecordConversationRequest,
@@ -21,6 +19,8 @@ from workflows.contracts import (
     Reply,
     Source,
 )
+from dialogue.db import AuditEntry, get_engine, init_db
+from dialogue.identity import audit, create_key
 
 T0 = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 

@@ -25,14 +25,14 @@ from temporalio.worker import Worker
 
 from dialogue import store
 from dialogue.codec import EncryptionCodec
+from dialogue.contracts import ConversationState, EndRequest, TurnReply, TurnRequest
 from dialogue.db import get_engine
 from dialogue.settings import Settings
+from dialogue.starting import conversation_input, start_options
 from dialogue.temporal import LAST_INTENT, TURN_COUNT, conversation_key, workflow_id
 from tests.conftest import TEST_PAYLOAD_KEYS, worker_for
-from workflows.contracts import ConversationState, EndRequest, TurnReply, TurnRequest
 from workflows.conversation import FALLBACK_TEXT, INVALID_TURN, ConversationWorkflow
 from workflows.replay import divergence, load_history, replay
-from workflows.starting import conversation_input, start_options
 
 
 async def send_turn(

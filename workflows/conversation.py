@@ -35,11 +35,17 @@ with workflow.unsafe.imports_passed_through():
     from activities.tools import ToolActivity
     from activities.understand import UnderstandActivity
     from dialogue.agent.tools import arguments_digest
-    from dialogue.llm.followup import is_follow_up
-    from dialogue.metrics import APPROVAL_DECISIONS, TURN_QUEUE_DEPTH
-    from dialogue.temporal import DEGRADED_COUNT, HANDOFF, LAST_INTENT, STATUS, TENANT, TURN_COUNT
-    from workflows.contracts import (
+    from dialogue.contracts import (
+        APPROVAL_DECIDED,
+        APPROVAL_FORBIDDEN,
+        CONVERSATION_ENDED,
+        INVALID_TURN,
+        NO_SUCH_APPROVAL,
+        NOT_HANDED_OFF,
         OUT_OF_SCOPE,
+        QUEUE_FULL,
+        STORE_BEHIND,
+        TURN_IN_PROGRESS,
         UNRECORDABLE,
         AgentMessageReply,
         AgentMessageRequest,
@@ -86,21 +92,14 @@ with workflow.unsafe.imports_passed_through():
         Understanding,
         UnderstandRequest,
     )
+    from dialogue.llm.followup import is_follow_up
+    from dialogue.metrics import APPROVAL_DECISIONS, TURN_QUEUE_DEPTH
+    from dialogue.temporal import DEGRADED_COUNT, HANDOFF, LAST_INTENT, STATUS, TENANT, TURN_COUNT
 
 T = TypeVar("T")
 A = TypeVar("A")
 S = TypeVar("S")
 
-# Error types the API maps to HTTP statuses (api/errors.py).
-CONVERSATION_ENDED = "ConversationEnded"
-INVALID_TURN = "InvalidTurn"
-TURN_IN_PROGRESS = "TurnInProgress"
-QUEUE_FULL = "TurnQueueFull"
-NOT_HANDED_OFF = "NotHandedOff"
-STORE_BEHIND = "StoreBehind"
-NO_SUCH_APPROVAL = "NoSuchApproval"
-APPROVAL_DECIDED = "ApprovalDecided"
-APPROVAL_FORBIDDEN = "ApprovalForbidden"
 
 FALLBACK_TEXT = "Sorry, I can't answer that right now. Please try again in a moment."
 NOT_RUN = "none"

@@ -12,9 +12,8 @@ from fastapi import APIRouter, Path, Request
 from api.deps import ClientPrincipal, FlagsDep, SettingsDep, TemporalClientDep
 from api.routes.conversations import ConversationIdPath, IdempotencyKey, execute_update
 from api.schemas import ApprovalCreate
+from dialogue.contracts import ApprovalReply, ApprovalRequest, Updates
 from dialogue.temporal import conversation_key
-from workflows.contracts import ApprovalReply, ApprovalRequest
-from workflows.conversation import ConversationWorkflow
 
 router = APIRouter(prefix="/conversations", tags=["approvals"])
 
@@ -50,8 +49,9 @@ async def decide_approval(
         settings,
         principal,
         conversation_id,
-        ConversationWorkflow.approve,
+        Updates.APPROVE,
         decision,
         idempotency_key,
+        ApprovalReply,
     )
     return reply

@@ -7,7 +7,7 @@ import logging
 import uuid
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 from fastapi import APIRouter, Body, Header, Path, Query, Request, Response, status
 from sqlalchemy.exc import SQLAlchemyError
@@ -48,15 +48,24 @@ from api.schemas import (
 from api.streaming import ResumePoint, conversation_stream, stream_response, turn_stream
 from api.telemetry import mark_turn
 from dialogue import erasure, events, store
+from dialogue.contracts import (
+    WORKFLOW_TYPE,
+    ConversationState,
+    EndRequest,
+    Queries,
+    Signals,
+    TurnReply,
+    TurnRequest,
+    Updates,
+)
 from dialogue.flags import FeatureFlags, Flag
 from dialogue.identity import Principal
 from dialogue.recovery import BROKEN
+from dialogue.starting import conversation_input, start_options
 from dialogue.temporal import conversation_key, workflow_id
-from workflows.contracts import ConversationState, EndRequest, TurnReply, TurnRequest
-from workflows.conversation import ConversationWorkflow
-from workflows.starting import conversation_input, start_options
 
 router = APIRouter(prefix="/conversations", tags=["conversations"])
+R = TypeVar("R")
 log = logging.getLogger("dialogue.api")
 
 # A query needs a worker; without one it would wait for the server's own deadline.
@@ -107,7 +116,7 @@ async def create_conversation(
     with temporal_errors(conversation_id):
         try:
             await temporal.start_workflow(
-                ConversationWorkflow.run,
+                WORKFLOW_TYPE,
                 conversation_input(
                     settings,
                     conversation_id,
@@ -116,6 +125,7 @@ async def create_conversation(
                     slots=slots,
                 ),
                 id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
+                result_type=ConversationState,
                 **start_options(settings, key),
             )
         except WorkflowAlreadyStartedError:
@@ -165,21 +175,23 @@ async def create_turn(
     # Personal data is redacted here, before the text reaches Temporal, the store or a model.
     text = request.app.state.privacy.for_storage(body.text, enabled=flags["redaction"])
     turn = TurnRequest(text=text, stream=streaming, flags=flags)
-    start = WithStartWorkflowOperation(
-        ConversationWorkflow.run,
+    start: WithStartWorkflowOperation[Any, ConversationState] = WithStartWorkflowOperation(
+        WORKFLOW_TYPE,
         conversation_input(settings, conversation_id, tenant=principal.tenant),
         id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+        result_type=ConversationState,
         **start_options(settings, _key(principal, conversation_id)),
     )
     with temporal_errors(conversation_id):
         try:
             if streaming:
                 update = await temporal.start_update_with_start_workflow(
-                    ConversationWorkflow.turn,
+                    Updates.TURN,
                     turn,
                     start_workflow_operation=start,
                     id=turn_id,
                     wait_for_stage=WorkflowUpdateStage.ACCEPTED,
+                    result_type=TurnReply,
                 )
                 return stream_response(
                     turn_stream(
@@ -193,18 +205,19 @@ async def create_turn(
                 )
             if not body.wait:
                 await temporal.start_update_with_start_workflow(
-                    ConversationWorkflow.turn,
+                    Updates.TURN,
                     turn,
                     start_workflow_operation=start,
                     id=turn_id,
                     wait_for_stage=WorkflowUpdateStage.ACCEPTED,
+                    result_type=TurnReply,
                 )
                 response.status_code = status.HTTP_202_ACCEPTED
                 response.headers["Location"] = f"/v1/conversations/{conversation_id}/turns/{turn_id}"
                 return TurnAccepted(conversation_id=conversation_id, turn_id=turn_id)
             reply: TurnReply = await asyncio.wait_for(
                 temporal.execute_update_with_start_workflow(
-                    ConversationWorkflow.turn, turn, start_workflow_operation=start, id=turn_id
+                    Updates.TURN, turn, start_workflow_operation=start, id=turn_id, result_type=TurnReply
                 ),
                 timeout=settings.turn_timeout_seconds,
             )
@@ -362,11 +375,10 @@ async def read_conversation(
     key = _key(principal, conversation_id)
     handle = _handle(temporal, key)
     with temporal_errors(conversation_id):
-        described, queried = await asyncio.gather(
-            handle.describe(),
-            handle.query(ConversationWorkflow.state, rpc_timeout=QUERY_TIMEOUT),
-            return_exceptions=True,
+        state_query: Awaitable[ConversationState] = handle.query(
+            Queries.STATE, result_type=ConversationState, rpc_timeout=QUERY_TIMEOUT
         )
+        described, queried = await asyncio.gather(handle.describe(), state_query, return_exceptions=True)
         if isinstance(described, BaseException):
             raise described
         broken = BROKEN.get(described.status) if described.status else None
@@ -423,7 +435,7 @@ async def end_conversation(
     key = _key(principal, conversation_id)
     with temporal_errors(conversation_id):
         try:
-            await _handle(temporal, key).signal(ConversationWorkflow.end, EndRequest())
+            await _handle(temporal, key).signal(Signals.END, EndRequest())
         except RPCError as err:
             if err.status != RPCStatusCode.NOT_FOUND:
                 raise
@@ -534,13 +546,13 @@ async def _turn_result(temporal: TemporalClientDep, key: str, turn_id: str) -> T
     (Temporal finds an update only in the run it was sent to, and the conversation may have continued)."""
     handle = _handle(temporal, key)
     try:
-        reply: TurnReply = await handle.get_update_handle_for(ConversationWorkflow.turn, turn_id).result()
+        reply: TurnReply = await handle.get_update_handle(turn_id, result_type=TurnReply).result()
         return reply
     except RPCError as err:
         if err.status != RPCStatusCode.NOT_FOUND:
             raise
         earlier: TurnReply | None = await handle.query(
-            ConversationWorkflow.recent_turn, turn_id, rpc_timeout=QUERY_TIMEOUT
+            Queries.RECENT_TURN, turn_id, result_type=TurnReply, rpc_timeout=QUERY_TIMEOUT
         )
         if earlier is None:
             raise
@@ -572,10 +584,11 @@ async def execute_update(
     settings: SettingsDep,
     principal: Principal,
     conversation_id: str,
-    update: Any,
+    update: str,
     body: Any,
     idempotency_key: str | None,
-) -> Any:
+    result_type: type[R],
+) -> R:
     """Run an update of the conversation's workflow (a person's action, a decision on an approval), bounded
     like a turn; the same idempotency key again is the same update, run once."""
     key = conversation_key(principal.tenant, conversation_id)
@@ -585,7 +598,7 @@ async def execute_update(
             # It waits for the turn in progress, if any: bounded like a turn.
             return await asyncio.wait_for(
                 # The same key again (a retry after a time-out) is the same update: it runs once.
-                handle.execute_update(update, body, id=idempotency_key),
+                handle.execute_update(update, body, id=idempotency_key, result_type=result_type),
                 timeout=settings.turn_timeout_seconds,
             )
         except TimeoutError:

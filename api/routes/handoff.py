@@ -12,14 +12,14 @@ from fastapi import APIRouter, Request, status
 from api.deps import AgentPrincipal, FlagsDep, SettingsDep, TemporalClientDep
 from api.errors import ApiError
 from api.routes.conversations import ConversationIdPath, IdempotencyKey, execute_update, require_flag
-from workflows.contracts import (
+from dialogue.contracts import (
     AgentMessageReply,
     AgentMessageRequest,
     ConversationState,
     HandbackRequest,
     HandoffRequest,
+    Updates,
 )
-from workflows.conversation import ConversationWorkflow
 
 router = APIRouter(prefix="/conversations", tags=["handoff"])
 
@@ -40,7 +40,14 @@ async def hand_off(
     reason = request.app.state.privacy.for_storage(body.reason, enabled=flags["redaction"])
     body = body.model_copy(update={"reason": reason})
     state: ConversationState = await execute_update(
-        temporal, settings, principal, conversation_id, ConversationWorkflow.handoff, body, idempotency_key
+        temporal,
+        settings,
+        principal,
+        conversation_id,
+        Updates.HANDOFF,
+        body,
+        idempotency_key,
+        ConversationState,
     )
     return state
 
@@ -68,9 +75,10 @@ async def post_agent_message(
         settings,
         principal,
         conversation_id,
-        ConversationWorkflow.agent_message,
+        Updates.AGENT_MESSAGE,
         body,
         idempotency_key,
+        AgentMessageReply,
     )
     return reply
 
@@ -89,6 +97,13 @@ async def hand_back(
     # Off, a conversation a person held goes back to the bot by itself, at the user's next turn.
     require_flag(feature_flags, principal, conversation_id, "handoff")
     state: ConversationState = await execute_update(
-        temporal, settings, principal, conversation_id, ConversationWorkflow.handback, body, idempotency_key
+        temporal,
+        settings,
+        principal,
+        conversation_id,
+        Updates.HANDBACK,
+        body,
+        idempotency_key,
+        ConversationState,
     )
     return state

@@ -2,22 +2,29 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from fastapi import APIRouter, Request
 from starlette.concurrency import run_in_threadpool
 
 from api.deps import ClientPrincipal, SettingsDep
 from api.errors import ApiError
 from dialogue.bot import load_bot_cached
-from dialogue.nlu.parser import NluParser, build_parser
-from workflows.contracts import NluResult, TurnRequest
+from dialogue.contracts import NluResult, TurnRequest
+
+if TYPE_CHECKING:
+    from dialogue.nlu.parser import NluParser
 
 router = APIRouter(prefix="/nlu", tags=["nlu"])
 
 
 def _parser(request: Request, settings: SettingsDep) -> NluParser:
-    # Built on first use: the API only loads the model if someone asks it to parse.
+    # Built on first use: the API only loads the model (and imports the NLU's code, scikit-learn
+    # with it) if someone asks it to parse.
     parser: NluParser | None = getattr(request.app.state, "nlu_parser", None)
     if parser is None:
+        from dialogue.nlu.parser import build_parser
+
         parser = build_parser(settings, load_bot_cached(settings.bot_path))
         request.app.state.nlu_parser = parser
     return parser

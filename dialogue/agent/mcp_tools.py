@@ -31,7 +31,7 @@ from mcp_types import RequestParamsMeta
 from dialogue.agent.http_tools import ToolUnavailable, expand_variables
 from dialogue.agent.python_tools import ToolFailed
 from dialogue.bot import BotDefinition, McpServer
-from workflows.contracts import McpToolList, OfferedTool
+from dialogue.contracts import McpToolList, OfferedTool
 
 log = logging.getLogger("dialogue.agent.mcp")
 

@@ -16,7 +16,7 @@ import jsonschema
 import orjson
 
 from dialogue.bot import AgentSettings
-from workflows.contracts import AgentStepRecord, AgentToolCall, OfferedTool, Passage
+from dialogue.contracts import AgentStepRecord, AgentToolCall, OfferedTool, Passage
 
 RESULT_OPEN = "<tool_result>"
 RESULT_CLOSE = "</tool_result>"

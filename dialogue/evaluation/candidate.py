@@ -21,16 +21,23 @@ from temporalio.client import Client, WithStartWorkflowOperation
 from temporalio.common import WorkflowIDConflictPolicy
 
 from dialogue.bot import BotDefinition, load_bot
+from dialogue.contracts import (
+    WORKFLOW_TYPE,
+    ConversationState,
+    EndRequest,
+    Signals,
+    TurnReply,
+    TurnRequest,
+    Updates,
+)
 from dialogue.db import get_engine, init_db
 from dialogue.evaluation.source import RecordedConversation
 from dialogue.knowledge import store
 from dialogue.nlu.data import data_hash, read_examples
 from dialogue.nlu.model import METADATA_FILE, ModelMetadata, ensure_bot_model
 from dialogue.settings import Settings
+from dialogue.starting import conversation_input, start_options
 from dialogue.temporal import connect, conversation_key, workflow_id
-from workflows.contracts import EndRequest, TurnRequest
-from workflows.conversation import ConversationWorkflow
-from workflows.starting import conversation_input, start_options
 
 TENANT = "eval"
 
@@ -65,17 +72,19 @@ class Candidate:
         key = conversation_key(TENANT, conversation_id)
         answers = []
         for turn in recorded.turns:
-            start = WithStartWorkflowOperation(
-                ConversationWorkflow.run,
+            start: WithStartWorkflowOperation[Any, ConversationState] = WithStartWorkflowOperation(
+                WORKFLOW_TYPE,
                 conversation_input(self.settings, conversation_id, tenant=TENANT),
                 id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+                result_type=ConversationState,
                 **start_options(self.settings, key),
             )
             started = time.perf_counter()
             reply = await self._client.execute_update_with_start_workflow(
-                ConversationWorkflow.turn,
+                Updates.TURN,
                 TurnRequest(text=turn.user_text, flags=turn.lineage.get("flags") or {}),
                 start_workflow_operation=start,
+                result_type=TurnReply,
             )
             elapsed = (time.perf_counter() - started) * 1000
             lineage = reply.lineage.model_dump(mode="json") if reply.lineage else {}
@@ -95,7 +104,7 @@ class Candidate:
                 )
             )
         handle = self._client.get_workflow_handle(workflow_id(key))
-        await handle.signal(ConversationWorkflow.end, EndRequest(reason="evaluated"))
+        await handle.signal(Signals.END, EndRequest(reason="evaluated"))
         await asyncio.wait_for(handle.result(), timeout=60)  # done before its worker goes away
         return answers
 

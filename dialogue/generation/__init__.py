@@ -8,12 +8,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 from dialogue.bot import BotDefinition, LlmSettings
+from dialogue.contracts import Passage
 from dialogue.flags import deployment_flags
 from dialogue.generation.grounded import Answer, GroundedGenerator, Relevance
 from dialogue.generation.prompts import Prompt
 from dialogue.llm.context import Conversation
 from dialogue.settings import Settings
-from workflows.contracts import Passage
 
 if TYPE_CHECKING:
     from dialogue.generation.openai_chat import ChatClient

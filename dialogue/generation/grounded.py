@@ -9,11 +9,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from dialogue.contracts import ContextLineage, Passage, Source
 from dialogue.generation.prompts import Prompt
 from dialogue.knowledge.chunking import sentences
 from dialogue.llm.context import Conversation
 from dialogue.text import terms
-from workflows.contracts import ContextLineage, Passage, Source
 
 MAX_ANSWER_CHARS = 420
 SUPPORT_RATIO = 0.6

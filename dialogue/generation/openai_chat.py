@@ -21,12 +21,12 @@ import orjson
 from temporalio.exceptions import ApplicationError
 
 from dialogue.bot import LlmSettings
+from dialogue.contracts import Passage
 from dialogue.generation.grounded import Answer, Relevance, source_of
 from dialogue.generation.prompts import Prompt, prompt_by_ref
 from dialogue.llm.context import ChatMessage, Context, Conversation, assemble
 from dialogue.llm.tokenizer import TokenCounter, counter_for
 from dialogue.metrics import LLM_ERRORS, LLM_TOKENS
-from workflows.contracts import Passage
 
 NO_ANSWER = "NO_ANSWER"
 RETRYABLE_STATUSES = {408, 409, 429}

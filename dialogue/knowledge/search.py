@@ -16,11 +16,11 @@ import numpy as np
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
+from dialogue.contracts import Passage
 from dialogue.db import KnowledgeChunk, KnowledgeDocument
 from dialogue.knowledge import store
 from dialogue.nlu.embeddings import embed, embeddings_available
 from dialogue.text import terms
-from workflows.contracts import Passage
 
 log = logging.getLogger("dialogue.knowledge")
 

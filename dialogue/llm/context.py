@@ -23,8 +23,8 @@ from typing import Literal, get_args
 
 import orjson
 
+from dialogue.contracts import ContextLineage, RollingSummary
 from dialogue.llm.tokenizer import MESSAGE_OVERHEAD, TokenCounter
-from workflows.contracts import ContextLineage, RollingSummary
 
 TRUNCATED = " … [message cut: too long]"
 SUMMARY_HEADING = "Summary of the earlier conversation: "

@@ -18,10 +18,10 @@ from temporalio.api.enums.v1 import EventType
 from temporalio.client import WorkflowHistory
 from temporalio.converter import DataConverter
 
+from dialogue.contracts import GenerateRequest, RecordMessageRequest, Reply, TurnReply
 from dialogue.generation import Generators
 from dialogue.generation.openai_chat import OpenAIChatGenerator
 from dialogue.llm.context import ChatMessage, Conversation, Said, messages_digest
-from workflows.contracts import GenerateRequest, RecordMessageRequest, Reply, TurnReply
 
 
 @dataclass(frozen=True)

@@ -10,10 +10,10 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
+from dialogue.contracts import RollingSummary
 from dialogue.generation.prompts import prompt_by_ref
 from dialogue.knowledge.chunking import sentences
 from dialogue.llm.context import Said
-from workflows.contracts import RollingSummary
 
 if TYPE_CHECKING:
     from dialogue.generation.openai_chat import OpenAIChatGenerator

@@ -15,8 +15,8 @@ from pathlib import Path
 import orjson
 from pydantic import BaseModel, model_validator
 
+from dialogue.contracts import OUT_OF_SCOPE
 from dialogue.jsonl import DataError, read_jsonl
-from workflows.contracts import OUT_OF_SCOPE
 
 __all__ = ["OUT_OF_SCOPE", "DataError", "EntitySpan", "Example", "data_hash", "read_examples"]
 

@@ -11,13 +11,13 @@ from __future__ import annotations
 from typing import Protocol
 
 from dialogue.bot import BotDefinition
+from dialogue.contracts import IntentPrediction, NluResult
 from dialogue.nlu.data import OUT_OF_SCOPE
 from dialogue.nlu.entities import EntityExtractor
 from dialogue.nlu.model import TrainedModel, has_model, load
 from dialogue.nlu.sentiment import sentiment
 from dialogue.settings import Settings
 from dialogue.text import words
-from workflows.contracts import IntentPrediction, NluResult
 
 
 class NluParser(Protocol):

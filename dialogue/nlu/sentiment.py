@@ -6,7 +6,7 @@ from functools import lru_cache
 
 from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
 
-from workflows.contracts import Sentiment
+from dialogue.contracts import Sentiment
 
 # VADER's own recommended cut-offs on its compound score.
 POSITIVE, NEGATIVE = 0.05, -0.05

@@ -26,8 +26,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from dialogue.contracts import OUT_OF_SCOPE, Action
 from dialogue.flags import FlagSettings
-from workflows.contracts import OUT_OF_SCOPE, Action
 
 NOT_RUN_INTENT = "none"
 """The intent of a turn the bot did not run (a person held the conversation, or it was interrupted)."""

@@ -29,25 +29,25 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
 from dialogue.bot import load_bot
-from dialogue.db import get_engine, init_db
-from dialogue.knowledge import store
-from dialogue.nlu.model import ensure_bot_model
-from dialogue.settings import Settings
-from dialogue.temporal import SEARCH_ATTRIBUTES, workflow_id
-from tests.conftest import served_llm
-from tests.fake_llm import FakeLlm, Plan
-from tests.outages import UnwritableSqlite
-from worker import build_worker
-from workflows.contracts import (
+from dialogue.contracts import (
     AgentMessageRequest,
     ApprovalRequest,
     HandbackRequest,
     PendingApproval,
     TurnRequest,
 )
+from dialogue.db import get_engine, init_db
+from dialogue.knowledge import store
+from dialogue.nlu.model import ensure_bot_model
+from dialogue.settings import Settings
+from dialogue.starting import conversation_input, start_options
+from dialogue.temporal import SEARCH_ATTRIBUTES, workflow_id
+from tests.conftest import served_llm
+from tests.fake_llm import FakeLlm, Plan
+from tests.outages import UnwritableSqlite
+from worker import build_worker
 from workflows.conversation import ConversationWorkflow
 from workflows.replay import load_runs
-from workflows.starting import conversation_input, start_options
 
 SCRIPT: list[tuple[str, str]] = [
     ("turn", "hello"),

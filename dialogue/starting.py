@@ -6,9 +6,9 @@ from typing import Any
 
 from temporalio.common import WorkflowIDReusePolicy
 
+from dialogue.contracts import ConversationInput, DoubleTextPolicy
 from dialogue.settings import Settings
 from dialogue.temporal import workflow_id
-from workflows.contracts import ConversationInput, DoubleTextPolicy
 
 
 def conversation_input(

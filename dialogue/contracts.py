@@ -26,6 +26,40 @@ OUT_OF_SCOPE = "out_of_scope"
 UNRECORDABLE = "Unrecordable"
 """The error type of a record activity whose data the store refuses for good (retrying cannot help)."""
 
+# The conversation workflow's interface by name: the API and the CLI call it without importing
+# the workflow's code (and with it the activities, the NLU and retrieval).
+WORKFLOW_TYPE = "ConversationWorkflow"
+
+
+class Updates:
+    TURN = "turn"
+    HANDOFF = "handoff"
+    HANDBACK = "handback"
+    AGENT_MESSAGE = "agent_message"
+    APPROVE = "approve"
+
+
+class Queries:
+    STATE = "state"
+    RECENT_TURN = "recent_turn"
+
+
+class Signals:
+    END = "end"
+
+
+# The `ApplicationError` types the workflow refuses an update with; the API answers each with
+# its own status (api/errors.py).
+CONVERSATION_ENDED = "ConversationEnded"
+INVALID_TURN = "InvalidTurn"
+TURN_IN_PROGRESS = "TurnInProgress"
+QUEUE_FULL = "TurnQueueFull"
+NOT_HANDED_OFF = "NotHandedOff"
+STORE_BEHIND = "StoreBehind"
+NO_SUCH_APPROVAL = "NoSuchApproval"
+APPROVAL_DECIDED = "ApprovalDecided"
+APPROVAL_FORBIDDEN = "ApprovalForbidden"
+
 
 class ConversationInput(BaseModel):
     """What a conversation workflow starts with."""
