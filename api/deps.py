@@ -60,7 +60,6 @@ def get_principal(request: Request) -> Principal:
     token = token.strip()
     if scheme.lower() != "bearer" or not token:
         raise ApiError(
-            401,
             "unauthenticated",
             "send an API key or token as 'Authorization: Bearer <key>'",
             {"WWW-Authenticate": "Bearer"},
@@ -79,13 +78,13 @@ def get_principal(request: Request) -> Principal:
     except InvalidCredentials as err:
         log.info("refused credentials: %s", err)  # the reason stays in the log, not in the answer
         raise ApiError(
-            401, "invalid_credentials", "the API key or token is not valid", {"WWW-Authenticate": "Bearer"}
+            "invalid_credentials", "the API key or token is not valid", {"WWW-Authenticate": "Bearer"}
         ) from None
     limiter: RateLimiter = state.rate_limiter
     wait = limiter.take(principal.subject)
     if wait > 0:
         raise ApiError(
-            429, "rate_limited", "too many requests for this key; slow down", {"Retry-After": str(wait)}
+            "rate_limited", "too many requests for this key; slow down", {"Retry-After": str(wait)}
         )
     request.state.tenant = principal.tenant  # for the request's log line (api/telemetry.py)
     return principal
@@ -124,7 +123,7 @@ def require(scope: Scope) -> object:
 
     def allowed(principal: Annotated[Principal, Depends(get_principal)]) -> Principal:
         if not principal.allows(scope):
-            raise ApiError(403, "forbidden", f"this needs the {scope} scope; the key has {principal.scope}")
+            raise ApiError("forbidden", f"this needs the {scope} scope; the key has {principal.scope}")
         return principal
 
     return Depends(allowed)
@@ -163,7 +162,7 @@ async def authorize_codec(request: Request) -> None:
     principal = await run_in_threadpool(get_principal, request)
     # One key list seals every tenant's payloads: opening them is for the deployment's admins.
     if not principal.allows("admin"):
-        raise ApiError(403, "forbidden", "decoding payloads needs the admin scope")
+        raise ApiError("forbidden", "decoding payloads needs the admin scope")
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]

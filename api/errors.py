@@ -1,11 +1,11 @@
-"""Every error the API answers with, in one shape, and the one place Temporal's errors become HTTP statuses.
+"""The API's one error boundary: every error it answers, in one table, and where each comes from.
 
-    ApiError                 raised by routes and dependencies: status, code, message
-    RequestValidationError   -> 422 invalid_request
-    HTTPException (Starlette)-> its status, code from the status
-    temporal errors          -> see `from_temporal`; a closed workflow -> `closed_conversation`
-    store errors             -> see `from_store`: unreachable, locked, timing out -> 503 store_unavailable
-    anything else            -> 500 internal_error, logged, no stack trace in the body
+`ERRORS` lists each error code with its HTTP status, what it means, whether it carries `Retry-After`,
+and what raises it: a route or dependency (`ApiError(code, message)`), a refusal of the conversation's
+workflow (its `ApplicationError` type, `dialogue.contracts`), a Temporal RPC status, or an exception
+type (validation, store, Temporal client). `translate` turns an exception into its entry; routes raise
+`ApiError`s or run Temporal calls inside `temporal_errors`, and never pick a status themselves.
+The OpenAPI document lists each route's error statuses from this table (`responses`).
 
 Body: {"error": {"code": "...", "message": "..."}}
 """
@@ -13,13 +13,16 @@ Body: {"error": {"code": "...", "message": "..."}}
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from http import HTTPStatus
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError, SQLAlchemyError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -51,192 +54,388 @@ log = logging.getLogger("dialogue.api")
 
 RETRY_AFTER_SECONDS = "5"
 UNAVAILABLE_RETRY_AFTER_SECONDS = "30"
+SHED_RETRY_AFTER_SECONDS = "1"
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """The conversation workflow refused an update with an `ApplicationError` of this type."""
+
+    type: str
+
+
+@dataclass(frozen=True)
+class ErrorCode:
+    code: str
+    status: int
+    meaning: str
+    """What a client is told the code means (the OpenAPI document's description)."""
+    retry_after: str | None = None
+    """`Retry-After` in seconds, for an error that passes: a retry later may succeed."""
+    causes: tuple[Refusal | RPCStatusCode | type[BaseException], ...] = ()
+    """What raises it besides a route's `ApiError(code, …)`."""
+
+
+ERRORS: dict[str, ErrorCode] = {
+    entry.code: entry
+    for entry in (
+        # The request itself.
+        ErrorCode(
+            "invalid_request",
+            422,
+            "The request does not match its schema, or its `Idempotency-Key` header and body disagree.",
+            causes=(RequestValidationError,),
+        ),
+        ErrorCode(
+            "invalid_turn",
+            422,
+            "The turn's text is too long (or the workflow refused it).",
+            causes=(Refusal(INVALID_TURN),),
+        ),
+        ErrorCode("invalid_text", 422, "The text to parse is too long."),
+        ErrorCode("content_too_large", 413, "The request body is larger than the API accepts."),
+        ErrorCode("unsupported_media_type", 415, "The codec endpoints take `application/json` only."),
+        ErrorCode("undecodable_payload", 422, "A payload could not be decrypted with any configured key."),
+        ErrorCode("invalid_payloads", 422, "The body is not a list of Temporal payloads."),
+        ErrorCode("not_found", 404, "No such route."),
+        ErrorCode(
+            "method_not_allowed", 405, "The route does not take this method; `Allow` lists those it takes."
+        ),
+        # Who is calling.
+        ErrorCode("unauthenticated", 401, "No `Authorization: Bearer` key or token was sent."),
+        ErrorCode("invalid_credentials", 401, "The key or token is not valid (unknown, revoked, expired)."),
+        ErrorCode(
+            "forbidden",
+            403,
+            "The key's scope does not allow this (or this person may not decide this approval).",
+            causes=(Refusal(APPROVAL_FORBIDDEN),),
+        ),
+        # Limits.
+        ErrorCode(
+            "rate_limited", 429, "Too many requests for this key; `Retry-After` says when to send again.", "1"
+        ),
+        ErrorCode(
+            "overloaded",
+            503,
+            "The API is at its limit of turns in flight and sheds this one at once; send it again after "
+            "`Retry-After` with the same `Idempotency-Key`.",
+            SHED_RETRY_AFTER_SECONDS,
+        ),
+        ErrorCode(
+            "turn_queue_full",
+            429,
+            "The conversation's queue of waiting turns is full.",
+            RETRY_AFTER_SECONDS,
+            causes=(Refusal(QUEUE_FULL),),
+        ),
+        ErrorCode(
+            "too_many_turns",
+            429,
+            "Temporal's limit of updates in flight for one conversation is reached.",
+            RETRY_AFTER_SECONDS,
+            causes=(RPCStatusCode.RESOURCE_EXHAUSTED,),
+        ),
+        # The conversation.
+        ErrorCode(
+            "conversation_not_found",
+            404,
+            "No such conversation (for this tenant).",
+            causes=(RPCStatusCode.NOT_FOUND,),
+        ),
+        ErrorCode(
+            "conversation_ended",
+            409,
+            "The conversation has ended (or was erased): it takes no more turns.",
+            causes=(Refusal(CONVERSATION_ENDED), RPCStatusCode.ALREADY_EXISTS),
+        ),
+        ErrorCode("conversation_exists", 409, "A conversation with this id exists already."),
+        ErrorCode(
+            "conversation_unavailable",
+            503,
+            "The conversation's workflow failed, was terminated or timed out (or cannot be read); its transcript "
+            "is kept and an operator brings it back with `dialogue recover`.",
+            UNAVAILABLE_RETRY_AFTER_SECONDS,
+            causes=(WorkflowQueryFailedError,),
+        ),
+        ErrorCode(
+            "conversation_busy",
+            503,
+            "The conversation's workflow is between runs; a retry finds it settled.",
+            "1",
+            causes=(RPCStatusCode.FAILED_PRECONDITION,),
+        ),
+        ErrorCode(
+            "turn_in_progress",
+            409,
+            "Another turn is running and the conversation rejects double texts.",
+            causes=(Refusal(TURN_IN_PROGRESS),),
+        ),
+        ErrorCode("turn_not_found", 404, "No such turn (or no answered turn) in the conversation."),
+        ErrorCode(
+            "turn_timeout",
+            504,
+            "The reply was not ready in time; the turn goes on: send it again with the same `Idempotency-Key` "
+            "to get its reply.",
+            causes=(WorkflowUpdateRPCTimeoutOrCancelledError,),
+        ),
+        ErrorCode("update_timeout", 504, "The conversation was busy past the deadline; retry shortly."),
+        ErrorCode(
+            "turn_failed", 500, "The turn could not be completed.", causes=(WorkflowUpdateFailedError,)
+        ),
+        ErrorCode("feature_disabled", 409, "The feature is switched off for this conversation."),
+        ErrorCode(
+            "not_handed_off",
+            409,
+            "The conversation is not held by a person: hand it off first.",
+            causes=(Refusal(NOT_HANDED_OFF),),
+        ),
+        ErrorCode(
+            "approval_not_found",
+            404,
+            "No such approval in the conversation.",
+            causes=(Refusal(NO_SUCH_APPROVAL),),
+        ),
+        ErrorCode(
+            "approval_decided", 409, "The approval was decided already.", causes=(Refusal(APPROVAL_DECIDED),)
+        ),
+        ErrorCode("tool_result_not_found", 404, "No stored whole result of this tool call."),
+        # The knowledge base and keys.
+        ErrorCode("document_not_found", 404, "No such document."),
+        ErrorCode("document_conflict", 409, "The document is being written by another request; retry."),
+        ErrorCode("key_not_found", 404, "No such key."),
+        # Dependencies.
+        ErrorCode(
+            "store_unavailable",
+            503,
+            "The SQL store is unreachable, locked, out of connections, or behind the conversation; retry shortly.",
+            RETRY_AFTER_SECONDS,
+            causes=(
+                Refusal(STORE_BEHIND),
+                OperationalError,
+                InterfaceError,
+                DisconnectionError,
+                PoolTimeoutError,
+            ),
+        ),
+        ErrorCode(
+            "temporal_unavailable",
+            503,
+            "Temporal cannot be reached; retry shortly.",
+            RETRY_AFTER_SECONDS,
+            causes=(RPCStatusCode.UNAVAILABLE, RPCStatusCode.DEADLINE_EXCEEDED),
+        ),
+        ErrorCode("internal_error", 500, "A bug: the API logged it; the body carries no detail."),
+    )
+}
+
+_BY_REFUSAL = {c.type: e for e in ERRORS.values() for c in e.causes if isinstance(c, Refusal)}
+_BY_RPC_STATUS = {c: e for e in ERRORS.values() for c in e.causes if isinstance(c, RPCStatusCode)}
+_BY_EXCEPTION = [(c, e) for e in ERRORS.values() for c in e.causes if isinstance(c, type)]
+# Starlette's own errors (no route, wrong method, body too large), by status.
+_BY_HTTP_STATUS = {
+    404: ERRORS["not_found"],
+    405: ERRORS["method_not_allowed"],
+    413: ERRORS["content_too_large"],
+}
 
 
 class ApiError(Exception):
-    def __init__(
-        self, status: int, code: str, message: str, headers: Mapping[str, str] | None = None
-    ) -> None:
+    """An error of the table, with this request's message; status and `Retry-After` come from the table."""
+
+    def __init__(self, code: str, message: str, headers: Mapping[str, str] | None = None) -> None:
         super().__init__(message)
-        self.status = status
+        entry = ERRORS[code]
+        self.status = entry.status
         self.code = code
         self.message = message
-        self.headers = dict(headers or {})
+        self.headers = ({"Retry-After": entry.retry_after} if entry.retry_after else {}) | dict(headers or {})
+        if entry.status == 401:
+            self.headers.setdefault("WWW-Authenticate", "Bearer")
+
+
+class ErrorDetail(BaseModel):
+    code: str
+    message: str
+
+
+class ErrorBody(BaseModel):
+    """Every error's body."""
+
+    error: ErrorDetail
+
+
+def responses(*codes: str) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses` for these error codes: one entry per status, naming its codes."""
+    by_status: dict[int, list[ErrorCode]] = {}
+    for code in codes:
+        entry = ERRORS[code]
+        by_status.setdefault(entry.status, []).append(entry)
+    return {
+        status: {
+            "model": ErrorBody,
+            "description": " ".join(f"`{e.code}`: {e.meaning}" for e in entries),
+        }
+        for status, entries in sorted(by_status.items())
+    }
 
 
 def not_found(conversation_id: str) -> ApiError:
-    return ApiError(404, "conversation_not_found", f"conversation {conversation_id!r} does not exist")
+    return ApiError("conversation_not_found", f"conversation {conversation_id!r} does not exist")
 
 
 def conversation_ended(conversation_id: str) -> ApiError:
-    return ApiError(409, "conversation_ended", f"conversation {conversation_id!r} has ended")
+    return ApiError("conversation_ended", f"conversation {conversation_id!r} has ended")
+
+
+def turn_timeout(turn_id: str) -> ApiError:
+    return ApiError(
+        "turn_timeout",
+        f"turn {turn_id} is still running; retry with 'Idempotency-Key: {turn_id}' to get its reply",
+    )
 
 
 def conversation_unavailable(conversation_id: str, key: str, how: str) -> ApiError:
     tenant = key.split("/", 1)[0]
     return ApiError(
-        503,
         "conversation_unavailable",
         f"conversation {conversation_id!r} is unavailable: its workflow {workflow_id(key)} {how}. Its "
         f"transcript is kept; an operator can bring it back with "
         f"'dialogue recover {conversation_id} --tenant {tenant}' (see the runbook)",
-        {"Retry-After": UNAVAILABLE_RETRY_AFTER_SECONDS},
     )
 
 
-def store_unavailable(reason: str = "the store is unavailable") -> ApiError:
-    return ApiError(
-        503, "store_unavailable", f"{reason}; retry shortly", {"Retry-After": RETRY_AFTER_SECONDS}
-    )
-
-
-def temporal_unavailable() -> ApiError:
-    return ApiError(
-        503,
-        "temporal_unavailable",
-        "the conversation service is unavailable; retry shortly",
-        {"Retry-After": RETRY_AFTER_SECONDS},
-    )
-
-
-def from_temporal(exc: BaseException, conversation_id: str) -> ApiError | None:
-    """The HTTP error for an exception from the Temporal client, or None if it is not one of its."""
+def translate(exc: BaseException, conversation_id: str = "") -> ApiError | None:
+    """The table's error for an exception, or None when the table does not know it (a bug: 500)."""
+    if isinstance(exc, ApiError):
+        return exc
     if isinstance(exc, WorkflowUpdateFailedError):
         cause = exc.cause
-        if isinstance(cause, ApplicationError) and cause.type == CONVERSATION_ENDED:
+        refused = _BY_REFUSAL.get(cause.type or "") if isinstance(cause, ApplicationError) else None
+        if refused is None:
+            return ApiError("turn_failed", "the turn could not be completed")
+        if refused.code == "conversation_ended":
             return conversation_ended(conversation_id)
-        if isinstance(cause, ApplicationError) and cause.type == INVALID_TURN:
-            return ApiError(422, "invalid_turn", cause.message)
-        if isinstance(cause, ApplicationError) and cause.type == TURN_IN_PROGRESS:
-            return ApiError(409, "turn_in_progress", cause.message)
-        if isinstance(cause, ApplicationError) and cause.type == NOT_HANDED_OFF:
-            return ApiError(409, "not_handed_off", cause.message)
-        if isinstance(cause, ApplicationError) and cause.type == NO_SUCH_APPROVAL:
-            return ApiError(404, "approval_not_found", cause.message)
-        if isinstance(cause, ApplicationError) and cause.type == APPROVAL_DECIDED:
-            return ApiError(409, "approval_decided", cause.message)
-        if isinstance(cause, ApplicationError) and cause.type == APPROVAL_FORBIDDEN:
-            return ApiError(403, "forbidden", cause.message)
-        if isinstance(cause, ApplicationError) and cause.type == QUEUE_FULL:
-            return ApiError(429, "turn_queue_full", cause.message, {"Retry-After": RETRY_AFTER_SECONDS})
-        if isinstance(cause, ApplicationError) and cause.type == STORE_BEHIND:
-            return store_unavailable(cause.message.removesuffix("; retry shortly"))
-        return ApiError(500, "turn_failed", "the turn could not be completed")
+        return ApiError(refused.code, str(getattr(cause, "message", "")).removesuffix("; retry shortly"))
+    if isinstance(exc, RPCError):
+        entry = _BY_RPC_STATUS.get(exc.status)
+        if entry is None:
+            return None
+        if entry.code == "conversation_not_found":
+            return not_found(conversation_id)
+        if entry.code == "conversation_ended":
+            return conversation_ended(conversation_id)
+        if entry.code == "temporal_unavailable":
+            return ApiError(entry.code, "the conversation service is unavailable; retry shortly")
+        if entry.code == "too_many_turns":
+            return ApiError(entry.code, "too many turns in flight for this conversation; retry shortly")
+        return ApiError(entry.code, exc.message)
     if isinstance(exc, WorkflowQueryFailedError):
         # The workflow's code could not answer (a worker that cannot replay its history): not the caller's fault.
         return ApiError(
-            503,
-            "conversation_unavailable",
-            f"conversation {conversation_id!r} could not be read: {exc.message}",
-            {"Retry-After": UNAVAILABLE_RETRY_AFTER_SECONDS},
+            "conversation_unavailable", f"conversation {conversation_id!r} could not be read: {exc.message}"
         )
-    if isinstance(exc, WorkflowAlreadyStartedError):
-        return ApiError(409, "conversation_exists", f"conversation {conversation_id!r} already exists")
-    if isinstance(exc, WorkflowUpdateRPCTimeoutOrCancelledError):
-        return ApiError(
-            504, "turn_timeout", "the reply was not ready in time; retry with the same Idempotency-Key"
-        )
-    if isinstance(exc, RPCError):
-        if exc.status in (RPCStatusCode.UNAVAILABLE, RPCStatusCode.DEADLINE_EXCEEDED):
-            return temporal_unavailable()
-        if exc.status == RPCStatusCode.NOT_FOUND:
-            return not_found(conversation_id)
-        if exc.status == RPCStatusCode.ALREADY_EXISTS:
-            return conversation_ended(conversation_id)
-        if exc.status == RPCStatusCode.RESOURCE_EXHAUSTED:
-            # Temporal's limit of in-flight updates per workflow: too many turns at once.
-            return ApiError(
-                429,
-                "too_many_turns",
-                "too many turns in flight for this conversation; retry shortly",
-                {"Retry-After": RETRY_AFTER_SECONDS},
-            )
-        if exc.status == RPCStatusCode.FAILED_PRECONDITION:
-            # The workflow is between runs (continuing as new) or closing: a retry finds it settled.
-            return ApiError(503, "conversation_busy", exc.message, {"Retry-After": "1"})
-        return None
     # A lazy client that cannot reach the server says so with a RuntimeError.
     if isinstance(exc, RuntimeError) and str(exc).startswith("Failed client connect"):
-        return temporal_unavailable()
+        return ApiError("temporal_unavailable", "the conversation service is unavailable; retry shortly")
+    for kind, entry in _BY_EXCEPTION:
+        if isinstance(exc, kind):
+            if entry.code == "store_unavailable":
+                return ApiError(entry.code, "the store is unavailable; retry shortly")
+            return ApiError(entry.code, str(exc) or entry.meaning)
     return None
 
 
-def from_store(exc: BaseException) -> ApiError | None:
-    """503 for the SQL store being unreachable, locked or out of connections; None for anything else
-    (a bug, such as a constraint the code broke, stays a 500)."""
-    if isinstance(exc, OperationalError | InterfaceError | DisconnectionError | PoolTimeoutError):
-        return store_unavailable()
-    return None
-
-
-async def closed_conversation(temporal: Client, key: str, conversation_id: str) -> ApiError:
-    """The error for work a conversation's workflow refused because it is closed: 409 when the
-    conversation ended, 503 when its workflow failed, was terminated or timed out (broken, not ended:
-    `dialogue recover` brings it back), 404 when Temporal does not know it."""
+async def closed_conversation(
+    temporal: Client, key: str, conversation_id: str, turn_id: str | None = None
+) -> ApiError:
+    """The error for work a conversation's workflow refused because it is closed, or could not find:
+    404 when Temporal does not know it, 503 when its workflow failed, was terminated or timed out (broken,
+    not ended: `dialogue recover` brings it back), 409 when the conversation ended, and for a running one
+    409 `conversation_exists` for a running one; 404 `turn_not_found` when a turn was looked for."""
     try:
         described = await temporal.get_workflow_handle(workflow_id(key)).describe()
     except RPCError as err:
-        if err.status == RPCStatusCode.NOT_FOUND:
-            return not_found(conversation_id)
-        return from_temporal(err, conversation_id) or temporal_unavailable()
+        return translate(err, conversation_id) or ApiError("temporal_unavailable", err.message)
     broken = BROKEN.get(described.status) if described.status else None
     if broken is not None:
         closed = f" at {described.close_time:%Y-%m-%d %H:%M:%S} UTC" if described.close_time else ""
         return conversation_unavailable(conversation_id, key, f"{broken.replace('_', ' ')}{closed}")
+    if turn_id is not None:
+        return ApiError("turn_not_found", f"no turn {turn_id!r} in conversation {conversation_id!r}")
     if described.status == WorkflowExecutionStatus.RUNNING:
-        return ApiError(409, "conversation_exists", f"conversation {conversation_id!r} already exists")
+        return ApiError("conversation_exists", f"conversation {conversation_id!r} already exists")
     return conversation_ended(conversation_id)
 
 
-@contextmanager
-def temporal_errors(conversation_id: str) -> Iterator[None]:
-    """Translate the Temporal client's exceptions raised inside the block into `ApiError`s."""
+@asynccontextmanager
+async def temporal_errors(
+    conversation_id: str,
+    *,
+    temporal: Client | None = None,
+    key: str | None = None,
+    turn_id: str | None = None,
+) -> AsyncIterator[None]:
+    """Translate what the Temporal calls inside the block raise. Given the client and the conversation's
+    key, what needs the workflow's state to say (a closed or unknown workflow) is read from Temporal."""
     try:
         yield
     except ApiError:
         raise
     except Exception as exc:
-        mapped = from_temporal(exc, conversation_id)
+        closed = isinstance(exc, WorkflowAlreadyStartedError) or (
+            isinstance(exc, RPCError) and exc.status == RPCStatusCode.NOT_FOUND
+        )
+        if closed and temporal is not None and key is not None:
+            looked_for = turn_id if isinstance(exc, RPCError) else None  # an update or query by its id
+            raise await closed_conversation(temporal, key, conversation_id, looked_for) from None
+        if isinstance(exc, TimeoutError | WorkflowUpdateRPCTimeoutOrCancelledError) and turn_id is not None:
+            raise turn_timeout(turn_id) from None
+        mapped = translate(exc, conversation_id)
         if mapped is None:
             raise
         raise mapped from exc
 
 
-def _body(code: str, message: str) -> dict[str, dict[str, str]]:
-    return {"error": {"code": code, "message": message}}
+def error_response(error: ApiError) -> JSONResponse:
+    return JSONResponse(
+        {"error": {"code": error.code, "message": error.message}},
+        status_code=error.status,
+        headers=error.headers,
+    )
 
 
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
-        return JSONResponse(_body(exc.code, exc.message), status_code=exc.status, headers=exc.headers)
+        return error_response(exc)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in err.get('loc', ()))}: {err.get('msg', '')}" for err in exc.errors()
         )
-        return JSONResponse(_body("invalid_request", problems or "invalid request"), status_code=422)
+        return error_response(ApiError("invalid_request", problems or "invalid request"))
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        # Spelled out where Python's phrase differs between versions (413 was renamed in 3.13).
-        code = {413: "content_too_large"}.get(exc.status_code) or HTTPStatus(
-            exc.status_code
-        ).phrase.lower().replace(" ", "_")
-        return JSONResponse(_body(code, str(exc.detail)), status_code=exc.status_code, headers=exc.headers)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        entry = _BY_HTTP_STATUS.get(exc.status_code)
+        if entry is None:  # not raised by this code base; named after its status
+            code = HTTPStatus(exc.status_code).phrase.lower().replace(" ", "_")
+            body = {"error": {"code": code, "message": str(exc.detail)}}
+            return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
+        return error_response(ApiError(entry.code, str(exc.detail), exc.headers))
 
     @app.exception_handler(SQLAlchemyError)
     async def _store(request: Request, exc: SQLAlchemyError) -> JSONResponse:
-        mapped = from_store(exc)
+        mapped = translate(exc)
         if mapped is None:
             return await _unexpected(request, exc)
         log.warning(
             "store unavailable on %s %s: %s", request.method, request.url.path, exc.__class__.__name__
         )
-        return await _api_error(request, mapped)
+        return error_response(mapped)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return JSONResponse(_body("internal_error", "internal server error"), status_code=500)
+        return error_response(ApiError("internal_error", "internal server error"))

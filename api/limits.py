@@ -16,10 +16,10 @@ import threading
 import time
 from collections.abc import Callable
 
-import orjson
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from api.errors import ApiError, error_response
 from dialogue.metrics import TURN_ADMISSION_LIMIT, TURNS_IN_FLIGHT, TURNS_SHED
 
 
@@ -35,10 +35,7 @@ class BodySizeLimit:
         message = f"request body exceeds {self.max_bytes} bytes"
         declared = dict(scope["headers"]).get(b"content-length", b"")
         if declared.isdigit() and int(declared) > self.max_bytes:
-            body = orjson.dumps({"error": {"code": "content_too_large", "message": message}})
-            headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-            await send({"type": "http.response.start", "status": 413, "headers": headers})
-            await send({"type": "http.response.body", "body": body})
+            await error_response(ApiError("content_too_large", message))(scope, receive, send)
             return
 
         received = 0
@@ -100,7 +97,6 @@ class RateLimiter:
 
 
 TURN_PATH = re.compile(r"^/v1/conversations/[^/]+/turns/?$")
-SHED_RETRY_AFTER_SECONDS = "1"
 RATE_WINDOW_SECONDS = 5
 
 
@@ -147,14 +143,7 @@ class TurnAdmission:
         if self.in_flight >= admits:
             TURNS_SHED.inc()
             message = f"the service is at its limit of {admits} turns in flight; retry shortly"
-            body = orjson.dumps({"error": {"code": "overloaded", "message": message}})
-            headers = [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-                (b"retry-after", SHED_RETRY_AFTER_SECONDS.encode()),
-            ]
-            await send({"type": "http.response.start", "status": 503, "headers": headers})
-            await send({"type": "http.response.body", "body": body})
+            await error_response(ApiError("overloaded", message))(scope, receive, send)
             return
         self.in_flight += 1
         TURNS_IN_FLIGHT.inc()

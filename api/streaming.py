@@ -22,7 +22,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.concurrency import run_in_threadpool
 
-from api.errors import ApiError, from_temporal
+from api.errors import ApiError, translate
 from dialogue import events
 from dialogue.contracts import TurnReply
 from dialogue.db import ConversationEvent
@@ -86,13 +86,13 @@ async def turn_stream(
             if finished and not rows:
                 break
             if time.monotonic() > deadline:
-                yield sse("error", _error_body(ApiError(504, "turn_timeout", _retry_hint(turn_id))))
+                yield sse("error", _error_body(ApiError("turn_timeout", _retry_hint(turn_id))))
                 return
             await asyncio.wait({result}, timeout=POLL_SECONDS)
         try:
             final = result.result()
         except Exception as exc:
-            mapped = from_temporal(exc, conversation_id) or ApiError(500, "turn_failed", "the turn failed")
+            mapped = translate(exc, conversation_id) or ApiError("turn_failed", "the turn failed")
             yield sse("error", _error_body(mapped))
             return
         yield sse("final", final.model_dump(mode="json"), f"{last}{FINAL_SUFFIX}")

@@ -312,9 +312,9 @@ GOOD_TOKEN = "Bearer operator-token"
 async def authorize(request: Request) -> None:
     header = request.headers.get("authorization")
     if not header:
-        raise ApiError(401, "unauthenticated", "send a bearer token", {"WWW-Authenticate": "Bearer"})
+        raise ApiError("unauthenticated", "send a bearer token", {"WWW-Authenticate": "Bearer"})
     if header != GOOD_TOKEN:
-        raise ApiError(403, "forbidden", "this token may not decode payloads")
+        raise ApiError("forbidden", "this token may not decode payloads")
 
 
 def codec_app(keys: PayloadKeys) -> FastAPI:

@@ -31,7 +31,7 @@ from temporalio.testing import ActivityEnvironment
 
 from activities.record import RecordActivities
 from api import create_app
-from api.errors import from_store
+from api.errors import translate
 from dialogue.contracts import UNRECORDABLE, RecordMessageRequest
 from dialogue.db import get_engine
 from dialogue.identity import create_key
@@ -425,7 +425,7 @@ def test_data_the_store_refuses_for_good_is_not_retried(database_url: str) -> No
     ],
 )
 def test_a_store_that_cannot_answer_is_a_503(error: Exception) -> None:
-    mapped = from_store(error)
+    mapped = translate(error)
     assert mapped is not None
     assert (mapped.status, mapped.code, mapped.headers["Retry-After"]) == (503, "store_unavailable", "5")
 
@@ -435,7 +435,7 @@ def test_a_store_that_cannot_answer_is_a_503(error: Exception) -> None:
     [IntegrityError("INSERT", {}, Exception("duplicate")), DataError("INSERT", {}, Exception("long"))],
 )
 def test_a_store_error_that_is_a_bug_stays_one(error: Exception) -> None:
-    assert from_store(error) is None
+    assert translate(error) is None
 
 
 # --- A broken workflow, told apart and recovered ----------------------------------------------

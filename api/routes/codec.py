@@ -89,12 +89,12 @@ def codec_router(
         if media_type != "application/json":
             # Also keeps the endpoints out of reach of cross-origin "simple" requests: a browser
             # sends application/json only after a CORS preflight, which only the UI's origin passes.
-            raise ApiError(415, "unsupported_media_type", "send the payloads as application/json")
+            raise ApiError("unsupported_media_type", "send the payloads as application/json")
         payloads = parse_payloads(await _read_body(request, max_body_bytes))
         try:
             converted = await transform(payloads.payloads)
         except ValueError as err:  # the codec's refusal of a payload (unknown key, tampered data)
-            raise ApiError(422, "undecodable_payload", str(err)) from None
+            raise ApiError("undecodable_payload", str(err)) from None
         return Response(orjson.dumps(dump_payloads(converted)), media_type="application/json")
 
     @router.post("/encode", openapi_extra=_OPENAPI_BODY, summary="Encode (encrypt) payloads")
@@ -112,20 +112,20 @@ async def _read_body(request: Request, max_bytes: int) -> bytes:
     message = f"request body exceeds {max_bytes} bytes"
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > max_bytes:
-        raise ApiError(413, "content_too_large", message)
+        raise ApiError("content_too_large", message)
     # Counted as received: Content-Length may be absent (chunked) or wrong.
     chunks: list[bytes] = []
     received = 0
     async for chunk in request.stream():
         received += len(chunk)
         if received > max_bytes:
-            raise ApiError(413, "content_too_large", message)
+            raise ApiError("content_too_large", message)
         chunks.append(chunk)
     return b"".join(chunks)
 
 
 def _invalid(message: str) -> ApiError:
-    return ApiError(422, "invalid_payloads", message)
+    return ApiError("invalid_payloads", message)
 
 
 def parse_payloads(body: bytes) -> Payloads:

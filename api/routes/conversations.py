@@ -26,7 +26,6 @@ from temporalio.service import RPCError, RPCStatusCode
 from api.deps import ClientPrincipal, EngineDep, FlagsDep, SettingsDep, TemporalClientDep
 from api.errors import (
     ApiError,
-    closed_conversation,
     conversation_ended,
     not_found,
     temporal_errors,
@@ -113,23 +112,20 @@ async def create_conversation(
         name: request.app.state.privacy.for_storage(value, enabled=redaction)
         for name, value in (body.slots if body else {}).items()
     }
-    with temporal_errors(conversation_id):
-        try:
-            await temporal.start_workflow(
-                WORKFLOW_TYPE,
-                conversation_input(
-                    settings,
-                    conversation_id,
-                    tenant=principal.tenant,
-                    double_text=body.double_text if body else None,
-                    slots=slots,
-                ),
-                id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
-                result_type=ConversationState,
-                **start_options(settings, key),
-            )
-        except WorkflowAlreadyStartedError:
-            raise await closed_conversation(temporal, key, conversation_id) from None
+    async with temporal_errors(conversation_id, temporal=temporal, key=key):
+        await temporal.start_workflow(
+            WORKFLOW_TYPE,
+            conversation_input(
+                settings,
+                conversation_id,
+                tenant=principal.tenant,
+                double_text=body.double_text if body else None,
+                slots=slots,
+            ),
+            id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
+            result_type=ConversationState,
+            **start_options(settings, key),
+        )
     return ConversationCreated(conversation_id=conversation_id, status="active")
 
 
@@ -159,11 +155,11 @@ async def create_turn(
     """Send a user turn and wait for the reply (or, with `wait: false`, only until it is queued: 202;
     or, with `Accept: text/event-stream`, stream its progress); creates the conversation if it does not exist."""
     if not body.text.strip():
-        raise ApiError(422, "invalid_turn", "text must not be empty")
+        raise ApiError("invalid_turn", "text must not be empty")
     if len(body.text) > settings.max_text_chars:
-        raise ApiError(422, "invalid_turn", f"text is longer than {settings.max_text_chars} characters")
+        raise ApiError("invalid_turn", f"text is longer than {settings.max_text_chars} characters")
     if idempotency_key and body.idempotency_key and idempotency_key != body.idempotency_key:
-        raise ApiError(422, "invalid_request", "the Idempotency-Key header and idempotency_key differ")
+        raise ApiError("invalid_request", "the Idempotency-Key header and idempotency_key differ")
     flags = feature_flags.evaluate(_key(principal, conversation_id))
     # Streaming off, the turn is answered all the same, as JSON: its Content-Type tells the client.
     streaming = flags["streaming"] and "text/event-stream" in (accept or "")
@@ -182,7 +178,9 @@ async def create_turn(
         result_type=ConversationState,
         **start_options(settings, _key(principal, conversation_id)),
     )
-    with temporal_errors(conversation_id):
+    async with temporal_errors(
+        conversation_id, temporal=temporal, key=_key(principal, conversation_id), turn_id=turn_id
+    ):
         try:
             if streaming:
                 update = await temporal.start_update_with_start_workflow(
@@ -221,19 +219,10 @@ async def create_turn(
                 ),
                 timeout=settings.turn_timeout_seconds,
             )
-        except WorkflowAlreadyStartedError:
-            # The conversation's workflow has closed, and its id is never reused: ended, or broken.
+        except (WorkflowAlreadyStartedError, TimeoutError, WorkflowUpdateRPCTimeoutOrCancelledError):
+            # Closed (ended, or broken: its id is never reused), or not answered in time.
             await _settle(start)
-            raise await closed_conversation(
-                temporal, _key(principal, conversation_id), conversation_id
-            ) from None
-        except (TimeoutError, WorkflowUpdateRPCTimeoutOrCancelledError):
-            await _settle(start)
-            raise ApiError(
-                504,
-                "turn_timeout",
-                f"turn {turn_id} is still running; retry with 'Idempotency-Key: {turn_id}' to get its reply",
-            ) from None
+            raise
     mark_turn(request.state, reply)
     return reply
 
@@ -259,12 +248,11 @@ async def read_turn(
     principal: ClientPrincipal,
 ) -> TurnStatus:
     """A turn's status, and its reply once it is completed."""
-    with temporal_errors(conversation_id):
+    key = _key(principal, conversation_id)
+    async with temporal_errors(conversation_id, temporal=temporal, key=key, turn_id=turn_id):
         try:
             # The server holds the poll until the turn completes: wait a moment, no longer.
-            reply = await asyncio.wait_for(
-                _turn_result(temporal, _key(principal, conversation_id), turn_id), timeout=TURN_POLL_SECONDS
-            )
+            reply = await asyncio.wait_for(_turn_result(temporal, key, turn_id), timeout=TURN_POLL_SECONDS)
         except (TimeoutError, WorkflowUpdateRPCTimeoutOrCancelledError):
             # The SDK reports the cancelled poll as its own error rather than the time-out.
             return TurnStatus(conversation_id=conversation_id, turn_id=turn_id, status="running")
@@ -272,10 +260,6 @@ async def read_turn(
             return TurnStatus(
                 conversation_id=conversation_id, turn_id=turn_id, status="failed", error=str(err.cause)
             )
-        except RPCError as err:
-            if err.status == RPCStatusCode.NOT_FOUND:
-                raise _turn_not_found(conversation_id, turn_id) from None
-            raise
     return TurnStatus(conversation_id=conversation_id, turn_id=turn_id, status="completed", reply=reply)
 
 
@@ -303,13 +287,10 @@ async def follow_turn(
     # Answer 404 before the stream starts when Temporal does not know the turn.
     await asyncio.wait({result}, timeout=TURN_POLL_SECONDS)
     if result.done() and result.exception() is not None:
-        with temporal_errors(conversation_id):
-            try:
-                result.result()
-            except RPCError as err:
-                if err.status == RPCStatusCode.NOT_FOUND:
-                    raise _turn_not_found(conversation_id, turn_id) from None
-                raise
+        async with temporal_errors(
+            conversation_id, temporal=temporal, key=_key(principal, conversation_id), turn_id=turn_id
+        ):
+            result.result()
 
     async def reply() -> TurnReply:
         return await result
@@ -351,7 +332,7 @@ async def follow_conversation(
     require_flag(feature_flags, principal, conversation_id, "streaming")
     key = _key(principal, conversation_id)
     if await run_in_threadpool(store.get_conversation, engine, key) is None:
-        with temporal_errors(conversation_id):
+        async with temporal_errors(conversation_id):
             await _handle(temporal, key).describe()  # 404 when it does not exist
     starting_now = after is None and last_event_id is None and from_now
     if after is not None:
@@ -374,7 +355,7 @@ async def read_conversation(
     was terminated or timed out (`workflow_status` says which), with the state it had then if it can be read."""
     key = _key(principal, conversation_id)
     handle = _handle(temporal, key)
-    with temporal_errors(conversation_id):
+    async with temporal_errors(conversation_id):
         state_query: Awaitable[ConversationState] = handle.query(
             Queries.STATE, result_type=ConversationState, rpc_timeout=QUERY_TIMEOUT
         )
@@ -414,7 +395,7 @@ async def read_messages(
     rows, total = await run_in_threadpool(store.read_messages, engine, key, limit=limit, offset=offset)
     if total == 0 and await run_in_threadpool(store.get_conversation, engine, key) is None:
         # Just created and not yet recorded, or unknown: Temporal knows which.
-        with temporal_errors(conversation_id):
+        async with temporal_errors(conversation_id):
             await _handle(temporal, _key(principal, conversation_id)).describe()
     answers = [row.turn_id for row in rows if row.role == "bot"]
     rated = await run_in_threadpool(store.ratings, engine, key, answers) if answers else {}
@@ -433,16 +414,13 @@ async def end_conversation(
 ) -> ConversationEnded:
     """End a conversation: later turns get 409. Ending an ended conversation changes nothing."""
     key = _key(principal, conversation_id)
-    with temporal_errors(conversation_id):
-        try:
+    try:
+        async with temporal_errors(conversation_id, temporal=temporal, key=key):
             await _handle(temporal, key).signal(Signals.END, EndRequest())
-        except RPCError as err:
-            if err.status != RPCStatusCode.NOT_FOUND:
-                raise
-            # Closed already: fine if it ended; 404 if it never existed; 503 if its workflow broke.
-            closed = await closed_conversation(temporal, key, conversation_id)
-            if closed.code != "conversation_ended":
-                raise closed from None
+    except ApiError as err:
+        # Closed already: fine if it ended; 404 if it never existed; 503 if its workflow broke.
+        if err.code != "conversation_ended":
+            raise
     return ConversationEnded(conversation_id=conversation_id)
 
 
@@ -457,8 +435,8 @@ async def erase_conversation(
     """Erase a conversation: its workflow histories, transcript, lineage, events and feedback.
     An audit entry (who, when, which id; no content) remains. Admin, or its client when allowed."""
     if not (principal.allows("admin") or settings.clients_may_erase):
-        raise ApiError(403, "forbidden", "erasing a conversation needs the admin scope")
-    with temporal_errors(conversation_id):
+        raise ApiError("forbidden", "erasing a conversation needs the admin scope")
+    async with temporal_errors(conversation_id):
         erased = await erasure.erase_conversation(
             temporal, engine, _key(principal, conversation_id), actor=principal.subject, reason="requested"
         )
@@ -565,14 +543,8 @@ def require_flag(
     """The conversation's flags; 409 `feature_disabled` when `flag` is off for it."""
     flags = feature_flags.evaluate(_key(principal, conversation_id))
     if not flags[flag]:
-        raise ApiError(
-            409, "feature_disabled", f"{flag} is switched off for conversation {conversation_id!r}"
-        )
+        raise ApiError("feature_disabled", f"{flag} is switched off for conversation {conversation_id!r}")
     return flags
-
-
-def _turn_not_found(conversation_id: str, turn_id: str) -> ApiError:
-    return ApiError(404, "turn_not_found", f"no turn {turn_id!r} in conversation {conversation_id!r}")
 
 
 def _handle(temporal: TemporalClientDep, key: str) -> WorkflowHandle[Any, Any]:
@@ -593,7 +565,7 @@ async def execute_update(
     like a turn; the same idempotency key again is the same update, run once."""
     key = conversation_key(principal.tenant, conversation_id)
     handle = temporal.get_workflow_handle(workflow_id(key))
-    with temporal_errors(conversation_id):
+    async with temporal_errors(conversation_id, temporal=temporal, key=key):
         try:
             # It waits for the turn in progress, if any: bounded like a turn.
             return await asyncio.wait_for(
@@ -602,9 +574,4 @@ async def execute_update(
                 timeout=settings.turn_timeout_seconds,
             )
         except TimeoutError:
-            raise ApiError(504, "update_timeout", "the conversation is busy; retry shortly") from None
-        except RPCError as err:
-            if err.status != RPCStatusCode.NOT_FOUND:
-                raise
-            # Its workflow is closed (ended, or broken) or never existed.
-            raise await closed_conversation(temporal, key, conversation_id) from None
+            raise ApiError("update_timeout", "the conversation is busy; retry shortly") from None

@@ -67,7 +67,7 @@ async def post_agent_message(
     transcript and sent to the conversation's event stream."""
     flags = require_flag(feature_flags, principal, conversation_id, "handoff")
     if len(body.text) > settings.max_text_chars:
-        raise ApiError(422, "invalid_turn", f"text is longer than {settings.max_text_chars} characters")
+        raise ApiError("invalid_turn", f"text is longer than {settings.max_text_chars} characters")
     text = request.app.state.privacy.for_storage(body.text, enabled=flags["redaction"])
     body = body.model_copy(update={"text": text})
     reply: AgentMessageReply = await execute_update(

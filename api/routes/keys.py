@@ -62,7 +62,7 @@ async def revoke(
 ) -> Response:
     """Revoke a key of the tenant: it is refused from the next request on."""
     if await run_in_threadpool(revoke_key, engine, key_id, tenant=principal.tenant) is None:
-        raise ApiError(404, "key_not_found", f"no key {key_id!r}")
+        raise ApiError("key_not_found", f"no key {key_id!r}")
     await run_in_threadpool(
         audit, engine, tenant=principal.tenant, actor=principal.subject, action="key_revoke", target=key_id
     )

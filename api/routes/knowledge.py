@@ -79,7 +79,7 @@ async def create_document(
         )
     except IntegrityError as err:
         # Another request created the same document at the same moment.
-        raise ApiError(409, "document_conflict", f"document {body.id!r} is being written; retry") from err
+        raise ApiError("document_conflict", f"document {body.id!r} is being written; retry") from err
     if not result.changed:
         response.status_code = status.HTTP_200_OK
     return DocumentStored(
@@ -117,4 +117,4 @@ async def delete_document(document_id: DocumentIdPath, engine: EngineDep, _: Adm
 
 
 def _document_not_found(document_id: str) -> ApiError:
-    return ApiError(404, "document_not_found", f"document {document_id!r} does not exist")
+    return ApiError("document_not_found", f"document {document_id!r} does not exist")

@@ -97,9 +97,7 @@ async def rate_answer(
 
 
 def _no_answer(conversation_id: str, turn_id: str) -> ApiError:
-    return ApiError(
-        404, "turn_not_found", f"no answered turn {turn_id!r} in conversation {conversation_id!r}"
-    )
+    return ApiError("turn_not_found", f"no answered turn {turn_id!r} in conversation {conversation_id!r}")
 
 
 class ToolResultPublic(BaseModel):
@@ -126,7 +124,6 @@ async def read_tool_result(
     row = await run_in_threadpool(store.tool_result, engine, key, call_id)
     if row is None:
         raise ApiError(
-            404,
             "tool_result_not_found",
             f"no whole result of call {call_id!r} in conversation {conversation_id!r}",
         )

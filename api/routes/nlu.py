@@ -36,8 +36,8 @@ async def parse_text(
 ) -> NluResult:
     """Intent, ranking, entities and sentiment of a text, from the same model the worker uses."""
     if not body.text.strip():
-        raise ApiError(422, "invalid_text", "text must not be empty")
+        raise ApiError("invalid_text", "text must not be empty")
     if len(body.text) > settings.max_text_chars:
-        raise ApiError(422, "invalid_text", f"text is longer than {settings.max_text_chars} characters")
+        raise ApiError("invalid_text", f"text is longer than {settings.max_text_chars} characters")
     parser = await run_in_threadpool(_parser, request, settings)
     return await run_in_threadpool(parser.parse, body.text)
