@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install browser run test lint typecheck pytest bench clean
+.PHONY: install browser run test lint typecheck pytest bench openapi clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +43,10 @@ pytest: install browser
 	$(BIN)/pytest
 
 test: lint typecheck pytest
+
+# The v1 contract, checked in: regenerate it after changing a route or model (tests/test_contract.py).
+openapi: install
+	$(BIN)/dialogue openapi --output openapi.json
 
 # Benchmarks: results as JSON in bench/results/ (timing lives here, never in tests). About 75 minutes.
 bench: install

@@ -11,6 +11,7 @@ from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 from opentelemetry.sdk.trace import TracerProvider
 from temporalio.client import Client
 
+from api import openapi
 from api.deps import authorize_codec
 from api.errors import install_error_handlers
 from api.limits import BodySizeLimit, RateLimiter, TurnAdmission
@@ -80,6 +81,7 @@ def create_app(
             allow_headers=["Authorization", "Content-Type", "Idempotency-Key", "Last-Event-ID"],
         )
     install_error_handlers(app)
+    openapi.install(app, settings)
     v1 = APIRouter(prefix="/v1")
     v1.include_router(conversations.router)
     v1.include_router(handoff.router)

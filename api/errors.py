@@ -13,6 +13,7 @@ Body: {"error": {"code": "...", "message": "..."}}
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -160,9 +161,11 @@ ERRORS: dict[str, ErrorCode] = {
         ErrorCode(
             "conversation_busy",
             503,
-            "The conversation's workflow is between runs; a retry finds it settled.",
+            "The conversation's workflow cannot take the request now: it is between runs, or its worker keeps "
+            "failing its task or does not answer (the runbook's first row); retry shortly.",
             "1",
-            causes=(RPCStatusCode.FAILED_PRECONDITION,),
+            # A query's own deadline (QUERY_TIMEOUT in the routes) passing is CANCELLED.
+            causes=(RPCStatusCode.FAILED_PRECONDITION, RPCStatusCode.CANCELLED),
         ),
         ErrorCode(
             "turn_in_progress",
@@ -227,6 +230,15 @@ ERRORS: dict[str, ErrorCode] = {
         ErrorCode("internal_error", 500, "A bug: the API logged it; the body carries no detail."),
     )
 }
+
+# Codes a route that calls the conversation's workflow can answer (its `responses`).
+WORKFLOW_READ = (
+    "conversation_not_found",
+    "conversation_unavailable",
+    "conversation_busy",
+    "temporal_unavailable",
+)
+WORKFLOW_UPDATE = (*WORKFLOW_READ, "conversation_ended", "too_many_turns", "update_timeout", "turn_failed")
 
 _BY_REFUSAL = {c.type: e for e in ERRORS.values() for c in e.causes if isinstance(c, Refusal)}
 _BY_RPC_STATUS = {c: e for e in ERRORS.values() for c in e.causes if isinstance(c, RPCStatusCode)}
@@ -404,6 +416,22 @@ def error_response(error: ApiError) -> JSONResponse:
     )
 
 
+def allowed_methods(request: Request) -> set[str]:
+    """Every method the request's path takes, from the OpenAPI document (what the routes declare)."""
+    app = request.app
+    paths: list[tuple[re.Pattern[str], set[str]]] | None = getattr(app.state, "method_table", None)
+    if paths is None:
+        paths = [
+            (
+                re.compile("^" + re.sub(r"\\\{[^/]+?\\\}", "[^/]+", re.escape(template)) + "$"),
+                {m.upper() for m in item},
+            )
+            for template, item in app.openapi()["paths"].items()
+        ]
+        app.state.method_table = paths
+    return {method for pattern, methods in paths if pattern.match(request.url.path) for method in methods}
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
@@ -418,6 +446,9 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 405 and (methods := allowed_methods(request)):
+            # Starlette names the methods of the first route on the path only; a path has one per method.
+            exc.headers = {"Allow": ", ".join(sorted(methods))}
         entry = _BY_HTTP_STATUS.get(exc.status_code)
         if entry is None:  # not raised by this code base; named after its status
             code = HTTPStatus(exc.status_code).phrase.lower().replace(" ", "_")

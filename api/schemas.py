@@ -15,6 +15,15 @@ ConversationId = Annotated[str, StringConstraints(pattern=ID_PATTERN)]
 IDEMPOTENCY_KEY_PATTERN = r"^[\x21-\x7e]+$"
 
 
+# Text a person wrote: at least one character that is not white space. Its longest length is a setting
+# (`DIALOGUE_MAX_TEXT_CHARS`): the served OpenAPI document writes it in (api/openapi.py).
+NonBlankText = Annotated[str, StringConstraints(min_length=1, pattern=r"\S")]
+
+
+class TextToParse(BaseModel):
+    text: NonBlankText = Field(description="The text to understand (not blank).")
+
+
 class ConversationCreate(BaseModel):
     id: ConversationId | None = Field(
         default=None, description="Chosen by the client; generated when absent."
@@ -90,7 +99,7 @@ class MessagesPage(BaseModel):
 class TurnCreate(BaseModel):
     """A user's turn as the API takes it."""
 
-    text: str = Field(description="What the user said.")
+    text: NonBlankText = Field(description="What the user said (not blank).")
     wait: bool = Field(
         default=True, description="False: answer 202 at once and fetch the reply from the turn's URL."
     )

@@ -61,6 +61,17 @@ def api() -> None:
     )
 
 
+@app.command()
+def openapi(
+    output: Annotated[Path, typer.Option(help="Where to write it.")] = Path("openapi.json"),
+) -> None:
+    """Write the v1 contract (the API's OpenAPI document for the default settings) to a file."""
+    from api.openapi import default_document, render
+
+    output.write_text(render(default_document()))
+    typer.echo(f"wrote {output}")
+
+
 @app.command("test")
 def test_bot(
     paths: Annotated[

@@ -140,7 +140,7 @@ async def test_bad_bodies_are_rejected_with_one_error_shape(
     http: httpx.AsyncClient, settings: Settings
 ) -> None:
     url = f"/v1/conversations/{new_id()}/turns"
-    assert_error(await http.post(url, json={"text": "   "}), 422, "invalid_turn")
+    assert_error(await http.post(url, json={"text": "   "}), 422, "invalid_request")  # the schema's
     too_long = "x" * (settings.max_text_chars + 1)
     assert_error(await http.post(url, json={"text": too_long}), 422, "invalid_turn")
     assert_error(await http.post(url, json={"txt": "hello"}), 422, "invalid_request")
@@ -251,7 +251,7 @@ async def test_nlu_parse_has_no_side_effects(http: httpx.AsyncClient) -> None:
     assert ("order_id", "NW-123456") in [(e["entity"], e["value"]) for e in body["entities"]]
     assert body["sentiment"]["label"] == "negative"
     assert len(body["ranking"]) >= 2
-    assert_error(await http.post("/v1/nlu/parse", json={"text": " "}), 422, "invalid_text")
+    assert_error(await http.post("/v1/nlu/parse", json={"text": " "}), 422, "invalid_request")
     assert (await http.get("/v1/conversations")).json()["total"] == before  # nothing recorded
 
 

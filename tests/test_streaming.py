@@ -150,4 +150,4 @@ async def test_a_template_reply_streams_word_by_word(http: httpx.AsyncClient) ->
 async def test_a_rejected_streamed_turn_is_a_plain_http_error(http: httpx.AsyncClient) -> None:
     url = f"/v1/conversations/st-{uuid.uuid4().hex[:8]}/turns"
     response = await http.post(url, json={"text": "   "}, headers=SSE)
-    assert response.status_code == 422 and response.json()["error"]["code"] == "invalid_turn"
+    assert response.status_code == 422 and response.json()["error"]["code"] == "invalid_request"

@@ -10,6 +10,7 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Request
 
 from api.deps import ClientPrincipal, FlagsDep, SettingsDep, TemporalClientDep
+from api.errors import WORKFLOW_UPDATE, responses
 from api.routes.conversations import ConversationIdPath, IdempotencyKey, execute_update
 from api.schemas import ApprovalCreate
 from dialogue.contracts import ApprovalReply, ApprovalRequest, Updates
@@ -20,7 +21,10 @@ router = APIRouter(prefix="/conversations", tags=["approvals"])
 CallIdPath = Annotated[str, Path(max_length=200, description="The tool call's id, as the reply named it.")]
 
 
-@router.post("/{conversation_id}/approvals/{call_id}")
+@router.post(
+    "/{conversation_id}/approvals/{call_id}",
+    responses=responses("forbidden", "approval_not_found", "approval_decided", *WORKFLOW_UPDATE),
+)
 async def decide_approval(
     conversation_id: ConversationIdPath,
     call_id: CallIdPath,

@@ -32,7 +32,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from temporalio.api.common.v1 import Payload, Payloads
 from temporalio.converter import PayloadCodec
 
-from api.errors import ApiError
+from api.errors import ApiError, responses
 from dialogue.codec import decode_base64
 
 # A history event's payloads together; Temporal refuses a single payload over 2 MB, which is
@@ -97,11 +97,17 @@ def codec_router(
             raise ApiError("undecodable_payload", str(err)) from None
         return Response(orjson.dumps(dump_payloads(converted)), media_type="application/json")
 
-    @router.post("/encode", openapi_extra=_OPENAPI_BODY, summary="Encode (encrypt) payloads")
+    errors = responses("forbidden", "unsupported_media_type", "undecodable_payload", "invalid_payloads")
+
+    @router.post(
+        "/encode", openapi_extra=_OPENAPI_BODY, summary="Encode (encrypt) payloads", responses=errors
+    )
     async def encode_payloads(request: Request) -> Response:
         return await apply(request, codec.encode)
 
-    @router.post("/decode", openapi_extra=_OPENAPI_BODY, summary="Decode (decrypt) payloads")
+    @router.post(
+        "/decode", openapi_extra=_OPENAPI_BODY, summary="Decode (decrypt) payloads", responses=errors
+    )
     async def decode_payloads(request: Request) -> Response:
         return await apply(request, codec.decode)
 

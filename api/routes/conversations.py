@@ -25,9 +25,12 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from api.deps import ClientPrincipal, EngineDep, FlagsDep, SettingsDep, TemporalClientDep
 from api.errors import (
+    WORKFLOW_READ,
+    WORKFLOW_UPDATE,
     ApiError,
     conversation_ended,
     not_found,
+    responses,
     temporal_errors,
 )
 from api.schemas import (
@@ -92,7 +95,11 @@ SSE_RESPONSE = {
 }
 
 
-@router.post("", status_code=status.HTTP_201_CREATED)
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    responses=responses("conversation_ended", "conversation_exists", *WORKFLOW_READ),
+)
 async def create_conversation(
     settings: SettingsDep,
     engine: EngineDep,
@@ -136,6 +143,14 @@ async def create_conversation(
         200: SSE_RESPONSE,
         202: {"model": TurnAccepted, "description": "`wait` was false: the turn is queued."},
         204: {"description": "Streaming resumed after the final event: nothing more to send."},
+        **responses(
+            "invalid_turn",
+            "overloaded",
+            "turn_in_progress",
+            "turn_queue_full",
+            "turn_timeout",
+            *WORKFLOW_UPDATE,
+        ),
     },
 )
 async def create_turn(
@@ -154,8 +169,6 @@ async def create_turn(
 ) -> TurnReply | TurnAccepted | Response:
     """Send a user turn and wait for the reply (or, with `wait: false`, only until it is queued: 202;
     or, with `Accept: text/event-stream`, stream its progress); creates the conversation if it does not exist."""
-    if not body.text.strip():
-        raise ApiError("invalid_turn", "text must not be empty")
     if len(body.text) > settings.max_text_chars:
         raise ApiError("invalid_turn", f"text is longer than {settings.max_text_chars} characters")
     if idempotency_key and body.idempotency_key and idempotency_key != body.idempotency_key:
@@ -240,7 +253,7 @@ def _marked(
     return marked
 
 
-@router.get("/{conversation_id}/turns/{turn_id}")
+@router.get("/{conversation_id}/turns/{turn_id}", responses=responses("turn_not_found", *WORKFLOW_READ))
 async def read_turn(
     conversation_id: ConversationIdPath,
     turn_id: TurnIdPath,
@@ -266,7 +279,11 @@ async def read_turn(
 @router.get(
     "/{conversation_id}/turns/{turn_id}/events",
     response_class=Response,
-    responses={200: SSE_RESPONSE, 204: {"description": "The client saw the final event already."}},
+    responses={
+        200: SSE_RESPONSE,
+        204: {"description": "The client saw the final event already."},
+        **responses("feature_disabled", "turn_not_found", *WORKFLOW_READ),
+    },
 )
 async def follow_turn(
     conversation_id: ConversationIdPath,
@@ -307,7 +324,11 @@ async def follow_turn(
     )
 
 
-@router.get("/{conversation_id}/events", response_class=Response, responses={200: SSE_RESPONSE})
+@router.get(
+    "/{conversation_id}/events",
+    response_class=Response,
+    responses={200: SSE_RESPONSE, **responses("feature_disabled", *WORKFLOW_READ)},
+)
 async def follow_conversation(
     conversation_id: ConversationIdPath,
     settings: SettingsDep,
@@ -344,7 +365,7 @@ async def follow_conversation(
     return stream_response(conversation_stream(engine, key, after=start, announce=starting_now))
 
 
-@router.get("/{conversation_id}")
+@router.get("/{conversation_id}", responses=responses(*WORKFLOW_READ))
 async def read_conversation(
     conversation_id: ConversationIdPath,
     engine: EngineDep,
@@ -381,7 +402,7 @@ async def read_conversation(
     return queried.model_copy(update={"status": "failed", "workflow_status": broken})
 
 
-@router.get("/{conversation_id}/messages")
+@router.get("/{conversation_id}/messages", responses=responses(*WORKFLOW_READ))
 async def read_messages(
     conversation_id: ConversationIdPath,
     engine: EngineDep,
@@ -408,7 +429,7 @@ async def read_messages(
     return MessagesPage(items=items, total=total, limit=limit, offset=offset)
 
 
-@router.post("/{conversation_id}/end")
+@router.post("/{conversation_id}/end", responses=responses(*WORKFLOW_READ))
 async def end_conversation(
     conversation_id: ConversationIdPath, temporal: TemporalClientDep, principal: ClientPrincipal
 ) -> ConversationEnded:
@@ -424,7 +445,12 @@ async def end_conversation(
     return ConversationEnded(conversation_id=conversation_id)
 
 
-@router.delete("/{conversation_id}", status_code=status.HTTP_204_NO_CONTENT, response_class=Response)
+@router.delete(
+    "/{conversation_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    response_class=Response,
+    responses=responses("forbidden", *WORKFLOW_READ),
+)
 async def erase_conversation(
     conversation_id: ConversationIdPath,
     settings: SettingsDep,
@@ -573,5 +599,6 @@ async def execute_update(
                 handle.execute_update(update, body, id=idempotency_key, result_type=result_type),
                 timeout=settings.turn_timeout_seconds,
             )
-        except TimeoutError:
+        except (TimeoutError, WorkflowUpdateRPCTimeoutOrCancelledError):
+            # The SDK reports the cancelled call as its own error rather than the time-out.
             raise ApiError("update_timeout", "the conversation is busy; retry shortly") from None

@@ -10,7 +10,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request, status
 
 from api.deps import AgentPrincipal, FlagsDep, SettingsDep, TemporalClientDep
-from api.errors import ApiError
+from api.errors import WORKFLOW_UPDATE, ApiError, responses
 from api.routes.conversations import ConversationIdPath, IdempotencyKey, execute_update, require_flag
 from dialogue.contracts import (
     AgentMessageReply,
@@ -24,7 +24,9 @@ from dialogue.contracts import (
 router = APIRouter(prefix="/conversations", tags=["handoff"])
 
 
-@router.post("/{conversation_id}/handoff")
+@router.post(
+    "/{conversation_id}/handoff", responses=responses("forbidden", "feature_disabled", *WORKFLOW_UPDATE)
+)
 async def hand_off(
     conversation_id: ConversationIdPath,
     body: HandoffRequest,
@@ -52,7 +54,11 @@ async def hand_off(
     return state
 
 
-@router.post("/{conversation_id}/agent-messages", status_code=status.HTTP_201_CREATED)
+@router.post(
+    "/{conversation_id}/agent-messages",
+    status_code=status.HTTP_201_CREATED,
+    responses=responses("forbidden", "feature_disabled", "invalid_turn", "not_handed_off", *WORKFLOW_UPDATE),
+)
 async def post_agent_message(
     conversation_id: ConversationIdPath,
     body: AgentMessageRequest,
@@ -83,7 +89,10 @@ async def post_agent_message(
     return reply
 
 
-@router.post("/{conversation_id}/handback")
+@router.post(
+    "/{conversation_id}/handback",
+    responses=responses("forbidden", "feature_disabled", "not_handed_off", *WORKFLOW_UPDATE),
+)
 async def hand_back(
     conversation_id: ConversationIdPath,
     body: HandbackRequest,

@@ -10,7 +10,7 @@ from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
 from api.deps import AdminPrincipal, EngineDep
-from api.errors import ApiError
+from api.errors import ApiError, responses
 from dialogue.identity import Scope, audit, create_key, list_keys, revoke_key
 
 router = APIRouter(prefix="/keys", tags=["keys"])
@@ -36,7 +36,7 @@ class KeyCreated(KeyPublic):
     key: str = Field(description="The key itself: shown this once, stored only as a hash.")
 
 
-@router.post("", status_code=status.HTTP_201_CREATED)
+@router.post("", status_code=status.HTTP_201_CREATED, responses=responses("forbidden"))
 async def create(body: KeyCreate, engine: EngineDep, principal: AdminPrincipal) -> KeyCreated:
     """A new key of the caller's tenant."""
     expires = datetime.now(UTC) + timedelta(days=body.expires_in_days) if body.expires_in_days else None
@@ -49,14 +49,19 @@ async def create(body: KeyCreate, engine: EngineDep, principal: AdminPrincipal) 
     return KeyCreated.model_validate(row.model_dump() | {"key": key})
 
 
-@router.get("")
+@router.get("", responses=responses("forbidden"))
 async def read(engine: EngineDep, principal: AdminPrincipal) -> list[KeyPublic]:
     """The tenant's keys (never their secrets)."""
     rows = await run_in_threadpool(list_keys, engine, tenant=principal.tenant)
     return [KeyPublic.model_validate(row, from_attributes=True) for row in rows]
 
 
-@router.delete("/{key_id}", status_code=status.HTTP_204_NO_CONTENT, response_class=Response)
+@router.delete(
+    "/{key_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    response_class=Response,
+    responses=responses("forbidden", "key_not_found"),
+)
 async def revoke(
     key_id: Annotated[str, Path(max_length=32)], engine: EngineDep, principal: AdminPrincipal
 ) -> Response:

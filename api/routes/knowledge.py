@@ -11,7 +11,7 @@ from sqlalchemy.exc import IntegrityError
 from starlette.concurrency import run_in_threadpool
 
 from api.deps import AdminPrincipal, EngineDep
-from api.errors import ApiError
+from api.errors import ApiError, responses
 from api.schemas import ID_PATTERN
 from dialogue.knowledge import store
 from dialogue.knowledge.parsing import ContentType
@@ -61,7 +61,14 @@ class DocumentsPage(BaseModel):
     offset: int
 
 
-@router.post("", status_code=status.HTTP_201_CREATED)
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    responses={
+        200: {"model": DocumentStored, "description": "The document was stored already with this content."},
+        **responses("forbidden", "document_conflict"),
+    },
+)
 async def create_document(
     body: DocumentCreate, engine: EngineDep, response: Response, _: AdminPrincipal
 ) -> DocumentStored:
@@ -87,7 +94,7 @@ async def create_document(
     )
 
 
-@router.get("")
+@router.get("", responses=responses("forbidden"))
 async def read_documents(
     engine: EngineDep,
     _: AdminPrincipal,
@@ -100,7 +107,7 @@ async def read_documents(
     return DocumentsPage(items=items, total=total, limit=limit, offset=offset)
 
 
-@router.get("/{document_id}")
+@router.get("/{document_id}", responses=responses("forbidden", "document_not_found"))
 async def read_document(document_id: DocumentIdPath, engine: EngineDep, _: AdminPrincipal) -> DocumentPublic:
     """One document with its text."""
     row = await run_in_threadpool(store.get, engine, document_id)
@@ -109,7 +116,11 @@ async def read_document(document_id: DocumentIdPath, engine: EngineDep, _: Admin
     return DocumentPublic.model_validate(row.model_dump() | {"document_id": row.id})
 
 
-@router.delete("/{document_id}", status_code=status.HTTP_204_NO_CONTENT)
+@router.delete(
+    "/{document_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    responses=responses("forbidden", "document_not_found"),
+)
 async def delete_document(document_id: DocumentIdPath, engine: EngineDep, _: AdminPrincipal) -> None:
     """Delete a document and its chunks; answers stop citing it within seconds."""
     if not await run_in_threadpool(store.delete, engine, document_id):

@@ -16,7 +16,7 @@ from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
 from api.deps import ClientPrincipal, EngineDep, FlagsDep
-from api.errors import ApiError
+from api.errors import ApiError, responses
 from api.routes.conversations import ConversationIdPath, TurnIdPath
 from dialogue import store
 from dialogue.temporal import conversation_key
@@ -46,7 +46,7 @@ class FeedbackPublic(BaseModel):
     created_at: datetime
 
 
-@router.get("/{conversation_id}/turns/{turn_id}/lineage")
+@router.get("/{conversation_id}/turns/{turn_id}/lineage", responses=responses("turn_not_found"))
 async def read_lineage(
     conversation_id: ConversationIdPath, turn_id: TurnIdPath, engine: EngineDep, principal: ClientPrincipal
 ) -> TurnLineage:
@@ -67,7 +67,11 @@ async def read_lineage(
     )
 
 
-@router.post("/{conversation_id}/turns/{turn_id}/feedback", status_code=status.HTTP_201_CREATED)
+@router.post(
+    "/{conversation_id}/turns/{turn_id}/feedback",
+    status_code=status.HTTP_201_CREATED,
+    responses=responses("turn_not_found"),
+)
 async def rate_answer(
     conversation_id: ConversationIdPath,
     turn_id: TurnIdPath,
@@ -112,7 +116,7 @@ class ToolResultPublic(BaseModel):
     created_at: datetime
 
 
-@router.get("/{conversation_id}/tool-results/{call_id}")
+@router.get("/{conversation_id}/tool-results/{call_id}", responses=responses("tool_result_not_found"))
 async def read_tool_result(
     conversation_id: ConversationIdPath,
     call_id: Annotated[str, Path(max_length=200, description="The tool call's id, as the lineage names it.")],

@@ -8,9 +8,10 @@ from fastapi import APIRouter, Request
 from starlette.concurrency import run_in_threadpool
 
 from api.deps import ClientPrincipal, SettingsDep
-from api.errors import ApiError
+from api.errors import ApiError, responses
+from api.schemas import TextToParse
 from dialogue.bot import load_bot_cached
-from dialogue.contracts import NluResult, TurnRequest
+from dialogue.contracts import NluResult
 
 if TYPE_CHECKING:
     from dialogue.nlu.parser import NluParser
@@ -30,13 +31,11 @@ def _parser(request: Request, settings: SettingsDep) -> NluParser:
     return parser
 
 
-@router.post("/parse")
+@router.post("/parse", responses=responses("invalid_text"))
 async def parse_text(
-    body: TurnRequest, request: Request, settings: SettingsDep, _: ClientPrincipal
+    body: TextToParse, request: Request, settings: SettingsDep, _: ClientPrincipal
 ) -> NluResult:
     """Intent, ranking, entities and sentiment of a text, from the same model the worker uses."""
-    if not body.text.strip():
-        raise ApiError("invalid_text", "text must not be empty")
     if len(body.text) > settings.max_text_chars:
         raise ApiError("invalid_text", f"text is longer than {settings.max_text_chars} characters")
     parser = await run_in_threadpool(_parser, request, settings)
