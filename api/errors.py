@@ -94,6 +94,12 @@ ERRORS: dict[str, ErrorCode] = {
             causes=(Refusal(INVALID_TURN),),
         ),
         ErrorCode("invalid_text", 422, "The text to parse is too long."),
+        ErrorCode(
+            "idempotency_conflict",
+            409,
+            "The `Idempotency-Key` header and the body's `idempotency_key` differ.",
+        ),
+        ErrorCode("bad_request", 400, "The body could not be read: not JSON, or not UTF-8."),
         ErrorCode("content_too_large", 413, "The request body is larger than the API accepts."),
         ErrorCode("unsupported_media_type", 415, "The codec endpoints take `application/json` only."),
         ErrorCode("undecodable_payload", 422, "A payload could not be decrypted with any configured key."),
@@ -245,6 +251,7 @@ _BY_RPC_STATUS = {c: e for e in ERRORS.values() for c in e.causes if isinstance(
 _BY_EXCEPTION = [(c, e) for e in ERRORS.values() for c in e.causes if isinstance(c, type)]
 # Starlette's own errors (no route, wrong method, body too large), by status.
 _BY_HTTP_STATUS = {
+    400: ERRORS["bad_request"],
     404: ERRORS["not_found"],
     405: ERRORS["method_not_allowed"],
     413: ERRORS["content_too_large"],

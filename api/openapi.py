@@ -21,13 +21,56 @@ from dialogue.settings import Settings
 
 # What any authenticated route can answer, besides its own errors.
 COMMON = ("unauthenticated", "invalid_credentials", "rate_limited", "store_unavailable", "internal_error")
-WITH_BODY = ("content_too_large",)
+WITH_BODY = ("bad_request", "content_too_large")
 WITH_PARAMETERS = ("invalid_request",)
 # Request fields bounded by a setting: (schema, field) -> the setting's name.
 BOUNDED_BY_SETTINGS = {
     ("TurnCreate", "text"): "max_text_chars",
     ("AgentMessageRequest", "text"): "max_text_chars",
     ("TextToParse", "text"): "max_text_chars",
+}
+
+CONVERSATION = "/v1/conversations/{conversation_id}"
+TURN = f"{CONVERSATION}/turns/{{turn_id}}"
+_FROM_BODY = {"conversation_id": "$response.body#/conversation_id"}
+_TURN_FROM_BODY = {**_FROM_BODY, "turn_id": "$response.body#/turn_id"}
+# OpenAPI links: what a response lets a client do next, with which of its values. A conversation's
+# life as a client lives it: create, turn, read, rate, erase (schemathesis' stateful phase follows them).
+LINKS: dict[tuple[str, str, str], dict[str, tuple[str, str, dict[str, str]]]] = {
+    ("/v1/conversations", "post", "201"): {
+        "SendTurn": (f"{CONVERSATION}/turns", "post", _FROM_BODY),
+        "ReadConversation": (CONVERSATION, "get", _FROM_BODY),
+        "ReadMessages": (f"{CONVERSATION}/messages", "get", _FROM_BODY),
+        "EndConversation": (f"{CONVERSATION}/end", "post", _FROM_BODY),
+    },
+    (f"{CONVERSATION}/turns", "post", "200"): {
+        "ReadTurn": (TURN, "get", _TURN_FROM_BODY),
+        "ReadMessages": (f"{CONVERSATION}/messages", "get", _FROM_BODY),
+        "ReadLineage": (f"{TURN}/lineage", "get", _TURN_FROM_BODY),
+        "RateAnswer": (f"{TURN}/feedback", "post", _TURN_FROM_BODY),
+        "HandOff": (f"{CONVERSATION}/handoff", "post", _FROM_BODY),
+    },
+    (f"{TURN}/feedback", "post", "201"): {
+        "EraseConversation": (CONVERSATION, "delete", {"conversation_id": "$request.path.conversation_id"}),
+    },
+    (f"{CONVERSATION}/messages", "get", "200"): {
+        "EraseConversation": (CONVERSATION, "delete", {"conversation_id": "$request.path.conversation_id"}),
+    },
+    ("/v1/knowledge/documents", "post", "201"): {
+        "ReadDocument": (
+            "/v1/knowledge/documents/{document_id}",
+            "get",
+            {"document_id": "$response.body#/document_id"},
+        ),
+        "DeleteDocument": (
+            "/v1/knowledge/documents/{document_id}",
+            "delete",
+            {"document_id": "$response.body#/document_id"},
+        ),
+    },
+    ("/v1/keys", "post", "201"): {
+        "RevokeKey": ("/v1/keys/{key_id}", "delete", {"key_id": "$response.body#/id"}),
+    },
 }
 
 
@@ -56,6 +99,12 @@ def contract(app: FastAPI, settings: Settings) -> dict[str, Any]:
                     answered[status] = response
                 elif response["description"] not in mine["description"]:
                     mine["description"] = f"{mine['description']} {response['description']}"
+    for (path, method, status), links in LINKS.items():
+        response = schema["paths"][path][method]["responses"][status]
+        response["links"] = {
+            name: {"operationId": schema["paths"][target][verb]["operationId"], "parameters": parameters}
+            for name, (target, verb, parameters) in links.items()
+        }
     for (name, field), setting in BOUNDED_BY_SETTINGS.items():
         properties = components.get(name, {}).get("properties", {})
         if field in properties:

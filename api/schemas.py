@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from dialogue.contracts import DoubleTextPolicy, TurnReply
 
@@ -13,6 +13,8 @@ from dialogue.contracts import DoubleTextPolicy, TurnReply
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
 ConversationId = Annotated[str, StringConstraints(pattern=ID_PATTERN)]
 IDEMPOTENCY_KEY_PATTERN = r"^[\x21-\x7e]+$"
+MAX_OFFSET = 2**31 - 1
+"""The furthest a page may start: the stores take it as a 64-bit integer, and no list is this long."""
 
 
 # Text a person wrote: at least one character that is not white space. Its longest length is a setting
@@ -20,11 +22,17 @@ IDEMPOTENCY_KEY_PATTERN = r"^[\x21-\x7e]+$"
 NonBlankText = Annotated[str, StringConstraints(min_length=1, pattern=r"\S")]
 
 
-class TextToParse(BaseModel):
+class RequestModel(BaseModel):
+    """A request body: its JSON types are taken as the schema says (no `0` for false, no `"5"` for 5)."""
+
+    model_config = ConfigDict(strict=True)
+
+
+class TextToParse(RequestModel):
     text: NonBlankText = Field(description="The text to understand (not blank).")
 
 
-class ConversationCreate(BaseModel):
+class ConversationCreate(RequestModel):
     id: ConversationId | None = Field(
         default=None, description="Chosen by the client; generated when absent."
     )
@@ -96,12 +104,13 @@ class MessagesPage(BaseModel):
     offset: int
 
 
-class TurnCreate(BaseModel):
+class TurnCreate(RequestModel):
     """A user's turn as the API takes it."""
 
     text: NonBlankText = Field(description="What the user said (not blank).")
     wait: bool = Field(
-        default=True, description="False: answer 202 at once and fetch the reply from the turn's URL."
+        default=True,
+        description="False: answer 202 at once and fetch the reply from the turn's URL.",
     )
     idempotency_key: (
         Annotated[str, StringConstraints(max_length=200, pattern=IDEMPOTENCY_KEY_PATTERN)] | None
@@ -110,7 +119,7 @@ class TurnCreate(BaseModel):
     )
 
 
-class ApprovalCreate(BaseModel):
+class ApprovalCreate(RequestModel):
     """A decision on a tool call that waits for approval."""
 
     approve: bool = Field(description="True: the call runs; false: it does not, and the model is told.")

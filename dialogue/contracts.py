@@ -119,7 +119,7 @@ class HandbackRequest(BaseModel):
 class AgentMessageRequest(BaseModel):
     """The `agent_message` update: a person's reply to the user while the conversation is handed off."""
 
-    text: str
+    text: str = Field(min_length=1, pattern=r"\S", description="What the person says (not blank).")
     agent: str | None = Field(default=None, max_length=200)
 
 

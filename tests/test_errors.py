@@ -108,9 +108,25 @@ async def _(s: Stack) -> httpx.Response:
     return await s.http.post(f"/v1/conversations/{s.new_id()}/turns", json={"text": too_long})
 
 
+@scenario("idempotency_conflict")
+async def _(s: Stack) -> httpx.Response:
+    return await s.http.post(
+        f"/v1/conversations/{s.new_id()}/turns",
+        json={"text": "hello", "idempotency_key": "one"},
+        headers={"Idempotency-Key": "two"},
+    )
+
+
 @scenario("invalid_text")
 async def _(s: Stack) -> httpx.Response:
     return await s.http.post("/v1/nlu/parse", json={"text": "x" * (s.settings.max_text_chars + 1)})
+
+
+@scenario("bad_request")
+async def _(s: Stack) -> httpx.Response:
+    return await s.http.post(
+        "/v1/conversations", content=b"\xff\xfe{", headers={"Content-Type": "application/json"}
+    )
 
 
 @scenario("content_too_large")

@@ -51,17 +51,20 @@ _OPENAPI_BODY: dict[str, Any] = {
                 "schema": {
                     "type": "object",
                     "description": "temporal.api.common.v1.Payloads as proto3 JSON (bytes as base64)",
+                    "additionalProperties": False,
                     "properties": {
                         "payloads": {
-                            "type": "array",
+                            # proto3 JSON: null is the field's default, an empty list.
+                            "type": ["array", "null"],
                             "items": {
                                 "type": "object",
+                                "additionalProperties": False,
                                 "properties": {
                                     "metadata": {
-                                        "type": "object",
+                                        "type": ["object", "null"],
                                         "additionalProperties": {"type": "string", "format": "byte"},
                                     },
-                                    "data": {"type": "string", "format": "byte"},
+                                    "data": {"type": ["string", "null"], "format": "byte"},
                                 },
                             },
                         }

@@ -36,6 +36,7 @@ from api.errors import (
 from api.schemas import (
     ID_PATTERN,
     IDEMPOTENCY_KEY_PATTERN,
+    MAX_OFFSET,
     ConversationCreate,
     ConversationCreated,
     ConversationEnded,
@@ -145,6 +146,7 @@ async def create_conversation(
         204: {"description": "Streaming resumed after the final event: nothing more to send."},
         **responses(
             "invalid_turn",
+            "idempotency_conflict",
             "overloaded",
             "turn_in_progress",
             "turn_queue_full",
@@ -172,7 +174,7 @@ async def create_turn(
     if len(body.text) > settings.max_text_chars:
         raise ApiError("invalid_turn", f"text is longer than {settings.max_text_chars} characters")
     if idempotency_key and body.idempotency_key and idempotency_key != body.idempotency_key:
-        raise ApiError("invalid_request", "the Idempotency-Key header and idempotency_key differ")
+        raise ApiError("idempotency_conflict", "the Idempotency-Key header and idempotency_key differ")
     flags = feature_flags.evaluate(_key(principal, conversation_id))
     # Streaming off, the turn is answered all the same, as JSON: its Content-Type tells the client.
     streaming = flags["streaming"] and "text/event-stream" in (accept or "")
@@ -409,7 +411,7 @@ async def read_messages(
     temporal: TemporalClientDep,
     principal: ClientPrincipal,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
 ) -> MessagesPage:
     """The transcript, oldest first, a page at a time."""
     key = _key(principal, conversation_id)
@@ -484,7 +486,7 @@ async def read_conversations(
     ] = None,
     q: Annotated[str | None, Query(max_length=200, description="Only those whose id contains this.")] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
 ) -> ConversationsPage:
     """Conversations, most recently updated first."""
     rows, total = await run_in_threadpool(
@@ -595,8 +597,15 @@ async def execute_update(
         try:
             # It waits for the turn in progress, if any: bounded like a turn.
             return await asyncio.wait_for(
-                # The same key again (a retry after a time-out) is the same update: it runs once.
-                handle.execute_update(update, body, id=idempotency_key, result_type=result_type),
+                # The same key again (a retry after a time-out) is the same update: it runs once. Named
+                # after the update (with a space, which no key has) so that no other update nor a turn,
+                # whose id is its key, can share it.
+                handle.execute_update(
+                    update,
+                    body,
+                    id=f"{update} {idempotency_key}" if idempotency_key else None,
+                    result_type=result_type,
+                ),
                 timeout=settings.turn_timeout_seconds,
             )
         except (TimeoutError, WorkflowUpdateRPCTimeoutOrCancelledError):

@@ -11,12 +11,13 @@ from starlette.concurrency import run_in_threadpool
 
 from api.deps import AdminPrincipal, EngineDep
 from api.errors import ApiError, responses
+from api.schemas import RequestModel
 from dialogue.identity import Scope, audit, create_key, list_keys, revoke_key
 
 router = APIRouter(prefix="/keys", tags=["keys"])
 
 
-class KeyCreate(BaseModel):
+class KeyCreate(RequestModel):
     scope: Scope
     name: Annotated[str, Field(max_length=200)] | None = None
     expires_in_days: Annotated[float, Field(gt=0, le=3650)] | None = None

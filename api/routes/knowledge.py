@@ -12,7 +12,7 @@ from starlette.concurrency import run_in_threadpool
 
 from api.deps import AdminPrincipal, EngineDep
 from api.errors import ApiError, responses
-from api.schemas import ID_PATTERN
+from api.schemas import ID_PATTERN, MAX_OFFSET, RequestModel
 from dialogue.knowledge import store
 from dialogue.knowledge.parsing import ContentType
 
@@ -21,7 +21,7 @@ router = APIRouter(prefix="/knowledge/documents", tags=["knowledge"])
 DocumentIdPath = Annotated[str, Path(pattern=ID_PATTERN, description="The document's id.")]
 
 
-class DocumentCreate(BaseModel):
+class DocumentCreate(RequestModel):
     id: str = Field(pattern=ID_PATTERN, description="Stable id; sending the same id again updates it.")
     text: str = Field(min_length=1, description="The whole document.")
     content_type: ContentType = "markdown"
@@ -99,7 +99,7 @@ async def read_documents(
     engine: EngineDep,
     _: AdminPrincipal,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
 ) -> DocumentsPage:
     """Documents in id order."""
     rows, total = await run_in_threadpool(store.list_documents, engine, limit=limit, offset=offset)

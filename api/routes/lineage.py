@@ -18,6 +18,7 @@ from starlette.concurrency import run_in_threadpool
 from api.deps import ClientPrincipal, EngineDep, FlagsDep
 from api.errors import ApiError, responses
 from api.routes.conversations import ConversationIdPath, TurnIdPath
+from api.schemas import RequestModel
 from dialogue import store
 from dialogue.temporal import conversation_key
 
@@ -34,7 +35,7 @@ class TurnLineage(BaseModel):
     feedback: FeedbackPublic | None = None
 
 
-class FeedbackCreate(BaseModel):
+class FeedbackCreate(RequestModel):
     rating: Literal["up", "down"]
     comment: Annotated[str, Field(max_length=2000)] | None = None
 
