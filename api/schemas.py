@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
-from dialogue.contracts import DoubleTextPolicy, TurnReply
+from dialogue.contracts import ContentType, DoubleTextPolicy, Scope, TurnReply
 
 # Conversation and document ids become parts of workflow ids and URLs: keep them to a safe alphabet.
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
@@ -149,3 +149,97 @@ class Caller(BaseModel):
     scope: str
     """`client`, `agent` or `admin`."""
     subject: str
+
+
+class KeyCreate(RequestModel):
+    scope: Scope
+    name: Annotated[str, Field(max_length=200)] | None = None
+    expires_in_days: Annotated[float, Field(gt=0, le=3650)] | None = None
+
+
+class KeyPublic(BaseModel):
+    id: str
+    tenant: str
+    scope: str
+    name: str | None
+    created_at: datetime
+    expires_at: datetime | None
+    revoked_at: datetime | None
+
+
+class KeyCreated(KeyPublic):
+    key: str = Field(description="The key itself: shown this once, stored only as a hash.")
+
+
+class DocumentCreate(RequestModel):
+    id: str = Field(pattern=ID_PATTERN, description="Stable id; sending the same id again updates it.")
+    text: str = Field(min_length=1, description="The whole document.")
+    content_type: ContentType = "markdown"
+    title: str | None = Field(
+        default=None, max_length=500, description="Taken from the document when absent."
+    )
+    source: str | None = Field(
+        default=None, max_length=1000, description="Where it comes from (URL or path)."
+    )
+
+
+class DocumentStored(BaseModel):
+    document_id: str
+    version: int
+    chunks: int
+    changed: bool
+
+
+class DocumentSummary(BaseModel):
+    document_id: str
+    title: str
+    version: int
+    chunk_count: int
+    content_type: str
+    source: str | None
+    updated_at: datetime
+
+
+class DocumentPublic(DocumentSummary):
+    text: str
+
+
+class DocumentsPage(BaseModel):
+    items: list[DocumentSummary]
+    total: int
+    limit: int
+    offset: int
+
+
+class TurnLineage(BaseModel):
+    conversation_id: str
+    turn_id: str
+    turn_index: int
+    reply: str
+    degraded: bool
+    lineage: dict[str, Any] | None
+    feedback: FeedbackPublic | None = None
+
+
+class FeedbackCreate(RequestModel):
+    rating: Literal["up", "down"]
+    comment: Annotated[str, Field(max_length=2000)] | None = None
+
+
+class FeedbackPublic(BaseModel):
+    turn_id: str
+    rating: str
+    comment: str | None
+    created_at: datetime
+
+
+class ToolResultPublic(BaseModel):
+    """The whole result of an agent's tool call that was too long for the model (its lineage says `stored`)."""
+
+    conversation_id: str
+    call_id: str
+    name: str
+    size: int
+    sha256: str
+    result: Any
+    created_at: datetime

@@ -17,6 +17,10 @@ ConversationStatus = Literal["active", "ended", "failed"]
 """`failed`: the conversation's workflow failed, was terminated or timed out (the API's reading of Temporal;
 the workflow itself never says it). Broken, not ended: `dialogue recover` brings it back."""
 DoubleTextPolicy = Literal["enqueue", "reject", "interrupt"]
+Scope = Literal["client", "agent", "admin"]
+"""What a key or token may do: `agent` includes `client`, `admin` includes both."""
+ContentType = Literal["markdown", "text", "html"]
+"""How a knowledge-base document is written."""
 Holder = Literal["bot", "agent"]
 Approver = Literal["agent", "user"]
 """Who approves a tool call: a person with the agent scope, or the user (the conversation's client)."""

@@ -15,14 +15,14 @@ import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Literal, cast
+from typing import Any, cast
 
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
+from dialogue.contracts import Scope
 from dialogue.db import ApiKey, AuditEntry
 
-Scope = Literal["client", "agent", "admin"]
 SCOPES: tuple[Scope, ...] = ("client", "agent", "admin")
 TENANT_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}$"
 DEFAULT_TENANT = "default"

@@ -6,35 +6,14 @@ from datetime import UTC, datetime, timedelta
 from typing import Annotated
 
 from fastapi import APIRouter, Path, Response, status
-from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
 from api.deps import AdminPrincipal, EngineDep
 from api.errors import ApiError, responses
-from api.schemas import RequestModel
-from dialogue.identity import Scope, audit, create_key, list_keys, revoke_key
+from api.schemas import KeyCreate, KeyCreated, KeyPublic
+from dialogue.identity import audit, create_key, list_keys, revoke_key
 
 router = APIRouter(prefix="/keys", tags=["keys"])
-
-
-class KeyCreate(RequestModel):
-    scope: Scope
-    name: Annotated[str, Field(max_length=200)] | None = None
-    expires_in_days: Annotated[float, Field(gt=0, le=3650)] | None = None
-
-
-class KeyPublic(BaseModel):
-    id: str
-    tenant: str
-    scope: str
-    name: str | None
-    created_at: datetime
-    expires_at: datetime | None
-    revoked_at: datetime | None
-
-
-class KeyCreated(KeyPublic):
-    key: str = Field(description="The key itself: shown this once, stored only as a hash.")
 
 
 @router.post("", status_code=status.HTTP_201_CREATED, responses=responses("forbidden"))

@@ -2,63 +2,28 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Path, Query, Response, status
-from pydantic import BaseModel, Field
 from sqlalchemy.exc import IntegrityError
 from starlette.concurrency import run_in_threadpool
 
 from api.deps import AdminPrincipal, EngineDep
 from api.errors import ApiError, responses
-from api.schemas import ID_PATTERN, MAX_OFFSET, RequestModel
+from api.schemas import (
+    ID_PATTERN,
+    MAX_OFFSET,
+    DocumentCreate,
+    DocumentPublic,
+    DocumentsPage,
+    DocumentStored,
+    DocumentSummary,
+)
 from dialogue.knowledge import store
-from dialogue.knowledge.parsing import ContentType
 
 router = APIRouter(prefix="/knowledge/documents", tags=["knowledge"])
 
 DocumentIdPath = Annotated[str, Path(pattern=ID_PATTERN, description="The document's id.")]
-
-
-class DocumentCreate(RequestModel):
-    id: str = Field(pattern=ID_PATTERN, description="Stable id; sending the same id again updates it.")
-    text: str = Field(min_length=1, description="The whole document.")
-    content_type: ContentType = "markdown"
-    title: str | None = Field(
-        default=None, max_length=500, description="Taken from the document when absent."
-    )
-    source: str | None = Field(
-        default=None, max_length=1000, description="Where it comes from (URL or path)."
-    )
-
-
-class DocumentStored(BaseModel):
-    document_id: str
-    version: int
-    chunks: int
-    changed: bool
-
-
-class DocumentSummary(BaseModel):
-    document_id: str
-    title: str
-    version: int
-    chunk_count: int
-    content_type: str
-    source: str | None
-    updated_at: datetime
-
-
-class DocumentPublic(DocumentSummary):
-    text: str
-
-
-class DocumentsPage(BaseModel):
-    items: list[DocumentSummary]
-    total: int
-    limit: int
-    offset: int
 
 
 @router.post(

@@ -8,43 +8,20 @@ stored beside it and `dialogue feedback export` writes both out to improve the b
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 import orjson
 from fastapi import APIRouter, Path, Request, status
-from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
 from api.deps import ClientPrincipal, EngineDep, FlagsDep
 from api.errors import ApiError, responses
 from api.routes.conversations import ConversationIdPath, TurnIdPath
-from api.schemas import RequestModel
+from api.schemas import FeedbackCreate, FeedbackPublic, ToolResultPublic, TurnLineage
 from dialogue import store
 from dialogue.temporal import conversation_key
 
 router = APIRouter(prefix="/conversations", tags=["lineage"])
-
-
-class TurnLineage(BaseModel):
-    conversation_id: str
-    turn_id: str
-    turn_index: int
-    reply: str
-    degraded: bool
-    lineage: dict[str, Any] | None
-    feedback: FeedbackPublic | None = None
-
-
-class FeedbackCreate(RequestModel):
-    rating: Literal["up", "down"]
-    comment: Annotated[str, Field(max_length=2000)] | None = None
-
-
-class FeedbackPublic(BaseModel):
-    turn_id: str
-    rating: str
-    comment: str | None
-    created_at: datetime
 
 
 @router.get("/{conversation_id}/turns/{turn_id}/lineage", responses=responses("turn_not_found"))
@@ -103,18 +80,6 @@ async def rate_answer(
 
 def _no_answer(conversation_id: str, turn_id: str) -> ApiError:
     return ApiError("turn_not_found", f"no answered turn {turn_id!r} in conversation {conversation_id!r}")
-
-
-class ToolResultPublic(BaseModel):
-    """The whole result of an agent's tool call that was too long for the model (its lineage says `stored`)."""
-
-    conversation_id: str
-    call_id: str
-    name: str
-    size: int
-    sha256: str
-    result: Any
-    created_at: datetime
 
 
 @router.get("/{conversation_id}/tool-results/{call_id}", responses=responses("tool_result_not_found"))

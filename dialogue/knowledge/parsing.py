@@ -5,11 +5,11 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
 from bs4 import BeautifulSoup
 
-ContentType = Literal["markdown", "text", "html"]
+from dialogue.contracts import ContentType
+
 SUFFIXES: dict[str, ContentType] = {
     ".md": "markdown",
     ".markdown": "markdown",
