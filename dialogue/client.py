@@ -1,6 +1,6 @@
 """A typed Python client of the v1 API, async (`AsyncDialogueClient`) and blocking (`DialogueClient`).
 
-It speaks the contract's own models (`dialogue.contracts`, `api.schemas`) and behaves as the API asks
+It speaks the contract's own models (`dialogue.contracts`, `dialogue.api_models`) and behaves as the API asks
 a well-behaved client to:
 
 - a turn always carries an idempotency key (one is made when none is given), so sending it again is
@@ -29,7 +29,7 @@ import httpx
 import orjson
 from pydantic import BaseModel, TypeAdapter
 
-from api.schemas import (
+from dialogue.api_models import (
     Caller,
     ConversationCreated,
     ConversationEnded,
@@ -109,6 +109,14 @@ class AsyncDialogueClient:
         )
         self._owns_http = http is None
         self.retry_for = retry_for
+
+    @classmethod
+    def wrapping(
+        cls, http: httpx.AsyncClient, *, retry_for: float = DEFAULT_RETRY_FOR
+    ) -> AsyncDialogueClient:
+        """The client over an `httpx.AsyncClient` of one's own: its base URL and headers (the key) as they
+        are; closing it stays its owner's business."""
+        return cls("", "", http=http, retry_for=retry_for)
 
     async def __aenter__(self) -> AsyncDialogueClient:
         return self

@@ -12,7 +12,7 @@ from fastapi import APIRouter, Path, Request
 from api.deps import ClientPrincipal, FlagsDep, SettingsDep, TemporalClientDep
 from api.errors import WORKFLOW_UPDATE, responses
 from api.routes.conversations import ConversationIdPath, IdempotencyKey, execute_update
-from api.schemas import ApprovalCreate
+from dialogue.api_models import ApprovalCreate
 from dialogue.contracts import ApprovalReply, ApprovalRequest, Updates
 from dialogue.temporal import conversation_key
 

@@ -33,7 +33,10 @@ from api.errors import (
     responses,
     temporal_errors,
 )
-from api.schemas import (
+from api.streaming import ResumePoint, conversation_stream, stream_response, turn_stream
+from api.telemetry import mark_turn
+from dialogue import erasure, events, store
+from dialogue.api_models import (
     ID_PATTERN,
     IDEMPOTENCY_KEY_PATTERN,
     MAX_OFFSET,
@@ -48,9 +51,6 @@ from api.schemas import (
     TurnCreate,
     TurnStatus,
 )
-from api.streaming import ResumePoint, conversation_stream, stream_response, turn_stream
-from api.telemetry import mark_turn
-from dialogue import erasure, events, store
 from dialogue.contracts import (
     WORKFLOW_TYPE,
     ConversationState,

@@ -10,7 +10,7 @@ from starlette.concurrency import run_in_threadpool
 
 from api.deps import AdminPrincipal, EngineDep
 from api.errors import ApiError, responses
-from api.schemas import (
+from dialogue.api_models import (
     ID_PATTERN,
     MAX_OFFSET,
     DocumentCreate,

@@ -9,7 +9,7 @@ from starlette.concurrency import run_in_threadpool
 
 from api.deps import ClientPrincipal, SettingsDep
 from api.errors import ApiError, responses
-from api.schemas import TextToParse
+from dialogue.api_models import TextToParse
 from dialogue.bot import load_bot_cached
 from dialogue.contracts import NluResult
 

@@ -14,6 +14,7 @@ from xml.etree import ElementTree
 
 import httpx
 
+from dialogue.client import AsyncDialogueClient, DialogueError
 from dialogue.testing.spec import Expect, LoadedTest, Outcome, Step
 from dialogue.testing.stand_in_llm import FakeLlm, Plan
 
@@ -45,11 +46,11 @@ class TestResult:
 
 
 class Runner:
-    """Runs tests against the API behind `http` (its key set); `stand_in` is the model of the stack, when
-    the stack is this process's (tests with an `llm:` script need it)."""
+    """Runs tests against the API behind `http` (its key set), through the typed client; `stand_in` is
+    the model of the stack, when the stack is this process's (tests with an `llm:` script need it)."""
 
     def __init__(self, http: httpx.AsyncClient, stand_in: FakeLlm | None = None) -> None:
-        self._http = http
+        self._api = AsyncDialogueClient.wrapping(http)
         self._stand_in = stand_in
 
     async def run(self, loaded: LoadedTest, on_step: Any = None) -> TestResult:
@@ -70,10 +71,7 @@ class Runner:
             ]
         try:
             if test.slots:
-                created = await self._http.post(
-                    "/v1/conversations", json={"id": conversation_id, "slots": test.slots}
-                )
-                _raise_for(created)
+                await self._api.create_conversation(conversation_id, slots=test.slots)
             for number, step in enumerate(test.steps, start=1):
                 started = time.perf_counter()
                 answer = await self._step(conversation_id, step)
@@ -97,51 +95,33 @@ class Runner:
                 if differences:
                     result.outcome = "failed"
                     break  # the next steps depend on this one
-        except (httpx.HTTPError, RunError) as err:
+        except (DialogueError, RunError) as err:
             result.outcome, result.reason = "failed", f"{err.__class__.__name__}: {err}"
         return result
 
     async def _step(self, conversation_id: str, step: Step) -> dict[str, Any]:
         if step.user is not None:
-            response = await self._http.post(
-                f"/v1/conversations/{conversation_id}/turns", json={"text": step.user}
-            )
-            _raise_for(response)
-            reply: dict[str, Any] = response.json()
-            return reply
+            reply = await self._api.send_turn(conversation_id, step.user)
+            return reply.model_dump(mode="json")
         assert step.approve is not None
         state = await self._state(conversation_id)
         call = next((p for p in state.get("pending_approvals", []) if p["name"] == step.approve.tool), None)
         if call is None:
             raise RunError(f"no call of {step.approve.tool} waits for approval")
-        response = await self._http.post(
-            f"/v1/conversations/{conversation_id}/approvals/{call['call_id']}",
-            json={"approve": step.approve.approve, "note": step.approve.note},
+        decided = await self._api.decide_approval(
+            conversation_id, call["call_id"], step.approve.approve, note=step.approve.note
         )
-        _raise_for(response)
-        decided = response.json()
         # The agent went on once nothing of its step waited: its answer is what this step is checked on.
-        if decided["reply"] is not None:
-            answer: dict[str, Any] = decided["reply"]
-            return answer
-        return {"approvals": decided["pending"]}
+        if decided.reply is not None:
+            return decided.reply.model_dump(mode="json")
+        return {"approvals": [pending.model_dump(mode="json") for pending in decided.pending]}
 
     async def _state(self, conversation_id: str) -> dict[str, Any]:
-        response = await self._http.get(f"/v1/conversations/{conversation_id}")
-        _raise_for(response)
-        state: dict[str, Any] = response.json()
-        return state
+        return (await self._api.conversation(conversation_id)).model_dump(mode="json")
 
 
 class RunError(Exception):
     """The API refused a step (the message has its status and error)."""
-
-
-def _raise_for(response: httpx.Response) -> None:
-    if response.status_code >= 400:
-        raise RunError(
-            f"{response.request.method} {response.request.url.path} answered {response.status_code}: {response.text[:300]}"
-        )
 
 
 def _needs_state(expect: Expect) -> bool:

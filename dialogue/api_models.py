@@ -1,4 +1,6 @@
-"""Request and response models of the API's own (the workflow's messages are in `dialogue.contracts`)."""
+"""The v1 API's own request and response models (the workflow's messages, which it also answers with, are
+in `dialogue.contracts`): the HTTP contract that the API serves and `dialogue.client` speaks. Like the
+contracts, it imports nothing of the project but them."""
 
 from __future__ import annotations
 
