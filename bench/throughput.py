@@ -27,8 +27,11 @@ import httpx
 from bench.stack import BUILT_IN_PIPELINE, EmbeddedStack
 from bench.streaming import RESULTS, header, percentiles
 from bench.turn_latency import TEXTS
+from dialogue.client import AsyncDialogueClient, DialogueError
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+RETRY_FOR_SECONDS = 120.0
+"""How long a user keeps sending a turn again (shed, limited, or answered 504) before giving up."""
 
 
 def process_tree(root: int) -> dict[int, str]:
@@ -103,27 +106,27 @@ async def send_load(
     gate = asyncio.Semaphore(concurrency)
     latencies: list[float] = []
     failures: dict[str, int] = {}
+    # Well-behaved users: shed (503) or limited (429), a turn is sent again after Retry-After with its
+    # key, and a 504 collects the reply of the turn still running; a turn's latency runs from its first try.
+    dialogue = AsyncDialogueClient.wrapping(http, retry_for=RETRY_FOR_SECONDS)
 
     async def converse(number: int) -> None:
         for index in range(turns):
             async with gate:
                 text = TEXTS[(number + index) % len(TEXTS)]
                 started = time.perf_counter()
-                key = f"{run_id}-{number}-{index}"
-                while True:
-                    outcome, _, reply = await post_turn(http, f"{run_id}-{number}", text, key)
-                    if outcome != "503" or reply is None or "retry-after" not in reply.headers:
-                        break
-                    # Shed (or Temporal briefly unreachable): a well-behaved user waits as told and
-                    # sends the turn again; the turn's latency runs from the first attempt.
-                    failures["503, sent again"] = failures.get("503, sent again", 0) + 1
-                    await asyncio.sleep(float(reply.headers["retry-after"]))
-                if outcome == "200":
-                    latencies.append((time.perf_counter() - started) * 1000)
+                try:
+                    await dialogue.send_turn(
+                        f"{run_id}-{number}", text, idempotency_key=f"{run_id}-{number}-{index}"
+                    )
+                except DialogueError as err:
+                    failures[str(err.status or err.code)] = failures.get(str(err.status or err.code), 0) + 1
                 else:
-                    failures[outcome] = failures.get(outcome, 0) + 1
+                    latencies.append((time.perf_counter() - started) * 1000)
 
     await asyncio.gather(*(converse(n) for n in range(conversations)))
+    for status, count in dialogue.resent.items():
+        failures[f"{status or 'unreachable'}, sent again"] = count
     return latencies, failures
 
 

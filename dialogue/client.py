@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from collections import Counter
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Coroutine, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Concatenate, ParamSpec, TypeVar
@@ -109,6 +110,8 @@ class AsyncDialogueClient:
         )
         self._owns_http = http is None
         self.retry_for = retry_for
+        self.resent: Counter[int] = Counter()
+        """Requests sent again, by the status that asked for it (0: the connection failed)."""
 
     @classmethod
     def wrapping(
@@ -394,6 +397,7 @@ class AsyncDialogueClient:
                 safe = resend_on_transport_error or bool(headers and "Idempotency-Key" in headers)
                 if not safe or time.monotonic() >= deadline:
                     raise DialogueError(0, "unreachable", f"{method} {path}: {err!r}") from err
+                self.resent[0] += 1
                 await asyncio.sleep(0.5)
                 continue
             if response.is_success:
@@ -401,6 +405,7 @@ class AsyncDialogueClient:
             error = _error(response)
             if response.status_code not in resend_on or time.monotonic() + _wait(error) >= deadline:
                 raise error
+            self.resent[response.status_code] += 1
             await asyncio.sleep(_wait(error))
 
 
