@@ -90,7 +90,16 @@ LastEventId = Annotated[
 ]
 TurnIdPath = Annotated[str, Path(max_length=200, description="The turn's id (its idempotency key).")]
 SSE_RESPONSE = {
-    "content": {"text/event-stream": {}},
+    "content": {
+        "text/event-stream": {
+            "schema": {
+                "type": "string",
+                "description": "Server-sent events: `id`, `event` and `data` (JSON).",
+            },
+            "example": 'id: 7\nevent: token\ndata: {"text": "Express "}\n\n'
+            'id: 9-final\nevent: final\ndata: {"conversation_id": "demo-1", "turn_id": "…", "reply": {…}}\n\n',
+        }
+    },
     "description": "With `Accept: text/event-stream`: the turn's events (`nlu`, `sources`, `token`, "
     "`restart`; an agent's `tool_call`, `tool_result` and `approval_required`), then `final` with the reply, or `error`.",
 }
