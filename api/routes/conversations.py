@@ -92,9 +92,15 @@ TurnIdPath = Annotated[str, Path(max_length=200, description="The turn's id (its
 SSE_RESPONSE = {
     "content": {
         "text/event-stream": {
+            # Each event, as an SSE client reads it: its name, its data (JSON text) and its id.
             "schema": {
-                "type": "string",
-                "description": "Server-sent events: `id`, `event` and `data` (JSON).",
+                "type": "object",
+                "properties": {
+                    "event": {"type": "string"},
+                    "data": {"type": "string", "description": "JSON"},
+                    "id": {"type": "string"},
+                },
+                "required": ["event", "data"],
             },
             "example": 'id: 7\nevent: token\ndata: {"text": "Express "}\n\n'
             'id: 9-final\nevent: final\ndata: {"conversation_id": "demo-1", "turn_id": "…", "reply": {…}}\n\n',
