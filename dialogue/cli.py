@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -438,26 +439,61 @@ def kb_ingest(
     paths: Annotated[
         list[Path], typer.Argument(help="Files or folders of .md, .txt and .html documents.", exists=True)
     ],
+    batch_size: Annotated[int, typer.Option(min=1, max=10_000, help="Documents per transaction.")] = 64,
+    max_file_bytes: Annotated[int, typer.Option(min=1, help="A larger file is skipped.")] = 10 * 1024 * 1024,
 ) -> None:
-    """Add or update documents: each file's name is its id; a changed file gets a new version."""
-    from rich.progress import track
+    """Add or update documents: each file's name is its id; a changed file gets a new version. A file
+    that cannot be read, is too large or not UTF-8, or whose id another file has, is reported and
+    skipped; the exit status is then 1. Stopped with Ctrl-C, every document is wholly old or wholly new."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from dialogue.db import get_engine, init_db
     from dialogue.knowledge import store
 
     engine = get_engine(get_settings().resolved_database_url)
     init_db(engine)
-    try:
-        files = store.knowledge_files(paths)
-    except ValueError as err:
-        raise typer.BadParameter(str(err), param_hint="PATHS") from err
+    files = store.knowledge_files(paths, clashes_skipped=True)
     if not files:
         raise typer.BadParameter("no .md, .txt or .html files found", param_hint="PATHS")
-    results = [store.ingest_path(engine, path) for path in track(files, description="Ingesting")]
-    changed = [r for r in results if r.changed]
-    typer.echo(
-        f"{len(results)} documents, {len(changed)} new or changed, {sum(r.chunks for r in results)} chunks"
+    columns = (
+        TextColumn("Ingesting"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]} docs/s"),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
     )
+    started = time.monotonic()
+    with Progress(*columns, transient=False) as progress:
+        task = progress.add_task("ingest", total=len(files), rate="-")
+
+        def advance(done: int) -> None:
+            progress.advance(task, done)
+            elapsed = time.monotonic() - started
+            completed = progress.tasks[0].completed
+            progress.update(task, rate=f"{completed / elapsed:.0f}" if elapsed else "-")
+
+        try:
+            stored, skipped = store.ingest_files(
+                engine, files, batch_size=batch_size, max_bytes=max_file_bytes, on_batch=advance
+            )
+        except KeyboardInterrupt:
+            done = int(progress.tasks[0].completed)
+            typer.echo(
+                f"interrupted: the first {done} files are stored; the batch under way was left out whole"
+            )
+            raise typer.Exit(130) from None
+    elapsed = time.monotonic() - started
+    changed = [r for r in stored if r.changed]
+    for left_out in skipped:
+        typer.echo(f"skipped {left_out.path}: {left_out.reason}", err=True)
+    typer.echo(
+        f"{len(stored)} documents, {len(changed)} new or changed, {sum(r.chunks for r in stored)} chunks "
+        f"in {elapsed:.1f} s ({len(files) / elapsed:.0f} files/s)"
+        + (f"; {len(skipped)} skipped" if skipped else "")
+    )
+    if skipped:
+        raise typer.Exit(1)
 
 
 @kb_app.command("list")

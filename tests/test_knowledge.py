@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import itertools
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import orjson
@@ -11,7 +16,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
 from dialogue.bot import BotDefinition
-from dialogue.db import KnowledgeChunk, get_engine
+from dialogue.db import KnowledgeChunk, KnowledgeDocument, get_engine
 from dialogue.jsonl import DataError
 from dialogue.knowledge import store
 from dialogue.knowledge.chunking import chunk
@@ -214,3 +219,85 @@ def test_follow_ups_retrieve_better_with_the_conversation_and_questions_lose_not
     assert evaluate_retrieval(index, after_another, context=True).recall_at_5 >= (
         evaluate_retrieval(index, single).recall_at_5 - 0.02
     )
+
+
+def _dialogue(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "dialogue", *args], env=env, capture_output=True, text=True, timeout=300
+    )
+
+
+def test_an_ingest_reports_and_skips_what_it_cannot_read_and_stores_the_rest(tmp_path: Path) -> None:
+    folder = tmp_path / "kb"
+    folder.mkdir()
+    (folder / "returns.md").write_text("# Returns\n\nReturns are free within 30 days.")
+    (folder / "latin1.txt").write_bytes("Caf\xe9 opening hours".encode("latin-1"))  # not UTF-8
+    (folder / "huge.md").write_text("# Huge\n\n" + "word " * 3000)  # over --max-file-bytes below
+    (folder / "faq").mkdir()
+    (folder / "faq" / "returns.html").write_text("<h1>Returns again</h1><p>A second returns page.</p>")
+    (folder / "shipping.md").write_text("# Shipping\n\nShipping takes two days.")
+    env = {**os.environ, "DIALOGUE_DATABASE_URL": f"sqlite:///{tmp_path}/kb.db", "NO_COLOR": "1"}
+    run = _dialogue("kb", "ingest", str(folder), "--max-file-bytes", "10000", env=env)
+    assert run.returncode == 1, run.stdout + run.stderr
+    report = run.stderr.replace("\n", " ")
+    assert f"skipped {folder / 'latin1.txt'}: not UTF-8" in report
+    assert f"skipped {folder / 'huge.md'}: 15,008 bytes, more than the 10,000" in report
+    # The second file with the id `returns` (sorted: faq/returns.html comes first) is left out.
+    assert (
+        f"skipped {folder / 'returns.md'}: its id 'returns' is {folder / 'faq' / 'returns.html'}'s" in report
+    )
+    assert "2 documents, 2 new or changed" in run.stdout and "3 skipped" in run.stdout
+    engine = get_engine(env["DIALOGUE_DATABASE_URL"])
+    assert sorted(d.id for d in store.list_documents(engine, limit=10, offset=0)[0]) == [
+        "returns",
+        "shipping",
+    ]
+
+
+def test_a_file_gone_before_it_is_read_is_skipped(tmp_path: Path, engine: Engine) -> None:
+    kept, gone = tmp_path / "kept.md", tmp_path / "gone.md"
+    kept.write_text("# Kept\n\nStill here.")
+    gone.write_text("# Gone\n\nDeleted before its turn.")
+    files = store.knowledge_files([tmp_path])
+    gone.unlink()
+    stored, skipped = store.ingest_files(engine, files, batch_size=1)
+    assert [r.document_id for r in stored] == ["kept"]
+    assert [(s.path, s.reason.split(":")[0]) for s in skipped] == [(gone, "unreadable")]
+
+
+def test_an_ingest_stopped_with_ctrl_c_leaves_each_document_wholly_old_or_wholly_new(tmp_path: Path) -> None:
+    folder = tmp_path / "kb"
+    folder.mkdir()
+    for number in range(3000):
+        paragraphs = "\n\n".join(f"Fact {number}.{p}: " + "returns and refunds " * 20 for p in range(4))
+        (folder / f"doc-{number:04d}.md").write_text(f"# Document {number}\n\n{paragraphs}")
+    url = f"sqlite:///{tmp_path}/kb.db"
+    env = {**os.environ, "DIALOGUE_DATABASE_URL": url, "NO_COLOR": "1"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "dialogue", "kb", "ingest", str(folder), "--batch-size", "50"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    engine = get_engine(url)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        time.sleep(0.2)
+        try:
+            if store.list_documents(engine, limit=1, offset=0)[1] >= 100:
+                break
+        except Exception:  # the store's tables are being made
+            continue
+    process.send_signal(signal.SIGINT)
+    output, _ = process.communicate(timeout=120)
+    assert process.returncode == 130, output
+    assert "interrupted" in output
+    with Session(engine) as session:
+        documents = session.exec(select(KnowledgeDocument)).all()
+        chunks = session.exec(select(KnowledgeChunk)).all()
+    assert 100 <= len(documents) < 3000  # stopped in the middle
+    per_document = {d.id: 0 for d in documents}
+    for row in chunks:
+        per_document[row.document_id] += 1
+    assert all(per_document[d.id] == d.chunk_count > 1 for d in documents)  # no document half-chunked

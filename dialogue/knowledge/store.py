@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -16,9 +16,9 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
 from dialogue.db import KnowledgeChunk, KnowledgeDocument, KnowledgeRevision
-from dialogue.knowledge.chunking import chunk
-from dialogue.knowledge.parsing import ContentType, content_type_of, parse
-from dialogue.nlu.embeddings import embed, embeddings_available
+from dialogue.knowledge.chunking import Chunk, chunk
+from dialogue.knowledge.parsing import ContentType, ParsedDocument, content_type_of, parse
+from dialogue.nlu.embeddings import embed_many, embeddings_available
 
 # The columns' sizes: PostgreSQL refuses longer values where SQLite would keep them.
 MAX_DOCUMENT_ID = 200
@@ -41,6 +41,33 @@ def document_id_for(path: Path) -> str:
     return re.sub(r"[^a-z0-9._-]+", "-", path.stem.lower()).strip("-")[:MAX_DOCUMENT_ID] or "document"
 
 
+@dataclass(frozen=True)
+class DocumentInput:
+    """A document to store: what `ingest_batch` takes."""
+
+    document_id: str
+    text: str
+    content_type: ContentType
+    source: str | None = None
+    title: str | None = None
+
+    @property
+    def content_hash(self) -> str:
+        return hashlib.sha256(f"{self.content_type}\n{self.title or ''}\n{self.text}".encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A file an ingest left out, and why (unreadable, too large, not UTF-8, a clashing id)."""
+
+    path: Path
+    reason: str
+
+
+MAX_FILE_BYTES = 10 * 1024 * 1024
+"""A knowledge file larger than this is skipped: a document that size is a data dump, not an answer."""
+
+
 def ingest(
     engine: Engine,
     *,
@@ -52,78 +79,168 @@ def ingest(
     with_embeddings: bool | None = None,
 ) -> Ingested:
     """Store a document and its chunks; a changed document gets a new version that replaces its chunks."""
-    content_hash = hashlib.sha256(f"{content_type}\n{title or ''}\n{text}".encode()).hexdigest()
+    document = DocumentInput(document_id, text, content_type, source, title)
+    return ingest_batch(engine, [document], with_embeddings=with_embeddings)[0]
+
+
+def ingest_batch(
+    engine: Engine, documents: Sequence[DocumentInput], *, with_embeddings: bool | None = None
+) -> list[Ingested]:
+    """Store documents (distinct ids) and their chunks in one transaction: their chunks embedded in one
+    go, one revision for all. Each document is either wholly its new version or wholly its old one,
+    also when the process is stopped in the middle (the transaction is not committed)."""
+    hashes = {d.document_id: d.content_hash for d in documents}
     with Session(engine) as session:
         # FOR UPDATE (PostgreSQL): two updates of one document take turns instead of both making version n+1.
-        existing = session.get(KnowledgeDocument, document_id, with_for_update=True)
-        if existing is not None and existing.content_hash == content_hash:
-            return Ingested(document_id, existing.version, existing.chunk_count, changed=False)
-        parsed = parse(text, content_type, fallback_title=title or document_id.replace("-", " ").capitalize())
-        pieces = chunk(parsed)
+        found = session.exec(
+            select(KnowledgeDocument).where(col(KnowledgeDocument.id).in_(list(hashes))).with_for_update()
+        ).all()
+        existing = {row.id: row for row in found}
+        results: dict[str, Ingested] = {}
+        changed: list[tuple[DocumentInput, ParsedDocument, list[Chunk]]] = []
+        for document in documents:
+            old = existing.get(document.document_id)
+            if old is not None and old.content_hash == hashes[document.document_id]:
+                results[document.document_id] = Ingested(
+                    document.document_id, old.version, old.chunk_count, changed=False
+                )
+                continue
+            fallback = document.title or document.document_id.replace("-", " ").capitalize()
+            parsed = parse(document.text, document.content_type, fallback_title=fallback)
+            changed.append((document, parsed, chunk(parsed)))
+        if not changed:
+            return [results[d.document_id] for d in documents]
         use_embeddings = embeddings_available() if with_embeddings is None else with_embeddings
-        vectors = (
-            embed([_indexed_text(parsed.title, c.heading, c.text) for c in pieces])
-            if use_embeddings and pieces
-            else None
+        texts = [
+            _indexed_text(parsed.title, c.heading, c.text) for _, parsed, pieces in changed for c in pieces
+        ]
+        vectors = embed_many(texts) if use_embeddings and texts else None
+        session.execute(
+            sql_delete(KnowledgeChunk).where(
+                col(KnowledgeChunk.document_id).in_([document.document_id for document, _, _ in changed])
+            )
         )
         now = datetime.now(UTC)
-        version = existing.version + 1 if existing else 1
-        document = existing or KnowledgeDocument(
-            id=document_id,
-            title="",
-            content_type=content_type,
-            content_hash="",
-            text="",
-            created_at=now,
-            updated_at=now,
-        )
-        document.title = (title or parsed.title)[:MAX_TITLE]
-        document.source = source[:MAX_SOURCE] if source else None
-        document.content_type = content_type
-        document.content_hash = content_hash
-        document.version = version
-        document.text = text
-        document.chunk_count = len(pieces)
-        document.updated_at = now
-        session.add(document)
-        session.execute(sql_delete(KnowledgeChunk).where(col(KnowledgeChunk.document_id) == document_id))
-        for position, piece in enumerate(pieces):
-            session.add(
-                KnowledgeChunk(
-                    # The content hash too: a document deleted and added again restarts at version 1,
-                    # and lineage must not mistake the new text for the old.
-                    id=f"{document_id}:{version}:{content_hash[:8]}:{position}",
-                    document_id=document_id,
-                    document_version=version,
-                    position=position,
-                    heading=piece.heading[:MAX_HEADING],
-                    text=piece.text,
-                    embedding=vectors[position].astype(np.float32).tobytes() if vectors is not None else None,
-                )
+        at = 0
+        for document, parsed, pieces in changed:
+            old = existing.get(document.document_id)
+            version = old.version + 1 if old else 1
+            content_hash = hashes[document.document_id]
+            row = old or KnowledgeDocument(
+                id=document.document_id,
+                title="",
+                content_type=document.content_type,
+                content_hash="",
+                text="",
+                created_at=now,
+                updated_at=now,
             )
+            row.title = (document.title or parsed.title)[:MAX_TITLE]
+            row.source = document.source[:MAX_SOURCE] if document.source else None
+            row.content_type = document.content_type
+            row.content_hash = content_hash
+            row.version = version
+            row.text = document.text
+            row.chunk_count = len(pieces)
+            row.updated_at = now
+            session.add(row)
+            for position, piece in enumerate(pieces):
+                session.add(
+                    KnowledgeChunk(
+                        # The content hash too: a document deleted and added again restarts at version 1,
+                        # and lineage must not mistake the new text for the old.
+                        id=f"{document.document_id}:{version}:{content_hash[:8]}:{position}",
+                        document_id=document.document_id,
+                        document_version=version,
+                        position=position,
+                        heading=piece.heading[:MAX_HEADING],
+                        text=piece.text,
+                        embedding=vectors[at + position].astype(np.float32).tobytes()
+                        if vectors is not None
+                        else None,
+                    )
+                )
+            at += len(pieces)
+            results[document.document_id] = Ingested(document.document_id, version, len(pieces), changed=True)
         _bump_revision(session)
         session.commit()
-        return Ingested(document_id, version, len(pieces), changed=True)
+    return [results[d.document_id] for d in documents]
+
+
+def read_document(path: Path, *, max_bytes: int = MAX_FILE_BYTES) -> DocumentInput:
+    """The document in a knowledge file; `Skipped` (raised) when it cannot be one."""
+    content_type = content_type_of(path)
+    if content_type is None:
+        raise SkippedFile(path, "not a Markdown, text or HTML file")
+    try:
+        size = path.stat().st_size
+        if size > max_bytes:
+            raise SkippedFile(path, f"{size:,} bytes, more than the {max_bytes:,} a document may have")
+        raw = path.read_bytes()
+    except OSError as err:
+        raise SkippedFile(path, f"unreadable: {err.strerror or err}") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise SkippedFile(path, f"not UTF-8 (byte {err.start})") from None
+    return DocumentInput(document_id_for(path), text, content_type, source=str(path))
+
+
+class SkippedFile(Exception):
+    def __init__(self, path: Path, reason: str) -> None:
+        super().__init__(f"{path}: {reason}")
+        self.skipped = Skipped(path, reason)
 
 
 def ingest_path(engine: Engine, path: Path) -> Ingested:
-    content_type = content_type_of(path)
-    if content_type is None:
-        raise ValueError(f"{path}: not a Markdown, text or HTML file")
-    return ingest(
-        engine,
-        document_id=document_id_for(path),
-        text=path.read_text(encoding="utf-8"),
-        content_type=content_type,
-        source=str(path),
-    )
+    try:
+        document = read_document(path)
+    except SkippedFile as err:
+        raise ValueError(str(err)) from None
+    return ingest_batch(engine, [document])[0]
 
 
-def knowledge_files(paths: Sequence[Path]) -> list[Path]:
+def ingest_files(
+    engine: Engine,
+    files: Sequence[Path],
+    *,
+    batch_size: int = 64,
+    max_bytes: int = MAX_FILE_BYTES,
+    on_batch: Callable[[int], None] | None = None,
+) -> tuple[list[Ingested], list[Skipped]]:
+    """Ingest many files, `batch_size` documents a transaction: what was stored, and what was skipped
+    (with its path and why). `on_batch(n)` is told of each batch of `n` files done. A file whose id
+    another file has already is skipped too. Stopped in the middle (Ctrl-C), the batches committed stay
+    and the batch under way is left out whole."""
+    stored: list[Ingested] = []
+    skipped: list[Skipped] = []
+    seen: dict[str, Path] = {}
+    for start in range(0, len(files), batch_size):
+        batch: list[DocumentInput] = []
+        for path in files[start : start + batch_size]:
+            try:
+                document = read_document(path, max_bytes=max_bytes)
+            except SkippedFile as err:
+                skipped.append(err.skipped)
+                continue
+            first = seen.setdefault(document.document_id, path)
+            if first != path:
+                skipped.append(Skipped(path, f"its id {document.document_id!r} is {first}'s already"))
+                continue
+            batch.append(document)
+        if batch:
+            stored += ingest_batch(engine, batch)
+        if on_batch is not None:
+            on_batch(len(files[start : start + batch_size]))
+    return stored, skipped
+
+
+def knowledge_files(paths: Sequence[Path], *, clashes_skipped: bool = False) -> list[Path]:
     """The ingestible files among `paths`, folders searched recursively, in a stable order.
 
     Raises ValueError when two files would get the same document id (`faq/returns.md`
-    and `legal/returns.html`): one would silently replace the other on every ingest.
+    and `legal/returns.html`): one would silently replace the other on every ingest. With
+    `clashes_skipped` they are all kept: `ingest_files` reports and skips the second.
     """
     files: list[Path] = []
     for path in paths:
@@ -134,7 +251,7 @@ def knowledge_files(paths: Sequence[Path]) -> list[Path]:
     seen: dict[str, Path] = {}
     for path in files:
         other = seen.setdefault(document_id_for(path), path)
-        if other != path:
+        if other != path and not clashes_skipped:
             raise ValueError(
                 f"{other} and {path} would both be document {document_id_for(path)!r}; rename one"
             )

