@@ -8,6 +8,8 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import ColumnElement, delete, func
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
@@ -30,11 +32,9 @@ def record_turn(engine: Engine, turn: RecordTurnRequest) -> None:
     key never share one); the turn count only ever grows.
     """
     with Session(engine) as session:
-        conversation = session.get(Conversation, turn.conversation_id)
-        if conversation is not None and conversation.status == ERASED:
+        conversation = _conversation_row(session, turn.conversation_id, turn.at)
+        if conversation.status == ERASED:
             return  # erased while the turn ran: nothing of it is written again
-        if conversation is None:
-            conversation = Conversation(id=turn.conversation_id, created_at=turn.at, updated_at=turn.at)
         conversation.turn_count = max(conversation.turn_count, turn.turn_index + 1)
         if turn.turn_index + 1 >= conversation.turn_count:
             if turn.reply is not None:
@@ -154,11 +154,9 @@ def record_message(engine: Engine, message: RecordMessageRequest) -> None:
 def record_conversation(engine: Engine, change: RecordConversationRequest) -> None:
     """Create the index row if absent, or record the conversation's end; idempotent."""
     with Session(engine) as session:
-        conversation = session.get(Conversation, change.conversation_id)
-        if conversation is not None and conversation.status == ERASED:
+        conversation = _conversation_row(session, change.conversation_id, change.at)
+        if conversation.status == ERASED:
             return
-        if conversation is None:
-            conversation = Conversation(id=change.conversation_id, created_at=change.at, updated_at=change.at)
         conversation.turn_count = max(conversation.turn_count, change.turn_count)
         if change.status == "ended":
             conversation.status = "ended"
@@ -166,6 +164,21 @@ def record_conversation(engine: Engine, change: RecordConversationRequest) -> No
             conversation.updated_at = max(conversation.updated_at, change.at)
         session.add(conversation)
         session.commit()
+
+
+def _conversation_row(session: Session, conversation_id: str, at: datetime) -> Conversation:
+    """The conversation's index row, made if it is absent, locked for this transaction (PostgreSQL).
+
+    The first turn's record and the conversation's own can run at once (a turn is delivered with the
+    workflow's start): each inserts the row unless it exists, in one statement, so neither fails on
+    the other's insert."""
+    row = Conversation(id=conversation_id, created_at=at, updated_at=at).model_dump()
+    dialect = session.get_bind().dialect.name
+    insert = sqlite_insert if dialect == "sqlite" else postgresql_insert
+    session.execute(insert(Conversation).values(**row).on_conflict_do_nothing(index_elements=["id"]))
+    conversation = session.get(Conversation, conversation_id, with_for_update=True, populate_existing=True)
+    assert conversation is not None  # inserted just now, or there already
+    return conversation
 
 
 def get_conversation(engine: Engine, conversation_id: str) -> Conversation | None:

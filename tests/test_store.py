@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -218,3 +219,30 @@ def test_values_longer_than_their_columns_are_kept_within_them(engine: Engine) -
         assert "name" in str(err)
     else:
         raise AssertionError("a key name longer than its column was accepted")
+
+
+def test_a_conversation_and_its_first_turn_recorded_at_once_make_one_row(engine: Engine) -> None:
+    """The workflow records a new conversation and, delivered with its start, its first turn at the same
+    time: neither write may fail on the other's insert of the conversation's row."""
+    for number in range(20):
+        conversation_id = f"race-{number}"
+        start = threading.Barrier(2)
+
+        def record_start(conversation_id: str = conversation_id, start: threading.Barrier = start) -> None:
+            start.wait()
+            store.record_conversation(
+                engine, RecordConversationRequest(conversation_id=conversation_id, status="active", at=T0)
+            )
+
+        def record_first_turn(
+            conversation_id: str = conversation_id, start: threading.Barrier = start
+        ) -> None:
+            start.wait()
+            store.record_turn(engine, turn(conversation_id, 0))
+
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            futures = [pool.submit(record_start), pool.submit(record_first_turn)]
+            for future in futures:
+                future.result()  # raises what the write raised
+        conversation = store.get_conversation(engine, conversation_id)
+        assert conversation is not None and conversation.turn_count == 1
