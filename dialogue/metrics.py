@@ -68,6 +68,16 @@ TOOL_SECONDS = Histogram(
 # Recorded by the workflow (replay-safe metric meter), among the worker's SDK metrics: decisions on tool
 # calls that waited for approval, by tool and decision (approved, denied, timeout).
 APPROVAL_DECISIONS = "dialogue_agent_approvals"
+KNOWLEDGE_INDEX_REVISION = Gauge(
+    "dialogue_knowledge_index_revision", "The knowledge revision the worker's search index serves."
+)
+KNOWLEDGE_INDEX_BUILT = Gauge(
+    "dialogue_knowledge_index_built_timestamp_seconds",
+    "When the worker's search index was built (Unix time): its age is now minus this.",
+)
+KNOWLEDGE_INDEX_BUILD_SECONDS = Gauge(
+    "dialogue_knowledge_index_build_seconds", "How long the worker's last index build took."
+)
 BROKEN_CONVERSATIONS = Gauge(
     "dialogue_conversation_workflows_broken",
     "Conversations whose workflow failed, was terminated, timed out or was cancelled, and was not recovered "

@@ -155,7 +155,9 @@ class Settings(BaseSettings):
     retrieval: Literal["hybrid", "lexical", "semantic"] = "hybrid"
     """`hybrid` fuses BM25 and embeddings; `lexical` (BM25) and `semantic` (embeddings) keep one ranking."""
     knowledge_reload_seconds: float = Field(default=2.0, ge=0)
-    """How often the worker checks the knowledge base for changes (one small query)."""
+    """How often the worker checks the knowledge base for changes (one small query); a change is indexed
+    on a thread of its own while turns search the index they have. 0: at every search, indexed before it
+    answers (tests, evaluations)."""
 
     generator: Literal["grounded", "openai"] = "grounded"
     """How knowledge-base answers are worded: `grounded` (extractive, no model) or `openai` (an LLM)."""

@@ -12,11 +12,13 @@ from pathlib import Path
 
 import orjson
 import pytest
+from prometheus_client import REGISTRY
+from sqlalchemy import delete
 from sqlalchemy.engine import Engine
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from dialogue.bot import BotDefinition
-from dialogue.db import KnowledgeChunk, KnowledgeDocument, get_engine
+from dialogue.db import KnowledgeChunk, KnowledgeDocument, get_engine, init_db
 from dialogue.jsonl import DataError
 from dialogue.knowledge import store
 from dialogue.knowledge.chunking import chunk
@@ -301,3 +303,54 @@ def test_an_ingest_stopped_with_ctrl_c_leaves_each_document_wholly_old_or_wholly
     for row in chunks:
         per_document[row.document_id] += 1
     assert all(per_document[d.id] == d.chunk_count > 1 for d in documents)  # no document half-chunked
+
+
+def test_a_change_is_indexed_beside_the_searches_and_replaces_the_index_in_one_step(
+    tmp_path: Path, demo_store: Path
+) -> None:
+    copy = tmp_path / "copy.db"
+    copy.write_bytes(demo_store.read_bytes())
+    engine = get_engine(f"sqlite:///{copy}")
+    index = HybridIndex(engine, reload_seconds=0.01)
+    before = index.search("zorblax teleporter", top_k=1)[0]
+    revision = REGISTRY.get_sample_value("dialogue_knowledge_index_revision")
+    store.ingest(
+        engine,
+        document_id="teleporter",
+        text="# Zorblax teleporter\n\nThe zorblax teleporter ships in 2030.",
+        content_type="markdown",
+    )
+    time.sleep(0.02)
+    # The first search after the change answers at once, from the index it had: the new one is built
+    # on its own thread.
+    assert index.search("zorblax teleporter", top_k=1)[0].document_id == before.document_id
+    index.wait_for_rebuild(timeout=60)
+    time.sleep(0.02)
+    assert index.search("zorblax teleporter", top_k=1)[0].document_id == "teleporter"
+    assert REGISTRY.get_sample_value("dialogue_knowledge_index_revision") == (revision or 0) + 1
+    assert (
+        REGISTRY.get_sample_value("dialogue_knowledge_index_built_timestamp_seconds") or 0
+    ) > time.time() - 60
+
+
+def test_reindex_chunks_and_embeds_every_document_again_and_keeps_its_version(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/kb.db"
+    engine = get_engine(url)
+    init_db(engine)
+    long_text = "# Long\n\n" + "\n\n".join(f"Paragraph {n}: " + "shipping rules " * 20 for n in range(6))
+    store.ingest(engine, document_id="long", text=long_text, content_type="markdown")
+    store.ingest(engine, document_id="short", text="# Short\n\nOne line.", content_type="markdown")
+    before_revision = store.revision(engine)
+    with Session(engine) as session:  # as an older chunker would have left it: one chunk, no vector
+        session.execute(delete(KnowledgeChunk).where(col(KnowledgeChunk.position) > 0))
+        session.commit()
+    env = {**os.environ, "DIALOGUE_DATABASE_URL": url, "NO_COLOR": "1"}
+    run = _dialogue("kb", "reindex", "--batch-size", "1", env=env)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "2 documents" in run.stdout
+    with Session(engine) as session:
+        rows = session.exec(select(KnowledgeChunk).where(col(KnowledgeChunk.document_id) == "long")).all()
+        documents = {d.id: d for d in session.exec(select(KnowledgeDocument)).all()}
+    assert len(rows) == documents["long"].chunk_count > 1 and all(r.embedding for r in rows)
+    assert {d.version for d in documents.values()} == {1}
+    assert store.revision(engine) == before_revision + 2  # a batch each

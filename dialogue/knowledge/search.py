@@ -1,12 +1,16 @@
 """Hybrid search over the knowledge base's chunks: BM25 and dense vectors, fused by reciprocal rank.
 
 The index lives in memory and follows the store: at most every `reload_seconds` it reads
-the knowledge revision (one small query) and rebuilds when documents changed.
+the knowledge revision (one small query) and, when documents changed, builds the new index on a
+thread of its own while searches go on with the one they have; the new one replaces it in one step
+once built. No turn waits for a rebuild. With `reload_seconds` 0 (tests, evaluations) every search
+sees the latest revision, built before it answers.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from dataclasses import dataclass
 from typing import Literal
@@ -19,6 +23,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from dialogue.contracts import Passage
 from dialogue.db import KnowledgeChunk, KnowledgeDocument
 from dialogue.knowledge import store
+from dialogue.metrics import KNOWLEDGE_INDEX_BUILD_SECONDS, KNOWLEDGE_INDEX_BUILT, KNOWLEDGE_INDEX_REVISION
 from dialogue.nlu.embeddings import embed, embeddings_available
 from dialogue.text import terms
 
@@ -65,6 +70,8 @@ class HybridIndex:
         self._lexical_on = mode != "semantic"
         self._snapshot: _Snapshot | None = None
         self._checked_at = 0.0
+        self._building: threading.Thread | None = None
+        self._building_lock = threading.Lock()
 
     def search(self, text: str, top_k: int = 5) -> list[Passage]:
         snapshot = self._fresh()
@@ -114,23 +121,54 @@ class HybridIndex:
         return [(int(i), float(similarities[i])) for i in order]
 
     def _fresh(self) -> _Snapshot:
+        snapshot = self._snapshot  # this search's index, whatever a rebuild swaps in meanwhile
         now = time.monotonic()
-        if self._snapshot is not None and now - self._checked_at < self._reload_seconds:
-            return self._snapshot
+        if snapshot is not None and now - self._checked_at < self._reload_seconds:
+            return snapshot
         self._checked_at = now
         try:
-            if self._snapshot is None or store.revision(self._engine) != self._snapshot.revision:
-                self._snapshot = self._build()
+            if snapshot is None:
+                self._snapshot = snapshot = self._build()
+            elif store.revision(self._engine) != snapshot.revision:
+                if self._reload_seconds == 0:
+                    self._snapshot = snapshot = self._build()
+                else:
+                    self._rebuild_in_background()
         except SQLAlchemyError:
-            if self._snapshot is None:
+            if snapshot is None:
                 raise
             # The store is unavailable: answer from the index as it was, and look again next time.
+            log.warning("knowledge base unreachable; searching the index of revision %s", snapshot.revision)
+        return snapshot
+
+    def _rebuild_in_background(self) -> None:
+        with self._building_lock:
+            if self._building is not None and self._building.is_alive():
+                return  # one build at a time; the next check after it sees any later revision
+            self._building = threading.Thread(target=self._rebuild, name="knowledge-index", daemon=True)
+            self._building.start()
+
+    def _rebuild(self) -> None:
+        try:
+            built = self._build()
+        except Exception:  # the store went away mid-build, say: keep serving the index there is
             log.warning(
-                "knowledge base unreachable; searching the index of revision %s", self._snapshot.revision
+                "knowledge index rebuild failed; serving revision %s", self._revision(), exc_info=True
             )
-        return self._snapshot
+            return
+        self._snapshot = built  # one reference: a search under way keeps the snapshot it took
+
+    def _revision(self) -> int | None:
+        return self._snapshot.revision if self._snapshot else None
+
+    def wait_for_rebuild(self, timeout: float | None = None) -> None:
+        """Block until a background rebuild under way is done (for tools and tests)."""
+        building = self._building
+        if building is not None:
+            building.join(timeout)
 
     def _build(self) -> _Snapshot:
+        started = time.perf_counter()
         revision, pairs = store.all_chunks(self._engine)
         bm25 = None
         if pairs:
@@ -139,4 +177,7 @@ class HybridIndex:
         vectors = None
         if self._use_embeddings and pairs and all(c.embedding for c, _ in pairs):
             vectors = np.vstack([np.frombuffer(c.embedding or b"", dtype=np.float32) for c, _ in pairs])
+        KNOWLEDGE_INDEX_REVISION.set(revision)
+        KNOWLEDGE_INDEX_BUILT.set(time.time())
+        KNOWLEDGE_INDEX_BUILD_SECONDS.set(time.perf_counter() - started)
         return _Snapshot(revision, pairs, bm25, vectors)

@@ -8,6 +8,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 from sqlalchemy import delete as sql_delete
@@ -165,6 +166,59 @@ def ingest_batch(
         _bump_revision(session)
         session.commit()
     return [results[d.document_id] for d in documents]
+
+
+def reindex(
+    engine: Engine, *, batch_size: int = 64, on_batch: Callable[[int], None] | None = None
+) -> tuple[int, int]:
+    """Chunk and embed every stored document again from its stored text (after a change of the chunker
+    or the model), `batch_size` documents a transaction, each keeping its version; the revision moves
+    with each batch, so the workers rebuild their index. Returns the documents and chunks written."""
+    documents = chunks = 0
+    offset = 0
+    use_embeddings = embeddings_available()
+    while True:
+        with Session(engine) as session:
+            rows = session.exec(
+                select(KnowledgeDocument).order_by(col(KnowledgeDocument.id)).offset(offset).limit(batch_size)
+            ).all()
+            if not rows:
+                return documents, chunks
+            pieces = {
+                row.id: chunk(parse(row.text, cast(ContentType, row.content_type), fallback_title=row.title))
+                for row in rows
+            }
+            texts = [_indexed_text(row.title, c.heading, c.text) for row in rows for c in pieces[row.id]]
+            vectors = embed_many(texts) if use_embeddings and texts else None
+            session.execute(
+                sql_delete(KnowledgeChunk).where(col(KnowledgeChunk.document_id).in_(list(pieces)))
+            )
+            at = 0
+            for row in rows:
+                for position, piece in enumerate(pieces[row.id]):
+                    session.add(
+                        KnowledgeChunk(
+                            id=f"{row.id}:{row.version}:{row.content_hash[:8]}:{position}",
+                            document_id=row.id,
+                            document_version=row.version,
+                            position=position,
+                            heading=piece.heading[:MAX_HEADING],
+                            text=piece.text,
+                            embedding=vectors[at + position].astype(np.float32).tobytes()
+                            if vectors is not None
+                            else None,
+                        )
+                    )
+                at += len(pieces[row.id])
+                row.chunk_count = len(pieces[row.id])
+                session.add(row)
+            _bump_revision(session)
+            session.commit()
+        documents += len(rows)
+        chunks += at
+        offset += len(rows)
+        if on_batch is not None:
+            on_batch(len(rows))
 
 
 def read_document(path: Path, *, max_bytes: int = MAX_FILE_BYTES) -> DocumentInput:
