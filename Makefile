@@ -48,7 +48,7 @@ test: lint typecheck pytest
 openapi: install
 	$(BIN)/dialogue openapi --output openapi.json
 
-# Benchmarks: results as JSON in bench/results/ (timing lives here, never in tests). About 110 minutes (kb_ingest alone about 35).
+# Benchmarks: results as JSON in bench/results/ (timing lives here, never in tests). About 120 minutes (the knowledge-base ingests about 45).
 bench: install
 	$(BIN)/python -m bench.turn_latency
 	$(BIN)/python -m bench.throughput
@@ -64,6 +64,7 @@ bench: install
 	$(BIN)/python -m bench.open_conversations --default-bot
 	$(BIN)/python -m bench.profile --default-bot
 	$(BIN)/python -m bench.kb_ingest
+	$(BIN)/python -m bench.kb_turns_during_ingest
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
