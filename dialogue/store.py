@@ -171,14 +171,17 @@ def _conversation_row(session: Session, conversation_id: str, at: datetime) -> C
 
     The first turn's record and the conversation's own can run at once (a turn is delivered with the
     workflow's start): each inserts the row unless it exists, in one statement, so neither fails on
-    the other's insert."""
+    the other's insert. A turn of a conversation that has its row (every turn but the first) reads it
+    only."""
+    conversation = session.get(Conversation, conversation_id, with_for_update=True)
+    if conversation is not None:
+        return conversation
     row = Conversation(id=conversation_id, created_at=at, updated_at=at).model_dump()
-    dialect = session.get_bind().dialect.name
-    insert = sqlite_insert if dialect == "sqlite" else postgresql_insert
+    insert = sqlite_insert if session.get_bind().dialect.name == "sqlite" else postgresql_insert
     session.execute(insert(Conversation).values(**row).on_conflict_do_nothing(index_elements=["id"]))
-    conversation = session.get(Conversation, conversation_id, with_for_update=True, populate_existing=True)
-    assert conversation is not None  # inserted just now, or there already
-    return conversation
+    made = session.get(Conversation, conversation_id, with_for_update=True, populate_existing=True)
+    assert made is not None  # inserted just now, or by the other writer
+    return made
 
 
 def get_conversation(engine: Engine, conversation_id: str) -> Conversation | None:

@@ -111,22 +111,10 @@ def ingest_batch(
             changed.append((document, parsed, chunk(parsed)))
         if not changed:
             return [results[d.document_id] for d in documents]
-        use_embeddings = embeddings_available() if with_embeddings is None else with_embeddings
-        texts = [
-            _indexed_text(parsed.title, c.heading, c.text) for _, parsed, pieces in changed for c in pieces
-        ]
-        vectors = embed_many(texts) if use_embeddings and texts else None
-        session.execute(
-            sql_delete(KnowledgeChunk).where(
-                col(KnowledgeChunk.document_id).in_([document.document_id for document, _, _ in changed])
-            )
-        )
         now = datetime.now(UTC)
-        at = 0
+        rows: list[tuple[KnowledgeDocument, list[Chunk]]] = []
         for document, parsed, pieces in changed:
             old = existing.get(document.document_id)
-            version = old.version + 1 if old else 1
-            content_hash = hashes[document.document_id]
             row = old or KnowledgeDocument(
                 id=document.document_id,
                 title="",
@@ -139,30 +127,16 @@ def ingest_batch(
             row.title = (document.title or parsed.title)[:MAX_TITLE]
             row.source = document.source[:MAX_SOURCE] if document.source else None
             row.content_type = document.content_type
-            row.content_hash = content_hash
-            row.version = version
+            row.content_hash = hashes[document.document_id]
+            row.version = old.version + 1 if old else 1
             row.text = document.text
-            row.chunk_count = len(pieces)
             row.updated_at = now
-            session.add(row)
-            for position, piece in enumerate(pieces):
-                session.add(
-                    KnowledgeChunk(
-                        # The content hash too: a document deleted and added again restarts at version 1,
-                        # and lineage must not mistake the new text for the old.
-                        id=f"{document.document_id}:{version}:{content_hash[:8]}:{position}",
-                        document_id=document.document_id,
-                        document_version=version,
-                        position=position,
-                        heading=piece.heading[:MAX_HEADING],
-                        text=piece.text,
-                        embedding=vectors[at + position].astype(np.float32).tobytes()
-                        if vectors is not None
-                        else None,
-                    )
-                )
-            at += len(pieces)
-            results[document.document_id] = Ingested(document.document_id, version, len(pieces), changed=True)
+            rows.append((row, pieces))
+            results[document.document_id] = Ingested(
+                document.document_id, row.version, len(pieces), changed=True
+            )
+        use_embeddings = embeddings_available() if with_embeddings is None else with_embeddings
+        _replace_chunks(session, rows, use_embeddings)
         _bump_revision(session)
         session.commit()
     return [results[d.document_id] for d in documents]
@@ -175,54 +149,64 @@ def reindex(
     or the model), `batch_size` documents a transaction, each keeping its version; the revision moves
     with each batch, so the workers rebuild their index. Returns the documents and chunks written."""
     documents = chunks = 0
-    offset = 0
     use_embeddings = embeddings_available()
     while True:
         with Session(engine) as session:
-            rows = session.exec(
-                select(KnowledgeDocument).order_by(col(KnowledgeDocument.id)).offset(offset).limit(batch_size)
+            found = session.exec(
+                select(KnowledgeDocument)
+                .order_by(col(KnowledgeDocument.id))
+                .offset(documents)
+                .limit(batch_size)
             ).all()
-            if not rows:
+            if not found:
                 return documents, chunks
-            pieces = {
-                row.id: chunk(parse(row.text, cast(ContentType, row.content_type), fallback_title=row.title))
-                for row in rows
-            }
-            texts = [_indexed_text(row.title, c.heading, c.text) for row in rows for c in pieces[row.id]]
-            vectors = embed_many(texts) if use_embeddings and texts else None
-            session.execute(
-                sql_delete(KnowledgeChunk).where(col(KnowledgeChunk.document_id).in_(list(pieces)))
-            )
-            at = 0
-            for row in rows:
-                for position, piece in enumerate(pieces[row.id]):
-                    session.add(
-                        KnowledgeChunk(
-                            id=f"{row.id}:{row.version}:{row.content_hash[:8]}:{position}",
-                            document_id=row.id,
-                            document_version=row.version,
-                            position=position,
-                            heading=piece.heading[:MAX_HEADING],
-                            text=piece.text,
-                            embedding=vectors[at + position].astype(np.float32).tobytes()
-                            if vectors is not None
-                            else None,
-                        )
-                    )
-                at += len(pieces[row.id])
-                row.chunk_count = len(pieces[row.id])
-                session.add(row)
+            rows = [
+                (row, chunk(parse(row.text, cast(ContentType, row.content_type), fallback_title=row.title)))
+                for row in found
+            ]
+            _replace_chunks(session, rows, use_embeddings)
             _bump_revision(session)
             session.commit()
         documents += len(rows)
-        chunks += at
-        offset += len(rows)
+        chunks += sum(len(pieces) for _, pieces in rows)
         if on_batch is not None:
             on_batch(len(rows))
 
 
+def _replace_chunks(
+    session: Session, rows: Sequence[tuple[KnowledgeDocument, list[Chunk]]], use_embeddings: bool
+) -> None:
+    """Each document's chunks, in place of the ones it had: embedded together, in the session."""
+    texts = [_indexed_text(row.title, piece.heading, piece.text) for row, pieces in rows for piece in pieces]
+    vectors = embed_many(texts) if use_embeddings and texts else None
+    session.execute(
+        sql_delete(KnowledgeChunk).where(col(KnowledgeChunk.document_id).in_([r.id for r, _ in rows]))
+    )
+    at = 0
+    for row, pieces in rows:
+        row.chunk_count = len(pieces)
+        session.add(row)
+        for position, piece in enumerate(pieces):
+            session.add(
+                KnowledgeChunk(
+                    # The content hash too: a document deleted and added again restarts at version 1,
+                    # and lineage must not mistake the new text for the old.
+                    id=f"{row.id}:{row.version}:{row.content_hash[:8]}:{position}",
+                    document_id=row.id,
+                    document_version=row.version,
+                    position=position,
+                    heading=piece.heading[:MAX_HEADING],
+                    text=piece.text,
+                    embedding=vectors[at + position].astype(np.float32).tobytes()
+                    if vectors is not None
+                    else None,
+                )
+            )
+        at += len(pieces)
+
+
 def read_document(path: Path, *, max_bytes: int = MAX_FILE_BYTES) -> DocumentInput:
-    """The document in a knowledge file; `Skipped` (raised) when it cannot be one."""
+    """The document in a knowledge file; `SkippedFile` raised when it cannot be one."""
     content_type = content_type_of(path)
     if content_type is None:
         raise SkippedFile(path, "not a Markdown, text or HTML file")
