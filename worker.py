@@ -33,7 +33,7 @@ from activities.understand import UnderstandActivity
 from dialogue.bot import load_bot
 from dialogue.db import get_engine, init_db_if_reachable
 from dialogue.generation import build_generators
-from dialogue.knowledge.search import HybridIndex
+from dialogue.knowledge.search import open_index
 from dialogue.logs import configure_logging
 from dialogue.nlu.parser import build_parser
 from dialogue.settings import Settings, get_settings
@@ -82,7 +82,13 @@ def build_turn_activities(settings: Settings) -> TurnActivities:
     engine = get_engine(settings.resolved_database_url)
     init_db_if_reachable(engine)
     parser = build_parser(settings, bot)
-    index = HybridIndex(engine, reload_seconds=settings.knowledge_reload_seconds, mode=settings.retrieval)
+    index = open_index(
+        engine,
+        settings.knowledge_index,
+        folder=settings.resolved_knowledge_index_dir,
+        reload_seconds=settings.knowledge_reload_seconds,
+        mode=settings.retrieval,
+    )
     # Load the models and build the index now, not during the first user's turn.
     parser.parse("hello")
     try:

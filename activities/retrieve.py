@@ -5,13 +5,13 @@ from __future__ import annotations
 from temporalio import activity
 
 from dialogue.contracts import RetrieveRequest, RetrieveResult
-from dialogue.knowledge.search import HybridIndex
+from dialogue.knowledge.search import AnyIndex
 from dialogue.llm.followup import standalone_query
 from dialogue.nlu.embeddings import shared_within
 
 
 class RetrieveActivity:
-    def __init__(self, index: HybridIndex) -> None:
+    def __init__(self, index: AnyIndex) -> None:
         self._index = index
 
     @activity.defn(name="retrieve")

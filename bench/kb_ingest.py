@@ -8,7 +8,9 @@ documents a transaction with their chunks embedded together. Then the whole corp
 `--sizes`, batched. Reported: documents/s, chunks, the process's peak RSS. Results in
 bench/results/kb_ingest.json.
 
-    .venv/bin/python -m bench.kb_ingest [--sizes 5000 50000] [--sample 500] [--batch-size 64]
+    .venv/bin/python -m bench.kb_ingest [--sizes 5000 50000] [--sample 500] [--batch-size 64] [--keep DIR]
+
+`--keep DIR` leaves the stores (`DIR/n<size>.db`) for `bench.kb_memory` to search.
 """
 
 from __future__ import annotations
@@ -116,12 +118,17 @@ def main() -> None:
     parser.add_argument("--sample", type=int, default=500)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--out", type=Path, default=RESULTS / "kb_ingest.json")
+    parser.add_argument("--keep", type=Path, help="write the sized stores here and keep them")
     args = parser.parse_args()
     from dialogue.nlu.embeddings import embed, embed_many
 
     embed(["warm up"]), embed_many(["warm up", "the bulk encoder too"])  # load the models before timing
     with tempfile.TemporaryDirectory() as scratch:
         root = Path(scratch)
+        stores = args.keep or root
+        stores.mkdir(parents=True, exist_ok=True)
+        for n in args.sizes:
+            (stores / f"n{n}.db").unlink(missing_ok=True)
         files = write_corpus(root / "corpus", max(args.sizes))
         size_kb = sum(p.stat().st_size for p in files[: args.sample]) / args.sample / 1024
         sample = files[: args.sample]
@@ -138,7 +145,7 @@ def main() -> None:
                 "speedup": round(batched_sample["docs_per_s"] / one_by_one["docs_per_s"], 1),
             },
             sizes=[
-                ingest_batched(f"sqlite:///{root}/n{n}.db", files[:n], args.batch_size) for n in args.sizes
+                ingest_batched(f"sqlite:///{stores}/n{n}.db", files[:n], args.batch_size) for n in args.sizes
             ],
         )
     args.out.parent.mkdir(parents=True, exist_ok=True)

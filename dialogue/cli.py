@@ -7,7 +7,7 @@ import asyncio
 import json
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import typer
 
@@ -551,32 +551,64 @@ def kb_evaluate(
         Path,
         typer.Option("--data", help="Questions (JSONL: question or turns, and document_ids).", exists=True),
     ],
+    mode: Annotated[
+        Literal["hybrid", "lexical", "semantic", "all"] | None,
+        typer.Option(
+            "--mode",
+            help="hybrid, lexical, semantic, or all (each in turn); DIALOGUE_RETRIEVAL when unset.",
+        ),
+    ] = None,
+    index_engine: Annotated[
+        Literal["memory", "store"] | None,
+        typer.Option("--index", help="memory or store; DIALOGUE_KNOWLEDGE_INDEX when unset."),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """Recall@1, recall@5 and MRR of retrieval over the knowledge base in the store. For multi-turn
     exchanges (`turns`), of their last message, with the conversation's context and without it."""
     from dialogue.db import get_engine, init_db
     from dialogue.knowledge.evaluate import evaluate_retrieval, read_questions
-    from dialogue.knowledge.search import HybridIndex
+    from dialogue.knowledge.search import RetrievalMode, open_index
 
-    engine = get_engine(get_settings().resolved_database_url)
+    settings = get_settings()
+    modes: list[RetrievalMode] = ["hybrid", "lexical", "semantic"]
+    if mode != "all":
+        modes = [mode or settings.retrieval]
+    engine = get_engine(settings.resolved_database_url)
     init_db(engine)
-    index = HybridIndex(engine, mode=get_settings().retrieval)
     questions = read_questions(data)
-    reports = {"with context": evaluate_retrieval(index, questions, context=True)}
-    if any(q.turns for q in questions):
-        reports["without context"] = evaluate_retrieval(index, questions, context=False)
+    results: dict[str, dict[str, Any]] = {}
+    for each in modes:
+        index = open_index(
+            engine,
+            index_engine or settings.knowledge_index,
+            folder=settings.resolved_knowledge_index_dir,
+            reload_seconds=0,
+            mode=each,
+        )
+        reports = {"with context": evaluate_retrieval(index, questions, context=True)}
+        if any(q.turns for q in questions):
+            reports["without context"] = evaluate_retrieval(index, questions, context=False)
+        results[each] = {label: report.model_dump() for label, report in reports.items()}
     if as_json:
-        if len(reports) == 1:
-            typer.echo(reports["with context"].model_dump_json())
-        else:
-            typer.echo(json.dumps({k.replace(" ", "_"): v.model_dump() for k, v in reports.items()}))
+        shaped = {m: _evaluation_shape(r) for m, r in results.items()}
+        typer.echo(json.dumps(shaped[modes[0]] if len(modes) == 1 else shaped))
         return
-    for label, report in reports.items():
-        if len(reports) > 1:
-            typer.echo(label)
-        for name, value in report.model_dump().items():
-            typer.echo(f"{name:<12} {value}")
+    for retrieval, labelled in results.items():
+        if len(results) > 1:
+            typer.echo(f"[{retrieval}]")
+        for label, numbers in labelled.items():
+            if len(labelled) > 1:
+                typer.echo(label)
+            for name, value in numbers.items():
+                typer.echo(f"{name:<12} {value}")
+
+
+def _evaluation_shape(reports: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """One report as it is, or the multi-turn pair keyed `with_context` and `without_context`."""
+    if len(reports) == 1:
+        return reports["with context"]
+    return {label.replace(" ", "_"): report for label, report in reports.items()}
 
 
 db_app = typer.Typer(help="Migrate the SQL store's schema (Alembic).", no_args_is_help=True)

@@ -154,6 +154,12 @@ class Settings(BaseSettings):
 
     retrieval: Literal["hybrid", "lexical", "semantic"] = "hybrid"
     """`hybrid` fuses BM25 and embeddings; `lexical` (BM25) and `semantic` (embeddings) keep one ranking."""
+    knowledge_index: Literal["memory", "store"] = "memory"
+    """Where the worker's search index lives: `memory` (BM25 and vectors in each worker; fastest up to
+    tens of thousands of chunks) or `store` (lexical search in the SQL store's full-text index, vectors in
+    a file the workers of a machine share; worker memory stays flat as the corpus grows)."""
+    knowledge_index_dir: Path | None = None
+    """Where the `store` index keeps its vector files: `data_dir/knowledge-index` when unset."""
     knowledge_reload_seconds: float = Field(default=2.0, ge=0)
     """How often the worker checks the knowledge base for changes (one small query); a change is indexed
     on a thread of its own while turns search the index they have. 0: at every search, indexed before it
@@ -206,6 +212,10 @@ class Settings(BaseSettings):
         if self.environment == "production" and not self.api_key:
             raise ValueError("DIALOGUE_API_KEY must be set when DIALOGUE_ENVIRONMENT=production")
         return self
+
+    @property
+    def resolved_knowledge_index_dir(self) -> Path:
+        return self.knowledge_index_dir or self.data_dir / "knowledge-index"
 
     @property
     def resolved_database_url(self) -> str:

@@ -10,22 +10,24 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import orjson
 import pytest
 from prometheus_client import REGISTRY
-from sqlalchemy import delete
+from sqlalchemy import delete, inspect
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
 from dialogue.bot import BotDefinition
 from dialogue.db import KnowledgeChunk, KnowledgeDocument, get_engine, init_db
 from dialogue.jsonl import DataError
-from dialogue.knowledge import store
+from dialogue.knowledge import fulltext, store
 from dialogue.knowledge.chunking import chunk
 from dialogue.knowledge.evaluate import Question, evaluate_retrieval, read_questions
 from dialogue.knowledge.parsing import parse
-from dialogue.knowledge.search import HybridIndex
+from dialogue.knowledge.search import MemoryIndex, StoreIndex, open_index
 from dialogue.settings import PROJECT_ROOT
+from tests.conftest import ingest_knowledge
 
 MARKDOWN = """# Gift cards
 
@@ -129,7 +131,7 @@ def test_hybrid_search_finds_the_answering_document_and_follows_changes(
     from dialogue.db import get_engine
 
     engine = get_engine(f"sqlite:///{demo_store}")
-    index = HybridIndex(engine, reload_seconds=0)
+    index = MemoryIndex(engine, reload_seconds=0)
     best = index.search("how much does express shipping cost", top_k=3)[0]
     assert best.document_id == "shipping"
     assert best.lexical_score > 0 and best.chunk_id and best.document_version == 1
@@ -139,7 +141,7 @@ def test_hybrid_search_finds_the_answering_document_and_follows_changes(
     copy = tmp_path / "copy.db"
     copy.write_bytes(demo_store.read_bytes())
     mutable = get_engine(f"sqlite:///{copy}")
-    index = HybridIndex(mutable, reload_seconds=0)
+    index = MemoryIndex(mutable, reload_seconds=0)
     assert index.search("zorblax teleporter", top_k=1)[0].lexical_score == 0
     store.ingest(
         mutable,
@@ -155,7 +157,7 @@ def test_retrieval_evaluation_on_the_demo_qa_set(demo_store: Path, demo_bot: Bot
 
     questions = read_questions(demo_bot.resolve("qa.jsonl"))
     assert len(questions) >= 50
-    report = evaluate_retrieval(HybridIndex(get_engine(f"sqlite:///{demo_store}")), questions)
+    report = evaluate_retrieval(MemoryIndex(get_engine(f"sqlite:///{demo_store}")), questions)
     assert report.n_questions == len(questions)
     assert 0.6 <= report.recall_at_1 <= report.recall_at_5 <= 1
     assert report.recall_at_1 <= report.mrr <= report.recall_at_5
@@ -172,8 +174,8 @@ def test_retrieval_modes_keep_one_ranking(demo_store: Path) -> None:
     from dialogue.db import get_engine
 
     engine = get_engine(f"sqlite:///{demo_store}")
-    lexical = HybridIndex(engine, mode="lexical").search("express shipping cost", top_k=3)
-    semantic = HybridIndex(engine, mode="semantic").search("express shipping cost", top_k=3)
+    lexical = MemoryIndex(engine, mode="lexical").search("express shipping cost", top_k=3)
+    semantic = MemoryIndex(engine, mode="semantic").search("express shipping cost", top_k=3)
     assert all(p.semantic_score is None for p in lexical)
     assert all(p.lexical_score == 0 for p in semantic)
     assert lexical[0].document_id == semantic[0].document_id == "shipping"
@@ -205,7 +207,7 @@ def test_follow_ups_retrieve_better_with_the_conversation_and_questions_lose_not
     """The demo's multi-turn set (50 exchanges whose last message leans on the earlier ones): recall@5 of
     the last message made standalone from the conversation against the message alone; and the single-turn
     set, each question after another topic's, unchanged by it."""
-    index = HybridIndex(get_engine(f"sqlite:///{demo_store}"))
+    index = MemoryIndex(get_engine(f"sqlite:///{demo_store}"))
     multi = read_questions(DEMO / "qa_multiturn.jsonl")
     with_context = evaluate_retrieval(index, multi, context=True)
     alone = evaluate_retrieval(index, multi, context=False)
@@ -311,7 +313,7 @@ def test_a_change_is_indexed_beside_the_searches_and_replaces_the_index_in_one_s
     copy = tmp_path / "copy.db"
     copy.write_bytes(demo_store.read_bytes())
     engine = get_engine(f"sqlite:///{copy}")
-    index = HybridIndex(engine, reload_seconds=0.01)
+    index = MemoryIndex(engine, reload_seconds=0.01)
     before = index.search("zorblax teleporter", top_k=1)[0]
     revision = REGISTRY.get_sample_value("dialogue_knowledge_index_revision")
     store.ingest(
@@ -354,3 +356,164 @@ def test_reindex_chunks_and_embeds_every_document_again_and_keeps_its_version(tm
     assert len(rows) == documents["long"].chunk_count > 1 and all(r.embedding for r in rows)
     assert {d.version for d in documents.values()} == {1}
     assert store.revision(engine) == before_revision + 2  # a batch each
+
+
+def demo_engine(database_url: str, demo_bot: BotDefinition) -> Engine:
+    engine = get_engine(database_url)
+    init_db(engine)
+    ingest_knowledge(engine, demo_bot)
+    return engine
+
+
+def test_the_store_engine_searches_in_the_store_and_follows_every_change_at_once_lexically(
+    database_url: str, demo_bot: BotDefinition, tmp_path: Path
+) -> None:
+    """SQLite FTS5 or PostgreSQL full-text for the words, the shared vector file for the meaning: the
+    answering document first, and a document added, changed or deleted found (or not) by its words at the
+    next search, before any rebuild (the lexical index is written with the chunks)."""
+    engine = demo_engine(database_url, demo_bot)
+    index = StoreIndex(engine, tmp_path / "vectors", reload_seconds=3600)
+    best = index.search("how much does express shipping cost", top_k=3)[0]
+    assert best.document_id == "shipping" and best.lexical_score > 0 and best.semantic_score is not None
+
+    store.ingest(
+        engine,
+        document_id="teleporter",
+        text="# Zorblax\n\nThe zorblax ships in 2030.",
+        content_type="markdown",
+    )
+    words = StoreIndex(engine, tmp_path / "vectors", reload_seconds=3600, mode="lexical")
+    assert words.search("when does the zorblax ship", top_k=1)[0].document_id == "teleporter"
+
+    store.ingest(
+        engine,
+        document_id="teleporter",
+        text="# Quuxotron\n\nThe quuxotron ships in 2031.",
+        content_type="markdown",
+    )
+    assert "teleporter" not in [p.document_id for p in words.search("zorblax", top_k=30)]
+    assert words.search("quuxotron", top_k=1)[0].text == "The quuxotron ships in 2031."
+
+    store.delete(engine, "teleporter")
+    assert words.search("quuxotron", top_k=30) == []
+
+
+def test_the_store_engine_keeps_the_vectors_in_one_file_per_revision_that_workers_share(
+    demo_store: Path, tmp_path: Path
+) -> None:
+    copy = tmp_path / "copy.db"
+    copy.write_bytes(demo_store.read_bytes())
+    engine = get_engine(f"sqlite:///{copy}")
+    folder = tmp_path / "vectors"
+    first, second = (StoreIndex(engine, folder, reload_seconds=0) for _ in range(2))
+    first.search("express shipping", top_k=1)
+    second.search("express shipping", top_k=1)
+    revision = store.revision(engine)
+    assert [p.name for p in folder.iterdir()] == [f"revision-{revision}"]
+    mapped = [index._snapshot.vectors.matrix for index in (first, second) if index._snapshot]
+    assert all(isinstance(matrix, np.memmap) for matrix in mapped)
+    assert mapped[0].shape == (len(store.all_chunks(engine)[1]), 384)
+
+    store.ingest(
+        engine,
+        document_id="teleporter",
+        text="# Zorblax\n\nThe zorblax ships in 2030.",
+        content_type="markdown",
+    )
+    assert first.search("when does the zorblax ship", top_k=1)[0].semantic_score is not None
+    assert [p.name for p in folder.iterdir()] == [f"revision-{revision + 1}"]  # the older one removed
+    assert second.search("express shipping", top_k=1)[0].document_id == "shipping"  # maps the new one
+
+
+def test_the_engines_retrieve_as_well_as_each_other_on_the_demo_sets(
+    database_url: str, demo_bot: BotDefinition, tmp_path: Path
+) -> None:
+    """Quality kept: the store engine's hybrid search (FTS5's BM25 or PostgreSQL's ts_rank for the words)
+    finds the answer in the first five at least as often as the in-memory one, on the single-question set
+    and on the multi-turn one; every mode is reported."""
+    engine = demo_engine(database_url, demo_bot)
+    sets = {
+        "qa": read_questions(DEMO / "qa.jsonl"),
+        "multi-turn": read_questions(DEMO / "qa_multiturn.jsonl"),
+    }
+    for name, questions in sets.items():
+        reports = {
+            (kind, mode): evaluate_retrieval(
+                open_index(engine, kind, folder=tmp_path / "vectors", reload_seconds=0, mode=mode), questions
+            )
+            for kind in ("memory", "store")
+            for mode in ("hybrid", "lexical", "semantic")
+        }
+        print(
+            f"\n{name}: "
+            + "; ".join(f"{k} {m} r@5 {r.recall_at_5} mrr {r.mrr}" for (k, m), r in reports.items())
+        )
+        assert reports["store", "hybrid"].recall_at_5 >= reports["memory", "hybrid"].recall_at_5
+        assert reports["store", "hybrid"].mrr >= reports["memory", "hybrid"].mrr - 0.01
+        assert reports["store", "semantic"] == reports["memory", "semantic"]  # the same vectors, exactly
+
+
+def test_a_store_upgraded_to_the_full_text_revision_is_searchable_at_once(
+    database_url: str, demo_bot: BotDefinition, tmp_path: Path
+) -> None:
+    """Migration 0003 fills the full-text index from the chunks already stored."""
+    from alembic import command
+
+    from dialogue.migrations import alembic_config
+
+    engine = demo_engine(database_url, demo_bot)
+    command.downgrade(alembic_config(database_url), "0002")
+    assert fulltext.TABLE not in inspect(engine).get_table_names()
+    command.upgrade(alembic_config(database_url), "head")
+    index = StoreIndex(engine, tmp_path / "vectors", reload_seconds=0, mode="lexical")
+    assert index.search("how much does express shipping cost", top_k=1)[0].document_id == "shipping"
+
+
+def test_kb_evaluate_reports_every_mode_of_the_chosen_engine(demo_store: Path, tmp_path: Path) -> None:
+    env = {
+        **os.environ,
+        "DIALOGUE_DATABASE_URL": f"sqlite:///{demo_store}",
+        "DIALOGUE_DATA_DIR": str(tmp_path),
+    }
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "dialogue",
+            "kb",
+            "evaluate",
+            "--data",
+            str(DEMO / "qa.jsonl"),
+            "--mode",
+            "all",
+            "--index",
+            "store",
+            "--json",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
+    reports = orjson.loads(run.stdout)
+    assert set(reports) == {"hybrid", "lexical", "semantic"}
+    assert all(r["n_questions"] == 88 and 0 < r["recall_at_1"] <= r["recall_at_5"] for r in reports.values())
+    refused = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "dialogue",
+            "kb",
+            "evaluate",
+            "--data",
+            str(DEMO / "qa.jsonl"),
+            "--index",
+            "disk",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert refused.returncode == 2 and "disk" in refused.stderr

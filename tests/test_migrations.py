@@ -187,7 +187,9 @@ def test_the_revisions_after_the_baseline_only_add_the_later_tables() -> None:
     # Adoption stamps the baseline after comparing the tables with the models but LATER_TABLES: that
     # holds only while the later revisions add tables and change none of the baseline's. A revision that
     # changes a baseline table must make adoption compare with the baseline's own schema.
-    assert head() == "0002" and {"tool_result"} == LATER_TABLES
+    # 0003 adds the knowledge base's full-text index, which is not a table of the models (FTS5 makes a
+    # virtual table): adoption and autogenerate leave it aside.
+    assert head() == "0003" and {"tool_result"} == LATER_TABLES
 
 
 async def test_a_turn_through_the_api_and_a_worker_is_stored_in_postgresql(

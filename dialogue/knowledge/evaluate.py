@@ -7,7 +7,7 @@ from pathlib import Path
 from pydantic import BaseModel, model_validator
 
 from dialogue.jsonl import read_jsonl
-from dialogue.knowledge.search import HybridIndex
+from dialogue.knowledge.search import AnyIndex
 from dialogue.llm.followup import standalone_query
 
 DEPTH = 20
@@ -54,7 +54,7 @@ def read_questions(path: Path) -> list[Question]:
 
 
 def evaluate_retrieval(
-    index: HybridIndex, questions: list[Question], *, context: bool = True
+    index: AnyIndex, questions: list[Question], *, context: bool = True
 ) -> RetrievalReport:
     hits_1 = hits_5 = 0
     reciprocal = 0.0

@@ -1,10 +1,18 @@
 """Hybrid search over the knowledge base's chunks: BM25 and dense vectors, fused by reciprocal rank.
 
-The index lives in memory and follows the store: at most every `reload_seconds` it reads
-the knowledge revision (one small query) and, when documents changed, builds the new index on a
-thread of its own while searches go on with the one they have; the new one replaces it in one step
-once built. No turn waits for a rebuild. With `reload_seconds` 0 (tests, evaluations) every search
-sees the latest revision, built before it answers.
+Two engines (`DIALOGUE_KNOWLEDGE_INDEX`), the same fusion:
+- `memory` (`MemoryIndex`): every worker holds every chunk, a BM25 index (bm25s) and the vector
+  matrix in its own memory. Fastest to search; memory grows with the corpus in every worker process.
+- `store` (`StoreIndex`): the lexical search runs in the SQL store (`fulltext`: SQLite FTS5 or
+  PostgreSQL full-text search, written with the chunks), the vectors are a file per revision that the
+  workers of a machine map and share (`vectors`), and a search reads only its results' text from the
+  store. A worker holds the chunk ids, not the corpus.
+
+Both follow the store: at most every `reload_seconds` an index reads the knowledge revision (one small
+query) and, when documents changed, builds what it holds for the new revision on a thread of its own while
+searches go on with the one they have; the new one replaces it in one step once built. No turn waits for a
+rebuild. With `reload_seconds` 0 (tests, evaluations) every search sees the latest revision, built before
+it answers. The `store` engine's lexical side is never behind: it is the store.
 """
 
 from __future__ import annotations
@@ -12,17 +20,22 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from pathlib import Path
+from typing import Any, Generic, Literal, TypeVar
 
 import bm25s
 import numpy as np
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import defer
+from sqlmodel import Session, col, select
 
 from dialogue.contracts import Passage
 from dialogue.db import KnowledgeChunk, KnowledgeDocument
-from dialogue.knowledge import store
+from dialogue.knowledge import fulltext, store
+from dialogue.knowledge.vectors import Vectors, open_or_write
 from dialogue.metrics import KNOWLEDGE_INDEX_BUILD_SECONDS, KNOWLEDGE_INDEX_BUILT, KNOWLEDGE_INDEX_REVISION
 from dialogue.nlu.embeddings import embed, embeddings_available
 from dialogue.text import terms
@@ -38,18 +51,22 @@ lost 3 points of recall@1 against this; lexical matching still breaks ties and c
 SEMANTIC_WEIGHT = 1.0
 
 
-@dataclass
-class _Snapshot:
-    revision: int
-    pairs: list[tuple[KnowledgeChunk, KnowledgeDocument]]
-    bm25: bm25s.BM25 | None
-    vectors: np.ndarray | None
-
-
 RetrievalMode = Literal["hybrid", "lexical", "semantic"]
+IndexEngine = Literal["memory", "store"]
+Key = TypeVar("Key", bound=Hashable)
+Ranking = list[tuple[Key, float]]
 
 
-class HybridIndex:
+class _Revisioned:
+    revision: int
+
+
+Snapshot = TypeVar("Snapshot", bound=_Revisioned)
+
+
+class HybridIndex(Generic[Snapshot, Key]):
+    """What both engines share: the fusion of the two rankings, and following the store's revision."""
+
     def __init__(
         self,
         engine: Engine,
@@ -68,59 +85,55 @@ class HybridIndex:
         if mode == "semantic" and not self._use_embeddings:
             raise ValueError("semantic retrieval needs the embeddings extra")
         self._lexical_on = mode != "semantic"
-        self._snapshot: _Snapshot | None = None
+        self._snapshot: Snapshot | None = None
         self._checked_at = 0.0
         self._building: threading.Thread | None = None
         self._building_lock = threading.Lock()
 
     def search(self, text: str, top_k: int = 5) -> list[Passage]:
         snapshot = self._fresh()
-        if not snapshot.pairs:
-            return []
-        lexical = self._lexical(snapshot, text) if self._lexical_on else []
-        semantic = self._semantic(snapshot, text)
-        fused: dict[int, float] = {}
-        for weight, ranking in ((LEXICAL_WEIGHT, lexical), (SEMANTIC_WEIGHT, semantic)):
-            for rank, (index, _) in enumerate(ranking):
-                fused[index] = fused.get(index, 0.0) + weight / (RRF_K + rank + 1)
-        lexical_scores = dict(lexical)
-        semantic_scores = dict(semantic)
-        best = sorted(fused, key=lambda i: fused[i], reverse=True)[:top_k]
-        passages = []
-        for index in best:
-            chunk_row, document = snapshot.pairs[index]
-            passages.append(
-                Passage(
-                    document_id=document.id,
-                    title=document.title,
-                    url=document.source if document.source and "://" in document.source else None,
-                    text=chunk_row.text,
-                    score=round(fused[index], 6),
-                    chunk_id=chunk_row.id,
-                    heading=chunk_row.heading,
-                    document_version=chunk_row.document_version,
-                    lexical_score=round(lexical_scores.get(index, 0.0), 4),
-                    semantic_score=round(semantic_scores[index], 4) if index in semantic_scores else None,
-                )
-            )
-        return passages
-
-    def _lexical(self, snapshot: _Snapshot, text: str) -> list[tuple[int, float]]:
         query = terms(text)
-        if snapshot.bm25 is None or not query:
-            return []
-        scores = snapshot.bm25.get_scores(query)
-        order = np.argsort(scores)[::-1][:CANDIDATES]
-        return [(int(i), float(scores[i])) for i in order if scores[i] > 0]
+        lexical = self._lexical(snapshot, query) if self._lexical_on and query else []
+        semantic = self._semantic(snapshot, text) if self._use_embeddings else []
+        fused: dict[Key, float] = {}
+        for weight, ranking in ((LEXICAL_WEIGHT, lexical), (SEMANTIC_WEIGHT, semantic)):
+            for rank, (key, _) in enumerate(ranking):
+                fused[key] = fused.get(key, 0.0) + weight / (RRF_K + rank + 1)
+        best = sorted(fused, key=lambda k: fused[k], reverse=True)[:top_k]
+        lexical_scores, semantic_scores = dict(lexical), dict(semantic)
+        return [
+            Passage(
+                document_id=document.id,
+                title=document.title,
+                url=document.source if document.source and "://" in document.source else None,
+                text=chunk_row.text,
+                score=round(fused[key], 6),
+                chunk_id=chunk_row.id,
+                heading=chunk_row.heading,
+                document_version=chunk_row.document_version,
+                lexical_score=round(lexical_scores.get(key, 0.0), 4),
+                semantic_score=round(semantic_scores[key], 4) if key in semantic_scores else None,
+            )
+            for key, (chunk_row, document) in self._chunks(snapshot, best)
+        ]
 
-    def _semantic(self, snapshot: _Snapshot, text: str) -> list[tuple[int, float]]:
-        if snapshot.vectors is None:
-            return []
-        similarities = snapshot.vectors @ embed([text])[0]
-        order = np.argsort(similarities)[::-1][:CANDIDATES]
-        return [(int(i), float(similarities[i])) for i in order]
+    def _lexical(self, snapshot: Snapshot, query: list[str]) -> Ranking[Key]:
+        raise NotImplementedError
 
-    def _fresh(self) -> _Snapshot:
+    def _semantic(self, snapshot: Snapshot, text: str) -> Ranking[Key]:
+        """The nearest chunks by embedding; the query is embedded only when there are vectors to compare."""
+        raise NotImplementedError
+
+    def _chunks(
+        self, snapshot: Snapshot, keys: Sequence[Key]
+    ) -> list[tuple[Key, tuple[KnowledgeChunk, KnowledgeDocument]]]:
+        """The chunks of `keys` with their documents, in that order (a key whose chunk is gone left out)."""
+        raise NotImplementedError
+
+    def _build(self) -> Snapshot:
+        raise NotImplementedError
+
+    def _fresh(self) -> Snapshot:
         snapshot = self._snapshot  # this search's index, whatever a rebuild swaps in meanwhile
         now = time.monotonic()
         if snapshot is not None and now - self._checked_at < self._reload_seconds:
@@ -128,10 +141,10 @@ class HybridIndex:
         self._checked_at = now
         try:
             if snapshot is None:
-                self._snapshot = snapshot = self._build()
+                self._snapshot = snapshot = self._built()
             elif store.revision(self._engine) != snapshot.revision:
                 if self._reload_seconds == 0:
-                    self._snapshot = snapshot = self._build()
+                    self._snapshot = snapshot = self._built()
                 else:
                     self._rebuild_in_background()
         except SQLAlchemyError:
@@ -150,7 +163,7 @@ class HybridIndex:
 
     def _rebuild(self) -> None:
         try:
-            built = self._build()
+            built = self._built()
         except Exception:  # the store went away mid-build, say: keep serving the index there is
             log.warning(
                 "knowledge index rebuild failed; serving revision %s", self._revision(), exc_info=True
@@ -167,17 +180,116 @@ class HybridIndex:
         if building is not None:
             building.join(timeout)
 
-    def _build(self) -> _Snapshot:
+    def _built(self) -> Snapshot:
         started = time.perf_counter()
+        snapshot = self._build()
+        KNOWLEDGE_INDEX_REVISION.set(snapshot.revision)
+        KNOWLEDGE_INDEX_BUILT.set(time.time())
+        KNOWLEDGE_INDEX_BUILD_SECONDS.set(time.perf_counter() - started)
+        return snapshot
+
+
+@dataclass
+class _InMemory(_Revisioned):
+    revision: int
+    pairs: list[tuple[KnowledgeChunk, KnowledgeDocument]]
+    bm25: bm25s.BM25 | None
+    vectors: np.ndarray | None
+
+
+class MemoryIndex(HybridIndex[_InMemory, int]):
+    """The `memory` engine: the corpus, its BM25 index and its vectors in this process (keys: positions)."""
+
+    def _lexical(self, snapshot: _InMemory, query: list[str]) -> Ranking[int]:
+        if snapshot.bm25 is None:
+            return []
+        scores = snapshot.bm25.get_scores(query)
+        order = np.argsort(scores)[::-1][:CANDIDATES]
+        return [(int(i), float(scores[i])) for i in order if scores[i] > 0]
+
+    def _semantic(self, snapshot: _InMemory, text: str) -> Ranking[int]:
+        if snapshot.vectors is None:
+            return []
+        similarities = snapshot.vectors @ embed([text])[0]
+        order = np.argsort(similarities)[::-1][:CANDIDATES]
+        return [(int(i), float(similarities[i])) for i in order]
+
+    def _chunks(
+        self, snapshot: _InMemory, keys: Sequence[int]
+    ) -> list[tuple[int, tuple[KnowledgeChunk, KnowledgeDocument]]]:
+        return [(key, snapshot.pairs[key]) for key in keys]
+
+    def _build(self) -> _InMemory:
         revision, pairs = store.all_chunks(self._engine)
         bm25 = None
         if pairs:
             bm25 = bm25s.BM25()
-            bm25.index([terms(store.indexed_text(c, d)) or ["∅"] for c, d in pairs], show_progress=False)
+            bm25.index(
+                [terms(store.indexed_text(d.title, c.heading, c.text)) or ["∅"] for c, d in pairs],
+                show_progress=False,
+            )
         vectors = None
         if self._use_embeddings and pairs and all(c.embedding for c, _ in pairs):
             vectors = np.vstack([np.frombuffer(c.embedding or b"", dtype=np.float32) for c, _ in pairs])
-        KNOWLEDGE_INDEX_REVISION.set(revision)
-        KNOWLEDGE_INDEX_BUILT.set(time.time())
-        KNOWLEDGE_INDEX_BUILD_SECONDS.set(time.perf_counter() - started)
-        return _Snapshot(revision, pairs, bm25, vectors)
+        return _InMemory(revision, pairs, bm25, vectors)
+
+
+@dataclass
+class _OnDisk(_Revisioned):
+    revision: int
+    vectors: Vectors
+
+
+class StoreIndex(HybridIndex[_OnDisk, str]):
+    """The `store` engine: lexical search in the store, vectors in a shared file under `folder` (keys:
+    chunk ids). Searching needs the store; `MemoryIndex` keeps answering from memory while it is down."""
+
+    def __init__(self, engine: Engine, folder: Path, **options: object) -> None:
+        super().__init__(engine, **options)  # type: ignore[arg-type]
+        self._folder = folder
+
+    def _lexical(self, snapshot: _OnDisk, query: list[str]) -> Ranking[str]:
+        return fulltext.search(self._engine, query, CANDIDATES)
+
+    def _semantic(self, snapshot: _OnDisk, text: str) -> Ranking[str]:
+        if not snapshot.vectors.chunk_ids:
+            return []
+        return snapshot.vectors.nearest(embed([text])[0], CANDIDATES)
+
+    def _chunks(
+        self, snapshot: _OnDisk, keys: Sequence[str]
+    ) -> list[tuple[str, tuple[KnowledgeChunk, KnowledgeDocument]]]:
+        if not keys:
+            return []
+        with Session(self._engine) as session:
+            rows = session.exec(
+                select(KnowledgeChunk, KnowledgeDocument)
+                .join(KnowledgeDocument, col(KnowledgeDocument.id) == col(KnowledgeChunk.document_id))
+                .where(col(KnowledgeChunk.id).in_(list(keys)))
+                .options(defer(KnowledgeChunk.embedding), defer(KnowledgeDocument.text))  # type: ignore[arg-type]
+            ).all()
+        found = {chunk_row.id: (chunk_row, document) for chunk_row, document in rows}
+        return [(key, found[key]) for key in keys if key in found]  # a chunk deleted since the vectors went
+
+    def _build(self) -> _OnDisk:
+        revision = store.revision(self._engine)
+        if not self._use_embeddings:
+            return _OnDisk(revision, Vectors(revision, [], np.zeros((0, 0), dtype=np.float32)))
+        return _OnDisk(revision, open_or_write(self._engine, self._folder, revision))
+
+
+AnyIndex = HybridIndex[Any, Any]
+
+
+def open_index(
+    engine: Engine,
+    kind: IndexEngine,
+    *,
+    folder: Path,
+    reload_seconds: float = 2.0,
+    mode: RetrievalMode = "hybrid",
+) -> AnyIndex:
+    """The index of engine `kind`; `folder` holds the `store` engine's vector files."""
+    if kind == "store":
+        return StoreIndex(engine, folder, reload_seconds=reload_seconds, mode=mode)
+    return MemoryIndex(engine, reload_seconds=reload_seconds, mode=mode)

@@ -17,6 +17,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
 from dialogue.db import KnowledgeChunk, KnowledgeDocument, KnowledgeRevision
+from dialogue.knowledge import fulltext
 from dialogue.knowledge.chunking import Chunk, chunk
 from dialogue.knowledge.parsing import ContentType, ParsedDocument, content_type_of, parse
 from dialogue.nlu.embeddings import embed_many, embeddings_available
@@ -177,21 +178,26 @@ def _replace_chunks(
     session: Session, rows: Sequence[tuple[KnowledgeDocument, list[Chunk]]], use_embeddings: bool
 ) -> None:
     """Each document's chunks, in place of the ones it had: embedded together, in the session."""
-    texts = [_indexed_text(row.title, piece.heading, piece.text) for row, pieces in rows for piece in pieces]
+    texts = [indexed_text(row.title, piece.heading, piece.text) for row, pieces in rows for piece in pieces]
     vectors = embed_many(texts) if use_embeddings and texts else None
-    session.execute(
-        sql_delete(KnowledgeChunk).where(col(KnowledgeChunk.document_id).in_([r.id for r, _ in rows]))
+    document_ids = [r.id for r, _ in rows]
+    removed = session.execute(
+        sql_delete(KnowledgeChunk).where(col(KnowledgeChunk.document_id).in_(document_ids))
     )
+    had_chunks = removed.rowcount > 0  # type: ignore[attr-defined]
     at = 0
+    searchable: list[tuple[str, str, str]] = []
     for row, pieces in rows:
         row.chunk_count = len(pieces)
         session.add(row)
         for position, piece in enumerate(pieces):
+            # The content hash too: a document deleted and added again restarts at version 1,
+            # and lineage must not mistake the new text for the old.
+            chunk_id = f"{row.id}:{row.version}:{row.content_hash[:8]}:{position}"
+            searchable.append((chunk_id, row.id, texts[at + position]))
             session.add(
                 KnowledgeChunk(
-                    # The content hash too: a document deleted and added again restarts at version 1,
-                    # and lineage must not mistake the new text for the old.
-                    id=f"{row.id}:{row.version}:{row.content_hash[:8]}:{position}",
+                    id=chunk_id,
                     document_id=row.id,
                     document_version=row.version,
                     position=position,
@@ -203,6 +209,7 @@ def _replace_chunks(
                 )
             )
         at += len(pieces)
+    fulltext.replace(session, document_ids if had_chunks else [], searchable)
 
 
 def read_document(path: Path, *, max_bytes: int = MAX_FILE_BYTES) -> DocumentInput:
@@ -302,6 +309,7 @@ def delete(engine: Engine, document_id: str) -> bool:
         if document is None:
             return False
         session.execute(sql_delete(KnowledgeChunk).where(col(KnowledgeChunk.document_id) == document_id))
+        fulltext.replace(session, [document_id], [])
         session.delete(document)
         _bump_revision(session)
         session.commit()
@@ -340,13 +348,10 @@ def all_chunks(engine: Engine) -> tuple[int, list[tuple[KnowledgeChunk, Knowledg
         return (row.revision if row else 0), [(c, d) for c, d in pairs]
 
 
-def _indexed_text(title: str, heading: str, text: str) -> str:
-    # The title and heading say what a chunk is about even when its text does not repeat them.
+def indexed_text(title: str, heading: str, text: str) -> str:
+    """What a chunk is searched and embedded as: the title and heading say what it is about even when its
+    text does not repeat them."""
     return " ".join(part for part in (title, heading, text) if part)
-
-
-def indexed_text(chunk_row: KnowledgeChunk, document: KnowledgeDocument) -> str:
-    return _indexed_text(document.title, chunk_row.heading, chunk_row.text)
 
 
 def _bump_revision(session: Session) -> None:
