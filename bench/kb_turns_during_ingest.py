@@ -2,10 +2,12 @@
 questions one after another over real HTTP, first idle, then while `dialogue kb ingest` adds `--documents`
 generated abstracts to the same store (every batch moves the knowledge revision; the worker rebuilds its
 index beside the turns). Reported: turn latency p50/p99 idle and during the ingest, their ratio (the
-target: within 1.5x), the ingest's documents/s beside the stack. Results in
+target: within 1.5x), the ingest's documents/s beside the stack; for each index engine in `--index`
+(`memory`: the worker rebuilds BM25 and its vector matrix at each revision; `store`: words searched in
+the store, only the vector file written again), one after the other in one run. Results in
 bench/results/kb_turns_during_ingest.json.
 
-    .venv/bin/python -m bench.kb_turns_during_ingest [--documents 5000] [--idle-turns 60]
+    .venv/bin/python -m bench.kb_turns_during_ingest [--documents 5000] [--idle-turns 60] [--index memory store]
 """
 
 from __future__ import annotations
@@ -46,8 +48,11 @@ async def timed_turns(
     return latencies
 
 
-async def measure(documents: int, idle_turns: int) -> dict[str, object]:
-    with tempfile.TemporaryDirectory() as scratch, EmbeddedStack(**default_bot()) as stack:
+async def measure(documents: int, idle_turns: int, index: str) -> dict[str, object]:
+    with (
+        tempfile.TemporaryDirectory() as scratch,
+        EmbeddedStack(**default_bot(), knowledge_index=index) as stack,
+    ):
         corpus = Path(scratch) / "corpus"
         write_corpus(corpus, documents)
         async with AsyncDialogueClient(stack.api, stack.key, retry_for=120) as dialogue:
@@ -71,6 +76,7 @@ async def measure(documents: int, idle_turns: int) -> dict[str, object]:
     idle_p = percentiles(idle)
     during_p = percentiles(during)
     return {
+        "index": index,
         "documents": documents,
         "ingest_seconds": round(took, 1),
         "ingest_docs_per_s": round(documents / took, 1),
@@ -87,11 +93,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--documents", type=int, default=5000)
     parser.add_argument("--idle-turns", type=int, default=60)
+    parser.add_argument("--index", nargs="+", choices=["memory", "store"], default=["memory", "store"])
     parser.add_argument("--out", type=Path, default=RESULTS / "kb_turns_during_ingest.json")
     args = parser.parse_args()
-    result = header(
-        "kb_turns_during_ingest", bot="default", **asyncio.run(measure(args.documents, args.idle_turns))
-    )
+    runs = [asyncio.run(measure(args.documents, args.idle_turns, index)) for index in args.index]
+    result = header("kb_turns_during_ingest", bot="default", runs=runs)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))

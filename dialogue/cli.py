@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
@@ -434,6 +435,12 @@ kb_app = typer.Typer(help="Manage and evaluate the knowledge base in the SQL sto
 app.add_typer(kb_app, name="kb")
 
 
+_NICE_HELP = (
+    "CPU niceness of the bulk work: with every core busy, the workers answering turns (nice 5 under "
+    "`dialogue up`) and the API come first; 0 to take an equal share."
+)
+
+
 @kb_app.command("ingest")
 def kb_ingest(
     paths: Annotated[
@@ -441,6 +448,7 @@ def kb_ingest(
     ],
     batch_size: Annotated[int, typer.Option(min=1, max=10_000, help="Documents per transaction.")] = 64,
     max_file_bytes: Annotated[int, typer.Option(min=1, help="A larger file is skipped.")] = 10 * 1024 * 1024,
+    nice: Annotated[int, typer.Option(min=0, max=19, help=_NICE_HELP)] = 10,
 ) -> None:
     """Add or update documents: each file's name is its id; a changed file gets a new version. A file
     that cannot be read, is too large or not UTF-8, or whose id another file has, is reported and
@@ -450,6 +458,7 @@ def kb_ingest(
     from dialogue.db import get_engine, init_db
     from dialogue.knowledge import store
 
+    os.nice(nice)
     engine = get_engine(get_settings().resolved_database_url)
     init_db(engine)
     files = store.knowledge_files(paths, clashes_skipped=True)
@@ -499,6 +508,7 @@ def kb_ingest(
 @kb_app.command("reindex")
 def kb_reindex(
     batch_size: Annotated[int, typer.Option(min=1, max=10_000, help="Documents per transaction.")] = 64,
+    nice: Annotated[int, typer.Option(min=0, max=19, help=_NICE_HELP)] = 10,
 ) -> None:
     """Chunk and embed every stored document again from its stored text (after changing the chunker or
     the embedding model); versions stay, and the workers' indexes follow within seconds."""
@@ -507,6 +517,7 @@ def kb_reindex(
     from dialogue.db import get_engine, init_db
     from dialogue.knowledge import store
 
+    os.nice(nice)
     engine = get_engine(get_settings().resolved_database_url)
     init_db(engine)
     total = store.list_documents(engine, limit=1, offset=0)[1]

@@ -192,10 +192,14 @@ def test_the_revisions_after_the_baseline_only_add_the_later_tables() -> None:
     assert head() == "0003" and {"tool_result"} == LATER_TABLES
 
 
+@pytest.mark.parametrize("knowledge_index", ["memory", "store"])
 async def test_a_turn_through_the_api_and_a_worker_is_stored_in_postgresql(
-    client: Client, settings: Settings, postgres_url: str, demo_bot: BotDefinition
+    client: Client, settings: Settings, postgres_url: str, demo_bot: BotDefinition, knowledge_index: str
 ) -> None:
-    on_postgres = settings.model_copy(update={"database_url": postgres_url})
+    """With either index engine: `store` searches the words with PostgreSQL's full-text search."""
+    on_postgres = settings.model_copy(
+        update={"database_url": postgres_url, "knowledge_index": knowledge_index}
+    )
     engine = get_engine(postgres_url)
     init_db(engine)
     ingest_knowledge(engine, demo_bot)
