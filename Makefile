@@ -63,7 +63,8 @@ bench: install
 	$(BIN)/python -m bench.overload
 	$(BIN)/python -m bench.open_conversations --default-bot
 	$(BIN)/python -m bench.profile --default-bot
-	$(BIN)/python -m bench.kb_ingest
+	$(BIN)/python -m bench.kb_ingest --keep .bench-stores
+	$(BIN)/python -m bench.kb_memory --stores .bench-stores
 	$(BIN)/python -m bench.kb_turns_during_ingest
 
 clean:

@@ -415,6 +415,7 @@ def test_the_store_engine_keeps_the_vectors_in_one_file_per_revision_that_worker
     first.search("express shipping", top_k=1)
     second.search("express shipping", top_k=1)
     revision = store.revision(engine)
+    (folder,) = folder.iterdir()  # the store's own folder
     assert [p.name for p in folder.iterdir()] == [f"revision-{revision}"]
     mapped = [index._snapshot.vectors.matrix for index in (first, second) if index._snapshot]
     assert all(isinstance(matrix, np.memmap) for matrix in mapped)
@@ -481,45 +482,13 @@ def test_kb_evaluate_reports_every_mode_of_the_chosen_engine(demo_store: Path, t
         "DIALOGUE_DATABASE_URL": f"sqlite:///{demo_store}",
         "DIALOGUE_DATA_DIR": str(tmp_path),
     }
-    run = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "dialogue",
-            "kb",
-            "evaluate",
-            "--data",
-            str(DEMO / "qa.jsonl"),
-            "--mode",
-            "all",
-            "--index",
-            "store",
-            "--json",
-        ],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=True,
+    questions = str(DEMO / "qa.jsonl")
+    run = _dialogue(
+        "kb", "evaluate", "--data", questions, "--mode", "all", "--index", "store", "--json", env=env
     )
+    assert run.returncode == 0, run.stderr
     reports = orjson.loads(run.stdout)
     assert set(reports) == {"hybrid", "lexical", "semantic"}
     assert all(r["n_questions"] == 88 and 0 < r["recall_at_1"] <= r["recall_at_5"] for r in reports.values())
-    refused = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "dialogue",
-            "kb",
-            "evaluate",
-            "--data",
-            str(DEMO / "qa.jsonl"),
-            "--index",
-            "disk",
-        ],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    refused = _dialogue("kb", "evaluate", "--data", questions, "--index", "disk", env=env)
     assert refused.returncode == 2 and "disk" in refused.stderr

@@ -17,6 +17,7 @@ it answers. The `store` engine's lexical side is never behind: it is the store.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
 import time
@@ -49,6 +50,10 @@ LEXICAL_WEIGHT = 0.5
 """BM25 ranks count half as much as semantic ones: on the demo QA set (88 reworded questions) equal weights
 lost 3 points of recall@1 against this; lexical matching still breaks ties and catches exact terms and codes."""
 SEMANTIC_WEIGHT = 1.0
+REBUILD_REST = 4.0
+"""After a background rebuild that took t seconds, the next waits at least REBUILD_REST * t: while a bulk
+ingest moves the revision every few seconds, a worker spends at most a fifth of a core rebuilding (a
+large corpus's rebuild takes seconds) and its index is at most about five builds behind."""
 
 
 RetrievalMode = Literal["hybrid", "lexical", "semantic"]
@@ -87,6 +92,7 @@ class HybridIndex(Generic[Snapshot, Key]):
         self._lexical_on = mode != "semantic"
         self._snapshot: Snapshot | None = None
         self._checked_at = 0.0
+        self._rest_until = 0.0
         self._building: threading.Thread | None = None
         self._building_lock = threading.Lock()
 
@@ -99,7 +105,8 @@ class HybridIndex(Generic[Snapshot, Key]):
         for weight, ranking in ((LEXICAL_WEIGHT, lexical), (SEMANTIC_WEIGHT, semantic)):
             for rank, (key, _) in enumerate(ranking):
                 fused[key] = fused.get(key, 0.0) + weight / (RRF_K + rank + 1)
-        best = sorted(fused, key=lambda k: fused[k], reverse=True)[:top_k]
+        # Twice as many as asked: a chunk deleted since the vectors were written drops out of the results.
+        best = sorted(fused, key=lambda k: fused[k], reverse=True)[: 2 * top_k]
         lexical_scores, semantic_scores = dict(lexical), dict(semantic)
         return [
             Passage(
@@ -114,7 +121,7 @@ class HybridIndex(Generic[Snapshot, Key]):
                 lexical_score=round(lexical_scores.get(key, 0.0), 4),
                 semantic_score=round(semantic_scores[key], 4) if key in semantic_scores else None,
             )
-            for key, (chunk_row, document) in self._chunks(snapshot, best)
+            for key, (chunk_row, document) in self._chunks(snapshot, best)[:top_k]
         ]
 
     def _lexical(self, snapshot: Snapshot, query: list[str]) -> Ranking[Key]:
@@ -145,7 +152,7 @@ class HybridIndex(Generic[Snapshot, Key]):
             elif store.revision(self._engine) != snapshot.revision:
                 if self._reload_seconds == 0:
                     self._snapshot = snapshot = self._built()
-                else:
+                elif now >= self._rest_until:
                     self._rebuild_in_background()
         except SQLAlchemyError:
             if snapshot is None:
@@ -162,6 +169,7 @@ class HybridIndex(Generic[Snapshot, Key]):
             self._building.start()
 
     def _rebuild(self) -> None:
+        started = time.monotonic()
         try:
             built = self._built()
         except Exception:  # the store went away mid-build, say: keep serving the index there is
@@ -170,6 +178,8 @@ class HybridIndex(Generic[Snapshot, Key]):
             )
             return
         self._snapshot = built  # one reference: a search under way keeps the snapshot it took
+        finished = time.monotonic()
+        self._rest_until = finished + REBUILD_REST * (finished - started)
 
     def _revision(self) -> int | None:
         return self._snapshot.revision if self._snapshot else None
@@ -246,7 +256,10 @@ class StoreIndex(HybridIndex[_OnDisk, str]):
 
     def __init__(self, engine: Engine, folder: Path, **options: object) -> None:
         super().__init__(engine, **options)  # type: ignore[arg-type]
-        self._folder = folder
+        # A folder per store: revision numbers of another database (a data folder pointed elsewhere) never
+        # name this one's vectors.
+        store_key = hashlib.sha256(engine.url.render_as_string(hide_password=True).encode()).hexdigest()
+        self._folder = folder / store_key[:16]
 
     def _lexical(self, snapshot: _OnDisk, query: list[str]) -> Ranking[str]:
         return fulltext.search(self._engine, query, CANDIDATES)
