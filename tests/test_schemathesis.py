@@ -46,6 +46,7 @@ async def test_the_api_keeps_its_openapi_promises(
                 stdout=output,
                 stderr=asyncio.subprocess.STDOUT,
                 env={**os.environ, "NO_COLOR": "1"},
+                cwd=tmp_path,  # its cache of earlier crashes (.schemathesis/) stays in this test's folder
             )
             await process.wait()
     text = report.read_text(errors="replace")
