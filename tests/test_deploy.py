@@ -378,6 +378,7 @@ def test_app_services_set_only_real_settings(monkeypatch: pytest.MonkeyPatch) ->
         assert settings.temporal_address == "temporal:7233"
         assert settings.payload_codec_keys() is not None
         assert settings.retrieval == "lexical", "the image has no embeddings extra"
+        assert settings.knowledge_index == "store", "workers search PostgreSQL's full text, holding no corpus"
 
 
 def test_app_commands_are_real_cli_commands() -> None:
