@@ -125,6 +125,13 @@ def test_ingest_is_idempotent_and_versions_changes(engine: Engine) -> None:
         assert session.exec(select(KnowledgeChunk)).all() == []
 
 
+def demo_copy(demo_store: Path, tmp_path: Path) -> Engine:
+    """A copy of the demo store that a test may change."""
+    copy = tmp_path / "copy.db"
+    copy.write_bytes(demo_store.read_bytes())
+    return get_engine(f"sqlite:///{copy}")
+
+
 def test_hybrid_search_finds_the_answering_document_and_follows_changes(
     tmp_path: Path, demo_store: Path
 ) -> None:
@@ -138,9 +145,7 @@ def test_hybrid_search_finds_the_answering_document_and_follows_changes(
     refund = index.search("how long does the refund take after I return an item?", top_k=5)
     assert "returns" in [p.document_id for p in refund]
 
-    copy = tmp_path / "copy.db"
-    copy.write_bytes(demo_store.read_bytes())
-    mutable = get_engine(f"sqlite:///{copy}")
+    mutable = demo_copy(demo_store, tmp_path)
     index = MemoryIndex(mutable, reload_seconds=0)
     assert index.search("zorblax teleporter", top_k=1)[0].lexical_score == 0
     store.ingest(
@@ -316,9 +321,7 @@ def test_an_ingest_stopped_with_ctrl_c_leaves_each_document_wholly_old_or_wholly
 def test_a_change_is_indexed_beside_the_searches_and_replaces_the_index_in_one_step(
     tmp_path: Path, demo_store: Path
 ) -> None:
-    copy = tmp_path / "copy.db"
-    copy.write_bytes(demo_store.read_bytes())
-    engine = get_engine(f"sqlite:///{copy}")
+    engine = demo_copy(demo_store, tmp_path)
     index = MemoryIndex(engine, reload_seconds=0.01)
     before = index.search("zorblax teleporter", top_k=1)[0]
     revision = REGISTRY.get_sample_value("dialogue_knowledge_index_revision")
@@ -407,9 +410,7 @@ def test_the_store_engine_searches_in_the_store_and_follows_every_change_at_once
 def test_the_store_engine_keeps_the_vectors_in_one_file_per_revision_that_workers_share(
     demo_store: Path, tmp_path: Path
 ) -> None:
-    copy = tmp_path / "copy.db"
-    copy.write_bytes(demo_store.read_bytes())
-    engine = get_engine(f"sqlite:///{copy}")
+    engine = demo_copy(demo_store, tmp_path)
     folder = tmp_path / "vectors"
     first, second = (StoreIndex(engine, folder, reload_seconds=0) for _ in range(2))
     first.search("express shipping", top_k=1)

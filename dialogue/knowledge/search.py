@@ -254,8 +254,16 @@ class StoreIndex(HybridIndex[_OnDisk, str]):
     """The `store` engine: lexical search in the store, vectors in a shared file under `folder` (keys:
     chunk ids). Searching needs the store; `MemoryIndex` keeps answering from memory while it is down."""
 
-    def __init__(self, engine: Engine, folder: Path, **options: object) -> None:
-        super().__init__(engine, **options)  # type: ignore[arg-type]
+    def __init__(
+        self,
+        engine: Engine,
+        folder: Path,
+        *,
+        reload_seconds: float = 2.0,
+        use_embeddings: bool | None = None,
+        mode: RetrievalMode = "hybrid",
+    ) -> None:
+        super().__init__(engine, reload_seconds=reload_seconds, use_embeddings=use_embeddings, mode=mode)
         # A folder per store: revision numbers of another database (a data folder pointed elsewhere) never
         # name this one's vectors.
         store_key = hashlib.sha256(engine.url.render_as_string(hide_password=True).encode()).hexdigest()
