@@ -97,8 +97,8 @@ def build_turn_activities(settings: Settings) -> TurnActivities:
         log.error("knowledge base unreachable at start (%s)", err.__class__.__name__)
     generators = build_generators(settings, bot)
     composer = ReplyComposer(bot, generators)
-    understand = UnderstandActivity(bot, parser, composer.needs_knowledge)
     retrieve = RetrieveActivity(index)
+    understand = UnderstandActivity(bot, parser, composer.needs_knowledge, retrieve.search)
     generate = GenerateActivity(composer, engine)
     return TurnActivities(
         engine=engine,

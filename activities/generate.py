@@ -77,7 +77,12 @@ class ReplyComposer:
     def _templates(self, request: GenerateRequest) -> list[str]:
         topic = request.decision.topic if request.decision is not None else None
         intent = self._bot.intent(topic or request.nlu.intent.name)
-        return intent.responses if intent else []
+        if intent is None:
+            return []
+        answering = request.decision is not None and request.decision.action == "answer"
+        # An answer the router sent to the knowledge base is worded as one, not with the templates of the
+        # intent the NLU guessed (a complaint's apology has no `{answer}`).
+        return intent.responses if intent.action == "answer" or not answering else []
 
     def _scripted(self, request: GenerateRequest, decision: Decision) -> Reply | None:
         """The reply the bot definition words by itself; None for an answer from the knowledge base."""

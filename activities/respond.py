@@ -47,15 +47,30 @@ class RespondActivity:
         # The CPU-bound parts on a thread, as when they are steps of their own: the event loop that every
         # conversation's workflow tasks share is not held up.
         with _part("understand", timings):
-            understanding = await asyncio.to_thread(self._understand.understand, request.understand)
+            nlu = await asyncio.to_thread(self._understand.parse, request.understand)
+        evidence: RetrieveResult | None = None
+        unsearchable = False
+        if self._understand.weighs_evidence:
+            # The router weighs what the knowledge base says before the policy decides; the reply reuses it.
+            try:
+                with _part("retrieve", timings):
+                    evidence = await asyncio.to_thread(self._understand.evidence, request.retrieve)
+            except SQLAlchemyError as err:  # the store is down and the index was never built
+                log.warning("retrieval failed; the NLU decides alone: %s", err)
+                unsearchable = True
+        understanding = self._understand.conclude(request.understand, nlu, evidence)
         retrieved: RetrieveResult | None = None
-        if understanding.needs_knowledge:
+        if understanding.needs_knowledge and evidence is not None:
+            retrieved = evidence.model_copy(update={"passages": evidence.passages[: request.retrieve.top_k]})
+        elif understanding.needs_knowledge and not unsearchable:
             try:
                 with _part("retrieve", timings):
                     retrieved = await asyncio.to_thread(self._retrieve.retrieve, request.retrieve)
             except SQLAlchemyError as err:  # the store is down and the index was never built
                 log.warning("retrieval failed; the reply is made without passages: %s", err)
-                failed.append("retrieve failed")
+                unsearchable = True
+        if understanding.needs_knowledge and unsearchable:
+            failed.append("retrieve failed")
         decision = understanding.decision
         if decision.tool is not None or decision.action == "agent":
             return RespondedHere(

@@ -21,6 +21,10 @@ class RetrieveActivity:
         Synchronous, so the worker runs it on a thread: the index checks the store for changes, and a store
         that is slow to answer (an outage: up to the connection time-out) must not stall the event loop
         that every other conversation's workflow tasks and activities share."""
+        return self.search(request)
+
+    def search(self, request: RetrieveRequest) -> RetrieveResult:
+        """`retrieve`'s work, for the steps that search on their way (understanding weighs the passages)."""
         query = request.standalone or standalone_query(request.text, request.previous)
         with shared_within(activity.info().workflow_id or ""):  # the vector `understand` made, if any
             passages = self._index.search(query, request.top_k)

@@ -4,7 +4,9 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
+import logging
 import os
 import time
 from pathlib import Path
@@ -21,6 +23,7 @@ if TYPE_CHECKING:
 
     from dialogue.codec import PayloadKeys
     from dialogue.evaluation.source import RecordedConversation
+    from dialogue.knowledge.end_to_end import EndToEndReport
     from dialogue.nlu.parser import NluParser
 
 app = typer.Typer(
@@ -559,8 +562,13 @@ def kb_delete(document_id: Annotated[str, typer.Argument(help="The document's id
 @kb_app.command("evaluate")
 def kb_evaluate(
     data: Annotated[
-        Path,
-        typer.Option("--data", help="Questions (JSONL: question or turns, and document_ids).", exists=True),
+        list[Path],
+        typer.Option(
+            "--data",
+            help="Questions (JSONL: question or turns, and document_ids; empty for an out-of-domain "
+            "question); repeat for several files.",
+            exists=True,
+        ),
     ],
     mode: Annotated[
         Literal["hybrid", "lexical", "semantic", "all"] | None,
@@ -574,20 +582,39 @@ def kb_evaluate(
         typer.Option("--index", help="memory or store; DIALOGUE_KNOWLEDGE_INDEX when unset."),
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    end_to_end: Annotated[
+        bool,
+        typer.Option(
+            "--end-to-end",
+            help="Ask each question through the API in a new conversation and report what the bot did "
+            "(answered from a right document, declined, …): the bot's own stack in this process, or --against.",
+        ),
+    ] = False,
+    against: Annotated[str | None, typer.Option(help="With --end-to-end: a running API's base URL.")] = None,
+    key: Annotated[
+        str | None, typer.Option(help="With --against: an API key of it.", envvar="DIALOGUE_TEST_KEY")
+    ] = None,
+    misses: Annotated[
+        bool, typer.Option("--misses", help="With --end-to-end: list each question not answered right.")
+    ] = False,
 ) -> None:
     """Recall@1, recall@5 and MRR of retrieval over the knowledge base in the store. For multi-turn
-    exchanges (`turns`), of their last message, with the conversation's context and without it."""
+    exchanges (`turns`), of their last message, with the conversation's context and without it.
+    With --end-to-end, the bot's answers instead."""
     from dialogue.db import get_engine, init_db
     from dialogue.knowledge.evaluate import evaluate_retrieval, read_questions
     from dialogue.knowledge.search import RetrievalMode, open_index
 
+    if end_to_end:
+        _evaluate_end_to_end(data, against=against, key=key, as_json=as_json, misses=misses)
+        return
     settings = get_settings()
     modes: list[RetrievalMode] = ["hybrid", "lexical", "semantic"]
     if mode != "all":
         modes = [mode or settings.retrieval]
     engine = get_engine(settings.resolved_database_url)
     init_db(engine)
-    questions = read_questions(data)
+    questions = [question for path in data for question in read_questions(path)]
     results: dict[str, dict[str, Any]] = {}
     for each in modes:
         index = open_index(
@@ -613,6 +640,73 @@ def kb_evaluate(
                 typer.echo(label)
             for name, value in numbers.items():
                 typer.echo(f"{name:<12} {value}")
+
+
+def _evaluate_end_to_end(
+    data: list[Path], *, against: str | None, key: str | None, as_json: bool, misses: bool
+) -> None:
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from dialogue.bot import load_bot
+    from dialogue.client import AsyncDialogueClient
+    from dialogue.knowledge.end_to_end import evaluate_end_to_end, following_sentences
+    from dialogue.knowledge.evaluate import read_questions
+
+    if against is not None and not key:
+        typer.echo("error: --against needs --key (or DIALOGUE_TEST_KEY)", err=True)
+        raise typer.Exit(2)
+    settings = get_settings()
+    bot = load_bot(settings.bot_path)
+    questions = [question for path in data for question in read_questions(path)]
+    follows = (
+        following_sentences(bot.resolve(bot.knowledge_dir)) if bot.knowledge_dir else (lambda a, b: False)
+    )
+    console = Console(stderr=True)
+
+    async def run() -> EndToEndReport:
+        with Progress(
+            TextColumn("asking"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console
+        ) as progress:
+            task = progress.add_task("asking", total=len(questions))
+            step = functools.partial(progress.advance, task)
+            if against is not None:
+                async with AsyncDialogueClient(
+                    against, key or "", timeout=settings.turn_timeout_seconds + 10
+                ) as api:
+                    return await evaluate_end_to_end(api, questions, follows, on_asked=step)
+            from dialogue.testing.stack import in_process_stack
+
+            for noisy in ("temporalio", "uvicorn.error", "dialogue"):
+                logging.getLogger(noisy).setLevel(logging.ERROR)
+            async with in_process_stack(settings.bot_path, settings) as stack:
+                api = AsyncDialogueClient.wrapping(await stack.api())
+                return await evaluate_end_to_end(api, questions, follows, on_asked=step)
+
+    report = asyncio.run(run())
+    if as_json:
+        typer.echo(report.model_dump_json())
+        return
+    if misses:
+        for asked in report.asked:
+            if asked.outcome != ("right" if asked.document_ids else "declined"):
+                cited = ", ".join(asked.sources) or "-"
+                typer.echo(f"[{asked.outcome}] {asked.question}\n    -> {asked.reply[:200]} ({cited})")
+    if report.answerable:
+        typer.echo(f"answered from a right document  {report.answered_right:.1%} of {report.answerable}")
+        typer.echo("  " + ", ".join(f"{name} {count}" for name, count in report.outcomes.items()))
+    if report.out_of_domain:
+        typer.echo(f"out-of-domain declined          {report.declined:.1%} of {report.out_of_domain}")
+        typer.echo(
+            "  " + ", ".join(f"{name} {count}" for name, count in report.out_of_domain_outcomes.items())
+        )
+    rubric = report.rubric
+    if rubric.answers:
+        fact = "-" if rubric.fact_present is None else f"{rubric.fact_present:.1%}"
+        typer.echo(
+            f"answers: expected fact {fact}, standalone {rubric.standalone:.1%}, "
+            f"short {rubric.short:.1%}, {rubric.words_mean} words on average"
+        )
 
 
 def _evaluation_shape(reports: dict[str, dict[str, Any]]) -> dict[str, Any]:

@@ -159,6 +159,24 @@ class Sentiment(BaseModel):
     """From -1 (most negative) to 1 (most positive)."""
 
 
+class Routing(BaseModel):
+    """How likely each way of answering a message is: from the knowledge base, by the intent the NLU found,
+    or declined as out of scope (the trained router's calibrated probabilities, `dialogue.nlu.routing`)."""
+
+    knowledge: float = Field(ge=0, le=1)
+    intent: float = Field(ge=0, le=1)
+    out_of_scope: float = Field(ge=0, le=1)
+    document_id: str | None = None
+    """The document of the best passage the router saw."""
+
+    @property
+    def best(self) -> Literal["knowledge", "intent", "out_of_scope"]:
+        """The likeliest route (the knowledge base first on a tie: it cites what it says)."""
+        if self.knowledge >= max(self.intent, self.out_of_scope):
+            return "knowledge"
+        return "intent" if self.intent >= self.out_of_scope else "out_of_scope"
+
+
 class NluResult(BaseModel):
     """What `understand` made of the user's text."""
 
@@ -171,6 +189,9 @@ class NluResult(BaseModel):
     """What the bot definition says to do with this intent: `respond` from templates, `answer` from the knowledge base."""
     model: str | None = None
     """Which model decided: `keywords`, or `trained:<content hash>` (for lineage)."""
+    routing: Routing | None = None
+    """Where the router sent the message, once the knowledge base was searched (a trained model with a
+    router only); the policy follows it."""
 
 
 class DialogueState(BaseModel):

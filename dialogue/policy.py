@@ -10,8 +10,15 @@ re-decides. The workflow applies the decision; `generate` words it.
 - `deny` in the middle of a flow cancels it.
 - Without a flow: a follow-up the NLU cannot place ("and to Austria?": out of scope, or unsure)
   right after a knowledge-base answer continues it, answered from the knowledge base on the same
-  topic; otherwise out-of-scope gets the fallback, low confidence a clarifying question,
-  otherwise the intent's action (`respond`, `answer`, `flow`, `handoff`, `end`).
+  topic. Otherwise, where the router weighed the knowledge base's evidence (`NluResult.routing`),
+  its likeliest route decides: `knowledge` answers from the knowledge base (a question about a
+  topic no intent covers, or one that merely mentions an order or a problem), unless the message
+  names a flow's intent and gives one of its slots ("where is NW-482913?"); `out_of_scope` gets
+  the fallback; `intent` goes on as below. Without a router: out-of-scope gets the fallback.
+  Then low confidence gets a clarifying question, otherwise the intent's action (`respond`,
+  `answer`, `flow`, `handoff`, `end`).
+- In the middle of a flow, a message the router sends to the knowledge base is answered there too,
+  and the flow's question asked again, unless it fills a slot, names the flow's own intent or says no.
 """
 
 from __future__ import annotations
@@ -63,7 +70,10 @@ def _without_flow(
     placed = nlu.intent.name != OUT_OF_SCOPE and not _unsure(bot, nlu)
     if follow_up and not placed and state.last_action == "answer" and state.last_topic:
         return Decision(action="answer", topic=state.last_topic, dialogue=kept)
-    if nlu.intent.name == OUT_OF_SCOPE:
+    route = nlu.routing.best if nlu.routing is not None else None
+    if route == "knowledge" and not _gives_its_flow_a_slot(bot, nlu):
+        return Decision(action="answer", dialogue=kept)
+    if route == "out_of_scope" or nlu.intent.name == OUT_OF_SCOPE:
         return Decision(action="fallback", dialogue=kept)
     if _unsure(bot, nlu):
         return Decision(action="clarify", dialogue=kept)
@@ -80,6 +90,17 @@ def _without_flow(
     return Decision(action=intent.action, dialogue=kept)
 
 
+def _gives_its_flow_a_slot(bot: BotDefinition, nlu: NluResult) -> bool:
+    """The message names an intent that starts a flow and gives a value for one of its slots ("where is
+    NW-482913?"): a request for the flow, whatever the knowledge base says about such orders."""
+    intent = bot.intent(nlu.intent.name)
+    flow = bot.flow(intent.flow) if intent is not None and intent.action == "flow" else None
+    if flow is None:
+        return False
+    wanted = {spec.entity or spec.name for spec in flow.slots}
+    return any(entity.entity in wanted for entity in nlu.entities)
+
+
 def _continue_flow(
     bot: BotDefinition, flow: Flow, nlu: NluResult, state: DialogueState, *, starting: bool = False
 ) -> Decision:
@@ -93,11 +114,16 @@ def _continue_flow(
             return Decision(action="flow_cancel", flow=flow.name, dialogue=after)
         declared = bot.intent(intent)
         is_trigger = declared is not None and declared.flow == flow.name
-        if not invalid and not is_trigger and intent not in STAY_INTENTS and not _unsure(bot, nlu):
+        to_knowledge = nlu.routing is not None and nlu.routing.best == "knowledge"
+        if (
+            not invalid
+            and not is_trigger
+            and (to_knowledge or (intent not in STAY_INTENTS and not _unsure(bot, nlu)))
+        ):
             side = _without_flow(
                 bot, nlu, state.model_copy(update={"slots": _without_flow_slots(flow, slots)})
             )
-            if side.action in ("respond", "answer", "clarify"):
+            if side.action in ("respond", "answer", "clarify", "fallback"):
                 # Another topic: answer it, keep the flow, ask its question again.
                 missing = _missing(flow, slots)
                 return side.model_copy(

@@ -29,6 +29,7 @@ from pathlib import Path
 from dialogue.bot import load_bot
 from dialogue.db import get_engine, init_db
 from dialogue.knowledge import store as knowledge
+from dialogue.knowledge.search import router_search
 from dialogue.nlu.model import ensure_bot_model
 from dialogue.settings import Settings
 from dialogue.temporal import search_attribute_flags
@@ -232,10 +233,11 @@ def prepare_bot(settings: Settings) -> None:
     if settings.nlu_backend != "keywords" and bot.nlu is not None:
         folder = settings.nlu_model_path(bot.name)
         print(f"NLU model: checking {folder} ...", flush=True)
-        ensured = ensure_bot_model(bot, folder)
+        ensured = ensure_bot_model(bot, folder, search=router_search(engine, settings))
         if ensured is not None:
             meta, trained = ensured
             what = f"trained in {meta.training_seconds} s" if trained else "up to date"
+            what += ", with a router weighing the knowledge base" if meta.router else ""
             print(f"NLU model: {len(meta.intents)} intents, version {meta.version}, {what}", flush=True)
 
 

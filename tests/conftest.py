@@ -29,6 +29,7 @@ from dialogue.bot import BotDefinition, load_bot
 from dialogue.codec import PayloadKeys, encrypted_data_converter
 from dialogue.db import get_engine, init_db
 from dialogue.knowledge import store as knowledge
+from dialogue.knowledge.search import router_search
 from dialogue.nlu.model import ensure_bot_model
 from dialogue.settings import Settings
 from dialogue.temporal import SEARCH_ATTRIBUTES
@@ -104,10 +105,20 @@ def demo_bot() -> BotDefinition:
 
 
 @pytest.fixture(scope="session")
-def demo_model_dir(tmp_path_factory: pytest.TempPathFactory, demo_bot: BotDefinition) -> Path:
-    """The demo bot's NLU model, trained once for the session (with embeddings when installed)."""
+def demo_model_dir(
+    tmp_path_factory: pytest.TempPathFactory, demo_bot: BotDefinition, demo_store: Path
+) -> Path:
+    """The demo bot's NLU model, trained once for the session (with embeddings when installed), its router
+    calibrated against the demo knowledge base, as `dialogue up` trains it."""
     folder = tmp_path_factory.mktemp("nlu") / "model"
-    ensure_bot_model(demo_bot, folder)
+    engine = get_engine(f"sqlite:///{demo_store}")
+    scratch = tmp_path_factory.mktemp("router-index")
+    ensure_bot_model(
+        demo_bot,
+        folder,
+        search=router_search(engine, Settings(knowledge_index="memory", knowledge_index_dir=scratch)),
+    )
+    engine.dispose()
     return folder
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dialogue.bot import BotDefinition
-from dialogue.contracts import OUT_OF_SCOPE, DialogueState, Entity, IntentPrediction, NluResult
+from dialogue.contracts import OUT_OF_SCOPE, DialogueState, Entity, IntentPrediction, NluResult, Routing
 from dialogue.policy import decide
 from dialogue.tools import order_status
 
@@ -116,3 +116,74 @@ def test_a_follow_up_after_no_answer_or_a_placed_message_is_not_one(demo_bot: Bo
     assert decide(demo_bot, nlu(OUT_OF_SCOPE, 0.4), AFTER_AN_ANSWER, follow_up=False).action == "fallback"
     placed = decide(demo_bot, nlu("warranty", 0.95), AFTER_AN_ANSWER, follow_up=True)
     assert (placed.action, placed.topic) == ("answer", None)
+
+
+def routed(
+    intent: str,
+    confidence: float,
+    *,
+    knowledge: float,
+    out_of_scope: float = 0.05,
+    entities: dict[str, str] | None = None,
+    second: str | None = None,
+) -> NluResult:
+    """An NLU result with the router's verdict (the rest of the probability on the intent's route)."""
+    result = nlu(intent, confidence, entities=entities, second=second)
+    routing = Routing(
+        knowledge=knowledge, intent=round(1 - knowledge - out_of_scope, 4), out_of_scope=out_of_scope
+    )
+    return result.model_copy(update={"routing": routing})
+
+
+def test_an_unsure_nlu_with_a_confident_knowledge_base_answers_from_it(demo_bot: BotDefinition) -> None:
+    unsure = nlu("payment_methods", 0.3, second="complaint")
+    assert decide(demo_bot, unsure, DialogueState()).action == "clarify"  # no router: as before
+    decision = decide(
+        demo_bot, routed("payment_methods", 0.3, knowledge=0.8, second="complaint"), DialogueState()
+    )
+    assert decision.action == "answer"
+
+
+def test_out_of_scope_to_the_nlu_is_answered_when_the_knowledge_base_knows_it(
+    demo_bot: BotDefinition,
+) -> None:
+    decision = decide(demo_bot, routed(OUT_OF_SCOPE, 0.8, knowledge=0.7, out_of_scope=0.25), DialogueState())
+    assert decision.action == "answer"
+
+
+def test_a_question_that_merely_mentions_an_order_is_answered_not_a_flow(demo_bot: BotDefinition) -> None:
+    decision = decide(demo_bot, routed("order_status", 0.9, knowledge=0.7), DialogueState())
+    assert decision.action == "answer"
+    assert decision.dialogue.active_flow is None
+
+
+def test_an_order_question_with_a_number_still_starts_the_flow(demo_bot: BotDefinition) -> None:
+    asked = routed("order_status", 0.9, knowledge=0.7, entities={"order_id": "NW-482913"})
+    decision = decide(demo_bot, asked, DialogueState())
+    assert decision.action == "flow_complete"
+    assert decision.tool is not None and decision.tool.arguments == {"order_id": "NW-482913"}
+
+
+def test_what_neither_the_nlu_nor_the_knowledge_base_places_is_declined(demo_bot: BotDefinition) -> None:
+    decision = decide(demo_bot, routed("product_info", 0.6, knowledge=0.1, out_of_scope=0.8), DialogueState())
+    assert decision.action == "fallback"
+
+
+def test_the_intent_route_keeps_the_scripted_action(demo_bot: BotDefinition) -> None:
+    assert decide(demo_bot, routed("greet", 0.99, knowledge=0.01), DialogueState()).action == "respond"
+    assert (
+        decide(demo_bot, routed("order_status", 0.95, knowledge=0.1), DialogueState()).action == "flow_prompt"
+    )
+    assert decide(demo_bot, routed("human_agent", 0.95, knowledge=0.1), DialogueState()).action == "handoff"
+
+
+def test_in_a_flow_a_question_the_knowledge_base_answers_is_answered_and_the_flow_waits(
+    demo_bot: BotDefinition,
+) -> None:
+    decision = decide(demo_bot, routed(OUT_OF_SCOPE, 0.7, knowledge=0.8, out_of_scope=0.15), IN_FLOW)
+    assert (decision.action, decision.resume_flow) == ("answer", True)
+    assert (decision.dialogue.active_flow, decision.dialogue.requested_slot) == ("order_lookup", "order_id")
+    # The flow's own question, its slot or a no still belong to the flow.
+    assert decide(demo_bot, routed("deny", 0.9, knowledge=0.6), IN_FLOW).action == "flow_cancel"
+    filled = routed(OUT_OF_SCOPE, 0.5, knowledge=0.8, entities={"order_id": "NW-482913"})
+    assert decide(demo_bot, filled, IN_FLOW).action == "flow_complete"

@@ -207,14 +207,18 @@ async def test_an_idle_conversation_ends_itself(client: Client, settings: Settin
     assert (final.status, final.ended_reason) == ("ended", "idle_timeout")
 
 
-async def test_a_turn_searches_the_knowledge_base_only_for_a_reply_made_from_it(
+async def test_a_turn_weighs_the_knowledge_base_but_cites_it_only_for_a_reply_made_from_it(
     client: Client, settings: Settings, worker: Worker
 ) -> None:
     conversation_id = new_id()
     greeted = await send_turn(client, settings, conversation_id, "hello")
     answered = await send_turn(client, settings, conversation_id, "How long does express shipping take?")
 
-    assert "retrieve" not in greeted.timings_ms and not greeted.degraded  # a template needs no passages
+    # The router weighs the knowledge base's evidence for every message; a template carries none of it.
+    assert greeted.nlu.routing is not None and greeted.nlu.routing.best == "intent"
+    assert not greeted.reply.sources and greeted.lineage is not None and not greeted.lineage.documents
+    assert not greeted.degraded
+    assert answered.nlu.routing is not None and answered.nlu.routing.best == "knowledge"
     assert "retrieve" in answered.timings_ms and answered.reply.sources
 
 

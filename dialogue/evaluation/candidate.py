@@ -33,6 +33,7 @@ from dialogue.contracts import (
 from dialogue.db import get_engine, init_db
 from dialogue.evaluation.source import RecordedConversation
 from dialogue.knowledge import store
+from dialogue.knowledge.search import router_search
 from dialogue.nlu.data import data_hash, read_examples
 from dialogue.nlu.model import METADATA_FILE, ModelMetadata, ensure_bot_model
 from dialogue.settings import Settings
@@ -138,11 +139,12 @@ async def candidate(deployment: Settings, bot_path: Path) -> AsyncIterator[Candi
                 "idle_timeout_seconds": 3600,
             }
         )
-        await asyncio.to_thread(ensure_bot_model, bot, settings.nlu_model_path(bot.name))
         engine = get_engine(settings.resolved_database_url)
         init_db(engine)
         for path in store.knowledge_files([bot.resolve(bot.knowledge_dir)]) if bot.knowledge_dir else []:
             store.ingest_path(engine, path)
+        search = router_search(engine, settings)
+        await asyncio.to_thread(ensure_bot_model, bot, settings.nlu_model_path(bot.name), search=search)
         client = await connect(settings)
         with ThreadPoolExecutor(8) as executor:
             async with build_worker(client, settings, executor=executor):
@@ -159,6 +161,8 @@ def _model_folder(deployment: Settings, bot: BotDefinition) -> Path:
     deployed = deployment.nlu_model_path(bot.name)
     if (deployed / METADATA_FILE).exists():
         metadata = ModelMetadata.model_validate_json((deployed / METADATA_FILE).read_text())
-        if metadata.data_hash == data_hash(examples) and bot.nlu.validation is None:
+        # A deployed model without a router would be trained again with one: never in its own folder.
+        same = metadata.data_hash == data_hash(examples) and bot.nlu.validation is None
+        if same and (metadata.router or not bot.knowledge_dir):
             return deployed
     return deployment.data_dir / "models" / f"eval-{bot.name}-{data_hash(examples)[:12]}"

@@ -15,11 +15,14 @@ DEPTH = 20
 
 class Question(BaseModel):
     """One question and the documents that answer it. A multi-turn exchange gives `turns` instead: the
-    user's messages, the last one to be answered (often elliptical: "and to Austria?")."""
+    user's messages, the last one to be answered (often elliptical: "and to Austria?"). No documents: no
+    article answers it (an out-of-domain question), and the bot should decline it."""
 
     question: str = ""
     turns: list[str] = []
     document_ids: list[str]
+    facts: list[str] = []
+    """Phrases of the articles that answer it: an answer with one of them states the expected fact."""
 
     @model_validator(mode="after")
     def _one_or_the_other(self) -> Question:
@@ -56,6 +59,8 @@ def read_questions(path: Path) -> list[Question]:
 def evaluate_retrieval(
     index: AnyIndex, questions: list[Question], *, context: bool = True
 ) -> RetrievalReport:
+    """Over the questions that some document answers (out-of-domain ones have nothing to find)."""
+    questions = [q for q in questions if q.document_ids]
     hits_1 = hits_5 = 0
     reciprocal = 0.0
     for question in questions:
@@ -67,10 +72,10 @@ def evaluate_retrieval(
         hits_1 += rank == 1
         hits_5 += rank is not None and rank <= 5
         reciprocal += 1 / rank if rank else 0.0
-    n = len(questions)
+    n = max(len(questions), 1)
     return RetrievalReport(
         recall_at_1=round(hits_1 / n, 4),
         recall_at_5=round(hits_5 / n, 4),
         mrr=round(reciprocal / n, 4),
-        n_questions=n,
+        n_questions=len(questions),
     )

@@ -21,10 +21,10 @@ import hashlib
 import logging
 import threading
 import time
-from collections.abc import Hashable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Generic, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
 
 import bm25s
 import numpy as np
@@ -41,6 +41,9 @@ from dialogue.metrics import KNOWLEDGE_INDEX_BUILD_SECONDS, KNOWLEDGE_INDEX_BUIL
 from dialogue.nlu.embeddings import embed, embeddings_available
 from dialogue.text import terms
 
+if TYPE_CHECKING:
+    from dialogue.settings import Settings
+
 log = logging.getLogger("dialogue.knowledge")
 
 RRF_K = 60
@@ -50,6 +53,8 @@ LEXICAL_WEIGHT = 0.5
 """BM25 ranks count half as much as semantic ones: on the demo QA set (88 reworded questions) equal weights
 lost 3 points of recall@1 against this; lexical matching still breaks ties and catches exact terms and codes."""
 SEMANTIC_WEIGHT = 1.0
+ROUTER_DEPTH = 5
+"""Passages the router weighs for a message (`dialogue.nlu.routing`): as many when it is trained."""
 REBUILD_REST = 4.0
 """After a background rebuild that took t seconds, the next waits at least REBUILD_REST * t: while a bulk
 ingest moves the revision every few seconds, a worker spends at most a fifth of a core rebuilding (a
@@ -314,3 +319,18 @@ def open_index(
     if kind == "store":
         return StoreIndex(engine, folder, reload_seconds=reload_seconds, mode=mode)
     return MemoryIndex(engine, reload_seconds=reload_seconds, mode=mode)
+
+
+def router_search(engine: Engine, settings: Settings) -> Callable[[str], list[Passage]] | None:
+    """The search a bot's router is calibrated with (`dialogue.nlu.routing`): the knowledge base in the
+    store as it is now, as the workers search it; None when it holds no document."""
+    if store.list_documents(engine, limit=1, offset=0)[1] == 0:
+        return None
+    index = open_index(
+        engine,
+        settings.knowledge_index,
+        folder=settings.resolved_knowledge_index_dir,
+        reload_seconds=0,
+        mode=settings.retrieval,
+    )
+    return lambda text: index.search(text, ROUTER_DEPTH)

@@ -1,9 +1,10 @@
 """A trained NLU model as a versioned artifact: `model.joblib` and `metadata.json` in one folder.
 
-The metadata records the content hash of the model file (its version, carried into
-lineage), a digest of the training data, the intents, the out-of-scope threshold and
-how it was chosen. Loading checks the hash. A model folder is code-equivalent
-(joblib unpickles): load only folders you trust.
+The model is the intent classifier and, for a bot with a knowledge base, its router (`routing.py`),
+calibrated against that knowledge base. The metadata records the content hash of the model file (its
+version, carried into lineage), a digest of the training data, the intents, the out-of-scope threshold
+and how it was chosen, and whether a router was trained. Loading checks the hash. A model folder is
+code-equivalent (joblib unpickles): load only folders you trust.
 """
 
 from __future__ import annotations
@@ -24,8 +25,10 @@ from dialogue.bot import BotDefinition
 from dialogue.nlu.classifier import IntentClassifier, out_of_fold_probabilities, tune_threshold
 from dialogue.nlu.data import OUT_OF_SCOPE, Example, data_hash, read_examples
 from dialogue.nlu.embeddings import EMBEDDING_MODEL, embed, embeddings_available
+from dialogue.nlu.routing import Router, Search, train_router
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+"""2: the router beside the classifier."""
 MODEL_FILE = "model.joblib"
 METADATA_FILE = "metadata.json"
 
@@ -45,6 +48,8 @@ class ModelMetadata(BaseModel):
     embeddings: str | None
     training_seconds: float
     sklearn_version: str
+    router: bool = False
+    """Whether a router was trained (against the knowledge base the bot had then)."""
 
     @property
     def version(self) -> str:
@@ -57,6 +62,7 @@ class TrainedModel:
     learned_entities: dict[str, list[str]]
     """Entity values seen in the training annotations, used as lookup tables."""
     metadata: ModelMetadata | None = None
+    router: Router | None = None
 
 
 class ModelError(RuntimeError):
@@ -64,9 +70,17 @@ class ModelError(RuntimeError):
 
 
 def train(
-    examples: list[Example], validation: list[Example] | None = None, *, use_embeddings: bool | None = None
+    examples: list[Example],
+    validation: list[Example] | None = None,
+    *,
+    use_embeddings: bool | None = None,
+    actions: dict[str, str] | None = None,
+    search: Search | None = None,
 ) -> TrainedModel:
-    """Fit the classifier, tune its out-of-scope threshold on held-out examples, then refit on everything."""
+    """Fit the classifier, tune its out-of-scope threshold on held-out examples, then refit on everything.
+
+    With `actions` (each intent's action in the bot) and `search` (the knowledge base's passages for a
+    text), also fit the router on held-out predictions of the same examples."""
     started = time.perf_counter()
     if len({e.intent for e in examples}) < 2:
         raise ModelError("training needs at least two intents")
@@ -93,12 +107,17 @@ def train(
         if out_of_fold is not None:
             threshold, source = tune_threshold(classifier, out_of_fold, labels), "cross_validation"
     classifier.threshold = threshold
+    router = None
+    if actions is not None and search is not None:
+        router = train_router(classifier, texts, labels, vectors, actions, search)
 
     learned: dict[str, set[str]] = defaultdict(set)
     for example in [*examples, *(validation or [])]:
         for span in example.entities:
             learned[span.entity].add(example.text[span.start : span.end])
-    model = TrainedModel(classifier=classifier, learned_entities={k: sorted(v) for k, v in learned.items()})
+    model = TrainedModel(
+        classifier=classifier, learned_entities={k: sorted(v) for k, v in learned.items()}, router=router
+    )
     model.metadata = ModelMetadata(
         content_hash="",
         created_at=datetime.now(UTC),
@@ -112,6 +131,7 @@ def train(
         embeddings=EMBEDDING_MODEL if use_embeddings else None,
         training_seconds=round(time.perf_counter() - started, 2),
         sklearn_version=sklearn.__version__,
+        router=router is not None,
     )
     return model
 
@@ -120,7 +140,10 @@ def save(model: TrainedModel, folder: Path) -> ModelMetadata:
     assert model.metadata is not None
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / MODEL_FILE
-    joblib.dump({"classifier": model.classifier, "learned_entities": model.learned_entities}, path)
+    joblib.dump(
+        {"classifier": model.classifier, "learned_entities": model.learned_entities, "router": model.router},
+        path,
+    )
     model.metadata.content_hash = _sha256(path)
     (folder / METADATA_FILE).write_text(model.metadata.model_dump_json(indent=2) + "\n")
     return model.metadata
@@ -140,15 +163,19 @@ def load(folder: Path) -> TrainedModel:
     if metadata.embeddings and not embeddings_available():
         raise ModelError(f"{folder} was trained with embeddings; install the `embeddings` extra")
     content = joblib.load(model_path)
-    return TrainedModel(content["classifier"], content["learned_entities"], metadata)
+    return TrainedModel(content["classifier"], content["learned_entities"], metadata, content["router"])
 
 
 def has_model(folder: Path) -> bool:
     return (folder / METADATA_FILE).exists() and (folder / MODEL_FILE).exists()
 
 
-def ensure_bot_model(bot: BotDefinition, folder: Path) -> tuple[ModelMetadata, bool] | None:
+def ensure_bot_model(
+    bot: BotDefinition, folder: Path, *, search: Search | None = None
+) -> tuple[ModelMetadata, bool] | None:
     """The bot's model, trained if missing or older than its training data; None if the bot has none.
+    `search` (the knowledge base's passages, when it has documents) calibrates the router: a model
+    trained without one is trained again once there is a knowledge base.
 
     Returns the model's metadata and whether it was trained just now.
     """
@@ -163,10 +190,12 @@ def ensure_bot_model(bot: BotDefinition, folder: Path) -> tuple[ModelMetadata, b
             and current.data_hash == data_hash(examples)
             and current.validation_hash == (data_hash(validation) if validation else None)
             and (current.embeddings is not None) == embeddings_available()
+            and (current.router or search is None)
         )
         if same:
             return current, False
-    return save(train(examples, validation), folder), True
+    actions: dict[str, str] = {intent.name: intent.action for intent in bot.intents}
+    return save(train(examples, validation, actions=actions, search=search), folder), True
 
 
 def _sha256(path: Path) -> str:

@@ -15,6 +15,7 @@ from dialogue.contracts import IntentPrediction, NluResult
 from dialogue.nlu.data import OUT_OF_SCOPE
 from dialogue.nlu.entities import EntityExtractor
 from dialogue.nlu.model import TrainedModel, has_model, load
+from dialogue.nlu.routing import Router
 from dialogue.nlu.sentiment import sentiment
 from dialogue.settings import Settings
 from dialogue.text import words
@@ -22,6 +23,8 @@ from dialogue.text import words
 
 class NluParser(Protocol):
     name: str
+    router: Router | None
+    """Weighs the NLU result against the knowledge base's evidence (a trained model's, when it has one)."""
 
     def parse(self, text: str) -> NluResult: ...
 
@@ -30,6 +33,7 @@ class KeywordParser:
     """Scores each intent by the keyword phrases found in the text, as whole words."""
 
     name = "keywords"
+    router: Router | None = None
 
     def __init__(self, bot: BotDefinition) -> None:
         self._bot = bot
@@ -54,12 +58,14 @@ class KeywordParser:
 
 class ModelParser:
     name = "trained"
+    router: Router | None
 
     def __init__(self, bot: BotDefinition, model: TrainedModel) -> None:
         assert model.metadata is not None
         self._bot = bot
         self._model = model
         self._version = f"trained:{model.metadata.version}"
+        self.router = model.router
         self._entities = EntityExtractor(
             patterns=bot.entity_patterns, lookups=bot.lookups, learned=model.learned_entities
         )

@@ -27,6 +27,7 @@ from dialogue.bot import BotDefinition, load_bot
 from dialogue.db import get_engine, init_db
 from dialogue.flags import FlagSettings
 from dialogue.knowledge import store
+from dialogue.knowledge.search import router_search
 from dialogue.nlu.model import ensure_bot_model
 from dialogue.settings import Settings
 from dialogue.temporal import SEARCH_ATTRIBUTES
@@ -97,11 +98,16 @@ async def in_process_stack(bot_path: Path, deployment: Settings) -> AsyncIterato
                     "flags": {"llm_generator": False},
                 }
             )
-            await asyncio.to_thread(ensure_bot_model, bot, settings.nlu_model_path(bot.name))
             engine = get_engine(settings.resolved_database_url)
             init_db(engine)
             files = store.knowledge_files([bot.resolve(bot.knowledge_dir)]) if bot.knowledge_dir else []
             documents = {store.ingest_path(engine, path).document_id for path in files}
+            await asyncio.to_thread(
+                ensure_bot_model,
+                bot,
+                settings.nlu_model_path(bot.name),
+                search=router_search(engine, settings),
+            )
             env = await WorkflowEnvironment.start_local(
                 dev_server_existing_path=str(settings.temporal_binary),
                 data_converter=pydantic_data_converter,

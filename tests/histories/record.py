@@ -38,6 +38,7 @@ from dialogue.contracts import (
 )
 from dialogue.db import get_engine, init_db
 from dialogue.knowledge import store
+from dialogue.knowledge.search import router_search
 from dialogue.nlu.model import ensure_bot_model
 from dialogue.settings import Settings
 from dialogue.starting import conversation_input, start_options
@@ -159,7 +160,7 @@ async def _record(name: str, llm_url: str | None, script: list[tuple[str, str]],
         assert bot.knowledge_dir
         for path in store.knowledge_files([bot.resolve(bot.knowledge_dir)]):
             store.ingest_path(engine, path)
-        ensure_bot_model(bot, folder / "nlu")
+        ensure_bot_model(bot, folder / "nlu", search=router_search(engine, settings))
         env = await WorkflowEnvironment.start_local(
             dev_server_existing_path=str(settings.temporal_binary),
             data_converter=pydantic_data_converter,
