@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Callable
+
 import pytest
 from temporalio.exceptions import ApplicationError
 
@@ -9,6 +12,8 @@ from activities.generate import ReplyComposer
 from dialogue.bot import BotDefinition
 from dialogue.contracts import OUT_OF_SCOPE, GenerateRequest, IntentPrediction, NluResult, Passage, Reply
 from dialogue.generation.grounded import GroundedGenerator, Relevance, grounded_answer
+from dialogue.generation.rubric import Marks, dangling_reference, mark
+from dialogue.knowledge.chunking import sentences
 
 RETURNS = Passage(
     document_id="returns",
@@ -61,6 +66,99 @@ def test_no_trusted_passage_means_no_answer() -> None:
     assert grounded_answer("refund?", [WEAK], Relevance()) is None
     lexical_only = RETURNS.model_copy(update={"semantic_score": None, "lexical_score": 0.5})
     assert grounded_answer("refund?", [lexical_only], Relevance(min_lexical=1.0)) is None
+
+
+SHIPPING = RETURNS.model_copy(
+    update={
+        "document_id": "shipping",
+        "title": "Shipping and delivery",
+        "text": (
+            "Standard shipping within the EU takes 3 to 5 business days and is free for orders over 50 euros. "
+            "Below that, standard shipping costs 4.90 euros. Express shipping costs 12.90 euros."
+        ),
+        "chunk_id": "shipping:1:0",
+    }
+)
+NEWSLETTER = RETURNS.model_copy(
+    update={
+        "document_id": "newsletter",
+        "title": "Newsletter",
+        "text": (
+            "It takes effect immediately, although newsletters already scheduled may still arrive. "
+            "Every newsletter has an unsubscribe link at the bottom of the e-mail."
+        ),
+        "chunk_id": "newsletter:1:1",
+    }
+)
+
+
+def test_a_sentence_that_leans_on_the_one_before_brings_it_along() -> None:
+    answer = grounded_answer("how much is standard shipping below 50 euros?", [SHIPPING], Relevance())
+    assert answer is not None
+    assert answer.text.startswith("Standard shipping within the EU takes 3 to 5 business days")
+    assert "Below that, standard shipping costs 4.90 euros." in answer.text
+    assert mark(sentences(answer.text), ["4.90 euros"], follows(SHIPPING)) == Marks(
+        fact=True, dangling=None, words=len(answer.text.split())
+    )
+
+
+def test_a_sentence_whose_antecedent_is_not_in_its_passage_is_not_said() -> None:
+    # "It" is the unsubscribing of the chunk before: this chunk cannot say what it is.
+    answer = grounded_answer("does unsubscribing take effect immediately?", [NEWSLETTER], Relevance())
+    assert answer is not None
+    assert answer.text == "Every newsletter has an unsubscribe link at the bottom of the e-mail."
+
+
+def test_the_sentence_that_answers_leads() -> None:
+    answer = grounded_answer("how much does express shipping cost?", [SHIPPING], Relevance())
+    assert answer is not None
+    assert answer.text.startswith("Express shipping costs 12.90 euros.")
+
+
+def test_closeness_in_meaning_picks_a_sentence_that_shares_no_word_with_the_question() -> None:
+    def similarity(question: str, said: list[str]) -> list[float]:
+        return [0.9 if "5 business days" in sentence else 0.1 for sentence in said]
+
+    question = "when do I get my money?"
+    plain = grounded_answer(question, [RETURNS], Relevance())
+    weighed = grounded_answer(question, [RETURNS], Relevance(), similarity)
+    assert plain is not None and weighed is not None
+    assert weighed.text.startswith("Refunds are issued to the original payment method within 5 business days")
+    assert not plain.text.startswith("Refunds are issued")
+
+
+@pytest.mark.parametrize(
+    ("sentence", "reference"),
+    [
+        ("Below that, standard shipping costs 4.90 euros.", "Below that"),
+        ("It takes effect immediately.", "It"),
+        ("However, gift cards are excluded.", "However"),
+        ("Customs duties for these countries are paid by the recipient.", "these countries"),
+        ("Please do not send returns to this address.", "this address"),
+        ("There, choose Return items.", "There"),
+        ("Express shipping costs 12.90 euros.", None),
+        ("There is no fee for card payments.", None),
+        ("Items such as cables are accepted.", None),
+        ("If you find the same product cheaper, we refund the difference.", None),
+    ],
+)
+def test_a_dangling_reference_is_a_pointer_to_a_sentence_not_said(
+    sentence: str, reference: str | None
+) -> None:
+    assert dangling_reference(sentence) == reference
+
+
+def test_the_rubric_resolves_a_reference_only_by_the_sentence_it_follows() -> None:
+    said = ["Express shipping costs 12.90 euros.", "Below that, standard shipping costs 4.90 euros."]
+    marks = mark(said, ["4.90 euros"], follows(SHIPPING))
+    assert (marks.fact, marks.dangling) == (True, "Below that")
+    assert mark(said[:1], ["4.90 euros"], follows(SHIPPING)).fact is False
+    assert mark(said[:1], [], follows(SHIPPING)).fact is None
+
+
+def follows(*passages: Passage) -> Callable[[str, str], bool]:
+    pairs = {pair for p in passages for pair in itertools.pairwise(sentences(p.text))}
+    return lambda before, after: (before, after) in pairs
 
 
 async def test_composer_answers_from_the_knowledge_base(demo_bot: BotDefinition) -> None:

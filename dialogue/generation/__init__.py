@@ -13,6 +13,7 @@ from dialogue.flags import deployment_flags
 from dialogue.generation.grounded import Answer, GroundedGenerator, Relevance
 from dialogue.generation.prompts import Prompt
 from dialogue.llm.context import Conversation
+from dialogue.nlu.embeddings import embeddings_available, similarities
 from dialogue.settings import Settings
 
 if TYPE_CHECKING:
@@ -89,7 +90,8 @@ class Generators:
 def build_generators(settings: Settings, bot: BotDefinition) -> Generators:
     """The worker's generators: the LLM one only when some conversation may be answered by it."""
     relevance = Relevance(min_semantic=bot.min_semantic_score, min_lexical=bot.min_answer_score)
-    grounded = GroundedGenerator(relevance)
+    # Sentences are weighed by meaning too where the embedding model is installed (it is loaded for the NLU).
+    grounded = GroundedGenerator(relevance, similarities if embeddings_available() else None)
     if settings.generator != "openai" and not deployment_flags(settings, bot).may_be_on("llm_generator"):
         return Generators(configured=grounded, grounded=grounded)
 

@@ -32,10 +32,11 @@ _OPENING = re.compile(
 """A sentence that opens by pointing back at something said before it."""
 
 _DEMONSTRATIVE = re.compile(
-    r"\b(?:these|those|such)\s+(?!as\b)[a-z]+|\bthis\s+(?!is\b|means\b|way\b)[a-z]+|\bthe\s+same\s+(?!as\b)[a-z]+",
+    r"\b(?:these|those|such)\s+(?!as\b)[a-z]+|\bthis\s+(?!is\b|means\b|way\b)[a-z]+",
     re.IGNORECASE,
 )
-"""A sentence that names something by pointing at it ("these countries", "this address")."""
+"""A sentence that names something by pointing at it ("these countries", "this address"). "The same …" is
+left to the opening: inside a sentence it is mostly a comparison it makes itself ("the same product")."""
 
 
 def dangling_reference(sentence: str) -> str | None:

@@ -253,3 +253,28 @@ def embed(texts: list[str]) -> NDArray[np.float32]:
         while len(_shared) > SHARED_KEPT:
             _shared.popitem(last=False)
     return vectors
+
+
+SENTENCES_KEPT = 8192
+"""Vectors of knowledge-base sentences kept for later answers (least recently used first out): about 12 MB."""
+_sentences: OrderedDict[str, NDArray[np.float32]] = OrderedDict()
+_sentences_lock = threading.Lock()
+
+
+def similarities(question: str, sentences: list[str]) -> list[float]:
+    """The cosine similarity of `question` to each of `sentences`. The sentences' vectors are kept: an
+    article's sentences come back answer after answer, so a warm worker embeds only the question."""
+    with _sentences_lock:
+        known = {s: _sentences[s] for s in sentences if s in _sentences}
+        for sentence in known:
+            _sentences.move_to_end(sentence)
+    missing = [s for s in dict.fromkeys(sentences) if s not in known]
+    vectors = _encoder()([question, *missing])
+    found = dict(zip(missing, vectors[1:], strict=True))
+    if found:
+        with _sentences_lock:
+            _sentences.update(found)
+            while len(_sentences) > SENTENCES_KEPT:
+                _sentences.popitem(last=False)
+    every = known | found
+    return [float(every[s] @ vectors[0]) for s in sentences]

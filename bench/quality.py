@@ -1,0 +1,366 @@
+"""Quality, each number beside plain baselines measured in the same run: intents, retrieval, and the bot's
+answers end to end.
+
+- `intents`: the NLU's intent classifier (`dialogue.nlu.model.train`: word and character TF-IDF with
+  sentence embeddings, the out-of-scope threshold tuned on held-out examples) against TF-IDF + logistic
+  regression and the plain embedder + logistic regression, on public intent benchmarks: in-scope accuracy,
+  out-of-scope recall where the set has out-of-scope queries, ms per utterance, training seconds.
+- `retrieval`: the knowledge base's search (`dialogue.knowledge.search`: the chunker, BM25 and vectors fused)
+  against BM25 alone and the plain embedder alone over the same chunks, and each lever on top (a stemmer,
+  the lexical weight of the fusion): nDCG@10, recall@10 and MRR@10 per document.
+- `end-to-end`: the demo bot through its API (`dialogue kb evaluate --end-to-end`): the share of the demo's
+  questions answered from a right document, of out-of-domain ones declined, and the answers' rubric.
+
+The public sets are not shipped: they live in `.quality-data/` (git ignores it), fetched from their public
+repositories as `docs/quality.md` says; a set that is missing is reported so and skipped. The demo's own
+sets are in `examples/demo/`.
+
+    .venv/bin/python -m bench.quality [--only intents|retrieval|end-to-end] [--sets clinc150,scifact]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import json
+import math
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sklearn.feature_extraction.text import TfidfVectorizer
+from sklearn.linear_model import LogisticRegression
+
+from bench.streaming import RESULTS, header
+from dialogue.contracts import OUT_OF_SCOPE
+from dialogue.knowledge.search import RetrievalMode
+from dialogue.nlu.data import Example, read_examples
+
+DATA = Path(__file__).parent.parent / ".quality-data"
+CACHE = DATA / "cache"
+INTENT_SETS = ("hwu64", "snips", "clinc150", "banking77")
+RETRIEVAL_SETS = ("scifact", "nfcorpus", "stackfaq")
+DEMO = Path(__file__).parent.parent / "examples" / "demo"
+LATENCY_SAMPLE = 200
+"""Utterances parsed one at a time to time the classifier as a turn meets it."""
+
+
+def embedded(texts: list[str]) -> np.ndarray:
+    """MiniLM vectors of `texts`, cached on disk by content (a benchmark re-run embeds nothing again)."""
+    from dialogue.nlu.embeddings import embed_many
+
+    digest = hashlib.sha256("\n".join(texts).encode()).hexdigest()[:20]
+    path = CACHE / f"vectors-{digest}.npy"
+    if path.exists():
+        return np.load(path)
+    vectors = embed_many(texts)
+    CACHE.mkdir(parents=True, exist_ok=True)
+    np.save(path, vectors)
+    return vectors
+
+
+# Intents.
+
+
+def intent_set(name: str) -> tuple[list[Example], list[Example] | None, list[Example]] | None:
+    folder = DATA / "intents" / name
+    if not (folder / "train.jsonl").exists():
+        return None
+    valid = folder / "valid.jsonl"
+    return (
+        read_examples(folder / "train.jsonl"),
+        read_examples(valid) if valid.exists() else None,
+        read_examples(folder / "test.jsonl"),
+    )
+
+
+def scores(truth: list[str], predicted: list[str]) -> dict[str, float | None]:
+    pairs = list(zip(truth, predicted, strict=True))
+    in_scope = [(t, p) for t, p in pairs if t != OUT_OF_SCOPE]
+    out = [p for t, p in pairs if t == OUT_OF_SCOPE]
+    return {
+        "in_scope_accuracy": round(sum(t == p for t, p in in_scope) / len(in_scope), 4),
+        "oos_recall": round(sum(p == OUT_OF_SCOPE for p in out) / len(out), 4) if out else None,
+    }
+
+
+def tfidf_baseline(train: list[Example], test: list[Example]) -> dict[str, Any]:
+    """Word uni- and bigrams, TF-IDF, multinomial logistic regression: out of scope only as a class."""
+    started = time.perf_counter()
+    vectorizer = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True)
+    model = LogisticRegression(C=10.0, max_iter=2000).fit(
+        vectorizer.fit_transform([e.text for e in train]), [e.intent for e in train]
+    )
+    seconds = time.perf_counter() - started
+    predicted = [str(p) for p in model.predict(vectorizer.transform([e.text for e in test]))]
+    return {**scores([e.intent for e in test], predicted), "training_seconds": round(seconds, 1)}
+
+
+def embedder_baseline(train: list[Example], test: list[Example]) -> dict[str, Any]:
+    """The plain sentence embedder (all-MiniLM-L6-v2) and a logistic regression on its vectors."""
+    train_vectors = embedded([e.text for e in train])
+    started = time.perf_counter()
+    model = LogisticRegression(C=10.0, max_iter=2000).fit(train_vectors, [e.intent for e in train])
+    seconds = time.perf_counter() - started
+    predicted = [str(p) for p in model.predict(embedded([e.text for e in test]))]
+    return {**scores([e.intent for e in test], predicted), "training_seconds": round(seconds, 1)}
+
+
+def ours(train: list[Example], valid: list[Example] | None, test: list[Example]) -> dict[str, Any]:
+    """The NLU's classifier as `dialogue nlu train` makes it, then one utterance at a time as a turn parses."""
+    from dialogue.nlu.classifier import IntentClassifier
+    from dialogue.nlu.model import train as train_model
+
+    texts = [e.text for e in train + (valid or [])]
+    embedded(texts)  # warm the cache: training time is the model's, not the embedder's first run
+    started = time.perf_counter()
+    model = train_model(train, valid)
+    seconds = time.perf_counter() - started
+    classifier: IntentClassifier = model.classifier
+    vectors = embedded([e.text for e in test])
+    predicted = [
+        p.intent for p in classifier.decide(classifier.probabilities([e.text for e in test], vectors))
+    ]
+    sample = [e.text for e in test[:LATENCY_SAMPLE]]
+    classifier.predict(sample[:1])
+    started = time.perf_counter()
+    for text in sample:
+        classifier.predict([text])
+    per_utterance = (time.perf_counter() - started) * 1000 / len(sample)
+    return {
+        **scores([e.intent for e in test], predicted),
+        "threshold": classifier.threshold,
+        "training_seconds": round(seconds, 1),
+        "ms_per_utterance": round(per_utterance, 2),
+    }
+
+
+def intents(names: list[str]) -> dict[str, Any]:
+    results: dict[str, Any] = {}
+    for name in names:
+        loaded = intent_set(name)
+        if loaded is None:
+            results[name] = {"missing": f"{DATA / 'intents' / name} (see docs/quality.md)"}
+            continue
+        train, valid, test = loaded
+        print(f"intents: {name} ({len(train)} training, {len(test)} test examples)", flush=True)
+        results[name] = {
+            "examples": {"train": len(train), "valid": len(valid or []), "test": len(test)},
+            "intents": len({e.intent for e in train} - {OUT_OF_SCOPE}),
+            "ours": ours(train, valid, test),
+            "tfidf_logistic_regression": tfidf_baseline(train + (valid or []), test),
+            "embedder_logistic_regression": embedder_baseline(train + (valid or []), test),
+        }
+        print(json.dumps(results[name]), flush=True)
+    return results
+
+
+# Retrieval.
+
+
+def read_beir(folder: Path) -> tuple[dict[str, dict[str, str]], dict[str, str], dict[str, dict[str, int]]]:
+    corpus = {}
+    for line in (folder / "corpus.jsonl").read_text().splitlines():
+        row = json.loads(line)
+        corpus[str(row["_id"])] = {"title": row.get("title") or "", "text": row["text"]}
+    queries = {
+        str(row["_id"]): row["text"]
+        for row in map(json.loads, (folder / "queries.jsonl").read_text().splitlines())
+    }
+    relevant: dict[str, dict[str, int]] = defaultdict(dict)
+    for line in (folder / "qrels" / "test.tsv").read_text().splitlines()[1:]:
+        query, document, grade = line.split("\t")
+        if int(grade) > 0:
+            relevant[query][document] = int(grade)
+    return corpus, {q: queries[q] for q in relevant}, relevant
+
+
+@contextmanager
+def stemmed(on: bool) -> Iterator[None]:
+    """The lexical side's terms with the Snowball stemmer (index and queries alike), for the block."""
+    import dialogue.knowledge.search as search
+    import dialogue.text as normalising
+
+    if not on:
+        yield
+        return
+    import Stemmer
+
+    stemmer = Stemmer.Stemmer("english")
+    plain = search.terms
+
+    def stems(text: str) -> list[str]:
+        words = normalising._WORD.findall(text.lower())
+        return list(stemmer.stemWords([w for w in words if w not in normalising.STOPWORDS]))
+
+    search.terms = stems
+    try:
+        yield
+    finally:
+        search.terms = plain
+
+
+def ranked_documents(search: Callable[[str, int], list[Any]], query: str, depth: int = 10) -> list[str]:
+    documents: list[str] = []
+    for passage in search(query, 4 * depth):
+        if passage.document_id not in documents:
+            documents.append(passage.document_id)
+    return documents[:depth]
+
+
+def retrieval_scores(
+    search: Callable[[str, int], list[Any]], queries: dict[str, str], relevant: dict[str, dict[str, int]]
+) -> dict[str, float]:
+    ndcg = recall = reciprocal = 0.0
+    for query_id, query in queries.items():
+        found = ranked_documents(search, query)
+        grades = relevant[query_id]
+        gains = sum(grades.get(d, 0) / math.log2(i + 2) for i, d in enumerate(found))
+        ideal = sum(g / math.log2(i + 2) for i, g in enumerate(sorted(grades.values(), reverse=True)[:10]))
+        ndcg += gains / ideal
+        recall += len(set(found) & set(grades)) / len(grades)
+        reciprocal += next((1 / (i + 1) for i, d in enumerate(found) if d in grades), 0.0)
+    n = len(queries)
+    return {
+        "ndcg_at_10": round(ndcg / n, 4),
+        "recall_at_10": round(recall / n, 4),
+        "mrr_at_10": round(reciprocal / n, 4),
+    }
+
+
+def corpus_store(name: str, corpus: dict[str, dict[str, str]]) -> Any:
+    """The corpus chunked, embedded and stored as `dialogue kb ingest` does, once per chunker version."""
+    from dialogue.db import get_engine, init_db
+    from dialogue.knowledge import chunking, store
+
+    version = hashlib.sha256(Path(chunking.__file__).read_bytes()).hexdigest()[:12]
+    path = CACHE / f"{name}-{version}.db"
+    CACHE.mkdir(parents=True, exist_ok=True)
+    fresh = not path.exists()
+    engine = get_engine(f"sqlite:///{path}")
+    init_db(engine)
+    if fresh:
+        started = time.perf_counter()
+        documents = [
+            store.DocumentInput(
+                document_id=document_id,
+                title=row["title"] or document_id,
+                text=row["text"],
+                content_type="text",
+                source=None,
+            )
+            for document_id, row in corpus.items()
+        ]
+        for start in range(0, len(documents), 64):
+            store.ingest_batch(engine, documents[start : start + 64])
+        print(f"  ingested {len(documents)} documents in {time.perf_counter() - started:.0f} s", flush=True)
+    return engine
+
+
+def retrieval(names: list[str]) -> dict[str, Any]:
+    import dialogue.knowledge.search as search
+
+    results: dict[str, Any] = {}
+    for name in names:
+        folder = DATA / "retrieval" / name
+        if not (folder / "corpus.jsonl").exists():
+            results[name] = {"missing": f"{folder} (see docs/quality.md)"}
+            continue
+        corpus, queries, relevant = read_beir(folder)
+        print(f"retrieval: {name} ({len(corpus)} documents, {len(queries)} queries)", flush=True)
+        engine = corpus_store(name, corpus)
+        row: dict[str, Any] = {"documents": len(corpus), "queries": len(queries)}
+        levers: tuple[tuple[str, RetrievalMode, bool, float], ...] = (
+            ("bm25", "lexical", False, search.LEXICAL_WEIGHT),
+            ("embedder", "semantic", False, search.LEXICAL_WEIGHT),
+            ("ours_hybrid", "hybrid", False, search.LEXICAL_WEIGHT),
+            ("bm25_stemmed", "lexical", True, search.LEXICAL_WEIGHT),
+            ("hybrid_stemmed", "hybrid", True, search.LEXICAL_WEIGHT),
+            ("hybrid_equal_weights", "hybrid", False, 1.0),
+        )
+        for label, mode, stem, weight in levers:
+            kept = search.LEXICAL_WEIGHT
+            search.LEXICAL_WEIGHT = weight
+            try:
+                with stemmed(stem):
+                    row[label] = retrieval_scores(
+                        search.MemoryIndex(engine, reload_seconds=0, mode=mode).search, queries, relevant
+                    )
+            finally:
+                search.LEXICAL_WEIGHT = kept
+            print(f"  {label}: {row[label]}", flush=True)
+        results[name] = row
+    return results
+
+
+# End to end.
+
+
+def end_to_end() -> dict[str, Any]:
+    """The demo's sets through the API of the bot's own stack, in this process."""
+    from dialogue.bot import load_bot
+    from dialogue.client import AsyncDialogueClient
+    from dialogue.knowledge.end_to_end import evaluate_end_to_end, following_sentences
+    from dialogue.knowledge.evaluate import Question, read_questions
+    from dialogue.settings import Settings
+    from dialogue.testing.stack import in_process_stack
+
+    settings = Settings(bot_path=DEMO / "bot.yaml")
+    bot = load_bot(settings.bot_path)
+    assert bot.knowledge_dir
+    follows = following_sentences(bot.resolve(bot.knowledge_dir))
+    sets = {
+        name: read_questions(DEMO / f"{name}.jsonl")
+        for name in (
+            "qa",
+            "qa_dev",
+            "qa_multiturn",
+            "qa_dev_multiturn",
+            "out_of_domain",
+            "out_of_domain_near",
+        )
+    }
+    sets["nlu_test_out_of_scope"] = [
+        Question(question=e.text, document_ids=[])
+        for e in read_examples(DEMO / "nlu" / "test.jsonl")
+        if e.intent == OUT_OF_SCOPE
+    ]
+
+    async def run() -> dict[str, Any]:
+        async with in_process_stack(settings.bot_path, settings) as stack:
+            api = AsyncDialogueClient.wrapping(await stack.api())
+            out = {}
+            for name, questions in sets.items():
+                report = await evaluate_end_to_end(api, questions, follows)
+                out[name] = report.model_dump(exclude={"asked"})
+                print(f"end-to-end: {name}: {json.dumps(out[name])}", flush=True)
+            return out
+
+    return asyncio.run(run())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--only", choices=["intents", "retrieval", "end-to-end"])
+    parser.add_argument("--sets", help="Comma-separated set names (default: all present).")
+    args = parser.parse_args()
+    chosen = set(args.sets.split(",")) if args.sets else None
+    result = header("quality")
+    if args.only in (None, "intents"):
+        result["intents"] = intents([n for n in INTENT_SETS if chosen is None or n in chosen])
+    if args.only in (None, "retrieval"):
+        result["retrieval"] = retrieval([n for n in RETRIEVAL_SETS if chosen is None or n in chosen])
+    if args.only in (None, "end-to-end"):
+        result["end_to_end"] = end_to_end()
+    name = "quality.json" if args.only is None and chosen is None else f"quality-{args.only or 'some'}.json"
+    (RESULTS / name).write_text(json.dumps(result, indent=2) + "\n")
+    print(f"written to {RESULTS / name}")
+
+
+if __name__ == "__main__":
+    main()
