@@ -41,15 +41,16 @@ class ReplyComposer:
     def needs_knowledge(self, nlu: NluResult, decision: Decision) -> bool:
         """Whether the reply to this decision is made from retrieved passages: an answer or the agent's
         turn, not a template or a flow's words (which a turn can then make without searching)."""
-        if decision.action == "agent":
+        if decision.action == "agent" or decision.answer_first:
             return True
         probe = GenerateRequest(text="", turn_index=0, nlu=nlu, decision=decision)
         return self._scripted(probe, decision) is None
 
     def calls_a_model(self, request: GenerateRequest) -> bool:
         """Whether the reply is an answer from a generator that calls a model over the network."""
-        scripted = self._scripted(request, self._decision(request))
-        return scripted is None and self._generators.choose(request.llm, request.variant).remote
+        decision = self._decision(request)
+        answers = decision.answer_first or self._scripted(request, decision) is None
+        return answers and self._generators.choose(request.llm, request.variant).remote
 
     async def compose(
         self,
@@ -61,6 +62,8 @@ class ReplyComposer:
         reply = self._scripted(request, decision) or await self._answer(
             request, self._templates(request), on_token, conversation
         )
+        if decision.answer_first:
+            reply = await self._answered_first(request, reply, on_token, conversation)
         flow = self._bot.flow(decision.flow)
         if decision.resume_flow and flow is not None and decision.dialogue.requested_slot:
             reminder = _render(
@@ -70,6 +73,19 @@ class ReplyComposer:
             )
             reply = reply.model_copy(update={"text": f"{reply.text} {reminder}"})
         return reply
+
+    async def _answered_first(
+        self,
+        request: GenerateRequest,
+        question: Reply,
+        on_token: Callable[[str], None] | None,
+        conversation: Conversation | None,
+    ) -> Reply:
+        """A flow's `question`, after what the knowledge base answers to the message (when it does)."""
+        answer = await self._answer(request, [], on_token, conversation)
+        if not answer.sources:
+            return question
+        return answer.model_copy(update={"text": f"{answer.text} {question.text}"})
 
     def _decision(self, request: GenerateRequest) -> Decision:
         return request.decision or decide(self._bot, request.nlu, DialogueState())

@@ -191,6 +191,10 @@ class Flow(BaseModel):
     failed: str = "Sorry, I couldn't complete that."
     """Reply template when the tool could not find what the slots describe."""
     cancelled: str = "Alright, I've stopped that."
+    answer_first: bool = False
+    """When the flow starts, first say what the knowledge base answers to the message, if it does, then ask
+    the flow's question: "When do I get the tracking number?" learns when, and can still have the order
+    looked up."""
 
 
 class NluData(BaseModel):

@@ -255,6 +255,8 @@ class Decision(BaseModel):
     """The turn answered another topic while a flow waits: remind the user of the flow's question."""
     topic: str | None = None
     """For a follow-up the NLU could not place ("and to Austria?"): the intent of the turn it continues."""
+    answer_first: bool = False
+    """A flow's first question comes after what the knowledge base answers to the message (`Flow.answer_first`)."""
 
 
 class Understanding(BaseModel):

@@ -17,6 +17,8 @@ re-decides. The workflow applies the decision; `generate` words it.
   the fallback; `intent` goes on as below. Without a router: out-of-scope gets the fallback.
   Then low confidence gets a clarifying question, otherwise the intent's action (`respond`,
   `answer`, `flow`, `handoff`, `end`).
+- A flow that starts without its slots asks for the first; with `answer_first`, after what the
+  knowledge base answers to the message.
 - In the middle of a flow, a message the router sends to the knowledge base is answered there too,
   and the flow's question asked again, unless it fills a slot, names the flow's own intent or says no.
 """
@@ -138,7 +140,13 @@ def _continue_flow(
     missing = _missing(flow, slots)
     after = DialogueState(active_flow=flow.name, slots=slots, requested_slot=missing)
     if missing is not None:
-        return Decision(action="flow_prompt", flow=flow.name, dialogue=after, invalid_slot=invalid)
+        return Decision(
+            action="flow_prompt",
+            flow=flow.name,
+            dialogue=after,
+            invalid_slot=invalid,
+            answer_first=starting and flow.answer_first,
+        )
     arguments = {spec.name: slots[spec.name] for spec in flow.slots}
     return Decision(
         action="flow_complete",

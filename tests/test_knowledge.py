@@ -22,10 +22,11 @@ from dialogue.bot import BotDefinition
 from dialogue.db import KnowledgeChunk, KnowledgeDocument, get_engine, init_db
 from dialogue.jsonl import DataError
 from dialogue.knowledge import fulltext, store
-from dialogue.knowledge.chunking import chunk
+from dialogue.knowledge.chunking import SPECIAL_TOKENS, chunk, sentences
 from dialogue.knowledge.evaluate import Question, evaluate_retrieval, read_questions
 from dialogue.knowledge.parsing import parse
 from dialogue.knowledge.search import MemoryIndex, StoreIndex, open_index
+from dialogue.nlu.embeddings import MAX_TOKENS, count_tokens
 from dialogue.settings import PROJECT_ROOT
 from tests.conftest import ingest_knowledge
 
@@ -92,6 +93,60 @@ def test_chunks_never_cross_a_heading_and_overlap_by_a_sentence() -> None:
     assert all(len(c.text) <= 260 for c in long_chunks)
     for previous, following in itertools.pairwise(long_chunks):
         assert previous.text.split(". ")[-1].rstrip(".") in following.text  # the overlap
+
+
+def test_a_long_paragraph_becomes_chunks_within_the_embedders_window() -> None:
+    sentence = "Each of these words is counted by the embedding model's own tokenizer, pieces included."
+    paragraph = " ".join([sentence] * 200)  # a 3,000-word paragraph
+    assert len(paragraph.split()) >= 2_800
+    document = parse(f"# Manual\n\n## Everything\n\n{paragraph}", "markdown", fallback_title="x")
+    chunks = chunk(document)
+    assert len(chunks) > 10
+    for piece in chunks:
+        embedded = store.indexed_text(document.title, piece.heading, piece.text)
+        assert count_tokens(embedded) + SPECIAL_TOKENS <= MAX_TOKENS
+        assert piece.text.startswith("Each of these words") and piece.text.endswith("included.")
+    # One long sentence with no end is cut between words, still within the window.
+    run_on = " ".join(["unending"] * 600)
+    pieces = chunk(parse(f"# T\n\n{run_on}", "markdown", fallback_title="x"))
+    assert len(pieces) > 1 and all(
+        count_tokens(f"T  {p.text}") + SPECIAL_TOKENS <= MAX_TOKENS for p in pieces
+    )
+    assert " ".join(p.text for p in pieces).split() == run_on.split()
+
+
+def test_a_code_block_survives_parsing_and_chunking_as_written() -> None:
+    code = "def refund(order):\n    if order.paid:\n        return order.total\n    return 0"
+    document = parse(
+        f"Returns\n=======\n\nSetup\n-----\n\nRun this:\n\n```python\n{code}\n```\n\n    indented = True\n",
+        "markdown",
+        fallback_title="x",
+    )
+    assert document.title == "Returns"  # an underlined heading is a heading
+    assert [s.heading for s in document.sections] == ["Setup"]
+    texts = [c.text for c in chunk(document)]
+    assert any(code in text for text in texts)  # lines and indentation as written
+    assert any("indented = True" in text for text in texts)
+
+
+def test_markdown_inline_markup_lists_and_tables_read_as_plain_text() -> None:
+    document = parse(
+        "# Fees\n\nPay **no fee** with [a card](https://example.com/cards) or `PayPal`.\n\n"
+        "- Express: 12.90 euros\n- Standard: 4.90 euros\n\n| Country | Days |\n|---|---|\n| Austria | 2 |\n",
+        "markdown",
+        fallback_title="x",
+    )
+    assert document.sections[0].paragraphs == [
+        "Pay no fee with a card or PayPal.",
+        "Express: 12.90 euros",
+        "Standard: 4.90 euros",
+        "Country | Days",
+        "Austria | 2",
+    ]
+    assert sentences("Express: 12.90 euros\n\nStandard: 4.90 euros") == [
+        "Express: 12.90 euros",
+        "Standard: 4.90 euros",
+    ]
 
 
 def test_ingest_is_idempotent_and_versions_changes(engine: Engine) -> None:

@@ -3,7 +3,8 @@ and what the bot did with it. Retrieval recall says whether the search finds an 
 the user gets an answer from it (`dialogue kb evaluate --end-to-end`).
 
 Each answerable question ends in one of:
-- `right`: answered from the knowledge base, citing a document that answers it;
+- `right`: answered from the knowledge base, citing a document that answers it (also when a flow's
+  question follows the answer, `Flow.answer_first`);
 - `other_document`: answered, but from documents that do not;
 - `no_answer`: the bot looked and said it found nothing;
 - `declined`, `clarified`, `flow`, `handoff`, `scripted`, `agent`: the policy did something else (the
@@ -102,19 +103,23 @@ class EndToEndReport(BaseModel):
 
 
 def outcome_of(reply: TurnReply, action: str | None, documents: Sequence[str]) -> Outcome:
+    """What the user got: an answer citing documents (also when a flow's question follows it), else what
+    the policy did."""
     if reply.degraded:
         return "degraded"
+    cited = {source.document_id for source in reply.reply.sources}
+    if cited:
+        return "right" if cited & set(documents) else "other_document"
     if action is not None and action in _BY_ACTION:
         return _BY_ACTION[action]
-    cited = {source.document_id for source in reply.reply.sources}
-    if not cited:
-        return "no_answer"
-    return "right" if cited & set(documents) else "other_document"
+    return "no_answer"
 
 
 def following_sentences(folder: Path) -> Callable[[str, str], bool]:
-    """Whether one sentence follows another in an article of `folder`: what resolves a reference."""
+    """Whether one sentence follows another in an article of `folder` (what resolves a reference), or is no
+    article's at all: the bot's own words (a flow's question after an answer) are written to go together."""
     pairs: set[tuple[str, str]] = set()
+    known: set[str] = set()
     for path in sorted(folder.rglob("*")):
         kind = content_type_of(path)
         if kind is None or not path.is_file():
@@ -123,7 +128,8 @@ def following_sentences(folder: Path) -> Callable[[str, str], bool]:
         for section in parsed.sections:
             said = [s for paragraph in section.paragraphs for s in sentences(paragraph)]
             pairs.update(itertools.pairwise(said))
-    return lambda before, after: (before, after) in pairs
+            known.update(said)
+    return lambda before, after: after not in known or (before, after) in pairs
 
 
 async def ask(

