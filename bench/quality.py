@@ -7,9 +7,11 @@ answers end to end.
   out-of-scope recall where the set has out-of-scope queries, ms per utterance, training seconds.
 - `retrieval`: the knowledge base's search (`dialogue.knowledge.search`: the chunker, BM25 and vectors fused)
   against BM25 alone and the plain embedder alone over the same chunks, and each lever on top (a stemmer,
-  the lexical weight of the fusion): nDCG@10, recall@10 and MRR@10 per document.
+  the lexical weight of the fusion, the chunker's cutting of long paragraphs): nDCG@10, recall@10 and
+  MRR@10 per document.
 - `end-to-end`: the demo bot through its API (`dialogue kb evaluate --end-to-end`): the share of the demo's
-  questions answered from a right document, of out-of-domain ones declined, and the answers' rubric.
+  questions answered from a right document, of out-of-domain ones declined, and the answers' rubric; the
+  same with each lever taken out (the router; meaning in the grounded answer).
 
 The public sets are not shipped: they live in `.quality-data/` (git ignores it), fetched from their public
 repositories as `docs/quality.md` says; a set that is missing is reported so and skipped. The demo's own
@@ -233,13 +235,33 @@ def retrieval_scores(
     }
 
 
-def corpus_store(name: str, corpus: dict[str, dict[str, str]]) -> Any:
-    """The corpus chunked, embedded and stored as `dialogue kb ingest` does, once per chunker version."""
+@contextmanager
+def whole_paragraphs(on: bool) -> Iterator[None]:
+    """The chunker as it was before it fit the embedder's window: a paragraph is never cut (the model reads
+    the first 256 word pieces of a longer one)."""
+    from dialogue.knowledge import chunking
+
+    if not on:
+        yield
+        return
+    kept = chunking._pieces
+    chunking._pieces = lambda paragraph, max_chars, budget: [
+        chunking._Piece(paragraph.removeprefix(chunking.CODE_MARK))
+    ]
+    try:
+        yield
+    finally:
+        chunking._pieces = kept
+
+
+def corpus_store(name: str, corpus: dict[str, dict[str, str]], *, whole: bool = False) -> Any:
+    """The corpus chunked, embedded and stored as `dialogue kb ingest` does, once per chunker version
+    (`whole`: paragraphs never cut, as before)."""
     from dialogue.db import get_engine, init_db
     from dialogue.knowledge import chunking, store
 
     version = hashlib.sha256(Path(chunking.__file__).read_bytes()).hexdigest()[:12]
-    path = CACHE / f"{name}-{version}.db"
+    path = CACHE / f"{name}-{version}{'-whole' if whole else ''}.db"
     CACHE.mkdir(parents=True, exist_ok=True)
     fresh = not path.exists()
     engine = get_engine(f"sqlite:///{path}")
@@ -256,8 +278,9 @@ def corpus_store(name: str, corpus: dict[str, dict[str, str]]) -> Any:
             )
             for document_id, row in corpus.items()
         ]
-        for start in range(0, len(documents), 64):
-            store.ingest_batch(engine, documents[start : start + 64])
+        with whole_paragraphs(whole):
+            for start in range(0, len(documents), 64):
+                store.ingest_batch(engine, documents[start : start + 64])
         print(f"  ingested {len(documents)} documents in {time.perf_counter() - started:.0f} s", flush=True)
     return engine
 
@@ -294,6 +317,11 @@ def retrieval(names: list[str]) -> dict[str, Any]:
             finally:
                 search.LEXICAL_WEIGHT = kept
             print(f"  {label}: {row[label]}", flush=True)
+        whole = corpus_store(name, corpus, whole=True)
+        row["hybrid_whole_paragraphs"] = retrieval_scores(
+            search.MemoryIndex(whole, reload_seconds=0).search, queries, relevant
+        )
+        print(f"  hybrid_whole_paragraphs: {row['hybrid_whole_paragraphs']}", flush=True)
         results[name] = row
     return results
 
@@ -301,8 +329,42 @@ def retrieval(names: list[str]) -> dict[str, Any]:
 # End to end.
 
 
+@contextmanager
+def lever(name: str) -> Iterator[None]:
+    """The bot with one lever of the end-to-end path taken out, for the block (the worker runs in this
+    process): `without_router` (the NLU decides alone, as before the router), `without_meaning` (the
+    grounded answer weighs sentences by shared words only)."""
+    from activities.understand import UnderstandActivity
+    from dialogue.generation import grounded
+
+    kept_weighs, kept_weight = UnderstandActivity.weighs_evidence, grounded.SEMANTIC_WEIGHT
+    if name == "without_router":
+        UnderstandActivity.weighs_evidence = property(lambda self: False)  # type: ignore[assignment,method-assign]
+    elif name == "without_meaning":
+        grounded.SEMANTIC_WEIGHT = 0.0
+    try:
+        yield
+    finally:
+        UnderstandActivity.weighs_evidence = kept_weighs  # type: ignore[method-assign]
+        grounded.SEMANTIC_WEIGHT = kept_weight
+
+
+END_TO_END_SETS = (
+    "qa",
+    "qa_dev",
+    "qa_multiturn",
+    "qa_dev_multiturn",
+    "out_of_domain",
+    "out_of_domain_near",
+    "nlu_test_out_of_scope",
+)
+LEVER_SETS = ("qa", "qa_dev", "out_of_domain", "nlu_test_out_of_scope")
+"""The sets each lever is measured on beside the bot as it is."""
+
+
 def end_to_end() -> dict[str, Any]:
-    """The demo's sets through the API of the bot's own stack, in this process."""
+    """The demo's sets through the API of the bot's own stack, in this process: the bot as it is on every
+    set, and with each lever taken out on the main ones."""
     from dialogue.bot import load_bot
     from dialogue.client import AsyncDialogueClient
     from dialogue.knowledge.end_to_end import evaluate_end_to_end, following_sentences
@@ -314,17 +376,7 @@ def end_to_end() -> dict[str, Any]:
     bot = load_bot(settings.bot_path)
     assert bot.knowledge_dir
     follows = following_sentences(bot.resolve(bot.knowledge_dir))
-    sets = {
-        name: read_questions(DEMO / f"{name}.jsonl")
-        for name in (
-            "qa",
-            "qa_dev",
-            "qa_multiturn",
-            "qa_dev_multiturn",
-            "out_of_domain",
-            "out_of_domain_near",
-        )
-    }
+    sets = {name: read_questions(DEMO / f"{name}.jsonl") for name in END_TO_END_SETS[:-1]}
     sets["nlu_test_out_of_scope"] = [
         Question(question=e.text, document_ids=[])
         for e in read_examples(DEMO / "nlu" / "test.jsonl")
@@ -332,14 +384,16 @@ def end_to_end() -> dict[str, Any]:
     ]
 
     async def run() -> dict[str, Any]:
+        out: dict[str, Any] = defaultdict(dict)
         async with in_process_stack(settings.bot_path, settings) as stack:
             api = AsyncDialogueClient.wrapping(await stack.api())
-            out = {}
-            for name, questions in sets.items():
-                report = await evaluate_end_to_end(api, questions, follows)
-                out[name] = report.model_dump(exclude={"asked"})
-                print(f"end-to-end: {name}: {json.dumps(out[name])}", flush=True)
-            return out
+            for variant in ("ours", "without_router", "without_meaning"):
+                with lever(variant):
+                    for name in END_TO_END_SETS if variant == "ours" else LEVER_SETS:
+                        report = await evaluate_end_to_end(api, sets[name], follows)
+                        out[variant][name] = report.model_dump(exclude={"asked"})
+                        print(f"end-to-end: {variant}: {name}: {json.dumps(out[variant][name])}", flush=True)
+        return dict(out)
 
     return asyncio.run(run())
 
