@@ -46,7 +46,7 @@ from dialogue.nlu.data import Example, read_examples
 DATA = Path(__file__).parent.parent / ".quality-data"
 CACHE = DATA / "cache"
 INTENT_SETS = ("hwu64", "snips", "clinc150", "banking77")
-RETRIEVAL_SETS = ("scifact", "nfcorpus", "stackfaq")
+RETRIEVAL_SETS = ("demo", "stackfaq", "scifact", "nfcorpus")
 DEMO = Path(__file__).parent.parent / "examples" / "demo"
 LATENCY_SAMPLE = 200
 """Utterances parsed one at a time to time the classifier as a turn meets it."""
@@ -285,45 +285,89 @@ def corpus_store(name: str, corpus: dict[str, dict[str, str]], *, whole: bool = 
     return engine
 
 
-def retrieval(names: list[str]) -> dict[str, Any]:
-    import dialogue.knowledge.search as search
+def demo_sets() -> Iterator[tuple[str, Any, Any, dict[str, str], dict[str, dict[str, int]]]]:
+    """The demo's knowledge base and its question sets as retrieval sets (a follow-up searched as the
+    conversation makes it standalone), each with the knowledge base stored twice: as the chunker makes it
+    and with paragraphs never cut."""
+    import tempfile
 
+    from dialogue.bot import load_bot
+    from dialogue.db import get_engine, init_db
+    from dialogue.knowledge import store
+    from dialogue.knowledge.evaluate import read_questions
+
+    bot = load_bot(DEMO / "bot.yaml")
+    assert bot.knowledge_dir
+    folder = Path(tempfile.mkdtemp(prefix="quality-demo-"))
+    engines = []
+    for whole in (False, True):
+        engine = get_engine(f"sqlite:///{folder / f'demo-{whole}.db'}")
+        init_db(engine)
+        with whole_paragraphs(whole):
+            for path in store.knowledge_files([bot.resolve(bot.knowledge_dir)]):
+                store.ingest_path(engine, path)
+        engines.append(engine)
+    for name in ("qa", "qa_dev", "qa_multiturn", "qa_dev_multiturn"):
+        questions = [q for q in read_questions(DEMO / f"{name}.jsonl") if q.document_ids]
+        queries = {str(i): q.query(context=True) for i, q in enumerate(questions)}
+        relevant = {str(i): dict.fromkeys(q.document_ids, 1) for i, q in enumerate(questions)}
+        yield f"demo_{name}", engines[0], engines[1], queries, relevant
+
+
+def retrieval(names: list[str]) -> dict[str, Any]:
     results: dict[str, Any] = {}
     for name in names:
+        if name == "demo":
+            for label, engine, whole, queries, relevant in demo_sets():
+                print(f"retrieval: {label} ({len(queries)} queries)", flush=True)
+                results[label] = levers(engine, whole, queries, relevant)
+            continue
         folder = DATA / "retrieval" / name
         if not (folder / "corpus.jsonl").exists():
             results[name] = {"missing": f"{folder} (see docs/quality.md)"}
             continue
         corpus, queries, relevant = read_beir(folder)
         print(f"retrieval: {name} ({len(corpus)} documents, {len(queries)} queries)", flush=True)
-        engine = corpus_store(name, corpus)
-        row: dict[str, Any] = {"documents": len(corpus), "queries": len(queries)}
-        levers: tuple[tuple[str, RetrievalMode, bool, float], ...] = (
-            ("bm25", "lexical", False, search.LEXICAL_WEIGHT),
-            ("embedder", "semantic", False, search.LEXICAL_WEIGHT),
-            ("ours_hybrid", "hybrid", False, search.LEXICAL_WEIGHT),
-            ("bm25_stemmed", "lexical", True, search.LEXICAL_WEIGHT),
-            ("hybrid_stemmed", "hybrid", True, search.LEXICAL_WEIGHT),
-            ("hybrid_equal_weights", "hybrid", False, 1.0),
-        )
-        for label, mode, stem, weight in levers:
-            kept = search.LEXICAL_WEIGHT
-            search.LEXICAL_WEIGHT = weight
-            try:
-                with stemmed(stem):
-                    row[label] = retrieval_scores(
-                        search.MemoryIndex(engine, reload_seconds=0, mode=mode).search, queries, relevant
-                    )
-            finally:
-                search.LEXICAL_WEIGHT = kept
-            print(f"  {label}: {row[label]}", flush=True)
-        whole = corpus_store(name, corpus, whole=True)
-        row["hybrid_whole_paragraphs"] = retrieval_scores(
-            search.MemoryIndex(whole, reload_seconds=0).search, queries, relevant
-        )
-        print(f"  hybrid_whole_paragraphs: {row['hybrid_whole_paragraphs']}", flush=True)
-        results[name] = row
+        results[name] = {
+            "documents": len(corpus),
+            "queries": len(queries),
+            **levers(corpus_store(name, corpus), corpus_store(name, corpus, whole=True), queries, relevant),
+        }
     return results
+
+
+def levers(
+    engine: Any, whole: Any, queries: dict[str, str], relevant: dict[str, dict[str, int]]
+) -> dict[str, Any]:
+    """The search as it is, its two halves alone, and each lever, side by side over the same store (`whole`:
+    the store chunked with paragraphs never cut)."""
+    import dialogue.knowledge.search as search
+
+    row: dict[str, Any] = {}
+    variants: tuple[tuple[str, RetrievalMode, bool, float], ...] = (
+        ("bm25", "lexical", False, search.LEXICAL_WEIGHT),
+        ("embedder", "semantic", False, search.LEXICAL_WEIGHT),
+        ("ours_hybrid", "hybrid", False, search.LEXICAL_WEIGHT),
+        ("bm25_stemmed", "lexical", True, search.LEXICAL_WEIGHT),
+        ("hybrid_stemmed", "hybrid", True, search.LEXICAL_WEIGHT),
+        ("hybrid_equal_weights", "hybrid", False, 1.0),
+    )
+    for label, mode, stem, weight in variants:
+        kept = search.LEXICAL_WEIGHT
+        search.LEXICAL_WEIGHT = weight
+        try:
+            with stemmed(stem):
+                row[label] = retrieval_scores(
+                    search.MemoryIndex(engine, reload_seconds=0, mode=mode).search, queries, relevant
+                )
+        finally:
+            search.LEXICAL_WEIGHT = kept
+        print(f"  {label}: {row[label]}", flush=True)
+    row["hybrid_whole_paragraphs"] = retrieval_scores(
+        search.MemoryIndex(whole, reload_seconds=0).search, queries, relevant
+    )
+    print(f"  hybrid_whole_paragraphs: {row['hybrid_whole_paragraphs']}", flush=True)
+    return row
 
 
 # End to end.

@@ -127,6 +127,24 @@ def test_closeness_in_meaning_picks_a_sentence_that_shares_no_word_with_the_ques
     assert not plain.text.startswith("Refunds are issued")
 
 
+def test_what_two_articles_both_say_is_said_once() -> None:
+    orders = RETURNS.model_copy(
+        update={
+            "document_id": "orders",
+            "text": "If the tracking status has not changed for five business days, contact us with your order number.",
+        }
+    )
+    parcels = RETURNS.model_copy(
+        update={
+            "document_id": "parcels",
+            "text": "If the tracking status has not changed for 5 business days, contact us with your order number.",
+        }
+    )
+    answer = grounded_answer("the tracking status has not changed, what now?", [orders, parcels], Relevance())
+    assert answer is not None
+    assert answer.text.count("tracking status") == 1
+
+
 @pytest.mark.parametrize(
     ("sentence", "reference"),
     [

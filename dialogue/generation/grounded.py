@@ -19,6 +19,8 @@ from dialogue.text import terms
 MAX_ANSWER_CHARS = 420
 SUPPORT_RATIO = 0.6
 """A further sentence joins the answer when it scores at least this share of the best one."""
+REPEATED_WORDS = 0.75
+"""A sentence sharing this share of its words with one already said says it again."""
 SEMANTIC_WEIGHT = 4.0
 """How much a sentence's closeness in meaning to the question counts beside the words they share: on the
 demo's questions (`dialogue kb evaluate --end-to-end`, qa and qa_dev) the expected fact rose from 70.2% to
@@ -166,7 +168,8 @@ def grounded_answer(
     for candidate_score, more in said_units[1:]:  # one more, if one answers nearly as well and fits
         if candidate_score < SUPPORT_RATIO * best_score:
             break
-        extra = [c for c in more if c.text not in {said.text for said in chosen}]
+        # Articles repeat each other ("five business days" here, "5 business days" there): say it once.
+        extra = [c for c in more if not any(_says_again(c, said) for said in chosen)]
         fits = length + sum(len(c.text) for c in extra) <= MAX_ANSWER_CHARS
         if extra and fits and len(chosen) + len(extra) <= MAX_SENTENCES:
             chosen = chosen + extra
@@ -176,3 +179,11 @@ def grounded_answer(
         if trusted[rank].document_id not in {p.document_id for p in used}:
             used.append(trusted[rank])
     return Answer(text=" ".join(c.text for c in chosen), sources=[source_of(p) for p in used])
+
+
+def _says_again(candidate: _Sentence, said: _Sentence) -> bool:
+    """The same sentence, or one with nearly all the same words (three quarters of their words shared)."""
+    if candidate.text == said.text:
+        return True
+    mine, theirs = set(candidate.words or terms(candidate.text)), set(said.words or terms(said.text))
+    return bool(mine | theirs) and len(mine & theirs) >= REPEATED_WORDS * len(mine | theirs)
