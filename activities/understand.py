@@ -26,7 +26,7 @@ from dialogue.policy import decide
 
 log = logging.getLogger("dialogue.activities")
 
-Search = Callable[[RetrieveRequest], RetrieveResult]
+Retrieval = Callable[[RetrieveRequest], RetrieveResult]
 
 
 class UnderstandActivity:
@@ -39,7 +39,7 @@ class UnderstandActivity:
         bot: BotDefinition,
         parser: NluParser,
         needs_knowledge: Callable[[NluResult, Decision], bool] = lambda nlu, decision: True,
-        search: Search | None = None,
+        search: Retrieval | None = None,
     ) -> None:
         """`search` gives the router its evidence; without it (or a router) the NLU result decides alone."""
         self._bot = bot

@@ -94,6 +94,7 @@ def train(
 
     classifier = IntentClassifier(use_embeddings=use_embeddings).fit(texts, labels, train_vectors)
     source: Literal["validation", "cross_validation", "none"] = "none"
+    out_of_fold = None
     if validation:
         held_vectors = vectors[len(texts) :] if vectors is not None else None
         probabilities = classifier.probabilities(held_texts, held_vectors)
@@ -109,7 +110,7 @@ def train(
     classifier.threshold = threshold
     router = None
     if actions is not None and search is not None:
-        router = train_router(classifier, texts, labels, vectors, actions, search)
+        router = train_router(classifier, texts, labels, vectors, actions, search, out_of_fold=out_of_fold)
 
     learned: dict[str, set[str]] = defaultdict(set)
     for example in [*examples, *(validation or [])]:

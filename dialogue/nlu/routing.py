@@ -170,11 +170,14 @@ def train_router(
     actions: dict[str, str],
     search: Search,
     *,
+    out_of_fold: NDArray[np.float64] | None = None,
     folds: int = 3,
 ) -> Router | None:
     """Fit the router on held-out predictions of the bot's own examples (see the module's docstring);
-    None when the examples are too few to hold any out, or cover too few routes."""
-    out_of_fold = out_of_fold_probabilities(classifier, texts, labels, vectors, folds=folds)
+    None when the examples are too few to hold any out, or cover too few routes. `out_of_fold`: the
+    classifier's held-out probabilities of `texts`, when the threshold's tuning made them already."""
+    if out_of_fold is None:
+        out_of_fold = out_of_fold_probabilities(classifier, texts, labels, vectors, folds=folds)
     if out_of_fold is None:
         return None
     found: dict[str, list[Passage]] = {}
