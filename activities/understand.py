@@ -84,7 +84,9 @@ class UnderstandActivity:
         """The route (given the evidence) and the decision."""
         router = self._parser.router
         if router is not None and evidence is not None:
-            nlu = nlu.model_copy(update={"routing": router.route(nlu.ranking, evidence.passages)})
+            nlu = nlu.model_copy(
+                update={"routing": router.route(request.text, nlu.ranking, evidence.passages)}
+            )
         decision = decide(
             self._bot,
             nlu,

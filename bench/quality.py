@@ -6,9 +6,9 @@ answers end to end.
   regression and the plain embedder + logistic regression, on public intent benchmarks: in-scope accuracy,
   out-of-scope recall where the set has out-of-scope queries, ms per utterance, training seconds.
 - `retrieval`: the knowledge base's search (`dialogue.knowledge.search`: the chunker, BM25 and vectors fused)
-  against BM25 alone and the plain embedder alone over the same chunks, and each lever on top (a stemmer,
-  the lexical weight of the fusion, the chunker's cutting of long paragraphs): nDCG@10, recall@10 and
-  MRR@10 per document.
+  against BM25 alone and the plain embedder alone over the same chunks, and each lever taken out or
+  changed (the Snowball stemmer: words unstemmed; the lexical weight of the fusion: equal weights; the
+  chunker's cutting of long paragraphs: paragraphs whole): nDCG@10, recall@10 and MRR@10 per document.
 - `end-to-end`: the demo bot through its API (`dialogue kb evaluate --end-to-end`): the share of the demo's
   questions answered from a right document, of out-of-domain ones declined, and the answers' rubric; the
   same with each lever taken out (the router; meaning in the grounded answer).
@@ -183,28 +183,21 @@ def read_beir(folder: Path) -> tuple[dict[str, dict[str, str]], dict[str, str], 
 
 
 @contextmanager
-def stemmed(on: bool) -> Iterator[None]:
-    """The lexical side's terms with the Snowball stemmer (index and queries alike), for the block."""
+def plain_words(on: bool) -> Iterator[None]:
+    """The lexical side with the words as they were before the stemmer (singular-folded, `text.terms`),
+    index and queries alike, for the block."""
     import dialogue.knowledge.search as search
-    import dialogue.text as normalising
+    from dialogue.text import terms
 
     if not on:
         yield
         return
-    import Stemmer
-
-    stemmer = Stemmer.Stemmer("english")
-    plain = search.terms
-
-    def stems(text: str) -> list[str]:
-        words = normalising._WORD.findall(text.lower())
-        return list(stemmer.stemWords([w for w in words if w not in normalising.STOPWORDS]))
-
-    search.terms = stems
+    kept = search.stems
+    search.stems = terms
     try:
         yield
     finally:
-        search.terms = plain
+        search.stems = kept
 
 
 def ranked_documents(search: Callable[[str, int], list[Any]], query: str, depth: int = 10) -> list[str]:
@@ -348,15 +341,15 @@ def levers(
         ("bm25", "lexical", False, search.LEXICAL_WEIGHT),
         ("embedder", "semantic", False, search.LEXICAL_WEIGHT),
         ("ours_hybrid", "hybrid", False, search.LEXICAL_WEIGHT),
-        ("bm25_stemmed", "lexical", True, search.LEXICAL_WEIGHT),
-        ("hybrid_stemmed", "hybrid", True, search.LEXICAL_WEIGHT),
+        ("bm25_words_unstemmed", "lexical", True, search.LEXICAL_WEIGHT),
+        ("hybrid_words_unstemmed", "hybrid", True, search.LEXICAL_WEIGHT),
         ("hybrid_equal_weights", "hybrid", False, 1.0),
     )
-    for label, mode, stem, weight in variants:
+    for label, mode, unstemmed, weight in variants:
         kept = search.LEXICAL_WEIGHT
         search.LEXICAL_WEIGHT = weight
         try:
-            with stemmed(stem):
+            with plain_words(unstemmed):
                 row[label] = retrieval_scores(
                     search.MemoryIndex(engine, reload_seconds=0, mode=mode).search, queries, relevant
                 )

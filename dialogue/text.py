@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import re
+from functools import lru_cache
+
+import Stemmer
 
 _WORD = re.compile(r"[a-z0-9]+(?:'[a-z]+)?")
 
@@ -28,3 +31,16 @@ def _singular(word: str) -> str:
     if len(word) > 3 and word.endswith("s") and not word.endswith(("ss", "us", "is")):
         return word[:-1]
     return word
+
+
+@lru_cache(maxsize=1)
+def _stemmer() -> Stemmer.Stemmer:
+    return Stemmer.Stemmer("english")
+
+
+def stems(text: str) -> list[str]:
+    """The Snowball (Porter 2) stems of `text`'s words without stopwords: what the lexical search indexes
+    and searches with, on both sides alike ("refunded" and "refunds" find "refund", "shipping" "shipped").
+    Measured beside the plain words (bench/quality.py): BM25 nDCG@10 +0.026 on SciFact, +0.005 on
+    NFCorpus; the hybrid search +0.008 and +0.001."""
+    return list(_stemmer().stemWords([w for w in _WORD.findall(text.lower()) if w not in STOPWORDS]))

@@ -28,6 +28,7 @@ from dialogue.knowledge.parsing import parse
 from dialogue.knowledge.search import MemoryIndex, StoreIndex, open_index
 from dialogue.nlu.embeddings import MAX_TOKENS, count_tokens
 from dialogue.settings import PROJECT_ROOT
+from dialogue.text import stems, terms
 from tests.conftest import ingest_knowledge
 
 MARKDOWN = """# Gift cards
@@ -530,6 +531,42 @@ def test_a_store_upgraded_to_the_full_text_revision_is_searchable_at_once(
     command.upgrade(alembic_config(database_url), "head")
     index = StoreIndex(engine, tmp_path / "vectors", reload_seconds=0, mode="lexical")
     assert index.search("how much does express shipping cost", top_k=1)[0].document_id == "shipping"
+
+
+def test_a_store_upgraded_to_the_stems_revision_searches_by_stems(
+    database_url: str, demo_bot: BotDefinition
+) -> None:
+    """Migration 0004 writes the full-text rows again as stems: a store whose rows are still words (as 0003
+    wrote them) finds "delivering" in chunks that say "deliver" or "delivered" once upgraded."""
+    from alembic import command
+
+    from dialogue.migrations import alembic_config
+
+    engine = demo_engine(database_url, demo_bot)
+    with engine.begin() as connection:
+        rows = connection.execute(
+            text(
+                "SELECT c.id, d.title, c.heading, c.text FROM knowledge_chunk c"
+                " JOIN knowledge_document d ON d.id = c.document_id"
+            )
+        ).all()
+        for chunk_id, title, heading, body in rows:  # as 0003 wrote them: the words
+            connection.execute(
+                text(f"UPDATE {fulltext.TABLE} SET terms = :terms WHERE chunk_id = :id"),
+                {"terms": " ".join(terms(store.indexed_text(title, heading, body))), "id": chunk_id},
+            )
+        connection.execute(text("UPDATE alembic_version SET version_num = '0003'"))
+    assert not fulltext.search(engine, stems("delivering"), 5)  # the stem "deliv" is no word
+
+    command.upgrade(alembic_config(database_url), "head")
+    assert fulltext.search(engine, stems("delivering"), 5)
+    with engine.connect() as connection:
+        written: dict[str, str] = dict(
+            connection.execute(text(f"SELECT chunk_id, terms FROM {fulltext.TABLE}")).tuples().all()
+        )
+    assert len(written) == len(rows)
+    chunk_id, title, heading, body = rows[0]
+    assert written[chunk_id] == " ".join(stems(store.indexed_text(title, heading, body)))
 
 
 def test_kb_evaluate_reports_every_mode_of_the_chosen_engine(demo_store: Path, tmp_path: Path) -> None:

@@ -1,8 +1,8 @@
 """The lexical index kept in the SQL store itself: SQLite's FTS5, or PostgreSQL's full-text search.
 
-One row per chunk: its id, its document's id, and its terms (`dialogue.text.terms` of the chunk's
-indexed text, joined by spaces: the words the in-memory BM25 indexes, so both dialects only need to split
-on spaces). It is written in the transaction that writes the chunks (ingest, reindex, delete), so it is
+One row per chunk: its id, its document's id, and its terms (`dialogue.text.stems` of the chunk's
+indexed text, joined by spaces: the stems the in-memory BM25 indexes, so both dialects only need to split
+on spaces; migration 0004 wrote them again when they became stems). It is written in the transaction that writes the chunks (ingest, reindex, delete), so it is
 never behind them, and a worker searching it holds none of the corpus. Not one of the models' tables:
 FTS5 makes a virtual table, which SQLAlchemy cannot describe; migration 0003 creates it.
 
@@ -19,7 +19,7 @@ from sqlalchemy import bindparam, text
 from sqlalchemy.engine import Connection, Engine
 from sqlmodel import Session
 
-from dialogue.text import terms
+from dialogue.text import stems
 
 TABLE = "knowledge_fts"
 _PLAIN = re.compile(r"[a-z0-9]+")
@@ -49,7 +49,38 @@ def drop(connection: Connection) -> None:
 
 
 def indexed_terms(indexed_text: str) -> str:
-    return " ".join(terms(indexed_text))
+    return " ".join(stems(indexed_text))
+
+
+PAGE = 2000
+
+
+def refill(connection: Connection) -> None:
+    """Every chunk's row written again from the stored chunks (with their document's title), a page at a
+    time: a large store is not read into memory."""
+    from dialogue.knowledge.store import indexed_text
+
+    connection.execute(text(f"DELETE FROM {TABLE}"))
+    after = ""
+    while True:
+        page = connection.execute(
+            text(
+                "SELECT c.id, c.document_id, d.title, c.heading, c.text FROM knowledge_chunk c"
+                " JOIN knowledge_document d ON d.id = c.document_id WHERE c.id > :after ORDER BY c.id LIMIT :n"
+            ),
+            {"after": after, "n": PAGE},
+        ).all()
+        if not page:
+            return
+        replace(
+            connection,
+            [],
+            [
+                (chunk_id, document_id, indexed_text(title, heading, body))
+                for chunk_id, document_id, title, heading, body in page
+            ],
+        )
+        after = page[-1][0]
 
 
 def replace(
@@ -80,7 +111,7 @@ def replace(
 
 
 def search(engine: Engine, query: Sequence[str], limit: int) -> list[tuple[str, float]]:
-    """The chunks that share a term with `query` (terms as `dialogue.text.terms` gives them), best first,
+    """The chunks that share a term with `query` (stems as `dialogue.text.stems` gives them), best first,
     with their score (higher is better)."""
     words = sorted({part for term in query for part in _PLAIN.findall(term)})
     if not words:

@@ -39,7 +39,7 @@ from dialogue.knowledge import fulltext, store
 from dialogue.knowledge.vectors import Vectors, open_or_write
 from dialogue.metrics import KNOWLEDGE_INDEX_BUILD_SECONDS, KNOWLEDGE_INDEX_BUILT, KNOWLEDGE_INDEX_REVISION
 from dialogue.nlu.embeddings import embed, embeddings_available
-from dialogue.text import terms
+from dialogue.text import stems
 
 if TYPE_CHECKING:
     from dialogue.settings import Settings
@@ -103,7 +103,7 @@ class HybridIndex(Generic[Snapshot, Key]):
 
     def search(self, text: str, top_k: int = 5) -> list[Passage]:
         snapshot = self._fresh()
-        query = terms(text)
+        query = stems(text)
         lexical = self._lexical(snapshot, query) if self._lexical_on and query else []
         semantic = self._semantic(snapshot, text) if self._use_embeddings else []
         fused: dict[Key, float] = {}
@@ -240,7 +240,7 @@ class MemoryIndex(HybridIndex[_InMemory, int]):
         if pairs:
             bm25 = bm25s.BM25()
             bm25.index(
-                [terms(store.indexed_text(d.title, c.heading, c.text)) or ["∅"] for c, d in pairs],
+                [stems(store.indexed_text(d.title, c.heading, c.text)) or ["∅"] for c, d in pairs],
                 show_progress=False,
             )
         vectors = None

@@ -5,8 +5,9 @@ articles say. A question about a topic no intent covers ("How much off do studen
 scope to the classifier and plainly answered by an article; a question that mentions an order is not a
 request to look one up. The router weighs both: the classifier's probabilities (the top intent's, the
 margin to the next, out-of-scope's, and what the bot does with the top intent) and the knowledge
-base's evidence (how close the best passage is, in meaning and in words, and how far ahead of the
-next document it stands), in one multinomial logistic regression over three routes.
+base's evidence (how close the best passage is in meaning, how many of the message's words a passage has,
+and how far ahead of the next document the best one stands), in one multinomial logistic regression over
+three routes.
 
 It is trained with the intent model, on the bot's own examples, never on the examples it is judged by:
 - every example with the probabilities of a classifier that did not see it (k-fold): an example of
@@ -21,7 +22,6 @@ thresholds set by hand.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -31,6 +31,7 @@ from sklearn.linear_model import LogisticRegression
 
 from dialogue.contracts import OUT_OF_SCOPE, IntentPrediction, Passage, Routing
 from dialogue.nlu.classifier import IntentClassifier, out_of_fold_probabilities
+from dialogue.text import stems
 
 if TYPE_CHECKING:
     from numpy.typing import NDArray
@@ -61,8 +62,10 @@ class _Ranked:
 
 @dataclass(frozen=True)
 class _Evidence:
-    """What the router reads of the passages: the best one's similarity in meaning (cosine) and in words
-    (log of 1 + BM25), and how far the best document stands ahead of the next one in meaning."""
+    """What the router reads of the passages: the best one's similarity in meaning (cosine), the largest
+    share of the message's words (stems) a passage has, and how far the best document stands ahead of the
+    next one in meaning. Neither depends on the index engine (BM25 in memory, FTS5's BM25, PostgreSQL's
+    `ts_rank` score on scales of their own) nor on the size of the corpus."""
 
     semantic: float
     lexical: float
@@ -78,9 +81,19 @@ def _ranked(ranking: Sequence[IntentPrediction], actions: dict[str, str]) -> _Ra
     return _Ranked(top=top, out_of_scope=out_of_scope, margin=top - second, action=action)
 
 
-def _evidence(passages: list[Passage]) -> _Evidence:
+def _evidence(text: str, passages: list[Passage]) -> _Evidence:
     semantic = max([0.0, *(p.semantic_score or 0.0 for p in passages)])
-    lexical = math.log1p(max([0.0, *(p.lexical_score for p in passages)]))
+    asked = set(stems(text))
+    lexical = (
+        max(
+            [
+                0.0,
+                *(len(asked & set(stems(f"{p.title} {p.heading} {p.text}"))) / len(asked) for p in passages),
+            ]
+        )
+        if asked
+        else 0.0
+    )
     best = passages[0].document_id if passages else None
     other = max([0.0, *(p.semantic_score or 0.0 for p in passages if p.document_id != best)])
     return _Evidence(semantic=semantic, lexical=lexical, lead=min(max(semantic - other, 0.0), semantic))
@@ -102,11 +115,11 @@ def _row(ranked: _Ranked, evidence: _Evidence) -> list[float]:
 
 
 def features(
-    ranking: Sequence[IntentPrediction], actions: dict[str, str], passages: list[Passage]
+    text: str, ranking: Sequence[IntentPrediction], actions: dict[str, str], passages: list[Passage]
 ) -> list[float]:
-    """The router's view of one message: the classifier's ranking (top five, as `NluResult.ranking`) and
-    the passages retrieval found for it."""
-    return _row(_ranked(ranking, actions), _evidence(passages))
+    """The router's view of one message: the classifier's ranking of it (top five, as `NluResult.ranking`)
+    and the passages retrieval found for it."""
+    return _row(_ranked(ranking, actions), _evidence(text, passages))
 
 
 @dataclass
@@ -115,8 +128,8 @@ class Router:
     actions: dict[str, str]
     """Each intent's action in the bot definition, as trained."""
 
-    def route(self, ranking: Sequence[IntentPrediction], passages: list[Passage]) -> Routing:
-        row = np.array([features(ranking, self.actions, passages)])
+    def route(self, text: str, ranking: Sequence[IntentPrediction], passages: list[Passage]) -> Routing:
+        row = np.array([features(text, ranking, self.actions, passages)])
         probabilities = dict(zip(self.model.classes_, self.model.predict_proba(row)[0], strict=True))
         return Routing(
             knowledge=round(float(probabilities.get(KNOWLEDGE, 0.0)), 4),
@@ -130,6 +143,7 @@ class Router:
 class RoutingExample:
     """One held-out prediction to train the router on."""
 
+    text: str
     ranking: list[IntentPrediction]
     passages: list[Passage]
     route: str
@@ -155,7 +169,7 @@ def fit_router(examples: list[RoutingExample], actions: dict[str, str]) -> Route
     """The router fitted on held-out predictions; None unless every route has examples."""
     if {e.route for e in examples} != set(ROUTES):
         return None
-    rows = np.array([features(e.ranking, actions, e.passages) for e in examples])
+    rows = np.array([features(e.text, e.ranking, actions, e.passages) for e in examples])
     # Balanced: out-of-scope examples are few beside the questions, and declining matters as much.
     model = LogisticRegression(C=1.0, max_iter=5000, class_weight="balanced")
     model.fit(rows, [e.route for e in examples])
@@ -188,7 +202,7 @@ def train_router(
         return found[text]
 
     examples = [
-        RoutingExample(ranking_of(classifier.labels, row), passages(text), route_of(label, actions))
+        RoutingExample(text, ranking_of(classifier.labels, row), passages(text), route_of(label, actions))
         for text, label, row in zip(texts, labels, out_of_fold, strict=True)
     ]
     known = np.array(labels)
@@ -208,7 +222,7 @@ def train_router(
             [texts[i] for i in held], None if vectors is None else vectors[held]
         )
         examples += [
-            RoutingExample(ranking_of(without.labels, row), passages(texts[i]), KNOWLEDGE)
+            RoutingExample(texts[i], ranking_of(without.labels, row), passages(texts[i]), KNOWLEDGE)
             for i, row in zip(held, probabilities, strict=True)
         ]
     return fit_router(examples, actions)
