@@ -448,7 +448,8 @@ def main() -> None:
         result["retrieval"] = retrieval([n for n in RETRIEVAL_SETS if chosen is None or n in chosen])
     if args.only in (None, "end-to-end"):
         result["end_to_end"] = end_to_end()
-    name = "quality.json" if args.only is None and chosen is None else f"quality-{args.only or 'some'}.json"
+    parts = [args.only or "all", *sorted(chosen or [])]
+    name = "quality.json" if args.only is None and chosen is None else f"quality-{'-'.join(parts)}.json"
     (RESULTS / name).write_text(json.dumps(result, indent=2) + "\n")
     print(f"written to {RESULTS / name}")
 
