@@ -702,6 +702,8 @@ class ParkedAgent(BaseModel):
     text: str
     nlu: NluResult | None = None
     passages: list[Passage] = []
+    query: str | None = None
+    """What the turn's retrieval searched with, for the lineage of the agent's answer when it goes on."""
     flags: dict[str, bool] = {}
     streamed: bool = False
     steps: list[AgentStepRecord] = []

@@ -210,7 +210,7 @@ def get_engine(url: str) -> Engine:
         if path and path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         # A writer waits this long for another's lock, then fails: the workflow keeps a write the store
-        # cannot take and retries it (workflows/conversation.py, RECORD_INLINE is just above this).
+        # cannot take and retries it (workflows/conversation/options.py, RECORD_INLINE is just above this).
         engine = create_engine(
             url,
             connect_args={"check_same_thread": False, "timeout": SQLITE_BUSY_SECONDS},

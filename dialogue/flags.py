@@ -52,6 +52,26 @@ def _percent(rollout: Rollout) -> float:
 
 
 @dataclass(frozen=True)
+class TurnFlags:
+    """A turn's flags as the workflow acts on them, each with its default: what a turn that does not carry
+    the flag gets (turns sent before flags existed carry none, and keep the behaviour they had then). The
+    deployment's defaults (`FeatureFlags.resolve`) are these, but for `llm_generator`."""
+
+    streaming: bool = True
+    llm_generator: bool | None = None
+    """None: each worker's own `DIALOGUE_GENERATOR` decides."""
+    redaction: bool = True
+    handoff: bool = True
+    llm_variant: bool = False
+    agent: bool = False
+
+    @classmethod
+    def of(cls, carried: Mapping[str, bool]) -> TurnFlags:
+        """The flags a turn carries (`TurnRequest.flags`); unknown names are ignored."""
+        return cls(**{flag: carried[flag] for flag in FLAGS if flag in carried})
+
+
+@dataclass(frozen=True)
 class FeatureFlags:
     """Every flag's rollout, in percent, once the defaults, the deployment's and the bot's are merged."""
 
@@ -69,14 +89,9 @@ class FeatureFlags:
     ) -> FeatureFlags:
         """The bot's setting of a flag, else the deployment's, else the default: everything on, and the
         LLM generator on exactly when it is the configured generator (as before flags existed)."""
-        defaults: dict[Flag, Rollout] = {
-            "streaming": True,
-            "llm_generator": generator == "openai",
-            "redaction": True,
-            "handoff": True,
-            "llm_variant": False,
-            "agent": False,
-        }
+        turn = TurnFlags()
+        defaults: dict[Flag, Rollout] = {flag: bool(getattr(turn, flag)) for flag in FLAGS}
+        defaults["llm_generator"] = generator == "openai"
         merged = defaults | dict(deployment) | dict(bot or {})
         unset = "llm_generator" not in deployment and "llm_generator" not in (bot or {})
         return cls({flag: _percent(merged[flag]) for flag in FLAGS}, unset_generator=unset)

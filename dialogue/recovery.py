@@ -2,7 +2,7 @@
 
 A conversation is broken when the latest run of its workflow failed, was terminated, timed out
 or was cancelled: it did not end, it stopped. The workflow code lets no step fail it (see the
-rule beside the step table in `workflows/conversation.py`); what remains are bugs, an operator's
+rule beside the step table in `workflows/conversation/options.py`); what remains are bugs, an operator's
 `terminate`, and runs recorded by older code.
 
 Recovery resets the workflow to its last completed workflow task (Temporal's reset): a new run

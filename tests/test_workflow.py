@@ -25,13 +25,13 @@ from temporalio.worker import Worker
 
 from dialogue import store
 from dialogue.codec import EncryptionCodec
-from dialogue.contracts import ConversationState, EndRequest, TurnReply, TurnRequest
+from dialogue.contracts import INVALID_TURN, ConversationState, EndRequest, TurnReply, TurnRequest
 from dialogue.db import get_engine
 from dialogue.settings import Settings
 from dialogue.starting import conversation_input, start_options
 from dialogue.temporal import LAST_INTENT, TURN_COUNT, conversation_key, workflow_id
 from tests.conftest import TEST_PAYLOAD_KEYS, worker_for
-from workflows.conversation import FALLBACK_TEXT, INVALID_TURN, ConversationWorkflow
+from workflows.conversation import FALLBACK_TEXT, ConversationWorkflow
 from workflows.replay import divergence, load_history, replay
 
 
@@ -253,6 +253,7 @@ def broken_bot(tmp_path: Path, settings: Settings) -> Settings:
     definition = yaml.safe_load(settings.bot_path.read_text())
     definition["answer_template"] = "Found: {missing_field}"
     definition["knowledge_dir"] = str(settings.bot_path.parent / "knowledge")
+    definition["python_tools"] = str(settings.bot_path.parent / definition["python_tools"])
     path = tmp_path / "broken.yaml"
     path.write_text(yaml.safe_dump(definition))
     return settings.model_copy(update={"bot_path": path})

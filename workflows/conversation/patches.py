@@ -1,0 +1,26 @@
+"""The names of the workflow's patches (`workflow.patched`): each changed the commands a conversation
+records, so runs recorded before it replay without it (tests/histories holds one run of each)."""
+
+TURN_DEADLINE = "turn-deadline"
+"""Since this patch, a turn's steps run under a deadline timer; past it the user gets the fallback."""
+CONTINUE_AS_NEW = "continue-as-new"
+"""Since this patch, a run continues as new after `turns_per_run` messages or when Temporal suggests it."""
+HOLD = "handoff-holds-conversation"
+"""Since this patch, a handoff pauses the bot until handback (before, it only set a flag)."""
+LOCAL_STEPS = "local-steps"
+"""Since this patch, the steps that take milliseconds on the worker (understand, retrieve, a reply made
+without a model, record_turn) are local activities: they run inside the turn's workflow task, each
+saving a round trip through the server's task queue (~18 ms a step on the embedded dev server,
+bench/turn_latency.py). A reply from an LLM stays the regular `generate` activity."""
+LEAN_TURN = "lean-turn"
+"""Since this patch, a turn costs the server less work: retrieval runs after `understand`, and only when
+the reply is made from the knowledge base (not for a greeting or a flow's question), taking the utterance's
+vector that `understand` computed; one idle timer runs per quiet spell, not one re-armed at every turn
+(two timer commands fewer a turn); a new conversation's index row is written inline by a local activity
+like the turns' (a regular activity cost a round trip through the server's task queue)."""
+ONE_LOCAL_STEP = "one-local-step"
+"""Since this patch, a turn's understanding, retrieval and reply (when made without a tool, the agent or a
+model) are one local activity, `respond_here`, instead of three: two local-activity round trips and two
+workflow activations fewer a turn. If it fails, the turn runs the steps one by one, as before."""
+QUERY_REWRITE = "llm-query-rewrite"
+"""Since this patch, a follow-up may be made standalone by the `rewrite_query` activity before retrieval."""

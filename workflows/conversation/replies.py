@@ -1,0 +1,137 @@
+"""One way to answer: every answer of the conversation (a turn's, an agent's going on after approvals, a
+turn the bot did not answer) gets its reply, its lineage and its transcript record from `Answer`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from temporalio import workflow
+
+from workflows.conversation.step_log import StepLog
+
+with workflow.unsafe.imports_passed_through():
+    from dialogue.contracts import (
+        AgentStepRecord,
+        DocumentRef,
+        IntentPrediction,
+        Lineage,
+        ModelCall,
+        NluResult,
+        PendingApproval,
+        RecordTurnRequest,
+        Reply,
+        TurnReply,
+    )
+
+FALLBACK_TEXT = "Sorry, I can't answer that right now. Please try again in a moment."
+NOT_RUN = "none"
+"""The intent of a turn the bot did not run: interrupted, or answered by a person."""
+
+
+@dataclass
+class Answer:
+    """What the bot said, and everything its lineage names: the NLU, the documents, the retrieval query,
+    the agent's steps, the flags, each step's time and why it was degraded."""
+
+    conversation_id: str
+    key: str
+    turn_id: str
+    turn_index: int
+    user_text: str
+    reply: Reply
+    nlu: NluResult
+    log: StepLog = field(default_factory=StepLog)
+    flags: dict[str, bool] = field(default_factory=dict)
+    action: str | None = None
+    query: str | None = None
+    agent: list[AgentStepRecord] | None = None
+    agent_answer: ModelCall | None = None
+    approvals: list[PendingApproval] = field(default_factory=list)
+    resumes: str | None = None
+    """For an agent going on after approvals: the turn that asked for them."""
+    lineage: Lineage | None = None
+    answered: bool = True
+    """False for a turn the bot did not answer (interrupted, or a person holds the conversation): its
+    transcript entry has the user's words and no reply."""
+
+    @property
+    def degraded(self) -> bool:
+        return bool(self.log.failed)
+
+    def trace(self, total_ms: float) -> None:
+        """Make the lineage, the reply ready (`total_ms`: until then); the model's context moves from the
+        reply into the lineage: once in history is enough."""
+        reply = self.reply
+        self.lineage = Lineage(
+            nlu_model=self.nlu.model,
+            generator=reply.generator,
+            prompt_id=reply.prompt_id,
+            prompt_hash=reply.prompt_hash,
+            documents=[
+                DocumentRef(
+                    document_id=s.document_id, version=s.document_version, chunk_id=s.chunk_id, score=s.score
+                )
+                for s in reply.sources
+            ],
+            timings_ms=dict(self.log.timings) | {"total": total_ms},
+            degraded_reason=self.log.degraded_reason,
+            flags=dict(self.flags),
+            context=reply.context.model_copy(update={"retrieval_query": self.query})
+            if reply.context
+            else None,
+            data=reply.data,
+            retrieval_query=self.query,
+            agent=self.agent,
+            agent_answer=self.agent_answer,
+            action=self.action,
+        )
+        self.reply = reply.model_copy(update={"context": None})
+
+    def record(self, at: datetime) -> RecordTurnRequest:
+        """The transcript's entry for this answer."""
+        return RecordTurnRequest(
+            conversation_id=self.key,
+            turn_id=self.turn_id,
+            turn_index=self.turn_index,
+            user_text=self.user_text,
+            reply=self.reply if self.answered else None,
+            nlu=self.nlu,
+            degraded=self.degraded,
+            at=at,
+            lineage=self.lineage,
+            resumes=self.resumes,
+        )
+
+    def turn_reply(self, held_by: str, *, interrupted: bool = False) -> TurnReply:
+        """What the caller gets back."""
+        return TurnReply(
+            conversation_id=self.conversation_id,
+            turn_id=self.turn_id,
+            turn_index=self.turn_index,
+            reply=self.reply,
+            nlu=self.nlu,
+            degraded=self.degraded,
+            degraded_reason=self.log.degraded_reason,
+            timings_ms=self.log.timings,
+            lineage=self.lineage,
+            interrupted=interrupted,
+            held_by=held_by,
+            user_text=self.user_text,
+            approvals=self.approvals,
+            resumes=self.resumes,
+        )
+
+
+def unanswered(conversation_id: str, key: str, turn_id: str, turn_index: int, user_text: str) -> Answer:
+    """A turn the bot does not answer: recorded all the same, with the user's words."""
+    return Answer(
+        conversation_id=conversation_id,
+        key=key,
+        turn_id=turn_id,
+        turn_index=turn_index,
+        user_text=user_text,
+        reply=Reply(text="", generator=NOT_RUN),
+        nlu=NluResult(intent=IntentPrediction(name=NOT_RUN, confidence=0.0)),
+        answered=False,
+    )

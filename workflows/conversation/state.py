@@ -1,0 +1,64 @@
+"""`Conversation`: a conversation's input and live state, shared by the workflow's roles, with what every
+role does to them (take a place in the transcript, show the Web UI's details, bound a step by the turn's
+deadline, end the conversation)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from temporalio import workflow
+
+from workflows.conversation import details
+from workflows.conversation.options import within_deadline
+
+with workflow.unsafe.imports_passed_through():
+    from dialogue.contracts import ConversationInput, ConversationState, TurnReply
+
+
+class Conversation:
+    def __init__(self, input: ConversationInput) -> None:
+        now = workflow.now()
+        self.input = input
+        self.recent: dict[str, TurnReply] = {}
+        """The latest replies by turn id (`RECENT_TURNS`): a turn retried gets its reply, not a second turn."""
+        if input.carried is not None:
+            self.state = input.carried.state.model_copy(update={"run": input.carried.state.run + 1})
+            self.recent = {reply.turn_id: reply for reply in input.carried.recent_turns}
+        else:
+            self.state = ConversationState(
+                conversation_id=input.conversation_id, started_at=now, updated_at=now, slots=dict(input.slots)
+            )
+
+    @property
+    def active(self) -> bool:
+        return self.state.status == "active"
+
+    def last_reply(self) -> TurnReply | None:
+        return next(reversed(self.recent.values()), None)
+
+    def previous_query(self) -> str | None:
+        """The question the previous turn searched with, when it was answered from the knowledge base."""
+        return self.state.last_query if self.state.last_action == "answer" else None
+
+    def take_index(self) -> int:
+        """The next place in the transcript: user turns, a person's messages and handoffs share one order."""
+        index = self.state.turn_count
+        self.state.turn_count = index + 1
+        self.state.updated_at = workflow.now()
+        return index
+
+    def show(self) -> None:
+        """The Web UI's "Current details" follow the state."""
+        details.show(self.state)
+
+    def within_deadline(self, options: dict[str, Any]) -> dict[str, Any]:
+        return within_deadline(options, self.input.turn_deadline_seconds)
+
+    def close(self, reason: str) -> None:
+        if self.state.status == "ended":
+            return  # the first reason stands
+        self.state.status = "ended"
+        self.state.ended_reason = reason
+        self.state.updated_at = workflow.now()
+        self.show()
+        details.publish_ended()
