@@ -1,5 +1,16 @@
-"""Dependencies point one way: api -> workflows <- activities, and everything -> the domain model
-(`dialogue.contracts`), which imports nothing of the project. The API runs without the worker's code."""
+"""Dependencies point one way, checked on every import (at module level, inside functions, under
+`if TYPE_CHECKING:` alike):
+
+    apps (dialogue.cli, supervisor, testing, evaluation)  may import anything of the project
+    worker                                                 workflows, activities, dialogue
+    api                                                    dialogue
+    workflows                                              activities (by name), dialogue
+    activities                                             dialogue
+    dialogue (platform, security, the brain)               dialogue, the model
+    the model (dialogue.contracts, dialogue.api_models)    the model only
+
+Only the apps sit above `api` and `workflows` (they start a worker and an API). The API runs without the
+worker's code."""
 
 from __future__ import annotations
 
@@ -17,37 +28,46 @@ from workflows.conversation import ConversationWorkflow
 ROOT = Path(__file__).resolve().parent.parent
 PROJECT = ("api", "workflows", "activities", "dialogue", "worker")
 
-# What each layer may import of the project at module level (a function may import more, lazily:
-# the CLI starts a worker, the API builds the NLU parser when asked to parse).
 MODEL = ("dialogue.contracts", "dialogue.api_models")
-ALLOWED = {
-    "dialogue.contracts": set(),
-    "dialogue.api_models": {"dialogue.contracts"},
-    "dialogue": {"dialogue"},
-    "activities": {"activities", "dialogue"},
-    "workflows": {"workflows", "activities", "dialogue"},
-    "api": {"api", "dialogue"},
-    "worker": {"worker", "workflows", "activities", "dialogue"},
+APPS = ("dialogue.cli", "dialogue.__main__", "dialogue.supervisor", "dialogue.testing", "dialogue.evaluation")
+BELOW = {
+    "model": {"model"},
+    "dialogue": {"dialogue", "model"},
+    "activities": {"activities", "dialogue", "model"},
+    "workflows": {"workflows", "activities", "dialogue", "model"},
+    "api": {"api", "dialogue", "model"},
+    "worker": {"worker", "workflows", "activities", "dialogue", "model"},
+    "apps": {"apps", "worker", "api", "workflows", "activities", "dialogue", "model"},
 }
+"""What each layer may import of the project."""
 
 
 def _layer(module: str) -> str:
-    return module if module in MODEL else module.split(".")[0]
+    if module in MODEL or module.startswith(tuple(f"{m}." for m in MODEL)):
+        return "model"
+    if module in APPS or module.startswith(tuple(f"{m}." for m in APPS)):
+        return "apps"
+    return module.split(".")[0]
 
 
-def _module_level_imports(path: Path) -> set[str]:
-    tree = ast.parse(path.read_text())
+def _imports(source: str) -> set[str]:
+    """Every module of the project the source imports, wherever the import stands."""
     imported: set[str] = set()
-    for node in tree.body:  # module level only; `if TYPE_CHECKING:` blocks do not run
+    for node in ast.walk(ast.parse(source)):
         if isinstance(node, ast.Import):
             imported.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             imported.add(node.module)
-        elif isinstance(node, ast.With):  # workflow.unsafe.imports_passed_through()
-            for inner in ast.walk(node):
-                if isinstance(inner, ast.ImportFrom) and inner.module:
-                    imported.add(inner.module)
-    return {name for name in imported if name.split(".")[0] in PROJECT}
+            # `from dialogue import contracts` imports the module dialogue.contracts
+            imported.update(
+                f"{node.module}.{alias.name}" for alias in node.names if node.module == "dialogue"
+            )
+    return {name for name in imported if name.split(".")[0] in PROJECT and name != "dialogue"}
+
+
+def upward_imports(module: str, source: str) -> set[str]:
+    allowed = BELOW[_layer(module)]
+    return {name for name in _imports(source) if _layer(name) not in allowed}
 
 
 def _sources() -> list[tuple[str, Path]]:
@@ -61,10 +81,21 @@ def _sources() -> list[tuple[str, Path]]:
 
 @pytest.mark.parametrize(("module", "path"), _sources(), ids=lambda v: v if isinstance(v, str) else "")
 def test_a_module_imports_only_its_own_layer_and_those_below(module: str, path: Path) -> None:
-    layer = _layer(module)
-    allowed = ALLOWED[layer] | (set(MODEL) if layer not in MODEL else set())
-    upward = {name for name in _module_level_imports(path) if _layer(name) not in allowed and name != module}
+    upward = upward_imports(module, path.read_text())
     assert not upward, f"{module} imports {sorted(upward)}, above its layer"
+
+
+@pytest.mark.parametrize(
+    ("module", "planted"),
+    [
+        ("dialogue.nlu.router", "def serve():\n    from api.app import create_app\n"),
+        ("dialogue.contracts", "from dialogue.settings import Settings\n"),
+        ("activities.understand", "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    import worker\n"),
+        ("api.routes.turns", "from dialogue import cli\n"),
+    ],
+)
+def test_the_layer_check_catches_a_planted_upward_import(module: str, planted: str) -> None:
+    assert upward_imports(module, planted)
 
 
 def test_importing_the_api_loads_no_worker_code() -> None:
