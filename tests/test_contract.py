@@ -1,7 +1,7 @@
 """The v1 contract: the checked-in `openapi.json` is what the code serves, and v1 only grows.
 
 Within v1 a response may gain fields, never lose or rename one, and an error code keeps its status
-(README, "Versioning"). `tests/v1_contract.json` holds the fields of every v1 response model and the
+(docs/api.md, "Versioning"). `tests/v1_contract.json` holds the fields of every v1 response model and the
 error codes as v1 first promised them; adding a field needs no change there.
 """
 

@@ -1,7 +1,7 @@
 """Every recorded history in tests/histories replays against the current workflow code.
 
 A change to `workflows/` that would make running conversations decide differently fails
-here; guard such a change with `workflow.patched` (see the README) and record a new history.
+here; guard such a change with `workflow.patched` (see docs/operations.md) and record a new history.
 """
 
 from __future__ import annotations

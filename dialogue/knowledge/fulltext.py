@@ -7,7 +7,7 @@ never behind them, and a worker searching it holds none of the corpus. Not one o
 FTS5 makes a virtual table, which SQLAlchemy cannot describe; migration 0003 creates it.
 
 SQLite ranks by FTS5's BM25; PostgreSQL by `ts_rank` (term frequency, no inverse document frequency),
-which is why the two engines' lexical rankings differ (measured in the README's knowledge-base section).
+which is why the two engines' lexical rankings differ (measured in docs/knowledge.md).
 """
 
 from __future__ import annotations
