@@ -67,7 +67,7 @@ class Candidate:
     """The candidate's: its scratch store, its task queue."""
     _client: Client
 
-    async def replay(self, recorded: RecordedConversation, number: int) -> list[CandidateTurn]:
+    async def resend(self, recorded: RecordedConversation, number: int) -> list[CandidateTurn]:
         """The candidate's answers to the conversation's user turns, sent in order."""
         conversation_id = f"{self.run_id}-{number}"
         key = conversation_key(TENANT, conversation_id)

@@ -1,4 +1,4 @@
-"""The optional LLM judge of a replay evaluation: any OpenAI-compatible endpoint, a versioned rubric
+"""The optional LLM judge of an evaluation on recorded conversations: any OpenAI-compatible endpoint, a versioned rubric
 (`judge@v1`): is the candidate's answer supported by the passages it cited, and is it better, worse or the
 same as the recorded one."""
 

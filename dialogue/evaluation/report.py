@@ -74,7 +74,7 @@ def _html(result: dict[str, Any], turns: list[TurnComparison]) -> str:
         else ""
     )
     return f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>Replay evaluation {e(str(result.get("run_id", "")))}</title>
+<html lang="en"><head><meta charset="utf-8"><title>Evaluation on recorded conversations {e(str(result.get("run_id", "")))}</title>
 <style>
 body {{ font: 15px/1.45 system-ui, sans-serif; margin: 2rem; color: #1d2330; max-width: 1200px; }}
 table {{ border-collapse: collapse; margin: 0.5rem 0 1.5rem; }}
@@ -85,7 +85,7 @@ figure {{ margin: 0; }} figcaption {{ font-weight: 600; margin-bottom: 0.3rem; }
 .changed {{ color: #b3261e; font-weight: 600; }} .down {{ color: #b3261e; }} .fail {{ color: #b3261e; font-weight: 600; }}
 .reply {{ max-width: 28rem; white-space: pre-wrap; }}
 </style></head><body>
-<h1>Replay evaluation</h1>
+<h1>Evaluation on recorded conversations</h1>
 <p>Candidate <code>{e(str(result.get("candidate_bot", "")))}</code>, run <code>{e(str(result.get("run_id", "")))}</code>,
 {summary["turns"]} turns of {summary["conversations"]} recorded conversations; {summary["changed_turns"]} changed.</p>
 {gate_html}

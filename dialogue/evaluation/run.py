@@ -38,7 +38,7 @@ async def evaluate(
     judge: JudgeEndpoint | None = None,
     console: Console | None = None,
 ) -> dict[str, Any]:
-    """Replay, compare, judge, report; the result (with `gate`: the conditions that failed)."""
+    """Re-send, compare, judge, report; the result (with `gate`: the conditions that failed)."""
     gate({"turns": 1} | summary([]), conditions)  # a condition that cannot be read stops before any work
     console = console or Console()
     comparisons: list[TurnComparison] = []
@@ -46,7 +46,7 @@ async def evaluate(
     answers: list[CandidateTurn] = []
     async with candidate(deployment, candidate_bot) as side:
         with Progress(
-            TextColumn("replaying"),
+            TextColumn("re-sending"),
             BarColumn(),
             MofNCompleteColumn(),
             TimeElapsedColumn(),
@@ -55,7 +55,7 @@ async def evaluate(
         ) as progress:
             task = progress.add_task("turns", total=sum(len(c.turns) for c in conversations))
             for number, conversation in enumerate(conversations):
-                replies = await side.replay(conversation, number)
+                replies = await side.resend(conversation, number)
                 for before, after in zip(conversation.turns, replies, strict=True):
                     comparisons.append(compare(conversation.key, before, after))
                 recorded += conversation.turns
@@ -92,7 +92,7 @@ async def evaluate(
 
 
 def print_summary(result: dict[str, Any], report: Path, console: Console) -> None:
-    table = Table(title=f"Replay evaluation {result['run_id']}")
+    table = Table(title=f"Evaluation on recorded conversations {result['run_id']}")
     table.add_column("")
     table.add_column("value", justify="right")
     for name, value in result["summary"].items():
