@@ -48,9 +48,8 @@ from dialogue.contracts import (
 )
 from dialogue.db import ToolResult
 from dialogue.generation import Generators
-from dialogue.generation.openai_chat import OpenAIChatGenerator, RequestedCall
+from dialogue.generation.model_client import RequestedCall
 from dialogue.generation.prompts import prompt_by_ref
-from dialogue.llm.context import assemble
 from dialogue.metrics import TOOL_CALLS, TOOL_SECONDS
 from dialogue.privacy.policy import PrivacyPolicy
 
@@ -82,8 +81,8 @@ class AgentActivity:
     @activity.defn(name="agent_step")
     async def agent_step(self, request: AgentStepRequest) -> AgentStep:
         """The model's answer, or the tool calls it asks for (each checked against its declaration)."""
-        generator = self._generators.model(request.variant)
-        if not isinstance(generator, OpenAIChatGenerator):
+        model = self._generators.model(request.variant)
+        if model is None:
             raise ApplicationError(
                 "an agent turn needs an LLM: set DIALOGUE_GENERATOR=openai (and its endpoint)",
                 type=NO_MODEL,
@@ -95,17 +94,11 @@ class AgentActivity:
         last = len(request.steps) + 1 >= settings.max_steps or made >= settings.max_tool_calls
         prompt = prompt_by_ref(settings.prompt)
         conversation = await asyncio.to_thread(read_conversation, self._engine, request.context)
-        context = assemble(
+        context = model.assemble(
             system=prompt.render(bot_description=self._bot.description or "an online shop."),
             current=request.text,
-            earlier=conversation.earlier,
-            summary=conversation.summary,
-            budget=generator.settings.context_tokens,
-            counter=generator.client.counter,
+            conversation=conversation,
             redact=self._redact if request.redact else str,
-            expected=conversation.expected,
-            unread_before=conversation.unread_before,
-            notes=conversation.notes,
         )
         documents = passages_message(
             [p.model_copy(update={"text": self._redact(p.text)}) for p in request.passages]
@@ -117,10 +110,8 @@ class AgentActivity:
             messages.append({"role": "system", "content": LAST_WORD})
         started = time.monotonic()
         async with Progress(self._engine, request.stream) as progress:
-            completion = await generator.client.complete(
+            completion = await model.chat(
                 messages,
-                max_tokens=generator.settings.max_tokens,
-                temperature=generator.settings.temperature,
                 tools=None if last else openai_tools(tools),
                 on_token=progress.token,
             )
@@ -128,8 +119,8 @@ class AgentActivity:
                 "prompt_tokens": completion.prompt_tokens,
                 "completion_tokens": completion.completion_tokens,
             }
-            model = ModelCall(
-                model=generator.name,
+            model_call = ModelCall(
+                model=model.name,
                 prompt_id=prompt.id,
                 prompt_hash=prompt.hash,
                 duration_ms=round((time.monotonic() - started) * 1000, 1),
@@ -139,13 +130,13 @@ class AgentActivity:
             if not completion.tool_calls or last:
                 reply = Reply(
                     text=completion.text.strip(),
-                    generator=generator.name,
+                    generator=model.name,
                     prompt_id=prompt.id,
                     prompt_hash=prompt.hash,
                     context=context.lineage.model_copy(update=tokens),
                 )
                 return AgentStep(
-                    reply=reply, limit_reached=last and bool(request.steps), model_call=model, **tokens
+                    reply=reply, limit_reached=last and bool(request.steps), model_call=model_call, **tokens
                 )
             calls = self._checked(request, tools, completion.tool_calls, made)
             for call in calls:
@@ -168,7 +159,7 @@ class AgentActivity:
                             "approval": call.approval,
                         },
                     )
-        return AgentStep(calls=calls, text=completion.text, model_call=model, **tokens)
+        return AgentStep(calls=calls, text=completion.text, model_call=model_call, **tokens)
 
     def _checked(
         self,

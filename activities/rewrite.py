@@ -8,8 +8,6 @@ from temporalio import activity
 from dialogue.bot import BotDefinition
 from dialogue.contracts import RewriteRequest, RewriteResult
 from dialogue.generation import Generators
-from dialogue.generation.openai_chat import OpenAIChatGenerator
-from dialogue.generation.prompts import prompt_by_ref
 from dialogue.llm.followup import standalone_query
 from dialogue.privacy.policy import PrivacyPolicy
 
@@ -27,14 +25,14 @@ class RewriteActivity:
     @activity.defn(name="rewrite_query")
     async def rewrite_query(self, request: RewriteRequest) -> RewriteResult:
         """The standalone question to search with."""
-        generator = self._generators.model(request.variant)
-        if not self._bot.llm.rewrite_queries or not isinstance(generator, OpenAIChatGenerator):
+        model = self._generators.model(request.variant)
+        if not self._bot.llm.rewrite_queries or model is None:
             return RewriteResult(
                 query=standalone_query(request.text, request.previous), generator="heuristic"
             )
         redact = self._redact if request.redact else str
-        prompt = prompt_by_ref(generator.settings.rewrite_prompt)
-        completion = await generator.client.complete(
+        prompt = model.rewrite_prompt
+        completion = await model.chat(
             [
                 {
                     "role": "user",
@@ -54,4 +52,4 @@ class RewriteActivity:
             return RewriteResult(
                 query=standalone_query(request.text, request.previous), generator="heuristic"
             )
-        return RewriteResult(query=query, generator=generator.name)
+        return RewriteResult(query=query, generator=model.name)

@@ -11,7 +11,6 @@ from dialogue import store
 from dialogue.bot import BotDefinition
 from dialogue.contracts import RollingSummary, SummarizeRequest
 from dialogue.generation import Generators
-from dialogue.generation.openai_chat import OpenAIChatGenerator
 from dialogue.llm.context import ROLES, Said
 from dialogue.llm.summary import extractive, fold_with_model
 from dialogue.privacy.policy import PrivacyPolicy
@@ -41,11 +40,11 @@ class SummarizeActivity:
             limit=MAX_FOLDED_ROWS,
         )
         messages = [Said(index, role, text) for index, role, text in rows if role in ROLES]  # type: ignore[arg-type]
-        generator = self._generators.model(request.variant)
-        if self._bot.llm.summarizer == "extractive" or not isinstance(generator, OpenAIChatGenerator):
+        model = self._generators.model(request.variant)
+        if self._bot.llm.summarizer == "extractive" or model is None:
             return extractive(request.previous, messages, request.through)
         return await fold_with_model(
-            generator,
+            model,
             previous=request.previous,
             messages=messages,
             through=request.through,

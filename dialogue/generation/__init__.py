@@ -17,6 +17,7 @@ from dialogue.nlu.embeddings import embeddings_available, similarities
 from dialogue.settings import Settings
 
 if TYPE_CHECKING:
+    from dialogue.generation.model_client import ModelClient
     from dialogue.generation.openai_chat import ChatClient
 
 log = logging.getLogger("dialogue.generation")
@@ -29,6 +30,12 @@ class AnswerGenerator(Protocol):
     remote: bool
     """True when answering calls a model over the network: such an answer is made by the `generate`
     activity (retried, heartbeating), not inside the turn's workflow task."""
+
+    @property
+    def model_client(self) -> ModelClient | None:
+        """The model this generator answers with, for the steps around an answer (the agent's steps, the
+        summary, the query rewrite, a request rebuilt for lineage); None for a generator without one."""
+        ...
 
     async def answer(
         self,
@@ -64,12 +71,12 @@ class Generators:
         """One generator for every turn, whatever its flags."""
         return cls(configured=generator, grounded=generator, llm=generator)
 
-    def model(self, variant: bool = False) -> AnswerGenerator | None:
-        """The LLM generator (the variant's for `variant`), if this worker has one: for the steps around an
-        LLM answer (summary, query rewrite), which need a model only when the conversation has one."""
-        if variant and self.llm_variant is not None:
-            return self.llm_variant
-        return self.llm
+    def model(self, variant: bool = False) -> ModelClient | None:
+        """The LLM generator's model (the variant's for `variant`), if this worker has one: for the steps
+        around an LLM answer (agent, summary, query rewrite), which need a model only when the conversation
+        has one."""
+        generator = self.llm_variant if variant and self.llm_variant is not None else self.llm
+        return generator.model_client if generator is not None else None
 
     def choose(self, llm: bool | None, variant: bool = False) -> AnswerGenerator:
         """The generator for a turn whose `llm_generator` flag is `llm` (None: the turn has no flags) and

@@ -7,7 +7,7 @@ import math
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dialogue.contracts import ContextLineage, Passage, Source
 from dialogue.generation.prompts import Prompt
@@ -15,6 +15,9 @@ from dialogue.generation.rubric import dangling_reference
 from dialogue.knowledge.chunking import sentences
 from dialogue.llm.context import Conversation
 from dialogue.text import terms
+
+if TYPE_CHECKING:
+    from dialogue.generation.model_client import ModelClient
 
 MAX_ANSWER_CHARS = 420
 SUPPORT_RATIO = 0.6
@@ -76,6 +79,8 @@ class GroundedGenerator:
     name = "grounded"
     prompt: Prompt | None = None
     remote = False
+    model_client: ModelClient | None = None
+    """No model: the steps around an answer fall back to theirs (extractive summary, heuristic rewrite)."""
 
     def __init__(self, relevance: Relevance, similarity: Similarity | None = None) -> None:
         self._relevance = relevance

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, cast
 
@@ -23,6 +22,7 @@ from temporalio.exceptions import ApplicationError
 from dialogue.bot import LlmSettings
 from dialogue.contracts import Passage
 from dialogue.generation.grounded import Answer, Relevance, source_of
+from dialogue.generation.model_client import Completion, ModelClient, RequestedCall
 from dialogue.generation.prompts import Prompt, prompt_by_ref
 from dialogue.llm.context import ChatMessage, Context, Conversation, assemble
 from dialogue.llm.tokenizer import TokenCounter, counter_for
@@ -34,26 +34,6 @@ MAX_PASSAGES = 4
 INVALID_STRUCTURED_REPLY = "InvalidStructuredReply"
 _CITATION = re.compile(r"\[(\d+)\]")
 _FENCE = re.compile(r"^```(?:json)?\s*|\s*```$")
-
-
-@dataclass(frozen=True)
-class RequestedCall:
-    """A tool call the model asked for, as it streamed it: its id, the tool's name, the arguments' JSON."""
-
-    id: str
-    name: str
-    arguments: str
-
-
-@dataclass
-class Completion:
-    text: str
-    prompt_tokens: int | None = None
-    completion_tokens: int | None = None
-    cut: bool = False
-    """The model wrote past `max_tokens` (an endpoint that does not stop it): its text was cut there."""
-    notes: list[str] = field(default_factory=list)
-    tool_calls: list[RequestedCall] = field(default_factory=list)
 
 
 class ChatClient:
@@ -171,6 +151,8 @@ class ChatClient:
 
 
 class OpenAIChatGenerator:
+    """An answer generator that is also a `ModelClient`: the model the steps around its answers talk to."""
+
     remote = True
 
     def __init__(
@@ -184,14 +166,57 @@ class OpenAIChatGenerator:
     ) -> None:
         self.name = f"openai:{client.model}"
         self.prompt: Prompt | None = prompt_by_ref(settings.prompt)
-        self.client = client
-        self.settings = settings
         self._client = client
         self._settings = settings
         self._bot_description = bot_description
         self._relevance = relevance or Relevance()
         self._redact = redact
         """Applied to every message before it leaves for the model (the bot's privacy policy)."""
+
+    @property
+    def model_client(self) -> ModelClient:
+        return self
+
+    @property
+    def summary_prompt(self) -> Prompt:
+        return prompt_by_ref(self._settings.summary_prompt)
+
+    @property
+    def rewrite_prompt(self) -> Prompt:
+        return prompt_by_ref(self._settings.rewrite_prompt)
+
+    async def chat(
+        self,
+        messages: list[ChatMessage],
+        *,
+        max_tokens: int | None = None,
+        temperature: float | None = None,
+        tools: list[dict[str, Any]] | None = None,
+        on_token: Callable[[str], None] | None = None,
+    ) -> Completion:
+        return await self._client.complete(
+            messages,
+            max_tokens=self._settings.max_tokens if max_tokens is None else max_tokens,
+            temperature=self._settings.temperature if temperature is None else temperature,
+            tools=tools,
+            on_token=on_token,
+        )
+
+    def assemble(
+        self, *, system: str, current: str, conversation: Conversation, redact: Callable[[str], str]
+    ) -> Context:
+        return assemble(
+            system=system,
+            current=current,
+            earlier=conversation.earlier,
+            summary=conversation.summary,
+            budget=self._settings.context_tokens,
+            counter=self._client.counter,
+            redact=redact,
+            expected=conversation.expected,
+            unread_before=conversation.unread_before,
+            notes=conversation.notes,
+        )
 
     async def answer(
         self,
@@ -253,18 +278,11 @@ class OpenAIChatGenerator:
             bot_description=self._bot_description or "an online shop.",
             passages="\n\n".join(f"[{i}] {p.title}: {p.text}" for i, p in enumerate(trusted, start=1)),
         )
-        conversation = conversation or Conversation()
-        context = assemble(
+        context = self.assemble(
             system=system,
             current=question,
-            earlier=conversation.earlier,
-            summary=conversation.summary,
-            budget=self._settings.context_tokens,
-            counter=self._client.counter,
+            conversation=conversation or Conversation(),
             redact=self._redact if redact else str,
-            expected=conversation.expected,
-            unread_before=conversation.unread_before,
-            notes=conversation.notes,
         )
         return trusted, context
 

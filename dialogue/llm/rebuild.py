@@ -20,7 +20,6 @@ from temporalio.converter import DataConverter
 
 from dialogue.contracts import GenerateRequest, RecordMessageRequest, Reply, TurnReply
 from dialogue.generation import Generators
-from dialogue.generation.openai_chat import OpenAIChatGenerator
 from dialogue.llm.context import ChatMessage, Conversation, Said, messages_digest
 
 
@@ -78,14 +77,14 @@ async def llm_requests(
                     calls.append((step, result))
     rebuilt = []
     for request, reply in calls:
-        generator = generators.choose(request.llm, request.variant)
+        model = generators.choose(request.llm, request.variant).model_client
         lineage = reply.context
-        if request.context is None or lineage is None or not isinstance(generator, OpenAIChatGenerator):
+        if request.context is None or lineage is None or model is None:
             continue
         index = request.context.turn_index
         missing = set(lineage.missing)
         earlier = [s for s in said if s.index < index and s.index not in missing]
-        prepared = generator.prepare(
+        prepared = model.prepare(
             request.text,
             request.passages,
             conversation=Conversation(

@@ -11,12 +11,11 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from dialogue.contracts import RollingSummary
-from dialogue.generation.prompts import prompt_by_ref
 from dialogue.knowledge.chunking import sentences
 from dialogue.llm.context import Said
 
 if TYPE_CHECKING:
-    from dialogue.generation.openai_chat import OpenAIChatGenerator
+    from dialogue.generation.model_client import ModelClient
 
 MAX_SUMMARY_CHARS = 1200
 SUMMARY_WORDS = 150
@@ -57,7 +56,7 @@ def _cut(text: str, limit: int) -> str:
 
 
 async def fold_with_model(
-    generator: OpenAIChatGenerator,
+    model: ModelClient,
     *,
     previous: RollingSummary | None,
     messages: Sequence[Said],
@@ -66,20 +65,20 @@ async def fold_with_model(
     redact: Callable[[str], str],
 ) -> RollingSummary:
     """The summary the model writes from the previous one and the new messages (retries: Temporal's)."""
-    prompt = prompt_by_ref(generator.settings.summary_prompt)
+    prompt = model.summary_prompt
     request = prompt.render(
         bot_description=bot_description or "an online shop.",
         words=str(SUMMARY_WORDS),
         summary=redact(previous.text) if previous is not None else "(none yet)",
         messages=transcript_text(messages, redact),
     )
-    completion = await generator.client.complete(
+    completion = await model.chat(
         [{"role": "user", "content": request}], max_tokens=SUMMARY_WORDS * 2, temperature=0.0
     )
     return RollingSummary(
         text=_cut(completion.text.strip(), MAX_SUMMARY_CHARS),
         version=(previous.version + 1) if previous is not None else 1,
         through=through,
-        generator=generator.name,
+        generator=model.name,
         prompt_id=prompt.id,
     )
