@@ -24,7 +24,6 @@ from activities.progress import Progress
 from dialogue import events, store
 from dialogue.agent.http_tools import call_http
 from dialogue.agent.mcp_tools import McpClients
-from dialogue.agent.python_tools import PYTHON_TOOLS, CallContext, ToolFailed
 from dialogue.agent.tools import (
     Shown,
     arguments_digest,
@@ -52,6 +51,7 @@ from dialogue.generation.model_client import RequestedCall
 from dialogue.generation.prompts import prompt_by_ref
 from dialogue.metrics import TOOL_CALLS, TOOL_SECONDS
 from dialogue.privacy.policy import PrivacyPolicy
+from dialogue.python_tools import CallContext, ToolFailed, agent_tools
 
 NO_MODEL = "AgentWithoutModel"
 TOOL_MISSING = "ToolMissing"
@@ -70,13 +70,7 @@ class AgentActivity:
         self._generators = generators
         self._privacy = PrivacyPolicy(bot.privacy)
         self._redact = self._privacy.for_llm
-        missing = [
-            tool.name
-            for tool in bot.agent.tools
-            if tool.kind == "python" and (tool.function or tool.name) not in PYTHON_TOOLS
-        ]
-        if missing:  # at the worker's start, not at a user's turn
-            raise ValueError(f"agent.tools: no Python function registered for {', '.join(missing)}")
+        self._functions = agent_tools(bot)  # raises at the worker's start when a declared tool has none
 
     @activity.defn(name="agent_step")
     async def agent_step(self, request: AgentStepRequest) -> AgentStep:
@@ -202,7 +196,7 @@ class AgentActivity:
                 assert spec.http is not None  # the bot's validation made sure
                 result = call_http(spec.http, call.arguments, call.idempotency_key, spec.timeout_seconds)
             else:
-                function = PYTHON_TOOLS[spec.function or spec.name]  # checked at the worker's start
+                function = self._functions[spec.function or spec.name]  # checked at the worker's start
                 context = CallContext(self._bot, call.idempotency_key, self._data_dir)
                 result = function(context, call.arguments)
         except ToolFailed as failed:

@@ -1,24 +1,31 @@
-"""`run_tool`: the call a flow makes once its slots are filled."""
+"""`run_tool`: the call a flow makes once its slots are filled, to a function of the bot's `python_tools`
+file (`dialogue.python_tools`)."""
 
 from __future__ import annotations
 
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from dialogue import tools
 from dialogue.bot import BotDefinition
 from dialogue.contracts import ToolCall, ToolResult
+from dialogue.python_tools import flow_tools
+
+TOOL_MISSING = "ToolMissing"
 
 
 class ToolActivity:
     def __init__(self, bot: BotDefinition) -> None:
         self._bot = bot
+        self._functions = flow_tools(bot)  # raises at the worker's start when a flow's tool has none
 
     @activity.defn(name="run_tool")
     def run_tool(self, call: ToolCall) -> ToolResult:
         """Run the named tool with the flow's slots."""
         try:
-            return tools.run(self._bot, call)
+            tool = self._functions.get(call.name)
+            if tool is None:
+                raise LookupError(f"no tool named {call.name!r}")
+            return tool(self._bot, call.arguments)
         except LookupError as err:
             # A tool or table the bot does not have: configuration, not a passing failure.
-            raise ApplicationError(str(err), type="ToolMissing", non_retryable=True) from err
+            raise ApplicationError(str(err), type=TOOL_MISSING, non_retryable=True) from err

@@ -28,11 +28,11 @@ import uvicorn
 
 from bench.stack import EmbeddedStack, free_port
 from bench.streaming import header, percentiles
-from dialogue import tools
 from dialogue.agent.tools import offered, openai_tools, shown, step_messages
 from dialogue.bot import load_bot
 from dialogue.contracts import AgentStepRecord, AgentToolCall, AgentToolOutcome
 from dialogue.generation.openai_chat import ChatClient
+from dialogue.python_tools import flow_tools
 from dialogue.settings import Settings
 from tests.fake_llm import FakeLlm, Plan
 
@@ -57,6 +57,7 @@ def stand_in_model() -> FakeLlm:
 
 async def plain_loop(client: ChatClient, bot_tools: list[dict[str, Any]], bot: Any) -> float:
     """The same turn with no durability: the model, the tool in-process, the model again. Milliseconds."""
+    order_status = flow_tools(bot)["order_status"]  # the demo's function, from examples/demo/shop.py
     started = time.perf_counter()
     messages: list[dict[str, Any]] = [
         {"role": "system", "content": "You are the support assistant of an online shop."},
@@ -75,7 +76,7 @@ async def plain_loop(client: ChatClient, bot_tools: list[dict[str, Any]], bot: A
         ]
         outcomes = []
         for call in calls:
-            seen = shown(tools.order_status(bot, call.arguments).data, 4000)
+            seen = shown(order_status(bot, call.arguments).data, 4000)
             outcomes.append(
                 AgentToolOutcome(call_id=call.call_id, name=call.name, ok=True, content=seen.content)
             )

@@ -1,12 +1,16 @@
 """The bot definition: intents, their keywords, actions and responses, entity patterns and
-lookups, where its NLU data and knowledge documents are. A bot is a YAML file; paths in it
+lookups, where its NLU data, knowledge documents and Python tools are. A bot is a YAML file; paths in it
 are relative to that file."""
 
 from __future__ import annotations
 
+import hashlib
+import importlib.util
 import re
+import sys
 from functools import lru_cache
 from pathlib import Path
+from types import ModuleType
 from typing import Any, Literal
 
 import yaml
@@ -33,8 +37,8 @@ class ToolSpec(BaseModel):
     parameters: dict[str, Any] = {"type": "object", "properties": {}}
     """A JSON schema of the arguments; the model's arguments are checked against it before any call."""
     kind: Literal["python", "http", "mcp"] = "python"
-    """`python`: a function registered in code (`dialogue.agent.python_tools`); `http`: a request (`http`);
-    `mcp`: a tool an MCP server lists (not declared here: see `agent.mcp_servers`)."""
+    """`python`: a function of the bot's `python_tools` file (`dialogue.python_tools`); `http`: a request
+    (`http`); `mcp`: a tool an MCP server lists (not declared here: see `agent.mcp_servers`)."""
     http: HttpTool | None = None
     server: str | None = None
     """For an MCP tool: the server that lists it."""
@@ -185,7 +189,8 @@ class Flow(BaseModel):
     """How the bot names it when reminding the user ("checking your order")."""
     slots: list[SlotSpec]
     tool: str
-    """The tool (see `dialogue.tools`) called with the slots once all are filled."""
+    """The tool called with the slots once all are filled: a function of the bot's `python_tools` file
+    (`dialogue.python_tools`)."""
     done: str
     """Reply template once the tool answered; `{slot}` and `{field}` of the tool's data are filled in."""
     failed: str = "Sorry, I couldn't complete that."
@@ -261,6 +266,10 @@ class BotDefinition(BaseModel):
     flows: list[Flow] = []
     tables: dict[str, str] = {}
     """Data files the tools read, by name (relative to the bot file): the demo's `orders` table."""
+    python_tools: str | None = None
+    """The bot's own Python file (relative to the bot file), e.g. `shop.py`: it registers the functions its
+    flows' tools and its agent's `python` tools call (`dialogue.python_tools`). The worker loads it at its
+    start; other processes never run it."""
     lookups: dict[str, list[str]] = {}
     """Entity lookup tables: entity name to its values, matched as whole words."""
     nlu: NluData | None = None
@@ -331,3 +340,30 @@ def load_bot(path: Path) -> BotDefinition:
 @lru_cache
 def load_bot_cached(path: Path) -> BotDefinition:
     return load_bot(path)
+
+
+def load_bot_module(bot: BotDefinition) -> ModuleType | None:
+    """The bot's `python_tools` file, imported from the bot's folder (None when it names none). Its module
+    is named after the file's full path, and imported once per process: two bots' files of the same name
+    stay apart, and neither shadows an installed module (the bot's folder never goes on `sys.path`)."""
+    if bot.python_tools is None:
+        return None
+    path = bot.resolve(bot.python_tools).resolve()
+    digest = hashlib.sha256(str(path).encode()).hexdigest()[:12]
+    name = f"dialogue_bot_{digest}_" + re.sub(r"\W", "_", path.stem)
+    loaded = sys.modules.get(name)
+    if loaded is not None:
+        return loaded
+    if not path.is_file():
+        raise ValueError(f"python_tools: no file {path}")
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise ValueError(f"python_tools: {path} is not a Python file")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # before it runs, as an import does: dataclasses look their module up
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[name]
+        raise
+    return module

@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import httpx
@@ -25,7 +26,7 @@ from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 from api import create_app
-from dialogue.bot import BotDefinition, load_bot
+from dialogue.bot import BotDefinition, load_bot, load_bot_module
 from dialogue.codec import PayloadKeys, encrypted_data_converter
 from dialogue.db import get_engine, init_db
 from dialogue.knowledge import store as knowledge
@@ -102,6 +103,13 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
 @pytest.fixture(scope="session")
 def demo_bot() -> BotDefinition:
     return load_bot(Settings().bot_path)
+
+
+def demo_shop() -> ModuleType:
+    """The demo bot's own Python (examples/demo/shop.py: the shop and its tools), the module workers load."""
+    module = load_bot_module(load_bot(Settings().bot_path))
+    assert module is not None
+    return module
 
 
 @pytest.fixture(scope="session")
@@ -188,6 +196,7 @@ def bot_with(settings: Settings, tmp_path: Path, **changes: Any) -> Path:
     raw["knowledge_dir"] = str(base / raw["knowledge_dir"])
     raw["nlu"] = {k: str(base / v) for k, v in raw["nlu"].items()}
     raw["tables"] = {k: str(base / v) for k, v in raw["tables"].items()}
+    raw["python_tools"] = str(base / raw["python_tools"])
     for server in raw.get("agent", {}).get("mcp_servers", []):  # the demo's MCP server stays where it is
         if "command" in server:
             server["command"] = [part.replace("{bot_dir}", str(base)) for part in server["command"]]

@@ -19,11 +19,10 @@ from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client
 
 from api import create_app
-from dialogue.agent.shop import LATENCY_VARIABLE, Shop
 from dialogue.db import get_engine
 from dialogue.identity import create_key
 from dialogue.settings import Settings
-from tests.conftest import api_client, bot_with, served_llm, worker_for
+from tests.conftest import api_client, bot_with, demo_shop, served_llm, worker_for
 from tests.fake_llm import FakeLlm, Plan
 from tests.processes import WorkerProcess
 from tests.test_streaming import SSE, read_events
@@ -62,6 +61,7 @@ CHANGE_ADDRESS = {
     "approval": "user",
 }
 TOOLS = [ORDER_STATUS, START_RETURN, CHANGE_ADDRESS]
+demo = demo_shop()
 
 
 def agent_bot(settings: Settings, tmp_path: Path, **agent: Any) -> Path:
@@ -329,7 +329,7 @@ async def test_a_call_that_needs_a_persons_approval_waits_for_it_then_runs_once(
         assert pending["name"] == "start_return" and pending["approval"] == "agent"
         assert pending["arguments"] == {"order_id": "NW-654321", "reason": "too quiet"}
         assert "start_return" in asked["reply"]["text"] and "approval" in asked["reply"]["text"]
-        assert Shop(chat.settings.data_dir).actions() == []  # nothing done before the approval
+        assert demo.Shop(chat.settings.data_dir).actions() == []  # nothing done before the approval
         assert (await state_of(chat.user, conversation_id))["pending_approvals"][0]["call_id"] == pending[
             "call_id"
         ]
@@ -352,7 +352,7 @@ async def test_a_call_that_needs_a_persons_approval_waits_for_it_then_runs_once(
     outcome = answer["lineage"]["agent"][-1]["outcomes"][0]
     assert outcome["ok"] and outcome["approval"]["approved"] and outcome["approval"]["role"] == "agent"
     assert outcome["approval"]["note"] == "checked the order" and outcome["approval"]["by"]
-    [made] = Shop(chat.settings.data_dir).actions("return")
+    [made] = demo.Shop(chat.settings.data_dir).actions("return")
     assert made["order_id"] == "NW-654321" and made["idempotency_key"].endswith(pending["call_id"])
     assert state["pending_approvals"] == []
     # The transcript: the user's message, the bot asking, the agent's answer after the approval.
@@ -386,7 +386,7 @@ async def test_a_denied_call_never_runs_and_the_model_reads_the_denial(
     assert not outcome["ok"] and outcome["approval"]["role"] == "user" and not outcome["approval"]["approved"]
     told = [m for m in fake.requests[-1]["messages"] if m["role"] == "tool"][-1]["content"]
     assert "not approved" in told and "wrong street" in told
-    assert Shop(chat.settings.data_dir).actions() == []
+    assert demo.Shop(chat.settings.data_dir).actions() == []
 
 
 async def test_an_approval_nobody_gives_in_time_counts_as_denied(
@@ -412,7 +412,7 @@ async def test_an_approval_nobody_gives_in_time_counts_as_denied(
     assert state["pending_approvals"] == [] and late.status_code == 404
     told = [m for m in fake.requests[-1]["messages"] if m["role"] == "tool"][-1]["content"]
     assert "no one decided in time" in told
-    assert Shop(chat.settings.data_dir).actions() == []
+    assert demo.Shop(chat.settings.data_dir).actions() == []
 
 
 async def test_two_pending_approvals_each_resolve_into_their_own_call(
@@ -451,7 +451,7 @@ async def test_two_pending_approvals_each_resolve_into_their_own_call(
     assert outcomes["change_address"]["ok"] and outcomes["change_address"]["approval"]["approved"]
     assert not outcomes["start_return"]["ok"] and not outcomes["start_return"]["approval"]["approved"]
     assert outcomes["order_status"]["approval"] is None
-    [changed] = Shop(chat.settings.data_dir).actions()
+    [changed] = demo.Shop(chat.settings.data_dir).actions()
     assert changed["kind"] == "address" and changed["detail"] == "Ringstr. 5, Wien"
     assert changed["idempotency_key"].endswith(by_name["change_address"]["call_id"])
     results = {m["tool_call_id"]: m["content"] for m in fake.requests[-1]["messages"] if m["role"] == "tool"}
@@ -491,15 +491,15 @@ async def test_a_worker_killed_during_an_approved_call_makes_its_effect_once(
         }
     )
     _, user_key = create_key(get_engine(killed.resolved_database_url), tenant="default", scope="client")
-    shop = Shop(killed.data_dir)
+    shop = demo.Shop(killed.data_dir)
     conversation_id = f"killed-{uuid.uuid4().hex[:6]}"
     first = WorkerProcess(killed, tmp_path / "worker-1.log")
     second = WorkerProcess(killed, tmp_path / "worker-2.log")
     app = create_app(killed, temporal=client)
-    monkeypatch.setenv(LATENCY_VARIABLE, "30")  # the shop acts at once and answers late: time to die in
+    monkeypatch.setenv(demo.LATENCY_VARIABLE, "30")  # the shop acts at once and answers late: time to die in
     try:
         await first.start()
-        monkeypatch.delenv(LATENCY_VARIABLE)
+        monkeypatch.delenv(demo.LATENCY_VARIABLE)
         async with api_client(app) as http, api_client(app, api_key=user_key) as user:
             asked = await turn(user, conversation_id, "please return order NW-654321, it is broken")
             [pending] = asked["approvals"]

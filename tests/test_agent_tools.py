@@ -17,13 +17,15 @@ from fastapi import FastAPI, Header, Request
 from fastapi.responses import JSONResponse
 from temporalio.client import Client
 
-from dialogue.agent.shop import Shop
 from dialogue.agent.tools import RESULT_CLOSE, RESULT_OPEN
 from dialogue.settings import Settings
 from dialogue.testing.stack import served
-from tests.conftest import free_port
+from tests.conftest import demo_shop, free_port
 from tests.fake_llm import FakeLlm, Plan
 from tests.test_agent import ORDER_STATUS, START_RETURN, agent_stack, model, scheduled, turn
+
+demo = demo_shop()
+"""The demo bot's own Python (examples/demo/shop.py): its shop keeps what the tools did."""
 
 __all__ = ["model"]  # the fixture, for this module's tests
 
@@ -295,7 +297,7 @@ async def test_an_injection_in_a_tool_result_cannot_call_an_undeclared_tool_or_s
     assert refused["name"] == "refund_everything" and not refused["ok"]
     assert [p["name"] for p in reply["approvals"]] == ["start_return"]
     assert [p["name"] for p in state["pending_approvals"]] == ["start_return"]
-    assert Shop(chat.settings.data_dir).actions() == []
+    assert demo.Shop(chat.settings.data_dir).actions() == []
     assert len(await scheduled(client, conversation_id, "call_tool")) == 1  # loyalty_points alone ran
 
 
@@ -328,5 +330,5 @@ async def test_an_injection_in_a_knowledge_document_reaches_the_model_as_data_an
     refused = reply["lineage"]["agent"][-1]["outcomes"][0]
     assert refused["name"] == "refund_everything" and not refused["ok"]
     assert [p["name"] for p in reply["approvals"]] == ["start_return"]
-    assert Shop(chat.settings.data_dir).actions() == []
+    assert demo.Shop(chat.settings.data_dir).actions() == []
     assert await scheduled(client, conversation_id, "call_tool") == []

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dialogue.bot import BotDefinition
 from dialogue.contracts import OUT_OF_SCOPE, DialogueState, Entity, IntentPrediction, NluResult, Routing
 from dialogue.policy import decide
-from dialogue.tools import order_status
+from dialogue.python_tools import flow_tools
 
 
 def nlu(
@@ -77,6 +77,7 @@ def test_entities_are_remembered_as_slots(demo_bot: BotDefinition) -> None:
 
 
 def test_the_order_status_tool_reads_the_demo_table(demo_bot: BotDefinition) -> None:
+    order_status = flow_tools(demo_bot)["order_status"]  # examples/demo/shop.py's
     found = order_status(demo_bot, {"order_id": "nw-482913"})
     assert found.ok and found.data["status"] == "shipped" and "DHL" in found.data["details"]
     missing = order_status(demo_bot, {"order_id": "NW-000000"})

@@ -5,5 +5,6 @@ activity) either answers or asks for tools; each tool call is its own activity (
 several at once when the model asks for several; their outcomes go back to the model at the next
 step, until it answers or the turn's limits are reached. This package holds what the steps use:
 the tool declarations' checks and the messages the model is sent (`dialogue.agent.tools`), and
-the tools written in Python (`dialogue.agent.python_tools`).
+how HTTP and MCP tools are called. Tools written in Python are the bot's own, in its folder
+(`dialogue.python_tools` loads them).
 """

@@ -16,8 +16,8 @@ from urllib.parse import quote
 
 import httpx
 
-from dialogue.agent.python_tools import ToolFailed
 from dialogue.bot import HttpTool
+from dialogue.python_tools import ToolFailed
 
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 RETRIED_STATUSES = frozenset({408, 429})

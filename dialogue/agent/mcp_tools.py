@@ -29,9 +29,9 @@ from mcp.shared.exceptions import MCPError
 from mcp_types import RequestParamsMeta
 
 from dialogue.agent.http_tools import ToolUnavailable, expand_variables
-from dialogue.agent.python_tools import ToolFailed
 from dialogue.bot import BotDefinition, McpServer
 from dialogue.contracts import McpToolList, OfferedTool
+from dialogue.python_tools import ToolFailed
 
 log = logging.getLogger("dialogue.agent.mcp")
 
