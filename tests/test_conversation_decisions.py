@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 
@@ -21,11 +22,13 @@ from dialogue.contracts import (
     AgentToolOutcome,
     ApprovalDecision,
     ApprovalRequest,
+    Approver,
     ContextLineage,
     ConversationInput,
     ConversationState,
     Decision,
     DialogueState,
+    DoubleTextPolicy,
     IntentPrediction,
     NluResult,
     ParkedAgent,
@@ -37,20 +40,26 @@ from workflows.conversation import decisions
 NOW = datetime(2026, 12, 6, 12, 0, tzinfo=UTC)
 
 
-def state(**fields: object) -> ConversationState:
-    return ConversationState(conversation_id="c", started_at=NOW, updated_at=NOW, **fields)  # type: ignore[arg-type]
+def state(**fields: Any) -> ConversationState:
+    return ConversationState(conversation_id="c", started_at=NOW, updated_at=NOW, **fields)
 
 
 def refuse_turn(
-    text: str = "hello", *, policy: str = "enqueue", **kwargs: object
+    text: str = "hello",
+    *,
+    policy: DoubleTextPolicy = "enqueue",
+    conversation: ConversationState | None = None,
+    unrecorded: int = 0,
+    in_flight: int = 0,
+    running_turn: str | None = None,
 ) -> decisions.Refusal | None:
-    given: dict[str, object] = {"unrecorded": 0, "in_flight": 0, "running_turn": None} | kwargs
-    conversation_state = given.pop("state", state())
     return decisions.refuse_turn(
-        ConversationInput(conversation_id="c", double_text=policy, max_text_chars=10, max_queued_turns=3),  # type: ignore[arg-type]
-        conversation_state,  # type: ignore[arg-type]
+        ConversationInput(conversation_id="c", double_text=policy, max_text_chars=10, max_queued_turns=3),
+        conversation or state(),
         text,
-        **given,  # type: ignore[arg-type]
+        unrecorded=unrecorded,
+        in_flight=in_flight,
+        running_turn=running_turn,
     )
 
 
@@ -62,7 +71,7 @@ def test_a_turn_is_taken_when_nothing_stands_in_its_way() -> None:
 @pytest.mark.parametrize(
     ("text", "kwargs", "refused_as"),
     [
-        ("hello", {"state": state(status="ended")}, CONVERSATION_ENDED),
+        ("hello", {"conversation": state(status="ended")}, CONVERSATION_ENDED),
         ("   ", {}, INVALID_TURN),
         ("x" * 11, {}, INVALID_TURN),
         ("hello", {"unrecorded": decisions.MAX_UNRECORDED}, STORE_BEHIND),
@@ -71,7 +80,7 @@ def test_a_turn_is_taken_when_nothing_stands_in_its_way() -> None:
     ],
 )
 def test_a_turn_is_refused_before_it_enters_history(
-    text: str, kwargs: dict[str, object], refused_as: str
+    text: str, kwargs: dict[str, Any], refused_as: str
 ) -> None:
     refusal = refuse_turn(text, **kwargs)
     assert refusal is not None and refusal.type == refused_as
@@ -144,10 +153,10 @@ def test_older_turns_fold_with_half_of_those_that_still_fit() -> None:
     assert decisions.fold_through(ContextLineage(dropped=[0, 1, 2], turns=[])) == 3
 
 
-def call(call_id: str, approval: str | None = "agent") -> AgentToolCall:
+def call(call_id: str, approval: Approver | None = "agent") -> AgentToolCall:
     return AgentToolCall(
         call_id=call_id, name="start_return", arguments={"order_id": "NW-1"}, approval=approval
-    )  # type: ignore[arg-type]
+    )
 
 
 def parked_agent() -> ParkedAgent:
