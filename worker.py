@@ -21,6 +21,7 @@ from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
 from activities.agent import AgentActivity
+from activities.flow_tools import ToolActivity
 from activities.generate import GenerateActivity, ReplyComposer
 from activities.record import RecordActivities
 from activities.respond import RespondActivity
@@ -28,7 +29,6 @@ from activities.retention import RetentionActivities
 from activities.retrieve import RetrieveActivity
 from activities.rewrite import RewriteActivity
 from activities.summarize import SummarizeActivity
-from activities.tools import ToolActivity
 from activities.understand import UnderstandActivity
 from dialogue.bot import load_bot
 from dialogue.db import get_engine, init_db_if_reachable

@@ -22,9 +22,7 @@ from temporalio.exceptions import ApplicationError
 from activities.context import read_conversation
 from activities.progress import Progress
 from dialogue import events, store
-from dialogue.agent.http_tools import call_http
-from dialogue.agent.mcp_tools import McpClients
-from dialogue.agent.tools import (
+from dialogue.agent.declarations import (
     Shown,
     arguments_digest,
     checked_call,
@@ -34,6 +32,8 @@ from dialogue.agent.tools import (
     shown,
     step_messages,
 )
+from dialogue.agent.http_tools import call_http
+from dialogue.agent.mcp_tools import McpClients
 from dialogue.bot import BotDefinition
 from dialogue.contracts import (
     AgentStep,
@@ -50,7 +50,7 @@ from dialogue.generation import Generators
 from dialogue.generation.model_client import RequestedCall
 from dialogue.generation.prompts import prompt_by_ref
 from dialogue.metrics import TOOL_CALLS, TOOL_SECONDS
-from dialogue.privacy.policy import PrivacyPolicy
+from dialogue.privacy.privacy_policy import PrivacyPolicy
 from dialogue.python_tools import CallContext, ToolFailed, agent_tools
 
 NO_MODEL = "AgentWithoutModel"

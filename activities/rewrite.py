@@ -9,7 +9,7 @@ from dialogue.bot import BotDefinition
 from dialogue.contracts import RewriteRequest, RewriteResult
 from dialogue.generation import Generators
 from dialogue.llm.followup import standalone_query
-from dialogue.privacy.policy import PrivacyPolicy
+from dialogue.privacy.privacy_policy import PrivacyPolicy
 
 MAX_QUERY_TOKENS = 80
 MAX_REPLY_CHARS = 400

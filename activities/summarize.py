@@ -13,7 +13,7 @@ from dialogue.contracts import RollingSummary, SummarizeRequest
 from dialogue.generation import Generators
 from dialogue.llm.context import ROLES, Said
 from dialogue.llm.summary import extractive, fold_with_model
-from dialogue.privacy.policy import PrivacyPolicy
+from dialogue.privacy.privacy_policy import PrivacyPolicy
 
 MAX_FOLDED_ROWS = 400
 """Rows one fold reads at most: the workflow asks for a fold whenever turns drop out of the budget, so

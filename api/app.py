@@ -15,14 +15,14 @@ from api import openapi
 from api.deps import authorize_codec
 from api.errors import install_error_handlers
 from api.limits import BodySizeLimit, RateLimiter, TurnAdmission
+from api.request_telemetry import RequestTelemetry, metrics_router
 from api.routes import approvals, conversations, handoff, health, keys, knowledge, lineage, me, nlu, pages
 from api.routes.codec import codec_cors, codec_router
-from api.telemetry import RequestTelemetry, metrics_router
 from dialogue.bot import load_bot
 from dialogue.codec import EncryptionCodec
 from dialogue.db import get_engine, init_db_if_reachable
 from dialogue.flags import deployment_flags
-from dialogue.privacy.policy import PrivacyPolicy
+from dialogue.privacy.privacy_policy import PrivacyPolicy
 from dialogue.settings import Settings, get_settings
 from dialogue.telemetry import exported, temporal_interceptors, tracer_provider
 from dialogue.temporal import connect

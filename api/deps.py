@@ -86,7 +86,7 @@ def get_principal(request: Request) -> Principal:
         raise ApiError(
             "rate_limited", "too many requests for this key; slow down", {"Retry-After": str(wait)}
         )
-    request.state.tenant = principal.tenant  # for the request's log line (api/telemetry.py)
+    request.state.tenant = principal.tenant  # for the request's log line (api/request_telemetry.py)
     return principal
 
 

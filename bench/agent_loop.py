@@ -28,7 +28,7 @@ import uvicorn
 
 from bench.stack import EmbeddedStack, free_port
 from bench.streaming import header, percentiles
-from dialogue.agent.tools import offered, openai_tools, shown, step_messages
+from dialogue.agent.declarations import offered, openai_tools, shown, step_messages
 from dialogue.bot import load_bot
 from dialogue.contracts import AgentStepRecord, AgentToolCall, AgentToolOutcome
 from dialogue.generation.openai_chat import ChatClient

@@ -26,7 +26,7 @@ from typing import Any
 
 from bench.streaming import RESULTS, header
 from dialogue.db import get_engine, init_db
-from dialogue.knowledge import store
+from dialogue.knowledge import documents
 
 SYLLABLES = (
     "ka lo mi ne ra tu si ve po da gre stro phy chem bio neu ron gen cell tis sue pro tein lig and".split()
@@ -81,13 +81,15 @@ def ingest_one_by_one(url: str, files: list[Path]) -> dict[str, Any]:
     init_db(engine)
     bulk = embeddings.embed_many
     embeddings_single = embeddings.embed
-    store.embed_many = embeddings_single  # what a document's ingest used
+    documents.embed_many = embeddings_single  # what a document's ingest used
     try:
         began = time.perf_counter()
-        chunks = sum(store.ingest_batch(engine, [store.read_document(path)])[0].chunks for path in files)
+        chunks = sum(
+            documents.ingest_batch(engine, [documents.read_document(path)])[0].chunks for path in files
+        )
         elapsed = time.perf_counter() - began
     finally:
-        store.embed_many = bulk
+        documents.embed_many = bulk
     return {
         "documents": len(files),
         "chunks": chunks,
@@ -100,7 +102,7 @@ def ingest_batched(url: str, files: list[Path], batch_size: int) -> dict[str, An
     engine = get_engine(url)
     init_db(engine)
     began = time.perf_counter()
-    stored, skipped = store.ingest_files(engine, files, batch_size=batch_size)
+    stored, skipped = documents.ingest_files(engine, files, batch_size=batch_size)
     elapsed = time.perf_counter() - began
     return {
         "documents": len(stored),

@@ -251,7 +251,7 @@ def corpus_store(name: str, corpus: dict[str, dict[str, str]], *, whole: bool = 
     """The corpus chunked, embedded and stored as `dialogue kb ingest` does, once per chunker version
     (`whole`: paragraphs never cut, as before)."""
     from dialogue.db import get_engine, init_db
-    from dialogue.knowledge import chunking, store
+    from dialogue.knowledge import chunking, documents
 
     version = hashlib.sha256(Path(chunking.__file__).read_bytes()).hexdigest()[:12]
     path = CACHE / f"{name}-{version}{'-whole' if whole else ''}.db"
@@ -261,8 +261,8 @@ def corpus_store(name: str, corpus: dict[str, dict[str, str]], *, whole: bool = 
     init_db(engine)
     if fresh:
         started = time.perf_counter()
-        documents = [
-            store.DocumentInput(
+        inputs = [
+            documents.DocumentInput(
                 document_id=document_id,
                 title=row["title"] or document_id,
                 text=row["text"],
@@ -272,9 +272,9 @@ def corpus_store(name: str, corpus: dict[str, dict[str, str]], *, whole: bool = 
             for document_id, row in corpus.items()
         ]
         with whole_paragraphs(whole):
-            for start in range(0, len(documents), 64):
-                store.ingest_batch(engine, documents[start : start + 64])
-        print(f"  ingested {len(documents)} documents in {time.perf_counter() - started:.0f} s", flush=True)
+            for start in range(0, len(inputs), 64):
+                documents.ingest_batch(engine, inputs[start : start + 64])
+        print(f"  ingested {len(inputs)} documents in {time.perf_counter() - started:.0f} s", flush=True)
     return engine
 
 
@@ -286,7 +286,7 @@ def demo_sets() -> Iterator[tuple[str, Any, Any, dict[str, str], dict[str, dict[
 
     from dialogue.bot import load_bot
     from dialogue.db import get_engine, init_db
-    from dialogue.knowledge import store
+    from dialogue.knowledge import documents
     from dialogue.knowledge.evaluate import read_questions
 
     bot = load_bot(DEMO / "bot.yaml")
@@ -297,8 +297,8 @@ def demo_sets() -> Iterator[tuple[str, Any, Any, dict[str, str], dict[str, dict[
         engine = get_engine(f"sqlite:///{folder / f'demo-{whole}.db'}")
         init_db(engine)
         with whole_paragraphs(whole):
-            for path in store.knowledge_files([bot.resolve(bot.knowledge_dir)]):
-                store.ingest_path(engine, path)
+            for path in documents.knowledge_files([bot.resolve(bot.knowledge_dir)]):
+                documents.ingest_path(engine, path)
         engines.append(engine)
     for name in ("qa", "qa_dev", "qa_multiturn", "qa_dev_multiturn"):
         questions = [q for q in read_questions(DEMO / f"{name}.jsonl") if q.document_ids]

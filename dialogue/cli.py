@@ -459,12 +459,12 @@ def kb_ingest(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from dialogue.db import get_engine, init_db
-    from dialogue.knowledge import store
+    from dialogue.knowledge import documents
 
     os.nice(nice)
     engine = get_engine(get_settings().resolved_database_url)
     init_db(engine)
-    files = store.knowledge_files(paths, clashes_skipped=True)
+    files = documents.knowledge_files(paths, clashes_skipped=True)
     if not files:
         raise typer.BadParameter("no .md, .txt or .html files found", param_hint="PATHS")
     columns = (
@@ -486,7 +486,7 @@ def kb_ingest(
             progress.update(task, rate=f"{completed / elapsed:.0f}" if elapsed else "-")
 
         try:
-            stored, skipped = store.ingest_files(
+            stored, skipped = documents.ingest_files(
                 engine, files, batch_size=batch_size, max_bytes=max_file_bytes, on_batch=advance
             )
         except KeyboardInterrupt:
@@ -518,30 +518,30 @@ def kb_reindex(
     from rich.progress import Progress
 
     from dialogue.db import get_engine, init_db
-    from dialogue.knowledge import store
+    from dialogue.knowledge import documents
 
     os.nice(nice)
     engine = get_engine(get_settings().resolved_database_url)
     init_db(engine)
-    total = store.list_documents(engine, limit=1, offset=0)[1]
+    total = documents.list_documents(engine, limit=1, offset=0)[1]
     started = time.monotonic()
     with Progress() as progress:
         task = progress.add_task("Reindexing", total=total)
-        documents, chunks = store.reindex(
+        done, chunks = documents.reindex(
             engine, batch_size=batch_size, on_batch=lambda n: progress.advance(task, n)
         )
-    typer.echo(f"{documents} documents, {chunks} chunks in {time.monotonic() - started:.1f} s")
+    typer.echo(f"{done} documents, {chunks} chunks in {time.monotonic() - started:.1f} s")
 
 
 @kb_app.command("list")
 def kb_list() -> None:
     """List the documents with their versions and chunk counts."""
     from dialogue.db import get_engine, init_db
-    from dialogue.knowledge import store
+    from dialogue.knowledge import documents
 
     engine = get_engine(get_settings().resolved_database_url)
     init_db(engine)
-    rows, total = store.list_documents(engine, limit=10_000, offset=0)
+    rows, total = documents.list_documents(engine, limit=10_000, offset=0)
     for row in rows:
         typer.echo(f"{row.id:<32} v{row.version:<3} {row.chunk_count:>3} chunks  {row.title}")
     typer.echo(f"{total} documents")
@@ -551,9 +551,9 @@ def kb_list() -> None:
 def kb_delete(document_id: Annotated[str, typer.Argument(help="The document's id.")]) -> None:
     """Delete a document and its chunks."""
     from dialogue.db import get_engine
-    from dialogue.knowledge import store
+    from dialogue.knowledge import documents
 
-    if not store.delete(get_engine(get_settings().resolved_database_url), document_id):
+    if not documents.delete(get_engine(get_settings().resolved_database_url), document_id):
         typer.echo(f"no document {document_id!r}", err=True)
         raise typer.Exit(1)
     typer.echo(f"deleted {document_id}")

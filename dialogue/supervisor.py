@@ -28,7 +28,7 @@ from pathlib import Path
 
 from dialogue.bot import load_bot
 from dialogue.db import get_engine, init_db
-from dialogue.knowledge import store as knowledge
+from dialogue.knowledge import documents as knowledge
 from dialogue.knowledge.search import router_search
 from dialogue.nlu.model import ensure_bot_model
 from dialogue.settings import Settings

@@ -29,7 +29,7 @@ from api import create_app
 from dialogue.bot import BotDefinition, load_bot, load_bot_module
 from dialogue.codec import PayloadKeys, encrypted_data_converter
 from dialogue.db import get_engine, init_db
-from dialogue.knowledge import store as knowledge
+from dialogue.knowledge import documents as knowledge
 from dialogue.knowledge.search import router_search
 from dialogue.nlu.model import ensure_bot_model
 from dialogue.settings import Settings

@@ -17,7 +17,7 @@ from fastapi import FastAPI, Header, Request
 from fastapi.responses import JSONResponse
 from temporalio.client import Client
 
-from dialogue.agent.tools import RESULT_CLOSE, RESULT_OPEN
+from dialogue.agent.declarations import RESULT_CLOSE, RESULT_OPEN
 from dialogue.settings import Settings
 from dialogue.testing.stack import served
 from tests.conftest import demo_shop, free_port

@@ -21,7 +21,7 @@ from sqlmodel import Session, col, select
 from dialogue.bot import BotDefinition
 from dialogue.db import KnowledgeChunk, KnowledgeDocument, get_engine, init_db
 from dialogue.jsonl import DataError
-from dialogue.knowledge import fulltext, store
+from dialogue.knowledge import documents, fulltext
 from dialogue.knowledge.chunking import SPECIAL_TOKENS, chunk, sentences
 from dialogue.knowledge.evaluate import Question, evaluate_retrieval, read_questions
 from dialogue.knowledge.parsing import parse
@@ -104,7 +104,7 @@ def test_a_long_paragraph_becomes_chunks_within_the_embedders_window() -> None:
     chunks = chunk(document)
     assert len(chunks) > 10
     for piece in chunks:
-        embedded = store.indexed_text(document.title, piece.heading, piece.text)
+        embedded = documents.indexed_text(document.title, piece.heading, piece.text)
         assert count_tokens(embedded) + SPECIAL_TOKENS <= MAX_TOKENS
         assert piece.text.startswith("Each of these words") and piece.text.endswith("included.")
     # One long sentence with no end is cut between words, still within the window.
@@ -151,17 +151,17 @@ def test_markdown_inline_markup_lists_and_tables_read_as_plain_text() -> None:
 
 
 def test_ingest_is_idempotent_and_versions_changes(engine: Engine) -> None:
-    first = store.ingest(
+    first = documents.ingest(
         engine, document_id="gift-cards", text=MARKDOWN, content_type="markdown", with_embeddings=False
     )
-    again = store.ingest(
+    again = documents.ingest(
         engine, document_id="gift-cards", text=MARKDOWN, content_type="markdown", with_embeddings=False
     )
     assert (first.version, first.chunks, first.changed) == (1, 4, True)
     assert (again.version, again.changed) == (1, False)
-    revision = store.revision(engine)
+    revision = documents.revision(engine)
 
-    changed = store.ingest(
+    changed = documents.ingest(
         engine,
         document_id="gift-cards",
         text=MARKDOWN + "\n## Lost cards\n\nWe replace lost cards.",
@@ -169,14 +169,14 @@ def test_ingest_is_idempotent_and_versions_changes(engine: Engine) -> None:
         with_embeddings=False,
     )
     assert (changed.version, changed.chunks, changed.changed) == (2, 5, True)
-    assert store.revision(engine) == revision + 1
+    assert documents.revision(engine) == revision + 1
     with Session(engine) as session:
         versions = {c.document_version for c in session.exec(select(KnowledgeChunk)).all()}
     assert versions == {2}  # the old version's chunks are gone
 
-    assert store.delete(engine, "gift-cards")
-    assert not store.delete(engine, "gift-cards")
-    assert store.get(engine, "gift-cards") is None
+    assert documents.delete(engine, "gift-cards")
+    assert not documents.delete(engine, "gift-cards")
+    assert documents.get(engine, "gift-cards") is None
     with Session(engine) as session:
         assert session.exec(select(KnowledgeChunk)).all() == []
 
@@ -204,7 +204,7 @@ def test_hybrid_search_finds_the_answering_document_and_follows_changes(
     mutable = demo_copy(demo_store, tmp_path)
     index = MemoryIndex(mutable, reload_seconds=0)
     assert index.search("zorblax teleporter", top_k=1)[0].lexical_score == 0
-    store.ingest(
+    documents.ingest(
         mutable,
         document_id="teleporter",
         text="# Zorblax teleporter\n\nThe zorblax teleporter ships in 2030.",
@@ -248,15 +248,15 @@ def test_two_files_with_one_document_id_are_refused(tmp_path: Path) -> None:
     (tmp_path / "faq" / "returns.md").write_text("# Returns\n\nFree.")
     (tmp_path / "legal" / "returns.html").write_text("<h1>Returns</h1><p>Terms.</p>")
     with pytest.raises(ValueError, match="both be document 'returns'"):
-        store.knowledge_files([tmp_path])
+        documents.knowledge_files([tmp_path])
 
 
 def test_a_long_file_name_makes_a_document_id_that_fits_its_column(tmp_path: Path, engine: Engine) -> None:
     path = tmp_path / f"{'very-long-name-' * 16}.md"  # 240 characters, as a file system allows
     path.write_text("# Long\n\nA document with a long file name.")
-    ingested = store.ingest_path(engine, path)
-    assert len(ingested.document_id) == store.MAX_DOCUMENT_ID
-    assert store.get(engine, ingested.document_id) is not None
+    ingested = documents.ingest_path(engine, path)
+    assert len(ingested.document_id) == documents.MAX_DOCUMENT_ID
+    assert documents.get(engine, ingested.document_id) is not None
 
 
 DEMO = PROJECT_ROOT / "examples" / "demo"
@@ -313,7 +313,7 @@ def test_an_ingest_reports_and_skips_what_it_cannot_read_and_stores_the_rest(tmp
     )
     assert "2 documents, 2 new or changed" in run.stdout and "3 skipped" in run.stdout
     engine = get_engine(env["DIALOGUE_DATABASE_URL"])
-    assert sorted(d.id for d in store.list_documents(engine, limit=10, offset=0)[0]) == [
+    assert sorted(d.id for d in documents.list_documents(engine, limit=10, offset=0)[0]) == [
         "returns",
         "shipping",
     ]
@@ -323,9 +323,9 @@ def test_a_file_gone_before_it_is_read_is_skipped(tmp_path: Path, engine: Engine
     kept, gone = tmp_path / "kept.md", tmp_path / "gone.md"
     kept.write_text("# Kept\n\nStill here.")
     gone.write_text("# Gone\n\nDeleted before its turn.")
-    files = store.knowledge_files([tmp_path])
+    files = documents.knowledge_files([tmp_path])
     gone.unlink()
-    stored, skipped = store.ingest_files(engine, files, batch_size=1)
+    stored, skipped = documents.ingest_files(engine, files, batch_size=1)
     assert [r.document_id for r in stored] == ["kept"]
     assert [(s.path, s.reason.split(":")[0]) for s in skipped] == [(gone, "unreadable")]
 
@@ -350,7 +350,7 @@ def test_an_ingest_stopped_with_ctrl_c_leaves_each_document_wholly_old_or_wholly
     while time.monotonic() < deadline:
         time.sleep(0.2)
         try:
-            if store.list_documents(engine, limit=1, offset=0)[1] >= 100:
+            if documents.list_documents(engine, limit=1, offset=0)[1] >= 100:
                 break
         except Exception:  # the store's tables are being made
             continue
@@ -360,18 +360,18 @@ def test_an_ingest_stopped_with_ctrl_c_leaves_each_document_wholly_old_or_wholly
     assert process.returncode == 130, output
     assert "interrupted" in output
     with Session(engine) as session:
-        documents = session.exec(select(KnowledgeDocument)).all()
+        stored = session.exec(select(KnowledgeDocument)).all()
         chunks = session.exec(select(KnowledgeChunk)).all()
-    assert 100 <= len(documents) < 3000  # stopped in the middle
-    per_document = {d.id: 0 for d in documents}
+    assert 100 <= len(stored) < 3000  # stopped in the middle
+    per_document = {d.id: 0 for d in stored}
     for row in chunks:
         per_document[row.document_id] += 1
-    assert all(per_document[d.id] == d.chunk_count > 1 for d in documents)  # no document half-chunked
+    assert all(per_document[d.id] == d.chunk_count > 1 for d in stored)  # no document half-chunked
     with engine.connect() as connection:  # nor half in the full-text index
         indexed = connection.execute(
             text(f"SELECT document_id, count(*) FROM {fulltext.TABLE} GROUP BY document_id")
         ).all()
-    assert dict(indexed) == {d.id: d.chunk_count for d in documents}
+    assert dict(indexed) == {d.id: d.chunk_count for d in stored}
 
 
 def test_a_change_is_indexed_beside_the_searches_and_replaces_the_index_in_one_step(
@@ -381,7 +381,7 @@ def test_a_change_is_indexed_beside_the_searches_and_replaces_the_index_in_one_s
     index = MemoryIndex(engine, reload_seconds=0.01)
     before = index.search("zorblax teleporter", top_k=1)[0]
     revision = REGISTRY.get_sample_value("dialogue_knowledge_index_revision")
-    store.ingest(
+    documents.ingest(
         engine,
         document_id="teleporter",
         text="# Zorblax teleporter\n\nThe zorblax teleporter ships in 2030.",
@@ -405,9 +405,9 @@ def test_reindex_chunks_and_embeds_every_document_again_and_keeps_its_version(tm
     engine = get_engine(url)
     init_db(engine)
     long_text = "# Long\n\n" + "\n\n".join(f"Paragraph {n}: " + "shipping rules " * 20 for n in range(6))
-    store.ingest(engine, document_id="long", text=long_text, content_type="markdown")
-    store.ingest(engine, document_id="short", text="# Short\n\nOne line.", content_type="markdown")
-    before_revision = store.revision(engine)
+    documents.ingest(engine, document_id="long", text=long_text, content_type="markdown")
+    documents.ingest(engine, document_id="short", text="# Short\n\nOne line.", content_type="markdown")
+    before_revision = documents.revision(engine)
     with Session(engine) as session:  # as an older chunker would have left it: one chunk, no vector
         session.execute(delete(KnowledgeChunk).where(col(KnowledgeChunk.position) > 0))
         session.commit()
@@ -417,10 +417,10 @@ def test_reindex_chunks_and_embeds_every_document_again_and_keeps_its_version(tm
     assert "2 documents" in run.stdout
     with Session(engine) as session:
         rows = session.exec(select(KnowledgeChunk).where(col(KnowledgeChunk.document_id) == "long")).all()
-        documents = {d.id: d for d in session.exec(select(KnowledgeDocument)).all()}
-    assert len(rows) == documents["long"].chunk_count > 1 and all(r.embedding for r in rows)
-    assert {d.version for d in documents.values()} == {1}
-    assert store.revision(engine) == before_revision + 2  # a batch each
+        stored = {d.id: d for d in session.exec(select(KnowledgeDocument)).all()}
+    assert len(rows) == stored["long"].chunk_count > 1 and all(r.embedding for r in rows)
+    assert {d.version for d in stored.values()} == {1}
+    assert documents.revision(engine) == before_revision + 2  # a batch each
 
 
 def demo_engine(database_url: str, demo_bot: BotDefinition) -> Engine:
@@ -441,7 +441,7 @@ def test_the_store_engine_searches_in_the_store_and_follows_every_change_at_once
     best = index.search("how much does express shipping cost", top_k=3)[0]
     assert best.document_id == "shipping" and best.lexical_score > 0 and best.semantic_score is not None
 
-    store.ingest(
+    documents.ingest(
         engine,
         document_id="teleporter",
         text="# Zorblax\n\nThe zorblax ships in 2030.",
@@ -450,7 +450,7 @@ def test_the_store_engine_searches_in_the_store_and_follows_every_change_at_once
     words = StoreIndex(engine, tmp_path / "vectors", reload_seconds=3600, mode="lexical")
     assert words.search("when does the zorblax ship", top_k=1)[0].document_id == "teleporter"
 
-    store.ingest(
+    documents.ingest(
         engine,
         document_id="teleporter",
         text="# Quuxotron\n\nThe quuxotron ships in 2031.",
@@ -459,7 +459,7 @@ def test_the_store_engine_searches_in_the_store_and_follows_every_change_at_once
     assert "teleporter" not in [p.document_id for p in words.search("zorblax", top_k=30)]
     assert words.search("quuxotron", top_k=1)[0].text == "The quuxotron ships in 2031."
 
-    store.delete(engine, "teleporter")
+    documents.delete(engine, "teleporter")
     assert words.search("quuxotron", top_k=30) == []
 
 
@@ -471,14 +471,14 @@ def test_the_store_engine_keeps_the_vectors_in_one_file_per_revision_that_worker
     first, second = (StoreIndex(engine, folder, reload_seconds=0) for _ in range(2))
     first.search("express shipping", top_k=1)
     second.search("express shipping", top_k=1)
-    revision = store.revision(engine)
+    revision = documents.revision(engine)
     (folder,) = folder.iterdir()  # the store's own folder
     assert [p.name for p in folder.iterdir()] == [f"revision-{revision}"]
     mapped = [index._snapshot.vectors.matrix for index in (first, second) if index._snapshot]
     assert all(isinstance(matrix, np.memmap) for matrix in mapped)
-    assert mapped[0].shape == (len(store.all_chunks(engine)[1]), 384)
+    assert mapped[0].shape == (len(documents.all_chunks(engine)[1]), 384)
 
-    store.ingest(
+    documents.ingest(
         engine,
         document_id="teleporter",
         text="# Zorblax\n\nThe zorblax ships in 2030.",
@@ -553,7 +553,7 @@ def test_a_store_upgraded_to_the_stems_revision_searches_by_stems(
         for chunk_id, title, heading, body in rows:  # as 0003 wrote them: the words
             connection.execute(
                 text(f"UPDATE {fulltext.TABLE} SET terms = :terms WHERE chunk_id = :id"),
-                {"terms": " ".join(terms(store.indexed_text(title, heading, body))), "id": chunk_id},
+                {"terms": " ".join(terms(documents.indexed_text(title, heading, body))), "id": chunk_id},
             )
         connection.execute(text("UPDATE alembic_version SET version_num = '0003'"))
     assert not fulltext.search(engine, stems("delivering"), 5)  # the stem "deliv" is no word
@@ -566,7 +566,7 @@ def test_a_store_upgraded_to_the_stems_revision_searches_by_stems(
         )
     assert len(written) == len(rows)
     chunk_id, title, heading, body = rows[0]
-    assert written[chunk_id] == " ".join(stems(store.indexed_text(title, heading, body)))
+    assert written[chunk_id] == " ".join(stems(documents.indexed_text(title, heading, body)))
 
 
 def test_kb_evaluate_reports_every_mode_of_the_chosen_engine(demo_store: Path, tmp_path: Path) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from activities.tools import ToolActivity
+from activities.flow_tools import ToolActivity
 from dialogue.bot import BotDefinition, load_bot
 from dialogue.contracts import ToolCall
 from dialogue.python_tools import CallContext, agent_tools, flow_tools

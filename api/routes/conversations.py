@@ -33,8 +33,8 @@ from api.errors import (
     responses,
     temporal_errors,
 )
+from api.request_telemetry import mark_turn
 from api.streaming import ResumePoint, conversation_stream, stream_response, turn_stream
-from api.telemetry import mark_turn
 from dialogue import erasure, events, store
 from dialogue.api_models import (
     ID_PATTERN,

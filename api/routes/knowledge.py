@@ -19,7 +19,7 @@ from dialogue.api_models import (
     DocumentStored,
     DocumentSummary,
 )
-from dialogue.knowledge import store
+from dialogue.knowledge import documents
 
 router = APIRouter(prefix="/knowledge/documents", tags=["knowledge"])
 
@@ -40,7 +40,7 @@ async def create_document(
     """Add a document, or update it (a new version) when its content changed; 200 when it did not."""
     try:
         result = await run_in_threadpool(
-            lambda: store.ingest(
+            lambda: documents.ingest(
                 engine,
                 document_id=body.id,
                 text=body.text,
@@ -67,7 +67,7 @@ async def read_documents(
     offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
 ) -> DocumentsPage:
     """Documents in id order."""
-    rows, total = await run_in_threadpool(store.list_documents, engine, limit=limit, offset=offset)
+    rows, total = await run_in_threadpool(documents.list_documents, engine, limit=limit, offset=offset)
     items = [DocumentSummary.model_validate(row.model_dump() | {"document_id": row.id}) for row in rows]
     return DocumentsPage(items=items, total=total, limit=limit, offset=offset)
 
@@ -75,7 +75,7 @@ async def read_documents(
 @router.get("/{document_id}", responses=responses("forbidden", "document_not_found"))
 async def read_document(document_id: DocumentIdPath, engine: EngineDep, _: AdminPrincipal) -> DocumentPublic:
     """One document with its text."""
-    row = await run_in_threadpool(store.get, engine, document_id)
+    row = await run_in_threadpool(documents.get, engine, document_id)
     if row is None:
         raise _document_not_found(document_id)
     return DocumentPublic.model_validate(row.model_dump() | {"document_id": row.id})
@@ -88,7 +88,7 @@ async def read_document(document_id: DocumentIdPath, engine: EngineDep, _: Admin
 )
 async def delete_document(document_id: DocumentIdPath, engine: EngineDep, _: AdminPrincipal) -> None:
     """Delete a document and its chunks; answers stop citing it within seconds."""
-    if not await run_in_threadpool(store.delete, engine, document_id):
+    if not await run_in_threadpool(documents.delete, engine, document_id):
         raise _document_not_found(document_id)
 
 

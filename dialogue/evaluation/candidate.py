@@ -32,7 +32,7 @@ from dialogue.contracts import (
 )
 from dialogue.db import get_engine, init_db
 from dialogue.evaluation.source import RecordedConversation
-from dialogue.knowledge import store
+from dialogue.knowledge import documents
 from dialogue.knowledge.search import router_search
 from dialogue.nlu.data import data_hash, read_examples
 from dialogue.nlu.model import METADATA_FILE, ModelMetadata, ensure_bot_model
@@ -141,8 +141,8 @@ async def candidate(deployment: Settings, bot_path: Path) -> AsyncIterator[Candi
         )
         engine = get_engine(settings.resolved_database_url)
         init_db(engine)
-        for path in store.knowledge_files([bot.resolve(bot.knowledge_dir)]) if bot.knowledge_dir else []:
-            store.ingest_path(engine, path)
+        for path in documents.knowledge_files([bot.resolve(bot.knowledge_dir)]) if bot.knowledge_dir else []:
+            documents.ingest_path(engine, path)
         search = router_search(engine, settings)
         await asyncio.to_thread(ensure_bot_model, bot, settings.nlu_model_path(bot.name), search=search)
         client = await connect(settings)

@@ -103,7 +103,7 @@ def build_generators(settings: Settings, bot: BotDefinition) -> Generators:
         return Generators(configured=grounded, grounded=grounded)
 
     from dialogue.generation.openai_chat import OpenAIChatGenerator
-    from dialogue.privacy.policy import PrivacyPolicy
+    from dialogue.privacy.privacy_policy import PrivacyPolicy
 
     def generator(llm_settings: LlmSettings) -> OpenAIChatGenerator:
         return OpenAIChatGenerator(

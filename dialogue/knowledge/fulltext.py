@@ -58,7 +58,7 @@ PAGE = 2000
 def refill(connection: Connection) -> None:
     """Every chunk's row written again from the stored chunks (with their document's title), a page at a
     time: a large store is not read into memory."""
-    from dialogue.knowledge.store import indexed_text
+    from dialogue.knowledge.documents import indexed_text
 
     connection.execute(text(f"DELETE FROM {TABLE}"))
     after = ""

@@ -35,7 +35,7 @@ from sqlmodel import Session, col, select
 
 from dialogue.contracts import Passage
 from dialogue.db import KnowledgeChunk, KnowledgeDocument
-from dialogue.knowledge import fulltext, store
+from dialogue.knowledge import documents, fulltext
 from dialogue.knowledge.vectors import Vectors, open_or_write
 from dialogue.metrics import KNOWLEDGE_INDEX_BUILD_SECONDS, KNOWLEDGE_INDEX_BUILT, KNOWLEDGE_INDEX_REVISION
 from dialogue.nlu.embeddings import embed, embeddings_available
@@ -154,7 +154,7 @@ class HybridIndex(Generic[Snapshot, Key]):
         try:
             if snapshot is None:
                 self._snapshot = snapshot = self._built()
-            elif store.revision(self._engine) != snapshot.revision:
+            elif documents.revision(self._engine) != snapshot.revision:
                 if self._reload_seconds == 0:
                     self._snapshot = snapshot = self._built()
                 elif now >= self._rest_until:
@@ -235,12 +235,12 @@ class MemoryIndex(HybridIndex[_InMemory, int]):
         return [(key, snapshot.pairs[key]) for key in keys]
 
     def _build(self) -> _InMemory:
-        revision, pairs = store.all_chunks(self._engine)
+        revision, pairs = documents.all_chunks(self._engine)
         bm25 = None
         if pairs:
             bm25 = bm25s.BM25()
             bm25.index(
-                [stems(store.indexed_text(d.title, c.heading, c.text)) or ["∅"] for c, d in pairs],
+                [stems(documents.indexed_text(d.title, c.heading, c.text)) or ["∅"] for c, d in pairs],
                 show_progress=False,
             )
         vectors = None
@@ -298,7 +298,7 @@ class StoreIndex(HybridIndex[_OnDisk, str]):
         return [(key, found[key]) for key in keys if key in found]  # a chunk deleted since the vectors went
 
     def _build(self) -> _OnDisk:
-        revision = store.revision(self._engine)
+        revision = documents.revision(self._engine)
         if not self._use_embeddings:
             return _OnDisk(revision, Vectors(revision, [], np.zeros((0, 0), dtype=np.float32)))
         return _OnDisk(revision, open_or_write(self._engine, self._folder, revision))
@@ -324,7 +324,7 @@ def open_index(
 def router_search(engine: Engine, settings: Settings) -> Callable[[str], list[Passage]] | None:
     """The search a bot's router is calibrated with (`dialogue.nlu.routing`): the knowledge base in the
     store as it is now, as the workers search it; None when it holds no document."""
-    if store.list_documents(engine, limit=1, offset=0)[1] == 0:
+    if documents.list_documents(engine, limit=1, offset=0)[1] == 0:
         return None
     index = open_index(
         engine,

@@ -26,7 +26,7 @@ from temporalio.testing import WorkflowEnvironment
 from dialogue.bot import BotDefinition, load_bot
 from dialogue.db import get_engine, init_db
 from dialogue.flags import FlagSettings
-from dialogue.knowledge import store
+from dialogue.knowledge import documents
 from dialogue.knowledge.search import router_search
 from dialogue.nlu.model import ensure_bot_model
 from dialogue.settings import Settings
@@ -100,8 +100,8 @@ async def in_process_stack(bot_path: Path, deployment: Settings) -> AsyncIterato
             )
             engine = get_engine(settings.resolved_database_url)
             init_db(engine)
-            files = store.knowledge_files([bot.resolve(bot.knowledge_dir)]) if bot.knowledge_dir else []
-            documents = {store.ingest_path(engine, path).document_id for path in files}
+            files = documents.knowledge_files([bot.resolve(bot.knowledge_dir)]) if bot.knowledge_dir else []
+            ingested = {documents.ingest_path(engine, path).document_id for path in files}
             await asyncio.to_thread(
                 ensure_bot_model,
                 bot,
@@ -123,7 +123,7 @@ async def in_process_stack(bot_path: Path, deployment: Settings) -> AsyncIterato
                         build_worker(env.client, settings, executor=executor),
                         AsyncExitStack() as exits,
                     ):
-                        yield Stack(stand_in, bot, documents, settings, env.client, exits, {})
+                        yield Stack(stand_in, bot, ingested, settings, env.client, exits, {})
             finally:
                 await env.shutdown()
 

@@ -14,7 +14,7 @@ from rich.table import Table
 
 from dialogue.bot import BotDefinition
 from dialogue.flags import FlagSettings
-from dialogue.knowledge.store import document_id_for, knowledge_files
+from dialogue.knowledge.documents import document_id_for, knowledge_files
 from dialogue.settings import Settings
 from dialogue.testing.runner import Runner, TestResult
 from dialogue.testing.spec import LoadedTest, check_names, load_tests

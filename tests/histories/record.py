@@ -37,7 +37,7 @@ from dialogue.contracts import (
     TurnRequest,
 )
 from dialogue.db import get_engine, init_db
-from dialogue.knowledge import store
+from dialogue.knowledge import documents
 from dialogue.knowledge.search import router_search
 from dialogue.nlu.model import ensure_bot_model
 from dialogue.settings import Settings
@@ -158,8 +158,8 @@ async def _record(name: str, llm_url: str | None, script: list[tuple[str, str]],
         engine = get_engine(settings.resolved_database_url)
         init_db(engine)
         assert bot.knowledge_dir
-        for path in store.knowledge_files([bot.resolve(bot.knowledge_dir)]):
-            store.ingest_path(engine, path)
+        for path in documents.knowledge_files([bot.resolve(bot.knowledge_dir)]):
+            documents.ingest_path(engine, path)
         ensure_bot_model(bot, folder / "nlu", search=router_search(engine, settings))
         env = await WorkflowEnvironment.start_local(
             dev_server_existing_path=str(settings.temporal_binary),

@@ -18,7 +18,7 @@ from workflows.conversation.step_log import StepLog
 
 with workflow.unsafe.imports_passed_through():
     from activities.agent import AgentActivity
-    from dialogue.agent.tools import arguments_digest
+    from dialogue.agent.declarations import arguments_digest
     from dialogue.contracts import (
         AgentStepRecord,
         AgentStepRequest,

@@ -14,7 +14,7 @@ from typing import Any, NamedTuple, TypeVar
 from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
-    from dialogue.agent.tools import arguments_digest
+    from dialogue.agent.declarations import arguments_digest
     from dialogue.contracts import (
         APPROVAL_DECIDED,
         APPROVAL_FORBIDDEN,

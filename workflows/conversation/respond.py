@@ -26,11 +26,11 @@ from workflows.conversation.state import Conversation
 from workflows.conversation.step_log import StepLog
 
 with workflow.unsafe.imports_passed_through():
+    from activities.flow_tools import ToolActivity
     from activities.generate import GenerateActivity
     from activities.respond import RespondActivity
     from activities.retrieve import RetrieveActivity
     from activities.rewrite import RewriteActivity
-    from activities.tools import ToolActivity
     from activities.understand import UnderstandActivity
     from dialogue.contracts import (
         AgentStepRecord,
