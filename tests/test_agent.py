@@ -349,6 +349,10 @@ async def test_a_call_that_needs_a_persons_approval_waits_for_it_then_runs_once(
 
     assert answer["reply"]["text"] == "Your return is open; the label is on its way by email."
     assert answer["resumes"] == asked["turn_id"] and answer["turn_index"] == asked["turn_index"] + 1
+    # One way to answer: the agent's answer after the approval names what its turn's answer named.
+    assert answer["lineage"]["nlu_model"] and answer["lineage"]["action"] == "agent"
+    for field in ("nlu_model", "action", "retrieval_query", "flags"):
+        assert answer["lineage"][field] == asked["lineage"][field], field
     outcome = answer["lineage"]["agent"][-1]["outcomes"][0]
     assert outcome["ok"] and outcome["approval"]["approved"] and outcome["approval"]["role"] == "agent"
     assert outcome["approval"]["note"] == "checked the order" and outcome["approval"]["by"]
