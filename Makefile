@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install browser run test lint typecheck pytest bench openapi clean
+.PHONY: install browser run test check lint typecheck pytest unit bench openapi clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -44,11 +44,18 @@ pytest: install browser
 
 test: lint typecheck pytest
 
+# Fast feedback while editing: lint, types and the tests of pure code (no Temporal server, database or
+# HTTP; marked `unit`), in about a minute. `make test` runs everything.
+check: lint typecheck unit
+
+unit: install
+	$(BIN)/pytest -m unit -q
+
 # The v1 contract, checked in: regenerate it after changing a route or model (tests/test_contract.py).
 openapi: install
 	$(BIN)/dialogue openapi --output openapi.json
 
-# Benchmarks: results as JSON in bench/results/ (timing lives here, never in tests). About 120 minutes (the knowledge-base ingests about 45).
+# Benchmarks: results as JSON in bench/results/ (timing lives here, never in tests). About three hours, most of it the knowledge base's ingests (50,000 documents, then 5,000 twice beside turns).
 bench: install
 	$(BIN)/python -m bench.turn_latency
 	$(BIN)/python -m bench.throughput

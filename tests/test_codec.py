@@ -35,6 +35,8 @@ from dialogue.codec import (
 )
 from tests.conftest import serve
 
+pytestmark = pytest.mark.unit  # pure code: `make check` runs it
+
 K1 = bytes(range(32))
 K2 = bytes(range(100, 132))
 UI_ORIGIN = "http://localhost:8233"

@@ -37,6 +37,8 @@ from dialogue.contracts import (
 from dialogue.flags import FLAGS, FeatureFlags, TurnFlags
 from workflows.conversation import decisions
 
+pytestmark = pytest.mark.unit  # pure code: `make check` runs it
+
 NOW = datetime(2026, 12, 6, 12, 0, tzinfo=UTC)
 
 

@@ -15,6 +15,8 @@ from dialogue.generation.grounded import GroundedGenerator, Relevance, grounded_
 from dialogue.generation.rubric import Marks, dangling_reference, mark
 from dialogue.knowledge.chunking import sentences
 
+pytestmark = pytest.mark.unit  # pure code: `make check` runs it
+
 RETURNS = Passage(
     document_id="returns",
     title="Returns and refunds",

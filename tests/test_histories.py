@@ -19,6 +19,8 @@ from dialogue.settings import Settings
 from tests.histories.record import llm_settings
 from workflows.replay import load_history, replay
 
+pytestmark = pytest.mark.unit  # pure code: `make check` runs it
+
 HISTORIES = sorted((Path(__file__).parent / "histories").glob("*.json"))
 
 

@@ -25,6 +25,8 @@ from temporalio import workflow
 from dialogue import contracts
 from workflows.conversation import ConversationWorkflow
 
+pytestmark = pytest.mark.unit  # pure code: `make check` runs it
+
 ROOT = Path(__file__).resolve().parent.parent
 PROJECT = ("api", "workflows", "activities", "dialogue", "worker")
 

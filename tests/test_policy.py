@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import pytest
+
 from dialogue.bot import BotDefinition
 from dialogue.contracts import OUT_OF_SCOPE, DialogueState, Entity, IntentPrediction, NluResult, Routing
 from dialogue.policy import decide
 from dialogue.python_tools import flow_tools
+
+pytestmark = pytest.mark.unit  # pure code: `make check` runs it
 
 
 def nlu(

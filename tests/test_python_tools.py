@@ -13,6 +13,8 @@ from dialogue.bot import BotDefinition, load_bot
 from dialogue.contracts import ToolCall
 from dialogue.python_tools import CallContext, agent_tools, flow_tools
 
+pytestmark = pytest.mark.unit  # pure code: `make check` runs it
+
 TOOLS_FILE = """
 from dialogue.contracts import ToolResult
 from dialogue.python_tools import PythonTools

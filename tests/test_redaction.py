@@ -18,6 +18,8 @@ import pytest
 
 from dialogue.privacy.redaction import Finding, Redactor
 
+pytestmark = pytest.mark.unit  # pure code: `make check` runs it
+
 PII_SET = Path(__file__).parent / "data" / "pii.jsonl"
 LABELS = ("EMAIL", "PHONE", "CARD", "IBAN")
 
