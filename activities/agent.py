@@ -47,8 +47,9 @@ from dialogue.contracts import (
 )
 from dialogue.db import ToolResult
 from dialogue.generation import Generators
-from dialogue.generation.model_client import RequestedCall
-from dialogue.generation.prompts import prompt_by_ref
+from dialogue.generation.model_client import ModelClient, RequestedCall
+from dialogue.generation.prompts import Prompt, prompt_by_ref
+from dialogue.llm.context import Context
 from dialogue.metrics import TOOL_CALLS, TOOL_SECONDS
 from dialogue.privacy.privacy_policy import PrivacyPolicy
 from dialogue.python_tools import CallContext, ToolFailed, agent_tools
@@ -87,21 +88,7 @@ class AgentActivity:
         made = sum(len(step.calls) for step in request.steps)
         last = len(request.steps) + 1 >= settings.max_steps or made >= settings.max_tool_calls
         prompt = prompt_by_ref(settings.prompt)
-        conversation = await asyncio.to_thread(read_conversation, self._engine, request.context)
-        context = model.assemble(
-            system=prompt.render(bot_description=self._bot.description or "an online shop."),
-            current=request.text,
-            conversation=conversation,
-            redact=self._redact if request.redact else str,
-        )
-        documents = passages_message(
-            [p.model_copy(update={"text": self._redact(p.text)}) for p in request.passages]
-            if request.redact
-            else request.passages
-        )
-        messages: list[dict[str, Any]] = [*context.messages, *documents, *step_messages(request.steps)]
-        if last:
-            messages.append({"role": "system", "content": LAST_WORD})
+        context, messages = await self._messages(model, prompt, request, last)
         started = time.monotonic()
         async with Progress(self._engine, request.stream) as progress:
             completion = await model.chat(
@@ -133,27 +120,30 @@ class AgentActivity:
                     reply=reply, limit_reached=last and bool(request.steps), model_call=model_call, **tokens
                 )
             calls = self._checked(request, tools, completion.tool_calls, made)
-            for call in calls:
-                progress.add(
-                    "tool_call",
-                    {
-                        "call_id": call.call_id,
-                        "name": call.name,
-                        "arguments": call.arguments,
-                        "invalid": call.invalid,
-                    },
-                )
-                if call.approval is not None and call.invalid is None:
-                    progress.add(
-                        "approval_required",
-                        {
-                            "call_id": call.call_id,
-                            "name": call.name,
-                            "arguments": call.arguments,
-                            "approval": call.approval,
-                        },
-                    )
+            _announce(progress, calls)
         return AgentStep(calls=calls, text=completion.text, model_call=model_call, **tokens)
+
+    async def _messages(
+        self, model: ModelClient, prompt: Prompt, request: AgentStepRequest, last: bool
+    ) -> tuple[Context, list[dict[str, Any]]]:
+        """What the model is sent: the conversation within its budget, the passages, the steps so far, and
+        at the last step the word that it must answer now."""
+        conversation = await asyncio.to_thread(read_conversation, self._engine, request.context)
+        context = model.assemble(
+            system=prompt.render(bot_description=self._bot.description or "an online shop."),
+            current=request.text,
+            conversation=conversation,
+            redact=self._redact if request.redact else str,
+        )
+        documents = passages_message(
+            [p.model_copy(update={"text": self._redact(p.text)}) for p in request.passages]
+            if request.redact
+            else request.passages
+        )
+        messages: list[dict[str, Any]] = [*context.messages, *documents, *step_messages(request.steps)]
+        if last:
+            messages.append({"role": "system", "content": LAST_WORD})
+        return context, messages
 
     def _checked(
         self,
@@ -308,3 +298,12 @@ def _count(call: AgentToolCall, started: float, outcome: str) -> float:
     TOOL_CALLS.labels(call.name, outcome).inc()
     TOOL_SECONDS.labels(call.name).observe(seconds)
     return seconds
+
+
+def _announce(progress: Progress, calls: list[AgentToolCall]) -> None:
+    """A streamed turn shows each call the model asked for, and those that wait for a person's approval."""
+    for call in calls:
+        shown = {"call_id": call.call_id, "name": call.name, "arguments": call.arguments}
+        progress.add("tool_call", shown | {"invalid": call.invalid})
+        if call.approval is not None and call.invalid is None:
+            progress.add("approval_required", shown | {"approval": call.approval})
