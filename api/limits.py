@@ -125,8 +125,7 @@ class TurnAdmission:
         """How many turns in flight this process admits now."""
         if self.budget_seconds <= 0:
             return self.limit
-        affordable = math.ceil(self._answered.per_second() * self.budget_seconds)
-        admits = min(self.limit, max(self.floor, affordable))
+        admits = admission_limit(self._answered.per_second(), self.budget_seconds, self.limit, self.floor)
         TURN_ADMISSION_LIMIT.set(admits)
         return admits
 
@@ -153,6 +152,13 @@ class TurnAdmission:
             self.in_flight -= 1
             TURNS_IN_FLIGHT.dec()
             self._answered.count()
+
+
+def admission_limit(answered_per_second: float, budget_seconds: float, limit: int, floor: int) -> int:
+    """Turns in flight to admit: those answered within `budget_seconds` at the rate the stack answers
+    (Little's law), at least `floor`, at most `limit`."""
+    affordable = math.ceil(answered_per_second * budget_seconds)
+    return min(limit, max(floor, affordable))
 
 
 class AnswerRate:
