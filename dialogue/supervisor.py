@@ -245,20 +245,7 @@ def run_stack(settings: Settings) -> int:
     """Start everything, print where it is, and wait for Ctrl-C, SIGTERM or a child's death."""
     data_dir = settings.data_dir.resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
-    temporal_host, temporal_port = _host_port(settings.temporal_address)
-    wanted = {
-        "Temporal frontend": (temporal_host, temporal_port),
-        "Temporal Web UI": (temporal_host, settings.temporal_ui_port),
-        "API": (settings.api_host, settings.api_port),
-    }
-    for number in range(settings.worker_processes if settings.worker_metrics_port else 0):
-        wanted[f"worker {number + 1} metrics"] = (
-            settings.worker_metrics_host,
-            settings.worker_metrics_port + number,
-        )
-    busy = [
-        f"{what} port {host}:{port}" for what, (host, port) in wanted.items() if not port_is_free(host, port)
-    ]
+    busy = _busy_ports(settings)
     if busy:
         print(f"dialogue up: already in use: {', '.join(busy)}. Is another stack running?", file=sys.stderr)
         return 1
@@ -295,62 +282,101 @@ def run_stack(settings: Settings) -> int:
     signal.signal(signal.SIGINT, request_stop)
     signal.signal(signal.SIGTERM, request_stop)
     try:
-        temporal = stack.spawn(
-            "temporal",
-            [
-                str(settings.temporal_binary),
-                "server",
-                "start-dev",
-                "--ip",
-                temporal_host,
-                "--port",
-                str(temporal_port),
-                "--ui-port",
-                str(settings.temporal_ui_port),
-                "--db-filename",
-                str(data_dir / "temporal.db"),
-                # Write-ahead log, synced at checkpoints: a committed turn survives the server being
-                # killed (not a power cut's last moments, which a cluster on PostgreSQL is for).
-                # 34 turns/s instead of 27, 17 CPU-ms per turn in the server instead of 24
-                # (bench/throughput.py).
-                *("--sqlite-pragma", "journal_mode=wal", "--sqlite-pragma", "synchronous=normal"),
-                "--namespace",
-                settings.temporal_namespace,
-                "--log-level",
-                "warn",
-                *search_attribute_flags(),
-                # The Web UI decrypts payloads through the API's codec server.
-                *(
-                    ["--ui-codec-endpoint", f"{_api_url(settings)}/codec"]
-                    if settings.payload_encryption
-                    else []
-                ),
-            ],
-            log=data_dir / "temporal.log",
-        )
-        _wait_until(_accepts(temporal_host, temporal_port), "the Temporal dev server", temporal)
-        _wait_until(_accepts(temporal_host, settings.temporal_ui_port), "the Temporal Web UI", temporal)
-        for number in range(settings.worker_processes):
-            name = "worker" if settings.worker_processes == 1 else f"worker {number + 1}"
-            # Each worker serves its metrics on a port of its own: the setting's, then the next ones.
-            metrics_port = settings.worker_metrics_port + number if settings.worker_metrics_port else 0
-            stack.spawn(
-                name,
-                [sys.executable, "-m", "worker"],
-                env={"DIALOGUE_WORKER_METRICS_PORT": str(metrics_port)},
-                # When the cores are saturated the API still admits or sheds a turn at once and answers
-                # its health checks: the workers yield it the CPU that takes (bench/overload.py).
-                nice=settings.worker_nice,
-            )
-        api = stack.spawn("api", [sys.executable, "-m", "dialogue", "api"])
-        api_url = _api_url(settings)
-        _wait_until(_http_ok(f"{api_url}/healthz"), "the API", api)
+        _start_children(stack, settings, data_dir)
     except StartupError as err:
         print(f"dialogue up: {err}; see {data_dir / 'temporal.log'} for the server's log", file=sys.stderr)
         stack.stop()
         return 1
 
-    print(
+    print(_banner(settings, data_dir, api_key), flush=True)
+    exit_code = 0
+    while not stopping:
+        reason = stack.supervise(time.monotonic())
+        if reason is not None:
+            print(f"dialogue up: {reason}", file=sys.stderr, flush=True)
+            exit_code = 1
+            break
+        time.sleep(0.2)
+    print("Stopping: API, workers, Temporal ...", flush=True)
+    stack.stop()
+    print("Stopped.", flush=True)
+    return exit_code
+
+
+def _busy_ports(settings: Settings) -> list[str]:
+    """The ports the stack needs that something else holds."""
+    temporal_host, temporal_port = _host_port(settings.temporal_address)
+    wanted = {
+        "Temporal frontend": (temporal_host, temporal_port),
+        "Temporal Web UI": (temporal_host, settings.temporal_ui_port),
+        "API": (settings.api_host, settings.api_port),
+    }
+    for number in range(settings.worker_processes if settings.worker_metrics_port else 0):
+        wanted[f"worker {number + 1} metrics"] = (
+            settings.worker_metrics_host,
+            settings.worker_metrics_port + number,
+        )
+    return [
+        f"{what} port {host}:{port}" for what, (host, port) in wanted.items() if not port_is_free(host, port)
+    ]
+
+
+def _start_children(stack: Stack, settings: Settings, data_dir: Path) -> None:
+    """The Temporal dev server, then the workers and the API, each waited for until it answers."""
+    temporal_host, temporal_port = _host_port(settings.temporal_address)
+    temporal = stack.spawn("temporal", _temporal_command(settings, data_dir), log=data_dir / "temporal.log")
+    _wait_until(_accepts(temporal_host, temporal_port), "the Temporal dev server", temporal)
+    _wait_until(_accepts(temporal_host, settings.temporal_ui_port), "the Temporal Web UI", temporal)
+    for number in range(settings.worker_processes):
+        name = "worker" if settings.worker_processes == 1 else f"worker {number + 1}"
+        # Each worker serves its metrics on a port of its own: the setting's, then the next ones.
+        metrics_port = settings.worker_metrics_port + number if settings.worker_metrics_port else 0
+        stack.spawn(
+            name,
+            [sys.executable, "-m", "worker"],
+            env={"DIALOGUE_WORKER_METRICS_PORT": str(metrics_port)},
+            # When the cores are saturated the API still admits or sheds a turn at once and answers
+            # its health checks: the workers yield it the CPU that takes (bench/overload.py).
+            nice=settings.worker_nice,
+        )
+    api = stack.spawn("api", [sys.executable, "-m", "dialogue", "api"])
+    _wait_until(_http_ok(f"{_api_url(settings)}/healthz"), "the API", api)
+
+
+def _temporal_command(settings: Settings, data_dir: Path) -> list[str]:
+    host, port = _host_port(settings.temporal_address)
+    return [
+        str(settings.temporal_binary),
+        "server",
+        "start-dev",
+        "--ip",
+        host,
+        "--port",
+        str(port),
+        "--ui-port",
+        str(settings.temporal_ui_port),
+        "--db-filename",
+        str(data_dir / "temporal.db"),
+        # Write-ahead log, synced at checkpoints: a committed turn survives the server being
+        # killed (not a power cut's last moments, which a cluster on PostgreSQL is for).
+        # 34 turns/s instead of 27, 17 CPU-ms per turn in the server instead of 24
+        # (bench/throughput.py).
+        *("--sqlite-pragma", "journal_mode=wal", "--sqlite-pragma", "synchronous=normal"),
+        "--namespace",
+        settings.temporal_namespace,
+        "--log-level",
+        "warn",
+        *search_attribute_flags(),
+        # The Web UI decrypts payloads through the API's codec server.
+        *(["--ui-codec-endpoint", f"{_api_url(settings)}/codec"] if settings.payload_encryption else []),
+    ]
+
+
+def _banner(settings: Settings, data_dir: Path, api_key: str) -> str:
+    """Where everything is, and a first turn to try."""
+    api_url = _api_url(settings)
+    temporal_host, _ = _host_port(settings.temporal_address)
+    return (
         "\nDialogue Engine is up.\n"
         f"  API             {api_url}  (docs: {api_url}/docs)\n"
         f"  Chat            {api_url}/chat  (in a browser on this machine the key below is filled in)\n"
@@ -364,21 +390,8 @@ def run_stack(settings: Settings) -> int:
         "Try:\n"
         f"  curl -s -H 'Authorization: Bearer {api_key}' -H 'content-type: application/json' \\\n"
         f'       -d \'{{"text":"hello"}}\' {api_url}/v1/conversations/demo-1/turns\n\n'
-        "Ctrl-C stops everything.\n",
-        flush=True,
+        "Ctrl-C stops everything.\n"
     )
-    exit_code = 0
-    while not stopping:
-        reason = stack.supervise(time.monotonic())
-        if reason is not None:
-            print(f"dialogue up: {reason}", file=sys.stderr, flush=True)
-            exit_code = 1
-            break
-        time.sleep(0.2)
-    print("Stopping: API, workers, Temporal ...", flush=True)
-    stack.stop()
-    print("Stopped.", flush=True)
-    return exit_code
 
 
 def _api_url(settings: Settings) -> str:
