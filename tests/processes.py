@@ -13,6 +13,8 @@ import sys
 import time
 from pathlib import Path
 
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
 from pydantic import SecretStr
 
 from dialogue.settings import PROJECT_ROOT, Settings
@@ -65,6 +67,20 @@ class WorkerProcess:
             assert time.monotonic() < started + START_TIMEOUT, f"no worker:\n{self.log.read_text()}"
             await asyncio.sleep(0.1)
         return time.monotonic() - started
+
+    async def metric(self, name: str, **labels: str) -> float:
+        """The sum of the samples of `name` whose labels include `labels`, from the worker's /metrics (the
+        app's and the Temporal SDK's, on `worker_metrics_port`: give each worker its own); 0 if none."""
+        async with httpx.AsyncClient() as http:
+            scraped = await http.get(f"http://127.0.0.1:{self.settings.worker_metrics_port}/metrics")
+        scraped.raise_for_status()
+        wanted = labels.items()
+        return sum(
+            sample.value
+            for family in text_string_to_metric_families(scraped.text)
+            for sample in family.samples
+            if sample.name == name and wanted <= sample.labels.items()
+        )
 
     def freeze(self) -> None:
         """SIGSTOP: its polls stay open, so the server goes on handing it tasks it will never finish."""

@@ -28,6 +28,7 @@ from dialogue.temporal import conversation_key, workflow_id
 from tests.conftest import api_client, free_port, served_llm, worker_for
 from tests.fake_llm import FakeLlm, Plan
 from tests.test_agent import TOOLS, agent_stack
+from tests.waiting import eventually
 
 SLOW_QUESTION = "How much does express shipping cost?"  # answered by the model, slowly here
 
@@ -54,8 +55,11 @@ class Stack:
         return conversation_id
 
     @asynccontextmanager
-    async def slow_stack(self, delay: float = 2.0, **changes: Any) -> AsyncIterator[httpx.AsyncClient]:
-        """An API and worker whose model answers after `delay` seconds, with these settings changed."""
+    async def slow_stack(
+        self, delay: float = 2.0, **changes: Any
+    ) -> AsyncIterator[tuple[httpx.AsyncClient, FakeLlm]]:
+        """An API and worker whose model answers after `delay` seconds, with these settings changed; and
+        that model, which records each request as it arrives."""
         slow = FakeLlm(plans=[Plan(text="It costs 12.90 euros [1].", delay=delay)])
         async with served_llm(slow) as url:
             changed = self.settings.model_copy(
@@ -71,7 +75,7 @@ class Stack:
                 worker_for(self.client, changed),
                 api_client(create_app(changed, temporal=self.client)) as http,
             ):
-                yield http
+                yield http, slow
 
     @asynccontextmanager
     async def api(self, **changes: Any) -> AsyncIterator[httpx.AsyncClient]:
@@ -211,11 +215,11 @@ async def _(s: Stack) -> httpx.Response:
 
 @scenario("overloaded")
 async def _(s: Stack) -> httpx.Response:
-    async with s.slow_stack(max_turns_in_flight=1) as http:
+    async with s.slow_stack(max_turns_in_flight=1) as (http, model):
         running = asyncio.create_task(
             http.post(f"/v1/conversations/{s.new_id()}/turns", json={"text": SLOW_QUESTION})
         )
-        await asyncio.sleep(0.5)
+        await eventually(lambda: model.requests, "the model to be asked for the running turn")
         shed = await http.post(f"/v1/conversations/{s.new_id()}/turns", json={"text": "hello"})
         await running
         return shed
@@ -223,10 +227,10 @@ async def _(s: Stack) -> httpx.Response:
 
 @scenario("turn_queue_full")
 async def _(s: Stack) -> httpx.Response:
-    async with s.slow_stack(max_queued_turns=1, double_text="enqueue") as http:
+    async with s.slow_stack(max_queued_turns=1, double_text="enqueue") as (http, model):
         url = f"/v1/conversations/{s.new_id()}/turns"
         running = asyncio.create_task(http.post(url, json={"text": SLOW_QUESTION}))
-        await asyncio.sleep(0.5)
+        await eventually(lambda: model.requests, "the model to be asked for the running turn")
         full = await http.post(url, json={"text": "hello"})
         await running
         return full
@@ -239,7 +243,7 @@ async def _(s: Stack) -> httpx.Response:
     # until its deadline (20 s), and the API waits for the reply longer than the retries.
     async with s.slow_stack(
         delay=22.0, max_queued_turns=50, double_text="enqueue", turn_timeout_seconds=25
-    ) as http:
+    ) as (http, _):
         url = f"/v1/conversations/{s.new_id()}/turns"
         assert (await http.post(url, json={"text": "hello"})).status_code == 200  # it exists
         sent = [asyncio.create_task(http.post(url, json={"text": SLOW_QUESTION})) for _ in range(12)]
@@ -307,10 +311,10 @@ async def _(s: Stack) -> httpx.Response:
 
 @scenario("turn_in_progress")
 async def _(s: Stack) -> httpx.Response:
-    async with s.slow_stack(double_text="reject") as http:
+    async with s.slow_stack(double_text="reject") as (http, model):
         url = f"/v1/conversations/{s.new_id()}/turns"
         running = asyncio.create_task(http.post(url, json={"text": SLOW_QUESTION}))
-        await asyncio.sleep(0.5)
+        await eventually(lambda: model.requests, "the model to be asked for the running turn")
         refused = await http.post(url, json={"text": "hello"})
         await running
         return refused
@@ -324,13 +328,13 @@ async def _(s: Stack) -> httpx.Response:
 
 @scenario("turn_timeout")
 async def _(s: Stack) -> httpx.Response:
-    async with s.slow_stack(turn_timeout_seconds=0.5) as http:
+    async with s.slow_stack(turn_timeout_seconds=0.5) as (http, _):
         return await http.post(f"/v1/conversations/{s.new_id()}/turns", json={"text": SLOW_QUESTION})
 
 
 @scenario("update_timeout")
 async def _(s: Stack) -> httpx.Response:
-    async with s.slow_stack(delay=3.0, turn_timeout_seconds=1.0) as http:
+    async with s.slow_stack(delay=3.0, turn_timeout_seconds=1.0) as (http, _):
         base = f"/v1/conversations/{s.new_id()}"
         accepted = await http.post(f"{base}/turns", json={"text": SLOW_QUESTION, "wait": False})
         assert accepted.status_code == 202
@@ -340,12 +344,12 @@ async def _(s: Stack) -> httpx.Response:
 @scenario("turn_failed")
 async def _(s: Stack) -> httpx.Response:
     # The workflow is terminated while the turn runs: Temporal fails the accepted update.
-    async with s.slow_stack(delay=3.0) as http:
+    async with s.slow_stack(delay=3.0) as (http, model):
         conversation_id = s.new_id()
         running = asyncio.create_task(
             http.post(f"/v1/conversations/{conversation_id}/turns", json={"text": SLOW_QUESTION})
         )
-        await asyncio.sleep(1.0)
+        await eventually(lambda: model.requests, "the model to be asked for the running turn")
         await s.client.get_workflow_handle(
             workflow_id(conversation_key("default", conversation_id))
         ).terminate("test")

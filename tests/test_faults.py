@@ -28,7 +28,8 @@ from tests.conftest import api_client, free_port, served_llm
 from tests.fake_llm import FakeLlm, Plan
 from tests.outages import StoreLock, steps_redone_after_a_timeout
 from tests.processes import WorkerProcess
-from tests.turns import Turn, assert_transcript_once, send_turn, wait_until
+from tests.turns import Turn, assert_transcript_once, send_turn
+from tests.waiting import eventually
 from worker import build_worker
 from workflows.conversation import FALLBACK_TEXT
 
@@ -36,6 +37,8 @@ SLOW_QUESTION = "How much does express shipping cost?"  # answered by the LLM
 OTHER_QUESTION = "What is your returns policy?"  # answered by the LLM too
 LLM_ANSWER = "It costs 12.90 euros [1]."
 START_TIMEOUT = 60.0
+LOCAL_ACTIVITIES_STARTED = "temporal_local_activity_total"
+"""The Temporal SDK's count of the local activities a worker started, by `activity_type`."""
 
 
 # --- The pieces the faults hit ----------------------------------------------------------------
@@ -156,7 +159,10 @@ async def test_a_worker_killed_mid_turn_loses_no_turn_and_doubles_none(
                 "turn_timeout_seconds": 50,
             }
         )
-        first = WorkerProcess(crash_settings, tmp_path / "worker-1.log")
+        # Its metrics on a port of its own: they show when its `record_turn` has started.
+        first = WorkerProcess(
+            crash_settings.model_copy(update={"worker_metrics_port": free_port()}), tmp_path / "worker-1.log"
+        )
         second = WorkerProcess(crash_settings, tmp_path / "worker-2.log")
         lock = StoreLock(crash_settings.resolved_database_url)
         try:
@@ -181,17 +187,24 @@ async def test_a_worker_killed_mid_turn_loses_no_turn_and_doubles_none(
 
                 # The turns the kill catches. Their clients wait 4 s an attempt, less than the recovery
                 # takes: they give up and send the turn again, with the same key.
+                records_started = await first.metric(LOCAL_ACTIVITIES_STARTED, activity_type="record_turn")
                 lock.acquire()
                 in_record = asyncio.create_task(send(recording, "thanks", attempt_timeout=4))
                 await wait_for_workflow_task_in_hand(workflows[recording])
-                # `record_turn` is a local activity, inside the workflow task, after steps that take
-                # milliseconds: it is blocked on the store's lock well within this second.
-                await asyncio.sleep(1)
+
+                # `record_turn` is a local activity, inside the workflow task: once started, it is blocked
+                # on the store's lock.
+                async def record_turn_started() -> bool:
+                    started = await first.metric(LOCAL_ACTIVITIES_STARTED, activity_type="record_turn")
+                    return started == records_started + 1
+
+                await eventually(record_turn_started, "the worker to start the turn's record_turn")
                 in_generate = asyncio.create_task(send(generating, SLOW_QUESTION, attempt_timeout=4))
-                await wait_until(lambda: len(fake.requests) == 1, "the LLM request")
+                await eventually(lambda: len(fake.requests) == 1, "the LLM request")
                 first.freeze()  # from here on it finishes nothing: each turn stays where it is
                 in_workflow_task = asyncio.create_task(send(handed, OTHER_QUESTION, attempt_timeout=4))
-                await asyncio.sleep(1)  # the server hands the new turn's workflow task to the frozen worker
+                # The server hands the new turn's workflow task to the frozen worker, whose poll is open.
+                await wait_for_workflow_task_in_hand(workflows[handed])
                 await first.kill()
                 killed = time.monotonic()
                 lock.release()
@@ -259,7 +272,10 @@ async def test_conversations_survive_a_temporal_restart(settings: Settings, tmp_
                     )
                     if sum(bool(t.reply) for t in every_turn) >= total // 3:
                         halfway.set()
-                    await asyncio.sleep(0.3)  # a person reads the reply before answering
+                    # A person reads the reply before answering: the pace of the traffic, which keeps every
+                    # conversation talking through the restart. A duration, not an ordering: nothing waits
+                    # on it, and the restart waits on its own conditions (a third answered, a 503).
+                    await asyncio.sleep(0.3)
                 return sent
 
             def unavailable() -> bool:
@@ -271,7 +287,7 @@ async def test_conversations_survive_a_temporal_restart(settings: Settings, tmp_
                 await server.stop()
                 stopped = time.monotonic()
                 # The Temporal client retries on its own for a while; down longer, the API says 503.
-                await wait_until(unavailable, "a 503 from the API", within=30)
+                await eventually(unavailable, "a 503 from the API", within=30)
                 down = time.monotonic() - stopped
                 return stopped - stopping, down, await server.start()
 

@@ -7,7 +7,8 @@ import uuid
 
 import httpx
 
-from tests.test_streaming import read_events
+from tests.test_streaming import Event, read_events
+from tests.waiting import eventually
 
 
 async def a_conversation(http: httpx.AsyncClient) -> str:
@@ -75,8 +76,10 @@ async def test_a_page_that_has_read_the_transcript_follows_from_the_newest_event
 
     async with http.stream("GET", f"{base}/events", params={"from_now": "true"}) as response:
         assert response.status_code == 200
-        new = asyncio.ensure_future(read_events(response, limit=2))
-        await asyncio.sleep(0.3)  # the stream is open and polling: what was logged before is behind it
+        received: list[Event] = []
+        new = asyncio.ensure_future(read_events(response, limit=2, into=received))
+        # The stream announced where it starts: what was logged before is behind it.
+        await eventually(lambda: received, "the stream's open event")
         posted = await http.post(f"{base}/agent-messages", json={"text": "Sent while the page is open."})
         assert posted.status_code == 201
         opened, event = await asyncio.wait_for(new, timeout=10)

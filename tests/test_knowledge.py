@@ -387,12 +387,13 @@ def test_a_change_is_indexed_beside_the_searches_and_replaces_the_index_in_one_s
         text="# Zorblax teleporter\n\nThe zorblax teleporter ships in 2030.",
         content_type="markdown",
     )
+    # A duration, not an ordering: the index looks at the store's revision at most every `reload_seconds`
+    # (0.01 s), so the next search must come after that long to see the change.
     time.sleep(0.02)
     # The first search after the change answers at once, from the index it had: the new one is built
     # on its own thread.
     assert index.search("zorblax teleporter", top_k=1)[0].document_id == before.document_id
-    index.wait_for_rebuild(timeout=60)
-    time.sleep(0.02)
+    index.wait_for_rebuild(timeout=60)  # the new index is in place once its build is done
     assert index.search("zorblax teleporter", top_k=1)[0].document_id == "teleporter"
     assert REGISTRY.get_sample_value("dialogue_knowledge_index_revision") == (revision or 0) + 1
     assert (

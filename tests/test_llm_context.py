@@ -21,6 +21,7 @@ from dialogue.llm.tokenizer import ESTIMATE, MESSAGE_OVERHEAD, TokenCounter, cou
 from dialogue.settings import Settings
 from tests.conftest import api_client, bot_with, served_llm, worker_for
 from tests.fake_llm import FakeLlm, Plan
+from tests.waiting import eventually
 
 ESTIMATED = TokenCounter(ESTIMATE)
 
@@ -298,11 +299,13 @@ async def test_a_failed_summary_leaves_the_verbatim_window_and_says_so(
     conversation_id = f"nosum-{uuid.uuid4().hex[:6]}"
     for question in QUESTIONS[:3]:
         await turn(small_budget_chat, conversation_id, question)
-    for _ in range(100):  # three attempts, then the workflow gives up on this summary
-        if sum(is_summary_request(r) for r in fake.requests) >= 3:
-            break
-        await asyncio.sleep(0.1)
-    await asyncio.sleep(0.5)
+
+    async def summary_failed() -> bool:
+        state = (await small_budget_chat.get(f"/v1/conversations/{conversation_id}")).json()
+        return bool(state["summary_failed"])
+
+    await eventually(summary_failed, "the workflow to give up on the summary", within=30)
+    assert sum(is_summary_request(r) for r in fake.requests) >= 3  # three attempts, then it gave up
     after = await turn(small_budget_chat, conversation_id, QUESTIONS[3])
     context = after["lineage"]["context"]
     assert not after["degraded"] and context["summary_version"] is None and context["dropped"]

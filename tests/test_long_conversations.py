@@ -69,7 +69,7 @@ async def test_state_and_turns_cross_continue_as_new(
         sent = []
         for n in range(10):
             sent.append(asyncio.create_task(http.post(url, json={"text": f"hello number {n}"})))
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(0.05)  # the pace of the load, not an ordering: no assertion relies on it
         replies = [(await task).json() for task in sent]
         assert sorted(r["turn_index"] for r in replies) == list(range(4, 14))
         assert [r["user_text"] for r in replies] == [f"hello number {n}" for n in range(10)]

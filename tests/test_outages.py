@@ -188,6 +188,7 @@ async def test_no_conversation_fails_while_the_worker_is_down_longer_than_every_
             ]
             ended = await http.post(f"/v1/conversations/{ending}/end")
             assert ended.status_code == 200, ended.text  # a signal: the server takes it without a worker
+            # The outage itself, a duration: no worker for longer than every step's budget.
             await asyncio.sleep(OUTAGE_SECONDS - (time.monotonic() - killed))
             print(f"\nworker down for {time.monotonic() - killed:.1f} s")
             print(f"second worker up in {await second.start():.1f} s")
@@ -342,6 +343,7 @@ async def test_a_store_outage_delays_the_transcript_and_fails_nothing(
                 assert len(transcript.json()["items"]) < 2 * len(chat.turns[talking])
                 assert stranger.status_code == 401
 
+            # The outage itself, a duration: no store for longer than every step's budget.
             await asyncio.sleep(OUTAGE_SECONDS - (time.monotonic() - cut))
             outage.restore()
             back = time.monotonic()

@@ -4,6 +4,7 @@ with `Retry-After`) instead of queueing it past its deadline, starts nothing for
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 
 from prometheus_client import REGISTRY
@@ -13,6 +14,7 @@ from api import create_app
 from dialogue.settings import Settings
 from tests.conftest import api_client, served_llm, worker_for
 from tests.fake_llm import FakeLlm, Plan
+from tests.waiting import eventually
 
 QUESTION = "How much does express shipping cost?"  # answered by the (slow) model
 
@@ -76,7 +78,13 @@ async def test_the_admission_limit_follows_the_rate_the_stack_answers_at(
 
         async with worker_for(client, budgeted), api_client(create_app(budgeted, temporal=client)) as http:
             first = await burst("first")
-            await asyncio.sleep(1.2)  # the second in which they were answered is over: it counts
+            # The API counts a turn answered once its response is sent (a turn in flight until then), in
+            # whole seconds of its monotonic clock: once the second of the last answer is over, all count.
+            await eventually(
+                lambda: REGISTRY.get_sample_value("dialogue_turns_in_flight") == 0, "every answer counted"
+            )
+            answered_in = int(time.monotonic())
+            await eventually(lambda: int(time.monotonic()) > answered_in, "the second they were answered in")
             second = await burst("second")
     assert (first.count(200), first.count(503)) == (16, 24)
     assert (second.count(200), second.count(503)) == (32, 8)

@@ -5,24 +5,39 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator
+from datetime import timedelta
 
 import httpx
 import pytest
+from temporalio.api.common.v1 import WorkflowExecution
+from temporalio.api.enums.v1 import UpdateWorkflowExecutionLifecycleStage
+from temporalio.api.update.v1 import UpdateRef, WaitPolicy
+from temporalio.api.workflowservice.v1 import PollWorkflowExecutionUpdateRequest
 from temporalio.client import Client
+from temporalio.service import RPCError, RPCStatusCode
 from temporalio.worker import Worker
 
 from api import create_app
 from dialogue.settings import Settings
+from dialogue.temporal import conversation_key, workflow_id
 from tests.conftest import api_client, served_llm
 from tests.fake_llm import FakeLlm, Plan
+from tests.waiting import eventually
 from workflows.conversation import FALLBACK_TEXT
 
 SLOW_QUESTION = "How much does express shipping cost?"  # answered by the (slow) LLM
+ACCEPTED = UpdateWorkflowExecutionLifecycleStage.UPDATE_WORKFLOW_EXECUTION_LIFECYCLE_STAGE_ACCEPTED
 
 
 @pytest.fixture
-async def slow_llm() -> AsyncIterator[str]:
-    async with served_llm(FakeLlm(plans=[Plan(text="It costs 12.90 euros [1].", delay=1.5)])) as url:
+def slow_model() -> FakeLlm:
+    """A model that answers after 1.5 s; it records each request as it arrives."""
+    return FakeLlm(plans=[Plan(text="It costs 12.90 euros [1].", delay=1.5)])
+
+
+@pytest.fixture
+async def slow_llm(slow_model: FakeLlm) -> AsyncIterator[str]:
+    async with served_llm(slow_model) as url:
         yield url
 
 
@@ -33,7 +48,37 @@ def settings(settings: Settings, slow_llm: str) -> Settings:
     )
 
 
-async def test_reject_answers_409_naming_the_running_turn(http: httpx.AsyncClient) -> None:
+async def model_asked(model: FakeLlm) -> None:
+    """Until the model has the first turn's request: that turn is running."""
+    await eventually(lambda: model.requests, "the model to be asked for the running turn")
+
+
+async def turn_accepted(client: Client, conversation_id: str, turn_id: str) -> bool:
+    """Whether the conversation's workflow has accepted the turn (running or queued), as Temporal says."""
+    try:
+        polled = await client.workflow_service.poll_workflow_execution_update(
+            PollWorkflowExecutionUpdateRequest(
+                namespace=client.namespace,
+                update_ref=UpdateRef(
+                    workflow_execution=WorkflowExecution(
+                        workflow_id=workflow_id(conversation_key("default", conversation_id))
+                    ),
+                    update_id=turn_id,
+                ),
+                wait_policy=WaitPolicy(lifecycle_stage=ACCEPTED),
+            ),
+            timeout=timedelta(seconds=1),
+        )
+    except RPCError as err:  # not sent to the workflow yet, or not accepted within the poll
+        if err.status not in (RPCStatusCode.NOT_FOUND, RPCStatusCode.DEADLINE_EXCEEDED):
+            raise
+        return False
+    return polled.stage >= ACCEPTED
+
+
+async def test_reject_answers_409_naming_the_running_turn(
+    http: httpx.AsyncClient, slow_model: FakeLlm
+) -> None:
     conversation_id = f"dt-{uuid.uuid4().hex[:8]}"
     created = await http.post("/v1/conversations", json={"id": conversation_id, "double_text": "reject"})
     assert created.status_code == 201
@@ -41,7 +86,7 @@ async def test_reject_answers_409_naming_the_running_turn(http: httpx.AsyncClien
     running = asyncio.create_task(
         http.post(url, json={"text": SLOW_QUESTION}, headers={"Idempotency-Key": "slow-1"})
     )
-    await asyncio.sleep(0.5)
+    await model_asked(slow_model)
     second = await http.post(url, json={"text": "hello"})
     assert second.status_code == 409, second.text
     assert second.json()["error"]["code"] == "turn_in_progress"
@@ -52,12 +97,17 @@ async def test_reject_answers_409_naming_the_running_turn(http: httpx.AsyncClien
     assert after.status_code == 200 and after.json()["turn_index"] == 1
 
 
-async def test_enqueue_answers_in_order_and_bounds_the_queue(http: httpx.AsyncClient) -> None:
-    url = f"/v1/conversations/dt-{uuid.uuid4().hex[:8]}/turns"
+async def test_enqueue_answers_in_order_and_bounds_the_queue(
+    http: httpx.AsyncClient, client: Client, slow_model: FakeLlm
+) -> None:
+    conversation_id = f"dt-{uuid.uuid4().hex[:8]}"
+    url = f"/v1/conversations/{conversation_id}/turns"
     first = asyncio.create_task(http.post(url, json={"text": SLOW_QUESTION}))
-    await asyncio.sleep(0.4)
-    second = asyncio.create_task(http.post(url, json={"text": "hello"}))
-    await asyncio.sleep(0.4)
+    await model_asked(slow_model)
+    second = asyncio.create_task(
+        http.post(url, json={"text": "hello"}, headers={"Idempotency-Key": "queued"})
+    )
+    await eventually(lambda: turn_accepted(client, conversation_id, "queued"), "the second turn to be queued")
     third = await http.post(url, json={"text": "thanks"})
     assert third.status_code == 429, third.text
     assert third.json()["error"]["code"] == "turn_queue_full" and third.headers["retry-after"]
@@ -66,13 +116,15 @@ async def test_enqueue_answers_in_order_and_bounds_the_queue(http: httpx.AsyncCl
     assert "12.90" in replies[0]["reply"]["text"]
 
 
-async def test_interrupt_cancels_the_running_turn_and_answers_the_newest(http: httpx.AsyncClient) -> None:
+async def test_interrupt_cancels_the_running_turn_and_answers_the_newest(
+    http: httpx.AsyncClient, slow_model: FakeLlm
+) -> None:
     conversation_id = f"dt-{uuid.uuid4().hex[:8]}"
     created = await http.post("/v1/conversations", json={"id": conversation_id, "double_text": "interrupt"})
     assert created.status_code == 201
     url = f"/v1/conversations/{conversation_id}/turns"
     first = asyncio.create_task(http.post(url, json={"text": SLOW_QUESTION}))
-    await asyncio.sleep(0.6)  # the model is working on the first turn
+    await model_asked(slow_model)  # the model is working on the first turn
     second = await http.post(url, json={"text": "hello"})
     interrupted = (await first).json()
     assert interrupted["interrupted"] and interrupted["reply"]["text"] == ""
@@ -118,7 +170,12 @@ async def test_a_reply_not_ready_in_time_is_504_naming_the_turn_to_retry(
         url = f"/v1/conversations/dt-{uuid.uuid4().hex[:8]}/turns"
         late = await http.post(url, json={"text": SLOW_QUESTION}, headers={"Idempotency-Key": "late-1"})
         assert late.status_code == 504 and "late-1" in late.json()["error"]["message"]
-        await asyncio.sleep(3)  # the slow model answers after 1.5 s
+
+        async def answered() -> bool:  # the slow model answers after 1.5 s
+            status = await http.get(f"{url}/late-1")
+            return bool(status.json()["status"] == "completed")
+
+        await eventually(answered, "the late turn to be answered")
         again = await http.post(url, json={"text": SLOW_QUESTION}, headers={"Idempotency-Key": "late-1"})
         assert again.status_code == 200 and again.json()["turn_id"] == "late-1"  # the same turn, now answered
         assert again.json()["turn_index"] == 0

@@ -29,9 +29,12 @@ class Event:
     received_at: float
 
 
-async def read_events(response: httpx.Response, limit: int | None = None) -> list[Event]:
-    """Parse an SSE body; stop after `limit` events (the client then drops the connection)."""
-    received: list[Event] = []
+async def read_events(
+    response: httpx.Response, limit: int | None = None, *, into: list[Event] | None = None
+) -> list[Event]:
+    """Parse an SSE body; stop after `limit` events (the client then drops the connection). Each event is
+    appended to `into` as it arrives, if given: a test can wait for one while the stream goes on."""
+    received: list[Event] = [] if into is None else into
     fields: dict[str, str] = {}
     async for line in response.aiter_lines():
         if line:

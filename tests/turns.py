@@ -14,6 +14,8 @@ from typing import Any
 
 import httpx
 
+from tests.waiting import eventually
+
 # What a client retries: Temporal unreachable (503), the reply not ready in time (504).
 RETRYABLE_STATUSES = {503, 504}
 
@@ -84,7 +86,5 @@ async def assert_transcript_once(http: httpx.AsyncClient, conversation_id: str, 
 
 
 async def wait_until(check: Callable[[], bool], what: str, within: float = 15) -> None:
-    deadline = time.monotonic() + within
-    while not check():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.02)
+    """Until `check()` holds (`tests.waiting.eventually`, for a plain check)."""
+    await eventually(check, what, within=within)
