@@ -30,14 +30,14 @@ from activities.retrieve import RetrieveActivity
 from activities.rewrite import RewriteActivity
 from activities.summarize import SummarizeActivity
 from activities.understand import UnderstandActivity
-from dialogue.bot import load_bot
-from dialogue.db import get_engine, init_db_if_reachable
-from dialogue.generation import build_generators
-from dialogue.knowledge.search import open_index
-from dialogue.logs import configure_logging
-from dialogue.nlu.parser import build_parser
-from dialogue.settings import Settings, get_settings
-from dialogue.telemetry import (
+from dialogue.brain.generation import build_generators
+from dialogue.brain.knowledge.search import open_index
+from dialogue.brain.nlu.parser import build_parser
+from dialogue.platform.bot import load_bot
+from dialogue.platform.db import get_engine, init_db_if_reachable
+from dialogue.platform.logs import configure_logging
+from dialogue.platform.settings import Settings, get_settings
+from dialogue.platform.telemetry import (
     WorkerMetricsServer,
     exported,
     sdk_runtime,
@@ -45,7 +45,7 @@ from dialogue.telemetry import (
     tracer_provider,
     worker_interceptors,
 )
-from dialogue.temporal import connect
+from dialogue.platform.temporal import connect
 from workflows.conversation import ConversationWorkflow
 from workflows.retention import RetentionWorkflow, ensure_retention_schedule
 

@@ -21,8 +21,7 @@ from temporalio.exceptions import ApplicationError
 
 from activities.context import read_conversation
 from activities.progress import Progress
-from dialogue import events, store
-from dialogue.agent.declarations import (
+from dialogue.brain.agent.declarations import (
     Shown,
     arguments_digest,
     checked_call,
@@ -32,10 +31,14 @@ from dialogue.agent.declarations import (
     shown,
     step_messages,
 )
-from dialogue.agent.http_tools import call_http
-from dialogue.agent.mcp_tools import McpClients
-from dialogue.bot import BotDefinition
-from dialogue.contracts import (
+from dialogue.brain.agent.http_tools import call_http
+from dialogue.brain.agent.mcp_tools import McpClients
+from dialogue.brain.generation import Generators
+from dialogue.brain.generation.model_client import ModelClient, RequestedCall
+from dialogue.brain.generation.prompts import Prompt, prompt_by_ref
+from dialogue.brain.llm.context import Context
+from dialogue.brain.python_tools import CallContext, ToolFailed, agent_tools
+from dialogue.model.contracts import (
     AgentStep,
     AgentStepRequest,
     AgentToolCall,
@@ -45,14 +48,11 @@ from dialogue.contracts import (
     OfferedTool,
     Reply,
 )
-from dialogue.db import ToolResult
-from dialogue.generation import Generators
-from dialogue.generation.model_client import ModelClient, RequestedCall
-from dialogue.generation.prompts import Prompt, prompt_by_ref
-from dialogue.llm.context import Context
-from dialogue.metrics import TOOL_CALLS, TOOL_SECONDS
-from dialogue.privacy.privacy_policy import PrivacyPolicy
-from dialogue.python_tools import CallContext, ToolFailed, agent_tools
+from dialogue.platform import events, store
+from dialogue.platform.bot import BotDefinition
+from dialogue.platform.db import ToolResult
+from dialogue.platform.metrics import TOOL_CALLS, TOOL_SECONDS
+from dialogue.security.privacy.privacy_policy import PrivacyPolicy
 
 NO_MODEL = "AgentWithoutModel"
 TOOL_MISSING = "ToolMissing"

@@ -6,9 +6,9 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 from temporalio import activity
 
-from dialogue import store
-from dialogue.contracts import ContextRequest
-from dialogue.llm.context import ROLES, Conversation, Said
+from dialogue.brain.llm.context import ROLES, Conversation, Said
+from dialogue.model.contracts import ContextRequest
+from dialogue.platform import store
 
 MAX_CONTEXT_ROWS = 200
 """Transcript rows one LLM call reads at most, newest first: the budget fills long before (a turn is

@@ -1,14 +1,14 @@
 """`run_tool`: the call a flow makes once its slots are filled, to a function of the bot's `python_tools`
-file (`dialogue.python_tools`)."""
+file (`dialogue.brain.python_tools`)."""
 
 from __future__ import annotations
 
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from dialogue.bot import BotDefinition
-from dialogue.contracts import ToolCall, ToolResult
-from dialogue.python_tools import flow_tools
+from dialogue.brain.python_tools import flow_tools
+from dialogue.model.contracts import ToolCall, ToolResult
+from dialogue.platform.bot import BotDefinition
 
 TOOL_MISSING = "ToolMissing"
 

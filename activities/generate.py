@@ -14,9 +14,10 @@ from temporalio.exceptions import ApplicationError
 
 from activities.context import read_conversation
 from activities.progress import Progress
-from dialogue import events
-from dialogue.bot import BotDefinition, Flow
-from dialogue.contracts import (
+from dialogue.brain.generation import AnswerGenerator, Generators
+from dialogue.brain.llm.context import Conversation
+from dialogue.brain.policy import decide
+from dialogue.model.contracts import (
     OUT_OF_SCOPE,
     ComposedReply,
     Decision,
@@ -25,9 +26,8 @@ from dialogue.contracts import (
     NluResult,
     Reply,
 )
-from dialogue.generation import AnswerGenerator, Generators
-from dialogue.llm.context import Conversation
-from dialogue.policy import decide
+from dialogue.platform import events
+from dialogue.platform.bot import BotDefinition, Flow
 
 HANDOFF_TEXT = "I'll hand you over to a member of our team."
 END_TEXT = "Goodbye!"

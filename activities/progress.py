@@ -14,8 +14,8 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 from temporalio import activity
 
-from dialogue import events
-from dialogue.contracts import Reply, StreamTarget
+from dialogue.model.contracts import Reply, StreamTarget
+from dialogue.platform import events
 
 HEARTBEAT_SECONDS = 1.0
 _WORDS = re.compile(r"\S+\s*")

@@ -15,14 +15,14 @@ from sqlalchemy.exc import DataError
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from dialogue import store
-from dialogue.contracts import (
+from dialogue.model.contracts import (
     UNRECORDABLE,
     RecordConversationRequest,
     Recorded,
     RecordMessageRequest,
     RecordTurnRequest,
 )
+from dialogue.platform import store
 
 
 @contextmanager

@@ -22,8 +22,8 @@ from temporalio import activity
 from activities.generate import GenerateActivity
 from activities.retrieve import RetrieveActivity
 from activities.understand import UnderstandActivity
-from dialogue.contracts import RespondedHere, RespondHereRequest, RetrieveResult
-from dialogue.metrics import STEP_SECONDS
+from dialogue.model.contracts import RespondedHere, RespondHereRequest, RetrieveResult
+from dialogue.platform.metrics import STEP_SECONDS
 
 log = logging.getLogger("dialogue.activities")
 

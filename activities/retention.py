@@ -9,9 +9,9 @@ from sqlalchemy.engine import Engine
 from temporalio import activity
 from temporalio.client import Client
 
-from dialogue import store
-from dialogue.contracts import RetentionReport
-from dialogue.erasure import erase_conversation
+from dialogue.model.contracts import RetentionReport
+from dialogue.platform import store
+from dialogue.security.erasure import erase_conversation
 
 
 class RetentionActivities:

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from temporalio import activity
 
-from dialogue.contracts import RetrieveRequest, RetrieveResult
-from dialogue.knowledge.search import AnyIndex
-from dialogue.llm.followup import standalone_query
-from dialogue.nlu.embeddings import shared_within
+from dialogue.brain.knowledge.search import AnyIndex
+from dialogue.brain.llm.followup import standalone_query
+from dialogue.brain.nlu.embeddings import shared_within
+from dialogue.model.contracts import RetrieveRequest, RetrieveResult
 
 
 class RetrieveActivity:

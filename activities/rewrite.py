@@ -1,15 +1,15 @@
 """`rewrite_query`: a follow-up made standalone for retrieval, by the LLM when the bot lets it, else by
-the heuristic of `dialogue.llm.followup`."""
+the heuristic of `dialogue.brain.llm.followup`."""
 
 from __future__ import annotations
 
 from temporalio import activity
 
-from dialogue.bot import BotDefinition
-from dialogue.contracts import RewriteRequest, RewriteResult
-from dialogue.generation import Generators
-from dialogue.llm.followup import standalone_query
-from dialogue.privacy.privacy_policy import PrivacyPolicy
+from dialogue.brain.generation import Generators
+from dialogue.brain.llm.followup import standalone_query
+from dialogue.model.contracts import RewriteRequest, RewriteResult
+from dialogue.platform.bot import BotDefinition
+from dialogue.security.privacy.privacy_policy import PrivacyPolicy
 
 MAX_QUERY_TOKENS = 80
 MAX_REPLY_CHARS = 400

@@ -1,4 +1,4 @@
-"""`summarize`: fold a conversation's older turns into its rolling summary (dialogue/llm/summary.py)."""
+"""`summarize`: fold a conversation's older turns into its rolling summary (dialogue/brain/llm/summary.py)."""
 
 from __future__ import annotations
 
@@ -7,13 +7,13 @@ import asyncio
 from sqlalchemy.engine import Engine
 from temporalio import activity
 
-from dialogue import store
-from dialogue.bot import BotDefinition
-from dialogue.contracts import RollingSummary, SummarizeRequest
-from dialogue.generation import Generators
-from dialogue.llm.context import ROLES, Said
-from dialogue.llm.summary import extractive, fold_with_model
-from dialogue.privacy.privacy_policy import PrivacyPolicy
+from dialogue.brain.generation import Generators
+from dialogue.brain.llm.context import ROLES, Said
+from dialogue.brain.llm.summary import extractive, fold_with_model
+from dialogue.model.contracts import RollingSummary, SummarizeRequest
+from dialogue.platform import store
+from dialogue.platform.bot import BotDefinition
+from dialogue.security.privacy.privacy_policy import PrivacyPolicy
 
 MAX_FOLDED_ROWS = 400
 """Rows one fold reads at most: the workflow asks for a fold whenever turns drop out of the budget, so

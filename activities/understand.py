@@ -9,8 +9,12 @@ from collections.abc import Callable
 from sqlalchemy.exc import SQLAlchemyError
 from temporalio import activity
 
-from dialogue.bot import BotDefinition
-from dialogue.contracts import (
+from dialogue.brain.knowledge.search import ROUTER_DEPTH
+from dialogue.brain.llm.followup import is_follow_up
+from dialogue.brain.nlu.embeddings import shared_within
+from dialogue.brain.nlu.parser import NluParser
+from dialogue.brain.policy import decide
+from dialogue.model.contracts import (
     Decision,
     NluResult,
     RetrieveRequest,
@@ -18,11 +22,7 @@ from dialogue.contracts import (
     Understanding,
     UnderstandRequest,
 )
-from dialogue.knowledge.search import ROUTER_DEPTH
-from dialogue.llm.followup import is_follow_up
-from dialogue.nlu.embeddings import shared_within
-from dialogue.nlu.parser import NluParser
-from dialogue.policy import decide
+from dialogue.platform.bot import BotDefinition
 
 log = logging.getLogger("dialogue.activities")
 

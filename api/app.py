@@ -18,15 +18,15 @@ from api.limits import BodySizeLimit, RateLimiter, TurnAdmission
 from api.request_telemetry import RequestTelemetry, metrics_router
 from api.routes import approvals, conversations, handoff, health, keys, knowledge, lineage, me, nlu, pages
 from api.routes.codec import codec_cors, codec_router
-from dialogue.bot import load_bot
-from dialogue.codec import EncryptionCodec
-from dialogue.db import get_engine, init_db_if_reachable
-from dialogue.flags import deployment_flags
-from dialogue.privacy.privacy_policy import PrivacyPolicy
-from dialogue.settings import Settings, get_settings
-from dialogue.telemetry import exported, temporal_interceptors, tracer_provider
-from dialogue.temporal import connect
-from dialogue.tokens import TokenVerifier
+from dialogue.platform.bot import load_bot
+from dialogue.platform.codec import EncryptionCodec
+from dialogue.platform.db import get_engine, init_db_if_reachable
+from dialogue.platform.flags import deployment_flags
+from dialogue.platform.settings import Settings, get_settings
+from dialogue.platform.telemetry import exported, temporal_interceptors, tracer_provider
+from dialogue.platform.temporal import connect
+from dialogue.security.privacy.privacy_policy import PrivacyPolicy
+from dialogue.security.tokens import TokenVerifier
 
 
 def create_app(

@@ -22,10 +22,10 @@ from temporalio.client import Client
 
 from api.errors import ApiError
 from api.limits import RateLimiter
-from dialogue.flags import FeatureFlags
-from dialogue.identity import DEFAULT_TENANT, InvalidCredentials, Principal, Scope, authenticate_key
-from dialogue.settings import Settings
-from dialogue.tokens import TokenVerifier
+from dialogue.platform.flags import FeatureFlags
+from dialogue.platform.settings import Settings
+from dialogue.security.identity import DEFAULT_TENANT, InvalidCredentials, Principal, Scope, authenticate_key
+from dialogue.security.tokens import TokenVerifier
 
 log = logging.getLogger("dialogue.api")
 BOOTSTRAP_SUBJECT = "key:bootstrap"

@@ -2,7 +2,7 @@
 
 `ERRORS` lists each error code with its HTTP status, what it means, whether it carries `Retry-After`,
 and what raises it: a route or dependency (`ApiError(code, message)`), a refusal of the conversation's
-workflow (its `ApplicationError` type, `dialogue.contracts`), a Temporal RPC status, or an exception
+workflow (its `ApplicationError` type, `dialogue.model.contracts`), a Temporal RPC status, or an exception
 type (validation, store, Temporal client). `translate` turns an exception into its entry; routes raise
 `ApiError`s or run Temporal calls inside `temporal_errors`, and never pick a status themselves.
 The OpenAPI document lists each route's error statuses from this table (`responses`).
@@ -37,7 +37,7 @@ from temporalio.client import (
 from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
-from dialogue.contracts import (
+from dialogue.model.contracts import (
     APPROVAL_DECIDED,
     APPROVAL_FORBIDDEN,
     CONVERSATION_ENDED,
@@ -48,8 +48,8 @@ from dialogue.contracts import (
     STORE_BEHIND,
     TURN_IN_PROGRESS,
 )
-from dialogue.recovery import BROKEN
-from dialogue.temporal import workflow_id
+from dialogue.platform.recovery import BROKEN
+from dialogue.platform.temporal import workflow_id
 
 log = logging.getLogger("dialogue.api")
 

@@ -20,7 +20,7 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.errors import ApiError, error_response
-from dialogue.metrics import TURN_ADMISSION_LIMIT, TURNS_IN_FLIGHT, TURNS_SHED
+from dialogue.platform.metrics import TURN_ADMISSION_LIMIT, TURNS_IN_FLIGHT, TURNS_SHED
 
 
 class BodySizeLimit:

@@ -17,7 +17,7 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
 from api.errors import responses
-from dialogue.settings import Settings
+from dialogue.platform.settings import Settings
 
 # What any authenticated route can answer, besides its own errors.
 COMMON = ("unauthenticated", "invalid_credentials", "rate_limited", "store_unavailable", "internal_error")
@@ -155,7 +155,7 @@ def default_document() -> dict[str, Any]:
     from pydantic import SecretStr
 
     from api.app import create_app
-    from dialogue.codec import PayloadKeys
+    from dialogue.platform.codec import PayloadKeys
 
     # With encryption on (the default) the codec's routes are served; a throwaway key keeps it off disk.
     settings = Settings.model_construct(payload_keys=SecretStr(PayloadKeys.generate("openapi").spec()))

@@ -14,10 +14,10 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from temporalio.client import Client
 
-from dialogue.contracts import TurnReply
-from dialogue.logs import current_trace_id, log_context, message_text
-from dialogue.metrics import BROKEN_CONVERSATIONS, HTTP_REQUEST_SECONDS, TURN_SECONDS, TURNS
-from dialogue.recovery import BROKEN, broken_conversations
+from dialogue.model.contracts import TurnReply
+from dialogue.platform.logs import current_trace_id, log_context, message_text
+from dialogue.platform.metrics import BROKEN_CONVERSATIONS, HTTP_REQUEST_SECONDS, TURN_SECONDS, TURNS
+from dialogue.platform.recovery import BROKEN, broken_conversations
 
 log = logging.getLogger("dialogue.api")
 

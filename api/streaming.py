@@ -23,9 +23,9 @@ from sqlalchemy.exc import SQLAlchemyError
 from starlette.concurrency import run_in_threadpool
 
 from api.errors import ApiError, translate
-from dialogue import events
-from dialogue.contracts import TurnReply
-from dialogue.db import ConversationEvent
+from dialogue.model.contracts import TurnReply
+from dialogue.platform import events
+from dialogue.platform.db import ConversationEvent
 
 log = logging.getLogger("dialogue.api")
 

@@ -28,12 +28,12 @@ import uvicorn
 
 from bench.stack import EmbeddedStack, free_port
 from bench.streaming import header, percentiles
-from dialogue.agent.declarations import offered, openai_tools, shown, step_messages
-from dialogue.bot import load_bot
-from dialogue.contracts import AgentStepRecord, AgentToolCall, AgentToolOutcome
-from dialogue.generation.openai_chat import ChatClient
-from dialogue.python_tools import flow_tools
-from dialogue.settings import Settings
+from dialogue.brain.agent.declarations import offered, openai_tools, shown, step_messages
+from dialogue.brain.generation.openai_chat import ChatClient
+from dialogue.brain.python_tools import flow_tools
+from dialogue.model.contracts import AgentStepRecord, AgentToolCall, AgentToolOutcome
+from dialogue.platform.bot import load_bot
+from dialogue.platform.settings import Settings
 from tests.fake_llm import FakeLlm, Plan
 
 MODEL_DELAY = 0.05

@@ -28,8 +28,8 @@ from bench.baselines import BaselineTurn, noop
 from bench.stack import BUILT_IN_PIPELINE, EmbeddedStack, default_bot
 from bench.streaming import RESULTS, header, percentiles
 from bench.throughput import cpu_seconds, level, own_cpu, process_tree
-from dialogue.settings import Settings
-from dialogue.temporal import connect
+from dialogue.platform.settings import Settings
+from dialogue.platform.temporal import connect
 
 CEILING_QUEUE = "bench-ceiling"
 CEILING_IN_FLIGHT = 50

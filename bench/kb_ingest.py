@@ -25,8 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from bench.streaming import RESULTS, header
-from dialogue.db import get_engine, init_db
-from dialogue.knowledge import documents
+from dialogue.brain.knowledge import documents
+from dialogue.platform.db import get_engine, init_db
 
 SYLLABLES = (
     "ka lo mi ne ra tu si ve po da gre stro phy chem bio neu ron gen cell tis sue pro tein lig and".split()
@@ -75,7 +75,7 @@ def peak_rss_mb() -> float:
 
 def ingest_one_by_one(url: str, files: list[Path]) -> dict[str, Any]:
     """As before batching: a transaction per document, its chunks embedded by the one-thread encoder."""
-    from dialogue.nlu import embeddings
+    from dialogue.brain.nlu import embeddings
 
     engine = get_engine(url)
     init_db(engine)
@@ -122,7 +122,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=RESULTS / "kb_ingest.json")
     parser.add_argument("--keep", type=Path, help="write the sized stores here and keep them")
     args = parser.parse_args()
-    from dialogue.nlu.embeddings import embed, embed_many
+    from dialogue.brain.nlu.embeddings import embed, embed_many
 
     embed(["warm up"]), embed_many(["warm up", "the bulk encoder too"])  # load the models before timing
     with tempfile.TemporaryDirectory() as scratch:

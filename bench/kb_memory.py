@@ -57,9 +57,9 @@ def queries(count: int) -> list[str]:
 
 
 def child(engine_kind: str, url: str, folder: Path, count: int) -> dict[str, Any]:
-    from dialogue.db import get_engine
-    from dialogue.knowledge.search import open_index
-    from dialogue.nlu.embeddings import embed
+    from dialogue.brain.knowledge.search import open_index
+    from dialogue.brain.nlu.embeddings import embed
+    from dialogue.platform.db import get_engine
 
     embed(["warm up"])
     before = memory_mb()
@@ -84,8 +84,8 @@ def sized_store(source: Path, documents: int, target: Path) -> None:
     """The first `documents` documents of `source` and their chunks, as a store at the newest schema."""
     from alembic import command
 
-    from dialogue.db import get_engine, init_db
-    from dialogue.migrations import alembic_config
+    from dialogue.platform.db import get_engine, init_db
+    from dialogue.platform.migrations import alembic_config
 
     url = f"sqlite:///{target}"
     command.upgrade(alembic_config(url), "0002")  # the chunks go in before 0003 fills the full-text index
@@ -116,7 +116,7 @@ def main() -> None:
         kind, url, folder = args.child
         print(json.dumps(child(kind, url, Path(folder), args.queries)))
         return
-    from dialogue.db import get_engine, init_db
+    from dialogue.platform.db import get_engine, init_db
 
     largest = args.stores / f"n{max(args.sizes)}.db"
     started = time.perf_counter()

@@ -23,7 +23,7 @@ from pathlib import Path
 from bench.kb_ingest import write_corpus
 from bench.stack import EmbeddedStack, default_bot
 from bench.streaming import RESULTS, header, percentiles
-from dialogue.client import AsyncDialogueClient
+from dialogue.apps.client import AsyncDialogueClient
 
 QUESTIONS = [
     "How much does express shipping cost?",

@@ -33,9 +33,9 @@ from bench.stack import BUILT_IN_PIPELINE, EmbeddedStack
 from bench.streaming import RESULTS, header, percentiles
 from bench.throughput import post_turn
 from bench.turn_latency import TEXTS
-from dialogue.identity import DEFAULT_TENANT
-from dialogue.settings import Settings
-from dialogue.temporal import connect, conversation_key, workflow_id
+from dialogue.platform.settings import Settings
+from dialogue.platform.temporal import connect, conversation_key, workflow_id
+from dialogue.security.identity import DEFAULT_TENANT
 from workflows.replay import load_runs
 
 TARGET_RATIO = 1.2

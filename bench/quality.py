@@ -1,11 +1,11 @@
 """Quality, each number beside plain baselines measured in the same run: intents, retrieval, and the bot's
 answers end to end.
 
-- `intents`: the NLU's intent classifier (`dialogue.nlu.model.train`: word and character TF-IDF with
+- `intents`: the NLU's intent classifier (`dialogue.brain.nlu.model.train`: word and character TF-IDF with
   sentence embeddings, the out-of-scope threshold tuned on held-out examples) against TF-IDF + logistic
   regression and the plain embedder + logistic regression, on public intent benchmarks: in-scope accuracy,
   out-of-scope recall where the set has out-of-scope queries, ms per utterance, training seconds.
-- `retrieval`: the knowledge base's search (`dialogue.knowledge.search`: the chunker, BM25 and vectors fused)
+- `retrieval`: the knowledge base's search (`dialogue.brain.knowledge.search`: the chunker, BM25 and vectors fused)
   against BM25 alone and the plain embedder alone over the same chunks, and each lever taken out or
   changed (the Snowball stemmer: words unstemmed; the lexical weight of the fusion: equal weights; the
   chunker's cutting of long paragraphs: paragraphs whole): nDCG@10, recall@10 and MRR@10 per document.
@@ -39,9 +39,9 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 
 from bench.streaming import RESULTS, header
-from dialogue.contracts import OUT_OF_SCOPE
-from dialogue.knowledge.search import RetrievalMode
-from dialogue.nlu.data import Example, read_examples
+from dialogue.brain.knowledge.search import RetrievalMode
+from dialogue.brain.nlu.data import Example, read_examples
+from dialogue.model.contracts import OUT_OF_SCOPE
 
 DATA = Path(__file__).parent.parent / ".quality-data"
 CACHE = DATA / "cache"
@@ -54,7 +54,7 @@ LATENCY_SAMPLE = 200
 
 def embedded(texts: list[str]) -> np.ndarray:
     """MiniLM vectors of `texts`, cached on disk by content (a benchmark re-run embeds nothing again)."""
-    from dialogue.nlu.embeddings import embed_many
+    from dialogue.brain.nlu.embeddings import embed_many
 
     digest = hashlib.sha256("\n".join(texts).encode()).hexdigest()[:20]
     path = CACHE / f"vectors-{digest}.npy"
@@ -115,8 +115,8 @@ def embedder_baseline(train: list[Example], test: list[Example]) -> dict[str, An
 
 def ours(train: list[Example], valid: list[Example] | None, test: list[Example]) -> dict[str, Any]:
     """The NLU's classifier as `dialogue nlu train` makes it, then one utterance at a time as a turn parses."""
-    from dialogue.nlu.classifier import IntentClassifier
-    from dialogue.nlu.model import train as train_model
+    from dialogue.brain.nlu.classifier import IntentClassifier
+    from dialogue.brain.nlu.model import train as train_model
 
     texts = [e.text for e in train + (valid or [])]
     embedded(texts)  # warm the cache: training time is the model's, not the embedder's first run
@@ -186,8 +186,8 @@ def read_beir(folder: Path) -> tuple[dict[str, dict[str, str]], dict[str, str], 
 def plain_words(on: bool) -> Iterator[None]:
     """The lexical side with the words as they were before the stemmer (singular-folded, `text.terms`),
     index and queries alike, for the block."""
-    import dialogue.knowledge.search as search
-    from dialogue.text import terms
+    import dialogue.brain.knowledge.search as search
+    from dialogue.brain.text import terms
 
     if not on:
         yield
@@ -232,7 +232,7 @@ def retrieval_scores(
 def whole_paragraphs(on: bool) -> Iterator[None]:
     """The chunker as it was before it fit the embedder's window: a paragraph is never cut (the model reads
     the first 256 word pieces of a longer one)."""
-    from dialogue.knowledge import chunking
+    from dialogue.brain.knowledge import chunking
 
     if not on:
         yield
@@ -250,8 +250,8 @@ def whole_paragraphs(on: bool) -> Iterator[None]:
 def corpus_store(name: str, corpus: dict[str, dict[str, str]], *, whole: bool = False) -> Any:
     """The corpus chunked, embedded and stored as `dialogue kb ingest` does, once per chunker version
     (`whole`: paragraphs never cut, as before)."""
-    from dialogue.db import get_engine, init_db
-    from dialogue.knowledge import chunking, documents
+    from dialogue.brain.knowledge import chunking, documents
+    from dialogue.platform.db import get_engine, init_db
 
     version = hashlib.sha256(Path(chunking.__file__).read_bytes()).hexdigest()[:12]
     path = CACHE / f"{name}-{version}{'-whole' if whole else ''}.db"
@@ -284,10 +284,10 @@ def demo_sets() -> Iterator[tuple[str, Any, Any, dict[str, str], dict[str, dict[
     and with paragraphs never cut."""
     import tempfile
 
-    from dialogue.bot import load_bot
-    from dialogue.db import get_engine, init_db
-    from dialogue.knowledge import documents
-    from dialogue.knowledge.evaluate import read_questions
+    from dialogue.brain.knowledge import documents
+    from dialogue.brain.knowledge.evaluate import read_questions
+    from dialogue.platform.bot import load_bot
+    from dialogue.platform.db import get_engine, init_db
 
     bot = load_bot(DEMO / "bot.yaml")
     assert bot.knowledge_dir
@@ -334,7 +334,7 @@ def levers(
 ) -> dict[str, Any]:
     """The search as it is, its two halves alone, and each lever, side by side over the same store (`whole`:
     the store chunked with paragraphs never cut)."""
-    import dialogue.knowledge.search as search
+    import dialogue.brain.knowledge.search as search
 
     row: dict[str, Any] = {}
     variants: tuple[tuple[str, RetrievalMode, bool, float], ...] = (
@@ -372,7 +372,7 @@ def lever(name: str) -> Iterator[None]:
     process): `without_router` (the NLU decides alone, as before the router), `without_meaning` (the
     grounded answer weighs sentences by shared words only)."""
     from activities.understand import UnderstandActivity
-    from dialogue.generation import grounded
+    from dialogue.brain.generation import grounded
 
     kept_weighs, kept_weight = UnderstandActivity.weighs_evidence, grounded.SEMANTIC_WEIGHT
     if name == "without_router":
@@ -402,12 +402,12 @@ LEVER_SETS = ("qa", "qa_dev", "out_of_domain", "nlu_test_out_of_scope")
 def end_to_end() -> dict[str, Any]:
     """The demo's sets through the API of the bot's own stack, in this process: the bot as it is on every
     set, and with each lever taken out on the main ones."""
-    from dialogue.bot import load_bot
-    from dialogue.client import AsyncDialogueClient
-    from dialogue.knowledge.end_to_end import evaluate_end_to_end, following_sentences
-    from dialogue.knowledge.evaluate import Question, read_questions
-    from dialogue.settings import Settings
-    from dialogue.testing.stack import in_process_stack
+    from dialogue.apps.client import AsyncDialogueClient
+    from dialogue.apps.end_to_end import evaluate_end_to_end, following_sentences
+    from dialogue.apps.testing.stack import in_process_stack
+    from dialogue.brain.knowledge.evaluate import Question, read_questions
+    from dialogue.platform.bot import load_bot
+    from dialogue.platform.settings import Settings
 
     settings = Settings(bot_path=DEMO / "bot.yaml")
     bot = load_bot(settings.bot_path)

@@ -21,7 +21,7 @@ BUILT_IN_PIPELINE = {"nlu_backend": "keywords", "retrieval": "lexical", "generat
 def default_bot() -> dict[str, str]:
     """The default bot as `make run` starts it (trained NLU with embeddings, hybrid retrieval, grounded
     answers), with the NLU model `make run` trained when there is one, so it is not trained again."""
-    from dialogue.settings import Settings
+    from dialogue.platform.settings import Settings
 
     model = Settings().nlu_model_path("northwind-support")
     return {"nlu_model_dir": str(model.resolve())} if model.exists() else {}

@@ -27,7 +27,7 @@ import httpx
 from bench.stack import BUILT_IN_PIPELINE, EmbeddedStack
 from bench.streaming import RESULTS, header, percentiles
 from bench.turn_latency import TEXTS
-from dialogue.client import AsyncDialogueClient, DialogueError
+from dialogue.apps.client import AsyncDialogueClient, DialogueError
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 RETRY_FOR_SECONDS = 120.0

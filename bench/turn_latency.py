@@ -41,9 +41,9 @@ from temporalio.worker import Worker
 from bench.baselines import BaselineTurn, noop
 from bench.stack import BUILT_IN_PIPELINE, EmbeddedStack
 from bench.streaming import RESULTS, header, percentiles
-from dialogue.contracts import GenerateRequest, RecordTurnRequest, RetrieveRequest, UnderstandRequest
-from dialogue.settings import Settings
-from dialogue.temporal import connect
+from dialogue.model.contracts import GenerateRequest, RecordTurnRequest, RetrieveRequest, UnderstandRequest
+from dialogue.platform.settings import Settings
+from dialogue.platform.temporal import connect
 from worker import TurnActivities, build_turn_activities
 
 TEXTS = ["hello", "how much does express shipping cost?", "can I pay with PayPal?", "thanks"]

@@ -4,7 +4,7 @@ import logging
 import os
 import sys
 
-from dialogue.cli import app
+from dialogue.apps.cli import app
 
 
 def main() -> None:

@@ -26,15 +26,15 @@ from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 from api import create_app
-from dialogue.bot import BotDefinition, load_bot, load_bot_module
-from dialogue.codec import PayloadKeys, encrypted_data_converter
-from dialogue.db import get_engine, init_db
-from dialogue.knowledge import documents as knowledge
-from dialogue.knowledge.search import router_search
-from dialogue.nlu.model import ensure_bot_model
-from dialogue.settings import Settings
-from dialogue.temporal import SEARCH_ATTRIBUTES
-from dialogue.testing.stack import served
+from dialogue.apps.testing.stack import served
+from dialogue.brain.knowledge import documents as knowledge
+from dialogue.brain.knowledge.search import router_search
+from dialogue.brain.nlu.model import ensure_bot_model
+from dialogue.platform.bot import BotDefinition, load_bot, load_bot_module
+from dialogue.platform.codec import PayloadKeys, encrypted_data_converter
+from dialogue.platform.db import get_engine, init_db
+from dialogue.platform.settings import Settings
+from dialogue.platform.temporal import SEARCH_ATTRIBUTES
 from tests.fake_llm import FakeLlm
 from worker import build_worker
 
@@ -95,7 +95,7 @@ def _postgres_schema_url() -> Iterator[str]:
 def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """The SQL store on both databases it supports."""
     if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'dialogue.db'}"
+        yield f"sqlite:///{tmp_path / 'dialogue.platform.db'}"
     else:
         yield from _postgres_schema_url()
 
@@ -160,7 +160,7 @@ def store_url(
             ingest_knowledge(engine, demo_bot)
             yield url
     else:
-        copy = tmp_path / "dialogue.db"
+        copy = tmp_path / "dialogue.platform.db"
         shutil.copyfile(demo_store, copy)
         yield f"sqlite:///{copy}"
 

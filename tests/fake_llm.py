@@ -1,5 +1,5 @@
-"""The stand-in LLM the tests use: `dialogue.testing.stand_in_llm` (conversation tests use it too)."""
+"""The stand-in LLM the tests use: `dialogue.apps.testing.stand_in_llm` (conversation tests use it too)."""
 
-from dialogue.testing.stand_in_llm import FakeLlm, Plan
+from dialogue.apps.testing.stand_in_llm import FakeLlm, Plan
 
 __all__ = ["FakeLlm", "Plan"]

@@ -17,7 +17,7 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import SecretStr
 
-from dialogue.settings import PROJECT_ROOT, Settings
+from dialogue.platform.settings import PROJECT_ROOT, Settings
 from tests.conftest import free_port
 
 START_TIMEOUT = 60.0

@@ -22,10 +22,10 @@ from temporalio.client import Client
 from temporalio.worker import Worker
 
 from api import create_app
-from dialogue.db import get_engine
-from dialogue.identity import create_key, revoke_key
-from dialogue.settings import Settings
-from dialogue.tokens import TokenVerifier
+from dialogue.platform.db import get_engine
+from dialogue.platform.settings import Settings
+from dialogue.security.identity import create_key, revoke_key
+from dialogue.security.tokens import TokenVerifier
 from tests.conftest import api_client, serve
 
 

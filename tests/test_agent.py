@@ -19,9 +19,9 @@ from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client
 
 from api import create_app
-from dialogue.db import get_engine
-from dialogue.identity import create_key
-from dialogue.settings import Settings
+from dialogue.platform.db import get_engine
+from dialogue.platform.settings import Settings
+from dialogue.security.identity import create_key
 from tests.conftest import api_client, bot_with, demo_shop, served_llm, worker_for
 from tests.fake_llm import FakeLlm, Plan
 from tests.processes import WorkerProcess

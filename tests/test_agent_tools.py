@@ -17,9 +17,9 @@ from fastapi import FastAPI, Header, Request
 from fastapi.responses import JSONResponse
 from temporalio.client import Client
 
-from dialogue.agent.declarations import RESULT_CLOSE, RESULT_OPEN
-from dialogue.settings import Settings
-from dialogue.testing.stack import served
+from dialogue.apps.testing.stack import served
+from dialogue.brain.agent.declarations import RESULT_CLOSE, RESULT_OPEN
+from dialogue.platform.settings import Settings
 from tests.conftest import demo_shop, free_port
 from tests.fake_llm import FakeLlm, Plan
 from tests.test_agent import ORDER_STATUS, START_RETURN, agent_stack, model, scheduled, turn

@@ -14,11 +14,11 @@ from temporalio.client import Client
 from temporalio.service import RPCError
 
 from api import create_app
-from dialogue import store
-from dialogue.contracts import RecordConversationRequest
-from dialogue.db import get_engine
-from dialogue.settings import Settings
-from dialogue.temporal import conversation_key, workflow_id
+from dialogue.model.contracts import RecordConversationRequest
+from dialogue.platform import store
+from dialogue.platform.db import get_engine
+from dialogue.platform.settings import Settings
+from dialogue.platform.temporal import conversation_key, workflow_id
 from tests.conftest import api_client, free_port
 
 

@@ -29,8 +29,8 @@ from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.remote.webelement import WebElement
 
-from dialogue.flags import BUCKETS, bucket
-from dialogue.temporal import conversation_key
+from dialogue.platform.flags import BUCKETS, bucket
+from dialogue.platform.temporal import conversation_key
 from tests.browser import SCREENSHOTS, Browser, TcpRelay, missing_browser
 from tests.conftest import free_port
 from tests.fake_llm import FakeLlm, Plan

@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from api import create_app
-from dialogue.settings import Settings
+from dialogue.platform.settings import Settings
 from tests.conftest import TEST_API_KEY, TEST_PAYLOAD_KEYS, free_port, serve
 
 STATIC = Path(__file__).resolve().parent.parent / "api" / "static"
@@ -29,7 +29,7 @@ def page_settings(folder: Path, **changes: object) -> Settings:
     """An API that never reaches Temporal: the page and its assets need neither Temporal nor a worker."""
     return Settings(
         data_dir=folder / "data",
-        database_url=f"sqlite:///{folder / 'dialogue.db'}",
+        database_url=f"sqlite:///{folder / 'dialogue.platform.db'}",
         temporal_address=f"127.0.0.1:{free_port()}",
         temporal_ui_port=UI_PORT,
         api_key=TEST_API_KEY,

@@ -1,4 +1,4 @@
-"""`dialogue.client` against the real stack over real HTTP: typed answers, the turn sent again on 503 and
+"""`dialogue.apps.client` against the real stack over real HTTP: typed answers, the turn sent again on 503 and
 504 without a second turn, a stream resumed after its connection drops, the blocking client."""
 
 from __future__ import annotations
@@ -15,10 +15,10 @@ from temporalio.client import Client
 from temporalio.worker import Worker
 
 from api import create_app
-from dialogue.client import AsyncDialogueClient, DialogueClient, DialogueError
-from dialogue.contracts import TurnReply
-from dialogue.settings import Settings
-from dialogue.testing.stack import served
+from dialogue.apps.client import AsyncDialogueClient, DialogueClient, DialogueError
+from dialogue.apps.testing.stack import served
+from dialogue.model.contracts import TurnReply
+from dialogue.platform.settings import Settings
 from tests.conftest import TEST_API_KEY, served_llm, worker_for
 from tests.fake_llm import FakeLlm, Plan
 

@@ -22,7 +22,7 @@ from temporalio.exceptions import ApplicationError
 
 from api.errors import ApiError, install_error_handlers
 from api.routes.codec import codec_cors, codec_router
-from dialogue.codec import (
+from dialogue.platform.codec import (
     ENCODING,
     METADATA_KEY_ID,
     EncryptionCodec,

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from dialogue.contracts import (
+from dialogue.model.contracts import (
     APPROVAL_DECIDED,
     APPROVAL_FORBIDDEN,
     CONVERSATION_ENDED,
@@ -34,7 +34,7 @@ from dialogue.contracts import (
     ParkedAgent,
     ToolResult,
 )
-from dialogue.flags import FLAGS, FeatureFlags, TurnFlags
+from dialogue.platform.flags import FLAGS, FeatureFlags, TurnFlags
 from workflows.conversation import decisions
 
 pytestmark = pytest.mark.unit  # pure code: `make check` runs it

@@ -15,11 +15,11 @@ import pytest
 from temporalio.client import Client
 
 from api import create_app
-from dialogue.bot import load_bot
-from dialogue.settings import Settings
-from dialogue.testing.runner import Runner
-from dialogue.testing.spec import SpecError, load_tests
-from dialogue.testing.suite import prepare
+from dialogue.apps.testing.runner import Runner
+from dialogue.apps.testing.spec import SpecError, load_tests
+from dialogue.apps.testing.suite import prepare
+from dialogue.platform.bot import load_bot
+from dialogue.platform.settings import Settings
 from tests.conftest import api_client, worker_for
 
 PROJECT = Path(__file__).resolve().parent.parent

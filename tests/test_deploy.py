@@ -30,11 +30,11 @@ from jsonschema import validators
 from prometheus_client import REGISTRY
 from typer.testing import CliRunner
 
-import dialogue.metrics
-from dialogue import telemetry
-from dialogue.cli import app as cli_app
-from dialogue.settings import Settings
-from dialogue.temporal import search_attribute_flags
+import dialogue.platform.metrics
+from dialogue.apps.cli import app as cli_app
+from dialogue.platform import telemetry
+from dialogue.platform.settings import Settings
+from dialogue.platform.temporal import search_attribute_flags
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE_FILE = ROOT / "docker-compose.temporal.yml"
@@ -54,7 +54,7 @@ SAMPLE_ENV = {
 
 # The Temporal SDK's worker metrics that alerts and the dashboard may use, as the worker exports them:
 # names from the SDK metrics reference (docs.temporal.io/references/sdk-metrics) with the `temporal_`
-# prefix and, because dialogue.telemetry.sdk_runtime keeps the exporter's defaults
+# prefix and, because dialogue.platform.telemetry.sdk_runtime keeps the exporter's defaults
 # (test_worker_exports_sdk_metrics_under_their_plain_names), no `_total` on counters and no unit suffix
 # on histograms, whose values are seconds (durations_as_seconds). Read off a worker's /metrics with
 # temporalio 1.35, except the `*_failed`/`*_failure` counters, which appear only once something fails.
@@ -77,7 +77,7 @@ SDK_HISTOGRAMS = {
     "temporal_activity_execution_latency",
     "temporal_request_latency",
     # Recorded by ConversationWorkflow through the SDK's replay-safe meter, so exported beside these.
-    dialogue.metrics.TURN_QUEUE_DEPTH,
+    dialogue.platform.metrics.TURN_QUEUE_DEPTH,
 }
 
 PROMQL_WORDS = {"and", "or", "unless", "bool", "offset", "by", "without", "on", "ignoring"}

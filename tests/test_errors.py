@@ -19,12 +19,12 @@ from temporalio.worker import Worker
 
 from api import create_app
 from api.errors import ERRORS
-from dialogue.codec import EncryptionCodec, PayloadKeys
-from dialogue.contracts import WORKFLOW_TYPE
-from dialogue.db import get_engine
-from dialogue.identity import create_key
-from dialogue.settings import Settings
-from dialogue.temporal import conversation_key, workflow_id
+from dialogue.model.contracts import WORKFLOW_TYPE
+from dialogue.platform.codec import EncryptionCodec, PayloadKeys
+from dialogue.platform.db import get_engine
+from dialogue.platform.settings import Settings
+from dialogue.platform.temporal import conversation_key, workflow_id
+from dialogue.security.identity import create_key
 from tests.conftest import api_client, free_port, served_llm, worker_for
 from tests.fake_llm import FakeLlm, Plan
 from tests.test_agent import TOOLS, agent_stack

@@ -19,11 +19,11 @@ from temporalio.client import Client
 from typer.testing import CliRunner
 
 from api import create_app
-from dialogue.cli import app
-from dialogue.db import Message, get_engine
-from dialogue.evaluation.run import JudgeEndpoint, evaluate
-from dialogue.evaluation.source import Filters, read_export, recorded_conversations
-from dialogue.settings import Settings
+from dialogue.apps.cli import app
+from dialogue.apps.evaluation.run import JudgeEndpoint, evaluate
+from dialogue.apps.evaluation.source import Filters, read_export, recorded_conversations
+from dialogue.platform.db import Message, get_engine
+from dialogue.platform.settings import Settings
 from tests.conftest import api_client, bot_with, served_llm, worker_for
 from tests.fake_llm import FakeLlm, Plan
 

@@ -22,8 +22,8 @@ from temporalio.api.enums.v1 import PendingWorkflowTaskState
 from temporalio.client import Client, WorkflowHandle
 
 from api import create_app
-from dialogue.settings import Settings
-from dialogue.temporal import connect, search_attribute_flags
+from dialogue.platform.settings import Settings
+from dialogue.platform.temporal import connect, search_attribute_flags
 from tests.conftest import api_client, free_port, served_llm
 from tests.fake_llm import FakeLlm, Plan
 from tests.outages import StoreLock, steps_redone_after_a_timeout
@@ -58,7 +58,7 @@ class DevServer:
         """Start it (again) and wait until it accepts connections; returns how long that took."""
         started = time.monotonic()
         with self.log.open("ab") as out:
-            # The flags of `dialogue up` (dialogue/supervisor.py), without the Web UI.
+            # The flags of `dialogue up` (dialogue/apps/supervisor.py), without the Web UI.
             self.process = await asyncio.create_subprocess_exec(
                 str(Settings().temporal_binary),
                 "server",

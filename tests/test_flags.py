@@ -17,12 +17,12 @@ from pydantic import ValidationError
 from temporalio.client import Client
 
 from api import create_app
-from dialogue import events
-from dialogue.bot import BotDefinition, load_bot
-from dialogue.db import get_engine
-from dialogue.flags import FLAGS, FeatureFlags, bucket, deployment_flags
-from dialogue.generation import build_generators
-from dialogue.settings import Settings
+from dialogue.brain.generation import build_generators
+from dialogue.platform import events
+from dialogue.platform.bot import BotDefinition, load_bot
+from dialogue.platform.db import get_engine
+from dialogue.platform.flags import FLAGS, FeatureFlags, bucket, deployment_flags
+from dialogue.platform.settings import Settings
 from tests.conftest import api_client, bot_with, served_llm
 from tests.fake_llm import FakeLlm, Plan
 from worker import build_worker

@@ -9,11 +9,18 @@ import pytest
 from temporalio.exceptions import ApplicationError
 
 from activities.generate import ReplyComposer
-from dialogue.bot import BotDefinition
-from dialogue.contracts import OUT_OF_SCOPE, GenerateRequest, IntentPrediction, NluResult, Passage, Reply
-from dialogue.generation.grounded import GroundedGenerator, Relevance, grounded_answer
-from dialogue.generation.rubric import Marks, dangling_reference, mark
-from dialogue.knowledge.chunking import sentences
+from dialogue.brain.generation.grounded import GroundedGenerator, Relevance, grounded_answer
+from dialogue.brain.generation.rubric import Marks, dangling_reference, mark
+from dialogue.brain.knowledge.chunking import sentences
+from dialogue.model.contracts import (
+    OUT_OF_SCOPE,
+    GenerateRequest,
+    IntentPrediction,
+    NluResult,
+    Passage,
+    Reply,
+)
+from dialogue.platform.bot import BotDefinition
 
 pytestmark = pytest.mark.unit  # pure code: `make check` runs it
 

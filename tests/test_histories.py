@@ -12,10 +12,10 @@ import orjson
 import pytest
 from temporalio.contrib.pydantic import pydantic_data_converter
 
-from dialogue.bot import load_bot
-from dialogue.generation import build_generators
-from dialogue.llm.rebuild import llm_requests
-from dialogue.settings import Settings
+from dialogue.brain.generation import build_generators
+from dialogue.brain.llm.rebuild import llm_requests
+from dialogue.platform.bot import load_bot
+from dialogue.platform.settings import Settings
 from tests.histories.record import llm_settings
 from workflows.replay import load_history, replay
 

@@ -18,17 +18,17 @@ from sqlalchemy import delete, inspect, text
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
-from dialogue.bot import BotDefinition
-from dialogue.db import KnowledgeChunk, KnowledgeDocument, get_engine, init_db
-from dialogue.jsonl import DataError
-from dialogue.knowledge import documents, fulltext
-from dialogue.knowledge.chunking import SPECIAL_TOKENS, chunk, sentences
-from dialogue.knowledge.evaluate import Question, evaluate_retrieval, read_questions
-from dialogue.knowledge.parsing import parse
-from dialogue.knowledge.search import MemoryIndex, StoreIndex, open_index
-from dialogue.nlu.embeddings import MAX_TOKENS, count_tokens
-from dialogue.settings import PROJECT_ROOT
-from dialogue.text import stems, terms
+from dialogue.brain.knowledge import documents, fulltext
+from dialogue.brain.knowledge.chunking import SPECIAL_TOKENS, chunk, sentences
+from dialogue.brain.knowledge.evaluate import Question, evaluate_retrieval, read_questions
+from dialogue.brain.knowledge.parsing import parse
+from dialogue.brain.knowledge.search import MemoryIndex, StoreIndex, open_index
+from dialogue.brain.nlu.embeddings import MAX_TOKENS, count_tokens
+from dialogue.brain.text import stems, terms
+from dialogue.platform.bot import BotDefinition
+from dialogue.platform.db import KnowledgeChunk, KnowledgeDocument, get_engine, init_db
+from dialogue.platform.jsonl import DataError
+from dialogue.platform.settings import PROJECT_ROOT
 from tests.conftest import ingest_knowledge
 
 MARKDOWN = """# Gift cards
@@ -191,7 +191,7 @@ def demo_copy(demo_store: Path, tmp_path: Path) -> Engine:
 def test_hybrid_search_finds_the_answering_document_and_follows_changes(
     tmp_path: Path, demo_store: Path
 ) -> None:
-    from dialogue.db import get_engine
+    from dialogue.platform.db import get_engine
 
     engine = get_engine(f"sqlite:///{demo_store}")
     index = MemoryIndex(engine, reload_seconds=0)
@@ -214,7 +214,7 @@ def test_hybrid_search_finds_the_answering_document_and_follows_changes(
 
 
 def test_retrieval_evaluation_on_the_demo_qa_set(demo_store: Path, demo_bot: BotDefinition) -> None:
-    from dialogue.db import get_engine
+    from dialogue.platform.db import get_engine
 
     questions = read_questions(demo_bot.resolve("qa.jsonl"))
     assert len(questions) >= 50
@@ -232,7 +232,7 @@ def test_read_questions_rejects_bad_lines(tmp_path: Path) -> None:
 
 
 def test_retrieval_modes_keep_one_ranking(demo_store: Path) -> None:
-    from dialogue.db import get_engine
+    from dialogue.platform.db import get_engine
 
     engine = get_engine(f"sqlite:///{demo_store}")
     lexical = MemoryIndex(engine, mode="lexical").search("express shipping cost", top_k=3)
@@ -524,7 +524,7 @@ def test_a_store_upgraded_to_the_full_text_revision_is_searchable_at_once(
     """Migration 0003 fills the full-text index from the chunks already stored."""
     from alembic import command
 
-    from dialogue.migrations import alembic_config
+    from dialogue.platform.migrations import alembic_config
 
     engine = demo_engine(database_url, demo_bot)
     command.downgrade(alembic_config(database_url), "0002")
@@ -541,7 +541,7 @@ def test_a_store_upgraded_to_the_stems_revision_searches_by_stems(
     wrote them) finds "delivering" in chunks that say "deliver" or "delivered" once upgraded."""
     from alembic import command
 
-    from dialogue.migrations import alembic_config
+    from dialogue.platform.migrations import alembic_config
 
     engine = demo_engine(database_url, demo_bot)
     with engine.begin() as connection:

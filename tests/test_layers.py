@@ -1,13 +1,16 @@
 """Dependencies point one way, checked on every import (at module level, inside functions, under
-`if TYPE_CHECKING:` alike):
+`if TYPE_CHECKING:` alike). A layer may import its own and those below it:
 
-    apps (dialogue.cli, supervisor, testing, evaluation)  may import anything of the project
-    worker                                                 workflows, activities, dialogue
-    api                                                    dialogue
-    workflows                                              activities (by name), dialogue
-    activities                                             dialogue
-    dialogue (platform, security, the brain)               dialogue, the model
-    the model (dialogue.contracts, dialogue.api_models)    the model only
+    apps       dialogue.apps (CLI, supervisor, client, conversation tests, evaluations)   everything
+    worker     worker.py                                          workflows, activities, brain, security, platform, model
+    api        api/                                               brain, security, platform, model
+    workflows  workflows/                                         activities (by name), brain, security, platform, model
+    activities activities/                                        brain, security, platform, model
+    brain      dialogue.brain (NLU, knowledge, policy, generation, LLM, agent)   security, platform, model
+    security   dialogue.security (identity, tokens, privacy, erasure)           platform, model
+    platform   dialogue.platform (settings, bot, Temporal client, store, telemetry)   model
+               (its migrations' versions also the brain and security: a data migration writes what they read)
+    model      dialogue.model (contracts, API models)             nothing of the project
 
 Only the apps sit above `api` and `workflows` (they start a worker and an API). The API runs without the
 worker's code."""
@@ -22,34 +25,37 @@ from pathlib import Path
 import pytest
 from temporalio import workflow
 
-from dialogue import contracts
+from dialogue.model import contracts
 from workflows.conversation import ConversationWorkflow
 
 pytestmark = pytest.mark.unit  # pure code: `make check` runs it
 
 ROOT = Path(__file__).resolve().parent.parent
 PROJECT = ("api", "workflows", "activities", "dialogue", "worker")
-
-MODEL = ("dialogue.contracts", "dialogue.api_models")
-APPS = ("dialogue.cli", "dialogue.__main__", "dialogue.supervisor", "dialogue.testing", "dialogue.evaluation")
+CORE = ["model", "platform", "security", "brain"]
 BELOW = {
+    "dialogue": set(),  # the package's own __init__
     "model": {"model"},
-    "dialogue": {"dialogue", "model"},
-    "activities": {"activities", "dialogue", "model"},
-    "workflows": {"workflows", "activities", "dialogue", "model"},
-    "api": {"api", "dialogue", "model"},
-    "worker": {"worker", "workflows", "activities", "dialogue", "model"},
-    "apps": {"apps", "worker", "api", "workflows", "activities", "dialogue", "model"},
+    "platform": {"platform", "model"},
+    "migrations": {"platform", "security", "brain", "model"},
+    "security": {"security", "platform", "model"},
+    "brain": {"brain", "security", "platform", "model"},
+    "activities": {"activities", *CORE},
+    "workflows": {"workflows", "activities", *CORE},
+    "api": {"api", *CORE},
+    "worker": {"worker", "workflows", "activities", *CORE},
+    "apps": {"apps", "worker", "api", "workflows", "activities", *CORE},
 }
 """What each layer may import of the project."""
 
 
 def _layer(module: str) -> str:
-    if module in MODEL or module.startswith(tuple(f"{m}." for m in MODEL)):
-        return "model"
-    if module in APPS or module.startswith(tuple(f"{m}." for m in APPS)):
-        return "apps"
-    return module.split(".")[0]
+    parts = module.split(".")
+    if parts[0] != "dialogue" or len(parts) == 1:
+        return parts[0]
+    if module.startswith("dialogue.platform.migrations.versions."):
+        return "migrations"  # a data migration writes what the brain's code reads (the full-text rows)
+    return "apps" if parts[1] == "__main__" else parts[1]
 
 
 def _imports(source: str) -> set[str]:
@@ -60,11 +66,7 @@ def _imports(source: str) -> set[str]:
             imported.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             imported.add(node.module)
-            # `from dialogue import contracts` imports the module dialogue.contracts
-            imported.update(
-                f"{node.module}.{alias.name}" for alias in node.names if node.module == "dialogue"
-            )
-    return {name for name in imported if name.split(".")[0] in PROJECT and name != "dialogue"}
+    return {name for name in imported if name.split(".")[0] in PROJECT}
 
 
 def upward_imports(module: str, source: str) -> set[str]:
@@ -90,10 +92,12 @@ def test_a_module_imports_only_its_own_layer_and_those_below(module: str, path: 
 @pytest.mark.parametrize(
     ("module", "planted"),
     [
-        ("dialogue.nlu.router", "def serve():\n    from api.app import create_app\n"),
-        ("dialogue.contracts", "from dialogue.settings import Settings\n"),
+        ("dialogue.brain.nlu.routing", "def serve():\n    from api.app import create_app\n"),
+        ("dialogue.model.contracts", "from dialogue.platform.settings import Settings\n"),
+        ("dialogue.platform.store", "from dialogue.brain.nlu import model\n"),
+        ("dialogue.security.tokens", "def check():\n    from dialogue.brain.policy import decide\n"),
         ("activities.understand", "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    import worker\n"),
-        ("api.routes.turns", "from dialogue import cli\n"),
+        ("api.routes.turns", "from dialogue.apps import cli\n"),
     ],
 )
 def test_the_layer_check_catches_a_planted_upward_import(module: str, planted: str) -> None:
@@ -103,8 +107,8 @@ def test_the_layer_check_catches_a_planted_upward_import(module: str, planted: s
 def test_importing_the_api_loads_no_worker_code() -> None:
     probe = (
         "import sys, api.app; print(' '.join(sorted(m for m in sys.modules if m.startswith(("
-        "'activities', 'workflows.conversation', 'worker', 'dialogue.nlu.parser', 'dialogue.nlu.classifier', "
-        "'dialogue.knowledge.search', 'dialogue.agent', 'dialogue.generation', 'bm25s', 'sklearn', 'torch', "
+        "'activities', 'workflows.conversation', 'worker', 'dialogue.brain.nlu.parser', 'dialogue.brain.nlu.classifier', "
+        "'dialogue.brain.knowledge.search', 'dialogue.brain.agent', 'dialogue.brain.generation', 'bm25s', 'sklearn', 'torch', "
         "'onnxruntime')))))"
     )
     loaded = subprocess.run(

@@ -13,11 +13,11 @@ from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client
 from temporalio.exceptions import ApplicationError
 
-from dialogue.bot import LlmSettings
-from dialogue.contracts import Passage
-from dialogue.generation.openai_chat import ChatClient, OpenAIChatGenerator
-from dialogue.settings import Settings
-from dialogue.temporal import conversation_key, workflow_id
+from dialogue.brain.generation.openai_chat import ChatClient, OpenAIChatGenerator
+from dialogue.model.contracts import Passage
+from dialogue.platform.bot import LlmSettings
+from dialogue.platform.settings import Settings
+from dialogue.platform.temporal import conversation_key, workflow_id
 from tests.conftest import free_port, served_llm
 from tests.fake_llm import FakeLlm, Plan
 from tests.test_workflow import send_turn

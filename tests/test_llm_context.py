@@ -15,10 +15,17 @@ import pytest
 from temporalio.client import Client
 
 from api import create_app
-from dialogue.contracts import RollingSummary
-from dialogue.llm.context import AGENT_PREFIX, SUMMARY_HEADING, TRUNCATED, Said, assemble, messages_digest
-from dialogue.llm.tokenizer import ESTIMATE, MESSAGE_OVERHEAD, TokenCounter, counter_for
-from dialogue.settings import Settings
+from dialogue.brain.llm.context import (
+    AGENT_PREFIX,
+    SUMMARY_HEADING,
+    TRUNCATED,
+    Said,
+    assemble,
+    messages_digest,
+)
+from dialogue.brain.llm.tokenizer import ESTIMATE, MESSAGE_OVERHEAD, TokenCounter, counter_for
+from dialogue.model.contracts import RollingSummary
+from dialogue.platform.settings import Settings
 from tests.conftest import api_client, bot_with, served_llm, worker_for
 from tests.fake_llm import FakeLlm, Plan
 from tests.waiting import eventually
@@ -385,7 +392,7 @@ async def test_a_variant_rollout_answers_with_the_bots_variant_settings_recorded
 
 
 def test_the_extractive_summary_keeps_first_sentences_within_its_size() -> None:
-    from dialogue.llm.summary import MAX_SUMMARY_CHARS, extractive
+    from dialogue.brain.llm.summary import MAX_SUMMARY_CHARS, extractive
 
     first = extractive(
         None, said(("How much is express? I need it fast.", "It costs 12.90 euros. It arrives tomorrow.")), 1

@@ -16,8 +16,8 @@ from temporalio.client import Client
 from temporalio.worker import Worker
 
 from api import create_app
-from dialogue.settings import Settings
-from dialogue.temporal import conversation_key, workflow_id
+from dialogue.platform.settings import Settings
+from dialogue.platform.temporal import conversation_key, workflow_id
 from tests.conftest import TEST_PAYLOAD_KEYS, api_client
 
 

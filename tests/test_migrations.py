@@ -22,11 +22,11 @@ from sqlmodel import SQLModel
 from temporalio.client import Client
 
 from api import create_app
-from dialogue import store
-from dialogue.bot import BotDefinition
-from dialogue.contracts import RecordMessageRequest
-from dialogue.db import get_engine, init_db
-from dialogue.migrations import (
+from dialogue.model.contracts import RecordMessageRequest
+from dialogue.platform import store
+from dialogue.platform.bot import BotDefinition
+from dialogue.platform.db import get_engine, init_db
+from dialogue.platform.migrations import (
     LATER_TABLES,
     SchemaMismatch,
     alembic_config,
@@ -35,7 +35,7 @@ from dialogue.migrations import (
     include_name,
     upgrade,
 )
-from dialogue.settings import Settings
+from dialogue.platform.settings import Settings
 from tests.conftest import api_client, ingest_knowledge
 from worker import build_worker
 

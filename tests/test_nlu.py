@@ -9,15 +9,15 @@ from pathlib import Path
 
 import pytest
 
-from dialogue.bot import BotDefinition
-from dialogue.contracts import OUT_OF_SCOPE
-from dialogue.nlu.classifier import IntentClassifier, tune_threshold
-from dialogue.nlu.data import DataError, Example, read_examples
-from dialogue.nlu.entities import EntityExtractor
-from dialogue.nlu.evaluate import evaluate
-from dialogue.nlu.model import ModelError, load, save, train
-from dialogue.nlu.parser import KeywordParser, ModelParser
-from dialogue.nlu.sentiment import sentiment
+from dialogue.brain.nlu.classifier import IntentClassifier, tune_threshold
+from dialogue.brain.nlu.data import DataError, Example, read_examples
+from dialogue.brain.nlu.entities import EntityExtractor
+from dialogue.brain.nlu.evaluate import evaluate
+from dialogue.brain.nlu.model import ModelError, load, save, train
+from dialogue.brain.nlu.parser import KeywordParser, ModelParser
+from dialogue.brain.nlu.sentiment import sentiment
+from dialogue.model.contracts import OUT_OF_SCOPE
+from dialogue.platform.bot import BotDefinition
 
 
 @pytest.mark.parametrize(
@@ -167,8 +167,8 @@ def test_nlu_cli_trains_evaluates_and_parses(tmp_path: Path, demo_bot: BotDefini
 def test_the_backend_is_chosen_in_settings(
     tmp_path: Path, demo_bot: BotDefinition, demo_model_dir: Path
 ) -> None:
-    from dialogue.nlu.parser import build_parser
-    from dialogue.settings import Settings
+    from dialogue.brain.nlu.parser import build_parser
+    from dialogue.platform.settings import Settings
 
     missing = tmp_path / "none"
     assert isinstance(
@@ -182,7 +182,7 @@ def test_the_backend_is_chosen_in_settings(
 
 
 def test_embeddings_are_unit_length_and_padding_does_not_change_them() -> None:
-    from dialogue.nlu.embeddings import embed, embeddings_available
+    from dialogue.brain.nlu.embeddings import embed, embeddings_available
 
     if not embeddings_available():
         pytest.skip("the embeddings extra is not installed")

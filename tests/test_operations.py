@@ -22,9 +22,9 @@ from temporalio.client import Client
 from temporalio.worker import Worker
 
 from api import create_app
-from dialogue.settings import Settings
-from dialogue.telemetry import temporal_interceptors, tracer_provider
-from dialogue.temporal import conversation_key, workflow_id
+from dialogue.platform.settings import Settings
+from dialogue.platform.telemetry import temporal_interceptors, tracer_provider
+from dialogue.platform.temporal import conversation_key, workflow_id
 from tests.conftest import TEST_API_KEY, api_client, free_port, worker_for
 from tests.processes import ApiProcess, WorkerProcess
 
@@ -279,8 +279,8 @@ def test_payload_keys_rotate_then_promote_from_the_cli(
 ) -> None:
     from typer.testing import CliRunner
 
-    from dialogue.cli import app
-    from dialogue.settings import get_settings
+    from dialogue.apps.cli import app
+    from dialogue.platform.settings import get_settings
 
     monkeypatch.setenv("DIALOGUE_DATA_DIR", str(tmp_path))
     monkeypatch.delenv("DIALOGUE_PAYLOAD_KEYS", raising=False)

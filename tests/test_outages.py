@@ -32,12 +32,12 @@ from temporalio.testing import ActivityEnvironment
 from activities.record import RecordActivities
 from api import create_app
 from api.errors import translate
-from dialogue.contracts import UNRECORDABLE, RecordMessageRequest
-from dialogue.db import get_engine
-from dialogue.identity import create_key
-from dialogue.recovery import broken_conversations
-from dialogue.settings import PROJECT_ROOT, Settings
-from dialogue.supervisor import CRASH_LIMIT, CRASH_WINDOW_SECONDS, RESTART_MAX_DELAY_SECONDS, Child
+from dialogue.apps.supervisor import CRASH_LIMIT, CRASH_WINDOW_SECONDS, RESTART_MAX_DELAY_SECONDS, Child
+from dialogue.model.contracts import UNRECORDABLE, RecordMessageRequest
+from dialogue.platform.db import get_engine
+from dialogue.platform.recovery import broken_conversations
+from dialogue.platform.settings import PROJECT_ROOT, Settings
+from dialogue.security.identity import create_key
 from tests.conftest import api_client, worker_for
 from tests.outages import StoreLock, StoreOutage, TcpProxy, UnwritableSqlite, steps_redone_after_a_timeout
 from tests.processes import WorkerProcess, process_env
@@ -398,7 +398,7 @@ def test_data_the_store_refuses_for_good_is_not_retried(database_url: str) -> No
     retrying that one write instead of holding the conversation's transcript behind it."""
     from datetime import UTC, datetime
 
-    from dialogue.db import init_db
+    from dialogue.platform.db import init_db
 
     engine = get_engine(database_url)
     init_db(engine)

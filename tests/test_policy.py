@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from dialogue.bot import BotDefinition
-from dialogue.contracts import OUT_OF_SCOPE, DialogueState, Entity, IntentPrediction, NluResult, Routing
-from dialogue.policy import decide
-from dialogue.python_tools import flow_tools
+from dialogue.brain.policy import decide
+from dialogue.brain.python_tools import flow_tools
+from dialogue.model.contracts import OUT_OF_SCOPE, DialogueState, Entity, IntentPrediction, NluResult, Routing
+from dialogue.platform.bot import BotDefinition
 
 pytestmark = pytest.mark.unit  # pure code: `make check` runs it
 

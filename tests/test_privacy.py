@@ -27,10 +27,10 @@ from temporalio.service import RPCError, RPCStatusCode
 from temporalio.testing import WorkflowEnvironment
 
 from api import create_app
-from dialogue.codec import EncryptionCodec, encrypted_data_converter
-from dialogue.db import AuditEntry, Conversation, get_engine
-from dialogue.settings import Settings
-from dialogue.temporal import SEARCH_ATTRIBUTES, conversation_key, workflow_id
+from dialogue.platform.codec import EncryptionCodec, encrypted_data_converter
+from dialogue.platform.db import AuditEntry, Conversation, get_engine
+from dialogue.platform.settings import Settings
+from dialogue.platform.temporal import SEARCH_ATTRIBUTES, conversation_key, workflow_id
 from tests.conftest import TEST_PAYLOAD_KEYS, api_client, bot_with, served_llm
 from tests.fake_llm import FakeLlm, Plan
 from worker import build_worker

@@ -9,15 +9,15 @@ import pytest
 import yaml
 
 from activities.flow_tools import ToolActivity
-from dialogue.bot import BotDefinition, load_bot
-from dialogue.contracts import ToolCall
-from dialogue.python_tools import CallContext, agent_tools, flow_tools
+from dialogue.brain.python_tools import CallContext, agent_tools, flow_tools
+from dialogue.model.contracts import ToolCall
+from dialogue.platform.bot import BotDefinition, load_bot
 
 pytestmark = pytest.mark.unit  # pure code: `make check` runs it
 
 TOOLS_FILE = """
-from dialogue.contracts import ToolResult
-from dialogue.python_tools import PythonTools
+from dialogue.model.contracts import ToolResult
+from dialogue.brain.python_tools import PythonTools
 
 tools = PythonTools()
 SAID = {said!r}

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from dialogue.privacy.redaction import Finding, Redactor
+from dialogue.security.privacy.redaction import Finding, Redactor
 
 pytestmark = pytest.mark.unit  # pure code: `make check` runs it
 

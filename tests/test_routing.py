@@ -10,12 +10,12 @@ from temporalio.testing import ActivityEnvironment
 
 from activities.retrieve import RetrieveActivity
 from activities.understand import UnderstandActivity
-from dialogue.bot import BotDefinition
-from dialogue.contracts import Understanding, UnderstandRequest
-from dialogue.db import get_engine
-from dialogue.knowledge.search import MemoryIndex
-from dialogue.nlu.model import load
-from dialogue.nlu.parser import ModelParser
+from dialogue.brain.knowledge.search import MemoryIndex
+from dialogue.brain.nlu.model import load
+from dialogue.brain.nlu.parser import ModelParser
+from dialogue.model.contracts import Understanding, UnderstandRequest
+from dialogue.platform.bot import BotDefinition
+from dialogue.platform.db import get_engine
 
 
 @pytest.fixture(scope="module")

@@ -16,8 +16,8 @@ from temporalio.client import Client
 from temporalio.worker import Worker
 
 from api import create_app
-from dialogue.settings import Settings
-from dialogue.testing.stack import served
+from dialogue.apps.testing.stack import served
+from dialogue.platform.settings import Settings
 from tests.conftest import TEST_API_KEY
 
 ST = Path(sys.executable).with_name("st")

@@ -11,7 +11,7 @@ from prometheus_client import REGISTRY
 from temporalio.client import Client
 
 from api import create_app
-from dialogue.settings import Settings
+from dialogue.platform.settings import Settings
 from tests.conftest import api_client, served_llm, worker_for
 from tests.fake_llm import FakeLlm, Plan
 from tests.waiting import eventually

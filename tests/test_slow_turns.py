@@ -18,8 +18,8 @@ from temporalio.service import RPCError, RPCStatusCode
 from temporalio.worker import Worker
 
 from api import create_app
-from dialogue.settings import Settings
-from dialogue.temporal import conversation_key, workflow_id
+from dialogue.platform.settings import Settings
+from dialogue.platform.temporal import conversation_key, workflow_id
 from tests.conftest import api_client, served_llm
 from tests.fake_llm import FakeLlm, Plan
 from tests.waiting import eventually

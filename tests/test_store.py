@@ -11,8 +11,7 @@ from typing import Any
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
-from dialogue import events, store
-from dialogue.contracts import (
+from dialogue.model.contracts import (
     IntentPrediction,
     NluResult,
     RecordConversationRequest,
@@ -20,8 +19,9 @@ from dialogue.contracts import (
     Reply,
     Source,
 )
-from dialogue.db import AuditEntry, get_engine, init_db
-from dialogue.identity import audit, create_key
+from dialogue.platform import events, store
+from dialogue.platform.db import AuditEntry, get_engine, init_db
+from dialogue.security.identity import audit, create_key
 
 T0 = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 

@@ -12,7 +12,7 @@ import httpx
 import orjson
 import pytest
 
-from dialogue.settings import Settings
+from dialogue.platform.settings import Settings
 from tests.conftest import served_llm
 from tests.fake_llm import FakeLlm, Plan
 

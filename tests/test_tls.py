@@ -24,8 +24,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from temporalio.testing import WorkflowEnvironment
 
-from dialogue.settings import Settings
-from dialogue.temporal import connect
+from dialogue.platform.settings import Settings
+from dialogue.platform.temporal import connect
 from tests.conftest import free_port
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from dialogue.supervisor import port_is_free
+from dialogue.apps.supervisor import port_is_free
 from tests.processes import UpStack
 
 

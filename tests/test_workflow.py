@@ -23,13 +23,13 @@ from temporalio.common import WorkflowIDConflictPolicy
 from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
 from temporalio.worker import Worker
 
-from dialogue import store
-from dialogue.codec import EncryptionCodec
-from dialogue.contracts import INVALID_TURN, ConversationState, EndRequest, TurnReply, TurnRequest
-from dialogue.db import get_engine
-from dialogue.settings import Settings
-from dialogue.starting import conversation_input, start_options
-from dialogue.temporal import LAST_INTENT, TURN_COUNT, conversation_key, workflow_id
+from dialogue.model.contracts import INVALID_TURN, ConversationState, EndRequest, TurnReply, TurnRequest
+from dialogue.platform import store
+from dialogue.platform.codec import EncryptionCodec
+from dialogue.platform.db import get_engine
+from dialogue.platform.settings import Settings
+from dialogue.platform.starting import conversation_input, start_options
+from dialogue.platform.temporal import LAST_INTENT, TURN_COUNT, conversation_key, workflow_id
 from tests.conftest import TEST_PAYLOAD_KEYS, worker_for
 from workflows.conversation import FALLBACK_TEXT, ConversationWorkflow
 from workflows.replay import divergence, load_history, replay

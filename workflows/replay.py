@@ -20,14 +20,14 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.converter import DataConverter
 from temporalio.worker import Replayer, WorkflowReplayResult
 
-from dialogue.temporal import workflow_id
+from dialogue.platform.temporal import workflow_id
 from workflows.conversation import ConversationWorkflow
 
 
 async def load_history(
     key: str, *, client: Client | None = None, history_file: Path | None = None
 ) -> WorkflowHistory:
-    """The history of the conversation with this key (`dialogue.temporal.conversation_key`), from a
+    """The history of the conversation with this key (`dialogue.platform.temporal.conversation_key`), from a
     JSON export (Web UI or `temporal workflow show --output json`) or the server's latest run."""
     if history_file is not None:
         exported = await asyncio.to_thread(history_file.read_text)

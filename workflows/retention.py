@@ -24,7 +24,7 @@ from temporalio.common import RetryPolicy
 
 with workflow.unsafe.imports_passed_through():
     from activities.retention import RetentionActivities
-    from dialogue.contracts import RetentionReport
+    from dialogue.model.contracts import RetentionReport
 
 SCHEDULE_ID = "dialogue-retention"
 

@@ -12,9 +12,9 @@ from fastapi import APIRouter, Path, Request
 from api.deps import ClientPrincipal, FlagsDep, SettingsDep, TemporalClientDep
 from api.errors import WORKFLOW_UPDATE, responses
 from api.routes.conversations import ConversationIdPath, IdempotencyKey, execute_update
-from dialogue.api_models import ApprovalCreate
-from dialogue.contracts import ApprovalReply, ApprovalRequest, Updates
-from dialogue.temporal import conversation_key
+from dialogue.model.api_models import ApprovalCreate
+from dialogue.model.contracts import ApprovalReply, ApprovalRequest, Updates
+from dialogue.platform.temporal import conversation_key
 
 router = APIRouter(prefix="/conversations", tags=["approvals"])
 

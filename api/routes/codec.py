@@ -33,7 +33,7 @@ from temporalio.api.common.v1 import Payload, Payloads
 from temporalio.converter import PayloadCodec
 
 from api.errors import ApiError, responses
-from dialogue.codec import decode_base64
+from dialogue.platform.codec import decode_base64
 
 # A history event's payloads together; Temporal refuses a single payload over 2 MB, which is
 # about 2.7 MB as base64. (The app-wide `BodySizeLimit` applies first, when it is lower.)

@@ -35,8 +35,7 @@ from api.errors import (
 )
 from api.request_telemetry import mark_turn
 from api.streaming import ResumePoint, conversation_stream, stream_response, turn_stream
-from dialogue import erasure, events, store
-from dialogue.api_models import (
+from dialogue.model.api_models import (
     ID_PATTERN,
     IDEMPOTENCY_KEY_PATTERN,
     MAX_OFFSET,
@@ -51,7 +50,7 @@ from dialogue.api_models import (
     TurnCreate,
     TurnStatus,
 )
-from dialogue.contracts import (
+from dialogue.model.contracts import (
     WORKFLOW_TYPE,
     ConversationState,
     EndRequest,
@@ -61,11 +60,13 @@ from dialogue.contracts import (
     TurnRequest,
     Updates,
 )
-from dialogue.flags import FeatureFlags, Flag
-from dialogue.identity import Principal
-from dialogue.recovery import BROKEN
-from dialogue.starting import conversation_input, start_options
-from dialogue.temporal import conversation_key, workflow_id
+from dialogue.platform import events, store
+from dialogue.platform.flags import FeatureFlags, Flag
+from dialogue.platform.recovery import BROKEN
+from dialogue.platform.starting import conversation_input, start_options
+from dialogue.platform.temporal import conversation_key, workflow_id
+from dialogue.security import erasure
+from dialogue.security.identity import Principal
 
 router = APIRouter(prefix="/conversations", tags=["conversations"])
 R = TypeVar("R")

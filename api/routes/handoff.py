@@ -12,7 +12,7 @@ from fastapi import APIRouter, Request, status
 from api.deps import AgentPrincipal, FlagsDep, SettingsDep, TemporalClientDep
 from api.errors import WORKFLOW_UPDATE, ApiError, responses
 from api.routes.conversations import ConversationIdPath, IdempotencyKey, execute_update, require_flag
-from dialogue.contracts import (
+from dialogue.model.contracts import (
     AgentMessageReply,
     AgentMessageRequest,
     ConversationState,

@@ -16,7 +16,7 @@ from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
 from temporalio.client import Client
 
 from api.deps import EngineDep, SettingsDep, TemporalClientDep
-from dialogue.settings import Settings
+from dialogue.platform.settings import Settings
 
 router = APIRouter(tags=["health"])
 

@@ -10,8 +10,8 @@ from starlette.concurrency import run_in_threadpool
 
 from api.deps import AdminPrincipal, EngineDep
 from api.errors import ApiError, responses
-from dialogue.api_models import KeyCreate, KeyCreated, KeyPublic
-from dialogue.identity import audit, create_key, list_keys, revoke_key
+from dialogue.model.api_models import KeyCreate, KeyCreated, KeyPublic
+from dialogue.security.identity import audit, create_key, list_keys, revoke_key
 
 router = APIRouter(prefix="/keys", tags=["keys"])
 

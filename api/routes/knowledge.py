@@ -10,7 +10,8 @@ from starlette.concurrency import run_in_threadpool
 
 from api.deps import AdminPrincipal, EngineDep
 from api.errors import ApiError, responses
-from dialogue.api_models import (
+from dialogue.brain.knowledge import documents
+from dialogue.model.api_models import (
     ID_PATTERN,
     MAX_OFFSET,
     DocumentCreate,
@@ -19,7 +20,6 @@ from dialogue.api_models import (
     DocumentStored,
     DocumentSummary,
 )
-from dialogue.knowledge import documents
 
 router = APIRouter(prefix="/knowledge/documents", tags=["knowledge"])
 

@@ -17,9 +17,9 @@ from starlette.concurrency import run_in_threadpool
 from api.deps import ClientPrincipal, EngineDep, FlagsDep
 from api.errors import ApiError, responses
 from api.routes.conversations import ConversationIdPath, TurnIdPath
-from dialogue import store
-from dialogue.api_models import FeedbackCreate, FeedbackPublic, ToolResultPublic, TurnLineage
-from dialogue.temporal import conversation_key
+from dialogue.model.api_models import FeedbackCreate, FeedbackPublic, ToolResultPublic, TurnLineage
+from dialogue.platform import store
+from dialogue.platform.temporal import conversation_key
 
 router = APIRouter(prefix="/conversations", tags=["lineage"])
 

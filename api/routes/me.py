@@ -6,7 +6,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from api.deps import ClientPrincipal
-from dialogue.api_models import Caller
+from dialogue.model.api_models import Caller
 
 router = APIRouter(tags=["keys"])
 

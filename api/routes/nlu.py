@@ -9,12 +9,12 @@ from starlette.concurrency import run_in_threadpool
 
 from api.deps import ClientPrincipal, SettingsDep
 from api.errors import ApiError, responses
-from dialogue.api_models import TextToParse
-from dialogue.bot import load_bot_cached
-from dialogue.contracts import NluResult
+from dialogue.model.api_models import TextToParse
+from dialogue.model.contracts import NluResult
+from dialogue.platform.bot import load_bot_cached
 
 if TYPE_CHECKING:
-    from dialogue.nlu.parser import NluParser
+    from dialogue.brain.nlu.parser import NluParser
 
 router = APIRouter(prefix="/nlu", tags=["nlu"])
 
@@ -24,7 +24,7 @@ def _parser(request: Request, settings: SettingsDep) -> NluParser:
     # with it) if someone asks it to parse.
     parser: NluParser | None = getattr(request.app.state, "nlu_parser", None)
     if parser is None:
-        from dialogue.nlu.parser import build_parser
+        from dialogue.brain.nlu.parser import build_parser
 
         parser = build_parser(settings, load_bot_cached(settings.bot_path))
         request.app.state.nlu_parser = parser

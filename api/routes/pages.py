@@ -17,7 +17,7 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel
 
 from api.deps import SettingsDep, local_development
-from dialogue.temporal import WORKFLOW_ID_PREFIX
+from dialogue.platform.temporal import WORKFLOW_ID_PREFIX
 
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
 CHAT_PAGE = STATIC_DIR / "chat" / "index.html"

@@ -7,7 +7,7 @@ tool call's idempotency key: a call retried after a worker died in the middle pr
 gets the first call's result back, so the effect happens once.
 
 The tools: `order_status` for the order-lookup flow, and `order_status`, `start_return` and
-`change_address` for the agent, registered on `tools` (dialogue/python_tools.py says how).
+`change_address` for the agent, registered on `tools` (dialogue/brain/python_tools.py says how).
 """
 
 from __future__ import annotations
@@ -23,9 +23,9 @@ from typing import Any
 
 import orjson
 
-from dialogue.bot import BotDefinition
-from dialogue.contracts import ToolResult
-from dialogue.python_tools import CallContext, PythonTools, ToolFailed
+from dialogue.brain.python_tools import CallContext, PythonTools, ToolFailed
+from dialogue.model.contracts import ToolResult
+from dialogue.platform.bot import BotDefinition
 
 SHOP_FILE = "northwind-shop.sqlite"
 LATENCY_VARIABLE = "NORTHWIND_SHOP_LATENCY_SECONDS"

@@ -5,7 +5,7 @@ the fixed seed makes a re-run reproduce the file byte for byte:
 
     .venv/bin/python tests/data/make_pii.py
 
-Card and IBAN checksums are computed here, independently of dialogue.privacy, so that the set
+Card and IBAN checksums are computed here, independently of dialogue.security.privacy, so that the set
 checks the module rather than repeating it. Half of the messages hold PII in varied national
 formats; the other half hold only things that look like it: order and tracking numbers, prices,
 dates, times, postcodes, versions, URLs, article numbers, IMEIs, card numbers that fail the Luhn

@@ -28,21 +28,21 @@ from temporalio.common import WorkflowIDConflictPolicy
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
-from dialogue.bot import load_bot
-from dialogue.contracts import (
+from dialogue.brain.knowledge import documents
+from dialogue.brain.knowledge.search import router_search
+from dialogue.brain.nlu.model import ensure_bot_model
+from dialogue.model.contracts import (
     AgentMessageRequest,
     ApprovalRequest,
     HandbackRequest,
     PendingApproval,
     TurnRequest,
 )
-from dialogue.db import get_engine, init_db
-from dialogue.knowledge import documents
-from dialogue.knowledge.search import router_search
-from dialogue.nlu.model import ensure_bot_model
-from dialogue.settings import Settings
-from dialogue.starting import conversation_input, start_options
-from dialogue.temporal import SEARCH_ATTRIBUTES, workflow_id
+from dialogue.platform.bot import load_bot
+from dialogue.platform.db import get_engine, init_db
+from dialogue.platform.settings import Settings
+from dialogue.platform.starting import conversation_input, start_options
+from dialogue.platform.temporal import SEARCH_ATTRIBUTES, workflow_id
 from tests.conftest import served_llm
 from tests.fake_llm import FakeLlm, Plan
 from tests.outages import UnwritableSqlite

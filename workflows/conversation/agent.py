@@ -18,8 +18,8 @@ from workflows.conversation.step_log import StepLog
 
 with workflow.unsafe.imports_passed_through():
     from activities.agent import AgentActivity
-    from dialogue.agent.declarations import arguments_digest
-    from dialogue.contracts import (
+    from dialogue.brain.agent.declarations import arguments_digest
+    from dialogue.model.contracts import (
         AgentStepRecord,
         AgentStepRequest,
         AgentToolCall,
@@ -31,7 +31,7 @@ with workflow.unsafe.imports_passed_through():
         Reply,
         StreamTarget,
     )
-    from dialogue.flags import TurnFlags
+    from dialogue.platform.flags import TurnFlags
 
 MAX_AGENT_STEPS = 50
 """The loop's own guard; the bot's `agent.max_steps` (enforced by `agent_step`) comes first."""

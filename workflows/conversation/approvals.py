@@ -20,7 +20,7 @@ from workflows.conversation.state import Conversation
 from workflows.conversation.step_log import StepLog, ms
 
 with workflow.unsafe.imports_passed_through():
-    from dialogue.contracts import (
+    from dialogue.model.contracts import (
         NO_SUCH_APPROVAL,
         ApprovalDecision,
         ApprovalReply,
@@ -30,8 +30,8 @@ with workflow.unsafe.imports_passed_through():
         StreamTarget,
         TurnReply,
     )
-    from dialogue.flags import TurnFlags
-    from dialogue.metrics import APPROVAL_DECISIONS
+    from dialogue.platform.flags import TurnFlags
+    from dialogue.platform.metrics import APPROVAL_DECISIONS
 
 
 class Approvals:

@@ -14,8 +14,8 @@ from typing import Any, NamedTuple, TypeVar
 from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
-    from dialogue.agent.declarations import arguments_digest
-    from dialogue.contracts import (
+    from dialogue.brain.agent.declarations import arguments_digest
+    from dialogue.model.contracts import (
         APPROVAL_DECIDED,
         APPROVAL_FORBIDDEN,
         CONVERSATION_ENDED,

@@ -6,8 +6,8 @@ from __future__ import annotations
 from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
-    from dialogue.contracts import ConversationInput, ConversationState
-    from dialogue.temporal import DEGRADED_COUNT, HANDOFF, LAST_INTENT, STATUS, TENANT, TURN_COUNT
+    from dialogue.model.contracts import ConversationInput, ConversationState
+    from dialogue.platform.temporal import DEGRADED_COUNT, HANDOFF, LAST_INTENT, STATUS, TENANT, TURN_COUNT
 
 
 def details(state: ConversationState) -> str:

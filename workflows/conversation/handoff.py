@@ -13,7 +13,7 @@ from workflows.conversation.state import Conversation
 
 with workflow.unsafe.imports_passed_through():
     from activities.record import RecordActivities
-    from dialogue.contracts import (
+    from dialogue.model.contracts import (
         AgentMessageReply,
         AgentMessageRequest,
         ConversationState,

@@ -35,14 +35,19 @@ class Lifecycle:
         """Run a turn or a person's action after those that arrived before it, one at a time."""
         self.in_flight += 1
         self.touch()
+        evicted = False
         try:
             async with self._turn_lock:
                 result = await work()
                 self.messages_this_run += 1
                 return result
+        except GeneratorExit:
+            evicted = True  # the run left the worker's cache: it is gone, and its clock with it
+            raise
         finally:
-            self.in_flight -= 1
-            self.touch()
+            if not evicted:
+                self.in_flight -= 1
+                self.touch()
 
     def touch(self) -> None:
         """Something happened: the conversation's quiet spell (its idle timeout) starts again now."""

@@ -15,7 +15,7 @@ from temporalio import workflow
 from temporalio.common import RetryPolicy
 
 with workflow.unsafe.imports_passed_through():
-    from dialogue.contracts import UNRECORDABLE
+    from dialogue.model.contracts import UNRECORDABLE
 
 T = TypeVar("T")
 A = TypeVar("A")
@@ -58,7 +58,7 @@ AGENT_STEP = step_options(timeout_s=20, total_s=30, attempts=3, heartbeat_s=5)
 LIST_MCP_TOOLS = step_options(timeout_s=15, total_s=15, attempts=1)
 # Making a follow-up standalone with the LLM, before retrieval: short; failing, the heuristic stands in.
 REWRITE = step_options(timeout_s=5, total_s=8, attempts=2)
-# Recording, inside the turn: one try, bounded just above SQLite's busy timeout (dialogue/db.py). A write the
+# Recording, inside the turn: one try, bounded just above SQLite's busy timeout (dialogue/platform/db.py). A write the
 # store cannot take now is kept in the workflow's state and written later (`Recorder`): the reply
 # does not wait for the store, and is not degraded for it.
 RECORD_INLINE = step_options(timeout_s=11, total_s=11, attempts=1)

@@ -11,7 +11,7 @@ from temporalio import workflow
 from workflows.conversation.step_log import StepLog
 
 with workflow.unsafe.imports_passed_through():
-    from dialogue.contracts import (
+    from dialogue.model.contracts import (
         AgentStepRecord,
         DocumentRef,
         IntentPrediction,

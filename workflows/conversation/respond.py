@@ -32,7 +32,8 @@ with workflow.unsafe.imports_passed_through():
     from activities.retrieve import RetrieveActivity
     from activities.rewrite import RewriteActivity
     from activities.understand import UnderstandActivity
-    from dialogue.contracts import (
+    from dialogue.brain.llm.followup import is_follow_up
+    from dialogue.model.contracts import (
         AgentStepRecord,
         ContextRequest,
         Decision,
@@ -52,8 +53,7 @@ with workflow.unsafe.imports_passed_through():
         Understanding,
         UnderstandRequest,
     )
-    from dialogue.flags import TurnFlags
-    from dialogue.llm.followup import is_follow_up
+    from dialogue.platform.flags import TurnFlags
 
 
 class Outcome(NamedTuple):

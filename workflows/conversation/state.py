@@ -12,7 +12,7 @@ from workflows.conversation import details
 from workflows.conversation.options import within_deadline
 
 with workflow.unsafe.imports_passed_through():
-    from dialogue.contracts import ConversationInput, ConversationState, TurnReply
+    from dialogue.model.contracts import ConversationInput, ConversationState, TurnReply
 
 
 class Conversation:

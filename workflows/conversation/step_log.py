@@ -27,8 +27,14 @@ class StepLog:
         """Run one step; on failure after its retries, note it (unless it does not `count`: a step with a
         second way to the same result) and give None, so the turn can fall back."""
         start = workflow.time()
+        evicted = False
         try:
             return await call
+        except GeneratorExit:
+            # The run left the worker's cache (evicted, its worker stopping): nothing of it runs any more,
+            # and the workflow's clock is gone with it.
+            evicted = True
+            raise
         except FailureError as err:
             # A regular activity's failure is an ActivityError around the cause; a local activity's may be
             # the cause itself (seen for a non-retryable error: the SDK's core does not always wrap it).
@@ -41,7 +47,8 @@ class StepLog:
                 self.failed.append(f"{step} failed")
             return None
         finally:
-            self.timings[step] = ms(workflow.time() - start)
+            if not evicted:
+                self.timings[step] = ms(workflow.time() - start)
 
     def time(self, step: str, since: float) -> None:
         self.timings[step] = ms(workflow.time() - since)

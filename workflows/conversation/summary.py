@@ -14,8 +14,8 @@ from workflows.conversation.state import Conversation
 
 with workflow.unsafe.imports_passed_through():
     from activities.summarize import SummarizeActivity
-    from dialogue.contracts import ContextLineage, SummarizeRequest
-    from dialogue.flags import TurnFlags
+    from dialogue.model.contracts import ContextLineage, SummarizeRequest
+    from dialogue.platform.flags import TurnFlags
 
 
 class RollingSummary:

@@ -20,9 +20,9 @@ from workflows.conversation.step_log import StepLog, ms
 from workflows.conversation.summary import RollingSummary
 
 with workflow.unsafe.imports_passed_through():
-    from dialogue.contracts import Reply, StreamTarget, TurnReply, TurnRequest
-    from dialogue.flags import TurnFlags
-    from dialogue.metrics import TURN_QUEUE_DEPTH
+    from dialogue.model.contracts import Reply, StreamTarget, TurnReply, TurnRequest
+    from dialogue.platform.flags import TurnFlags
+    from dialogue.platform.metrics import TURN_QUEUE_DEPTH
 
 
 class Turns:

@@ -40,7 +40,7 @@ from workflows.conversation.summary import RollingSummary
 from workflows.conversation.turn import Turns
 
 with workflow.unsafe.imports_passed_through():
-    from dialogue.contracts import (
+    from dialogue.model.contracts import (
         AgentMessageReply,
         AgentMessageRequest,
         ApprovalReply,

@@ -1,0 +1,247 @@
+"""The v1 API's own request and response models (the workflow's messages, which it also answers with, are
+in `dialogue.model.contracts`): the HTTP contract that the API serves and `dialogue.apps.client` speaks. Like the
+contracts, it imports nothing of the project but them."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+from dialogue.model.contracts import ContentType, DoubleTextPolicy, Scope, TurnReply
+
+# Conversation and document ids become parts of workflow ids and URLs: keep them to a safe alphabet.
+ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
+ConversationId = Annotated[str, StringConstraints(pattern=ID_PATTERN)]
+IDEMPOTENCY_KEY_PATTERN = r"^[\x21-\x7e]+$"
+MAX_OFFSET = 2**31 - 1
+"""The furthest a page may start: the stores take it as a 64-bit integer, and no list is this long."""
+
+
+# Text a person wrote: at least one character that is not white space. Its longest length is a setting
+# (`DIALOGUE_MAX_TEXT_CHARS`): the served OpenAPI document writes it in (api/openapi.py).
+NonBlankText = Annotated[str, StringConstraints(min_length=1, pattern=r"\S")]
+
+
+class RequestModel(BaseModel):
+    """A request body: its JSON types are taken as the schema says (no `0` for false, no `"5"` for 5)."""
+
+    model_config = ConfigDict(strict=True)
+
+
+class TextToParse(RequestModel):
+    text: NonBlankText = Field(description="The text to understand (not blank).")
+
+
+class ConversationCreate(RequestModel):
+    id: ConversationId | None = Field(
+        default=None, description="Chosen by the client; generated when absent."
+    )
+    double_text: DoubleTextPolicy | None = Field(
+        default=None,
+        description="A turn sent while another runs: `enqueue` it, `reject` it (409), or `interrupt` the "
+        "running one (the newest turn is answered); the setting's default when absent.",
+    )
+    slots: dict[
+        Annotated[str, StringConstraints(max_length=100)], Annotated[str, StringConstraints(max_length=500)]
+    ] = Field(
+        default={},
+        max_length=50,
+        description="What is known before the first turn (a signed-in customer's order number, say): "
+        "the dialogue's first slots, which flows fill from.",
+    )
+
+
+class ConversationCreated(BaseModel):
+    conversation_id: str
+    status: str
+
+
+class ConversationEnded(BaseModel):
+    conversation_id: str
+    status: str = "ended"
+
+
+class ConversationSummary(BaseModel):
+    conversation_id: str
+    tenant: str
+    status: str
+    turn_count: int
+    last_intent: str | None
+    degraded_count: int
+    """Answers that were a fallback (a step failed, or the deadline passed)."""
+    created_at: datetime
+    updated_at: datetime
+    ended_reason: str | None
+
+
+class ConversationsPage(BaseModel):
+    items: list[ConversationSummary]
+    total: int
+    limit: int
+    offset: int
+
+
+class MessagePublic(BaseModel):
+    turn_id: str
+    turn_index: int
+    role: str
+    """`user`, `bot`, `agent` or `system`."""
+    text: str
+    author: str | None = None
+    intent: str | None
+    confidence: float | None
+    degraded: bool
+    sources: list[dict[str, Any]]
+    created_at: datetime
+    rating: str | None = None
+    """`up` or `down` when the user rated this answer (`…/feedback`)."""
+
+
+class MessagesPage(BaseModel):
+    items: list[MessagePublic]
+    total: int
+    limit: int
+    offset: int
+
+
+class TurnCreate(RequestModel):
+    """A user's turn as the API takes it."""
+
+    text: NonBlankText = Field(description="What the user said (not blank).")
+    wait: bool = Field(
+        default=True,
+        description="False: answer 202 at once and fetch the reply from the turn's URL.",
+    )
+    idempotency_key: (
+        Annotated[str, StringConstraints(max_length=200, pattern=IDEMPOTENCY_KEY_PATTERN)] | None
+    ) = Field(
+        default=None, description="As the `Idempotency-Key` header, for clients that cannot set headers."
+    )
+
+
+class ApprovalCreate(RequestModel):
+    """A decision on a tool call that waits for approval."""
+
+    approve: bool = Field(description="True: the call runs; false: it does not, and the model is told.")
+    note: str | None = Field(
+        default=None, max_length=500, description="Why: kept in the answer's lineage, and the model reads it."
+    )
+
+
+class TurnAccepted(BaseModel):
+    conversation_id: str
+    turn_id: str
+    status: Literal["accepted"] = "accepted"
+
+
+class TurnStatus(BaseModel):
+    conversation_id: str
+    turn_id: str
+    status: Literal["running", "completed", "failed"]
+    reply: TurnReply | None = None
+    error: str | None = None
+
+
+class Caller(BaseModel):
+    """Who the key or token is: what a page needs to know about its user."""
+
+    tenant: str
+    scope: str
+    """`client`, `agent` or `admin`."""
+    subject: str
+
+
+class KeyCreate(RequestModel):
+    scope: Scope
+    name: Annotated[str, Field(max_length=200)] | None = None
+    expires_in_days: Annotated[float, Field(gt=0, le=3650)] | None = None
+
+
+class KeyPublic(BaseModel):
+    id: str
+    tenant: str
+    scope: str
+    name: str | None
+    created_at: datetime
+    expires_at: datetime | None
+    revoked_at: datetime | None
+
+
+class KeyCreated(KeyPublic):
+    key: str = Field(description="The key itself: shown this once, stored only as a hash.")
+
+
+class DocumentCreate(RequestModel):
+    id: str = Field(pattern=ID_PATTERN, description="Stable id; sending the same id again updates it.")
+    text: str = Field(min_length=1, description="The whole document.")
+    content_type: ContentType = "markdown"
+    title: str | None = Field(
+        default=None, max_length=500, description="Taken from the document when absent."
+    )
+    source: str | None = Field(
+        default=None, max_length=1000, description="Where it comes from (URL or path)."
+    )
+
+
+class DocumentStored(BaseModel):
+    document_id: str
+    version: int
+    chunks: int
+    changed: bool
+
+
+class DocumentSummary(BaseModel):
+    document_id: str
+    title: str
+    version: int
+    chunk_count: int
+    content_type: str
+    source: str | None
+    updated_at: datetime
+
+
+class DocumentPublic(DocumentSummary):
+    text: str
+
+
+class DocumentsPage(BaseModel):
+    items: list[DocumentSummary]
+    total: int
+    limit: int
+    offset: int
+
+
+class TurnLineage(BaseModel):
+    conversation_id: str
+    turn_id: str
+    turn_index: int
+    reply: str
+    degraded: bool
+    lineage: dict[str, Any] | None
+    feedback: FeedbackPublic | None = None
+
+
+class FeedbackCreate(RequestModel):
+    rating: Literal["up", "down"]
+    comment: Annotated[str, Field(max_length=2000)] | None = None
+
+
+class FeedbackPublic(BaseModel):
+    turn_id: str
+    rating: str
+    comment: str | None
+    created_at: datetime
+
+
+class ToolResultPublic(BaseModel):
+    """The whole result of an agent's tool call that was too long for the model (its lineage says `stored`)."""
+
+    conversation_id: str
+    call_id: str
+    name: str
+    size: int
+    sha256: str
+    result: Any
+    created_at: datetime

