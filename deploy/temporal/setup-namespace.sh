@@ -27,7 +27,7 @@ add() {
   fi
 }
 
-# Must match dialogue.temporal.SEARCH_ATTRIBUTES (tests/test_deploy.py checks it).
+# Must match dialogue.platform.temporal.SEARCH_ATTRIBUTES (tests/test_deploy.py checks it).
 add DialogueStatus Keyword
 add DialogueLastIntent Keyword
 add DialogueTurnCount Int
