@@ -184,7 +184,13 @@ class AgentActivity:
         try:
             if spec.kind == "http":
                 assert spec.http is not None  # the bot's validation made sure
-                result = call_http(spec.http, call.arguments, call.idempotency_key, spec.timeout_seconds)
+                result = call_http(
+                    spec.http,
+                    call.arguments,
+                    call.idempotency_key,
+                    spec.timeout_seconds,
+                    declared=set(spec.parameters.get("properties", {})),
+                )
             else:
                 function = self._functions[spec.function or spec.name]  # checked at the worker's start
                 context = CallContext(self._bot, call.idempotency_key, self._data_dir)

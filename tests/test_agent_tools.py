@@ -85,7 +85,8 @@ def http_tools(base_url: str) -> list[dict[str, Any]]:
             "http": {
                 "method": "GET",
                 "url": f"{base_url}/customers/{{customer_id}}/points",
-                "headers": {"Authorization": "Bearer ${NW_CRM_TOKEN}"},
+                "headers": {"Authorization": "Bearer ${TOOL_SECRET_NW_CRM}"},
+                "private_network": True,  # the stand-in CRM runs beside the worker
             },
         },
         {
@@ -97,7 +98,7 @@ def http_tools(base_url: str) -> list[dict[str, Any]]:
                 "properties": {"phone": {"type": "string"}, "topic": {"type": "string"}},
                 "required": ["phone", "topic"],
             },
-            "http": {"method": "POST", "url": f"{base_url}/callbacks"},
+            "http": {"method": "POST", "url": f"{base_url}/callbacks", "private_network": True},
             "timeout_seconds": 5,
             "attempts": 3,
         },
@@ -111,7 +112,7 @@ async def test_http_tools_get_their_url_headers_and_body_and_a_retried_call_has_
     model: tuple[FakeLlm, str],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setenv("NW_CRM_TOKEN", "crm-secret")
+    monkeypatch.setenv("TOOL_SECRET_NW_CRM", "crm-secret")
     fake, url = model
     crm = Crm()
     fake.plans = [
@@ -150,7 +151,7 @@ async def test_a_refused_http_call_is_the_models_to_read_and_a_missing_secret_is
     model: tuple[FakeLlm, str],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.delenv("NW_CRM_TOKEN", raising=False)
+    monkeypatch.delenv("TOOL_SECRET_NW_CRM", raising=False)
     fake, url = model
     crm = Crm()
     fake.plans = [
@@ -162,14 +163,14 @@ async def test_a_refused_http_call_is_the_models_to_read_and_a_missing_secret_is
         agent_stack(client, settings, tmp_path, url, tools=http_tools(base_url)) as chat,
     ):
         reply = await turn(chat.user, f"nosecret-{uuid.uuid4().hex[:6]}", "what are my points?")
-        monkeypatch.setenv("NW_CRM_TOKEN", "wrong")
+        monkeypatch.setenv("TOOL_SECRET_NW_CRM", "wrong")
         fake.plans = [
             Plan(tool_calls=[("loyalty_points", {"customer_id": "NWC-1"})]),
             Plan(text="The points service refused me."),
         ]
         refused = await turn(chat.user, f"refused-{uuid.uuid4().hex[:6]}", "what are my points?")
     [outcome] = reply["lineage"]["agent"][0]["outcomes"]
-    assert not outcome["ok"] and "NW_CRM_TOKEN" in outcome["error"] and crm.seen[0]["auth"] == "Bearer wrong"
+    assert not outcome["ok"] and "TOOL_SECRET_NW_CRM" in outcome["error"] and crm.seen[0]["auth"] == "Bearer wrong"
     assert len(crm.seen) == 1  # the call without its secret was never made
     [outcome] = refused["lineage"]["agent"][0]["outcomes"]
     assert not outcome["ok"] and "answered 401" in outcome["error"]
@@ -270,7 +271,7 @@ async def test_an_injection_in_a_tool_result_cannot_call_an_undeclared_tool_or_s
 ) -> None:
     """A service answers with an instruction; the stand-in model obeys it, as a fooled model would. The
     undeclared tool never runs, and the return still waits for a person: nothing was done."""
-    monkeypatch.setenv("NW_CRM_TOKEN", "crm-secret")
+    monkeypatch.setenv("TOOL_SECRET_NW_CRM", "crm-secret")
     fake, url = model
     crm = Crm(note=INJECTION)
     fake.plans = [

@@ -12,21 +12,59 @@ from functools import lru_cache
 from pathlib import Path
 from types import ModuleType
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import BaseModel, Field, field_validator, model_validator
 
 from dialogue.platform.flags import FlagSettings
 
+SECRET_PREFIX = "TOOL_SECRET_"
+"""The only environment variables a tool's header may read (`${TOOL_SECRET_CRM}`): the worker's own
+settings, payload keys and model key among them, never reach a third party."""
+_VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def check_secrets(headers: dict[str, str], owner: str) -> dict[str, str]:
+    """Headers read only `${TOOL_SECRET_…}` variables."""
+    for name, value in headers.items():
+        for variable in _VARIABLE.findall(value):
+            if not variable.startswith(SECRET_PREFIX):
+                raise ValueError(
+                    f"{owner}: header {name} reads ${{{variable}}}: only variables named {SECRET_PREFIX}… may be sent"
+                )
+    return headers
+
 
 class HttpTool(BaseModel):
-    """How an HTTP tool is called: `{name}` in the URL is the argument of that name (URL-encoded); the other
-    arguments go in the query (GET, DELETE) or as the JSON body. `${NAME}` in a header is the environment
-    variable NAME, read when the call is made: secrets stay out of the bot file."""
+    """How an HTTP tool is called: `{name}` in the URL's path is the argument of that name, a whole path
+    segment's worth (URL-encoded; a value with `/` or made of dots is refused); the other declared
+    arguments go in the query (GET, DELETE) or as the JSON body, and nothing else is sent. The scheme, host
+    and port are the template's own: no placeholder there. `${TOOL_SECRET_NAME}` in a header is that
+    environment variable, read when the call is made: secrets stay out of the bot file."""
 
     method: Literal["GET", "POST", "PUT", "PATCH", "DELETE"] = "POST"
     url: str
     headers: dict[str, str] = {}
+    private_network: bool = False
+    """Allow a loopback, private or link-local address (a service beside the worker): refused unless set."""
+
+    @field_validator("url")
+    @classmethod
+    def _fixed_origin(cls, url: str) -> str:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ValueError(f"{url}: an HTTP tool's URL is absolute, http or https")
+        if any(mark in parts.netloc for mark in "{}@"):
+            raise ValueError(f"{url}: the host and port are fixed: no placeholder or user info there")
+        if "{" in parts.query or "{" in parts.fragment:
+            raise ValueError(f"{url}: placeholders stand in the path only")
+        return url
+
+    @field_validator("headers")
+    @classmethod
+    def _secrets(cls, headers: dict[str, str]) -> dict[str, str]:
+        return check_secrets(headers, "an HTTP tool")
 
 
 class ToolSpec(BaseModel):
@@ -71,7 +109,7 @@ class McpServer(BaseModel):
     url: str | None = None
     """streamable HTTP: the server's endpoint, e.g. `http://127.0.0.1:8765/mcp`."""
     headers: dict[str, str] = {}
-    """For `url`: sent with each request; `${NAME}` is the environment variable NAME."""
+    """For `url`: sent with each request; `${TOOL_SECRET_NAME}` is that environment variable."""
     allow: list[str] = []
     """The tools offered to the model, by name; `["*"]`: all the server lists. None unless listed."""
     approval: Literal["none", "agent", "user"] = "none"
@@ -80,6 +118,11 @@ class McpServer(BaseModel):
     attempts: int = Field(default=3, ge=1)
     list_seconds: float = Field(default=300, ge=0)
     """How long a worker keeps a server's tool list before it asks again."""
+
+    @field_validator("headers")
+    @classmethod
+    def _secrets(cls, headers: dict[str, str]) -> dict[str, str]:
+        return check_secrets(headers, "an MCP server")
 
     @model_validator(mode="after")
     def _one_transport(self) -> McpServer:
