@@ -170,7 +170,11 @@ async def test_a_refused_http_call_is_the_models_to_read_and_a_missing_secret_is
         ]
         refused = await turn(chat.user, f"refused-{uuid.uuid4().hex[:6]}", "what are my points?")
     [outcome] = reply["lineage"]["agent"][0]["outcomes"]
-    assert not outcome["ok"] and "TOOL_SECRET_NW_CRM" in outcome["error"] and crm.seen[0]["auth"] == "Bearer wrong"
+    assert (
+        not outcome["ok"]
+        and "TOOL_SECRET_NW_CRM" in outcome["error"]
+        and crm.seen[0]["auth"] == "Bearer wrong"
+    )
     assert len(crm.seen) == 1  # the call without its secret was never made
     [outcome] = refused["lineage"]["agent"][0]["outcomes"]
     assert not outcome["ok"] and "answered 401" in outcome["error"]
