@@ -10,6 +10,8 @@ declared tools, and every call is checked here against the declaration before an
 from __future__ import annotations
 
 import hashlib
+import re
+from html import escape
 from typing import Any, NamedTuple
 
 import jsonschema
@@ -133,12 +135,19 @@ DOCUMENTS_NOTE = (
 )
 
 
+def inert(text: str, tag: str) -> str:
+    """Content that can neither close nor open its delimiter: `<tag` and `</tag` lose their `<`, so a
+    passage or a tool's answer cannot end its own data and speak as the conversation."""
+    return re.sub(rf"<(\s*/?\s*{tag})", r"&lt;\g<1>", text, flags=re.IGNORECASE)
+
+
 def passages_message(passages: list[Passage]) -> list[dict[str, Any]]:
     """The turn's retrieved passages as one system message (none when retrieval found nothing)."""
     if not passages:
         return []
     documents = "\n".join(
-        f'<document id="{p.document_id}" title="{p.title}">{p.text}</document>' for p in passages
+        f'<document id="{escape(p.document_id)}" title="{escape(p.title)}">{inert(p.text, "document")}</document>'
+        for p in passages
     )
     return [{"role": "system", "content": f"{DOCUMENTS_NOTE}\n{documents}"}]
 
@@ -171,7 +180,7 @@ def step_messages(steps: list[AgentStepRecord]) -> list[dict[str, Any]]:
                 {
                     "role": "tool",
                     "tool_call_id": outcome.call_id,
-                    "content": f"{RESULT_OPEN}{body}{RESULT_CLOSE}",
+                    "content": f"{RESULT_OPEN}{inert(body, 'tool_result')}{RESULT_CLOSE}",
                 }
             )
     return messages
