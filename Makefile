@@ -30,7 +30,7 @@ browser:
 	fi
 
 run: install
-	$(BIN)/dialogue up
+	$(BIN)/dialogue up --development
 
 lint: install
 	$(BIN)/ruff check .

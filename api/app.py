@@ -52,6 +52,7 @@ def create_app(
         app.state.token_verifier = TokenVerifier(settings) if TokenVerifier.configured(settings) else None
         app.state.rate_limiter = RateLimiter(settings.rate_limit_per_second, settings.rate_limit_burst)
         app.state.confirmed_keys = {}  # api/deps.py: keys accepted during a store outage
+        app.state.readiness = health.ReadinessCache(settings.readiness_cache_seconds)
         bot = load_bot(settings.bot_path)
         app.state.privacy = PrivacyPolicy(bot.privacy)
         app.state.flags = deployment_flags(settings, bot)

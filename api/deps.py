@@ -1,9 +1,9 @@
 """Dependencies the routes declare: settings, the store's engine, the Temporal client, the caller.
 
 The caller is identified by `Authorization: Bearer …`: the bootstrap key from settings
-(admin of the `default` tenant), an API key from the store, or a JWT when a verifier is
+(operator, of the `default` tenant), an API key from the store, or a JWT when a verifier is
 configured. Each key or token then draws from its own rate-limit bucket. Routes ask for
-the scope they need: `ClientPrincipal`, `AgentPrincipal` or `AdminPrincipal`.
+the scope they need: `ClientPrincipal`, `AgentPrincipal`, `AdminPrincipal` or `OperatorPrincipal`.
 """
 
 from __future__ import annotations
@@ -68,7 +68,7 @@ def get_principal(request: Request) -> Principal:
     verifier: TokenVerifier | None = state.token_verifier
     try:
         if hmac.compare_digest(token.encode(), state.api_key.encode()):
-            principal = Principal(tenant=DEFAULT_TENANT, scope="admin", subject=BOOTSTRAP_SUBJECT)
+            principal = Principal(tenant=DEFAULT_TENANT, scope="operator", subject=BOOTSTRAP_SUBJECT)
         elif token.startswith("dk_"):
             principal = _authenticate_key(state, token)
         elif verifier is not None and token.count(".") == 2:
@@ -130,15 +130,20 @@ def require(scope: Scope) -> object:
 
 
 LOOPBACK = {"127.0.0.1", "::1"}
+FORWARDING_HEADERS = ("forwarded", "x-forwarded-for", "x-forwarded-host", "x-forwarded-proto", "x-real-ip")
+"""Headers a reverse proxy adds: with any of them, the loopback peer is the proxy, not the visitor."""
 
 
 def local_development(request: Request) -> bool:
-    """A development stack that listens on loopback only, asked from the same machine by its
-    loopback name: the one place where conveniences that skip or reveal the key (the codec, the
-    pre-filled key) are allowed.
+    """A development stack (an explicit `DIALOGUE_ENVIRONMENT=development`) that listens on loopback only,
+    asked from the same machine by its loopback name, with no proxy in between: the one place where
+    conveniences that skip or reveal the key (the codec, the pre-filled key) are allowed.
 
     The name matters too: a web page whose own host name was re-pointed at 127.0.0.1 (DNS
-    rebinding) reaches this port from loopback, but under its own name in `Host`."""
+    rebinding) reaches this port from loopback, but under its own name in `Host`. A reverse proxy on
+    the same machine comes from loopback as well, and may keep the `Host` it was given: a forwarding
+    header says a proxy speaks for someone else, so any of them refuses (a proxy that adds none is
+    still a proxy: that is why development is never the default)."""
     settings: Settings = request.app.state.settings
     local_only = settings.api_host in LOOPBACK or settings.api_host == "localhost"
     return bool(
@@ -147,22 +152,24 @@ def local_development(request: Request) -> bool:
         and request.client
         and request.client.host in LOOPBACK
         and request.url.hostname in LOOPBACK | {"localhost"}
+        and not any(name in request.headers for name in FORWARDING_HEADERS)
     )
 
 
 async def authorize_codec(request: Request) -> None:
-    """Who may decrypt payloads through the codec server: a key or token with the admin scope.
+    """Who may decrypt payloads through the codec server: a key or token with the operator scope.
 
-    In development, with the API listening on loopback only, callers on loopback need none:
-    the embedded Web UI has no login and so sends no credentials. Elsewhere the UI must pass
-    its users' tokens (Temporal UI auth with "pass access token" to the codec endpoint).
+    One key list seals every tenant's payloads and a payload names no tenant, so opening them is for
+    the deployment's operators, not a tenant's admin (who would read every other tenant's conversations).
+    In local development (see `local_development`) callers need none: the embedded Web UI has no login
+    and so sends no credentials. Elsewhere the UI must pass its users' tokens (Temporal UI auth with
+    "pass access token" to the codec endpoint).
     """
     if local_development(request):
         return
     principal = await run_in_threadpool(get_principal, request)
-    # One key list seals every tenant's payloads: opening them is for the deployment's admins.
-    if not principal.allows("admin"):
-        raise ApiError("forbidden", "decoding payloads needs the admin scope")
+    if not principal.allows("operator"):
+        raise ApiError("forbidden", "decoding payloads needs the operator scope")
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
@@ -172,3 +179,4 @@ FlagsDep = Annotated[FeatureFlags, Depends(get_flags)]
 ClientPrincipal = Annotated[Principal, require("client")]
 AgentPrincipal = Annotated[Principal, require("agent")]
 AdminPrincipal = Annotated[Principal, require("admin")]
+OperatorPrincipal = Annotated[Principal, require("operator")]

@@ -56,7 +56,10 @@ class EmbeddedStack:
     def __enter__(self) -> EmbeddedStack:
         with self.log.open("wb") as out:
             self._process = subprocess.Popen(
-                [sys.executable, "-m", "dialogue", "up"], env=self.env, stdout=out, stderr=subprocess.STDOUT
+                [sys.executable, "-m", "dialogue", "up", "--development"],
+                env=self.env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
             )
         deadline = time.monotonic() + START_TIMEOUT
         while time.monotonic() < deadline:

@@ -162,7 +162,7 @@ class UpStack:
         self.data_dir.parent.mkdir(parents=True, exist_ok=True)
         with self.log.open("w") as out:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "dialogue", "up"],
+                [sys.executable, "-m", "dialogue", "up", "--development"],  # as `make run` starts it
                 env=self.env,
                 stdout=out,
                 stderr=subprocess.STDOUT,

@@ -1,6 +1,7 @@
 """The access matrix: every endpoint and every caller (no credentials, an expired or revoked key, each
-scope of the owning tenant, an admin of another tenant), asserting the status code; plus bearer JWTs
-(HS256, RS256 from a JWKS file) and the per-key rate limit."""
+scope of the owning tenant, an admin of another tenant, the deployment's operator), asserting the status
+code, and a check that no route of the app is left out of it; plus bearer JWTs (HS256, RS256 from a JWKS
+file) and the per-key rate limit."""
 
 from __future__ import annotations
 
@@ -17,16 +18,25 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 from fastapi import FastAPI
+from fastapi.routing import APIRoute
 from pydantic import SecretStr
 from temporalio.client import Client
 from temporalio.worker import Worker
 
 from api import create_app
-from dialogue.platform.db import get_engine
+from api.routes import pages
+from dialogue.platform.db import ToolResult, get_engine
 from dialogue.platform.settings import Settings
+from dialogue.platform.store import keep_tool_result
+from dialogue.platform.temporal import conversation_key
 from dialogue.security.identity import create_key, revoke_key
 from dialogue.security.tokens import TokenVerifier
-from tests.conftest import api_client, serve
+from tests.conftest import TEST_API_KEY, api_client, serve
+
+OPEN = "open"
+"""No key needed: health, metrics and the pages (which ask for a key themselves)."""
+KEPT_CALL = "call-kept"
+"""A tool call whose whole result the store keeps, in the shared conversation."""
 
 
 @dataclass(frozen=True)
@@ -41,6 +51,9 @@ class Endpoint:
     destructive: bool = False
     """Changes the conversation for good: every caller gets a fresh one."""
     stream: bool = False
+    absent: str | None = None
+    """The error code of an allowed caller asking for a thing that is not there (the matrix asks for one):
+    a 404 with this code counts as allowed, any other 404 as refused."""
 
 
 ENDPOINTS = [
@@ -57,19 +70,48 @@ ENDPOINTS = [
     Endpoint("GET", "/v1/conversations/{c}/events", "client", stream=True),
     Endpoint("GET", "/v1/conversations/{c}/turns/{t}/lineage", "client"),
     Endpoint("POST", "/v1/conversations/{c}/turns/{t}/feedback", "client", {"rating": "up"}),
+    # No call waits: the owner's callers reach the workflow, which says so; another tenant finds no conversation.
+    Endpoint(
+        "POST",
+        "/v1/conversations/{c}/approvals/call-none",
+        "client",
+        {"approve": True},
+        absent="approval_not_found",
+    ),
+    Endpoint("GET", f"/v1/conversations/{{c}}/tool-results/{KEPT_CALL}", "client"),
     Endpoint("POST", "/v1/conversations/{c}/end", "client", destructive=True),
     Endpoint("POST", "/v1/conversations/{c}/handoff", "agent", {}, destructive=True),
     Endpoint("POST", "/v1/conversations/{c}/agent-messages", "agent", {"text": "hi"}),
     Endpoint("POST", "/v1/conversations/{c}/handback", "agent", {}),
     Endpoint("DELETE", "/v1/conversations/{c}", "admin", destructive=True),
     Endpoint("POST", "/v1/nlu/parse", "client", {"text": "hello"}, owned=False),
+    # The knowledge base is the deployment's: tenants' admins read it, only an operator writes it.
     Endpoint("GET", "/v1/knowledge/documents", "admin", owned=False),
-    Endpoint("POST", "/v1/knowledge/documents", "admin", {"id": "acl", "text": "# A\nb"}, owned=False),
+    Endpoint("GET", "/v1/knowledge/documents/shipping", "admin", owned=False),
+    Endpoint("POST", "/v1/knowledge/documents", "operator", {"id": "acl", "text": "# A\nb"}, owned=False),
+    Endpoint(
+        "DELETE", "/v1/knowledge/documents/acl-none", "operator", owned=False, absent="document_not_found"
+    ),
     Endpoint("GET", "/v1/keys", "admin", owned=False),
     Endpoint("POST", "/v1/keys", "admin", {"scope": "client"}, owned=False),
+    Endpoint("DELETE", "/v1/keys/000000000000", "admin", owned=False, absent="key_not_found"),
     Endpoint("GET", "/v1/me", "client", owned=False),
+    # One key list seals every tenant's payloads: the codec is the operator's.
+    Endpoint("POST", "/codec/encode", "operator", {"payloads": []}, owned=False),
+    Endpoint("POST", "/codec/decode", "operator", {"payloads": []}, owned=False),
+    Endpoint("GET", "/healthz", OPEN, owned=False),
+    Endpoint("GET", "/readyz", OPEN, owned=False),
+    Endpoint("GET", "/metrics", OPEN, owned=False),
+    *(
+        Endpoint("GET", route.path, OPEN, owned=False)
+        for route in pages.router.routes
+        if isinstance(route, APIRoute)
+    ),
 ]
-RANK = {"client": 1, "agent": 2, "admin": 3}
+RANK = {"client": 1, "agent": 2, "admin": 3, "operator": 4}
+CALLERS = ["none", "expired", "revoked", "client", "agent", "admin", "other-admin", "operator"]
+FRAMEWORK = {"/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc", "/static"}
+"""FastAPI's own pages and the pages' static files: open, and nothing in them is the deployment's."""
 
 
 @pytest.fixture
@@ -79,6 +121,7 @@ async def keys(settings: Settings) -> dict[str, str]:
         scope: create_key(engine, tenant="acme", scope=scope)[1] for scope in ("client", "agent", "admin")
     }
     made["other-admin"] = create_key(engine, tenant="globex", scope="admin")[1]
+    made["operator"] = TEST_API_KEY  # the bootstrap key: the operator, of the default tenant
     made["expired"] = create_key(
         engine, tenant="acme", scope="admin", expires_at=datetime.now(UTC) - timedelta(seconds=1)
     )[1]
@@ -108,7 +151,7 @@ async def a_conversation(http: httpx.AsyncClient, key: str) -> tuple[str, str]:
 
 async def call(
     http: httpx.AsyncClient, endpoint: Endpoint, conversation: str, turn: str, key: str | None
-) -> int:
+) -> str:
     path = endpoint.path.format(c=conversation, t=turn)
     headers = {"Authorization": f"Bearer {key}"} if key else {}
     body = (
@@ -118,37 +161,90 @@ async def call(
     )
     if endpoint.stream:
         async with http.stream(endpoint.method, path, headers=headers) as response:
-            return response.status_code  # an open event stream: its status is all we need
+            # An open event stream: its status is all we need.
+            return outcome(endpoint, httpx.Response(response.status_code, content=b"{}"))
     response = await http.request(endpoint.method, path, json=body, headers=headers)
-    return response.status_code
+    return outcome(endpoint, response)
 
 
 def expected(endpoint: Endpoint, caller: str) -> str:
+    if endpoint.scope == OPEN:
+        return "ok"
     if caller in ("none", "expired", "revoked"):
         return "401"
-    if caller == "other-admin":
-        return "404" if endpoint.owned else "ok"
-    return "ok" if RANK[caller] >= RANK[endpoint.scope] else "403"
+    rank = RANK["admin" if caller == "other-admin" else caller]
+    if rank < RANK[endpoint.scope]:
+        return "403"
+    # Another tenant's admin, and the operator (of the default tenant), do not see acme's conversations.
+    return "404" if endpoint.owned and caller in ("other-admin", "operator") else "ok"
 
 
-def outcome(status: int) -> str:
-    # Allowed means not refused for who is asking: a 2xx, or the domain's own answer (409 and 422).
+def outcome(endpoint: Endpoint, response: httpx.Response) -> str:
+    # Allowed means not refused for who is asking: a 2xx, or the domain's own answer (409 and 422, or the
+    # 404 of a thing that is not there, asked for on purpose).
+    if response.status_code == 404 and endpoint.absent is not None:
+        return "ok" if response.json()["error"]["code"] == endpoint.absent else "404"
+    status = response.status_code
     return str(status) if status in (401, 403, 404) or status >= 500 else "ok"
 
 
-async def test_every_endpoint_for_every_caller(http: httpx.AsyncClient, keys: dict[str, str]) -> None:
+def test_the_matrix_covers_every_route_of_the_app(settings: Settings) -> None:
+    """A route added without its line above fails here: its access would be checked by no one."""
+    app = create_app(settings)
+    served = {
+        (method.upper(), path) for path, operations in app.openapi()["paths"].items() for method in operations
+    }
+    served |= {  # the routes kept out of the contract: the pages
+        (method, route.path)
+        for route in pages.router.routes
+        if isinstance(route, APIRoute)
+        for method in (route.methods or set()) - {"HEAD"}
+    }
+    in_matrix = {
+        (e.method, e.path.replace("{c}", "{conversation_id}").replace("{t}", "{turn_id}")) for e in ENDPOINTS
+    }
+    generic = {
+        (
+            method,
+            path.replace("call-none", "{call_id}")
+            .replace(KEPT_CALL, "{call_id}")
+            .replace("/shipping", "/{document_id}")
+            .replace("/acl-none", "/{document_id}")
+            .replace("/000000000000", "/{key_id}"),
+        )
+        for method, path in in_matrix
+    }
+    assert served - generic == set()
+    every = {getattr(route, "path", None) for route in app.routes} - {None}
+    assert every <= FRAMEWORK | {path for _, path in served}, every - FRAMEWORK
+
+
+async def test_every_endpoint_for_every_caller(
+    http: httpx.AsyncClient, keys: dict[str, str], settings: Settings
+) -> None:
     shared = await a_conversation(http, keys["admin"])
+    keep_tool_result(  # what the agent keeps of a long tool result, for its conversation only
+        get_engine(settings.resolved_database_url),
+        ToolResult(
+            conversation_id=conversation_key("acme", shared[0]),
+            call_id=KEPT_CALL,
+            name="order_status",
+            size=2,
+            sha256="0" * 64,
+            content="{}",
+            created_at=datetime.now(UTC),
+        ),
+    )
     await http.post(  # agent messages need a conversation held by a person
         f"/v1/conversations/{shared[0]}/handoff",
         json={},
         headers={"Authorization": f"Bearer {keys['admin']}"},
     )
-    callers = ["none", "expired", "revoked", "client", "agent", "admin", "other-admin"]
     wrong = []
     for endpoint in ENDPOINTS:
-        for caller in callers:
+        for caller in CALLERS:
             conversation, turn = await a_conversation(http, keys["admin"]) if endpoint.destructive else shared
-            got = outcome(await call(http, endpoint, conversation, turn, keys.get(caller)))
+            got = await call(http, endpoint, conversation, turn, keys.get(caller))
             if got != expected(endpoint, caller):
                 wrong.append(
                     f"{endpoint.method} {endpoint.path} as {caller}: {got}, expected {expected(endpoint, caller)}"

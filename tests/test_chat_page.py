@@ -26,16 +26,18 @@ JS_TYPES = ("text/javascript", "application/javascript")
 
 
 def page_settings(folder: Path, **changes: object) -> Settings:
-    """An API that never reaches Temporal: the page and its assets need neither Temporal nor a worker."""
-    return Settings(
-        data_dir=folder / "data",
-        database_url=f"sqlite:///{folder / 'dialogue.platform.db'}",
-        temporal_address=f"127.0.0.1:{free_port()}",
-        temporal_ui_port=UI_PORT,
-        api_key=TEST_API_KEY,
-        payload_keys=TEST_PAYLOAD_KEYS.spec(),
-        **changes,  # type: ignore[arg-type]
-    )
+    """An API that never reaches Temporal: the page and its assets need neither Temporal nor a worker. A
+    local development stack (opted into, as `make run` does) unless `changes` says otherwise."""
+    fields: dict[str, object] = {
+        "environment": "development",
+        "data_dir": folder / "data",
+        "database_url": f"sqlite:///{folder / 'dialogue.platform.db'}",
+        "temporal_address": f"127.0.0.1:{free_port()}",
+        "temporal_ui_port": UI_PORT,
+        "api_key": TEST_API_KEY,
+        "payload_keys": TEST_PAYLOAD_KEYS.spec(),
+    }
+    return Settings(**(fields | changes))  # type: ignore[arg-type]
 
 
 @asynccontextmanager

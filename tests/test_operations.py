@@ -283,6 +283,7 @@ def test_payload_keys_rotate_then_promote_from_the_cli(
     from dialogue.platform.settings import get_settings
 
     monkeypatch.setenv("DIALOGUE_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("DIALOGUE_ENVIRONMENT", "development")  # where a missing key file is made
     monkeypatch.delenv("DIALOGUE_PAYLOAD_KEYS", raising=False)
     get_settings.cache_clear()
     runner = CliRunner()

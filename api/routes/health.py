@@ -4,18 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any, Literal
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from sqlalchemy import text
+from sqlalchemy.engine import Engine
 from temporalio.api.enums.v1 import TaskQueueType
 from temporalio.api.taskqueue.v1 import TaskQueue
 from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
 from temporalio.client import Client
 
 from api.deps import EngineDep, SettingsDep, TemporalClientDep
+from dialogue.platform.metrics import READINESS_PROBES
 from dialogue.platform.settings import Settings
 
 router = APIRouter(tags=["health"])
@@ -27,6 +30,30 @@ PROBE_TIMEOUT_SECONDS = 2.0
 async def read_health() -> dict[str, str]:
     """The process is alive."""
     return {"status": "ok"}
+
+
+class ReadinessCache:
+    """The last readiness answer, shared by every caller of `/readyz` for `max_age` seconds.
+
+    `/readyz` needs no key: without this, each anonymous call would cost a store connection and two
+    Temporal calls. Callers arriving while a probe runs wait for it and share its answer.
+    """
+
+    def __init__(self, max_age: float) -> None:
+        self._max_age = max_age
+        self._lock = asyncio.Lock()
+        self._answer: tuple[dict[str, Any], bool] | None = None
+        self._at = 0.0
+
+    async def answer(
+        self, probe: Callable[[], Awaitable[tuple[dict[str, Any], bool]]]
+    ) -> tuple[dict[str, Any], bool]:
+        async with self._lock:
+            if self._answer is None or time.monotonic() - self._at >= self._max_age:
+                READINESS_PROBES.inc()
+                self._answer = await probe()
+                self._at = time.monotonic()
+            return self._answer
 
 
 class Readiness(BaseModel):
@@ -43,10 +70,22 @@ class Readiness(BaseModel):
     },
 )
 async def read_readiness(
-    engine: EngineDep, temporal: TemporalClientDep, settings: SettingsDep
+    request: Request, engine: EngineDep, temporal: TemporalClientDep, settings: SettingsDep
 ) -> JSONResponse:
     """Ready when Temporal and the database answer and a worker polls the task queue; says which does not.
-    The probes run side by side, so the answer comes within one probe's time-out."""
+    The probes run side by side, so the answer comes within one probe's time-out; they run at most once
+    in `readiness_cache_seconds` whoever asks (`ReadinessCache`)."""
+    cache: ReadinessCache = request.app.state.readiness
+    checks, ready = await cache.answer(lambda: _probe(engine, temporal, settings))
+    return JSONResponse(
+        {"status": "ready" if ready else "not_ready", "checks": checks},
+        status_code=200 if ready else 503,
+        headers=None if ready else {"Retry-After": "5"},
+    )
+
+
+async def _probe(engine: Engine, temporal: Client, settings: Settings) -> tuple[dict[str, Any], bool]:
+    """What each part says (`ok`, or why not), and whether all are ready."""
 
     async def temporal_health() -> str:
         await temporal.service_client.check_health()
@@ -69,12 +108,7 @@ async def read_readiness(
         else result
         for name, result in zip(names, results, strict=True)
     }
-    ready = all(value == "ok" for value in checks.values())
-    return JSONResponse(
-        {"status": "ready" if ready else "not_ready", "checks": checks},
-        status_code=200 if ready else 503,
-        headers=None if ready else {"Retry-After": "5"},
-    )
+    return checks, all(value == "ok" for value in checks.values())
 
 
 async def _worker_polling(temporal: Client, settings: Settings) -> str:

@@ -1,4 +1,7 @@
-"""`/v1/keys`: an admin manages its own tenant's API keys. A key is shown once, when it is created."""
+"""`/v1/keys`: an admin manages its own tenant's API keys. A key is shown once, when it is created.
+
+No caller grants or revokes a scope above its own: a tenant's admin makes no operator (nor locks one out).
+"""
 
 from __future__ import annotations
 
@@ -18,11 +21,18 @@ router = APIRouter(prefix="/keys", tags=["keys"])
 
 @router.post("", status_code=status.HTTP_201_CREATED, responses=responses("forbidden"))
 async def create(body: KeyCreate, engine: EngineDep, principal: AdminPrincipal) -> KeyCreated:
-    """A new key of the caller's tenant."""
+    """A new key of the caller's tenant, of a scope no higher than the caller's."""
+    if not principal.allows(body.scope):
+        raise ApiError(
+            "forbidden", f"a key with the {principal.scope} scope cannot grant the {body.scope} scope"
+        )
     expires = datetime.now(UTC) + timedelta(days=body.expires_in_days) if body.expires_in_days else None
-    row, key = await run_in_threadpool(
-        create_key, engine, tenant=principal.tenant, scope=body.scope, name=body.name, expires_at=expires
-    )
+    try:
+        row, key = await run_in_threadpool(
+            create_key, engine, tenant=principal.tenant, scope=body.scope, name=body.name, expires_at=expires
+        )
+    except ValueError as err:  # a scope the tenant may not hold
+        raise ApiError("forbidden", str(err)) from None
     await run_in_threadpool(
         audit, engine, tenant=principal.tenant, actor=principal.subject, action="key_create", target=row.id
     )
@@ -45,8 +55,11 @@ async def read(engine: EngineDep, principal: AdminPrincipal) -> list[KeyPublic]:
 async def revoke(
     key_id: Annotated[str, Path(max_length=32)], engine: EngineDep, principal: AdminPrincipal
 ) -> Response:
-    """Revoke a key of the tenant: it is refused from the next request on."""
-    if await run_in_threadpool(revoke_key, engine, key_id, tenant=principal.tenant) is None:
+    """Revoke a key of the tenant (of a scope no higher than the caller's): refused from the next request on."""
+    revoked = await run_in_threadpool(
+        revoke_key, engine, key_id, tenant=principal.tenant, up_to=principal.scope
+    )
+    if revoked is None:
         raise ApiError("key_not_found", f"no key {key_id!r}")
     await run_in_threadpool(
         audit, engine, tenant=principal.tenant, actor=principal.subject, action="key_revoke", target=key_id

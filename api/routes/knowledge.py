@@ -1,4 +1,9 @@
-"""`/v1/knowledge/documents`: add, list, read and delete knowledge-base documents."""
+"""`/v1/knowledge/documents`: add, list, read and delete knowledge-base documents.
+
+The knowledge base is the deployment's (its bot's), not a tenant's: every tenant's conversations answer
+from it. A tenant's admin reads it (what its bot answers from); only an operator writes or deletes, so no
+tenant rewrites what the others' users are told.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +13,7 @@ from fastapi import APIRouter, Path, Query, Response, status
 from sqlalchemy.exc import IntegrityError
 from starlette.concurrency import run_in_threadpool
 
-from api.deps import AdminPrincipal, EngineDep
+from api.deps import AdminPrincipal, EngineDep, OperatorPrincipal
 from api.errors import ApiError, responses
 from dialogue.brain.knowledge import documents
 from dialogue.model.api_models import (
@@ -35,7 +40,7 @@ DocumentIdPath = Annotated[str, Path(pattern=ID_PATTERN, description="The docume
     },
 )
 async def create_document(
-    body: DocumentCreate, engine: EngineDep, response: Response, _: AdminPrincipal
+    body: DocumentCreate, engine: EngineDep, response: Response, _: OperatorPrincipal
 ) -> DocumentStored:
     """Add a document, or update it (a new version) when its content changed; 200 when it did not."""
     try:
@@ -86,7 +91,7 @@ async def read_document(document_id: DocumentIdPath, engine: EngineDep, _: Admin
     status_code=status.HTTP_204_NO_CONTENT,
     responses=responses("forbidden", "document_not_found"),
 )
-async def delete_document(document_id: DocumentIdPath, engine: EngineDep, _: AdminPrincipal) -> None:
+async def delete_document(document_id: DocumentIdPath, engine: EngineDep, _: OperatorPrincipal) -> None:
     """Delete a document and its chunks; answers stop citing it within seconds."""
     if not await run_in_threadpool(documents.delete, engine, document_id):
         raise _document_not_found(document_id)

@@ -34,11 +34,23 @@ app.add_typer(nlu_app, name="nlu")
 
 
 @app.command()
-def up() -> None:
+def up(
+    development: Annotated[
+        bool,
+        typer.Option(
+            "--development",
+            help="A local development stack (DIALOGUE_ENVIRONMENT=development): keys generated into the data "
+            "folder, the key offered to pages and the codec open to this machine. `make run` sets it.",
+        ),
+    ] = False,
+) -> None:
     """Start the Temporal dev server (with its Web UI), the worker and the API, with the demo bot."""
     from dialogue.apps.supervisor import run_stack
 
-    raise typer.Exit(run_stack(get_settings()))
+    settings = get_settings()
+    if development:
+        settings = settings.model_copy(update={"environment": "development"})
+    raise typer.Exit(run_stack(settings))
 
 
 @app.command()
@@ -789,7 +801,9 @@ def _store() -> Engine:
 @keys_app.command("create")
 def keys_create(
     tenant: Annotated[str, typer.Option(help="The tenant (lower-case letters, digits, dashes).")],
-    scope: Annotated[str, typer.Option(help="client, agent or admin.")] = "client",
+    scope: Annotated[
+        str, typer.Option(help="client, agent, admin, or operator (of the default tenant only).")
+    ] = "client",
     name: Annotated[str | None, typer.Option(help="What the key is for.")] = None,
     expires_in_days: Annotated[float | None, typer.Option(help="Refused after this many days.")] = None,
 ) -> None:

@@ -256,7 +256,12 @@ def run_stack(settings: Settings) -> int:
         )
         return 1
 
-    api_key = settings.resolve_api_key()
+    try:
+        api_key = settings.resolve_api_key()
+        settings.payload_codec_keys()  # made here in development, before the children read the file
+    except (ValueError, OSError) as err:
+        print(f"dialogue up: {err}", file=sys.stderr)
+        return 1
     try:
         prepare_bot(settings)
     except Exception as err:  # a broken bot definition or data file: say which, start nothing
@@ -264,6 +269,7 @@ def run_stack(settings: Settings) -> int:
         return 1
     # Children read the same settings; these make sure they agree with what was resolved here.
     os.environ.update(
+        DIALOGUE_ENVIRONMENT=settings.environment,
         DIALOGUE_API_KEY=api_key,
         DIALOGUE_DATA_DIR=str(data_dir),
         DIALOGUE_DATABASE_URL=settings.resolved_database_url,

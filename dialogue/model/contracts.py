@@ -17,8 +17,10 @@ ConversationStatus = Literal["active", "ended", "failed"]
 """`failed`: the conversation's workflow failed, was terminated or timed out (the API's reading of Temporal;
 the workflow itself never says it). Broken, not ended: `dialogue recover` brings it back."""
 DoubleTextPolicy = Literal["enqueue", "reject", "interrupt"]
-Scope = Literal["client", "agent", "admin"]
-"""What a key or token may do: `agent` includes `client`, `admin` includes both."""
+Scope = Literal["client", "agent", "admin", "operator"]
+"""What a key or token may do: `agent` includes `client`, `admin` includes both (within its tenant), and
+`operator` (the deployment's own, of the `default` tenant only) includes `admin` and may also write the
+knowledge base and decode any tenant's payloads."""
 ContentType = Literal["markdown", "text", "html"]
 """How a knowledge-base document is written."""
 Holder = Literal["bot", "agent"]

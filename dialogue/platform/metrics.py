@@ -34,6 +34,10 @@ STEP_SECONDS = Histogram(
     ["step", "outcome"],
     buckets=LATENCY_BUCKETS,
 )
+READINESS_PROBES = Counter(
+    "dialogue_readiness_probes",
+    "Times `/readyz` asked Temporal, the store and the task queue; answers in between repeat the last probe's.",
+)
 TURNS_SHED = Counter(
     "dialogue_turns_shed",
     "Turns the API refused at once (503 overloaded) because it already waited on its limit of turns.",

@@ -28,8 +28,11 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="DIALOGUE_", env_file=".env", extra="ignore")
 
-    environment: Literal["development", "production"] = "development"
-    """`production` refuses development conveniences (a generated API key)."""
+    environment: Literal["development", "production"] = "production"
+    """`development` is an explicit opt-in (`make run` runs `dialogue up --development`): it generates the
+    API key and payload keys into `data_dir` when unset, and on a stack listening on loopback only it hands
+    the key to pages and opens the codec server to callers on the same machine. `production` needs
+    `api_key` (for the API) and the payload keys set or in their file."""
 
     data_dir: Path = Path("data")
     """Where the embedded stack keeps the Temporal database, the SQLite store and the dev API key."""
@@ -140,6 +143,10 @@ class Settings(BaseSettings):
     health checks) gets the CPU it needs first; the workers take all the rest."""
     worker_shutdown_grace_seconds: float = Field(default=10, ge=0)
     """On SIGTERM a worker stops polling and lets running activities finish for up to this long."""
+    readiness_cache_seconds: float = Field(default=2, ge=0)
+    """`/readyz` probes Temporal, the store and the task queue at most once in this long, for all its callers
+    together; the others get the last answer. It needs no key, so a flood of it must not become a flood of
+    probes (0: every call probes, one at a time)."""
     worker_poll_max_age_seconds: float = Field(default=180, gt=0)
     """`/readyz` says not ready when no worker has polled the task queue for this long. An idle worker's
     long poll lasts a minute, and the server notes its time at the start and the end of each."""
@@ -207,12 +214,6 @@ class Settings(BaseSettings):
             raise ValueError("DIALOGUE_TURN_DEADLINE_SECONDS must be below DIALOGUE_TURN_TIMEOUT_SECONDS")
         return self
 
-    @model_validator(mode="after")
-    def _refuse_unsafe_production(self) -> Settings:
-        if self.environment == "production" and not self.api_key:
-            raise ValueError("DIALOGUE_API_KEY must be set when DIALOGUE_ENVIRONMENT=production")
-        return self
-
     @property
     def resolved_knowledge_index_dir(self) -> Path:
         return self.knowledge_index_dir or self.data_dir / "knowledge-index"
@@ -264,9 +265,16 @@ class Settings(BaseSettings):
         return self.nlu_model_dir or self.data_dir / "models" / f"{bot_name}-nlu"
 
     def resolve_api_key(self) -> str:
-        """The development key: the setting, else the one kept in `data_dir`, else a new one kept there."""
+        """The bootstrap key: the setting; in development only, else the one kept in `data_dir`, else a new
+        one kept there. Checked where the key is needed (the API, `dialogue up`), not when settings are read:
+        a worker or a CLI command has no use for it."""
         if self.api_key:
             return self.api_key
+        if self.environment != "development":
+            raise ValueError(
+                "DIALOGUE_API_KEY must be set (production is the default; DIALOGUE_ENVIRONMENT=development, "
+                "or `dialogue up --development`, generates one for a local stack)"
+            )
         path = self.data_dir / API_KEY_FILE
         if path.exists():
             return path.read_text().strip()

@@ -3,7 +3,10 @@
 Keys look like `dk_<id>_<secret>`. The id finds the row; only a SHA-256 of the secret
 is stored, so a leaked database does not leak keys. Scopes are ordered: `client`
 sends turns and reads its tenant's conversations, `agent` also handles handoffs,
-`admin` also manages keys, the knowledge base and erasure.
+`admin` also manages its tenant's keys, reads the knowledge base and erases. `operator` is the
+deployment's, not a tenant's: what it may do reaches every tenant (writing the knowledge base every
+tenant's bot answers from, decoding any tenant's payloads), so only the `default` tenant has operators,
+and only the bootstrap key, another operator or the CLI (which holds the store itself) makes one.
 """
 
 from __future__ import annotations
@@ -23,9 +26,12 @@ from sqlmodel import Session, col, select
 from dialogue.model.contracts import Scope
 from dialogue.platform.db import ApiKey, AuditEntry
 
-SCOPES: tuple[Scope, ...] = ("client", "agent", "admin")
+SCOPES: tuple[Scope, ...] = ("client", "agent", "admin", "operator")
 TENANT_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}$"
 DEFAULT_TENANT = "default"
+OPERATOR_TENANT = DEFAULT_TENANT
+"""The only tenant with operators: an operator's reach is the deployment's, so a key naming another tenant
+would only suggest a bound that does not hold."""
 _KEY = re.compile(r"^dk_([a-f0-9]{12})_([A-Za-z0-9_-]{20,100})$")
 # Column sizes: PostgreSQL refuses longer values where SQLite would keep them.
 MAX_KEY_NAME = 200
@@ -43,6 +49,13 @@ class Principal:
 
     def allows(self, needed: Scope) -> bool:
         return SCOPES.index(self.scope) >= SCOPES.index(needed)
+
+
+def scope_refusal(tenant: str, scope: Scope) -> str | None:
+    """Why a key or token of `tenant` may not have `scope`; None when it may."""
+    if scope == "operator" and tenant != OPERATOR_TENANT:
+        return f"the operator scope belongs to the {OPERATOR_TENANT!r} tenant only"
+    return None
 
 
 class InvalidCredentials(Exception):
@@ -66,6 +79,9 @@ def create_key(
         raise ValueError(f"tenant must match {TENANT_PATTERN}")
     if scope not in SCOPES:
         raise ValueError(f"scope must be one of {', '.join(SCOPES)}")
+    refusal = scope_refusal(tenant, scope)
+    if refusal is not None:
+        raise ValueError(refusal)
     if name is not None and len(name) > MAX_KEY_NAME:
         raise ValueError(f"name must be at most {MAX_KEY_NAME} characters")
     key_id, secret = secrets.token_hex(6), secrets.token_urlsafe(32)
@@ -103,12 +119,17 @@ def authenticate_key(engine: Engine, token: str, *, now: datetime | None = None)
     return Principal(tenant=row.tenant, scope=cast(Scope, row.scope), subject=f"key:{row.id}")
 
 
-def revoke_key(engine: Engine, key_id: str, *, tenant: str | None = None) -> ApiKey | None:
-    """Revoke a key (of `tenant` only, when given); None when there is no such key."""
+def revoke_key(
+    engine: Engine, key_id: str, *, tenant: str | None = None, up_to: Scope | None = None
+) -> ApiKey | None:
+    """Revoke a key (of `tenant` only, and of no scope above `up_to`, when given); None when there is no
+    such key."""
     with Session(engine) as session:
         row = session.get(ApiKey, key_id)
         if row is None or (tenant is not None and row.tenant != tenant):
             return None
+        if up_to is not None and SCOPES.index(cast(Scope, row.scope)) > SCOPES.index(up_to):
+            return None  # a tenant's admin cannot lock the deployment's operators out
         if row.revoked_at is None:
             row.revoked_at = datetime.now(UTC)
             session.add(row)

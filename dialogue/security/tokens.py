@@ -2,7 +2,8 @@
 
 HS256 with a shared secret, or RS256/ES256 with the provider's public keys (a JWKS file or
 URL). The tenant and scope come from claims (`tenant` and `scope` by default); a scope
-claim may list several scopes separated by spaces (OAuth style), the highest one counts.
+claim may list several scopes separated by spaces (OAuth style), the highest one the tenant may
+hold counts (`operator` only for the `default` tenant: see `dialogue.security.identity`).
 """
 
 from __future__ import annotations
@@ -14,7 +15,14 @@ from typing import Any
 import jwt
 
 from dialogue.platform.settings import Settings
-from dialogue.security.identity import SCOPES, InvalidCredentials, Principal, Scope, valid_tenant
+from dialogue.security.identity import (
+    SCOPES,
+    InvalidCredentials,
+    Principal,
+    Scope,
+    scope_refusal,
+    valid_tenant,
+)
 
 ASYMMETRIC = ["RS256", "ES256"]
 
@@ -47,7 +55,7 @@ class TokenVerifier:
         tenant = claims.get(self._settings.jwt_tenant_claim)
         if not isinstance(tenant, str) or not valid_tenant(tenant):
             raise InvalidCredentials("token has no valid tenant claim")
-        scope = _highest_scope(claims.get(self._settings.jwt_scope_claim))
+        scope = _highest_scope(claims.get(self._settings.jwt_scope_claim), tenant)
         if scope is None:
             raise InvalidCredentials("token has no known scope")
         return Principal(tenant=tenant, scope=scope, subject=f"token:{claims.get('sub', '?')}")
@@ -65,9 +73,9 @@ class TokenVerifier:
         return keys[0].key
 
 
-def _highest_scope(claim: object) -> Scope | None:
+def _highest_scope(claim: object, tenant: str) -> Scope | None:
     named = claim.split() if isinstance(claim, str) else claim if isinstance(claim, list) else []
-    known = [scope for scope in SCOPES if scope in named]
+    known = [scope for scope in SCOPES if scope in named and scope_refusal(tenant, scope) is None]
     return known[-1] if known else None
 
 
