@@ -176,7 +176,7 @@ async def test_the_agent_calls_a_tool_reads_its_result_and_answers(
     assert outcome["ok"] and outcome["size"] > 0 and outcome["sha256"] and outcome["arguments_sha256"]
     assert outcome["attempt"] == 1 and outcome["duration_ms"] >= 0
     assert (
-        step["model_call"]["model"] == "openai:gpt-4o-mini" and step["model_call"]["prompt_id"] == "agent@v1"
+        step["model_call"]["model"] == "openai:gpt-4o-mini" and step["model_call"]["prompt_id"] == "agent@v2"
     )
     assert reply["lineage"]["agent_answer"]["attempt"] == 1
     assert step["calls"][0]["idempotency_key"].startswith(f"default/{conversation_id}:{reply['turn_id']}:")

@@ -326,7 +326,9 @@ async def test_an_injection_in_a_knowledge_document_reaches_the_model_as_data_an
         reply = await turn(
             chat.user, conversation_id, "what does the maintenance notice for the warehouse robots say?"
         )
-    documents = next(m["content"] for m in fake.requests[0]["messages"] if "<document" in m["content"])
+    # The passages come as data of their own, not in the system's voice (the prompt only names the tags).
+    documents = next(m["content"] for m in fake.requests[0]["messages"] if "<document id=" in m["content"])
+    assert [m["role"] for m in fake.requests[0]["messages"] if "<document id=" in m["content"]] == ["user"]
     assert (
         'id="maintenance-notice"' in documents
         and INJECTION in documents

@@ -70,10 +70,16 @@ async def test_a_streamed_answer_cites_the_passages_it_used(llm: tuple[FakeLlm, 
     assert [s.document_id for s in answer.sources] == ["shipping"]
     sent = fake.requests[0]
     assert sent["model"] == "test-model" and sent["stream"] is True
-    system = sent["messages"][0]["content"]
-    assert "[1] Shipping: Express costs 12.90 euros." in system
-    assert "Unrelated." not in system  # untrusted passages never reach the model
-    assert sent["messages"][1] == {"role": "user", "content": "How much is express?"}
+    system, documents, question = sent["messages"]
+    assert system["role"] == "system" and "Express" not in system["content"]
+    # The passages are data in a message of their own, not the system's word.
+    assert documents["role"] == "user"
+    assert (
+        '<document number="1" id="shipping" title="Shipping">Express costs 12.90 euros.</document>'
+        in (documents["content"])
+    )
+    assert "Unrelated." not in documents["content"]  # untrusted passages never reach the model
+    assert question == {"role": "user", "content": "How much is express?"}
 
 
 async def test_no_answer_from_the_model_or_no_trusted_passage_is_not_found(llm: tuple[FakeLlm, str]) -> None:
@@ -137,7 +143,7 @@ async def test_a_turn_retries_the_llm_after_its_retry_after_then_answers(
     assert reply.reply.text == "Express shipping costs 12.90 euros [1]."
     assert reply.reply.sources[0].document_id == "shipping"
     assert reply.lineage is not None
-    assert (reply.lineage.generator, reply.lineage.prompt_id) == ("openai:test-model", "grounded_answer@v2")
+    assert (reply.lineage.generator, reply.lineage.prompt_id) == ("openai:test-model", "grounded_answer@v3")
     assert reply.lineage.prompt_hash and reply.lineage.documents[0].document_id == "shipping"
     assert len(fake.requests) == 2
     history = [

@@ -197,11 +197,14 @@ async def test_the_model_sees_the_earlier_turns_in_order_redacted(
     second = await turn(llm_chat, conversation_id, "How long does express shipping take?")
 
     last = fake.requests[-1]["messages"]
-    assert [m["role"] for m in last] == ["system", "user", "assistant", "user", "assistant", "user"]
+    assert [m["role"] for m in last] == ["system", "user", "assistant", "user", "assistant", "user", "user"]
     assert last[1]["content"] == "hello, I am [EMAIL]"  # stored as said, redacted on the way out
     assert last[3]["content"] == "How much does express shipping cost?"
     assert last[4]["content"] == first["reply"]["text"]
-    assert last[5]["content"] == "How long does express shipping take?"
+    assert (
+        last[5]["content"].count("<document number=") >= 1
+    )  # the passages, as data, just before the question
+    assert last[6]["content"] == "How long does express shipping take?"
     assert all(
         "ana@example.com" not in m["content"] for request in fake.requests for m in request["messages"]
     )
@@ -355,11 +358,8 @@ async def test_with_an_llm_a_follow_up_is_rewritten_by_the_model_and_answered_in
     assert (
         f"Previous answer: {first['reply']['text']}" in asked and "Latest message: and to Austria?" in asked
     )
-    assert [m["content"] for m in answer["messages"][1:]] == [
-        "How much does express shipping cost?",
-        first["reply"]["text"],
-        "and to Austria?",
-    ]
+    said = [m["content"] for m in answer["messages"][1:] if "<document" not in m["content"]]
+    assert said == ["How much does express shipping cost?", first["reply"]["text"], "and to Austria?"]
     assert follow["reply"]["text"] == "Yes, express shipping to Austria costs 12.90 euros too [1]."
     assert follow["lineage"]["context"]["retrieval_query"] == standalone
     assert follow["reply"]["sources"][0]["document_id"] == "shipping"

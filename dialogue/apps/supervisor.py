@@ -259,6 +259,13 @@ def run_stack(settings: Settings) -> int:
     try:
         api_key = settings.resolve_api_key()
         settings.payload_codec_keys()  # made here in development, before the children read the file
+    except FileNotFoundError as err:
+        print(
+            f"dialogue up: no payload keys: set DIALOGUE_PAYLOAD_KEYS or keep them in {err.filename} "
+            "(`dialogue payload-keys generate`); `dialogue up --development` makes them",
+            file=sys.stderr,
+        )
+        return 1
     except (ValueError, OSError) as err:
         print(f"dialogue up: {err}", file=sys.stderr)
         return 1

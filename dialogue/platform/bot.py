@@ -142,7 +142,7 @@ class AgentSettings(BaseModel):
     """Model calls in one turn at most; at the limit the model answers with what it has (degraded)."""
     max_tool_calls: int = Field(default=20, ge=1, le=200)
     """Tool calls in one turn at most."""
-    prompt: str = "agent@v1"
+    prompt: str = "agent@v2"
     max_result_chars: int = Field(default=4000, ge=100)
     """Of a tool's result, the model sees this much (cut with a marker)."""
     approval_timeout_seconds: float = Field(default=900, gt=0)
@@ -276,7 +276,7 @@ class LlmSettings(BaseModel):
     """The conversation's share of a call: the summary, the recent turns verbatim and the current message
     (the instructions and the passages come on top). Counted with the model's own tokenizer when it is
     an OpenAI model, else estimated (dialogue/brain/llm/tokenizer.py)."""
-    prompt: str = "grounded_answer@v2"
+    prompt: str = "grounded_answer@v3"
     """The answering prompt, `name@vN`: dialogue/brain/generation/prompts/<name>.vN.txt."""
     summarizer: Literal["llm", "extractive"] = "llm"
     """How older turns are folded into the rolling summary: by the model (`summary_prompt`), or by keeping

@@ -93,6 +93,9 @@ async def in_process_stack(bot_path: Path, deployment: Settings) -> AsyncIterato
                     "rate_limit_per_second": 0,
                     "knowledge_reload_seconds": 0,
                     "workflow_sandbox": True,  # a test run catches nondeterministic workflow code
+                    # The run's own throwaway dev server, whose client is plain: no payload keys to find
+                    # (production, the default, would ask for them) and no codec server to serve.
+                    "payload_encryption": False,
                     # Answers from the knowledge base come from the grounded generator, whatever the
                     # deployment says: a file that scripts the model sets `flags: {llm_generator: true}`.
                     "flags": {"llm_generator": False},

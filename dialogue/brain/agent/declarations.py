@@ -141,15 +141,25 @@ def inert(text: str, tag: str) -> str:
     return re.sub(rf"<(\s*/?\s*{tag})", r"&lt;\g<1>", text, flags=re.IGNORECASE)
 
 
-def passages_message(passages: list[Passage]) -> list[dict[str, Any]]:
-    """The turn's retrieved passages as one system message (none when retrieval found nothing)."""
+def documents(passages: list[Passage], *, numbered: bool = False) -> str:
+    """Passages between their delimiters, one a line (`number="1"`… when the answer cites them by number)."""
+    lines = []
+    for n, p in enumerate(passages, start=1):
+        number = f' number="{n}"' if numbered else ""
+        attributes = f'{number} id="{escape(p.document_id)}" title="{escape(p.title)}"'
+        lines.append(f"<document{attributes}>{inert(p.text, 'document')}</document>")
+    return "\n".join(lines)
+
+
+def passages_message(passages: list[Passage], *, numbered: bool = False) -> list[dict[str, Any]]:
+    """The turn's retrieved passages as one message of their own (none when retrieval found nothing).
+
+    A user-role message, not a system one: whoever can write a help article (or have one retrieved)
+    gets no more authority over the model than the customer has, and the prompt says the documents are
+    data. (A tool-role message would need a tool call the model never made.)"""
     if not passages:
         return []
-    documents = "\n".join(
-        f'<document id="{escape(p.document_id)}" title="{escape(p.title)}">{inert(p.text, "document")}</document>'
-        for p in passages
-    )
-    return [{"role": "system", "content": f"{DOCUMENTS_NOTE}\n{documents}"}]
+    return [{"role": "user", "content": f"{DOCUMENTS_NOTE}\n{documents(passages, numbered=numbered)}"}]
 
 
 def step_messages(steps: list[AgentStepRecord]) -> list[dict[str, Any]]:

@@ -67,9 +67,11 @@ class ModelClient(Protocol):
         *,
         conversation: Conversation | None = None,
         redact: bool = True,
+        prompt: Prompt | None = None,
     ) -> tuple[list[Passage], Context] | None:
         """The passages an answer may use and the messages it sends the model; None when no passage is
-        trusted. No I/O: the same inputs, from a history, give the same messages (`dialogue.brain.llm.rebuild`)."""
+        trusted. No I/O: the same inputs, from a history, give the same messages (`dialogue.brain.llm.rebuild`,
+        with the `prompt` the answer recorded)."""
         ...
 
     async def chat(

@@ -10,7 +10,7 @@ as the next delay); any other 4xx cannot.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import timedelta
 from typing import Any, cast
 
@@ -19,6 +19,7 @@ import openai
 import orjson
 from temporalio.exceptions import ApplicationError
 
+from dialogue.brain.agent.declarations import passages_message
 from dialogue.brain.generation.grounded import Answer, Relevance, source_of
 from dialogue.brain.generation.model_client import Completion, ModelClient, RequestedCall
 from dialogue.brain.generation.prompts import Prompt, prompt_by_ref
@@ -203,10 +204,17 @@ class OpenAIChatGenerator:
         )
 
     def assemble(
-        self, *, system: str, current: str, conversation: Conversation, redact: Callable[[str], str]
+        self,
+        *,
+        system: str,
+        current: str,
+        conversation: Conversation,
+        redact: Callable[[str], str],
+        documents: Sequence[ChatMessage] = (),
     ) -> Context:
         return assemble(
             system=system,
+            documents=documents,
             current=current,
             earlier=conversation.earlier,
             summary=conversation.summary,
@@ -267,22 +275,30 @@ class OpenAIChatGenerator:
         *,
         conversation: Conversation | None = None,
         redact: bool = True,
+        prompt: Prompt | None = None,
     ) -> tuple[list[Passage], Context] | None:
         """The passages the model may use and the messages it is sent; None when no passage is trusted.
-        No I/O: the same inputs, from a history, give the same messages (`dialogue.brain.llm.rebuild`)."""
+        No I/O: the same inputs, from a history, give the same messages (`dialogue.brain.llm.rebuild`, which
+        passes the `prompt` the answer recorded; the bot's own otherwise)."""
         trusted = [p for p in passages if self._relevance.trusted(p)][:MAX_PASSAGES]
         if not trusted:
             return None
-        assert self.prompt is not None
-        system = self.prompt.render(
-            bot_description=self._bot_description or "an online shop.",
-            passages="\n\n".join(f"[{i}] {p.title}: {p.text}" for i, p in enumerate(trusted, start=1)),
-        )
+        prompt = prompt or self.prompt
+        assert prompt is not None
+        description = self._bot_description or "an online shop."
+        if "{passages}" in prompt.template:
+            # The prompts from before the passages had a message of their own (`grounded_answer@v1`, `@v2`).
+            numbered = "\n\n".join(f"[{i}] {p.title}: {p.text}" for i, p in enumerate(trusted, start=1))
+            system, data = prompt.render(bot_description=description, passages=numbered), []
+        else:
+            system = prompt.render(bot_description=description)
+            data = passages_message(trusted, numbered=True)
         context = self.assemble(
             system=system,
             current=question,
             conversation=conversation or Conversation(),
             redact=self._redact if redact else str,
+            documents=data,
         )
         return trusted, context
 

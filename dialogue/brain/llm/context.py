@@ -1,9 +1,13 @@
 """The conversation an LLM call sees, within a token budget.
 
-    system prompt (instructions and passages; bounded by itself, outside the budget)
+    system prompt (instructions; bounded by itself, outside the budget)
     a summary of the older turns, when there is one
     the most recent turns, verbatim, whole turns only, as many as fit
+    the retrieved passages, as data in a message of their own (bounded by themselves, outside the budget)
     the current message (cut to the budget, with a marker, if it alone is too long)
+
+(Prompts written before passages had a message of their own, `grounded_answer@v1` and `@v2`, hold the
+passages in the system prompt; answers recorded with them are rebuilt as they were sent.)
 
 The budget (`llm.context_tokens` of the bot) covers the summary, the turns and the current
 message. Newer turns go in first; the first turn that does not fit ends the window, so what the
@@ -77,10 +81,12 @@ def assemble(
     expected: range | None = None,
     unread_before: int | None = None,
     notes: Sequence[str] = (),
+    documents: Sequence[ChatMessage] = (),
 ) -> Context:
     """The messages of one LLM call. `earlier`: transcript entries before the current turn (any order),
     those the summary covers left out; `expected`: the places that should be there (the ones missing,
-    e.g. not recorded yet while the store was down, are named in lineage)."""
+    e.g. not recorded yet while the store was down, are named in lineage); `documents`: the passages'
+    message, just before the current one."""
     notes = list(notes)
     message = redact(current)
     room = budget - MESSAGE_OVERHEAD
@@ -126,6 +132,7 @@ def assemble(
         {"role": "system", "content": system},
         *([summary_message] if summary_message else []),
         *(m for _, group in included for m in group),
+        *documents,
         {"role": "user", "content": message},
     ]
     lineage = ContextLineage(

@@ -19,6 +19,7 @@ from temporalio.client import WorkflowHistory
 from temporalio.converter import DataConverter
 
 from dialogue.brain.generation import Generators
+from dialogue.brain.generation.prompts import prompt_by_ref
 from dialogue.brain.llm.context import ChatMessage, Conversation, Said, messages_digest
 from dialogue.model.contracts import GenerateRequest, RecordMessageRequest, Reply, TurnReply
 
@@ -87,6 +88,7 @@ async def llm_requests(
         prepared = model.prepare(
             request.text,
             request.passages,
+            prompt=prompt_by_ref(reply.prompt_id) if reply.prompt_id else None,
             conversation=Conversation(
                 earlier=earlier,
                 summary=request.context.summary,
