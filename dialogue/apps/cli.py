@@ -923,7 +923,8 @@ def _payload_keys_or_exit(change: Callable[[], PayloadKeys]) -> PayloadKeys:
         return change()
     except FileNotFoundError as err:
         typer.echo(
-            f"no key file at {err.filename}: `dialogue up --development` (or the API in development) creates one", err=True
+            f"no key file at {err.filename}: `dialogue up --development` (or the API in development) creates one",
+            err=True,
         )
     except (KeyError, ValueError) as err:
         typer.echo(err.args[0] if err.args else str(err), err=True)
