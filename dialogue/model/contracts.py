@@ -351,6 +351,9 @@ class OfferedTool(BaseModel):
     approval: Literal["none", "agent", "user"] = "none"
     timeout_seconds: float = 10
     attempts: int = 3
+    refused: str | None = None
+    """Why the tool is not offered although listed (an MCP server changed it since it was pinned): the
+    model is not told of it, and a call of it is refused with this."""
 
 
 class McpToolList(BaseModel):
@@ -383,6 +386,8 @@ class AgentToolCall(BaseModel):
     """Who must approve the call before it runs (the tool's `approval`); None: no one."""
     approval_timeout_seconds: float = 900
     """Unanswered this long, the approval counts as denied."""
+    redact: bool = True
+    """The conversation's `redaction` flag: the result is kept and shown as the bot's privacy policy says."""
 
 
 class ApprovalDecision(BaseModel):

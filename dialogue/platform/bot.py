@@ -118,6 +118,10 @@ class McpServer(BaseModel):
     attempts: int = Field(default=3, ge=1)
     list_seconds: float = Field(default=300, ge=0)
     """How long a worker keeps a server's tool list before it asks again."""
+    accept_changes: bool = False
+    """Each tool's name, description and schema are pinned when first listed (`mcp_tool_pin` in the store);
+    a tool the server changes later is not offered, unless this is set: then the change is pinned (and
+    logged). Set it for the deploy that takes a server's new version, and unset it after."""
 
     @field_validator("headers")
     @classmethod
