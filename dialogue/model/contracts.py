@@ -375,7 +375,8 @@ class AgentToolCall(BaseModel):
     """The conversation's key: a result too long for the model is kept in the store under it."""
     arguments: dict[str, Any] = {}
     idempotency_key: str = ""
-    """`{conversation}:{turn id}:{call id}`: the same on every attempt, so a tool can do its effect once."""
+    """A SHA-256 of the conversation, turn and call id: the same on every attempt, so a tool can do its effect
+    once, and telling a third party neither the tenant nor the conversation."""
     timeout_seconds: float = 10
     attempts: int = 3
     invalid: str | None = None

@@ -17,8 +17,9 @@ from dialogue.brain.agent.mcp_stdio import MAX_LINE_BYTES
 from dialogue.brain.agent.mcp_tools import McpClients
 from dialogue.brain.python_tools import ToolFailed
 from dialogue.model.contracts import OfferedTool
-from dialogue.platform.bot import AgentSettings, BotDefinition, McpServer
+from dialogue.platform.bot import AgentSettings, BotDefinition
 from dialogue.platform.db import get_engine, init_db
+from dialogue.platform.tool_config import McpServer
 
 HOSTILE = Path(__file__).resolve().parent / "mcp_hostile.py"
 HONEST = "The status of an order, by its number."

@@ -47,7 +47,8 @@ from dialogue.brain.agent.mcp_stdio import TOO_LONG, bounded_stdio_client
 from dialogue.brain.python_tools import ToolFailed
 from dialogue.model.contracts import McpToolList, OfferedTool
 from dialogue.platform import store
-from dialogue.platform.bot import BotDefinition, McpServer
+from dialogue.platform.bot import BotDefinition
+from dialogue.platform.tool_config import McpServer
 
 log = logging.getLogger("dialogue.brain.agent.mcp")
 
