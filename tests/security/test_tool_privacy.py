@@ -14,6 +14,7 @@ import pytest
 from sqlalchemy import MetaData, select
 from temporalio.client import Client
 
+from dialogue.brain.agent.declarations import CUT, shown
 from dialogue.platform.db import get_engine
 from dialogue.platform.settings import Settings
 from tests.fake_llm import FakeLlm, Plan
@@ -79,3 +80,12 @@ async def test_the_customers_email_in_a_tool_result_leaves_the_worker_nowhere(
         assert "[EMAIL]" in outcome["content"]
         assert all(EMAIL not in response for response in responses)
         assert ORDER in stored and EMAIL not in stored
+
+
+def test_a_cut_never_leaves_half_an_address() -> None:
+    """Under `redact: llm` lineage keeps results whole and the model's copy is redacted at each step: a cut
+    in the middle of an address would leave a half the redaction does not know."""
+    result = {"email": EMAIL, "note": "the customer of the order"}
+    whole = shown(result, 10_000).whole
+    seen = shown(result, whole.index(EMAIL) + len("anna.k@mail") + len(CUT))
+    assert seen.cut and "anna.k" not in seen.content and seen.content.endswith(CUT)

@@ -140,12 +140,17 @@ def shown(result: Any, limit: int, *, redact: Callable[[str], str] = str) -> Sho
     encoded = orjson.dumps(result, option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS, default=str)
     whole = redact(encoded.decode())
     # Whatever the cut halves is dropped with its word: half an address or number is no one's to see.
-    content = _PARTIAL_WORD.sub("", whole[: limit - len(CUT)]) + CUT if len(whole) > limit else whole
+    content = _whole_words(whole[: limit - len(CUT)]) + CUT if len(whole) > limit else whole
     kept = whole.encode()
     return Shown(content, len(kept), hashlib.sha256(kept).hexdigest(), whole)
 
 
-_PARTIAL_WORD = re.compile(r"[\w.@%+'-]+$")
+def _whole_words(text: str) -> str:
+    """`text` without the word it ends in (letters, digits and the marks of an address or number)."""
+    end = len(text)
+    while end and (text[end - 1].isalnum() or text[end - 1] in "_.@%+'-"):
+        end -= 1
+    return text[:end]
 
 
 def arguments_digest(arguments: dict[str, Any]) -> str:
