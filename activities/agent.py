@@ -8,6 +8,7 @@ each checked against the bot's declarations. `call_tool` runs one call.
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -17,13 +18,14 @@ from opentelemetry import trace
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 from temporalio import activity
-from temporalio.exceptions import ApplicationError
+from temporalio.exceptions import ApplicationError, CancelledError
 
 from activities.context import read_conversation
 from activities.progress import Progress
 from dialogue.brain.agent.declarations import (
     Shown,
     arguments_digest,
+    call_id,
     checked_call,
     offered,
     openai_tools,
@@ -66,7 +68,7 @@ class AgentActivity:
     def __init__(self, bot: BotDefinition, engine: Engine, generators: Generators, data_dir: Path) -> None:
         self._bot = bot
         self._data_dir = data_dir
-        self._mcp = McpClients(bot)
+        self._mcp = McpClients(bot, engine)
         self._engine = engine
         self._generators = generators
         self._privacy = PrivacyPolicy(bot.privacy)
@@ -140,7 +142,11 @@ class AgentActivity:
             if request.redact
             else request.passages
         )
-        messages: list[dict[str, Any]] = [*context.messages, *documents, *step_messages(request.steps)]
+        messages: list[dict[str, Any]] = [
+            *context.messages,
+            *documents,
+            *step_messages(request.steps, redact=self._redact if request.redact else str),
+        ]
         if last:
             messages.append({"role": "system", "content": LAST_WORD})
         return context, messages
@@ -157,13 +163,13 @@ class AgentActivity:
         calls = [
             checked_call(
                 tools,
-                call_id=call.id or f"call-{len(request.steps)}-{n}",
+                call_id=call_id(request.turn_id, len(request.steps), n),
                 name=call.name,
                 arguments_json=call.arguments,
                 conversation_id=request.context.conversation_id,
                 turn_id=request.turn_id,
                 approval_timeout_seconds=settings.approval_timeout_seconds,
-            ).model_copy(update={"stream": request.stream})
+            ).model_copy(update={"stream": request.stream, "redact": request.redact})
             for n, call in enumerate(requested)
         ]
         room = settings.max_tool_calls - made
@@ -197,9 +203,12 @@ class AgentActivity:
                 result = function(context, call.arguments)
         except ToolFailed as failed:
             return self._outcome(call, started, failed=str(failed))
-        except Exception:
+        except CancelledError:
             _count(call, started, "error")
             raise
+        except Exception as err:
+            _count(call, started, "error")
+            raise self._redacted(call, err) from None
         return self._outcome(call, started, result=result)
 
     @activity.defn(name="call_mcp_tool")
@@ -215,9 +224,12 @@ class AgentActivity:
             result = await self._mcp.call(server, call.name, call.arguments, call.idempotency_key)
         except ToolFailed as failed:
             return self._outcome(call, started, failed=str(failed))
-        except Exception:
+        except CancelledError:
             _count(call, started, "error")
             raise
+        except Exception as err:
+            _count(call, started, "error")
+            raise self._redacted(call, err) from None
         return self._outcome(call, started, result=result)
 
     @activity.defn(name="list_mcp_tools")
@@ -237,10 +249,12 @@ class AgentActivity:
             "attempt": activity.info().attempt,
             "duration_ms": round(seconds * 1000, 1),
         }
+        # What the tool said reaches lineage, the client, the history and the logs: as the policy keeps it.
+        redact = functools.partial(self._privacy.for_storage, enabled=call.redact)
         if failed is not None:
-            outcome = AgentToolOutcome(ok=False, error=failed, **common)
+            outcome = AgentToolOutcome(ok=False, error=redact(failed), **common)
         else:
-            seen = shown(result, self._bot.agent.max_result_chars)
+            seen = shown(result, self._bot.agent.max_result_chars, redact=redact)
             outcome = AgentToolOutcome(
                 ok=True,
                 content=seen.content,
@@ -266,7 +280,7 @@ class AgentActivity:
             name=call.name,
             size=seen.size,
             sha256=seen.sha256,
-            content=self._privacy.for_storage(seen.whole),
+            content=seen.whole,  # redacted as `shown` was told
             created_at=datetime.now(UTC),
         )
         try:
@@ -277,6 +291,18 @@ class AgentActivity:
             )
             return False
         return True
+
+    def _redacted(self, call: AgentToolCall, err: Exception) -> ApplicationError:
+        """A failed attempt's error as it leaves the activity, for the history, the worker's log and (after
+        the last attempt) the model: its message redacted (an HTTP tool's path, a service's words can hold
+        personal data), its type kept for the retry policy, its cause left behind (the traceback would
+        repeat the message whole)."""
+        message = self._privacy.for_llm(str(err), enabled=call.redact)
+        if isinstance(err, ApplicationError):
+            return ApplicationError(
+                message, type=err.type, non_retryable=err.non_retryable, next_retry_delay=err.next_retry_delay
+            )
+        return ApplicationError(message, type=err.__class__.__name__)
 
     def _tell(self, call: AgentToolCall, outcome: AgentToolOutcome) -> None:
         """A streamed turn's `tool_result` event: what came back, not the whole result (lineage has its size)."""

@@ -18,7 +18,7 @@ from fastapi.responses import JSONResponse
 from temporalio.client import Client
 
 from dialogue.apps.testing.stack import served
-from dialogue.brain.agent.declarations import RESULT_CLOSE, RESULT_OPEN
+from dialogue.brain.agent.declarations import RESULT_CLOSE, RESULT_OPEN, idempotency_key
 from dialogue.platform.settings import Settings
 from tests.conftest import demo_shop, free_port
 from tests.fake_llm import FakeLlm, Plan
@@ -136,7 +136,9 @@ async def test_http_tools_get_their_url_headers_and_body_and_a_retried_call_has_
     posts = [s for s in crm.seen if s["path"] == "/callbacks"]
     # The 503 failed the first attempt; Temporal retried it with the same key; one booking was made.
     assert len(posts) == 2 and posts[0]["key"] == posts[1]["key"] != get["key"]
-    assert posts[0]["key"] == f"default/{conversation_id}:{reply['turn_id']}:{booked['call_id']}"
+    assert posts[0]["key"] == idempotency_key(
+        f"default/{conversation_id}", reply["turn_id"], booked["call_id"]
+    )
     assert posts[1]["body"] == {"phone": "+49 30 1234567", "topic": "a return"}
     assert len(crm.bookings) == 1
     results = [m["content"] for m in fake.requests[-1]["messages"] if m["role"] == "tool"]
@@ -206,7 +208,7 @@ async def test_the_worker_starts_the_demo_mcp_server_over_stdio_and_offers_only_
     assert hours["ok"] and not refused["ok"] and refused["error"].startswith("no tool 'stock'")
     result = next(m["content"] for m in fake.requests[-1]["messages"] if m["role"] == "tool")
     assert "Spitalerstr. 12" in result  # what the MCP server said, as data
-    key = f"default/{conversation_id}:{reply['turn_id']}:{hours['call_id']}"
+    key = idempotency_key(f"default/{conversation_id}", reply["turn_id"], hours["call_id"])
     assert f'"idempotency_key":"{key}"' in result  # the key reached the server in the request's _meta
     assert len(await scheduled(client, conversation_id, "call_mcp_tool")) == 1
 

@@ -353,6 +353,9 @@ class OfferedTool(BaseModel):
     approval: Literal["none", "agent", "user"] = "none"
     timeout_seconds: float = 10
     attempts: int = 3
+    refused: str | None = None
+    """Why the tool is not offered although listed (an MCP server changed it since it was pinned): the
+    model is not told of it, and a call of it is refused with this."""
 
 
 class McpToolList(BaseModel):
@@ -374,7 +377,8 @@ class AgentToolCall(BaseModel):
     """The conversation's key: a result too long for the model is kept in the store under it."""
     arguments: dict[str, Any] = {}
     idempotency_key: str = ""
-    """`{conversation}:{turn id}:{call id}`: the same on every attempt, so a tool can do its effect once."""
+    """A SHA-256 of the conversation, turn and call id: the same on every attempt, so a tool can do its effect
+    once, and telling a third party neither the tenant nor the conversation."""
     timeout_seconds: float = 10
     attempts: int = 3
     invalid: str | None = None
@@ -385,6 +389,8 @@ class AgentToolCall(BaseModel):
     """Who must approve the call before it runs (the tool's `approval`); None: no one."""
     approval_timeout_seconds: float = 900
     """Unanswered this long, the approval counts as denied."""
+    redact: bool = True
+    """The conversation's `redaction` flag: the result is kept and shown as the bot's privacy policy says."""
 
 
 class ApprovalDecision(BaseModel):

@@ -155,6 +155,21 @@ class ToolResult(SQLModel, table=True):
     created_at: datetime = _utc_column()
 
 
+class McpToolPin(SQLModel, table=True):
+    """What an MCP server's tool looked like when a bot's worker first listed it: the digest of its name,
+    description and input schema. A later listing that differs is refused unless the bot's declaration of
+    the server consents (`accept_changes`): a server cannot change what the model is told of a tool
+    under the bot."""
+
+    __tablename__ = "mcp_tool_pin"
+
+    bot: str = Field(primary_key=True, max_length=200)
+    server: str = Field(primary_key=True, max_length=32)
+    tool: str = Field(primary_key=True, max_length=64)
+    sha256: str = Field(max_length=64)
+    pinned_at: datetime = _utc_column()
+
+
 class KnowledgeDocument(SQLModel, table=True):
     """A knowledge-base document; its version grows each time its content changes."""
 

@@ -29,6 +29,9 @@ _turn: ContextVar[str | None] = ContextVar("turn", default=None)
 
 _message_text = False
 
+QUIET_LOGGERS = ("httpx", "httpx2")
+"""Loggers that write what a request carried at INFO: held at WARNING."""
+
 
 @contextmanager
 def log_context(conversation_key: str | None, turn_id: str | None = None) -> Iterator[None]:
@@ -104,6 +107,10 @@ def configure_logging(settings: Settings, service: str) -> None:
     root.setLevel(settings.log_level)
     # uvicorn's own access lines would repeat the API's request line without its ids.
     logging.getLogger("uvicorn.access").disabled = True
+    # httpx (and the MCP SDK's httpx2) log every request's URL at INFO, query and all: a tool's arguments,
+    # often personal data, would be in the log whatever `log_message_text` says.
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(max(logging.WARNING, root.level))
     for name in ("uvicorn", "uvicorn.error"):
         logging.getLogger(name).handlers[:] = []
         logging.getLogger(name).propagate = True

@@ -15,7 +15,7 @@ from sqlmodel import Session, col, select
 
 from dialogue.model.contracts import RecordConversationRequest, RecordMessageRequest, RecordTurnRequest
 from dialogue.platform import events
-from dialogue.platform.db import Conversation, ConversationEvent, Feedback, Message, ToolResult
+from dialogue.platform.db import Conversation, ConversationEvent, Feedback, McpToolPin, Message, ToolResult
 
 ERASED = "erased"
 """The status of a conversation's tombstone: its content is gone and nothing is written for it again."""
@@ -109,6 +109,23 @@ def keep_tool_result(engine: Engine, result: ToolResult) -> None:
 def tool_result(engine: Engine, conversation_id: str, call_id: str) -> ToolResult | None:
     with Session(engine) as session:
         return session.get(ToolResult, (conversation_id, call_id))
+
+
+def mcp_tool_pins(engine: Engine, bot: str, server: str) -> dict[str, str]:
+    """The digests an MCP server's tools were pinned with for a bot, by tool name."""
+    with Session(engine) as session:
+        rows = session.exec(
+            select(McpToolPin).where(McpToolPin.bot == bot, McpToolPin.server == server)
+        ).all()
+        return {row.tool: row.sha256 for row in rows}
+
+
+def pin_mcp_tools(engine: Engine, bot: str, server: str, digests: dict[str, str], *, at: datetime) -> None:
+    """Pin tools (name → digest); a tool already pinned gets the new digest (the bot consented)."""
+    with Session(engine) as session:
+        for tool, sha256 in digests.items():
+            session.merge(McpToolPin(bot=bot, server=server, tool=tool, sha256=sha256, pinned_at=at))
+        session.commit()
 
 
 def record_message(engine: Engine, message: RecordMessageRequest) -> None:

@@ -4,10 +4,12 @@ worker's secrets, or flood the worker with an answer."""
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+from urllib.parse import urlsplit
 
 import orjson
 import pytest
@@ -15,7 +17,9 @@ from pydantic import ValidationError
 
 from dialogue.brain.agent.http_tools import MAX_RESPONSE_BYTES, call_http, expand_variables
 from dialogue.brain.python_tools import ToolFailed
-from dialogue.platform.bot import HttpTool, McpServer
+from dialogue.platform.logs import QUIET_LOGGERS, configure_logging
+from dialogue.platform.settings import Settings
+from dialogue.platform.tool_config import HttpTool, McpServer
 
 FIFTY_MB = 50 * 1024 * 1024
 
@@ -153,3 +157,54 @@ def test_a_50_mb_answer_is_cut_and_the_rest_never_read(service: str) -> None:
     )
     assert len(result) < MAX_RESPONSE_BYTES + 100
     assert Service.sent_bytes < FIFTY_MB  # the worker hung up long before the end
+
+
+@pytest.fixture
+def worker_logs() -> Iterator[list[logging.LogRecord]]:
+    """The records a worker's logging (as `dialogue worker` configures it, at INFO) lets through."""
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level, {name: logging.getLogger(name).level for name in QUIET_LOGGERS}
+    configure_logging(Settings(log_level="INFO", log_message_text=False), "worker")
+    records: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record)
+
+    root.addHandler(Keep())
+    yield records
+    root.handlers[:], root.level = saved[0], saved[1]
+    for name, level in saved[2].items():
+        logging.getLogger(name).setLevel(level)
+
+
+def test_a_tool_call_leaves_no_url_in_the_logs(service: str, worker_logs: list[logging.LogRecord]) -> None:
+    """httpx logs each request's URL, query and all, at INFO: a tool's arguments would be in the log."""
+    lookup = tool(f"{service}/customers", method="GET")
+    assert call(lookup, {"email": "anna.k@mailbox.org"}) == {"path": "/customers?email=anna.k%40mailbox.org"}
+    lines = [record.getMessage() for record in worker_logs]
+    assert not [line for line in lines if "/customers" in line or "anna.k" in line], lines
+
+
+def test_the_request_goes_to_the_address_that_was_checked(service: str) -> None:
+    """DNS rebinding: a name that answers a public address to the check and a private one to the request.
+    The name is resolved once, and the request made to the address checked (the service still gets the
+    name as its Host). The resolver stands in for a DNS server the attacker runs (none can run here)."""
+    port = urlsplit(service).port
+    asked: list[str] = []
+
+    def rebinding(host: str) -> list[str]:
+        asked.append(host)
+        return ["127.0.0.1"] if len(asked) == 1 else ["169.254.169.254"]
+
+    ping = tool(f"http://shop.test:{port}/ping", method="GET")
+    assert call_http(ping, {}, "key-1", 5, declared=set(), resolve=rebinding) == {"path": "/ping"}
+    assert asked == ["shop.test"] and Service.seen[0]["headers"]["Host"] == f"shop.test:{port}"
+
+
+def test_a_name_that_resolves_to_a_private_address_is_refused() -> None:
+    metadata = HttpTool(url="http://metadata.test/latest/meta-data/", method="GET")
+    with pytest.raises(ToolFailed, match="private address"):
+        call_http(
+            metadata, {}, "key-1", 5, declared=set(), resolve=lambda host: ["8.8.8.8", "169.254.169.254"]
+        )

@@ -4,6 +4,8 @@ same as the recorded one."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from html import escape
 from typing import Any
 
 import orjson
@@ -11,6 +13,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
 from dialogue.apps.evaluation.compare import TurnComparison
+from dialogue.brain.agent.declarations import inert
 from dialogue.brain.generation.openai_chat import ChatClient
 from dialogue.brain.generation.prompts import prompt_by_ref
 from dialogue.platform.db import KnowledgeChunk
@@ -58,4 +61,12 @@ class Judge:
             return ""
         with Session(self._store) as session:
             chunks = session.exec(select(KnowledgeChunk).where(col(KnowledgeChunk.id).in_(chunk_ids))).all()
-        return "\n".join(f'<document id="{c.document_id}">{c.text}</document>' for c in chunks)
+        return documents(chunks)
+
+
+def documents(chunks: Sequence[KnowledgeChunk]) -> str:
+    """The passages between `<document>` tags, as the agent's are (`passages_message`): a passage cannot
+    close its tag and speak to the judge as its instructions."""
+    return "\n".join(
+        f'<document id="{escape(c.document_id)}">{inert(c.text, "document")}</document>' for c in chunks
+    )

@@ -32,6 +32,9 @@ class Plan:
     tool_calls: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     """Tools the model asks to call, (name, arguments), streamed as real endpoints do: `tool_calls` deltas
     whose arguments arrive in pieces, several calls in one response, `finish_reason: tool_calls`."""
+    call_ids: list[str] = field(default_factory=list)
+    """The ids the model gives those calls (by position; unset: `call_r<request>_<n>`): a model that repeats
+    an id, or names one it saw before."""
 
 
 @dataclass
@@ -66,6 +69,7 @@ class FakeLlm:
                     usage=usage,
                     tool_calls=plan.tool_calls,
                     call_prefix=f"r{len(self.requests)}",
+                    call_ids=plan.call_ids,
                 ),
                 media_type="text/event-stream",
             )
@@ -91,6 +95,7 @@ async def _chunks(
     usage: bool = False,
     tool_calls: list[tuple[str, dict[str, Any]]] | None = None,
     call_prefix: str = "r",
+    call_ids: list[str] | None = None,
 ) -> AsyncIterator[bytes]:
     words = text.split(" ") if text else []
     for i, word in enumerate(words):
@@ -112,7 +117,9 @@ async def _chunks(
             call: dict[str, Any] = {"index": index, "function": {"arguments": piece}}
             if n == 0:  # the first delta of a call names it; the arguments follow in pieces
                 call |= {
-                    "id": f"call_{call_prefix}_{index}",
+                    "id": (call_ids or [])[index]
+                    if index < len(call_ids or [])
+                    else f"call_{call_prefix}_{index}",
                     "type": "function",
                     "function": {"name": name, "arguments": piece},
                 }

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Callable
 from html import escape
 from typing import Any, NamedTuple
 
@@ -52,6 +53,7 @@ def openai_tools(tools: list[OfferedTool]) -> list[dict[str, Any]]:
             "function": {"name": tool.name, "description": tool.description, "parameters": tool.parameters},
         }
         for tool in tools
+        if tool.refused is None
     ]
 
 
@@ -74,7 +76,7 @@ def checked_call(
     if not isinstance(arguments, dict):
         return AgentToolCall(call_id=call_id, name=name, invalid="the arguments must be a JSON object")
     if spec is None:
-        allowed = ", ".join(tool.name for tool in tools) or "none"
+        allowed = ", ".join(tool.name for tool in tools if tool.refused is None) or "none"
         return AgentToolCall(
             call_id=call_id, name=name, arguments=arguments, invalid=f"no tool {name!r} (allowed: {allowed})"
         )
@@ -85,13 +87,26 @@ def checked_call(
         kind=spec.kind,
         server=spec.server,
         arguments=arguments,
-        idempotency_key=f"{conversation_id}:{turn_id}:{call_id}",
+        idempotency_key=idempotency_key(conversation_id, turn_id, call_id),
         timeout_seconds=spec.timeout_seconds,
         attempts=spec.attempts,
-        invalid=invalid_arguments(spec.parameters, arguments),
+        invalid=spec.refused or invalid_arguments(spec.parameters, arguments),
         approval=None if spec.approval == "none" else spec.approval,
         approval_timeout_seconds=approval_timeout_seconds,
     )
+
+
+def call_id(turn_id: str, step: int, position: int) -> str:
+    """A call's id: the turn's, the step's and the call's place in it. Never the model's own id: a model (or
+    whoever steers it) that repeats an id, or names another turn's, could otherwise make two calls one, and
+    a stored result (kept by conversation and call id) be written over by another call's."""
+    return f"call-{hashlib.sha256(turn_id.encode()).hexdigest()[:10]}-{step}-{position}"
+
+
+def idempotency_key(conversation_key: str, turn_id: str, call_id: str) -> str:
+    """The key a tool receives, the same on every attempt of the call: a digest, so that a third party
+    learns neither the tenant nor the conversation (nor can it tell two of the tenant's conversations)."""
+    return hashlib.sha256(f"{conversation_key}\x00{turn_id}\x00{call_id}".encode()).hexdigest()
 
 
 def invalid_arguments(schema: dict[str, Any], arguments: dict[str, Any]) -> str | None:
@@ -106,10 +121,11 @@ def invalid_arguments(schema: dict[str, Any], arguments: dict[str, Any]) -> str 
 
 class Shown(NamedTuple):
     content: str
-    """What the model sees: the JSON, cut at the limit."""
+    """What the model sees: the JSON as the privacy policy lets it be kept, cut at the limit."""
     size: int
-    """Bytes of the whole JSON."""
+    """Bytes of the whole JSON, as kept."""
     sha256: str
+    """Of the whole JSON as kept: the stored copy of a cut result has this digest."""
     whole: str
 
     @property
@@ -117,12 +133,24 @@ class Shown(NamedTuple):
         return len(self.content) < len(self.whole)
 
 
-def shown(result: Any, limit: int) -> Shown:
-    """A result as the model sees it (JSON, cut at `limit` characters), with the whole of it."""
+def shown(result: Any, limit: int, *, redact: Callable[[str], str] = str) -> Shown:
+    """A result as the model sees it (JSON, cut at `limit` characters), with the whole of it. `redact` is the
+    privacy policy, applied to the whole before the cut: a cut can then not halve an e-mail address into a
+    part the redaction no longer recognises, and the kept copy is the one the policy allows."""
     encoded = orjson.dumps(result, option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS, default=str)
-    whole = encoded.decode()
-    content = whole[: limit - len(CUT)] + CUT if len(whole) > limit else whole
-    return Shown(content, len(encoded), hashlib.sha256(encoded).hexdigest(), whole)
+    whole = redact(encoded.decode())
+    # Whatever the cut halves is dropped with its word: half an address or number is no one's to see.
+    content = _whole_words(whole[: limit - len(CUT)]) + CUT if len(whole) > limit else whole
+    kept = whole.encode()
+    return Shown(content, len(kept), hashlib.sha256(kept).hexdigest(), whole)
+
+
+def _whole_words(text: str) -> str:
+    """`text` without the word it ends in (letters, digits and the marks of an address or number)."""
+    end = len(text)
+    while end and (text[end - 1].isalnum() or text[end - 1] in "_.@%+'-"):
+        end -= 1
+    return text[:end]
 
 
 def arguments_digest(arguments: dict[str, Any]) -> str:
@@ -162,8 +190,11 @@ def passages_message(passages: list[Passage], *, numbered: bool = False) -> list
     return [{"role": "user", "content": f"{DOCUMENTS_NOTE}\n{documents(passages, numbered=numbered)}"}]
 
 
-def step_messages(steps: list[AgentStepRecord]) -> list[dict[str, Any]]:
-    """The turn's earlier steps as the model wrote and the tools answered them."""
+def step_messages(
+    steps: list[AgentStepRecord], *, redact: Callable[[str], str] = str
+) -> list[dict[str, Any]]:
+    """The turn's earlier steps as the model wrote and the tools answered them; `redact` is the privacy
+    policy for the model (`redact: llm` keeps the results whole in lineage, never for the model)."""
     messages: list[dict[str, Any]] = []
     for step in steps:
         messages.append(
@@ -190,7 +221,7 @@ def step_messages(steps: list[AgentStepRecord]) -> list[dict[str, Any]]:
                 {
                     "role": "tool",
                     "tool_call_id": outcome.call_id,
-                    "content": f"{RESULT_OPEN}{inert(body, 'tool_result')}{RESULT_CLOSE}",
+                    "content": f"{RESULT_OPEN}{inert(redact(body), 'tool_result')}{RESULT_CLOSE}",
                 }
             )
     return messages

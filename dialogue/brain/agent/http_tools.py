@@ -13,14 +13,15 @@ import os
 import re
 import socket
 import string
-from typing import Any
+from collections.abc import Callable
+from typing import Any, NamedTuple
 from urllib.parse import quote, urlsplit
 
 import httpx
 import orjson
 
 from dialogue.brain.python_tools import ToolFailed
-from dialogue.platform.bot import SECRET_PREFIX, HttpTool
+from dialogue.platform.tool_config import SECRET_PREFIX, HttpTool
 
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 RETRIED_STATUSES = frozenset({408, 429})
@@ -34,31 +35,47 @@ class ToolUnavailable(Exception):
 
 
 def call_http(
-    http: HttpTool, arguments: dict[str, Any], idempotency_key: str, timeout: float, *, declared: set[str]
+    http: HttpTool,
+    arguments: dict[str, Any],
+    idempotency_key: str,
+    timeout: float,
+    *,
+    declared: set[str],
+    resolve: Callable[[str], list[str]] | None = None,
 ) -> Any:
-    """Make the request; its JSON (or text) is the result. Only the `declared` arguments are sent."""
+    """Make the request; its JSON (or text) is the result. Only the `declared` arguments are sent. `resolve`
+    (the system's resolver by default) is asked once for the host's addresses."""
     in_url = {name for _, name, _, _ in string.Formatter().parse(http.url) if name}
     missing = in_url - arguments.keys()
     if missing:
         raise ToolFailed(f"missing arguments for the URL: {', '.join(sorted(missing))}")
     url = http.url.format(**{name: path_segment(name, arguments[name]) for name in in_url})
-    refuse_private(url, allowed=http.private_network)
+    targets = pinned(url, allowed=http.private_network, resolve=resolve)
     rest = {name: value for name, value in arguments.items() if name not in in_url and name in declared}
     headers = {name: expand_variables(value) for name, value in http.headers.items()}
     headers["Idempotency-Key"] = idempotency_key
-    in_query = http.method in ("GET", "DELETE")
-    try:
-        with httpx.stream(
-            http.method,
-            url,
-            params={k: v if isinstance(v, str) else str(v) for k, v in rest.items()} if in_query else None,
-            json=None if in_query else rest,
-            headers=headers,
-            timeout=timeout,
-        ) as response:
-            body, cut = _read_capped(response)
-    except httpx.TransportError as err:
-        raise ToolUnavailable(f"{http.method} {_origin(url)}: {err.__class__.__name__}") from err
+    query = in_query(http)
+    params = {k: v if isinstance(v, str) else str(v) for k, v in rest.items()} if query else None
+    # No proxy from the environment: the request goes to an address that was checked, and nowhere else.
+    with httpx.Client(timeout=timeout, trust_env=False) as client:
+        for n, target in enumerate(targets):
+            try:
+                with client.stream(
+                    http.method,
+                    target.url,
+                    params=params,
+                    json=None if query else rest,
+                    headers=headers | {"Host": target.host_header},
+                    extensions=target.extensions,
+                ) as response:
+                    body, cut = _read_capped(response)
+                break
+            except httpx.ConnectError as err:
+                # The next address (IPv4 after IPv6, say), as a client of the resolver would try it.
+                if n + 1 == len(targets):
+                    raise ToolUnavailable(f"{http.method} {_origin(url)}: {err.__class__.__name__}") from err
+            except httpx.TransportError as err:
+                raise ToolUnavailable(f"{http.method} {_origin(url)}: {err.__class__.__name__}") from err
     if response.status_code >= 500 or response.status_code in RETRIED_STATUSES:
         raise ToolUnavailable(f"{http.method} {_origin(url)} answered {response.status_code}")
     text = body.decode(response.encoding or "utf-8", errors="replace")
@@ -71,6 +88,11 @@ def call_http(
     return text
 
 
+def in_query(http: HttpTool) -> bool:
+    """Whether the arguments go in the query (GET, DELETE) rather than as the JSON body."""
+    return http.method in ("GET", "DELETE")
+
+
 def path_segment(name: str, value: Any) -> str:
     """An argument as one path segment: never a `/`, and never `.` or `..` (which would move the path)."""
     text = str(value)
@@ -79,21 +101,47 @@ def path_segment(name: str, value: Any) -> str:
     return quote(text, safe="")
 
 
-def refuse_private(url: str, *, allowed: bool) -> None:
-    """A loopback, private, link-local or reserved address (the host's, or any its name resolves to) is
-    refused unless the tool allows one (`private_network`): a model cannot make the worker reach the
-    cloud's metadata service or a service beside it."""
-    if allowed:
-        return
-    host = urlsplit(url).hostname or ""
+class Target(NamedTuple):
+    """Where a request goes: the URL with the checked address in place of the name, and what keeps the
+    name for the service (the Host header, and for https the TLS server name, checked against its
+    certificate)."""
+
+    url: str
+    host_header: str
+    extensions: dict[str, Any]
+
+
+def resolve_host(host: str) -> list[str]:
+    """The addresses the system's resolver gives for `host` (an address gives itself)."""
+    return [
+        str(info[4][0]).split("%", 1)[0] for info in socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)
+    ]
+
+
+def pinned(url: str, *, allowed: bool, resolve: Callable[[str], list[str]] | None = None) -> list[Target]:
+    """The host's name resolved once; a loopback, private, link-local or reserved address among the answers
+    is refused unless the tool allows one (`private_network`): a model cannot make the worker reach the
+    cloud's metadata service or a service beside it. The request is then made to these addresses, not to
+    the name: a name that resolves elsewhere the second time it is asked (DNS rebinding) is never asked a
+    second time."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
     try:
-        addresses = {str(info[4][0]) for info in socket.getaddrinfo(host, None)}
+        addresses = list(dict.fromkeys((resolve or resolve_host)(host)))
     except OSError as err:
         raise ToolUnavailable(f"{_origin(url)}: {host} does not resolve") from err
+    if not addresses:
+        raise ToolUnavailable(f"{_origin(url)}: {host} does not resolve")
+    targets: list[Target] = []
     for address in addresses:
-        ip = ipaddress.ip_address(address.split("%", 1)[0])
-        if not ip.is_global or ip.is_multicast:
+        ip = ipaddress.ip_address(address)
+        if not allowed and (not ip.is_global or ip.is_multicast):
             raise ToolFailed(f"{host} is a private address ({ip}): the tool may not call it")
+        literal = f"[{ip}]" if ip.version == 6 else str(ip)
+        netloc = f"{literal}:{parts.port}" if parts.port is not None else literal
+        extensions = {"sni_hostname": host} if parts.scheme == "https" else {}
+        targets.append(Target(parts._replace(netloc=netloc).geturl(), parts.netloc, extensions))
+    return targets
 
 
 def _read_capped(response: httpx.Response) -> tuple[bytes, bool]:

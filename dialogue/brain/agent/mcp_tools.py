@@ -6,6 +6,11 @@ A session is owned by one task: the SDK's transports are anyio task groups, whic
 task that opened them. A session whose server died (the SDK's "connection closed") is dropped, and the
 call fails its attempt: Temporal retries it, and the retry opens a new session. The call's idempotency
 key goes in the request's `_meta` (`idempotency_key`), for servers whose tools act.
+
+A server is a third party: what it says is cut as an HTTP service's answer is (a result at
+MAX_RESPONSE_BYTES, an error at MAX_ERROR_CHARS, each said cut; over stdio a message past
+`mcp_stdio.MAX_LINE_BYTES` is not even kept), and its tools are pinned when first listed
+(`dialogue.brain.agent.mcp_pins`).
 """
 
 from __future__ import annotations
@@ -18,20 +23,32 @@ import sys
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, cast
 
 import httpx2
+import orjson
 from mcp import ClientSession, StdioServerParameters
-from mcp.client.stdio import stdio_client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 from mcp_types import RequestParamsMeta
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import SQLAlchemyError
 
-from dialogue.brain.agent.http_tools import ToolUnavailable, expand_variables
+from dialogue.brain.agent.http_tools import (
+    MAX_ERROR_CHARS,
+    MAX_RESPONSE_BYTES,
+    ToolUnavailable,
+    expand_variables,
+)
+from dialogue.brain.agent.mcp_pins import check_pins
+from dialogue.brain.agent.mcp_stdio import TOO_LONG, bounded_stdio_client
 from dialogue.brain.python_tools import ToolFailed
 from dialogue.model.contracts import McpToolList, OfferedTool
-from dialogue.platform.bot import BotDefinition, McpServer
+from dialogue.platform import store
+from dialogue.platform.bot import BotDefinition
+from dialogue.platform.tool_config import McpServer
 
 log = logging.getLogger("dialogue.brain.agent.mcp")
 
@@ -91,7 +108,10 @@ class _Session:
                 for part in server.command
             ]
             parameters = StdioServerParameters(command=command[0], args=command[1:])
-            async with stdio_client(parameters) as (read, write), ClientSession(read, write) as session:
+            async with (
+                bounded_stdio_client(parameters) as (read, write),
+                ClientSession(read, write) as session,
+            ):
                 yield session
             return
         assert server.url is not None  # the bot's validation made sure
@@ -107,7 +127,9 @@ class _Session:
 class McpClients:
     """A worker's sessions with the bot's MCP servers and their cached tool lists."""
 
-    def __init__(self, bot: BotDefinition) -> None:
+    def __init__(self, bot: BotDefinition, engine: Engine) -> None:
+        self._bot = bot.name
+        self._engine = engine
         self._bot_dir = bot.path.parent if bot.path else Path.cwd()
         self._sessions: dict[str, _Session] = {}
         self._listed: dict[str, tuple[float, list[OfferedTool]]] = {}
@@ -141,6 +163,11 @@ class McpClients:
                 for tool in listed.tools
                 if server.allows(tool.name) and _NAME.match(tool.name)
             ]
+            try:
+                tools = await asyncio.to_thread(self._pinned, server, tools)
+            except SQLAlchemyError as err:  # unchecked tools are not offered: the server waits for the store
+                listing.unavailable[server.name] = f"its tools' pins cannot be read: {err.__class__.__name__}"
+                continue
             self._listed[server.name] = (time.monotonic(), tools)
             listing.tools.extend(tools)
         return listing
@@ -160,13 +187,41 @@ class McpClients:
                 meta=cast(RequestParamsMeta, {"idempotency_key": idempotency_key}),
             )
         except MCPError as err:
+            if err.code == TOO_LONG:  # asking again would have the worker read it all again
+                raise ToolFailed(f"[cut: {err.error.message}]") from err
             if err.code == CONNECTION_CLOSED:
                 await self._drop(server)
-            raise ToolUnavailable(f"MCP server {server.name}: {err.error.message}") from err
+            raise ToolUnavailable(
+                f"MCP server {server.name}: {_cut(err.error.message, MAX_ERROR_CHARS)}"
+            ) from err
         text = "\n".join(part.text for part in result.content if part.type == "text")
         if result.is_error:
-            raise ToolFailed(text or f"the tool {name} failed")
-        return result.structured_content if result.structured_content is not None else text
+            raise ToolFailed(_cut(text, MAX_ERROR_CHARS) or f"the tool {name} failed")
+        if result.structured_content is not None:
+            encoded = orjson.dumps(result.structured_content)
+            if len(encoded) <= MAX_RESPONSE_BYTES:
+                return result.structured_content
+            text = encoded.decode()
+        return _cut(text, MAX_RESPONSE_BYTES)
+
+    def _pinned(self, server: McpServer, tools: list[OfferedTool]) -> list[OfferedTool]:
+        """The listed tools against their pins: new ones pinned, changed ones refused (or, where the bot
+        accepts changes, pinned anew); either way a change is logged."""
+        checked = check_pins(
+            tools,
+            store.mcp_tool_pins(self._engine, self._bot, server.name),
+            accept_changes=server.accept_changes,
+        )
+        for tool in checked.changed:
+            log.warning(
+                "MCP server %s changed tool %s since it was pinned: %s",
+                server.name,
+                tool,
+                "pinned anew (accept_changes)" if server.accept_changes else "not offered",
+            )
+        if checked.pins:
+            store.pin_mcp_tools(self._engine, self._bot, server.name, checked.pins, at=datetime.now(UTC))
+        return checked.tools
 
     async def close(self) -> None:
         for session in list(self._sessions.values()):
@@ -186,10 +241,18 @@ class McpClients:
             await dropped.close()
 
 
+def _cut(text: str, limit: int) -> str:
+    """`text` at most `limit` bytes of UTF-8, said cut when it was longer: a server's words are bounded."""
+    encoded = text.encode()
+    if len(encoded) <= limit:
+        return text
+    return f"{encoded[:limit].decode(errors='ignore')}\n[cut: the answer was longer than {limit} bytes]"
+
+
 def _reason(err: BaseException | None) -> str:
     """The innermost error of the SDK's (nested) exception groups, in a line."""
     while isinstance(err, BaseExceptionGroup) and err.exceptions:
         err = err.exceptions[0]
     if isinstance(err, MCPError):
-        return err.error.message
-    return f"{err.__class__.__name__}: {err}" if err is not None else "unknown"
+        return _cut(err.error.message, MAX_ERROR_CHARS)
+    return _cut(f"{err.__class__.__name__}: {err}", MAX_ERROR_CHARS) if err is not None else "unknown"
