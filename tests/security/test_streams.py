@@ -10,6 +10,7 @@ import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -26,8 +27,9 @@ from dialogue.platform.db import get_engine
 from dialogue.platform.settings import Settings
 from dialogue.platform.temporal import conversation_key
 from dialogue.security.identity import DEFAULT_TENANT, create_key
-from tests.conftest import TEST_API_KEY, served, served_llm
+from tests.conftest import TEST_API_KEY, free_port, served, served_llm
 from tests.fake_llm import FakeLlm, Plan
+from tests.processes import ApiProcess
 from tests.waiting import eventually
 
 SSE = {"Accept": "text/event-stream"}
@@ -202,3 +204,30 @@ async def test_streams_on_one_conversation_share_one_reader_of_the_event_log(
         await eventually(lambda: feeds.readers == 0, "the reader stopped after the last stream left")
     assert len({tuple(e[2] for e in into) for into in received}) == 1  # every stream saw the same events
     assert feeds.readers_started == 1
+
+
+async def test_an_open_stream_does_not_keep_the_api_from_stopping(
+    client: Client, settings: Settings, worker: Worker, tmp_path: Path
+) -> None:
+    """`dialogue api` in its own process, as deployed, is stopped (SIGTERM) while a client holds a
+    conversation's stream open. Before: uvicorn had no graceful-shutdown timeout and waited for the stream,
+    which never ends by itself, so the API never stopped."""
+    api = ApiProcess(
+        settings.model_copy(update={"api_port": free_port(), "shutdown_timeout_seconds": 1}),
+        tmp_path / "api.log",
+    )
+    await api.start()
+    try:
+        async with httpx.AsyncClient(
+            base_url=api.base_url, headers={"Authorization": f"Bearer {TEST_API_KEY}"}, timeout=60
+        ) as http:
+            conversation_id = await a_conversation(http)
+            async with http.stream("GET", f"/v1/conversations/{conversation_id}/events") as stream:
+                assert stream.status_code == 200
+                assert api.process is not None
+                api.process.terminate()
+                await asyncio.wait_for(api.process.wait(), timeout=30)
+    finally:
+        if api.process is not None and api.process.returncode is None:
+            api.process.kill()
+            await api.process.wait()
