@@ -65,15 +65,21 @@ async def test_unauthenticated_clients_trickling_turns_never_shed_a_tenants_turn
             for n in range(300)
         ]
         answers = [asyncio.create_task(t.response()) for t in tricklers]
-        # Each one answered, or admitted as a turn in flight, before the tenant's turn is sent.
-        await eventually(
-            lambda: sum(a.done() for a in answers) + in_flight() - before >= 300, "every trickler taken in"
-        )
-        turn = await http.post(turn_path(), json={"text": "hello"})
-        assert turn.status_code == 200, turn.text
-        refused = await asyncio.gather(*answers)
-        for trickler in tricklers:
-            await trickler.close()
+        try:
+            # Each one answered, or admitted as a turn in flight, before the tenant's turn is sent.
+            await eventually(
+                lambda: sum(a.done() for a in answers) + in_flight() - before >= 300,
+                "every trickler taken in",
+            )
+            turn = await http.post(turn_path(), json={"text": "hello"})
+            refused = [a.result() for a in answers if a.done()]
+        finally:
+            for answer in answers:
+                answer.cancel()
+            for trickler in tricklers:
+                await trickler.close()
+    assert turn.status_code == 200, turn.text
+    assert len(refused) == 300
     assert {(r.status_code, r.json()["error"]["code"]) for r in refused} == {
         (401, "unauthenticated"),
         (401, "invalid_credentials"),
@@ -99,10 +105,14 @@ async def test_a_tenant_that_floods_is_shed_and_the_tenant_beside_it_is_admitted
         shed = [a.result() for a in answers if a.done()]
         assert {(r.status_code, r.json()["error"]["code"]) for r in shed} == {(503, "overloaded")}
 
-        other = await http.post(turn_path(), json={"text": "hello"})
-        more = await http.post(turn_path(), json={"text": "hello"}, headers=acme)
-        for trickler in flood:
-            await trickler.close()
+        try:
+            other = await http.post(turn_path(), json={"text": "hello"})
+            more = await http.post(turn_path(), json={"text": "hello"}, headers=acme)
+        finally:
+            for answer in answers:
+                answer.cancel()
+            for trickler in flood:
+                await trickler.close()
         await eventually(lambda: in_flight() == before, "acme's held turns let go")
     assert other.status_code == 200, other.text
     assert (more.status_code, more.json()["error"]["code"]) == (503, "overloaded")
