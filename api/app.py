@@ -12,9 +12,10 @@ from opentelemetry.sdk.trace import TracerProvider
 from temporalio.client import Client
 
 from api import openapi
-from api.deps import authorize_codec
+from api.deps import authorize_codec, get_principal
 from api.errors import install_error_handlers
-from api.limits import BodySizeLimit, RateLimiter, TurnAdmission
+from api.feeds import EventFeeds
+from api.limits import BodyLimits, RateLimiter, StreamSlots, TurnAdmission
 from api.request_telemetry import RequestTelemetry, metrics_router
 from api.routes import approvals, conversations, handoff, health, keys, knowledge, lineage, me, nlu, pages
 from api.routes.codec import codec_cors, codec_router
@@ -53,6 +54,10 @@ def create_app(
         app.state.rate_limiter = RateLimiter(settings.rate_limit_per_second, settings.rate_limit_burst)
         app.state.confirmed_keys = {}  # api/deps.py: keys accepted during a store outage
         app.state.readiness = health.ReadinessCache(settings.readiness_cache_seconds)
+        app.state.stream_slots = StreamSlots(
+            per_key=settings.max_streams_per_key, per_tenant=settings.max_streams_per_tenant
+        )
+        app.state.event_feeds = EventFeeds(app.state.engine)
         bot = load_bot(settings.bot_path)
         app.state.privacy = PrivacyPolicy(bot.privacy)
         app.state.flags = deployment_flags(settings, bot)
@@ -61,18 +66,22 @@ def create_app(
             settings, lazy=True, interceptors=temporal_interceptors(traced_calls)
         )
         yield
+        await app.state.event_feeds.close()
 
     app = FastAPI(
         title="Dialogue Engine",
         version="1",
         lifespan=lifespan,
     )
-    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(BodyLimits, max_bytes=settings.max_body_bytes, read_seconds=settings.body_read_seconds)
+    # Outside the body's limits: a turn's caller is authenticated and admitted before its body is read.
     app.add_middleware(
         TurnAdmission,
+        authenticate=get_principal,
         limit=settings.max_turns_in_flight,
         budget_seconds=settings.turn_queue_budget_seconds,
         floor=settings.turn_admission_floor,
+        share_floor=settings.turn_tenant_share_floor,
     )
     if settings.cors_origins:  # closed unless origins are configured
         app.add_middleware(

@@ -54,8 +54,13 @@ def get_flags(request: Request) -> FeatureFlags:
 def get_principal(request: Request) -> Principal:
     """Who is calling (401 otherwise), once within its rate limit (429 otherwise).
 
-    A plain function: FastAPI runs it on a worker thread, where the key lookup may block.
+    A plain function: FastAPI runs it on a worker thread, where the key lookup may block. A turn's caller
+    was authenticated before its body was read (`api/limits.py`, `TurnAdmission`): the principal found
+    then is kept on the request's state and given here, so the rate limit is drawn from once.
     """
+    known: Principal | None = getattr(request.state, "principal", None)
+    if known is not None:
+        return known
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
     token = token.strip()
     if scheme.lower() != "bearer" or not token:
@@ -87,6 +92,7 @@ def get_principal(request: Request) -> Principal:
             "rate_limited", "too many requests for this key; slow down", {"Retry-After": str(wait)}
         )
     request.state.tenant = principal.tenant  # for the request's log line (api/request_telemetry.py)
+    request.state.principal = principal
     return principal
 
 

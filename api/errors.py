@@ -56,6 +56,7 @@ log = logging.getLogger("dialogue.api")
 RETRY_AFTER_SECONDS = "5"
 UNAVAILABLE_RETRY_AFTER_SECONDS = "30"
 SHED_RETRY_AFTER_SECONDS = "1"
+STREAMS_RETRY_AFTER_SECONDS = "10"
 
 
 @dataclass(frozen=True)
@@ -101,6 +102,11 @@ ERRORS: dict[str, ErrorCode] = {
         ),
         ErrorCode("bad_request", 400, "The body could not be read: not JSON, or not UTF-8."),
         ErrorCode("content_too_large", 413, "The request body is larger than the API accepts."),
+        ErrorCode(
+            "request_timeout",
+            408,
+            "The request body did not arrive within the API's deadline for reading it; send it again.",
+        ),
         ErrorCode("unsupported_media_type", 415, "The codec endpoints take `application/json` only."),
         ErrorCode("undecodable_payload", 422, "A payload could not be decrypted with any configured key."),
         ErrorCode("invalid_payloads", 422, "The body is not a list of Temporal payloads."),
@@ -127,6 +133,13 @@ ERRORS: dict[str, ErrorCode] = {
             "The API is at its limit of turns in flight and sheds this one at once; send it again after "
             "`Retry-After` with the same `Idempotency-Key`.",
             SHED_RETRY_AFTER_SECONDS,
+        ),
+        ErrorCode(
+            "too_many_streams",
+            429,
+            "This key or its tenant has as many event streams open as it may; close one, or wait for one "
+            "to end, and retry after `Retry-After`.",
+            STREAMS_RETRY_AFTER_SECONDS,
         ),
         ErrorCode(
             "turn_queue_full",
@@ -254,6 +267,7 @@ _BY_HTTP_STATUS = {
     400: ERRORS["bad_request"],
     404: ERRORS["not_found"],
     405: ERRORS["method_not_allowed"],
+    408: ERRORS["request_timeout"],
     413: ERRORS["content_too_large"],
 }
 

@@ -1,32 +1,48 @@
-"""Request limits: the body size, and a rate per caller.
+"""Request limits: the body's size and the time it takes to arrive, a rate per caller, turns in flight
+per process and per tenant, and event streams per key and per tenant.
 
 The body size is counted on the bytes received (a client may omit or misstate Content-Length).
 
 A body declared too large is refused before it is read; a body that grows too large
-while streaming raises a 413 `HTTPException`, which the error handlers render in the
-API's one error shape. (FastAPI's own `max_body_size` answers the declared case in
-plain text, outside the reach of our handlers.)
+while streaming raises a 413 `HTTPException`, and one that does not arrive in time a 408, which the
+error handlers render in the API's one error shape. (FastAPI's own `max_body_size` answers the
+declared case in plain text, outside the reach of our handlers.)
 """
 
 from __future__ import annotations
 
+import asyncio
 import math
 import re
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
+from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.errors import ApiError, error_response
-from dialogue.platform.metrics import TURN_ADMISSION_LIMIT, TURNS_IN_FLIGHT, TURNS_SHED
+from dialogue.platform.metrics import (
+    EVENT_STREAMS,
+    EVENT_STREAMS_REFUSED,
+    TURN_ADMISSION_LIMIT,
+    TURNS_IN_FLIGHT,
+    TURNS_SHED,
+)
 
 
-class BodySizeLimit:
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+class BodyLimits:
+    """A request body of at most `max_bytes`, all of it within `read_seconds` of the app starting to read
+    it: a client that trickles its body would otherwise hold its request (and a turn's admission) open for
+    as long as it likes, since uvicorn sets no deadline on a body."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int, read_seconds: float) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.read_seconds = read_seconds
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -39,17 +55,33 @@ class BodySizeLimit:
             return
 
         received = 0
+        deadline: float | None = None
+        complete = False
 
-        async def counting_receive() -> Message:
-            nonlocal received
-            event = await receive()
+        async def limited_receive() -> Message:
+            nonlocal received, deadline, complete
+            if complete:
+                # After the body, a streaming response waits here for the client to go away: no deadline.
+                return await receive()
+            loop = asyncio.get_running_loop()
+            if deadline is None:
+                deadline = loop.time() + self.read_seconds
+            try:
+                event = await asyncio.wait_for(receive(), max(0.0, deadline - loop.time()))
+            except TimeoutError:
+                raise HTTPException(
+                    408, f"the request body did not arrive within {self.read_seconds:g} seconds"
+                ) from None
             if event["type"] == "http.request":
                 received += len(event.get("body", b""))
                 if received > self.max_bytes:
                     raise HTTPException(413, message)
+                complete = not event.get("more_body", False)
+            else:
+                complete = True  # the client went away
             return event
 
-        await self.app(scope, counting_receive, send)
+        await self.app(scope, limited_receive, send)
 
 
 MAX_BUCKETS = 10_000
@@ -107,18 +139,37 @@ class TurnAdmission:
     request until their reply (a streamed one until its stream ends). Pure ASGI, like the telemetry, so
     streams pass through untouched.
 
+    A turn's caller is authenticated here, before its body is read and before it is counted (the route
+    then finds the principal on the request's state, see `api/deps.py`): a caller without a valid key is
+    refused 401 at once, and cannot hold a slot by sending its body slowly. The turns in flight are
+    counted per tenant, and at the limit a tenant is shed only when it holds its fair share (see
+    `tenant_admitted`): one tenant's flood never sheds another tenant's turn.
+
     The limit is the lower of `limit` (a fixed ceiling) and the turns the stack can answer within
     `budget_seconds` at the rate it has been answering them (Little's law: in flight = rate x wait), but
     never below `floor` (a burst after a quiet spell, when the rate says little). Under overload the rate
     is the stack's capacity, so the turns admitted wait about `budget_seconds` and the stack stays busy;
     below it, nothing is refused."""
 
-    def __init__(self, app: ASGIApp, limit: int, budget_seconds: float = 0, floor: int = 64) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        authenticate: Callable[[Request], Any],
+        limit: int,
+        budget_seconds: float = 0,
+        floor: int = 64,
+        share_floor: int = 1,
+    ) -> None:
         self.app = app
+        self.authenticate = authenticate
         self.limit = limit
         self.budget_seconds = budget_seconds
         self.floor = floor
+        self.share_floor = share_floor
         self.in_flight = 0
+        self.held: dict[str, int] = {}
+        """Turns in flight per tenant; a tenant with none has no entry (the dict stays small)."""
         self._answered = AnswerRate()
 
     def admits(self) -> int:
@@ -130,28 +181,65 @@ class TurnAdmission:
         return admits
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if (
-            self.limit <= 0
-            or scope["type"] != "http"
-            or scope["method"] != "POST"
-            or not TURN_PATH.match(scope["path"])
-        ):
+        if scope["type"] != "http" or scope["method"] != "POST" or not TURN_PATH.match(scope["path"]):
             await self.app(scope, receive, send)
             return
+        try:
+            # A worker thread: the key lookup may block. The principal is kept on the request's state.
+            principal = await run_in_threadpool(self.authenticate, Request(scope, receive))
+        except ApiError as refused:
+            await error_response(refused)(scope, receive, send)
+            return
+        if self.limit <= 0:
+            await self.app(scope, receive, send)
+            return
+        tenant: str = principal.tenant
         admits = self.admits()
-        if self.in_flight >= admits:
+        held = self.held.get(tenant, 0)
+        tenants = len(self.held) + (0 if held else 1)
+        if not tenant_admitted(
+            held=held, in_flight=self.in_flight, tenants=tenants, limit=admits, share_floor=self.share_floor
+        ):
             TURNS_SHED.inc()
             message = f"the service is at its limit of {admits} turns in flight; retry shortly"
             await error_response(ApiError("overloaded", message))(scope, receive, send)
             return
         self.in_flight += 1
+        self.held[tenant] = held + 1
         TURNS_IN_FLIGHT.inc()
         try:
             await self.app(scope, receive, send)
         finally:
             self.in_flight -= 1
+            left = self.held[tenant] - 1
+            if left:
+                self.held[tenant] = left
+            else:
+                del self.held[tenant]
             TURNS_IN_FLIGHT.dec()
             self._answered.count()
+
+
+def tenant_admitted(*, held: int, in_flight: int, tenants: int, limit: int, share_floor: int) -> bool:
+    """Whether a tenant holding `held` of the process's `in_flight` turns is admitted one more, when
+    `tenants` tenants (itself included) hold turns and the process admits `limit`.
+
+    Below the limit every tenant is admitted: nothing idles while one tenant is busy. At it, a tenant is
+    admitted only while under its fair share (`fair_share`): whoever floods is the one shed. The tenants
+    under their share hold about the limit at most between them, so the process holds at most twice its
+    limit (a hard ceiling, for when many tenants each hold a floor's worth), and only while the flooding
+    tenant's turns drain: it is admitted no new one until the process is below its limit again."""
+    if in_flight < limit:
+        return True
+    if in_flight >= 2 * limit:
+        return False
+    return held < fair_share(limit, tenants, share_floor)
+
+
+def fair_share(limit: int, tenants: int, floor: int) -> int:
+    """A tenant's share of `limit` turns in flight among `tenants` tenants: an equal part, at least
+    `floor`, at most the limit (a lone tenant's share is the whole of it)."""
+    return min(limit, max(floor, limit // max(1, tenants)))
 
 
 def admission_limit(answered_per_second: float, budget_seconds: float, limit: int, floor: int) -> int:
@@ -179,3 +267,50 @@ class AnswerRate:
         # Whole seconds only: the current one is still filling.
         done = sum(n for second, n in self._buckets.items() if now - RATE_WINDOW_SECONDS <= second < now)
         return done / RATE_WINDOW_SECONDS
+
+
+class StreamSlots:
+    """Event streams open in this process per key (or token) and per tenant, each within its cap: an open
+    stream holds a connection, and its conversation's reader, for as long as it lasts.
+
+    Per API process, like the rate limit. Used from the event loop only (the routes are async)."""
+
+    def __init__(self, *, per_key: int, per_tenant: int) -> None:
+        self.per_key = per_key
+        self.per_tenant = per_tenant
+        self._keys: dict[str, int] = {}
+        self._tenants: dict[str, int] = {}
+
+    def take(self, *, subject: str, tenant: str) -> Callable[[], None]:
+        """One more stream for this caller (429 `too_many_streams` past a cap); returns what gives it back."""
+        if self._keys.get(subject, 0) >= self.per_key:
+            EVENT_STREAMS_REFUSED.inc()
+            raise ApiError("too_many_streams", f"this key has {self.per_key} event streams open, its limit")
+        if self._tenants.get(tenant, 0) >= self.per_tenant:
+            EVENT_STREAMS_REFUSED.inc()
+            raise ApiError(
+                "too_many_streams", f"this tenant has {self.per_tenant} event streams open, its limit"
+            )
+        _add(self._keys, subject, 1)
+        _add(self._tenants, tenant, 1)
+        EVENT_STREAMS.inc()
+        given_back = False
+
+        def give_back() -> None:
+            nonlocal given_back
+            if not given_back:
+                given_back = True
+                _add(self._keys, subject, -1)
+                _add(self._tenants, tenant, -1)
+                EVENT_STREAMS.dec()
+
+        return give_back
+
+
+def _add(counts: dict[str, int], name: str, change: int) -> None:
+    """Change a count, dropping it at zero: the dict holds only the callers with streams open."""
+    count = counts.get(name, 0) + change
+    if count:
+        counts[name] = count
+    else:
+        counts.pop(name, None)

@@ -21,7 +21,7 @@ from dialogue.platform.settings import Settings
 
 # What any authenticated route can answer, besides its own errors.
 COMMON = ("unauthenticated", "invalid_credentials", "rate_limited", "store_unavailable", "internal_error")
-WITH_BODY = ("bad_request", "content_too_large")
+WITH_BODY = ("bad_request", "content_too_large", "request_timeout")
 WITH_PARAMETERS = ("invalid_request",)
 # Request fields bounded by a setting: (schema, field) -> the setting's name.
 BOUNDED_BY_SETTINGS = {

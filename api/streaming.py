@@ -13,28 +13,26 @@ import asyncio
 import logging
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import orjson
 from fastapi.sse import EventSourceResponse, format_sse_event
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import SQLAlchemyError
-from starlette.concurrency import run_in_threadpool
+from starlette.types import Receive, Scope, Send
 
 from api.errors import ApiError, translate
+from api.feeds import EventFeeds, read_events
 from dialogue.model.contracts import TurnReply
-from dialogue.platform import events
 from dialogue.platform.db import ConversationEvent
 
 log = logging.getLogger("dialogue.api")
 
 POLL_SECONDS = 0.01
-"""How often a turn's stream looks for new events: the bound on the delay it adds to each token."""
-CONVERSATION_POLL_SECONDS = 0.05
+"""How often a turn's stream looks for new events: the bound on the delay it adds to each token. A turn's
+stream reads by itself (it lasts one turn, and admission counts it); a conversation's streams share one
+reader per conversation (`api/feeds.py`)."""
 KEEPALIVE_SECONDS = 15.0
-STORE_RETRY_SECONDS = 1.0
-"""How often a stream looks at the event log again while the store is unavailable."""
 FINAL_SUFFIX = "-final"
 HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
@@ -59,8 +57,31 @@ def _logged(row: ConversationEvent) -> bytes:
     return sse(row.kind, {**row.data, "seq": row.seq, "turn_id": row.turn_id, "at": row.at}, str(row.seq))
 
 
-def stream_response(body: AsyncIterator[bytes]) -> EventSourceResponse:
-    return EventSourceResponse(body, headers=HEADERS)
+def stream_response(
+    body: AsyncIterator[bytes], *, on_close: Callable[[], None] | None = None
+) -> EventSourceResponse:
+    """An event stream of `body`; `on_close` is called once it is over, however it ends (the slot it held
+    given back, see `api/limits.py`'s `StreamSlots`)."""
+    if on_close is None:
+        return EventSourceResponse(body, headers=HEADERS)
+    return _ClosingEventSource(body, headers=HEADERS, on_close=on_close)
+
+
+class _ClosingEventSource(EventSourceResponse):
+    """Calls `on_close` when the response is over: the body generator's own `finally` does not run when the
+    client leaves before its first event."""
+
+    def __init__(
+        self, body: AsyncIterator[bytes], *, headers: dict[str, str], on_close: Callable[[], None]
+    ) -> None:
+        super().__init__(body, headers=headers)
+        self._on_close = on_close
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._on_close()
 
 
 async def turn_stream(
@@ -79,7 +100,7 @@ async def turn_stream(
     try:
         while True:
             finished = result.done()  # before reading: what the turn wrote before it finished is read now
-            rows = await _read_events(engine, conversation_id, after=last, turn_id=turn_id)
+            rows = await read_events(engine, conversation_id, after=last, turn_id=turn_id)
             for row in rows:
                 yield _logged(row)
                 last = row.seq
@@ -102,40 +123,32 @@ async def turn_stream(
 
 
 async def conversation_stream(
-    engine: Engine, conversation_id: str, *, after: int, announce: bool = False
+    feeds: EventFeeds, conversation_id: str, *, after: int, max_seconds: float, announce: bool = False
 ) -> AsyncIterator[bytes]:
-    """Every event of the conversation after `after`, as it is logged, until the client goes away.
+    """Every event of the conversation after `after`, as it is logged, until the client goes away or
+    `max_seconds` have passed: the stream then ends, and the client resumes with `Last-Event-ID` (an
+    `EventSource` reconnects by itself), missing nothing. Ending bounds what one connection holds: a key
+    revoked meanwhile is refused at the reconnect, and a restarting API is not held open.
 
     With `announce`, an `open` event first, whose id is `after`: a client that started "from now"
     and loses the connection before any other event comes resumes from there, missing nothing."""
     if announce:
         yield sse("open", {"after": after}, str(after))
-    last = after
-    quiet_since = time.monotonic()
-    while True:
-        rows = await _read_events(engine, conversation_id, after=last)
-        for row in rows:
-            yield _logged(row)
-            last = row.seq
-        if rows:
-            quiet_since = time.monotonic()
-        elif time.monotonic() - quiet_since > KEEPALIVE_SECONDS:
-            yield b": keep-alive\n\n"  # proxies close connections that stay silent
-            quiet_since = time.monotonic()
-        await asyncio.sleep(CONVERSATION_POLL_SECONDS)
-
-
-async def _read_events(
-    engine: Engine, conversation_id: str, *, after: int, turn_id: str | None = None
-) -> Sequence[ConversationEvent]:
-    """The logged events after `after`; none while the store cannot be read. A turn's stream then still
-    ends with its reply, from Temporal, and a conversation's stream picks up where it was once it can."""
-    try:
-        return await run_in_threadpool(events.read, engine, conversation_id, after=after, turn_id=turn_id)
-    except SQLAlchemyError as err:
-        log.warning("event log unavailable for %s: %s", conversation_id, err.__class__.__name__)
-        await asyncio.sleep(STORE_RETRY_SECONDS)
-        return []
+    ends = time.monotonic() + max_seconds
+    async with feeds.subscribe(conversation_id, after=after) as subscription:
+        quiet_since = time.monotonic()
+        while (left := ends - time.monotonic()) > 0:
+            rows = await subscription.next(min(KEEPALIVE_SECONDS, left))
+            for row in rows:
+                yield _logged(row)
+            if subscription.overflowed:
+                return  # a client this far behind resumes from what it was sent
+            if rows:
+                quiet_since = time.monotonic()
+            elif time.monotonic() - quiet_since > KEEPALIVE_SECONDS:
+                yield b": keep-alive\n\n"  # proxies close connections that stay silent
+                quiet_since = time.monotonic()
+    yield b": the stream's time is up; reconnect with Last-Event-ID\n\n"
 
 
 def _retry_hint(turn_id: str) -> str:

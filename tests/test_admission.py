@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from api.limits import RATE_WINDOW_SECONDS, AnswerRate, admission_limit
+from api.limits import RATE_WINDOW_SECONDS, AnswerRate, admission_limit, fair_share, tenant_admitted
 
 pytestmark = pytest.mark.unit  # pure code: `make check` runs it
 
@@ -31,3 +31,27 @@ def test_the_rate_counts_whole_seconds_of_the_last_window_only() -> None:
     assert rate.per_second() == 10 / RATE_WINDOW_SECONDS
     now[0] = 100 + RATE_WINDOW_SECONDS + 1.0
     assert rate.per_second() == 0  # out of the window
+
+
+def test_below_the_limit_every_tenant_is_admitted_even_past_its_share() -> None:
+    assert tenant_admitted(held=90, in_flight=99, tenants=2, limit=100, share_floor=4)
+
+
+def test_at_the_limit_a_tenant_under_its_fair_share_is_admitted_and_the_flooder_is_not() -> None:
+    # One tenant holds the whole limit; a second comes: its share is half.
+    assert tenant_admitted(held=0, in_flight=100, tenants=2, limit=100, share_floor=4)
+    assert tenant_admitted(held=49, in_flight=149, tenants=2, limit=100, share_floor=4)
+    assert not tenant_admitted(held=50, in_flight=150, tenants=2, limit=100, share_floor=4)
+    assert not tenant_admitted(held=100, in_flight=150, tenants=2, limit=100, share_floor=4)
+
+
+def test_a_lone_tenant_has_the_whole_limit_and_no_more() -> None:
+    assert fair_share(100, 1, 4) == 100
+    assert not tenant_admitted(held=100, in_flight=100, tenants=1, limit=100, share_floor=4)
+    assert fair_share(2, 1, 4) == 2  # the floor never passes the limit
+
+
+def test_many_tenants_each_keep_the_floor_within_twice_the_limit() -> None:
+    assert fair_share(64, 100, 4) == 4
+    assert tenant_admitted(held=3, in_flight=100, tenants=100, limit=64, share_floor=4)
+    assert not tenant_admitted(held=0, in_flight=128, tenants=100, limit=64, share_floor=4)  # the ceiling

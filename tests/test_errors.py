@@ -27,6 +27,7 @@ from dialogue.platform.temporal import conversation_key, workflow_id
 from dialogue.security.identity import create_key
 from tests.conftest import api_client, free_port, served_llm, worker_for
 from tests.fake_llm import FakeLlm, Plan
+from tests.slow_clients import SlowClient
 from tests.test_agent import TOOLS, agent_stack
 from tests.waiting import eventually
 
@@ -141,6 +142,20 @@ async def _(s: Stack) -> httpx.Response:
     )
 
 
+@scenario("request_timeout")
+async def _(s: Stack) -> httpx.Response:
+    async with s.api(body_read_seconds=1) as http:
+        trickler = await SlowClient.start(
+            str(http.base_url),
+            f"/v1/conversations/{s.new_id()}/turns",
+            headers={"Authorization": http.headers["Authorization"]},
+        )
+        try:
+            return await trickler.response()
+        finally:
+            await trickler.close()
+
+
 @scenario("unsupported_media_type")
 async def _(s: Stack) -> httpx.Response:
     return await s.http.post(
@@ -223,6 +238,16 @@ async def _(s: Stack) -> httpx.Response:
         shed = await http.post(f"/v1/conversations/{s.new_id()}/turns", json={"text": "hello"})
         await running
         return shed
+
+
+@scenario("too_many_streams")
+async def _(s: Stack) -> httpx.Response:
+    conversation_id = await s.conversation()
+    async with s.api(max_streams_per_key=1) as http:
+        url = f"/v1/conversations/{conversation_id}/events"
+        async with http.stream("GET", url) as first:
+            assert first.status_code == 200
+            return await http.get(url)
 
 
 @scenario("turn_queue_full")

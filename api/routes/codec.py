@@ -36,7 +36,7 @@ from api.errors import ApiError, responses
 from dialogue.platform.codec import decode_base64
 
 # A history event's payloads together; Temporal refuses a single payload over 2 MB, which is
-# about 2.7 MB as base64. (The app-wide `BodySizeLimit` applies first, when it is lower.)
+# about 2.7 MB as base64. (The app-wide `BodyLimits` applies first, when it is lower.)
 DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024
 CODEC_PATH_PREFIX = "/codec"
 

@@ -33,6 +33,7 @@ from api.errors import (
     responses,
     temporal_errors,
 )
+from api.limits import StreamSlots
 from api.request_telemetry import mark_turn
 from api.streaming import ResumePoint, conversation_stream, stream_response, turn_stream
 from dialogue.model.api_models import (
@@ -300,7 +301,7 @@ async def read_turn(
     responses={
         200: SSE_RESPONSE,
         204: {"description": "The client saw the final event already."},
-        **responses("feature_disabled", "turn_not_found", *WORKFLOW_READ),
+        **responses("feature_disabled", "turn_not_found", "too_many_streams", *WORKFLOW_READ),
     },
 )
 async def follow_turn(
@@ -311,6 +312,7 @@ async def follow_turn(
     temporal: TemporalClientDep,
     principal: ClientPrincipal,
     feature_flags: FlagsDep,
+    request: Request,
     last_event_id: LastEventId = None,
 ) -> Response:
     """Follow a turn's events (an `EventSource` reconnects here with `Last-Event-ID`)."""
@@ -318,14 +320,19 @@ async def follow_turn(
     resume = ResumePoint(last_event_id)
     if resume.finished:
         return Response(status_code=status.HTTP_204_NO_CONTENT)
-    result = asyncio.ensure_future(_turn_result(temporal, _key(principal, conversation_id), turn_id))
-    # Answer 404 before the stream starts when Temporal does not know the turn.
-    await asyncio.wait({result}, timeout=TURN_POLL_SECONDS)
-    if result.done() and result.exception() is not None:
-        async with temporal_errors(
-            conversation_id, temporal=temporal, key=_key(principal, conversation_id), turn_id=turn_id
-        ):
-            result.result()
+    give_back = _stream_slot(request, principal)
+    try:
+        result = asyncio.ensure_future(_turn_result(temporal, _key(principal, conversation_id), turn_id))
+        # Answer 404 before the stream starts when Temporal does not know the turn.
+        await asyncio.wait({result}, timeout=TURN_POLL_SECONDS)
+        if result.done() and result.exception() is not None:
+            async with temporal_errors(
+                conversation_id, temporal=temporal, key=_key(principal, conversation_id), turn_id=turn_id
+            ):
+                result.result()
+    except BaseException:
+        give_back()
+        raise
 
     async def reply() -> TurnReply:
         return await result
@@ -338,14 +345,15 @@ async def follow_turn(
             reply,
             after=resume.after,
             timeout_seconds=settings.turn_timeout_seconds,
-        )
+        ),
+        on_close=give_back,
     )
 
 
 @router.get(
     "/{conversation_id}/events",
     response_class=Response,
-    responses={200: SSE_RESPONSE, **responses("feature_disabled", *WORKFLOW_READ)},
+    responses={200: SSE_RESPONSE, **responses("feature_disabled", "too_many_streams", *WORKFLOW_READ)},
 )
 async def follow_conversation(
     conversation_id: ConversationIdPath,
@@ -354,6 +362,7 @@ async def follow_conversation(
     temporal: TemporalClientDep,
     principal: ClientPrincipal,
     feature_flags: FlagsDep,
+    request: Request,
     last_event_id: LastEventId = None,
     after: Annotated[
         int | None, Query(ge=0, le=10**18, description="Start after this event (else `Last-Event-ID`).")
@@ -366,7 +375,10 @@ async def follow_conversation(
         ),
     ] = False,
 ) -> Response:
-    """Every event of a conversation as it happens: streamed turns, a person's messages, handoffs."""
+    """Every event of a conversation as it happens: streamed turns, a person's messages, handoffs.
+
+    The stream ends after `DIALOGUE_STREAM_MAX_SECONDS`; the client reconnects with `Last-Event-ID`
+    (an `EventSource` does by itself) and misses nothing."""
     # Off, no event stream at all; a person's messages are in the transcript (`…/messages`) all the same.
     require_flag(feature_flags, principal, conversation_id, "streaming")
     key = _key(principal, conversation_id)
@@ -374,13 +386,22 @@ async def follow_conversation(
         async with temporal_errors(conversation_id):
             await _handle(temporal, key).describe()  # 404 when it does not exist
     starting_now = after is None and last_event_id is None and from_now
-    if after is not None:
-        start = after
-    elif starting_now:
+    if starting_now:
         start = await run_in_threadpool(events.last, engine, key)
     else:
-        start = ResumePoint(last_event_id).after
-    return stream_response(conversation_stream(engine, key, after=start, announce=starting_now))
+        # An EventSource reconnects to the same URL, `?after=` included, with the last id it saw: the later.
+        start = max(after or 0, ResumePoint(last_event_id).after)
+    give_back = _stream_slot(request, principal)  # last: nothing raises between this and the response
+    return stream_response(
+        conversation_stream(
+            request.app.state.event_feeds,
+            key,
+            after=start,
+            max_seconds=settings.stream_max_seconds,
+            announce=starting_now,
+        ),
+        on_close=give_back,
+    )
 
 
 @router.get("/{conversation_id}", responses=responses(*WORKFLOW_READ))
@@ -556,6 +577,13 @@ async def _refuse_if_ended(engine: EngineDep, principal: Principal, conversation
         return
     if row is not None and row.status != "active":
         raise conversation_ended(conversation_id)
+
+
+def _stream_slot(request: Request, principal: Principal) -> Callable[[], None]:
+    """A slot for one more event stream of the caller (429 `too_many_streams` past its key's or tenant's
+    cap), and what gives it back when the stream is over."""
+    slots: StreamSlots = request.app.state.stream_slots
+    return slots.take(subject=principal.subject, tenant=principal.tenant)
 
 
 def _key(principal: Principal, conversation_id: str) -> str:

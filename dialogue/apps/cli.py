@@ -7,6 +7,7 @@ import asyncio
 import functools
 import json
 import logging
+import math
 import os
 import time
 from pathlib import Path
@@ -71,6 +72,9 @@ def api() -> None:
         port=settings.api_port,
         log_config=None,  # the handlers configure_logging set: JSON lines with the request's ids
         access_log=False,  # the API logs each request itself, with its route, tenant and trace id
+        # Open requests and event streams get this long to finish once the API is told to stop; then they
+        # are closed (a stream's client resumes elsewhere with Last-Event-ID).
+        timeout_graceful_shutdown=math.ceil(settings.shutdown_timeout_seconds),
         ssl_certfile=settings.api_ssl_certfile,
         ssl_keyfile=settings.api_ssl_keyfile,
         ssl_ca_certs=settings.api_ssl_ca_file,

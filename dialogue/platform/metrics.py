@@ -47,6 +47,18 @@ TURN_ADMISSION_LIMIT = Gauge(
     "dialogue_turn_admission_limit",
     "Turns in flight the API process admits now: what the stack answers within the queueing budget.",
 )
+EVENT_STREAMS = Gauge(
+    "dialogue_event_streams", "Event streams (`GET …/events`) the API process holds open now."
+)
+EVENT_STREAMS_REFUSED = Counter(
+    "dialogue_event_streams_refused",
+    "Event streams the API refused (429 too_many_streams): the key or its tenant had its cap open.",
+)
+EVENT_FEEDS = Gauge(
+    "dialogue_event_feeds",
+    "Conversations whose event log the API process reads now for its open streams: one reader each, "
+    "however many streams follow the conversation.",
+)
 LLM_TOKENS = Counter(
     "dialogue_llm_tokens",
     "Tokens the LLM provider reported, by kind (prompt, completion).",

@@ -106,6 +106,24 @@ class Settings(BaseSettings):
     turn_admission_floor: int = Field(default=64, ge=1)
     """Turns in flight an API process always admits (within `max_turns_in_flight`): a burst after a quiet
     spell, when the rate it has been answering at says little, is not refused below this."""
+    turn_tenant_share_floor: int = Field(default=4, ge=1)
+    """Turns in flight every tenant is admitted while the process is at its admission limit, however many
+    tenants share it: a tenant under its fair share of the limit (the limit divided among the tenants with
+    turns in flight, at least this) is admitted even while another floods."""
+    body_read_seconds: float = Field(default=10, gt=0)
+    """How long the API waits for a request's whole body once it starts reading it; a client that
+    trickles is answered 408 `request_timeout` and its turn's slot freed."""
+    max_streams_per_key: int = Field(default=100, ge=1)
+    """Event streams (`GET …/events`, `GET …/turns/{turn_id}/events`) one key or token may hold open in
+    one API process (429 `too_many_streams` beyond)."""
+    max_streams_per_tenant: int = Field(default=1000, ge=1)
+    """Event streams one tenant's keys may hold open together in one API process (429 beyond)."""
+    stream_max_seconds: float = Field(default=900, gt=0)
+    """A conversation's event stream ends itself after this long; the client resumes with `Last-Event-ID`
+    (an `EventSource` does so by itself), missing nothing. A revoked key's stream ends by then too."""
+    shutdown_timeout_seconds: float = Field(default=10, gt=0)
+    """How long a stopping API waits for open requests and streams before closing them (uvicorn's
+    graceful-shutdown timeout): an open stream cannot keep the API from stopping."""
     cors_origins: list[str] = []
     """Browser origins allowed to call the API (CORS); none by default."""
     retention_interval_seconds: float = Field(default=3600, gt=0)
