@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from dialogue.brain.policy import decide
-from dialogue.brain.python_tools import flow_tools
+from dialogue.brain.python_tools import CallContext, flow_tools
 from dialogue.model.contracts import OUT_OF_SCOPE, DialogueState, Entity, IntentPrediction, NluResult, Routing
 from dialogue.platform.bot import BotDefinition
 
@@ -82,9 +84,10 @@ def test_entities_are_remembered_as_slots(demo_bot: BotDefinition) -> None:
 
 def test_the_order_status_tool_reads_the_demo_table(demo_bot: BotDefinition) -> None:
     order_status = flow_tools(demo_bot)["order_status"]  # examples/demo/shop.py's
-    found = order_status(demo_bot, {"order_id": "nw-482913"})
+    context = CallContext(demo_bot, "", Path("data"))
+    found = order_status(context, {"order_id": "nw-482913"})
     assert found.ok and found.data["status"] == "shipped" and "DHL" in found.data["details"]
-    missing = order_status(demo_bot, {"order_id": "NW-000000"})
+    missing = order_status(context, {"order_id": "NW-000000"})
     assert (missing.ok, missing.retry_slot) == (False, "order_id")
 
 
