@@ -1,5 +1,6 @@
 """The access matrix: every endpoint and every caller (no credentials, an expired or revoked key, each
-scope of the owning tenant, an admin of another tenant), asserting the status code; plus bearer JWTs
+scope of the owning tenant, an admin of another tenant, an end user of the tenant whose the conversation is
+not), asserting the status code; plus bearer JWTs
 (HS256, RS256 from a JWKS file) and the per-key rate limit."""
 
 from __future__ import annotations
@@ -68,7 +69,10 @@ ENDPOINTS = [
     Endpoint("GET", "/v1/keys", "admin", owned=False),
     Endpoint("POST", "/v1/keys", "admin", {"scope": "client"}, owned=False),
     Endpoint("GET", "/v1/me", "client", owned=False),
+    Endpoint("POST", "/v1/end-user-tokens", "client", {"user": "someone"}, owned=False),
 ]
+SERVER_ONLY = {"/v1/end-user-tokens"}
+"""What a server-side key does and an end user's token never does."""
 RANK = {"client": 1, "agent": 2, "admin": 3}
 
 
@@ -128,6 +132,10 @@ def expected(endpoint: Endpoint, caller: str) -> str:
         return "401"
     if caller == "other-admin":
         return "404" if endpoint.owned else "ok"
+    if caller == "end-user":  # a client, and the conversations (the server's) are not theirs
+        if RANK["client"] < RANK[endpoint.scope] or endpoint.path in SERVER_ONLY:
+            return "403"
+        return "404" if "{c}" in endpoint.path else "ok"
     return "ok" if RANK[caller] >= RANK[endpoint.scope] else "403"
 
 
@@ -143,7 +151,13 @@ async def test_every_endpoint_for_every_caller(http: httpx.AsyncClient, keys: di
         json={},
         headers={"Authorization": f"Bearer {keys['admin']}"},
     )
-    callers = ["none", "expired", "revoked", "client", "agent", "admin", "other-admin"]
+    minted = await http.post(
+        "/v1/end-user-tokens",
+        json={"user": "someone"},
+        headers={"Authorization": f"Bearer {keys['client']}"},
+    )
+    keys = keys | {"end-user": minted.json()["token"]}
+    callers = ["none", "expired", "revoked", "client", "agent", "admin", "other-admin", "end-user"]
     wrong = []
     for endpoint in ENDPOINTS:
         for caller in callers:
@@ -173,7 +187,7 @@ async def test_another_tenant_sees_none_of_the_conversations(
     assert found.json()["total"] == 0  # nor by searching for its id
     # Each key learns its own tenant and scope, for the pages.
     me = await http.get("/v1/me", headers={"Authorization": f"Bearer {keys['client']}"})
-    assert me.json() == {"tenant": "acme", "scope": "client", "subject": me.json()["subject"]}
+    assert me.json() == {"tenant": "acme", "scope": "client", "subject": me.json()["subject"], "user": None}
     assert me.json()["subject"]
     # The same id in the other tenant is another conversation altogether.
     other = await http.post(

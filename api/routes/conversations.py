@@ -524,12 +524,13 @@ async def erase_conversation(
     settings: SettingsDep,
     engine: EngineDep,
     temporal: TemporalClientDep,
-    principal: OwnerPrincipal,
+    principal: ClientPrincipal,
 ) -> Response:
     """Erase a conversation: its workflow histories, transcript, lineage, events and feedback.
     An audit entry (who, when, which id; no content) remains. Admin, or its client when allowed."""
     if not (principal.allows("admin") or settings.clients_may_erase):
         raise ApiError("forbidden", "erasing a conversation needs the admin scope")
+    await require_owner(engine, temporal, principal, conversation_id)
     async with temporal_errors(conversation_id):
         erased = await erasure.erase_conversation(
             temporal, engine, _key(principal, conversation_id), actor=principal.subject, reason="requested"
