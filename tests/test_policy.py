@@ -97,6 +97,18 @@ def test_a_handoff_or_goodbye_leaves_the_flow(demo_bot: BotDefinition) -> None:
     assert decide(demo_bot, nlu("goodbye"), IN_FLOW).action == "end"
 
 
+def test_typed_text_never_overwrites_a_trusted_slot(demo_bot: BotDefinition) -> None:
+    set_by_server = DialogueState(slots={"order_id": "NW-482913"}, trusted=["order_id"])
+    typed = nlu("order_status", entities={"order_id": "NW-105733"})
+    decision = decide(demo_bot, typed, set_by_server)
+    assert decision.action == "flow_complete"
+    assert decision.tool is not None and decision.tool.arguments == {"order_id": "NW-482913"}
+    assert decision.dialogue.slots["order_id"] == "NW-482913" and decision.dialogue.trusted == ["order_id"]
+    in_flow = set_by_server.model_copy(update={"active_flow": "order_lookup"})
+    cancelled = decide(demo_bot, nlu("deny"), in_flow)
+    assert cancelled.action == "flow_cancel" and cancelled.dialogue.slots == {"order_id": "NW-482913"}
+
+
 def test_a_cancelled_flow_forgets_its_slot_values(demo_bot: BotDefinition) -> None:
     gave_up = DialogueState(active_flow="order_lookup", requested_slot="order_id", slots={"order_id": "AB-1"})
     cancelled = decide(demo_bot, nlu("deny"), gave_up)

@@ -19,6 +19,7 @@ import httpx
 import jwt
 import orjson
 import pytest
+from fastapi import FastAPI, Request
 from pydantic import SecretStr
 from temporalio.client import Client, WorkflowUpdateFailedError
 from temporalio.exceptions import ApplicationError
@@ -31,9 +32,9 @@ from dialogue.platform.settings import Settings
 from dialogue.platform.temporal import conversation_key, workflow_id
 from dialogue.security.identity import create_key
 from dialogue.security.tokens import END_USER_AUDIENCE, END_USER_ISSUER, END_USER_PREFIX
-from tests.conftest import api_client, served_llm
+from tests.conftest import api_client, served, served_llm
 from tests.fake_llm import FakeLlm, Plan
-from tests.test_agent import TOOLS, agent_stack, demo
+from tests.test_agent import ORDER_STATUS, TOOLS, agent_stack, demo
 
 ANNA, BEN = "NWC-100001", "NWC-100002"
 """Anna owns NW-482913 (shipped with DHL, tracking 00340434161094042557) and NW-105733; Ben owns neither."""
@@ -159,6 +160,53 @@ async def test_another_users_order_is_neither_read_nor_changed_by_the_agents_too
         [changed] = decided.json()["reply"]["lineage"]["agent"][-1]["outcomes"]
         assert not changed["ok"] and changed["error"] == "no order 'NW-105733'"
         assert demo.Shop(chat.settings.data_dir).actions() == []  # the shop changed nothing
+
+
+DEMO_MCP = Path(__file__).resolve().parents[2] / "examples" / "demo" / "mcp_store.py"
+
+
+async def test_http_and_mcp_tools_get_the_verified_user_and_no_one_can_name_another(
+    client: Client, settings: Settings, tmp_path: Path, llm: tuple[FakeLlm, str]
+) -> None:
+    fake, url = llm
+    fake.plans = [
+        Plan(tool_calls=[("whoami", {}), ("opening_hours", {"store": "Hamburg"})]),
+        Plan(text="Done."),
+    ]
+    seen: list[str | None] = []
+    service = FastAPI()
+
+    @service.get("/me")
+    async def me(request: Request) -> dict[str, Any]:
+        seen.append(request.headers.get("x-end-user"))
+        return {"ok": True}
+
+    async with served(service) as base_url:
+        whoami = {
+            "name": "whoami",
+            "description": "Who the shop's service serves.",
+            "kind": "http",
+            "parameters": {"type": "object", "properties": {}},
+            # The bot (or a change to it) tries to speak for someone else: the worker's header wins.
+            "http": {
+                "method": "GET",
+                "url": f"{base_url}/me",
+                "headers": {"x-end-user": "admin"},
+                "private_network": True,
+            },
+        }
+        stores = {"name": "stores", "command": ["{python}", str(DEMO_MCP)], "allow": ["opening_hours"]}
+        async with agent_stack(
+            client, settings, tmp_path, url, tools=[ORDER_STATUS, whoami], mcp_servers=[stores]
+        ) as chat:
+            anna = await token_for(chat.http, ANNA)
+            asked = await say(
+                chat.http, anna, f"anna-tools-{uuid.uuid4().hex[:6]}", "who am I, and Hamburg's hours?"
+            )
+            assert asked.status_code == 200, asked.text
+    assert seen == [ANNA]
+    told = [m["content"] for m in fake.requests[-1]["messages"] if m["role"] == "tool"]
+    assert any(f'"end_user":"{ANNA}"' in content for content in told)  # the MCP server got it in _meta
 
 
 async def test_a_user_approval_is_decided_by_the_conversations_user_alone(
