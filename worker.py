@@ -106,7 +106,7 @@ def build_turn_activities(settings: Settings) -> TurnActivities:
         retrieve=retrieve,
         generate=generate,
         record=RecordActivities(engine),
-        tool=ToolActivity(bot),
+        tool=ToolActivity(bot, settings.data_dir),
         summarize=SummarizeActivity(bot, engine, generators),
         rewrite=RewriteActivity(bot, generators),
         agent=AgentActivity(bot, engine, generators, settings.data_dir),

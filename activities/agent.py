@@ -196,10 +196,11 @@ class AgentActivity:
                     call.idempotency_key,
                     spec.timeout_seconds,
                     declared=set(spec.parameters.get("properties", {})),
+                    user=call.user,
                 )
             else:
                 function = self._functions[spec.function or spec.name]  # checked at the worker's start
-                context = CallContext(self._bot, call.idempotency_key, self._data_dir)
+                context = CallContext(self._bot, call.idempotency_key, self._data_dir, call.user)
                 result = function(context, call.arguments)
         except ToolFailed as failed:
             return self._outcome(call, started, failed=str(failed))
@@ -221,7 +222,9 @@ class AgentActivity:
             )
         started = time.monotonic()
         try:
-            result = await self._mcp.call(server, call.name, call.arguments, call.idempotency_key)
+            result = await self._mcp.call(
+                server, call.name, call.arguments, call.idempotency_key, user=call.user
+            )
         except ToolFailed as failed:
             return self._outcome(call, started, failed=str(failed))
         except CancelledError:

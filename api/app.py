@@ -17,7 +17,19 @@ from api.errors import install_error_handlers
 from api.feeds import EventFeeds
 from api.limits import BodyLimits, RateLimiter, StreamSlots, TurnAdmission
 from api.request_telemetry import RequestTelemetry, metrics_router
-from api.routes import approvals, conversations, handoff, health, keys, knowledge, lineage, me, nlu, pages
+from api.routes import (
+    approvals,
+    conversations,
+    end_users,
+    handoff,
+    health,
+    keys,
+    knowledge,
+    lineage,
+    me,
+    nlu,
+    pages,
+)
 from api.routes.codec import codec_cors, codec_router
 from dialogue.platform.bot import load_bot
 from dialogue.platform.codec import EncryptionCodec
@@ -27,7 +39,7 @@ from dialogue.platform.settings import Settings, get_settings
 from dialogue.platform.telemetry import exported, temporal_interceptors, tracer_provider
 from dialogue.platform.temporal import connect
 from dialogue.security.privacy.privacy_policy import PrivacyPolicy
-from dialogue.security.tokens import TokenVerifier
+from dialogue.security.tokens import EndUserTokens, TokenVerifier
 
 
 def create_app(
@@ -51,6 +63,8 @@ def create_app(
         app.state.engine = get_engine(settings.resolved_database_url)
         init_db_if_reachable(app.state.engine)
         app.state.token_verifier = TokenVerifier(settings) if TokenVerifier.configured(settings) else None
+        end_user_secret = settings.resolve_end_user_token_secret()
+        app.state.end_user_tokens = EndUserTokens(end_user_secret) if end_user_secret else None
         app.state.rate_limiter = RateLimiter(settings.rate_limit_per_second, settings.rate_limit_burst)
         app.state.confirmed_keys = {}  # api/deps.py: keys accepted during a store outage
         app.state.readiness = health.ReadinessCache(settings.readiness_cache_seconds)
@@ -98,6 +112,7 @@ def create_app(
     v1.include_router(approvals.router)
     v1.include_router(lineage.router)
     v1.include_router(keys.router)
+    v1.include_router(end_users.router)
     v1.include_router(me.router)
     v1.include_router(nlu.router)
     v1.include_router(knowledge.router)

@@ -1,8 +1,9 @@
 """Dependencies the routes declare: settings, the store's engine, the Temporal client, the caller.
 
 The caller is identified by `Authorization: Bearer …`: the bootstrap key from settings
-(operator, of the `default` tenant), an API key from the store, or a JWT when a verifier is
-configured. Each key or token then draws from its own rate-limit bucket. Routes ask for
+(operator, of the `default` tenant), an API key from the store, an end-user token the API minted
+(`deu_…`: an end user, client scope, their own conversations only), or a JWT when a verifier
+is configured. Each key or token then draws from its own rate-limit bucket. Routes ask for
 the scope they need: `ClientPrincipal`, `AgentPrincipal`, `AdminPrincipal` or `OperatorPrincipal`.
 """
 
@@ -25,7 +26,7 @@ from api.limits import RateLimiter
 from dialogue.platform.flags import FeatureFlags
 from dialogue.platform.settings import Settings
 from dialogue.security.identity import DEFAULT_TENANT, InvalidCredentials, Principal, Scope, authenticate_key
-from dialogue.security.tokens import TokenVerifier
+from dialogue.security.tokens import END_USER_PREFIX, EndUserTokens, TokenVerifier
 
 log = logging.getLogger("dialogue.api")
 BOOTSTRAP_SUBJECT = "key:bootstrap"
@@ -76,6 +77,11 @@ def get_principal(request: Request) -> Principal:
             principal = Principal(tenant=DEFAULT_TENANT, scope="operator", subject=BOOTSTRAP_SUBJECT)
         elif token.startswith("dk_"):
             principal = _authenticate_key(state, token)
+        elif token.startswith(END_USER_PREFIX):
+            end_users: EndUserTokens | None = state.end_user_tokens
+            if end_users is None:
+                raise InvalidCredentials("end-user tokens are not configured")
+            principal = end_users.verify(token)
         elif verifier is not None and token.count(".") == 2:
             principal = verifier.verify(token)
         else:

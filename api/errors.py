@@ -44,6 +44,7 @@ from dialogue.model.contracts import (
     INVALID_TURN,
     NO_SUCH_APPROVAL,
     NOT_HANDED_OFF,
+    NOT_YOUR_CONVERSATION,
     QUEUE_FULL,
     STORE_BEHIND,
     TURN_IN_PROGRESS,
@@ -120,7 +121,8 @@ ERRORS: dict[str, ErrorCode] = {
         ErrorCode(
             "forbidden",
             403,
-            "The key's scope does not allow this (or this person may not decide this approval).",
+            "The key's scope does not allow this (or this person may not decide this approval: a `user` "
+            "approval of a conversation with an end user is theirs alone).",
             causes=(Refusal(APPROVAL_FORBIDDEN),),
         ),
         # Limits.
@@ -159,8 +161,8 @@ ERRORS: dict[str, ErrorCode] = {
         ErrorCode(
             "conversation_not_found",
             404,
-            "No such conversation (for this tenant).",
-            causes=(RPCStatusCode.NOT_FOUND,),
+            "No such conversation (for this tenant; for an end user's token, of theirs).",
+            causes=(RPCStatusCode.NOT_FOUND, Refusal(NOT_YOUR_CONVERSATION)),
         ),
         ErrorCode(
             "conversation_ended",
@@ -225,6 +227,12 @@ ERRORS: dict[str, ErrorCode] = {
         ErrorCode("document_not_found", 404, "No such document."),
         ErrorCode("document_conflict", 409, "The document is being written by another request; retry."),
         ErrorCode("key_not_found", 404, "No such key."),
+        ErrorCode(
+            "not_configured",
+            501,
+            "The deployment has not set this up (end-user tokens need `DIALOGUE_END_USER_TOKEN_SECRET` "
+            "outside development).",
+        ),
         # Dependencies.
         ErrorCode(
             "store_unavailable",
@@ -348,6 +356,8 @@ def translate(exc: BaseException, conversation_id: str = "") -> ApiError | None:
             return ApiError("turn_failed", "the turn could not be completed")
         if refused.code == "conversation_ended":
             return conversation_ended(conversation_id)
+        if refused.code == "conversation_not_found":  # another end user's: said as if it did not exist
+            return not_found(conversation_id)
         return ApiError(refused.code, str(getattr(cause, "message", "")).removesuffix("; retry shortly"))
     if isinstance(exc, RPCError):
         entry = _BY_RPC_STATUS.get(exc.status)

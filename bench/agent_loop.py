@@ -30,7 +30,7 @@ from bench.stack import EmbeddedStack, free_port
 from bench.streaming import header, percentiles
 from dialogue.brain.agent.declarations import offered, openai_tools, shown, step_messages
 from dialogue.brain.generation.openai_chat import ChatClient
-from dialogue.brain.python_tools import flow_tools
+from dialogue.brain.python_tools import CallContext, flow_tools
 from dialogue.model.contracts import AgentStepRecord, AgentToolCall, AgentToolOutcome
 from dialogue.platform.bot import load_bot
 from dialogue.platform.settings import Settings
@@ -76,7 +76,7 @@ async def plain_loop(client: ChatClient, bot_tools: list[dict[str, Any]], bot: A
         ]
         outcomes = []
         for call in calls:
-            seen = shown(order_status(bot, call.arguments).data, 4000)
+            seen = shown(order_status(CallContext(bot, "", Path("data")), call.arguments).data, 4000)
             outcomes.append(
                 AgentToolOutcome(call_id=call.call_id, name=call.name, ok=True, content=seen.content)
             )

@@ -1,7 +1,7 @@
 """The access matrix: every endpoint and every caller (no credentials, an expired or revoked key, each
-scope of the owning tenant, an admin of another tenant, the deployment's operator), asserting the status
-code, and a check that no route of the app is left out of it; plus bearer JWTs (HS256, RS256 from a JWKS
-file) and the per-key rate limit."""
+scope of the owning tenant, an admin of another tenant, the deployment's operator, an end user of the tenant
+whose the conversation is not), asserting the status code, and a check that no route of the app is left out
+of it; plus bearer JWTs (HS256, RS256 from a JWKS file) and the per-key rate limit."""
 
 from __future__ import annotations
 
@@ -99,6 +99,7 @@ ENDPOINTS = [
     # One key list seals every tenant's payloads: the codec is the operator's.
     Endpoint("POST", "/codec/encode", "operator", {"payloads": []}, owned=False),
     Endpoint("POST", "/codec/decode", "operator", {"payloads": []}, owned=False),
+    Endpoint("POST", "/v1/end-user-tokens", "client", {"user": "someone"}, owned=False),
     Endpoint("GET", "/healthz", OPEN, owned=False),
     Endpoint("GET", "/readyz", OPEN, owned=False),
     Endpoint("GET", "/metrics", OPEN, owned=False),
@@ -109,7 +110,9 @@ ENDPOINTS = [
     ),
 ]
 RANK = {"client": 1, "agent": 2, "admin": 3, "operator": 4}
-CALLERS = ["none", "expired", "revoked", "client", "agent", "admin", "other-admin", "operator"]
+CALLERS = ["none", "expired", "revoked", "client", "agent", "admin", "other-admin", "operator", "end-user"]
+SERVER_ONLY = {"/v1/end-user-tokens"}
+"""What a server-side key does and an end user's token never does."""
 FRAMEWORK = {"/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc", "/static"}
 """FastAPI's own pages and the pages' static files: open, and nothing in them is the deployment's."""
 
@@ -172,6 +175,10 @@ def expected(endpoint: Endpoint, caller: str) -> str:
         return "ok"
     if caller in ("none", "expired", "revoked"):
         return "401"
+    if caller == "end-user":  # a client, and the conversations (the server's) are not theirs
+        if RANK["client"] < RANK[endpoint.scope] or endpoint.path in SERVER_ONLY:
+            return "403"
+        return "404" if "{c}" in endpoint.path else "ok"
     rank = RANK["admin" if caller == "other-admin" else caller]
     if rank < RANK[endpoint.scope]:
         return "403"
@@ -240,6 +247,12 @@ async def test_every_endpoint_for_every_caller(
         json={},
         headers={"Authorization": f"Bearer {keys['admin']}"},
     )
+    minted = await http.post(
+        "/v1/end-user-tokens",
+        json={"user": "someone"},
+        headers={"Authorization": f"Bearer {keys['client']}"},
+    )
+    keys = keys | {"end-user": minted.json()["token"]}
     wrong = []
     for endpoint in ENDPOINTS:
         for caller in CALLERS:
@@ -269,7 +282,7 @@ async def test_another_tenant_sees_none_of_the_conversations(
     assert found.json()["total"] == 0  # nor by searching for its id
     # Each key learns its own tenant and scope, for the pages.
     me = await http.get("/v1/me", headers={"Authorization": f"Bearer {keys['client']}"})
-    assert me.json() == {"tenant": "acme", "scope": "client", "subject": me.json()["subject"]}
+    assert me.json() == {"tenant": "acme", "scope": "client", "subject": me.json()["subject"], "user": None}
     assert me.json()["subject"]
     # The same id in the other tenant is another conversation altogether.
     other = await http.post(

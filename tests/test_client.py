@@ -95,6 +95,11 @@ async def test_a_conversations_life_in_typed_calls(
             assert (await as_client.me()).scope == "client"
         await dialogue.revoke_key(key.id)
 
+        # The integrator's server mints its user a token; the user's client is that user, a client.
+        minted = await dialogue.create_end_user_token("NWC-100001", ttl_seconds=300)
+        async with AsyncDialogueClient(str(dialogue._http.base_url), minted.token) as as_user:
+            assert (await as_user.me()).user == "NWC-100001"
+
 
 async def test_a_shed_turn_is_sent_again_after_retry_after(client: Client, settings: Settings) -> None:
     plan = Plan(text=ANSWER, delay=1.5)

@@ -14,6 +14,7 @@ from dialogue.model.contracts import (
     INVALID_TURN,
     NO_SUCH_APPROVAL,
     NOT_HANDED_OFF,
+    NOT_YOUR_CONVERSATION,
     QUEUE_FULL,
     STORE_BEHIND,
     TURN_IN_PROGRESS,
@@ -148,6 +149,29 @@ def test_a_completed_flow_ends_unless_its_tool_refused_a_slot() -> None:
     assert decisions.next_dialogue(done, refused) == ("order_status", "order_id", {})
 
 
+def test_a_trusted_slot_keeps_its_value_and_is_never_asked_for_again() -> None:
+    typed_over = Decision(
+        action="flow_complete",
+        dialogue=DialogueState(active_flow="order_status", slots={"order_id": "NW-2"}),
+    )
+    trusted = {"order_id": "NW-1"}
+    assert decisions.next_dialogue(typed_over, ToolResult(ok=True), trusted) == (None, None, trusted)
+    refused = ToolResult(ok=False, retry_slot="order_id")
+    assert decisions.next_dialogue(typed_over, refused, trusted) == (None, None, trusted)
+    server_set = ConversationState(
+        conversation_id="c", started_at=NOW, updated_at=NOW, slots=trusted, trusted_slots=["order_id"]
+    )
+    assert decisions.trusted_values(server_set) == trusted
+    assert decisions.dialogue_of(server_set).trusted == ["order_id"]
+
+
+def test_an_end_user_reaches_only_their_own_conversations() -> None:
+    assert decisions.refuse_other_user("anna", None) is None  # the tenant's server speaks for it
+    assert decisions.refuse_other_user("anna", "anna") is None
+    assert decisions.refuse_other_user("anna", "ben") == (NOT_YOUR_CONVERSATION, "no such conversation", ())
+    assert decisions.refuse_other_user(None, "ben") is not None  # the server's own conversation
+
+
 def test_older_turns_fold_with_half_of_those_that_still_fit() -> None:
     assert decisions.fold_through(None) is None
     assert decisions.fold_through(ContextLineage(turns=[3, 4, 5, 6])) is None  # nothing dropped
@@ -199,6 +223,20 @@ def test_an_approval_is_refused_when_unknown_decided_or_not_the_callers_to_make(
     assert refused("b", as_agent=False) is None
     parked.decisions["a"] = ApprovalDecision(approved=True, by="k", role="agent", at=NOW)
     assert refused("a") == APPROVAL_DECIDED
+
+
+def test_a_user_approval_of_an_end_users_conversation_is_theirs_alone() -> None:
+    parked = parked_agent()
+
+    def refused(user: str | None, *, as_agent: bool = False) -> str | None:
+        request = ApprovalRequest(call_id="b", approve=True, by="k", as_agent=as_agent, user=user)
+        refusal = decisions.refuse_approval(state(), parked, request, owner="anna")
+        return refusal.type if refusal else None
+
+    assert refused("anna") is None
+    assert refused("ben") == NOT_YOUR_CONVERSATION
+    assert refused(None) == APPROVAL_FORBIDDEN  # the tenant's server key
+    assert refused(None, as_agent=True) == APPROVAL_FORBIDDEN  # nor a person of the team
 
 
 def test_after_the_decisions_each_call_has_its_outcome_in_order() -> None:

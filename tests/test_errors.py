@@ -462,6 +462,13 @@ async def _(s: Stack) -> httpx.Response:
     return await s.http.delete("/v1/keys/no-such-key")
 
 
+@scenario("not_configured")
+async def _(s: Stack) -> httpx.Response:
+    # In production with no end-user token secret set: no token is minted (nor made up in one replica).
+    async with s.api(environment="production", end_user_token_secret=None) as http:
+        return await http.post("/v1/end-user-tokens", json={"user": "anna"})
+
+
 # Dependencies.
 
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from dialogue.brain.policy import decide
-from dialogue.brain.python_tools import flow_tools
+from dialogue.brain.python_tools import CallContext, flow_tools
 from dialogue.model.contracts import OUT_OF_SCOPE, DialogueState, Entity, IntentPrediction, NluResult, Routing
 from dialogue.platform.bot import BotDefinition
 
@@ -82,9 +84,10 @@ def test_entities_are_remembered_as_slots(demo_bot: BotDefinition) -> None:
 
 def test_the_order_status_tool_reads_the_demo_table(demo_bot: BotDefinition) -> None:
     order_status = flow_tools(demo_bot)["order_status"]  # examples/demo/shop.py's
-    found = order_status(demo_bot, {"order_id": "nw-482913"})
+    context = CallContext(demo_bot, "", Path("data"))
+    found = order_status(context, {"order_id": "nw-482913"})
     assert found.ok and found.data["status"] == "shipped" and "DHL" in found.data["details"]
-    missing = order_status(demo_bot, {"order_id": "NW-000000"})
+    missing = order_status(context, {"order_id": "NW-000000"})
     assert (missing.ok, missing.retry_slot) == (False, "order_id")
 
 
@@ -92,6 +95,18 @@ def test_a_handoff_or_goodbye_leaves_the_flow(demo_bot: BotDefinition) -> None:
     handoff = decide(demo_bot, nlu("human_agent"), IN_FLOW)
     assert handoff.action == "handoff" and handoff.dialogue.active_flow is None
     assert decide(demo_bot, nlu("goodbye"), IN_FLOW).action == "end"
+
+
+def test_typed_text_never_overwrites_a_trusted_slot(demo_bot: BotDefinition) -> None:
+    set_by_server = DialogueState(slots={"order_id": "NW-482913"}, trusted=["order_id"])
+    typed = nlu("order_status", entities={"order_id": "NW-105733"})
+    decision = decide(demo_bot, typed, set_by_server)
+    assert decision.action == "flow_complete"
+    assert decision.tool is not None and decision.tool.arguments == {"order_id": "NW-482913"}
+    assert decision.dialogue.slots["order_id"] == "NW-482913" and decision.dialogue.trusted == ["order_id"]
+    in_flow = set_by_server.model_copy(update={"active_flow": "order_lookup"})
+    cancelled = decide(demo_bot, nlu("deny"), in_flow)
+    assert cancelled.action == "flow_cancel" and cancelled.dialogue.slots == {"order_id": "NW-482913"}
 
 
 def test_a_cancelled_flow_forgets_its_slot_values(demo_bot: BotDefinition) -> None:

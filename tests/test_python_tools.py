@@ -24,7 +24,7 @@ SAID = {said!r}
 
 
 @tools.flow_tool("lookup")
-def look_up(bot, arguments):
+def look_up(context, arguments):
     return ToolResult(ok=True, data={{"said": SAID, **arguments}})
 
 
@@ -56,11 +56,16 @@ def test_a_bots_tools_are_loaded_from_its_folder_and_two_files_of_one_name_stay_
 ) -> None:
     first = load_bot(bot_in(tmp_path / "first", said="one", flows=[FLOW]))
     second = load_bot(bot_in(tmp_path / "second", said="two", flows=[FLOW]))
-    assert flow_tools(first)["lookup"](first, {"thing": "x"}).data == {"said": "one", "thing": "x"}
-    assert flow_tools(second)["lookup"](second, {}).data == {"said": "two"}
+    assert flow_tools(first)["lookup"](CallContext(first, "", tmp_path), {"thing": "x"}).data == {
+        "said": "one",
+        "thing": "x",
+    }
+    assert flow_tools(second)["lookup"](CallContext(second, "", tmp_path), {}).data == {"said": "two"}
     echo = agent_tools(first)["echo"]
     assert echo(CallContext(first, "key-1", tmp_path), {}) == {"said": "one", "key": "key-1"}
-    assert ToolActivity(second).run_tool(ToolCall(name="lookup", arguments={"thing": "y"})).data == {
+    assert ToolActivity(second, tmp_path).run_tool(
+        ToolCall(name="lookup", arguments={"thing": "y"})
+    ).data == {
         "said": "two",
         "thing": "y",
     }
@@ -75,7 +80,7 @@ def test_a_declared_tool_without_a_function_stops_the_worker_at_its_start(tmp_pa
         f"agent.tools: no Python function registered for refund in {tmp_path / 'tools.py'}"
     )
     with pytest.raises(ValueError, match=r"^flows: no Python function registered for missing \(flow find\)"):
-        ToolActivity(bot)
+        ToolActivity(bot, tmp_path)
 
 
 def test_a_bot_without_python_tools_says_so_when_it_declares_one() -> None:

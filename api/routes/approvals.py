@@ -1,5 +1,6 @@
-"""Approvals: a person (agent scope) or the user (the conversation's client) decides on a tool call the
-bot's agent wants to make, as the tool's `approval` says. Each decision is the `approve` update of the
+"""Approvals: a person (agent scope) or the user decides on a tool call the bot's agent wants to make, as the
+tool's `approval` says. A `user` approval is the conversation's end user's alone (their end-user token) when
+it has one; in a conversation without one, any key of the tenant decides it, as its server speaks for it. Each decision is the `approve` update of the
 conversation's workflow; once every call the agent waits for is decided, the agent goes on and the last
 decision's answer carries what it then said."""
 
@@ -9,9 +10,9 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Request
 
-from api.deps import ClientPrincipal, FlagsDep, SettingsDep, TemporalClientDep
+from api.deps import FlagsDep, SettingsDep, TemporalClientDep
 from api.errors import WORKFLOW_UPDATE, responses
-from api.routes.conversations import ConversationIdPath, IdempotencyKey, execute_update
+from api.routes.conversations import ConversationIdPath, IdempotencyKey, OwnerPrincipal, execute_update
 from dialogue.model.api_models import ApprovalCreate
 from dialogue.model.contracts import ApprovalReply, ApprovalRequest, Updates
 from dialogue.platform.temporal import conversation_key
@@ -32,11 +33,12 @@ async def decide_approval(
     request: Request,
     settings: SettingsDep,
     temporal: TemporalClientDep,
-    principal: ClientPrincipal,
+    principal: OwnerPrincipal,
     feature_flags: FlagsDep,
     idempotency_key: IdempotencyKey = None,
 ) -> ApprovalReply:
-    """Approve or deny a tool call that waits (`agent` approvals need the agent scope). 404 when no such call
+    """Approve or deny a tool call that waits (`agent` approvals need the agent scope; `user` approvals of a
+    conversation with an end user need their token). 404 when no such call
     waits, 409 when it is decided already. Deciding the last call the agent waits for answers with what the
     agent said when it went on (`reply`); before that, with the calls still pending."""
     flags = feature_flags.evaluate(conversation_key(principal.tenant, conversation_id))
@@ -47,6 +49,7 @@ async def decide_approval(
         note=note,
         by=principal.subject,
         as_agent=principal.allows("agent"),
+        user=principal.user,  # the workflow's validator holds a `user` approval to the conversation's user
     )
     reply: ApprovalReply = await execute_update(
         temporal,

@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import Annotated, Any, Literal, TypeVar
 
-from fastapi import APIRouter, Body, Header, Path, Query, Request, Response, status
+from fastapi import APIRouter, Body, Depends, Header, Path, Query, Request, Response, status
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.concurrency import run_in_threadpool
 from temporalio.client import (
@@ -113,10 +113,50 @@ SSE_RESPONSE = {
 }
 
 
+async def require_owner(
+    engine: EngineDep, temporal: TemporalClientDep, principal: Principal, conversation_id: str
+) -> None:
+    """404 for an end user's request to a conversation that is not theirs, as for one that does not exist;
+    nothing for a server-side key (it speaks for its tenant). The store's record of the owner first; when it
+    has none (not recorded yet, a conversation without an end user, the store unavailable), the workflow's
+    own, which is where the conversation's user was set."""
+    if principal.user is None:
+        return
+    key = _key(principal, conversation_id)
+    try:
+        recorded = await run_in_threadpool(store.owner, engine, key)
+    except SQLAlchemyError as err:
+        log.warning("store unavailable; the owner of %s asked of Temporal: %s", conversation_id, err)
+        recorded = None
+    if recorded is None:
+        async with temporal_errors(conversation_id):
+            state: ConversationState = await _handle(temporal, key).query(
+                Queries.STATE, result_type=ConversationState, rpc_timeout=QUERY_TIMEOUT
+            )
+        recorded = state.user
+    if not principal.may_use(recorded):
+        raise not_found(conversation_id)
+
+
+async def owning_caller(
+    conversation_id: ConversationIdPath,
+    engine: EngineDep,
+    temporal: TemporalClientDep,
+    principal: ClientPrincipal,
+) -> Principal:
+    """The caller, once it may use the path's conversation (`require_owner`)."""
+    await require_owner(engine, temporal, principal, conversation_id)
+    return principal
+
+
+OwnerPrincipal = Annotated[Principal, Depends(owning_caller)]
+"""A caller with the client scope that may use the path's conversation: a key of its tenant, or its end user."""
+
+
 @router.post(
     "",
     status_code=status.HTTP_201_CREATED,
-    responses=responses("conversation_ended", "conversation_exists", *WORKFLOW_READ),
+    responses=responses("forbidden", "conversation_ended", "conversation_exists", *WORKFLOW_READ),
 )
 async def create_conversation(
     settings: SettingsDep,
@@ -127,9 +167,14 @@ async def create_conversation(
     feature_flags: FlagsDep,
     body: Annotated[ConversationCreate | None, Body()] = None,
 ) -> ConversationCreated:
-    """Start a conversation; the client may choose its id, and give what is known before the first turn
-    (`slots`, redacted as a turn's text is)."""
+    """Start a conversation; the client may choose its id, give what is known before the first turn
+    (`slots`, redacted as a turn's text is; trusted when a server-side key gives them), and name the end
+    user it is for (`user`; an end user's own token starts conversations of their own)."""
     conversation_id = (body.id if body else None) or uuid.uuid4().hex
+    user = body.user if body else None
+    if principal.user is not None and user not in (None, principal.user):
+        raise ApiError("forbidden", "an end user's token starts conversations for that user only")
+    owner = principal.user or user
     await _refuse_if_ended(engine, principal, conversation_id)
     key = _key(principal, conversation_id)
     redaction = feature_flags.evaluate(key)["redaction"]
@@ -146,6 +191,9 @@ async def create_conversation(
                 tenant=principal.tenant,
                 double_text=body.double_text if body else None,
                 slots=slots,
+                # The integrator's server vouches for what it sets; an end user's slots are as if typed.
+                trusted_slots=list(slots) if principal.user is None else [],
+                user=owner,
             ),
             id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
             result_type=ConversationState,
@@ -202,10 +250,12 @@ async def create_turn(
     turn_id = idempotency_key or body.idempotency_key or str(uuid.uuid4())
     # Personal data is redacted here, before the text reaches Temporal, the store or a model.
     text = request.app.state.privacy.for_storage(body.text, enabled=flags["redaction"])
-    turn = TurnRequest(text=text, stream=streaming, flags=flags)
+    # The workflow refuses the turn of an end user the conversation does not belong to (404); a new
+    # conversation started by this turn belongs to its sender.
+    turn = TurnRequest(text=text, stream=streaming, flags=flags, user=principal.user)
     start: WithStartWorkflowOperation[Any, ConversationState] = WithStartWorkflowOperation(
         WORKFLOW_TYPE,
-        conversation_input(settings, conversation_id, tenant=principal.tenant),
+        conversation_input(settings, conversation_id, tenant=principal.tenant, user=principal.user),
         id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
         result_type=ConversationState,
         **start_options(settings, _key(principal, conversation_id)),
@@ -277,7 +327,7 @@ async def read_turn(
     conversation_id: ConversationIdPath,
     turn_id: TurnIdPath,
     temporal: TemporalClientDep,
-    principal: ClientPrincipal,
+    principal: OwnerPrincipal,
 ) -> TurnStatus:
     """A turn's status, and its reply once it is completed."""
     key = _key(principal, conversation_id)
@@ -310,7 +360,7 @@ async def follow_turn(
     settings: SettingsDep,
     engine: EngineDep,
     temporal: TemporalClientDep,
-    principal: ClientPrincipal,
+    principal: OwnerPrincipal,
     feature_flags: FlagsDep,
     request: Request,
     last_event_id: LastEventId = None,
@@ -360,7 +410,7 @@ async def follow_conversation(
     settings: SettingsDep,
     engine: EngineDep,
     temporal: TemporalClientDep,
-    principal: ClientPrincipal,
+    principal: OwnerPrincipal,
     feature_flags: FlagsDep,
     request: Request,
     last_event_id: LastEventId = None,
@@ -409,7 +459,7 @@ async def read_conversation(
     conversation_id: ConversationIdPath,
     engine: EngineDep,
     temporal: TemporalClientDep,
-    principal: ClientPrincipal,
+    principal: OwnerPrincipal,
 ) -> ConversationState:
     """The live state of a conversation, from its workflow; `status` is `failed` when the workflow failed,
     was terminated or timed out (`workflow_status` says which), with the state it had then if it can be read."""
@@ -446,7 +496,7 @@ async def read_messages(
     conversation_id: ConversationIdPath,
     engine: EngineDep,
     temporal: TemporalClientDep,
-    principal: ClientPrincipal,
+    principal: OwnerPrincipal,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
 ) -> MessagesPage:
@@ -470,7 +520,7 @@ async def read_messages(
 
 @router.post("/{conversation_id}/end", responses=responses(*WORKFLOW_READ))
 async def end_conversation(
-    conversation_id: ConversationIdPath, temporal: TemporalClientDep, principal: ClientPrincipal
+    conversation_id: ConversationIdPath, temporal: TemporalClientDep, principal: OwnerPrincipal
 ) -> ConversationEnded:
     """End a conversation: later turns get 409. Ending an ended conversation changes nothing."""
     key = _key(principal, conversation_id)
@@ -501,6 +551,7 @@ async def erase_conversation(
     An audit entry (who, when, which id; no content) remains. Admin, or its client when allowed."""
     if not (principal.allows("admin") or settings.clients_may_erase):
         raise ApiError("forbidden", "erasing a conversation needs the admin scope")
+    await require_owner(engine, temporal, principal, conversation_id)
     async with temporal_errors(conversation_id):
         erased = await erasure.erase_conversation(
             temporal, engine, _key(principal, conversation_id), actor=principal.subject, reason="requested"
@@ -525,11 +576,12 @@ async def read_conversations(
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
 ) -> ConversationsPage:
-    """Conversations, most recently updated first."""
+    """Conversations, most recently updated first (an end user's token: their own)."""
     rows, total = await run_in_threadpool(
         store.list_conversations,
         engine,
         tenant=principal.tenant,
+        user=principal.user,  # an end user lists their own
         status=status,
         intent=intent or None,
         degraded=degraded,
@@ -563,7 +615,8 @@ async def _settle(start: WithStartWorkflowOperation[Any, Any]) -> None:
 
 
 async def _refuse_if_ended(engine: EngineDep, principal: Principal, conversation_id: str) -> None:
-    """409 for a conversation the store knows as ended (or erased).
+    """409 for a conversation the store knows as ended (or erased); 404 for an end user when the store
+    knows it as another user's (the workflow refuses their turn all the same: this only tells no more).
 
     Temporal refuses to start an ended conversation's workflow id again only while it
     keeps the closed run (the namespace's retention); the store remembers for good.
@@ -572,6 +625,12 @@ async def _refuse_if_ended(engine: EngineDep, principal: Principal, conversation
     """
     try:
         row = await run_in_threadpool(store.get_conversation, engine, _key(principal, conversation_id))
+        if (
+            row is not None
+            and principal.user is not None
+            and not principal.may_use(await run_in_threadpool(store.owner, engine, row.id))
+        ):
+            raise not_found(conversation_id)
     except SQLAlchemyError as err:
         log.warning("store unavailable; conversation %s checked by Temporal alone: %s", conversation_id, err)
         return

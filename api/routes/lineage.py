@@ -14,9 +14,9 @@ import orjson
 from fastapi import APIRouter, Path, Request, status
 from starlette.concurrency import run_in_threadpool
 
-from api.deps import ClientPrincipal, EngineDep, FlagsDep
+from api.deps import EngineDep, FlagsDep
 from api.errors import ApiError, responses
-from api.routes.conversations import ConversationIdPath, TurnIdPath
+from api.routes.conversations import ConversationIdPath, OwnerPrincipal, TurnIdPath
 from dialogue.model.api_models import FeedbackCreate, FeedbackPublic, ToolResultPublic, TurnLineage
 from dialogue.platform import store
 from dialogue.platform.temporal import conversation_key
@@ -26,7 +26,7 @@ router = APIRouter(prefix="/conversations", tags=["lineage"])
 
 @router.get("/{conversation_id}/turns/{turn_id}/lineage", responses=responses("turn_not_found"))
 async def read_lineage(
-    conversation_id: ConversationIdPath, turn_id: TurnIdPath, engine: EngineDep, principal: ClientPrincipal
+    conversation_id: ConversationIdPath, turn_id: TurnIdPath, engine: EngineDep, principal: OwnerPrincipal
 ) -> TurnLineage:
     """What produced a turn's answer, and its rating if it has one."""
     key = conversation_key(principal.tenant, conversation_id)
@@ -56,7 +56,7 @@ async def rate_answer(
     body: FeedbackCreate,
     request: Request,
     engine: EngineDep,
-    principal: ClientPrincipal,
+    principal: OwnerPrincipal,
     feature_flags: FlagsDep,
 ) -> FeedbackPublic:
     """Rate a turn's answer up or down, with an optional comment (redacted like a turn's text)."""
@@ -87,7 +87,7 @@ async def read_tool_result(
     conversation_id: ConversationIdPath,
     call_id: Annotated[str, Path(max_length=200, description="The tool call's id, as the lineage names it.")],
     engine: EngineDep,
-    principal: ClientPrincipal,
+    principal: OwnerPrincipal,
 ) -> ToolResultPublic:
     """The whole result of a tool call the model saw cut; 404 for a call whose result was short enough."""
     key = conversation_key(principal.tenant, conversation_id)

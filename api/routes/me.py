@@ -13,5 +13,7 @@ router = APIRouter(tags=["keys"])
 
 @router.get("/me")
 async def read_caller(principal: ClientPrincipal) -> Caller:
-    """The caller's tenant, scope and subject (the name its actions are audited under)."""
-    return Caller(tenant=principal.tenant, scope=principal.scope, subject=principal.subject)
+    """The caller's tenant, scope and subject (the name its actions are audited under), and its end user."""
+    return Caller(
+        tenant=principal.tenant, scope=principal.scope, subject=principal.subject, user=principal.user
+    )

@@ -38,6 +38,7 @@ from dialogue.model.api_models import (
     DocumentPublic,
     DocumentsPage,
     DocumentStored,
+    EndUserToken,
     FeedbackPublic,
     KeyCreated,
     KeyPublic,
@@ -210,10 +211,15 @@ class AsyncDialogueClient:
         *,
         double_text: DoubleTextPolicy | None = None,
         slots: Mapping[str, str] | None = None,
+        user: str | None = None,
     ) -> ConversationCreated:
+        """Start a conversation; `slots` given with a server-side key are trusted, `user` is the end user it
+        is for (their end-user token then continues it)."""
         body: dict[str, Any] = {"slots": dict(slots or {})}
         if conversation_id is not None:
             body["id"] = conversation_id
+        if user is not None:
+            body["user"] = user
         if double_text is not None:
             body["double_text"] = double_text
         response = await self._request("POST", "/v1/conversations", json=body)
@@ -350,6 +356,12 @@ class AsyncDialogueClient:
         body = {"scope": scope, "name": name, "expires_in_days": expires_in_days}
         response = await self._request("POST", "/v1/keys", json=body)
         return KeyCreated.model_validate_json(response.content)
+
+    async def create_end_user_token(self, user: str, *, ttl_seconds: int = 900) -> EndUserToken:
+        """A short-lived token for one end user of the key's tenant, for that user's browser or app."""
+        body = {"user": user, "ttl_seconds": ttl_seconds}
+        response = await self._request("POST", "/v1/end-user-tokens", json=body)
+        return EndUserToken.model_validate_json(response.content)
 
     async def keys(self) -> list[KeyPublic]:
         response = await self._request("GET", "/v1/keys", resend_on_transport_error=True)

@@ -21,6 +21,8 @@ re-decides. The workflow applies the decision; `generate` words it.
   knowledge base answers to the message.
 - In the middle of a flow, a message the router sends to the knowledge base is answered there too,
   and the flow's question asked again, unless it fills a slot, names the flow's own intent or says no.
+- A slot the integrator's server set (`DialogueState.trusted`) keeps its value: what the user types
+  never overwrites it, a cancelled flow does not forget it, and it is not checked against the pattern.
 """
 
 from __future__ import annotations
@@ -45,7 +47,8 @@ def decide(
     """`follow_up`: the text leans on what was said before (`dialogue.brain.llm.followup.is_follow_up`).
     `agent_mode`: the bot's `mode: agent` is on for this conversation (the `agent` flag)."""
     # Every entity is remembered as a slot of its name (the latest value wins); flows take theirs from it.
-    remembered = {**state.slots, **{e.entity: e.value for e in nlu.entities}}
+    typed = {e.entity: e.value for e in nlu.entities if e.entity not in state.trusted}
+    remembered = {**state.slots, **typed}
     state = state.model_copy(update={"slots": remembered})
     flow = bot.flow(state.active_flow)
     if flow is not None:
@@ -107,12 +110,13 @@ def _continue_flow(
     bot: BotDefinition, flow: Flow, nlu: NluResult, state: DialogueState, *, starting: bool = False
 ) -> Decision:
     slots = dict(state.slots)
-    filled, invalid = _fill(flow, nlu, slots)
+    trusted = frozenset(state.trusted)
+    filled, invalid = _fill(flow, nlu, slots, trusted)
     if not starting and not filled:
         intent = nlu.intent.name
         if intent in CANCEL_INTENTS:
             # Forget what the user gave for the abandoned flow: it must not fill the next one.
-            after = DialogueState(slots=_without_flow_slots(flow, slots))
+            after = DialogueState(slots=_without_flow_slots(flow, slots, trusted), trusted=state.trusted)
             return Decision(action="flow_cancel", flow=flow.name, dialogue=after)
         declared = bot.intent(intent)
         is_trigger = declared is not None and declared.flow == flow.name
@@ -123,7 +127,7 @@ def _continue_flow(
             and (to_knowledge or (intent not in STAY_INTENTS and not _unsure(bot, nlu)))
         ):
             side = _without_flow(
-                bot, nlu, state.model_copy(update={"slots": _without_flow_slots(flow, slots)})
+                bot, nlu, state.model_copy(update={"slots": _without_flow_slots(flow, slots, trusted)})
             )
             if side.action in ("respond", "answer", "clarify", "fallback"):
                 # Another topic: answer it, keep the flow, ask its question again.
@@ -138,7 +142,7 @@ def _continue_flow(
             # A handoff, an end or another flow replaces this one.
             return side
     missing = _missing(flow, slots)
-    after = DialogueState(active_flow=flow.name, slots=slots, requested_slot=missing)
+    after = DialogueState(active_flow=flow.name, slots=slots, requested_slot=missing, trusted=state.trusted)
     if missing is not None:
         return Decision(
             action="flow_prompt",
@@ -156,12 +160,17 @@ def _continue_flow(
     )
 
 
-def _fill(flow: Flow, nlu: NluResult, slots: dict[str, object]) -> tuple[list[str], str | None]:
+def _fill(
+    flow: Flow, nlu: NluResult, slots: dict[str, object], trusted: frozenset[str] = frozenset()
+) -> tuple[list[str], str | None]:
     """Fill the flow's slots from the turn's entities (or, for a flow's slot named like no entity,
-    from what was remembered); the names filled this turn, and a slot whose value was refused."""
+    from what was remembered); the names filled this turn, and a slot whose value was refused. A
+    trusted slot that has its value is left as it is."""
     filled: list[str] = []
     invalid: str | None = None
     for spec in flow.slots:
+        if spec.name in trusted and spec.name in slots:
+            continue
         entity = spec.entity or spec.name
         values = [e.value for e in nlu.entities if e.entity == entity]
         valid = [v for v in values if spec.pattern is None or re.fullmatch(spec.pattern, v, re.IGNORECASE)]
@@ -180,9 +189,11 @@ def _fill(flow: Flow, nlu: NluResult, slots: dict[str, object]) -> tuple[list[st
     return filled, invalid
 
 
-def _without_flow_slots(flow: Flow, slots: dict[str, object]) -> dict[str, object]:
+def _without_flow_slots(
+    flow: Flow, slots: dict[str, object], trusted: frozenset[str] = frozenset()
+) -> dict[str, object]:
     names = {spec.name for spec in flow.slots} | {spec.entity for spec in flow.slots if spec.entity}
-    return {k: v for k, v in slots.items() if k not in names}
+    return {k: v for k, v in slots.items() if k not in names or k in trusted}
 
 
 def _missing(flow: Flow, slots: dict[str, object]) -> str | None:

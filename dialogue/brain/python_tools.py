@@ -6,16 +6,19 @@ registers them on a `PythonTools` it exports as `tools`:
     tools = PythonTools()
 
     @tools.flow_tool("order_status")
-    def look_up_order(bot: BotDefinition, arguments: dict[str, Any]) -> ToolResult: ...
+    def look_up_order(context: CallContext, arguments: dict[str, Any]) -> ToolResult: ...
 
     @tools.agent_tool("start_return")
     def start_return(context: CallContext, arguments: dict[str, Any]) -> dict[str, Any]: ...
 
-A flow's tool takes the bot and the flow's slots and returns a `ToolResult` (not ok, with the slot to ask for
-again, when the value found nothing). An agent's tool takes the call's context (the bot, and the call's
-idempotency key: the same on every attempt of the call) and its arguments, already checked against the
-tool's schema, and returns what the model is shown (JSON-serialisable); an expected failure (an unknown
-order) raises `ToolFailed`: the model is told. The worker loads the file at its start, and stops there when
+Both take the call's context: the bot, the verified end user the conversation belongs to (`user`; None
+when the integrator's server speaks for its tenant), where to keep state, and for an agent's tool the call's
+idempotency key (the same on every attempt of the call). A tool that reads or changes a user's data checks
+that it is theirs when `user` is set, and answers as if it did not exist otherwise. A flow's tool takes the
+flow's slots and returns a `ToolResult` (not ok, with the slot to ask for again, when the value found
+nothing). An agent's tool takes its arguments, already checked against the tool's schema, and returns what
+the model is shown (JSON-serialisable); an expected failure (an unknown order) raises `ToolFailed`: the
+model is told. The worker loads the file at its start, and stops there when
 a tool the bot declares has no function.
 """
 
@@ -39,14 +42,21 @@ class ToolFailed(Exception):
 
 @dataclass(frozen=True)
 class CallContext:
+    """What a tool knows of its call besides its arguments."""
+
     bot: BotDefinition
     idempotency_key: str
+    """The same on every attempt of an agent's call; empty for a flow's tool (flows' tools only read)."""
     data_dir: Path
     """Where tools that keep state keep it (the demo's shop)."""
+    user: str | None = None
+    """The verified end user the conversation belongs to, whom the tool acts for: from their end-user token
+    (or the integrator's server naming them), never from what the user typed or the model asked. None: the
+    integrator's server speaks for its tenant."""
 
 
 AgentTool = Callable[[CallContext, dict[str, Any]], Any]
-FlowTool = Callable[[BotDefinition, dict[str, Any]], ToolResult]
+FlowTool = Callable[[CallContext, dict[str, Any]], ToolResult]
 _Agent = TypeVar("_Agent", bound=AgentTool)
 _Flow = TypeVar("_Flow", bound=FlowTool)
 

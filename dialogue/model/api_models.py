@@ -9,11 +9,12 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
-from dialogue.model.contracts import ContentType, DoubleTextPolicy, Scope, TurnReply
+from dialogue.model.contracts import USER_PATTERN, ContentType, DoubleTextPolicy, Scope, TurnReply
 
 # Conversation and document ids become parts of workflow ids and URLs: keep them to a safe alphabet.
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
 ConversationId = Annotated[str, StringConstraints(pattern=ID_PATTERN)]
+EndUserId = Annotated[str, StringConstraints(pattern=USER_PATTERN)]
 IDEMPOTENCY_KEY_PATTERN = r"^[\x21-\x7e]+$"
 MAX_OFFSET = 2**31 - 1
 """The furthest a page may start: the stores take it as a 64-bit integer, and no list is this long."""
@@ -49,7 +50,14 @@ class ConversationCreate(RequestModel):
         default={},
         max_length=50,
         description="What is known before the first turn (a signed-in customer's order number, say): "
-        "the dialogue's first slots, which flows fill from.",
+        "the dialogue's first slots, which flows fill from. Given with a server-side key they are trusted: "
+        "what the user types never overwrites them (given with an end-user token, they count as typed).",
+    )
+    user: EndUserId | None = Field(
+        default=None,
+        description="The end user the conversation belongs to (a server-side key starting it for them); "
+        "their end-user token then reaches it, no other user's does, and its tools act for them. An end "
+        "user's own token starts conversations that belong to them, and may name only themselves.",
     )
 
 
@@ -151,6 +159,23 @@ class Caller(BaseModel):
     scope: str
     """`client`, `agent` or `admin`."""
     subject: str
+    user: str | None = None
+    """The end user, for an end-user token; None for a server-side key or token."""
+
+
+class EndUserTokenCreate(RequestModel):
+    user: EndUserId = Field(description="The end user, as the integrator knows them (an opaque id is best).")
+    ttl_seconds: int = Field(
+        default=900, ge=60, le=3600, description="How long the token lives: an hour at most."
+    )
+
+
+class EndUserToken(BaseModel):
+    token: str
+    """`Authorization: Bearer <token>` for the end user's browser or app."""
+    tenant: str
+    user: str
+    expires_at: datetime
 
 
 class KeyCreate(RequestModel):

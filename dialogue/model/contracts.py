@@ -25,7 +25,11 @@ ContentType = Literal["markdown", "text", "html"]
 """How a knowledge-base document is written."""
 Holder = Literal["bot", "agent"]
 Approver = Literal["agent", "user"]
-"""Who approves a tool call: a person with the agent scope, or the user (the conversation's client)."""
+"""Who approves a tool call: a person with the agent scope, or the user (the conversation's end user when
+it has one, else a client key of its tenant)."""
+USER_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:|@-]{0,127}$"
+"""An end user's id, as the integrator knows its user (an opaque id is best: the store's index keeps it in
+the clear, to find a user's conversations). No spaces or control characters: it travels in a header."""
 
 OUT_OF_SCOPE = "out_of_scope"
 """The intent of text that belongs to no intent of the bot."""
@@ -65,6 +69,8 @@ STORE_BEHIND = "StoreBehind"
 NO_SUCH_APPROVAL = "NoSuchApproval"
 APPROVAL_DECIDED = "ApprovalDecided"
 APPROVAL_FORBIDDEN = "ApprovalForbidden"
+NOT_YOUR_CONVERSATION = "NotYourConversation"
+"""An end user's request to a conversation that is not theirs: answered as if it did not exist."""
 
 
 class ConversationInput(BaseModel):
@@ -90,6 +96,11 @@ class ConversationInput(BaseModel):
     """What the previous run handed over at continue-as-new; None in a conversation's first run."""
     slots: dict[str, Any] = {}
     """What is known before the first turn (the signed-in customer's id, say): the dialogue's first slots."""
+    trusted_slots: list[str] = []
+    """The slots of `slots` the integrator's server set (not an end user): typed text never overwrites them."""
+    user: str | None = None
+    """The verified end user the conversation belongs to (an end-user token, or the integrator's server
+    naming them at start); None: the integrator's server speaks for its tenant. Tools act for this user."""
 
     @property
     def key(self) -> str:
@@ -106,6 +117,9 @@ class TurnRequest(BaseModel):
     flags: dict[str, bool] = {}
     """The conversation's feature flags (`dialogue.platform.flags`), evaluated by the API for this turn. Empty in
     turns sent before flags existed: each flag then keeps the behaviour it had before."""
+    user: str | None = None
+    """The verified end user who sends the turn (their token); None: a server-side key of the tenant. The
+    workflow refuses a turn whose user is not the conversation's."""
 
 
 class HandoffRequest(BaseModel):
@@ -203,6 +217,8 @@ class DialogueState(BaseModel):
     slots: dict[str, Any] = {}
     requested_slot: str | None = None
     """The slot the bot last asked for."""
+    trusted: list[str] = []
+    """Slots the integrator's server set: what the user types never overwrites them."""
     last_topic: str | None = None
     """The intent the previous turn was about: what a follow-up ("and to Austria?") continues."""
     last_action: str | None = None
@@ -233,6 +249,8 @@ Action = Literal[
 class ToolCall(BaseModel):
     name: str
     arguments: dict[str, Any] = {}
+    user: str | None = None
+    """The conversation's verified end user, whom the tool acts for (set by the workflow, never the policy)."""
 
 
 class ToolResult(BaseModel):
@@ -391,6 +409,9 @@ class AgentToolCall(BaseModel):
     """Unanswered this long, the approval counts as denied."""
     redact: bool = True
     """The conversation's `redaction` flag: the result is kept and shown as the bot's privacy policy says."""
+    user: str | None = None
+    """The conversation's verified end user, whom the tool acts for: set by the workflow when the call runs,
+    never from what the model asked."""
 
 
 class ApprovalDecision(BaseModel):
@@ -427,6 +448,9 @@ class ApprovalRequest(BaseModel):
     by: str
     as_agent: bool = False
     """The caller has the agent scope: it may decide `agent` approvals (a client only `user` ones)."""
+    user: str | None = None
+    """The verified end user deciding (their token); None: a key of the tenant. A `user` approval of a
+    conversation with an end user is theirs alone to decide."""
 
 
 class AgentToolOutcome(BaseModel):
@@ -771,6 +795,10 @@ class ConversationState(BaseModel):
     """What the bot did in the last turn: a follow-up continues an `answer`."""
     pending_approvals: list[PendingApproval] = []
     """Tool calls waiting for approval, oldest first."""
+    user: str | None = None
+    """The end user the conversation belongs to (None: the integrator's server speaks for its tenant)."""
+    trusted_slots: list[str] = []
+    """Slots the integrator's server set at the start: what the user types never overwrites them."""
     workflow_status: str | None = None
     """When `status` is `failed`: how the workflow closed (`failed`, `terminated`, `timed_out`, `canceled`)."""
 
@@ -831,6 +859,8 @@ class RecordConversationRequest(BaseModel):
     turn_count: int = 0
     at: datetime
     ended_reason: str | None = None
+    user: str | None = None
+    """The conversation's end user, kept in the index: a user's conversations are found by it."""
 
 
 class Recorded(BaseModel):

@@ -170,6 +170,18 @@ class McpToolPin(SQLModel, table=True):
     pinned_at: datetime = _utc_column()
 
 
+class ConversationOwner(SQLModel, table=True):
+    """The end user a conversation belongs to (one started with their end-user token, or for them by the
+    integrator's server): what finds a user's conversations, and what tells another user's from theirs.
+    A conversation of the integrator's server alone has no row."""
+
+    __tablename__ = "conversation_owner"
+
+    conversation_id: str = Field(primary_key=True, max_length=200)
+    user: str = Field(index=True, max_length=128)
+    created_at: datetime = _utc_column()
+
+
 class KnowledgeDocument(SQLModel, table=True):
     """A knowledge-base document; its version grows each time its content changes."""
 

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 API_KEY_FILE = "api_key"
+END_USER_TOKEN_SECRET_FILE = "end-user-token-secret"
 
 
 class Settings(BaseSettings):
@@ -82,6 +83,14 @@ class Settings(BaseSettings):
     jwt_issuer: str | None = None
     jwt_tenant_claim: str = "tenant"
     jwt_scope_claim: str = "scope"
+    jwt_end_user_claim: str = "end_user"
+    """A JWT with this claim `true` is an end user's: its `sub` is the user, its scope `client` whatever it
+    claims, and it reaches only that user's conversations."""
+
+    end_user_token_secret: SecretStr | None = Field(default=None, min_length=32)
+    """Signs the short-lived end-user tokens the API mints (`POST /v1/end-user-tokens`, HS256); every API
+    replica needs the same. Generated once and kept in `data_dir` when unset (development only); in
+    production, without it, no end-user token is minted or accepted."""
 
     payload_encryption: bool = True
     """Encrypt every payload Temporal stores (AES-256-GCM); the Web UI decrypts through the API's codec server."""
@@ -293,16 +302,29 @@ class Settings(BaseSettings):
                 "DIALOGUE_API_KEY must be set (production is the default; DIALOGUE_ENVIRONMENT=development, "
                 "or `dialogue up --development`, generates one for a local stack)"
             )
-        path = self.data_dir / API_KEY_FILE
+        return self._kept_secret(API_KEY_FILE, "dk_" + secrets.token_urlsafe(24))
+
+    def resolve_end_user_token_secret(self) -> str | None:
+        """The secret end-user tokens are signed with: the setting, else (development only) the one kept in
+        `data_dir`, made there on first use; None in production without the setting."""
+        if self.end_user_token_secret is not None:
+            return self.end_user_token_secret.get_secret_value()
+        if self.environment == "production":
+            # Every API replica must verify what another minted: never make one up where others cannot see it.
+            return None
+        return self._kept_secret(END_USER_TOKEN_SECRET_FILE, secrets.token_urlsafe(48))
+
+    def _kept_secret(self, name: str, new: str) -> str:
+        """The secret kept in `data_dir/name`, else `new`, kept there."""
+        path = self.data_dir / name
         if path.exists():
             return path.read_text().strip()
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        key = "dk_" + secrets.token_urlsafe(24)
         # Created private, never readable by others even for a moment.
         descriptor = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
-        with os.fdopen(descriptor, "w") as key_file:
-            key_file.write(key + "\n")
-        return key
+        with os.fdopen(descriptor, "w") as secret_file:
+            secret_file.write(new + "\n")
+        return new
 
 
 @lru_cache

@@ -18,9 +18,13 @@ def conversation_input(
     tenant: str = "default",
     double_text: DoubleTextPolicy | None = None,
     slots: dict[str, Any] | None = None,
+    trusted_slots: list[str] | None = None,
+    user: str | None = None,
 ) -> ConversationInput:
     return ConversationInput(
         slots=slots or {},
+        trusted_slots=trusted_slots or [],
+        user=user,
         conversation_id=conversation_id,
         tenant=tenant,
         max_text_chars=settings.max_text_chars,

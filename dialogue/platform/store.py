@@ -15,7 +15,15 @@ from sqlmodel import Session, col, select
 
 from dialogue.model.contracts import RecordConversationRequest, RecordMessageRequest, RecordTurnRequest
 from dialogue.platform import events
-from dialogue.platform.db import Conversation, ConversationEvent, Feedback, McpToolPin, Message, ToolResult
+from dialogue.platform.db import (
+    Conversation,
+    ConversationEvent,
+    ConversationOwner,
+    Feedback,
+    McpToolPin,
+    Message,
+    ToolResult,
+)
 
 ERASED = "erased"
 """The status of a conversation's tombstone: its content is gone and nothing is written for it again."""
@@ -174,6 +182,13 @@ def record_conversation(engine: Engine, change: RecordConversationRequest) -> No
         conversation = _conversation_row(session, change.conversation_id, change.at)
         if conversation.status == ERASED:
             return
+        if change.user is not None and session.get(ConversationOwner, change.conversation_id) is None:
+            # Its user never changes: the first record of it stands (a retry writes the same).
+            session.add(
+                ConversationOwner(
+                    conversation_id=change.conversation_id, user=change.user, created_at=change.at
+                )
+            )
         conversation.turn_count = max(conversation.turn_count, change.turn_count)
         if change.status == "ended":
             conversation.status = "ended"
@@ -206,10 +221,18 @@ def get_conversation(engine: Engine, conversation_id: str) -> Conversation | Non
         return session.get(Conversation, conversation_id)
 
 
+def owner(engine: Engine, conversation_id: str) -> str | None:
+    """The end user the conversation belongs to, as recorded; None when it has none (or is not recorded)."""
+    with Session(engine) as session:
+        row = session.get(ConversationOwner, conversation_id)
+        return row.user if row is not None else None
+
+
 def list_conversations(
     engine: Engine,
     *,
     tenant: str,
+    user: str | None = None,
     status: str | None = None,
     intent: str | None = None,
     degraded: bool | None = None,
@@ -217,8 +240,9 @@ def list_conversations(
     limit: int,
     offset: int,
 ) -> tuple[list[tuple[Conversation, int]], int]:
-    """A page of a tenant's conversations, most recently updated first, each with its number of
-    degraded answers, and how many match in all. `contains` is matched in the id, literally."""
+    """A page of a tenant's conversations (of its end user `user` only, when given), most recently updated
+    first, each with its number of degraded answers, and how many match in all. `contains` is matched in
+    the id, literally."""
     degraded_count = (
         select(func.count())
         .select_from(Message)
@@ -227,6 +251,9 @@ def list_conversations(
         .scalar_subquery()
     )
     where = [*_in_tenant(engine, col(Conversation.id), tenant)]
+    if user is not None:
+        owned = select(ConversationOwner.conversation_id).where(col(ConversationOwner.user) == user)
+        where.append(col(Conversation.id).in_(owned))
     if status is not None:
         where.append(col(Conversation.status) == status)
     if intent is not None:
@@ -300,6 +327,10 @@ def erase_conversation(engine: Engine, key: str, at: datetime) -> dict[str, int]
             "feedback": session.exec(delete(Feedback).where(col(Feedback.conversation_id) == key)).rowcount,
             "tool_results": session.exec(
                 delete(ToolResult).where(col(ToolResult.conversation_id) == key)
+            ).rowcount,
+            # Whose it was is the user's data too: erased with the rest.
+            "owner": session.exec(
+                delete(ConversationOwner).where(col(ConversationOwner.conversation_id) == key)
             ).rowcount,
         }
         row = session.get(Conversation, key) or Conversation(id=key, created_at=at, updated_at=at)

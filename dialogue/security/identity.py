@@ -7,6 +7,10 @@ sends turns and reads its tenant's conversations, `agent` also handles handoffs,
 deployment's, not a tenant's: what it may do reaches every tenant (writing the knowledge base every
 tenant's bot answers from, decoding any tenant's payloads), so only the `default` tenant has operators,
 and only the bootstrap key, another operator or the CLI (which holds the store itself) makes one.
+
+A key or token without an end user belongs to the integrator's server: it speaks for its whole tenant.
+End users reach the bot with end-user tokens (`dialogue.security.tokens`): the `client` scope, and only the
+conversations that belong to them.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from typing import Any, cast
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
-from dialogue.model.contracts import Scope
+from dialogue.model.contracts import USER_PATTERN, Scope
 from dialogue.platform.db import ApiKey, AuditEntry
 
 SCOPES: tuple[Scope, ...] = ("client", "agent", "admin", "operator")
@@ -46,9 +50,24 @@ class Principal:
     tenant: str
     scope: Scope
     subject: str
+    user: str | None = None
+    """The verified end user calling (an end-user token, or an identity provider's token for one): scope
+    `client`, and only their own conversations. None: a server-side key or token, trusted with its whole
+    tenant (the integrator's server speaks for its tenant and its users)."""
 
     def allows(self, needed: Scope) -> bool:
         return SCOPES.index(self.scope) >= SCOPES.index(needed)
+
+    def may_use(self, owner: str | None) -> bool:
+        """Whether the caller may use a conversation that belongs to `owner` (its end user, or None)."""
+        return self.user is None or self.user == owner
+
+
+def end_user(tenant: str, user: str) -> Principal:
+    """An end user of `tenant`, verified by a token: always the `client` scope, never more."""
+    if re.match(USER_PATTERN, user) is None:
+        raise InvalidCredentials("the end user's id is not valid")
+    return Principal(tenant=tenant, scope="client", subject=f"user:{tenant}/{user}", user=user)
 
 
 def scope_refusal(tenant: str, scope: Scope) -> str | None:

@@ -6,7 +6,8 @@ streamable HTTP:
     python examples/demo/mcp_store.py http 127.0.0.1 8765   # http://127.0.0.1:8765/mcp
 
 It only reads, so the idempotency key each call carries in its `_meta` is merely echoed back: a tool
-that acts would do its effect once per key.
+that acts would do its effect once per key. So is the conversation's end user (`end_user` in `_meta`, when
+it has one), whom a tool that reads a customer's data would serve alone.
 """
 
 from __future__ import annotations
@@ -43,12 +44,12 @@ STOCK = {
 server = MCPServer("northwind-stores", log_level="WARNING")  # its logs go to stderr: stdout is the protocol
 
 
-def _key(context: Context) -> str | None:
-    """The idempotency key the caller put in the request's `_meta` (an open map)."""
+def _meta(context: Context, name: str) -> str | None:
+    """What the caller put under `name` in the request's `_meta` (an open map)."""
     meta = context.request_context.meta
     if meta is None:
         return None
-    found = meta.get("idempotency_key") if isinstance(meta, dict) else getattr(meta, "idempotency_key", None)
+    found = meta.get(name) if isinstance(meta, dict) else getattr(meta, name, None)
     return str(found) if found is not None else None
 
 
@@ -58,7 +59,12 @@ def opening_hours(store: str, context: Context) -> dict[str, Any]:
     found = STORES.get(store.strip().lower())
     if found is None:
         raise ToolError(f"no store in {store!r}; the stores are in {', '.join(sorted(STORES))}")
-    return {"store": store.strip().lower(), **found, "idempotency_key": _key(context)}
+    return {
+        "store": store.strip().lower(),
+        **found,
+        "idempotency_key": _meta(context, "idempotency_key"),
+        "end_user": _meta(context, "end_user"),
+    }
 
 
 @server.tool()

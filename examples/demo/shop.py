@@ -8,6 +8,12 @@ gets the first call's result back, so the effect happens once.
 
 The tools: `order_status` for the order-lookup flow, and `order_status`, `start_return` and
 `change_address` for the agent, registered on `tools` (dialogue/brain/python_tools.py says how).
+
+Each order belongs to a customer (`customer` in orders.json). When the conversation has a verified end user
+(`context.user`: their end-user token), a tool finds only that customer's orders: another customer's order
+is answered exactly as one that does not exist, so a user cannot even learn that a number is taken. Without
+an end user, the integrator's server speaks for its tenant and every order is found (the conversation
+tests, an operator's console).
 """
 
 from __future__ import annotations
@@ -25,7 +31,6 @@ import orjson
 
 from dialogue.brain.python_tools import CallContext, PythonTools, ToolFailed
 from dialogue.model.contracts import ToolResult
-from dialogue.platform.bot import BotDefinition
 
 SHOP_FILE = "northwind-shop.sqlite"
 LATENCY_VARIABLE = "NORTHWIND_SHOP_LATENCY_SECONDS"
@@ -43,6 +48,9 @@ CREATE TABLE IF NOT EXISTS shop_action (
 """
 
 tools = PythonTools()
+DEMO_CUSTOMER = "NWC-100001"
+"""The customer who owns the orders the README and the guides ask about (NW-482913, NW-105733, NW-654321,
+NW-300218)."""
 
 
 class Shop:
@@ -94,16 +102,21 @@ class Shop:
 
 
 @tools.flow_tool("order_status")
-def look_up_order(bot: BotDefinition, arguments: dict[str, Any]) -> ToolResult:
-    """Status, carrier and estimated delivery of an order, by its id, from the bot's `orders` table."""
+def look_up_order(context: CallContext, arguments: dict[str, Any]) -> ToolResult:
+    """Status, carrier and estimated delivery of an order, by its id, from the bot's `orders` table: of the
+    conversation's end user only, when it has one."""
+    bot = context.bot
     table = bot.tables.get("orders")
     if table is None:
         raise LookupError("the bot declares no `orders` table")
     orders = orjson.loads(bot.resolve(table).read_bytes())
     wanted = str(arguments.get("order_id", "")).upper()
     order = next((o for o in orders if str(o.get("order_id", "")).upper() == wanted), None)
+    if order is not None and context.user is not None and order.get("customer") != context.user:
+        order = None  # another customer's: as if there were no such order
     if order is None:
         return ToolResult(ok=False, data={"order_id": wanted}, retry_slot="order_id")
+    order = {name: value for name, value in order.items() if name != "customer"}
     details = {
         "shipped": f"It's with {order.get('carrier')} (tracking {order.get('tracking_number')}), expected on {order.get('estimated_delivery')}.",
         "delivered": f"It was delivered by {order.get('carrier')}.",
@@ -119,14 +132,14 @@ def look_up_order(bot: BotDefinition, arguments: dict[str, Any]) -> ToolResult:
 @tools.agent_tool()
 def order_status(context: CallContext, arguments: dict[str, Any]) -> dict[str, Any]:
     """The order's status, carrier, tracking number and expected delivery."""
-    result = look_up_order(context.bot, arguments)
+    result = look_up_order(context, arguments)
     if not result.ok:
         raise ToolFailed(f"no order {arguments.get('order_id')!r}")
     return result.data
 
 
 def _known_order(context: CallContext, order_id: str) -> dict[str, Any]:
-    result = look_up_order(context.bot, {"order_id": order_id})
+    result = look_up_order(context, {"order_id": order_id})
     if not result.ok:
         raise ToolFailed(f"no order {order_id!r}")
     return result.data

@@ -143,6 +143,8 @@ class AgentLoop:
         if call.invalid is not None:
             return AgentToolOutcome(ok=False, error=call.invalid, **common)
         options = tool_call_options(call.timeout_seconds, call.attempts)
+        # The tool acts for the conversation's end user: the workflow says who, never the model.
+        call = call.model_copy(update={"user": self._conversation.input.user})
         try:
             run = AgentActivity.call_mcp_tool if call.kind == "mcp" else AgentActivity.call_tool
             return await workflow.execute_activity_method(

@@ -68,7 +68,9 @@ class Approvals:
 
     def refusal(self, request: ApprovalRequest) -> decisions.Refusal | None:
         parked = decisions.parked_with(self.parked.values(), request.call_id)
-        return decisions.refuse_approval(self._conversation.state, parked, request)
+        return decisions.refuse_approval(
+            self._conversation.state, parked, request, owner=self._conversation.input.user
+        )
 
     async def decide(self, request: ApprovalRequest) -> ApprovalReply:
         """A decision on a tool call that waits for approval. Once every call its turn's agent waits for is

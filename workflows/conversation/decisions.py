@@ -22,6 +22,7 @@ with workflow.unsafe.imports_passed_through():
         INVALID_TURN,
         NO_SUCH_APPROVAL,
         NOT_HANDED_OFF,
+        NOT_YOUR_CONVERSATION,
         OUT_OF_SCOPE,
         QUEUE_FULL,
         STORE_BEHIND,
@@ -79,6 +80,14 @@ def refuse_if_store_behind(unrecorded: int) -> Refusal | None:
     return None
 
 
+def refuse_other_user(owner: str | None, user: str | None) -> Refusal | None:
+    """An end user reaches only the conversations that belong to them (a key without a user, the tenant's
+    server, reaches all of its tenant's); to anyone else, theirs does not exist."""
+    if user is not None and user != owner:
+        return Refusal(NOT_YOUR_CONVERSATION, "no such conversation")
+    return None
+
+
 def refuse_text(text: str, max_chars: int) -> Refusal | None:
     if not text.strip():
         return Refusal(INVALID_TURN, "text must not be empty")
@@ -123,10 +132,16 @@ def refuse_agent_message(
 
 
 def refuse_approval(
-    state: ConversationState, parked: ParkedAgent | None, request: ApprovalRequest
+    state: ConversationState,
+    parked: ParkedAgent | None,
+    request: ApprovalRequest,
+    *,
+    owner: str | None = None,
 ) -> Refusal | None:
-    """A decision is for a call that waits, not decided yet, by someone allowed to make it."""
-    refusal = refuse_if_ended(state)
+    """A decision is for a call that waits, not decided yet, by someone allowed to make it: an `agent`
+    approval by a person with the agent scope; a `user` approval by the conversation's end user (`owner`)
+    alone, or, in a conversation without one, by any key of the tenant."""
+    refusal = refuse_other_user(owner, request.user) or refuse_if_ended(state)
     if refusal is not None:
         return refusal
     if parked is None:
@@ -138,6 +153,8 @@ def refuse_approval(
         return Refusal(
             APPROVAL_FORBIDDEN, f"{pending.name} needs a person's approval (a key with the agent scope)"
         )
+    if pending.approval == "user" and owner is not None and request.user != owner:
+        return Refusal(APPROVAL_FORBIDDEN, f"{pending.name} needs the approval of the conversation's user")
     return None
 
 
@@ -203,9 +220,15 @@ def dialogue_of(state: ConversationState) -> DialogueState:
         active_flow=state.active_flow,
         slots=state.slots,
         requested_slot=state.requested_slot,
+        trusted=state.trusted_slots,
         last_topic=state.last_intent,
         last_action=state.last_action,
     )
+
+
+def trusted_values(state: ConversationState) -> dict[str, Any]:
+    """The slots the integrator's server set, as they were set: typed text never changes them."""
+    return {name: state.slots[name] for name in state.trusted_slots if name in state.slots}
 
 
 class DialogueFields(NamedTuple):
@@ -214,13 +237,23 @@ class DialogueFields(NamedTuple):
     slots: dict[str, Any]
 
 
-def next_dialogue(decision: Decision, tool_result: ToolResult | None) -> DialogueFields:
+def next_dialogue(
+    decision: Decision, tool_result: ToolResult | None, trusted: dict[str, Any] | None = None
+) -> DialogueFields:
     """The policy's new dialogue state, and what the flow's tool call changed: a completed flow ends,
-    unless its tool refused a slot's value, which is then asked for again."""
+    unless its tool refused a slot's value, which is then asked for again (not a `trusted` one: the
+    integrator's value stands, and the flow ends with the tool's answer)."""
     dialogue = decision.dialogue
     active_flow, requested_slot, slots = dialogue.active_flow, dialogue.requested_slot, dict(dialogue.slots)
+    trusted = trusted or {}
+    slots.update(trusted)  # whatever the policy did, the integrator's slots keep their values
     if decision.action == "flow_complete":
-        if tool_result is not None and not tool_result.ok and tool_result.retry_slot:
+        if (
+            tool_result is not None
+            and not tool_result.ok
+            and tool_result.retry_slot
+            and tool_result.retry_slot not in trusted
+        ):
             slots.pop(tool_result.retry_slot, None)
             requested_slot = tool_result.retry_slot
         else:

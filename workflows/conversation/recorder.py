@@ -48,6 +48,7 @@ def conversation_write(conversation: Conversation, *, local: bool = False) -> Wr
             turn_count=state.turn_count,
             at=state.updated_at,
             ended_reason=state.ended_reason,
+            user=conversation.input.user,
         ),
         local=local,
     )

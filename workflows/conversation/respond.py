@@ -113,10 +113,12 @@ class Responder:
             return Outcome(nlu, decision, None, here.reply, query)
         tool_result = None
         if decision is not None and decision.tool is not None:
+            # The tool acts for the conversation's end user: the workflow says who, never the policy.
+            call = decision.tool.model_copy(update={"user": self._conversation.input.user})
             tool_result = await log.attempt(
                 "tool",
                 workflow.execute_activity_method(
-                    ToolActivity.run_tool, decision.tool, **self._conversation.within_deadline(TOOL)
+                    ToolActivity.run_tool, call, **self._conversation.within_deadline(TOOL)
                 ),
             )
         if decision is not None and decision.action == "agent":

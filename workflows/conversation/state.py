@@ -26,7 +26,12 @@ class Conversation:
             self.recent = {reply.turn_id: reply for reply in input.carried.recent_turns}
         else:
             self.state = ConversationState(
-                conversation_id=input.conversation_id, started_at=now, updated_at=now, slots=dict(input.slots)
+                conversation_id=input.conversation_id,
+                started_at=now,
+                updated_at=now,
+                slots=dict(input.slots),
+                user=input.user,
+                trusted_slots=[name for name in input.trusted_slots if name in input.slots],
             )
 
     @property

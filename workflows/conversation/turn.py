@@ -57,6 +57,10 @@ class Turns:
 
     def refusal(self, request: TurnRequest) -> decisions.Refusal | None:
         """Why the `turn` update is rejected before it enters history; None: it is taken."""
+        # First: another end user's retry of a turn id must not get that turn's reply back.
+        refusal = decisions.refuse_other_user(self._conversation.input.user, request.user)
+        if refusal is not None:
+            return refusal
         if update_id() in self._conversation.recent:
             return None  # answered already: the handler gives the same reply
         return decisions.refuse_turn(
@@ -173,7 +177,7 @@ class Turns:
             state.degraded_count += 1
         if decision is not None:
             state.active_flow, state.requested_slot, state.slots = decisions.next_dialogue(
-                decision, outcome.tool_result
+                decision, outcome.tool_result, decisions.trusted_values(state)
             )
             if decision.action == "handoff":
                 state.handoff = True

@@ -1,7 +1,9 @@
 """HTTP tools: a bot's `kind: http` tool is one request, made with httpx.
 
 The call's idempotency key goes in the `Idempotency-Key` header, the same on every attempt: a service that
-honours it does its effect once however often Temporal retries the call. A 4xx answer is the tool's result
+honours it does its effect once however often Temporal retries the call. The conversation's verified end
+user, when it has one, goes in `X-End-User` (a declared header of that name is replaced, never trusted): the
+service acts for that user only, as far as it trusts the bot's own credentials in the tool's headers. A 4xx answer is the tool's result
 (the model reads what was wrong, nothing is retried); a 408, 429, 5xx answer or a network error fails the
 attempt, and Temporal retries it with back-off up to the tool's `attempts`.
 """
@@ -26,6 +28,7 @@ from dialogue.platform.tool_config import SECRET_PREFIX, HttpTool
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 RETRIED_STATUSES = frozenset({408, 429})
 MAX_ERROR_CHARS = 500
+END_USER_HEADER = "X-End-User"
 MAX_RESPONSE_BYTES = 1_000_000
 """What of an answer is read: past it the call stops reading and the model gets the start, said cut."""
 
@@ -42,9 +45,11 @@ def call_http(
     *,
     declared: set[str],
     resolve: Callable[[str], list[str]] | None = None,
+    user: str | None = None,
 ) -> Any:
-    """Make the request; its JSON (or text) is the result. Only the `declared` arguments are sent. `resolve`
-    (the system's resolver by default) is asked once for the host's addresses."""
+    """Make the request; its JSON (or text) is the result. Only the `declared` arguments are sent; `user`,
+    the conversation's verified end user, in the `X-End-User` header. `resolve` (the system's resolver by
+    default) is asked once for the host's addresses."""
     in_url = {name for _, name, _, _ in string.Formatter().parse(http.url) if name}
     missing = in_url - arguments.keys()
     if missing:
@@ -54,6 +59,11 @@ def call_http(
     rest = {name: value for name, value in arguments.items() if name not in in_url and name in declared}
     headers = {name: expand_variables(value) for name, value in http.headers.items()}
     headers["Idempotency-Key"] = idempotency_key
+    # Ours alone to set: a header of that name the bot declares (in any case) is dropped, so that a service
+    # never reads a user from anywhere but the verified identity.
+    headers = {name: value for name, value in headers.items() if name.lower() != END_USER_HEADER.lower()}
+    if user is not None:
+        headers[END_USER_HEADER] = user
     query = in_query(http)
     params = {k: v if isinstance(v, str) else str(v) for k, v in rest.items()} if query else None
     # No proxy from the environment: the request goes to an address that was checked, and nowhere else.

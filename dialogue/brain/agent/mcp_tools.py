@@ -173,10 +173,20 @@ class McpClients:
         return listing
 
     async def call(
-        self, server: McpServer, name: str, arguments: dict[str, Any], idempotency_key: str
+        self,
+        server: McpServer,
+        name: str,
+        arguments: dict[str, Any],
+        idempotency_key: str,
+        *,
+        user: str | None = None,
     ) -> Any:
         """The tool's result (its structured content, else its text); an error the tool reports is
-        `ToolFailed` (for the model); a server that is down or does not answer fails the attempt."""
+        `ToolFailed` (for the model); a server that is down or does not answer fails the attempt. The
+        conversation's verified end user, when it has one, goes in the request's `_meta` (`end_user`)."""
+        meta: dict[str, str] = {"idempotency_key": idempotency_key}
+        if user is not None:
+            meta["end_user"] = user
         session = await self._session(server)
         try:
             result = await session.call_tool(
@@ -184,7 +194,7 @@ class McpClients:
                 arguments,
                 read_timeout_seconds=server.timeout_seconds,
                 # An open map in the protocol; the SDK's TypedDict names only its reserved keys.
-                meta=cast(RequestParamsMeta, {"idempotency_key": idempotency_key}),
+                meta=cast(RequestParamsMeta, meta),
             )
         except MCPError as err:
             if err.code == TOO_LONG:  # asking again would have the worker read it all again

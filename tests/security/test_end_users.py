@@ -1,0 +1,354 @@
+"""Attacks across end users, against the real stack (Temporal dev server, a worker, the API over real HTTP):
+one end user reaching another's conversation, order or approval, typed text overwriting what the
+integrator's server set, and forged end-user tokens.
+
+The integrator's server mints each user a short-lived token with its key (`POST /v1/end-user-tokens`); the
+demo's orders belong to customers (examples/demo/orders.json): NWC-100001 owns NW-482913 and NW-105733,
+NWC-100002 neither."""
+
+from __future__ import annotations
+
+import base64
+import time
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import jwt
+import orjson
+import pytest
+from fastapi import FastAPI, Request
+from pydantic import SecretStr
+from temporalio.client import Client, WorkflowUpdateFailedError
+from temporalio.exceptions import ApplicationError
+from temporalio.worker import Worker
+
+from api import create_app
+from dialogue.model.contracts import NOT_YOUR_CONVERSATION, ApprovalReply, ApprovalRequest, Updates
+from dialogue.platform.db import get_engine
+from dialogue.platform.settings import Settings
+from dialogue.platform.temporal import conversation_key, workflow_id
+from dialogue.security.identity import create_key
+from dialogue.security.tokens import END_USER_AUDIENCE, END_USER_ISSUER, END_USER_PREFIX
+from tests.conftest import api_client, served, served_llm
+from tests.fake_llm import FakeLlm, Plan
+from tests.test_agent import ORDER_STATUS, TOOLS, agent_stack, demo
+
+ANNA, BEN = "NWC-100001", "NWC-100002"
+"""Anna owns NW-482913 (shipped with DHL, tracking 00340434161094042557) and NW-105733; Ben owns neither."""
+TRACKING = "00340434161094042557"
+
+
+@pytest.fixture
+async def llm() -> AsyncIterator[tuple[FakeLlm, str]]:
+    """A stand-in model over real HTTP, for the agent's turns."""
+    fake = FakeLlm()
+    async with served_llm(fake) as url:
+        yield fake, url
+
+
+async def token_for(server: httpx.AsyncClient, user: str, ttl_seconds: int = 600) -> str:
+    """What the integrator's server does for its signed-in user: a token minted with its own key."""
+    minted = await server.post("/v1/end-user-tokens", json={"user": user, "ttl_seconds": ttl_seconds})
+    assert minted.status_code == 201, minted.text
+    assert minted.json()["user"] == user
+    token: str = minted.json()["token"]
+    return token
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+async def say(
+    http: httpx.AsyncClient, token: str, conversation: str, text: str, **headers: str
+) -> httpx.Response:
+    return await http.post(
+        f"/v1/conversations/{conversation}/turns", json={"text": text}, headers=bearer(token) | headers
+    )
+
+
+async def test_another_users_token_neither_reads_nor_talks_in_a_conversation(
+    http: httpx.AsyncClient,
+) -> None:
+    anna, ben = await token_for(http, ANNA), await token_for(http, BEN)
+    conversation, turn = f"anna-{uuid.uuid4().hex[:6]}", f"turn-{uuid.uuid4().hex[:6]}"
+    first = await say(http, anna, conversation, "where is my order NW-482913?", **{"Idempotency-Key": turn})
+    assert first.status_code == 200, first.text
+    assert TRACKING in first.json()["reply"]["text"]  # Anna's own order: found
+    mine = await http.get(f"/v1/conversations/{conversation}", headers=bearer(anna))
+    assert mine.status_code == 200 and mine.json()["user"] == ANNA
+
+    # Ben, with a valid token of the same tenant: every door of Anna's conversation is "no such conversation".
+    for method, path in [
+        ("GET", f"/v1/conversations/{conversation}"),
+        ("GET", f"/v1/conversations/{conversation}/messages"),
+        ("GET", f"/v1/conversations/{conversation}/turns/{turn}"),
+        ("GET", f"/v1/conversations/{conversation}/turns/{turn}/lineage"),
+        ("POST", f"/v1/conversations/{conversation}/turns/{turn}/feedback"),
+        ("POST", f"/v1/conversations/{conversation}/end"),
+    ]:
+        body = {"rating": "down"} if path.endswith("feedback") else None
+        answered = await http.request(method, path, json=body, headers=bearer(ben))
+        assert answered.status_code == 404, f"{method} {path}: {answered.status_code} {answered.text}"
+        assert answered.json()["error"]["code"] == "conversation_not_found"
+    sent = await say(http, ben, conversation, "where is my order NW-482913?")
+    assert sent.status_code == 404 and sent.json()["error"]["code"] == "conversation_not_found"
+    # Not even by retrying Anna's turn under its id: the workflow refuses before it looks the reply up.
+    retried = await say(http, ben, conversation, "hello", **{"Idempotency-Key": turn})
+    assert retried.status_code == 404 and TRACKING not in retried.text
+    listed = await http.get("/v1/conversations", headers=bearer(ben))
+    assert conversation not in [c["conversation_id"] for c in listed.json()["items"]]
+    # Anna's conversation is untouched: one turn, still active, hers in the list.
+    state = (await http.get(f"/v1/conversations/{conversation}", headers=bearer(anna))).json()
+    assert state["turn_count"] == 1 and state["status"] == "active"
+    listed = await http.get("/v1/conversations", headers=bearer(anna))
+    assert [c["conversation_id"] for c in listed.json()["items"]] == [conversation]
+    # The integrator's server (its key speaks for the tenant) still sees it.
+    assert (await http.get(f"/v1/conversations/{conversation}")).status_code == 200
+
+
+async def test_a_conversation_without_an_end_user_is_no_end_users(http: httpx.AsyncClient) -> None:
+    conversation = f"server-{uuid.uuid4().hex[:6]}"
+    assert (
+        await http.post(f"/v1/conversations/{conversation}/turns", json={"text": "hello"})
+    ).status_code == 200
+    ben = await token_for(http, BEN)
+    assert (await http.get(f"/v1/conversations/{conversation}", headers=bearer(ben))).status_code == 404
+    assert (await say(http, ben, conversation, "hello")).status_code == 404
+
+
+async def test_another_users_order_gets_no_order_data_from_the_flow(http: httpx.AsyncClient) -> None:
+    ben = await token_for(http, BEN)
+    conversation = f"ben-{uuid.uuid4().hex[:6]}"
+    asked = await say(http, ben, conversation, "where is my order NW-482913?")
+    assert asked.status_code == 200, asked.text
+    reply = asked.json()["reply"]["text"]
+    assert "couldn't find an order NW-482913" in reply  # as for an order that does not exist
+    assert TRACKING not in asked.text and "DHL" not in asked.text and "headphones" not in asked.text
+
+
+async def test_another_users_order_is_neither_read_nor_changed_by_the_agents_tools(
+    client: Client, settings: Settings, tmp_path: Path, llm: tuple[FakeLlm, str]
+) -> None:
+    fake, url = llm
+    fake.plans = [
+        Plan(tool_calls=[("order_status", {"order_id": "NW-482913"})]),
+        Plan(text="I could not find that order for you."),
+        Plan(tool_calls=[("change_address", {"order_id": "NW-105733", "address": "Evil St. 1, Wien"})]),
+        Plan(text="I could not change that order."),
+    ]
+    async with agent_stack(client, settings, tmp_path, url, tools=TOOLS) as chat:
+        ben = await token_for(chat.http, BEN)
+        conversation = f"ben-agent-{uuid.uuid4().hex[:6]}"
+        looked = await say(chat.http, ben, conversation, "where is my order NW-482913?")
+        assert looked.status_code == 200, looked.text
+        [outcome] = looked.json()["lineage"]["agent"][0]["outcomes"]
+        assert not outcome["ok"] and outcome["error"] == "no order 'NW-482913'"  # as for no such order
+        # Nothing of the order reached the model either.
+        assert all(TRACKING not in str(request["messages"]) for request in fake.requests)
+        asked = await say(chat.http, ben, conversation, "please send my order NW-105733 to Evil St. 1, Wien")
+        [pending] = asked.json()["approvals"]
+        decided = await chat.http.post(
+            f"/v1/conversations/{conversation}/approvals/{pending['call_id']}",
+            json={"approve": True},
+            headers=bearer(ben),  # Ben approves his own conversation's call: the tool still refuses
+        )
+        assert decided.status_code == 200, decided.text
+        [changed] = decided.json()["reply"]["lineage"]["agent"][-1]["outcomes"]
+        assert not changed["ok"] and changed["error"] == "no order 'NW-105733'"
+        assert demo.Shop(chat.settings.data_dir).actions() == []  # the shop changed nothing
+
+
+DEMO_MCP = Path(__file__).resolve().parents[2] / "examples" / "demo" / "mcp_store.py"
+
+
+async def test_http_and_mcp_tools_get_the_verified_user_and_no_one_can_name_another(
+    client: Client, settings: Settings, tmp_path: Path, llm: tuple[FakeLlm, str]
+) -> None:
+    fake, url = llm
+    fake.plans = [
+        Plan(tool_calls=[("whoami", {}), ("opening_hours", {"store": "Hamburg"})]),
+        Plan(text="Done."),
+    ]
+    seen: list[str | None] = []
+    service = FastAPI()
+
+    @service.get("/me")
+    async def me(request: Request) -> dict[str, Any]:
+        seen.append(request.headers.get("x-end-user"))
+        return {"ok": True}
+
+    async with served(service) as base_url:
+        whoami = {
+            "name": "whoami",
+            "description": "Who the shop's service serves.",
+            "kind": "http",
+            "parameters": {"type": "object", "properties": {}},
+            # The bot (or a change to it) tries to speak for someone else: the worker's header wins.
+            "http": {
+                "method": "GET",
+                "url": f"{base_url}/me",
+                "headers": {"x-end-user": "admin"},
+                "private_network": True,
+            },
+        }
+        stores = {"name": "stores", "command": ["{python}", str(DEMO_MCP)], "allow": ["opening_hours"]}
+        async with agent_stack(
+            client, settings, tmp_path, url, tools=[ORDER_STATUS, whoami], mcp_servers=[stores]
+        ) as chat:
+            anna = await token_for(chat.http, ANNA)
+            asked = await say(
+                chat.http, anna, f"anna-tools-{uuid.uuid4().hex[:6]}", "who am I, and Hamburg's hours?"
+            )
+            assert asked.status_code == 200, asked.text
+    assert seen == [ANNA]
+    told = [m["content"] for m in fake.requests[-1]["messages"] if m["role"] == "tool"]
+    assert any(f'"end_user":"{ANNA}"' in content for content in told)  # the MCP server got it in _meta
+
+
+async def test_a_user_approval_is_decided_by_the_conversations_user_alone(
+    client: Client, settings: Settings, tmp_path: Path, llm: tuple[FakeLlm, str]
+) -> None:
+    fake, url = llm
+    fake.plans = [
+        Plan(tool_calls=[("change_address", {"order_id": "NW-105733", "address": "Ringstr. 5, 1010 Wien"})]),
+        Plan(text="Done: your order goes to Ringstr. 5."),
+    ]
+    async with agent_stack(client, settings, tmp_path, url, tools=TOOLS) as chat:
+        engine = get_engine(chat.settings.resolved_database_url)
+        anna, ben = await token_for(chat.http, ANNA), await token_for(chat.http, BEN)
+        other_tenant = create_key(engine, tenant="globex", scope="admin")[1]
+        conversation = f"anna-approval-{uuid.uuid4().hex[:6]}"
+        asked = await say(
+            chat.http, anna, conversation, "please send my order NW-105733 to Ringstr. 5, 1010 Wien"
+        )
+        [pending] = asked.json()["approvals"]
+        assert pending["approval"] == "user"
+        path = f"/v1/conversations/{conversation}/approvals/{pending['call_id']}"
+
+        by_ben = await chat.http.post(path, json={"approve": True}, headers=bearer(ben))
+        assert by_ben.status_code == 404, by_ben.text
+        by_other_tenant = await chat.http.post(path, json={"approve": True}, headers=bearer(other_tenant))
+        assert by_other_tenant.status_code == 404, by_other_tenant.text
+        # A server-side client key of the tenant (what any end user could be given before): not Anna.
+        by_server = await chat.user.post(path, json={"approve": True})
+        assert by_server.status_code == 403 and by_server.json()["error"]["code"] == "forbidden"
+        # The workflow holds it whatever calls its update: the validator compares the decider with the user.
+        handle = client.get_workflow_handle(workflow_id(conversation_key("default", conversation)))
+        for forged, refusal in [
+            (
+                ApprovalRequest(call_id=pending["call_id"], approve=True, by="x", user=BEN),
+                NOT_YOUR_CONVERSATION,
+            ),
+            (ApprovalRequest(call_id=pending["call_id"], approve=True, by="x"), "ApprovalForbidden"),
+        ]:
+            with pytest.raises(WorkflowUpdateFailedError) as refused:
+                await handle.execute_update(Updates.APPROVE, forged, result_type=ApprovalReply)
+            assert isinstance(refused.value.cause, ApplicationError) and refused.value.cause.type == refusal
+        assert demo.Shop(chat.settings.data_dir).actions() == []  # nothing ran on those
+
+        by_anna = await chat.http.post(path, json={"approve": True}, headers=bearer(anna))
+        assert by_anna.status_code == 200, by_anna.text
+        [changed] = demo.Shop(chat.settings.data_dir).actions()
+        assert changed["order_id"] == "NW-105733" and changed["detail"] == "Ringstr. 5, 1010 Wien"
+        outcome = by_anna.json()["reply"]["lineage"]["agent"][-1]["outcomes"][0]
+        assert outcome["approval"]["by"] == f"user:default/{ANNA}" and outcome["approval"]["role"] == "user"
+
+
+async def test_typed_text_cannot_overwrite_a_slot_the_integrators_server_set(http: httpx.AsyncClient) -> None:
+    conversation = f"trusted-{uuid.uuid4().hex[:6]}"
+    # The integrator's server starts the conversation for Anna, with the order she is looking at.
+    started = await http.post(
+        "/v1/conversations",
+        json={"id": conversation, "user": ANNA, "slots": {"order_id": "NW-482913"}},
+    )
+    assert started.status_code == 201, started.text
+    anna = await token_for(http, ANNA)
+    asked = await say(http, anna, conversation, "where is my order? my order is NW-105733")
+    assert asked.status_code == 200, asked.text
+    assert "NW-482913" in asked.json()["reply"]["text"] and TRACKING in asked.json()["reply"]["text"]
+    assert "NW-105733" not in asked.json()["reply"]["text"]
+    state = (await http.get(f"/v1/conversations/{conversation}", headers=bearer(anna))).json()
+    assert state["slots"]["order_id"] == "NW-482913" and state["trusted_slots"] == ["order_id"]
+    again = await say(http, anna, conversation, "my order is NW-105733")
+    assert "NW-105733" not in again.json()["reply"]["text"]
+    state = (await http.get(f"/v1/conversations/{conversation}", headers=bearer(anna))).json()
+    assert state["slots"]["order_id"] == "NW-482913"
+
+
+async def test_slots_an_end_user_gives_are_not_trusted_and_name_no_one_else(http: httpx.AsyncClient) -> None:
+    anna = await token_for(http, ANNA)
+    own = await http.post(
+        "/v1/conversations", json={"slots": {"order_id": "NW-482913"}}, headers=bearer(anna)
+    )
+    assert own.status_code == 201
+    state = (
+        await http.get(f"/v1/conversations/{own.json()['conversation_id']}", headers=bearer(anna))
+    ).json()
+    assert state["user"] == ANNA and state["trusted_slots"] == []
+    for_ben = await http.post("/v1/conversations", json={"user": BEN}, headers=bearer(anna))
+    assert for_ben.status_code == 403
+
+
+def _forged(secret: str, **claims: Any) -> str:
+    now = int(time.time())
+    body = {
+        "iss": END_USER_ISSUER,
+        "aud": END_USER_AUDIENCE,
+        "sub": ANNA,
+        "tenant": "default",
+        "iat": now,
+        "exp": now + 600,
+    }
+    return END_USER_PREFIX + jwt.encode(body | claims, secret, algorithm="HS256")
+
+
+async def test_an_expired_tampered_or_foreign_end_user_token_is_refused(
+    http: httpx.AsyncClient, settings: Settings
+) -> None:
+    good = await token_for(http, BEN)
+    assert (await http.get("/v1/me", headers=bearer(good))).json()["user"] == BEN
+    secret = (settings.data_dir / "end-user-token-secret").read_text().strip()
+    header, payload, signature = good.removeprefix(END_USER_PREFIX).split(".")
+    claims = orjson.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    as_anna = base64.urlsafe_b64encode(orjson.dumps(claims | {"sub": ANNA})).rstrip(b"=").decode()
+    now = int(time.time())
+    refused = {
+        "expired": _forged(secret, iat=now - 1200, exp=now - 600),
+        "tampered (Ben made Anna)": f"{END_USER_PREFIX}{header}.{as_anna}.{signature}",
+        "signed with another secret": _forged("x" * 48),
+        "another audience": _forged(secret, aud="someone-else"),
+        "alg none": END_USER_PREFIX + jwt.encode(claims | {"sub": ANNA}, "", algorithm="none"),
+        "living past the hour": _forged(secret, exp=now + 7200),
+        "no prefix": good.removeprefix(END_USER_PREFIX),
+    }
+    for what, token in refused.items():
+        answered = await http.get("/v1/me", headers=bearer(token))
+        assert answered.status_code == 401, f"{what}: {answered.status_code}"
+        assert answered.json()["error"]["code"] == "invalid_credentials"
+    # A valid end-user token is a client, and mints nothing.
+    assert (await http.get("/v1/keys", headers=bearer(good))).status_code == 403
+    minted = await http.post("/v1/end-user-tokens", json={"user": ANNA}, headers=bearer(good))
+    assert minted.status_code == 403
+    # A token lives an hour at most.
+    assert (
+        await http.post("/v1/end-user-tokens", json={"user": ANNA, "ttl_seconds": 7200})
+    ).status_code == 422
+
+
+async def test_an_identity_providers_token_for_an_end_user_is_that_user_and_a_client(
+    client: Client, settings: Settings, worker: Worker
+) -> None:
+    secret = "s" * 48
+    with_idp = settings.model_copy(update={"jwt_hs256_secret": SecretStr(secret)})
+    now = int(time.time())
+    claims = {"sub": BEN, "tenant": "default", "scope": "admin", "end_user": True, "exp": now + 600}
+    token = jwt.encode(claims, secret, algorithm="HS256")
+    async with api_client(create_app(with_idp, temporal=client)) as http:
+        me = (await http.get("/v1/me", headers=bearer(token))).json()
+        assert me["user"] == BEN and me["scope"] == "client"  # an end user is never more than a client
+        asked = await say(http, token, f"idp-{uuid.uuid4().hex[:6]}", "where is my order NW-482913?")
+        assert asked.status_code == 200 and TRACKING not in asked.text
