@@ -41,6 +41,7 @@ from worker import build_worker
 TEST_PAYLOAD_KEYS = PayloadKeys.generate("test")
 """Every client of the tests, in process or not, seals payloads with this key, as a deployment would."""
 POSTGRES_URL = os.environ.get("DIALOGUE_TEST_POSTGRES_URL", "postgresql+psycopg://root@127.0.0.1:5432/test")
+TEST_END_USER_TOKEN_SECRET = "test-end-user-token-secret-0123456789abcdef"
 TEST_API_KEY = "test-key-0123456789"
 
 
@@ -181,6 +182,7 @@ def settings(env: WorkflowEnvironment, tmp_path: Path, store_url: str, demo_mode
         temporal_address=env.client.service_client.config.target_host,
         task_queue=f"test-{uuid.uuid4()}",
         api_key=TEST_API_KEY,
+        end_user_token_secret=TEST_END_USER_TOKEN_SECRET,  # production is the default: nothing is made up
         nlu_model_dir=demo_model_dir,
         knowledge_reload_seconds=0,
         payload_keys=TEST_PAYLOAD_KEYS.spec(),
