@@ -208,7 +208,9 @@ async def test_http_and_mcp_tools_get_the_verified_user_and_no_one_can_name_anot
     told = [m["content"] for m in fake.requests[-1]["messages"] if m["role"] == "tool"]
     # The MCP server got the user in _meta and echoed it; the bot's privacy policy redacts a customer id in
     # every tool's result before the model sees it, so the echo arrives as its placeholder, never as null.
-    assert any('"end_user":"[CUSTOMER_ID' in content or f'"end_user":"{ANNA}"' in content for content in told), told
+    assert any(
+        '"end_user":"[CUSTOMER_ID' in content or f'"end_user":"{ANNA}"' in content for content in told
+    ), told
 
 
 async def test_a_user_approval_is_decided_by_the_conversations_user_alone(
