@@ -311,7 +311,8 @@ def answered(browser: Browser, up: Up, llm: tuple[FakeLlm, str]) -> Answered:
     reply = type_and_send(browser, QUESTION, midway=lambda: browser.screenshot("reply streaming"))
     browser.screenshot("reply with source")
     assert len(fake.requests) == asked + 1, "the reply did not come from the LLM"
-    prompt = fake.requests[-1]["messages"][0]["content"]
+    # Everything the model was shown: the passages come in a message of their own, not in the system prompt.
+    prompt = "\n".join(str(m.get("content") or "") for m in fake.requests[-1]["messages"])
     link = reply.find_element("css selector", ".sources a")
     helpful = reply.find_element("css selector", "button.rate[aria-label='Helpful']")
     assert helpful.get_attribute("aria-pressed") == "false"
@@ -346,7 +347,9 @@ def test_a_message_sent_with_the_keyboard_streams_its_reply_with_a_source(
     assert len(set(partial)) >= 2, f"the reply did not stream; the page showed {seen}"
     assert all(ANSWER.startswith(text.strip()) for text in partial), seen
     # [1] is the article with a web address: the reply links to it.
-    assert f"[1] {ARTICLE['title']}:" in answered.prompt, answered.prompt
+    assert f'<document number="1" id="{ARTICLE["id"]}" title="{ARTICLE["title"]}">' in answered.prompt, (
+        answered.prompt
+    )
     assert (answered.source_title, answered.source_href) == (ARTICLE["title"], ARTICLE["source"])
     user = browser.find_all("#messages li.message.user")
     assert [text_of(m) for m in user] == [QUESTION]
