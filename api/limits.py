@@ -12,6 +12,7 @@ declared case in plain text, outside the reach of our handlers.)
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import re
 import threading
@@ -19,12 +20,13 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api.errors import ApiError, error_response
+from api.errors import ApiError, error_response, translate
 from dialogue.platform.metrics import (
     EVENT_STREAMS,
     EVENT_STREAMS_REFUSED,
@@ -32,6 +34,8 @@ from dialogue.platform.metrics import (
     TURNS_IN_FLIGHT,
     TURNS_SHED,
 )
+
+log = logging.getLogger("dialogue.api")
 
 
 class BodyLimits:
@@ -189,6 +193,14 @@ class TurnAdmission:
             principal = await run_in_threadpool(self.authenticate, Request(scope, receive))
         except ApiError as refused:
             await error_response(refused)(scope, receive, send)
+            return
+        except SQLAlchemyError as err:
+            # The store cannot say who this is (an unknown key during an outage): 503, as a route would answer.
+            unavailable = translate(err)
+            if unavailable is None:
+                raise
+            log.warning("store unavailable on POST %s: %s", scope["path"], err.__class__.__name__)
+            await error_response(unavailable)(scope, receive, send)
             return
         if self.limit <= 0:
             await self.app(scope, receive, send)

@@ -26,7 +26,7 @@ from temporalio.testing import WorkflowEnvironment
 
 from dialogue.platform.settings import Settings
 from dialogue.platform.temporal import connect
-from tests.conftest import free_port
+from tests.conftest import TEST_PAYLOAD_KEYS, free_port
 
 
 @dataclass
@@ -156,6 +156,7 @@ def test_the_api_over_https(pki: Pki, settings: Settings, tmp_path: Path) -> Non
         "DIALOGUE_DATA_DIR": str(tmp_path / "data"),
         "DIALOGUE_API_PORT": str(port),
         "DIALOGUE_API_KEY": "https-test-key",
+        "DIALOGUE_PAYLOAD_KEYS": TEST_PAYLOAD_KEYS.spec(),  # production, the default, makes none up
         "DIALOGUE_API_SSL_CERTFILE": str(pki.server_cert),
         "DIALOGUE_API_SSL_KEYFILE": str(pki.server_key),
         "DIALOGUE_TEMPORAL_ADDRESS": settings.temporal_address,

@@ -7,7 +7,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints
 
 from dialogue.model.contracts import USER_PATTERN, ContentType, DoubleTextPolicy, Scope, TurnReply
 
@@ -23,6 +23,17 @@ MAX_OFFSET = 2**31 - 1
 # Text a person wrote: at least one character that is not white space. Its longest length is a setting
 # (`DIALOGUE_MAX_TEXT_CHARS`): the served OpenAPI document writes it in (api/openapi.py).
 NonBlankText = Annotated[str, StringConstraints(min_length=1, pattern=r"\S")]
+
+
+def _whole(value: Any) -> Any:
+    """JSON has one number type: 900.0 is the integer 900 (JSON Schema agrees); 900.5 stays refused."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+WholeNumber = Annotated[int, BeforeValidator(_whole)]
+"""An integer in a strict request body: written as 900 or 900.0, never as "900"."""
 
 
 class RequestModel(BaseModel):
@@ -165,7 +176,7 @@ class Caller(BaseModel):
 
 class EndUserTokenCreate(RequestModel):
     user: EndUserId = Field(description="The end user, as the integrator knows them (an opaque id is best).")
-    ttl_seconds: int = Field(
+    ttl_seconds: WholeNumber = Field(
         default=900, ge=60, le=3600, description="How long the token lives: an hour at most."
     )
 
