@@ -8,6 +8,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -133,13 +134,33 @@ class ApiProcess:
 UP_START_TIMEOUT = 120.0
 
 
+def free_ports_in_a_row(count: int) -> int:
+    """The first of `count` free ports in a row: a stack's workers serve metrics on the port and the ones
+    after it, and a port after a free one may be any process's (an ephemeral port of another test)."""
+    for _ in range(100):
+        first = free_port()
+        try:
+            for port in range(first + 1, first + count):
+                with socket.socket() as sock:
+                    sock.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        return first
+    raise RuntimeError(f"no {count} free ports in a row")
+
+
 class UpStack:
     """`python -m dialogue up` in its own process, as a user runs it: the Temporal dev server, a worker
     and the API on ports of its own, with its own data folder (and `env`'s `DIALOGUE_*` on top)."""
 
     def __init__(self, data_dir: Path, nlu_model_dir: Path, env: dict[str, str] | None = None) -> None:
         self.data_dir = data_dir
-        self.ports = {"temporal": free_port(), "ui": free_port(), "api": free_port(), "metrics": free_port()}
+        self.ports = {
+            "temporal": free_port(),
+            "ui": free_port(),
+            "api": free_port(),
+            "metrics": free_ports_in_a_row(2),
+        }
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("DIALOGUE_")} | {
             "DIALOGUE_DATA_DIR": str(data_dir),
             "DIALOGUE_TEMPORAL_ADDRESS": f"127.0.0.1:{self.ports['temporal']}",
