@@ -9,9 +9,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
 import uvloop
 from sqlalchemy.engine import Engine
@@ -20,20 +22,16 @@ from temporalio.client import Client
 from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
-from activities.agent import AgentActivity
-from activities.flow_tools import ToolActivity
-from activities.generate import GenerateActivity, ReplyComposer
+from activities.bot_runtimes import BotActivities, BotRuntimes, bot_activities, dispatched
+from activities.generate import GenerateActivity
 from activities.record import RecordActivities
-from activities.respond import RespondActivity
 from activities.retention import RetentionActivities
 from activities.retrieve import RetrieveActivity
-from activities.rewrite import RewriteActivity
-from activities.summarize import SummarizeActivity
 from activities.understand import UnderstandActivity
-from dialogue.brain.generation import build_generators
 from dialogue.brain.knowledge.search import open_index
-from dialogue.brain.nlu.parser import build_parser
 from dialogue.platform.bot import load_bot
+from dialogue.platform.bot_header import BotHeaderInterceptor
+from dialogue.platform.bot_versions import folder_ref
 from dialogue.platform.db import get_engine, init_db_if_reachable
 from dialogue.platform.logs import configure_logging
 from dialogue.platform.settings import Settings, get_settings
@@ -62,18 +60,27 @@ the throughput load (bench/profile.py). They keep no module-level state a run co
 
 @dataclass(frozen=True)
 class TurnActivities:
-    """The activities of a turn, wired to the bot and the store in settings, models loaded."""
+    """The activities of a turn, wired to the store and the deployment's bot, models loaded; `bots` serves
+    the published versions conversations name."""
 
     engine: Engine
-    understand: UnderstandActivity
     retrieve: RetrieveActivity
-    generate: GenerateActivity
     record: RecordActivities
-    tool: ToolActivity
-    summarize: SummarizeActivity
-    rewrite: RewriteActivity
-    agent: AgentActivity
-    respond: RespondActivity
+    bots: BotRuntimes
+
+    @property
+    def own(self) -> BotActivities:
+        """The activities of the worker's own bot (its folder)."""
+        return self.bots.own
+
+    # The worker's own bot's activities, as `bench/turn_latency.py` calls them without Temporal.
+    @property
+    def understand(self) -> UnderstandActivity:
+        return self.own.understand
+
+    @property
+    def generate(self) -> GenerateActivity:
+        return self.own.generate
 
 
 def build_turn_activities(settings: Settings) -> TurnActivities:
@@ -81,7 +88,6 @@ def build_turn_activities(settings: Settings) -> TurnActivities:
     bot = load_bot(settings.bot_path)
     engine = get_engine(settings.resolved_database_url)
     init_db_if_reachable(engine)
-    parser = build_parser(settings, bot)
     index = open_index(
         engine,
         settings.knowledge_index,
@@ -89,29 +95,35 @@ def build_turn_activities(settings: Settings) -> TurnActivities:
         reload_seconds=settings.knowledge_reload_seconds,
         mode=settings.retrieval,
     )
-    # Load the models and build the index now, not during the first user's turn.
-    parser.parse("hello")
+    # Build the index now, not during the first user's turn.
     try:
         index.search("hello", top_k=1)
     except SQLAlchemyError as err:  # the store is down: the index is built at the first turn after it is back
         log.error("knowledge base unreachable at start (%s)", err.__class__.__name__)
-    generators = build_generators(settings, bot)
-    composer = ReplyComposer(bot, generators)
     retrieve = RetrieveActivity(index)
-    understand = UnderstandActivity(bot, parser, composer.needs_knowledge, retrieve.search)
-    generate = GenerateActivity(composer, engine)
+    own = bot_activities(settings, folder_ref(settings.bot_path), bot, engine, retrieve)
     return TurnActivities(
         engine=engine,
-        understand=understand,
         retrieve=retrieve,
-        generate=generate,
         record=RecordActivities(engine),
-        tool=ToolActivity(bot, settings.data_dir),
-        summarize=SummarizeActivity(bot, engine, generators),
-        rewrite=RewriteActivity(bot, generators),
-        agent=AgentActivity(bot, engine, generators, settings.data_dir),
-        respond=RespondActivity(understand, retrieve, generate),
+        bots=BotRuntimes(settings, engine, retrieve, own),
     )
+
+
+BOT_STEPS: tuple[Callable[[BotActivities], Callable[..., Any]], ...] = (
+    lambda bot: bot.understand.understand,
+    lambda bot: bot.generate.generate,
+    lambda bot: bot.generate.compose,
+    lambda bot: bot.respond.respond_here,
+    lambda bot: bot.tool.run_tool,
+    lambda bot: bot.summarize.summarize,
+    lambda bot: bot.rewrite.rewrite_query,
+    lambda bot: bot.agent.agent_step,
+    lambda bot: bot.agent.call_tool,
+    lambda bot: bot.agent.call_mcp_tool,
+    lambda bot: bot.agent.list_mcp_tools,
+)
+"""The activities that act for a bot: each runs the version the conversation is pinned to."""
 
 
 def build_worker(
@@ -119,31 +131,21 @@ def build_worker(
 ) -> Worker:
     """A worker with every workflow and activity of a turn, wired to the bot and the store in `settings`."""
     turn = build_turn_activities(settings)
-    retention_days = load_bot(settings.bot_path).privacy.retention_days
+    retention_days = turn.own.bot.privacy.retention_days
     return Worker(
         client,
         task_queue=task_queue or settings.task_queue,
         workflows=[ConversationWorkflow, RetentionWorkflow],
         activities=[
-            turn.understand.understand,
+            *(dispatched(turn.bots, step) for step in BOT_STEPS),
             turn.retrieve.retrieve,
-            turn.generate.generate,
-            turn.generate.compose,
-            turn.respond.respond_here,
             turn.record.record_turn,
             turn.record.record_message,
             turn.record.record_conversation,
-            turn.tool.run_tool,
-            turn.summarize.summarize,
-            turn.rewrite.rewrite_query,
-            turn.agent.agent_step,
-            turn.agent.call_tool,
-            turn.agent.call_mcp_tool,
-            turn.agent.list_mcp_tools,
             RetentionActivities(client, turn.engine, retention_days).purge_expired,
         ],
         activity_executor=executor,
-        interceptors=worker_interceptors(),
+        interceptors=[*worker_interceptors(), BotHeaderInterceptor()],
         workflow_runner=SANDBOX if settings.workflow_sandbox else UnsandboxedWorkflowRunner(),
         # A conversation's next task goes to the worker that ran the last one while it is in cache; if that
         # worker died, Temporal hands the task to another after this long (default 10 s: a lost worker

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -19,6 +20,7 @@ from api.limits import BodyLimits, RateLimiter, StreamSlots, TurnAdmission
 from api.request_telemetry import RequestTelemetry, metrics_router
 from api.routes import (
     approvals,
+    bots,
     conversations,
     end_users,
     handoff,
@@ -32,9 +34,11 @@ from api.routes import (
 )
 from api.routes.codec import codec_cors, codec_router
 from dialogue.platform.bot import load_bot
+from dialogue.platform.bot_versions import folder_ref
 from dialogue.platform.codec import EncryptionCodec
 from dialogue.platform.db import get_engine, init_db_if_reachable
 from dialogue.platform.flags import deployment_flags
+from dialogue.platform.releases import ReleaseCache
 from dialogue.platform.settings import Settings, get_settings
 from dialogue.platform.telemetry import exported, temporal_interceptors, tracer_provider
 from dialogue.platform.temporal import connect
@@ -75,11 +79,15 @@ def create_app(
         bot = load_bot(settings.bot_path)
         app.state.privacy = PrivacyPolicy(bot.privacy)
         app.state.flags = deployment_flags(settings, bot)
+        app.state.releases = releases = ReleaseCache(app.state.engine, folder_ref(settings.bot_path))
+        await asyncio.to_thread(releases.refresh)
+        refreshing = asyncio.create_task(_refresh_releases(releases, settings.release_cache_seconds))
         # Lazy: the API starts, and answers 503, while Temporal is still down.
         app.state.temporal = temporal or await connect(
             settings, lazy=True, interceptors=temporal_interceptors(traced_calls)
         )
         yield
+        refreshing.cancel()
         await app.state.event_feeds.close()
 
     app = FastAPI(
@@ -116,6 +124,7 @@ def create_app(
     v1.include_router(me.router)
     v1.include_router(nlu.router)
     v1.include_router(knowledge.router)
+    v1.include_router(bots.router)
     app.include_router(v1)
     app.include_router(health.router)
     app.include_router(metrics_router)
@@ -132,3 +141,10 @@ def create_app(
         app, tracer_provider=provider, excluded_urls="/healthz,/readyz,/metrics"
     )
     return app
+
+
+async def _refresh_releases(releases: ReleaseCache, every_seconds: float) -> None:
+    """Read the bots' releases again and again (off the event loop: the store may be slow or down)."""
+    while True:
+        await asyncio.sleep(every_seconds)
+        await asyncio.to_thread(releases.refresh)

@@ -24,6 +24,7 @@ from temporalio.client import Client
 from api.errors import ApiError
 from api.limits import RateLimiter
 from dialogue.platform.flags import FeatureFlags
+from dialogue.platform.releases import ReleaseCache
 from dialogue.platform.settings import Settings
 from dialogue.security.identity import DEFAULT_TENANT, InvalidCredentials, Principal, Scope, authenticate_key
 from dialogue.security.tokens import END_USER_PREFIX, EndUserTokens, TokenVerifier
@@ -45,6 +46,11 @@ def get_engine(request: Request) -> Engine:
 def get_temporal(request: Request) -> Client:
     client: Client = request.app.state.temporal
     return client
+
+
+def get_releases(request: Request) -> ReleaseCache:
+    releases: ReleaseCache = request.app.state.releases
+    return releases
 
 
 def get_flags(request: Request) -> FeatureFlags:
@@ -188,6 +194,7 @@ SettingsDep = Annotated[Settings, Depends(get_settings)]
 EngineDep = Annotated[Engine, Depends(get_engine)]
 TemporalClientDep = Annotated[Client, Depends(get_temporal)]
 FlagsDep = Annotated[FeatureFlags, Depends(get_flags)]
+ReleasesDep = Annotated[ReleaseCache, Depends(get_releases)]
 ClientPrincipal = Annotated[Principal, require("client")]
 AgentPrincipal = Annotated[Principal, require("agent")]
 AdminPrincipal = Annotated[Principal, require("admin")]

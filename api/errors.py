@@ -227,6 +227,13 @@ ERRORS: dict[str, ErrorCode] = {
         ErrorCode("document_not_found", 404, "No such document."),
         ErrorCode("document_conflict", 409, "The document is being written by another request; retry."),
         ErrorCode("key_not_found", 404, "No such key."),
+        ErrorCode("bot_not_found", 404, "No such bot, bot version, or release of the bot."),
+        ErrorCode(
+            "invalid_release",
+            409,
+            "The release cannot be made: a canary before any stable version, the stable version as its own "
+            "canary, or a rollback with nothing to go back to.",
+        ),
         ErrorCode(
             "not_configured",
             501,

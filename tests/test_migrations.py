@@ -196,8 +196,19 @@ def test_the_revisions_after_the_baseline_only_add_the_later_tables() -> None:
     # changes a baseline table must make adoption compare with the baseline's own schema.
     # 0003 adds the knowledge base's full-text index, which is not a table of the models (FTS5 makes a
     # virtual table): adoption and autogenerate leave it aside; 0004 only rewrites its rows.
-    # 0005 adds the end users' conversations, 0006 the MCP servers' tool pins.
-    assert head() == "0006" and {"tool_result", "conversation_owner", "mcp_tool_pin"} == LATER_TABLES
+    # 0005 adds the end users' conversations, 0006 the MCP servers' tool pins, 0007 the bots' versions
+    # and releases.
+    assert (
+        head() == "0007"
+        and {
+            "tool_result",
+            "conversation_owner",
+            "mcp_tool_pin",
+            "bot_version",
+            "bot_release",
+        }
+        == LATER_TABLES
+    )
 
 
 @pytest.mark.parametrize("knowledge_index", ["memory", "store"])

@@ -23,7 +23,7 @@ from temporalio.common import WorkflowIDConflictPolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
-from api.deps import ClientPrincipal, EngineDep, FlagsDep, SettingsDep, TemporalClientDep
+from api.deps import ClientPrincipal, EngineDep, FlagsDep, ReleasesDep, SettingsDep, TemporalClientDep
 from api.errors import (
     WORKFLOW_READ,
     WORKFLOW_UPDATE,
@@ -165,6 +165,7 @@ async def create_conversation(
     principal: ClientPrincipal,
     request: Request,
     feature_flags: FlagsDep,
+    releases: ReleasesDep,
     body: Annotated[ConversationCreate | None, Body()] = None,
 ) -> ConversationCreated:
     """Start a conversation; the client may choose its id, give what is known before the first turn
@@ -177,6 +178,9 @@ async def create_conversation(
     owner = principal.user or user
     await _refuse_if_ended(engine, principal, conversation_id)
     key = _key(principal, conversation_id)
+    bot = releases.choose(body.bot if body else None, key)
+    if bot is None:
+        raise ApiError("bot_not_found", f"no bot {body.bot if body else None!r} is released here")
     redaction = feature_flags.evaluate(key)["redaction"]
     slots = {
         name: request.app.state.privacy.for_storage(value, enabled=redaction)
@@ -194,6 +198,7 @@ async def create_conversation(
                 # The integrator's server vouches for what it sets; an end user's slots are as if typed.
                 trusted_slots=list(slots) if principal.user is None else [],
                 user=owner,
+                bot=bot.ref,
             ),
             id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
             result_type=ConversationState,
@@ -230,6 +235,7 @@ async def create_turn(
     request: Request,
     principal: ClientPrincipal,
     feature_flags: FlagsDep,
+    releases: ReleasesDep,
     idempotency_key: IdempotencyKey = None,
     accept: Annotated[str | None, Header()] = None,
     last_event_id: LastEventId = None,
@@ -252,10 +258,25 @@ async def create_turn(
     text = request.app.state.privacy.for_storage(body.text, enabled=flags["redaction"])
     # The workflow refuses the turn of an end user the conversation does not belong to (404); a new
     # conversation started by this turn belongs to its sender.
-    turn = TurnRequest(text=text, stream=streaming, flags=flags, user=principal.user)
+    key = _key(principal, conversation_id)
+    turn = TurnRequest(
+        text=text,
+        stream=streaming,
+        flags=flags,
+        user=principal.user,
+        bot_versions=releases.running_moves(key),
+    )
+    # A conversation this turn starts gets the deployment's bot, in the version its release gives it.
+    bot = releases.choose(None, key)
     start: WithStartWorkflowOperation[Any, ConversationState] = WithStartWorkflowOperation(
         WORKFLOW_TYPE,
-        conversation_input(settings, conversation_id, tenant=principal.tenant, user=principal.user),
+        conversation_input(
+            settings,
+            conversation_id,
+            tenant=principal.tenant,
+            user=principal.user,
+            bot=bot.ref if bot else None,
+        ),
         id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
         result_type=ConversationState,
         **start_options(settings, _key(principal, conversation_id)),

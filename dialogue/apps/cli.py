@@ -1,5 +1,5 @@
 """The `dialogue` command: `up` (the whole embedded stack), `api`, `worker`, `replay`, `recover`, `nlu …`,
-`kb …`."""
+`kb …`, `bot …` (dialogue.apps.bot_cli)."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import typer
 
+from dialogue.apps.bot_cli import bot_app
 from dialogue.platform.settings import get_settings
 
 if TYPE_CHECKING:
@@ -32,6 +33,7 @@ app = typer.Typer(
 )
 nlu_app = typer.Typer(help="Train, evaluate and try the intent classifier.", no_args_is_help=True)
 app.add_typer(nlu_app, name="nlu")
+app.add_typer(bot_app, name="bot")
 
 
 @app.command()

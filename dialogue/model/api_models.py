@@ -70,6 +70,15 @@ class ConversationCreate(RequestModel):
         "their end-user token then reaches it, no other user's does, and its tools act for them. An end "
         "user's own token starts conversations that belong to them, and may name only themselves.",
     )
+    bot: BotName | None = Field(
+        default=None,
+        description="The bot that answers: one with a release (`dialogue bot release`), or the deployment's "
+        "own; the deployment's when absent. Its version is chosen now (the stable one, or the canary for "
+        "its share of conversations) and kept for the conversation's life.",
+    )
+
+
+BotName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")]
 
 
 class ConversationCreated(BaseModel):
@@ -281,3 +290,66 @@ class ToolResultPublic(BaseModel):
     sha256: str
     result: Any
     created_at: datetime
+
+
+class BotVersionPublic(BaseModel):
+    """A published version of a bot: its files' digests, its model, its tests, the knowledge it was tested
+    with and its model card (`manifest`)."""
+
+    bot: str
+    version: str
+    created_at: datetime
+    created_by: str
+    manifest: dict[str, Any]
+
+
+class BotReleasePublic(BaseModel):
+    """Which version new conversations of a bot get."""
+
+    bot: str
+    stable: str
+    canary: str | None
+    canary_percent: float
+    move_running: bool
+    previous: list[str]
+    updated_at: datetime
+    updated_by: str
+
+
+class BotReleaseEntry(BaseModel):
+    """One release or rollback, from the audit log."""
+
+    at: datetime
+    actor: str
+    action: str
+    detail: dict[str, Any]
+
+
+class BotPublic(BaseModel):
+    bot: str
+    release: BotReleasePublic | None
+    versions: list[BotVersionPublic]
+    history: list[BotReleaseEntry] = []
+
+
+class ReleaseCreate(RequestModel):
+    version: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{4,64}$")] = Field(
+        description="The version (its digest, or a prefix of it naming one)."
+    )
+    percent: float = Field(
+        default=100,
+        gt=0,
+        le=100,
+        description="100: the stable version; less: the canary, for this share of new conversations.",
+    )
+    move_running: bool = Field(
+        default=False,
+        description="Move running conversations too, at their next turn (an urgent fix); otherwise each "
+        "keeps the version it started with.",
+    )
+    reason: Annotated[str, StringConstraints(max_length=500)] | None = None
+
+
+class RollbackCreate(RequestModel):
+    move_running: bool = Field(default=False, description="As for a release.")
+    reason: Annotated[str, StringConstraints(max_length=500)] | None = None

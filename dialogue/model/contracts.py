@@ -101,6 +101,12 @@ class ConversationInput(BaseModel):
     user: str | None = None
     """The verified end user the conversation belongs to (an end-user token, or the integrator's server
     naming them at start); None: the integrator's server speaks for its tenant. Tools act for this user."""
+    bot: str | None = None
+    """The bot that answers (its name); None in conversations started before bots were versioned: the
+    worker's own bot."""
+    bot_version: str | None = None
+    """The version of `bot` the conversation is pinned to (`dialogue.platform.releases`); None: the
+    worker's own bot folder."""
 
     @property
     def key(self) -> str:
@@ -120,6 +126,9 @@ class TurnRequest(BaseModel):
     user: str | None = None
     """The verified end user who sends the turn (their token); None: a server-side key of the tenant. The
     workflow refuses a turn whose user is not the conversation's."""
+    bot_versions: dict[str, str] = {}
+    """Bots released with `move_running`: the version each has for this conversation now. A running
+    conversation of one of them moves to it at this turn (an urgent fix); otherwise it keeps its own."""
 
 
 class HandoffRequest(BaseModel):
@@ -698,6 +707,11 @@ class Lineage(BaseModel):
     """What the bot did (the policy's decision: `answer`, `flow_prompt`, `agent`, …); None before it was kept."""
     data: dict[str, Any] | None = None
     """For a structured reply: the object the model returned."""
+    bot: str | None = None
+    """The bot that answered; None before bots were versioned."""
+    bot_version: str | None = None
+    """Its version (`dialogue bot show BOT VERSION`: its files, its model card); None: the worker's own
+    bot folder, before bots were versioned."""
 
 
 class TurnReply(BaseModel):
@@ -799,6 +813,10 @@ class ConversationState(BaseModel):
     """The end user the conversation belongs to (None: the integrator's server speaks for its tenant)."""
     trusted_slots: list[str] = []
     """Slots the integrator's server set at the start: what the user types never overwrites them."""
+    bot: str | None = None
+    """The bot that answers the conversation; None: the worker's own bot."""
+    bot_version: str | None = None
+    """The version of `bot` it is pinned to; None: the worker's own bot folder."""
     workflow_status: str | None = None
     """When `status` is `failed`: how the workflow closed (`failed`, `terminated`, `timed_out`, `canceled`)."""
 

@@ -216,6 +216,44 @@ class KnowledgeChunk(SQLModel, table=True):
     """float32 sentence embedding, when the embeddings extra is installed."""
 
 
+class BotVersion(SQLModel, table=True):
+    """A published version of a bot: immutable, named by the digest of its files (`dialogue bot publish`).
+    The archive holds the bot's folder as published (bot.yaml, its data, tools and tests) and the NLU model
+    trained from it, so a worker serves it without the folder and a rollback finds it as it was."""
+
+    __tablename__ = "bot_version"
+
+    bot: str = Field(primary_key=True, max_length=100)
+    version: str = Field(primary_key=True, max_length=64)
+    """The first 12 hex digits of the SHA-256 of the sorted list of the folder's files and their digests."""
+    created_at: datetime = _utc_column()
+    created_by: str = Field(max_length=200)
+    definition: str = Field(sa_type=Text)
+    """bot.yaml as published: what the API reads (privacy, flags) without unpacking the archive."""
+    manifest: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON))
+    """Each file's path and digest, the model's version, the knowledge revision, the tests' outcome and
+    the model card."""
+    archive: bytes = Field(sa_type=LargeBinary)
+    """A gzipped tar of the folder's files and, under `model/`, the trained NLU model."""
+
+
+class BotRelease(SQLModel, table=True):
+    """Which version of a bot new conversations get: the stable one, and a canary for a share of them."""
+
+    __tablename__ = "bot_release"
+
+    bot: str = Field(primary_key=True, max_length=100)
+    stable: str = Field(max_length=64)
+    canary: str | None = Field(default=None, max_length=64)
+    canary_percent: float = 0.0
+    move_running: bool = False
+    """Running conversations, too, move to the version a new one would get, at their next turn."""
+    previous: list[str] = Field(default_factory=list, sa_column=Column(JSON))
+    """The stable versions before this one, newest last: what `rollback` goes back to."""
+    updated_at: datetime = _utc_column()
+    updated_by: str = Field(max_length=200)
+
+
 class KnowledgeRevision(SQLModel, table=True):
     """One row whose number grows with every change to the knowledge base: indexes reload when it moves."""
 

@@ -34,6 +34,11 @@ STEP_SECONDS = Histogram(
     ["step", "outcome"],
     buckets=LATENCY_BUCKETS,
 )
+BOT_VERSION_LOADS = Counter(
+    "dialogue_bot_version_loads_total",
+    "Published bot versions a worker loaded from the store (on a conversation's first use of them).",
+    ["bot", "version"],
+)
 READINESS_PROBES = Counter(
     "dialogue_readiness_probes",
     "Times `/readyz` asked Temporal, the store and the task queue; answers in between repeat the last probe's.",

@@ -179,7 +179,13 @@ class Settings(BaseSettings):
     long poll lasts a minute, and the server notes its time at the start and the end of each."""
 
     bot_path: Path = PROJECT_ROOT / "examples" / "demo" / "bot.yaml"
-    """The bot definition the worker serves."""
+    """The deployment's bot: what conversations get when they name no bot and it has no release, and
+    what the worker serves from its files (`dialogue bot` publishes and releases versions of bots)."""
+    bot_versions_kept: int = Field(default=4, ge=1, le=100)
+    """Published bot versions a worker keeps loaded (the most recently used) besides its own bot."""
+    release_cache_seconds: float = Field(default=2.0, ge=0.1, le=60)
+    """How often the API reads the bots' releases: a release or a rollback reaches new conversations
+    within this long."""
 
     nlu_backend: Literal["auto", "keywords", "trained"] = "auto"
     """`auto` uses the trained model when there is one, else the bot's keyword rules."""

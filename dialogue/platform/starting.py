@@ -7,6 +7,7 @@ from typing import Any
 from temporalio.common import WorkflowIDReusePolicy
 
 from dialogue.model.contracts import ConversationInput, DoubleTextPolicy
+from dialogue.platform.bot_versions import BotRef
 from dialogue.platform.settings import Settings
 from dialogue.platform.temporal import workflow_id
 
@@ -20,8 +21,12 @@ def conversation_input(
     slots: dict[str, Any] | None = None,
     trusted_slots: list[str] | None = None,
     user: str | None = None,
+    bot: BotRef | None = None,
 ) -> ConversationInput:
+    """`bot`: the version the conversation is pinned to (`ReleaseCache.choose`); None: the worker's own."""
     return ConversationInput(
+        bot=bot.bot if bot else None,
+        bot_version=bot.version if bot else None,
         slots=slots or {},
         trusted_slots=trusted_slots or [],
         user=user,

@@ -179,6 +179,8 @@ class Approvals:
             agent_answer=run.answer if run is not None else None,
             approvals=again.pending if again is not None else [],
             resumes=parked.turn_id,
+            bot=conversation.state.bot,
+            bot_version=conversation.state.bot_version,
         )
         answer.trace(total_ms=ms(workflow.time() - started))
         await self._recorder.record(

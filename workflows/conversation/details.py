@@ -18,6 +18,8 @@ def details(state: ConversationState) -> str:
         if state.active_flow
         else "flow: none",
     ]
+    if state.bot is not None:
+        lines.append(f"bot `{state.bot}@{state.bot_version}`")
     if state.slots:
         lines.append("slots: " + ", ".join(f"`{k}`={v}" for k, v in sorted(state.slots.items())))
     if state.degraded_count:

@@ -50,6 +50,9 @@ class Answer:
     approvals: list[PendingApproval] = field(default_factory=list)
     resumes: str | None = None
     """For an agent going on after approvals: the turn that asked for them."""
+    bot: str | None = None
+    bot_version: str | None = None
+    """The bot and the version that answered (the conversation's, `ConversationState.bot_version`)."""
     lineage: Lineage | None = None
     answered: bool = True
     """False for a turn the bot did not answer (interrupted, or a person holds the conversation): its
@@ -85,6 +88,8 @@ class Answer:
             agent=self.agent,
             agent_answer=self.agent_answer,
             action=self.action,
+            bot=self.bot,
+            bot_version=self.bot_version,
         )
         self.reply = reply.model_copy(update={"context": None})
 

@@ -32,11 +32,29 @@ class Conversation:
                 slots=dict(input.slots),
                 user=input.user,
                 trusted_slots=[name for name in input.trusted_slots if name in input.slots],
+                bot=input.bot,
+                bot_version=input.bot_version,
             )
 
     @property
     def active(self) -> bool:
         return self.state.status == "active"
+
+    @property
+    def bot_ref(self) -> str | None:
+        """`bot@version` of the bot that answers, as the worker's activities are told it (a header:
+        `dialogue.platform.bot_header`); None: the worker's own bot."""
+        if self.state.bot is None or self.state.bot_version is None:
+            return None
+        return f"{self.state.bot}@{self.state.bot_version}"
+
+    def move_bot(self, versions: dict[str, str]) -> None:
+        """Move to the version a release with `move_running` gives this conversation now (an urgent fix);
+        a conversation of another bot, or of none, stays as it is."""
+        moved = versions.get(self.state.bot) if self.state.bot is not None else None
+        if moved is not None and moved != self.state.bot_version:
+            self.state.bot_version = moved
+            self.show()
 
     def last_reply(self) -> TurnReply | None:
         return next(reversed(self.recent.values()), None)

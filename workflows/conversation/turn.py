@@ -105,6 +105,7 @@ class Turns:
     async def _run(self, turn_id: str, request: TurnRequest) -> TurnReply:
         conversation = self._conversation
         flags = TurnFlags.of(request.flags)
+        conversation.move_bot(request.bot_versions)
         if conversation.state.held_by == "agent":
             if flags.handoff:
                 return await self._unanswered(turn_id, request, interrupted=False)
@@ -199,6 +200,8 @@ class Turns:
             agent=outcome.agent,
             agent_answer=outcome.agent_answer,
             approvals=outcome.parked.pending if outcome.parked is not None else [],
+            bot=state.bot,
+            bot_version=state.bot_version,
         )
         # `total`: until the reply was ready (the turn's own total, in its reply, adds the recording).
         answer.trace(total_ms=ms(workflow.time() - started))

@@ -183,6 +183,11 @@ class ConversationWorkflow:
     def validate_approve(self, request: ApprovalRequest) -> None:
         _refuse(self._approvals.refusal(request))
 
+    @property
+    def bot_ref(self) -> str | None:
+        """The bot version this conversation's activities serve (`dialogue.platform.bot_header`)."""
+        return self._conversation.bot_ref
+
     @workflow.query
     def state(self) -> ConversationState:
         return self._conversation.state

@@ -1,0 +1,149 @@
+"""`/v1/bots`: the published versions of the deployment's bots and their releases. Admins read them; an
+operator (the deployment's, not a tenant's: bots serve every tenant) releases and rolls back, each change
+audited. Versions are published with `dialogue bot publish`, which trains and tests them first."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Query
+from sqlalchemy.engine import Engine
+from starlette.concurrency import run_in_threadpool
+
+from api.deps import AdminPrincipal, EngineDep, OperatorPrincipal, ReleasesDep
+from api.errors import ApiError, responses
+from dialogue.model.api_models import (
+    BotName,
+    BotPublic,
+    BotReleaseEntry,
+    BotReleasePublic,
+    BotVersionPublic,
+    ReleaseCreate,
+    RollbackCreate,
+)
+from dialogue.platform import bot_versions, releases
+from dialogue.platform.bot_versions import BotVersionError
+
+router = APIRouter(prefix="/bots", tags=["bots"])
+
+BotPath = Annotated[BotName, Path()]
+VersionPath = Annotated[str, Path(pattern=r"^[0-9a-f]{4,64}$")]
+
+
+@router.get("", responses=responses("forbidden"))
+async def list_bots(engine: EngineDep, principal: AdminPrincipal) -> list[BotPublic]:
+    """Every bot with a published version or a release: its release and its versions, newest first."""
+    return await run_in_threadpool(_bots, engine, None)
+
+
+@router.get("/{bot}", responses=responses("forbidden", "bot_not_found"))
+async def show_bot(bot: BotPath, engine: EngineDep, principal: AdminPrincipal) -> BotPublic:
+    """A bot's release, versions, and its releases and rollbacks (who, when, from what to what)."""
+    found = await run_in_threadpool(_bots, engine, bot)
+    if not found:
+        raise ApiError("bot_not_found", f"no bot {bot!r}")
+    history = await run_in_threadpool(releases.history, engine, bot)
+    return found[0].model_copy(
+        update={
+            "history": [
+                BotReleaseEntry(at=e.at, actor=e.actor, action=e.action, detail=e.detail) for e in history
+            ]
+        }
+    )
+
+
+@router.get("/{bot}/versions/{version}", responses=responses("forbidden", "bot_not_found"))
+async def show_version(
+    bot: BotPath, version: VersionPath, engine: EngineDep, principal: AdminPrincipal
+) -> BotVersionPublic:
+    """One version: its files' digests, its NLU model, its tests' outcome, its knowledge revision and its
+    model card."""
+    row = await run_in_threadpool(bot_versions.get_version, engine, bot, version)
+    if row is None:
+        raise ApiError("bot_not_found", f"no version {version} of bot {bot!r}")
+    return BotVersionPublic.model_validate(row, from_attributes=True)
+
+
+@router.get("/{bot}/diff", responses=responses("forbidden", "bot_not_found"))
+async def diff(
+    bot: BotPath,
+    engine: EngineDep,
+    principal: AdminPrincipal,
+    old: Annotated[str, Query(alias="from", pattern=r"^[0-9a-f]{4,64}$")],
+    new: Annotated[str, Query(alias="to", pattern=r"^[0-9a-f]{4,64}$")],
+) -> dict[str, object]:
+    """What changed between two versions: files added, removed, changed (with a unified diff of each)."""
+
+    def compare() -> dict[str, object]:
+        return bot_versions.diff_versions(
+            bot_versions.require_version(engine, bot, old), bot_versions.require_version(engine, bot, new)
+        )
+
+    try:
+        return await run_in_threadpool(compare)
+    except BotVersionError as err:
+        raise ApiError("bot_not_found", str(err)) from None
+
+
+@router.post("/{bot}/release", responses=responses("forbidden", "bot_not_found", "invalid_release"))
+async def release(
+    bot: BotPath, body: ReleaseCreate, engine: EngineDep, principal: OperatorPrincipal, cache: ReleasesDep
+) -> BotReleasePublic:
+    """Make a version the bot's stable one (`percent` 100) or its canary for `percent` of new conversations.
+    New conversations get it within `DIALOGUE_RELEASE_CACHE_SECONDS`; running ones keep theirs unless
+    `move_running`."""
+    if await run_in_threadpool(bot_versions.get_version, engine, bot, body.version) is None:
+        raise ApiError("bot_not_found", f"no version {body.version} of bot {bot!r}")
+    try:
+        row = await run_in_threadpool(
+            lambda: releases.release(
+                engine,
+                bot,
+                body.version,
+                percent=body.percent,
+                actor=principal.subject,
+                move_running=body.move_running,
+                reason=body.reason,
+            )
+        )
+    except BotVersionError as err:
+        raise ApiError("invalid_release", str(err)) from None
+    await run_in_threadpool(cache.refresh)  # this API replica at once; the others within their period
+    return BotReleasePublic.model_validate(row, from_attributes=True)
+
+
+@router.post("/{bot}/rollback", responses=responses("forbidden", "bot_not_found", "invalid_release"))
+async def rollback(
+    bot: BotPath, body: RollbackCreate, engine: EngineDep, principal: OperatorPrincipal, cache: ReleasesDep
+) -> BotReleasePublic:
+    """Drop the canary if there is one, else go back to the stable version before this one."""
+    if await run_in_threadpool(releases.get_release, engine, bot) is None:
+        raise ApiError("bot_not_found", f"bot {bot!r} has no release")
+    try:
+        row = await run_in_threadpool(
+            lambda: releases.rollback(
+                engine, bot, actor=principal.subject, move_running=body.move_running, reason=body.reason
+            )
+        )
+    except BotVersionError as err:
+        raise ApiError("invalid_release", str(err)) from None
+    await run_in_threadpool(cache.refresh)
+    return BotReleasePublic.model_validate(row, from_attributes=True)
+
+
+def _bots(engine: Engine, only: str | None) -> list[BotPublic]:
+    versions = bot_versions.list_versions(engine, only)
+    rows = {row.bot: row for row in releases.list_releases(engine) if only in (None, row.bot)}
+    names = sorted({v.bot for v in versions} | set(rows))
+    return [
+        BotPublic(
+            bot=name,
+            release=BotReleasePublic.model_validate(rows[name], from_attributes=True)
+            if name in rows
+            else None,
+            versions=[
+                BotVersionPublic.model_validate(v, from_attributes=True) for v in versions if v.bot == name
+            ],
+        )
+        for name in names
+    ]
