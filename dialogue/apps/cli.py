@@ -31,7 +31,10 @@ if TYPE_CHECKING:
 app = typer.Typer(
     help="Dialogue Engine: chatbot conversations as durable Temporal workflows.", no_args_is_help=True
 )
-nlu_app = typer.Typer(help="Train, evaluate and try the intent classifier.", no_args_is_help=True)
+nlu_app = typer.Typer(
+    help="Train, evaluate and try the intent classifier; export turns to review; read a model's card.",
+    no_args_is_help=True,
+)
 app.add_typer(nlu_app, name="nlu")
 app.add_typer(bot_app, name="bot")
 
@@ -439,6 +442,97 @@ def nlu_parse(
 ) -> None:
     """Parse one utterance and print the result as JSON."""
     typer.echo(_model_parser(model).parse(text).model_dump_json(indent=2))
+
+
+@nlu_app.command("review")
+def nlu_review(
+    out: Annotated[Path, typer.Option("--out", help="The annotation file to write (JSON Lines).")],
+    since: SinceOption = None,
+    tenant: TenantOption = None,
+    limit: Annotated[int, typer.Option(min=1, max=100_000, help="Lines at most.")] = 1000,
+    unsure_below: Annotated[
+        float | None,
+        typer.Option(
+            min=0,
+            max=1,
+            help="A turn is unsure below this confidence (default: the bot's clarify_below, or 0.5).",
+        ),
+    ] = None,
+    bot: Annotated[
+        Path | None,
+        typer.Option("--bot", help="The bot whose privacy policy redacts (default: the served one)."),
+    ] = None,
+) -> None:
+    """Export the turns the NLU was unsure of, placed out of scope, rated down or handed off, redacted,
+    for a person to label; labelled, the file is training data (`nlu.reviewed` in the bot)."""
+    from collections import Counter
+    from datetime import datetime
+
+    from dialogue.apps.learning.review import export_review
+    from dialogue.platform.bot import load_bot
+
+    try:
+        after = datetime.fromisoformat(since) if since else None
+    except ValueError as err:
+        raise typer.BadParameter(str(err), param_hint="--since") from err
+    lines = export_review(
+        _store(),
+        load_bot(bot or get_settings().bot_path),
+        out,
+        tenant=tenant,
+        since=after,
+        limit=limit,
+        unsure_below=unsure_below,
+    )
+    reasons = Counter(reason for line in lines for reason in line.reasons)
+    counted = ", ".join(f"{n} {reason.replace('_', ' ')}" for reason, n in reasons.items()) or "none"
+    typer.echo(f"{len(lines)} turns to review ({counted}) -> {out}")
+
+
+@nlu_app.command("card")
+def nlu_card(
+    model: Annotated[Path, typer.Option("--model", help="A model folder trained for a bot.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the card as it is stored.")] = False,
+) -> None:
+    """Print a model's card: its data and where it came from, its evaluation."""
+    from dialogue.brain.nlu.model_card import read_card
+
+    try:
+        card = read_card(model)
+    except FileNotFoundError as err:
+        raise typer.BadParameter(str(err), param_hint="--model") from err
+    if as_json:
+        typer.echo(card.model_dump_json(indent=2))
+        return
+    typer.echo(f"model       {card.nlu_model} of {card.bot}, trained {card.created_at:%Y-%m-%d %H:%M} UTC")
+    typer.echo(f"data        {card.data_hash}: {card.n_examples} examples")
+    for source, count in card.examples_per_source.items():
+        typer.echo(f"  {count:>6}  {source}")
+    typer.echo(
+        f"reviewed    {len(card.reviewed_examples)} examples from {len(card.reviewed_conversations)} conversations"
+    )
+    for conversation in card.reviewed_conversations:
+        typer.echo(f"  {conversation}")
+    held = card.held_out
+    typer.echo(
+        f"held out    {held.data}: {held.n_examples} examples, accuracy {held.accuracy}, macro-F1 {held.macro_f1}, "
+        f"out-of-scope recall {held.out_of_scope_recall}"
+        if held
+        else "held out    none"
+    )
+    tests = card.conversation_tests
+    typer.echo(
+        f"tests       {tests.passed} passed, {tests.failed} failed, {tests.skipped} skipped"
+        if tests
+        else "tests       not run"
+    )
+    replay = card.replay
+    typer.echo(
+        f"replay      against {replay.stable_version or 'no stable version'}: {replay.turns} turns, "
+        f"{replay.changed_intents} changed intents, {replay.changed_turns} changed answers"
+        if replay
+        else "replay      not run"
+    )
 
 
 def _model_parser(folder: Path) -> NluParser:

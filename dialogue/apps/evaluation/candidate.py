@@ -23,8 +23,9 @@ from temporalio.common import WorkflowIDConflictPolicy
 from dialogue.apps.evaluation.source import RecordedConversation
 from dialogue.brain.knowledge import documents
 from dialogue.brain.knowledge.search import router_search
-from dialogue.brain.nlu.data import data_hash, read_examples
+from dialogue.brain.nlu.data import data_hash
 from dialogue.brain.nlu.model import METADATA_FILE, ModelMetadata, ensure_bot_model
+from dialogue.brain.nlu.training_data import bot_training_data
 from dialogue.model.contracts import (
     WORKFLOW_TYPE,
     ConversationState,
@@ -157,7 +158,7 @@ def _model_folder(deployment: Settings, bot: BotDefinition) -> Path:
     per training set, so a second evaluation of the same data trains nothing."""
     if bot.nlu is None:
         return deployment.data_dir / "models" / "eval-none"
-    examples = read_examples(bot.resolve(bot.nlu.train))
+    examples = bot_training_data(bot).examples  # the reviewed lines too: they are its data
     deployed = deployment.nlu_model_path(bot.name)
     if (deployed / METADATA_FILE).exists():
         metadata = ModelMetadata.model_validate_json((deployed / METADATA_FILE).read_text())

@@ -1,4 +1,5 @@
-"""A trained NLU model as a versioned artifact: `model.joblib` and `metadata.json` in one folder.
+"""A trained NLU model as a versioned artifact: `model.joblib` and `metadata.json` in one folder (and, for a
+bot's model, its card: `model_card.py`).
 
 The model is the intent classifier and, for a bot with a knowledge base, its router (`routing.py`),
 calibrated against that knowledge base. The metadata records the content hash of the model file (its
@@ -176,14 +177,22 @@ def ensure_bot_model(
     bot: BotDefinition, folder: Path, *, search: Search | None = None
 ) -> tuple[ModelMetadata, bool] | None:
     """The bot's model, trained if missing or older than its training data; None if the bot has none.
+    The data is its `nlu.train` examples and the labelled lines of its `nlu.reviewed` annotation files.
     `search` (the knowledge base's passages, when it has documents) calibrates the router: a model
-    trained without one is trained again once there is a knowledge base.
+    trained without one is trained again once there is a knowledge base. A model trained here gets its
+    card (`model_card.json`: its data, where each example came from, its held-out evaluation); a model
+    trained before cards existed gets one the first time it is found up to date.
 
     Returns the model's metadata and whether it was trained just now.
     """
+    # Imported here: the card measures the model with the parser, which imports this module.
+    from dialogue.brain.nlu.model_card import build_card, has_card, write_card
+    from dialogue.brain.nlu.training_data import bot_training_data
+
     if bot.nlu is None:
         return None
-    examples = read_examples(bot.resolve(bot.nlu.train))
+    data = bot_training_data(bot)
+    examples = data.examples
     validation = read_examples(bot.resolve(bot.nlu.validation)) if bot.nlu.validation else None
     if has_model(folder):
         current = ModelMetadata.model_validate_json((folder / METADATA_FILE).read_text())
@@ -195,9 +204,14 @@ def ensure_bot_model(
             and (current.router or search is None)
         )
         if same:
+            if not has_card(folder):
+                write_card(build_card(bot, load(folder), data), folder)
             return current, False
     actions: dict[str, str] = {intent.name: intent.action for intent in bot.intents}
-    return save(train(examples, validation, actions=actions, search=search), folder), True
+    model = train(examples, validation, actions=actions, search=search)
+    metadata = save(model, folder)
+    write_card(build_card(bot, model, data), folder)
+    return metadata, True
 
 
 def _sha256(path: Path) -> str:

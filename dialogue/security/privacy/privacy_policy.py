@@ -19,3 +19,8 @@ class PrivacyPolicy:
     def for_llm(self, text: str, *, enabled: bool = True) -> str:
         """The text as it may be sent to an external LLM; `enabled` as for `for_storage`."""
         return self._redactor.redact(text).text if enabled and self.mode != "off" else text
+
+    def for_export(self, text: str) -> str:
+        """The text as it may leave the system for people to read (an annotation file): redacted whatever the
+        policy, since what was stored may not have been (`llm`, `off`, the `redaction` flag off)."""
+        return self._redactor.redact(text).text
