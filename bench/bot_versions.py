@@ -59,9 +59,9 @@ def changed_copy(folder: Path) -> Path:
 
 
 def dialogue(env: dict[str, str], *args: str) -> str:
-    done = subprocess.run(
-        [sys.executable, "-m", "dialogue", *args], env=env, capture_output=True, text=True, check=True
-    )
+    done = subprocess.run([sys.executable, "-m", "dialogue", *args], env=env, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"dialogue {' '.join(args)}: exit {done.returncode}\n{done.stdout}{done.stderr}")
     return done.stdout
 
 

@@ -144,7 +144,7 @@ async def test_a_version_whose_conversation_tests_fail_is_refused_and_not_stored
             }
         )
     )
-    with pytest.raises(PublishRefused, match="1 conversation tests failed"):
+    with pytest.raises(PublishRefused, match="conversation tests: 1 failed"):
         await published(settings, bot_path, tests=True)
     engine = get_engine(settings.resolved_database_url)
     assert get_version(engine, BOT, folder_ref(bot_path).version) is None
@@ -304,3 +304,51 @@ def test_choose_keeps_a_conversation_on_its_side_as_the_canary_grows() -> None:
     assert on[10] <= on[50] <= on[100] and len(on[100]) == 2000
     assert 100 < len(on[10]) < 300 and 850 < len(on[50]) < 1150
     assert BotRef.parse("demo@abc") == BotRef("demo", "abc")
+
+
+async def test_review_annotate_publish_and_an_answer_leads_to_the_model_card_and_its_data(
+    tmp_path: Path, fast_releases: Settings, api: httpx.AsyncClient
+) -> None:
+    """The learning loop end to end: turns the NLU placed out of scope are exported, a person labels them,
+    the next version learns them, and an answer of that version leads to its card, which names the data
+    and the conversations it learned from."""
+    from dialogue.apps.learning.review import export_review
+    from dialogue.brain.nlu.annotations import read_annotations, write_annotations
+
+    engine = get_engine(fast_releases.resolved_database_url)
+    run = uuid.uuid4().hex[:6]
+    asked = {
+        f"learn-{run}-0": "my gizmo arrived with a cracked screen, what now",
+        f"learn-{run}-1": "do you sell refurbished phones",
+    }
+    for conversation, text in asked.items():
+        reply = await api.post(f"/v1/conversations/{conversation}/turns", json={"text": text})
+        assert reply.status_code == 200, reply.text
+    exported = tmp_path / "review.jsonl"
+    await asyncio.to_thread(
+        export_review, engine, load_bot(fast_releases.bot_path), exported, unsure_below=1.0
+    )
+    lines = [line for _, line in read_annotations(exported)]
+    ours = [line for line in lines if line.conversation_id.split("/", 1)[1] in asked]
+    assert len(ours) == 2 and all(line.label == "" for line in ours)
+    labelled = [line.model_copy(update={"label": "out_of_scope"}) for line in ours]
+
+    bot_path = demo_copy(tmp_path, "learned", greeting=V2_GREETING)
+    write_annotations(labelled, bot_path.parent / "nlu" / "reviewed.jsonl")
+    raw = yaml.safe_load(bot_path.read_text())
+    raw["nlu"]["reviewed"] = "nlu/reviewed.jsonl"
+    bot_path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    version = (await published(fast_releases, bot_path)).ref
+    assert (await api.post(f"/v1/bots/{BOT}/release", json={"version": version.version})).status_code == 200
+
+    body = await greet(api, f"after-learning-{run}")
+    assert (body["lineage"]["bot"], body["lineage"]["bot_version"]) == (BOT, version.version)
+    shown = await api.get(f"/v1/bots/{BOT}/versions/{body['lineage']['bot_version']}")
+    assert shown.status_code == 200
+    manifest = shown.json()["manifest"]
+    assert "nlu/reviewed.jsonl" in manifest["files"]
+    card = manifest["model_card"]
+    assert sorted(card["reviewed_conversations"]) == sorted(f"default/{c}" for c in asked)
+    assert card["examples_per_source"]["nlu/reviewed.jsonl"] == 2
+    assert card["nlu_model"] == body["lineage"]["nlu_model"]  # the answer's model is the card's
+    assert card["held_out"]["accuracy"] >= 0.8 and card["conversation_tests"] is not None

@@ -63,17 +63,25 @@ def publish(
             "--tests/--no-tests", help="Run the bot's conversation tests (its tests/ folder) first."
         ),
     ] = True,
+    replay: Annotated[
+        bool,
+        typer.Option(
+            "--replay/--no-replay",
+            help="Replay recent recorded conversations against it when the bot has a stable version.",
+        ),
+    ] = True,
 ) -> None:
-    """Validate the bot, train its NLU, run its conversation tests, and store it as an immutable version
-    named by its files' digest. A failing gate stores nothing (exit 1); the same files again store nothing
-    new."""
+    """Validate the bot, train its NLU (its model card: data, held-out evaluation), run its conversation
+    tests, replay recorded conversations against it, check its gates (`nlu.gates`), and store it as an
+    immutable version named by its files' digest. A failing gate stores nothing (exit 1); the same files
+    again store nothing new."""
     from dialogue.apps.publishing import PublishRefused
     from dialogue.apps.publishing import publish as publish_bot
     from dialogue.platform.bot_versions import BotVersionError
 
     bot_path = folder / "bot.yaml" if folder.is_dir() else folder
     try:
-        published = publish_bot(get_settings(), bot_path, actor=_actor(), run_tests=tests)
+        published = publish_bot(get_settings(), bot_path, actor=_actor(), run_tests=tests, replay=replay)
     except PublishRefused as err:
         raise _fail(f"not published: {err}", 1) from None
     except (BotVersionError, ValueError, OSError) as err:  # an invalid definition or a missing file
@@ -81,8 +89,11 @@ def publish(
     details = published.details
     what = "published" if published.stored else "already published"
     tested = details.get("tests", {})
+    held_out = (details.get("model_card") or {}).get("held_out") or {}
     typer.echo(
-        f"{what} {published.ref}: NLU model {details.get('nlu_model') or 'none (keywords)'}, "
+        f"{what} {published.ref}: NLU model {details.get('nlu_model') or 'none (keywords)'}"
+        + (f" (held-out accuracy {held_out['accuracy']:.3f})" if "accuracy" in held_out else "")
+        + ", "
         f"tests {tested.get('passed', 0)} passed / {tested.get('failed', 0)} failed"
         + (f" ({tested['skipped']})" if isinstance(tested.get("skipped"), str) else "")
         + f", knowledge revision {details.get('knowledge_revision')}"

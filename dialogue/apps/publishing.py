@@ -1,8 +1,11 @@
 """`dialogue bot publish`: a bot folder becomes a stored, immutable version, once it has passed its gates.
 
 It is validated (read as a bot definition), its NLU trained (with the router calibrated on the
-deployment's knowledge base, as `dialogue up` trains it), its conversation tests run against it on a
-scratch stack, and only then packed with its model into the store, with what it was tested with.
+deployment's knowledge base, as `dialogue up` trains it; the model's card says on what data and how it
+did on held-out examples), its conversation tests run against it on a scratch stack, recorded
+conversations replayed against it when the bot has a stable version to compare with, and the card's gates
+(`nlu.gates` in bot.yaml) decide: only a version that passes them is packed with its model into the store,
+its card and what it was tested with in its manifest.
 """
 
 from __future__ import annotations
@@ -16,11 +19,15 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
+from dialogue.apps.learning.card import complete_card, conversation_tests, replay_evaluation
+from dialogue.apps.testing.runner import TestResult
 from dialogue.brain.knowledge.search import router_search
 from dialogue.brain.nlu.model import ensure_bot_model
-from dialogue.platform.bot import load_bot
+from dialogue.brain.nlu.model_card import ConversationTests, ReplayEvaluation, has_card
+from dialogue.platform.bot import NluGates, load_bot
 from dialogue.platform.bot_versions import (
     BotRef,
     bot_files,
@@ -31,6 +38,7 @@ from dialogue.platform.bot_versions import (
     store_version,
 )
 from dialogue.platform.db import KnowledgeRevision, get_engine, init_db
+from dialogue.platform.releases import get_release
 from dialogue.platform.settings import Settings
 
 log = logging.getLogger("dialogue.apps.publishing")
@@ -52,10 +60,21 @@ class Published:
     details: dict[str, Any] = field(default_factory=dict)
 
 
+REPLAYED_CONVERSATIONS = 50
+"""Recorded conversations (the most recent) replayed against a new version of a bot with a stable one."""
+
+
 def publish(
-    settings: Settings, bot_path: Path, *, actor: str, run_tests: bool = True, console: Console | None = None
+    settings: Settings,
+    bot_path: Path,
+    *,
+    actor: str,
+    run_tests: bool = True,
+    replay: bool = True,
+    console: Console | None = None,
 ) -> Published:
-    """Publish the bot whose definition is `bot_path`: validate, train, test, store."""
+    """Publish the bot whose definition is `bot_path`: validate, train, test, replay, gate, store.
+    `run_tests` / `replay` False skip a measurement: the card says it was skipped, and its gate passes."""
     bot = load_bot(bot_path)
     files = bot_files(bot_path, bot)
     digests = file_digests(files)
@@ -80,15 +99,34 @@ def publish(
                 details["nlu_model"] = meta.version
                 details["nlu_examples"] = meta.n_examples
         tests = bot_path.parent / "tests"
+        console = console or Console()
         if run_tests and tests.is_dir():
-            details["tests"] = _run_tests(settings, bot_path, model_folder, tests, console or Console())
-            if details["tests"]["failed"]:
-                raise PublishRefused(
-                    f"{bot.name}@{version}: {details['tests']['failed']} conversation tests failed",
-                    ["conversation tests"],
-                )
+            results = _run_tests(settings, bot_path, model_folder, tests, console)
+            tested = conversation_tests(results)
+            details["tests"] = tested.model_dump() | {
+                "failing": [f"{r.loaded.file.name}:{r.loaded.line}" for r in results if r.outcome == "failed"]
+            }
         else:
+            tested = ConversationTests(passed=0, failed=0, skipped=0)
             details["tests"] = {"skipped": "no tests folder" if run_tests else "--no-tests"}
+        if has_card(model_folder):
+            compared = (
+                _replay(settings, engine, bot.name, bot_path, Path(scratch), console) if replay else None
+            )
+            card, failed = complete_card(
+                model_folder,
+                bot.nlu.gates if bot.nlu is not None else NluGates(),
+                tests=tested,
+                replay=compared or ReplayEvaluation(stable_version=None, report="skipped (--no-replay)"),
+            )
+            details["model_card"] = card.model_dump(mode="json")
+            if failed:
+                raise PublishRefused(f"{bot.name}@{version} fails its gates: " + "; ".join(failed), failed)
+        elif details["tests"].get("failed"):
+            raise PublishRefused(
+                f"{bot.name}@{version}: {details['tests']['failed']} conversation tests failed",
+                ["conversation tests"],
+            )
         details["knowledge_revision"] = _knowledge_revision(engine)
         archive = pack(files, model_folder if model_folder.is_dir() else None)
     row, stored = store_version(
@@ -105,18 +143,36 @@ def publish(
 
 def _run_tests(
     settings: Settings, bot_path: Path, model_folder: Path, tests: Path, console: Console
-) -> dict[str, Any]:
+) -> list[TestResult]:
     from dialogue.apps.testing.suite import prepare, print_results, run_tests
 
     bot = load_bot(bot_path)
     candidate = settings.model_copy(update={"bot_path": bot_path, "nlu_model_dir": model_folder})
     results = asyncio.run(run_tests(prepare(bot, [tests]), candidate, console, against=None, key=None))
     print_results(results, console)
-    counts: dict[str, Any] = {
-        outcome: sum(r.outcome == outcome for r in results) for outcome in ("passed", "failed", "skipped")
-    }
-    counts["failing"] = [f"{r.loaded.file.name}:{r.loaded.line}" for r in results if r.outcome == "failed"]
-    return counts
+    return results
+
+
+def _replay(
+    settings: Settings, engine: Engine, bot: str, bot_path: Path, scratch: Path, console: Console
+) -> ReplayEvaluation | None:
+    """The most recent recorded conversations re-sent to the new version, compared with what was answered
+    (`dialogue eval run`), when the bot has a stable version; None when it has none (a first version)."""
+    from dialogue.apps.evaluation.run import evaluate
+    from dialogue.apps.evaluation.source import Filters, recorded_conversations
+
+    release = get_release(engine, bot)
+    if release is None:
+        return None
+    conversations = recorded_conversations(engine, Filters(limit=REPLAYED_CONVERSATIONS))
+    if not conversations:
+        return replay_evaluation(None, stable_version=release.stable)
+    report = scratch / "replay"
+    candidate = settings.model_copy(update={"nlu_model_dir": scratch / "model"})
+    result = asyncio.run(
+        evaluate(candidate, bot_path, conversations, report=report, conditions=[], console=console)
+    )
+    return replay_evaluation(result, stable_version=release.stable)
 
 
 def _knowledge_revision(engine: Any) -> int | None:

@@ -64,7 +64,7 @@ def bot_files(bot_path: Path, bot: BotDefinition) -> dict[str, Path]:
     folder = bot_path.parent.resolve()
     named = [bot.python_tools, *bot.tables.values()]
     if bot.nlu is not None:
-        named += [bot.nlu.train, bot.nlu.validation, bot.nlu.test]
+        named += [bot.nlu.train, bot.nlu.validation, bot.nlu.test, *bot.nlu.reviewed]
     files: dict[str, Path] = {BOT_FILE: bot_path}
     for relative in filter(None, named):
         path = (folder / relative).resolve()
