@@ -50,11 +50,26 @@ from temporalio.worker import WorkerDeploymentConfig
 
 from dialogue.platform.settings import Settings
 
-WORKFLOW_CODE = ("workflows", "dialogue.model.contracts", "dialogue.platform.flags")
-"""What the workflow code is: the workflows package and the project modules it runs (the messages it
-exchanges, the turn flags it reads). Activities are called by name and are not part of it: a change to
-them alone is the same build, rolled out in place. tests/test_worker_versioning.py checks the list
-covers every project module the workflows import."""
+WORKFLOW_CODE = (
+    "workflows",
+    "dialogue.model.contracts",
+    "dialogue.platform.flags",
+    "dialogue.brain.llm.followup",
+    "dialogue.brain.text",
+    "dialogue.brain.agent.declarations",
+)
+"""What the workflow code is: the workflows package and the project code it runs deterministically (the
+messages it exchanges, the turn flags it reads, the follow-up test and the terms it compares, the digest
+of a tool call's arguments). Activities are called by name and are not part of it: a change to them
+alone is the same build, rolled out in place. tests/test_worker_versioning.py checks that every project
+module the workflows import is here or in `NOT_WORKFLOW_CODE`."""
+
+NOT_WORKFLOW_CODE = {
+    "dialogue.platform.metrics": "the worker's counters: they decide nothing",
+    "dialogue.platform.temporal": "the search attributes' names and the workflow ids, which no build may "
+    "change under running conversations anyway (the API finds them by these)",
+}
+"""Project modules the workflows import that are not hashed into the build id, and why."""
 
 BUILD_ID_LENGTH = 12
 IDENTITY = "dialogue build"
