@@ -1048,12 +1048,32 @@ def build_list(deployment: DeploymentOption = None) -> None:
 
 
 @build_app.command("current")
-def build_current(build: BuildArgument, deployment: DeploymentOption = None) -> None:
+def build_current(
+    build: Annotated[
+        str | None,
+        typer.Argument(help="A build id; the workflow code here (`dialogue build id`) if omitted."),
+    ] = None,
+    initial: Annotated[
+        bool,
+        typer.Option(
+            help="Only if no build is current yet: a first start (compose runs this), not a release."
+        ),
+    ] = False,
+    wait: Annotated[float, typer.Option(help="Seconds to wait for the build's workers to poll.")] = 0,
+    deployment: DeploymentOption = None,
+) -> None:
     """Make BUILD current: every new conversation starts on it; open ones stay on their own build."""
-    from dialogue.platform.worker_builds import make_current
+    from dialogue.platform.worker_builds import build_id, make_current_when_polled
 
-    previous = _on_builds(deployment, lambda client, name: make_current(client, name, build))
-    typer.echo(f"current build: {build} (was {previous or 'unversioned workers'})")
+    target = build or build_id(get_settings())
+    changed, previous = _on_builds(
+        deployment,
+        lambda client, name: make_current_when_polled(client, name, target, within=wait, initial=initial),
+    )
+    if changed:
+        typer.echo(f"current build: {target} (was {previous or 'unversioned workers'})")
+    else:
+        typer.echo(f"current build: {previous} (left as it is: --initial)")
 
 
 @build_app.command("ramp")

@@ -25,8 +25,10 @@ The calls operators make (`dialogue build list|ramp|current|rollback|move`) are 
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import importlib.util
+import time
 from collections.abc import Awaitable
 from dataclasses import dataclass
 from datetime import datetime
@@ -73,6 +75,7 @@ NOT_WORKFLOW_CODE = {
 
 BUILD_ID_LENGTH = 12
 IDENTITY = "dialogue build"
+POLL_SECONDS = 0.5
 T = TypeVar("T")
 
 
@@ -235,6 +238,27 @@ async def make_current(client: Client, deployment: str, build_id: str) -> str | 
         )
     )
     return response.previous_deployment_version.build_id or None
+
+
+async def make_current_when_polled(
+    client: Client, deployment: str, build_id: str, *, within: float, initial: bool = False
+) -> tuple[bool, str | None]:
+    """`make_current`, waiting up to `within` seconds for the build's workers to poll (its workflow and
+    activity task queues register one after the other; until both have, Temporal refuses). With
+    `initial`, only if no build is current yet: a first start, which must not undo a release. Returns
+    whether it changed anything, and the build current before."""
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            if initial:
+                current = (await describe(client, deployment)).current
+                if current is not None:
+                    return False, current
+            return True, await make_current(client, deployment, build_id)
+        except BuildError:
+            if time.monotonic() >= deadline:
+                raise
+            await asyncio.sleep(POLL_SECONDS)
 
 
 async def ramp(client: Client, deployment: str, build_id: str, percent: float) -> None:
