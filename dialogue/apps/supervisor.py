@@ -443,6 +443,8 @@ def _banner(settings: Settings, data_dir: Path, api_key: str) -> str:
         f"  Temporal Web UI http://{temporal_host}:{settings.temporal_ui_port}\n"
         f"  Metrics         {api_url}/metrics, worker {_worker_metrics_url(settings)}\n"
         f"  Bot             {settings.bot_path}\n"
+        f"  Workflow build  {build_id(settings)} of deployment {settings.worker_deployment or DEPLOYMENT}"
+        " (`dialogue build list`)\n"
         f"  Data            {data_dir}\n"
         f"  API key         {api_key}\n\n"
         "Try:\n"
