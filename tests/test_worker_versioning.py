@@ -76,7 +76,11 @@ async def new_conversation_lands_on(client: Client, http: httpx.AsyncClient, bui
         await talk(http, conversation)
         return conversation if await pinned_build(client, conversation) == build else None
 
-    return await eventually(started_on_build, f"a new conversation on build {build}", within=30, interval=0.2)
+    found = await eventually(
+        started_on_build, f"a new conversation on build {build}", within=30, interval=0.2
+    )
+    assert found is not None
+    return found
 
 
 async def routed(client: Client, deployment: str, build: str) -> Routing:
@@ -90,7 +94,9 @@ async def routed(client: Client, deployment: str, build: str) -> Routing:
             return None
         return routing
 
-    return await eventually(known, f"build {build} registered", within=30, interval=0.2)
+    found = await eventually(known, f"build {build} registered", within=30, interval=0.2)
+    assert found is not None
+    return found
 
 
 async def accepted(change: Callable[[], Awaitable[T]]) -> T:
@@ -104,7 +110,9 @@ async def accepted(change: Callable[[], Awaitable[T]]) -> T:
             assert "missing active task queues" in str(err), err
             return None
 
-    return (await eventually(attempt, "the routing change accepted", within=30, interval=0.2))[0]
+    done = await eventually(attempt, "the routing change accepted", within=30, interval=0.2)
+    assert done is not None
+    return done[0]
 
 
 def run_cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
@@ -127,8 +135,9 @@ async def test_two_builds_side_by_side_pinned_ramped_current_and_rolled_back(
     # Every third message the run continues as new: the pin must hold across runs.
     api_settings = settings.model_copy(update={"turns_per_run": 3})
     async with api_client(create_app(api_settings, temporal=client)) as http:
-        worker_a: worker_for | None = worker_for(client, a)
+        worker_a = worker_for(client, a)
         await worker_a.__aenter__()
+        a_running = True
         try:
             await routed(client, deployment, "build-a")
             assert await accepted(lambda: worker_builds.make_current(client, deployment, "build-a")) is None
@@ -159,8 +168,8 @@ async def test_two_builds_side_by_side_pinned_ramped_current_and_rolled_back(
 
                 # With A's workers gone, B does not take the old conversation's turn, though it answers
                 # a conversation started after it: that turn waits for A.
+                a_running = False
                 await worker_a.__aexit__(None, None, None)
-                worker_a = None
                 waiting = asyncio.create_task(
                     send_turn(
                         http, old, Turn("hello once more", "after-a"), attempt_timeout=40, total_timeout=90
@@ -173,6 +182,7 @@ async def test_two_builds_side_by_side_pinned_ramped_current_and_rolled_back(
                 assert not waiting.done()
                 worker_a = worker_for(client, a)
                 await worker_a.__aenter__()
+                a_running = True
                 turn = await waiting
                 assert turn.reply["user_text"] == "hello once more"
                 assert await builds_that_ran(client, old) == {"build-a"}
@@ -202,7 +212,7 @@ async def test_two_builds_side_by_side_pinned_ramped_current_and_rolled_back(
                 assert "build-a" in await builds_that_ran(client, newer)
                 assert await pinned_build(client, newer) == "build-a"
         finally:
-            if worker_a is not None:
+            if a_running:
                 await worker_a.__aexit__(None, None, None)
 
 

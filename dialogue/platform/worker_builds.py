@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from google.protobuf.field_mask_pb2 import FieldMask
+from temporalio.api.common.v1 import WorkflowExecution
 from temporalio.api.deployment.v1 import WorkerDeploymentVersion as VersionProto
 from temporalio.api.enums.v1 import WorkerDeploymentVersionStatus
 from temporalio.api.workflow.v1 import VersioningOverride, WorkflowExecutionOptions
@@ -339,7 +340,7 @@ async def move_open_workflows(client: Client, deployment: str, from_build: str, 
             await client.workflow_service.update_workflow_execution_options(
                 UpdateWorkflowExecutionOptionsRequest(
                     namespace=client.namespace,
-                    workflow_execution={"workflow_id": execution.id, "run_id": execution.run_id},
+                    workflow_execution=WorkflowExecution(workflow_id=execution.id, run_id=execution.run_id),
                     workflow_execution_options=WorkflowExecutionOptions(versioning_override=override),
                     update_mask=FieldMask(paths=["versioning_override"]),
                     identity=IDENTITY,
