@@ -44,6 +44,7 @@ from dialogue.platform.telemetry import (
     worker_interceptors,
 )
 from dialogue.platform.temporal import connect
+from dialogue.platform.worker_builds import deployment_config
 from workflows.conversation import ConversationWorkflow
 from workflows.retention import RetentionWorkflow, ensure_retention_schedule
 
@@ -155,6 +156,8 @@ def build_worker(
         # On SIGTERM, let the activities in hand finish (a turn's steps take well under this) instead of
         # cancelling them at once: a rolling deploy then redoes no step.
         graceful_shutdown_timeout=timedelta(seconds=settings.worker_shutdown_grace_seconds),
+        # A build of the workflow code when `worker_deployment` is set: conversations stay on their build.
+        deployment_config=deployment_config(settings),
     )
 
 

@@ -14,6 +14,7 @@ import httpx
 import pytest
 
 from dialogue.apps.supervisor import port_is_free
+from dialogue.platform.worker_builds import code_build_id
 from tests.processes import UpStack
 
 
@@ -45,7 +46,17 @@ def test_dialogue_up_runs_stops_cleanly_and_keeps_conversations(stack: UpStack) 
     assert all(port_is_free("127.0.0.1", port) for port in stack.ports.values())
     assert stack.processes_left() == []
 
+    # Started again as another build of the workflow code (as after changing it): `up` runs one build at
+    # a time, makes it current and carries the open conversations over to it.
+    first_build = code_build_id()
+    assert f"Workflow build  {first_build} of deployment dialogue" in stack.log.read_text()
+    stack.env["DIALOGUE_WORKER_BUILD_ID"] = "next-build"
     assert stack.start() == key  # the generated key is kept in the data folder
+    assert f"carried over 1 open workflows of build {first_build}" in stack.log.read_text()
+    builds = subprocess.run(
+        [sys.executable, "-m", "dialogue", "build", "list"], env=stack.env, capture_output=True, text=True
+    )
+    assert "deployment dialogue: current next-build" in builds.stdout, builds.stdout + builds.stderr
     with httpx.Client(base_url=stack.api, headers=headers, timeout=30) as http:
         state = http.get("/v1/conversations/demo-1").json()
         assert (state["status"], state["turn_count"]) == ("active", 1)

@@ -1081,3 +1081,131 @@ def payload_keys_generate() -> None:
     from dialogue.platform.codec import PayloadKeys
 
     typer.echo(PayloadKeys.generate().spec())
+
+
+build_app = typer.Typer(
+    help="Release workflow code with Worker Versioning: which build takes new conversations "
+    "(docs/operations.md, Release new workflow code).",
+    no_args_is_help=True,
+)
+app.add_typer(build_app, name="build")
+
+DeploymentOption = Annotated[
+    str | None,
+    typer.Option(
+        help="The worker deployment; DIALOGUE_WORKER_DEPLOYMENT, else `dialogue` (`dialogue up`'s)."
+    ),
+]
+BuildArgument = Annotated[str, typer.Argument(help="A build id (`dialogue build list` shows them).")]
+
+
+def _on_builds(deployment: str | None, operation: Callable[[Any, str], Any]) -> Any:
+    """Run `operation(client, deployment)` against Temporal; an unknown build exits 2, a refusal 1."""
+    from dialogue.platform.worker_builds import BuildError, UnknownBuild, connect_operator
+
+    settings = get_settings()
+    name = deployment or settings.worker_deployment or "dialogue"
+
+    async def run() -> Any:
+        return await operation(await connect_operator(settings), name)
+
+    try:
+        return asyncio.run(run())
+    except UnknownBuild as err:
+        typer.echo(str(err), err=True)
+        raise typer.Exit(2) from None
+    except BuildError as err:
+        typer.echo(str(err), err=True)
+        raise typer.Exit(1) from None
+
+
+@build_app.command("id")
+def build_id_command() -> None:
+    """The build id of the workflow code here (a hash of it): what a worker polls as by default."""
+    from dialogue.platform.worker_builds import build_id
+
+    typer.echo(build_id(get_settings()))
+
+
+@build_app.command("list")
+def build_list(deployment: DeploymentOption = None) -> None:
+    """The deployment's builds: which is current, which is ramping, and the workflows open on each."""
+    from dialogue.platform.worker_builds import describe
+
+    routing = _on_builds(deployment, lambda client, name: describe(client, name, count_open=True))
+    ramp = f", ramping {routing.ramping} at {routing.ramp_percent:g}%" if routing.ramping else ""
+    typer.echo(f"deployment {routing.deployment}: current {routing.current or 'unversioned workers'}{ramp}")
+    for build in routing.builds:
+        status = f"{build.status} {routing.ramp_percent:g}%" if build.status == "ramping" else build.status
+        typer.echo(
+            f"  {build.build_id:<16} {status:<14} {build.open_workflows:>6} open   "
+            f"created {build.created:%Y-%m-%d %H:%M:%S}"
+        )
+
+
+@build_app.command("current")
+def build_current(
+    build: Annotated[
+        str | None,
+        typer.Argument(help="A build id; the workflow code here (`dialogue build id`) if omitted."),
+    ] = None,
+    initial: Annotated[
+        bool,
+        typer.Option(
+            help="Only if no build is current yet: a first start (compose runs this), not a release."
+        ),
+    ] = False,
+    wait: Annotated[float, typer.Option(help="Seconds to wait for the build's workers to poll.")] = 0,
+    deployment: DeploymentOption = None,
+) -> None:
+    """Make BUILD current: every new conversation starts on it; open ones stay on their own build."""
+    from dialogue.platform.worker_builds import build_id, make_current_when_polled
+
+    target = build or build_id(get_settings())
+    changed, previous = _on_builds(
+        deployment,
+        lambda client, name: make_current_when_polled(client, name, target, within=wait, initial=initial),
+    )
+    if changed:
+        typer.echo(f"current build: {target} (was {previous or 'unversioned workers'})")
+    else:
+        typer.echo(f"current build: {previous} (left as it is: --initial)")
+
+
+@build_app.command("ramp")
+def build_ramp(
+    build: BuildArgument,
+    percent: Annotated[float, typer.Option(help="Share of new conversations, 0 to 100.")],
+    deployment: DeploymentOption = None,
+) -> None:
+    """Start PERCENT of new conversations on BUILD, the rest on the current build."""
+    from dialogue.platform.worker_builds import ramp
+
+    _on_builds(deployment, lambda client, name: ramp(client, name, build, percent))
+    typer.echo(f"ramping build {build}: {percent:g}% of new conversations")
+
+
+@build_app.command("rollback")
+def build_rollback(deployment: DeploymentOption = None) -> None:
+    """Undo the last step: stop the ramp, or with none, make the previous current build current again."""
+    from dialogue.platform.worker_builds import rollback
+
+    done = _on_builds(deployment, rollback)
+    if done.stopped_ramp:
+        typer.echo(f"stopped ramping build {done.stopped_ramp}; current build: {done.current}")
+    else:
+        typer.echo(f"current build: {done.current} (was {done.previous})")
+
+
+@build_app.command("move")
+def build_move(
+    from_build: BuildArgument,
+    to: Annotated[str, typer.Option(help="The build to pin them to.")],
+    deployment: DeploymentOption = None,
+) -> None:
+    """Pin the open workflows of FROM_BUILD to another build, to retire it before they end (the new
+    build's code replays them: only as safe as the patches)."""
+    from dialogue.platform.worker_builds import move_open_workflows
+
+    moved = _on_builds(deployment, lambda client, name: move_open_workflows(client, name, from_build, to))
+    typer.echo(f"{moved} open workflows moved from build {from_build} to {to}")

@@ -13,6 +13,7 @@ that rate something is wrong that restarting does not fix.
 
 from __future__ import annotations
 
+import asyncio
 import ctypes
 import functools
 import os
@@ -33,6 +34,14 @@ from dialogue.platform.bot import load_bot
 from dialogue.platform.db import get_engine, init_db
 from dialogue.platform.settings import Settings
 from dialogue.platform.temporal import search_attribute_flags
+from dialogue.platform.worker_builds import (
+    BuildError,
+    build_id,
+    connect_operator,
+    describe,
+    make_current,
+    move_open_workflows,
+)
 
 STOP_GRACE_SECONDS = 15.0
 START_TIMEOUT_SECONDS = 90.0
@@ -41,6 +50,8 @@ RESTART_MAX_DELAY_SECONDS = 30.0
 CRASH_LIMIT = 5
 CRASH_WINDOW_SECONDS = 120.0
 _PR_SET_PDEATHSIG = 1
+DEPLOYMENT = "dialogue"
+"""The worker deployment of the stack's workers, unless `worker_deployment` names another."""
 
 
 class StartupError(RuntimeError):
@@ -340,20 +351,54 @@ def _start_children(stack: Stack, settings: Settings, data_dir: Path) -> None:
     temporal = stack.spawn("temporal", _temporal_command(settings, data_dir), log=data_dir / "temporal.log")
     _wait_until(_accepts(temporal_host, temporal_port), "the Temporal dev server", temporal)
     _wait_until(_accepts(temporal_host, settings.temporal_ui_port), "the Temporal Web UI", temporal)
+    deployment, build = settings.worker_deployment or DEPLOYMENT, build_id(settings)
+    workers = []
     for number in range(settings.worker_processes):
         name = "worker" if settings.worker_processes == 1 else f"worker {number + 1}"
         # Each worker serves its metrics on a port of its own: the setting's, then the next ones.
         metrics_port = settings.worker_metrics_port + number if settings.worker_metrics_port else 0
-        stack.spawn(
-            name,
-            [sys.executable, "-m", "worker"],
-            env={"DIALOGUE_WORKER_METRICS_PORT": str(metrics_port)},
-            # When the cores are saturated the API still admits or sheds a turn at once and answers
-            # its health checks: the workers yield it the CPU that takes (bench/overload.py).
-            nice=settings.worker_nice,
+        workers.append(
+            stack.spawn(
+                name,
+                [sys.executable, "-m", "worker"],
+                env={
+                    "DIALOGUE_WORKER_METRICS_PORT": str(metrics_port),
+                    "DIALOGUE_WORKER_DEPLOYMENT": deployment,
+                    "DIALOGUE_WORKER_BUILD_ID": build,
+                },
+                # When the cores are saturated the API still admits or sheds a turn at once and answers
+                # its health checks: the workers yield it the CPU that takes (bench/overload.py).
+                nice=settings.worker_nice,
+            )
         )
+    # Until a build is current, new conversations wait for unversioned workers, and there are none.
+    _wait_until(_made_current(settings, deployment, build), f"build {build} of the workers", workers[0])
     api = stack.spawn("api", [sys.executable, "-m", "dialogue", "api"])
     _wait_until(_http_ok(f"{_api_url(settings)}/healthz"), "the API", api)
+
+
+def _made_current(settings: Settings, deployment: str, build: str) -> Callable[[], bool]:
+    """A check that makes the workers' build current once they have polled as it, and carries over the
+    open conversations of the builds this stack ran before: it runs one build at a time, so no worker
+    is left to serve them (as unversioned workers did, the new code replays them: the patches' job)."""
+
+    async def make_current_and_carry_over() -> bool:
+        client = await connect_operator(settings)
+        try:
+            await make_current(client, deployment, build)
+        except BuildError:  # no worker of the build has polled yet
+            return False
+        for earlier in (await describe(client, deployment)).builds:
+            if earlier.build_id != build:
+                moved = await move_open_workflows(client, deployment, earlier.build_id, build)
+                if moved:
+                    print(f"Build {build}: carried over {moved} open workflows of build {earlier.build_id}")
+        return True
+
+    def check() -> bool:
+        return asyncio.run(make_current_and_carry_over())
+
+    return check
 
 
 def _temporal_command(settings: Settings, data_dir: Path) -> list[str]:
@@ -398,6 +443,8 @@ def _banner(settings: Settings, data_dir: Path, api_key: str) -> str:
         f"  Temporal Web UI http://{temporal_host}:{settings.temporal_ui_port}\n"
         f"  Metrics         {api_url}/metrics, worker {_worker_metrics_url(settings)}\n"
         f"  Bot             {settings.bot_path}\n"
+        f"  Workflow build  {build_id(settings)} of deployment {settings.worker_deployment or DEPLOYMENT}"
+        " (`dialogue build list`)\n"
         f"  Data            {data_dir}\n"
         f"  API key         {api_key}\n\n"
         "Try:\n"

@@ -170,6 +170,13 @@ class Settings(BaseSettings):
     health checks) gets the CPU it needs first; the workers take all the rest."""
     worker_shutdown_grace_seconds: float = Field(default=10, ge=0)
     """On SIGTERM a worker stops polling and lets running activities finish for up to this long."""
+    worker_deployment: str | None = Field(default=None, pattern=r"^[^.]+$")
+    """Run the worker as a build of this Temporal worker deployment (Worker Versioning): each conversation
+    stays on the build it started on, and `dialogue build` moves new conversations from build to build.
+    Unset, the worker is unversioned (every worker takes every task). `dialogue up` sets `dialogue`."""
+    worker_build_id: str | None = Field(default=None, min_length=1, max_length=255)
+    """The worker's build in `worker_deployment`; when unset, derived from the workflow code
+    (`dialogue build id` prints it): the same code is the same build."""
     readiness_cache_seconds: float = Field(default=2, ge=0)
     """`/readyz` probes Temporal, the store and the task queue at most once in this long, for all its callers
     together; the others get the last answer. It needs no key, so a flood of it must not become a flood of
