@@ -98,6 +98,26 @@ def publish(
         + (f" ({tested['skipped']})" if isinstance(tested.get("skipped"), str) else "")
         + f", knowledge revision {details.get('knowledge_revision')}"
     )
+    _warn_of_what_the_api_reads_elsewhere(bot_path)
+
+
+def _warn_of_what_the_api_reads_elsewhere(bot_path: Path) -> None:
+    """The API redacts and evaluates flags with the deployment's bot file: say so when a version's own
+    privacy or flags differ from it (docs/releases.md)."""
+    from dialogue.platform.bot import load_bot
+
+    version, deployment = load_bot(bot_path), load_bot(get_settings().bot_path)
+    differ = [
+        section
+        for section in ("privacy", "flags")
+        if getattr(version, section) != getattr(deployment, section)
+    ]
+    if differ:
+        typer.echo(
+            f"warning: its {' and '.join(differ)} differ from the deployment's bot file "
+            f"({get_settings().bot_path}), which the API applies to every turn: change them there",
+            err=True,
+        )
 
 
 @bot_app.command("list")
