@@ -352,3 +352,16 @@ async def test_review_annotate_publish_and_an_answer_leads_to_the_model_card_and
     assert card["examples_per_source"]["nlu/reviewed.jsonl"] == 2
     assert card["nlu_model"] == body["lineage"]["nlu_model"]  # the answer's model is the card's
     assert card["held_out"]["accuracy"] >= 0.8 and card["conversation_tests"] is not None
+    assert "source" in manifest  # where it was published from: the operator's to see
+
+    # Another tenant's admin reads the same version without the default tenant's conversations in it.
+    admin = create_key(engine, tenant="acme", scope="admin")[1]
+    seen = await api.get(
+        f"/v1/bots/{BOT}/versions/{version.version}", headers={"Authorization": f"Bearer {admin}"}
+    )
+    assert seen.status_code == 200
+    their = seen.json()["manifest"]
+    assert "source" not in their
+    assert their["model_card"]["reviewed_conversations"] == []
+    assert their["model_card"]["reviewed_examples"] == []
+    assert their["model_card"]["data_hash"] == card["data_hash"]

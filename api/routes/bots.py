@@ -23,6 +23,7 @@ from dialogue.model.api_models import (
 )
 from dialogue.platform import bot_versions, releases
 from dialogue.platform.bot_versions import BotVersionError
+from dialogue.security.identity import Principal
 
 router = APIRouter(prefix="/bots", tags=["bots"])
 
@@ -33,7 +34,7 @@ VersionPath = Annotated[str, Path(pattern=r"^[0-9a-f]{4,64}$")]
 @router.get("", responses=responses("forbidden"))
 async def list_bots(engine: EngineDep, principal: AdminPrincipal) -> list[BotPublic]:
     """Every bot with a published version or a release: its release and its versions, newest first."""
-    return await run_in_threadpool(_bots, engine, None)
+    return [_seen_by(principal, bot) for bot in await run_in_threadpool(_bots, engine, None)]
 
 
 @router.get("/{bot}", responses=responses("forbidden", "bot_not_found"))
@@ -43,7 +44,7 @@ async def show_bot(bot: BotPath, engine: EngineDep, principal: AdminPrincipal) -
     if not found:
         raise ApiError("bot_not_found", f"no bot {bot!r}")
     history = await run_in_threadpool(releases.history, engine, bot)
-    return found[0].model_copy(
+    return _seen_by(principal, found[0]).model_copy(
         update={
             "history": [
                 BotReleaseEntry(at=e.at, actor=e.actor, action=e.action, detail=e.detail) for e in history
@@ -61,7 +62,7 @@ async def show_version(
     row = await run_in_threadpool(bot_versions.get_version, engine, bot, version)
     if row is None:
         raise ApiError("bot_not_found", f"no version {version} of bot {bot!r}")
-    return BotVersionPublic.model_validate(row, from_attributes=True)
+    return _version_seen_by(principal, BotVersionPublic.model_validate(row, from_attributes=True))
 
 
 @router.get("/{bot}/diff", responses=responses("forbidden", "bot_not_found"))
@@ -147,3 +148,34 @@ def _bots(engine: Engine, only: str | None) -> list[BotPublic]:
         )
         for name in names
     ]
+
+
+def _seen_by(principal: Principal, bot: BotPublic) -> BotPublic:
+    return bot.model_copy(update={"versions": [_version_seen_by(principal, v) for v in bot.versions]})
+
+
+def _version_seen_by(principal: Principal, version: BotVersionPublic) -> BotVersionPublic:
+    """A version as a tenant's admin may see it: bots serve every tenant, but the conversations a model
+    learned from are each a tenant's, and where the folder was published from is the operator's."""
+    if principal.allows("operator"):
+        return version
+    manifest = {key: value for key, value in version.manifest.items() if key != "source"}
+    card = manifest.get("model_card")
+    if isinstance(card, dict):
+        own = f"{principal.tenant}/"
+        card = card | {
+            "reviewed_conversations": [
+                key for key in card.get("reviewed_conversations", []) if str(key).startswith(own)
+            ],
+            "reviewed_examples": [
+                example
+                | {
+                    "origin": example["origin"]
+                    | {"also": [key for key in example["origin"].get("also", []) if str(key).startswith(own)]}
+                }
+                for example in card.get("reviewed_examples", [])
+                if str((example.get("origin") or {}).get("conversation_id", "")).startswith(own)
+            ],
+        }
+        manifest["model_card"] = card
+    return version.model_copy(update={"manifest": manifest})
