@@ -462,6 +462,22 @@ async def _(s: Stack) -> httpx.Response:
     return await s.http.delete("/v1/keys/no-such-key")
 
 
+@scenario("bot_not_found")
+async def _(s: Stack) -> httpx.Response:
+    return await s.http.post("/v1/conversations", json={"bot": "no-such-bot"})
+
+
+@scenario("invalid_release")
+async def _(s: Stack) -> httpx.Response:
+    # A version of the deployment's bot, published, cannot be its canary before it has a stable version.
+    from dialogue.apps.publishing import publish
+
+    published = await asyncio.to_thread(publish, s.settings, s.settings.bot_path, actor="t", run_tests=False)
+    return await s.http.post(
+        f"/v1/bots/{published.ref.bot}/release", json={"version": published.ref.version, "percent": 10}
+    )
+
+
 @scenario("not_configured")
 async def _(s: Stack) -> httpx.Response:
     # In production with no end-user token secret set: no token is minted (nor made up in one replica).
