@@ -356,7 +356,9 @@ class RollbackCreate(RequestModel):
 
 
 class SatisfactionCreate(RequestModel):
-    score: int = Field(ge=1, le=5, description="The user's score of the whole conversation: 1 (poor) to 5.")
+    score: WholeNumber = Field(
+        ge=1, le=5, description="The user's score of the whole conversation: 1 (poor) to 5."
+    )
     comment: Annotated[str, Field(max_length=2000)] | None = None
 
 
