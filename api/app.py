@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -10,6 +11,8 @@ from fastapi import APIRouter, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 from opentelemetry.sdk.trace import TracerProvider
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import SQLAlchemyError
 from temporalio.client import Client
 
 from api import openapi
@@ -33,6 +36,7 @@ from api.routes import (
     pages,
 )
 from api.routes.codec import codec_cors, codec_router
+from dialogue.platform import canary_guard
 from dialogue.platform.bot import load_bot
 from dialogue.platform.bot_versions import folder_ref
 from dialogue.platform.codec import EncryptionCodec
@@ -44,6 +48,8 @@ from dialogue.platform.telemetry import exported, temporal_interceptors, tracer_
 from dialogue.platform.temporal import connect
 from dialogue.security.privacy.privacy_policy import PrivacyPolicy
 from dialogue.security.tokens import EndUserTokens, TokenVerifier
+
+log = logging.getLogger("dialogue.api")
 
 
 def create_app(
@@ -82,12 +88,19 @@ def create_app(
         app.state.releases = releases = ReleaseCache(app.state.engine, folder_ref(settings.bot_path))
         await asyncio.to_thread(releases.refresh)
         refreshing = asyncio.create_task(_refresh_releases(releases, settings.release_cache_seconds))
+        guarding = (
+            asyncio.create_task(_guard_canaries(app.state.engine, releases, settings))
+            if settings.canary_guard_seconds > 0
+            else None
+        )
         # Lazy: the API starts, and answers 503, while Temporal is still down.
         app.state.temporal = temporal or await connect(
             settings, lazy=True, interceptors=temporal_interceptors(traced_calls)
         )
         yield
         refreshing.cancel()
+        if guarding is not None:
+            guarding.cancel()
         await app.state.event_feeds.close()
 
     app = FastAPI(
@@ -148,3 +161,22 @@ async def _refresh_releases(releases: ReleaseCache, every_seconds: float) -> Non
     while True:
         await asyncio.sleep(every_seconds)
         await asyncio.to_thread(releases.refresh)
+
+
+async def _guard_canaries(engine: Engine, releases: ReleaseCache, settings: Settings) -> None:
+    """Judge every canary every `canary_guard_seconds` (off the event loop); a canary dropped reaches this
+    replica's new conversations at once, the other replicas' within their release period."""
+    while True:
+        await asyncio.sleep(settings.canary_guard_seconds)
+        try:
+            verdicts = await asyncio.to_thread(
+                canary_guard.guard_all,
+                engine,
+                margin=settings.canary_guard_margin,
+                min_turns=settings.canary_guard_min_turns,
+            )
+        except SQLAlchemyError as err:  # the store is down: the canary is judged once it is back
+            log.warning("the canary guard could not read the store (%s)", err.__class__.__name__)
+            continue
+        if any(verdict.outcome == "rolled_back" for verdict in verdicts):
+            await asyncio.to_thread(releases.refresh)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from datetime import UTC, datetime
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
@@ -16,8 +17,17 @@ from temporalio.client import Client
 
 from dialogue.model.contracts import TurnReply
 from dialogue.platform.logs import current_trace_id, log_context, message_text
-from dialogue.platform.metrics import BROKEN_CONVERSATIONS, HTTP_REQUEST_SECONDS, TURN_SECONDS, TURNS
+from dialogue.platform.metrics import (
+    BOT_TURN_KINDS,
+    BOT_TURN_SECONDS,
+    BOT_TURNS,
+    BROKEN_CONVERSATIONS,
+    HTTP_REQUEST_SECONDS,
+    TURN_SECONDS,
+    TURNS,
+)
 from dialogue.platform.recovery import BROKEN, broken_conversations
+from dialogue.platform.version_numbers import bot_turn
 
 log = logging.getLogger("dialogue.api")
 
@@ -65,6 +75,32 @@ def mark_turn(state: Any, reply: TurnReply) -> None:
     state.turn_outcome = "degraded" if reply.degraded else "ok"
     texts = {"user_text": message_text(reply.user_text), "reply_text": message_text(reply.reply.text)}
     state.turn_texts = {name: text for name, text in texts.items() if text is not None}
+    _count_for_version(reply)
+
+
+def _count_for_version(reply: TurnReply) -> None:
+    """The answered turn in its bot version's counters (the store's numbers, `GET /v1/bots/{bot}/numbers`,
+    are every replica's; these, this process's, for Prometheus to sum)."""
+    lineage = reply.lineage
+    if lineage is None or lineage.bot is None or lineage.bot_version is None or reply.interrupted:
+        return
+    turn = bot_turn(
+        reply.conversation_id,
+        reply.turn_id,
+        datetime.now(UTC),
+        degraded=reply.degraded,
+        nlu=reply.nlu,
+        lineage=lineage,
+    )
+    if turn is None:
+        return
+    bot, version = turn.bot, turn.version
+    BOT_TURNS.labels(bot, version, "degraded" if turn.degraded else "ok").inc()
+    for kind in ("fallback", "out_of_scope", "handoff"):
+        if getattr(turn, kind):
+            BOT_TURN_KINDS.labels(bot, version, kind).inc()
+    if turn.latency_ms is not None:
+        BOT_TURN_SECONDS.labels(bot, version).observe(turn.latency_ms / 1000)
 
 
 def _turn_outcome(status: int, state: dict[str, Any]) -> str | None:

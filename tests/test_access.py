@@ -70,6 +70,7 @@ ENDPOINTS = [
     Endpoint("GET", "/v1/conversations/{c}/events", "client", stream=True),
     Endpoint("GET", "/v1/conversations/{c}/turns/{t}/lineage", "client"),
     Endpoint("POST", "/v1/conversations/{c}/turns/{t}/feedback", "client", {"rating": "up"}),
+    Endpoint("POST", "/v1/conversations/{c}/satisfaction", "client", {"score": 4}),
     # No call waits: the owner's callers reach the workflow, which says so; another tenant finds no conversation.
     Endpoint(
         "POST",
@@ -92,6 +93,21 @@ ENDPOINTS = [
     Endpoint(
         "DELETE", "/v1/knowledge/documents/acl-none", "operator", owned=False, absent="document_not_found"
     ),
+    # Bots are the deployment's: tenants' admins read their versions and numbers, only an operator releases.
+    Endpoint("GET", "/v1/bots", "admin", owned=False),
+    Endpoint("GET", "/v1/bots/acl-bot", "admin", owned=False, absent="bot_not_found"),
+    Endpoint("GET", "/v1/bots/acl-bot/versions/000000000000", "admin", owned=False, absent="bot_not_found"),
+    Endpoint("GET", "/v1/bots/acl-bot/diff?from=0000&to=0001", "admin", owned=False, absent="bot_not_found"),
+    Endpoint("GET", "/v1/bots/acl-bot/numbers", "admin", owned=False, absent="bot_not_found"),
+    Endpoint(
+        "POST",
+        "/v1/bots/acl-bot/release",
+        "operator",
+        {"version": "000000000000"},
+        owned=False,
+        absent="bot_not_found",
+    ),
+    Endpoint("POST", "/v1/bots/acl-bot/rollback", "operator", {}, owned=False, absent="bot_not_found"),
     Endpoint("GET", "/v1/keys", "admin", owned=False),
     Endpoint("POST", "/v1/keys", "admin", {"scope": "client"}, owned=False),
     Endpoint("DELETE", "/v1/keys/000000000000", "admin", owned=False, absent="key_not_found"),
@@ -213,7 +229,10 @@ def test_the_matrix_covers_every_route_of_the_app(settings: Settings) -> None:
     generic = {
         (
             method,
-            path.replace("call-none", "{call_id}")
+            path.split("?")[0]
+            .replace("call-none", "{call_id}")
+            .replace("/acl-bot", "/{bot}")
+            .replace("/versions/000000000000", "/versions/{version}")
             .replace(KEPT_CALL, "{call_id}")
             .replace("/shipping", "/{document_id}")
             .replace("/acl-none", "/{document_id}")

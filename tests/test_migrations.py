@@ -197,7 +197,7 @@ def test_the_revisions_after_the_baseline_only_add_the_later_tables() -> None:
     # 0003 adds the knowledge base's full-text index, which is not a table of the models (FTS5 makes a
     # virtual table): adoption and autogenerate leave it aside; 0004 only rewrites its rows.
     # 0005 adds the end users' conversations, 0006 the MCP servers' tool pins, 0007 the bots' versions
-    # and releases.
+    # and releases, and what the numbers per version count (its turns, the users' satisfaction).
     assert (
         head() == "0007"
         and {
@@ -206,6 +206,8 @@ def test_the_revisions_after_the_baseline_only_add_the_later_tables() -> None:
             "mcp_tool_pin",
             "bot_version",
             "bot_release",
+            "bot_turn",
+            "satisfaction",
         }
         == LATER_TABLES
     )

@@ -1,9 +1,11 @@
 """`/v1/bots`: the published versions of the deployment's bots and their releases. Admins read them; an
 operator (the deployment's, not a tenant's: bots serve every tenant) releases and rolls back, each change
-audited. Versions are published with `dialogue bot publish`, which trains and tests them first."""
+audited. Versions are published with `dialogue bot publish`, which trains and tests them first. Each
+version's numbers (`/numbers`) show how it does, the canary beside the stable."""
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Path, Query
@@ -14,15 +16,18 @@ from api.deps import AdminPrincipal, EngineDep, OperatorPrincipal, ReleasesDep
 from api.errors import ApiError, responses
 from dialogue.model.api_models import (
     BotName,
+    BotNumbers,
     BotPublic,
     BotReleaseEntry,
     BotReleasePublic,
     BotVersionPublic,
     ReleaseCreate,
     RollbackCreate,
+    VersionNumbersPublic,
 )
 from dialogue.platform import bot_versions, releases
 from dialogue.platform.bot_versions import BotVersionError
+from dialogue.platform.version_numbers import VersionNumbers, version_numbers
 from dialogue.security.identity import Principal
 
 router = APIRouter(prefix="/bots", tags=["bots"])
@@ -84,6 +89,47 @@ async def diff(
         return await run_in_threadpool(compare)
     except BotVersionError as err:
         raise ApiError("bot_not_found", str(err)) from None
+
+
+@router.get("/{bot}/numbers", responses=responses("forbidden", "bot_not_found"))
+async def numbers(
+    bot: BotPath,
+    engine: EngineDep,
+    principal: AdminPrincipal,
+    since: Annotated[
+        datetime | None,
+        Query(description="Count turns from this moment; by default the canary's own period, if any."),
+    ] = None,
+) -> BotNumbers:
+    """The numbers of each version of the bot, read from the store: turns, degraded, fallback, out-of-scope,
+    handoff and rated-down rates, the users' satisfaction, latency p50 and p99; the stable beside the
+    canary."""
+
+    def count() -> BotNumbers | None:
+        row = releases.get_release(engine, bot)
+        start = since if since is not None else (row.updated_at if row and row.canary else None)
+        found = version_numbers(engine, bot, since=start)
+        if row is None and not found:
+            return None
+
+        def side(version: str | None) -> VersionNumbersPublic | None:
+            if version is None:
+                return None
+            return VersionNumbersPublic(**found.get(version, VersionNumbers(bot, version)).public())
+
+        return BotNumbers(
+            bot=bot,
+            since=start,
+            release=BotReleasePublic.model_validate(row, from_attributes=True) if row else None,
+            stable=side(row.stable if row else None),
+            canary=side(row.canary if row else None),
+            versions=[VersionNumbersPublic(**n.public()) for n in found.values()],
+        )
+
+    shown = await run_in_threadpool(count)
+    if shown is None:
+        raise ApiError("bot_not_found", f"no release and no recorded turns of bot {bot!r}")
+    return shown
 
 
 @router.post("/{bot}/release", responses=responses("forbidden", "bot_not_found", "invalid_release"))

@@ -2,7 +2,8 @@
 
 The lineage (NLU model and result, documents with their versions and scores, generator,
 model and prompt version, timings) is stored with the reply by `record_turn`; ratings are
-stored beside it and `dialogue feedback export` writes both out to improve the bot.
+stored beside it and `dialogue feedback export` writes both out to improve the bot. A user may score the
+whole conversation too (1 to 5): the numbers per bot version count both.
 """
 
 from __future__ import annotations
@@ -17,8 +18,16 @@ from starlette.concurrency import run_in_threadpool
 from api.deps import EngineDep, FlagsDep
 from api.errors import ApiError, responses
 from api.routes.conversations import ConversationIdPath, OwnerPrincipal, TurnIdPath
-from dialogue.model.api_models import FeedbackCreate, FeedbackPublic, ToolResultPublic, TurnLineage
+from dialogue.model.api_models import (
+    FeedbackCreate,
+    FeedbackPublic,
+    SatisfactionCreate,
+    SatisfactionPublic,
+    ToolResultPublic,
+    TurnLineage,
+)
 from dialogue.platform import store
+from dialogue.platform.metrics import BOT_RATINGS, BOT_SATISFACTION
 from dialogue.platform.temporal import conversation_key
 
 router = APIRouter(prefix="/conversations", tags=["lineage"])
@@ -61,10 +70,12 @@ async def rate_answer(
 ) -> FeedbackPublic:
     """Rate a turn's answer up or down, with an optional comment (redacted like a turn's text)."""
     key = conversation_key(principal.tenant, conversation_id)
-    if await run_in_threadpool(store.bot_message, engine, key, turn_id) is None:
+    answer = await run_in_threadpool(store.bot_message, engine, key, turn_id)
+    if answer is None:
         raise _no_answer(conversation_id, turn_id)
     redaction = feature_flags.enabled("redaction", key)
     comment = request.app.state.privacy.for_storage(body.comment, enabled=redaction) if body.comment else None
+    bot, version = (answer.lineage or {}).get("bot"), (answer.lineage or {}).get("bot_version")
     row = await run_in_threadpool(
         store.record_feedback,
         engine,
@@ -75,7 +86,54 @@ async def rate_answer(
         author=principal.subject,
         at=datetime.now(UTC),
     )
+    if bot and version:
+        BOT_RATINGS.labels(bot, version, body.rating).inc()
     return FeedbackPublic.model_validate(row, from_attributes=True)
+
+
+@router.post(
+    "/{conversation_id}/satisfaction",
+    status_code=status.HTTP_201_CREATED,
+    responses=responses("conversation_not_found"),
+)
+async def score_conversation(
+    conversation_id: ConversationIdPath,
+    body: SatisfactionCreate,
+    request: Request,
+    engine: EngineDep,
+    principal: OwnerPrincipal,
+    feature_flags: FlagsDep,
+) -> SatisfactionPublic:
+    """The user's 1 to 5 score of the whole conversation, with an optional comment (redacted like a turn's
+    text); scoring again replaces it. Counted for the bot version that answered the conversation's last
+    turn (`GET /v1/bots/{bot}/numbers`)."""
+    key = conversation_key(principal.tenant, conversation_id)
+    last = await run_in_threadpool(store.last_bot_turn, engine, key)
+    if last is None:  # nothing answered yet: nothing to score
+        raise ApiError("conversation_not_found", f"no answered turn in conversation {conversation_id!r}")
+    redaction = feature_flags.enabled("redaction", key)
+    comment = request.app.state.privacy.for_storage(body.comment, enabled=redaction) if body.comment else None
+    row = await run_in_threadpool(
+        lambda: store.record_satisfaction(
+            engine,
+            key,
+            bot=last.bot,
+            version=last.version,
+            score=body.score,
+            comment=comment,
+            author=principal.subject,
+            at=datetime.now(UTC),
+        )
+    )
+    BOT_SATISFACTION.labels(last.bot, last.version).observe(body.score)
+    return SatisfactionPublic(
+        conversation_id=conversation_id,
+        score=row.score,
+        comment=row.comment,
+        bot=row.bot,
+        version=row.version,
+        created_at=row.created_at,
+    )
 
 
 def _no_answer(conversation_id: str, turn_id: str) -> ApiError:

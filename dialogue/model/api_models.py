@@ -353,3 +353,54 @@ class ReleaseCreate(RequestModel):
 class RollbackCreate(RequestModel):
     move_running: bool = Field(default=False, description="As for a release.")
     reason: Annotated[str, StringConstraints(max_length=500)] | None = None
+
+
+class SatisfactionCreate(RequestModel):
+    score: WholeNumber = Field(
+        ge=1, le=5, description="The user's score of the whole conversation: 1 (poor) to 5."
+    )
+    comment: Annotated[str, Field(max_length=2000)] | None = None
+
+
+class SatisfactionPublic(BaseModel):
+    conversation_id: str
+    score: int
+    comment: str | None
+    bot: str
+    version: str
+    """The version the conversation was on when it was scored: its numbers count the score."""
+    created_at: datetime
+
+
+class VersionNumbersPublic(BaseModel):
+    """One version's numbers over the period: rates are shares of its turns."""
+
+    bot: str
+    version: str
+    turns: int
+    degraded: int
+    degraded_rate: float
+    fallback_rate: float
+    out_of_scope_rate: float
+    handoff_rate: float
+    ratings: int
+    rated_down: int
+    rated_down_rate: float
+    satisfaction_count: int
+    satisfaction_mean: float | None
+    p50_ms: float | None
+    p99_ms: float | None
+
+
+class BotNumbers(BaseModel):
+    """A bot's numbers per version: the stable beside the canary, and every other version with turns."""
+
+    bot: str
+    since: datetime | None = Field(
+        description="The start of the period (None: every recorded turn). Unless asked for, the canary's "
+        "own period when there is one (since the release last changed): what the canary guard judges."
+    )
+    release: BotReleasePublic | None
+    stable: VersionNumbersPublic | None
+    canary: VersionNumbersPublic | None
+    versions: list[VersionNumbersPublic]

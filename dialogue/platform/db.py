@@ -12,7 +12,17 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from sqlalchemy import JSON, Column, DateTime, LargeBinary, Text, TypeDecorator, UniqueConstraint, event
+from sqlalchemy import (
+    JSON,
+    Column,
+    DateTime,
+    Index,
+    LargeBinary,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+    event,
+)
 from sqlalchemy.engine import Dialect, Engine
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlmodel import Field, SQLModel, create_engine
@@ -252,6 +262,44 @@ class BotRelease(SQLModel, table=True):
     """The stable versions before this one, newest last: what `rollback` goes back to."""
     updated_at: datetime = _utc_column()
     updated_by: str = Field(max_length=200)
+
+
+class BotTurn(SQLModel, table=True):
+    """One answered turn of a bot's version, as the numbers per version count it: no words, only what the
+    turn was (degraded, a fallback, out of scope, a handoff) and how long it took. Written with the
+    transcript by `record_turn`; a retried write finds its row."""
+
+    __tablename__ = "bot_turn"
+    __table_args__ = (Index("ix_bot_turn_bot_version_at", "bot", "version", "at"),)
+
+    conversation_id: str = Field(primary_key=True, max_length=200)
+    turn_id: str = Field(primary_key=True, max_length=200)
+    bot: str = Field(max_length=100)
+    version: str = Field(max_length=64)
+    at: datetime = _utc_column()
+    degraded: bool = False
+    fallback: bool = False
+    """The bot said it could not help (the policy's `fallback`)."""
+    out_of_scope: bool = False
+    """The NLU placed the message outside the bot (`out_of_scope`, or the router's best route)."""
+    handoff: bool = False
+    """The bot handed the conversation to a person."""
+    latency_ms: float | None = None
+    """The whole turn as the workflow timed it (`timings_ms.total`)."""
+
+
+class Satisfaction(SQLModel, table=True):
+    """A user's score of a whole conversation, 1 to 5, and the bot version that served it."""
+
+    conversation_id: str = Field(primary_key=True, max_length=200)
+    """The conversation's key: scoring it again replaces the score."""
+    bot: str = Field(index=True, max_length=100)
+    version: str = Field(max_length=64)
+    score: int
+    comment: str | None = None
+    """Redacted like a turn's text."""
+    author: str | None = Field(default=None, max_length=200)
+    created_at: datetime = _utc_column()
 
 
 class KnowledgeRevision(SQLModel, table=True):

@@ -39,6 +39,40 @@ BOT_VERSION_LOADS = Counter(
     "Published bot versions a worker loaded from the store (on a conversation's first use of them).",
     ["bot", "version"],
 )
+# Per bot and version (versions are few: the stable, a canary, the ones a rollback went back to).
+BOT_TURNS = Counter(
+    "dialogue_bot_turns",
+    "Answered turns sent through the API, by bot, version and outcome: ok or degraded.",
+    ["bot", "version", "outcome"],
+)
+BOT_TURN_KINDS = Counter(
+    "dialogue_bot_turn_kinds",
+    "Answered turns by bot, version and kind: fallback (the bot could not help), out_of_scope (the NLU "
+    "placed the message outside the bot), handoff (handed to a person).",
+    ["bot", "version", "kind"],
+)
+BOT_TURN_SECONDS = Histogram(
+    "dialogue_bot_turn_duration_seconds",
+    "An answered turn as the workflow timed it, by bot and version.",
+    ["bot", "version"],
+    buckets=LATENCY_BUCKETS,
+)
+BOT_RATINGS = Counter(
+    "dialogue_bot_ratings",
+    "Ratings of answers by bot, version and rating (up, down).",
+    ["bot", "version", "rating"],
+)
+BOT_SATISFACTION = Histogram(
+    "dialogue_bot_satisfaction",
+    "Users' 1 to 5 scores of whole conversations, by bot and version.",
+    ["bot", "version"],
+    buckets=(1, 2, 3, 4, 5),
+)
+CANARY_ROLLBACKS = Counter(
+    "dialogue_canary_rollbacks",
+    "Canaries the canary guard dropped, by bot and reason (degraded, rated_down).",
+    ["bot", "reason"],
+)
 READINESS_PROBES = Counter(
     "dialogue_readiness_probes",
     "Times `/readyz` asked Temporal, the store and the task queue; answers in between repeat the last probe's.",

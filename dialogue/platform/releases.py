@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
 
+from sqlalchemy import update
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session, col, select
@@ -109,6 +110,32 @@ def rollback(
             raise BotVersionError(f"bot {bot} has no canary and no earlier stable version to roll back to")
         row.move_running, row.updated_at, row.updated_by = move_running, datetime.now(UTC), actor
         session.add(row)
+        _audit(session, actor, "bot.rollback", bot, before, row, reason=reason)
+        session.commit()
+        return row
+
+
+def drop_canary(engine: Engine, bot: str, canary: str, *, actor: str, reason: str) -> BotRelease | None:
+    """Drop the bot's canary if it is still `canary`; None, and nothing written, when it is not (another
+    API replica's guard dropped it first, or an operator changed the release since). Unlike `rollback`,
+    never touches the stable version."""
+    with Session(engine, expire_on_commit=False) as session:
+        row = session.get(BotRelease, bot)
+        if row is None or row.canary != canary:
+            return None
+        before = _describe(row)
+        now = datetime.now(UTC)
+        # Conditional in the database itself: of two replicas that read the same canary, one updates it.
+        changed = session.exec(
+            update(BotRelease)
+            .where(col(BotRelease.bot) == bot, col(BotRelease.canary) == canary)
+            .values(canary=None, canary_percent=0.0, move_running=False, updated_at=now, updated_by=actor)
+        ).rowcount
+        if changed != 1:
+            session.rollback()
+            return None
+        session.expire(row)
+        session.refresh(row)
         _audit(session, actor, "bot.rollback", bot, before, row, reason=reason)
         session.commit()
         return row

@@ -193,6 +193,14 @@ class Settings(BaseSettings):
     release_cache_seconds: float = Field(default=2.0, ge=0.1, le=60)
     """How often the API reads the bots' releases: a release or a rollback reaches new conversations
     within this long."""
+    canary_guard_seconds: float = Field(default=30.0, ge=0, le=3600)
+    """How often the API's canary guard compares each canary with its stable version (and drops a canary
+    that does worse); 0 switches the guard off."""
+    canary_guard_margin: float = Field(default=0.1, ge=0, le=1)
+    """How much higher than the stable's a canary's degraded or rated-down rate may be (0.1: ten points of
+    the share of turns) before the guard drops it."""
+    canary_guard_min_turns: int = Field(default=50, ge=1)
+    """The turns a canary answers, since it was released, before the guard judges it."""
 
     nlu_backend: Literal["auto", "keywords", "trained"] = "auto"
     """`auto` uses the trained model when there is one, else the bot's keyword rules."""

@@ -14,14 +14,16 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
 from dialogue.model.contracts import RecordConversationRequest, RecordMessageRequest, RecordTurnRequest
-from dialogue.platform import events
+from dialogue.platform import events, version_numbers
 from dialogue.platform.db import (
+    BotTurn,
     Conversation,
     ConversationEvent,
     ConversationOwner,
     Feedback,
     McpToolPin,
     Message,
+    Satisfaction,
     ToolResult,
 )
 
@@ -77,6 +79,20 @@ def record_turn(engine: Engine, turn: RecordTurnRequest) -> None:
                 **common,
             )
         )
+        counted = (
+            version_numbers.bot_turn(
+                turn.conversation_id,
+                turn.turn_id,
+                turn.at,
+                degraded=turn.degraded,
+                nlu=turn.nlu,
+                lineage=turn.lineage,
+            )
+            if turn.lineage
+            else None
+        )
+        if counted is not None:  # the numbers per version (`version_numbers`)
+            session.merge(counted)
         session.commit()
     if turn.resumes is not None and turn.reply is not None:
         # No one asked for this answer in a request of their own: stream clients of the conversation get it.
@@ -316,7 +332,8 @@ def recent_messages(
 
 
 def erase_conversation(engine: Engine, key: str, at: datetime) -> dict[str, int]:
-    """Delete a conversation's transcript, lineage, event log and feedback; keep a tombstone row
+    """Delete a conversation's transcript, lineage, event log, feedback, satisfaction score and what the
+    numbers per version count of it; keep a tombstone row
     (status `erased`, no content) so the id is not mistaken for a new conversation. Idempotent."""
     with Session(engine) as session:
         counts = {
@@ -328,6 +345,10 @@ def erase_conversation(engine: Engine, key: str, at: datetime) -> dict[str, int]
             "tool_results": session.exec(
                 delete(ToolResult).where(col(ToolResult.conversation_id) == key)
             ).rowcount,
+            "satisfaction": session.exec(
+                delete(Satisfaction).where(col(Satisfaction.conversation_id) == key)
+            ).rowcount,
+            "bot_turns": session.exec(delete(BotTurn).where(col(BotTurn.conversation_id) == key)).rowcount,
             # Whose it was is the user's data too: erased with the rest.
             "owner": session.exec(
                 delete(ConversationOwner).where(col(ConversationOwner.conversation_id) == key)
@@ -402,6 +423,42 @@ def ratings(engine: Engine, key: str, turn_ids: Sequence[str]) -> dict[str, str]
             )
         ).all()
         return dict(rows)
+
+
+def last_bot_turn(engine: Engine, key: str) -> BotTurn | None:
+    """The conversation's newest answered turn as the numbers count it: the bot and version it is on."""
+    with Session(engine) as session:
+        query = select(BotTurn).where(col(BotTurn.conversation_id) == key)
+        return session.exec(query.order_by(col(BotTurn.at).desc()).limit(1)).first()
+
+
+def record_satisfaction(
+    engine: Engine,
+    key: str,
+    *,
+    bot: str,
+    version: str,
+    score: int,
+    comment: str | None,
+    author: str,
+    at: datetime,
+) -> Satisfaction:
+    """Store a user's 1 to 5 score of a conversation; scoring it again replaces the score."""
+    with Session(engine) as session:
+        row = session.merge(
+            Satisfaction(
+                conversation_id=key,
+                bot=bot,
+                version=version,
+                score=score,
+                comment=comment,
+                author=author[:MAX_AUTHOR],
+                created_at=at,
+            )
+        )
+        session.commit()
+        session.refresh(row)
+        return row
 
 
 def _feedback_id(key: str, turn_id: str) -> str:

@@ -107,6 +107,34 @@ function finishAnswer(item, answer) {
   addApprovals(item, answer.approvals);
 }
 
+// --- the conversation's score ------------------------------------------------------------------
+
+// One score per conversation, 1 to 5: a second click replaces it. The API refuses a conversation with no
+// answer yet (nothing to score): said in the status line.
+const scoreButtons = [1, 2, 3, 4, 5].map((score) => {
+  const button = element("button", "rate", String(score));
+  button.type = "button";
+  button.setAttribute("aria-label", `${score} of 5`);
+  button.setAttribute("aria-pressed", "false");
+  button.addEventListener("click", async () => {
+    try {
+      await api.score(conversationId, score);
+      for (const other of scoreButtons) other.setAttribute("aria-pressed", String(other === button));
+      $("score-status").textContent = `Thank you: you gave this conversation ${score} of 5.`;
+    } catch (error) {
+      const notYet = error instanceof ApiError && error.status === 404;
+      $("score-status").textContent = notYet ? "Send a message first: there is nothing to score yet." : error.message;
+    }
+  });
+  return button;
+});
+$("score-buttons").append(...scoreButtons);
+
+function clearScore() {
+  for (const button of scoreButtons) button.setAttribute("aria-pressed", "false");
+  $("score-status").textContent = "";
+}
+
 // --- approvals -----------------------------------------------------------------------------------
 
 // A tool call the bot's agent waits to make: the user decides the ones that are theirs (`user`); a
@@ -339,6 +367,7 @@ $("new-conversation").addEventListener("click", () => {
 
 function startConversation(id) {
   conversationId = id;
+  clearScore();
   localStorage.setItem(CONVERSATION_STORAGE, id);
   loadHistory();
 }

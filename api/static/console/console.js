@@ -167,6 +167,7 @@ async function loadCaller() {
   }
   updateControls();
   showTemporalLink();
+  versionsPoller.start();
 }
 
 // --- the conversation list ---------------------------------------------------------------------
@@ -1098,15 +1099,79 @@ function drawChart(figure, { summary, lines, format, floor, ceiling, series }) {
   if (caption.textContent !== summary) caption.textContent = summary;
 }
 
+// --- bot versions ------------------------------------------------------------------------------
+
+const VERSIONS_EVERY_MS = 15000;
+const VERSION_COLUMNS = [
+  ["Turns", (n) => String(n.turns)],
+  ["Degraded", (n) => percent(n.degraded_rate)],
+  ["Fallback", (n) => percent(n.fallback_rate)],
+  ["Out of scope", (n) => percent(n.out_of_scope_rate)],
+  ["Handoff", (n) => percent(n.handoff_rate)],
+  ["Rated down", (n) => `${percent(n.rated_down_rate)} (${n.ratings} rated)`],
+  ["Satisfaction", (n) => (n.satisfaction_mean === null ? NONE : `${n.satisfaction_mean.toFixed(2)} (${n.satisfaction_count})`)],
+  ["Latency p50", (n) => milliseconds(n.p50_ms)],
+  ["Latency p99", (n) => milliseconds(n.p99_ms)],
+];
+const percent = (share) => `${(share * 100).toFixed(1)}%`;
+const milliseconds = (ms) => (ms === null ? NONE : `${Math.round(ms)} ms`);
+
+// Each bot with a release: its stable and its canary, one row each. Admin keys only: for another key the
+// section stays hidden.
+async function loadVersions() {
+  const section = $("versions");
+  if (!caller || caller.scope !== "admin") return void (section.hidden = true);
+  let tables;
+  try {
+    const bots = (await api.bots()).filter((bot) => bot.release);
+    tables = await Promise.all(bots.map(async (bot) => versionsTable(await api.botNumbers(bot.bot))));
+  } catch (error) {
+    if (error instanceof ApiError && error.status === 403) return void (section.hidden = true);
+    return setStatus($("versions-status"), `The numbers could not be read: ${errorText(error)}`, true);
+  }
+  section.hidden = false;
+  setStatus($("versions-status"), tables.length ? "" : "No bot has a release yet (dialogue bot release).");
+  $("versions-tables").replaceChildren(...tables);
+}
+
+function versionsTable(numbers) {
+  const table = element("table", "conversations versions-table");
+  const since = numbers.since ? ` since ${new Date(numbers.since).toLocaleString()}` : "";
+  const share = numbers.release.canary ? `, canary at ${numbers.release.canary_percent}%` : "";
+  table.append(element("caption", null, `${numbers.bot}${share}${since}`));
+  const head = element("tr");
+  for (const name of ["Version", ...VERSION_COLUMNS.map(([title]) => title)]) {
+    const cell = element("th", null, name);
+    cell.scope = "col";
+    head.append(cell);
+  }
+  table.append(element("thead"));
+  table.tHead.append(head);
+  const body = element("tbody");
+  for (const [role, side] of [["stable", numbers.stable], ["canary", numbers.canary]]) {
+    if (!side) continue;
+    const row = element("tr");
+    const name = element("th", null, `${role} ${side.version}`);
+    name.scope = "row";
+    row.append(name, ...VERSION_COLUMNS.map(([, value]) => element("td", "number", value(side))));
+    body.append(row);
+  }
+  table.append(body);
+  const wrap = element("div", "table-wrap");
+  wrap.append(table);
+  return wrap;
+}
+
 // --- start -------------------------------------------------------------------------------------
 
 const listPoller = new Poller(LIST_EVERY_MS, loadList);
 const detailPoller = new Poller(DETAIL_EVERY_MS, refreshDetail);
 const metricsPoller = new Poller(METRICS_EVERY_MS, sampleMetrics);
+const versionsPoller = new Poller(VERSIONS_EVERY_MS, loadVersions);
 
 document.addEventListener("visibilitychange", () => {
   if (document.hidden) return;
-  for (const poller of [listPoller, detailPoller, metricsPoller]) if (poller.active) poller.run();
+  for (const poller of [listPoller, detailPoller, metricsPoller, versionsPoller]) if (poller.active) poller.run();
 });
 
 function wantedConversation() {

@@ -81,6 +81,11 @@ export class Api {
     });
   }
 
+  // The user's 1 to 5 score of the whole conversation; a second score replaces the first.
+  score(id, score) {
+    return this.json(`${this.conversation(id)}/satisfaction`, { method: "POST", body: { score } });
+  }
+
   // Decide on a tool call the bot's agent waits to make: {call_id, approved, pending, reply}; `reply` is
   // what the agent said when it went on (once no call of its turn waits any more).
   approve(id, callId, approve, note = null) {
@@ -108,6 +113,16 @@ export class Api {
     query.set("limit", String(limit));
     query.set("offset", String(offset));
     return this.json(`/v1/conversations?${query}`);
+  }
+
+  // The deployment's bots with their releases and versions (admin scope).
+  bots() {
+    return this.json("/v1/bots");
+  }
+
+  // A bot's numbers per version, the stable beside the canary: {since, release, stable, canary, versions}.
+  botNumbers(bot) {
+    return this.json(`/v1/bots/${encodeURIComponent(bot)}/numbers`);
   }
 
   // A person takes the conversation over (agent or admin scope): the conversation's new state.

@@ -38,7 +38,17 @@ from dialogue.platform.db import UtcDateTime
 SCRIPT_LOCATION = Path(__file__).parent
 BASELINE = "0001"
 """The revision whose schema is what `create_all` made before migrations existed."""
-LATER_TABLES = frozenset({"tool_result", "mcp_tool_pin", "conversation_owner", "bot_version", "bot_release"})
+LATER_TABLES = frozenset(
+    {
+        "tool_result",
+        "mcp_tool_pin",
+        "conversation_owner",
+        "bot_version",
+        "bot_release",
+        "bot_turn",
+        "satisfaction",
+    }
+)
 """Tables the revisions after the baseline create: a create_all database, made before them, has none of
 them, and adoption compares only the others with the models (the later revisions then add these)."""
 LOCK_KEY = 0x6469616C6F677565
