@@ -107,6 +107,7 @@ def test_a_bot_naming_a_file_outside_its_folder_is_not_published(tmp_path: Path,
         publish(settings, bot_path, actor="test", run_tests=False)
 
 
+@pytest.mark.parametrize("store_url", ["sqlite", "postgresql"], indirect=True)
 async def test_publish_stores_an_immutable_version_once_and_diff_shows_the_change(
     tmp_path: Path, settings: Settings
 ) -> None:
@@ -150,6 +151,7 @@ async def test_a_version_whose_conversation_tests_fail_is_refused_and_not_stored
     assert get_version(engine, BOT, folder_ref(bot_path).version) is None
 
 
+@pytest.mark.parametrize("store_url", ["sqlite", "postgresql"], indirect=True)
 async def test_stable_and_canary_answer_side_by_side_by_hash_and_a_rollback_reaches_new_conversations(
     tmp_path: Path, fast_releases: Settings, client: Client, api: httpx.AsyncClient
 ) -> None:

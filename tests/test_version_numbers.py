@@ -68,6 +68,7 @@ def sample(name: str, **labels: str) -> float:
     return REGISTRY.get_sample_value(name, labels) or 0.0
 
 
+@pytest.mark.parametrize("store_url", ["sqlite", "postgresql"], indirect=True)
 async def test_the_guard_rolls_back_a_canary_whose_template_is_broken(
     tmp_path: Path, fast: Settings, api: httpx.AsyncClient, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -170,6 +171,7 @@ async def test_the_apis_own_guard_rolls_back_a_canary_rated_down(
         assert actors.count("guard") == 1
 
 
+@pytest.mark.parametrize("store_url", ["sqlite", "postgresql"], indirect=True)
 async def test_ratings_and_satisfaction_count_for_the_version_and_bad_scores_are_refused(
     tmp_path: Path, fast: Settings, api: httpx.AsyncClient
 ) -> None:
