@@ -20,6 +20,7 @@ from api.deps import authorize_codec, get_principal
 from api.errors import install_error_handlers
 from api.feeds import EventFeeds
 from api.limits import BodyLimits, RateLimiter, StreamSlots, TurnAdmission
+from api.policies import BotPolicies
 from api.request_telemetry import RequestTelemetry, metrics_router
 from api.routes import (
     approvals,
@@ -41,12 +42,10 @@ from dialogue.platform.bot import load_bot
 from dialogue.platform.bot_versions import folder_ref
 from dialogue.platform.codec import EncryptionCodec
 from dialogue.platform.db import get_engine, init_db_if_reachable
-from dialogue.platform.flags import deployment_flags
 from dialogue.platform.releases import ReleaseCache
 from dialogue.platform.settings import Settings, get_settings
 from dialogue.platform.telemetry import exported, temporal_interceptors, tracer_provider
 from dialogue.platform.temporal import connect
-from dialogue.security.privacy.privacy_policy import PrivacyPolicy
 from dialogue.security.tokens import EndUserTokens, TokenVerifier
 
 log = logging.getLogger("dialogue.api")
@@ -83,10 +82,9 @@ def create_app(
         )
         app.state.event_feeds = EventFeeds(app.state.engine)
         bot = load_bot(settings.bot_path)
-        app.state.privacy = PrivacyPolicy(bot.privacy)
-        app.state.flags = deployment_flags(settings, bot)
         app.state.releases = releases = ReleaseCache(app.state.engine, folder_ref(settings.bot_path))
         await asyncio.to_thread(releases.refresh)
+        app.state.policies = BotPolicies(settings, bot, releases)
         refreshing = asyncio.create_task(_refresh_releases(releases, settings.release_cache_seconds))
         guarding = (
             asyncio.create_task(_guard_canaries(app.state.engine, releases, settings))

@@ -23,7 +23,7 @@ from temporalio.client import Client
 
 from api.errors import ApiError
 from api.limits import RateLimiter
-from dialogue.platform.flags import FeatureFlags
+from api.policies import BotPolicies
 from dialogue.platform.releases import ReleaseCache
 from dialogue.platform.settings import Settings
 from dialogue.security.identity import DEFAULT_TENANT, InvalidCredentials, Principal, Scope, authenticate_key
@@ -53,9 +53,9 @@ def get_releases(request: Request) -> ReleaseCache:
     return releases
 
 
-def get_flags(request: Request) -> FeatureFlags:
-    flags: FeatureFlags = request.app.state.flags
-    return flags
+def get_policies(request: Request) -> BotPolicies:
+    policies: BotPolicies = request.app.state.policies
+    return policies
 
 
 def get_principal(request: Request) -> Principal:
@@ -193,7 +193,7 @@ async def authorize_codec(request: Request) -> None:
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 EngineDep = Annotated[Engine, Depends(get_engine)]
 TemporalClientDep = Annotated[Client, Depends(get_temporal)]
-FlagsDep = Annotated[FeatureFlags, Depends(get_flags)]
+PoliciesDep = Annotated[BotPolicies, Depends(get_policies)]
 ReleasesDep = Annotated[ReleaseCache, Depends(get_releases)]
 ClientPrincipal = Annotated[Principal, require("client")]
 AgentPrincipal = Annotated[Principal, require("agent")]

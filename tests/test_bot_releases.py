@@ -367,3 +367,44 @@ async def test_review_annotate_publish_and_an_answer_leads_to_the_model_card_and
     assert their["model_card"]["reviewed_conversations"] == []
     assert their["model_card"]["reviewed_examples"] == []
     assert their["model_card"]["data_hash"] == card["data_hash"]
+
+
+async def test_the_api_redacts_and_flags_a_conversation_by_the_version_it_gets(
+    tmp_path: Path, fast_releases: Settings, api: httpx.AsyncClient
+) -> None:
+    """A canary that redacts one more kind of data, and keeps streaming off: its conversations' words are
+    redacted before they reach the workflow, and their turns carry its flags; the stable's are not."""
+    v1 = (await published(fast_releases, demo_copy(tmp_path, "v1"))).ref
+    demo = load_bot(fast_releases.bot_path)
+    privacy = demo.privacy.model_dump() | {
+        "patterns": dict(demo.privacy.patterns) | {"VOUCHER": r"\bVC-\d{4}\b"}
+    }
+    v2 = (
+        await published(
+            fast_releases,
+            demo_copy(tmp_path, "v2", privacy=privacy, flags={"streaming": False}),
+        )
+    ).ref
+    assert (await api.post(f"/v1/bots/{BOT}/release", json={"version": v1.version})).status_code == 200
+    made = await api.post(f"/v1/bots/{BOT}/release", json={"version": v2.version, "percent": 50})
+    assert made.status_code == 200
+    release = releases.get_release(get_engine(fast_releases.resolved_database_url), BOT)
+    assert release is not None
+    run = uuid.uuid4().hex[:6]
+    sides: dict[str, str] = {}
+    for n in range(40):
+        conversation = f"policy-{run}-{n}"
+        sides.setdefault(releases.choose(release, f"default/{conversation}"), conversation)
+        if len(sides) == 2:
+            break
+    for version, conversation in sides.items():
+        reply = await api.post(
+            f"/v1/conversations/{conversation}/turns", json={"text": "my voucher VC-1234 does not work"}
+        )
+        assert reply.status_code == 200, reply.text
+        body = reply.json()
+        assert body["lineage"]["bot_version"] == version
+        on_canary = version == v2.version
+        assert ("[VOUCHER]" in body["user_text"]) == on_canary
+        assert ("VC-1234" in body["user_text"]) != on_canary
+        assert body["lineage"]["flags"]["streaming"] is (not on_canary)

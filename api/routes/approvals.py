@@ -10,7 +10,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Request
 
-from api.deps import FlagsDep, SettingsDep, TemporalClientDep
+from api.deps import PoliciesDep, SettingsDep, TemporalClientDep
 from api.errors import WORKFLOW_UPDATE, responses
 from api.routes.conversations import ConversationIdPath, IdempotencyKey, OwnerPrincipal, execute_update
 from dialogue.model.api_models import ApprovalCreate
@@ -34,15 +34,16 @@ async def decide_approval(
     settings: SettingsDep,
     temporal: TemporalClientDep,
     principal: OwnerPrincipal,
-    feature_flags: FlagsDep,
+    policies: PoliciesDep,
     idempotency_key: IdempotencyKey = None,
 ) -> ApprovalReply:
     """Approve or deny a tool call that waits (`agent` approvals need the agent scope; `user` approvals of a
     conversation with an end user need their token). 404 when no such call
     waits, 409 when it is decided already. Deciding the last call the agent waits for answers with what the
     agent said when it went on (`reply`); before that, with the calls still pending."""
-    flags = feature_flags.evaluate(conversation_key(principal.tenant, conversation_id))
-    note = request.app.state.privacy.for_storage(body.note, enabled=flags["redaction"]) if body.note else None
+    key = conversation_key(principal.tenant, conversation_id)
+    flags = policies.evaluate(key)
+    note = policies.privacy(key).for_storage(body.note, enabled=flags["redaction"]) if body.note else None
     decision = ApprovalRequest(
         call_id=call_id,
         approve=body.approve,

@@ -23,7 +23,7 @@ from temporalio.common import WorkflowIDConflictPolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
-from api.deps import ClientPrincipal, EngineDep, FlagsDep, ReleasesDep, SettingsDep, TemporalClientDep
+from api.deps import ClientPrincipal, EngineDep, PoliciesDep, ReleasesDep, SettingsDep, TemporalClientDep
 from api.errors import (
     WORKFLOW_READ,
     WORKFLOW_UPDATE,
@@ -34,6 +34,7 @@ from api.errors import (
     temporal_errors,
 )
 from api.limits import StreamSlots
+from api.policies import BotPolicies
 from api.request_telemetry import mark_turn
 from api.streaming import ResumePoint, conversation_stream, stream_response, turn_stream
 from dialogue.model.api_models import (
@@ -62,7 +63,7 @@ from dialogue.model.contracts import (
     Updates,
 )
 from dialogue.platform import events, store
-from dialogue.platform.flags import FeatureFlags, Flag
+from dialogue.platform.flags import Flag
 from dialogue.platform.recovery import BROKEN
 from dialogue.platform.starting import conversation_input, start_options
 from dialogue.platform.temporal import conversation_key, workflow_id
@@ -164,7 +165,7 @@ async def create_conversation(
     temporal: TemporalClientDep,
     principal: ClientPrincipal,
     request: Request,
-    feature_flags: FlagsDep,
+    policies: PoliciesDep,
     releases: ReleasesDep,
     body: Annotated[ConversationCreate | None, Body()] = None,
 ) -> ConversationCreated:
@@ -181,9 +182,10 @@ async def create_conversation(
     bot = releases.choose(body.bot if body else None, key)
     if bot is None:
         raise ApiError("bot_not_found", f"no bot {body.bot if body else None!r} is released here")
-    redaction = feature_flags.evaluate(key)["redaction"]
+    policy = policies.of(key, bot.ref.bot)
+    redaction = policy.flags.evaluate(key)["redaction"]
     slots = {
-        name: request.app.state.privacy.for_storage(value, enabled=redaction)
+        name: policy.privacy.for_storage(value, enabled=redaction)
         for name, value in (body.slots if body else {}).items()
     }
     async with temporal_errors(conversation_id, temporal=temporal, key=key):
@@ -234,7 +236,7 @@ async def create_turn(
     response: Response,
     request: Request,
     principal: ClientPrincipal,
-    feature_flags: FlagsDep,
+    policies: PoliciesDep,
     releases: ReleasesDep,
     idempotency_key: IdempotencyKey = None,
     accept: Annotated[str | None, Header()] = None,
@@ -246,7 +248,7 @@ async def create_turn(
         raise ApiError("invalid_turn", f"text is longer than {settings.max_text_chars} characters")
     if idempotency_key and body.idempotency_key and idempotency_key != body.idempotency_key:
         raise ApiError("idempotency_conflict", "the Idempotency-Key header and idempotency_key differ")
-    flags = feature_flags.evaluate(_key(principal, conversation_id))
+    flags = policies.evaluate(_key(principal, conversation_id))
     # Streaming off, the turn is answered all the same, as JSON: its Content-Type tells the client.
     streaming = flags["streaming"] and "text/event-stream" in (accept or "")
     resume = ResumePoint(last_event_id)
@@ -255,7 +257,9 @@ async def create_turn(
     await _refuse_if_ended(engine, principal, conversation_id)
     turn_id = idempotency_key or body.idempotency_key or str(uuid.uuid4())
     # Personal data is redacted here, before the text reaches Temporal, the store or a model.
-    text = request.app.state.privacy.for_storage(body.text, enabled=flags["redaction"])
+    text = policies.privacy(_key(principal, conversation_id)).for_storage(
+        body.text, enabled=flags["redaction"]
+    )
     # The workflow refuses the turn of an end user the conversation does not belong to (404); a new
     # conversation started by this turn belongs to its sender.
     key = _key(principal, conversation_id)
@@ -382,12 +386,12 @@ async def follow_turn(
     engine: EngineDep,
     temporal: TemporalClientDep,
     principal: OwnerPrincipal,
-    feature_flags: FlagsDep,
+    policies: PoliciesDep,
     request: Request,
     last_event_id: LastEventId = None,
 ) -> Response:
     """Follow a turn's events (an `EventSource` reconnects here with `Last-Event-ID`)."""
-    require_flag(feature_flags, principal, conversation_id, "streaming")
+    require_flag(policies, principal, conversation_id, "streaming")
     resume = ResumePoint(last_event_id)
     if resume.finished:
         return Response(status_code=status.HTTP_204_NO_CONTENT)
@@ -432,7 +436,7 @@ async def follow_conversation(
     engine: EngineDep,
     temporal: TemporalClientDep,
     principal: OwnerPrincipal,
-    feature_flags: FlagsDep,
+    policies: PoliciesDep,
     request: Request,
     last_event_id: LastEventId = None,
     after: Annotated[
@@ -451,7 +455,7 @@ async def follow_conversation(
     The stream ends after `DIALOGUE_STREAM_MAX_SECONDS`; the client reconnects with `Last-Event-ID`
     (an `EventSource` does by itself) and misses nothing."""
     # Off, no event stream at all; a person's messages are in the transcript (`…/messages`) all the same.
-    require_flag(feature_flags, principal, conversation_id, "streaming")
+    require_flag(policies, principal, conversation_id, "streaming")
     key = _key(principal, conversation_id)
     if await run_in_threadpool(store.get_conversation, engine, key) is None:
         async with temporal_errors(conversation_id):
@@ -690,10 +694,10 @@ async def _turn_result(temporal: TemporalClientDep, key: str, turn_id: str) -> T
 
 
 def require_flag(
-    feature_flags: FeatureFlags, principal: Principal, conversation_id: str, flag: Flag
+    policies: BotPolicies, principal: Principal, conversation_id: str, flag: Flag
 ) -> dict[str, bool]:
     """The conversation's flags; 409 `feature_disabled` when `flag` is off for it."""
-    flags = feature_flags.evaluate(_key(principal, conversation_id))
+    flags = policies.evaluate(_key(principal, conversation_id))
     if not flags[flag]:
         raise ApiError("feature_disabled", f"{flag} is switched off for conversation {conversation_id!r}")
     return flags

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request, status
 
-from api.deps import AgentPrincipal, FlagsDep, SettingsDep, TemporalClientDep
+from api.deps import AgentPrincipal, PoliciesDep, SettingsDep, TemporalClientDep
 from api.errors import WORKFLOW_UPDATE, ApiError, responses
 from api.routes.conversations import ConversationIdPath, IdempotencyKey, execute_update, require_flag
 from dialogue.model.contracts import (
@@ -20,6 +20,7 @@ from dialogue.model.contracts import (
     HandoffRequest,
     Updates,
 )
+from dialogue.platform.temporal import conversation_key
 
 router = APIRouter(prefix="/conversations", tags=["handoff"])
 
@@ -34,12 +35,14 @@ async def hand_off(
     settings: SettingsDep,
     temporal: TemporalClientDep,
     principal: AgentPrincipal,
-    feature_flags: FlagsDep,
+    policies: PoliciesDep,
     idempotency_key: IdempotencyKey = None,
 ) -> ConversationState:
     """A person takes the conversation over: the bot stops answering; the user's turns wait for the person."""
-    flags = require_flag(feature_flags, principal, conversation_id, "handoff")
-    reason = request.app.state.privacy.for_storage(body.reason, enabled=flags["redaction"])
+    flags = require_flag(policies, principal, conversation_id, "handoff")
+    reason = policies.privacy(conversation_key(principal.tenant, conversation_id)).for_storage(
+        body.reason, enabled=flags["redaction"]
+    )
     body = body.model_copy(update={"reason": reason})
     state: ConversationState = await execute_update(
         temporal,
@@ -66,15 +69,17 @@ async def post_agent_message(
     settings: SettingsDep,
     temporal: TemporalClientDep,
     principal: AgentPrincipal,
-    feature_flags: FlagsDep,
+    policies: PoliciesDep,
     idempotency_key: IdempotencyKey = None,
 ) -> AgentMessageReply:
     """A person's reply to the user (409 unless the conversation is handed off): recorded in the
     transcript and sent to the conversation's event stream."""
-    flags = require_flag(feature_flags, principal, conversation_id, "handoff")
+    flags = require_flag(policies, principal, conversation_id, "handoff")
     if len(body.text) > settings.max_text_chars:
         raise ApiError("invalid_turn", f"text is longer than {settings.max_text_chars} characters")
-    text = request.app.state.privacy.for_storage(body.text, enabled=flags["redaction"])
+    text = policies.privacy(conversation_key(principal.tenant, conversation_id)).for_storage(
+        body.text, enabled=flags["redaction"]
+    )
     body = body.model_copy(update={"text": text})
     reply: AgentMessageReply = await execute_update(
         temporal,
@@ -99,12 +104,12 @@ async def hand_back(
     settings: SettingsDep,
     temporal: TemporalClientDep,
     principal: AgentPrincipal,
-    feature_flags: FlagsDep,
+    policies: PoliciesDep,
     idempotency_key: IdempotencyKey = None,
 ) -> ConversationState:
     """The bot answers the user's turns again."""
     # Off, a conversation a person held goes back to the bot by itself, at the user's next turn.
-    require_flag(feature_flags, principal, conversation_id, "handoff")
+    require_flag(policies, principal, conversation_id, "handoff")
     state: ConversationState = await execute_update(
         temporal,
         settings,

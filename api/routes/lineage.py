@@ -15,7 +15,7 @@ import orjson
 from fastapi import APIRouter, Path, Request, status
 from starlette.concurrency import run_in_threadpool
 
-from api.deps import EngineDep, FlagsDep
+from api.deps import EngineDep, PoliciesDep
 from api.errors import ApiError, responses
 from api.routes.conversations import ConversationIdPath, OwnerPrincipal, TurnIdPath
 from dialogue.model.api_models import (
@@ -66,15 +66,15 @@ async def rate_answer(
     request: Request,
     engine: EngineDep,
     principal: OwnerPrincipal,
-    feature_flags: FlagsDep,
+    policies: PoliciesDep,
 ) -> FeedbackPublic:
     """Rate a turn's answer up or down, with an optional comment (redacted like a turn's text)."""
     key = conversation_key(principal.tenant, conversation_id)
     answer = await run_in_threadpool(store.bot_message, engine, key, turn_id)
     if answer is None:
         raise _no_answer(conversation_id, turn_id)
-    redaction = feature_flags.enabled("redaction", key)
-    comment = request.app.state.privacy.for_storage(body.comment, enabled=redaction) if body.comment else None
+    redaction = policies.enabled("redaction", key)
+    comment = policies.privacy(key).for_storage(body.comment, enabled=redaction) if body.comment else None
     bot, version = (answer.lineage or {}).get("bot"), (answer.lineage or {}).get("bot_version")
     row = await run_in_threadpool(
         store.record_feedback,
@@ -102,7 +102,7 @@ async def score_conversation(
     request: Request,
     engine: EngineDep,
     principal: OwnerPrincipal,
-    feature_flags: FlagsDep,
+    policies: PoliciesDep,
 ) -> SatisfactionPublic:
     """The user's 1 to 5 score of the whole conversation, with an optional comment (redacted like a turn's
     text); scoring again replaces it. Counted for the bot version that answered the conversation's last
@@ -111,8 +111,8 @@ async def score_conversation(
     last = await run_in_threadpool(store.last_bot_turn, engine, key)
     if last is None:  # nothing answered yet: nothing to score
         raise ApiError("conversation_not_found", f"no answered turn in conversation {conversation_id!r}")
-    redaction = feature_flags.enabled("redaction", key)
-    comment = request.app.state.privacy.for_storage(body.comment, enabled=redaction) if body.comment else None
+    redaction = policies.enabled("redaction", key)
+    comment = policies.privacy(key).for_storage(body.comment, enabled=redaction) if body.comment else None
     row = await run_in_threadpool(
         lambda: store.record_satisfaction(
             engine,

@@ -102,11 +102,14 @@ def publish(
 
 
 def _warn_of_what_the_api_reads_elsewhere(bot_path: Path) -> None:
-    """The API redacts and evaluates flags with the deployment's bot file: say so when a version's own
-    privacy or flags differ from it (docs/releases.md)."""
+    """For a bot other than the deployment's, the API redacts and flags a conversation's requests after
+    its creation with the deployment's bot (docs/releases.md): say so when this one's privacy or flags
+    differ from it."""
     from dialogue.platform.bot import load_bot
 
     version, deployment = load_bot(bot_path), load_bot(get_settings().bot_path)
+    if version.name == deployment.name:
+        return
     differ = [
         section
         for section in ("privacy", "flags")
@@ -114,8 +117,8 @@ def _warn_of_what_the_api_reads_elsewhere(bot_path: Path) -> None:
     ]
     if differ:
         typer.echo(
-            f"warning: its {' and '.join(differ)} differ from the deployment's bot file "
-            f"({get_settings().bot_path}), which the API applies to every turn: change them there",
+            f"warning: its {' and '.join(differ)} differ from those of the deployment's bot "
+            f"{deployment.name}, which the API applies to its conversations' requests after their creation",
             err=True,
         )
 

@@ -214,6 +214,8 @@ class ReleaseCache:
         self._engine = engine
         self._files = files
         self.releases: dict[str, BotRelease] = {}
+        self.definitions: dict[tuple[str, str], str] = {}
+        """The bot.yaml of each released version (stable and canary), by bot and version."""
 
     @property
     def default_bot(self) -> str:
@@ -221,7 +223,14 @@ class ReleaseCache:
 
     def refresh(self) -> None:
         try:
-            self.releases = {row.bot: row for row in list_releases(self._engine)}
+            releases = {row.bot: row for row in list_releases(self._engine)}
+            for row in releases.values():
+                for version in filter(None, (row.stable, row.canary)):
+                    if (row.bot, version) not in self.definitions:  # a version never changes
+                        self.definitions[(row.bot, version)] = require_version(
+                            self._engine, row.bot, version
+                        ).definition
+            self.releases = releases
         except SQLAlchemyError as err:  # the store is down: new conversations get the last known
             log.warning("bot releases unreadable (%s): keeping the last read", err.__class__.__name__)
 
