@@ -110,7 +110,7 @@ class BotRuntimes:
             if found is not None:
                 return found
             wanted = BotRef.parse(ref)
-            row = get_version(self._engine, wanted.bot, wanted.version)
+            row = get_version(self._engine, wanted.bot, wanted.version, archive=True)
             if row is None:
                 if wanted.bot == self.own.ref.bot:
                     # The API read another copy of the deployment's bot folder than this worker's (a rolling

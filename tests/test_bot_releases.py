@@ -117,11 +117,11 @@ async def test_publish_stores_an_immutable_version_once_and_diff_shows_the_chang
     assert first.stored and not again.stored and first.ref == again.ref
     second = await published(settings, demo_copy(tmp_path, "v2", greeting=V2_GREETING))
     assert second.ref.version != first.ref.version
-    row = require_version(engine, BOT, second.ref.version)
+    row = require_version(engine, BOT, second.ref.version, archive=True)
     assert row.manifest["nlu_model"] and row.manifest["knowledge_revision"] is not None
     assert row.manifest["tests"] == {"skipped": "--no-tests"}
     assert get_version(engine, BOT, second.ref.version[:6]) is not None  # a prefix names it
-    changes = diff_versions(require_version(engine, BOT, first.ref.version), row)
+    changes = diff_versions(require_version(engine, BOT, first.ref.version, archive=True), row)
     assert changes["changed"] == ["bot.yaml"] and not changes["added"] and not changes["removed"]
     assert f"+  - {V2_GREETING}" in changes["diffs"]["bot.yaml"]
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Request
+from fastapi import APIRouter, Path
 
 from api.deps import PoliciesDep, SettingsDep, TemporalClientDep
 from api.errors import WORKFLOW_UPDATE, responses
@@ -30,7 +30,6 @@ async def decide_approval(
     conversation_id: ConversationIdPath,
     call_id: CallIdPath,
     body: ApprovalCreate,
-    request: Request,
     settings: SettingsDep,
     temporal: TemporalClientDep,
     principal: OwnerPrincipal,

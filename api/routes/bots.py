@@ -26,7 +26,7 @@ from dialogue.model.api_models import (
     VersionNumbersPublic,
 )
 from dialogue.platform import bot_versions, releases
-from dialogue.platform.bot_versions import BotVersionError
+from dialogue.platform.bot_versions import BotVersionError, NotFound
 from dialogue.platform.version_numbers import VersionNumbers, version_numbers
 from dialogue.security.identity import Principal
 
@@ -82,7 +82,8 @@ async def diff(
 
     def compare() -> dict[str, object]:
         return bot_versions.diff_versions(
-            bot_versions.require_version(engine, bot, old), bot_versions.require_version(engine, bot, new)
+            bot_versions.require_version(engine, bot, old, archive=True),
+            bot_versions.require_version(engine, bot, new, archive=True),
         )
 
     try:
@@ -139,8 +140,6 @@ async def release(
     """Make a version the bot's stable one (`percent` 100) or its canary for `percent` of new conversations.
     New conversations get it within `DIALOGUE_RELEASE_CACHE_SECONDS`; running ones keep theirs unless
     `move_running`."""
-    if await run_in_threadpool(bot_versions.get_version, engine, bot, body.version) is None:
-        raise ApiError("bot_not_found", f"no version {body.version} of bot {bot!r}")
     try:
         row = await run_in_threadpool(
             lambda: releases.release(
@@ -153,6 +152,8 @@ async def release(
                 reason=body.reason,
             )
         )
+    except NotFound as err:
+        raise ApiError("bot_not_found", str(err)) from None
     except BotVersionError as err:
         raise ApiError("invalid_release", str(err)) from None
     await run_in_threadpool(cache.refresh)  # this API replica at once; the others within their period
@@ -164,14 +165,14 @@ async def rollback(
     bot: BotPath, body: RollbackCreate, engine: EngineDep, principal: OperatorPrincipal, cache: ReleasesDep
 ) -> BotReleasePublic:
     """Drop the canary if there is one, else go back to the stable version before this one."""
-    if await run_in_threadpool(releases.get_release, engine, bot) is None:
-        raise ApiError("bot_not_found", f"bot {bot!r} has no release")
     try:
         row = await run_in_threadpool(
             lambda: releases.rollback(
                 engine, bot, actor=principal.subject, move_running=body.move_running, reason=body.reason
             )
         )
+    except NotFound as err:
+        raise ApiError("bot_not_found", str(err)) from None
     except BotVersionError as err:
         raise ApiError("invalid_release", str(err)) from None
     await run_in_threadpool(cache.refresh)

@@ -164,7 +164,6 @@ async def create_conversation(
     engine: EngineDep,
     temporal: TemporalClientDep,
     principal: ClientPrincipal,
-    request: Request,
     policies: PoliciesDep,
     releases: ReleasesDep,
     body: Annotated[ConversationCreate | None, Body()] = None,

@@ -7,7 +7,7 @@ where the conversation changed hands.
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request, status
+from fastapi import APIRouter, status
 
 from api.deps import AgentPrincipal, PoliciesDep, SettingsDep, TemporalClientDep
 from api.errors import WORKFLOW_UPDATE, ApiError, responses
@@ -31,7 +31,6 @@ router = APIRouter(prefix="/conversations", tags=["handoff"])
 async def hand_off(
     conversation_id: ConversationIdPath,
     body: HandoffRequest,
-    request: Request,
     settings: SettingsDep,
     temporal: TemporalClientDep,
     principal: AgentPrincipal,
@@ -65,7 +64,6 @@ async def hand_off(
 async def post_agent_message(
     conversation_id: ConversationIdPath,
     body: AgentMessageRequest,
-    request: Request,
     settings: SettingsDep,
     temporal: TemporalClientDep,
     principal: AgentPrincipal,

@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import orjson
-from fastapi import APIRouter, Path, Request, status
+from fastapi import APIRouter, Path, status
 from starlette.concurrency import run_in_threadpool
 
 from api.deps import EngineDep, PoliciesDep
@@ -63,7 +63,6 @@ async def rate_answer(
     conversation_id: ConversationIdPath,
     turn_id: TurnIdPath,
     body: FeedbackCreate,
-    request: Request,
     engine: EngineDep,
     principal: OwnerPrincipal,
     policies: PoliciesDep,
@@ -99,7 +98,6 @@ async def rate_answer(
 async def score_conversation(
     conversation_id: ConversationIdPath,
     body: SatisfactionCreate,
-    request: Request,
     engine: EngineDep,
     principal: OwnerPrincipal,
     policies: PoliciesDep,

@@ -201,7 +201,9 @@ def diff(bot: BotArgument, old: VersionArgument, new: VersionArgument) -> None:
 
     engine = _engine()
     try:
-        changes = diff_versions(require_version(engine, bot, old), require_version(engine, bot, new))
+        changes = diff_versions(
+            require_version(engine, bot, old, archive=True), require_version(engine, bot, new, archive=True)
+        )
     except BotVersionError as err:
         raise _fail(str(err)) from None
     typer.echo(f"{changes['from']} -> {changes['to']}")

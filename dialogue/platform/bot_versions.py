@@ -36,7 +36,11 @@ SKIPPED_NAMES = frozenset({"__pycache__", ".git", ".pytest_cache", ".mypy_cache"
 
 
 class BotVersionError(ValueError):
-    """A folder that cannot be published, or a version that is not there."""
+    """A folder that cannot be published, or a release that cannot be made."""
+
+
+class NotFound(BotVersionError):
+    """No such version of the bot (or no release of it)."""
 
 
 @dataclass(frozen=True)
@@ -166,14 +170,17 @@ def store_version(
         return row, True
 
 
-def get_version(engine: Engine, bot: str, version: str) -> BotVersion | None:
-    """A version by its full digest, or by a prefix of it that names only one (`demo@3f2a`)."""
+def get_version(engine: Engine, bot: str, version: str, *, archive: bool = False) -> BotVersion | None:
+    """A version by its full digest, or by a prefix of it that names only one (`demo@3f2a`); its archive
+    (megabytes: the files and the model) is read only when asked for."""
+    options = [] if archive else [defer(BotVersion.archive)]  # type: ignore[arg-type]  # a column of the table
     with Session(engine, expire_on_commit=False) as session:
-        row = session.get(BotVersion, (bot, version))
+        row = session.get(BotVersion, (bot, version), options=options)
         if row is not None or len(version) >= 12:
             return row
         found = session.exec(
             select(BotVersion)
+            .options(*options)
             .where(BotVersion.bot == bot, col(BotVersion.version).startswith(version, autoescape=True))
             .limit(2)
         ).all()
@@ -190,10 +197,10 @@ def list_versions(engine: Engine, bot: str | None = None) -> list[BotVersion]:
         return list(session.exec(query).all())
 
 
-def require_version(engine: Engine, bot: str, version: str) -> BotVersion:
-    row = get_version(engine, bot, version)
+def require_version(engine: Engine, bot: str, version: str, *, archive: bool = False) -> BotVersion:
+    row = get_version(engine, bot, version, archive=archive)
     if row is None:
-        raise BotVersionError(f"no version {version} of bot {bot}")
+        raise NotFound(f"no version {version} of bot {bot}")
     return row
 
 

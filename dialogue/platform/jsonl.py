@@ -17,15 +17,22 @@ class DataError(ValueError):
 
 def read_jsonl(path: Path, record: type[Record]) -> list[Record]:
     """Every non-blank line of `path` as a `record`; at least one."""
+    records = [found for _, found in numbered_records(path, record)]
+    if not records:
+        raise DataError(f"{path}: no records")
+    return records
+
+
+def numbered_records(path: Path, record: type[Record]) -> list[tuple[int, Record]]:
+    """Every non-blank line of `path` as a `record`, with its line number (for a file a person edits, whose
+    own lines a later error names); none for an empty file."""
     records = []
     with path.open("rb") as lines:
         for number, line in enumerate(lines, start=1):
             if not line.strip():
                 continue
             try:
-                records.append(record.model_validate(orjson.loads(line)))
+                records.append((number, record.model_validate(orjson.loads(line))))
             except (orjson.JSONDecodeError, ValidationError) as err:
                 raise DataError(f"{path}:{number}: {err}") from err
-    if not records:
-        raise DataError(f"{path}: no records")
     return records

@@ -20,7 +20,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session, col, select
 
-from dialogue.platform.bot_versions import BotRef, BotVersionError, require_version
+from dialogue.platform.bot_versions import BotRef, BotVersionError, NotFound, require_version
 from dialogue.platform.db import AuditEntry, BotRelease
 from dialogue.platform.flags import BUCKETS, bucket
 
@@ -71,7 +71,8 @@ def release(
         raise BotVersionError("percent must be above 0 and at most 100")
     full = require_version(engine, bot, version).version
     with Session(engine, expire_on_commit=False) as session:
-        row = session.get(BotRelease, bot)
+        # Locked (PostgreSQL; SQLite has one writer) against a concurrent release, rollback or guard.
+        row = session.get(BotRelease, bot, with_for_update=True)
         before = _describe(row)
         now = datetime.now(UTC)
         if row is None:
@@ -98,9 +99,9 @@ def rollback(
 ) -> BotRelease:
     """Drop the canary when there is one; else go back to the stable version before this one."""
     with Session(engine, expire_on_commit=False) as session:
-        row = session.get(BotRelease, bot)
+        row = session.get(BotRelease, bot, with_for_update=True)
         if row is None:
-            raise BotVersionError(f"bot {bot} has no release to roll back")
+            raise NotFound(f"bot {bot} has no release to roll back")
         before = _describe(row)
         if row.canary is not None:
             row.canary, row.canary_percent = None, 0.0

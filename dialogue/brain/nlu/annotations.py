@@ -16,9 +16,10 @@ from pathlib import Path
 from typing import Literal
 
 import orjson
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 
 from dialogue.brain.nlu.data import DataError, Example
+from dialogue.platform.jsonl import numbered_records
 
 SKIP = "skip"
 """The label of a line that teaches nothing (a typo, a turn only a person could place)."""
@@ -75,16 +76,7 @@ def read_annotations(path: Path) -> list[tuple[int, Annotation]]:
     """Every line of an annotation file with its line number; an empty file has none."""
     if not path.is_file():
         raise DataError(f"{path}: no such annotation file")
-    found = []
-    with path.open("rb") as lines:
-        for number, line in enumerate(lines, start=1):
-            if not line.strip():
-                continue
-            try:
-                found.append((number, Annotation.model_validate(orjson.loads(line))))
-            except (orjson.JSONDecodeError, ValidationError) as err:
-                raise DataError(f"{path}:{number}: {err}") from err
-    return found
+    return numbered_records(path, Annotation)
 
 
 def labelled_examples(path: Path, intents: set[str]) -> list[tuple[int, Annotation, Example]]:
