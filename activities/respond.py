@@ -22,6 +22,7 @@ from temporalio import activity
 from activities.generate import GenerateActivity
 from activities.retrieve import RetrieveActivity
 from activities.understand import UnderstandActivity
+from dialogue.brain.nlu.embeddings import once_per_text
 from dialogue.model.contracts import RespondedHere, RespondHereRequest, RetrieveResult
 from dialogue.platform.metrics import STEP_SECONDS
 
@@ -42,6 +43,10 @@ class RespondActivity:
         reply when no tool, agent or model is needed. A failure to understand fails the step (the
         workflow then runs the steps one by one, each with its own fallback); a failed search is noted
         and the reply made without passages, as when retrieval fails on its own."""
+        with once_per_text():  # the utterance is embedded once, for all three
+            return await self._respond(request)
+
+    async def _respond(self, request: RespondHereRequest) -> RespondedHere:
         timings: dict[str, float] = {}
         failed: list[str] = []
         # The CPU-bound parts on a thread, as when they are steps of their own: the event loop that every

@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -196,3 +197,34 @@ def test_embeddings_are_unit_length_and_padding_does_not_change_them() -> None:
     similar = float(embed(["where is my parcel?"])[0] @ embed(["track my package"])[0])
     unrelated = float(embed(["where is my parcel?"])[0] @ embed(["recipe for lasagne"])[0])
     assert similar > unrelated + 0.2
+
+
+def test_a_turn_embeds_its_text_once_for_every_step(monkeypatch: pytest.MonkeyPatch) -> None:
+    from dialogue.brain.nlu import embeddings
+
+    if not embeddings.embeddings_available():
+        pytest.skip("the embeddings extra is not installed")
+    import numpy as np
+
+    real = embeddings._encoder()
+    embedded: list[str] = []
+
+    def counting(texts: list[str]) -> Any:
+        embedded.extend(texts)
+        return real(texts)
+
+    monkeypatch.setattr(embeddings, "_encoder", lambda: counting)
+    question, sentences = (
+        "how much is express shipping?",
+        ["Express shipping costs 12.90.", "We ship to Austria."],
+    )
+    with embeddings.once_per_text():
+        understood = embeddings.embed([question])  # understanding
+        searched = embeddings.embed([question])  # retrieval
+        scores = embeddings.similarities(question, sentences)  # the reply's sentences
+    assert embedded.count(question) == 1
+    assert np.allclose(understood, searched)
+    assert scores == pytest.approx(embeddings.similarities(question, sentences), abs=1e-5)
+    # Outside a turn's block nothing is kept: the next turn pays for its own embedding.
+    embeddings.embed([question])
+    assert embedded.count(question) == 3

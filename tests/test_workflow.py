@@ -29,7 +29,7 @@ from dialogue.platform.codec import EncryptionCodec
 from dialogue.platform.db import get_engine
 from dialogue.platform.settings import Settings
 from dialogue.platform.starting import conversation_input, start_options
-from dialogue.platform.temporal import LAST_INTENT, TURN_COUNT, conversation_key, workflow_id
+from dialogue.platform.temporal import LAST_INTENT, STATUS, TENANT, TURN_COUNT, conversation_key, workflow_id
 from tests.conftest import TEST_PAYLOAD_KEYS, worker_for
 from workflows.conversation import FALLBACK_TEXT, ConversationWorkflow
 from workflows.replay import divergence, load_history, replay
@@ -42,7 +42,7 @@ async def send_turn(
         ConversationWorkflow.run,
         conversation_input(settings, conversation_id).model_copy(update=overrides),
         id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
-        **start_options(settings, key(conversation_id)),
+        **start_options(settings, key(conversation_id), "default"),
     )
     reply: TurnReply = await client.execute_update_with_start_workflow(
         ConversationWorkflow.turn, TurnRequest(text=text), start_workflow_operation=start
@@ -121,6 +121,51 @@ async def test_a_turn_runs_every_step_and_is_recorded(
     )
     assert total == 2
     assert rows[0].turn_id == reply.turn_id
+
+
+def upserts(history: list[Any]) -> list[set[str]]:
+    """The search attributes each upsert in `history` wrote, in order."""
+    return [
+        set(e.upsert_workflow_search_attributes_event_attributes.search_attributes.indexed_fields)
+        for e in history
+        if e.event_type == EventType.EVENT_TYPE_UPSERT_WORKFLOW_SEARCH_ATTRIBUTES
+    ]
+
+
+async def test_search_attributes_are_written_when_what_operators_filter_on_changes(
+    client: Client, settings: Settings, worker: Worker
+) -> None:
+    conversation_id = new_id()
+    handle = client.get_workflow_handle(workflow_id(key(conversation_id)), result_type=ConversationState)
+    await send_turn(client, settings, conversation_id, "hello")
+    # Listed from its start (status, tenant), with its first topic; one patch marker, not one per change.
+    described = await handle.describe()
+    assert described.typed_search_attributes.get(STATUS) == "active"
+    assert described.typed_search_attributes.get(TENANT) == "default"
+    assert described.typed_search_attributes.get(TURN_COUNT) == 1
+    history = await events(handle)
+    assert upserts(history) == [{"TemporalChangeVersion"}, {"DialogueLastIntent", "DialogueTurnCount"}]
+    patch_markers = [
+        e
+        for e in history
+        if e.event_type == EventType.EVENT_TYPE_MARKER_RECORDED
+        and e.marker_recorded_event_attributes.marker_name == "core_patch"
+    ]
+    assert len(patch_markers) == 1
+
+    await send_turn(client, settings, conversation_id, "How long does express shipping take?")
+    await send_turn(client, settings, conversation_id, "can I pay with PayPal?")
+    # Later turns change only the topic and the count, which wait for the next write: no upsert.
+    assert len(upserts(await events(handle))) == 2
+    assert (await handle.query(ConversationWorkflow.state)).turn_count == 3
+
+    await handle.signal(ConversationWorkflow.end, EndRequest(reason="user_left"))
+    await handle.result()
+    # The end writes the status with what waited: the listing is exact once the conversation ends.
+    described = await handle.describe()
+    assert described.typed_search_attributes.get(STATUS) == "ended"
+    assert described.typed_search_attributes.get(TURN_COUNT) == 3
+    assert upserts(await events(handle))[-1] == {"DialogueStatus", "DialogueTurnCount", "DialogueLastIntent"}
 
 
 async def test_concurrent_turns_run_one_at_a_time_in_arrival_order(

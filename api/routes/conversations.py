@@ -203,7 +203,7 @@ async def create_conversation(
             ),
             id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
             result_type=ConversationState,
-            **start_options(settings, key),
+            **start_options(settings, key, principal.tenant),
         )
     return ConversationCreated(conversation_id=conversation_id, status="active")
 
@@ -282,7 +282,7 @@ async def create_turn(
         ),
         id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
         result_type=ConversationState,
-        **start_options(settings, _key(principal, conversation_id)),
+        **start_options(settings, _key(principal, conversation_id), principal.tenant),
     )
     async with temporal_errors(
         conversation_id, temporal=temporal, key=_key(principal, conversation_id), turn_id=turn_id

@@ -209,7 +209,7 @@ async def _record(name: str, llm_url: str | None, script: list[tuple[str, str]],
                                 ConversationWorkflow.run,
                                 conversation_input(settings, conversation_id),
                                 id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
-                                **start_options(settings, conversation_id),
+                                **start_options(settings, conversation_id, "default"),
                             )
                             reply = await env.client.execute_update_with_start_workflow(
                                 ConversationWorkflow.turn,

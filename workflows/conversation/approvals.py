@@ -185,7 +185,8 @@ class Approvals:
         answer.trace(total_ms=ms(workflow.time() - started))
         await self._recorder.record(
             turn_write(
-                answer.record(conversation.state.updated_at), local=workflow.patched(patches.LOCAL_STEPS)
+                answer.record(conversation.state.updated_at),
+                local=self._conversation.patched(patches.LOCAL_STEPS),
             )
         )
         log.time("total", started)

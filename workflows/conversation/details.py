@@ -3,7 +3,10 @@ attributes (the visibility store's columns, for listing and filtering conversati
 
 from __future__ import annotations
 
+from typing import Any
+
 from temporalio import workflow
+from temporalio.common import SearchAttributeKey
 
 with workflow.unsafe.imports_passed_through():
     from dialogue.model.contracts import ConversationInput, ConversationState
@@ -43,7 +46,95 @@ def show(state: ConversationState) -> None:
     workflow.set_current_details(details(state))
 
 
-# Search attributes: each upsert is a command in the history, so each is written where its value changes.
+# Search attributes: each upsert is a command in the history and a write to the visibility store (about as
+# much of the dev server's CPU as a bare update, bench/command_costs.py), so each is written where its
+# value changes.
+
+
+class Listing:
+    """What the visibility store lists of a conversation (its search attributes), written by the run.
+
+    Before the lean-commands patch every turn wrote its intent and count, and a run wrote its status, tenant,
+    degraded count and handoff when it started. Since, the conversation is listed from its start (the
+    client sets the attributes with the workflow, `dialogue.platform.starting.listed_at_start`) and an
+    attribute is written only when the value operators filter on changes: status, handoff, degraded count.
+    The last intent and turn count, which change every turn, go with those writes, with the first turn
+    (a new conversation is listed with its topic), and when the run ends or continues as new; in between,
+    the state query has them live.
+    """
+
+    def __init__(self, *, lean: bool) -> None:
+        self._lean = lean
+        self._published: dict[str, object] = {}
+        self._wanted: dict[str, tuple[SearchAttributeKey[Any], Any, bool]] = {}
+        """Changed values by attribute name, with whether the change is written at once."""
+        if lean:
+            listed = workflow.info().typed_search_attributes
+            for key in (STATUS, TENANT, DEGRADED_COUNT, HANDOFF, LAST_INTENT, TURN_COUNT):
+                value = listed.get(key)
+                if value is not None:
+                    self._published[key.name] = value
+
+    def start(self, input: ConversationInput, state: ConversationState) -> None:
+        if not self._lean:
+            publish_start(input, state)
+            return
+        self._want(STATUS, state.status)
+        self._want(TENANT, input.tenant)
+        self._want(DEGRADED_COUNT, state.degraded_count)
+        self._want(HANDOFF, state.held_by == "agent")
+        self._publish()
+
+    def turn(self, state: ConversationState, topic: str) -> None:
+        if not self._lean:
+            publish_turn(state, topic)
+            return
+        first = LAST_INTENT.name not in self._published
+        self._want(LAST_INTENT, topic, now=first)
+        self._want(TURN_COUNT, state.turn_count, now=first)
+        self._want(DEGRADED_COUNT, state.degraded_count)
+        self._publish()
+
+    def message(self, state: ConversationState) -> None:
+        """A person's message, a handoff or a handback."""
+        if not self._lean:
+            publish_message(state)
+            return
+        self._want(TURN_COUNT, state.turn_count, now=False)
+        self._want(HANDOFF, state.held_by == "agent")
+        self._publish()
+
+    def ended(self, state: ConversationState) -> None:
+        if not self._lean:
+            publish_ended()
+            return
+        self._want(STATUS, "ended")
+        self._want(TURN_COUNT, state.turn_count)
+        self._publish()
+
+    def run_ends(self, state: ConversationState) -> None:
+        """Before the run continues as new: what waited for a write is written."""
+        if self._lean:
+            self._want(TURN_COUNT, state.turn_count)
+            self._publish()
+
+    def _want(self, key: SearchAttributeKey[Any], value: object, *, now: bool = True) -> None:
+        """`now`: the value changed and is written with this step; otherwise it waits for the next write."""
+        if self._published.get(key.name) == value:
+            self._wanted.pop(key.name, None)
+            return
+        self._wanted[key.name] = (key, value, now)
+
+    def _publish(self) -> None:
+        if not any(now for _, _, now in self._wanted.values()):
+            return
+        updates = [key.value_set(value) for key, value, _ in self._wanted.values()]
+        workflow.upsert_search_attributes(updates)
+        self._published.update({name: value for name, (_, value, _) in self._wanted.items()})
+        self._wanted.clear()
+
+
+# Before the lean-commands patch: the attributes a run wrote at each step.
 
 
 def publish_start(input: ConversationInput, state: ConversationState) -> None:

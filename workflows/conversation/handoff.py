@@ -7,7 +7,6 @@ from typing import Literal
 
 from temporalio import workflow
 
-from workflows.conversation import details
 from workflows.conversation.recorder import Recorder, Write
 from workflows.conversation.state import Conversation
 
@@ -66,7 +65,7 @@ class Handoff:
     ) -> None:
         conversation = self._conversation
         conversation.show()
-        details.publish_message(conversation.state)
+        conversation.listing.message(conversation.state)
         await self._recorder.record(
             Write(
                 RecordActivities.record_message,

@@ -24,3 +24,8 @@ model) are one local activity, `respond_here`, instead of three: two local-activ
 workflow activations fewer a turn. If it fails, the turn runs the steps one by one, as before."""
 QUERY_REWRITE = "llm-query-rewrite"
 """Since this patch, a follow-up may be made standalone by the `rewrite_query` activity before retrieval."""
+LEAN_COMMANDS = "lean-commands"
+"""Since this patch, a run records one patch marker (this one) in place of the ones above, which it takes as
+applied, and writes a search attribute only when the value operators filter on changes (`details.Listing`):
+a new conversation's first turn recorded 5 patch markers and 7 search-attribute upserts, and every turn one
+upsert, each about a bare update's worth of the dev server's CPU (bench/command_costs.py)."""

@@ -88,12 +88,12 @@ class Responder:
 
     async def respond(self, turn: TurnInput, log: StepLog) -> Outcome:
         """The steps of a turn up to its reply: understand and retrieve, the flow's tool, generate."""
-        local = workflow.patched(patches.LOCAL_STEPS)
+        local = self._conversation.patched(patches.LOCAL_STEPS)
         here = None
         if (
             local
-            and workflow.patched(patches.LEAN_TURN)
-            and workflow.patched(patches.ONE_LOCAL_STEP)
+            and self._conversation.patched(patches.LEAN_TURN)
+            and self._conversation.patched(patches.ONE_LOCAL_STEP)
             and not self._rewrite_wanted(turn.text, turn.flags)
         ):
             here = await self._respond_here(turn, log)
@@ -197,7 +197,7 @@ class Responder:
             ),
         )
         retrieved: RetrieveResult | None = None
-        if local and workflow.patched(patches.LEAN_TURN):
+        if local and self._conversation.patched(patches.LEAN_TURN):
             # Retrieval only for a reply made from the knowledge base (or when understanding failed and
             # the fallback may answer from it): after `understand`, whose utterance vector it reuses.
             understanding = await understand
@@ -258,7 +258,7 @@ class Responder:
             and is_follow_up(text)
             and (last.reply.generator if last is not None else "").startswith("openai:")  # a model answered
             and flags.llm_generator is not False
-            and workflow.patched(patches.QUERY_REWRITE)
+            and self._conversation.patched(patches.QUERY_REWRITE)
         )
 
     def _understand_request(self, turn: TurnInput) -> UnderstandRequest:

@@ -8,7 +8,7 @@ from typing import Any
 
 from temporalio import workflow
 
-from workflows.conversation import details
+from workflows.conversation import details, patches
 from workflows.conversation.options import within_deadline
 
 with workflow.unsafe.imports_passed_through():
@@ -19,6 +19,11 @@ class Conversation:
     def __init__(self, input: ConversationInput) -> None:
         now = workflow.now()
         self.input = input
+        # One patch marker for the commands of today's code instead of one per change (each marker also
+        # writes a search attribute, TemporalChangeVersion): a run recorded before it takes the patches one
+        # by one, as it did (`patched`).
+        self.lean_commands = workflow.patched(patches.LEAN_COMMANDS)
+        self.listing = details.Listing(lean=self.lean_commands)
         self.recent: dict[str, TurnReply] = {}
         """The latest replies by turn id (`RECENT_TURNS`): a turn retried gets its reply, not a second turn."""
         if input.carried is not None:
@@ -35,6 +40,10 @@ class Conversation:
                 bot=input.bot,
                 bot_version=input.bot_version,
             )
+
+    def patched(self, patch: str) -> bool:
+        """`workflow.patched(patch)` for a run recorded before the lean-commands patch; true since."""
+        return self.lean_commands or workflow.patched(patch)
 
     @property
     def active(self) -> bool:
@@ -84,4 +93,4 @@ class Conversation:
         self.state.ended_reason = reason
         self.state.updated_at = workflow.now()
         self.show()
-        details.publish_ended()
+        self.listing.ended(self.state)

@@ -8,7 +8,7 @@ import asyncio
 
 from temporalio import workflow
 
-from workflows.conversation import decisions, details, patches
+from workflows.conversation import decisions, patches
 from workflows.conversation.approvals import Approvals
 from workflows.conversation.handoff import Handoff
 from workflows.conversation.lifecycle import Lifecycle
@@ -126,7 +126,8 @@ class Turns:
         recording = workflow.time()
         await self._recorder.record(
             turn_write(
-                answer.record(conversation.state.updated_at), local=workflow.patched(patches.LOCAL_STEPS)
+                answer.record(conversation.state.updated_at),
+                local=self._conversation.patched(patches.LOCAL_STEPS),
             )
         )
         log.time("record", recording)
@@ -134,7 +135,7 @@ class Turns:
             self._approvals.park(outcome.parked)
         self._summary.fold_if_needed(answer.lineage.context if answer.lineage else None, flags)
         action = outcome.decision.action if outcome.decision is not None else None
-        if action == "handoff" and workflow.patched(patches.HOLD):
+        if action == "handoff" and self._conversation.patched(patches.HOLD):
             await self._handoff.hand_over("agent", None, "the user asked for a person")
         log.time("total", started)
         if action == "end":
@@ -148,7 +149,7 @@ class Turns:
         self._interrupted = False
         self._responding = asyncio.ensure_future(self._responder.respond(turn, log))
         try:
-            if not workflow.patched(patches.TURN_DEADLINE):
+            if not self._conversation.patched(patches.TURN_DEADLINE):
                 return await self._responding  # conversations started before the deadline: no timer
             try:
                 return await asyncio.wait_for(
@@ -184,7 +185,7 @@ class Turns:
                 state.handoff = True
         state.updated_at = workflow.now()
         self._conversation.show()
-        details.publish_turn(state, topic)
+        self._conversation.listing.turn(state, topic)
         answer = Answer(
             conversation_id=self._conversation.input.conversation_id,
             key=self._conversation.input.key,
@@ -217,7 +218,8 @@ class Turns:
         conversation.show()
         await self._recorder.record(
             turn_write(
-                answer.record(conversation.state.updated_at), local=workflow.patched(patches.LOCAL_STEPS)
+                answer.record(conversation.state.updated_at),
+                local=self._conversation.patched(patches.LOCAL_STEPS),
             )
         )
         return answer.turn_reply(conversation.state.held_by, interrupted=interrupted)

@@ -22,7 +22,7 @@ from datetime import timedelta
 from temporalio import workflow
 from temporalio.exceptions import ApplicationError
 
-from workflows.conversation import details, patches
+from workflows.conversation import patches
 from workflows.conversation.agent import AgentLoop
 from workflows.conversation.approvals import Approvals
 from workflows.conversation.decisions import (
@@ -81,9 +81,9 @@ class ConversationWorkflow:
     async def run(self, input: ConversationInput) -> ConversationState:
         conversation, lifecycle = self._conversation, self._lifecycle
         # Runs recorded before continue-as-new existed replay without it.
-        can_continue = workflow.patched(patches.CONTINUE_AS_NEW)
-        details.publish_start(input, conversation.state)
-        lean = workflow.patched(patches.LEAN_TURN)
+        can_continue = conversation.patched(patches.CONTINUE_AS_NEW)
+        conversation.listing.start(input, conversation.state)
+        lean = conversation.patched(patches.LEAN_TURN)
         lifecycle.start()
         if input.carried is not None:
             conversation.show()
@@ -121,6 +121,7 @@ class ConversationWorkflow:
                 recent_turns=list(conversation.recent.values()),
                 parked=list(self._approvals.parked.values()),
             )
+            conversation.listing.run_ends(conversation.state)
             workflow.continue_as_new(input.model_copy(update={"carried": carried}))
         await record_until_done(conversation_write(conversation))
         return conversation.state

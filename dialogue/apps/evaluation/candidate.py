@@ -79,7 +79,7 @@ class Candidate:
                 conversation_input(self.settings, conversation_id, tenant=TENANT),
                 id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
                 result_type=ConversationState,
-                **start_options(self.settings, key),
+                **start_options(self.settings, key, TENANT),
             )
             started = time.perf_counter()
             reply = await self._client.execute_update_with_start_workflow(

@@ -237,8 +237,31 @@ def embed_many(texts: list[str]) -> NDArray[np.float32]:
     return restored
 
 
+_TURN_VECTORS: ContextVar[dict[str, NDArray[np.float32]] | None] = ContextVar(
+    "dialogue_turn_vectors", default=None
+)
+
+
+@contextmanager
+def once_per_text() -> Iterator[None]:
+    """Within this block (one turn's steps in one activity: understanding, retrieval, the reply's choice of
+    sentences) a text is embedded once, however many of the steps need its vector. The vectors go with the
+    block: a later turn embeds its text again."""
+    token = _TURN_VECTORS.set({})
+    try:
+        yield
+    finally:
+        _TURN_VECTORS.reset(token)
+
+
 def embed(texts: list[str]) -> NDArray[np.float32]:
     """Unit-length embeddings, one row per text."""
+    turn = _TURN_VECTORS.get()
+    if turn is not None and len(texts) == 1:
+        known = turn.get(texts[0])
+        if known is None:
+            known = turn[texts[0]] = _encoder()(texts)
+        return known
     scope = _SHARED_SCOPE.get()
     if scope is None or len(texts) != 1:
         return _encoder()(texts)
@@ -269,7 +292,14 @@ def similarities(question: str, sentences: list[str]) -> list[float]:
         for sentence in known:
             _sentences.move_to_end(sentence)
     missing = [s for s in dict.fromkeys(sentences) if s not in known]
-    vectors = _encoder()([question, *missing])
+    turn = _TURN_VECTORS.get()
+    asked = turn.get(question) if turn is not None else None
+    if asked is not None:  # understanding or retrieval embedded the question in this turn
+        vectors = np.vstack([asked, _encoder()(missing)]) if missing else asked
+    else:
+        vectors = _encoder()([question, *missing])
+        if turn is not None:
+            turn[question] = vectors[:1]
     found = dict(zip(missing, vectors[1:], strict=True))
     if found:
         with _sentences_lock:
