@@ -647,18 +647,19 @@ async def _refuse_if_ended(engine: EngineDep, principal: Principal, conversation
     The store is not a hard dependency of a turn: when it cannot be read, Temporal alone
     decides (it still refuses an ended conversation it keeps).
     """
+    key = _key(principal, conversation_id)
     try:
-        row = await run_in_threadpool(store.get_conversation, engine, _key(principal, conversation_id))
+        status = await run_in_threadpool(store.conversation_status, engine, key)
         if (
-            row is not None
+            status is not None
             and principal.user is not None
-            and not principal.may_use(await run_in_threadpool(store.owner, engine, row.id))
+            and not principal.may_use(await run_in_threadpool(store.owner, engine, key))
         ):
             raise not_found(conversation_id)
     except SQLAlchemyError as err:
         log.warning("store unavailable; conversation %s checked by Temporal alone: %s", conversation_id, err)
         return
-    if row is not None and row.status != "active":
+    if status is not None and status != "active":
         raise conversation_ended(conversation_id)
 
 

@@ -8,7 +8,8 @@ from datetime import datetime
 from functools import cache
 from typing import Any
 
-from sqlalchemy import ColumnElement, delete, func
+from sqlalchemy import ColumnElement, bindparam, delete, func
+from sqlalchemy import select as sql_select
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Engine
@@ -268,6 +269,19 @@ def _conversation_row(session: Session, conversation_id: str, at: datetime) -> C
 def get_conversation(engine: Engine, conversation_id: str) -> Conversation | None:
     with Session(engine) as session:
         return session.get(Conversation, conversation_id)
+
+
+def conversation_status(engine: Engine, conversation_id: str) -> str | None:
+    """The conversation's status in the index; None without a row. Read before every turn: one column
+    over a plain connection, no ORM session or object (a third of the CPU of `get_conversation`)."""
+    with engine.connect() as connection:
+        status: str | None = connection.execute(_STATUS, {"id": conversation_id}).scalar_one_or_none()
+        return status
+
+
+_STATUS = sql_select(Conversation.__table__.c.status).where(  # type: ignore[attr-defined]
+    Conversation.__table__.c.id == bindparam("id")  # type: ignore[attr-defined]
+)
 
 
 def owner(engine: Engine, conversation_id: str) -> str | None:
