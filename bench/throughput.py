@@ -76,6 +76,21 @@ def own_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+class CpuMeter:
+    """The CPU seconds each of `processes` (the stack's) and this one (the load generator) used since the
+    meter was made."""
+
+    def __init__(self, processes: dict[int, str]) -> None:
+        self.processes = processes
+        self.before = {pid: cpu_seconds(pid) for pid in processes}
+        self.own_before = own_cpu()
+
+    def used(self) -> dict[str, float]:
+        cpu = {name: cpu_seconds(pid) - self.before[pid] for pid, name in self.processes.items()}
+        cpu["load generator"] = own_cpu() - self.own_before
+        return cpu
+
+
 def load_client(stack: EmbeddedStack, concurrency: int) -> httpx.AsyncClient:
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     return httpx.AsyncClient(base_url=stack.api, headers=stack.headers, timeout=60, limits=limits)
@@ -136,13 +151,11 @@ async def level(
     """The load at one concurrency: turns/s, latency percentiles at that rate, CPU of each process."""
     async with load_client(stack, concurrency) as http:
         await http.post("/v1/conversations/warm-up/turns", json={"text": "hello"})
-        cpu_before = {pid: cpu_seconds(pid) for pid in processes}
-        own_before = own_cpu()
+        meter = CpuMeter(processes)
         began = time.perf_counter()
         latencies, failures = await send_load(http, conversations, turns, concurrency)
         elapsed = time.perf_counter() - began
-        cpu = {name: round(cpu_seconds(pid) - cpu_before[pid], 1) for pid, name in processes.items()}
-        cpu["load generator"] = round(own_cpu() - own_before, 1)
+        cpu = {name: round(seconds, 1) for name, seconds in meter.used().items()}
     return {
         "concurrency": concurrency,
         "seconds": round(elapsed, 1),
