@@ -19,6 +19,9 @@ import asyncio
 import json
 import time
 import uuid
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
@@ -26,7 +29,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from bench.stack import EmbeddedStack, default_bot
 from bench.streaming import RESULTS, header, percentiles
-from bench.throughput import cpu_seconds, level, own_cpu, process_tree
+from bench.throughput import CpuMeter, level, process_tree
 from bench.turn_latency import TEXTS
 
 WARM_UP_SECONDS = 5.0
@@ -34,81 +37,119 @@ TURN_DEADLINE_SECONDS = 20.0
 """The stack's default turn deadline: an answer later than this from the first attempt waited too long."""
 
 
-async def open_loop(stack: EmbeddedStack, rate: float, seconds: float, retries: int) -> dict[str, Any]:
-    """Turns arriving at `rate` a second for `seconds`, each retried as `Retry-After` says. On aiohttp, not
-    httpx: the load generator shares the stack's cores, and httpx cost it twice the API's CPU here."""
-    answered: list[float] = []
-    answered_at: list[float] = []
-    admitted: list[float] = []
-    refusals: list[float] = []
-    late = 0
-    outcomes: dict[str, int] = {}
-    run_id = uuid.uuid4().hex[:6]
-    began = time.perf_counter()
+@dataclass
+class Tally:
+    """The turns of a load as `send_turn` counts them: the answered ones (latency from the first attempt,
+    ms; when, in seconds from `began`; the admitted attempt's own latency), each refusal's latency, the
+    turns past the deadline or unanswered, and each turn's outcome (its last HTTP status, or the error)."""
+
+    began: float = field(default_factory=time.perf_counter)
+    answered: list[float] = field(default_factory=list)
+    answered_at: list[float] = field(default_factory=list)
+    admitted: list[float] = field(default_factory=list)
+    refusals: list[float] = field(default_factory=list)
+    late: int = 0
+    outcomes: Counter[str] = field(default_factory=Counter)
+
+
+def session(stack: EmbeddedStack) -> aiohttp.ClientSession:
+    """A client of the stack's API on aiohttp, not httpx: the load generator shares the stack's cores, and
+    httpx cost it twice the API's CPU here."""
     connector = aiohttp.TCPConnector(limit=2000)
     timeout = aiohttp.ClientTimeout(total=60)
-    async with aiohttp.ClientSession(
-        stack.api, headers=stack.headers, connector=connector, timeout=timeout
-    ) as http:
+    return aiohttp.ClientSession(stack.api, headers=stack.headers, connector=connector, timeout=timeout)
 
-        async def one_turn(number: int) -> None:
-            nonlocal late
-            started = time.perf_counter()
-            key = f"{run_id}-{number}"
-            for attempt in range(retries + 1):
-                sent = time.perf_counter()
-                try:
-                    async with http.post(
-                        f"/v1/conversations/overload-{key}/turns",
-                        json={"text": TEXTS[number % len(TEXTS)]},  # the mix the peak was measured with
-                        headers={"Idempotency-Key": key},
-                    ) as reply:
-                        status = reply.status
-                        body: dict[str, Any] = await reply.json()
-                        retry_after = float(reply.headers.get("Retry-After", "1"))
-                except (aiohttp.ClientError, TimeoutError) as err:
-                    outcomes[type(err).__name__] = outcomes.get(type(err).__name__, 0) + 1
-                    late += 1
+
+async def send_turn(
+    http: aiohttp.ClientSession, tally: Tally, conversation: str, text: str, key: str, retries: int
+) -> dict[str, Any] | None:
+    """One turn of `conversation` with `key` as its idempotency key, refused (503, 429) sent again as
+    `Retry-After` says up to `retries` times, counted in `tally`: the reply when it was answered."""
+    started = time.perf_counter()
+    for attempt in range(retries + 1):
+        sent = time.perf_counter()
+        try:
+            async with http.post(
+                f"/v1/conversations/{conversation}/turns",
+                json={"text": text},
+                headers={"Idempotency-Key": key},
+            ) as reply:
+                status = reply.status
+                body: dict[str, Any] = await reply.json()
+                retry_after = float(reply.headers.get("Retry-After", "1"))
+        except (aiohttp.ClientError, TimeoutError) as err:
+            tally.outcomes[type(err).__name__] += 1
+            tally.late += 1
+            return None
+        if status in (429, 503) and body.get("error", {}).get("code") != "turn_in_progress":
+            tally.refusals.append((time.perf_counter() - sent) * 1000)
+            if attempt < retries:
+                await asyncio.sleep(retry_after)
+                continue
+            tally.outcomes["gave up after refusals"] += 1
+            return None
+        waited = time.perf_counter() - started
+        tally.outcomes[str(status)] += 1
+        if status == 200:
+            tally.answered.append(waited * 1000)
+            tally.answered_at.append(time.perf_counter() - tally.began)
+            tally.admitted.append((time.perf_counter() - sent) * 1000)
+        if status != 200 or waited > TURN_DEADLINE_SECONDS:
+            tally.late += 1
+        return body if status == 200 else None
+    return None
+
+
+def one_turn(number: int) -> list[str]:
+    """A conversation of one turn, from the mix the peak was measured with."""
+    return [TEXTS[number % len(TEXTS)]]
+
+
+async def open_loop(
+    stack: EmbeddedStack,
+    rate: float,
+    seconds: float,
+    retries: int,
+    script: Callable[[int], list[str]] = one_turn,
+) -> dict[str, Any]:
+    """Conversations arriving at `rate` a second for `seconds`, the `number`th sending the turns
+    `script(number)` one after the other (by default one: then each arrival is a turn), each turn retried
+    as `Retry-After` says. A conversation still going when the arrivals stop sends no more turns: what is
+    measured is the load while it lasts, and the turns in flight then."""
+    run_id = uuid.uuid4().hex[:6]
+    tally = Tally()
+    async with session(stack) as http:
+
+        async def converse(number: int) -> None:
+            for index, text in enumerate(script(number)):
+                if index and time.perf_counter() - tally.began > seconds:
                     return
-                if status in (429, 503) and body.get("error", {}).get("code") != "turn_in_progress":
-                    refusals.append((time.perf_counter() - sent) * 1000)
-                    if attempt < retries:
-                        await asyncio.sleep(retry_after)
-                        continue
-                    outcomes["gave up after refusals"] = outcomes.get("gave up after refusals", 0) + 1
-                    return
-                waited = time.perf_counter() - started
-                outcomes[str(status)] = outcomes.get(str(status), 0) + 1
-                if status == 200:
-                    answered.append(waited * 1000)
-                    answered_at.append(time.perf_counter() - began)
-                    admitted.append((time.perf_counter() - sent) * 1000)
-                if status != 200 or waited > TURN_DEADLINE_SECONDS:
-                    late += 1
-                return
+                await send_turn(
+                    http, tally, f"overload-{run_id}-{number}", text, f"{run_id}-{number}-{index}", retries
+                )
 
         tasks = []
         for number in range(int(rate * seconds)):
             # Arrivals on a fixed schedule, whatever the replies do: an open loop.
-            await asyncio.sleep(max(0.0, began + number / rate - time.perf_counter()))
-            tasks.append(asyncio.create_task(one_turn(number)))
+            await asyncio.sleep(max(0.0, tally.began + number / rate - time.perf_counter()))
+            tasks.append(asyncio.create_task(converse(number)))
         await asyncio.gather(*tasks)
-        elapsed = time.perf_counter() - began
+        elapsed = time.perf_counter() - tally.began
         async with http.get("/metrics") as response:
             scraped = await response.text()
     # Goodput while the overload lasts, after its first WARM_UP_SECONDS (the queue filling): not the
     # tail after the last arrival, when the load is gone.
-    in_window = sum(1 for at in answered_at if WARM_UP_SECONDS <= at <= seconds)
+    in_window = sum(1 for at in tally.answered_at if WARM_UP_SECONDS <= at <= seconds)
     return {
         "arrivals_per_second": round(rate, 1),
         "seconds": round(elapsed, 1),
         "goodput_per_second": round(in_window / (seconds - WARM_UP_SECONDS), 1),
-        "answered": len(answered),
-        "answered_latency_ms": _percentiles(answered),
-        "admitted_attempt_latency_ms": _percentiles(admitted),
-        "past_deadline_or_unanswered": late,
-        "outcomes": outcomes,
-        "refusal_latency_ms": _percentiles(refusals),
+        "answered": len(tally.answered),
+        "answered_latency_ms": _percentiles(tally.answered),
+        "admitted_attempt_latency_ms": _percentiles(tally.admitted),
+        "past_deadline_or_unanswered": tally.late,
+        "outcomes": dict(tally.outcomes),
+        "refusal_latency_ms": _percentiles(tally.refusals),
         "refusals_in_the_api": refusals_in_the_api(scraped),
     }
 
@@ -148,14 +189,10 @@ async def measure(
         assert stack.pid is not None
         processes = process_tree(stack.pid)
         peak = await level(stack, processes, conversations, 1, users)
-        cpu_before = {pid: cpu_seconds(pid) for pid in processes}
-        own_before = own_cpu()
+        meter = CpuMeter(processes)
         over = await open_loop(stack, 2 * peak["turns_per_second"], seconds, retries)
         # Where the CPU went while overloaded: the load generator shares this machine's cores.
-        over["cpu_cores_busy"] = {
-            name: round((cpu_seconds(pid) - cpu_before[pid]) / over["seconds"], 2)
-            for pid, name in processes.items()
-        } | {"load generator": round((own_cpu() - own_before) / over["seconds"], 2)}
+        over["cpu_cores_busy"] = {name: round(cpu / over["seconds"], 2) for name, cpu in meter.used().items()}
         over["goodput_fraction_of_peak"] = round(over["goodput_per_second"] / peak["turns_per_second"], 3)
     finally:
         await asyncio.to_thread(stack.__exit__, None, None, None)

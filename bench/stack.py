@@ -12,6 +12,10 @@ import tempfile
 import time
 from pathlib import Path
 from types import TracebackType
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from temporalio.client import Client
 
 START_TIMEOUT = 300
 BUILT_IN_PIPELINE = {"nlu_backend": "keywords", "retrieval": "lexical", "generator": "grounded"}
@@ -93,3 +97,17 @@ class EmbeddedStack:
     @property
     def headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.key}"}
+
+    async def temporal_client(self) -> Client:
+        """A client of the stack's dev server with the encrypted data converter, as the stack's processes
+        connect."""
+        from dialogue.platform.settings import Settings
+        from dialogue.platform.temporal import connect
+
+        settings = Settings.model_validate(
+            {
+                "data_dir": Path(self.env["DIALOGUE_DATA_DIR"]),
+                "temporal_address": self.env["DIALOGUE_TEMPORAL_ADDRESS"],
+            }
+        )
+        return await connect(settings)

@@ -76,6 +76,38 @@ def own_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def machine_cpu() -> float:
+    """The CPU seconds every process of this machine used since it booted."""
+    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    user, nice, system, _idle, _iowait, irq, softirq = (int(field) for field in fields[:7])
+    return (user + nice + system + irq + softirq) / CLOCK_TICKS
+
+
+class CpuMeter:
+    """The CPU seconds each of `processes` (the stack's) and this one (the load generator) used since the
+    meter was made, and the rest of the machine."""
+
+    def __init__(self, processes: dict[int, str]) -> None:
+        self.processes = processes
+        self.began = time.perf_counter()
+        self.before = {pid: cpu_seconds(pid) for pid in processes}
+        self.own_before = own_cpu()
+        self.machine_before = machine_cpu()
+
+    def used(self) -> dict[str, float]:
+        cpu = {name: cpu_seconds(pid) - self.before[pid] for pid, name in self.processes.items()}
+        cpu["load generator"] = own_cpu() - self.own_before
+        return cpu
+
+    def others_cores_busy(self) -> float:
+        """The cores other work on the machine kept busy meanwhile, on average. It shares this 2-core
+        machine's cores with the measurement: near 0 the numbers are the stack's own; at 0.5 or more they
+        are slower and cost more CPU (busy cores run each other's work slower), and a ratio to a part
+        measured in quieter minutes is skewed."""
+        others = machine_cpu() - self.machine_before - sum(self.used().values())
+        return round(max(0.0, others) / (time.perf_counter() - self.began), 2)
+
+
 def load_client(stack: EmbeddedStack, concurrency: int) -> httpx.AsyncClient:
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     return httpx.AsyncClient(base_url=stack.api, headers=stack.headers, timeout=60, limits=limits)
@@ -136,13 +168,11 @@ async def level(
     """The load at one concurrency: turns/s, latency percentiles at that rate, CPU of each process."""
     async with load_client(stack, concurrency) as http:
         await http.post("/v1/conversations/warm-up/turns", json={"text": "hello"})
-        cpu_before = {pid: cpu_seconds(pid) for pid in processes}
-        own_before = own_cpu()
+        meter = CpuMeter(processes)
         began = time.perf_counter()
         latencies, failures = await send_load(http, conversations, turns, concurrency)
         elapsed = time.perf_counter() - began
-        cpu = {name: round(cpu_seconds(pid) - cpu_before[pid], 1) for pid, name in processes.items()}
-        cpu["load generator"] = round(own_cpu() - own_before, 1)
+        cpu = {name: round(seconds, 1) for name, seconds in meter.used().items()}
     return {
         "concurrency": concurrency,
         "seconds": round(elapsed, 1),

@@ -26,8 +26,9 @@ import inspect
 import json
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -92,16 +93,32 @@ async def pipeline_turn(env: ActivityEnvironment, acts: TurnActivities, text: st
     await _run(env, acts.record.record_turn, record)
 
 
-async def baseline_turn(client: Client, steps: int, key: str, text: str) -> None:
-    """A turn of `steps` no-op regular activities (0: a bare update), on the baseline worker."""
+async def baseline_turn(
+    client: Client, steps: int, key: str, text: str, task_queue: str = BASELINE_QUEUE
+) -> None:
+    """A turn of `steps` no-op regular activities (0: a bare update), on the baseline worker of `task_queue`."""
     start = WithStartWorkflowOperation(
         BaselineTurn.run,
         steps,
         id=key,
-        task_queue=BASELINE_QUEUE,
+        task_queue=task_queue,
         id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
     )
     await client.execute_update_with_start_workflow(BaselineTurn.turn, text, start_workflow_operation=start)
+
+
+@asynccontextmanager
+async def baseline_worker(client: Client, task_queue: str = BASELINE_QUEUE) -> AsyncIterator[Worker]:
+    """This process's worker for the baseline turns of `task_queue`."""
+    with ThreadPoolExecutor(max_workers=4) as executor:
+        async with Worker(
+            client,
+            task_queue=task_queue,
+            workflows=[BaselineTurn],
+            activities=[noop],
+            activity_executor=executor,
+        ) as worker:
+            yield worker
 
 
 async def run(rounds: int) -> dict[str, Any]:
@@ -130,47 +147,40 @@ async def run(rounds: int) -> dict[str, Any]:
             "bare_update": [],
             "naive": [],
         }
-        with ThreadPoolExecutor(max_workers=4) as executor:
-            async with (
-                Worker(
-                    client,
-                    task_queue=BASELINE_QUEUE,
-                    workflows=[BaselineTurn],
-                    activities=[noop],
-                    activity_executor=executor,
-                ),
-                httpx.AsyncClient(base_url=stack.api, headers=stack.headers, timeout=60) as http,
-                httpx.AsyncClient(
-                    base_url=unsandboxed.api, headers=unsandboxed.headers, timeout=60
-                ) as http_unsandboxed,
-            ):
-                steps: list[float] = []
-                """The default stack's turns as the workflow timed them: first step started to recorded."""
+        async with (
+            baseline_worker(client),
+            httpx.AsyncClient(base_url=stack.api, headers=stack.headers, timeout=60) as http,
+            httpx.AsyncClient(
+                base_url=unsandboxed.api, headers=unsandboxed.headers, timeout=60
+            ) as http_unsandboxed,
+        ):
+            steps: list[float] = []
+            """The default stack's turns as the workflow timed them: first step started to recorded."""
 
-                async def http_turn(conversation: str, text: str, on: httpx.AsyncClient = http) -> None:
-                    reply = await on.post(f"/v1/conversations/{conversation}/turns", json={"text": text})
-                    reply.raise_for_status()
-                    if on is http:
-                        steps.append(reply.json()["timings_ms"]["total"])
+            async def http_turn(conversation: str, text: str, on: httpx.AsyncClient = http) -> None:
+                reply = await on.post(f"/v1/conversations/{conversation}/turns", json={"text": text})
+                reply.raise_for_status()
+                if on is http:
+                    steps.append(reply.json()["timings_ms"]["total"])
 
-                for index in range(WARM_UP_ROUNDS + rounds):
-                    text = TEXTS[index % len(TEXTS)]
-                    conversation = f"{run_id}-{index % CONVERSATIONS}"
-                    measured = {
-                        "turn": await timed(http_turn(f"bench-{conversation}", text)),
-                        "turn_unsandboxed": await timed(
-                            http_turn(f"bench-{conversation}", text, http_unsandboxed)
-                        ),
-                        "pipeline": await timed(pipeline_turn(activity_env, acts, text, index)),
-                        "bare_update": await timed(baseline_turn(client, 0, f"bare-{conversation}", text)),
-                        "naive": await timed(baseline_turn(client, 3, f"naive-{conversation}", text)),
-                    }
-                    if index >= WARM_UP_ROUNDS:
-                        for name, ms in measured.items():
-                            series[name].append(ms)
-                for k in range(CONVERSATIONS):
-                    for prefix in ("bare", "naive"):
-                        await client.get_workflow_handle(f"{prefix}-{run_id}-{k}").signal("end")
+            for index in range(WARM_UP_ROUNDS + rounds):
+                text = TEXTS[index % len(TEXTS)]
+                conversation = f"{run_id}-{index % CONVERSATIONS}"
+                measured = {
+                    "turn": await timed(http_turn(f"bench-{conversation}", text)),
+                    "turn_unsandboxed": await timed(
+                        http_turn(f"bench-{conversation}", text, http_unsandboxed)
+                    ),
+                    "pipeline": await timed(pipeline_turn(activity_env, acts, text, index)),
+                    "bare_update": await timed(baseline_turn(client, 0, f"bare-{conversation}", text)),
+                    "naive": await timed(baseline_turn(client, 3, f"naive-{conversation}", text)),
+                }
+                if index >= WARM_UP_ROUNDS:
+                    for name, ms in measured.items():
+                        series[name].append(ms)
+            for k in range(CONVERSATIONS):
+                for prefix in ("bare", "naive"):
+                    await client.get_workflow_handle(f"{prefix}-{run_id}-{k}").signal("end")
     finally:
         await asyncio.gather(
             asyncio.to_thread(stack.__exit__, None, None, None),
