@@ -17,16 +17,20 @@ import math
 import re
 import threading
 import time
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from sqlalchemy.exc import SQLAlchemyError
+from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api.errors import ApiError, error_response, translate
+from api.errors import ApiError, PreparedResponse, error_response, translate
+from api.request_telemetry import TURN_ROUTE, count_request
 from dialogue.platform.metrics import (
     EVENT_STREAMS,
     EVENT_STREAMS_REFUSED,
@@ -134,6 +138,9 @@ class RateLimiter:
 
 TURN_PATH = re.compile(r"^/v1/conversations/[^/]+/turns/?$")
 RATE_WINDOW_SECONDS = 5
+SHED_LOG_SECONDS = 5.0
+"""The turns shed are logged once per this long, counted by tenant, rather than one line each."""
+MAX_PREPARED_ANSWERS = 1024
 
 
 class TurnAdmission:
@@ -153,7 +160,14 @@ class TurnAdmission:
     `budget_seconds` at the rate it has been answering them (Little's law: in flight = rate x wait), but
     never below `floor` (a burst after a quiet spell, when the rate says little). Under overload the rate
     is the stack's capacity, so the turns admitted wait about `budget_seconds` and the stack stays busy;
-    below it, nothing is refused."""
+    below it, nothing is refused.
+
+    Refusing is cheap, so that a flood of clients that resend at once is not served by what it is refused
+    with (bench/flood.py): this is the app's outermost layer (`outermost`), so a refusal is answered before
+    anything traces, logs or routes the request, from a response rendered once (`PreparedResponse`, through
+    `cors` when the API is open to browsers on other origins); a refusal is counted in the
+    metrics as the request telemetry counts a request, and the turns shed are logged per tenant every
+    SHED_LOG_SECONDS, not one line each."""
 
     def __init__(
         self,
@@ -164,6 +178,7 @@ class TurnAdmission:
         budget_seconds: float = 0,
         floor: int = 64,
         share_floor: int = 1,
+        cors: Mapping[str, Any] | None = None,
     ) -> None:
         self.app = app
         self.authenticate = authenticate
@@ -171,10 +186,13 @@ class TurnAdmission:
         self.budget_seconds = budget_seconds
         self.floor = floor
         self.share_floor = share_floor
+        self.cors = cors
         self.in_flight = 0
         self.held: dict[str, int] = {}
         """Turns in flight per tenant; a tenant with none has no entry (the dict stays small)."""
         self._answered = AnswerRate()
+        self._answers: dict[tuple[str, str, tuple[tuple[str, str], ...]], ASGIApp] = {}
+        self._shed: Counter[str] = Counter()
 
     def admits(self) -> int:
         """How many turns in flight this process admits now."""
@@ -188,19 +206,16 @@ class TurnAdmission:
         if scope["type"] != "http" or scope["method"] != "POST" or not TURN_PATH.match(scope["path"]):
             await self.app(scope, receive, send)
             return
+        started = time.perf_counter()
+        request = Request(scope, receive)
         try:
             # A worker thread: the key lookup may block. The principal is kept on the request's state.
-            principal = await run_in_threadpool(self.authenticate, Request(scope, receive))
+            principal = await run_in_threadpool(self.authenticate, request)
         except ApiError as refused:
-            await error_response(refused)(scope, receive, send)
+            await self._refuse(refused, scope, receive, send, started)
             return
-        except SQLAlchemyError as err:
-            # The store cannot say who this is (an unknown key during an outage): 503, as a route would answer.
-            unavailable = translate(err)
-            if unavailable is None:
-                raise
-            log.warning("store unavailable on POST %s: %s", scope["path"], err.__class__.__name__)
-            await error_response(unavailable)(scope, receive, send)
+        except Exception as err:  # outside the app's error handlers: answered as they would answer it
+            await self._refuse(_authentication_failed(err, scope["path"]), scope, receive, send, started)
             return
         if self.limit <= 0:
             await self.app(scope, receive, send)
@@ -212,9 +227,9 @@ class TurnAdmission:
         if not tenant_admitted(
             held=held, in_flight=self.in_flight, tenants=tenants, limit=admits, share_floor=self.share_floor
         ):
-            TURNS_SHED.inc()
+            self._count_shed(tenant)
             message = f"the service is at its limit of {admits} turns in flight; retry shortly"
-            await error_response(ApiError("overloaded", message))(scope, receive, send)
+            await self._refuse(ApiError("overloaded", message), scope, receive, send, started)
             return
         self.in_flight += 1
         self.held[tenant] = held + 1
@@ -230,6 +245,64 @@ class TurnAdmission:
                 del self.held[tenant]
             TURNS_IN_FLIGHT.dec()
             self._answered.count()
+
+    async def _refuse(
+        self, error: ApiError, scope: Scope, receive: Receive, send: Send, started: float
+    ) -> None:
+        await self._answer(error)(scope, receive, send)
+        count_request("POST", TURN_ROUTE, error.status, time.perf_counter() - started, {})
+
+    def _answer(self, error: ApiError) -> ASGIApp:
+        """The refusal's response, rendered the first time it is given (they are few: a code, a message
+        naming the admission limit, a `Retry-After`)."""
+        key = (error.code, error.message, tuple(sorted(error.headers.items())))
+        answer = self._answers.get(key)
+        if answer is None:
+            if len(self._answers) >= MAX_PREPARED_ANSWERS:
+                self._answers.clear()
+            answer = PreparedResponse(error)
+            if self.cors is not None:
+                # Outside the app's own CORS layer: a page on an allowed origin reads the refusal too.
+                answer = CORSMiddleware(answer, **self.cors)
+            self._answers[key] = answer
+        return answer
+
+    def _count_shed(self, tenant: str) -> None:
+        TURNS_SHED.inc()
+        if not self._shed:
+            asyncio.get_running_loop().call_later(SHED_LOG_SECONDS, self._log_shed)
+        self._shed[tenant] += 1
+
+    def _log_shed(self) -> None:
+        shed, self._shed = self._shed, Counter()
+        log.warning(
+            "shed %d turns in %g s at the admission limit",
+            shed.total(),
+            SHED_LOG_SECONDS,
+            extra={"shed_by_tenant": dict(shed.most_common(20))},  # who floods, for the runbook
+        )
+
+
+def _authentication_failed(err: Exception, path: str) -> ApiError:
+    unavailable = translate(err) if isinstance(err, SQLAlchemyError) else None
+    if unavailable is not None:
+        # The store cannot say who this is (an unknown key during an outage): 503, as a route would answer.
+        log.warning("store unavailable on POST %s: %s", path, err.__class__.__name__)
+        return unavailable
+    log.exception("unhandled error on POST %s", path)
+    return ApiError("internal_error", "internal server error")
+
+
+def outermost(app: Starlette, layer: Callable[[ASGIApp], ASGIApp]) -> None:
+    """Put `layer` around the app's whole middleware stack, its error handler and tracing included:
+    `add_middleware` puts a layer inside Starlette's error handler, and the OpenTelemetry instrumentation
+    wraps the stack around it. Starlette builds the stack when the app first serves a request."""
+    build = app.build_middleware_stack
+
+    def build_with_layer() -> ASGIApp:
+        return layer(build())
+
+    app.build_middleware_stack = build_with_layer  # type: ignore[method-assign]
 
 
 def tenant_admitted(*, held: int, in_flight: int, tenants: int, limit: int, share_floor: int) -> bool:

@@ -103,6 +103,17 @@ def _count_for_version(reply: TurnReply) -> None:
         BOT_TURN_SECONDS.labels(bot, version).observe(turn.latency_ms / 1000)
 
 
+def count_request(method: str, route: str, status: int, seconds: float, state: dict[str, Any]) -> str | None:
+    """The request in the metrics: its latency by route and status, and a turn's outcome, which it returns.
+    Also for the turns refused before they reach this layer (`api/limits.py`, `TurnAdmission`)."""
+    HTTP_REQUEST_SECONDS.labels(method, route, str(status)).observe(seconds)
+    outcome = _turn_outcome(status, state) if route == TURN_ROUTE and method == "POST" else None
+    if outcome is not None:
+        TURNS.labels(outcome).inc()
+        TURN_SECONDS.labels(outcome).observe(seconds)
+    return outcome
+
+
 def _turn_outcome(status: int, state: dict[str, Any]) -> str | None:
     if status in (202, 204):
         return None  # queued, or a resumed stream that had ended: no answer was given by this request
@@ -156,12 +167,8 @@ class RequestTelemetry:
         route = _route_template(scope)
         # h11 accepts any token as a method: an unknown one must not mint a new label value.
         method = scope["method"] if scope["method"] in KNOWN_METHODS else "other"
-        HTTP_REQUEST_SECONDS.labels(method, route, str(status)).observe(seconds)
         state: dict[str, Any] = scope.get("state") or {}
-        outcome = _turn_outcome(status, state) if route == TURN_ROUTE and method == "POST" else None
-        if outcome is not None:
-            TURNS.labels(outcome).inc()
-            TURN_SECONDS.labels(outcome).observe(seconds)
+        outcome = count_request(method, route, status, seconds, state)
         if route in QUIET_ROUTES:
             return
         conversation_id = (scope.get("path_params") or {}).get("conversation_id")
