@@ -17,7 +17,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from temporalio.client import Client
 
 from api import openapi
-from api.deps import authorize_codec, get_principal
+from api.deps import authentication_blocks, authorize_codec, get_principal
 from api.errors import install_error_handlers
 from api.feeds import EventFeeds
 from api.limits import BodyLimits, RateLimiter, StreamSlots, TurnAdmission, outermost
@@ -154,6 +154,7 @@ def create_app(
         lambda inner: TurnAdmission(
             inner,
             authenticate=get_principal,
+            blocks=authentication_blocks,
             limit=settings.max_turns_in_flight,
             budget_seconds=settings.turn_queue_budget_seconds,
             floor=settings.turn_admission_floor,

@@ -165,7 +165,8 @@ class TurnAdmission:
     Refusing is cheap, so that a flood of clients that resend at once is not served by what it is refused
     with (bench/flood.py): this is the app's outermost layer (`outermost`), so a refusal is answered before
     anything traces, logs or routes the request, from a response rendered once (`PreparedResponse`, through
-    `cors` when the API is open to browsers on other origins); a refusal is counted in the
+    `cors` when the API is open to browsers on other origins); the caller is authenticated on a worker
+    thread only when that may wait on I/O (`blocks`: a key in the store); a refusal is counted in the
     metrics as the request telemetry counts a request, and the turns shed are logged per tenant every
     SHED_LOG_SECONDS, not one line each."""
 
@@ -174,6 +175,7 @@ class TurnAdmission:
         app: ASGIApp,
         *,
         authenticate: Callable[[Request], Any],
+        blocks: Callable[[Request], bool],
         limit: int,
         budget_seconds: float = 0,
         floor: int = 64,
@@ -182,6 +184,7 @@ class TurnAdmission:
     ) -> None:
         self.app = app
         self.authenticate = authenticate
+        self.blocks = blocks
         self.limit = limit
         self.budget_seconds = budget_seconds
         self.floor = floor
@@ -209,8 +212,11 @@ class TurnAdmission:
         started = time.perf_counter()
         request = Request(scope, receive)
         try:
-            # A worker thread: the key lookup may block. The principal is kept on the request's state.
-            principal = await run_in_threadpool(self.authenticate, request)
+            if self.blocks(request):
+                # A worker thread: the key lookup may block. The principal is kept on the request's state.
+                principal = await run_in_threadpool(self.authenticate, request)
+            else:
+                principal = self.authenticate(request)
         except ApiError as refused:
             await self._refuse(refused, scope, receive, send, started)
             return
