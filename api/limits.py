@@ -29,12 +29,13 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api.errors import ApiError, PreparedResponse, error_response, translate
+from api.errors import ERRORS, ApiError, PreparedResponse, error_response, translate
 from api.request_telemetry import TURN_ROUTE, count_request
 from dialogue.platform.metrics import (
     EVENT_STREAMS,
     EVENT_STREAMS_REFUSED,
     TURN_ADMISSION_LIMIT,
+    TURNS_HELD,
     TURNS_IN_FLIGHT,
     TURNS_SHED,
 )
@@ -141,6 +142,8 @@ RATE_WINDOW_SECONDS = 5
 SHED_LOG_SECONDS = 5.0
 """The turns shed are logged once per this long, counted by tenant, rather than one line each."""
 MAX_PREPARED_ANSWERS = 1024
+SHED_RETRY_AFTER_SECONDS = float(ERRORS["overloaded"].retry_after or 1)
+MAX_HELD_CONVERSATIONS = 10_000
 
 
 class TurnAdmission:
@@ -168,7 +171,12 @@ class TurnAdmission:
     `cors` when the API is open to browsers on other origins); the caller is authenticated on a worker
     thread only when that may wait on I/O (`blocks`: a key in the store); a refusal is counted in the
     metrics as the request telemetry counts a request, and the turns shed are logged per tenant every
-    SHED_LOG_SECONDS, not one line each."""
+    SHED_LOG_SECONDS, not one line each.
+
+    And a refusal is not given again sooner than it said: a turn sent to a conversation whose turn was shed
+    less than `Retry-After` ago (a client that resends at once) is held until then, then admitted or shed
+    as any turn. Held, it costs the API a timer; refused at once, it would come back at once, as often as
+    the cores allow, and take them from the turns admitted. A client that waits as told is never held."""
 
     def __init__(
         self,
@@ -196,6 +204,8 @@ class TurnAdmission:
         self._answered = AnswerRate()
         self._answers: dict[tuple[str, str, tuple[tuple[str, str], ...]], ASGIApp] = {}
         self._shed: Counter[str] = Counter()
+        self._retry_after: dict[tuple[str, str], float] = {}
+        """When each conversation whose turn was shed may send again (monotonic seconds), by tenant and path."""
 
     def admits(self) -> int:
         """How many turns in flight this process admits now."""
@@ -227,6 +237,11 @@ class TurnAdmission:
             await self.app(scope, receive, send)
             return
         tenant: str = principal.tenant
+        conversation = (tenant, scope["path"])
+        wait = self._retry_after.get(conversation, 0.0) - time.monotonic()
+        if wait > 0:
+            TURNS_HELD.inc()
+            await asyncio.sleep(wait)
         admits = self.admits()
         held = self.held.get(tenant, 0)
         tenants = len(self.held) + (0 if held else 1)
@@ -234,6 +249,7 @@ class TurnAdmission:
             held=held, in_flight=self.in_flight, tenants=tenants, limit=admits, share_floor=self.share_floor
         ):
             self._count_shed(tenant)
+            self._hold_until_retry_after(conversation)
             message = f"the service is at its limit of {admits} turns in flight; retry shortly"
             await self._refuse(ApiError("overloaded", message), scope, receive, send, started)
             return
@@ -272,6 +288,15 @@ class TurnAdmission:
                 answer = CORSMiddleware(answer, **self.cors)
             self._answers[key] = answer
         return answer
+
+    def _hold_until_retry_after(self, conversation: tuple[str, str]) -> None:
+        now = time.monotonic()
+        if len(self._retry_after) >= MAX_HELD_CONVERSATIONS:
+            # Those whose time has passed hold nothing: the dict keeps about one second's refusals.
+            self._retry_after = {c: at for c, at in self._retry_after.items() if at > now}
+            if len(self._retry_after) >= MAX_HELD_CONVERSATIONS:
+                return
+        self._retry_after[conversation] = now + SHED_RETRY_AFTER_SECONDS
 
     def _count_shed(self, tenant: str) -> None:
         TURNS_SHED.inc()
