@@ -8,7 +8,11 @@ same stack, each for `--seconds`:
 - `open loop` at each of `--multiples` times the peak: new turns arrive on a fixed schedule, whatever
   the replies do (bench/overload.py's open loop), over at most `--connections` connections;
 - `tight loop`: `--connections` clients, each sending a turn, resending it until it is answered, then
-  sending the next one (the issue's 400 connections resending at once).
+  sending the next one (the issue's 400 connections resending at once);
+- `tight loop ..., a new conversation each attempt`: the same clients dropping a refused turn for a new
+  one in a new conversation at once. Nothing is ever sent again, so only the cost of a refusal limits
+  how often the API is asked: the API's CPU per refusal is measured best here, where refusals are nearly
+  all it does.
 
 A client refused (503 `overloaded`, 429) sends the same turn again at once with the same idempotency key,
 until it is answered or its turn is past the turn deadline (then it gives up). When a flood's time is
@@ -18,13 +22,14 @@ Reported per flood: goodput (turns answered per second while it lasts, after its
 WARM_UP_SECONDS, and as a fraction of the peak), refusals (and per second, counted by the clients and
 by the API), turns answered past the deadline from their first attempt or answered 504, turns given up
 at the deadline or left unanswered when the flood ended, client errors (timeouts), p50/p99 of answered
-turns from their first attempt, and each process's CPU (cores busy) during the flood, the load generator's
-included: it shares the stack's two cores. From the API's CPU: its CPU per request, and per refusal (its
-CPU less what the flood's answered turns cost it at the peak's CPU per turn, over the refusals), against
-its CPU per answered turn at the peak. With `--profile`, where the API's CPU goes at the peak and in each
+turns from their first attempt and of the attempt admitted (and how many of those passed the deadline),
+and each process's CPU (cores busy) during the flood, the load generator's included: it shares the
+stack's two cores. From the API's CPU: its CPU per request, and per refusal (its CPU less what the
+flood's answered turns cost it at the peak's CPU per turn, over the refusals: an estimate that is only
+as good as refusals outnumber answers), against its CPU per answered turn at the peak. With `--profile`, where the API's CPU goes at the peak and in each
 flood (py-spy samples, by part of the code).
 
-    .venv/bin/python -m bench.flood [--users 50] [--conversations 1200] [--seconds 30] \
+    .venv/bin/python -m bench.flood [--users 50] [--conversations 800] [--seconds 30] \
         [--multiples 2 10] [--connections 400] [--no-tight-loop] [--profile] [--output flood.json]
 
 A full run takes about 7 minutes; `--conversations 300 --seconds 10 --multiples 10 --no-tight-loop`
@@ -110,6 +115,8 @@ class Tally:
     answered: list[float] = field(default_factory=list)
     """Latency of each answered turn from its first attempt (ms)."""
     answered_at: list[float] = field(default_factory=list)
+    admitted: list[float] = field(default_factory=list)
+    """Latency of the attempt that was answered (ms)."""
     refused_at: list[float] = field(default_factory=list)
     late: int = 0
     """Answered past the turn deadline from the first attempt, or answered 504."""
@@ -127,12 +134,13 @@ class Tally:
 
 
 async def resend_until_answered(
-    http: aiohttp.ClientSession, key: str, text: str, tally: Tally, ends: float
+    http: aiohttp.ClientSession, key: str, text: str, tally: Tally, ends: float, resend: bool = True
 ) -> None:
-    """One turn, sent again at once each time it is refused, until it is answered, past its deadline, or
-    the flood ends (`ends`, seconds from the flood's start)."""
+    """One turn, sent again at once each time it is refused (unless not to `resend`), until it is answered,
+    past its deadline, or the flood ends (`ends`, seconds from the flood's start)."""
     started = time.perf_counter()
     while True:
+        sent = time.perf_counter()
         try:
             async with http.post(
                 f"/v1/conversations/flood-{key}/turns", json={"text": text}, headers={"Idempotency-Key": key}
@@ -144,6 +152,8 @@ async def resend_until_answered(
             return
         if status in REFUSED:
             tally.refused_at.append(tally.now())
+            if not resend:
+                return
             if tally.now() >= ends:
                 tally.unanswered += 1
                 return
@@ -156,6 +166,7 @@ async def resend_until_answered(
         if status == 200:
             tally.answered.append(waited * 1000)
             tally.answered_at.append(tally.now())
+            tally.admitted.append((time.perf_counter() - sent) * 1000)
         if status == 504 or waited > TURN_DEADLINE_SECONDS:
             tally.late += 1
         return
@@ -172,15 +183,19 @@ async def open_loop(http: aiohttp.ClientSession, rate: float, seconds: float, ta
     await asyncio.gather(*tasks)
 
 
-async def tight_loop(http: aiohttp.ClientSession, clients: int, seconds: float, tally: Tally) -> None:
-    """`clients` clients, each sending one turn after another for `seconds`, every refusal resent at once."""
+async def tight_loop(
+    http: aiohttp.ClientSession, clients: int, seconds: float, tally: Tally, resend: bool = True
+) -> None:
+    """`clients` clients, each sending one turn after another for `seconds`, every refusal resent at once;
+    or, not to `resend`, dropped for a new turn in a new conversation at once."""
     run_id = uuid.uuid4().hex[:6]
 
     async def client(number: int) -> None:
         sent = 0
         while tally.now() < seconds:
             key = f"{run_id}-{number}-{sent}"
-            await resend_until_answered(http, key, TEXTS[(number + sent) % len(TEXTS)], tally, seconds)
+            text = TEXTS[(number + sent) % len(TEXTS)]
+            await resend_until_answered(http, key, text, tally, seconds, resend)
             sent += 1
 
     await asyncio.gather(*(client(n) for n in range(clients)))
@@ -239,7 +254,11 @@ async def flood(
         "goodput_fraction_of_peak": round(goodput / peak["turns_per_second"], 3),
         "answered": len(tally.answered),
         "answered_latency_ms": percentiles(tally.answered) if len(tally.answered) > 1 else {},
+        "admitted_attempt_latency_ms": percentiles(tally.admitted) if len(tally.admitted) > 1 else {},
         "past_deadline_or_504": tally.late,
+        "admitted_attempts_past_deadline": sum(
+            1 for ms in tally.admitted if ms > TURN_DEADLINE_SECONDS * 1000
+        ),
         "gave_up_at_the_deadline": tally.gave_up,
         "unanswered_when_the_flood_ended": tally.unanswered,
         "outcomes": tally.outcomes,
@@ -309,13 +328,15 @@ async def run(
             result = await flood(stack, processes, peak, seconds, connections, arriving, output)
             floods[name] = {"arrivals_per_second": round(rate, 1), **result}
             print(json.dumps({name: floods[name]}), flush=True)
-        if tight:
+        for resend in (True, False) if tight else ():
 
-            async def looping(http: aiohttp.ClientSession, tally: Tally) -> None:
-                await tight_loop(http, connections, seconds, tally)
+            async def looping(http: aiohttp.ClientSession, tally: Tally, resend: bool = resend) -> None:
+                await tight_loop(http, connections, seconds, tally, resend)
 
-            name = f"tight loop of {connections} clients"
-            output = profiles / "tight.txt" if profiles else None
+            name = f"tight loop of {connections} clients" + (
+                "" if resend else ", a new conversation each attempt"
+            )
+            output = profiles / f"tight-{'resend' if resend else 'new'}.txt" if profiles else None
             floods[name] = await flood(stack, processes, peak, seconds, connections, looping, output)
             print(json.dumps({name: floods[name]}), flush=True)
     finally:
@@ -332,7 +353,7 @@ async def run(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--users", type=int, default=50, help="closed-loop users that find the peak")
-    parser.add_argument("--conversations", type=int, default=1200, help="turns sent to find the peak")
+    parser.add_argument("--conversations", type=int, default=800, help="turns sent to find the peak")
     parser.add_argument("--seconds", type=float, default=30, help="how long each flood lasts")
     parser.add_argument(
         "--multiples", type=float, nargs="*", default=[2, 10], help="open-loop rates, x the peak"
