@@ -22,7 +22,7 @@ from api.errors import install_error_handlers
 from api.feeds import EventFeeds
 from api.limits import BodyLimits, RateLimiter, StreamSlots, TurnAdmission, outermost
 from api.policies import BotPolicies
-from api.request_telemetry import RequestTelemetry, metrics_router
+from api.request_telemetry import RequestTelemetry, metrics_router, turn_spans_named_at_once
 from api.routes import (
     approvals,
     bots,
@@ -106,6 +106,9 @@ def create_app(
         title="Dialogue Engine",
         version="1",
         lifespan=lifespan,
+        # Traced by OpenTelemetry's instrumentation, below. FastAPI's own would defer to it, but asks the
+        # global providers whether it is on for every request (bench/flood.py --profile).
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     app.add_middleware(BodyLimits, max_bytes=settings.max_body_bytes, read_seconds=settings.body_read_seconds)
     cors: dict[str, Any] | None = (
@@ -145,14 +148,18 @@ def create_app(
     app.add_middleware(RequestTelemetry)
     # Outermost: the request's span is current in every middleware and route below it.
     FastAPIInstrumentor.instrument_app(
-        app, tracer_provider=provider, excluded_urls="/healthz,/readyz,/metrics"
+        app,
+        tracer_provider=provider,
+        excluded_urls="/healthz,/readyz,/metrics",
+        # A span per request, not three more for sending its reply and receiving its body.
+        exclude_spans=["receive", "send"],
     )
     # Around all of it: a turn's caller is authenticated and the turn admitted before its body is read, and
     # a turn refused costs no trace, no log line and no routing (a flood is refused cheaply).
     outermost(
         app,
         lambda inner: TurnAdmission(
-            inner,
+            turn_spans_named_at_once(inner),
             authenticate=get_principal,
             blocks=authentication_blocks,
             limit=settings.max_turns_in_flight,

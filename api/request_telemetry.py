@@ -5,11 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
+from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
+from opentelemetry.semconv.attributes.http_attributes import HTTP_ROUTE
 from prometheus_client import REGISTRY, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -32,6 +36,7 @@ from dialogue.platform.version_numbers import bot_turn
 log = logging.getLogger("dialogue.api")
 
 TURN_ROUTE = "/v1/conversations/{conversation_id}/turns"
+TURN_REQUEST = re.compile(r"^/v1/conversations/[^/]+/turns$")
 TRACE_HEADER = b"x-trace-id"
 KNOWN_METHODS = {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"}
 QUIET_ROUTES = {"/healthz", "/readyz", "/metrics"}
@@ -133,6 +138,35 @@ def _route_template(scope: Scope) -> str:
     context = (scope.get("fastapi") or {}).get("effective_route_context")
     path = getattr(context, "path", None) or getattr(scope.get("route"), "path", None)
     return str(path) if path else "unmatched"
+
+
+SpanDetails = Callable[[dict[Any, Any]], tuple[str, dict[Any, Any]]]
+"""What OpenTelemetry's ASGI middleware calls for a request's span name and attributes."""
+
+
+def turn_spans_named_at_once(stack: ASGIApp) -> ASGIApp:
+    """The OpenTelemetry middleware in `stack`, naming a turn's span without looking for its route.
+
+    It names each request's span after the route it will take, found by matching the path against the
+    app's whole route table, flattened anew for each request (`_get_route_details`): about 4% of the
+    API's CPU per answered turn (bench/flood.py --profile, "route matching"). A turn, the request sent
+    most, has one route a regular expression tells; every other request is named as before."""
+    layer: Any = stack
+    while layer is not None:
+        if isinstance(layer, OpenTelemetryMiddleware):
+            layer.default_span_details = _turns_first(layer.default_span_details)
+            break
+        layer = getattr(layer, "app", None)
+    return stack
+
+
+def _turns_first(details: SpanDetails) -> SpanDetails:
+    def span_details(scope: dict[Any, Any]) -> tuple[str, dict[Any, Any]]:
+        if scope.get("method") == "POST" and TURN_REQUEST.match(scope["path"]):
+            return f"POST {TURN_ROUTE}", {HTTP_ROUTE: TURN_ROUTE}
+        return details(scope)
+
+    return span_details
 
 
 class RequestTelemetry:
