@@ -6,6 +6,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import APIRouter, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
@@ -16,12 +17,12 @@ from sqlalchemy.exc import SQLAlchemyError
 from temporalio.client import Client
 
 from api import openapi
-from api.deps import authorize_codec, get_principal
+from api.deps import authentication_blocks, authorize_codec, get_principal
 from api.errors import install_error_handlers
 from api.feeds import EventFeeds
-from api.limits import BodyLimits, RateLimiter, StreamSlots, TurnAdmission
+from api.limits import BodyLimits, RateLimiter, StreamSlots, TurnAdmission, outermost
 from api.policies import BotPolicies
-from api.request_telemetry import RequestTelemetry, metrics_router
+from api.request_telemetry import RequestTelemetry, metrics_router, turn_spans_named_at_once
 from api.routes import (
     approvals,
     bots,
@@ -105,24 +106,22 @@ def create_app(
         title="Dialogue Engine",
         version="1",
         lifespan=lifespan,
+        # Traced by OpenTelemetry's instrumentation, below. FastAPI's own would defer to it, but asks the
+        # global providers whether it is on for every request (bench/flood.py --profile).
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     app.add_middleware(BodyLimits, max_bytes=settings.max_body_bytes, read_seconds=settings.body_read_seconds)
-    # Outside the body's limits: a turn's caller is authenticated and admitted before its body is read.
-    app.add_middleware(
-        TurnAdmission,
-        authenticate=get_principal,
-        limit=settings.max_turns_in_flight,
-        budget_seconds=settings.turn_queue_budget_seconds,
-        floor=settings.turn_admission_floor,
-        share_floor=settings.turn_tenant_share_floor,
+    cors: dict[str, Any] | None = (
+        {
+            "allow_origins": settings.cors_origins,
+            "allow_methods": ["GET", "POST", "DELETE"],
+            "allow_headers": ["Authorization", "Content-Type", "Idempotency-Key", "Last-Event-ID"],
+        }
+        if settings.cors_origins  # closed unless origins are configured
+        else None
     )
-    if settings.cors_origins:  # closed unless origins are configured
-        app.add_middleware(
-            CORSMiddleware,
-            allow_origins=settings.cors_origins,
-            allow_methods=["GET", "POST", "DELETE"],
-            allow_headers=["Authorization", "Content-Type", "Idempotency-Key", "Last-Event-ID"],
-        )
+    if cors is not None:
+        app.add_middleware(CORSMiddleware, **cors)
     install_error_handlers(app)
     openapi.install(app, settings)
     v1 = APIRouter(prefix="/v1")
@@ -149,7 +148,26 @@ def create_app(
     app.add_middleware(RequestTelemetry)
     # Outermost: the request's span is current in every middleware and route below it.
     FastAPIInstrumentor.instrument_app(
-        app, tracer_provider=provider, excluded_urls="/healthz,/readyz,/metrics"
+        app,
+        tracer_provider=provider,
+        excluded_urls="/healthz,/readyz,/metrics",
+        # A span per request, not three more for sending its reply and receiving its body.
+        exclude_spans=["receive", "send"],
+    )
+    # Around all of it: a turn's caller is authenticated and the turn admitted before its body is read, and
+    # a turn refused costs no trace, no log line and no routing (a flood is refused cheaply).
+    outermost(
+        app,
+        lambda inner: TurnAdmission(
+            turn_spans_named_at_once(inner),
+            authenticate=get_principal,
+            blocks=authentication_blocks,
+            limit=settings.max_turns_in_flight,
+            budget_seconds=settings.turn_queue_budget_seconds,
+            floor=settings.turn_admission_floor,
+            share_floor=settings.turn_tenant_share_floor,
+            cors=cors,
+        ),
     )
     return app
 

@@ -62,8 +62,9 @@ def get_principal(request: Request) -> Principal:
     """Who is calling (401 otherwise), once within its rate limit (429 otherwise).
 
     A plain function: FastAPI runs it on a worker thread, where the key lookup may block. A turn's caller
-    was authenticated before its body was read (`api/limits.py`, `TurnAdmission`): the principal found
-    then is kept on the request's state and given here, so the rate limit is drawn from once.
+    was authenticated before its body was read (`api/limits.py`, `TurnAdmission`; on the event loop when
+    `authentication_blocks` says it does not wait): the principal found then is kept on the request's
+    state and given here, so the rate limit is drawn from once.
     """
     known: Principal | None = getattr(request.state, "principal", None)
     if known is not None:
@@ -106,6 +107,20 @@ def get_principal(request: Request) -> Principal:
     request.state.tenant = principal.tenant  # for the request's log line (api/request_telemetry.py)
     request.state.principal = principal
     return principal
+
+
+def authentication_blocks(request: Request) -> bool:
+    """Whether finding the caller may wait on I/O, and so belongs on a worker thread: an API key is looked
+    up in the store, and a JWT's signing keys may be fetched from its identity provider. The bootstrap key,
+    an end-user token, a JWT checked against a secret or a key file, and a missing or malformed credential
+    are checked in memory, in microseconds."""
+    token = request.headers.get("authorization", "").partition(" ")[2].strip()
+    state = request.app.state
+    if token.startswith("dk_"):
+        # The bootstrap key looks like one too (`Settings.resolve_api_key`), and is compared in memory.
+        return not hmac.compare_digest(token.encode(), state.api_key.encode())
+    verifier: TokenVerifier | None = state.token_verifier
+    return verifier is not None and verifier.fetches_keys and token.count(".") == 2
 
 
 KEY_GRACE_SECONDS = 15 * 60

@@ -17,20 +17,25 @@ import math
 import re
 import threading
 import time
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from sqlalchemy.exc import SQLAlchemyError
+from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api.errors import ApiError, error_response, translate
+from api.errors import ERRORS, ApiError, PreparedResponse, error_response, translate
+from api.request_telemetry import TURN_ROUTE, count_request
 from dialogue.platform.metrics import (
     EVENT_STREAMS,
     EVENT_STREAMS_REFUSED,
     TURN_ADMISSION_LIMIT,
+    TURNS_HELD,
     TURNS_IN_FLIGHT,
     TURNS_SHED,
 )
@@ -134,6 +139,11 @@ class RateLimiter:
 
 TURN_PATH = re.compile(r"^/v1/conversations/[^/]+/turns/?$")
 RATE_WINDOW_SECONDS = 5
+SHED_LOG_SECONDS = 5.0
+"""The turns shed are logged once per this long, counted by tenant, rather than one line each."""
+MAX_PREPARED_ANSWERS = 1024
+SHED_RETRY_AFTER_SECONDS = float(ERRORS["overloaded"].retry_after or 1)
+MAX_HELD_CONVERSATIONS = 10_000
 
 
 class TurnAdmission:
@@ -153,28 +163,49 @@ class TurnAdmission:
     `budget_seconds` at the rate it has been answering them (Little's law: in flight = rate x wait), but
     never below `floor` (a burst after a quiet spell, when the rate says little). Under overload the rate
     is the stack's capacity, so the turns admitted wait about `budget_seconds` and the stack stays busy;
-    below it, nothing is refused."""
+    below it, nothing is refused.
+
+    Refusing is cheap, so that a flood of clients that resend at once is not served by what it is refused
+    with (bench/flood.py): this is the app's outermost layer (`outermost`), so a refusal is answered before
+    anything traces, logs or routes the request, from a response rendered once (`PreparedResponse`, through
+    `cors` when the API is open to browsers on other origins); the caller is authenticated on a worker
+    thread only when that may wait on I/O (`blocks`: a key in the store); a refusal is counted in the
+    metrics as the request telemetry counts a request, and the turns shed are logged per tenant every
+    SHED_LOG_SECONDS, not one line each.
+
+    And a refusal is not given again sooner than it said: a turn sent to a conversation whose turn was shed
+    less than `Retry-After` ago (a client that resends at once) is held until then, then admitted or shed
+    as any turn. Held, it costs the API a timer; refused at once, it would come back at once, as often as
+    the cores allow, and take them from the turns admitted. A client that waits as told is never held."""
 
     def __init__(
         self,
         app: ASGIApp,
         *,
         authenticate: Callable[[Request], Any],
+        blocks: Callable[[Request], bool],
         limit: int,
         budget_seconds: float = 0,
         floor: int = 64,
         share_floor: int = 1,
+        cors: Mapping[str, Any] | None = None,
     ) -> None:
         self.app = app
         self.authenticate = authenticate
+        self.blocks = blocks
         self.limit = limit
         self.budget_seconds = budget_seconds
         self.floor = floor
         self.share_floor = share_floor
+        self.cors = cors
         self.in_flight = 0
         self.held: dict[str, int] = {}
         """Turns in flight per tenant; a tenant with none has no entry (the dict stays small)."""
         self._answered = AnswerRate()
+        self._answers: dict[tuple[str, str, tuple[tuple[str, str], ...]], ASGIApp] = {}
+        self._shed: Counter[str] = Counter()
+        self._retry_after: dict[tuple[str, str], float] = {}
+        """When each conversation whose turn was shed may send again (monotonic seconds), by tenant and path."""
 
     def admits(self) -> int:
         """How many turns in flight this process admits now."""
@@ -188,33 +219,39 @@ class TurnAdmission:
         if scope["type"] != "http" or scope["method"] != "POST" or not TURN_PATH.match(scope["path"]):
             await self.app(scope, receive, send)
             return
+        started = time.perf_counter()
+        request = Request(scope, receive)
         try:
-            # A worker thread: the key lookup may block. The principal is kept on the request's state.
-            principal = await run_in_threadpool(self.authenticate, Request(scope, receive))
+            if self.blocks(request):
+                # A worker thread: the key lookup may block. The principal is kept on the request's state.
+                principal = await run_in_threadpool(self.authenticate, request)
+            else:
+                principal = self.authenticate(request)
         except ApiError as refused:
-            await error_response(refused)(scope, receive, send)
+            await self._refuse(refused, scope, receive, send, started)
             return
-        except SQLAlchemyError as err:
-            # The store cannot say who this is (an unknown key during an outage): 503, as a route would answer.
-            unavailable = translate(err)
-            if unavailable is None:
-                raise
-            log.warning("store unavailable on POST %s: %s", scope["path"], err.__class__.__name__)
-            await error_response(unavailable)(scope, receive, send)
+        except Exception as err:  # outside the app's error handlers: answered as they would answer it
+            await self._refuse(_authentication_failed(err, scope["path"]), scope, receive, send, started)
             return
         if self.limit <= 0:
             await self.app(scope, receive, send)
             return
         tenant: str = principal.tenant
+        conversation = (tenant, scope["path"])
+        wait = self._retry_after.get(conversation, 0.0) - time.monotonic()
+        if wait > 0:
+            TURNS_HELD.inc()
+            await asyncio.sleep(wait)
         admits = self.admits()
         held = self.held.get(tenant, 0)
         tenants = len(self.held) + (0 if held else 1)
         if not tenant_admitted(
             held=held, in_flight=self.in_flight, tenants=tenants, limit=admits, share_floor=self.share_floor
         ):
-            TURNS_SHED.inc()
+            self._count_shed(tenant)
+            self._hold_until_retry_after(conversation)
             message = f"the service is at its limit of {admits} turns in flight; retry shortly"
-            await error_response(ApiError("overloaded", message))(scope, receive, send)
+            await self._refuse(ApiError("overloaded", message), scope, receive, send, started)
             return
         self.in_flight += 1
         self.held[tenant] = held + 1
@@ -230,6 +267,73 @@ class TurnAdmission:
                 del self.held[tenant]
             TURNS_IN_FLIGHT.dec()
             self._answered.count()
+
+    async def _refuse(
+        self, error: ApiError, scope: Scope, receive: Receive, send: Send, started: float
+    ) -> None:
+        await self._answer(error)(scope, receive, send)
+        count_request("POST", TURN_ROUTE, error.status, time.perf_counter() - started, {})
+
+    def _answer(self, error: ApiError) -> ASGIApp:
+        """The refusal's response, rendered the first time it is given (they are few: a code, a message
+        naming the admission limit, a `Retry-After`)."""
+        key = (error.code, error.message, tuple(sorted(error.headers.items())))
+        answer = self._answers.get(key)
+        if answer is None:
+            if len(self._answers) >= MAX_PREPARED_ANSWERS:
+                self._answers.clear()
+            answer = PreparedResponse(error)
+            if self.cors is not None:
+                # Outside the app's own CORS layer: a page on an allowed origin reads the refusal too.
+                answer = CORSMiddleware(answer, **self.cors)
+            self._answers[key] = answer
+        return answer
+
+    def _hold_until_retry_after(self, conversation: tuple[str, str]) -> None:
+        now = time.monotonic()
+        if len(self._retry_after) >= MAX_HELD_CONVERSATIONS:
+            # Those whose time has passed hold nothing: the dict keeps about one second's refusals.
+            self._retry_after = {c: at for c, at in self._retry_after.items() if at > now}
+            if len(self._retry_after) >= MAX_HELD_CONVERSATIONS:
+                return
+        self._retry_after[conversation] = now + SHED_RETRY_AFTER_SECONDS
+
+    def _count_shed(self, tenant: str) -> None:
+        TURNS_SHED.inc()
+        if not self._shed:
+            asyncio.get_running_loop().call_later(SHED_LOG_SECONDS, self._log_shed)
+        self._shed[tenant] += 1
+
+    def _log_shed(self) -> None:
+        shed, self._shed = self._shed, Counter()
+        log.warning(
+            "shed %d turns in %g s at the admission limit",
+            shed.total(),
+            SHED_LOG_SECONDS,
+            extra={"shed_by_tenant": dict(shed.most_common(20))},  # who floods, for the runbook
+        )
+
+
+def _authentication_failed(err: Exception, path: str) -> ApiError:
+    unavailable = translate(err) if isinstance(err, SQLAlchemyError) else None
+    if unavailable is not None:
+        # The store cannot say who this is (an unknown key during an outage): 503, as a route would answer.
+        log.warning("store unavailable on POST %s: %s", path, err.__class__.__name__)
+        return unavailable
+    log.exception("unhandled error on POST %s", path)
+    return ApiError("internal_error", "internal server error")
+
+
+def outermost(app: Starlette, layer: Callable[[ASGIApp], ASGIApp]) -> None:
+    """Put `layer` around the app's whole middleware stack, its error handler and tracing included:
+    `add_middleware` puts a layer inside Starlette's error handler, and the OpenTelemetry instrumentation
+    wraps the stack around it. Starlette builds the stack when the app first serves a request."""
+    build = app.build_middleware_stack
+
+    def build_with_layer() -> ASGIApp:
+        return layer(build())
+
+    app.build_middleware_stack = build_with_layer  # type: ignore[method-assign]
 
 
 def tenant_admitted(*, held: int, in_flight: int, tenants: int, limit: int, share_floor: int) -> bool:

@@ -63,9 +63,12 @@ IDLE = ("EpollSelector.select", "_PollLikeSelector.select", "concurrent/futures/
 """Frames of a thread that waits, not works: samples whose top frame is one of these are left out."""
 
 
-def summarise(folded: Path) -> dict[str, Any]:
-    """Inclusive share per part, and the top functions by own samples, from py-spy's raw (folded) output."""
+def summarise(folded: Path, parts_by_path: dict[str, tuple[str, ...]] = PARTS) -> dict[str, Any]:
+    """Inclusive share per part (of `parts_by_path`); the share of each part as the innermost one on the stack
+    (what the part does itself, rather than what it calls: for layers that wrap one another, like
+    middleware); and the top functions by own samples; from py-spy's raw (folded) output."""
     parts: Counter[str] = Counter()
+    innermost: Counter[str] = Counter()
     own: Counter[str] = Counter()
     busy = 0
     for line in folded.read_text().splitlines():
@@ -76,14 +79,24 @@ def summarise(folded: Path) -> dict[str, Any]:
         count = int(count_text)
         busy += count
         own[frames[-1]] += count
-        for part, marks in PARTS.items():
+        for part, marks in parts_by_path.items():
             if any(mark in frame for frame in frames for mark in marks):
                 parts[part] += count
+        innermost[_innermost_part(frames, parts_by_path)] += count
     return {
         "busy_samples": busy,
         "inclusive_share": {part: round(n / busy, 3) for part, n in parts.most_common()} if busy else {},
+        "innermost_share": {part: round(n / busy, 3) for part, n in innermost.most_common()} if busy else {},
         "top_own": [{"frame": frame, "share": round(n / busy, 3)} for frame, n in own.most_common(15)],
     }
+
+
+def _innermost_part(frames: list[str], parts_by_path: dict[str, tuple[str, ...]]) -> str:
+    for frame in reversed(frames):
+        for part, marks in parts_by_path.items():
+            if any(mark in frame for mark in marks):
+                return part
+    return "other"
 
 
 def sample(pid: int, output: Path, rate: int) -> subprocess.Popen[bytes]:

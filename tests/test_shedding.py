@@ -89,3 +89,38 @@ async def test_the_admission_limit_follows_the_rate_the_stack_answers_at(
     assert (first.count(200), first.count(503)) == (16, 24)
     assert (second.count(200), second.count(503)) == (32, 8)
     assert REGISTRY.get_sample_value("dialogue_turn_admission_limit") == 32
+
+
+async def test_a_turn_sent_again_before_its_retry_after_is_held_until_then(
+    client: Client, settings: Settings
+) -> None:
+    """A client that resends a shed turn at once is not refused again at once, as often as it likes: its
+    turn waits in the API until its `Retry-After` has passed, then is admitted or shed as any other. A
+    client that waits as told is never held."""
+    slow = FakeLlm(plans=[Plan(text="It costs 12.90 euros [1].", delay=2.0)])
+    async with served_llm(slow) as url:
+        limited = settings.model_copy(
+            update={"generator": "openai", "llm_base_url": url, "llm_model": "slow", "max_turns_in_flight": 1}
+        )
+        run = uuid.uuid4().hex[:6]
+        turn = f"/v1/conversations/held-{run}/turns"
+        key = {"Idempotency-Key": f"held-{run}"}
+        async with worker_for(client, limited), api_client(create_app(limited, temporal=client)) as http:
+            running = asyncio.create_task(
+                http.post(f"/v1/conversations/busy-{run}/turns", json={"text": QUESTION})
+            )
+            await eventually(lambda: slow.requests, "the model to be asked for the running turn")
+            held_before = REGISTRY.get_sample_value("dialogue_turns_held_total") or 0
+            shed = await http.post(turn, json={"text": "hello"}, headers=key)
+            # At once, as a client that ignores Retry-After: held, then shed again (the running turn
+            # takes two seconds).
+            again = await http.post(turn, json={"text": "hello"}, headers=key)
+            held_after_resending = REGISTRY.get_sample_value("dialogue_turns_held_total") or 0
+            assert (await running).status_code == 200
+            await asyncio.sleep(float(again.headers["Retry-After"]))  # as told
+            answered = await http.post(turn, json={"text": "hello"}, headers=key)
+    assert [shed.status_code, again.status_code] == [503, 503], [shed.text, again.text]
+    assert again.json()["error"]["code"] == "overloaded"
+    assert held_after_resending == held_before + 1
+    assert answered.status_code == 200, answered.text
+    assert (REGISTRY.get_sample_value("dialogue_turns_held_total") or 0) == held_before + 1

@@ -81,6 +81,10 @@ TURNS_SHED = Counter(
     "dialogue_turns_shed",
     "Turns the API refused at once (503 overloaded) because it already waited on its limit of turns.",
 )
+TURNS_HELD = Counter(
+    "dialogue_turns_held",
+    "Turns sent again to a conversation before the Retry-After its refused turn was given, held until then.",
+)
 TURNS_IN_FLIGHT = Gauge("dialogue_turns_in_flight", "Turns the API process waits on now.")
 TURN_ADMISSION_LIMIT = Gauge(
     "dialogue_turn_admission_limit",

@@ -55,6 +55,11 @@ class TokenVerifier:
     def configured(settings: Settings) -> bool:
         return bool(settings.jwt_hs256_secret or settings.jwt_jwks_url or settings.jwt_jwks_file)
 
+    @property
+    def fetches_keys(self) -> bool:
+        """Whether verifying a token may fetch the provider's signing keys (a JWKS URL): it may block."""
+        return self._jwks_client is not None
+
     def verify(self, token: str) -> Principal:
         try:
             claims = jwt.decode(
