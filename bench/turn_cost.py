@@ -26,9 +26,10 @@ loop's rates need the ceiling, which is then measured too. Results in bench/resu
         [--step-seconds 30] [--rounds 600] [--fractions 0.05 0.1 ...] [--only ceiling,one,closed,open]
         [--output turn_cost.json] [--quick]
 
-The defaults took 10 minutes on this 2-core machine while other work kept it busy (the closed loop and the
-open loop most of it; the open loop's steps end sooner when the stack gives up sooner), plus 2 minutes
-when `make run` has not trained the NLU model in this checkout (`bench.stack.default_bot`). `--quick` is a
+The defaults took 10 and 14 minutes on this 2-core machine while other work kept 0.7 to 1.3 of its cores
+busy (the closed loop and the open loop most of it; the open loop's steps end sooner when the stack gives
+up sooner; a quiet machine is faster), plus 2 minutes when `make run` has not trained the NLU model in
+this checkout (`bench.stack.default_bot`). `--quick` is a
 smoke run of about 3 minutes; its numbers are too few to quote.
 """
 
