@@ -35,8 +35,8 @@ from dialogue.platform.metrics import (
     EVENT_STREAMS,
     EVENT_STREAMS_REFUSED,
     TURN_ADMISSION_LIMIT,
-    TURNS_HELD,
     TURNS_IN_FLIGHT,
+    TURNS_RESENT_EARLY,
     TURNS_SHED,
 )
 
@@ -143,7 +143,7 @@ SHED_LOG_SECONDS = 5.0
 """The turns shed are logged once per this long, counted by tenant, rather than one line each."""
 MAX_PREPARED_ANSWERS = 1024
 SHED_RETRY_AFTER_SECONDS = float(ERRORS["overloaded"].retry_after or 1)
-MAX_HELD_CONVERSATIONS = 10_000
+MAX_NOTED_CONVERSATIONS = 10_000
 
 
 class TurnAdmission:
@@ -240,7 +240,7 @@ class TurnAdmission:
         conversation = (tenant, scope["path"])
         wait = self._retry_after.get(conversation, 0.0) - time.monotonic()
         if wait > 0:
-            TURNS_HELD.inc()
+            TURNS_RESENT_EARLY.inc()
             await asyncio.sleep(wait)
         admits = self.admits()
         held = self.held.get(tenant, 0)
@@ -249,7 +249,7 @@ class TurnAdmission:
             held=held, in_flight=self.in_flight, tenants=tenants, limit=admits, share_floor=self.share_floor
         ):
             self._count_shed(tenant)
-            self._hold_until_retry_after(conversation)
+            self._note_retry_after(conversation)
             message = f"the service is at its limit of {admits} turns in flight; retry shortly"
             await self._refuse(ApiError("overloaded", message), scope, receive, send, started)
             return
@@ -289,12 +289,12 @@ class TurnAdmission:
             self._answers[key] = answer
         return answer
 
-    def _hold_until_retry_after(self, conversation: tuple[str, str]) -> None:
+    def _note_retry_after(self, conversation: tuple[str, str]) -> None:
         now = time.monotonic()
-        if len(self._retry_after) >= MAX_HELD_CONVERSATIONS:
+        if len(self._retry_after) >= MAX_NOTED_CONVERSATIONS:
             # Those whose time has passed hold nothing: the dict keeps about one second's refusals.
             self._retry_after = {c: at for c, at in self._retry_after.items() if at > now}
-            if len(self._retry_after) >= MAX_HELD_CONVERSATIONS:
+            if len(self._retry_after) >= MAX_NOTED_CONVERSATIONS:
                 return
         self._retry_after[conversation] = now + SHED_RETRY_AFTER_SECONDS
 

@@ -110,17 +110,17 @@ async def test_a_turn_sent_again_before_its_retry_after_is_held_until_then(
                 http.post(f"/v1/conversations/busy-{run}/turns", json={"text": QUESTION})
             )
             await eventually(lambda: slow.requests, "the model to be asked for the running turn")
-            held_before = REGISTRY.get_sample_value("dialogue_turns_held_total") or 0
+            early_before = REGISTRY.get_sample_value("dialogue_turns_resent_early_total") or 0
             shed = await http.post(turn, json={"text": "hello"}, headers=key)
             # At once, as a client that ignores Retry-After: held, then shed again (the running turn
             # takes two seconds).
             again = await http.post(turn, json={"text": "hello"}, headers=key)
-            held_after_resending = REGISTRY.get_sample_value("dialogue_turns_held_total") or 0
+            early_after_resending = REGISTRY.get_sample_value("dialogue_turns_resent_early_total") or 0
             assert (await running).status_code == 200
             await asyncio.sleep(float(again.headers["Retry-After"]))  # as told
             answered = await http.post(turn, json={"text": "hello"}, headers=key)
     assert [shed.status_code, again.status_code] == [503, 503], [shed.text, again.text]
     assert again.json()["error"]["code"] == "overloaded"
-    assert held_after_resending == held_before + 1
+    assert early_after_resending == early_before + 1
     assert answered.status_code == 200, answered.text
-    assert (REGISTRY.get_sample_value("dialogue_turns_held_total") or 0) == held_before + 1
+    assert (REGISTRY.get_sample_value("dialogue_turns_resent_early_total") or 0) == early_before + 1

@@ -81,9 +81,9 @@ TURNS_SHED = Counter(
     "dialogue_turns_shed",
     "Turns the API refused at once (503 overloaded) because it already waited on its limit of turns.",
 )
-TURNS_HELD = Counter(
-    "dialogue_turns_held",
-    "Turns sent again to a conversation before the Retry-After its refused turn was given, held until then.",
+TURNS_RESENT_EARLY = Counter(
+    "dialogue_turns_resent_early",
+    "Turns sent again to a conversation before the Retry-After its shed turn was given: held until then.",
 )
 TURNS_IN_FLIGHT = Gauge("dialogue_turns_in_flight", "Turns the API process waits on now.")
 TURN_ADMISSION_LIMIT = Gauge(
