@@ -32,28 +32,31 @@ from dialogue.security.tokens import END_USER_PREFIX, EndUserTokens, TokenVerifi
 log = logging.getLogger("dialogue.api")
 BOOTSTRAP_SUBJECT = "key:bootstrap"
 
+# The dependencies that read the app's state are coroutines: FastAPI runs a plain function on a worker
+# thread, a trip that cost more than the read (a turn took seven of them; bench/flood.py --profile).
 
-def get_settings(request: Request) -> Settings:
+
+async def get_settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
 
 
-def get_engine(request: Request) -> Engine:
+async def get_engine(request: Request) -> Engine:
     engine: Engine = request.app.state.engine
     return engine
 
 
-def get_temporal(request: Request) -> Client:
+async def get_temporal(request: Request) -> Client:
     client: Client = request.app.state.temporal
     return client
 
 
-def get_releases(request: Request) -> ReleaseCache:
+async def get_releases(request: Request) -> ReleaseCache:
     releases: ReleaseCache = request.app.state.releases
     return releases
 
 
-def get_policies(request: Request) -> BotPolicies:
+async def get_policies(request: Request) -> BotPolicies:
     policies: BotPolicies = request.app.state.policies
     return policies
 
@@ -151,10 +154,21 @@ def _authenticate_key(state: Any, token: str) -> Principal:
     return principal
 
 
+async def caller(request: Request) -> Principal:
+    """`get_principal` on a worker thread only when finding the caller may wait on I/O
+    (`authentication_blocks`); a turn's caller, found by its admission, is taken as it is."""
+    known: Principal | None = getattr(request.state, "principal", None)
+    if known is not None:
+        return known
+    if authentication_blocks(request):
+        return await run_in_threadpool(get_principal, request)
+    return get_principal(request)
+
+
 def require(scope: Scope) -> object:
     """A dependency giving the caller if its scope includes `scope` (403 otherwise)."""
 
-    def allowed(principal: Annotated[Principal, Depends(get_principal)]) -> Principal:
+    async def allowed(principal: Annotated[Principal, Depends(caller)]) -> Principal:
         if not principal.allows(scope):
             raise ApiError("forbidden", f"this needs the {scope} scope; the key has {principal.scope}")
         return principal
