@@ -15,20 +15,16 @@ import json
 import statistics
 import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 from temporalio.client import Client, WithStartWorkflowOperation
 from temporalio.common import WorkflowIDConflictPolicy
-from temporalio.worker import Worker
 
 from bench.command_shapes import CommandShape, sized
 from bench.stack import BUILT_IN_PIPELINE, EmbeddedStack
 from bench.streaming import RESULTS, header
 from bench.throughput import cpu_seconds, own_cpu, process_tree
-from dialogue.platform.settings import Settings
-from dialogue.platform.temporal import connect
+from bench.turn_latency import baseline_worker
 
 QUEUE = "bench-command-costs"
 IN_FLIGHT = 50
@@ -82,26 +78,13 @@ async def run(updates: int, rounds: int) -> dict[str, Any]:
     try:
         assert stack.pid is not None
         server = next(pid for pid, name in process_tree(stack.pid).items() if name == "temporal")
-        settings = Settings.model_validate(
-            {
-                "data_dir": Path(stack.env["DIALOGUE_DATA_DIR"]),
-                "temporal_address": stack.env["DIALOGUE_TEMPORAL_ADDRESS"],
-            }
-        )
-        client = await connect(settings)
+        client = await stack.temporal_client()
         measured: dict[str, list[dict[str, float]]] = {name: [] for name in SHAPES}
-        with ThreadPoolExecutor(max_workers=4) as executor:
-            async with Worker(
-                client,
-                task_queue=QUEUE,
-                workflows=[CommandShape],
-                activities=[sized],
-                activity_executor=executor,
-            ):
-                await shape_round(client, {}, 200, server)  # warm up
-                for _ in range(rounds):
-                    for name, shape in SHAPES.items():
-                        measured[name].append(await shape_round(client, shape, updates, server))
+        async with baseline_worker(client, QUEUE, workflows=(CommandShape,), activities=(sized,)):
+            await shape_round(client, {}, 200, server)  # warm up
+            for _ in range(rounds):
+                for name, shape in SHAPES.items():
+                    measured[name].append(await shape_round(client, shape, updates, server))
     finally:
         await asyncio.to_thread(stack.__exit__, None, None, None)
     return {

@@ -26,7 +26,7 @@ import inspect
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
@@ -108,14 +108,19 @@ async def baseline_turn(
 
 
 @asynccontextmanager
-async def baseline_worker(client: Client, task_queue: str = BASELINE_QUEUE) -> AsyncIterator[Worker]:
-    """This process's worker for the baseline turns of `task_queue`."""
+async def baseline_worker(
+    client: Client,
+    task_queue: str = BASELINE_QUEUE,
+    workflows: Sequence[type] = (BaselineTurn,),
+    activities: Sequence[Callable[..., Any]] = (noop,),
+) -> AsyncIterator[Worker]:
+    """This process's worker for the baseline turns (or other `workflows`) of `task_queue`."""
     with ThreadPoolExecutor(max_workers=4) as executor:
         async with Worker(
             client,
             task_queue=task_queue,
-            workflows=[BaselineTurn],
-            activities=[noop],
+            workflows=list(workflows),
+            activities=list(activities),
             activity_executor=executor,
         ) as worker:
             yield worker
