@@ -77,7 +77,7 @@ def bot_activities(
         summarize=SummarizeActivity(bot, engine, generators),
         rewrite=RewriteActivity(bot, generators),
         agent=AgentActivity(bot, engine, generators, settings.data_dir),
-        respond=RespondActivity(understand, retrieve, generate),
+        respond=RespondActivity(understand, retrieve, generate, engine),
     )
 
 

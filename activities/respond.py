@@ -6,16 +6,24 @@ three saves the worker two local-activity round trips and two workflow activatio
 encoding, encryption and bookkeeping cost more CPU than the NLU itself; bench/profile.py). What cannot be
 done here in milliseconds (a flow's tool, the agent, a reply from a model) is left to the workflow's own
 steps, with the understanding and passages found here.
+
+When it makes the reply and the workflow sent the turn's transcript entry (`RecordHere`), it writes the
+turn to the store as well: the workflow's own `record_turn` step would cost another local activity and
+workflow activation. That write is provisional (it never replaces what the workflow writes for the turn
+after a deadline), and a failed or slow one is left to the workflow, which records the turn as before.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 
+from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 from temporalio import activity
 
@@ -23,19 +31,47 @@ from activities.generate import GenerateActivity
 from activities.retrieve import RetrieveActivity
 from activities.understand import UnderstandActivity
 from dialogue.brain.nlu.embeddings import once_per_text
-from dialogue.model.contracts import RespondedHere, RespondHereRequest, RetrieveResult
+from dialogue.model.contracts import (
+    Decision,
+    Lineage,
+    RecordHere,
+    RecordTurnRequest,
+    Reply,
+    RespondedHere,
+    RespondHereRequest,
+    RetrieveResult,
+    Understanding,
+)
+from dialogue.platform import store
 from dialogue.platform.metrics import STEP_SECONDS
 
 log = logging.getLogger("dialogue.activities")
 
+RECORD_HERE_SECONDS = 2.0
+"""How long the reply waits for its write here: past it the workflow records the turn (its recorder keeps
+a write the store cannot take and makes it later), as it did before this step wrote it."""
+RECORD_HERE_THREADS = 2
+"""The writes made here run on threads of their own, at most this many at once; with all of them busy (the
+store is slow) the workflow records the turn. A write that outlives RECORD_HERE_SECONDS still holds its
+thread until the store answers: without this bound, a stalled store would take the threads the NLU
+runs on."""
+_writers = ThreadPoolExecutor(max_workers=RECORD_HERE_THREADS, thread_name_prefix="record-here")
+_writing = threading.BoundedSemaphore(RECORD_HERE_THREADS)
+
 
 class RespondActivity:
     def __init__(
-        self, understand: UnderstandActivity, retrieve: RetrieveActivity, generate: GenerateActivity
+        self,
+        understand: UnderstandActivity,
+        retrieve: RetrieveActivity,
+        generate: GenerateActivity,
+        engine: Engine | None = None,
     ) -> None:
         self._understand = understand
         self._retrieve = retrieve
         self._generate = generate
+        self._engine = engine
+        """The store the turn is written to when the reply is made here; None: the workflow records it."""
 
     @activity.defn(name="respond_here")
     async def respond_here(self, request: RespondHereRequest) -> RespondedHere:
@@ -47,6 +83,7 @@ class RespondActivity:
             return await self._respond(request)
 
     async def _respond(self, request: RespondHereRequest) -> RespondedHere:
+        started = time.perf_counter()
         timings: dict[str, float] = {}
         failed: list[str] = []
         # The CPU-bound parts on a thread, as when they are steps of their own: the event loop that every
@@ -93,21 +130,97 @@ class RespondActivity:
                 )
             )
         composing = timings.pop("compose")
+        recorded: Lineage | None = None
         if composed.reply is not None:  # else the model's reply is timed by `generate`
             timings["generate"] = composing
+            if request.record is not None and _kept(decision, request.record):
+                lineage = _lineage(request.record, understanding, composed.reply, retrieved, failed, timings)
+                lineage.timings_ms["total"] = round((time.perf_counter() - started) * 1000, 1)
+                recorded = await self._record(request.record, understanding, composed.reply, lineage, timings)
         return RespondedHere(
             understanding=understanding,
             retrieved=retrieved,
             reply=composed.reply,
             failed=failed,
             timings_ms=timings,
+            recorded=recorded,
         )
+
+    async def _record(
+        self,
+        turn: RecordHere,
+        understanding: Understanding,
+        reply: Reply,
+        lineage: Lineage,
+        timings: dict[str, float],
+    ) -> Lineage | None:
+        """Write the turn as the workflow's `record_turn` would; the lineage written, or None if the store
+        did not take it within RECORD_HERE_SECONDS (the workflow then records the turn)."""
+        if self._engine is None or not _writing.acquire(blocking=False):
+            return None
+        engine = self._engine
+        write = RecordTurnRequest(
+            conversation_id=turn.conversation_id,
+            turn_id=turn.turn_id,
+            turn_index=turn.turn_index,
+            user_text=turn.user_text,
+            reply=reply.model_copy(update={"context": None}),
+            nlu=understanding.nlu,
+            degraded=bool(lineage.degraded_reason),
+            at=turn.at,
+            lineage=lineage,
+            provisional=True,
+        )
+
+        def write_turn() -> None:
+            try:
+                store.record_turn(engine, write)
+            finally:
+                _writing.release()
+
+        try:
+            # Timed as the workflow's `record` step, and under `record_turn` in the step metric.
+            with _part("record", timings, metric="record_turn"):
+                writing = asyncio.get_running_loop().run_in_executor(_writers, write_turn)
+                await asyncio.wait_for(writing, RECORD_HERE_SECONDS)
+        except Exception as err:  # any failure of the store: the workflow's recorder takes the write over
+            log.warning("the turn was not written with its reply; the workflow records it: %r", err)
+            return None
+        return lineage
+
+
+def _kept(decision: Decision, turn: RecordHere) -> bool:
+    """Whether the workflow keeps this step's reply: it makes its own for a handoff no person may take."""
+    return decision.action != "handoff" or turn.handoff_allowed
+
+
+def _lineage(
+    turn: RecordHere,
+    understanding: Understanding,
+    reply: Reply,
+    retrieved: RetrieveResult | None,
+    failed: list[str],
+    timings: dict[str, float],
+) -> Lineage:
+    """The lineage the workflow would give this reply (`Answer.trace`)."""
+    return Lineage.of_reply(
+        reply,
+        understanding.nlu,
+        timings_ms=dict(timings),
+        degraded_reason=", ".join(failed) or None,
+        flags=turn.flags,
+        query=retrieved.query if retrieved else None,
+        action=understanding.decision.action,
+        bot=turn.bot,
+        bot_version=turn.bot_version,
+    )
 
 
 @contextmanager
-def _part(step: str, timings: dict[str, float]) -> Iterator[None]:
+def _part(step: str, timings: dict[str, float], metric: str | None = None) -> Iterator[None]:
     """Time one part into `timings` (as the workflow times a step) and into the step metric, under the
-    step's own name, so that dashboards of `understand`, `retrieve` and `compose` go on showing them."""
+    step's own name (or `metric`), so that dashboards of `understand`, `retrieve`, `compose` and
+    `record_turn` go on showing them."""
     started = time.perf_counter()
     outcome = "error"
     try:
@@ -116,4 +229,4 @@ def _part(step: str, timings: dict[str, float]) -> Iterator[None]:
     finally:
         seconds = time.perf_counter() - started
         timings[step] = round(seconds * 1000, 1)
-        STEP_SECONDS.labels(step, outcome).observe(seconds)
+        STEP_SECONDS.labels(metric or step, outcome).observe(seconds)

@@ -13,6 +13,7 @@ from sqlmodel import Session, select
 
 from dialogue.model.contracts import (
     IntentPrediction,
+    Lineage,
     NluResult,
     RecordConversationRequest,
     RecordTurnRequest,
@@ -20,7 +21,7 @@ from dialogue.model.contracts import (
     Source,
 )
 from dialogue.platform import events, store
-from dialogue.platform.db import AuditEntry, get_engine, init_db
+from dialogue.platform.db import AuditEntry, BotTurn, get_engine, init_db
 from dialogue.security.identity import audit, create_key
 
 T0 = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
@@ -53,6 +54,38 @@ def test_record_turn_twice_writes_each_row_once(engine: Engine) -> None:
     assert conversation is not None
     assert conversation.turn_count == 1
     assert conversation.last_intent == "shipping"
+
+
+def test_a_provisional_reply_never_replaces_the_one_the_workflow_wrote(engine: Engine) -> None:
+    """`respond_here` writes its reply provisionally; the workflow's write for the same turn (the fallback a
+    deadline gave) replaces it, and a provisional write landing after it changes nothing."""
+
+    def write(conversation_id: str, text: str, *, provisional: bool) -> None:
+        entry = turn(conversation_id, 0)
+        assert entry.reply is not None
+        entry.reply.text = text
+        entry.lineage = Lineage(generator="template", bot="demo", bot_version="v1", action=text)
+        entry.provisional = provisional
+        store.record_turn(engine, entry)
+
+    def kept(conversation_id: str) -> tuple[str, str | None]:
+        rows, total = store.read_messages(engine, conversation_id, limit=10, offset=0)
+        assert total == 2
+        with Session(engine) as session:
+            counted = session.exec(select(BotTurn).where(BotTurn.conversation_id == conversation_id)).one()
+        return rows[1].text, "fallback" if counted.fallback else None
+
+    write("p1", "composed here", provisional=True)
+    write("p1", "fallback", provisional=False)
+    assert kept("p1") == ("fallback", "fallback")
+
+    write("p2", "fallback", provisional=False)
+    write("p2", "composed here", provisional=True)  # the step's write, late
+    assert kept("p2") == ("fallback", "fallback")
+
+    write("p3", "composed here", provisional=True)
+    write("p3", "composed here", provisional=True)  # a retried step
+    assert kept("p3") == ("composed here", None)
 
 
 def test_conversations_sharing_an_idempotency_key_keep_their_own_transcripts(engine: Engine) -> None:

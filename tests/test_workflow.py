@@ -96,9 +96,10 @@ async def test_a_turn_runs_every_step_and_is_recorded(
     history = await events(handle)
     # The steps that take milliseconds run inside the workflow task; a reply made without an LLM too, and
     # the new conversation's index row (which may be written before or after the turn's first steps).
-    # Understanding, retrieval and the reply are one local step (`respond_here`), timed part by part.
+    # Understanding, retrieval and the reply are one local step (`respond_here`), timed part by part; it
+    # writes the turn to the transcript too, so no `record_turn` step follows.
     assert activity_types(history, "regular") == []
-    assert sorted(activity_types(history, "local")) == ["record_conversation", "record_turn", "respond_here"]
+    assert sorted(activity_types(history, "local")) == ["record_conversation", "respond_here"]
     # Payloads are encrypted in history; the codec (the Web UI's codec server) opens them into readable JSON.
     accepted = next(
         e for e in history if e.event_type == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_UPDATE_ACCEPTED
@@ -121,6 +122,9 @@ async def test_a_turn_runs_every_step_and_is_recorded(
     )
     assert total == 2
     assert rows[0].turn_id == reply.turn_id
+    # The transcript keeps the reply and the lineage the caller got.
+    assert rows[1].text == reply.reply.text and reply.lineage is not None
+    assert rows[1].lineage == reply.lineage.model_dump(mode="json") | {"nlu": reply.nlu.model_dump(mode="json")}
 
 
 def upserts(history: list[Any]) -> list[set[str]]:
@@ -188,9 +192,10 @@ async def test_concurrent_turns_run_one_at_a_time_in_arrival_order(
     ]
     index_of = {r.turn_id: r.turn_index for r in replies}
     assert [index_of[u] for u in accepted[1:]] == [1, 2, 3, 4, 5]  # arrival order is turn order
-    # One at a time: every turn's steps are scheduled only after the previous turn was recorded.
+    # One at a time: every turn's step (`respond_here`, which records it too) is scheduled only after the
+    # previous turn's was done, and no turn needed the workflow's own `record_turn`.
     steps = [t for t in activity_types(history) if t in ("respond_here", "record_turn")]
-    assert steps == ["respond_here", "record_turn"] * 6
+    assert steps == ["respond_here"] * 6
 
 
 async def test_bad_turns_are_rejected_before_entering_history(

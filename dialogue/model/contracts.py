@@ -653,6 +653,27 @@ class RespondHereRequest(BaseModel):
     retrieve: RetrieveRequest
     generate: GenerateRequest
     """Everything of the reply's request but what the step finds out (NLU, decision, passages, query)."""
+    record: RecordHere | None = None
+    """The turn's transcript entry as the workflow knows it: when the reply is made here, the step writes the
+    entry itself; None: the workflow records the turn (its `record_turn` step)."""
+
+
+class RecordHere(BaseModel):
+    """What the transcript entry of a turn holds before its steps run. With it, `respond_here` writes the entry
+    when it makes the reply, in the same local activity: the workflow's own `record_turn` step (a local
+    activity, a workflow activation and a marker in history) is then not needed."""
+
+    conversation_id: str
+    """The conversation's key (`RecordTurnRequest.conversation_id`)."""
+    turn_id: str
+    turn_index: int
+    user_text: str
+    at: datetime
+    flags: dict[str, bool] = {}
+    bot: str | None = None
+    bot_version: str | None = None
+    handoff_allowed: bool = True
+    """False: a handoff decision becomes a fallback in the workflow, whose reply is made there: not here."""
 
 
 class RespondedHere(BaseModel):
@@ -665,6 +686,9 @@ class RespondedHere(BaseModel):
     failed: list[str] = []
     """Parts that failed without failing the turn (retrieval: the reply is made without passages)."""
     timings_ms: dict[str, float] = {}
+    recorded: Lineage | None = None
+    """The reply's lineage as the step wrote it to the transcript (`RespondHereRequest.record`); None: not
+    written, and the workflow records the turn."""
 
 
 class ComposedReply(BaseModel):
@@ -712,6 +736,48 @@ class Lineage(BaseModel):
     bot_version: str | None = None
     """Its version (`dialogue bot show BOT VERSION`: its files, its model card); None: the worker's own
     bot folder, before bots were versioned."""
+
+    @classmethod
+    def of_reply(
+        cls,
+        reply: Reply,
+        nlu: NluResult,
+        *,
+        timings_ms: dict[str, float],
+        degraded_reason: str | None,
+        flags: dict[str, bool],
+        query: str | None,
+        action: str | None,
+        bot: str | None,
+        bot_version: str | None,
+        agent: list[AgentStepRecord] | None = None,
+        agent_answer: ModelCall | None = None,
+    ) -> Lineage:
+        """The lineage of `reply`: made in the workflow (`Answer.trace`), or by `respond_here` when it
+        writes the turn itself; one way, so both write the same."""
+        return cls(
+            nlu_model=nlu.model,
+            generator=reply.generator,
+            prompt_id=reply.prompt_id,
+            prompt_hash=reply.prompt_hash,
+            documents=[
+                DocumentRef(
+                    document_id=s.document_id, version=s.document_version, chunk_id=s.chunk_id, score=s.score
+                )
+                for s in reply.sources
+            ],
+            timings_ms=timings_ms,
+            degraded_reason=degraded_reason,
+            flags=dict(flags),
+            context=reply.context.model_copy(update={"retrieval_query": query}) if reply.context else None,
+            data=reply.data,
+            retrieval_query=query,
+            agent=agent,
+            agent_answer=agent_answer,
+            action=action,
+            bot=bot,
+            bot_version=bot_version,
+        )
 
 
 class TurnReply(BaseModel):
@@ -853,6 +919,9 @@ class RecordTurnRequest(BaseModel):
     lineage: Lineage | None = None
     resumes: str | None = None
     """For what an agent said when it went on after approvals (no user message): the turn it continues."""
+    provisional: bool = False
+    """Written by `respond_here` before the workflow has the reply: its reply never overwrites one written for
+    the same turn (a deadline's fallback may land first)."""
 
 
 class RecordMessageRequest(BaseModel):

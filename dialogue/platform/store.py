@@ -65,9 +65,12 @@ def record_turn(engine: Engine, turn: RecordTurnRequest) -> None:
         if turn.reply is None:  # interrupted, or a person answers: the user's words alone
             session.commit()
             return
+        # A provisional reply (`respond_here`'s) never replaces one the workflow wrote for the turn.
+        final = not turn.provisional
         _put(
             session,
             Message,
+            overwrite=final,
             id=f"{key}:bot",
             role="bot",
             text=turn.reply.text,
@@ -94,7 +97,7 @@ def record_turn(engine: Engine, turn: RecordTurnRequest) -> None:
             else None
         )
         if counted is not None:  # the numbers per version (`version_numbers`)
-            _put(session, BotTurn, **counted.model_dump())
+            _put(session, BotTurn, overwrite=final, **counted.model_dump())
         session.commit()
     if turn.resumes is not None and turn.reply is not None:
         # No one asked for this answer in a request of their own: stream clients of the conversation get it.
@@ -116,12 +119,15 @@ def record_turn(engine: Engine, turn: RecordTurnRequest) -> None:
         )
 
 
-def _put(session: Session, model: type[Message] | type[BotTurn], **values: Any) -> None:
-    """Insert a row of `model`, or overwrite the row with its key, in one statement: what `Session.merge`
-    did in two (a read, then a write), without building the model object, with the statement compiled
-    once (bench/profile.py: the merges were most of a turn's recording CPU)."""
+def _put(
+    session: Session, model: type[Message] | type[BotTurn], *, overwrite: bool = True, **values: Any
+) -> None:
+    """Insert a row of `model`, or overwrite the row with its key (unless not to `overwrite`: then the row
+    there stays), in one statement: what `Session.merge` did in two (a read, then a write), without
+    building the model object, with the statement compiled once (bench/profile.py: the merges were most
+    of a turn's recording CPU)."""
     defaults = _defaults(model)
-    session.execute(_upsert(session.get_bind().dialect.name, model), defaults | values)
+    session.execute(_upsert(session.get_bind().dialect.name, model, overwrite), defaults | values)
 
 
 @cache
@@ -134,10 +140,12 @@ def _defaults(model: type[SQLModel]) -> dict[str, Any]:
 
 
 @cache
-def _upsert(dialect: str, model: type[SQLModel]) -> Any:
+def _upsert(dialect: str, model: type[SQLModel], overwrite: bool = True) -> Any:
     table = model.__table__  # type: ignore[attr-defined]
     keys = [column.name for column in table.primary_key.columns]
     statement = (sqlite_insert if dialect == "sqlite" else postgresql_insert)(table)
+    if not overwrite:
+        return statement.on_conflict_do_nothing(index_elements=keys)
     return statement.on_conflict_do_update(
         index_elements=keys,
         set_={

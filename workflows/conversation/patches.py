@@ -1,5 +1,10 @@
 """The names of the workflow's patches (`workflow.patched`): each changed the commands a conversation
-records, so runs recorded before it replay without it (tests/histories holds one run of each)."""
+records, so runs recorded before it replay without it (tests/histories holds one run of each).
+
+A change whose new commands follow from an activity's recorded result needs no patch: the result replays
+as it was recorded, and the run goes the way it went. Since `respond_here` may write the turn itself
+(`RespondedHere.recorded`, recorded history v10-record-here), a turn whose reply it wrote has no
+`record_turn` step; in every run recorded before, the result has no `recorded`, and the step follows."""
 
 TURN_DEADLINE = "turn-deadline"
 """Since this patch, a turn's steps run under a deadline timer; past it the user gets the fallback."""

@@ -13,7 +13,6 @@ from workflows.conversation.step_log import StepLog
 with workflow.unsafe.imports_passed_through():
     from dialogue.model.contracts import (
         AgentStepRecord,
-        DocumentRef,
         IntentPrediction,
         Lineage,
         ModelCall,
@@ -65,33 +64,26 @@ class Answer:
     def trace(self, total_ms: float) -> None:
         """Make the lineage, the reply ready (`total_ms`: until then); the model's context moves from the
         reply into the lineage: once in history is enough."""
-        reply = self.reply
-        self.lineage = Lineage(
-            nlu_model=self.nlu.model,
-            generator=reply.generator,
-            prompt_id=reply.prompt_id,
-            prompt_hash=reply.prompt_hash,
-            documents=[
-                DocumentRef(
-                    document_id=s.document_id, version=s.document_version, chunk_id=s.chunk_id, score=s.score
-                )
-                for s in reply.sources
-            ],
-            timings_ms=dict(self.log.timings) | {"total": total_ms},
-            degraded_reason=self.log.degraded_reason,
-            flags=dict(self.flags),
-            context=reply.context.model_copy(update={"retrieval_query": self.query})
-            if reply.context
-            else None,
-            data=reply.data,
-            retrieval_query=self.query,
-            agent=self.agent,
-            agent_answer=self.agent_answer,
-            action=self.action,
-            bot=self.bot,
-            bot_version=self.bot_version,
+        self.adopt(
+            Lineage.of_reply(
+                self.reply,
+                self.nlu,
+                timings_ms=dict(self.log.timings) | {"total": total_ms},
+                degraded_reason=self.log.degraded_reason,
+                flags=self.flags,
+                query=self.query,
+                action=self.action,
+                bot=self.bot,
+                bot_version=self.bot_version,
+                agent=self.agent,
+                agent_answer=self.agent_answer,
+            )
         )
-        self.reply = reply.model_copy(update={"context": None})
+
+    def adopt(self, lineage: Lineage) -> None:
+        """Take `lineage` as the answer's: made by `trace`, or by `respond_here`, which wrote it with the turn."""
+        self.lineage = lineage
+        self.reply = self.reply.model_copy(update={"context": None})
 
     def record(self, at: datetime) -> RecordTurnRequest:
         """The transcript's entry for this answer."""

@@ -38,10 +38,12 @@ with workflow.unsafe.imports_passed_through():
         ContextRequest,
         Decision,
         GenerateRequest,
+        Lineage,
         ModelCall,
         NluResult,
         ParkedAgent,
         Passage,
+        RecordHere,
         Reply,
         RespondedHere,
         RespondHereRequest,
@@ -68,6 +70,8 @@ class Outcome(NamedTuple):
     parked: ParkedAgent | None = None
     """The agent waits for approvals of calls it asked for: the reply says so."""
     agent_answer: ModelCall | None = None
+    recorded: Lineage | None = None
+    """`respond_here` wrote the turn to the transcript with this lineage: the workflow does not record it."""
 
 
 class TurnInput(NamedTuple):
@@ -86,8 +90,9 @@ class Responder:
         self._conversation = conversation
         self._agent = agent
 
-    async def respond(self, turn: TurnInput, log: StepLog) -> Outcome:
-        """The steps of a turn up to its reply: understand and retrieve, the flow's tool, generate."""
+    async def respond(self, turn: TurnInput, log: StepLog, record: RecordHere | None = None) -> Outcome:
+        """The steps of a turn up to its reply: understand and retrieve, the flow's tool, generate. With
+        `record`, a reply made in `respond_here` is written to the transcript there (`Outcome.recorded`)."""
         local = self._conversation.patched(patches.LOCAL_STEPS)
         here = None
         if (
@@ -96,7 +101,7 @@ class Responder:
             and self._conversation.patched(patches.ONE_LOCAL_STEP)
             and not self._rewrite_wanted(turn.text, turn.flags)
         ):
-            here = await self._respond_here(turn, log)
+            here = await self._respond_here(turn, log, record)
         if here is not None:
             log.failed.extend(here.failed)
             understanding: Understanding | None = here.understanding
@@ -110,7 +115,7 @@ class Responder:
         passages: list[Passage] = retrieved.passages if retrieved else []
         query = retrieved.query if retrieved else None
         if here is not None and here.reply is not None and decision == here.understanding.decision:
-            return Outcome(nlu, decision, None, here.reply, query)
+            return Outcome(nlu, decision, None, here.reply, query, recorded=here.recorded)
         tool_result = None
         if decision is not None and decision.tool is not None:
             # The tool acts for the conversation's end user: the workflow says who, never the policy.
@@ -163,13 +168,16 @@ class Responder:
         )
         return Outcome(nlu, decision, tool_result, run.reply, query, run.recorded_steps, parked)
 
-    async def _respond_here(self, turn: TurnInput, log: StepLog) -> RespondedHere | None:
+    async def _respond_here(
+        self, turn: TurnInput, log: StepLog, record: RecordHere | None
+    ) -> RespondedHere | None:
         """Understanding, retrieval and (when it needs no tool, agent or model) the reply, in one local
         step; None if it failed, and the turn then takes the steps one by one, each with its fallback."""
         request = RespondHereRequest(
             understand=self._understand_request(turn),
             retrieve=RetrieveRequest(text=turn.text, previous=self._conversation.previous_query()),
             generate=self._generate_request(turn, decisions.not_understood(), [], None, None, None),
+            record=record,
         )
         # A failure here is not the turn's: the steps one by one come next.
         here = await log.attempt(

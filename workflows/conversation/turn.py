@@ -20,7 +20,7 @@ from workflows.conversation.step_log import StepLog, ms
 from workflows.conversation.summary import RollingSummary
 
 with workflow.unsafe.imports_passed_through():
-    from dialogue.model.contracts import Reply, StreamTarget, TurnReply, TurnRequest
+    from dialogue.model.contracts import RecordHere, Reply, StreamTarget, TurnReply, TurnRequest
     from dialogue.platform.flags import TurnFlags
     from dialogue.platform.metrics import TURN_QUEUE_DEPTH
 
@@ -119,18 +119,19 @@ class Turns:
         turn = TurnInput(text, turn_id, conversation.state.turn_count, flags, dict(request.flags), stream)
         log = StepLog()
         started = workflow.time()
-        outcome = await self._respond_within_deadline(turn, log)
+        outcome = await self._respond_within_deadline(turn, log, self._record_here(turn))
         if outcome is None:
             return await self._unanswered(turn_id, request, interrupted=True)
         answer = self._conclude(turn, outcome, log, started)
-        recording = workflow.time()
-        await self._recorder.record(
-            turn_write(
-                answer.record(conversation.state.updated_at),
-                local=self._conversation.patched(patches.LOCAL_STEPS),
+        if outcome.recorded is None:  # else `respond_here` wrote it, and timed that as `record`
+            recording = workflow.time()
+            await self._recorder.record(
+                turn_write(
+                    answer.record(conversation.state.updated_at),
+                    local=self._conversation.patched(patches.LOCAL_STEPS),
+                )
             )
-        )
-        log.time("record", recording)
+            log.time("record", recording)
         if outcome.parked is not None:
             self._approvals.park(outcome.parked)
         self._summary.fold_if_needed(answer.lineage.context if answer.lineage else None, flags)
@@ -142,12 +143,34 @@ class Turns:
             conversation.close("ended_by_user")
         return answer.turn_reply(conversation.state.held_by)
 
-    async def _respond_within_deadline(self, turn: TurnInput, log: StepLog) -> Outcome | None:
+    def _record_here(self, turn: TurnInput) -> RecordHere | None:
+        """The turn's transcript entry for `respond_here` to write with the reply it makes, saving the
+        `record_turn` step; None where the workflow must write it itself: writes wait for the store (they
+        go in order), or a newer turn may interrupt this one (its entry then has no reply)."""
+        conversation = self._conversation
+        if self._recorder.unrecorded or decisions.interrupts(conversation.input.double_text):
+            return None
+        state = conversation.state
+        return RecordHere(
+            conversation_id=conversation.input.key,
+            turn_id=turn.turn_id,
+            turn_index=turn.turn_index,
+            user_text=turn.text,
+            at=workflow.now(),
+            flags=turn.carried_flags,
+            bot=state.bot,
+            bot_version=state.bot_version,
+            handoff_allowed=turn.flags.handoff,
+        )
+
+    async def _respond_within_deadline(
+        self, turn: TurnInput, log: StepLog, record: RecordHere | None
+    ) -> Outcome | None:
         """The turn's steps, as a task a newer turn can cancel under the `interrupt` policy, bounded by the
         turn's deadline (past it the steps still running are cancelled and the user gets the fallback).
         None: a newer turn interrupted it."""
         self._interrupted = False
-        self._responding = asyncio.ensure_future(self._responder.respond(turn, log))
+        self._responding = asyncio.ensure_future(self._responder.respond(turn, log, record))
         try:
             if not self._conversation.patched(patches.TURN_DEADLINE):
                 return await self._responding  # conversations started before the deadline: no timer
@@ -204,8 +227,11 @@ class Turns:
             bot=state.bot,
             bot_version=state.bot_version,
         )
-        # `total`: until the reply was ready (the turn's own total, in its reply, adds the recording).
-        answer.trace(total_ms=ms(workflow.time() - started))
+        if outcome.recorded is not None:
+            answer.adopt(outcome.recorded)  # the lineage `respond_here` wrote with the turn
+        else:
+            # `total`: until the reply was ready (the turn's own total, in its reply, adds the recording).
+            answer.trace(total_ms=ms(workflow.time() - started))
         return answer
 
     async def _unanswered(self, turn_id: str, request: TurnRequest, *, interrupted: bool) -> TurnReply:
