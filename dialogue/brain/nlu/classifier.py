@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import sklearn
 from scipy import sparse
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
@@ -23,6 +24,14 @@ if TYPE_CHECKING:
 # How much in-scope accuracy (on held-out examples) the threshold may give up to catch out-of-scope text.
 MAX_IN_SCOPE_LOSS = 0.01
 THRESHOLDS = np.round(np.arange(0.0, 0.96, 0.01), 2)
+
+
+def trusted_inputs() -> Any:
+    """Within it, scikit-learn takes its inputs as they are: no finiteness check, no validation of the
+    parameters of each call. A turn classifies one utterance, and those checks (six an utterance, each
+    also asking whether the input is a dataframe) cost about 0.4 ms of the NLU's 6 ms of CPU
+    (in-process, the demo's model), more than the transforms they guard; the arrays are the model's own."""
+    return sklearn.config_context(assume_finite=True, skip_parameter_validation=True)
 
 
 @dataclass
@@ -65,7 +74,8 @@ class IntentClassifier:
         self, texts: list[str], embeddings: NDArray[np.float32] | None = None
     ) -> NDArray[np.float64]:
         assert self._model is not None, "fit or load the classifier first"
-        return np.asarray(self._model.predict_proba(self._features(texts, embeddings, fit=False)))
+        with trusted_inputs():
+            return np.asarray(self._model.predict_proba(self._features(texts, embeddings, fit=False)))
 
     def decide(self, probabilities: NDArray[np.float64], *, top: int = 5) -> list[Prediction]:
         predictions = []

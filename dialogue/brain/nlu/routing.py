@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from sklearn.linear_model import LogisticRegression
 
-from dialogue.brain.nlu.classifier import IntentClassifier, out_of_fold_probabilities
+from dialogue.brain.nlu.classifier import IntentClassifier, out_of_fold_probabilities, trusted_inputs
 from dialogue.brain.text import stems
 from dialogue.model.contracts import OUT_OF_SCOPE, IntentPrediction, Passage, Routing
 
@@ -130,7 +130,9 @@ class Router:
 
     def route(self, text: str, ranking: Sequence[IntentPrediction], passages: list[Passage]) -> Routing:
         row = np.array([features(text, ranking, self.actions, passages)])
-        probabilities = dict(zip(self.model.classes_, self.model.predict_proba(row)[0], strict=True))
+        with trusted_inputs():
+            predicted = self.model.predict_proba(row)[0]
+        probabilities = dict(zip(self.model.classes_, predicted, strict=True))
         return Routing(
             knowledge=round(float(probabilities.get(KNOWLEDGE, 0.0)), 4),
             intent=round(float(probabilities.get(INTENT, 0.0)), 4),
