@@ -22,7 +22,9 @@ Reported per flood: goodput (turns answered per second while it lasts, after its
 WARM_UP_SECONDS, and as a fraction of the peak), refusals (and per second, counted by the clients and
 by the API), turns answered past the deadline from their first attempt or answered 504, turns given up
 at the deadline or left unanswered when the flood ended, client errors (timeouts), p50/p99 of answered
-turns from their first attempt and of the attempt admitted (and how many of those passed the deadline),
+turns from their first attempt and of the attempt admitted (and how many of those passed the deadline,
+as the clients timed them, which counts the wait for a free connection of the load generator's, and as
+the API timed them from admission to reply: `admitted_turns_past_deadline_in_the_api`),
 and each process's CPU (cores busy) during the flood, the load generator's included: it shares the
 stack's two cores. From the API's CPU: its CPU per request, and per refusal (its CPU less what the
 flood's answered turns cost it at the peak's CPU per turn, over the refusals: an estimate that is only
@@ -218,7 +220,7 @@ async def flood(
     async with aiohttp.ClientSession(
         stack.api, headers=stack.headers, connector=connector, timeout=timeout
     ) as http:
-        shed_before = await turns_shed(http)
+        before = await api_counts(http)
         tally = Tally()
         sampler = sample(api_pid(processes), profile, PROFILE_RATE) if profile else None
         cpu_before = {pid: cpu_seconds(pid) for pid in processes}
@@ -233,7 +235,7 @@ async def flood(
             sampler.send_signal(signal.SIGINT)  # py-spy writes its output on SIGINT
         await sending
         drained = tally.now()
-        shed_in_the_api = await turns_shed(http) - shed_before
+        in_the_api = (await api_counts(http)) - before
         if sampler is not None:
             await asyncio.to_thread(sampler.wait, 60)
     answered_during = sum(1 for at in tally.answered_at if at <= elapsed)
@@ -259,12 +261,13 @@ async def flood(
         "admitted_attempts_past_deadline": sum(
             1 for ms in tally.admitted if ms > TURN_DEADLINE_SECONDS * 1000
         ),
+        "admitted_turns_past_deadline_in_the_api": in_the_api.turns_past_deadline,
         "gave_up_at_the_deadline": tally.gave_up,
         "unanswered_when_the_flood_ended": tally.unanswered,
         "outcomes": tally.outcomes,
         "refusals": len(tally.refused_at),
         "refusals_per_second": round(refused_during / elapsed, 1),
-        "refusals_in_the_api": shed_in_the_api,
+        "refusals_in_the_api": in_the_api.shed,
         "cpu_cores_busy": busy,
         "load_generator_saturated": busy["load generator"] >= SATURATED,
         "api_cpu_ms_per_request": round(api_cpu * 1000 / max(1, refused_during + answered_during), 3),
@@ -278,15 +281,35 @@ def api_pid(processes: dict[int, str]) -> int:
     return next(pid for pid, name in processes.items() if name == "api")
 
 
-async def turns_shed(http: aiohttp.ClientSession) -> int:
-    """The API's count of turns it shed (`dialogue_turns_shed_total`), from its `/metrics`."""
+@dataclass(frozen=True)
+class ApiCounts:
+    """What the API's `/metrics` counted: the turns it shed, and the turns it admitted whose round trip in
+    the API (from admission to reply: `dialogue_turn_duration_seconds`) passed the turn deadline. A client's
+    own time for an admitted attempt also counts the time its request waited for one of the load
+    generator's connections, which the API never saw."""
+
+    shed: int = 0
+    turns_past_deadline: int = 0
+
+    def __sub__(self, other: ApiCounts) -> ApiCounts:
+        return ApiCounts(self.shed - other.shed, self.turns_past_deadline - other.turns_past_deadline)
+
+
+async def api_counts(http: aiohttp.ClientSession) -> ApiCounts:
     async with http.get("/metrics") as response:
         exposition = await response.text()
+    shed = turns = within = 0.0
     for family in text_string_to_metric_families(exposition):
         for value in family.samples:
             if value.name == "dialogue_turns_shed_total":
-                return int(value.value)
-    return 0
+                shed = value.value
+            elif value.name == "dialogue_turn_duration_seconds_count":
+                turns += value.value
+            elif value.name == "dialogue_turn_duration_seconds_bucket" and float(value.labels["le"]) == float(
+                TURN_DEADLINE_SECONDS
+            ):
+                within += value.value
+    return ApiCounts(int(shed), int(turns - within))
 
 
 async def run(
