@@ -124,7 +124,9 @@ async def test_a_turn_runs_every_step_and_is_recorded(
     assert rows[0].turn_id == reply.turn_id
     # The transcript keeps the reply and the lineage the caller got.
     assert rows[1].text == reply.reply.text and reply.lineage is not None
-    assert rows[1].lineage == reply.lineage.model_dump(mode="json") | {"nlu": reply.nlu.model_dump(mode="json")}
+    assert rows[1].lineage == reply.lineage.model_dump(mode="json") | {
+        "nlu": reply.nlu.model_dump(mode="json")
+    }
 
 
 def upserts(history: list[Any]) -> list[set[str]]:
