@@ -36,6 +36,7 @@ from api.routes import (
     me,
     nlu,
     pages,
+    users,
 )
 from api.routes.codec import codec_cors, codec_router
 from dialogue.platform import canary_guard
@@ -76,6 +77,9 @@ def create_app(
         end_user_secret = settings.resolve_end_user_token_secret()
         app.state.end_user_tokens = EndUserTokens(end_user_secret) if end_user_secret else None
         app.state.rate_limiter = RateLimiter(settings.rate_limit_per_second, settings.rate_limit_burst)
+        app.state.end_user_rate_limiter = RateLimiter(
+            settings.end_user_rate_limit_per_second, settings.end_user_rate_limit_burst
+        )
         app.state.confirmed_keys = {}  # api/deps.py: keys accepted during a store outage
         app.state.readiness = health.ReadinessCache(settings.readiness_cache_seconds)
         app.state.stream_slots = StreamSlots(
@@ -131,6 +135,7 @@ def create_app(
     v1.include_router(lineage.router)
     v1.include_router(keys.router)
     v1.include_router(end_users.router)
+    v1.include_router(users.router)
     v1.include_router(me.router)
     v1.include_router(nlu.router)
     v1.include_router(knowledge.router)

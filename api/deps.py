@@ -101,11 +101,15 @@ def get_principal(request: Request) -> Principal:
         raise ApiError(
             "invalid_credentials", "the API key or token is not valid", {"WWW-Authenticate": "Bearer"}
         ) from None
-    limiter: RateLimiter = state.rate_limiter
+    # An end user's requests count in their own bucket (their subject names the tenant and the user), at
+    # the end users' rate; a key's in the key's.
+    end_user = principal.user is not None
+    limiter: RateLimiter = state.end_user_rate_limiter if end_user else state.rate_limiter
     wait = limiter.take(principal.subject)
     if wait > 0:
+        whose = "this user" if end_user else "this key"
         raise ApiError(
-            "rate_limited", "too many requests for this key; slow down", {"Retry-After": str(wait)}
+            "rate_limited", f"too many requests for {whose}; slow down", {"Retry-After": str(wait)}
         )
     request.state.tenant = principal.tenant  # for the request's log line (api/request_telemetry.py)
     request.state.principal = principal

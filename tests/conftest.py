@@ -187,6 +187,7 @@ def settings(env: WorkflowEnvironment, tmp_path: Path, store_url: str, demo_mode
         knowledge_reload_seconds=0,
         payload_keys=TEST_PAYLOAD_KEYS.spec(),
         rate_limit_per_second=0,  # the tests send faster than a person; the limit has its own test
+        end_user_rate_limit_per_second=0,  # as for keys: its own test
         workflow_sandbox=True,  # off in production for speed; the tests catch nondeterministic code
     )
 

@@ -116,6 +116,7 @@ ENDPOINTS = [
     Endpoint("POST", "/codec/encode", "operator", {"payloads": []}, owned=False),
     Endpoint("POST", "/codec/decode", "operator", {"payloads": []}, owned=False),
     Endpoint("POST", "/v1/end-user-tokens", "client", {"user": "someone"}, owned=False),
+    Endpoint("GET", "/v1/users/other-user/conversations", "client", owned=False),
     Endpoint("GET", "/healthz", OPEN, owned=False),
     Endpoint("GET", "/readyz", OPEN, owned=False),
     Endpoint("GET", "/metrics", OPEN, owned=False),
@@ -129,6 +130,8 @@ RANK = {"client": 1, "agent": 2, "admin": 3, "operator": 4}
 CALLERS = ["none", "expired", "revoked", "client", "agent", "admin", "other-admin", "operator", "end-user"]
 SERVER_ONLY = {"/v1/end-user-tokens"}
 """What a server-side key does and an end user's token never does."""
+ANOTHER_USERS = {"/v1/users/other-user/conversations"}
+"""What an end user's token may ask of its own user only: the matrix's end user is someone else."""
 FRAMEWORK = {"/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc", "/static"}
 """FastAPI's own pages and the pages' static files: open, and nothing in them is the deployment's."""
 
@@ -192,7 +195,7 @@ def expected(endpoint: Endpoint, caller: str) -> str:
     if caller in ("none", "expired", "revoked"):
         return "401"
     if caller == "end-user":  # a client, and the conversations (the server's) are not theirs
-        if RANK["client"] < RANK[endpoint.scope] or endpoint.path in SERVER_ONLY:
+        if RANK["client"] < RANK[endpoint.scope] or endpoint.path in SERVER_ONLY | ANOTHER_USERS:
             return "403"
         return "404" if "{c}" in endpoint.path else "ok"
     rank = RANK["admin" if caller == "other-admin" else caller]
@@ -236,7 +239,8 @@ def test_the_matrix_covers_every_route_of_the_app(settings: Settings) -> None:
             .replace(KEPT_CALL, "{call_id}")
             .replace("/shipping", "/{document_id}")
             .replace("/acl-none", "/{document_id}")
-            .replace("/000000000000", "/{key_id}"),
+            .replace("/000000000000", "/{key_id}")
+            .replace("/users/other-user", "/users/{user}"),
         )
         for method, path in in_matrix
     }

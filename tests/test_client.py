@@ -21,6 +21,7 @@ from dialogue.model.contracts import TurnReply
 from dialogue.platform.settings import Settings
 from tests.conftest import TEST_API_KEY, served_llm, worker_for
 from tests.fake_llm import FakeLlm, Plan
+from tests.waiting import eventually
 
 QUESTION = "How much does express shipping cost?"  # answered by the model
 ANSWER = "Express shipping costs 12.90 euros and arrives next day [1]."
@@ -99,6 +100,17 @@ async def test_a_conversations_life_in_typed_calls(
         minted = await dialogue.create_end_user_token("NWC-100001", ttl_seconds=300)
         async with AsyncDialogueClient(str(dialogue._http.base_url), minted.token) as as_user:
             assert (await as_user.me()).user == "NWC-100001"
+            mine = (await as_user.send_turn(new_id(), "hello")).conversation_id
+
+            async def listed() -> list[str]:
+                return [c.conversation_id for c in (await as_user.user_conversations("NWC-100001")).items]
+
+            assert await eventually(listed, "the user's conversation listed") == [mine]
+            with pytest.raises(DialogueError) as theirs:
+                await as_user.user_conversations("NWC-100002")
+            assert theirs.value.code == "forbidden"
+        page = await dialogue.user_conversations("NWC-100001", status="active")
+        assert [c.conversation_id for c in page.items] == [mine]
 
 
 async def test_a_shed_turn_is_sent_again_after_retry_after(client: Client, settings: Settings) -> None:

@@ -28,7 +28,7 @@ async def test_the_api_keeps_its_openapi_promises(
     client: Client, settings: Settings, worker: Worker, tmp_path: Path
 ) -> None:
     # The rate limit off: it would answer most generated requests 429 and hide the rest.
-    unlimited = settings.model_copy(update={"rate_limit_per_second": 0})
+    unlimited = settings.model_copy(update={"rate_limit_per_second": 0, "end_user_rate_limit_per_second": 0})
     report = tmp_path / "schemathesis.txt"
     async with served(create_app(unlimited, temporal=client)) as base_url:
         with report.open("wb") as output:

@@ -10,6 +10,7 @@ from datetime import timedelta
 from typing import Annotated, Any, Literal, TypeVar
 
 from fastapi import APIRouter, Body, Depends, Header, Path, Query, Request, Response, status
+from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.concurrency import run_in_threadpool
 from temporalio.client import (
@@ -585,27 +586,52 @@ async def erase_conversation(
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
+ConversationStatusFilter = Literal["active", "ended"] | None
+IntentFilter = Annotated[
+    str | None, Query(max_length=100, description="Only those whose last intent is this.")
+]
+DegradedFilter = Annotated[
+    bool | None, Query(description="Only those with (true) or without (false) a degraded answer.")
+]
+IdFilter = Annotated[str | None, Query(max_length=200, description="Only those whose id contains this.")]
+PageLimit = Annotated[int, Query(ge=1, le=200)]
+PageOffset = Annotated[int, Query(ge=0, le=MAX_OFFSET)]
+
+
 @router.get("")
 async def read_conversations(
     engine: EngineDep,
     principal: ClientPrincipal,
-    status: Literal["active", "ended"] | None = None,
-    intent: Annotated[
-        str | None, Query(max_length=100, description="Only those whose last intent is this.")
-    ] = None,
-    degraded: Annotated[
-        bool | None, Query(description="Only those with (true) or without (false) a degraded answer.")
-    ] = None,
-    q: Annotated[str | None, Query(max_length=200, description="Only those whose id contains this.")] = None,
-    limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
+    status: ConversationStatusFilter = None,
+    intent: IntentFilter = None,
+    degraded: DegradedFilter = None,
+    q: IdFilter = None,
+    limit: PageLimit = 50,
+    offset: PageOffset = 0,
 ) -> ConversationsPage:
     """Conversations, most recently updated first (an end user's token: their own)."""
+    return await conversations_page(
+        engine, principal, principal.user, status, intent, degraded, q, limit, offset
+    )
+
+
+async def conversations_page(
+    engine: Engine,
+    principal: Principal,
+    user: str | None,
+    status: str | None,
+    intent: str | None,
+    degraded: bool | None,
+    q: str | None,
+    limit: int,
+    offset: int,
+) -> ConversationsPage:
+    """A page of the caller's tenant's conversations (of end user `user` only, when given)."""
     rows, total = await run_in_threadpool(
         store.list_conversations,
         engine,
         tenant=principal.tenant,
-        user=principal.user,  # an end user lists their own
+        user=user,
         status=status,
         intent=intent or None,
         degraded=degraded,

@@ -25,6 +25,7 @@ from collections import Counter
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Coroutine, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Concatenate, ParamSpec, TypeVar
+from urllib.parse import quote
 
 import httpx
 import orjson
@@ -231,6 +232,16 @@ class AsyncDialogueClient:
     async def conversations(self, *, limit: int = 50, offset: int = 0, **filters: str) -> ConversationsPage:
         return await self._get(
             "/v1/conversations", ConversationsPage, params={"limit": limit, "offset": offset, **filters}
+        )
+
+    async def user_conversations(
+        self, user: str, *, limit: int = 50, offset: int = 0, **filters: str
+    ) -> ConversationsPage:
+        """One end user's conversations (a server's key: any of its users; an end user's token: its own)."""
+        return await self._get(
+            f"/v1/users/{quote(user, safe='')}/conversations",
+            ConversationsPage,
+            params={"limit": limit, "offset": offset, **filters},
         )
 
     async def messages(self, conversation_id: str, *, limit: int = 50, offset: int = 0) -> MessagesPage:
@@ -520,6 +531,7 @@ class DialogueClient:
     create_conversation = _blocking(AsyncDialogueClient.create_conversation)
     conversation = _blocking(AsyncDialogueClient.conversation)
     conversations = _blocking(AsyncDialogueClient.conversations)
+    user_conversations = _blocking(AsyncDialogueClient.user_conversations)
     messages = _blocking(AsyncDialogueClient.messages)
     end_conversation = _blocking(AsyncDialogueClient.end_conversation)
     erase_conversation = _blocking(AsyncDialogueClient.erase_conversation)

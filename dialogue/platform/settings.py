@@ -105,6 +105,11 @@ class Settings(BaseSettings):
     """Requests per second per key or token, sustained (a token bucket; 0 turns the limit off)."""
     rate_limit_burst: int = Field(default=40, ge=1)
     """Requests a key may send at once before the sustained rate applies."""
+    end_user_rate_limit_per_second: float = Field(default=5.0, ge=0)
+    """Requests per second per end user (their token, `/v1/end-user-tokens`), sustained, in a bucket of
+    their own beside the keys': a person's browser needs far fewer than a server (0: no limit)."""
+    end_user_rate_limit_burst: int = Field(default=20, ge=1)
+    """Requests an end user may send at once before their sustained rate applies."""
     max_turns_in_flight: int = Field(default=256, ge=0)
     """Turns one API process waits on at once at most; past it a new turn is refused at once, 503
     `overloaded` with `Retry-After`, rather than queued past its deadline (0: no limit, no shedding)."""

@@ -35,6 +35,7 @@ from dialogue.security.tokens import END_USER_AUDIENCE, END_USER_ISSUER, END_USE
 from tests.conftest import api_client, served, served_llm
 from tests.fake_llm import FakeLlm, Plan
 from tests.test_agent import ORDER_STATUS, TOOLS, agent_stack, demo
+from tests.waiting import eventually
 
 ANNA, BEN = "NWC-100001", "NWC-100002"
 """Anna owns NW-482913 (shipped with DHL, tracking 00340434161094042557) and NW-105733; Ben owns neither."""
@@ -108,6 +109,69 @@ async def test_another_users_token_neither_reads_nor_talks_in_a_conversation(
     assert [c["conversation_id"] for c in listed.json()["items"]] == [conversation]
     # The integrator's server (its key speaks for the tenant) still sees it.
     assert (await http.get(f"/v1/conversations/{conversation}")).status_code == 200
+
+
+async def test_a_users_conversations_are_listed_for_the_server_and_for_that_user_alone(
+    http: httpx.AsyncClient, settings: Settings
+) -> None:
+    anna, ben = await token_for(http, ANNA), await token_for(http, BEN)
+    run = uuid.uuid4().hex[:6]
+    hers = f"anna-{run}"  # started by Anna's own token
+    assert (await say(http, anna, hers, "hello")).status_code == 200
+    named = f"for-anna-{run}"  # started by the server's key, naming her
+    started = await http.post("/v1/conversations", json={"id": named, "user": ANNA})
+    assert started.status_code == 201, started.text
+    assert (await say(http, ben, f"ben-{run}", "hello")).status_code == 200
+    assert (
+        await http.post(f"/v1/conversations/nobodys-{run}/turns", json={"text": "hello"})
+    ).status_code == 200
+
+    async def listed(headers: dict[str, str] | None = None, user: str = ANNA) -> list[str]:
+        page = await http.get(f"/v1/users/{user}/conversations", headers=headers)
+        assert page.status_code == 200, page.text
+        return sorted(c["conversation_id"] for c in page.json()["items"])
+
+    # The one the server started is listed once its workflow has written its index row.
+    async def both_listed() -> bool:
+        return len(await listed()) == 2
+
+    await eventually(both_listed, "both of Anna's conversations", within=30)
+    assert await listed() == sorted([hers, named])
+    assert await listed(bearer(anna)) == sorted([hers, named])  # her own token: the same
+    assert await listed(user=BEN) == [f"ben-{run}"]
+    refused = await http.get(f"/v1/users/{ANNA}/conversations", headers=bearer(ben))
+    assert refused.status_code == 403 and refused.json()["error"]["code"] == "forbidden"
+    # Another tenant's key: a user of that name there has nothing.
+    other = create_key(get_engine(settings.resolved_database_url), tenant="globex", scope="client")[1]
+    assert await listed(bearer(other)) == []
+    # Filters as on `/v1/conversations`.
+    ended = await http.post(f"/v1/conversations/{hers}/end", headers=bearer(anna))
+    assert ended.status_code in (200, 202), ended.text
+
+    async def ended_ones() -> list[str]:
+        page = await http.get(f"/v1/users/{ANNA}/conversations", params={"status": "ended"})
+        return [c["conversation_id"] for c in page.json()["items"]]
+
+    assert await eventually(ended_ones, "Anna's ended conversation listed as ended", within=30) == [hers]
+    malformed = await http.get("/v1/users/an%20ann/conversations")
+    assert malformed.status_code == 422
+
+
+async def test_each_end_user_has_a_rate_limit_of_their_own(settings: Settings, client: Client) -> None:
+    app = create_app(
+        settings.model_copy(update={"end_user_rate_limit_per_second": 0.5, "end_user_rate_limit_burst": 3}),
+        temporal=client,
+    )
+    async with api_client(app) as server:
+        anna, ben = await token_for(server, ANNA), await token_for(server, BEN)
+        statuses = [(await server.get("/v1/me", headers=bearer(anna))).status_code for _ in range(4)]
+        assert statuses == [200, 200, 200, 429]
+        limited = await server.get("/v1/me", headers=bearer(anna))
+        assert limited.json()["error"]["code"] == "rate_limited" and "this user" in limited.text
+        assert int(limited.headers["retry-after"]) >= 1
+        assert (await server.get("/v1/me", headers=bearer(ben))).status_code == 200  # Ben's bucket is full
+        # The server's key is in the keys' bucket (off in the tests), however busy its users are.
+        assert all([(await server.get("/v1/me")).status_code == 200 for _ in range(10)])
 
 
 async def test_a_conversation_without_an_end_user_is_no_end_users(http: httpx.AsyncClient) -> None:
