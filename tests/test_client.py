@@ -111,6 +111,9 @@ async def test_a_conversations_life_in_typed_calls(
             assert theirs.value.code == "forbidden"
         page = await dialogue.user_conversations("NWC-100001", status="active")
         assert [c.conversation_id for c in page.items] == [mine]
+        exported = await dialogue.export_user("NWC-100001")
+        assert [c.conversation_id for c in exported.conversations] == [mine]
+        assert exported.conversations[0].messages[0].text == "hello"
 
 
 async def test_a_shed_turn_is_sent_again_after_retry_after(client: Client, settings: Settings) -> None:

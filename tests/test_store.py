@@ -88,6 +88,18 @@ def test_a_provisional_reply_never_replaces_the_one_the_workflow_wrote(engine: E
     assert kept("p3") == ("composed here", None)
 
 
+def test_what_is_held_of_a_user_is_theirs_in_their_tenant_alone(engine: Engine) -> None:
+    for key, user in (("t1/a", "ann"), ("t1/b", "bob"), ("t10/a", "ann"), ("t1/c", None)):
+        store.record_conversation(
+            engine, RecordConversationRequest(conversation_id=key, status="active", at=T0, user=user)
+        )
+        store.record_turn(engine, turn(key, 0))
+    held = store.held_for_user(engine, tenant="t1", user="ann")
+    assert [h.conversation.id for h in held] == ["t1/a"]  # not t10's ann, not bob's, not the ownerless one
+    assert [(m.role, m.text) for m in held[0].messages] == [("user", "question 0"), ("bot", "answer 0")]
+    assert store.held_for_user(engine, tenant="t1", user="nobody") == []
+
+
 def test_conversations_sharing_an_idempotency_key_keep_their_own_transcripts(engine: Engine) -> None:
     first, second = turn("c5", 0), turn("c6", 0)
     second.turn_id = first.turn_id = "client-key-1"

@@ -27,6 +27,7 @@ from dialogue.model.api_models import (
     TurnLineage,
 )
 from dialogue.platform import store
+from dialogue.platform.db import Satisfaction, ToolResult
 from dialogue.platform.metrics import BOT_RATINGS, BOT_SATISFACTION
 from dialogue.platform.temporal import conversation_key
 
@@ -124,14 +125,12 @@ async def score_conversation(
         )
     )
     BOT_SATISFACTION.labels(last.bot, last.version).observe(body.score)
-    return SatisfactionPublic(
-        conversation_id=conversation_id,
-        score=row.score,
-        comment=row.comment,
-        bot=row.bot,
-        version=row.version,
-        created_at=row.created_at,
-    )
+    return satisfaction_public(conversation_id, row)
+
+
+def satisfaction_public(conversation_id: str, row: Satisfaction) -> SatisfactionPublic:
+    """A conversation's score as the API gives it, under the id its caller knows it by."""
+    return SatisfactionPublic.model_validate(row.model_dump() | {"conversation_id": conversation_id})
 
 
 def _no_answer(conversation_id: str, turn_id: str) -> ApiError:
@@ -153,9 +152,14 @@ async def read_tool_result(
             "tool_result_not_found",
             f"no whole result of call {call_id!r} in conversation {conversation_id!r}",
         )
+    return tool_result_public(conversation_id, row)
+
+
+def tool_result_public(conversation_id: str, row: ToolResult) -> ToolResultPublic:
+    """A kept tool result as the API gives it: its content parsed back from the JSON it was stored as."""
     return ToolResultPublic(
         conversation_id=conversation_id,
-        call_id=call_id,
+        call_id=row.call_id,
         name=row.name,
         size=row.size,
         sha256=row.sha256,

@@ -1,12 +1,15 @@
 """`/v1/users/{user}`: what the deployment holds of one end user of the caller's tenant. Their conversations
 are found by the end user recorded with each (`conversation_owner`: from the verified token of the user who
-started it, or the `user` a server's key named); another tenant's user of the same name is another user."""
+started it, or the `user` a server's key named); another tenant's user of the same name is another user.
+A server's key asks about any of its users; an end user's token about its own user only."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Path
+from starlette.concurrency import run_in_threadpool
 
 from api.deps import ClientPrincipal, EngineDep
 from api.errors import ApiError, responses
@@ -19,8 +22,18 @@ from api.routes.conversations import (
     PageOffset,
     conversations_page,
 )
-from dialogue.model.api_models import ConversationsPage
+from api.routes.lineage import satisfaction_public, tool_result_public
+from dialogue.model.api_models import (
+    ConversationsPage,
+    ExportedConversation,
+    ExportedMessage,
+    FeedbackPublic,
+    UserExport,
+)
 from dialogue.model.contracts import USER_PATTERN
+from dialogue.platform import store
+from dialogue.platform.temporal import conversation_key
+from dialogue.security.identity import Principal
 
 router = APIRouter(prefix="/users", tags=["conversations"])
 
@@ -43,6 +56,46 @@ async def read_user_conversations(
 ) -> ConversationsPage:
     """One end user's conversations in the caller's tenant, most recently updated first. A server's key
     asks for any of its users; an end user's token for their own only."""
-    if principal.user is not None and principal.user != user:
-        raise ApiError("forbidden", "an end user's token reads its own user's conversations only")
+    _refuse_another_user(principal, user)
     return await conversations_page(engine, principal, user, status, intent, degraded, q, limit, offset)
+
+
+@router.get("/{user}/export", responses=responses("forbidden"))
+async def export_user(user: UserPath, engine: EngineDep, principal: ClientPrincipal) -> UserExport:
+    """Everything held of one end user, as one JSON document: each of their conversations with its
+    transcript (each answer's lineage included), their ratings and score, and the tool results kept for
+    it. An end user's right of access, and their data to take elsewhere."""
+    _refuse_another_user(principal, user)
+    held = await run_in_threadpool(store.held_for_user, engine, tenant=principal.tenant, user=user)
+    prefix = len(conversation_key(principal.tenant, ""))
+    return UserExport(
+        tenant=principal.tenant,
+        user=user,
+        exported_at=datetime.now(UTC),
+        conversations=[_exported(entry, entry.conversation.id[prefix:]) for entry in held],
+    )
+
+
+def _exported(held: store.HeldConversation, conversation_id: str) -> ExportedConversation:
+    rated = {f.turn_id: f.rating for f in held.feedback}
+    score = held.satisfaction
+    return ExportedConversation.model_validate(
+        held.conversation.model_dump(exclude={"id"})
+        | {
+            "conversation_id": conversation_id,
+            "messages": [
+                ExportedMessage.model_validate(message, from_attributes=True).model_copy(
+                    update={"rating": rated.get(message.turn_id) if message.role == "bot" else None}
+                )
+                for message in held.messages
+            ],
+            "feedback": [FeedbackPublic.model_validate(f, from_attributes=True) for f in held.feedback],
+            "satisfaction": satisfaction_public(conversation_id, score) if score is not None else None,
+            "tool_results": [tool_result_public(conversation_id, result) for result in held.tool_results],
+        }
+    )
+
+
+def _refuse_another_user(principal: Principal, user: str) -> None:
+    if principal.user is not None and principal.user != user:
+        raise ApiError("forbidden", "an end user's token asks about its own user only")

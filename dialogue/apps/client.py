@@ -48,6 +48,7 @@ from dialogue.model.api_models import (
     TurnAccepted,
     TurnLineage,
     TurnStatus,
+    UserExport,
 )
 from dialogue.model.contracts import (
     AgentMessageReply,
@@ -243,6 +244,10 @@ class AsyncDialogueClient:
             ConversationsPage,
             params={"limit": limit, "offset": offset, **filters},
         )
+
+    async def export_user(self, user: str) -> UserExport:
+        """Everything held of one end user, as one document (their right of access)."""
+        return await self._get(f"/v1/users/{quote(user, safe='')}/export", UserExport)
 
     async def messages(self, conversation_id: str, *, limit: int = 50, offset: int = 0) -> MessagesPage:
         return await self._get(
@@ -532,6 +537,7 @@ class DialogueClient:
     conversation = _blocking(AsyncDialogueClient.conversation)
     conversations = _blocking(AsyncDialogueClient.conversations)
     user_conversations = _blocking(AsyncDialogueClient.user_conversations)
+    export_user = _blocking(AsyncDialogueClient.export_user)
     messages = _blocking(AsyncDialogueClient.messages)
     end_conversation = _blocking(AsyncDialogueClient.end_conversation)
     erase_conversation = _blocking(AsyncDialogueClient.erase_conversation)

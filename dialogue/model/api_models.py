@@ -372,6 +372,39 @@ class SatisfactionPublic(BaseModel):
     created_at: datetime
 
 
+class ExportedMessage(MessagePublic):
+    """A message as an end user's export gives it: for an answer, its lineage too (what it stood on)."""
+
+    lineage: dict[str, Any] | None = None
+
+
+class ExportedConversation(BaseModel):
+    conversation_id: str
+    status: str
+    turn_count: int
+    last_intent: str | None
+    created_at: datetime
+    updated_at: datetime
+    ended_reason: str | None
+    messages: list[ExportedMessage]
+    """The transcript, oldest first: the user's words, the bot's answers, a person's replies."""
+    feedback: list[FeedbackPublic]
+    """The user's ratings of answers, with their comments."""
+    satisfaction: SatisfactionPublic | None
+    tool_results: list[ToolResultPublic]
+    """The whole results of tool calls kept for the conversation (too long for the model)."""
+
+
+class UserExport(BaseModel):
+    """Everything the deployment holds of one end user, as one document (`GET /v1/users/{user}/export`):
+    for the user's right of access, and to take it elsewhere."""
+
+    tenant: str
+    user: str
+    exported_at: datetime
+    conversations: list[ExportedConversation]
+
+
 class VersionNumbersPublic(BaseModel):
     """One version's numbers over the period: rates are shares of its turns."""
 

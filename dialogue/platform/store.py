@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from functools import cache
 from typing import Any
@@ -347,6 +348,52 @@ def list_conversations(
         count = select(func.count()).select_from(Conversation).where(*where)
         rows = [(conversation, int(number)) for conversation, number in session.exec(query).all()]
         return rows, session.exec(count).one()
+
+
+@dataclass(frozen=True)
+class HeldConversation:
+    """Everything the store holds of one conversation: its index row, transcript (with each answer's
+    lineage), ratings, score and the tool results kept for it."""
+
+    conversation: Conversation
+    messages: Sequence[Message]
+    feedback: Sequence[Feedback]
+    satisfaction: Satisfaction | None
+    tool_results: Sequence[ToolResult]
+
+
+def held_for_user(engine: Engine, *, tenant: str, user: str) -> list[HeldConversation]:
+    """What the store holds of one end user of `tenant`: each conversation recorded as theirs, oldest first
+    (`GET /v1/users/{user}/export`). Another tenant's user of that name is not this one."""
+    with Session(engine) as session:
+        owned = select(ConversationOwner.conversation_id).where(col(ConversationOwner.user) == user)
+        conversations = session.exec(
+            select(Conversation)
+            .where(col(Conversation.id).in_(owned), *_in_tenant(engine, col(Conversation.id), tenant))
+            .order_by(col(Conversation.created_at), col(Conversation.id))
+        ).all()
+        held = []
+        for conversation in conversations:
+            key = conversation.id
+            messages = session.exec(
+                select(Message)
+                .where(col(Message.conversation_id) == key)
+                .order_by(col(Message.turn_index), col(Message.role).desc())
+            ).all()
+            feedback = session.exec(
+                select(Feedback)
+                .where(col(Feedback.conversation_id) == key)
+                .order_by(col(Feedback.created_at))
+            ).all()
+            results = session.exec(
+                select(ToolResult)
+                .where(col(ToolResult.conversation_id) == key)
+                .order_by(col(ToolResult.created_at))
+            ).all()
+            held.append(
+                HeldConversation(conversation, messages, feedback, session.get(Satisfaction, key), results)
+            )
+        return held
 
 
 def read_messages(

@@ -157,6 +157,55 @@ async def test_a_users_conversations_are_listed_for_the_server_and_for_that_user
     assert malformed.status_code == 422
 
 
+async def test_a_users_export_holds_all_of_theirs_and_nothing_of_anyone_elses(
+    http: httpx.AsyncClient, settings: Settings
+) -> None:
+    anna, ben = await token_for(http, ANNA), await token_for(http, BEN)
+    run = uuid.uuid4().hex[:6]
+    hers, his = f"anna-{run}", f"ben-{run}"
+    answered = await say(
+        http, anna, hers, "how much does express shipping cost?", **{"Idempotency-Key": "q1"}
+    )
+    assert answered.status_code == 200, answered.text
+    rated = await http.post(
+        f"/v1/conversations/{hers}/turns/q1/feedback",
+        json={"rating": "up", "comment": "clear answer"},
+        headers=bearer(anna),
+    )
+    assert rated.status_code in (200, 201), rated.text
+    scored = await http.post(
+        f"/v1/conversations/{hers}/satisfaction", json={"score": 4}, headers=bearer(anna)
+    )
+    assert scored.status_code in (200, 201), scored.text
+    assert (await say(http, ben, his, "ben's own secret question about returns")).status_code == 200
+
+    exported = await http.get(f"/v1/users/{ANNA}/export", headers=bearer(anna))
+    assert exported.status_code == 200, exported.text
+    document = exported.json()
+    assert (document["tenant"], document["user"]) == ("default", ANNA)
+    (conversation,) = document["conversations"]
+    assert conversation["conversation_id"] == hers
+    user_says, bot_says = conversation["messages"]
+    assert user_says["role"] == "user" and user_says["text"] == "how much does express shipping cost?"
+    assert bot_says["role"] == "bot" and bot_says["text"] == answered.json()["reply"]["text"]
+    assert bot_says["rating"] == "up" and bot_says["lineage"]["documents"]  # what the answer stood on
+    assert [(f["turn_id"], f["rating"], f["comment"]) for f in conversation["feedback"]] == [
+        ("q1", "up", "clear answer")
+    ]
+    assert conversation["satisfaction"]["score"] == 4
+    assert his not in exported.text and "secret question" not in exported.text
+    # The server's key gets the same document; Ben's token gets nothing of Anna's.
+    assert (await http.get(f"/v1/users/{ANNA}/export")).json()["conversations"] == document["conversations"]
+    refused = await http.get(f"/v1/users/{ANNA}/export", headers=bearer(ben))
+    assert refused.status_code == 403 and refused.json()["error"]["code"] == "forbidden"
+    other = create_key(get_engine(settings.resolved_database_url), tenant="globex", scope="client")[1]
+    elsewhere = await http.get(f"/v1/users/{ANNA}/export", headers=bearer(other))
+    assert elsewhere.status_code == 200 and elsewhere.json()["conversations"] == []
+    # An erased conversation is no longer held.
+    assert (await http.delete(f"/v1/conversations/{hers}")).status_code == 204
+    assert (await http.get(f"/v1/users/{ANNA}/export")).json()["conversations"] == []
+
+
 async def test_each_end_user_has_a_rate_limit_of_their_own(settings: Settings, client: Client) -> None:
     app = create_app(
         settings.model_copy(update={"end_user_rate_limit_per_second": 0.5, "end_user_rate_limit_burst": 3}),
