@@ -355,13 +355,20 @@ async def move_open_workflows(client: Client, deployment: str, from_build: str, 
 
 
 async def _call(call: Awaitable[T]) -> T:
-    """A routing change, with Temporal's refusals (no pollers yet, a concurrent change) as `BuildError`."""
+    """A routing change, with Temporal's refusals (no pollers yet, a concurrent change) as `BuildError`, and
+    a change the server gave up on in time (its deployment's own workflow busy) as one to make again."""
     try:
         return await call
     except RPCError as err:
         if err.status in _REFUSALS:
             raise BuildError(f"Temporal refused: {err.message}") from err
+        if err.status in _UNFINISHED:
+            raise BuildError(f"{UNFINISHED}: {err.message}") from err
         raise
+
+
+UNFINISHED = "Temporal did not finish the routing change in time; make it again"
+_UNFINISHED = (RPCStatusCode.CANCELLED, RPCStatusCode.DEADLINE_EXCEEDED)
 
 
 _REFUSALS = (
