@@ -197,6 +197,11 @@ ERRORS: dict[str, ErrorCode] = {
         ),
         ErrorCode("turn_not_found", 404, "No such turn (or no answered turn) in the conversation."),
         ErrorCode(
+            "nothing_to_score",
+            409,
+            "The conversation has no answered turn yet: there is nothing to score.",
+        ),
+        ErrorCode(
             "turn_timeout",
             504,
             "The reply was not ready in time; the turn goes on: send it again with the same `Idempotency-Key` "

@@ -118,6 +118,7 @@ ENDPOINTS = [
     Endpoint("POST", "/v1/end-user-tokens", "client", {"user": "someone"}, owned=False),
     Endpoint("GET", "/v1/users/other-user/conversations", "client", owned=False),
     Endpoint("GET", "/v1/users/other-user/export", "client", owned=False),
+    Endpoint("DELETE", "/v1/users/other-user", "admin", owned=False),
     Endpoint("GET", "/healthz", OPEN, owned=False),
     Endpoint("GET", "/readyz", OPEN, owned=False),
     Endpoint("GET", "/metrics", OPEN, owned=False),
@@ -131,7 +132,7 @@ RANK = {"client": 1, "agent": 2, "admin": 3, "operator": 4}
 CALLERS = ["none", "expired", "revoked", "client", "agent", "admin", "other-admin", "operator", "end-user"]
 SERVER_ONLY = {"/v1/end-user-tokens"}
 """What a server-side key does and an end user's token never does."""
-ANOTHER_USERS = {"/v1/users/other-user/conversations", "/v1/users/other-user/export"}
+ANOTHER_USERS = {"/v1/users/other-user/conversations", "/v1/users/other-user/export", "/v1/users/other-user"}
 """What an end user's token may ask of its own user only: the matrix's end user is someone else."""
 FRAMEWORK = {"/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc", "/static"}
 """FastAPI's own pages and the pages' static files: open, and nothing in them is the deployment's."""

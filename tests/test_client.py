@@ -114,6 +114,9 @@ async def test_a_conversations_life_in_typed_calls(
         exported = await dialogue.export_user("NWC-100001")
         assert [c.conversation_id for c in exported.conversations] == [mine]
         assert exported.conversations[0].messages[0].text == "hello"
+        erased = await dialogue.erase_user("NWC-100001")
+        assert erased.conversations == [mine]
+        assert (await dialogue.export_user("NWC-100001")).conversations == []
 
 
 async def test_a_shed_turn_is_sent_again_after_retry_after(client: Client, settings: Settings) -> None:

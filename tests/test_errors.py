@@ -292,6 +292,12 @@ async def _(s: Stack) -> httpx.Response:
     return await s.http.get(f"/v1/conversations/{s.new_id()}")
 
 
+@scenario("nothing_to_score")
+async def _(s: Stack) -> httpx.Response:
+    conversation_id = await s.conversation()  # no turn yet
+    return await s.http.post(f"/v1/conversations/{conversation_id}/satisfaction", json={"score": 4})
+
+
 @scenario("conversation_ended")
 async def _(s: Stack) -> httpx.Response:
     conversation_id = await s.conversation()

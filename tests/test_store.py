@@ -98,6 +98,13 @@ def test_what_is_held_of_a_user_is_theirs_in_their_tenant_alone(engine: Engine) 
     assert [h.conversation.id for h in held] == ["t1/a"]  # not t10's ann, not bob's, not the ownerless one
     assert [(m.role, m.text) for m in held[0].messages] == [("user", "question 0"), ("bot", "answer 0")]
     assert store.held_for_user(engine, tenant="t1", user="nobody") == []
+    # Erasing ann of t1 keeps whose each conversation was until the end, then forgets it; t10's ann stays.
+    assert store.conversations_of(engine, tenant="t1", user="ann") == ["t1/a"]
+    store.erase_conversation(engine, "t1/a", T0, keep_owner=True)
+    assert store.conversations_of(engine, tenant="t1", user="ann") == ["t1/a"]
+    assert store.forget_owners(engine, tenant="t1", user="ann") == 1
+    assert store.conversations_of(engine, tenant="t1", user="ann") == []
+    assert store.conversations_of(engine, tenant="t10", user="ann") == ["t10/a"]
 
 
 def test_conversations_sharing_an_idempotency_key_keep_their_own_transcripts(engine: Engine) -> None:

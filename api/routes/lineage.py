@@ -15,8 +15,8 @@ import orjson
 from fastapi import APIRouter, Path, status
 from starlette.concurrency import run_in_threadpool
 
-from api.deps import EngineDep, PoliciesDep
-from api.errors import ApiError, responses
+from api.deps import EngineDep, PoliciesDep, TemporalClientDep
+from api.errors import ApiError, responses, temporal_errors
 from api.routes.conversations import ConversationIdPath, OwnerPrincipal, TurnIdPath
 from dialogue.model.api_models import (
     FeedbackCreate,
@@ -29,7 +29,7 @@ from dialogue.model.api_models import (
 from dialogue.platform import store
 from dialogue.platform.db import Satisfaction, ToolResult
 from dialogue.platform.metrics import BOT_RATINGS, BOT_SATISFACTION
-from dialogue.platform.temporal import conversation_key
+from dialogue.platform.temporal import conversation_key, workflow_id
 
 router = APIRouter(prefix="/conversations", tags=["lineage"])
 
@@ -94,12 +94,13 @@ async def rate_answer(
 @router.post(
     "/{conversation_id}/satisfaction",
     status_code=status.HTTP_201_CREATED,
-    responses=responses("conversation_not_found"),
+    responses=responses("nothing_to_score", "conversation_not_found", "temporal_unavailable"),
 )
 async def score_conversation(
     conversation_id: ConversationIdPath,
     body: SatisfactionCreate,
     engine: EngineDep,
+    temporal: TemporalClientDep,
     principal: OwnerPrincipal,
     policies: PoliciesDep,
 ) -> SatisfactionPublic:
@@ -108,8 +109,11 @@ async def score_conversation(
     turn (`GET /v1/bots/{bot}/numbers`)."""
     key = conversation_key(principal.tenant, conversation_id)
     last = await run_in_threadpool(store.last_bot_turn, engine, key)
-    if last is None:  # nothing answered yet: nothing to score
-        raise ApiError("conversation_not_found", f"no answered turn in conversation {conversation_id!r}")
+    if last is None:  # nothing answered yet: nothing to score, if the conversation exists at all
+        if await run_in_threadpool(store.get_conversation, engine, key) is None:
+            async with temporal_errors(conversation_id):
+                await temporal.get_workflow_handle(workflow_id(key)).describe()  # 404 when it does not exist
+        raise ApiError("nothing_to_score", f"no answered turn in conversation {conversation_id!r} to score")
     redaction = policies.enabled("redaction", key)
     comment = policies.privacy(key).for_storage(body.comment, enabled=redaction) if body.comment else None
     row = await run_in_threadpool(

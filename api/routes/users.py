@@ -11,8 +11,8 @@ from typing import Annotated
 from fastapi import APIRouter, Path
 from starlette.concurrency import run_in_threadpool
 
-from api.deps import ClientPrincipal, EngineDep
-from api.errors import ApiError, responses
+from api.deps import ClientPrincipal, EngineDep, SettingsDep, TemporalClientDep
+from api.errors import ApiError, responses, temporal_errors
 from api.routes.conversations import (
     ConversationStatusFilter,
     DegradedFilter,
@@ -28,11 +28,13 @@ from dialogue.model.api_models import (
     ExportedConversation,
     ExportedMessage,
     FeedbackPublic,
+    UserErased,
     UserExport,
 )
 from dialogue.model.contracts import USER_PATTERN
 from dialogue.platform import store
 from dialogue.platform.temporal import conversation_key
+from dialogue.security import erasure
 from dialogue.security.identity import Principal
 
 router = APIRouter(prefix="/users", tags=["conversations"])
@@ -73,6 +75,35 @@ async def export_user(user: UserPath, engine: EngineDep, principal: ClientPrinci
         user=user,
         exported_at=datetime.now(UTC),
         conversations=[_exported(entry, entry.conversation.id[prefix:]) for entry in held],
+    )
+
+
+@router.delete("/{user}", responses=responses("forbidden", "temporal_unavailable"))
+async def erase_user(
+    user: UserPath,
+    settings: SettingsDep,
+    engine: EngineDep,
+    temporal: TemporalClientDep,
+    principal: ClientPrincipal,
+) -> UserErased:
+    """Erase everything held of one end user: each of their conversations (workflow histories, transcript,
+    lineage, events, ratings, score, kept tool results) and the records of whose they were. Admin, or its
+    client (and that user's own token) when clients may erase. Sending it again is safe, and finishes an
+    erasure a failure stopped halfway. An audit entry (who, when, which user, how many; no content) remains."""
+    if not (principal.allows("admin") or settings.clients_may_erase):
+        raise ApiError("forbidden", "erasing a user needs the admin scope")
+    _refuse_another_user(principal, user)
+    async with temporal_errors(user):
+        erased = await erasure.erase_user(
+            temporal, engine, tenant=principal.tenant, user=user, actor=principal.subject
+        )
+    prefix = len(conversation_key(principal.tenant, ""))
+    return UserErased(
+        tenant=principal.tenant,
+        user=user,
+        erased_at=datetime.now(UTC),
+        conversations=[key[prefix:] for key in erased.conversations],
+        rows=erased.rows,
     )
 
 

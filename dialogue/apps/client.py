@@ -48,6 +48,7 @@ from dialogue.model.api_models import (
     TurnAccepted,
     TurnLineage,
     TurnStatus,
+    UserErased,
     UserExport,
 )
 from dialogue.model.contracts import (
@@ -248,6 +249,14 @@ class AsyncDialogueClient:
     async def export_user(self, user: str) -> UserExport:
         """Everything held of one end user, as one document (their right of access)."""
         return await self._get(f"/v1/users/{quote(user, safe='')}/export", UserExport)
+
+    async def erase_user(self, user: str) -> UserErased:
+        """Erase everything held of one end user; the receipt says what went. Safe to send again (it is,
+        after a lost connection): a second erasure finishes what a failure left."""
+        response = await self._request(
+            "DELETE", f"/v1/users/{quote(user, safe='')}", resend_on_transport_error=True
+        )
+        return UserErased.model_validate_json(response.content)
 
     async def messages(self, conversation_id: str, *, limit: int = 50, offset: int = 0) -> MessagesPage:
         return await self._get(
@@ -538,6 +547,7 @@ class DialogueClient:
     conversations = _blocking(AsyncDialogueClient.conversations)
     user_conversations = _blocking(AsyncDialogueClient.user_conversations)
     export_user = _blocking(AsyncDialogueClient.export_user)
+    erase_user = _blocking(AsyncDialogueClient.erase_user)
     messages = _blocking(AsyncDialogueClient.messages)
     end_conversation = _blocking(AsyncDialogueClient.end_conversation)
     erase_conversation = _blocking(AsyncDialogueClient.erase_conversation)

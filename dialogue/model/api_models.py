@@ -405,6 +405,18 @@ class UserExport(BaseModel):
     conversations: list[ExportedConversation]
 
 
+class UserErased(BaseModel):
+    """The receipt of an end user's erasure (`DELETE /v1/users/{user}`): what was erased, and when."""
+
+    tenant: str
+    user: str
+    erased_at: datetime
+    conversations: list[str]
+    """The ids of the conversations erased: their histories in Temporal and their rows in the store."""
+    rows: dict[str, int]
+    """The store's rows of the user themself that were deleted, by kind."""
+
+
 class VersionNumbersPublic(BaseModel):
     """One version's numbers over the period: rates are shares of its turns."""
 

@@ -433,10 +433,39 @@ def recent_messages(
         return session.exec(query).all()
 
 
-def erase_conversation(engine: Engine, key: str, at: datetime) -> dict[str, int]:
+def conversations_of(engine: Engine, *, tenant: str, user: str) -> list[str]:
+    """The keys of every conversation recorded as this end user's in `tenant`, erased ones included."""
+    with Session(engine) as session:
+        query = (
+            select(ConversationOwner.conversation_id)
+            .where(
+                col(ConversationOwner.user) == user,
+                *_in_tenant(engine, col(ConversationOwner.conversation_id), tenant),
+            )
+            .order_by(col(ConversationOwner.conversation_id))
+        )
+        return list(session.exec(query).all())
+
+
+def forget_owners(engine: Engine, *, tenant: str, user: str) -> int:
+    """Delete the rows that say which of `tenant`'s conversations were this end user's: the last step of
+    erasing a user, once each conversation is erased (until then they find what is left to erase)."""
+    with Session(engine) as session:
+        removed = session.exec(
+            delete(ConversationOwner).where(
+                col(ConversationOwner.user) == user,
+                *_in_tenant(engine, col(ConversationOwner.conversation_id), tenant),
+            )
+        ).rowcount
+        session.commit()
+        return int(removed)
+
+
+def erase_conversation(engine: Engine, key: str, at: datetime, *, keep_owner: bool = False) -> dict[str, int]:
     """Delete a conversation's transcript, lineage, event log, feedback, satisfaction score and what the
     numbers per version count of it; keep a tombstone row
-    (status `erased`, no content) so the id is not mistaken for a new conversation. Idempotent."""
+    (status `erased`, no content) so the id is not mistaken for a new conversation. Idempotent.
+    `keep_owner` keeps whose it was, for a user's erasure that deletes those rows last (`forget_owners`)."""
     with Session(engine) as session:
         counts = {
             "messages": session.exec(delete(Message).where(col(Message.conversation_id) == key)).rowcount,
@@ -451,11 +480,11 @@ def erase_conversation(engine: Engine, key: str, at: datetime) -> dict[str, int]
                 delete(Satisfaction).where(col(Satisfaction.conversation_id) == key)
             ).rowcount,
             "bot_turns": session.exec(delete(BotTurn).where(col(BotTurn.conversation_id) == key)).rowcount,
-            # Whose it was is the user's data too: erased with the rest.
-            "owner": session.exec(
-                delete(ConversationOwner).where(col(ConversationOwner.conversation_id) == key)
-            ).rowcount,
         }
+        if not keep_owner:  # whose it was is the user's data too: erased with the rest
+            counts["owner"] = session.exec(
+                delete(ConversationOwner).where(col(ConversationOwner.conversation_id) == key)
+            ).rowcount
         row = session.get(Conversation, key) or Conversation(id=key, created_at=at, updated_at=at)
         row.status, row.ended_reason, row.last_intent, row.turn_count = ERASED, ERASED, None, 0
         row.updated_at = at

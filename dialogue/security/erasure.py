@@ -1,12 +1,14 @@
-"""Erasing a conversation: its workflow histories in Temporal (every run) and its rows in the store.
+"""Erasing a conversation: its workflow histories in Temporal (every run) and its rows in the store; and
+erasing an end user: each of their conversations so, then what the store holds of the user themself.
 
-Used by `DELETE /v1/conversations/{id}` and by the retention schedule. What remains is an
-audit entry (who, when, which id, how many rows) and a tombstone row without content.
+Used by `DELETE /v1/conversations/{id}`, `DELETE /v1/users/{user}` and the retention schedule. What remains
+is an audit entry (who, when, which id, how many rows) and a tombstone row without content.
 """
 
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from sqlalchemy.engine import Engine
@@ -20,14 +22,19 @@ from dialogue.platform.temporal import workflow_id
 from dialogue.security.identity import audit
 
 
-async def erase_conversation(client: Client, engine: Engine, key: str, *, actor: str, reason: str) -> bool:
-    """Erase the conversation with this key; False when neither Temporal nor the store knows it."""
+async def erase_conversation(
+    client: Client, engine: Engine, key: str, *, actor: str, reason: str, keep_owner: bool = False
+) -> bool:
+    """Erase the conversation with this key; False when neither Temporal nor the store knows it.
+    `keep_owner`: as `store.erase_conversation`'s."""
     runs = await _run_ids(client, key)
     known = bool(runs) or await asyncio.to_thread(store.get_conversation, engine, key) is not None
     if not known:
         return False
     # The tombstone first: from now on the API refuses turns, and late writes of the worker are dropped.
-    first = await asyncio.to_thread(store.erase_conversation, engine, key, datetime.now(UTC))
+    first = await asyncio.to_thread(
+        store.erase_conversation, engine, key, datetime.now(UTC), keep_owner=keep_owner
+    )
     for run_id in runs:
         # Deleting a running execution terminates it first; its history then goes with the others.
         try:
@@ -41,7 +48,9 @@ async def erase_conversation(client: Client, engine: Engine, key: str, *, actor:
             if err.status != RPCStatusCode.NOT_FOUND:
                 raise
     # Again, now that nothing runs: rows written while the workflow was being deleted go too.
-    late = await asyncio.to_thread(store.erase_conversation, engine, key, datetime.now(UTC))
+    late = await asyncio.to_thread(
+        store.erase_conversation, engine, key, datetime.now(UTC), keep_owner=keep_owner
+    )
     counts = {table: first[table] + late[table] for table in first}
     tenant = key.split("/", 1)[0]
     await asyncio.to_thread(
@@ -56,6 +65,37 @@ async def erase_conversation(client: Client, engine: Engine, key: str, *, actor:
         **counts,
     )
     return True
+
+
+@dataclass
+class UserErasure:
+    """What erasing an end user removed: the conversations (keys) and the store's rows of the user."""
+
+    conversations: list[str] = field(default_factory=list)
+    rows: dict[str, int] = field(default_factory=dict)
+
+
+async def erase_user(client: Client, engine: Engine, *, tenant: str, user: str, actor: str) -> UserErasure:
+    """Erase every conversation recorded as this end user's in `tenant`, then the records of whose they
+    were. Those go last: an erasure stopped halfway (a dependency down) finds what is left when sent again.
+    Idempotent; an audit entry names the user and counts, never the content."""
+    erased = UserErasure()
+    for key in await asyncio.to_thread(store.conversations_of, engine, tenant=tenant, user=user):
+        await erase_conversation(client, engine, key, actor=actor, reason="user erased", keep_owner=True)
+        erased.conversations.append(key)
+    erased.rows["owners"] = await asyncio.to_thread(store.forget_owners, engine, tenant=tenant, user=user)
+    await asyncio.to_thread(
+        audit,
+        engine,
+        tenant=tenant,
+        actor=actor,
+        action="erase_user",
+        target=user,
+        reason="requested",
+        conversations=len(erased.conversations),
+        **erased.rows,
+    )
+    return erased
 
 
 async def _run_ids(client: Client, key: str) -> list[str]:

@@ -21,13 +21,15 @@ import orjson
 import pytest
 from fastapi import FastAPI, Request
 from pydantic import SecretStr
+from sqlmodel import Session, SQLModel, select
 from temporalio.client import Client, WorkflowUpdateFailedError
 from temporalio.exceptions import ApplicationError
+from temporalio.service import RPCError, RPCStatusCode
 from temporalio.worker import Worker
 
 from api import create_app
 from dialogue.model.contracts import NOT_YOUR_CONVERSATION, ApprovalReply, ApprovalRequest, Updates
-from dialogue.platform.db import get_engine
+from dialogue.platform.db import AuditEntry, get_engine
 from dialogue.platform.settings import Settings
 from dialogue.platform.temporal import conversation_key, workflow_id
 from dialogue.security.identity import create_key
@@ -204,6 +206,61 @@ async def test_a_users_export_holds_all_of_theirs_and_nothing_of_anyone_elses(
     # An erased conversation is no longer held.
     assert (await http.delete(f"/v1/conversations/{hers}")).status_code == 204
     assert (await http.get(f"/v1/users/{ANNA}/export")).json()["conversations"] == []
+
+
+async def test_erasing_a_user_leaves_nothing_of_theirs_in_temporal_or_the_store_and_nothing_of_others_goes(
+    http: httpx.AsyncClient, client: Client, settings: Settings
+) -> None:
+    anna, ben = await token_for(http, ANNA), await token_for(http, BEN)
+    run = uuid.uuid4().hex[:6]
+    first, second, his = f"anna-a-{run}", f"anna-b-{run}", f"ben-{run}"
+    secret = f"anna's private words {run}"
+    assert (await say(http, anna, first, secret, **{"Idempotency-Key": "q1"})).status_code == 200
+    assert (await http.post(f"/v1/conversations/{first}/satisfaction", json={"score": 2})).status_code == 201
+    assert (await say(http, anna, second, "how much does express shipping cost?")).status_code == 200
+    assert (await say(http, ben, his, f"ben's words {run}")).status_code == 200
+    engine = get_engine(settings.resolved_database_url)
+
+    async def anna_held() -> list[str]:
+        exported = await http.get(f"/v1/users/{ANNA}/export")
+        return sorted(c["conversation_id"] for c in exported.json()["conversations"])
+
+    assert await eventually(anna_held, "both of Anna's conversations recorded", within=30) == [first, second]
+    # Ben's token may not erase Anna; nor may a client's key while clients may not erase.
+    refused = await http.delete(f"/v1/users/{ANNA}", headers=bearer(ben))
+    assert refused.status_code == 403
+
+    erased = await http.delete(f"/v1/users/{ANNA}")
+    assert erased.status_code == 200, erased.text
+    receipt = erased.json()
+    assert (receipt["tenant"], receipt["user"]) == ("default", ANNA)
+    assert sorted(receipt["conversations"]) == [first, second] and receipt["rows"]["owners"] == 2
+    # Temporal holds no history of hers: reading one is refused as not found.
+    for conversation in (first, second):
+        handle = client.get_workflow_handle(workflow_id(conversation_key("default", conversation)))
+        with pytest.raises(RPCError) as missing:
+            await handle.fetch_history()
+        assert missing.value.status == RPCStatusCode.NOT_FOUND
+    # The store holds nothing of hers: no row of any table has her words or her name.
+    with engine.connect() as connection:
+        for table in SQLModel.metadata.sorted_tables:
+            if table.name in ("audit_entry", "api_key"):
+                continue  # who erased whom (ids, no content); keys are the integrator's
+            text = orjson.dumps([tuple(row) for row in connection.execute(table.select())], default=str)
+            assert secret.encode() not in text and ANNA.encode() not in text, table.name
+    assert await anna_held() == []
+    answered = await http.get(f"/v1/conversations/{first}/messages")
+    assert answered.status_code == 200 and answered.json()["items"] == []
+    # Ben's conversation is untouched; erasing Anna again is safe and finds nothing left.
+    bens = await http.get(f"/v1/conversations/{his}/messages", headers=bearer(ben))
+    assert bens.json()["items"][0]["text"] == f"ben's words {run}"
+    again = await http.delete(f"/v1/users/{ANNA}")
+    assert again.status_code == 200 and again.json()["conversations"] == []
+    with Session(engine) as session:
+        entries = session.exec(
+            select(AuditEntry).where(AuditEntry.action == "erase_user", AuditEntry.target == ANNA)
+        ).all()
+    assert [entry.detail["conversations"] for entry in entries] == [2, 0]
 
 
 async def test_each_end_user_has_a_rate_limit_of_their_own(settings: Settings, client: Client) -> None:
