@@ -106,7 +106,7 @@ def build_turn_activities(settings: Settings) -> TurnActivities:
     return TurnActivities(
         engine=engine,
         retrieve=retrieve,
-        record=RecordActivities(engine),
+        record=RecordActivities(engine, memory_days=bot.privacy.retention_days),
         bots=BotRuntimes(settings, engine, retrieve, own),
     )
 

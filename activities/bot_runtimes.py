@@ -15,7 +15,7 @@ import inspect
 import logging
 import threading
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,9 +33,11 @@ from activities.summarize import SummarizeActivity
 from activities.understand import UnderstandActivity
 from dialogue.brain.generation import build_generators
 from dialogue.brain.nlu.parser import build_parser
+from dialogue.platform import memory
 from dialogue.platform.bot import BotDefinition, load_bot
 from dialogue.platform.bot_header import answering_bot
 from dialogue.platform.bot_versions import MODEL_FOLDER, BotRef, get_version, unpack
+from dialogue.platform.db import MemoryItem
 from dialogue.platform.metrics import BOT_VERSION_LOADS
 from dialogue.platform.settings import Settings
 
@@ -65,7 +67,7 @@ def bot_activities(
     parser = build_parser(settings, bot)
     parser.parse("hello")  # load the models now, not during the first user's turn
     generators = build_generators(settings, bot)
-    composer = ReplyComposer(bot, generators)
+    composer = ReplyComposer(bot, generators, recall=functools.partial(_remembered, engine))
     understand = UnderstandActivity(bot, parser, composer.needs_knowledge, retrieve.search)
     generate = GenerateActivity(composer, engine)
     return BotActivities(
@@ -77,8 +79,12 @@ def bot_activities(
         summarize=SummarizeActivity(bot, engine, generators),
         rewrite=RewriteActivity(bot, generators),
         agent=AgentActivity(bot, engine, generators, settings.data_dir),
-        respond=RespondActivity(understand, retrieve, generate, engine),
+        respond=RespondActivity(understand, retrieve, generate, engine, bot.privacy.retention_days),
     )
+
+
+def _remembered(engine: Engine, tenant: str, user: str) -> Sequence[MemoryItem]:
+    return memory.items(engine, tenant=tenant, user=user)
 
 
 class BotRuntimes:

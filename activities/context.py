@@ -1,4 +1,5 @@
-"""The conversation before a turn, from the transcript in the store: what an LLM step sees of it."""
+"""The conversation before a turn, from the transcript in the store, and what is remembered of its end user
+across conversations: what an LLM step sees of it."""
 
 from __future__ import annotations
 
@@ -7,8 +8,9 @@ from sqlalchemy.exc import SQLAlchemyError
 from temporalio import activity
 
 from dialogue.brain.llm.context import ROLES, Conversation, Said
+from dialogue.brain.memory import memory_use
 from dialogue.model.contracts import ContextRequest
-from dialogue.platform import store
+from dialogue.platform import memory, store
 
 MAX_CONTEXT_ROWS = 200
 """Transcript rows one LLM call reads at most, newest first: the budget fills long before (a turn is
@@ -24,6 +26,11 @@ def read_conversation(engine: Engine, context: ContextRequest) -> Conversation:
         rows = store.recent_messages(
             engine, context.conversation_id, start=since, end=context.turn_index, limit=MAX_CONTEXT_ROWS
         )
+        items = (
+            memory.items(engine, tenant=memory.tenant_of(context.conversation_id), user=context.user)
+            if context.user is not None
+            else []
+        )
     except SQLAlchemyError as err:
         activity.logger.warning("transcript unavailable for the LLM's context: %s", err.__class__.__name__)
         return Conversation(
@@ -37,4 +44,6 @@ def read_conversation(engine: Engine, context: ContextRequest) -> Conversation:
         expected=range(unread, context.turn_index) if unread is not None else expected,
         unread_before=unread,
         notes=tuple(context.notes),
+        remembered=tuple(f"{item.kind}: {item.value}" for item in items),
+        memory=tuple(memory_use(item) for item in items),
     )

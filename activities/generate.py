@@ -5,7 +5,10 @@ the bot definition."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import string
+from collections.abc import Callable, Sequence
+from functools import cache
+from types import SimpleNamespace
 from typing import Any
 
 from sqlalchemy.engine import Engine
@@ -16,6 +19,7 @@ from activities.context import read_conversation
 from activities.progress import Progress
 from dialogue.brain.generation import AnswerGenerator, Generators
 from dialogue.brain.llm.context import Conversation
+from dialogue.brain.memory import memory_use
 from dialogue.brain.policy import decide
 from dialogue.model.contracts import (
     OUT_OF_SCOPE,
@@ -28,15 +32,24 @@ from dialogue.model.contracts import (
 )
 from dialogue.platform import events
 from dialogue.platform.bot import BotDefinition, Flow
+from dialogue.platform.db import MemoryItem
+from dialogue.platform.memory import tenant_of
+
+Recall = Callable[[str, str], Sequence[MemoryItem]]
+"""What is remembered of an end user, by tenant and user (`platform.memory.items`)."""
 
 HANDOFF_TEXT = "I'll hand you over to a member of our team."
 END_TEXT = "Goodbye!"
 
 
 class ReplyComposer:
-    def __init__(self, bot: BotDefinition, generators: Generators | AnswerGenerator) -> None:
+    def __init__(
+        self, bot: BotDefinition, generators: Generators | AnswerGenerator, recall: Recall | None = None
+    ) -> None:
         self._bot = bot
         self._generators = generators if isinstance(generators, Generators) else Generators.only(generators)
+        self._recall = recall
+        """Read only for a template that names `{memory.…}`: no other turn pays for the lookup."""
 
     def needs_knowledge(self, nlu: NluResult, decision: Decision) -> bool:
         """Whether the reply to this decision is made from retrieved passages: an answer or the agent's
@@ -111,7 +124,7 @@ class ReplyComposer:
             case "clarify":
                 return Reply(text=self._clarifying_question(request))
             case "respond" | "handoff" | "end" if templates:
-                return Reply(text=_render(_pick(templates, turn)))
+                return self._templated(templates, request)
             case "handoff":
                 return Reply(text=HANDOFF_TEXT)
             case "end":
@@ -156,7 +169,29 @@ class ReplyComposer:
         if answer is None or not answer.found:
             return Reply(text=_pick(self._bot.no_answer_responses, request.turn_index), **lineage)
         template = _pick(templates, request.turn_index) if templates else self._bot.answer_template
+        saw_memory = conversation is not None and answer.context is not None and answer.context.remembered
+        if saw_memory and conversation is not None:
+            lineage["memory"] = list(conversation.memory)
         return Reply(text=_render(template, answer=answer.text), sources=answer.sources, **lineage)
+
+    def _templated(self, templates: list[str], request: GenerateRequest) -> Reply:
+        """A template reply. Templates that name items of the user's memory (`{memory.name}`) are used when
+        every item they name is remembered, those naming the most first ("Welcome back, {memory.name}!");
+        otherwise the others, as for a bot without memory."""
+        plain = [t for t in templates if not _remembered(t)]
+        context = request.context
+        if self._recall is None or context is None or context.user is None or len(plain) == len(templates):
+            return Reply(text=_render(_pick(plain or templates, request.turn_index)))
+        remembered = self._recall(tenant_of(context.conversation_id), context.user)
+        known = {item.kind: item for item in remembered}
+        usable = [t for t in templates if _remembered(t) and _remembered(t) <= known.keys()]
+        if not usable:  # a bot with memory templates keeps one without (`BotDefinition`)
+            return Reply(text=_render(_pick(plain or templates, request.turn_index)))
+        most = max(len(_remembered(t)) for t in usable)
+        template = _pick([t for t in usable if len(_remembered(t)) == most], request.turn_index)
+        used = [known[kind] for kind in sorted(_remembered(template))]
+        memory = SimpleNamespace(**{item.kind: item.value for item in used})
+        return Reply(text=_render(template, memory=memory), memory=[memory_use(item) for item in used])
 
     def _flow_result(self, flow: Flow, request: GenerateRequest, decision: Decision) -> str:
         result = request.tool_result
@@ -183,10 +218,20 @@ def _prompt(flow: Flow, slot: str) -> str:
     return next((s.prompt for s in flow.slots if s.name == slot), "")
 
 
-def _render(template: str, **values: str) -> str:
+@cache
+def _remembered(template: str) -> frozenset[str]:
+    """The memory items a template names: `{memory.city}` names `city`."""
+    try:
+        fields = [field for _, field, _, _ in string.Formatter().parse(template) if field]
+    except ValueError:  # a broken template: `_render` says so
+        return frozenset()
+    return frozenset(field.split(".", 1)[1] for field in fields if field.startswith("memory."))
+
+
+def _render(template: str, **values: Any) -> str:
     try:
         return template.format(**values)
-    except (KeyError, IndexError, ValueError) as err:
+    except (KeyError, IndexError, ValueError, AttributeError) as err:
         # A broken template is bad configuration: retrying cannot fix it.
         raise ApplicationError(
             f"response template {template!r} is invalid: {err!r}", type="BadTemplate", non_retryable=True

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import timedelta
 
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DataError
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from dialogue.brain.memory import stated_in
 from dialogue.model.contracts import (
     UNRECORDABLE,
     RecordConversationRequest,
@@ -33,17 +35,26 @@ def _refused_for_good() -> Iterator[None]:
         raise ApplicationError(str(err.orig), type=UNRECORDABLE, non_retryable=True) from err
 
 
+def write_turn(engine: Engine, turn: RecordTurnRequest, memory_days: float | None) -> None:
+    """The turn into the transcript, and what its user said of themself into their memory (kept
+    `memory_days`, the bot's retention period, unless said again; kept only with their consent)."""
+    stated = stated_in(turn)
+    expires = turn.at + timedelta(days=memory_days) if stated and memory_days is not None else None
+    store.record_turn(engine, turn, remembered=stated, memory_expires_at=expires)
+
+
 class RecordActivities:
     """Synchronous (database drivers block); the worker runs them on a thread pool."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, memory_days: float | None = None) -> None:
         self._engine = engine
+        self._memory_days = memory_days
 
     @activity.defn(name="record_turn")
     def record_turn(self, request: RecordTurnRequest) -> Recorded:
         """Write the turn to the transcript and the conversation index."""
         with _refused_for_good():
-            store.record_turn(self._engine, request)
+            write_turn(self._engine, request, self._memory_days)
         messages = 1 if request.reply is None else 2
         return Recorded(
             conversation_id=request.conversation_id, turn_index=request.turn_index, messages=messages

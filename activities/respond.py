@@ -28,8 +28,10 @@ from sqlalchemy.exc import SQLAlchemyError
 from temporalio import activity
 
 from activities.generate import GenerateActivity
+from activities.record import write_turn
 from activities.retrieve import RetrieveActivity
 from activities.understand import UnderstandActivity
+from dialogue.brain import memory as memory_rules
 from dialogue.brain.nlu.embeddings import once_per_text
 from dialogue.model.contracts import (
     Decision,
@@ -42,7 +44,7 @@ from dialogue.model.contracts import (
     RetrieveResult,
     Understanding,
 )
-from dialogue.platform import store
+from dialogue.platform import memory
 from dialogue.platform.metrics import STEP_SECONDS
 
 log = logging.getLogger("dialogue.activities")
@@ -66,12 +68,15 @@ class RespondActivity:
         retrieve: RetrieveActivity,
         generate: GenerateActivity,
         engine: Engine | None = None,
+        memory_days: float | None = None,
     ) -> None:
         self._understand = understand
         self._retrieve = retrieve
         self._generate = generate
         self._engine = engine
         """The store the turn is written to when the reply is made here; None: the workflow records it."""
+        self._memory_days = memory_days
+        """How long what a user says of themself is remembered: the bot's retention period."""
 
     @activity.defn(name="respond_here")
     async def respond_here(self, request: RespondHereRequest) -> RespondedHere:
@@ -101,6 +106,25 @@ class RespondActivity:
                 log.warning("retrieval failed; the NLU decides alone: %s", err)
                 unsearchable = True
         understanding = self._understand.conclude(request.understand, nlu, evidence)
+        context = request.generate.context
+        asked = memory_rules.request_in(request.understand.text)
+        if (
+            asked is not None
+            and self._engine is not None
+            and context is not None
+            and context.user is not None
+        ):
+            # "What do you know about me?", "forget my address": answered from the user's memory, and done.
+            engine, tenant = self._engine, memory.tenant_of(context.conversation_id)
+            with _part("compose", timings):
+                reply = await asyncio.to_thread(memory_rules.answered, engine, tenant, context.user, asked)
+            timings["generate"] = timings.pop("compose")
+            understanding = Understanding(
+                nlu=understanding.nlu,
+                decision=Decision(action="respond", dialogue=request.understand.dialogue),
+                needs_knowledge=False,
+            )
+            return await self._replied(request, understanding, reply, None, failed, timings, started)
         retrieved: RetrieveResult | None = None
         if understanding.needs_knowledge and evidence is not None:
             retrieved = evidence.model_copy(update={"passages": evidence.passages[: request.retrieve.top_k]})
@@ -130,17 +154,35 @@ class RespondActivity:
                 )
             )
         composing = timings.pop("compose")
+        if composed.reply is None:  # the model's reply is made and timed by `generate`
+            return RespondedHere(
+                understanding=understanding, retrieved=retrieved, failed=failed, timings_ms=timings
+            )
+        timings["generate"] = composing
+        return await self._replied(
+            request, understanding, composed.reply, retrieved, failed, timings, started
+        )
+
+    async def _replied(
+        self,
+        request: RespondHereRequest,
+        understanding: Understanding,
+        reply: Reply,
+        retrieved: RetrieveResult | None,
+        failed: list[str],
+        timings: dict[str, float],
+        started: float,
+    ) -> RespondedHere:
+        """The step's result for a reply made here, the turn written with it when the workflow asked."""
         recorded: Lineage | None = None
-        if composed.reply is not None:  # else the model's reply is timed by `generate`
-            timings["generate"] = composing
-            if request.record is not None and _kept(decision, request.record):
-                lineage = _lineage(request.record, understanding, composed.reply, retrieved, failed, timings)
-                lineage.timings_ms["total"] = round((time.perf_counter() - started) * 1000, 1)
-                recorded = await self._record(request.record, understanding, composed.reply, lineage, timings)
+        if request.record is not None and _kept(understanding.decision, request.record):
+            lineage = _lineage(request.record, understanding, reply, retrieved, failed, timings)
+            lineage.timings_ms["total"] = round((time.perf_counter() - started) * 1000, 1)
+            recorded = await self._record(request.record, understanding, reply, lineage, timings)
         return RespondedHere(
             understanding=understanding,
             retrieved=retrieved,
-            reply=composed.reply,
+            reply=reply,
             failed=failed,
             timings_ms=timings,
             recorded=recorded,
@@ -170,18 +212,19 @@ class RespondActivity:
             at=turn.at,
             lineage=lineage,
             provisional=True,
+            user=turn.user,
         )
 
-        def write_turn() -> None:
+        def write_here() -> None:
             try:
-                store.record_turn(engine, write)
+                write_turn(engine, write, self._memory_days)
             finally:
                 _writing.release()
 
         try:
             # Timed as the workflow's `record` step, and under `record_turn` in the step metric.
             with _part("record", timings, metric="record_turn"):
-                writing = asyncio.get_running_loop().run_in_executor(_writers, write_turn)
+                writing = asyncio.get_running_loop().run_in_executor(_writers, write_here)
                 await asyncio.wait_for(writing, RECORD_HERE_SECONDS)
         except Exception as err:  # any failure of the store: the workflow's recorder takes the write over
             log.warning("the turn was not written with its reply; the workflow records it: %r", err)

@@ -10,7 +10,7 @@ from temporalio import activity
 from temporalio.client import Client
 
 from dialogue.model.contracts import RetentionReport
-from dialogue.platform import store
+from dialogue.platform import memory, store
 from dialogue.security.erasure import erase_conversation
 
 
@@ -22,9 +22,11 @@ class RetentionActivities:
 
     @activity.defn(name="purge_expired")
     async def purge_expired(self) -> RetentionReport:
-        """Erase conversations not updated within the retention period, a batch at a time."""
+        """Erase conversations not updated within the retention period, a batch at a time; forget the
+        items of end users' memory whose retention ran out (each has its own expiry, set when it was said)."""
+        forgotten = await asyncio.to_thread(memory.expire, self._engine, now=datetime.now(UTC))
         if self._retention_days is None:
-            return RetentionReport(erased=0, retention_days=None)
+            return RetentionReport(erased=0, retention_days=None, memory_forgotten=forgotten)
         cutoff = datetime.now(UTC) - timedelta(days=self._retention_days)
         erased, failed = 0, 0
         while keys := await asyncio.to_thread(
@@ -41,5 +43,9 @@ class RetentionActivities:
                     activity.logger.exception("retention could not erase %s; the next run retries", key)
                     failed += 1
         return RetentionReport(
-            erased=erased, failed=failed, retention_days=self._retention_days, cutoff=cutoff
+            erased=erased,
+            failed=failed,
+            retention_days=self._retention_days,
+            cutoff=cutoff,
+            memory_forgotten=forgotten,
         )

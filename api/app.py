@@ -34,6 +34,7 @@ from api.routes import (
     knowledge,
     lineage,
     me,
+    memory,
     nlu,
     pages,
     users,
@@ -136,6 +137,7 @@ def create_app(
     v1.include_router(keys.router)
     v1.include_router(end_users.router)
     v1.include_router(users.router)
+    v1.include_router(memory.router)
     v1.include_router(me.router)
     v1.include_router(nlu.router)
     v1.include_router(knowledge.router)

@@ -196,6 +196,12 @@ ERRORS: dict[str, ErrorCode] = {
             causes=(Refusal(TURN_IN_PROGRESS),),
         ),
         ErrorCode("turn_not_found", 404, "No such turn (or no answered turn) in the conversation."),
+        ErrorCode("memory_item_not_found", 404, "Nothing of this kind is remembered of the end user."),
+        ErrorCode(
+            "memory_not_consented",
+            409,
+            "The end user has not consented to being remembered: nothing is kept of them until they do.",
+        ),
         ErrorCode(
             "nothing_to_score",
             409,

@@ -56,6 +56,8 @@ class Endpoint:
     a 404 with this code counts as allowed, any other 404 as refused."""
 
 
+MEMORY_ITEM = "/v1/users/other-user/memory/name"
+"""One item of an end user's memory (the built-in bot's `name`)."""
 ENDPOINTS = [
     Endpoint("POST", "/v1/conversations", "client", {"id": "{new}"}, owned=False),
     Endpoint("GET", "/v1/conversations", "client", owned=False),
@@ -119,6 +121,11 @@ ENDPOINTS = [
     Endpoint("GET", "/v1/users/other-user/conversations", "client", owned=False),
     Endpoint("GET", "/v1/users/other-user/export", "client", owned=False),
     Endpoint("DELETE", "/v1/users/other-user", "admin", owned=False),
+    Endpoint("GET", "/v1/users/other-user/memory", "client", owned=False),
+    Endpoint("PUT", "/v1/users/other-user/memory/consent", "client", {"consented": True}, owned=False),
+    Endpoint("GET", MEMORY_ITEM, "client", owned=False, absent="memory_item_not_found"),
+    Endpoint("PUT", MEMORY_ITEM, "client", {"value": "Ann"}, owned=False),
+    Endpoint("DELETE", MEMORY_ITEM, "client", owned=False, absent="memory_item_not_found"),
     Endpoint("GET", "/healthz", OPEN, owned=False),
     Endpoint("GET", "/readyz", OPEN, owned=False),
     Endpoint("GET", "/metrics", OPEN, owned=False),
@@ -132,7 +139,14 @@ RANK = {"client": 1, "agent": 2, "admin": 3, "operator": 4}
 CALLERS = ["none", "expired", "revoked", "client", "agent", "admin", "other-admin", "operator", "end-user"]
 SERVER_ONLY = {"/v1/end-user-tokens"}
 """What a server-side key does and an end user's token never does."""
-ANOTHER_USERS = {"/v1/users/other-user/conversations", "/v1/users/other-user/export", "/v1/users/other-user"}
+ANOTHER_USERS = {
+    "/v1/users/other-user/conversations",
+    "/v1/users/other-user/export",
+    "/v1/users/other-user",
+    "/v1/users/other-user/memory",
+    "/v1/users/other-user/memory/consent",
+    MEMORY_ITEM,
+}
 """What an end user's token may ask of its own user only: the matrix's end user is someone else."""
 FRAMEWORK = {"/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc", "/static"}
 """FastAPI's own pages and the pages' static files: open, and nothing in them is the deployment's."""
@@ -242,7 +256,8 @@ def test_the_matrix_covers_every_route_of_the_app(settings: Settings) -> None:
             .replace("/shipping", "/{document_id}")
             .replace("/acl-none", "/{document_id}")
             .replace("/000000000000", "/{key_id}")
-            .replace("/users/other-user", "/users/{user}"),
+            .replace("/users/other-user", "/users/{user}")
+            .replace("/memory/name", "/memory/{kind}"),
         )
         for method, path in in_matrix
     }

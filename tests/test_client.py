@@ -114,6 +114,11 @@ async def test_a_conversations_life_in_typed_calls(
         exported = await dialogue.export_user("NWC-100001")
         assert [c.conversation_id for c in exported.conversations] == [mine]
         assert exported.conversations[0].messages[0].text == "hello"
+        assert (await dialogue.set_memory_consent("NWC-100001", True)).consented is True
+        assert (await dialogue.remember("NWC-100001", "city", "Leeds")).value == "Leeds"
+        assert [i.kind for i in (await dialogue.user_memory("NWC-100001")).items] == ["city"]
+        await dialogue.forget("NWC-100001", "city")
+        assert (await dialogue.user_memory("NWC-100001")).items == []
         erased = await dialogue.erase_user("NWC-100001")
         assert erased.conversations == [mine]
         assert (await dialogue.export_user("NWC-100001")).conversations == []

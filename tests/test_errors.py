@@ -292,6 +292,16 @@ async def _(s: Stack) -> httpx.Response:
     return await s.http.get(f"/v1/conversations/{s.new_id()}")
 
 
+@scenario("memory_item_not_found")
+async def _(s: Stack) -> httpx.Response:
+    return await s.http.get(f"/v1/users/{s.new_id()}/memory/name")
+
+
+@scenario("memory_not_consented")
+async def _(s: Stack) -> httpx.Response:
+    return await s.http.put(f"/v1/users/{s.new_id()}/memory/name", json={"value": "Ann"})
+
+
 @scenario("nothing_to_score")
 async def _(s: Stack) -> httpx.Response:
     conversation_id = await s.conversation()  # no turn yet

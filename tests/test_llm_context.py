@@ -17,6 +17,7 @@ from temporalio.client import Client
 from api import create_app
 from dialogue.brain.llm.context import (
     AGENT_PREFIX,
+    MEMORY_HEADING,
     SUMMARY_HEADING,
     TRUNCATED,
     Said,
@@ -219,6 +220,64 @@ async def test_the_model_sees_the_earlier_turns_in_order_redacted(
         await llm_chat.get(f"/v1/conversations/{conversation_id}/turns/{second['turn_id']}/lineage")
     ).json()
     assert stored["lineage"]["context"] == context
+
+
+async def test_a_returning_users_memory_is_in_the_models_context_and_named_in_lineage(
+    llm_chat: httpx.AsyncClient, recording_llm: tuple[FakeLlm, str]
+) -> None:
+    fake, _ = recording_llm
+    user, run = f"ctx-user-{uuid.uuid4().hex[:6]}", uuid.uuid4().hex[:6]
+    consent = await llm_chat.put(f"/v1/users/{user}/memory/consent", json={"consented": True})
+    assert consent.status_code == 200, consent.text
+    for conversation_id in (f"first-{run}", f"second-{run}"):
+        created = await llm_chat.post("/v1/conversations", json={"id": conversation_id, "user": user})
+        assert created.status_code == 201, created.text
+    await turn(llm_chat, f"first-{run}", "hello, my name is Anna and please deliver to Leeds")
+
+    async def kept() -> list[str]:
+        items = (await llm_chat.get(f"/v1/users/{user}/memory")).json()["items"]
+        return sorted(item["kind"] for item in items) if len(items) == 2 else []
+
+    assert await eventually(kept, "the name and the city kept") == ["city", "name"]
+    answered = await turn(llm_chat, f"second-{run}", "How much does express shipping cost?")
+    messages = fake.requests[-1]["messages"]
+    (remembered,) = [m for m in messages if m["content"].startswith(MEMORY_HEADING)]
+    assert "name: Anna" in remembered["content"] and "city: Leeds" in remembered["content"]
+    lineage = answered["lineage"]
+    assert sorted(lineage["context"]["remembered"]) == ["city: Leeds", "name: Anna"]
+    assert lineage["context"]["messages_sha256"] == messages_digest(messages)
+    assert sorted(item["kind"] for item in lineage["memory"]) == ["city", "name"]
+    # Another user's conversation shows the model nothing of hers.
+    await llm_chat.post("/v1/conversations", json={"id": f"other-{run}", "user": f"{user}-other"})
+    await turn(llm_chat, f"other-{run}", "How much does express shipping cost?")
+    assert not any(m["content"].startswith(MEMORY_HEADING) for m in fake.requests[-1]["messages"])
+
+
+def test_the_users_memory_goes_after_the_summary_within_the_budget() -> None:
+    summary = RollingSummary(text="They asked about returns.", through=1, version=1)
+    kept = assemble(
+        system="S",
+        current="and shipping?",
+        earlier=said(("a", "b"), ("c", "d")),
+        summary=summary,
+        budget=1000,
+        counter=ESTIMATED,
+        remembered=["name: Anna"],
+    )
+    assert kept.messages[2] == {"role": "system", "content": MEMORY_HEADING + "name: Anna"}
+    assert kept.lineage.remembered == ["name: Anna"]
+    tight = assemble(
+        system="S",
+        current="and shipping?",
+        earlier=[],
+        summary=None,
+        budget=20,
+        counter=ESTIMATED,
+        remembered=["name: " + "Anna " * 50],
+    )
+    assert (
+        tight.lineage.remembered == [] and "the user's memory did not fit the budget" in tight.lineage.notes
+    )
 
 
 def is_summary_request(body: dict[str, Any]) -> bool:

@@ -197,9 +197,10 @@ def test_the_revisions_after_the_baseline_only_add_the_later_tables() -> None:
     # 0003 adds the knowledge base's full-text index, which is not a table of the models (FTS5 makes a
     # virtual table): adoption and autogenerate leave it aside; 0004 only rewrites its rows.
     # 0005 adds the end users' conversations, 0006 the MCP servers' tool pins, 0007 the bots' versions
-    # and releases, and what the numbers per version count (its turns, the users' satisfaction).
+    # and releases, and what the numbers per version count (its turns, the users' satisfaction); 0008 the
+    # end users' memory and their consent to it.
     assert (
-        head() == "0007"
+        head() == "0008"
         and {
             "tool_result",
             "conversation_owner",
@@ -208,6 +209,8 @@ def test_the_revisions_after_the_baseline_only_add_the_later_tables() -> None:
             "bot_release",
             "bot_turn",
             "satisfaction",
+            "memory_item",
+            "memory_consent",
         }
         == LATER_TABLES
     )

@@ -6,9 +6,8 @@ A server's key asks about any of its users; an end user's token about its own us
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated
 
-from fastapi import APIRouter, Path
+from fastapi import APIRouter
 from starlette.concurrency import run_in_threadpool
 
 from api.deps import ClientPrincipal, EngineDep, SettingsDep, TemporalClientDep
@@ -23,6 +22,8 @@ from api.routes.conversations import (
     conversations_page,
 )
 from api.routes.lineage import satisfaction_public, tool_result_public
+from api.routes.memory import user_memory
+from api.routes.user_access import UserPath, refuse_another_user
 from dialogue.model.api_models import (
     ConversationsPage,
     ExportedConversation,
@@ -31,17 +32,11 @@ from dialogue.model.api_models import (
     UserErased,
     UserExport,
 )
-from dialogue.model.contracts import USER_PATTERN
 from dialogue.platform import store
 from dialogue.platform.temporal import conversation_key
 from dialogue.security import erasure
-from dialogue.security.identity import Principal
 
 router = APIRouter(prefix="/users", tags=["conversations"])
-
-UserPath = Annotated[
-    str, Path(pattern=USER_PATTERN, description="The end user, as the integrator knows them.")
-]
 
 
 @router.get("/{user}/conversations", responses=responses("forbidden"))
@@ -58,7 +53,7 @@ async def read_user_conversations(
 ) -> ConversationsPage:
     """One end user's conversations in the caller's tenant, most recently updated first. A server's key
     asks for any of its users; an end user's token for their own only."""
-    _refuse_another_user(principal, user)
+    refuse_another_user(principal, user)
     return await conversations_page(engine, principal, user, status, intent, degraded, q, limit, offset)
 
 
@@ -66,8 +61,9 @@ async def read_user_conversations(
 async def export_user(user: UserPath, engine: EngineDep, principal: ClientPrincipal) -> UserExport:
     """Everything held of one end user, as one JSON document: each of their conversations with its
     transcript (each answer's lineage included), their ratings and score, and the tool results kept for
-    it. An end user's right of access, and their data to take elsewhere."""
-    _refuse_another_user(principal, user)
+    it, and what is remembered of them across conversations with their consent. An end user's right of
+    access, and their data to take elsewhere."""
+    refuse_another_user(principal, user)
     held = await run_in_threadpool(store.held_for_user, engine, tenant=principal.tenant, user=user)
     prefix = len(conversation_key(principal.tenant, ""))
     return UserExport(
@@ -75,6 +71,7 @@ async def export_user(user: UserPath, engine: EngineDep, principal: ClientPrinci
         user=user,
         exported_at=datetime.now(UTC),
         conversations=[_exported(entry, entry.conversation.id[prefix:]) for entry in held],
+        memory=await run_in_threadpool(user_memory, engine, principal.tenant, user),
     )
 
 
@@ -87,12 +84,13 @@ async def erase_user(
     principal: ClientPrincipal,
 ) -> UserErased:
     """Erase everything held of one end user: each of their conversations (workflow histories, transcript,
-    lineage, events, ratings, score, kept tool results) and the records of whose they were. Admin, or its
+    lineage, events, ratings, score, kept tool results), their memory and consent, and the records of whose
+    the conversations were. Admin, or its
     client (and that user's own token) when clients may erase. Sending it again is safe, and finishes an
     erasure a failure stopped halfway. An audit entry (who, when, which user, how many; no content) remains."""
     if not (principal.allows("admin") or settings.clients_may_erase):
         raise ApiError("forbidden", "erasing a user needs the admin scope")
-    _refuse_another_user(principal, user)
+    refuse_another_user(principal, user)
     async with temporal_errors(user):
         erased = await erasure.erase_user(
             temporal, engine, tenant=principal.tenant, user=user, actor=principal.subject
@@ -125,8 +123,3 @@ def _exported(held: store.HeldConversation, conversation_id: str) -> ExportedCon
             "tool_results": [tool_result_public(conversation_id, result) for result in held.tool_results],
         }
     )
-
-
-def _refuse_another_user(principal: Principal, user: str) -> None:
-    if principal.user is not None and principal.user != user:
-        raise ApiError("forbidden", "an end user's token asks about its own user only")

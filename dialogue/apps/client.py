@@ -43,6 +43,8 @@ from dialogue.model.api_models import (
     FeedbackPublic,
     KeyCreated,
     KeyPublic,
+    MemoryConsentPublic,
+    MemoryItemPublic,
     MessagesPage,
     ToolResultPublic,
     TurnAccepted,
@@ -50,6 +52,7 @@ from dialogue.model.api_models import (
     TurnStatus,
     UserErased,
     UserExport,
+    UserMemory,
 )
 from dialogue.model.contracts import (
     AgentMessageReply,
@@ -257,6 +260,28 @@ class AsyncDialogueClient:
             "DELETE", f"/v1/users/{quote(user, safe='')}", resend_on_transport_error=True
         )
         return UserErased.model_validate_json(response.content)
+
+    async def user_memory(self, user: str) -> UserMemory:
+        """What the bot remembers of one end user across conversations, and their consent."""
+        return await self._get(f"/v1/users/{quote(user, safe='')}/memory", UserMemory)
+
+    async def set_memory_consent(self, user: str, consented: bool) -> MemoryConsentPublic:
+        """The end user's answer; False forgets everything remembered of them at once."""
+        response = await self._request(
+            "PUT", f"/v1/users/{quote(user, safe='')}/memory/consent", json={"consented": consented}
+        )
+        return MemoryConsentPublic.model_validate_json(response.content)
+
+    async def remember(self, user: str, kind: str, value: str) -> MemoryItemPublic:
+        """Correct or add one item of the end user's memory (they must have consented)."""
+        response = await self._request(
+            "PUT", f"/v1/users/{quote(user, safe='')}/memory/{quote(kind, safe='')}", json={"value": value}
+        )
+        return MemoryItemPublic.model_validate_json(response.content)
+
+    async def forget(self, user: str, kind: str) -> None:
+        """Forget one item of the end user's memory."""
+        await self._request("DELETE", f"/v1/users/{quote(user, safe='')}/memory/{quote(kind, safe='')}")
 
     async def messages(self, conversation_id: str, *, limit: int = 50, offset: int = 0) -> MessagesPage:
         return await self._get(
@@ -548,6 +573,10 @@ class DialogueClient:
     user_conversations = _blocking(AsyncDialogueClient.user_conversations)
     export_user = _blocking(AsyncDialogueClient.export_user)
     erase_user = _blocking(AsyncDialogueClient.erase_user)
+    user_memory = _blocking(AsyncDialogueClient.user_memory)
+    set_memory_consent = _blocking(AsyncDialogueClient.set_memory_consent)
+    remember = _blocking(AsyncDialogueClient.remember)
+    forget = _blocking(AsyncDialogueClient.forget)
     messages = _blocking(AsyncDialogueClient.messages)
     end_conversation = _blocking(AsyncDialogueClient.end_conversation)
     erase_conversation = _blocking(AsyncDialogueClient.erase_conversation)

@@ -395,6 +395,55 @@ class ExportedConversation(BaseModel):
     """The whole results of tool calls kept for the conversation (too long for the model)."""
 
 
+MEMORY_KIND_PATTERN = r"^[a-z][a-z0-9_]{0,63}$"
+
+
+class MemoryItemPublic(BaseModel):
+    """One thing remembered of an end user, and where it was learnt."""
+
+    kind: str
+    """What it is: `name`, `city`, `language`, `order` (the built-in bot's), or the integrator's own."""
+    value: str
+    source: Literal["user", "tool", "api"]
+    """Said by the user in a turn, returned by a tool, or set over the API."""
+    conversation_id: str | None
+    """The conversation it was said in, when it was."""
+    turn_id: str | None
+    created_at: datetime
+    updated_at: datetime
+    expires_at: datetime | None
+    """When retention forgets it unless it is said again (the bot's `privacy.retention_days`)."""
+
+
+class MemoryConsentPublic(BaseModel):
+    """Whether the end user lets the bot remember them across conversations; `null` before they answered
+    (no memory then)."""
+
+    consented: bool | None
+    at: datetime | None = None
+    by: str | None = None
+    forgotten: int = 0
+    """Items forgotten by this change: all of them when consent is withdrawn."""
+
+
+class UserMemory(BaseModel):
+    """Everything remembered of one end user (`GET /v1/users/{user}/memory`)."""
+
+    user: str
+    consent: MemoryConsentPublic
+    items: list[MemoryItemPublic]
+
+
+class MemoryConsentUpdate(RequestModel):
+    consented: bool = Field(description="true: remember me across conversations; false: forget me, and stop.")
+
+
+class MemoryItemUpdate(RequestModel):
+    value: Annotated[str, StringConstraints(min_length=1, max_length=500, strip_whitespace=True)] = Field(
+        description="The value to remember (redacted as a turn's text is)."
+    )
+
+
 class UserExport(BaseModel):
     """Everything the deployment holds of one end user, as one document (`GET /v1/users/{user}/export`):
     for the user's right of access, and to take it elsewhere."""
@@ -403,6 +452,8 @@ class UserExport(BaseModel):
     user: str
     exported_at: datetime
     conversations: list[ExportedConversation]
+    memory: UserMemory | None = None
+    """What is remembered of them across conversations, and their consent."""
 
 
 class UserErased(BaseModel):

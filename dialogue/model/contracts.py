@@ -531,6 +531,8 @@ class ContextRequest(BaseModel):
     conversation_id: str
     """The tenant-qualified key, as the store knows the conversation."""
     turn_index: int
+    user: str | None = None
+    """The conversation's end user, whose memory a reply may use (None: none; turns sent before memory)."""
     summary: RollingSummary | None = None
     notes: list[str] = []
     """What the workflow knows the call should say in lineage (e.g. the last summary failed)."""
@@ -573,6 +575,8 @@ class ContextLineage(BaseModel):
     retrieval_query: str | None = None
     """The standalone question retrieval searched with, when it differs from the message."""
     notes: list[str] = []
+    remembered: list[str] = []
+    """The end user's memory the model saw (`kind: value` lines): what rebuilds its request."""
 
 
 class AgentStepRequest(BaseModel):
@@ -633,6 +637,18 @@ class GenerateRequest(BaseModel):
     the message (the grounded one) answers."""
 
 
+class MemoryUse(BaseModel):
+    """An item of the end user's memory a reply used, and where it was learnt."""
+
+    id: str
+    kind: str
+    source: str
+    """`user` (said in a turn), `tool` or `api`."""
+    conversation_id: str | None = None
+    """The conversation it was said in (the store's key), when it was."""
+    turn_id: str | None = None
+
+
 class Reply(BaseModel):
     text: str
     sources: list[Source] = []
@@ -644,6 +660,9 @@ class Reply(BaseModel):
     """For an LLM answer: what it saw of the conversation."""
     data: dict[str, Any] | None = None
     """For a bot with `llm.response_format`: the structured reply, validated against its schema."""
+    memory: list[MemoryUse] = []
+    """The items of the end user's memory the reply used (a template's `{memory.name}`, their memory read
+    out)."""
 
 
 class RespondHereRequest(BaseModel):
@@ -674,6 +693,8 @@ class RecordHere(BaseModel):
     bot_version: str | None = None
     handoff_allowed: bool = True
     """False: a handoff decision becomes a fallback in the workflow, whose reply is made there: not here."""
+    user: str | None = None
+    """The conversation's end user (`RecordTurnRequest.user`)."""
 
 
 class RespondedHere(BaseModel):
@@ -736,6 +757,8 @@ class Lineage(BaseModel):
     bot_version: str | None = None
     """Its version (`dialogue bot show BOT VERSION`: its files, its model card); None: the worker's own
     bot folder, before bots were versioned."""
+    memory: list[MemoryUse] = []
+    """The items of the end user's memory the answer used."""
 
     @classmethod
     def of_reply(
@@ -777,6 +800,7 @@ class Lineage(BaseModel):
             action=action,
             bot=bot,
             bot_version=bot_version,
+            memory=list(reply.memory),
         )
 
 
@@ -922,6 +946,8 @@ class RecordTurnRequest(BaseModel):
     provisional: bool = False
     """Written by `respond_here` before the workflow has the reply: its reply never overwrites one written for
     the same turn (a deadline's fallback may land first)."""
+    user: str | None = None
+    """The conversation's end user: what they say of themself is remembered for them, if they consented."""
 
 
 class RecordMessageRequest(BaseModel):
@@ -964,6 +990,8 @@ class RetentionReport(BaseModel):
     failed: int = 0
     retention_days: float | None
     cutoff: datetime | None = None
+    memory_forgotten: int = 0
+    """Items of end users' memory forgotten because their retention ran out."""
 
 
 ConversationInput.model_rebuild()

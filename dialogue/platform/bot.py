@@ -52,13 +52,21 @@ class Intent(BaseModel):
     keywords: list[str] = []
     """Words or phrases that, found in the text, point to this intent."""
     responses: list[str] = []
-    """Reply templates; `{answer}` stands for the best knowledge-base passage."""
+    """Reply templates; `{answer}` stands for the best knowledge-base passage, `{memory.name}` for an item
+    of the end user's memory (a template naming one is used only when it is remembered, so keep one that
+    names none)."""
     action: Literal["respond", "answer", "flow", "handoff", "end", "agent"] = "respond"
     """`respond` replies from the templates; `answer` grounds the reply in the knowledge base; `flow` starts
     the named flow; `handoff` hands the conversation to a person; `end` replies and ends the conversation;
     `agent` lets the LLM answer, calling the bot's tools (`agent:`)."""
     flow: str | None = None
     """The flow an intent with action `flow` starts."""
+
+    @model_validator(mode="after")
+    def _one_template_without_memory(self) -> Intent:
+        if self.responses and all("{memory." in response for response in self.responses):
+            raise ValueError(f"intent {self.name!r}: keep one response that names no {{memory.…}} item")
+        return self
 
 
 class Privacy(BaseModel):

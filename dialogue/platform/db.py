@@ -192,6 +192,48 @@ class ConversationOwner(SQLModel, table=True):
     created_at: datetime = _utc_column()
 
 
+class MemoryItem(SQLModel, table=True):
+    """One thing remembered of an end user across their conversations: a fact or preference (their name,
+    delivery city, preferred language, the order last discussed), one value per kind. Kept only while the
+    user consents (`MemoryConsent`); its text is redacted as the transcript is."""
+
+    __tablename__ = "memory_item"
+    __table_args__ = (
+        UniqueConstraint("tenant", "user", "kind"),
+        Index("ix_memory_item_user", "tenant", "user"),
+    )
+
+    id: str = Field(primary_key=True, max_length=32)
+    """Derived from tenant, user and kind: remembering a kind again replaces its value in place."""
+    tenant: str = Field(max_length=63)
+    user: str = Field(max_length=128)
+    kind: str = Field(max_length=64)
+    value: str = Field(max_length=500)
+    source: str = Field(max_length=10)
+    """Who said it: `user` (in a turn), `tool` (a tool's result) or `api` (the integrator or the user, over
+    the API)."""
+    conversation_id: str | None = Field(default=None, max_length=200)
+    """The conversation (key) and turn it was said in, when it was."""
+    turn_id: str | None = Field(default=None, max_length=200)
+    created_at: datetime = _utc_column()
+    updated_at: datetime = _utc_column(index=True)
+    expires_at: datetime | None = Field(default=None, sa_type=UtcDateTime)
+    """When retention forgets it, unless it is said again: the bot's `privacy.retention_days` after."""
+
+
+class MemoryConsent(SQLModel, table=True):
+    """Whether an end user lets the bot remember them across conversations. No row: not asked, no memory."""
+
+    __tablename__ = "memory_consent"
+
+    tenant: str = Field(primary_key=True, max_length=63)
+    user: str = Field(primary_key=True, max_length=128)
+    consented: bool
+    at: datetime = _utc_column()
+    by: str = Field(max_length=200)
+    """Who set it: the user's token subject, the integrator's key, or `conversation` when they said so."""
+
+
 class KnowledgeDocument(SQLModel, table=True):
     """A knowledge-base document; its version grows each time its content changes."""
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from functools import cache
@@ -17,7 +17,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, SQLModel, col, select
 
 from dialogue.model.contracts import RecordConversationRequest, RecordMessageRequest, RecordTurnRequest
-from dialogue.platform import events, version_numbers
+from dialogue.platform import events, memory, version_numbers
 from dialogue.platform.db import (
     BotTurn,
     Conversation,
@@ -37,8 +37,16 @@ MAX_ID = 300
 MAX_AUTHOR = 200
 
 
-def record_turn(engine: Engine, turn: RecordTurnRequest) -> None:
-    """Write a turn's two messages and bring the conversation's index row up to date.
+def record_turn(
+    engine: Engine,
+    turn: RecordTurnRequest,
+    *,
+    remembered: Mapping[str, str] | None = None,
+    memory_expires_at: datetime | None = None,
+) -> None:
+    """Write a turn's two messages and bring the conversation's index row up to date; with `remembered`
+    (what the user said of themself, by kind), keep it in their memory if they consented, in the same
+    transaction as their words.
 
     Idempotent: rows are keyed by conversation, turn index and role, so a retried activity
     rewrites the same rows (and two conversations whose clients chose the same idempotency
@@ -48,6 +56,16 @@ def record_turn(engine: Engine, turn: RecordTurnRequest) -> None:
         conversation = _conversation_row(session, turn.conversation_id, turn.at)
         if conversation.status == ERASED:
             return  # erased while the turn ran: nothing of it is written again
+        if remembered and turn.user is not None:
+            memory.remember_in(
+                session,
+                turn.conversation_id,
+                turn.user,
+                remembered,
+                turn_id=turn.turn_id,
+                at=turn.at,
+                expires_at=memory_expires_at,
+            )
         conversation.turn_count = max(conversation.turn_count, turn.turn_index + 1)
         if turn.turn_index + 1 >= conversation.turn_count:
             if turn.reply is not None:

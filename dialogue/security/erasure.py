@@ -17,7 +17,7 @@ from temporalio.api.workflowservice.v1 import DeleteWorkflowExecutionRequest
 from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode
 
-from dialogue.platform import store
+from dialogue.platform import memory, store
 from dialogue.platform.temporal import workflow_id
 from dialogue.security.identity import audit
 
@@ -76,13 +76,14 @@ class UserErasure:
 
 
 async def erase_user(client: Client, engine: Engine, *, tenant: str, user: str, actor: str) -> UserErasure:
-    """Erase every conversation recorded as this end user's in `tenant`, then the records of whose they
-    were. Those go last: an erasure stopped halfway (a dependency down) finds what is left when sent again.
+    """Erase every conversation recorded as this end user's in `tenant`, their memory and consent, then the
+    records of whose the conversations were. Those go last: an erasure stopped halfway (a dependency down) finds what is left when sent again.
     Idempotent; an audit entry names the user and counts, never the content."""
     erased = UserErasure()
     for key in await asyncio.to_thread(store.conversations_of, engine, tenant=tenant, user=user):
         await erase_conversation(client, engine, key, actor=actor, reason="user erased", keep_owner=True)
         erased.conversations.append(key)
+    erased.rows |= await asyncio.to_thread(memory.erase_user, engine, tenant=tenant, user=user)
     erased.rows["owners"] = await asyncio.to_thread(store.forget_owners, engine, tenant=tenant, user=user)
     await asyncio.to_thread(
         audit,

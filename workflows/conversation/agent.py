@@ -80,6 +80,7 @@ class AgentLoop:
             context=ContextRequest(
                 conversation_id=conversation.input.key,
                 turn_index=turn_index,
+                user=conversation.input.user,
                 summary=conversation.state.rolling_summary,
             ),
             llm=flags.llm_generator,

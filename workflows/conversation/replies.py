@@ -52,6 +52,8 @@ class Answer:
     bot: str | None = None
     bot_version: str | None = None
     """The bot and the version that answered (the conversation's, `ConversationState.bot_version`)."""
+    user: str | None = None
+    """The conversation's end user (`RecordTurnRequest.user`)."""
     lineage: Lineage | None = None
     answered: bool = True
     """False for a turn the bot did not answer (interrupted, or a person holds the conversation): its
@@ -98,6 +100,7 @@ class Answer:
             at=at,
             lineage=self.lineage,
             resumes=self.resumes,
+            user=self.user,
         )
 
     def turn_reply(self, held_by: str, *, interrupted: bool = False) -> TurnReply:

@@ -298,6 +298,7 @@ class Responder:
             context=ContextRequest(
                 conversation_id=conversation.input.key,
                 turn_index=turn.turn_index,
+                user=conversation.input.user,
                 summary=conversation.state.rolling_summary,
                 notes=["the last summary failed: older turns are left out"]
                 if conversation.state.summary_failed

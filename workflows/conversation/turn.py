@@ -161,6 +161,7 @@ class Turns:
             bot=state.bot,
             bot_version=state.bot_version,
             handoff_allowed=turn.flags.handoff,
+            user=conversation.input.user,
         )
 
     async def _respond_within_deadline(
@@ -226,6 +227,7 @@ class Turns:
             approvals=outcome.parked.pending if outcome.parked is not None else [],
             bot=state.bot,
             bot_version=state.bot_version,
+            user=self._conversation.input.user,
         )
         if outcome.recorded is not None:
             answer.adopt(outcome.recorded)  # the lineage `respond_here` wrote with the turn

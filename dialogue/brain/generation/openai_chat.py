@@ -224,6 +224,7 @@ class OpenAIChatGenerator:
             expected=conversation.expected,
             unread_before=conversation.unread_before,
             notes=conversation.notes,
+            remembered=conversation.remembered,
         )
 
     async def answer(

@@ -28,10 +28,14 @@ from typing import Literal, get_args
 import orjson
 
 from dialogue.brain.llm.tokenizer import MESSAGE_OVERHEAD, TokenCounter
-from dialogue.model.contracts import ContextLineage, RollingSummary
+from dialogue.model.contracts import ContextLineage, MemoryUse, RollingSummary
 
 TRUNCATED = " … [message cut: too long]"
 SUMMARY_HEADING = "Summary of the earlier conversation: "
+MEMORY_HEADING = (
+    "What the user let us remember about them from earlier conversations (use it where it helps, and do not "
+    "ask for it again): "
+)
 AGENT_PREFIX = "[A person from our support team wrote:] "
 NOTE_PREFIX = "[Note: "
 
@@ -61,6 +65,10 @@ class Conversation:
     unread_before: int | None = None
     """Places before this one were not read (too old for any budget): dropped, for the summary to fold."""
     notes: tuple[str, ...] = ()
+    remembered: tuple[str, ...] = ()
+    """What is remembered of the end user, one `kind: value` line per item (with their consent)."""
+    memory: tuple[MemoryUse, ...] = ()
+    """Those items, as the lineage of an answer that saw them names them."""
 
 
 @dataclass(frozen=True)
@@ -82,11 +90,13 @@ def assemble(
     unread_before: int | None = None,
     notes: Sequence[str] = (),
     documents: Sequence[ChatMessage] = (),
+    remembered: Sequence[str] = (),
 ) -> Context:
     """The messages of one LLM call. `earlier`: transcript entries before the current turn (any order),
     those the summary covers left out; `expected`: the places that should be there (the ones missing,
     e.g. not recorded yet while the store was down, are named in lineage); `documents`: the passages'
-    message, just before the current one."""
+    message, just before the current one; `remembered`: the end user's memory, after the summary, in the
+    budget (left out whole, and noted, when it does not fit)."""
     notes = list(notes)
     message = redact(current)
     room = budget - MESSAGE_OVERHEAD
@@ -104,6 +114,15 @@ def assemble(
             summary_message, left = candidate, left - cost
         else:
             notes.append("the summary did not fit the budget")
+
+    memory_message: ChatMessage | None = None
+    if remembered:
+        candidate = {"role": "system", "content": MEMORY_HEADING + redact("; ".join(remembered))}
+        cost = counter.messages([candidate])
+        if cost <= left:
+            memory_message, left = candidate, left - cost
+        else:
+            notes.append("the user's memory did not fit the budget")
 
     since = summary.through if summary is not None else 0
     turns = sorted((s for s in earlier if s.index >= since), key=lambda s: (s.index, _order(s.role)))
@@ -131,6 +150,7 @@ def assemble(
     messages = [
         {"role": "system", "content": system},
         *([summary_message] if summary_message else []),
+        *([memory_message] if memory_message else []),
         *(m for _, group in included for m in group),
         *documents,
         {"role": "user", "content": message},
@@ -147,6 +167,7 @@ def assemble(
         truncated=truncated,
         messages_sha256=messages_digest(messages),
         notes=notes,
+        remembered=list(remembered) if memory_message else [],
     )
     return Context(messages=messages, lineage=lineage)
 

@@ -94,6 +94,7 @@ async def llm_requests(
                 summary=request.context.summary,
                 expected=range(request.context.summary.through if request.context.summary else 0, index),
                 notes=tuple(request.context.notes),
+                remembered=tuple(lineage.remembered),
             ),
             redact=request.redact,
         )

@@ -47,6 +47,8 @@ LATER_TABLES = frozenset(
         "bot_release",
         "bot_turn",
         "satisfaction",
+        "memory_item",
+        "memory_consent",
     }
 )
 """Tables the revisions after the baseline create: a create_all database, made before them, has none of

@@ -9,6 +9,7 @@ from dialogue.security.privacy.redaction import Redactor
 class PrivacyPolicy:
     def __init__(self, privacy: Privacy) -> None:
         self.mode = privacy.redact
+        self.retention_days = privacy.retention_days
         self._redactor = Redactor.default(privacy.patterns)
 
     def for_storage(self, text: str, *, enabled: bool = True) -> str:
