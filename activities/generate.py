@@ -135,7 +135,12 @@ class ReplyComposer:
                 prefix = f"{spec.invalid} " if spec is not None and spec.invalid else ""
                 return Reply(text=prefix + _prompt(flow, missing))
             case "flow_complete" if flow is not None:
-                return Reply(text=self._flow_result(flow, request, decision))
+                said = "".join(
+                    _render(bot.remembered_template, value=str(decision.dialogue.slots.get(slot, "")))
+                    for slot in decision.remembered
+                )
+                memory = list(decision.remembered.values())
+                return Reply(text=said + self._flow_result(flow, request, decision), memory=memory)
             case "flow_cancel" if flow is not None:
                 return Reply(text=flow.cancelled)
         return None

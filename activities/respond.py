@@ -35,7 +35,9 @@ from dialogue.brain import memory as memory_rules
 from dialogue.brain.nlu.embeddings import once_per_text
 from dialogue.model.contracts import (
     Decision,
+    Entity,
     Lineage,
+    NluResult,
     RecordHere,
     RecordTurnRequest,
     Reply,
@@ -125,6 +127,10 @@ class RespondActivity:
                 needs_knowledge=False,
             )
             return await self._replied(request, understanding, reply, None, failed, timings, started)
+        if context is not None and context.user is not None and self._engine is not None:
+            understanding = await asyncio.to_thread(
+                self._fill_from_memory, request, understanding, nlu, evidence, context.user
+            )
         retrieved: RetrieveResult | None = None
         if understanding.needs_knowledge and evidence is not None:
             retrieved = evidence.model_copy(update={"passages": evidence.passages[: request.retrieve.top_k]})
@@ -162,6 +168,36 @@ class RespondActivity:
         return await self._replied(
             request, understanding, composed.reply, retrieved, failed, timings, started
         )
+
+    def _fill_from_memory(
+        self,
+        request: RespondHereRequest,
+        understanding: Understanding,
+        nlu: NluResult,
+        evidence: RetrieveResult | None,
+        user: str,
+    ) -> Understanding:
+        """A flow about to ask for a slot the end user's memory holds ("where is my order?" from someone
+        who asked about NW-482913 last time) goes on with the remembered value instead, as if they had
+        said it, and the decision names the item; a value the flow refuses leaves the question asked."""
+        wanted = self._understand.remembered_slot(understanding.decision)
+        if wanted is None or self._engine is None or request.generate.context is None:
+            return understanding
+        entity, kind = wanted
+        tenant = memory.tenant_of(request.generate.context.conversation_id)
+        item = memory.item(self._engine, tenant=tenant, user=user, kind=kind)
+        if item is None:
+            return understanding
+        said = Entity(entity=entity, value=item.value, start=0, end=0)
+        filled = self._understand.conclude(
+            request.understand, nlu.model_copy(update={"entities": [*nlu.entities, said]}), evidence
+        )
+        slot = understanding.decision.dialogue.requested_slot
+        if slot is None or filled.decision.dialogue.requested_slot == slot:
+            return understanding  # refused (the pattern has changed since): ask as before
+        decision = filled.decision.model_copy(update={"remembered": {slot: memory_rules.memory_use(item)}})
+        # The NLU result stays what the user's words gave: the lineage shows the value came from memory.
+        return Understanding(nlu=understanding.nlu, decision=decision, needs_knowledge=filled.needs_knowledge)
 
     async def _replied(
         self,

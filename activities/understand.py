@@ -73,6 +73,17 @@ class UnderstandActivity:
         with shared_within(activity.info().workflow_id or ""):
             return self._parser.parse(request.text)
 
+    def remembered_slot(self, decision: Decision) -> tuple[str, str] | None:
+        """For a flow asking for a slot the end user's memory may fill: the slot's entity and the memory
+        kind (`SlotSpec.remembered`); None otherwise."""
+        flow = self._bot.flow(decision.flow)
+        if decision.action != "flow_prompt" or flow is None:
+            return None
+        slot = next((s for s in flow.slots if s.name == decision.dialogue.requested_slot), None)
+        if slot is None or slot.remembered is None:
+            return None
+        return slot.entity or slot.name, slot.remembered
+
     def evidence(self, retrieve: RetrieveRequest) -> RetrieveResult:
         """The passages the router weighs: as many as it was trained with (the reply takes its own few)."""
         assert self._search is not None

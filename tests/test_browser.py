@@ -771,3 +771,42 @@ def test_a_person_approves_the_agents_return_in_the_console_and_the_user_sees_th
         browser.screenshot("chat shows the approved answer")
     finally:
         fake.plans = [Plan(text=ANSWER)]
+
+
+CUSTOMER_STORAGE = "dialogue.customer"
+
+
+def test_a_signed_in_customer_who_lets_the_bot_remember_is_greeted_by_name_next_time(
+    browser: Browser, up: Up
+) -> None:
+    customer = f"NWC-{uuid.uuid4().hex[:6]}"
+    open_chat(browser, up)
+    try:
+        browser.find("#customer-id").send_keys(customer)
+        browser.find("#customer-sign-in").click()
+        remember = browser.find("#remember-me")
+        browser.wait_for("the memory switch for the signed-in customer", lambda _: remember.is_enabled())
+        assert not remember.is_selected()  # off until the customer says yes
+        remember.click()
+        browser.wait_for(
+            "the consent confirmed", lambda _: "remember" in browser.find("#customer-status").text
+        )
+        browser.screenshot("customer consented")
+        browser.find("#message").click()
+        type_and_send(browser, "Hi, my name is Anna and please deliver to Leeds")
+        browser.wait_for(
+            "her name and city listed as remembered",
+            lambda _: (
+                sorted(item.text for item in browser.find_all("#remembered li"))
+                == ["city: Leeds", "name: Anna"]
+            ),
+        )
+        new_conversation(browser)
+        greeting = text_of(type_and_send(browser, "hello"))
+        browser.screenshot("greeted from memory")
+        assert "Anna" in greeting and "Leeds" in greeting, browser.diagnostics()
+        # Withdrawn: everything is forgotten at once.
+        remember.click()
+        browser.wait_for("nothing listed", lambda _: not browser.find_all("#remembered li"))
+    finally:
+        browser.script("localStorage.removeItem(arguments[0])", CUSTOMER_STORAGE)

@@ -186,6 +186,29 @@ async def test_a_returning_user_is_greeted_from_their_memory_and_controls_it(
     assert (await kept()) == {}
 
 
+async def test_a_flow_takes_the_order_a_returning_user_asked_about_from_memory_and_says_so(
+    http: httpx.AsyncClient,
+) -> None:
+    anna = await token_for(http, ANNA)
+    run = uuid.uuid4().hex[:6]
+    await http.put(f"/v1/users/{ANNA}/memory/consent", json={"consented": True}, headers=bearer(anna))
+    assert (await say(http, anna, f"o1-{run}", "where is my order NW-482913?")).status_code == 200
+
+    async def order_kept() -> str | None:
+        held = await http.get(f"/v1/users/{ANNA}/memory/order", headers=bearer(anna))
+        return held.json()["value"] if held.status_code == 200 else None
+
+    assert await eventually(order_kept, "the order kept", within=30) == "NW-482913"
+    answered = await say(http, anna, f"o2-{run}", "where is my order?", **{"Idempotency-Key": "asked"})
+    reply = answered.json()["reply"]
+    assert reply["text"].startswith("Using NW-482913 from our last conversation.") and "DHL" in reply["text"]
+    assert [m["kind"] for m in answered.json()["lineage"]["memory"]] == ["order"]
+    # Without consent the flow asks, as for anyone.
+    await http.put(f"/v1/users/{ANNA}/memory/consent", json={"consented": False}, headers=bearer(anna))
+    asked = await say(http, anna, f"o3-{run}", "where is my order?")
+    assert "order number" in asked.json()["reply"]["text"]
+
+
 async def test_the_export_holds_the_users_memory_and_erasure_removes_it(http: httpx.AsyncClient) -> None:
     anna = await token_for(http, ANNA)
     run = uuid.uuid4().hex[:6]

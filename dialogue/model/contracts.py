@@ -269,6 +269,18 @@ class ToolResult(BaseModel):
     """When the call failed for a slot's value (an unknown order id): the slot to ask for again."""
 
 
+class MemoryUse(BaseModel):
+    """An item of the end user's memory a reply used, and where it was learnt."""
+
+    id: str
+    kind: str
+    source: str
+    """`user` (said in a turn), `tool` or `api`."""
+    conversation_id: str | None = None
+    """The conversation it was said in (the store's key), when it was."""
+    turn_id: str | None = None
+
+
 class Decision(BaseModel):
     """What the dialogue policy decided for a turn; the workflow applies it, `generate` words it."""
 
@@ -286,6 +298,8 @@ class Decision(BaseModel):
     """For a follow-up the NLU could not place ("and to Austria?"): the intent of the turn it continues."""
     answer_first: bool = False
     """A flow's first question comes after what the knowledge base answers to the message (`Flow.answer_first`)."""
+    remembered: dict[str, MemoryUse] = {}
+    """Slots the end user's memory filled (`SlotSpec.remembered`), by slot: the reply says so."""
 
 
 class Understanding(BaseModel):
@@ -635,18 +649,6 @@ class GenerateRequest(BaseModel):
     query: str | None = None
     """The standalone question retrieval searched with, for a follow-up: what a generator that sees only
     the message (the grounded one) answers."""
-
-
-class MemoryUse(BaseModel):
-    """An item of the end user's memory a reply used, and where it was learnt."""
-
-    id: str
-    kind: str
-    source: str
-    """`user` (said in a turn), `tool` or `api`."""
-    conversation_id: str | None = None
-    """The conversation it was said in (the store's key), when it was."""
-    turn_id: str | None = None
 
 
 class Reply(BaseModel):

@@ -109,6 +109,9 @@ class SlotSpec(BaseModel):
     """A value must match this (full match) to be accepted."""
     invalid: str | None = None
     """What the bot says when a value does not match."""
+    remembered: str | None = None
+    """A kind of the end user's memory (`order`: the order they last asked about) that fills the slot when
+    they do not give it; the reply says so (`BotDefinition.remembered_template`)."""
 
     @field_validator("pattern")
     @classmethod
@@ -245,6 +248,8 @@ class BotDefinition(BaseModel):
     """Replies when the knowledge base holds no answer."""
     clarify_template: str = "Sorry, I'm not sure I understood. Do you want to {first} or {second}?"
     resume_template: str = "To get back to {flow}: {prompt}"
+    remembered_template: str = "Using {value} from our last conversation. "
+    """Before a flow's reply whose slot the user's memory filled: `{value}` is the value used."""
     """Added to a reply on another topic while a flow waits for an answer."""
     clarify_below: float = 0.0
     """Below this intent confidence the bot asks which of the two likeliest intents was meant."""

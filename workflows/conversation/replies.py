@@ -123,9 +123,12 @@ class Answer:
         )
 
 
-def unanswered(conversation_id: str, key: str, turn_id: str, turn_index: int, user_text: str) -> Answer:
+def unanswered(
+    conversation_id: str, key: str, turn_id: str, turn_index: int, user_text: str, *, user: str | None = None
+) -> Answer:
     """A turn the bot does not answer: recorded all the same, with the user's words."""
     return Answer(
+        user=user,
         conversation_id=conversation_id,
         key=key,
         turn_id=turn_id,

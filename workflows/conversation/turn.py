@@ -241,7 +241,12 @@ class Turns:
         conversation = self._conversation
         index = conversation.take_index()
         answer = unanswered(
-            conversation.input.conversation_id, conversation.input.key, turn_id, index, request.text.strip()
+            conversation.input.conversation_id,
+            conversation.input.key,
+            turn_id,
+            index,
+            request.text.strip(),
+            user=conversation.input.user,  # what they say to a person is theirs to have remembered too
         )
         conversation.show()
         await self._recorder.record(

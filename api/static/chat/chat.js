@@ -4,6 +4,7 @@ import { Api, ApiError, newId } from "../shared/api.js";
 import { KEY_STORAGE, addSources, element, keyForm, temporalUrl } from "../shared/page.js";
 
 const CONVERSATION_STORAGE = "dialogue.conversationId";
+const CUSTOMER_STORAGE = "dialogue.customer";
 
 const $ = (id) => document.getElementById(id);
 const ui = {
@@ -16,11 +17,21 @@ const ui = {
   text: $("message"),
   debugToggle: $("debug-toggle"),
   debug: $("debug"),
+  customerForm: $("customer-form"),
+  customerId: $("customer-id"),
+  remember: $("remember-me"),
+  customerStatus: $("customer-status"),
+  remembered: $("remembered"),
 };
 
 // The key is kept in localStorage so that it is asked for once; the page's Content-Security-Policy
 // lets no other script run here to read it.
-const api = new Api(() => localStorage.getItem(KEY_STORAGE) || "");
+// The key is the integrator's server's; a signed-in customer talks with an end-user token minted with it
+// (what the integrator's own server would do), and then reaches only their own conversations and memory.
+const server = new Api(() => localStorage.getItem(KEY_STORAGE) || "");
+let customer = localStorage.getItem(CUSTOMER_STORAGE);
+let customerToken = null;
+const api = new Api(() => customerToken || localStorage.getItem(KEY_STORAGE) || "");
 let conversationId = localStorage.getItem(CONVERSATION_STORAGE);
 let lastAnswer = null; // {turnId, nlu, timings} of the newest answer, for the debug panel
 let caller = null; // /v1/me: the key's tenant, for the Temporal Web UI link
@@ -122,7 +133,7 @@ const scoreButtons = [1, 2, 3, 4, 5].map((score) => {
       for (const other of scoreButtons) other.setAttribute("aria-pressed", String(other === button));
       $("score-status").textContent = `Thank you: you gave this conversation ${score} of 5.`;
     } catch (error) {
-      const notYet = error instanceof ApiError && error.status === 404;
+      const notYet = error instanceof ApiError && error.code === "nothing_to_score";
       $("score-status").textContent = notYet ? "Send a message first: there is nothing to score yet." : error.message;
     }
   });
@@ -318,6 +329,7 @@ async function send(text) {
       },
       final: (reply) => {
         if (!live.following) follow(); // the conversation's first turn: now it has an event stream
+        if (customerToken) showMemory(); // what this turn taught the bot, if they let it remember
         body.textContent = reply.reply.text; // the reply as recorded, which the tokens only previewed
         finishAnswer(item, {
           sources: reply.reply.sources,
@@ -371,6 +383,64 @@ function startConversation(id) {
   localStorage.setItem(CONVERSATION_STORAGE, id);
   loadHistory();
 }
+
+// --- the signed-in customer and their memory ---------------------------------------------------
+
+async function useCustomer(user) {
+  customer = user || null;
+  customerToken = null;
+  ui.customerId.value = customer || "";
+  ui.remember.disabled = !customer;
+  ui.remember.checked = false;
+  ui.remembered.replaceChildren();
+  ui.customerStatus.textContent = "";
+  if (!customer) return void localStorage.removeItem(CUSTOMER_STORAGE);
+  localStorage.setItem(CUSTOMER_STORAGE, customer);
+  try {
+    const minted = await server.json("/v1/end-user-tokens", { method: "POST", body: { user: customer, ttl_seconds: 3600 } });
+    customerToken = minted.token;
+    await showMemory();
+  } catch (error) {
+    ui.customerStatus.textContent = error.message;
+  }
+}
+
+function memoryPath() {
+  return `/v1/users/${encodeURIComponent(customer)}/memory`;
+}
+
+async function showMemory() {
+  try {
+    const memory = await api.json(memoryPath());
+    ui.remember.checked = memory.consent.consented === true;
+    ui.remembered.replaceChildren(
+      ...memory.items.map((item) => element("li", null, `${item.kind}: ${item.value}`)),
+    );
+  } catch (error) {
+    ui.customerStatus.textContent = error.message;
+  }
+}
+
+ui.customerForm.addEventListener("submit", async (event) => {
+  event.preventDefault();
+  if (!localStorage.getItem(KEY_STORAGE)) return askForKey("Enter the API key first.");
+  await useCustomer(ui.customerId.value.trim());
+  startConversation(newId()); // the old conversation is not theirs
+});
+
+ui.remember.addEventListener("change", async () => {
+  const consented = ui.remember.checked;
+  try {
+    const answer = await api.json(`${memoryPath()}/consent`, { method: "PUT", body: { consented } });
+    ui.customerStatus.textContent = consented
+      ? "I'll remember what you tell me about yourself across conversations."
+      : `I've forgotten everything I remembered (${answer.forgotten}) and will keep nothing more.`;
+    await showMemory();
+  } catch (error) {
+    ui.remember.checked = !consented;
+    ui.customerStatus.textContent = error.message;
+  }
+});
 
 // --- the debug panel ---------------------------------------------------------------------------
 
@@ -444,7 +514,7 @@ if (!conversationId) {
   localStorage.setItem(CONVERSATION_STORAGE, conversationId);
 }
 if (localStorage.getItem(KEY_STORAGE)) {
-  loadHistory();
+  (customer ? useCustomer(customer) : Promise.resolve()).then(loadHistory);
   ui.text.focus();
 } else {
   askForKey();

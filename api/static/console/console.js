@@ -417,9 +417,36 @@ function showState(state) {
       stateEntry("Rolling summary", rollingSummary(state.rolling_summary)),
       stateEntry("Waiting for the store", state.unrecorded || null),
       stateEntry("Waiting for approval", approvalList(state.pending_approvals)),
+      stateEntry("End user", state.user),
+      ...(state.user ? [stateEntry("Their memory", userMemory(state.user))] : []),
     );
   }
   updateControls();
+}
+
+// Where an item of an end user's memory was learnt: said in a conversation's turn, or set over the API.
+function memorySource(item) {
+  const where = item.conversation_id ? ` in conversation ${item.conversation_id.split("/").pop()}` : "";
+  const turn = item.turn_id ? `, turn ${item.turn_id}` : "";
+  return `${item.kind}: from the ${item.source === "user" ? "user" : item.source}${where}${turn}`;
+}
+
+// What is remembered of the conversation's end user across their conversations, with where each item
+// was learnt; filled in when it arrives.
+function userMemory(user) {
+  const holder = element("div", null, "\u2026");
+  api
+    .json(`/v1/users/${encodeURIComponent(user)}/memory`)
+    .then((memory) => {
+      const consent = { true: "consented", false: "refused", null: "not asked" }[String(memory.consent.consented)];
+      const lines = memory.items.map((item) => {
+        const where = item.conversation_id ? `said in ${item.conversation_id}${item.turn_id ? `, turn ${item.turn_id}` : ""}` : `set by ${item.source}`;
+        return `${item.kind}: ${item.value} (${where})`;
+      });
+      holder.replaceChildren(element("p", "hint", `Memory ${consent}.`), ...(lines.length ? [bulletList(lines)] : []));
+    })
+    .catch((error) => holder.replaceChildren(element("p", "hint", errorText(error))));
+  return holder;
 }
 
 // Tool calls the bot's agent waits to make. A person decides `agent` ones here (a key with the agent
@@ -604,7 +631,7 @@ async function showLineage(button, panel, turnId, open) {
 
 const KNOWN_LINEAGE = new Set([
   "nlu", "nlu_model", "generator", "prompt_id", "prompt_hash", "documents", "timings_ms", "degraded_reason", "flags",
-  "context", "retrieval_query", "data", "agent", "agent_answer",
+  "context", "retrieval_query", "data", "agent", "agent_answer", "memory",
 ]);
 const fixed = (value, digits) => (typeof value === "number" ? value.toFixed(digits) : String(value ?? NONE));
 
@@ -648,6 +675,7 @@ function lineageView(answer) {
     ),
   );
   add("Searched with", lineage.retrieval_query);
+  add("Memory used", (lineage.memory || []).map(memorySource));
   add("Conversation sent", contextLines(lineage.context));
   add("Structured reply", lineage.data ? JSON.stringify(lineage.data) : null);
   add("Agent's tool calls", agentLines(lineage.agent || []));
