@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +50,7 @@ from dialogue.model.contracts import (
     OfferedTool,
     Reply,
 )
-from dialogue.platform import events, store
+from dialogue.platform import events, memory, store
 from dialogue.platform.bot import BotDefinition
 from dialogue.platform.db import ToolResult
 from dialogue.platform.metrics import TOOL_CALLS, TOOL_SECONDS
@@ -188,7 +188,9 @@ class AgentActivity:
             )
         started = time.monotonic()
         try:
-            if spec.kind == "http":
+            if spec.kind == "memory":
+                result = self._memory_tool(call)
+            elif spec.kind == "http":
                 assert spec.http is not None  # the bot's validation made sure
                 result = call_http(
                     spec.http,
@@ -211,6 +213,36 @@ class AgentActivity:
             _count(call, started, "error")
             raise self._redacted(call, err) from None
         return self._outcome(call, started, result=result)
+
+    def _memory_tool(self, call: AgentToolCall) -> dict[str, Any]:
+        """`remember` and `forget`, for the conversation's verified end user alone (never one the model
+        names), and only while they consent; what the model asks to keep is redacted as a turn's text."""
+        if call.user is None:
+            raise ToolFailed("this conversation has no signed-in customer: there is no one to remember")
+        tenant = memory.tenant_of(call.conversation_id)
+        kind = str(call.arguments.get("kind") or "")
+        if call.name == "forget":
+            forgotten = memory.forget(
+                self._engine, tenant=tenant, user=call.user, kinds=[kind] if kind else []
+            )
+            return {"forgotten": forgotten}
+        value = self._privacy.for_storage(str(call.arguments["value"]), enabled=call.redact)
+        now = datetime.now(UTC)
+        days = self._bot.privacy.retention_days
+        kept = memory.remember(
+            self._engine,
+            tenant=tenant,
+            user=call.user,
+            kind=kind,
+            value=value,
+            source="model",
+            at=now,
+            conversation_id=call.conversation_id,
+            expires_at=now + timedelta(days=days) if days is not None else None,
+        )
+        if kept is None:
+            raise ToolFailed("the customer has not agreed to be remembered: nothing was kept")
+        return {"remembered": kind, "value": kept.value}
 
     @activity.defn(name="call_mcp_tool")
     async def call_mcp_tool(self, call: AgentToolCall) -> AgentToolOutcome:

@@ -6,7 +6,9 @@ Side by side, round by round in one run, on a real SQLite store with the demo bo
   that names it: "Welcome back, Anna! Still delivering to Leeds?") beside the same greeting in a
   conversation without an end user (no lookup: the bot's plain template);
 - `write`: a turn's transcript write that keeps what the user said of themself (a consent read and the
-  items' upserts, in the same transaction) beside the same write for a conversation without an end user.
+  items' upserts, in the same transaction) beside the same write for a conversation without an end user;
+- `context`: what an LLM answer reads before it calls the model (the transcript, and the user's memory),
+  for a returning user beside a conversation without an end user.
 
 The code is the worker's (`ReplyComposer`, `activities.record.write_turn`), called in this process: what
 memory adds is measured without Temporal's noise around it. Then the memory one user has after 100
@@ -31,6 +33,7 @@ from typing import Any
 from sqlalchemy import func
 from sqlmodel import Session, select
 
+from activities.context import read_conversation
 from activities.generate import ReplyComposer
 from activities.record import write_turn
 from bench.streaming import RESULTS, header, percentiles
@@ -112,6 +115,8 @@ async def run(rounds: int) -> dict[str, Any]:
         "greeting_without": [],
         "write_with_memory": [],
         "write_without": [],
+        "context_with_memory": [],
+        "context_without": [],
     }
     checked = await composer.compose(greeting(0, USER))
     assert "Anna" in checked.text and checked.memory, checked
@@ -128,10 +133,17 @@ async def run(rounds: int) -> dict[str, Any]:
             started = time.perf_counter()
             await asyncio.to_thread(write_turn, engine, said(key, turn, text, user), 90.0)
             timings[name].append((time.perf_counter() - started) * 1000)
+        reads = [(key_with, USER, "context_with_memory"), (key_without, None, "context_without")]
+        for key, user, name in reads if turn % 2 else reversed(reads):
+            context = ContextRequest(conversation_id=key, turn_index=turn, user=user)
+            started = time.perf_counter()
+            await asyncio.to_thread(read_conversation, engine, context)
+            timings[name].append((time.perf_counter() - started) * 1000)
     measured = {name: percentiles(values) for name, values in timings.items()}
     added = {
         "greeting": round(measured["greeting_with_memory"]["p50"] - measured["greeting_without"]["p50"], 2),
         "write": round(measured["write_with_memory"]["p50"] - measured["write_without"]["p50"], 2),
+        "context": round(measured["context_with_memory"]["p50"] - measured["context_without"]["p50"], 2),
     }
     return {"rounds": rounds, "ms": measured, "added_p50_ms": added, "size": size_after(100)}
 

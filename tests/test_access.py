@@ -56,7 +56,7 @@ class Endpoint:
     a 404 with this code counts as allowed, any other 404 as refused."""
 
 
-MEMORY_ITEM = "/v1/users/other-user/memory/name"
+MEMORY_ITEM = "/v1/users/other-user/memory/items/name"
 """One item of an end user's memory (the built-in bot's `name`)."""
 ENDPOINTS = [
     Endpoint("POST", "/v1/conversations", "client", {"id": "{new}"}, owned=False),
@@ -257,7 +257,7 @@ def test_the_matrix_covers_every_route_of_the_app(settings: Settings) -> None:
             .replace("/acl-none", "/{document_id}")
             .replace("/000000000000", "/{key_id}")
             .replace("/users/other-user", "/users/{user}")
-            .replace("/memory/name", "/memory/{kind}"),
+            .replace("/memory/items/name", "/memory/items/{kind}"),
         )
         for method, path in in_matrix
     }

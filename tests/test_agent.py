@@ -193,6 +193,48 @@ async def test_the_agent_calls_a_tool_reads_its_result_and_answers(
     assert len(await scheduled(client, conversation_id, "call_tool")) == 1  # each call its own activity
 
 
+async def test_the_agent_remembers_and_forgets_for_the_conversations_user_only_with_consent(
+    client: Client, settings: Settings, tmp_path: Path, model: tuple[FakeLlm, str]
+) -> None:
+    fake, url = model
+    run = uuid.uuid4().hex[:6]
+    consenting, refusing = f"agent-mem-{run}", f"agent-nomem-{run}"
+    async with agent_stack(client, settings, tmp_path, url, memory=True) as chat:
+        http = chat.http
+        assert (await http.put(f"/v1/users/{consenting}/memory/consent", json={"consented": True})).is_success
+        for user in (consenting, refusing):
+            created = await http.post("/v1/conversations", json={"id": f"c-{user}", "user": user})
+            assert created.status_code == 201, created.text
+        fake.plans = [
+            Plan(tool_calls=[("remember", {"kind": "city", "value": "York"})]),
+            Plan(text="I'll remember York."),
+        ]
+        await turn(http, f"c-{consenting}", "where is my order?")
+        assert {"remember", "forget"} <= {tool["function"]["name"] for tool in fake.requests[0]["tools"]}
+        items = (await http.get(f"/v1/users/{consenting}/memory")).json()["items"]
+        (city,) = [item for item in items if item["kind"] == "city"]
+        assert (city["value"], city["source"], city["conversation_id"]) == (
+            "York",
+            "model",
+            f"c-{consenting}",
+        )
+
+        fake.plans = [Plan(tool_calls=[("forget", {"kind": "city"})]), Plan(text="Forgotten.")]
+        await turn(http, f"c-{consenting}", "where is my order?")
+        kinds = [item["kind"] for item in (await http.get(f"/v1/users/{consenting}/memory")).json()["items"]]
+        assert "city" not in kinds
+
+        # Without consent nothing is kept, and the model is told so.
+        fake.plans = [
+            Plan(tool_calls=[("remember", {"kind": "city", "value": "York"})]),
+            Plan(text="Sorry."),
+        ]
+        refused = await turn(http, f"c-{refusing}", "where is my order?")
+        [outcome] = refused["lineage"]["agent"][0]["outcomes"]
+        assert not outcome["ok"] and "not agreed" in outcome["error"]
+        assert (await http.get(f"/v1/users/{refusing}/memory")).json()["items"] == []
+
+
 async def test_calls_asked_for_together_run_side_by_side(
     client: Client, settings: Settings, tmp_path: Path, model: tuple[FakeLlm, str]
 ) -> None:

@@ -294,12 +294,12 @@ async def _(s: Stack) -> httpx.Response:
 
 @scenario("memory_item_not_found")
 async def _(s: Stack) -> httpx.Response:
-    return await s.http.get(f"/v1/users/{s.new_id()}/memory/name")
+    return await s.http.get(f"/v1/users/{s.new_id()}/memory/items/name")
 
 
 @scenario("memory_not_consented")
 async def _(s: Stack) -> httpx.Response:
-    return await s.http.put(f"/v1/users/{s.new_id()}/memory/name", json={"value": "Ann"})
+    return await s.http.put(f"/v1/users/{s.new_id()}/memory/items/name", json={"value": "Ann"})
 
 
 @scenario("nothing_to_score")

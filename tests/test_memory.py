@@ -6,7 +6,7 @@ and never another user's or another tenant's."""
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -102,6 +102,21 @@ def test_the_store_keeps_nothing_without_consent_and_each_users_own(tmp_path: Pa
     _, forgotten = memory.set_consent(engine, tenant="t1", user="ann", consented=False, by="test", at=now)
     store.record_turn(engine, _turn("t1/a", "ann", "my name is Ann"), remembered=said)
     assert forgotten == 1 and memory.items(engine, tenant="t1", user="ann") == []
+    # Retention forgets an item once its own expiry has passed, and only then.
+    memory.set_consent(engine, tenant="t1", user="ann", consented=True, by="test", at=now)
+    for kind, days in (("name", -1), ("city", 30)):
+        memory.remember(
+            engine,
+            tenant="t1",
+            user="ann",
+            kind=kind,
+            value="x",
+            source="api",
+            at=now,
+            expires_at=now + timedelta(days=days),
+        )
+    assert memory.expire(engine, now=now) == 1
+    assert [item.kind for item in memory.items(engine, tenant="t1", user="ann")] == ["city"]
 
 
 async def _greeting(http: httpx.AsyncClient, token: str, conversation: str) -> dict[str, Any]:
@@ -169,18 +184,18 @@ async def test_a_returning_user_is_greeted_from_their_memory_and_controls_it(
     assert "Anna" in str(again["text"]) and "Leeds" not in str(again["text"])
 
     # Over the API: read, correct, delete one item; the server's key may too.
-    corrected = await http.put(f"{memory_of_anna}/name", json={"value": "Ann"}, headers=bearer(anna))
+    corrected = await http.put(f"{memory_of_anna}/items/name", json={"value": "Ann"}, headers=bearer(anna))
     assert corrected.status_code == 200 and corrected.json()["source"] == "api"
-    assert (await http.get(f"{memory_of_anna}/name")).json()["value"] == "Ann"
-    assert (await http.delete(f"{memory_of_anna}/name", headers=bearer(anna))).status_code == 204
-    missing = await http.delete(f"{memory_of_anna}/name")
+    assert (await http.get(f"{memory_of_anna}/items/name")).json()["value"] == "Ann"
+    assert (await http.delete(f"{memory_of_anna}/items/name", headers=bearer(anna))).status_code == 204
+    missing = await http.delete(f"{memory_of_anna}/items/name")
     assert missing.status_code == 404 and missing.json()["error"]["code"] == "memory_item_not_found"
 
     # Withdrawn: everything goes, and nothing more is kept or may be set.
-    await http.put(f"{memory_of_anna}/city", json={"value": "York"})
+    await http.put(f"{memory_of_anna}/items/city", json={"value": "York"})
     withdrawn = await http.put(f"{memory_of_anna}/consent", json={"consented": False}, headers=bearer(anna))
     assert withdrawn.json()["forgotten"] == 1 and (await kept()) == {}
-    refused = await http.put(f"{memory_of_anna}/name", json={"value": "Ann"})
+    refused = await http.put(f"{memory_of_anna}/items/name", json={"value": "Ann"})
     assert refused.status_code == 409 and refused.json()["error"]["code"] == "memory_not_consented"
     assert (await say(http, anna, f"a5-{run}", "my name is Anna")).status_code == 200
     assert (await kept()) == {}
@@ -195,7 +210,7 @@ async def test_a_flow_takes_the_order_a_returning_user_asked_about_from_memory_a
     assert (await say(http, anna, f"o1-{run}", "where is my order NW-482913?")).status_code == 200
 
     async def order_kept() -> str | None:
-        held = await http.get(f"/v1/users/{ANNA}/memory/order", headers=bearer(anna))
+        held = await http.get(f"/v1/users/{ANNA}/memory/items/order", headers=bearer(anna))
         return held.json()["value"] if held.status_code == 200 else None
 
     assert await eventually(order_kept, "the order kept", within=30) == "NW-482913"

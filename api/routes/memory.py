@@ -65,7 +65,7 @@ async def set_memory_consent(
     return consent_public(row).model_copy(update={"forgotten": forgotten})
 
 
-@router.get("/{user}/memory/{kind}", responses=responses("forbidden", "memory_item_not_found"))
+@router.get("/{user}/memory/items/{kind}", responses=responses("forbidden", "memory_item_not_found"))
 async def read_memory_item(
     user: UserPath, kind: KindPath, engine: EngineDep, principal: ClientPrincipal
 ) -> MemoryItemPublic:
@@ -76,7 +76,7 @@ async def read_memory_item(
     return item_public(principal, row)
 
 
-@router.put("/{user}/memory/{kind}", responses=responses("forbidden", "memory_not_consented"))
+@router.put("/{user}/memory/items/{kind}", responses=responses("forbidden", "memory_not_consented"))
 async def correct_memory_item(
     user: UserPath,
     kind: KindPath,
@@ -111,7 +111,7 @@ async def correct_memory_item(
 
 
 @router.delete(
-    "/{user}/memory/{kind}",
+    "/{user}/memory/items/{kind}",
     status_code=status.HTTP_204_NO_CONTENT,
     response_class=Response,
     responses=responses("forbidden", "memory_item_not_found"),

@@ -275,13 +275,15 @@ class AsyncDialogueClient:
     async def remember(self, user: str, kind: str, value: str) -> MemoryItemPublic:
         """Correct or add one item of the end user's memory (they must have consented)."""
         response = await self._request(
-            "PUT", f"/v1/users/{quote(user, safe='')}/memory/{quote(kind, safe='')}", json={"value": value}
+            "PUT",
+            f"/v1/users/{quote(user, safe='')}/memory/items/{quote(kind, safe='')}",
+            json={"value": value},
         )
         return MemoryItemPublic.model_validate_json(response.content)
 
     async def forget(self, user: str, kind: str) -> None:
         """Forget one item of the end user's memory."""
-        await self._request("DELETE", f"/v1/users/{quote(user, safe='')}/memory/{quote(kind, safe='')}")
+        await self._request("DELETE", f"/v1/users/{quote(user, safe='')}/memory/items/{quote(kind, safe='')}")
 
     async def messages(self, conversation_id: str, *, limit: int = 50, offset: int = 0) -> MessagesPage:
         return await self._get(

@@ -404,8 +404,9 @@ class MemoryItemPublic(BaseModel):
     kind: str
     """What it is: `name`, `city`, `language`, `order` (the built-in bot's), or the integrator's own."""
     value: str
-    source: Literal["user", "tool", "api"]
-    """Said by the user in a turn, returned by a tool, or set over the API."""
+    source: Literal["user", "model", "tool", "api"]
+    """Said by the user in a turn (read by the bot's rules), kept by the model (the agent's `remember`),
+    returned by a tool, or set over the API."""
     conversation_id: str | None
     """The conversation it was said in, when it was."""
     turn_id: str | None

@@ -275,7 +275,7 @@ class MemoryUse(BaseModel):
     id: str
     kind: str
     source: str
-    """`user` (said in a turn), `tool` or `api`."""
+    """`user` (said in a turn), `model`, `tool` or `api`."""
     conversation_id: str | None = None
     """The conversation it was said in (the store's key), when it was."""
     turn_id: str | None = None
@@ -388,7 +388,7 @@ class OfferedTool(BaseModel):
     name: str
     description: str = ""
     parameters: dict[str, Any] = {"type": "object", "properties": {}}
-    kind: Literal["python", "http", "mcp"] = "python"
+    kind: Literal["python", "http", "mcp", "memory"] = "python"
     server: str | None = None
     """For an MCP tool: the bot's name for the server that lists it."""
     approval: Literal["none", "agent", "user"] = "none"
@@ -412,7 +412,7 @@ class AgentToolCall(BaseModel):
 
     call_id: str
     name: str
-    kind: Literal["python", "http", "mcp"] = "python"
+    kind: Literal["python", "http", "mcp", "memory"] = "python"
     server: str | None = None
     conversation_id: str = ""
     """The conversation's key: a result too long for the model is kept in the store under it."""

@@ -40,9 +40,57 @@ class AgentSettings(BaseModel):
     confidence: float = Field(default=0.8, ge=0, le=1)
     """In agent mode, a scripted intent is answered by its script only when the NLU is at least this sure;
     every other turn (unsure, out of scope, a follow-up) goes to the agent."""
+    memory: bool = False
+    """Offer the model the built-in `remember` and `forget` tools, which keep and drop items of the end
+    user's memory (only while they consent), beside the bot's own tools."""
+
+    @property
+    def all_tools(self) -> list[ToolSpec]:
+        """The bot's own tools, then the built-in memory tools when `memory` is on (a name the bot's own
+        tools have already is the bot's)."""
+        own = {tool.name for tool in self.tools}
+        built_in = [tool for tool in MEMORY_TOOLS if tool.name not in own] if self.memory else []
+        return [*self.tools, *built_in]
 
     def tool(self, name: str) -> ToolSpec | None:
-        return next((tool for tool in self.tools if tool.name == name), None)
+        return next((tool for tool in self.all_tools if tool.name == name), None)
+
+
+MEMORY_TOOLS = (
+    ToolSpec(
+        name="remember",
+        kind="memory",
+        description=(
+            "Remember something the customer told you about themself, for their later conversations: their "
+            "name, delivery city, preferred language, the order they asked about, or a preference. Kept only "
+            "if they agreed to be remembered; the result says whether it was."
+        ),
+        parameters={
+            "type": "object",
+            "properties": {
+                "kind": {
+                    "type": "string",
+                    "pattern": "^[a-z][a-z0-9_]{0,63}$",
+                    "description": "What it is: name, city, language, order, or a short snake_case name.",
+                },
+                "value": {"type": "string", "minLength": 1, "maxLength": 500},
+            },
+            "required": ["kind", "value"],
+            "additionalProperties": False,
+        },
+    ),
+    ToolSpec(
+        name="forget",
+        kind="memory",
+        description="Forget what is remembered of the customer: one kind of it, or everything without a kind.",
+        parameters={
+            "type": "object",
+            "properties": {"kind": {"type": "string", "pattern": "^[a-z][a-z0-9_]{0,63}$"}},
+            "additionalProperties": False,
+        },
+    ),
+)
+"""The built-in tools of `agent.memory`: they act for the conversation's verified end user alone."""
 
 
 class Intent(BaseModel):

@@ -210,8 +210,8 @@ class MemoryItem(SQLModel, table=True):
     kind: str = Field(max_length=64)
     value: str = Field(max_length=500)
     source: str = Field(max_length=10)
-    """Who said it: `user` (in a turn), `tool` (a tool's result) or `api` (the integrator or the user, over
-    the API)."""
+    """Who said it: `user` (in a turn, read by the rules), `model` (the agent's `remember`), `tool` (a tool's
+    result) or `api` (the integrator or the user, over the API)."""
     conversation_id: str | None = Field(default=None, max_length=200)
     """The conversation (key) and turn it was said in, when it was."""
     turn_id: str | None = Field(default=None, max_length=200)

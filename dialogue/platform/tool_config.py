@@ -66,9 +66,10 @@ class ToolSpec(BaseModel):
     description: str
     parameters: dict[str, Any] = {"type": "object", "properties": {}}
     """A JSON schema of the arguments; the model's arguments are checked against it before any call."""
-    kind: Literal["python", "http", "mcp"] = "python"
+    kind: Literal["python", "http", "mcp", "memory"] = "python"
     """`python`: a function of the bot's `python_tools` file (`dialogue.brain.python_tools`); `http`: a request
-    (`http`); `mcp`: a tool an MCP server lists (not declared here: see `agent.mcp_servers`)."""
+    (`http`); `mcp`: a tool an MCP server lists (not declared here: see `agent.mcp_servers`); `memory`: the
+    built-in `remember` and `forget` (not declared here either: see `agent.memory`)."""
     http: HttpTool | None = None
     server: str | None = None
     """For an MCP tool: the server that lists it."""

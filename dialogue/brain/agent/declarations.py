@@ -39,7 +39,7 @@ def offered(settings: AgentSettings, mcp_tools: list[OfferedTool]) -> list[Offer
             timeout_seconds=tool.timeout_seconds,
             attempts=tool.attempts,
         )
-        for tool in settings.tools
+        for tool in settings.all_tools
     ]
     names = {tool.name for tool in own}
     return own + [tool for tool in mcp_tools if tool.name not in names]
