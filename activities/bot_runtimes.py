@@ -15,7 +15,7 @@ import inspect
 import logging
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,7 +37,6 @@ from dialogue.platform import memory
 from dialogue.platform.bot import BotDefinition, load_bot
 from dialogue.platform.bot_header import answering_bot
 from dialogue.platform.bot_versions import MODEL_FOLDER, BotRef, get_version, unpack
-from dialogue.platform.db import MemoryItem
 from dialogue.platform.metrics import BOT_VERSION_LOADS
 from dialogue.platform.settings import Settings
 
@@ -67,7 +66,9 @@ def bot_activities(
     parser = build_parser(settings, bot)
     parser.parse("hello")  # load the models now, not during the first user's turn
     generators = build_generators(settings, bot)
-    composer = ReplyComposer(bot, generators, recall=functools.partial(_remembered, engine))
+    composer = ReplyComposer(
+        bot, generators, recall=lambda tenant, user: memory.items(engine, tenant=tenant, user=user)
+    )
     understand = UnderstandActivity(bot, parser, composer.needs_knowledge, retrieve.search)
     generate = GenerateActivity(composer, engine)
     return BotActivities(
@@ -81,10 +82,6 @@ def bot_activities(
         agent=AgentActivity(bot, engine, generators, settings.data_dir),
         respond=RespondActivity(understand, retrieve, generate, engine, bot.privacy.retention_days),
     )
-
-
-def _remembered(engine: Engine, tenant: str, user: str) -> Sequence[MemoryItem]:
-    return memory.items(engine, tenant=tenant, user=user)
 
 
 class BotRuntimes:

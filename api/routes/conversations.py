@@ -6,6 +6,7 @@ import asyncio
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Annotated, Any, Literal, TypeVar
 
@@ -598,33 +599,34 @@ PageLimit = Annotated[int, Query(ge=1, le=200)]
 PageOffset = Annotated[int, Query(ge=0, le=MAX_OFFSET)]
 
 
+@dataclass
+class ConversationFilters:
+    """The query of a list of conversations: what to keep, and which page."""
+
+    status: ConversationStatusFilter = None
+    intent: IntentFilter = None
+    degraded: DegradedFilter = None
+    q: IdFilter = None
+    limit: PageLimit = 50
+    offset: PageOffset = 0
+
+
+FiltersDep = Annotated[ConversationFilters, Depends()]
+
+
 @router.get("")
 async def read_conversations(
-    engine: EngineDep,
-    principal: ClientPrincipal,
-    status: ConversationStatusFilter = None,
-    intent: IntentFilter = None,
-    degraded: DegradedFilter = None,
-    q: IdFilter = None,
-    limit: PageLimit = 50,
-    offset: PageOffset = 0,
+    engine: EngineDep, principal: ClientPrincipal, filters: FiltersDep
 ) -> ConversationsPage:
     """Conversations, most recently updated first (an end user's token: their own)."""
-    return await conversations_page(
-        engine, principal, principal.user, status, intent, degraded, q, limit, offset
-    )
+    return await conversations_page(engine, principal, principal.user, filters)
 
 
 async def conversations_page(
     engine: Engine,
     principal: Principal,
     user: str | None,
-    status: str | None,
-    intent: str | None,
-    degraded: bool | None,
-    q: str | None,
-    limit: int,
-    offset: int,
+    filters: ConversationFilters,
 ) -> ConversationsPage:
     """A page of the caller's tenant's conversations (of end user `user` only, when given)."""
     rows, total = await run_in_threadpool(
@@ -632,12 +634,12 @@ async def conversations_page(
         engine,
         tenant=principal.tenant,
         user=user,
-        status=status,
-        intent=intent or None,
-        degraded=degraded,
-        contains=q or None,
-        limit=limit,
-        offset=offset,
+        status=filters.status,
+        intent=filters.intent or None,
+        degraded=filters.degraded,
+        contains=filters.q or None,
+        limit=filters.limit,
+        offset=filters.offset,
     )
     prefix = len(_key(principal, ""))
     items = [
@@ -651,7 +653,7 @@ async def conversations_page(
         )
         for row, degraded_count in rows
     ]
-    return ConversationsPage(items=items, total=total, limit=limit, offset=offset)
+    return ConversationsPage(items=items, total=total, limit=filters.limit, offset=filters.offset)
 
 
 async def _settle(start: WithStartWorkflowOperation[Any, Any]) -> None:

@@ -12,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Annotated
 
 from fastapi import APIRouter, Path, Response, status
+from sqlalchemy.engine import Engine
 from starlette.concurrency import run_in_threadpool
 
 from api.deps import ClientPrincipal, EngineDep, PoliciesDep
@@ -129,7 +130,7 @@ async def forget_memory_item(
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
-def user_memory(engine: EngineDep, tenant: str, user: str) -> UserMemory:
+def user_memory(engine: Engine, tenant: str, user: str) -> UserMemory:
     """What `GET …/memory` and the user's export give of their memory."""
     consent = memory.consent(engine, tenant=tenant, user=user)
     prefix = len(conversation_key(tenant, ""))

@@ -12,15 +12,7 @@ from starlette.concurrency import run_in_threadpool
 
 from api.deps import ClientPrincipal, EngineDep, SettingsDep, TemporalClientDep
 from api.errors import ApiError, responses, temporal_errors
-from api.routes.conversations import (
-    ConversationStatusFilter,
-    DegradedFilter,
-    IdFilter,
-    IntentFilter,
-    PageLimit,
-    PageOffset,
-    conversations_page,
-)
+from api.routes.conversations import FiltersDep, conversations_page
 from api.routes.lineage import satisfaction_public, tool_result_public
 from api.routes.memory import user_memory
 from api.routes.user_access import UserPath, refuse_another_user
@@ -41,20 +33,12 @@ router = APIRouter(prefix="/users", tags=["conversations"])
 
 @router.get("/{user}/conversations", responses=responses("forbidden"))
 async def read_user_conversations(
-    user: UserPath,
-    engine: EngineDep,
-    principal: ClientPrincipal,
-    status: ConversationStatusFilter = None,
-    intent: IntentFilter = None,
-    degraded: DegradedFilter = None,
-    q: IdFilter = None,
-    limit: PageLimit = 50,
-    offset: PageOffset = 0,
+    user: UserPath, engine: EngineDep, principal: ClientPrincipal, filters: FiltersDep
 ) -> ConversationsPage:
     """One end user's conversations in the caller's tenant, most recently updated first. A server's key
     asks for any of its users; an end user's token for their own only."""
     refuse_another_user(principal, user)
-    return await conversations_page(engine, principal, user, status, intent, degraded, q, limit, offset)
+    return await conversations_page(engine, principal, user, filters)
 
 
 @router.get("/{user}/export", responses=responses("forbidden"))
