@@ -11,6 +11,7 @@ conversations, at their next turn (an urgent fix).
 from __future__ import annotations
 
 import logging
+import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -217,12 +218,19 @@ class ReleaseCache:
         self.releases: dict[str, BotRelease] = {}
         self.definitions: dict[tuple[str, str], str] = {}
         """The bot.yaml of each released version (stable and canary), by bot and version."""
+        # One refresh at a time: the periodic one, begun before a release, would otherwise finish after the
+        # release's own refresh and put back what it read before, for a period (a canary test saw it).
+        self._refreshing = threading.Lock()
 
     @property
     def default_bot(self) -> str:
         return self._files.bot
 
     def refresh(self) -> None:
+        with self._refreshing:
+            self._refresh()
+
+    def _refresh(self) -> None:
         try:
             releases = {row.bot: row for row in list_releases(self._engine)}
             for row in releases.values():
