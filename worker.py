@@ -118,6 +118,7 @@ BOT_STEPS: tuple[Callable[[BotActivities], Callable[..., Any]], ...] = (
     lambda bot: bot.respond.respond_here,
     lambda bot: bot.tool.run_tool,
     lambda bot: bot.summarize.summarize,
+    lambda bot: bot.memory_notes.note_memory,
     lambda bot: bot.rewrite.rewrite_query,
     lambda bot: bot.agent.agent_step,
     lambda bot: bot.agent.call_tool,

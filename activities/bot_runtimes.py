@@ -26,6 +26,7 @@ from temporalio.exceptions import ApplicationError
 from activities.agent import AgentActivity
 from activities.flow_tools import ToolActivity
 from activities.generate import GenerateActivity, ReplyComposer
+from activities.memory_notes import MemoryNotesActivity
 from activities.respond import RespondActivity
 from activities.retrieve import RetrieveActivity
 from activities.rewrite import RewriteActivity
@@ -58,6 +59,7 @@ class BotActivities:
     rewrite: RewriteActivity
     agent: AgentActivity
     respond: RespondActivity
+    memory_notes: MemoryNotesActivity
 
 
 def bot_activities(
@@ -80,7 +82,10 @@ def bot_activities(
         summarize=SummarizeActivity(bot, engine, generators),
         rewrite=RewriteActivity(bot, generators),
         agent=AgentActivity(bot, engine, generators, settings.data_dir),
-        respond=RespondActivity(understand, retrieve, generate, engine, bot.privacy.retention_days),
+        respond=RespondActivity(
+            understand, retrieve, generate, engine, bot.privacy.retention_days, ask_consent=bot.memory.ask
+        ),
+        memory_notes=MemoryNotesActivity(bot, engine, generators),
     )
 
 

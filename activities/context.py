@@ -26,11 +26,11 @@ def read_conversation(engine: Engine, context: ContextRequest) -> Conversation:
         rows = store.recent_messages(
             engine, context.conversation_id, start=since, end=context.turn_index, limit=MAX_CONTEXT_ROWS
         )
-        items = (
-            memory.items(engine, tenant=memory.tenant_of(context.conversation_id), user=context.user)
-            if context.user is not None
-            else []
-        )
+        tenant, user = memory.tenant_of(context.conversation_id), context.user
+        items = memory.items(engine, tenant=tenant, user=user) if user is not None else []
+        consented = user is not None and (
+            bool(items) or memory.consent_of(engine, tenant=tenant, user=user)
+        )  # items exist only while the user consents: no second read then
     except SQLAlchemyError as err:
         activity.logger.warning("transcript unavailable for the LLM's context: %s", err.__class__.__name__)
         return Conversation(
@@ -46,4 +46,5 @@ def read_conversation(engine: Engine, context: ContextRequest) -> Conversation:
         notes=tuple(context.notes),
         remembered=tuple(f"{item.kind}: {item.value}" for item in items),
         memory=tuple(memory_use(item) for item in items),
+        consented=consented,
     )

@@ -19,7 +19,7 @@ from activities.context import read_conversation
 from activities.progress import Progress
 from dialogue.brain.generation import AnswerGenerator, Generators
 from dialogue.brain.llm.context import Conversation
-from dialogue.brain.memory import memory_use
+from dialogue.brain.memory import memory_use, offer
 from dialogue.brain.policy import decide
 from dialogue.model.contracts import (
     OUT_OF_SCOPE,
@@ -85,6 +85,8 @@ class ReplyComposer:
                 prompt=_prompt(flow, decision.dialogue.requested_slot),
             )
             reply = reply.model_copy(update={"text": f"{reply.text} {reminder}"})
+        if decision.memory_offer is not None:  # the end user may answer yes or no (`memory.ask`)
+            reply = reply.model_copy(update={"text": f"{reply.text} {offer(decision.memory_offer.facts)}"})
         return reply
 
     async def _answered_first(
@@ -177,6 +179,10 @@ class ReplyComposer:
         saw_memory = conversation is not None and answer.context is not None and answer.context.remembered
         if saw_memory and conversation is not None:
             lineage["memory"] = list(conversation.memory)
+        if conversation is not None and conversation.consented and answer.context is not None:
+            # The workflow has the model read this turn for facts to keep, after the reply (`note_memory`).
+            notes = self._bot.memory.model_notes
+            lineage["context"] = answer.context.model_copy(update={"memory_notes": notes})
         return Reply(text=_render(template, answer=answer.text), sources=answer.sources, **lineage)
 
     def _templated(self, templates: list[str], request: GenerateRequest) -> Reply:

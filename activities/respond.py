@@ -22,6 +22,7 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
@@ -37,6 +38,7 @@ from dialogue.model.contracts import (
     Decision,
     Entity,
     Lineage,
+    MemoryOffer,
     NluResult,
     RecordHere,
     RecordTurnRequest,
@@ -71,6 +73,8 @@ class RespondActivity:
         generate: GenerateActivity,
         engine: Engine | None = None,
         memory_days: float | None = None,
+        *,
+        ask_consent: bool = False,
     ) -> None:
         self._understand = understand
         self._retrieve = retrieve
@@ -79,6 +83,8 @@ class RespondActivity:
         """The store the turn is written to when the reply is made here; None: the workflow records it."""
         self._memory_days = memory_days
         """How long what a user says of themself is remembered: the bot's retention period."""
+        self._ask_consent = ask_consent
+        """The bot's `memory.ask`: offer to remember a user who was never asked."""
 
     @activity.defn(name="respond_here")
     async def respond_here(self, request: RespondHereRequest) -> RespondedHere:
@@ -109,27 +115,27 @@ class RespondActivity:
                 unsearchable = True
         understanding = self._understand.conclude(request.understand, nlu, evidence)
         context = request.generate.context
-        asked = memory_rules.request_in(request.understand.text)
-        if (
-            asked is not None
-            and self._engine is not None
-            and context is not None
-            and context.user is not None
-        ):
-            # "What do you know about me?", "forget my address": answered from the user's memory, and done.
-            engine, tenant = self._engine, memory.tenant_of(context.conversation_id)
+        user = context.user if context is not None and self._engine is not None else None
+        if user is not None:
+            # "What do you know about me?", "forget my address", a yes to the offer to remember: answered
+            # from and to the user's memory, and done.
             with _part("compose", timings):
-                reply = await asyncio.to_thread(memory_rules.answered, engine, tenant, context.user, asked)
-            timings["generate"] = timings.pop("compose")
-            understanding = Understanding(
-                nlu=understanding.nlu,
-                decision=Decision(action="respond", dialogue=request.understand.dialogue),
-                needs_knowledge=False,
-            )
-            return await self._replied(request, understanding, reply, None, failed, timings, started)
-        if context is not None and context.user is not None and self._engine is not None:
+                said = await asyncio.to_thread(self._memory_reply, request, user)
+            composing = timings.pop("compose")
+            if said is not None:
+                timings["generate"] = composing
+                understanding = Understanding(
+                    nlu=understanding.nlu,
+                    decision=Decision(
+                        action="respond",
+                        dialogue=request.understand.dialogue.model_copy(update={"memory_offer": None}),
+                    ),
+                    needs_knowledge=False,
+                )
+                return await self._replied(request, understanding, said, None, failed, timings, started)
+        if user is not None:
             understanding = await asyncio.to_thread(
-                self._fill_from_memory, request, understanding, nlu, evidence, context.user
+                self._fill_from_memory, request, understanding, nlu, evidence, user
             )
         retrieved: RetrieveResult | None = None
         if understanding.needs_knowledge and evidence is not None:
@@ -143,11 +149,13 @@ class RespondActivity:
                 unsearchable = True
         if understanding.needs_knowledge and unsearchable:
             failed.append("retrieve failed")
-        decision = understanding.decision
-        if decision.tool is not None or decision.action == "agent":
+        if understanding.decision.tool is not None or understanding.decision.action == "agent":
             return RespondedHere(
                 understanding=understanding, retrieved=retrieved, failed=failed, timings_ms=timings
             )
+        if user is not None and self._ask_consent:
+            understanding = await asyncio.to_thread(self._offer_memory, request, understanding, user)
+        decision = understanding.decision
         with _part("compose", timings):
             composed = await self._generate.compose(
                 request.generate.model_copy(
@@ -167,6 +175,53 @@ class RespondActivity:
         timings["generate"] = composing
         return await self._replied(
             request, understanding, composed.reply, retrieved, failed, timings, started
+        )
+
+    def _memory_reply(self, request: RespondHereRequest, user: str) -> Reply | None:
+        """The reply to a message about the user's memory: a request to see or forget it, or a yes or no
+        to the previous reply's offer to remember them; None for any other message."""
+        assert self._engine is not None and request.generate.context is not None
+        text, conversation_id = request.understand.text, request.generate.context.conversation_id
+        offered = request.understand.dialogue.memory_offer
+        said = memory_rules.consent_in(text) if offered is not None else None
+        if offered is not None and said is not None:
+            now = datetime.now(UTC)
+            return memory_rules.consent_answered(
+                self._engine,
+                conversation_id=conversation_id,
+                user=user,
+                offered=offered,
+                consented=said,
+                at=now,
+                expires_at=now + timedelta(days=self._memory_days) if self._memory_days is not None else None,
+            )
+        asked = memory_rules.request_in(text)
+        if asked is None:
+            return None
+        return memory_rules.answered(self._engine, memory.tenant_of(conversation_id), user, asked)
+
+    def _offer_memory(
+        self, request: RespondHereRequest, understanding: Understanding, user: str
+    ) -> Understanding:
+        """The decision to end the reply with the offer to remember what the user said of themself, when
+        they were never asked (`memory.ask`; the composer words it, here or in `generate`); outside a flow
+        only, whose question the user's next message answers."""
+        decision = understanding.decision
+        if decision.action not in ("respond", "answer", "fallback") or decision.dialogue.active_flow:
+            return understanding
+        facts = {
+            f.kind: f.value
+            for f in memory_rules.facts_in(request.understand.text, understanding.nlu.entities)
+        }
+        if not facts or self._engine is None or request.generate.context is None:
+            return understanding
+        tenant = memory.tenant_of(request.generate.context.conversation_id)
+        if memory.consent(self._engine, tenant=tenant, user=user) is not None:
+            return understanding  # asked before (or set on the page): their answer stands
+        turn_id = request.record.turn_id if request.record is not None else None
+        offered = MemoryOffer(facts=facts, turn_id=turn_id)
+        return understanding.model_copy(
+            update={"decision": decision.model_copy(update={"memory_offer": offered})}
         )
 
     def _fill_from_memory(

@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from dialogue.brain.memory import offer
 from dialogue.model.contracts import (
     APPROVAL_DECIDED,
     APPROVAL_FORBIDDEN,
@@ -31,8 +32,10 @@ from dialogue.model.contracts import (
     DialogueState,
     DoubleTextPolicy,
     IntentPrediction,
+    MemoryOffer,
     NluResult,
     ParkedAgent,
+    Reply,
     ToolResult,
 )
 from dialogue.platform.flags import FLAGS, FeatureFlags, TurnFlags
@@ -266,3 +269,14 @@ def test_turn_flags_have_one_set_of_defaults() -> None:
     assert {flag: resolved[flag] for flag in FLAGS if flag != "llm_generator"} == {
         flag: 100.0 if getattr(TurnFlags(), flag) else 0.0 for flag in FLAGS if flag != "llm_generator"
     }
+
+
+def test_an_offer_to_remember_stands_only_when_the_reply_made_it() -> None:
+    offered = MemoryOffer(facts={"name": "Anna"}, turn_id="t1")
+    decision = Decision(action="respond", memory_offer=offered)
+    made = Reply(text=f"Hello! {offer(offered.facts)}")
+    assert decisions.memory_offer_made(decision, made) == offered
+    # A step failed and the user got the fallback: they were not asked, so "yes" next is not a consent.
+    assert decisions.memory_offer_made(decision, Reply(text="Sorry, something went wrong.")) is None
+    assert decisions.memory_offer_made(Decision(action="respond"), made) is None
+    assert decisions.memory_offer_made(None, made) is None

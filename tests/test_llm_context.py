@@ -24,6 +24,7 @@ from dialogue.brain.llm.context import (
     assemble,
     messages_digest,
 )
+from dialogue.brain.llm.notes import NOTES_PROMPT
 from dialogue.brain.llm.tokenizer import ESTIMATE, MESSAGE_OVERHEAD, TokenCounter, counter_for
 from dialogue.model.contracts import RollingSummary
 from dialogue.platform.settings import Settings
@@ -151,9 +152,34 @@ def test_openai_models_are_counted_with_their_own_encoding() -> None:
 # --- Through a real worker and API ------------------------------------------------------------
 
 
+def notes_request(body: dict[str, Any]) -> bool:
+    """A request of `note_memory`: the model reads a turn for the user's memory."""
+    return str(body["messages"][0]["content"]).startswith(NOTES_PROMPT.template[:30])
+
+
+def noted(body: dict[str, Any]) -> Plan | None:
+    """The stand-in model's notes: a name and a city from "I'm Sofia, from Bristol", else nothing."""
+    if not notes_request(body):
+        return None
+    said = body["messages"][-1]["content"]
+    if "Sofia" not in said:
+        return Plan(text="nothing")
+    return Plan(
+        tool_calls=[
+            ("remember", {"kind": "name", "value": "Sofia"}),
+            ("remember", {"kind": "city", "value": "Bristol"}),
+        ]
+    )
+
+
+def answers(fake: FakeLlm) -> list[dict[str, Any]]:
+    """The requests that answered turns, oldest first (not the memory notes made after some of them)."""
+    return [body for body in fake.requests if not notes_request(body)]
+
+
 @pytest.fixture
 async def recording_llm() -> AsyncIterator[tuple[FakeLlm, str]]:
-    fake = FakeLlm(plans=[Plan(text="Express shipping costs 12.90 euros [1].")])
+    fake = FakeLlm(plans=[Plan(text="Express shipping costs 12.90 euros [1].")], route=noted)
     async with served_llm(fake) as url:
         yield fake, url
 
@@ -240,7 +266,7 @@ async def test_a_returning_users_memory_is_in_the_models_context_and_named_in_li
 
     assert await eventually(kept, "the name and the city kept") == ["city", "name"]
     answered = await turn(llm_chat, f"second-{run}", "How much does express shipping cost?")
-    messages = fake.requests[-1]["messages"]
+    messages = answers(fake)[-1]["messages"]
     (remembered,) = [m for m in messages if m["content"].startswith(MEMORY_HEADING)]
     assert "name: Anna" in remembered["content"] and "city: Leeds" in remembered["content"]
     lineage = answered["lineage"]
@@ -250,7 +276,40 @@ async def test_a_returning_users_memory_is_in_the_models_context_and_named_in_li
     # Another user's conversation shows the model nothing of hers.
     await llm_chat.post("/v1/conversations", json={"id": f"other-{run}", "user": f"{user}-other"})
     await turn(llm_chat, f"other-{run}", "How much does express shipping cost?")
-    assert not any(m["content"].startswith(MEMORY_HEADING) for m in fake.requests[-1]["messages"])
+    assert not any(m["content"].startswith(MEMORY_HEADING) for m in answers(fake)[-1]["messages"])
+
+
+async def test_the_model_notes_what_a_consenting_user_says_of_themself_after_its_answer(
+    llm_chat: httpx.AsyncClient, recording_llm: tuple[FakeLlm, str]
+) -> None:
+    fake, _ = recording_llm
+    run = uuid.uuid4().hex[:6]
+    sofia, other = f"sofia-{run}", f"other-{run}"
+    said = "I'm Sofia, from Bristol, sofia@example.com. How much does express shipping cost?"
+    # Not consenting: the model answers, and is asked nothing more.
+    await llm_chat.post("/v1/conversations", json={"id": f"o-{run}", "user": other})
+    await turn(llm_chat, f"o-{run}", said)
+    await llm_chat.put(f"/v1/users/{sofia}/memory/consent", json={"consented": True})
+    await llm_chat.post("/v1/conversations", json={"id": f"s-{run}", "user": sofia})
+    answered = await turn(llm_chat, f"s-{run}", said)
+    assert answered["lineage"]["context"]["memory_notes"] is True
+
+    async def kept() -> dict[str, dict[str, Any]] | None:
+        items = (await llm_chat.get(f"/v1/users/{sofia}/memory")).json()["items"]
+        return {item["kind"]: item for item in items} if len(items) == 2 else None
+
+    items = await eventually(kept, "the model's notes kept", within=30)
+    assert (items["name"]["value"], items["city"]["value"]) == (
+        "Sofia",
+        "Bristol",
+    )  # rules would find neither
+    assert (items["city"]["source"], items["city"]["conversation_id"]) == ("model", f"s-{run}")
+    assert items["city"]["turn_id"] == answered["turn_id"]
+    notes = [body for body in fake.requests if notes_request(body)]
+    assert len(notes) == 1  # for Sofia's turn only: the other user does not consent
+    assert [tool["function"]["name"] for tool in notes[0]["tools"]] == ["remember", "forget"]
+    assert "[EMAIL]" in notes[0]["messages"][-1]["content"] and "sofia@" not in str(notes[0])
+    assert (await llm_chat.get(f"/v1/users/{other}/memory")).json()["items"] == []
 
 
 def test_the_users_memory_goes_after_the_summary_within_the_budget() -> None:

@@ -14,7 +14,7 @@ import httpx
 import pytest
 from sqlalchemy.engine import Engine
 
-from dialogue.brain.memory import MemoryRequest, facts_in, request_in
+from dialogue.brain.memory import MemoryRequest, consent_in, facts_in, request_in
 from dialogue.model.contracts import (
     Entity,
     IntentPrediction,
@@ -61,6 +61,25 @@ def test_the_rules_read_a_request_to_see_or_forget() -> None:
     assert request_in("forget everything") == MemoryRequest("forget")
     assert request_in("I forgot my password") is None
     assert request_in("where is my order?") is None
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize(
+    ("text", "answer"),
+    [
+        ("yes", True),
+        ("Yes please!", True),
+        ("sure, go ahead", True),
+        ("no", False),
+        ("no thanks", False),
+        ("don't", False),
+        ("where is my order?", None),
+        ("no idea, how much is shipping to Austria these days?", None),  # about something else
+        ("thanks", None),
+    ],
+)
+def test_the_rules_read_a_yes_or_no_to_the_offer_to_remember(text: str, answer: bool | None) -> None:
+    assert consent_in(text) is answer
 
 
 def _turn(key: str, user: str, text: str) -> RecordTurnRequest:
@@ -199,6 +218,48 @@ async def test_a_returning_user_is_greeted_from_their_memory_and_controls_it(
     assert refused.status_code == 409 and refused.json()["error"]["code"] == "memory_not_consented"
     assert (await say(http, anna, f"a5-{run}", "my name is Anna")).status_code == 200
     assert (await kept()) == {}
+
+
+async def test_a_user_asked_in_the_conversation_consents_by_saying_yes_and_declines_by_saying_no(
+    http: httpx.AsyncClient,
+) -> None:
+    anna, ben = await token_for(http, ANNA), await token_for(http, BEN)
+    run = uuid.uuid4().hex[:6]
+    first = f"y1-{run}"
+
+    # Never asked: the reply asks, and nothing is kept yet.
+    stated = await say(
+        http, anna, first, "Hi, my name is Anna, please deliver to Leeds", **{"Idempotency-Key": "said"}
+    )
+    assert stated.status_code == 200, stated.text
+    assert "Would you like me to remember your name and your delivery city" in stated.json()["reply"]["text"]
+    held = (await http.get(f"/v1/users/{ANNA}/memory", headers=bearer(anna))).json()
+    assert held["consent"]["consented"] is None and held["items"] == []
+
+    # Her yes is her consent: what she said is kept, with the turn that said it as its source.
+    yes = await say(http, anna, first, "yes please")
+    assert yes.status_code == 200, yes.text
+    assert yes.json()["reply"]["text"].startswith("Thank you: I'll remember your name and your delivery city")
+    held = (await http.get(f"/v1/users/{ANNA}/memory", headers=bearer(anna))).json()
+    assert held["consent"]["consented"] is True and held["consent"]["by"] == f"said in {first}"
+    items = {item["kind"]: item for item in held["items"]}
+    assert (items["name"]["value"], items["city"]["value"]) == ("Anna", "Leeds")
+    assert (items["city"]["source"], items["city"]["turn_id"]) == ("user", "said")
+    greeted = await _greeting(http, anna, f"y2-{run}")
+    assert "Anna" in str(greeted["text"]) and "Leeds" in str(greeted["text"])
+    # Asked once: her answer stands, and the bot does not ask again.
+    again = await say(http, anna, f"y3-{run}", "my name is Anna")
+    assert "Would you like me to remember" not in again.json()["reply"]["text"]
+
+    # Ben says no: nothing kept, never asked again; a message about something else lets the offer lapse.
+    said = await say(http, ben, f"n1-{run}", "call me Ben, I live in York")
+    assert "Would you like me to remember" in said.json()["reply"]["text"]
+    assert "won't remember" in (await say(http, ben, f"n1-{run}", "no thanks")).json()["reply"]["text"]
+    declined = (await http.get(f"/v1/users/{BEN}/memory", headers=bearer(ben))).json()
+    assert declined["consent"]["consented"] is False and declined["items"] == []
+    later = await say(http, ben, f"n2-{run}", "my name is Ben and I live in York")
+    assert "Would you like me to remember" not in later.json()["reply"]["text"]
+    assert (await http.get(f"/v1/users/{BEN}/memory", headers=bearer(ben))).json()["items"] == []
 
 
 async def test_a_flow_takes_the_order_a_returning_user_asked_about_from_memory_and_says_so(

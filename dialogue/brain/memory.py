@@ -1,7 +1,7 @@
 """What the built-in bot remembers of an end user, read from their words by rules: the facts and
 preferences a support desk keeps (their name, delivery city, preferred language, the order last
-discussed), and the two requests a user makes of that memory ("what do you know about me?", "forget my
-address").
+discussed), the two requests a user makes of that memory ("what do you know about me?", "forget my
+address"), and their spoken consent: the bot's offer to remember them and their yes or no.
 
 Rules, not a model: they read the text as stored (redacted: an e-mail address or a phone number is never
 remembered), run in microseconds on every turn, and say nothing when unsure: a name only after "my name
@@ -14,11 +14,12 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Literal
 
 from sqlalchemy.engine import Engine
 
-from dialogue.model.contracts import Entity, MemoryUse, RecordTurnRequest, Reply
+from dialogue.model.contracts import Entity, MemoryOffer, MemoryUse, RecordTurnRequest, Reply
 from dialogue.platform import memory
 from dialogue.platform.db import MemoryItem
 
@@ -97,6 +98,13 @@ _FORGET_WORDS: Mapping[str, str] = {
     "language": "language",
     "order": "order",
 }
+_YES = re.compile(
+    r"^\s*(?:yes|yeah|yep|yup|sure|ok|okay|of course|please do|go ahead|fine|do it)\b", re.IGNORECASE
+)
+_NO = re.compile(r"^\s*(?:no|nope|nah|don't|do not|rather not|no thanks|never)\b", re.IGNORECASE)
+_ANSWER_WORDS = 6
+"""A yes or no to the offer is short: a longer message ("no idea, how much is shipping?") is about
+something else, and the offer lapses."""
 
 
 @dataclass(frozen=True)
@@ -153,6 +161,63 @@ def request_in(text: str) -> MemoryRequest | None:
         return MemoryRequest("forget")  # everything, me, all of it
     kinds = tuple(dict.fromkeys(_FORGET_WORDS[w] for w in re.findall(r"[a-z]+", what) if w in _FORGET_WORDS))
     return MemoryRequest("forget", kinds) if kinds else None
+
+
+def consent_in(text: str) -> bool | None:
+    """The user's answer to the bot's offer to remember them: True for yes, False for no, None when the
+    message answers something else."""
+    if len(text.split()) > _ANSWER_WORDS:
+        return None
+    if _NO.search(text):  # first: "no thanks" must not read as a yes to "thanks"
+        return False
+    return True if _YES.search(text) else None
+
+
+def offer(facts: Mapping[str, str]) -> str:
+    """The question a reply ends with when the user said something worth remembering (`memory.ask`)."""
+    named = " and ".join(KINDS.get(kind, kind.replace("_", " ")) for kind in facts)
+    return f"Would you like me to remember {named} for your next conversations? You can say yes or no."
+
+
+def consent_answered(
+    engine: Engine,
+    *,
+    conversation_id: str,
+    user: str,
+    offered: MemoryOffer,
+    consented: bool,
+    at: datetime,
+    expires_at: datetime | None,
+) -> Reply:
+    """Record the user's yes or no to the offer (their consent, as ticking the box on the chat page
+    would) and, on yes, keep what they said when it was made."""
+    tenant = memory.tenant_of(conversation_id)
+    said_in = conversation_id.partition("/")[2]  # the conversation as the tenant names it
+    memory.set_consent(engine, tenant=tenant, user=user, consented=consented, by=f"said in {said_in}", at=at)
+    if not consented:
+        return Reply(text="All right: I won't remember anything about you.", generator="memory")
+    kept = [
+        memory.remember(
+            engine,
+            tenant=tenant,
+            user=user,
+            kind=kind,
+            value=value,
+            source="user",
+            at=at,
+            conversation_id=conversation_id,
+            turn_id=offered.turn_id,
+            expires_at=expires_at,
+        )
+        for kind, value in offered.facts.items()
+    ]
+    items = [item for item in kept if item is not None]
+    named = " and ".join(KINDS.get(item.kind, item.kind) for item in items) or "what you tell me"
+    return Reply(
+        text=f'Thank you: I\'ll remember {named}. Ask "what do you know about me?" or say "forget …" any time.',
+        generator="memory",
+        memory=[memory_use(item) for item in items],
+    )
 
 
 def answered(engine: Engine, tenant: str, user: str, asked: MemoryRequest) -> Reply:

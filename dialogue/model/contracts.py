@@ -219,6 +219,15 @@ class NluResult(BaseModel):
     router only); the policy follows it."""
 
 
+class MemoryOffer(BaseModel):
+    """What a reply offered to remember of the end user (`memory.ask`), until their next message says
+    yes or no: the facts their message stated, by kind, as stored (redacted)."""
+
+    facts: dict[str, str]
+    turn_id: str | None = None
+    """The turn that stated them: each item's source once kept."""
+
+
 class DialogueState(BaseModel):
     """The part of a conversation's state that the dialogue policy reads and changes."""
 
@@ -232,6 +241,8 @@ class DialogueState(BaseModel):
     """The intent the previous turn was about: what a follow-up ("and to Austria?") continues."""
     last_action: str | None = None
     """What the bot did in the previous turn (`answer`, `respond`, a flow step, …)."""
+    memory_offer: MemoryOffer | None = None
+    """The previous reply asked whether these facts may be remembered: this message may answer."""
 
 
 class UnderstandRequest(BaseModel):
@@ -300,6 +311,9 @@ class Decision(BaseModel):
     """A flow's first question comes after what the knowledge base answers to the message (`Flow.answer_first`)."""
     remembered: dict[str, MemoryUse] = {}
     """Slots the end user's memory filled (`SlotSpec.remembered`), by slot: the reply says so."""
+    memory_offer: MemoryOffer | None = None
+    """The reply asks whether what the user said of themself may be remembered (`memory.ask`): the next
+    message may answer."""
 
 
 class Understanding(BaseModel):
@@ -564,6 +578,27 @@ class SummarizeRequest(BaseModel):
     redact: bool = True
 
 
+class NoteMemoryRequest(BaseModel):
+    """After a turn a model answered: let the model read the user's message for facts to remember."""
+
+    conversation_id: str
+    """The tenant-qualified key."""
+    turn_id: str
+    user: str
+    user_text: str
+    variant: bool = False
+    """The `llm_variant` flag: the model of the bot's `llm.variant`."""
+    redact: bool = True
+
+
+class MemoryNoted(BaseModel):
+    kept: list[str] = []
+    """The kinds kept or corrected."""
+    forgotten: list[str] = []
+    skipped: str | None = None
+    """Why nothing was read: no consent (withdrawn since the reply), no model."""
+
+
 class ContextLineage(BaseModel):
     """What an LLM answer saw of the conversation; with the history, enough to build the request again."""
 
@@ -591,6 +626,9 @@ class ContextLineage(BaseModel):
     notes: list[str] = []
     remembered: list[str] = []
     """The end user's memory the model saw (`kind: value` lines): what rebuilds its request."""
+    memory_notes: bool = False
+    """The end user agreed to be remembered and the bot keeps notes by model (`memory.model_notes`): the
+    workflow has the model read the turn for facts to keep, after the reply (`note_memory`)."""
 
 
 class AgentStepRequest(BaseModel):
@@ -899,6 +937,8 @@ class ConversationState(BaseModel):
     """What the last turn's retrieval searched with: the next follow-up is made standalone from it."""
     last_action: str | None = None
     """What the bot did in the last turn: a follow-up continues an `answer`."""
+    memory_offer: MemoryOffer | None = None
+    """The last reply asked the end user whether it may remember these facts (`memory.ask`)."""
     pending_approvals: list[PendingApproval] = []
     """Tool calls waiting for approval, oldest first."""
     user: str | None = None

@@ -93,6 +93,18 @@ MEMORY_TOOLS = (
 """The built-in tools of `agent.memory`: they act for the conversation's verified end user alone."""
 
 
+class MemorySettings(BaseModel):
+    """How the bot keeps the end user's memory (with their consent; `dialogue/brain/memory.py`)."""
+
+    ask: bool = False
+    """When a signed-in user who was never asked says something worth remembering ("my name is Anna"),
+    the reply asks whether it may be remembered; their "yes" or "no" is their consent."""
+    model_notes: bool = True
+    """With a model configured (`llm`): after each turn the model answered, the model reads the turn for
+    facts to keep too, off the reply's path (`note_memory`), for users who consent. The rules read every
+    turn in any case."""
+
+
 class Intent(BaseModel):
     name: str
     title: str | None = None
@@ -296,9 +308,9 @@ class BotDefinition(BaseModel):
     """Replies when the knowledge base holds no answer."""
     clarify_template: str = "Sorry, I'm not sure I understood. Do you want to {first} or {second}?"
     resume_template: str = "To get back to {flow}: {prompt}"
+    """Added to a reply on another topic while a flow waits for an answer."""
     remembered_template: str = "Using {value} from our last conversation. "
     """Before a flow's reply whose slot the user's memory filled: `{value}` is the value used."""
-    """Added to a reply on another topic while a flow waits for an answer."""
     clarify_below: float = 0.0
     """Below this intent confidence the bot asks which of the two likeliest intents was meant."""
     answer_template: str = "{answer}"
@@ -308,6 +320,7 @@ class BotDefinition(BaseModel):
     min_semantic_score: float = 0.35
     """Cosine similarity a passage needs to be trusted to answer (with embeddings)."""
     privacy: Privacy = Privacy()
+    memory: MemorySettings = MemorySettings()
     llm: LlmSettings = LlmSettings()
     agent: AgentSettings = AgentSettings()
     mode: Literal["scripted", "agent"] = "scripted"

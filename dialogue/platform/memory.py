@@ -41,6 +41,12 @@ def consent(engine: Engine, *, tenant: str, user: str) -> MemoryConsent | None:
         return session.get(MemoryConsent, (tenant, user))
 
 
+def consent_of(engine: Engine, *, tenant: str, user: str) -> bool:
+    """Whether the user consents now."""
+    with Session(engine) as session:
+        return consented(session, tenant, user)
+
+
 def set_consent(
     engine: Engine, *, tenant: str, user: str, consented: bool, by: str, at: datetime
 ) -> tuple[MemoryConsent, int]:

@@ -4,7 +4,7 @@ Runs a scripted conversation (greeting, knowledge answer, the order flow with a 
 while the store cannot be written (so its records are made later, and the run waits for
 them before it continues as new), a streamed turn, a handoff asked for by the user with a
 person's reply and a handback, a goodbye that ends it) on a dev server of its own with a real worker, in runs of six
-messages, and writes the history of each run to `tests/histories/NAME-runN.json`. With `--agent`, the agent script (see AGENT_SCRIPT). With `--llm` (`python -m tests.histories.record
+messages, and writes the history of each run to `tests/histories/NAME-runN.json`. With `--agent`, the agent script (see AGENT_SCRIPT); with `--memory`, MEMORY_SCRIPT. With `--llm` (`python -m tests.histories.record
 NAME --llm`) the answers come from a stand-in LLM over HTTP, and the requests it received are kept
 beside the history, for the test that rebuilds them from it. Record one whenever the workflow changes
 shape, and keep the old ones: CI replays them all against the current code, so a change that would break
@@ -82,6 +82,16 @@ AGENT_SCRIPT: list[tuple[str, str]] = [
     ("approve", "agent no"),
     ("turn", "goodbye!"),
 ]
+# `--memory`: a signed-in user the demo asks whether it may remember her (her yes is her consent), then a
+# question the stand-in LLM answers, whose turn the model reads for her memory after the reply.
+MEMORY_SCRIPT: list[tuple[str, str]] = [
+    ("turn", "hello"),
+    ("turn", "Hi, my name is Sofia, please deliver to Leeds"),
+    ("turn", "yes please"),
+    ("turn", "I'm Sofia, from Bristol. How much does express shipping cost?"),
+    ("turn", "goodbye!"),
+]
+MEMORY_USER = "history-user"
 
 
 LLM_MODEL = "gpt-4o-mini"
@@ -97,13 +107,18 @@ def llm_settings(settings: Settings, base_url: str) -> Settings:
 
 
 def stand_in_llm() -> FakeLlm:
-    """A model that answers every question from the passages and rewrites follow-ups the same way."""
-    return FakeLlm(
-        plans=[Plan(text=LLM_ANSWER)],
-        route=lambda body: (
-            Plan(text=LLM_STANDALONE) if "standalone question" in body["messages"][0]["content"] else None
-        ),
-    )
+    """A model that answers every question from the passages, rewrites follow-ups the same way, and notes
+    the city a customer says they are from."""
+
+    def plan(body: dict[str, Any]) -> Plan | None:
+        instructions = body["messages"][0]["content"]
+        if "standalone question" in instructions:
+            return Plan(text=LLM_STANDALONE)
+        if instructions.startswith("You keep the notes"):
+            return Plan(tool_calls=[("remember", {"kind": "city", "value": "Bristol"})])
+        return None
+
+    return FakeLlm(plans=[Plan(text=LLM_ANSWER)], route=plan)
 
 
 def agent_llm() -> FakeLlm:
@@ -126,14 +141,16 @@ def agent_llm() -> FakeLlm:
     return FakeLlm(route=plan)
 
 
-async def record(name: str, *, llm: bool = False, agent: bool = False) -> list[Path]:
+async def record(name: str, *, llm: bool = False, agent: bool = False, memory: bool = False) -> list[Path]:
     """With `llm`, the bot answers with a stand-in LLM over HTTP, and the requests it got are written
     beside the history (`NAME.requests.jsonl`): a test rebuilds them from the history alone. With
-    `agent`, the agent script runs (the model calls tools)."""
+    `agent`, the agent script runs (the model calls tools); with `memory`, the memory script (a
+    signed-in user, the stand-in LLM)."""
     fake = agent_llm() if agent else stand_in_llm()
+    script = AGENT_SCRIPT if agent else MEMORY_SCRIPT if memory else SCRIPT
     async with AsyncExitStack() as stack:
-        url = await stack.enter_async_context(served_llm(fake)) if llm or agent else None
-        targets = await _record(name, url, AGENT_SCRIPT if agent else SCRIPT, agent)
+        url = await stack.enter_async_context(served_llm(fake)) if llm or agent or memory else None
+        targets = await _record(name, url, script, agent, user=MEMORY_USER if memory else None)
     if llm:
         requests = Path(__file__).parent / f"{name}.requests.jsonl"
         requests.write_bytes(b"".join(orjson.dumps(r["messages"]) + b"\n" for r in fake.requests))
@@ -141,7 +158,9 @@ async def record(name: str, *, llm: bool = False, agent: bool = False) -> list[P
     return targets
 
 
-async def _record(name: str, llm_url: str | None, script: list[tuple[str, str]], agent: bool) -> list[Path]:
+async def _record(
+    name: str, llm_url: str | None, script: list[tuple[str, str]], agent: bool, *, user: str | None = None
+) -> list[Path]:
     with tempfile.TemporaryDirectory() as scratch:
         folder = Path(scratch)
         settings = Settings(
@@ -207,13 +226,13 @@ async def _record(name: str, llm_url: str | None, script: list[tuple[str, str]],
                         else:
                             start = WithStartWorkflowOperation(
                                 ConversationWorkflow.run,
-                                conversation_input(settings, conversation_id),
+                                conversation_input(settings, conversation_id, user=user),
                                 id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
                                 **start_options(settings, conversation_id, "default"),
                             )
                             reply = await env.client.execute_update_with_start_workflow(
                                 ConversationWorkflow.turn,
-                                TurnRequest(text=text, stream=step == "stream", flags=flags),
+                                TurnRequest(text=text, stream=step == "stream", flags=flags, user=user),
                                 start_workflow_operation=start,
                             )
                             pending.extend(reply.approvals)
@@ -229,4 +248,11 @@ async def _record(name: str, llm_url: str | None, script: list[tuple[str, str]],
 
 
 if __name__ == "__main__":
-    print(asyncio.run(record(sys.argv[1], llm="--llm" in sys.argv[2:], agent="--agent" in sys.argv[2:])))
+    options = sys.argv[2:]
+    print(
+        asyncio.run(
+            record(
+                sys.argv[1], llm="--llm" in options, agent="--agent" in options, memory="--memory" in options
+            )
+        )
+    )

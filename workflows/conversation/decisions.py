@@ -15,6 +15,7 @@ from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
     from dialogue.brain.agent.declarations import arguments_digest
+    from dialogue.brain.memory import offer
     from dialogue.model.contracts import (
         APPROVAL_DECIDED,
         APPROVAL_FORBIDDEN,
@@ -38,9 +39,11 @@ with workflow.unsafe.imports_passed_through():
         Decision,
         DialogueState,
         IntentPrediction,
+        MemoryOffer,
         NluResult,
         ParkedAgent,
         PendingApproval,
+        Reply,
         ToolResult,
     )
 
@@ -223,7 +226,15 @@ def dialogue_of(state: ConversationState) -> DialogueState:
         trusted=state.trusted_slots,
         last_topic=state.last_intent,
         last_action=state.last_action,
+        memory_offer=state.memory_offer,
     )
+
+
+def memory_offer_made(decision: Decision | None, reply: Reply) -> MemoryOffer | None:
+    """The offer to remember the user that the reply made, which their next message may answer; None when
+    the decision made none or the reply is not the one that words it (a step failed: the fallback)."""
+    offered = decision.memory_offer if decision is not None else None
+    return offered if offered is not None and reply.text.endswith(offer(offered.facts)) else None
 
 
 def trusted_values(state: ConversationState) -> dict[str, Any]:

@@ -52,6 +52,8 @@ TOOL = step_options(timeout_s=10, total_s=20, attempts=3)
 # Folding older turns into the rolling summary: an LLM call like generate's, but after the reply, never in
 # the user's way. Failing after its retries leaves the verbatim window (older turns dropped, noted in lineage).
 SUMMARIZE = step_options(timeout_s=20, total_s=30, attempts=3)
+# The model's notes of a turn for the user's memory: after the reply; failing, the turn is not noted.
+NOTE_MEMORY = step_options(timeout_s=20, total_s=30, attempts=3)
 # One model step of the agent: an LLM call like generate's, within the turn's deadline. A tool call's options
 # come from its declaration (timeout, attempts), cut to the deadline too (`tool_call_options`).
 AGENT_STEP = step_options(timeout_s=20, total_s=30, attempts=3, heartbeat_s=5)

@@ -34,3 +34,8 @@ LEAN_COMMANDS = "lean-commands"
 applied, and writes a search attribute only when the value operators filter on changes (`details.Listing`):
 a new conversation's first turn recorded 5 patch markers and 7 search-attribute upserts, and every turn one
 upsert, each about a bare update's worth of the dev server's CPU (bench/command_costs.py)."""
+MODEL_MEMORY_NOTES = "model-memory-notes"
+"""Since this patch, after a turn a model answered for an end user who consents to memory, the model reads
+the turn for facts to keep (`note_memory`, a regular activity after the reply, not in its way). Asked with
+`workflow.patched` itself (a run takes the patches before LEAN_COMMANDS as applied, not this one), and only
+when such a turn happens: a run without one records no marker."""

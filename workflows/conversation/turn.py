@@ -12,6 +12,7 @@ from workflows.conversation import decisions, patches
 from workflows.conversation.approvals import Approvals
 from workflows.conversation.handoff import Handoff
 from workflows.conversation.lifecycle import Lifecycle
+from workflows.conversation.memory_notes import MemoryNotes
 from workflows.conversation.recorder import Recorder, turn_write
 from workflows.conversation.replies import FALLBACK_TEXT, Answer, unanswered
 from workflows.conversation.respond import Outcome, Responder, TurnInput
@@ -35,6 +36,7 @@ class Turns:
         approvals: Approvals,
         summary: RollingSummary,
         handoff: Handoff,
+        memory_notes: MemoryNotes,
     ) -> None:
         self._conversation = conversation
         self._lifecycle = lifecycle
@@ -43,6 +45,7 @@ class Turns:
         self._approvals = approvals
         self._summary = summary
         self._handoff = handoff
+        self._memory_notes = memory_notes
         self._arrivals = 0
         """Turns that arrived in this run, counted when they arrive: the newest wins under `interrupt`."""
         self._responding: asyncio.Task[Outcome] | None = None
@@ -135,6 +138,7 @@ class Turns:
         if outcome.parked is not None:
             self._approvals.park(outcome.parked)
         self._summary.fold_if_needed(answer.lineage.context if answer.lineage else None, flags)
+        self._memory_notes.note_if_due(turn.turn_id, turn.text, outcome.reply, flags)
         action = outcome.decision.action if outcome.decision is not None else None
         if action == "handoff" and self._conversation.patched(patches.HOLD):
             await self._handoff.hand_over("agent", None, "the user asked for a person")
@@ -198,6 +202,7 @@ class Turns:
         state.last_intent = topic
         state.intent_counts[topic] = state.intent_counts.get(topic, 0) + 1
         state.last_action = decision.action if decision is not None else None
+        state.memory_offer = decisions.memory_offer_made(decision, outcome.reply)
         state.last_query = outcome.query or turn.text
         if log.failed:
             state.degraded_count += 1

@@ -33,6 +33,7 @@ from workflows.conversation.decisions import (
 )
 from workflows.conversation.handoff import Handoff
 from workflows.conversation.lifecycle import Lifecycle
+from workflows.conversation.memory_notes import MemoryNotes
 from workflows.conversation.recorder import Recorder, conversation_write, record_until_done
 from workflows.conversation.respond import Responder
 from workflows.conversation.state import Conversation
@@ -65,6 +66,7 @@ class ConversationWorkflow:
         self._recorder = Recorder(conversation)
         self._handoff = Handoff(conversation, self._recorder)
         self._summary = RollingSummary(conversation)
+        self._memory_notes = MemoryNotes(conversation)
         agent = AgentLoop(conversation)
         self._approvals = Approvals(conversation, self._lifecycle, agent, self._recorder)
         self._turns = Turns(
@@ -75,6 +77,7 @@ class ConversationWorkflow:
             self._approvals,
             self._summary,
             self._handoff,
+            self._memory_notes,
         )
 
     @workflow.run
@@ -112,6 +115,7 @@ class ConversationWorkflow:
                 workflow.all_handlers_finished()
                 and self._recorder.recorded()
                 and not self._summary.folding
+                and not self._memory_notes.noting
                 and self._approvals.resuming == 0
             )
         )

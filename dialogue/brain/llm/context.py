@@ -69,6 +69,8 @@ class Conversation:
     """What is remembered of the end user, one `kind: value` line per item (with their consent)."""
     memory: tuple[MemoryUse, ...] = ()
     """Those items, as the lineage of an answer that saw them names them."""
+    consented: bool = False
+    """The end user agreed to be remembered (what the model may note of the turn, after the reply)."""
 
 
 @dataclass(frozen=True)
