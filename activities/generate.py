@@ -19,7 +19,7 @@ from activities.context import read_conversation
 from activities.progress import Progress
 from dialogue.brain.generation import AnswerGenerator, Generators
 from dialogue.brain.llm.context import Conversation
-from dialogue.brain.memory import memory_use, offer
+from dialogue.brain.memory import memory_use
 from dialogue.brain.policy import decide
 from dialogue.model.contracts import (
     OUT_OF_SCOPE,
@@ -86,7 +86,7 @@ class ReplyComposer:
             )
             reply = reply.model_copy(update={"text": f"{reply.text} {reminder}"})
         if decision.memory_offer is not None:  # the end user may answer yes or no (`memory.ask`)
-            reply = reply.model_copy(update={"text": f"{reply.text} {offer(decision.memory_offer.facts)}"})
+            reply = reply.model_copy(update={"text": f"{reply.text} {decision.memory_offer.question}"})
         return reply
 
     async def _answered_first(

@@ -219,7 +219,7 @@ class RespondActivity:
         if memory.consent(self._engine, tenant=tenant, user=user) is not None:
             return understanding  # asked before (or set on the page): their answer stands
         turn_id = request.record.turn_id if request.record is not None else None
-        offered = MemoryOffer(facts=facts, turn_id=turn_id)
+        offered = MemoryOffer(facts=facts, turn_id=turn_id, question=memory_rules.offer(facts))
         return understanding.model_copy(
             update={"decision": decision.model_copy(update={"memory_offer": offered})}
         )

@@ -272,9 +272,9 @@ def test_turn_flags_have_one_set_of_defaults() -> None:
 
 
 def test_an_offer_to_remember_stands_only_when_the_reply_made_it() -> None:
-    offered = MemoryOffer(facts={"name": "Anna"}, turn_id="t1")
+    offered = MemoryOffer(facts={"name": "Anna"}, turn_id="t1", question=offer({"name": "Anna"}))
     decision = Decision(action="respond", memory_offer=offered)
-    made = Reply(text=f"Hello! {offer(offered.facts)}")
+    made = Reply(text=f"Hello! {offered.question}")
     assert decisions.memory_offer_made(decision, made) == offered
     # A step failed and the user got the fallback: they were not asked, so "yes" next is not a consent.
     assert decisions.memory_offer_made(decision, Reply(text="Sorry, something went wrong.")) is None

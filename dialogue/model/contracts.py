@@ -226,6 +226,8 @@ class MemoryOffer(BaseModel):
     facts: dict[str, str]
     turn_id: str | None = None
     """The turn that stated them: each item's source once kept."""
+    question: str = ""
+    """What the reply ends with to ask."""
 
 
 class DialogueState(BaseModel):

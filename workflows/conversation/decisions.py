@@ -15,7 +15,6 @@ from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
     from dialogue.brain.agent.declarations import arguments_digest
-    from dialogue.brain.memory import offer
     from dialogue.model.contracts import (
         APPROVAL_DECIDED,
         APPROVAL_FORBIDDEN,
@@ -234,7 +233,8 @@ def memory_offer_made(decision: Decision | None, reply: Reply) -> MemoryOffer | 
     """The offer to remember the user that the reply made, which their next message may answer; None when
     the decision made none or the reply is not the one that words it (a step failed: the fallback)."""
     offered = decision.memory_offer if decision is not None else None
-    return offered if offered is not None and reply.text.endswith(offer(offered.facts)) else None
+    made = offered is not None and offered.question and reply.text.endswith(offered.question)
+    return offered if made else None
 
 
 def trusted_values(state: ConversationState) -> dict[str, Any]:
