@@ -205,7 +205,7 @@ async def create_conversation(
             ),
             id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
             result_type=ConversationState,
-            **start_options(settings, key, principal.tenant),
+            **start_options(settings, key, principal.tenant, owner),
         )
     return ConversationCreated(conversation_id=conversation_id, status="active")
 
@@ -284,7 +284,7 @@ async def create_turn(
         ),
         id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
         result_type=ConversationState,
-        **start_options(settings, _key(principal, conversation_id), principal.tenant),
+        **start_options(settings, _key(principal, conversation_id), principal.tenant, principal.user),
     )
     async with temporal_errors(
         conversation_id, temporal=temporal, key=_key(principal, conversation_id), turn_id=turn_id

@@ -34,3 +34,4 @@ add DialogueTurnCount Int
 add DialogueTenant Keyword
 add DialogueDegradedCount Int
 add DialogueHandoff Bool
+add DialogueUser Keyword

@@ -9,7 +9,7 @@ from temporalio.common import SearchAttributePair, TypedSearchAttributes, Workfl
 from dialogue.model.contracts import ConversationInput, DoubleTextPolicy
 from dialogue.platform.bot_versions import BotRef
 from dialogue.platform.settings import Settings
-from dialogue.platform.temporal import DEGRADED_COUNT, HANDOFF, STATUS, TENANT, workflow_id
+from dialogue.platform.temporal import DEGRADED_COUNT, HANDOFF, STATUS, TENANT, USER, user_tag, workflow_id
 
 
 def conversation_input(
@@ -41,26 +41,28 @@ def conversation_input(
     )
 
 
-def start_options(settings: Settings, key: str, tenant: str) -> dict[str, Any]:
+def start_options(settings: Settings, key: str, tenant: str, user: str | None = None) -> dict[str, Any]:
     """Options of `start_workflow` and `WithStartWorkflowOperation` (but the conflict policy) for the
-    conversation with this key (`dialogue.platform.temporal.conversation_key`) of `tenant`."""
+    conversation with this key (`dialogue.platform.temporal.conversation_key`) of `tenant`, whose end user
+    is `user` (None: the tenant's server speaks for it)."""
     return {
         "id": workflow_id(key),
         "task_queue": settings.task_queue,
         # An ended conversation stays ended: its id is never started again.
         "id_reuse_policy": WorkflowIDReusePolicy.REJECT_DUPLICATE,
-        "search_attributes": listed_at_start(tenant),
+        "search_attributes": listed_at_start(tenant, user),
     }
 
 
-def listed_at_start(tenant: str) -> TypedSearchAttributes:
+def listed_at_start(tenant: str, user: str | None = None) -> TypedSearchAttributes:
     """A new conversation's search attributes, set with the workflow: written with its start, where an
     upsert by the workflow would cost a write of its own (`workflows.conversation.details.Listing`)."""
-    return TypedSearchAttributes(
-        [
-            SearchAttributePair(STATUS, "active"),
-            SearchAttributePair(TENANT, tenant),
-            SearchAttributePair(DEGRADED_COUNT, 0),
-            SearchAttributePair(HANDOFF, False),
-        ]
-    )
+    pairs: list[SearchAttributePair[Any]] = [
+        SearchAttributePair(STATUS, "active"),
+        SearchAttributePair(TENANT, tenant),
+        SearchAttributePair(DEGRADED_COUNT, 0),
+        SearchAttributePair(HANDOFF, False),
+    ]
+    if user is not None:
+        pairs.append(SearchAttributePair(USER, user_tag(tenant, user)))
+    return TypedSearchAttributes(pairs)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 
 from temporalio.client import Client, Interceptor
@@ -19,6 +20,9 @@ TURN_COUNT = SearchAttributeKey.for_int("DialogueTurnCount")
 TENANT = SearchAttributeKey.for_keyword("DialogueTenant")
 DEGRADED_COUNT = SearchAttributeKey.for_int("DialogueDegradedCount")
 HANDOFF = SearchAttributeKey.for_bool("DialogueHandoff")
+USER = SearchAttributeKey.for_keyword("DialogueUser")
+"""The conversation's end user as `user_tag` names them, set at its start: erasing a user finds through it
+the conversations the store never recorded (the store was down when they started)."""
 SEARCH_ATTRIBUTES: tuple[SearchAttributeKey, ...] = (
     STATUS,
     LAST_INTENT,
@@ -26,6 +30,7 @@ SEARCH_ATTRIBUTES: tuple[SearchAttributeKey, ...] = (
     TENANT,
     DEGRADED_COUNT,
     HANDOFF,
+    USER,
 )
 
 _TYPE_NAMES = {"KEYWORD": "Keyword", "INT": "Int", "TEXT": "Text", "BOOL": "Bool"}
@@ -37,6 +42,17 @@ def search_attribute_flags() -> list[str]:
     for key in SEARCH_ATTRIBUTES:
         flags += ["--search-attribute", f"{key.name}={_TYPE_NAMES[key.indexed_value_type.name]}"]
     return flags
+
+
+def user_tag(tenant: str, user: str) -> str:
+    """An end user as Temporal's visibility knows them: a digest of tenant and user, so that the Web UI,
+    its queries and the visibility store hold no user's id, yet their conversations are found by it."""
+    return hashlib.sha256(f"{tenant}\0{user}".encode()).hexdigest()[:32]
+
+
+def user_query(tenant: str, user: str) -> str:
+    """The visibility query for every conversation of this end user."""
+    return f"{USER.name} = '{user_tag(tenant, user)}'"
 
 
 def conversation_key(tenant: str, conversation_id: str) -> str:

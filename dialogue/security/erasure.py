@@ -18,7 +18,7 @@ from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode
 
 from dialogue.platform import memory, store
-from dialogue.platform.temporal import workflow_id
+from dialogue.platform.temporal import WORKFLOW_ID_PREFIX, user_query, workflow_id
 from dialogue.security.identity import audit
 
 
@@ -76,11 +76,12 @@ class UserErasure:
 
 
 async def erase_user(client: Client, engine: Engine, *, tenant: str, user: str, actor: str) -> UserErasure:
-    """Erase every conversation recorded as this end user's in `tenant`, their memory and consent, then the
-    records of whose the conversations were. Those go last: an erasure stopped halfway (a dependency down) finds what is left when sent again.
+    """Erase every conversation of this end user's in `tenant` (recorded so in the store, or started so in
+    Temporal: `DialogueUser`), their memory and consent, then the records of whose the conversations were. Those go last: an erasure stopped halfway (a dependency down) finds what is left when sent again.
     Idempotent; an audit entry names the user and counts, never the content."""
     erased = UserErasure()
-    for key in await asyncio.to_thread(store.conversations_of, engine, tenant=tenant, user=user):
+    recorded = await asyncio.to_thread(store.conversations_of, engine, tenant=tenant, user=user)
+    for key in [*recorded, *[key for key in await _started_by(client, tenant, user) if key not in recorded]]:
         await erase_conversation(client, engine, key, actor=actor, reason="user erased", keep_owner=True)
         erased.conversations.append(key)
     erased.rows |= await asyncio.to_thread(memory.erase_user, engine, tenant=tenant, user=user)
@@ -97,6 +98,16 @@ async def erase_user(client: Client, engine: Engine, *, tenant: str, user: str, 
         **erased.rows,
     )
     return erased
+
+
+async def _started_by(client: Client, tenant: str, user: str) -> list[str]:
+    """The keys of the conversations Temporal knows as this end user's (`user_tag`, set at their start):
+    also those whose first record never reached the store."""
+    keys = {
+        execution.id.removeprefix(WORKFLOW_ID_PREFIX)
+        async for execution in client.list_workflows(user_query(tenant, user))
+    }
+    return sorted(keys)
 
 
 async def _run_ids(client: Client, key: str) -> list[str]:

@@ -21,7 +21,8 @@ import orjson
 import pytest
 from fastapi import FastAPI, Request
 from pydantic import SecretStr
-from sqlmodel import Session, SQLModel, select
+from sqlalchemy import delete as sql_delete
+from sqlmodel import Session, SQLModel, col, select
 from temporalio.client import Client, WorkflowUpdateFailedError
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
@@ -29,9 +30,10 @@ from temporalio.worker import Worker
 
 from api import create_app
 from dialogue.model.contracts import NOT_YOUR_CONVERSATION, ApprovalReply, ApprovalRequest, Updates
-from dialogue.platform.db import AuditEntry, get_engine
+from dialogue.platform import store
+from dialogue.platform.db import AuditEntry, ConversationOwner, get_engine
 from dialogue.platform.settings import Settings
-from dialogue.platform.temporal import conversation_key, workflow_id
+from dialogue.platform.temporal import USER, conversation_key, user_query, user_tag, workflow_id
 from dialogue.security.identity import create_key
 from dialogue.security.tokens import END_USER_AUDIENCE, END_USER_ISSUER, END_USER_PREFIX
 from tests.conftest import api_client, served, served_llm
@@ -261,6 +263,41 @@ async def test_erasing_a_user_leaves_nothing_of_theirs_in_temporal_or_the_store_
             select(AuditEntry).where(AuditEntry.action == "erase_user", AuditEntry.target == ANNA)
         ).all()
     assert [entry.detail["conversations"] for entry in entries] == [2, 0]
+
+
+async def test_erasing_a_user_finds_through_temporal_a_conversation_the_store_never_recorded(
+    http: httpx.AsyncClient, client: Client, settings: Settings
+) -> None:
+    anna = await token_for(http, ANNA)
+    lost = f"anna-lost-{uuid.uuid4().hex[:6]}"
+    assert (await say(http, anna, lost, "hello, it's Anna")).status_code == 200
+    engine = get_engine(settings.resolved_database_url)
+
+    def recorded() -> list[str]:
+        return store.conversations_of(engine, tenant="default", user=ANNA)
+
+    assert await eventually(recorded, "her conversation recorded", within=30) == [
+        conversation_key("default", lost)
+    ]
+    # As if the store had been down when it started: no record says the conversation is hers.
+    with Session(engine) as session:
+        session.exec(sql_delete(ConversationOwner).where(col(ConversationOwner.user) == ANNA))
+        session.commit()
+    assert recorded() == []
+    # Temporal knows it as hers by a digest of tenant and user, never by her id.
+    handle = client.get_workflow_handle(workflow_id(conversation_key("default", lost)))
+    listed = (await handle.describe()).typed_search_attributes.get(USER)
+    assert listed == user_tag("default", ANNA) and ANNA not in str(listed)
+
+    async def visible() -> list[str]:
+        return [w.id async for w in client.list_workflows(user_query("default", ANNA))]
+
+    await eventually(visible, "her conversation in Temporal's visibility", within=30)
+    erased = await http.delete(f"/v1/users/{ANNA}")
+    assert erased.status_code == 200 and erased.json()["conversations"] == [lost], erased.text
+    with pytest.raises(RPCError) as missing:
+        await handle.fetch_history()
+    assert missing.value.status == RPCStatusCode.NOT_FOUND
 
 
 async def test_each_end_user_has_a_rate_limit_of_their_own(settings: Settings, client: Client) -> None:
