@@ -96,32 +96,34 @@ async def test_a_conversations_life_in_typed_calls(
             assert (await as_client.me()).scope == "client"
         await dialogue.revoke_key(key.id)
 
-        # The integrator's server mints its user a token; the user's client is that user, a client.
-        minted = await dialogue.create_end_user_token("NWC-100001", ttl_seconds=300)
+        # The integrator's server mints its user a token; the user's client is that user, a client. A user
+        # of this test alone: Temporal is shared by the tests, and erasing a user finds all of theirs.
+        user = f"client-user-{new_id()}"
+        minted = await dialogue.create_end_user_token(user, ttl_seconds=300)
         async with AsyncDialogueClient(str(dialogue._http.base_url), minted.token) as as_user:
-            assert (await as_user.me()).user == "NWC-100001"
+            assert (await as_user.me()).user == user
             mine = (await as_user.send_turn(new_id(), "hello")).conversation_id
 
             async def listed() -> list[str]:
-                return [c.conversation_id for c in (await as_user.user_conversations("NWC-100001")).items]
+                return [c.conversation_id for c in (await as_user.user_conversations(user)).items]
 
             assert await eventually(listed, "the user's conversation listed") == [mine]
             with pytest.raises(DialogueError) as theirs:
                 await as_user.user_conversations("NWC-100002")
             assert theirs.value.code == "forbidden"
-        page = await dialogue.user_conversations("NWC-100001", status="active")
+        page = await dialogue.user_conversations(user, status="active")
         assert [c.conversation_id for c in page.items] == [mine]
-        exported = await dialogue.export_user("NWC-100001")
+        exported = await dialogue.export_user(user)
         assert [c.conversation_id for c in exported.conversations] == [mine]
         assert exported.conversations[0].messages[0].text == "hello"
-        assert (await dialogue.set_memory_consent("NWC-100001", True)).consented is True
-        assert (await dialogue.remember("NWC-100001", "city", "Leeds")).value == "Leeds"
-        assert [i.kind for i in (await dialogue.user_memory("NWC-100001")).items] == ["city"]
-        await dialogue.forget("NWC-100001", "city")
-        assert (await dialogue.user_memory("NWC-100001")).items == []
-        erased = await dialogue.erase_user("NWC-100001")
+        assert (await dialogue.set_memory_consent(user, True)).consented is True
+        assert (await dialogue.remember(user, "city", "Leeds")).value == "Leeds"
+        assert [i.kind for i in (await dialogue.user_memory(user)).items] == ["city"]
+        await dialogue.forget(user, "city")
+        assert (await dialogue.user_memory(user)).items == []
+        erased = await dialogue.erase_user(user)
         assert erased.conversations == [mine]
-        assert (await dialogue.export_user("NWC-100001")).conversations == []
+        assert (await dialogue.export_user(user)).conversations == []
 
 
 async def test_a_shed_turn_is_sent_again_after_retry_after(client: Client, settings: Settings) -> None:

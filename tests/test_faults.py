@@ -89,6 +89,18 @@ class DevServer:
                 continue
             writer.close()
             await writer.wait_closed()
+            break
+        # The port opens before the frontend serves ("Frontend is not healthy yet"): a client that connects
+        # then is refused, so the server is up once one can connect.
+        while True:
+            assert time.monotonic() < started + START_TIMEOUT, (
+                f"no healthy dev server:\n{self.log.read_text()}"
+            )
+            try:
+                await Client.connect(f"127.0.0.1:{self.port}")
+            except RuntimeError:
+                await asyncio.sleep(0.1)
+                continue
             return time.monotonic() - started
 
     async def stop(self) -> None:

@@ -18,7 +18,7 @@ from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode
 
 from dialogue.platform import memory, store
-from dialogue.platform.temporal import WORKFLOW_ID_PREFIX, user_query, workflow_id
+from dialogue.platform.temporal import key_of, user_query, workflow_id
 from dialogue.security.identity import audit
 
 
@@ -103,11 +103,8 @@ async def erase_user(client: Client, engine: Engine, *, tenant: str, user: str, 
 async def _started_by(client: Client, tenant: str, user: str) -> list[str]:
     """The keys of the conversations Temporal knows as this end user's (`user_tag`, set at their start):
     also those whose first record never reached the store."""
-    keys = {
-        execution.id.removeprefix(WORKFLOW_ID_PREFIX)
-        async for execution in client.list_workflows(user_query(tenant, user))
-    }
-    return sorted(keys)
+    keys = {key_of(execution.id) async for execution in client.list_workflows(user_query(tenant, user))}
+    return sorted(key for key in keys if key is not None)
 
 
 async def _run_ids(client: Client, key: str) -> list[str]:

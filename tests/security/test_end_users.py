@@ -213,8 +213,11 @@ async def test_a_users_export_holds_all_of_theirs_and_nothing_of_anyone_elses(
 async def test_erasing_a_user_leaves_nothing_of_theirs_in_temporal_or_the_store_and_nothing_of_others_goes(
     http: httpx.AsyncClient, client: Client, settings: Settings
 ) -> None:
-    anna, ben = await token_for(http, ANNA), await token_for(http, BEN)
     run = uuid.uuid4().hex[:6]
+    # Users of this test alone: Temporal is shared by the tests, and erasing a user finds every
+    # conversation it holds of theirs (others' tests' too).
+    anna_id, ben_id = f"anna-{run}", f"ben-{run}"
+    anna, ben = await token_for(http, anna_id), await token_for(http, ben_id)
     first, second, his = f"anna-a-{run}", f"anna-b-{run}", f"ben-{run}"
     secret = f"anna's private words {run}"
     assert (await say(http, anna, first, secret, **{"Idempotency-Key": "q1"})).status_code == 200
@@ -224,18 +227,18 @@ async def test_erasing_a_user_leaves_nothing_of_theirs_in_temporal_or_the_store_
     engine = get_engine(settings.resolved_database_url)
 
     async def anna_held() -> list[str]:
-        exported = await http.get(f"/v1/users/{ANNA}/export")
+        exported = await http.get(f"/v1/users/{anna_id}/export")
         return sorted(c["conversation_id"] for c in exported.json()["conversations"])
 
     assert await eventually(anna_held, "both of Anna's conversations recorded", within=30) == [first, second]
     # Ben's token may not erase Anna; nor may a client's key while clients may not erase.
-    refused = await http.delete(f"/v1/users/{ANNA}", headers=bearer(ben))
+    refused = await http.delete(f"/v1/users/{anna_id}", headers=bearer(ben))
     assert refused.status_code == 403
 
-    erased = await http.delete(f"/v1/users/{ANNA}")
+    erased = await http.delete(f"/v1/users/{anna_id}")
     assert erased.status_code == 200, erased.text
     receipt = erased.json()
-    assert (receipt["tenant"], receipt["user"]) == ("default", ANNA)
+    assert (receipt["tenant"], receipt["user"]) == ("default", anna_id)
     assert sorted(receipt["conversations"]) == [first, second] and receipt["rows"]["owners"] == 2
     # Temporal holds no history of hers: reading one is refused as not found.
     for conversation in (first, second):
@@ -249,18 +252,18 @@ async def test_erasing_a_user_leaves_nothing_of_theirs_in_temporal_or_the_store_
             if table.name in ("audit_entry", "api_key"):
                 continue  # who erased whom (ids, no content); keys are the integrator's
             text = orjson.dumps([tuple(row) for row in connection.execute(table.select())], default=str)
-            assert secret.encode() not in text and ANNA.encode() not in text, table.name
+            assert secret.encode() not in text and anna_id.encode() not in text, table.name
     assert await anna_held() == []
     answered = await http.get(f"/v1/conversations/{first}/messages")
     assert answered.status_code == 200 and answered.json()["items"] == []
     # Ben's conversation is untouched; erasing Anna again is safe and finds nothing left.
     bens = await http.get(f"/v1/conversations/{his}/messages", headers=bearer(ben))
     assert bens.json()["items"][0]["text"] == f"ben's words {run}"
-    again = await http.delete(f"/v1/users/{ANNA}")
+    again = await http.delete(f"/v1/users/{anna_id}")
     assert again.status_code == 200 and again.json()["conversations"] == []
     with Session(engine) as session:
         entries = session.exec(
-            select(AuditEntry).where(AuditEntry.action == "erase_user", AuditEntry.target == ANNA)
+            select(AuditEntry).where(AuditEntry.action == "erase_user", AuditEntry.target == anna_id)
         ).all()
     assert [entry.detail["conversations"] for entry in entries] == [2, 0]
 
@@ -268,32 +271,34 @@ async def test_erasing_a_user_leaves_nothing_of_theirs_in_temporal_or_the_store_
 async def test_erasing_a_user_finds_through_temporal_a_conversation_the_store_never_recorded(
     http: httpx.AsyncClient, client: Client, settings: Settings
 ) -> None:
-    anna = await token_for(http, ANNA)
-    lost = f"anna-lost-{uuid.uuid4().hex[:6]}"
+    run = uuid.uuid4().hex[:6]
+    anna_id = f"anna-{run}"
+    anna = await token_for(http, anna_id)
+    lost = f"anna-lost-{run}"
     assert (await say(http, anna, lost, "hello, it's Anna")).status_code == 200
     engine = get_engine(settings.resolved_database_url)
 
     def recorded() -> list[str]:
-        return store.conversations_of(engine, tenant="default", user=ANNA)
+        return store.conversations_of(engine, tenant="default", user=anna_id)
 
     assert await eventually(recorded, "her conversation recorded", within=30) == [
         conversation_key("default", lost)
     ]
     # As if the store had been down when it started: no record says the conversation is hers.
     with Session(engine) as session:
-        session.exec(sql_delete(ConversationOwner).where(col(ConversationOwner.user) == ANNA))
+        session.exec(sql_delete(ConversationOwner).where(col(ConversationOwner.user) == anna_id))
         session.commit()
     assert recorded() == []
     # Temporal knows it as hers by a digest of tenant and user, never by her id.
     handle = client.get_workflow_handle(workflow_id(conversation_key("default", lost)))
     listed = (await handle.describe()).typed_search_attributes.get(USER)
-    assert listed == user_tag("default", ANNA) and ANNA not in str(listed)
+    assert listed == user_tag("default", anna_id) and anna_id not in str(listed)
 
     async def visible() -> list[str]:
-        return [w.id async for w in client.list_workflows(user_query("default", ANNA))]
+        return [w.id async for w in client.list_workflows(user_query("default", anna_id))]
 
     await eventually(visible, "her conversation in Temporal's visibility", within=30)
-    erased = await http.delete(f"/v1/users/{ANNA}")
+    erased = await http.delete(f"/v1/users/{anna_id}")
     assert erased.status_code == 200 and erased.json()["conversations"] == [lost], erased.text
     with pytest.raises(RPCError) as missing:
         await handle.fetch_history()

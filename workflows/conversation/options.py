@@ -85,9 +85,16 @@ def tool_call_options(timeout_seconds: float, attempts: int) -> dict[str, Any]:
     return step_options(timeout_s=timeout_seconds, total_s=timeout_seconds * attempts + 5, attempts=attempts)
 
 
+DEADLINE_GRACE_SECONDS = 0.5
+"""How long past the turn's deadline a step's own timeout falls: the deadline's timer, started with the step
+(in the same workflow task), decides the turn, and its cancellation ends the step. A step timed out at the
+very deadline raced the timer, and the user's fallback then said the step failed, not that time ran out."""
+
+
 def within_deadline(options: dict[str, Any], deadline_seconds: float) -> dict[str, Any]:
-    """A turn step's options, its budget cut to the turn's deadline: nothing of a turn outlives it."""
-    deadline = timedelta(seconds=deadline_seconds)
+    """A turn step's options, its budget cut to the turn's deadline (and DEADLINE_GRACE_SECONDS): nothing of a
+    turn outlives it."""
+    deadline = timedelta(seconds=deadline_seconds + DEADLINE_GRACE_SECONDS)
     return {
         **options,
         "start_to_close_timeout": min(options["start_to_close_timeout"], deadline),
