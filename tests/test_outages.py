@@ -172,8 +172,12 @@ async def test_no_conversation_fails_while_the_worker_is_down_longer_than_every_
             lock.acquire()
             try:
                 at_the_kill = [asyncio.create_task(chat.send(c, "hello")) for c in starting]
-                for conversation_id in starting:
-                    await wait_for_activity_in_hand(handle_of(client, conversation_id), "record_conversation")
+                # Each waits to write; at least one write is in the worker's hands (the others may wait for
+                # a thread: the worker's are blocked on the lock too).
+                handles = [handle_of(client, conversation_id) for conversation_id in starting]
+                for handle in handles:
+                    await wait_for_activity(handle, "record_conversation", started=False)
+                await wait_for_activity(handles, "record_conversation", started=True)
                 await first.kill()
                 killed = time.monotonic()
             finally:
@@ -231,23 +235,28 @@ async def test_no_conversation_fails_while_the_worker_is_down_longer_than_every_
         await second.kill()
 
 
-async def wait_for_activity_in_hand(handle: WorkflowHandle[Any, Any], activity: str) -> None:
-    """Until a worker runs `activity` for the workflow."""
+async def wait_for_activity(
+    handles: WorkflowHandle[Any, Any] | list[WorkflowHandle[Any, Any]], activity: str, *, started: bool
+) -> None:
+    """Until `activity` is pending for the workflow (for one of `handles`); with `started`, until a worker
+    runs it."""
+    handles = handles if isinstance(handles, list) else [handles]
     deadline = time.monotonic() + 30
     while True:
-        try:
-            described = (await handle.describe()).raw_description
-        except RPCError as err:  # not started yet
-            assert err.status == RPCStatusCode.NOT_FOUND
-            await asyncio.sleep(0.1)
-            continue
-        if any(
-            pending.activity_type.name == activity
-            and pending.state == PendingActivityState.PENDING_ACTIVITY_STATE_STARTED
-            for pending in described.pending_activities
-        ):
-            return
-        assert time.monotonic() < deadline, f"{activity} of {handle.id} never started"
+        for handle in handles:
+            try:
+                described = (await handle.describe()).raw_description
+            except RPCError as err:  # not started yet
+                assert err.status == RPCStatusCode.NOT_FOUND
+                continue
+            if any(
+                pending.activity_type.name == activity
+                and (not started or pending.state == PendingActivityState.PENDING_ACTIVITY_STATE_STARTED)
+                for pending in described.pending_activities
+            ):
+                return
+        what = "started" if started else "scheduled"
+        assert time.monotonic() < deadline, f"{activity} of {[h.id for h in handles]} never {what}"
         await asyncio.sleep(0.1)
 
 
