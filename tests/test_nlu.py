@@ -199,6 +199,29 @@ def test_embeddings_are_unit_length_and_padding_does_not_change_them() -> None:
     assert similar > unrelated + 0.2
 
 
+def test_the_int8_copy_of_the_model_is_made_once_and_keeps_the_meaning(tmp_path: Path) -> None:
+    from dialogue.brain.nlu import embeddings
+
+    if not embeddings.embeddings_available():
+        pytest.skip("the embeddings extra is not installed")
+    import shutil
+
+    import numpy as np
+
+    embeddings._encoder()  # the float export
+    exported = tmp_path / "model.onnx"
+    shutil.copy(embeddings._export_path(), exported)
+    quantized = embeddings.quantized_copy(exported, "int8")
+    assert quantized.exists() and quantized.stat().st_size < exported.stat().st_size * 0.7  # int8 weights
+    made = quantized.stat().st_mtime_ns
+    assert embeddings.quantized_copy(exported, "int8") == quantized and quantized.stat().st_mtime_ns == made
+    texts = ["where is my parcel?", "track my package", "recipe for lasagne", "can I pay with PayPal?"]
+    floats = embeddings._onnx_encoder(exported, 1)(texts)
+    ints = embeddings._onnx_encoder(quantized, 1)(texts)
+    assert np.all((floats * ints).sum(1) > 0.95)  # each int8 vector close to its float one
+    assert float(ints[0] @ ints[1]) > float(ints[0] @ ints[2]) + 0.2  # and meaning kept
+
+
 def test_a_turn_embeds_its_text_once_for_every_step(monkeypatch: pytest.MonkeyPatch) -> None:
     from dialogue.brain.nlu import embeddings
 

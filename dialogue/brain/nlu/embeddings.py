@@ -31,6 +31,11 @@ if TYPE_CHECKING:
     from numpy.typing import NDArray
 
 EMBEDDING_MODEL = "all-MiniLM-L6-v2"
+PRECISION = os.environ.get("DIALOGUE_EMBEDDING_PRECISION", "float32")
+"""`float32`: the export as is; `int8`: its matrix products quantized to int8 per output channel (ONNX
+Runtime's dynamic quantization), about 3 times cheaper an utterance."""
+EMBEDDER = EMBEDDING_MODEL if PRECISION == "float32" else f"{EMBEDDING_MODEL}-{PRECISION}"
+"""What made a vector: a model trained on, or an index built from, another embedder's vectors is made again."""
 MAX_TOKENS = 256
 """The model's own limit (sentence-transformers truncates there too)."""
 
@@ -60,7 +65,7 @@ def _encoder() -> _Encoder:
     # process (or activity) keeps a core busy, spinning thread pools made an embedding
     # 30 times slower (measured: 13 ms with one thread, 440 ms with two, on 2 cores).
     threads = int(os.environ.get("DIALOGUE_TORCH_THREADS", "1"))
-    exported = _export_path()
+    exported = _model_path()
     if exported.exists():
         # Exported before (by this or another process): ONNX Runtime and the tokenizer alone, no torch.
         # A worker then holds ~350 MB less (torch, sentence-transformers and the weights it loads).
@@ -77,7 +82,8 @@ def _encoder() -> _Encoder:
     torch.set_num_threads(threads)
     model = SentenceTransformer(str(get_model_path()), device="cpu")
     try:
-        return _onnx_encoder(_exported(model), threads)
+        _exported(model)
+        return _onnx_encoder(_model_path(), threads)
     except Exception as err:  # no onnxruntime, or an export this torch cannot do: PyTorch still works
         log.info("embeddings on PyTorch (ONNX Runtime unavailable: %s)", err)
 
@@ -135,6 +141,39 @@ def _export_path() -> Path:
         torch_version = "none"
     cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "dialogue-engine"
     return cache / f"{EMBEDDING_MODEL}-{digest}-torch{torch_version}.onnx"
+
+
+def _model_path() -> Path:
+    """The ONNX model the encoders run: the export, or its quantized copy (`PRECISION`)."""
+    exported = _export_path()
+    if PRECISION == "float32" or not exported.exists():
+        return exported
+    return quantized_copy(exported, PRECISION)
+
+
+def quantized_copy(exported: Path, precision: str) -> Path:
+    """The export with its matrix products quantized to int8 per output channel: made from it once, beside
+    it (per-tensor quantization, tried first, cost the demo's NLU 3 of 280 held-out examples; per channel,
+    0 or 1 (two runs), and nothing of the end-to-end QA: bench/embedding_precision.py)."""
+    quantized = exported.with_name(f"{exported.stem}-{precision}.onnx")
+    if quantized.exists():
+        return quantized
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    with tempfile.NamedTemporaryFile(dir=exported.parent, suffix=".onnx", delete=False) as partial:
+        partial_path = Path(partial.name)
+    try:
+        quantize_dynamic(
+            str(exported),
+            str(partial_path),
+            weight_type=QuantType.QInt8,
+            op_types_to_quantize=["MatMul"],
+            per_channel=True,
+        )
+        os.replace(partial_path, quantized)  # processes quantizing at once never see half a file
+    finally:
+        partial_path.unlink(missing_ok=True)
+    return quantized
 
 
 def _exported(model: Any) -> Path:
@@ -216,11 +255,10 @@ the leanest for 256-token abstracts on 2 cores (bench/kb_ingest.py's corpus: 26.
 def _bulk_encoder() -> _Encoder:
     """The encoder for many texts at once (an ingest): ONNX Runtime with a thread per core, so a batch
     uses the machine while a single utterance keeps its one-thread session (`_encoder`)."""
-    exported = _export_path()
-    if not exported.exists():
+    if not _export_path().exists():
         _encoder()  # exports the model once (or falls back to PyTorch, which `embed_many` then uses)
     try:
-        return _onnx_encoder(exported, os.cpu_count() or 1, BULK_BATCH)
+        return _onnx_encoder(_model_path(), os.cpu_count() or 1, BULK_BATCH)
     except Exception:
         return _encoder()
 
