@@ -116,11 +116,12 @@ class RespondActivity:
         understanding = self._understand.conclude(request.understand, nlu, evidence)
         context = request.generate.context
         user = context.user if context is not None and self._engine is not None else None
-        if user is not None:
+        about_memory = _about_memory(request) if user is not None else None
+        if user is not None and about_memory is not None:
             # "What do you know about me?", "forget my address", a yes to the offer to remember: answered
-            # from and to the user's memory, and done.
+            # from and to the user's memory, and done. Only such a message goes to a thread for the store.
             with _part("compose", timings):
-                said = await asyncio.to_thread(self._memory_reply, request, user)
+                said = await asyncio.to_thread(self._memory_reply, request, user, about_memory)
             composing = timings.pop("compose")
             if said is not None:
                 timings["generate"] = composing
@@ -133,9 +134,10 @@ class RespondActivity:
                     needs_knowledge=False,
                 )
                 return await self._replied(request, understanding, said, None, failed, timings, started)
-        if user is not None:
+        wanted = self._understand.remembered_slot(understanding.decision) if user is not None else None
+        if user is not None and wanted is not None:
             understanding = await asyncio.to_thread(
-                self._fill_from_memory, request, understanding, nlu, evidence, user
+                self._fill_from_memory, request, understanding, nlu, evidence, user, wanted
             )
         retrieved: RetrieveResult | None = None
         if understanding.needs_knowledge and evidence is not None:
@@ -153,8 +155,9 @@ class RespondActivity:
             return RespondedHere(
                 understanding=understanding, retrieved=retrieved, failed=failed, timings_ms=timings
             )
-        if user is not None and self._ask_consent:
-            understanding = await asyncio.to_thread(self._offer_memory, request, understanding, user)
+        facts = self._facts_to_offer(request, understanding) if user is not None and self._ask_consent else {}
+        if user is not None and facts:
+            understanding = await asyncio.to_thread(self._offer_memory, request, understanding, user, facts)
         decision = understanding.decision
         with _part("compose", timings):
             composed = await self._generate.compose(
@@ -177,43 +180,48 @@ class RespondActivity:
             request, understanding, composed.reply, retrieved, failed, timings, started
         )
 
-    def _memory_reply(self, request: RespondHereRequest, user: str) -> Reply | None:
-        """The reply to a message about the user's memory: a request to see or forget it, or a yes or no
-        to the previous reply's offer to remember them; None for any other message."""
+    def _memory_reply(
+        self, request: RespondHereRequest, user: str, about: bool | memory_rules.MemoryRequest
+    ) -> Reply | None:
+        """The reply to a message about the user's memory (`_about_memory`): a yes or no to the previous
+        reply's offer to remember them, or a request to see or forget what is remembered."""
         assert self._engine is not None and request.generate.context is not None
-        text, conversation_id = request.understand.text, request.generate.context.conversation_id
+        conversation_id = request.generate.context.conversation_id
         offered = request.understand.dialogue.memory_offer
-        said = memory_rules.consent_in(text) if offered is not None else None
-        if offered is not None and said is not None:
+        if isinstance(about, bool):
+            assert offered is not None
             now = datetime.now(UTC)
             return memory_rules.consent_answered(
                 self._engine,
                 conversation_id=conversation_id,
                 user=user,
                 offered=offered,
-                consented=said,
+                consented=about,
                 at=now,
                 expires_at=now + timedelta(days=self._memory_days) if self._memory_days is not None else None,
             )
-        asked = memory_rules.request_in(text)
-        if asked is None:
-            return None
-        return memory_rules.answered(self._engine, memory.tenant_of(conversation_id), user, asked)
+        return memory_rules.answered(self._engine, memory.tenant_of(conversation_id), user, about)
 
-    def _offer_memory(
-        self, request: RespondHereRequest, understanding: Understanding, user: str
-    ) -> Understanding:
-        """The decision to end the reply with the offer to remember what the user said of themself, when
-        they were never asked (`memory.ask`; the composer words it, here or in `generate`); outside a flow
-        only, whose question the user's next message answers."""
+    @staticmethod
+    def _facts_to_offer(request: RespondHereRequest, understanding: Understanding) -> dict[str, str]:
+        """What the user said of themself that the reply may offer to remember (`memory.ask`): outside a
+        flow only, whose question the user's next message answers. Read by the rules, on the event loop:
+        most messages state nothing, and only those that do are worth a trip to the store."""
         decision = understanding.decision
         if decision.action not in ("respond", "answer", "fallback") or decision.dialogue.active_flow:
-            return understanding
-        facts = {
+            return {}
+        return {
             f.kind: f.value
             for f in memory_rules.facts_in(request.understand.text, understanding.nlu.entities)
         }
-        if not facts or self._engine is None or request.generate.context is None:
+
+    def _offer_memory(
+        self, request: RespondHereRequest, understanding: Understanding, user: str, facts: dict[str, str]
+    ) -> Understanding:
+        """The decision to end the reply with the offer to remember `facts`, when the user was never
+        asked (the composer words it, here or in `generate`)."""
+        decision = understanding.decision
+        if self._engine is None or request.generate.context is None:
             return understanding
         tenant = memory.tenant_of(request.generate.context.conversation_id)
         if memory.consent(self._engine, tenant=tenant, user=user) is not None:
@@ -231,12 +239,13 @@ class RespondActivity:
         nlu: NluResult,
         evidence: RetrieveResult | None,
         user: str,
+        wanted: tuple[str, str],
     ) -> Understanding:
-        """A flow about to ask for a slot the end user's memory holds ("where is my order?" from someone
-        who asked about NW-482913 last time) goes on with the remembered value instead, as if they had
-        said it, and the decision names the item; a value the flow refuses leaves the question asked."""
-        wanted = self._understand.remembered_slot(understanding.decision)
-        if wanted is None or self._engine is None or request.generate.context is None:
+        """A flow about to ask for a slot the end user's memory holds (`wanted`: "where is my order?"
+        from someone who asked about NW-482913 last time) goes on with the remembered value instead, as if
+        they had said it, and the decision names the item; a value the flow refuses leaves the question
+        asked."""
+        if self._engine is None or request.generate.context is None:
             return understanding
         entity, kind = wanted
         tenant = memory.tenant_of(request.generate.context.conversation_id)
@@ -348,6 +357,18 @@ def _lineage(
         bot=turn.bot,
         bot_version=turn.bot_version,
     )
+
+
+def _about_memory(request: RespondHereRequest) -> bool | memory_rules.MemoryRequest | None:
+    """Whether the message is about the user's memory, by the rules alone (no store, so on the event
+    loop): the yes (True) or no (False) to the previous reply's offer to remember them, a request to see
+    or forget what is remembered, or None for any other message."""
+    text = request.understand.text
+    if request.understand.dialogue.memory_offer is not None:
+        said = memory_rules.consent_in(text)
+        if said is not None:
+            return said
+    return memory_rules.request_in(text)
 
 
 @contextmanager
