@@ -24,7 +24,7 @@ loop's rates need the ceiling, which is then measured too. Results in bench/resu
 
     .venv/bin/python -m bench.turn_cost [--conversations 400] [--users 50] [--updates 4000]
         [--step-seconds 30] [--rounds 600] [--fractions 0.05 0.1 ...] [--only ceiling,one,closed,open]
-        [--output turn_cost.json] [--quick]
+        [--output turn_cost.json] [--quick] [--setting embedding_precision=float32 ...]
 
 The defaults took 10 and 14 minutes on this 2-core machine while other work kept 0.7 to 1.3 of its cores
 busy (the closed loop and the open loop most of it; the open loop's steps end sooner when the stack gives
@@ -265,9 +265,9 @@ async def measured_ceiling(stack: EmbeddedStack, processes: dict[int, str], upda
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
-    stack = EmbeddedStack(rate_limit_per_second="0", **default_bot())
+    stack = EmbeddedStack(rate_limit_per_second="0", **default_bot(), **dict(args.setting))
     result: dict[str, Any] = {
-        **header("turn_cost", bot="default", parts=args.only),
+        **header("turn_cost", bot="default", parts=args.only, settings=dict(args.setting)),
         "mix": MIX,
     }
     await asyncio.to_thread(stack.__enter__)
@@ -365,6 +365,13 @@ def main() -> None:
     parser.add_argument("--only", type=parts, default=list(PARTS), help=f"some of {','.join(PARTS)}")
     parser.add_argument("--output", default="turn_cost.json", help="its name in bench/results")
     parser.add_argument("--quick", action="store_true", help="a smoke run: fewer of everything")
+    parser.add_argument(
+        "--setting",
+        type=lambda said: tuple(said.split("=", 1)),
+        action="append",
+        default=[],
+        help="NAME=VALUE: the stack's DIALOGUE_NAME (embedding_precision=float32, say), for an A/B of one setting",
+    )
     args = parser.parse_args()
     if args.quick:
         args.conversations, args.updates, args.step_seconds, args.rounds = 50, 1000, 10, 64

@@ -183,17 +183,18 @@ def test_the_backend_is_chosen_in_settings(
 
 
 def test_embeddings_are_unit_length_and_padding_does_not_change_them() -> None:
-    from dialogue.brain.nlu.embeddings import embed, embeddings_available
+    from dialogue.brain.nlu.embeddings import embed, embed_many, embeddings_available
 
     if not embeddings_available():
         pytest.skip("the embeddings extra is not installed")
     import numpy as np
 
     short, long = "refund", "I sent the headphones back two weeks ago and still have not seen my money"
-    together = embed([short, long])
-    alone = np.vstack([embed([short]), embed([long])])
-    assert np.allclose(np.linalg.norm(together, axis=1), 1, atol=1e-5)
-    assert np.allclose(together, alone, atol=1e-5)  # the short one was padded in the batch
+    for encode in (embed, embed_many):  # the run-time model (int8 by default) and the float one
+        together = encode([short, long])
+        alone = np.vstack([encode([short]), encode([long])])
+        assert np.allclose(np.linalg.norm(together, axis=1), 1, atol=1e-5)
+        assert np.allclose(together, alone, atol=1e-5)  # the short one padded in a batch, or run alone
     similar = float(embed(["where is my parcel?"])[0] @ embed(["track my package"])[0])
     unrelated = float(embed(["where is my parcel?"])[0] @ embed(["recipe for lasagne"])[0])
     assert similar > unrelated + 0.2
@@ -220,6 +221,27 @@ def test_the_int8_copy_of_the_model_is_made_once_and_keeps_the_meaning(tmp_path:
     ints = embeddings._onnx_encoder(quantized, 1)(texts)
     assert np.all((floats * ints).sum(1) > 0.95)  # each int8 vector close to its float one
     assert float(ints[0] @ ints[1]) > float(ints[0] @ ints[2]) + 0.2  # and meaning kept
+
+
+def test_kept_vectors_come_from_the_float_model_and_a_turns_text_from_the_run_time_one() -> None:
+    """A knowledge base's vectors and an NLU model's training vectors are kept, so they come from the float
+    model whatever `DIALOGUE_EMBEDDING_PRECISION` says (changing it re-embeds and retrains nothing); a
+    turn's text is embedded by the run-time model, the int8 copy by default."""
+    from dialogue.brain.nlu import embeddings
+
+    if not embeddings.embeddings_available():
+        pytest.skip("the embeddings extra is not installed")
+    import numpy as np
+
+    texts = ["where is my parcel?", "can I pay with PayPal?"]
+    embeddings._encoder()  # the float export, made once per machine
+    floats = embeddings._onnx_encoder(embeddings._export_path(), 1)(texts)
+    assert np.allclose(embeddings.embed_many(texts), floats, atol=1e-5)
+    at_run_time = np.vstack([embeddings.embed([text]) for text in texts])
+    if embeddings.PRECISION == "int8":
+        cosines = (at_run_time * floats).sum(1)
+        assert np.all(cosines > 0.95) and np.all(cosines < 0.9999)  # close to the float vectors, not them
+    assert embeddings.EMBEDDER == embeddings.EMBEDDING_MODEL  # what a trained model records either way
 
 
 def test_a_turn_embeds_its_text_once_for_every_step(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -16,7 +16,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedKFold
 
 from dialogue.brain.nlu.data import OUT_OF_SCOPE
-from dialogue.brain.nlu.embeddings import embed
+from dialogue.brain.nlu.embeddings import embed, embed_many
 
 if TYPE_CHECKING:
     from numpy.typing import NDArray
@@ -97,7 +97,8 @@ class IntentClassifier:
         else:
             blocks = [self._word.transform(texts), self._char.transform(texts)]
         if self.use_embeddings:
-            vectors = embed(texts) if embeddings is None else embeddings
+            # Trained on the float model's vectors (kept with the model); reads a turn's text as it is embedded.
+            vectors = embeddings if embeddings is not None else embed_many(texts) if fit else embed(texts)
             blocks.append(sparse.csr_matrix(vectors * self.embedding_weight))
         return sparse.hstack(blocks, format="csr")
 

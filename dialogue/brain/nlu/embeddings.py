@@ -31,11 +31,20 @@ if TYPE_CHECKING:
     from numpy.typing import NDArray
 
 EMBEDDING_MODEL = "all-MiniLM-L6-v2"
-PRECISION = os.environ.get("DIALOGUE_EMBEDDING_PRECISION", "float32")
-"""`float32`: the export as is; `int8`: its matrix products quantized to int8 per output channel (ONNX
-Runtime's dynamic quantization), about 3 times cheaper an utterance."""
-EMBEDDER = EMBEDDING_MODEL if PRECISION == "float32" else f"{EMBEDDING_MODEL}-{PRECISION}"
-"""What made a vector: a model trained on, or an index built from, another embedder's vectors is made again."""
+PRECISION = os.environ.get("DIALOGUE_EMBEDDING_PRECISION", "int8")
+"""The model that embeds a turn's text at run time. `int8` (the default): the export's matrix products
+quantized to int8 per output channel (ONNX Runtime's dynamic quantization), about half the CPU an
+utterance; `float32`: the export as is. What is kept, a knowledge base's vectors and the vectors an NLU
+model is trained on, is always made by the float model (`embed_many`): a float-trained model reading int8
+vectors scored as the float one on the demo's held-out intents, one trained on int8 vectors lower
+(bench/embedding_precision.py), and nothing stored depends on this setting, so changing it re-embeds
+and retrains nothing."""
+EMBEDDER = EMBEDDING_MODEL
+RUN_TIME_BATCH = 64 if PRECISION == "float32" else 1
+"""Texts the run-time model embeds at once. The int8 copy quantizes its activations with one scale per
+batch, so a text's vector would depend on the texts beside it (cosine 0.988 to itself alone): one at a
+time, every text gets the vector a turn gets for it (the model card's evaluation, an answer's sentences)."""
+"""The model of every kept vector (`embed_many`): a model trained on another's vectors is trained again."""
 MAX_TOKENS = 256
 """The model's own limit (sentence-transformers truncates there too)."""
 
@@ -70,7 +79,7 @@ def _encoder() -> _Encoder:
         # Exported before (by this or another process): ONNX Runtime and the tokenizer alone, no torch.
         # A worker then holds ~350 MB less (torch, sentence-transformers and the weights it loads).
         try:
-            return _onnx_encoder(exported, threads)
+            return _onnx_encoder(exported, threads, RUN_TIME_BATCH)
         except Exception as err:  # any failure to load it: PyTorch still works
             log.info("embeddings on PyTorch (ONNX Runtime unavailable: %s)", err)
     import torch
@@ -83,7 +92,7 @@ def _encoder() -> _Encoder:
     model = SentenceTransformer(str(get_model_path()), device="cpu")
     try:
         _exported(model)
-        return _onnx_encoder(_model_path(), threads)
+        return _onnx_encoder(_model_path(), threads, RUN_TIME_BATCH)
     except Exception as err:  # no onnxruntime, or an export this torch cannot do: PyTorch still works
         log.info("embeddings on PyTorch (ONNX Runtime unavailable: %s)", err)
 
@@ -144,7 +153,7 @@ def _export_path() -> Path:
 
 
 def _model_path() -> Path:
-    """The ONNX model the encoders run: the export, or its quantized copy (`PRECISION`)."""
+    """The ONNX model a turn's text is embedded with: the export, or its quantized copy (`PRECISION`)."""
     exported = _export_path()
     if PRECISION == "float32" or not exported.exists():
         return exported
@@ -253,19 +262,24 @@ the leanest for 256-token abstracts on 2 cores (bench/kb_ingest.py's corpus: 26.
 
 @lru_cache(maxsize=1)
 def _bulk_encoder() -> _Encoder:
-    """The encoder for many texts at once (an ingest): ONNX Runtime with a thread per core, so a batch
-    uses the machine while a single utterance keeps its one-thread session (`_encoder`)."""
+    """The encoder for many texts at once (an ingest, a training): the float export on ONNX Runtime with a
+    thread per core, so a batch uses the machine while a single utterance keeps its one-thread session
+    (`_encoder`)."""
     if not _export_path().exists():
         _encoder()  # exports the model once (or falls back to PyTorch, which `embed_many` then uses)
+    exported = _export_path()
+    if not exported.exists():
+        return _encoder()  # PyTorch: float already
     try:
-        return _onnx_encoder(_model_path(), os.cpu_count() or 1, BULK_BATCH)
+        return _onnx_encoder(exported, os.cpu_count() or 1, BULK_BATCH)
     except Exception:
         return _encoder()
 
 
 def embed_many(texts: list[str]) -> NDArray[np.float32]:
-    """Vectors of many texts (a knowledge base's chunks), in the order given. Batched by length, so a
-    batch pads to texts of about its own size rather than to the longest of all."""
+    """Vectors that are kept (a knowledge base's chunks, an NLU model's training examples), in the order
+    given, by the float model whatever `PRECISION` says. Batched by length, so a batch pads to texts of
+    about its own size rather than to the longest of all."""
     if not texts:
         return np.zeros((0, 384), dtype=np.float32)
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
@@ -293,7 +307,8 @@ def once_per_text() -> Iterator[None]:
 
 
 def embed(texts: list[str]) -> NDArray[np.float32]:
-    """Unit-length embeddings, one row per text."""
+    """Unit-length embeddings of texts met at run time (a turn's text, a question's candidate sentences),
+    one row per text, by the model `PRECISION` names."""
     turn = _TURN_VECTORS.get()
     if turn is not None and len(texts) == 1:
         known = turn.get(texts[0])

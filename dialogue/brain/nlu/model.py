@@ -24,7 +24,7 @@ from pydantic import BaseModel
 
 from dialogue.brain.nlu.classifier import IntentClassifier, out_of_fold_probabilities, tune_threshold
 from dialogue.brain.nlu.data import OUT_OF_SCOPE, Example, data_hash, read_examples
-from dialogue.brain.nlu.embeddings import EMBEDDER, embed, embeddings_available
+from dialogue.brain.nlu.embeddings import EMBEDDER, embed_many, embeddings_available
 from dialogue.brain.nlu.routing import Router, Search, train_router
 from dialogue.platform.bot import BotDefinition
 
@@ -91,7 +91,8 @@ def train(
     labels = [e.intent for e in examples]
     held_texts = [e.text for e in validation or []]
     held_labels = [e.intent for e in validation or []]
-    vectors = embed(texts + held_texts) if use_embeddings else None
+    # Kept vectors, by the float model (`embed_many`); the model reads a turn's text as `embed` makes it.
+    vectors = embed_many(texts + held_texts) if use_embeddings else None
     train_vectors = vectors[: len(texts)] if vectors is not None else None
 
     classifier = IntentClassifier(use_embeddings=use_embeddings).fit(texts, labels, train_vectors)
