@@ -252,7 +252,7 @@ async def test_a_user_asked_in_the_conversation_consents_by_saying_yes_and_decli
     assert "Would you like me to remember" not in again.json()["reply"]["text"]
 
     # Ben says no: nothing kept, never asked again; a message about something else lets the offer lapse.
-    said = await say(http, ben, f"n1-{run}", "call me Ben, I live in York")
+    said = await say(http, ben, f"n1-{run}", "I'm Ben and I live in York")
     assert "Would you like me to remember" in said.json()["reply"]["text"]
     assert "won't remember" in (await say(http, ben, f"n1-{run}", "no thanks")).json()["reply"]["text"]
     declined = (await http.get(f"/v1/users/{BEN}/memory", headers=bearer(ben))).json()
