@@ -118,11 +118,12 @@ def create_app(
     app.add_middleware(BodyLimits, max_bytes=settings.max_body_bytes, read_seconds=settings.body_read_seconds)
     cors: dict[str, Any] | None = (
         {
-            "allow_origins": settings.cors_origins,
+            # The widget's sites call the API from their pages as well.
+            "allow_origins": [*settings.cors_origins, *settings.widget_origins],
             "allow_methods": ["GET", "POST", "DELETE"],
             "allow_headers": ["Authorization", "Content-Type", "Idempotency-Key", "Last-Event-ID"],
         }
-        if settings.cors_origins  # closed unless origins are configured
+        if settings.cors_origins or settings.widget_origins  # closed unless origins are configured
         else None
     )
     if cors is not None:

@@ -126,6 +126,12 @@ ERRORS: dict[str, ErrorCode] = {
             "approval of a conversation with an end user is theirs alone).",
             causes=(Refusal(APPROVAL_FORBIDDEN),),
         ),
+        ErrorCode(
+            "origin_not_allowed",
+            403,
+            "The page's origin (the `Origin` header) is not one the deployment lets start anonymous "
+            "widget sessions (`DIALOGUE_WIDGET_ORIGINS`).",
+        ),
         # Limits.
         ErrorCode(
             "rate_limited", 429, "Too many requests for this key; `Retry-After` says when to send again.", "1"

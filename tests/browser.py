@@ -26,6 +26,7 @@ from selenium.common.exceptions import (
 )
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
+from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.remote.webelement import WebElement
 from selenium.webdriver.support.ui import WebDriverWait
@@ -229,3 +230,46 @@ class TcpRelay:
     def close(self) -> None:
         self._listener.close()
         self.cut()
+
+
+TYPING = "\u2026"  # the dots a reply shows until its first word
+
+
+def text_of(message: WebElement) -> str:
+    """A transcript entry's text (the chat page's and the widget's markup)."""
+    return str(message.find_element("css selector", ".text").text)
+
+
+def send_message(
+    browser: Browser,
+    box: WebElement,
+    text: str,
+    replies: Callable[[], list[WebElement]],
+    midway: Callable[[], object] | None = None,
+) -> WebElement:
+    """Type `text` into the message `box` and press Enter; the bot's reply (the newest of `replies`) once it
+    is complete, no longer `aria-busy`. `midway` runs once its first words are shown (or at once, had it
+    no words in between)."""
+    before = len(replies())
+    box.send_keys(text)
+    box.send_keys(Keys.ENTER)
+    if midway is not None:
+
+        def started(_: WebDriver) -> bool:
+            found = replies()
+            if len(found) <= before:
+                return False
+            busy = found[-1].get_attribute("aria-busy") == "true"
+            return not busy or text_of(found[-1]).strip() not in ("", TYPING)
+
+        browser.wait_for(f"the first words of the reply to {text!r}", started)
+        midway()
+
+    def answered(_: WebDriver) -> WebElement | None:
+        found = replies()
+        if len(found) > before and found[-1].get_attribute("aria-busy") == "false":
+            return found[-1]
+        return None
+
+    reply: WebElement = browser.wait_for(f"the reply to {text!r}", answered)
+    return reply

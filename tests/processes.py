@@ -4,6 +4,7 @@ each reading its settings from `DIALOGUE_*` variables as deployed, and the whole
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -11,10 +12,13 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import uvicorn
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import SecretStr
 
@@ -234,3 +238,57 @@ class UpStack:
             except OSError:
                 continue
         return found
+
+
+class ServedInThread:
+    """An ASGI app (the stand-in LLM, a site that embeds the widget) over real HTTP, served by uvicorn in a
+    thread on a free loopback port, for tests whose own code is not async (the browser's)."""
+
+    def __init__(self, app: object, name: str, host: str = "127.0.0.1") -> None:
+        port = free_port()
+        self.base_url = f"http://{host}:{port}"
+        config = uvicorn.Config(app, host=host, port=port, log_level="warning")  # type: ignore[arg-type]
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(target=self._server.run, name=name, daemon=True)
+
+    def __enter__(self) -> ServedInThread:
+        self._thread.start()
+        while not self._server.started:
+            assert self._thread.is_alive(), "the server did not start"
+            time.sleep(0.02)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.should_exit = True
+        self._thread.join(10)
+
+
+@contextlib.contextmanager
+def answering_stack(
+    folder: Path, nlu_model_dir: Path, llm_url: str, article: dict[str, str], env: dict[str, str]
+) -> Iterator[tuple[UpStack, str]]:
+    """`dialogue up` whose knowledge answers the stand-in LLM at `llm_url` words, with `article` added
+    to its knowledge base and `env` on top; yields it and its key, and stops it after the block."""
+    stack = UpStack(
+        folder / "data",
+        nlu_model_dir,
+        env={
+            "DIALOGUE_GENERATOR": "openai",
+            "DIALOGUE_LLM_BASE_URL": llm_url,
+            "DIALOGUE_LLM_MODEL": "test-model",
+            "DIALOGUE_LLM_API_KEY": "sk-test",
+            # Every search sees the knowledge base as it is: the article added below included.
+            "DIALOGUE_KNOWLEDGE_RELOAD_SECONDS": "0",
+            **env,
+        },
+    )
+    try:
+        key = stack.start()
+        with httpx.Client(base_url=stack.api, headers={"Authorization": f"Bearer {key}"}, timeout=30) as http:
+            added = http.post("/v1/knowledge/documents", json=article)
+            assert added.status_code == 201, added.text
+        yield stack, key
+    finally:
+        if stack.process is not None and stack.process.poll() is None:
+            stack.stop(signal.SIGINT)
+        stack.kill()

@@ -34,6 +34,8 @@ from dialogue.security.tokens import TokenVerifier
 from tests.conftest import TEST_API_KEY, api_client, serve
 
 OPEN = "open"
+BY_ORIGIN = "origin"
+"""Not a key's scope: only a page of an origin the deployment lists (`DIALOGUE_WIDGET_ORIGINS`) may ask."""
 """No key needed: health, metrics and the pages (which ask for a key themselves)."""
 KEPT_CALL = "call-kept"
 """A tool call whose whole result the store keeps, in the shared conversation."""
@@ -118,6 +120,8 @@ ENDPOINTS = [
     Endpoint("POST", "/codec/encode", "operator", {"payloads": []}, owned=False),
     Endpoint("POST", "/codec/decode", "operator", {"payloads": []}, owned=False),
     Endpoint("POST", "/v1/end-user-tokens", "client", {"user": "someone"}, owned=False),
+    # Opened by the page's origin (none here), never by a key.
+    Endpoint("POST", "/v1/widget-sessions", BY_ORIGIN, {}, owned=False),
     Endpoint("GET", "/v1/users/other-user/conversations", "client", owned=False),
     Endpoint("GET", "/v1/users/other-user/export", "client", owned=False),
     Endpoint("DELETE", "/v1/users/other-user", "admin", owned=False),
@@ -208,6 +212,8 @@ async def call(
 def expected(endpoint: Endpoint, caller: str) -> str:
     if endpoint.scope == OPEN:
         return "ok"
+    if endpoint.scope == BY_ORIGIN:
+        return "403"
     if caller in ("none", "expired", "revoked"):
         return "401"
     if caller == "end-user":  # a client, and the conversations (the server's) are not theirs

@@ -12,9 +12,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
-import threading
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -23,7 +20,6 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.remote.webdriver import WebDriver
@@ -31,10 +27,9 @@ from selenium.webdriver.remote.webelement import WebElement
 
 from dialogue.platform.flags import BUCKETS, bucket
 from dialogue.platform.temporal import conversation_key
-from tests.browser import SCREENSHOTS, Browser, TcpRelay, missing_browser
-from tests.conftest import free_port
+from tests.browser import SCREENSHOTS, TYPING, Browser, TcpRelay, missing_browser, send_message, text_of
 from tests.fake_llm import FakeLlm, Plan
-from tests.processes import UpStack
+from tests.processes import ServedInThread, UpStack, answering_stack
 from workflows.conversation import FALLBACK_TEXT
 
 MISSING = missing_browser()
@@ -61,7 +56,6 @@ ARTICLE = {
         "arrive the next business day."
     ),
 }
-TYPING = "\u2026"  # the dots the reply shows until its first word
 QUESTION = "How much does express shipping cost?"
 ANSWER = "Express shipping costs 12.90 euros per order and arrives the next business day [1]."
 AGENT = "Sam"
@@ -103,33 +97,11 @@ new MutationObserver(() => {
 # --- the stack, the stand-in LLM and the browser, once for the module ---------------------------
 
 
-class ServedLlm:
-    """The stand-in LLM over real HTTP, served by uvicorn in a thread on a free port."""
-
-    def __init__(self, fake: FakeLlm) -> None:
-        port = free_port()
-        self.base_url = f"http://127.0.0.1:{port}/v1"
-        config = uvicorn.Config(fake.app(), host="127.0.0.1", port=port, log_level="warning")
-        self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(target=self._server.run, name="fake-llm", daemon=True)
-
-    def __enter__(self) -> ServedLlm:
-        self._thread.start()
-        while not self._server.started:
-            assert self._thread.is_alive(), "the stand-in LLM did not start"
-            time.sleep(0.02)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._server.should_exit = True
-        self._thread.join(10)
-
-
 @pytest.fixture(scope="module")
 def llm() -> Iterator[tuple[FakeLlm, str]]:
     fake = FakeLlm()
-    with ServedLlm(fake) as served:
-        yield fake, served.base_url
+    with ServedInThread(fake.app(), "fake-llm") as served:
+        yield fake, f"{served.base_url}/v1"
 
 
 @dataclass
@@ -152,31 +124,11 @@ def up(
 ) -> Iterator[Up]:
     _, llm_url = llm
     folder = tmp_path_factory.mktemp("browser-up")
-    stack = UpStack(
-        folder / "data",
-        demo_model_dir,
-        env={
-            "DIALOGUE_GENERATOR": "openai",
-            "DIALOGUE_LLM_BASE_URL": llm_url,
-            "DIALOGUE_LLM_MODEL": "test-model",
-            "DIALOGUE_LLM_API_KEY": "sk-test",
-            # Every search sees the knowledge base as it is: the article added below included.
-            "DIALOGUE_KNOWLEDGE_RELOAD_SECONDS": "0",
-            # The demo's agent mode for one conversation in 10,000 (AGENT_PERCENT): the approval test
-            # picks one of those; every other test's conversation stays scripted.
-            "DIALOGUE_FLAGS": json.dumps({"agent": AGENT_PERCENT}),
-        },
-    )
-    try:
-        key = stack.start()
-        with httpx.Client(base_url=stack.api, headers={"Authorization": f"Bearer {key}"}, timeout=30) as http:
-            added = http.post("/v1/knowledge/documents", json=ARTICLE)
-            assert added.status_code == 201, added.text
+    # The demo's agent mode for one conversation in 10,000 (AGENT_PERCENT): the approval test picks one of
+    # those; every other test's conversation stays scripted.
+    flags = {"DIALOGUE_FLAGS": json.dumps({"agent": AGENT_PERCENT})}
+    with answering_stack(folder, demo_model_dir, llm_url, ARTICLE, flags) as (stack, key):
         yield Up(stack, key)
-    finally:
-        if stack.process is not None and stack.process.poll() is None:
-            stack.stop(signal.SIGINT)
-        stack.kill()
 
 
 @pytest.fixture(scope="module")
@@ -244,39 +196,13 @@ def bot_messages(browser: Browser) -> list[WebElement]:
 def type_and_send(browser: Browser, text: str, midway: Callable[[], object] | None = None) -> WebElement:
     """Type into the message box (where the focus is) and press Enter; returns the reply's message once
     it is complete. `midway` runs once its first words are shown (or at once, had it no words in between)."""
-    before = len(bot_messages(browser))
     box = browser.driver.switch_to.active_element
     assert box.get_attribute("id") == "message", (
         f"the focus is not in the message box\n{browser.diagnostics()}"
     )
-    box.send_keys(text)
-    box.send_keys(Keys.ENTER)
-
-    if midway is not None:
-
-        def started(_: WebDriver) -> bool:
-            bots = bot_messages(browser)
-            if len(bots) <= before:
-                return False
-            busy = bots[-1].get_attribute("aria-busy") == "true"
-            return not busy or text_of(bots[-1]).strip() not in ("", TYPING)
-
-        browser.wait_for(f"the first words of the reply to {text!r}", started)
-        midway()
-
-    def answered(_: WebDriver) -> WebElement | None:
-        bots = bot_messages(browser)
-        if len(bots) > before and bots[-1].get_attribute("aria-busy") == "false":
-            return bots[-1]
-        return None
-
-    reply: WebElement = browser.wait_for(f"the reply to {text!r}", answered)
+    reply = send_message(browser, box, text, lambda: bot_messages(browser), midway)
     assert box.get_attribute("value") == "", "the message box was not emptied"
     return reply
-
-
-def text_of(message: WebElement) -> str:
-    return str(message.find_element("css selector", ".text").text)
 
 
 def new_conversation(browser: Browser) -> str:

@@ -494,6 +494,13 @@ async def _(s: Stack) -> httpx.Response:
     )
 
 
+@scenario("origin_not_allowed")
+async def _(s: Stack) -> httpx.Response:
+    # A page of another origin than the one the deployment lets start anonymous widget sessions.
+    async with s.api(widget_origins={"https://shop.example": "acme"}) as http:
+        return await http.post("/v1/widget-sessions", json={}, headers={"Origin": "https://evil.example"})
+
+
 @scenario("not_configured")
 async def _(s: Stack) -> httpx.Response:
     # In production with no end-user token secret set: no token is minted (nor made up in one replica).

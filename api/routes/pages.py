@@ -15,6 +15,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel
+from starlette.types import Scope
 
 from api.deps import SettingsDep, local_development
 from dialogue.platform.temporal import WORKFLOW_ID_PREFIX
@@ -38,8 +39,26 @@ PAGE_HEADERS = {
     "X-Content-Type-Options": "nosniff",
 }
 
+# The widget runs on other sites' pages: its loader, its module and the shared modules and styles it
+# imports are fetched cross-origin (module scripts in CORS mode). Public code, fetched without
+# credentials: any origin may load it. What it then asks of `/v1` is under the API's own CORS list.
+CROSS_ORIGIN_HEADERS = {"Access-Control-Allow-Origin": "*", "Cross-Origin-Resource-Policy": "cross-origin"}
+CROSS_ORIGIN_FOLDERS = ("widget/", "shared/")
+WIDGET_LOADER = STATIC_DIR / "widget" / "loader.js"
+
+
+class PageFiles(StaticFiles):
+    """The pages' static files; the widget's and the shared ones loadable from any origin."""
+
+    async def get_response(self, path: str, scope: Scope) -> Response:
+        response = await super().get_response(path, scope)
+        if path.startswith(CROSS_ORIGIN_FOLDERS):
+            response.headers.update(CROSS_ORIGIN_HEADERS)
+        return response
+
+
 router = APIRouter(include_in_schema=False)
-static_files = StaticFiles(directory=STATIC_DIR)
+static_files = PageFiles(directory=STATIC_DIR)
 """Mounted at `/static` by the app: the page's scripts and styles."""
 
 
@@ -66,6 +85,16 @@ async def redirect_to_chat() -> RedirectResponse:
 async def read_favicon() -> Response:
     """No icon: an empty answer instead of a 404 in every page's console."""
     return Response(status_code=204)
+
+
+@router.get("/widget.js")
+async def read_widget_loader() -> FileResponse:
+    """The chat widget's one script tag for any site (`docs/widget.md`)."""
+    return FileResponse(
+        WIDGET_LOADER,
+        media_type="text/javascript",
+        headers={**CROSS_ORIGIN_HEADERS, "Cache-Control": "public, max-age=300"},
+    )
 
 
 @router.get("/chat")

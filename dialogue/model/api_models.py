@@ -190,6 +190,15 @@ class EndUserTokenCreate(RequestModel):
     )
 
 
+class WidgetSessionCreate(RequestModel):
+    visitor: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z0-9_-]{16,64}$",
+        description="The id this browser was given before (the token's user without `visitor-`), to go on as"
+        " the same visitor with their conversations; none for a new visitor.",
+    )
+
+
 class EndUserToken(BaseModel):
     token: str
     """`Authorization: Bearer <token>` for the end user's browser or app."""

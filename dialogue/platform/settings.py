@@ -140,6 +140,11 @@ class Settings(BaseSettings):
     graceful-shutdown timeout): an open stream cannot keep the API from stopping."""
     cors_origins: list[str] = []
     """Browser origins allowed to call the API (CORS); none by default."""
+    widget_origins: dict[str, str] = {}
+    """Origins whose pages may start anonymous chat-widget sessions without a server of their own, each
+    with the tenant its visitors belong to (`{"https://www.example.com": "acme"}`); allowed by CORS too."""
+    widget_session_seconds: int = Field(default=900, ge=60, le=3600)
+    """How long the token of an anonymous widget session lives (the widget renews it before it expires)."""
     retention_interval_seconds: float = Field(default=3600, gt=0)
     """How often the retention schedule looks for conversations past the bot's `retention_days`."""
     clients_may_erase: bool = False

@@ -322,6 +322,57 @@ async def test_each_end_user_has_a_rate_limit_of_their_own(settings: Settings, c
         assert all([(await server.get("/v1/me")).status_code == 200 for _ in range(10)])
 
 
+async def test_a_widget_session_is_minted_only_for_an_allowed_origin_and_only_as_a_visitor(
+    settings: Settings, client: Client, worker: Worker
+) -> None:
+    """A site with no server of its own: the widget asks for an anonymous visitor's token from a page of an
+    origin the deployment lets do so, for that origin's tenant; the visitor's browser goes on as the same
+    visitor with the id it keeps, and that visitor reaches only their own conversations."""
+    shop = "https://shop.example"
+    app = create_app(settings.model_copy(update={"widget_origins": {shop: "acme"}}), temporal=client)
+    async with api_client(app) as server:
+        anonymous = {"Authorization": ""}
+        refused = [
+            await server.post("/v1/widget-sessions", json={}, headers=anonymous | extra)
+            for extra in ({}, {"Origin": "https://evil.example"}, {"Origin": "https://shop.example.evil"})
+        ]
+        assert [r.status_code for r in refused] == [403, 403, 403]
+        assert {r.json()["error"]["code"] for r in refused} == {"origin_not_allowed"}
+        first = await server.post("/v1/widget-sessions", json={}, headers=anonymous | {"Origin": shop})
+        assert first.status_code == 201, first.text
+        session = first.json()
+        assert session["tenant"] == "acme" and session["user"].startswith("visitor-")
+        visitor = session["user"].removeprefix("visitor-")
+        again = await server.post(
+            "/v1/widget-sessions", json={"visitor": visitor}, headers=anonymous | {"Origin": shop}
+        )
+        assert again.json()["user"] == session["user"]  # the same visitor, a new token
+        other = await server.post("/v1/widget-sessions", json={}, headers=anonymous | {"Origin": shop})
+        assert other.json()["user"] != session["user"]
+        bad = await server.post(
+            "/v1/widget-sessions", json={"visitor": "NWC-100001"}, headers=anonymous | {"Origin": shop}
+        )
+        assert bad.status_code == 422  # a customer's id is not a visitor's: no one names a known user
+        # The visitor's token is an end user's of the tenant: their own conversation, no one else's.
+        token = session["token"]
+        conversation = f"widget-{uuid.uuid4().hex[:6]}"
+        assert (await say(server, token, conversation, "hello")).status_code == 200
+        assert (
+            await server.get(f"/v1/conversations/{conversation}", headers=bearer(token))
+        ).status_code == 200
+        stranger = other.json()["token"]
+        assert (
+            await server.get(f"/v1/conversations/{conversation}", headers=bearer(stranger))
+        ).status_code == 404
+        assert (
+            await server.post("/v1/end-user-tokens", json={"user": "x"}, headers=bearer(token))
+        ).status_code == 403
+        # The site's origin may call the API from its pages (CORS), as the configured list's may.
+        preflight = {"Origin": shop, "Access-Control-Request-Method": "POST"}
+        allowed = await server.options("/v1/widget-sessions", headers=preflight)
+        assert allowed.headers["access-control-allow-origin"] == shop
+
+
 async def test_a_conversation_without_an_end_user_is_no_end_users(http: httpx.AsyncClient) -> None:
     conversation = f"server-{uuid.uuid4().hex[:6]}"
     assert (

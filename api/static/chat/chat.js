@@ -1,7 +1,8 @@
 // The chat page: the key form, the transcript, the composer, ratings and the debug panel.
 // Text from the API is only ever set as textContent, never as HTML: a reply cannot inject markup.
 import { Api, ApiError, newId } from "../shared/api.js";
-import { KEY_STORAGE, addSources, element, keyForm, temporalUrl } from "../shared/page.js";
+import { ConversationView } from "../shared/conversation.js";
+import { KEY_STORAGE, element, keyForm, temporalUrl } from "../shared/page.js";
 
 const CONVERSATION_STORAGE = "dialogue.conversationId";
 const CUSTOMER_STORAGE = "dialogue.customer";
@@ -48,75 +49,12 @@ $("change-key").addEventListener("click", () => askForKey());
 
 // --- the transcript ----------------------------------------------------------------------------
 
-const SPEAKERS = { user: "You", bot: "Bot", agent: "Agent", system: "Notice" };
-
-function addMessage(role, text, author) {
-  const item = element("li", `message ${role}`);
-  const who = author && role === "agent" ? `${SPEAKERS.agent} (${author})` : SPEAKERS[role] || role;
-  // Bubbles show who speaks by their place and colour; screen readers hear it said.
-  const quiet = role === "user" || role === "bot" ? " visually-hidden" : "";
-  item.append(element("span", `speaker${quiet}`, `${who}: `), element("p", "text", text));
-  ui.messages.append(item);
-  item.scrollIntoView({ block: "end" });
-  return item;
-}
-
-function addNotice(item, className, text) {
-  item.append(element("p", `notice ${className}`, text));
-}
-
-function showError(error, item) {
-  if (error instanceof ApiError && error.status === 401) askForKey("The key was refused: enter another.");
-  const text = error instanceof ApiError ? error.message : `Something went wrong: ${error.message}`;
-  const hint = error instanceof ApiError && error.code === "conversation_ended" ? ": start a new conversation" : "";
-  const target = item || addMessage("system", "");
-  target.setAttribute("role", "alert");
-  addNotice(target, "error", text + hint);
-}
-
-function addFeedback(item, turnId, rated = null) {
-  const group = element("div", "feedback");
-  group.setAttribute("role", "group");
-  group.setAttribute("aria-label", "Rate this answer");
-  const buttons = [
-    ["up", "Helpful", "\u{1F44D}"],
-    ["down", "Not helpful", "\u{1F44E}"],
-  ].map(([rating, label, symbol]) => {
-    const button = element("button", "rate", symbol);
-    button.type = "button";
-    button.setAttribute("aria-label", label);
-    button.setAttribute("aria-pressed", String(rating === rated));
-    button.addEventListener("click", async () => {
-      try {
-        await api.rate(conversationId, turnId, rating);
-        // The store keeps one rating per answer: the newest replaces the other.
-        for (const other of buttons) other.setAttribute("aria-pressed", String(other === button));
-      } catch (error) {
-        showError(error, item);
-      }
-    });
-    return button;
-  });
-  group.append(...buttons);
-  item.append(group);
-}
-
-// An answer's extras: its sources, why it may be wrong, who holds the conversation, the rating buttons.
-function finishAnswer(item, answer) {
-  addSources(item, answer.sources);
-  if (answer.degraded) {
-    // The reason names the step and what happened to it ("generate failed", "deadline exceeded").
-    const why = answer.degradedReason ? ` (${answer.degradedReason})` : "";
-    addNotice(item, "degraded", `Part of the bot could not answer${why}: this is a fallback reply.`);
-  }
-  if (answer.interrupted) addNotice(item, "info", "A newer message interrupted this one.");
-  if (answer.heldBy === "agent") {
-    const where = live.following ? "their replies appear here" : "reload the page to see their replies";
-    addNotice(item, "info", `A person is handling this conversation now; ${where}.`);
-  }
-  if (answer.turnId && item.querySelector(".text").textContent) addFeedback(item, answer.turnId, answer.rating);
-  addApprovals(item, answer.approvals);
-}
+const view = new ConversationView({
+  api,
+  messages: ui.messages,
+  status: ui.status,
+  onRefused: () => askForKey("The key was refused: enter another."),
+});
 
 // --- the conversation's score ------------------------------------------------------------------
 
@@ -146,210 +84,20 @@ function clearScore() {
   $("score-status").textContent = "";
 }
 
-// --- approvals -----------------------------------------------------------------------------------
-
-// A tool call the bot's agent waits to make: the user decides the ones that are theirs (`user`); a
-// member of the team decides the others, in the operator console.
-function addApprovals(item, approvals) {
-  for (const call of approvals || []) {
-    if (item.querySelector(`[data-call-id="${CSS.escape(call.call_id)}"]`)) continue;
-    const group = element("div", "approval");
-    group.dataset.callId = call.call_id;
-    if (call.approval !== "user") {
-      group.append(element("p", "notice info", `${call.name} waits for a member of our team to approve it.`));
-      item.append(group);
-      continue;
-    }
-    group.setAttribute("role", "group");
-    group.setAttribute("aria-label", `Approve ${call.name}?`);
-    const buttons = [
-      ["Approve", true],
-      ["Deny", false],
-    ].map(([label, approve]) => {
-      const button = element("button", approve ? "approve" : "deny", label);
-      button.type = "button";
-      button.addEventListener("click", () => decide(group, call, approve, buttons));
-      return button;
-    });
-    group.append(...buttons);
-    item.append(group);
-  }
-}
-
-async function decide(group, call, approve, buttons) {
-  for (const button of buttons) button.disabled = true;
-  try {
-    const decided = await api.approve(conversationId, call.call_id, approve);
-    group.replaceChildren(element("p", "notice info", approve ? "You approved it." : "You said no."));
-    if (decided.reply) showResumed(decided.reply);
-  } catch (error) {
-    for (const button of buttons) button.disabled = false;
-    showError(error, group);
-  }
-}
-
-// What the agent said once its approvals were decided: a bot message of its own.
-function showResumed(reply) {
-  const id = `${reply.turn_id}:bot`;
-  if (live.shown.has(id)) return; // the event stream brought it first
-  live.shown.add(id);
-  const item = addMessage("bot", reply.reply.text);
-  finishAnswer(item, {
-    sources: reply.reply.sources,
-    degraded: reply.degraded,
-    degradedReason: reply.degraded_reason,
-    turnId: reply.turn_id,
-    approvals: reply.approvals,
-  });
-}
-
-// After a reload: the calls still waiting for the user's decision, under the newest bot message.
-async function showPendingApprovals() {
-  let state;
-  try {
-    state = await api.state(conversationId);
-  } catch {
-    return; // no state (no conversation yet): nothing waits
-  }
-  const bots = ui.messages.querySelectorAll("li.message.bot");
-  const target = bots[bots.length - 1];
-  if (target && state.pending_approvals?.length) addApprovals(target, state.pending_approvals);
-}
-
 async function loadHistory() {
-  const loading = (live.loading += 1); // a newer call (a new conversation, a new key) supersedes this one
-  ui.messages.replaceChildren();
   lastAnswer = null;
-  live.shown.clear();
-  live.waiting = [];
-  live.ready = false;
-  await follow(); // open before the transcript is read: a message sent in between is in one or the other
-  if (loading !== live.loading) return;
-  let items;
-  try {
-    items = await api.messages(conversationId);
-  } catch (error) {
-    if (loading !== live.loading) return;
-    showLive(); // no transcript (none yet, or it failed): what arrives live is shown all the same
-    if (error instanceof ApiError && error.code === "conversation_not_found") return; // not started yet
-    return showError(error);
-  }
-  if (loading !== live.loading) return;
-  for (const message of items) {
-    if (message.role === "bot" && !message.text) continue; // a turn answered by a person, not the bot
-    const item = addMessage(message.role, message.text, message.author);
-    live.shown.add(`${message.turn_id}:${message.role}`);
-    if (message.role !== "bot") continue;
-    finishAnswer(item, {
-      sources: message.sources,
-      degraded: message.degraded,
-      turnId: message.turn_id,
-      rating: message.rating,
-    });
-    lastAnswer = { turnId: message.turn_id };
-  }
-  showLive();
+  const newest = await view.load(conversationId);
+  if (newest) lastAnswer = { turnId: newest };
   refreshDebug();
-  showPendingApprovals();
-}
-
-// --- a person's messages, live -----------------------------------------------------------------
-
-// The conversation's event stream brings what a person writes from the operator console, and the
-// handoff and handback notices, as they happen. The page's own turns come with their own stream.
-const live = {
-  following: false, // the stream is open (not while the conversation has no turn yet, or streaming is off)
-  controller: null,
-  shown: new Set(), // `${turn_id}:${role}` of the transcript entries on the page
-  ready: false, // the transcript is on the page; events that came before it wait in `waiting`
-  waiting: [],
-  loading: 0, // counts loadHistory calls: only the newest one fills the page
-};
-// `bot_message`: what the bot's agent said when it went on after approvals (a person's, say).
-const LIVE_ROLES = { agent_message: "agent", handoff: "system", handback: "system", bot_message: "bot" };
-
-function follow() {
-  live.controller?.abort();
-  const controller = (live.controller = new AbortController());
-  return new Promise((opened) => {
-    setTimeout(opened, 3000); // an API that cannot be reached: show the transcript all the same
-    const onEvent = (event) => {
-      if (!LIVE_ROLES[event.type]) return; // a streamed turn's tokens: its own request shows them
-      live.waiting.push(event.data);
-      if (live.ready) showLive();
-    };
-    const onOpen = () => {
-      live.following = true;
-      opened();
-    };
-    api
-      .follow(conversationId, onEvent, { signal: controller.signal, onOpen })
-      .catch(() => {}) // 404: no turn yet (the first answer starts following); 409: streaming is off
-      .finally(() => {
-        if (live.controller === controller) live.following = false;
-        opened();
-      });
-  });
-}
-
-function showLive() {
-  live.ready = true;
-  for (const message of live.waiting.splice(0)) {
-    const id = `${message.turn_id}:${message.role}`;
-    if (live.shown.has(id)) continue; // in the transcript already
-    live.shown.add(id);
-    const item = addMessage(message.role, message.text, message.author);
-    if (message.role === "bot") finishAnswer(item, { turnId: message.turn_id });
-  }
 }
 
 // --- sending -----------------------------------------------------------------------------------
 
 async function send(text) {
-  addMessage("user", text);
-  const item = addMessage("bot", "");
-  const body = item.querySelector(".text");
-  const typing = element("span", "typing", "\u2026");
-  typing.setAttribute("aria-hidden", "true");
-  body.append(typing);
-  ui.status.textContent = "The bot is typing\u2026";
-  // Busy while tokens arrive: screen readers announce the answer once, not word by word.
-  item.setAttribute("aria-busy", "true");
-  let streamed = "";
-  try {
-    await api.sendTurn(conversationId, text, {
-      nlu: (nlu) => (lastAnswer = { nlu }),
-      token: (token) => {
-        streamed += token;
-        body.textContent = streamed;
-      },
-      restart: () => {
-        streamed = "";
-        body.replaceChildren(typing);
-      },
-      final: (reply) => {
-        if (!live.following) follow(); // the conversation's first turn: now it has an event stream
-        if (customerToken) showMemory(); // what this turn taught the bot, if they let it remember
-        body.textContent = reply.reply.text; // the reply as recorded, which the tokens only previewed
-        finishAnswer(item, {
-          sources: reply.reply.sources,
-          degraded: reply.degraded,
-          degradedReason: reply.degraded_reason,
-          interrupted: reply.interrupted,
-          heldBy: reply.held_by,
-          turnId: reply.turn_id,
-          approvals: reply.approvals,
-        });
-        lastAnswer = { turnId: reply.turn_id, nlu: reply.nlu, timings: reply.timings_ms };
-      },
-    });
-  } catch (error) {
-    typing.remove();
-    showError(error, item);
-  } finally {
-    item.setAttribute("aria-busy", "false");
-    ui.status.textContent = "";
-    item.scrollIntoView({ block: "end" });
+  const reply = await view.send(text);
+  if (reply) {
+    if (customerToken) showMemory(); // what this turn taught the bot, if they let it remember
+    lastAnswer = { turnId: reply.turn_id, nlu: reply.nlu, timings: reply.timings_ms };
   }
   refreshDebug();
 }

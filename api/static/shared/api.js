@@ -39,12 +39,21 @@ async function errorOf(response) {
 }
 
 export class Api {
-  constructor(key) {
-    this.key = key; // a function: the key may change while the page is open
+  // `key`: a function, for the key may change while the page is open. `base`: the API's origin, when the
+  // page is another site's (the widget). `renew`: an async function that gets a new key when the API
+  // refuses the one sent (401): the request is then sent once more (the widget's short-lived token).
+  constructor(key, { base = "", renew = null } = {}) {
+    this.key = key;
+    this.base = base;
+    this.renew = renew;
   }
 
-  fetch(path, { headers = {}, ...options } = {}) {
-    return fetch(path, { ...options, headers: { ...headers, Authorization: `Bearer ${this.key()}` } });
+  async fetch(path, { headers = {}, ...options } = {}) {
+    const send = () => fetch(this.base + path, { ...options, headers: { ...headers, Authorization: `Bearer ${this.key()}` } });
+    const response = await send();
+    if (response.status !== 401 || !this.renew) return response;
+    await this.renew();
+    return send();
   }
 
   async json(path, { method = "GET", body } = {}) {
