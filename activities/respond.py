@@ -122,18 +122,16 @@ class RespondActivity:
             # from and to the user's memory, and done. Only such a message goes to a thread for the store.
             with _part("compose", timings):
                 said = await asyncio.to_thread(self._memory_reply, request, user, about_memory)
-            composing = timings.pop("compose")
-            if said is not None:
-                timings["generate"] = composing
-                understanding = Understanding(
-                    nlu=understanding.nlu,
-                    decision=Decision(
-                        action="respond",
-                        dialogue=request.understand.dialogue.model_copy(update={"memory_offer": None}),
-                    ),
-                    needs_knowledge=False,
-                )
-                return await self._replied(request, understanding, said, None, failed, timings, started)
+            timings["generate"] = timings.pop("compose")
+            understanding = Understanding(
+                nlu=understanding.nlu,
+                decision=Decision(
+                    action="respond",
+                    dialogue=request.understand.dialogue.model_copy(update={"memory_offer": None}),
+                ),
+                needs_knowledge=False,
+            )
+            return await self._replied(request, understanding, said, None, failed, timings, started)
         wanted = self._understand.remembered_slot(understanding.decision) if user is not None else None
         if user is not None and wanted is not None:
             understanding = await asyncio.to_thread(
@@ -182,7 +180,7 @@ class RespondActivity:
 
     def _memory_reply(
         self, request: RespondHereRequest, user: str, about: bool | memory_rules.MemoryRequest
-    ) -> Reply | None:
+    ) -> Reply:
         """The reply to a message about the user's memory (`_about_memory`): a yes or no to the previous
         reply's offer to remember them, or a request to see or forget what is remembered."""
         assert self._engine is not None and request.generate.context is not None

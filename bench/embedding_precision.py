@@ -9,8 +9,8 @@ export's matrix products quantized per output channel), in one run:
   model reading int8 vectors: what runs (a model is trained on the float model's vectors, `embed_many`,
   and reads a turn's text as the run-time model, `embed`, makes it).
 
-The end-to-end QA of the demo both ways is `bench.quality --only end-to-end` run once with the variable
-set and once without (each trains and ingests in its own data folder).
+The end-to-end QA of the demo both ways is `bench.quality --only end-to-end` run once as it is (int8) and
+once with `DIALOGUE_EMBEDDING_PRECISION=float32`, each with its own `DIALOGUE_DATA_DIR`.
 
     .venv/bin/python -m bench.embedding_precision [--rounds 3]
 """
@@ -82,7 +82,7 @@ def main() -> None:
     cosine = (floats * ints).sum(1) / np.linalg.norm(floats, axis=1) / np.linalg.norm(ints, axis=1)
 
     # Each model measured with the vectors it reads at run time: trained and tested on one embedder, and a
-    # float-trained model (a bot version published before int8 was the default) reading int8 vectors.
+    # float-trained model reading int8 vectors (what runs).
     held_out: dict[str, dict[str, Any]] = {}
     trained: dict[str, Any] = {}
     for trained_on, tested_on in (("float32", "float32"), ("int8", "int8"), ("float32", "int8")):

@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import re
 import socket
 import tempfile
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
+import pytest
 from selenium import webdriver
 from selenium.common.exceptions import (
     NoSuchElementException,
@@ -55,6 +57,18 @@ FLAGS = [
 ]
 
 T = TypeVar("T")
+
+
+def browser_marks() -> list[pytest.MarkDecorator]:
+    """A module of browser tests' marks: skipped only where a developer has not run `make browser` (in CI,
+    `CI` set, a missing browser fails), and 300 s a test, as the first also starts a stack and the browser."""
+    missing = missing_browser()
+    return [
+        pytest.mark.skipif(
+            missing is not None and not os.environ.get("CI"), reason=f"{missing}; CI fails instead"
+        ),
+        pytest.mark.timeout(300),
+    ]
 
 
 def missing_browser() -> str | None:
@@ -273,3 +287,16 @@ def send_message(
 
     reply: WebElement = browser.wait_for(f"the reply to {text!r}", answered)
     return reply
+
+
+@contextlib.contextmanager
+def failures_kept(request: pytest.FixtureRequest, browser: Browser, name: str) -> Iterator[None]:
+    """Around one test: its screenshots are `<name>-<nn>-<step>.png`; should it fail, its last view and
+    the page's text and console log are kept as `<name>-failed.png` and `.txt` beside them."""
+    browser.name = name
+    failed_before = request.session.testsfailed
+    yield
+    if request.session.testsfailed > failed_before:
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        browser.driver.save_screenshot(str(SCREENSHOTS / f"{name}-failed.png"))
+        (SCREENSHOTS / f"{name}-failed.txt").write_text(browser.diagnostics())

@@ -10,7 +10,6 @@ tests/artifacts/screenshots/ (kept out of git).
 from __future__ import annotations
 
 import json
-import os
 import re
 import uuid
 from collections.abc import Callable, Iterator
@@ -27,19 +26,23 @@ from selenium.webdriver.remote.webelement import WebElement
 
 from dialogue.platform.flags import BUCKETS, bucket
 from dialogue.platform.temporal import conversation_key
-from tests.browser import SCREENSHOTS, TYPING, Browser, TcpRelay, missing_browser, send_message, text_of
+from tests.browser import (
+    SCREENSHOTS,
+    TYPING,
+    Browser,
+    TcpRelay,
+    browser_marks,
+    failures_kept,
+    missing_browser,
+    send_message,
+    text_of,
+)
 from tests.fake_llm import FakeLlm, Plan
 from tests.processes import ServedInThread, UpStack, answering_stack
 from workflows.conversation import FALLBACK_TEXT
 
 MISSING = missing_browser()
-pytestmark = [
-    # Only where a developer has not run `make browser`; in CI (`CI` set) a missing browser fails.
-    pytest.mark.skipif(
-        MISSING is not None and not os.environ.get("CI"), reason=f"{MISSING}; CI fails instead"
-    ),
-    pytest.mark.timeout(300),  # the first test also starts the stack and the browser
-]
+pytestmark = browser_marks()
 
 AGENT_PERCENT = 0.01
 KEY_STORAGE = "dialogue.apiKey"
@@ -146,13 +149,8 @@ def browser(up: Up) -> Iterator[Browser]:
 def screenshots_named_after_the_test(request: pytest.FixtureRequest, browser: Browser) -> Iterator[None]:
     """Screenshots of a test are `<test>-<nn>-<step>.png`; a failed test leaves its last view and
     the page's text and console log as `<test>-failed.png` and `.txt` beside them."""
-    browser.name = request.node.name
-    failed_before = request.session.testsfailed
-    yield
-    if request.session.testsfailed > failed_before:
-        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-        browser.driver.save_screenshot(str(SCREENSHOTS / f"{request.node.name}-failed.png"))
-        (SCREENSHOTS / f"{request.node.name}-failed.txt").write_text(browser.diagnostics())
+    with failures_kept(request, browser, request.node.name):
+        yield
     for window in browser.driver.window_handles[1:]:  # a second window a failed test left open
         browser.driver.switch_to.window(window)
         browser.driver.close()

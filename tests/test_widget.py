@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -26,17 +25,21 @@ from starlette.responses import HTMLResponse, JSONResponse
 from starlette.routing import Route
 
 from dialogue.security.tokens import EndUserTokens
-from tests.browser import SCREENSHOTS, Browser, TcpRelay, missing_browser, send_message, text_of
+from tests.browser import (
+    SCREENSHOTS,
+    Browser,
+    TcpRelay,
+    browser_marks,
+    failures_kept,
+    missing_browser,
+    send_message,
+    text_of,
+)
 from tests.fake_llm import FakeLlm, Plan
 from tests.processes import ServedInThread, UpStack, answering_stack
 
 MISSING = missing_browser()
-pytestmark = [
-    pytest.mark.skipif(
-        MISSING is not None and not os.environ.get("CI"), reason=f"{MISSING}; CI fails instead"
-    ),
-    pytest.mark.timeout(300),
-]
+pytestmark = browser_marks()
 
 SITE_HOST = "127.0.0.2"  # loopback too, but another origin than the API's 127.0.0.1
 USER = "visitor-4711"
@@ -223,13 +226,8 @@ def browser(embedded: Embedded) -> Iterator[Browser]:
 
 @pytest.fixture(autouse=True)
 def named_screenshots(request: pytest.FixtureRequest, browser: Browser) -> Iterator[None]:
-    browser.name = f"test_widget-{request.node.name}"
-    failed_before = request.session.testsfailed
-    yield
-    if request.session.testsfailed > failed_before:
-        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-        browser.driver.save_screenshot(str(SCREENSHOTS / f"{browser.name}-failed.png"))
-        (SCREENSHOTS / f"{browser.name}-failed.txt").write_text(browser.diagnostics())
+    with failures_kept(request, browser, f"test_widget-{request.node.name}"):
+        yield
 
 
 # --- on the page -------------------------------------------------------------------------------

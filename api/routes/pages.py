@@ -89,7 +89,7 @@ async def read_favicon() -> Response:
 
 @router.get("/widget.js")
 async def read_widget_loader() -> FileResponse:
-    """The chat widget's one script tag for any site (`docs/widget.md`)."""
+    """The chat widget's one script tag for any site (`docs/channels.md`)."""
     return FileResponse(
         WIDGET_LOADER,
         media_type="text/javascript",

@@ -39,12 +39,10 @@ model is trained on, is always made by the float model (`embed_many`): a float-t
 vectors scored as the float one on the demo's held-out intents, one trained on int8 vectors lower
 (bench/embedding_precision.py), and nothing stored depends on this setting, so changing it re-embeds
 and retrains nothing."""
-EMBEDDER = EMBEDDING_MODEL
 RUN_TIME_BATCH = 64 if PRECISION == "float32" else 1
 """Texts the run-time model embeds at once. The int8 copy quantizes its activations with one scale per
 batch, so a text's vector would depend on the texts beside it (cosine 0.988 to itself alone): one at a
 time, every text gets the vector a turn gets for it (the model card's evaluation, an answer's sentences)."""
-"""The model of every kept vector (`embed_many`): a model trained on another's vectors is trained again."""
 MAX_TOKENS = 256
 """The model's own limit (sentence-transformers truncates there too)."""
 
@@ -163,7 +161,8 @@ def _model_path() -> Path:
 def quantized_copy(exported: Path, precision: str) -> Path:
     """The export with its matrix products quantized to int8 per output channel: made from it once, beside
     it (per-tensor quantization, tried first, cost the demo's NLU 3 of 280 held-out examples; per channel,
-    0 or 1 (two runs), and nothing of the end-to-end QA: bench/embedding_precision.py)."""
+    read by a model trained on the float vectors, none, and nothing of the end-to-end QA:
+    bench/embedding_precision.py)."""
     quantized = exported.with_name(f"{exported.stem}-{precision}.onnx")
     if quantized.exists():
         return quantized
@@ -265,11 +264,11 @@ def _bulk_encoder() -> _Encoder:
     """The encoder for many texts at once (an ingest, a training): the float export on ONNX Runtime with a
     thread per core, so a batch uses the machine while a single utterance keeps its one-thread session
     (`_encoder`)."""
-    if not _export_path().exists():
-        _encoder()  # exports the model once (or falls back to PyTorch, which `embed_many` then uses)
     exported = _export_path()
     if not exported.exists():
-        return _encoder()  # PyTorch: float already
+        fallback = _encoder()  # exports the model once
+        if not exported.exists():
+            return fallback  # no export: PyTorch, float whatever `PRECISION` says
     try:
         return _onnx_encoder(exported, os.cpu_count() or 1, BULK_BATCH)
     except Exception:

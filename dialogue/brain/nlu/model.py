@@ -24,7 +24,7 @@ from pydantic import BaseModel
 
 from dialogue.brain.nlu.classifier import IntentClassifier, out_of_fold_probabilities, tune_threshold
 from dialogue.brain.nlu.data import OUT_OF_SCOPE, Example, data_hash, read_examples
-from dialogue.brain.nlu.embeddings import EMBEDDER, embed_many, embeddings_available
+from dialogue.brain.nlu.embeddings import EMBEDDING_MODEL, embed_many, embeddings_available
 from dialogue.brain.nlu.routing import Router, Search, train_router
 from dialogue.platform.bot import BotDefinition
 
@@ -132,7 +132,7 @@ def train(
         out_of_scope_class=OUT_OF_SCOPE in classifier.labels,
         threshold=threshold,
         threshold_source=source,
-        embeddings=EMBEDDER if use_embeddings else None,
+        embeddings=EMBEDDING_MODEL if use_embeddings else None,
         training_seconds=round(time.perf_counter() - started, 2),
         sklearn_version=sklearn.__version__,
         router=router is not None,
@@ -201,7 +201,8 @@ def ensure_bot_model(
             current.format_version == FORMAT_VERSION
             and current.data_hash == data_hash(examples)
             and current.validation_hash == (data_hash(validation) if validation else None)
-            and current.embeddings == (EMBEDDER if embeddings_available() else None)
+            # A model trained on another embedder's vectors (the int8 copy's, once opt-in) is trained again.
+            and current.embeddings == (EMBEDDING_MODEL if embeddings_available() else None)
             and (current.router or search is None)
         )
         if same:
