@@ -23,6 +23,7 @@ from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
 from activities.bot_runtimes import BotActivities, BotRuntimes, bot_activities, dispatched
+from activities.deliver import DeliveryActivities
 from activities.generate import GenerateActivity
 from activities.record import RecordActivities
 from activities.retention import RetentionActivities
@@ -46,6 +47,7 @@ from dialogue.platform.telemetry import (
 from dialogue.platform.temporal import connect
 from dialogue.platform.worker_builds import deployment_config
 from workflows.conversation import ConversationWorkflow
+from workflows.delivery import ResendWorkflow
 from workflows.retention import RetentionWorkflow, ensure_retention_schedule
 
 log = logging.getLogger("dialogue.worker")
@@ -137,7 +139,7 @@ def build_worker(
     return Worker(
         client,
         task_queue=task_queue or settings.task_queue,
-        workflows=[ConversationWorkflow, RetentionWorkflow],
+        workflows=[ConversationWorkflow, RetentionWorkflow, ResendWorkflow],
         activities=[
             *(dispatched(turn.bots, step) for step in BOT_STEPS),
             turn.retrieve.retrieve,
@@ -145,6 +147,7 @@ def build_worker(
             turn.record.record_message,
             turn.record.record_conversation,
             RetentionActivities(client, turn.engine, retention_days).purge_expired,
+            DeliveryActivities(turn.engine, settings.channels).deliver,
         ],
         activity_executor=executor,
         interceptors=[*worker_interceptors(), BotHeaderInterceptor()],

@@ -26,7 +26,9 @@ from api.request_telemetry import RequestTelemetry, metrics_router, turn_spans_n
 from api.routes import (
     approvals,
     bots,
+    channels,
     conversations,
+    deliveries,
     end_users,
     handoff,
     health,
@@ -143,6 +145,8 @@ def create_app(
     v1.include_router(nlu.router)
     v1.include_router(knowledge.router)
     v1.include_router(bots.router)
+    v1.include_router(channels.router)
+    v1.include_router(deliveries.router)
     app.include_router(v1)
     app.include_router(health.router)
     app.include_router(metrics_router)

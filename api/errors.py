@@ -132,6 +132,12 @@ ERRORS: dict[str, ErrorCode] = {
             "The page's origin (the `Origin` header) is not one the deployment lets start anonymous "
             "widget sessions (`DIALOGUE_WIDGET_ORIGINS`).",
         ),
+        ErrorCode(
+            "invalid_signature",
+            401,
+            "A messaging platform's webhook request whose signature does not match the channel's secret, "
+            "or whose timestamp is stale.",
+        ),
         # Limits.
         ErrorCode(
             "rate_limited", 429, "Too many requests for this key; `Retry-After` says when to send again.", "1"
@@ -245,6 +251,9 @@ ERRORS: dict[str, ErrorCode] = {
         ErrorCode("document_not_found", 404, "No such document."),
         ErrorCode("document_conflict", 409, "The document is being written by another request; retry."),
         ErrorCode("key_not_found", 404, "No such key."),
+        ErrorCode("channel_not_found", 404, "No messaging channel of this name is configured here."),
+        ErrorCode("delivery_not_found", 404, "No such delivery to a messaging platform."),
+        ErrorCode("delivery_not_dead", 409, "Only a dead letter is resent: this delivery is not one."),
         ErrorCode("bot_not_found", 404, "No such bot, bot version, or release of the bot."),
         ErrorCode(
             "invalid_release",

@@ -35,6 +35,12 @@ def process_env(settings: Settings) -> dict[str, str]:
         secret = getattr(settings, name)
         if isinstance(secret, SecretStr):
             value = secret.get_secret_value()  # dumped masked
+        elif name == "channels":  # their secrets too
+            value = {
+                channel: config.model_dump(mode="json")
+                | {k: v.get_secret_value() for k, v in config if isinstance(v, SecretStr)}
+                for channel, config in settings.channels.items()
+            }
         # Complex values (lists, dicts) are read back as JSON.
         env[f"DIALOGUE_{name.upper()}"] = value if isinstance(value, str) else json.dumps(value)
     return env

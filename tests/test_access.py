@@ -36,6 +36,9 @@ from tests.conftest import TEST_API_KEY, api_client, serve
 OPEN = "open"
 BY_ORIGIN = "origin"
 """Not a key's scope: only a page of an origin the deployment lists (`DIALOGUE_WIDGET_ORIGINS`) may ask."""
+BY_SIGNATURE = "signature"
+"""Not a key's scope: a messaging platform's webhook, opened by the platform's signature alone (a key
+neither opens nor closes it: tests/test_channels.py checks the signatures). None is configured here."""
 """No key needed: health, metrics and the pages (which ask for a key themselves)."""
 KEPT_CALL = "call-kept"
 """A tool call whose whole result the store keeps, in the shared conversation."""
@@ -122,6 +125,12 @@ ENDPOINTS = [
     Endpoint("POST", "/v1/end-user-tokens", "client", {"user": "someone"}, owned=False),
     # Opened by the page's origin (none here), never by a key.
     Endpoint("POST", "/v1/widget-sessions", BY_ORIGIN, {}, owned=False),
+    Endpoint("POST", "/v1/channels/acl-channel", BY_SIGNATURE, {}, owned=False, absent="channel_not_found"),
+    Endpoint("GET", "/v1/channels/acl-channel", BY_SIGNATURE, owned=False, absent="channel_not_found"),
+    Endpoint("GET", "/v1/deliveries", "admin", owned=False),
+    Endpoint(
+        "POST", "/v1/deliveries/acl-delivery/resend", "admin", {}, owned=False, absent="delivery_not_found"
+    ),
     Endpoint("GET", "/v1/users/other-user/conversations", "client", owned=False),
     Endpoint("GET", "/v1/users/other-user/export", "client", owned=False),
     Endpoint("DELETE", "/v1/users/other-user", "admin", owned=False),
@@ -210,7 +219,7 @@ async def call(
 
 
 def expected(endpoint: Endpoint, caller: str) -> str:
-    if endpoint.scope == OPEN:
+    if endpoint.scope in (OPEN, BY_SIGNATURE):
         return "ok"
     if endpoint.scope == BY_ORIGIN:
         return "403"
@@ -263,6 +272,8 @@ def test_the_matrix_covers_every_route_of_the_app(settings: Settings) -> None:
             .replace("/acl-none", "/{document_id}")
             .replace("/000000000000", "/{key_id}")
             .replace("/users/other-user", "/users/{user}")
+            .replace("/acl-channel", "/{name}")
+            .replace("/acl-delivery", "/{delivery_id}")
             .replace("/memory/items/name", "/memory/items/{kind}"),
         )
         for method, path in in_matrix

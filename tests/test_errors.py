@@ -19,7 +19,9 @@ from temporalio.worker import Worker
 
 from api import create_app
 from api.errors import ERRORS
-from dialogue.model.contracts import WORKFLOW_TYPE
+from dialogue.model.contracts import WORKFLOW_TYPE, ChannelAddress, Delivery
+from dialogue.platform.channels import ledger
+from dialogue.platform.channels.config import TelegramChannel
 from dialogue.platform.codec import EncryptionCodec, PayloadKeys
 from dialogue.platform.db import get_engine
 from dialogue.platform.settings import Settings
@@ -499,6 +501,39 @@ async def _(s: Stack) -> httpx.Response:
     # A page of another origin than the one the deployment lets start anonymous widget sessions.
     async with s.api(widget_origins={"https://shop.example": "acme"}) as http:
         return await http.post("/v1/widget-sessions", json={}, headers={"Origin": "https://evil.example"})
+
+
+@scenario("invalid_signature")
+async def _(s: Stack) -> httpx.Response:
+    # A request to a Telegram channel's webhook without the secret token Telegram sends.
+    channel = TelegramChannel(platform="telegram", secret_token="the-secret", bot_token="1:x")
+    async with s.api(channels={"shop-telegram": channel}) as http:
+        return await http.post("/v1/channels/shop-telegram", json={"update_id": 1})
+
+
+@scenario("channel_not_found")
+async def _(s: Stack) -> httpx.Response:
+    return await s.http.post("/v1/channels/no-such-channel", json={})
+
+
+@scenario("delivery_not_found")
+async def _(s: Stack) -> httpx.Response:
+    return await s.http.post("/v1/deliveries/no-such-delivery/resend")
+
+
+@scenario("delivery_not_dead")
+async def _(s: Stack) -> httpx.Response:
+    # A delivery the platform took: only a dead letter is resent.
+    delivery = Delivery(
+        id=f"default/{s.new_id()}/t1",
+        conversation_id="default/c",
+        address=ChannelAddress(channel="shop-telegram", platform="telegram", to="42"),
+        text="Hello",
+    )
+    engine = get_engine(s.settings.resolved_database_url)
+    await asyncio.to_thread(ledger.begin, engine, delivery, "default")
+    await asyncio.to_thread(ledger.finish, engine, delivery.id, "sent", platform_id="7")
+    return await s.http.post(f"/v1/deliveries/{delivery.id}/resend")
 
 
 @scenario("not_configured")

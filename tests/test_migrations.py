@@ -198,9 +198,9 @@ def test_the_revisions_after_the_baseline_only_add_the_later_tables() -> None:
     # virtual table): adoption and autogenerate leave it aside; 0004 only rewrites its rows.
     # 0005 adds the end users' conversations, 0006 the MCP servers' tool pins, 0007 the bots' versions
     # and releases, and what the numbers per version count (its turns, the users' satisfaction); 0008 the
-    # end users' memory and their consent to it.
+    # end users' memory and their consent to it; 0009 the messaging platforms' deliveries and threads.
     assert (
-        head() == "0008"
+        head() == "0009"
         and {
             "tool_result",
             "conversation_owner",
@@ -211,6 +211,8 @@ def test_the_revisions_after_the_baseline_only_add_the_later_tables() -> None:
             "satisfaction",
             "memory_item",
             "memory_consent",
+            "channel_delivery",
+            "channel_thread",
         }
         == LATER_TABLES
     )

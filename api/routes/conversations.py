@@ -56,6 +56,7 @@ from dialogue.model.api_models import (
 )
 from dialogue.model.contracts import (
     WORKFLOW_TYPE,
+    ChannelAddress,
     ConversationState,
     EndRequest,
     Queries,
@@ -67,6 +68,8 @@ from dialogue.model.contracts import (
 from dialogue.platform import events, store
 from dialogue.platform.flags import Flag
 from dialogue.platform.recovery import BROKEN
+from dialogue.platform.releases import ReleaseCache
+from dialogue.platform.settings import Settings
 from dialogue.platform.starting import conversation_input, start_options
 from dialogue.platform.temporal import conversation_key, workflow_id
 from dialogue.security import erasure
@@ -257,34 +260,16 @@ async def create_turn(
         return Response(status_code=status.HTTP_204_NO_CONTENT)
     await _refuse_if_ended(engine, principal, conversation_id)
     turn_id = idempotency_key or body.idempotency_key or str(uuid.uuid4())
-    # Personal data is redacted here, before the text reaches Temporal, the store or a model.
-    text = policies.privacy(_key(principal, conversation_id)).for_storage(
-        body.text, enabled=flags["redaction"]
-    )
-    # The workflow refuses the turn of an end user the conversation does not belong to (404); a new
-    # conversation started by this turn belongs to its sender.
     key = _key(principal, conversation_id)
-    turn = TurnRequest(
-        text=text,
-        stream=streaming,
-        flags=flags,
+    turn, start = turn_and_start(
+        settings,
+        policies,
+        releases,
+        key,
+        body.text,
+        flags,
         user=principal.user,
-        bot_versions=releases.running_moves(key),
-    )
-    # A conversation this turn starts gets the deployment's bot, in the version its release gives it.
-    bot = releases.choose(None, key)
-    start: WithStartWorkflowOperation[Any, ConversationState] = WithStartWorkflowOperation(
-        WORKFLOW_TYPE,
-        conversation_input(
-            settings,
-            conversation_id,
-            tenant=principal.tenant,
-            user=principal.user,
-            bot=bot.ref if bot else None,
-        ),
-        id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
-        result_type=ConversationState,
-        **start_options(settings, _key(principal, conversation_id), principal.tenant, principal.user),
+        stream=streaming,
     )
     async with temporal_errors(
         conversation_id, temporal=temporal, key=_key(principal, conversation_id), turn_id=turn_id
@@ -333,6 +318,54 @@ async def create_turn(
             raise
     mark_turn(request.state, reply)
     return reply
+
+
+def turn_and_start(
+    settings: Settings,
+    policies: BotPolicies,
+    releases: ReleaseCache,
+    key: str,
+    text: str,
+    flags: dict[str, bool],
+    *,
+    user: str | None,
+    stream: bool = False,
+    bot: str | None = None,
+    channel: ChannelAddress | None = None,
+) -> tuple[TurnRequest, WithStartWorkflowOperation[Any, ConversationState]]:
+    """A user's turn for the conversation with this key, and the operation that starts the conversation if
+    it does not exist yet (update-with-start): from the API's turns and from a messaging platform's."""
+    tenant, conversation_id = key.split("/", 1)
+    # Personal data is redacted here, before the text reaches Temporal, the store or a model.
+    turn = TurnRequest(
+        text=policies.privacy(key).for_storage(text, enabled=flags["redaction"]),
+        stream=stream,
+        flags=flags,
+        # The workflow refuses the turn of an end user the conversation does not belong to (404); a new
+        # conversation started by this turn belongs to its sender.
+        user=user,
+        bot_versions=releases.running_moves(key),
+    )
+    # A conversation this turn starts gets the deployment's bot (or the one named), in the version its
+    # release gives it.
+    chosen = releases.choose(bot, key)
+    if chosen is None and bot is not None:
+        raise ApiError("bot_not_found", f"no bot {bot!r} is released here")
+    start: WithStartWorkflowOperation[Any, ConversationState] = WithStartWorkflowOperation(
+        WORKFLOW_TYPE,
+        conversation_input(
+            settings,
+            conversation_id,
+            tenant=tenant,
+            user=user,
+            bot=chosen.ref if chosen else None,
+            channel=channel,
+        ),
+        id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+        result_type=ConversationState,
+        **start_options(settings, key, tenant, user),
+    )
+    return turn, start
 
 
 def _marked(

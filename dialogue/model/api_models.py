@@ -510,3 +510,20 @@ class BotNumbers(BaseModel):
     stable: VersionNumbersPublic | None
     canary: VersionNumbersPublic | None
     versions: list[VersionNumbersPublic]
+
+
+class DeliveryPublic(BaseModel):
+    """A message delivered (or being delivered, or given up) to a conversation's messaging platform."""
+
+    id: str
+    conversation_id: str
+    """The client's id of the conversation."""
+    channel: str
+    status: Literal["sending", "sent", "dead"]
+    """`sending`: an attempt is under way or will be retried; `dead`: given up, until an operator resends it."""
+    attempts: int
+    last_error: str | None = None
+    platform_id: str | None = None
+    text: str
+    created_at: datetime
+    updated_at: datetime

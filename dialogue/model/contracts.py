@@ -28,6 +28,8 @@ Approver = Literal["agent", "user"]
 """Who approves a tool call: a person with the agent scope, or the user (the conversation's end user when
 it has one, else a client key of its tenant)."""
 USER_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:|@-]{0,127}$"
+ChannelPlatform = Literal["slack", "telegram", "whatsapp", "twilio"]
+"""The messaging platforms a conversation may be held on (`dialogue.platform.channels`)."""
 """An end user's id, as the integrator knows its user (an opaque id is best: the store's index keeps it in
 the clear, to find a user's conversations). No spaces or control characters: it travels in a header."""
 
@@ -107,11 +109,53 @@ class ConversationInput(BaseModel):
     bot_version: str | None = None
     """The version of `bot` the conversation is pinned to (`dialogue.platform.releases`); None: the
     worker's own bot folder."""
+    channel: ChannelAddress | None = None
+    """The messaging platform the conversation is held on, and where on it: its replies and a person's
+    messages are delivered there (`deliver`). None: the client reads the replies from the API."""
 
     @property
     def key(self) -> str:
         """Tenant-qualified: what the store and the event log know the conversation by."""
         return f"{self.tenant}/{self.conversation_id}"
+
+
+class ChannelAddress(BaseModel):
+    """Where on a messaging platform a conversation's messages go."""
+
+    channel: str
+    """The channel's name in the deployment's configuration (`DIALOGUE_CHANNELS`): its platform and credentials."""
+    platform: ChannelPlatform
+    to: str
+    """The chat, the Slack channel, the WhatsApp user or the phone number that receives the messages."""
+    thread: str | None = None
+    """The Slack thread (its first message's `ts`) the conversation is."""
+    sender: str | None = None
+    """Ours on the platform, where it has several: the number an SMS was sent to (the reply comes from it)."""
+
+
+class Delivery(BaseModel):
+    """One message for a conversation's channel: a reply, or a person's message."""
+
+    id: str
+    """Stable for the event it carries (the conversation, then the turn or message): the same delivery
+    again (a retried activity, an operator's resend) is recognised in the deliveries' ledger."""
+    conversation_id: str
+    """Tenant-qualified (`ConversationInput.key`)."""
+    address: ChannelAddress
+    text: str
+    buttons: list[str] = []
+    """Quick replies the user may tap, where the platform has them."""
+    resend: bool = False
+    """An operator's resend of a dead letter: sent again whatever the ledger says."""
+
+
+class Delivered(BaseModel):
+    """What became of a delivery: `sent` (the platform took it), or `dead` (it never will: kept in the
+    dead-letter list, where an operator can resend it)."""
+
+    status: Literal["sent", "dead"]
+    platform_id: str | None = None
+    """The platform's id of the message sent."""
 
 
 class TurnRequest(BaseModel):

@@ -234,6 +234,40 @@ class MemoryConsent(SQLModel, table=True):
     """Who set it: the user's token subject, the integrator's key, or `conversation` when they said so."""
 
 
+class ChannelDelivery(SQLModel, table=True):
+    """A message for a conversation's messaging platform (`activities.deliver`): what the platform took,
+    so a retried delivery sends nothing twice, and the dead letters an operator may resend."""
+
+    __tablename__ = "channel_delivery"
+
+    id: str = Field(primary_key=True, max_length=300)
+    """`Delivery.id`: the conversation, then the turn or message it carries."""
+    tenant: str = Field(index=True, max_length=63)
+    conversation_id: str = Field(max_length=200)
+    channel: str = Field(max_length=63)
+    status: str = Field(index=True, max_length=10)
+    """`sending` (an attempt began: whether the platform took it is not known), `sent`, or `dead`."""
+    attempts: int = 0
+    last_error: str | None = Field(default=None, max_length=500)
+    platform_id: str | None = Field(default=None, max_length=200)
+    delivery: str = Field(sa_type=Text)
+    """The `Delivery` itself (JSON), to resend. Its text is redacted as the transcript is."""
+    created_at: datetime = _utc_column()
+    updated_at: datetime = _utc_column(index=True)
+
+
+class ChannelThread(SQLModel, table=True):
+    """The conversation a platform's thread (a chat, a sender's number) is holding now: the next message
+    goes to it, or to a new conversation once it has ended."""
+
+    __tablename__ = "channel_thread"
+
+    thread: str = Field(primary_key=True, max_length=200)
+    conversation_id: str = Field(max_length=128)
+    """The client's id of the conversation (its tenant is the channel's)."""
+    updated_at: datetime = _utc_column()
+
+
 class KnowledgeDocument(SQLModel, table=True):
     """A knowledge-base document; its version grows each time its content changes."""
 

@@ -7,11 +7,12 @@ import secrets
 import sys
 from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, StringConstraints, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from dialogue.platform.channels.config import CHANNEL_NAME, ChannelConfig
 from dialogue.platform.flags import FlagSettings
 
 if TYPE_CHECKING:
@@ -145,6 +146,13 @@ class Settings(BaseSettings):
     with the tenant its visitors belong to (`{"https://www.example.com": "acme"}`); allowed by CORS too."""
     widget_session_seconds: int = Field(default=900, ge=60, le=3600)
     """How long the token of an anonymous widget session lives (the widget renews it before it expires)."""
+    channels: dict[Annotated[str, StringConstraints(pattern=CHANNEL_NAME)], ChannelConfig] = {}
+    """Messaging platforms the bot is reached on (JSON: a name for each, its platform, tenant, bot and
+    secrets; `dialogue.platform.channels.config`, docs/channels.md). The platform calls
+    `/v1/channels/{name}`."""
+    channel_ack_seconds: float = Field(default=2.5, gt=0)
+    """How long a platform's webhook waits for its message to be taken by the conversation: past it the
+    platform is answered 503 and sends the message again (Slack's own deadline is 3 s)."""
     retention_interval_seconds: float = Field(default=3600, gt=0)
     """How often the retention schedule looks for conversations past the bot's `retention_days`."""
     clients_may_erase: bool = False

@@ -6,7 +6,7 @@ from typing import Any
 
 from temporalio.common import SearchAttributePair, TypedSearchAttributes, WorkflowIDReusePolicy
 
-from dialogue.model.contracts import ConversationInput, DoubleTextPolicy
+from dialogue.model.contracts import ChannelAddress, ConversationInput, DoubleTextPolicy
 from dialogue.platform.bot_versions import BotRef
 from dialogue.platform.settings import Settings
 from dialogue.platform.temporal import DEGRADED_COUNT, HANDOFF, STATUS, TENANT, USER, user_tag, workflow_id
@@ -22,9 +22,12 @@ def conversation_input(
     trusted_slots: list[str] | None = None,
     user: str | None = None,
     bot: BotRef | None = None,
+    channel: ChannelAddress | None = None,
 ) -> ConversationInput:
-    """`bot`: the version the conversation is pinned to (`ReleaseCache.choose`); None: the worker's own."""
+    """`bot`: the version the conversation is pinned to (`ReleaseCache.choose`); None: the worker's own.
+    `channel`: the messaging platform it is held on (its replies are delivered there)."""
     return ConversationInput(
+        channel=channel,
         bot=bot.bot if bot else None,
         bot_version=bot.version if bot else None,
         slots=slots or {},

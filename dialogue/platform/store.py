@@ -20,6 +20,7 @@ from dialogue.model.contracts import RecordConversationRequest, RecordMessageReq
 from dialogue.platform import events, memory, version_numbers
 from dialogue.platform.db import (
     BotTurn,
+    ChannelDelivery,
     Conversation,
     ConversationEvent,
     ConversationOwner,
@@ -498,6 +499,9 @@ def erase_conversation(engine: Engine, key: str, at: datetime, *, keep_owner: bo
                 delete(Satisfaction).where(col(Satisfaction.conversation_id) == key)
             ).rowcount,
             "bot_turns": session.exec(delete(BotTurn).where(col(BotTurn.conversation_id) == key)).rowcount,
+            "deliveries": session.exec(
+                delete(ChannelDelivery).where(col(ChannelDelivery.conversation_id) == key)
+            ).rowcount,
         }
         if not keep_owner:  # whose it was is the user's data too: erased with the rest
             counts["owner"] = session.exec(

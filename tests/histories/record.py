@@ -4,7 +4,7 @@ Runs a scripted conversation (greeting, knowledge answer, the order flow with a 
 while the store cannot be written (so its records are made later, and the run waits for
 them before it continues as new), a streamed turn, a handoff asked for by the user with a
 person's reply and a handback, a goodbye that ends it) on a dev server of its own with a real worker, in runs of six
-messages, and writes the history of each run to `tests/histories/NAME-runN.json`. With `--agent`, the agent script (see AGENT_SCRIPT); with `--memory`, MEMORY_SCRIPT. With `--llm` (`python -m tests.histories.record
+messages, and writes the history of each run to `tests/histories/NAME-runN.json`. With `--agent`, the agent script (see AGENT_SCRIPT); with `--memory`, MEMORY_SCRIPT; with `--channel`, CHANNEL_SCRIPT. With `--llm` (`python -m tests.histories.record
 NAME --llm`) the answers come from a stand-in LLM over HTTP, and the requests it received are kept
 beside the history, for the test that rebuilds them from it. Record one whenever the workflow changes
 shape, and keep the old ones: CI replays them all against the current code, so a change that would break
@@ -28,17 +28,20 @@ from temporalio.common import WorkflowIDConflictPolicy
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
+from dialogue.apps.testing.stack import served
 from dialogue.brain.knowledge import documents
 from dialogue.brain.knowledge.search import router_search
 from dialogue.brain.nlu.model import ensure_bot_model
 from dialogue.model.contracts import (
     AgentMessageRequest,
     ApprovalRequest,
+    ChannelAddress,
     HandbackRequest,
     PendingApproval,
     TurnRequest,
 )
 from dialogue.platform.bot import load_bot
+from dialogue.platform.channels.config import TelegramChannel
 from dialogue.platform.db import get_engine, init_db
 from dialogue.platform.settings import Settings
 from dialogue.platform.starting import conversation_input, start_options
@@ -46,6 +49,7 @@ from dialogue.platform.temporal import SEARCH_ATTRIBUTES, workflow_id
 from tests.conftest import served_llm
 from tests.fake_llm import FakeLlm, Plan
 from tests.outages import UnwritableSqlite
+from tests.platforms import PlatformStandIn, channels
 from worker import build_worker
 from workflows.conversation import ConversationWorkflow
 from workflows.replay import load_runs
@@ -92,6 +96,16 @@ MEMORY_SCRIPT: list[tuple[str, str]] = [
     ("turn", "goodbye!"),
 ]
 MEMORY_USER = "history-user"
+# `--channel`: a conversation held on Telegram (a stand-in of its Bot API over HTTP): each reply and the
+# person's message is delivered there by the `deliver` activity, in order.
+CHANNEL_SCRIPT: list[tuple[str, str]] = [
+    ("turn", "hello"),
+    ("turn", "how much does express shipping cost?"),
+    ("turn", "I want to speak to a human agent"),
+    ("agent", "Hello, this is Ada. How can I help?"),
+    ("handback", ""),
+    ("turn", "goodbye!"),
+]
 
 
 LLM_MODEL = "gpt-4o-mini"
@@ -141,16 +155,24 @@ def agent_llm() -> FakeLlm:
     return FakeLlm(route=plan)
 
 
-async def record(name: str, *, llm: bool = False, agent: bool = False, memory: bool = False) -> list[Path]:
+async def record(
+    name: str, *, llm: bool = False, agent: bool = False, memory: bool = False, channel: bool = False
+) -> list[Path]:
     """With `llm`, the bot answers with a stand-in LLM over HTTP, and the requests it got are written
     beside the history (`NAME.requests.jsonl`): a test rebuilds them from the history alone. With
     `agent`, the agent script runs (the model calls tools); with `memory`, the memory script (a
     signed-in user, the stand-in LLM)."""
     fake = agent_llm() if agent else stand_in_llm()
-    script = AGENT_SCRIPT if agent else MEMORY_SCRIPT if memory else SCRIPT
+    script = AGENT_SCRIPT if agent else MEMORY_SCRIPT if memory else CHANNEL_SCRIPT if channel else SCRIPT
+    platform = PlatformStandIn()
     async with AsyncExitStack() as stack:
         url = await stack.enter_async_context(served_llm(fake)) if llm or agent or memory else None
-        targets = await _record(name, url, script, agent, user=MEMORY_USER if memory else None)
+        platform_url = await stack.enter_async_context(served(platform.app())) if channel else None
+        targets = await _record(
+            name, url, script, agent, user=MEMORY_USER if memory else None, platform_url=platform_url
+        )
+    if channel:
+        assert len(platform.sent) == 5, platform.sent  # four replies and the person's message
     if llm:
         requests = Path(__file__).parent / f"{name}.requests.jsonl"
         requests.write_bytes(b"".join(orjson.dumps(r["messages"]) + b"\n" for r in fake.requests))
@@ -159,7 +181,13 @@ async def record(name: str, *, llm: bool = False, agent: bool = False, memory: b
 
 
 async def _record(
-    name: str, llm_url: str | None, script: list[tuple[str, str]], agent: bool, *, user: str | None = None
+    name: str,
+    llm_url: str | None,
+    script: list[tuple[str, str]],
+    agent: bool,
+    *,
+    user: str | None = None,
+    platform_url: str | None = None,
 ) -> list[Path]:
     with tempfile.TemporaryDirectory() as scratch:
         folder = Path(scratch)
@@ -173,6 +201,15 @@ async def _record(
         )
         if llm_url is not None:
             settings = llm_settings(settings, llm_url)
+        address = None
+        if platform_url is not None:
+            configs = channels(platform_url, "https://bot.example.com")
+            settings = settings.model_copy(
+                update={
+                    "channels": {"shop-telegram": TelegramChannel.model_validate(configs["shop-telegram"])}
+                }
+            )
+            address = ChannelAddress(channel="shop-telegram", platform="telegram", to="1111111")
         bot = load_bot(settings.bot_path)
         engine = get_engine(settings.resolved_database_url)
         init_db(engine)
@@ -226,7 +263,7 @@ async def _record(
                         else:
                             start = WithStartWorkflowOperation(
                                 ConversationWorkflow.run,
-                                conversation_input(settings, conversation_id, user=user),
+                                conversation_input(settings, conversation_id, user=user, channel=address),
                                 id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
                                 **start_options(settings, conversation_id, "default"),
                             )
@@ -236,7 +273,7 @@ async def _record(
                                 start_workflow_operation=start,
                             )
                             pending.extend(reply.approvals)
-                    await handle.result()
+                    await handle.result()  # a run ends once its deliveries are made
                     histories = await load_runs(conversation_id, env.client)
         finally:
             await env.shutdown()
@@ -252,7 +289,11 @@ if __name__ == "__main__":
     print(
         asyncio.run(
             record(
-                sys.argv[1], llm="--llm" in options, agent="--agent" in options, memory="--memory" in options
+                sys.argv[1],
+                llm="--llm" in options,
+                agent="--agent" in options,
+                memory="--memory" in options,
+                channel="--channel" in options,
             )
         )
     )

@@ -14,6 +14,7 @@ from temporalio.exceptions import ApplicationError
 from workflows.conversation import decisions, patches
 from workflows.conversation.agent import AgentLoop, AgentRun
 from workflows.conversation.lifecycle import Lifecycle
+from workflows.conversation.outbox import Outbox
 from workflows.conversation.recorder import Recorder, turn_write
 from workflows.conversation.replies import FALLBACK_TEXT, Answer
 from workflows.conversation.state import Conversation
@@ -36,12 +37,18 @@ with workflow.unsafe.imports_passed_through():
 
 class Approvals:
     def __init__(
-        self, conversation: Conversation, lifecycle: Lifecycle, agent: AgentLoop, recorder: Recorder
+        self,
+        conversation: Conversation,
+        lifecycle: Lifecycle,
+        agent: AgentLoop,
+        recorder: Recorder,
+        outbox: Outbox,
     ) -> None:
         self._conversation = conversation
         self._lifecycle = lifecycle
         self._agent = agent
         self._recorder = recorder
+        self._outbox = outbox
         carried = conversation.input.carried
         self.parked: dict[str, ParkedAgent] = {p.turn_id: p for p in carried.parked} if carried else {}
         self._waiting: dict[str, asyncio.Future[None]] = {}
@@ -190,6 +197,7 @@ class Approvals:
             )
         )
         log.time("total", started)
+        self._outbox.send(turn_id, answer.reply.text)
         if again is not None:
             self.park(again)
         conversation.show()

@@ -7,6 +7,7 @@ from typing import Literal
 
 from temporalio import workflow
 
+from workflows.conversation.outbox import Outbox
 from workflows.conversation.recorder import Recorder, Write
 from workflows.conversation.state import Conversation
 
@@ -22,9 +23,10 @@ with workflow.unsafe.imports_passed_through():
 
 
 class Handoff:
-    def __init__(self, conversation: Conversation, recorder: Recorder) -> None:
+    def __init__(self, conversation: Conversation, recorder: Recorder, outbox: Outbox) -> None:
         self._conversation = conversation
         self._recorder = recorder
+        self._outbox = outbox
 
     async def hand_over(self, holder: Holder, agent: str | None, reason: str) -> ConversationState:
         state = self._conversation.state
@@ -48,6 +50,7 @@ class Handoff:
         """A person's reply to the user, recorded in the transcript and sent to stream clients."""
         index = self._conversation.take_index()
         await self._record_message(index, "agent", request.text.strip(), request.agent, "agent_message")
+        self._outbox.send(f"agent_message-{index}", request.text.strip())
         return AgentMessageReply(
             conversation_id=self._conversation.input.conversation_id,
             turn_index=index,

@@ -79,6 +79,20 @@ RECORD_UNTIL_DONE: dict[str, Any] = {
     ),
 }
 
+# A message to the conversation's messaging platform: each attempt bounded, retried with backoff to one a
+# minute, without limit here; the activity itself ends it as a dead letter after its attempts
+# (`activities.deliver.DELIVERY_ATTEMPTS`), or at once when the platform refuses it for good. A platform's
+# rate limit sets the next attempt's delay itself (`next_retry_delay`).
+DELIVER: dict[str, Any] = {
+    "start_to_close_timeout": timedelta(seconds=30),
+    "retry_policy": RetryPolicy(
+        initial_interval=timedelta(seconds=1),
+        backoff_coefficient=2.0,
+        maximum_interval=timedelta(seconds=60),
+        maximum_attempts=0,
+    ),
+}
+
 
 def tool_call_options(timeout_seconds: float, attempts: int) -> dict[str, Any]:
     """An agent's tool call: the tool's own timeout and attempts, from its declaration."""

@@ -39,3 +39,7 @@ MODEL_MEMORY_NOTES = "model-memory-notes"
 the turn for facts to keep (`note_memory`, a regular activity after the reply, not in its way). Asked with
 `workflow.patched` itself (a run takes the patches before LEAN_COMMANDS as applied, not this one), and only
 when such a turn happens: a run without one records no marker."""
+CHANNEL_DELIVERY = "channel-delivery"
+"""Since this patch, a conversation held on a messaging platform (`ConversationInput.channel`) delivers its
+replies and a person's messages there, each a `deliver` activity (`outbox.Outbox`). Asked with
+`workflow.patched` itself, and only in such a conversation: no other run records a marker."""

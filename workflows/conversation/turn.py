@@ -13,6 +13,7 @@ from workflows.conversation.approvals import Approvals
 from workflows.conversation.handoff import Handoff
 from workflows.conversation.lifecycle import Lifecycle
 from workflows.conversation.memory_notes import MemoryNotes
+from workflows.conversation.outbox import Outbox
 from workflows.conversation.recorder import Recorder, turn_write
 from workflows.conversation.replies import FALLBACK_TEXT, Answer, unanswered
 from workflows.conversation.respond import Outcome, Responder, TurnInput
@@ -37,6 +38,7 @@ class Turns:
         summary: RollingSummary,
         handoff: Handoff,
         memory_notes: MemoryNotes,
+        outbox: Outbox,
     ) -> None:
         self._conversation = conversation
         self._lifecycle = lifecycle
@@ -46,6 +48,7 @@ class Turns:
         self._summary = summary
         self._handoff = handoff
         self._memory_notes = memory_notes
+        self._outbox = outbox
         self._arrivals = 0
         """Turns that arrived in this run, counted when they arrive: the newest wins under `interrupt`."""
         self._responding: asyncio.Task[Outcome] | None = None
@@ -135,6 +138,7 @@ class Turns:
                 )
             )
             log.time("record", recording)
+        self._outbox.send(turn.turn_id, outcome.reply.text)
         if outcome.parked is not None:
             self._approvals.park(outcome.parked)
         self._summary.fold_if_needed(answer.lineage.context if answer.lineage else None, flags)

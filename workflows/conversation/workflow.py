@@ -34,6 +34,7 @@ from workflows.conversation.decisions import (
 from workflows.conversation.handoff import Handoff
 from workflows.conversation.lifecycle import Lifecycle
 from workflows.conversation.memory_notes import MemoryNotes
+from workflows.conversation.outbox import Outbox
 from workflows.conversation.recorder import Recorder, conversation_write, record_until_done
 from workflows.conversation.respond import Responder
 from workflows.conversation.state import Conversation
@@ -64,11 +65,12 @@ class ConversationWorkflow:
         self._conversation = conversation = Conversation(input)
         self._lifecycle = Lifecycle(conversation)
         self._recorder = Recorder(conversation)
-        self._handoff = Handoff(conversation, self._recorder)
+        self._outbox = Outbox(conversation)
+        self._handoff = Handoff(conversation, self._recorder, self._outbox)
         self._summary = RollingSummary(conversation)
         self._memory_notes = MemoryNotes(conversation)
         agent = AgentLoop(conversation)
-        self._approvals = Approvals(conversation, self._lifecycle, agent, self._recorder)
+        self._approvals = Approvals(conversation, self._lifecycle, agent, self._recorder, self._outbox)
         self._turns = Turns(
             conversation,
             self._lifecycle,
@@ -78,6 +80,7 @@ class ConversationWorkflow:
             self._summary,
             self._handoff,
             self._memory_notes,
+            self._outbox,
         )
 
     @workflow.run
@@ -114,6 +117,7 @@ class ConversationWorkflow:
             lambda: (
                 workflow.all_handlers_finished()
                 and self._recorder.recorded()
+                and self._outbox.delivered()
                 and not self._summary.folding
                 and not self._memory_notes.noting
                 and self._approvals.resuming == 0

@@ -49,6 +49,8 @@ LATER_TABLES = frozenset(
         "satisfaction",
         "memory_item",
         "memory_consent",
+        "channel_delivery",
+        "channel_thread",
     }
 )
 """Tables the revisions after the baseline create: a create_all database, made before them, has none of
