@@ -71,6 +71,7 @@ bench: install
 	$(BIN)/python -m bench.turn_cost
 	$(BIN)/python -m bench.command_costs
 	$(BIN)/python -m bench.flood
+	$(BIN)/python -m bench.channels
 	$(BIN)/python -m bench.open_conversations --default-bot
 	$(BIN)/python -m bench.profile --default-bot
 	$(BIN)/python -m bench.kb_ingest --keep .bench-stores

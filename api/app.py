@@ -39,6 +39,7 @@ from api.routes import (
     memory,
     nlu,
     pages,
+    reminders,
     users,
 )
 from api.routes.codec import codec_cors, codec_router
@@ -147,6 +148,7 @@ def create_app(
     v1.include_router(bots.router)
     v1.include_router(channels.router)
     v1.include_router(deliveries.router)
+    v1.include_router(reminders.router)
     app.include_router(v1)
     app.include_router(health.router)
     app.include_router(metrics_router)

@@ -44,9 +44,11 @@ from dialogue.model.contracts import (
     CONVERSATION_ENDED,
     INVALID_TURN,
     NO_SUCH_APPROVAL,
+    NO_SUCH_REMINDER,
     NOT_HANDED_OFF,
     NOT_YOUR_CONVERSATION,
     QUEUE_FULL,
+    REMINDERS_FULL,
     STORE_BEHIND,
     TURN_IN_PROGRESS,
 )
@@ -242,6 +244,18 @@ ERRORS: dict[str, ErrorCode] = {
             404,
             "No such approval in the conversation.",
             causes=(Refusal(NO_SUCH_APPROVAL),),
+        ),
+        ErrorCode(
+            "reminder_not_found",
+            404,
+            "No such reminder waiting in the conversation (sent or cancelled already).",
+            causes=(Refusal(NO_SUCH_REMINDER),),
+        ),
+        ErrorCode(
+            "too_many_reminders",
+            409,
+            "The conversation holds the most reminders it may (20): cancel one, or wait for one to be sent.",
+            causes=(Refusal(REMINDERS_FULL),),
         ),
         ErrorCode(
             "approval_decided", 409, "The approval was decided already.", causes=(Refusal(APPROVAL_DECIDED),)

@@ -11,6 +11,7 @@ The webhook requests are the platforms' documented sample payloads, signed as ea
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
@@ -44,6 +45,8 @@ class Sent:
     to: str
     text: str
     thread: str | None = None
+    at: float = field(default_factory=time.monotonic)
+    """When the stand-in took it (this machine's monotonic clock: bench/channels.py times replies by it)."""
 
 
 @dataclass
@@ -56,6 +59,17 @@ class PlatformStandIn:
     refusing: bool = False
     """Every send call gets 403 (a revoked token: refused for good)."""
     _ids: itertools.count[int] = field(default_factory=itertools.count)
+    _arrived: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def until(self, count: int) -> None:
+        """Wait until the platform has taken `count` messages in all."""
+        while len(self.sent) < count:
+            self._arrived.clear()
+            await self._arrived.wait()
+
+    def _take(self, sent: Sent) -> None:
+        self.sent.append(sent)
+        self._arrived.set()
 
     def app(self) -> FastAPI:
         app = FastAPI()
@@ -71,7 +85,7 @@ class PlatformStandIn:
             if refused == 403:
                 return JSONResponse({"ok": False, "error": "account_inactive"})
             ts = f"{time.time():.6f}"
-            self.sent.append(Sent("slack", body["channel"], body["text"], body.get("thread_ts")))
+            self._take(Sent("slack", body["channel"], body["text"], body.get("thread_ts")))
             return JSONResponse({"ok": True, "channel": body["channel"], "ts": ts, "message": {"ts": ts}})
 
         @app.post("/telegram/bot{token}/sendMessage")
@@ -80,7 +94,7 @@ class PlatformStandIn:
             refused = self._refused() or (401 if token != TELEGRAM_TOKEN else None)
             if refused:
                 return JSONResponse({"ok": False, "error_code": refused, "description": "refused"}, refused)
-            self.sent.append(Sent("telegram", str(body["chat_id"]), body["text"]))
+            self._take(Sent("telegram", str(body["chat_id"]), body["text"]))
             return JSONResponse({"ok": True, "result": {"message_id": next(self._ids), "text": body["text"]}})
 
         @app.post("/whatsapp/v21.0/{phone_id}/messages")
@@ -90,7 +104,7 @@ class PlatformStandIn:
             refused = self._refused() or (401 if not authorized or phone_id != WHATSAPP_PHONE_ID else None)
             if refused:
                 return JSONResponse({"error": {"message": "refused", "code": refused}}, refused)
-            self.sent.append(Sent("whatsapp", body["to"], body["text"]["body"]))
+            self._take(Sent("whatsapp", body["to"], body["text"]["body"]))
             return JSONResponse(
                 {
                     "messaging_product": "whatsapp",
@@ -106,7 +120,7 @@ class PlatformStandIn:
             refused = self._refused() or (401 if request.headers.get("authorization") != expected else None)
             if refused:
                 return JSONResponse({"code": 20003, "message": "refused", "status": refused}, refused)
-            self.sent.append(Sent("twilio", form["To"], form["Body"]))
+            self._take(Sent("twilio", form["To"], form["Body"]))
             return JSONResponse(
                 {
                     "sid": f"SM{next(self._ids):032d}",

@@ -90,6 +90,8 @@ ENDPOINTS = [
     Endpoint("POST", "/v1/conversations/{c}/end", "client", destructive=True),
     Endpoint("POST", "/v1/conversations/{c}/handoff", "agent", {}, destructive=True),
     Endpoint("POST", "/v1/conversations/{c}/agent-messages", "agent", {"text": "hi"}),
+    Endpoint("POST", "/v1/conversations/{c}/reminders", "client", {"text": "hi", "in_seconds": 3600}),
+    Endpoint("DELETE", "/v1/conversations/{c}/reminders/acl-reminder", "client", absent="reminder_not_found"),
     Endpoint("POST", "/v1/conversations/{c}/handback", "agent", {}),
     Endpoint("DELETE", "/v1/conversations/{c}", "admin", destructive=True),
     Endpoint("POST", "/v1/nlu/parse", "client", {"text": "hello"}, owned=False),
@@ -150,7 +152,11 @@ ENDPOINTS = [
 ]
 RANK = {"client": 1, "agent": 2, "admin": 3, "operator": 4}
 CALLERS = ["none", "expired", "revoked", "client", "agent", "admin", "other-admin", "operator", "end-user"]
-SERVER_ONLY = {"/v1/end-user-tokens"}
+SERVER_ONLY = {
+    "/v1/end-user-tokens",
+    "/v1/conversations/{c}/reminders",
+    "/v1/conversations/{c}/reminders/acl-reminder",
+}
 """What a server-side key does and an end user's token never does."""
 ANOTHER_USERS = {
     "/v1/users/other-user/conversations",
@@ -273,6 +279,7 @@ def test_the_matrix_covers_every_route_of_the_app(settings: Settings) -> None:
             .replace("/000000000000", "/{key_id}")
             .replace("/users/other-user", "/users/{user}")
             .replace("/acl-channel", "/{name}")
+            .replace("/acl-reminder", "/{reminder_id}")
             .replace("/acl-delivery", "/{delivery_id}")
             .replace("/memory/items/name", "/memory/items/{kind}"),
         )

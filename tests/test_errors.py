@@ -503,6 +503,21 @@ async def _(s: Stack) -> httpx.Response:
         return await http.post("/v1/widget-sessions", json={}, headers={"Origin": "https://evil.example"})
 
 
+@scenario("too_many_reminders")
+async def _(s: Stack) -> httpx.Response:
+    conversation_id = await s.conversation()
+    url = f"/v1/conversations/{conversation_id}/reminders"
+    for n in range(20):  # as many as a conversation holds
+        assert (await s.http.post(url, json={"text": f"Reminder {n}", "in_seconds": 3600})).status_code == 201
+    return await s.http.post(url, json={"text": "One more.", "in_seconds": 3600})
+
+
+@scenario("reminder_not_found")
+async def _(s: Stack) -> httpx.Response:
+    conversation_id = await s.conversation()
+    return await s.http.delete(f"/v1/conversations/{conversation_id}/reminders/no-such-reminder")
+
+
 @scenario("invalid_signature")
 async def _(s: Stack) -> httpx.Response:
     # A request to a Telegram channel's webhook without the secret token Telegram sends.

@@ -445,14 +445,15 @@ async def test_a_failed_summary_leaves_the_verbatim_window_and_says_so(
 async def test_a_follow_up_is_answered_from_the_right_passages_without_a_model(
     http: httpx.AsyncClient,
 ) -> None:
-    """The built-in pipeline: "and to Austria?" is out of scope for the NLU alone; after an answer about
-    express shipping it continues that topic, searched with the standalone question."""
+    """The built-in pipeline: "what about Austria?" is out of scope for the NLU alone; after an answer about
+    express shipping it continues that topic, searched with the standalone question. ("and to Austria?",
+    asked here before, sits on the NLU's line: a fresh install's packages put it in shipping_info at 0.38.)"""
     conversation_id = f"follow-{uuid.uuid4().hex[:6]}"
     await turn(http, conversation_id, "How much does express shipping cost?")
-    follow = await turn(http, conversation_id, "and to Austria?")
+    follow = await turn(http, conversation_id, "what about Austria?")
     assert follow["nlu"]["intent"]["name"] == "out_of_scope" and not follow["degraded"]
     assert "Austria" in follow["reply"]["text"] and follow["reply"]["sources"][0]["document_id"] == "shipping"
-    assert follow["lineage"]["retrieval_query"] == "and to Austria? (much express shipping cost)"
+    assert follow["lineage"]["retrieval_query"] == "what about Austria? (much express shipping cost)"
     state = (await http.get(f"/v1/conversations/{conversation_id}")).json()
     assert (state["last_intent"], state["last_action"]) == ("shipping_info", "answer")
 

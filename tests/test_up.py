@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -15,7 +16,8 @@ import pytest
 
 from dialogue.apps.supervisor import port_is_free
 from dialogue.platform.worker_builds import code_build_id
-from tests.processes import UpStack
+from tests.platforms import PlatformStandIn, Webhook, channels, telegram_message
+from tests.processes import ServedInThread, UpStack
 
 
 @pytest.fixture
@@ -145,3 +147,49 @@ def port_answers(port: int) -> bool:
         return httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5).status_code == 200
     except httpx.TransportError:
         return False
+
+
+def test_a_reminder_scheduled_before_the_whole_stack_stops_is_sent_after_it_starts_again(
+    tmp_path: Path, demo_model_dir: Path
+) -> None:
+    """A Telegram user's conversation gets a reminder; the whole stack (Temporal, worker, API) stops before
+    it is due and starts again after: the reminder is said, in the transcript and on Telegram, once."""
+    platform = PlatformStandIn()
+    with ServedInThread(platform.app(), "telegram-stand-in") as telegram:
+        config = {"chat": channels(telegram.base_url, "http://unused")["shop-telegram"]}
+        stack = UpStack(tmp_path / "data", demo_model_dir, env={"DIALOGUE_CHANNELS": json.dumps(config)})
+        try:
+            key = stack.start()
+            headers = {"Authorization": f"Bearer {key}"}
+            hook = telegram_message("hello", message_id=1, chat_id=4242)
+            hook = Webhook("/v1/channels/chat", hook.headers, hook.body)
+            with httpx.Client(base_url=stack.api, headers=headers, timeout=30) as http:
+                assert http.post(hook.path, content=hook.body, headers=hook.headers).status_code == 200
+                deadline = time.monotonic() + 60
+                while not http.get("/v1/conversations").json()["items"]:
+                    assert time.monotonic() < deadline
+                    time.sleep(0.2)
+                [conversation] = http.get("/v1/conversations").json()["items"]
+                url = f"/v1/conversations/{conversation['conversation_id']}"
+                text = "Your order ships today."
+                scheduled = http.post(f"{url}/reminders", json={"text": text, "in_seconds": 12})
+                assert scheduled.status_code == 201, scheduled.text
+                due = time.monotonic() + 12
+            assert stack.stop(signal.SIGTERM) == 0
+            time.sleep(max(0.0, due + 2 - time.monotonic()))  # due while nothing runs
+            assert [m.text for m in platform.sent if m.text == text] == []
+            stack.start()
+            with httpx.Client(base_url=stack.api, headers=headers, timeout=30) as http:
+                deadline = time.monotonic() + 60
+                while not any(m["text"] == text for m in http.get(f"{url}/messages").json()["items"]):
+                    assert time.monotonic() < deadline, http.get(f"{url}/messages").json()
+                    time.sleep(0.2)
+                while [m.text for m in platform.sent][-1:] != [text]:
+                    assert time.monotonic() < deadline, platform.sent
+                    time.sleep(0.2)
+                time.sleep(2)
+                assert [m.text for m in platform.sent].count(text) == 1 and platform.sent[-1].to == "4242"
+                assert http.get(url).json()["reminders"] == []
+            assert stack.stop(signal.SIGTERM) == 0
+        finally:
+            stack.kill()

@@ -15,12 +15,12 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Request, Response
 from starlette.concurrency import run_in_threadpool
-from temporalio.client import WorkflowUpdateStage
+from temporalio.client import WorkflowUpdateRPCTimeoutOrCancelledError, WorkflowUpdateStage
 from temporalio.exceptions import WorkflowAlreadyStartedError
 
 from api.deps import EngineDep, PoliciesDep, ReleasesDep, SettingsDep, TemporalClientDep
 from api.errors import ApiError, responses, temporal_errors
-from api.routes.conversations import turn_and_start
+from api.routes.conversations import settle, turn_and_start
 from dialogue.model.contracts import TurnReply, Updates
 from dialogue.platform import store
 from dialogue.platform.channels import inbound, ledger
@@ -125,11 +125,14 @@ async def _take(
                 ),
                 timeout=settings.channel_ack_seconds,
             )
-        except TimeoutError:
+        except (TimeoutError, WorkflowUpdateRPCTimeoutOrCancelledError):
+            # The SDK may report the call cut short by the deadline as its own error.
+            await settle(start)
             raise ApiError(
                 "temporal_unavailable", "the conversation did not take the message in time; send it again"
             ) from None
         except WorkflowAlreadyStartedError:
+            await settle(start)
             # Ended between the store's look and the start: the platform's retry starts the next one.
             raise ApiError("temporal_unavailable", "the conversation has just ended; send it again") from None
 

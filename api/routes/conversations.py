@@ -314,7 +314,7 @@ async def create_turn(
             )
         except (WorkflowAlreadyStartedError, TimeoutError, WorkflowUpdateRPCTimeoutOrCancelledError):
             # Closed (ended, or broken: its id is never reused), or not answered in time.
-            await _settle(start)
+            await settle(start)
             raise
     mark_turn(request.state, reply)
     return reply
@@ -689,7 +689,7 @@ async def conversations_page(
     return ConversationsPage(items=items, total=total, limit=filters.limit, offset=filters.offset)
 
 
-async def _settle(start: WithStartWorkflowOperation[Any, Any]) -> None:
+async def settle(start: WithStartWorkflowOperation[Any, Any]) -> None:
     """Collect the start operation's outcome after a cancelled call, so it is not reported as never retrieved."""
     waiter = asyncio.ensure_future(start.workflow_handle())
     await asyncio.wait({waiter}, timeout=0.1)

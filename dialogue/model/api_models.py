@@ -527,3 +527,14 @@ class DeliveryPublic(BaseModel):
     text: str
     created_at: datetime
     updated_at: datetime
+
+
+class ReminderCreate(RequestModel):
+    """A message for the bot to send the user later, on its own."""
+
+    text: NonBlankText = Field(description="What the bot will say (not blank).")
+    in_seconds: float = Field(
+        gt=0,
+        le=365 * 86400,
+        description="When: this long from now, a year at most (work it out from the user's own time).",
+    )

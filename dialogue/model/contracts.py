@@ -49,6 +49,8 @@ class Updates:
     HANDBACK = "handback"
     AGENT_MESSAGE = "agent_message"
     APPROVE = "approve"
+    REMIND = "remind"
+    CANCEL_REMINDER = "cancel_reminder"
 
 
 class Queries:
@@ -72,6 +74,9 @@ NO_SUCH_APPROVAL = "NoSuchApproval"
 APPROVAL_DECIDED = "ApprovalDecided"
 APPROVAL_FORBIDDEN = "ApprovalForbidden"
 NOT_YOUR_CONVERSATION = "NotYourConversation"
+NO_SUCH_REMINDER = "NoSuchReminder"
+INVALID_REMINDER = "InvalidReminder"
+REMINDERS_FULL = "RemindersFull"
 """An end user's request to a conversation that is not theirs: answered as if it did not exist."""
 
 
@@ -202,6 +207,35 @@ class AgentMessageReply(BaseModel):
     """Agent messages take a place in the transcript's order like turns."""
     agent: str | None = None
     at: datetime
+
+
+class ReminderRequest(BaseModel):
+    """The `remind` update: a message the bot sends the user later, on its own, at `due_at`."""
+
+    text: str
+    due_at: datetime
+    by: str
+    """Who asked for it: a key's or token's subject, or `tool:<name>` for a bot's tool."""
+
+
+class Reminder(BaseModel):
+    """A message scheduled in the conversation: a durable timer, kept across continue-as-new."""
+
+    id: str
+    text: str
+    due_at: datetime
+    by: str
+
+
+class ReminderTool(BaseModel):
+    """What a bot's tool puts in its result as `remind` to have the bot follow up later."""
+
+    text: str
+    in_seconds: float = Field(gt=0)
+
+
+class CancelReminderRequest(BaseModel):
+    id: str
 
 
 class EndRequest(BaseModel):
@@ -987,6 +1021,9 @@ class ConversationState(BaseModel):
     """The last reply asked the end user whether it may remember these facts (`memory.ask`)."""
     pending_approvals: list[PendingApproval] = []
     """Tool calls waiting for approval, oldest first."""
+    reminders: list[Reminder] = []
+    """Messages scheduled to be sent later, soonest first (`remind`); each leaves the list when sent or
+    cancelled."""
     user: str | None = None
     """The end user the conversation belongs to (None: the integrator's server speaks for its tenant)."""
     trusted_slots: list[str] = []
@@ -1044,12 +1081,12 @@ class RecordMessageRequest(BaseModel):
     conversation_id: str
     turn_id: str
     turn_index: int
-    role: Literal["agent", "system"]
+    role: Literal["agent", "system", "bot"]
     text: str
     author: str | None = None
     at: datetime
-    event: Literal["agent_message", "handoff", "handback"]
-    """The event-log kind a stream client receives: `agent_message`, `handoff` or `handback`."""
+    event: Literal["agent_message", "handoff", "handback", "bot_message"]
+    """The event-log kind a stream client receives: `agent_message`, `handoff`, `handback`, or `bot_message` (a reminder the bot sends)."""
 
 
 class RecordConversationRequest(BaseModel):

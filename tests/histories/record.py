@@ -4,7 +4,7 @@ Runs a scripted conversation (greeting, knowledge answer, the order flow with a 
 while the store cannot be written (so its records are made later, and the run waits for
 them before it continues as new), a streamed turn, a handoff asked for by the user with a
 person's reply and a handback, a goodbye that ends it) on a dev server of its own with a real worker, in runs of six
-messages, and writes the history of each run to `tests/histories/NAME-runN.json`. With `--agent`, the agent script (see AGENT_SCRIPT); with `--memory`, MEMORY_SCRIPT; with `--channel`, CHANNEL_SCRIPT. With `--llm` (`python -m tests.histories.record
+messages, and writes the history of each run to `tests/histories/NAME-runN.json`. With `--agent`, the agent script (see AGENT_SCRIPT); with `--memory`, MEMORY_SCRIPT; with `--channel`, CHANNEL_SCRIPT; with `--reminders`, REMINDER_SCRIPT. With `--llm` (`python -m tests.histories.record
 NAME --llm`) the answers come from a stand-in LLM over HTTP, and the requests it received are kept
 beside the history, for the test that rebuilds them from it. Record one whenever the workflow changes
 shape, and keep the old ones: CI replays them all against the current code, so a change that would break
@@ -19,6 +19,7 @@ import tempfile
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AsyncExitStack
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -35,9 +36,12 @@ from dialogue.brain.nlu.model import ensure_bot_model
 from dialogue.model.contracts import (
     AgentMessageRequest,
     ApprovalRequest,
+    CancelReminderRequest,
     ChannelAddress,
     HandbackRequest,
     PendingApproval,
+    Reminder,
+    ReminderRequest,
     TurnRequest,
 )
 from dialogue.platform.bot import load_bot
@@ -106,6 +110,21 @@ CHANNEL_SCRIPT: list[tuple[str, str]] = [
     ("handback", ""),
     ("turn", "goodbye!"),
 ]
+# `--reminders`: a reminder scheduled in the first run, which continues as new before it is due: the next
+# run's timer sends it, then a second reminder is scheduled and cancelled, and the user says goodbye.
+REMINDER_SCRIPT: list[tuple[str, str]] = [
+    ("turn", "hello"),
+    ("remind", "8|Your parcel ships today."),
+    ("turn", "how much does express shipping cost?"),
+    ("turn", "can I pay with PayPal?"),
+    ("turn", "how do I return an item?"),
+    ("turn", "and to Austria?"),
+    ("turn", "thanks"),
+    ("wait", "10"),
+    ("remind", "600|This one is cancelled."),
+    ("cancel", ""),
+    ("turn", "goodbye!"),
+]
 
 
 LLM_MODEL = "gpt-4o-mini"
@@ -156,14 +175,30 @@ def agent_llm() -> FakeLlm:
 
 
 async def record(
-    name: str, *, llm: bool = False, agent: bool = False, memory: bool = False, channel: bool = False
+    name: str,
+    *,
+    llm: bool = False,
+    agent: bool = False,
+    memory: bool = False,
+    channel: bool = False,
+    reminders: bool = False,
 ) -> list[Path]:
     """With `llm`, the bot answers with a stand-in LLM over HTTP, and the requests it got are written
     beside the history (`NAME.requests.jsonl`): a test rebuilds them from the history alone. With
     `agent`, the agent script runs (the model calls tools); with `memory`, the memory script (a
     signed-in user, the stand-in LLM)."""
     fake = agent_llm() if agent else stand_in_llm()
-    script = AGENT_SCRIPT if agent else MEMORY_SCRIPT if memory else CHANNEL_SCRIPT if channel else SCRIPT
+    script = (
+        AGENT_SCRIPT
+        if agent
+        else MEMORY_SCRIPT
+        if memory
+        else CHANNEL_SCRIPT
+        if channel
+        else REMINDER_SCRIPT
+        if reminders
+        else SCRIPT
+    )
     platform = PlatformStandIn()
     async with AsyncExitStack() as stack:
         url = await stack.enter_async_context(served_llm(fake)) if llm or agent or memory else None
@@ -230,6 +265,7 @@ async def _record(
                     outage = UnwritableSqlite(settings.resolved_database_url)
                     flags = {"agent": True} if agent else {}
                     pending: list[PendingApproval] = []
+                    scheduled: Reminder | None = None
                     for step, text in script:
                         if step == "store down":
                             outage.cut()
@@ -256,6 +292,23 @@ async def _record(
                                 ),
                             )
                             assert decided.reply is not None, decided
+                        elif step == "remind":
+                            seconds, said = text.split("|", 1)
+                            scheduled = await handle.execute_update(
+                                ConversationWorkflow.remind,
+                                ReminderRequest(
+                                    text=said,
+                                    due_at=datetime.now(UTC) + timedelta(seconds=float(seconds)),
+                                    by="history",
+                                ),
+                            )
+                        elif step == "cancel":
+                            assert scheduled is not None
+                            await handle.execute_update(
+                                ConversationWorkflow.cancel_reminder, CancelReminderRequest(id=scheduled.id)
+                            )
+                        elif step == "wait":
+                            await asyncio.sleep(float(text))
                         elif step == "handback":
                             await handle.execute_update(
                                 ConversationWorkflow.handback, HandbackRequest(agent="ada")
@@ -294,6 +347,7 @@ if __name__ == "__main__":
                 agent="--agent" in options,
                 memory="--memory" in options,
                 channel="--channel" in options,
+                reminders="--reminders" in options,
             )
         )
     )

@@ -19,12 +19,15 @@ with workflow.unsafe.imports_passed_through():
         APPROVAL_DECIDED,
         APPROVAL_FORBIDDEN,
         CONVERSATION_ENDED,
+        INVALID_REMINDER,
         INVALID_TURN,
         NO_SUCH_APPROVAL,
+        NO_SUCH_REMINDER,
         NOT_HANDED_OFF,
         NOT_YOUR_CONVERSATION,
         OUT_OF_SCOPE,
         QUEUE_FULL,
+        REMINDERS_FULL,
         STORE_BEHIND,
         TURN_IN_PROGRESS,
         AgentStepRecord,
@@ -42,6 +45,7 @@ with workflow.unsafe.imports_passed_through():
         NluResult,
         ParkedAgent,
         PendingApproval,
+        ReminderRequest,
         Reply,
         ToolResult,
     )
@@ -120,6 +124,35 @@ def refuse_turn(
         return Refusal(TURN_IN_PROGRESS, f"turn {running_turn} is still running", (running_turn,))
     if in_flight >= input.max_queued_turns:
         return Refusal(QUEUE_FULL, f"{in_flight} turns are already waiting")
+    return None
+
+
+MAX_REMINDERS = 20
+"""Reminders one conversation holds at most: each is a timer and a place in the state."""
+MAX_REMINDER_AHEAD = timedelta(days=366)
+"""How far ahead a reminder may be due: a conversation waits for its reminders before it closes."""
+
+
+def refuse_reminder(
+    state: ConversationState, request: ReminderRequest, now: datetime, max_chars: int
+) -> Refusal | None:
+    """A reminder needs an open conversation, words to send, a time a year ahead at most (one due already
+    is sent at once), and room."""
+    refusal = refuse_if_ended(state) or refuse_text(request.text, max_chars)
+    if refusal is not None:
+        return refusal
+    if request.due_at.tzinfo is None:
+        return Refusal(INVALID_REMINDER, "due_at needs a time zone (an offset, or Z for UTC)")
+    if request.due_at > now + MAX_REMINDER_AHEAD:
+        return Refusal(INVALID_REMINDER, "due_at is more than a year ahead")
+    if len(state.reminders) >= MAX_REMINDERS:
+        return Refusal(REMINDERS_FULL, f"the conversation holds {MAX_REMINDERS} reminders already")
+    return None
+
+
+def refuse_cancel_reminder(state: ConversationState, reminder_id: str) -> Refusal | None:
+    if all(r.id != reminder_id for r in state.reminders):
+        return Refusal(NO_SUCH_REMINDER, f"no reminder {reminder_id!r} is waiting")
     return None
 
 

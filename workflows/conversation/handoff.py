@@ -3,22 +3,18 @@ transcript entry in order with the turns."""
 
 from __future__ import annotations
 
-from typing import Literal
-
 from temporalio import workflow
 
 from workflows.conversation.outbox import Outbox
-from workflows.conversation.recorder import Recorder, Write
+from workflows.conversation.recorder import Recorder
 from workflows.conversation.state import Conversation
 
 with workflow.unsafe.imports_passed_through():
-    from activities.record import RecordActivities
     from dialogue.model.contracts import (
         AgentMessageReply,
         AgentMessageRequest,
         ConversationState,
         Holder,
-        RecordMessageRequest,
     )
 
 
@@ -37,7 +33,7 @@ class Handoff:
         state.agent = agent if holder == "agent" else None
         who = agent or "a person"
         text = f"Handed off to {who} ({reason})." if holder == "agent" else f"{who} handed back to the bot."
-        await self._record_message(
+        await self._recorder.record_message(
             self._conversation.take_index(),
             "system",
             text,
@@ -49,38 +45,13 @@ class Handoff:
     async def post(self, request: AgentMessageRequest) -> AgentMessageReply:
         """A person's reply to the user, recorded in the transcript and sent to stream clients."""
         index = self._conversation.take_index()
-        await self._record_message(index, "agent", request.text.strip(), request.agent, "agent_message")
+        await self._recorder.record_message(
+            index, "agent", request.text.strip(), request.agent, "agent_message"
+        )
         self._outbox.send(f"agent_message-{index}", request.text.strip())
         return AgentMessageReply(
             conversation_id=self._conversation.input.conversation_id,
             turn_index=index,
             agent=request.agent,
             at=self._conversation.state.updated_at,
-        )
-
-    async def _record_message(
-        self,
-        index: int,
-        role: Literal["agent", "system"],
-        text: str,
-        author: str | None,
-        event: Literal["agent_message", "handoff", "handback"],
-    ) -> None:
-        conversation = self._conversation
-        conversation.show()
-        conversation.listing.message(conversation.state)
-        await self._recorder.record(
-            Write(
-                RecordActivities.record_message,
-                RecordMessageRequest(
-                    conversation_id=conversation.input.key,
-                    turn_id=f"{event}-{index}",
-                    turn_index=index,
-                    role=role,
-                    text=text,
-                    author=author,
-                    at=conversation.state.updated_at,
-                    event=event,
-                ),
-            )
         )

@@ -79,10 +79,13 @@ RECORD_UNTIL_DONE: dict[str, Any] = {
     ),
 }
 
-# A message to the conversation's messaging platform: each attempt bounded, retried with backoff to one a
-# minute, without limit here; the activity itself ends it as a dead letter after its attempts
+# A message to the conversation's messaging platform: first one attempt inline, as a local activity (a
+# platform that answers at once takes the reply without a round trip through the server's task queue),
+# then, if that fails, the regular activity: each attempt bounded, retried with backoff to one a minute,
+# without limit here; the activity itself ends it as a dead letter after its attempts
 # (`activities.deliver.DELIVERY_ATTEMPTS`), or at once when the platform refuses it for good. A platform's
 # rate limit sets the next attempt's delay itself (`next_retry_delay`).
+DELIVER_INLINE = step_options(timeout_s=15, total_s=15, attempts=1)
 DELIVER: dict[str, Any] = {
     "start_to_close_timeout": timedelta(seconds=30),
     "retry_policy": RetryPolicy(

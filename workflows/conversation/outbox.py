@@ -1,16 +1,18 @@
 """The conversation's messages to its messaging platform (`ConversationInput.channel`): a turn's reply, a
-person's message, an agent's reply once its approvals are decided. Each is a `deliver` activity, one at a
-time, in the order they were made: a platform that is down delays them (retried with backoff), never
-reorders them, and never holds up a turn. The run ends, or continues as new, once all are delivered."""
+person's message, an agent's reply once its approvals are decided, a reminder. Each is a `deliver`
+activity (tried first inline, as a local activity), one at a time, in the order they were made: a platform
+that is down delays them (retried with backoff), never reorders them, and never holds up a turn. The run
+ends, or continues as new, once all are delivered."""
 
 from __future__ import annotations
 
 import asyncio
 
 from temporalio import workflow
+from temporalio.exceptions import ActivityError, CancelledError, FailureError
 
 from workflows.conversation import patches
-from workflows.conversation.options import DELIVER
+from workflows.conversation.options import DELIVER, DELIVER_INLINE
 from workflows.conversation.state import Conversation
 
 with workflow.unsafe.imports_passed_through():
@@ -55,9 +57,19 @@ class Outbox:
         while True:
             await workflow.wait_condition(lambda: bool(self.waiting))
             delivery = self.waiting[0]
-            # Retried without limit by Temporal: the activity itself gives up (a dead letter) after its
-            # attempts, so this never fails the workflow.
-            outcome = await workflow.execute_activity_method(DeliveryActivities.deliver, delivery, **DELIVER)
+            try:
+                outcome = await workflow.execute_local_activity_method(
+                    DeliveryActivities.deliver, delivery, **DELIVER_INLINE
+                )
+            except FailureError as err:  # a local activity's failure may come as its cause itself
+                cause = err.cause if isinstance(err, ActivityError) else err
+                if isinstance(cause, CancelledError):
+                    raise asyncio.CancelledError from err
+                # Retried without limit by Temporal: the activity itself gives up (a dead letter) after its
+                # attempts, so this never fails the workflow.
+                outcome = await workflow.execute_activity_method(
+                    DeliveryActivities.deliver, delivery, **DELIVER
+                )
             if outcome.status == "dead":
                 workflow.logger.warning("delivery %s is a dead letter", delivery.id)
             self.waiting.pop(0)

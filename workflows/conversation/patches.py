@@ -43,3 +43,6 @@ CHANNEL_DELIVERY = "channel-delivery"
 """Since this patch, a conversation held on a messaging platform (`ConversationInput.channel`) delivers its
 replies and a person's messages there, each a `deliver` activity (`outbox.Outbox`). Asked with
 `workflow.patched` itself, and only in such a conversation: no other run records a marker."""
+REMINDERS = "reminders"
+"""Since this patch, a conversation may hold reminders (`remind`): durable timers that send a message later.
+Asked with `workflow.patched` itself when a reminder is scheduled: a run without one records no marker."""

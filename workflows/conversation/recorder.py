@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 from temporalio import workflow
 from temporalio.exceptions import ActivityError, ApplicationError, CancelledError, FailureError
@@ -83,6 +83,35 @@ class Recorder:
         self._conversation.show()
         if self._later is None:
             self._later = asyncio.ensure_future(self._record_later())
+
+    async def record_message(
+        self,
+        index: int,
+        role: Literal["agent", "system", "bot"],
+        text: str,
+        author: str | None,
+        event: Literal["agent_message", "handoff", "handback", "bot_message"],
+    ) -> None:
+        """A message that is not a turn's (a person's, a handoff's notice, a reminder), shown to operators
+        and written to the transcript in order with the turns."""
+        conversation = self._conversation
+        conversation.show()
+        conversation.listing.message(conversation.state)
+        await self.record(
+            Write(
+                RecordActivities.record_message,
+                RecordMessageRequest(
+                    conversation_id=conversation.input.key,
+                    turn_id=f"{event}-{index}",
+                    turn_index=index,
+                    role=role,
+                    text=text,
+                    author=author,
+                    at=conversation.state.updated_at,
+                    event=event,
+                ),
+            )
+        )
 
     def recorded(self) -> bool:
         """Nothing is owed to the store. A recorder that died of a bug raises here: the workflow task fails

@@ -15,6 +15,7 @@ from workflows.conversation.lifecycle import Lifecycle
 from workflows.conversation.memory_notes import MemoryNotes
 from workflows.conversation.outbox import Outbox
 from workflows.conversation.recorder import Recorder, turn_write
+from workflows.conversation.reminders import Reminders
 from workflows.conversation.replies import FALLBACK_TEXT, Answer, unanswered
 from workflows.conversation.respond import Outcome, Responder, TurnInput
 from workflows.conversation.state import Conversation
@@ -39,6 +40,7 @@ class Turns:
         handoff: Handoff,
         memory_notes: MemoryNotes,
         outbox: Outbox,
+        reminders: Reminders,
     ) -> None:
         self._conversation = conversation
         self._lifecycle = lifecycle
@@ -49,6 +51,7 @@ class Turns:
         self._handoff = handoff
         self._memory_notes = memory_notes
         self._outbox = outbox
+        self._reminders = reminders
         self._arrivals = 0
         """Turns that arrived in this run, counted when they arrive: the newest wins under `interrupt`."""
         self._responding: asyncio.Task[Outcome] | None = None
@@ -139,6 +142,7 @@ class Turns:
             )
             log.time("record", recording)
         self._outbox.send(turn.turn_id, outcome.reply.text)
+        self._follow_up(turn.turn_id, outcome)
         if outcome.parked is not None:
             self._approvals.park(outcome.parked)
         self._summary.fold_if_needed(answer.lineage.context if answer.lineage else None, flags)
@@ -150,6 +154,13 @@ class Turns:
         if action == "end":
             conversation.close("ended_by_user")
         return answer.turn_reply(conversation.state.held_by)
+
+    def _follow_up(self, turn_id: str, outcome: Outcome) -> None:
+        """A flow's tool that asked, in its result, for the bot to follow up later (`remind`)."""
+        result, decision = outcome.tool_result, outcome.decision
+        if result is not None and result.ok and "remind" in result.data:
+            tool = decision.tool.name if decision is not None and decision.tool is not None else "tool"
+            self._reminders.from_tool(turn_id, tool, result.data["remind"])
 
     def _record_here(self, turn: TurnInput) -> RecordHere | None:
         """The turn's transcript entry for `respond_here` to write with the reply it makes, saving the

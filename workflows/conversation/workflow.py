@@ -28,6 +28,7 @@ from workflows.conversation.approvals import Approvals
 from workflows.conversation.decisions import (
     Refusal,
     refuse_agent_message,
+    refuse_cancel_reminder,
     refuse_if_ended,
     refuse_if_store_behind,
 )
@@ -36,6 +37,7 @@ from workflows.conversation.lifecycle import Lifecycle
 from workflows.conversation.memory_notes import MemoryNotes
 from workflows.conversation.outbox import Outbox
 from workflows.conversation.recorder import Recorder, conversation_write, record_until_done
+from workflows.conversation.reminders import Reminders
 from workflows.conversation.respond import Responder
 from workflows.conversation.state import Conversation
 from workflows.conversation.summary import RollingSummary
@@ -47,12 +49,15 @@ with workflow.unsafe.imports_passed_through():
         AgentMessageRequest,
         ApprovalReply,
         ApprovalRequest,
+        CancelReminderRequest,
         CarriedState,
         ConversationInput,
         ConversationState,
         EndRequest,
         HandbackRequest,
         HandoffRequest,
+        Reminder,
+        ReminderRequest,
         TurnReply,
         TurnRequest,
     )
@@ -67,6 +72,7 @@ class ConversationWorkflow:
         self._recorder = Recorder(conversation)
         self._outbox = Outbox(conversation)
         self._handoff = Handoff(conversation, self._recorder, self._outbox)
+        self._reminders = Reminders(conversation, self._lifecycle, self._recorder, self._outbox)
         self._summary = RollingSummary(conversation)
         self._memory_notes = MemoryNotes(conversation)
         agent = AgentLoop(conversation)
@@ -81,6 +87,7 @@ class ConversationWorkflow:
             self._handoff,
             self._memory_notes,
             self._outbox,
+            self._reminders,
         )
 
     @workflow.run
@@ -98,13 +105,16 @@ class ConversationWorkflow:
         else:
             await record_until_done(conversation_write(conversation))
         self._approvals.watch_carried()
+        self._reminders.watch_carried()
         idle = timedelta(seconds=input.idle_timeout_seconds)
 
         def time_to_continue() -> bool:
             return lifecycle.time_to_continue(can_continue)
 
         def busy() -> bool:
-            return lifecycle.in_flight > 0 or bool(self._approvals.parked)
+            return (
+                lifecycle.in_flight > 0 or bool(self._approvals.parked) or bool(conversation.state.reminders)
+            )
 
         while conversation.active and not time_to_continue():
             if lean:
@@ -121,6 +131,9 @@ class ConversationWorkflow:
                 and not self._summary.folding
                 and not self._memory_notes.noting
                 and self._approvals.resuming == 0
+                # A conversation the user ended still sends the reminders it holds (a next run takes them).
+                and self._reminders.firing == 0
+                and (conversation.active or not conversation.state.reminders)
             )
         )
         if conversation.active:
@@ -191,6 +204,23 @@ class ConversationWorkflow:
     @approve.validator
     def validate_approve(self, request: ApprovalRequest) -> None:
         _refuse(self._approvals.refusal(request))
+
+    @workflow.update
+    async def remind(self, request: ReminderRequest) -> Reminder:
+        """A message the bot sends the user at `due_at`, on its own (a durable timer)."""
+        return self._reminders.schedule(request)
+
+    @remind.validator
+    def validate_remind(self, request: ReminderRequest) -> None:
+        _refuse(self._reminders.refusal(request))
+
+    @workflow.update
+    async def cancel_reminder(self, request: CancelReminderRequest) -> ConversationState:
+        return self._reminders.cancel(request.id)
+
+    @cancel_reminder.validator
+    def validate_cancel_reminder(self, request: CancelReminderRequest) -> None:
+        _refuse(refuse_cancel_reminder(self._conversation.state, request.id))
 
     @property
     def bot_ref(self) -> str | None:

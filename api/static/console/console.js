@@ -417,6 +417,7 @@ function showState(state) {
       stateEntry("Rolling summary", rollingSummary(state.rolling_summary)),
       stateEntry("Waiting for the store", state.unrecorded || null),
       stateEntry("Waiting for approval", approvalList(state.pending_approvals)),
+      stateEntry("Reminders", reminderList(state.reminders)),
       stateEntry("End user", state.user),
       ...(state.user ? [stateEntry("Their memory", userMemory(state.user))] : []),
     );
@@ -480,6 +481,29 @@ function approvalList(pending) {
         );
         item.append(button);
       }
+    }
+    list.append(item);
+  }
+  return list;
+}
+
+// Messages the bot will send on its own, soonest first: each with when, who scheduled it, and a way to
+// cancel it (a server-side key's, as the API allows).
+function reminderList(reminders) {
+  if (!reminders || !reminders.length) return null;
+  const list = element("ul", "reminders");
+  for (const reminder of reminders) {
+    const item = element("li");
+    item.append(element("span", null, `\u201c${reminder.text}\u201d at `), timeElement(reminder.due_at));
+    item.append(element("span", "hint", ` (by ${reminder.by})`));
+    if (!caller || !caller.user) {
+      const button = element("button", "deny", "Cancel");
+      button.type = "button";
+      button.setAttribute("aria-label", `Cancel the reminder \u201c${reminder.text}\u201d`);
+      button.addEventListener("click", () =>
+        act("Cancelling the reminder\u2026", (id) => api.cancelReminder(id, reminder.id), "Cancelled: it will not be sent."),
+      );
+      item.append(button);
     }
     list.append(item);
   }

@@ -145,6 +145,12 @@ export class Api {
   }
 
   // The bot answers again: the conversation's new state.
+  // A reminder the conversation holds, cancelled before it is sent (204: no body).
+  async cancelReminder(id, reminderId) {
+    const response = await this.fetch(`${this.conversation(id)}/reminders/${encodeURIComponent(reminderId)}`, { method: "DELETE" });
+    if (!response.ok) throw await errorOf(response);
+  }
+
   handback(id, agent = null) {
     return this.json(`${this.conversation(id)}/handback`, { method: "POST", body: { agent } });
   }

@@ -87,13 +87,18 @@ class Request:
 def read(name: str, config: ChannelConfig, request: Request) -> Inbound | Handshake | None:
     """The verified request's message; a handshake to answer; None: nothing for the bot (acknowledge it).
     Raises `Refused` when the request is not the platform's, `Unreadable` when its body is not a payload."""
+    got: Inbound | Handshake | None
     if isinstance(config, SlackChannel):
-        return _slack(name, config, request)
-    if isinstance(config, TelegramChannel):
-        return _telegram(name, config, request)
-    if isinstance(config, WhatsAppChannel):
-        return _whatsapp(name, config, request)
-    return _twilio(name, config, request)
+        got = _slack(name, config, request)
+    elif isinstance(config, TelegramChannel):
+        got = _telegram(name, config, request)
+    elif isinstance(config, WhatsAppChannel):
+        got = _whatsapp(name, config, request)
+    else:
+        got = _twilio(name, config, request)
+    if isinstance(got, Inbound) and not got.text.strip():
+        return None  # a picture alone, say: no words to answer
+    return got
 
 
 def whatsapp_subscription(config: WhatsAppChannel, query: dict[str, str]) -> Handshake:
