@@ -26,6 +26,8 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from twilio.request_validator import RequestValidator
 
+from dialogue.platform.channels.outbound import webhook_signature
+
 SLACK_SECRET = "8f742231b10e8888abcd99yyyzzz85a5"
 SLACK_TOKEN = "xoxb-test-token"
 TELEGRAM_SECRET = "telegram-webhook-secret"
@@ -49,6 +51,44 @@ class Sent:
     """When the stand-in took it (this machine's monotonic clock: bench/channels.py times replies by it)."""
 
 
+HOOK_SECRET = "integrator-webhook-secret"
+
+
+@dataclass
+class IntegratorStandIn:
+    """The integrator's webhook: it checks each body's signature (as its docs tell it to) and keeps one
+    message per `Idempotency-Key`."""
+
+    received: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """By idempotency key, in arrival order."""
+    copies: int = 0
+    """Requests whose key it had already."""
+    forged: int = 0
+    refusing: bool = False
+
+    def app(self) -> FastAPI:
+        app = FastAPI()
+
+        @app.post("/dialogue")
+        async def receive(request: Request) -> JSONResponse:
+            body = await request.body()
+            timestamp = request.headers.get("x-dialogue-timestamp", "")
+            expected = webhook_signature(HOOK_SECRET, timestamp, body)
+            if not hmac.compare_digest(request.headers.get("x-dialogue-signature", ""), expected):
+                self.forged += 1
+                return JSONResponse({"error": "bad signature"}, 401)
+            if self.refusing:
+                return JSONResponse({"error": "gone"}, 410)
+            key = request.headers["idempotency-key"]
+            if key in self.received:
+                self.copies += 1
+            else:
+                self.received[key] = orjson.loads(body)
+            return JSONResponse({"ok": True})
+
+        return app
+
+
 @dataclass
 class PlatformStandIn:
     sent: list[Sent] = field(default_factory=list)
@@ -58,6 +98,8 @@ class PlatformStandIn:
     """The next this many send calls get 503 (the platform is down)."""
     refusing: bool = False
     """Every send call gets 403 (a revoked token: refused for good)."""
+    integrator: IntegratorStandIn = field(default_factory=lambda: IntegratorStandIn())
+    """The integrator's webhook, served beside the platforms at `/hooks/dialogue`."""
     _ids: itertools.count[int] = field(default_factory=itertools.count)
     _arrived: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -73,6 +115,7 @@ class PlatformStandIn:
 
     def app(self) -> FastAPI:
         app = FastAPI()
+        app.mount("/hooks", self.integrator.app())
 
         @app.post("/slack/api/chat.postMessage")
         async def slack(request: Request) -> JSONResponse:
@@ -149,8 +192,10 @@ async def _body(request: Request) -> dict[str, Any]:
 
 
 def channels(stand_in_url: str, webhook_base: str) -> dict[str, dict[str, Any]]:
-    """`DIALOGUE_CHANNELS` for one channel of each platform, sending to the stand-in."""
+    """`DIALOGUE_CHANNELS` for one channel of each platform, and the integrator's webhook, sending to the
+    stand-ins (both served at `stand_in_url`)."""
     return {
+        "shop-hooks": {"platform": "webhook", "url": f"{stand_in_url}/hooks/dialogue", "secret": HOOK_SECRET},
         "shop-slack": {
             "platform": "slack",
             "signing_secret": SLACK_SECRET,

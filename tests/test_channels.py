@@ -307,3 +307,61 @@ async def test_a_worker_killed_while_the_platform_is_down_delivers_once_through_
                 await second.stop()
         finally:
             await first.kill()
+
+
+async def test_the_integrators_webhook_gets_every_message_signed_once(
+    channel_api: tuple[httpx.AsyncClient, PlatformStandIn],
+) -> None:
+    """A conversation started over the API naming the tenant's webhook channel: its reply, a person's
+    message and a reminder are POSTed there, each signed and once; one the receiver refuses for good is a
+    dead letter."""
+    http, stand_in = channel_api
+    hooks = stand_in.integrator
+    conversation_id = f"hooked-{random.randrange(10**9)}"
+    url = f"/v1/conversations/{conversation_id}"
+    created = await http.post("/v1/conversations", json={"id": conversation_id, "channel": "shop-hooks"})
+    assert created.status_code == 201, created.text
+    queued = await http.post(f"{url}/turns", json={"text": QUESTION, "wait": False})
+    assert queued.status_code == 202  # the integrator takes the reply from its webhook, not this request
+    await http.post(f"{url}/handoff", json={"agent": "ada", "reason": "a person checks"})
+    await http.post(f"{url}/agent-messages", json={"text": "Ada here: it ships today.", "agent": "ada"})
+    await http.post(f"{url}/reminders", json={"text": "Your parcel is on its way.", "in_seconds": 5})
+    deadline = time.monotonic() + 60
+    while len(hooks.received) < 3:
+        assert time.monotonic() < deadline, hooks.received
+        await asyncio.sleep(0.1)
+    said = await transcript(http)
+    reply = next(m["text"] for m in said if m["role"] == "bot")
+    assert [m["text"] for m in hooks.received.values()] == [
+        reply,
+        "Ada here: it ships today.",
+        "Your parcel is on its way.",
+    ]
+    assert {m["conversation_id"] for m in hooks.received.values()} == {conversation_id}
+    assert hooks.forged == 0 and hooks.copies == 0
+    hooks.refusing = True  # 410: the integrator's endpoint is gone
+    await http.post(f"{url}/agent-messages", json={"text": "Anything else?", "agent": "ada"})
+    for _ in range(300):
+        dead = (await http.get("/v1/deliveries", params={"status": "dead"})).json()
+        if dead:
+            break
+        await asyncio.sleep(0.1)
+    assert [d["text"] for d in dead] == ["Anything else?"] and "410" in dead[0]["last_error"]
+
+
+async def test_a_webhook_channel_is_the_tenants_and_the_servers_to_name(
+    channel_api: tuple[httpx.AsyncClient, PlatformStandIn],
+) -> None:
+    http, _ = channel_api
+    unknown = await http.post("/v1/conversations", json={"channel": "no-such-hooks"})
+    assert unknown.status_code == 404 and unknown.json()["error"]["code"] == "channel_not_found"
+    platform = await http.post("/v1/conversations", json={"channel": "shop-telegram"})  # not a webhook
+    assert platform.status_code == 404
+    token = (await http.post("/v1/end-user-tokens", json={"user": "someone"})).json()["token"]
+    as_user = await http.post(
+        "/v1/conversations", json={"channel": "shop-hooks"}, headers={"Authorization": f"Bearer {token}"}
+    )
+    assert as_user.status_code == 403
+    # It takes no messages of its own: the integrator sends turns over the API.
+    posted = await post(http, Webhook("/v1/channels/shop-hooks", {}, b"{}"))
+    assert posted.status_code == 404 and posted.json()["error"]["code"] == "channel_not_found"

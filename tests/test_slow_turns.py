@@ -158,6 +158,19 @@ async def test_an_async_turn_answers_202_and_its_reply_is_fetched_later(http: ht
     assert unknown.status_code == 404 and unknown.json()["error"]["code"] == "turn_not_found"
 
 
+async def test_the_lineage_of_a_turn_still_running_waits_for_its_answer(http: httpx.AsyncClient) -> None:
+    base = f"/v1/conversations/dt-{uuid.uuid4().hex[:8]}"
+    accepted = await http.post(f"{base}/turns", json={"text": SLOW_QUESTION, "wait": False})
+    turn_id = accepted.json()["turn_id"]
+    lineage = await http.get(f"{base}/turns/{turn_id}/lineage")  # asked at once: the model is still slow
+    assert lineage.status_code == 200, lineage.text
+    assert "12.90" in lineage.json()["reply"] and lineage.json()["lineage"] is not None
+    rated = await http.post(f"{base}/turns/{turn_id}/feedback", json={"rating": "up"})
+    assert rated.status_code == 201
+    unknown = await http.get(f"{base}/turns/no-such-turn/lineage")
+    assert unknown.status_code == 404 and unknown.json()["error"]["code"] == "turn_not_found"
+
+
 @pytest.fixture
 def impatient_settings(settings: Settings) -> Settings:
     return settings.model_copy(update={"turn_timeout_seconds": 0.5})

@@ -66,6 +66,8 @@ async def receive_message(
         raise ApiError("invalid_signature", str(err)) from None
     except inbound.Unreadable as err:
         raise ApiError("bad_request", str(err)) from None
+    except inbound.NotInbound as err:
+        raise ApiError("channel_not_found", str(err)) from None
     if isinstance(got, inbound.Handshake):
         return Response(got.body, media_type=got.media_type)
     if got is not None:

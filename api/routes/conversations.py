@@ -66,6 +66,7 @@ from dialogue.model.contracts import (
     Updates,
 )
 from dialogue.platform import events, store
+from dialogue.platform.channels.config import WebhookChannel
 from dialogue.platform.flags import Flag
 from dialogue.platform.recovery import BROKEN
 from dialogue.platform.releases import ReleaseCache
@@ -162,7 +163,9 @@ OwnerPrincipal = Annotated[Principal, Depends(owning_caller)]
 @router.post(
     "",
     status_code=status.HTTP_201_CREATED,
-    responses=responses("forbidden", "conversation_ended", "conversation_exists", *WORKFLOW_READ),
+    responses=responses(
+        "forbidden", "conversation_ended", "conversation_exists", "channel_not_found", *WORKFLOW_READ
+    ),
 )
 async def create_conversation(
     settings: SettingsDep,
@@ -186,6 +189,7 @@ async def create_conversation(
     bot = releases.choose(body.bot if body else None, key)
     if bot is None:
         raise ApiError("bot_not_found", f"no bot {body.bot if body else None!r} is released here")
+    channel = _webhook_channel(settings, principal, body.channel if body else None, conversation_id)
     policy = policies.of(key, bot.ref.bot)
     redaction = policy.flags.evaluate(key)["redaction"]
     slots = {
@@ -205,6 +209,7 @@ async def create_conversation(
                 trusted_slots=list(slots) if principal.user is None else [],
                 user=owner,
                 bot=bot.ref,
+                channel=channel,
             ),
             id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
             result_type=ConversationState,
@@ -320,6 +325,20 @@ async def create_turn(
     return reply
 
 
+def _webhook_channel(
+    settings: Settings, principal: Principal, name: str | None, conversation_id: str
+) -> ChannelAddress | None:
+    """Where a new conversation's messages are POSTed too: a webhook channel of the caller's tenant."""
+    if name is None:
+        return None
+    if principal.user is not None:
+        raise ApiError("forbidden", "an end user's token names no channel: the integrator's server does")
+    config = settings.channels.get(name)
+    if not isinstance(config, WebhookChannel) or config.tenant != principal.tenant:
+        raise ApiError("channel_not_found", f"no webhook channel {name!r} is configured for this tenant")
+    return ChannelAddress(channel=name, platform="webhook", to=conversation_id)
+
+
 def turn_and_start(
     settings: Settings,
     policies: BotPolicies,
@@ -393,7 +412,7 @@ async def read_turn(
     async with temporal_errors(conversation_id, temporal=temporal, key=key, turn_id=turn_id):
         try:
             # The server holds the poll until the turn completes: wait a moment, no longer.
-            reply = await asyncio.wait_for(_turn_result(temporal, key, turn_id), timeout=TURN_POLL_SECONDS)
+            reply = await asyncio.wait_for(turn_result(temporal, key, turn_id), timeout=TURN_POLL_SECONDS)
         except (TimeoutError, WorkflowUpdateRPCTimeoutOrCancelledError):
             # The SDK reports the cancelled poll as its own error rather than the time-out.
             return TurnStatus(conversation_id=conversation_id, turn_id=turn_id, status="running")
@@ -431,7 +450,7 @@ async def follow_turn(
         return Response(status_code=status.HTTP_204_NO_CONTENT)
     give_back = _stream_slot(request, principal)
     try:
-        result = asyncio.ensure_future(_turn_result(temporal, _key(principal, conversation_id), turn_id))
+        result = asyncio.ensure_future(turn_result(temporal, _key(principal, conversation_id), turn_id))
         # Answer 404 before the stream starts when Temporal does not know the turn.
         await asyncio.wait({result}, timeout=TURN_POLL_SECONDS)
         if result.done() and result.exception() is not None:
@@ -736,7 +755,7 @@ def _key(principal: Principal, conversation_id: str) -> str:
     return conversation_key(principal.tenant, conversation_id)
 
 
-async def _turn_result(temporal: TemporalClientDep, key: str, turn_id: str) -> TurnReply:
+async def turn_result(temporal: TemporalClientDep, key: str, turn_id: str) -> TurnReply:
     """A turn's reply, waiting for it; from the workflow's recent turns when an earlier run answered it
     (Temporal finds an update only in the run it was sent to, and the conversation may have continued)."""
     handle = _handle(temporal, key)

@@ -8,16 +8,24 @@ whole conversation too (1 to 5): the numbers per bot version count both.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import orjson
 from fastapi import APIRouter, Path, status
 from starlette.concurrency import run_in_threadpool
+from temporalio.client import (
+    WorkflowQueryFailedError,
+    WorkflowUpdateFailedError,
+    WorkflowUpdateRPCTimeoutOrCancelledError,
+)
+from temporalio.service import RPCError
 
-from api.deps import EngineDep, PoliciesDep, TemporalClientDep
+from api.deps import EngineDep, PoliciesDep, SettingsDep, TemporalClientDep
 from api.errors import ApiError, responses, temporal_errors
-from api.routes.conversations import ConversationIdPath, OwnerPrincipal, TurnIdPath
+from api.routes.conversations import ConversationIdPath, OwnerPrincipal, TurnIdPath, turn_result
 from dialogue.model.api_models import (
     FeedbackCreate,
     FeedbackPublic,
@@ -27,7 +35,7 @@ from dialogue.model.api_models import (
     TurnLineage,
 )
 from dialogue.platform import store
-from dialogue.platform.db import Satisfaction, ToolResult
+from dialogue.platform.db import Message, Satisfaction, ToolResult
 from dialogue.platform.metrics import BOT_RATINGS, BOT_SATISFACTION
 from dialogue.platform.temporal import conversation_key, workflow_id
 
@@ -36,13 +44,17 @@ router = APIRouter(prefix="/conversations", tags=["lineage"])
 
 @router.get("/{conversation_id}/turns/{turn_id}/lineage", responses=responses("turn_not_found"))
 async def read_lineage(
-    conversation_id: ConversationIdPath, turn_id: TurnIdPath, engine: EngineDep, principal: OwnerPrincipal
+    conversation_id: ConversationIdPath,
+    turn_id: TurnIdPath,
+    engine: EngineDep,
+    temporal: TemporalClientDep,
+    settings: SettingsDep,
+    principal: OwnerPrincipal,
 ) -> TurnLineage:
-    """What produced a turn's answer, and its rating if it has one."""
+    """What produced a turn's answer, and its rating if it has one; a turn still running (sent with
+    `wait: false`) is waited for, within the turn's timeout."""
     key = conversation_key(principal.tenant, conversation_id)
-    answer = await run_in_threadpool(store.bot_message, engine, key, turn_id)
-    if answer is None:
-        raise _no_answer(conversation_id, turn_id)
+    answer = await _answer(engine, temporal, settings, key, conversation_id, turn_id)
     rating = await run_in_threadpool(store.get_feedback, engine, key, turn_id)
     return TurnLineage(
         conversation_id=conversation_id,
@@ -67,12 +79,13 @@ async def rate_answer(
     engine: EngineDep,
     principal: OwnerPrincipal,
     policies: PoliciesDep,
+    temporal: TemporalClientDep,
+    settings: SettingsDep,
 ) -> FeedbackPublic:
-    """Rate a turn's answer up or down, with an optional comment (redacted like a turn's text)."""
+    """Rate a turn's answer up or down, with an optional comment (redacted like a turn's text); a turn
+    still running is waited for."""
     key = conversation_key(principal.tenant, conversation_id)
-    answer = await run_in_threadpool(store.bot_message, engine, key, turn_id)
-    if answer is None:
-        raise _no_answer(conversation_id, turn_id)
+    answer = await _answer(engine, temporal, settings, key, conversation_id, turn_id)
     redaction = policies.enabled("redaction", key)
     comment = policies.privacy(key).for_storage(body.comment, enabled=redaction) if body.comment else None
     bot, version = (answer.lineage or {}).get("bot"), (answer.lineage or {}).get("bot_version")
@@ -135,6 +148,34 @@ async def score_conversation(
 def satisfaction_public(conversation_id: str, row: Satisfaction) -> SatisfactionPublic:
     """A conversation's score as the API gives it, under the id its caller knows it by."""
     return SatisfactionPublic.model_validate(row.model_dump() | {"conversation_id": conversation_id})
+
+
+async def _answer(
+    engine: EngineDep,
+    temporal: TemporalClientDep,
+    settings: SettingsDep,
+    key: str,
+    conversation_id: str,
+    turn_id: str,
+) -> Message:
+    """The turn's answer in the transcript; when it is not there yet, the turn is waited for (within the
+    turn's timeout) if its conversation is still running it: a client that sent it with `wait: false`
+    may ask at once. 404 for a turn the conversation does not know."""
+    answer = await run_in_threadpool(store.bot_message, engine, key, turn_id)
+    if answer is not None:
+        return answer
+    with contextlib.suppress(
+        RPCError,
+        TimeoutError,
+        WorkflowUpdateFailedError,
+        WorkflowQueryFailedError,
+        WorkflowUpdateRPCTimeoutOrCancelledError,
+    ):
+        await asyncio.wait_for(turn_result(temporal, key, turn_id), timeout=settings.turn_timeout_seconds)
+        answer = await run_in_threadpool(store.bot_message, engine, key, turn_id)
+    if answer is None:
+        raise _no_answer(conversation_id, turn_id)
+    return answer
 
 
 def _no_answer(conversation_id: str, turn_id: str) -> ApiError:

@@ -76,6 +76,12 @@ class ConversationCreate(RequestModel):
         "own; the deployment's when absent. Its version is chosen now (the stable one, or the canary for "
         "its share of conversations) and kept for the conversation's life.",
     )
+    channel: Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")] | None = Field(
+        default=None,
+        description="An integrator's webhook channel of the tenant (`DIALOGUE_CHANNELS`, platform `webhook`): "
+        "the conversation's messages (its replies, a person's messages, reminders) are also POSTed there, "
+        "signed, each once, retried, and dead-lettered when it cannot take them.",
+    )
 
 
 BotName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")]
@@ -534,7 +540,7 @@ class ReminderCreate(RequestModel):
 
     text: NonBlankText = Field(description="What the bot will say (not blank).")
     in_seconds: float = Field(
-        gt=0,
+        ge=5,
         le=365 * 86400,
         description="When: this long from now, a year at most (work it out from the user's own time).",
     )

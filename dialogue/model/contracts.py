@@ -28,8 +28,9 @@ Approver = Literal["agent", "user"]
 """Who approves a tool call: a person with the agent scope, or the user (the conversation's end user when
 it has one, else a client key of its tenant)."""
 USER_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:|@-]{0,127}$"
-ChannelPlatform = Literal["slack", "telegram", "whatsapp", "twilio"]
-"""The messaging platforms a conversation may be held on (`dialogue.platform.channels`)."""
+ChannelPlatform = Literal["slack", "telegram", "whatsapp", "twilio", "webhook"]
+"""The messaging platforms a conversation may be held on (`dialogue.platform.channels`), or `webhook`: the
+integrator's own endpoint."""
 """An end user's id, as the integrator knows its user (an opaque id is best: the store's index keeps it in
 the clear, to find a user's conversations). No spaces or control characters: it travels in a header."""
 

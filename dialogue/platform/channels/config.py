@@ -1,9 +1,10 @@
 """A deployment's channels, from `DIALOGUE_CHANNELS` (JSON: a name for each channel, its settings).
 
 A channel is one bot's presence on one platform for one tenant: the Slack app, the Telegram bot, the
-WhatsApp number or the Twilio number. Its secrets come from the environment with the rest of its settings,
+WhatsApp number or the Twilio number; or the integrator's own webhook, which receives the messages of the
+conversations started over the API that name it. Its secrets come from the environment with the rest of its settings,
 never from a bot's folder (bot.yaml is versioned and published; a secret in it would be too). The webhook
-the platform calls is `/v1/channels/{name}`.
+a platform calls is `/v1/channels/{name}`.
 """
 
 from __future__ import annotations
@@ -71,6 +72,18 @@ class TwilioChannel(_Channel):
     api_url: str = "https://api.twilio.com"
 
 
+class WebhookChannel(_Channel):
+    """The integrator's own endpoint: a conversation started over the API naming this channel has its
+    messages (replies, a person's messages, reminders) POSTed there, signed, retried, dead-lettered."""
+
+    platform: Literal["webhook"]
+    url: str
+    """Where the messages go (HTTPS in production)."""
+    secret: SecretStr
+    """Signs every body: `X-Dialogue-Signature: sha256=` HMAC-SHA256 of `{X-Dialogue-Timestamp}.{body}`."""
+
+
 ChannelConfig = Annotated[
-    SlackChannel | TelegramChannel | WhatsAppChannel | TwilioChannel, Field(discriminator="platform")
+    SlackChannel | TelegramChannel | WhatsAppChannel | TwilioChannel | WebhookChannel,
+    Field(discriminator="platform"),
 ]

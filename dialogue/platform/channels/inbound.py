@@ -46,6 +46,10 @@ class Refused(Exception):
     """The request is not the platform's (no or a wrong signature, a stale timestamp): 401."""
 
 
+class NotInbound(Exception):
+    """The channel sends messages and takes none (the integrator's own webhook): 404."""
+
+
 class Unreadable(Exception):
     """Signed, but not a payload the platform documents: 400."""
 
@@ -94,8 +98,10 @@ def read(name: str, config: ChannelConfig, request: Request) -> Inbound | Handsh
         got = _telegram(name, config, request)
     elif isinstance(config, WhatsAppChannel):
         got = _whatsapp(name, config, request)
-    else:
+    elif isinstance(config, TwilioChannel):
         got = _twilio(name, config, request)
+    else:
+        raise NotInbound("an integrator's webhook channel takes no messages: send turns over the API")
     if isinstance(got, Inbound) and not got.text.strip():
         return None  # a picture alone, say: no words to answer
     return got

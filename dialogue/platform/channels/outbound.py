@@ -1,6 +1,6 @@
 """A message sent to a conversation's platform, through the platform's API: Slack's `chat.postMessage`
 (`slack_sdk`), Twilio's Messages resource (`twilio`), and for Telegram's Bot API and WhatsApp's Cloud API,
-which have no official Python SDK, their documented HTTP calls.
+which have no official Python SDK, their documented HTTP calls; or to the integrator's own webhook, signed.
 
 The SDKs' own retries are off: the `deliver` activity's retry policy is the one that retries, with
 backoff, and a platform's rate limit (429 and its `Retry-After`) sets the next attempt's delay. What the
@@ -9,9 +9,13 @@ platform refuses for good (a bad token, an unknown chat) is `Undeliverable`: ret
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import time
 from typing import Any
 
 import httpx
+import orjson
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 from twilio.base.exceptions import TwilioRestException
@@ -24,6 +28,7 @@ from dialogue.platform.channels.config import (
     SlackChannel,
     TelegramChannel,
     TwilioChannel,
+    WebhookChannel,
     WhatsAppChannel,
 )
 
@@ -60,7 +65,9 @@ class Senders:
             return await self._telegram(config, delivery)
         if isinstance(config, WhatsAppChannel):
             return await self._whatsapp(config, delivery)
-        return await _twilio(config, delivery)
+        if isinstance(config, TwilioChannel):
+            return await _twilio(config, delivery)
+        return await self._webhook(config, delivery)
 
     async def close(self) -> None:
         await self._http.aclose()
@@ -71,6 +78,32 @@ class Senders:
         body = _json(response)
         _raise_for(response, body.get("description"), (body.get("parameters") or {}).get("retry_after"))
         return str((body.get("result") or {}).get("message_id", ""))
+
+    async def _webhook(self, config: WebhookChannel, delivery: Delivery) -> str:
+        """The integrator's endpoint: the message as JSON, signed, its delivery id as the idempotency key
+        (the one way a receiver drops the copy a worker's death between its answer and the ledger's mark
+        would send)."""
+        body = orjson.dumps(
+            {
+                "id": delivery.id,
+                "conversation_id": delivery.conversation_id.split("/", 1)[-1],
+                "text": delivery.text,
+            }
+        )
+        timestamp = str(int(time.time()))
+        signature = webhook_signature(config.secret.get_secret_value(), timestamp, body)
+        response = await self._http.post(
+            config.url,
+            content=body,
+            headers={
+                "Content-Type": "application/json",
+                "Idempotency-Key": delivery.id,
+                "X-Dialogue-Timestamp": timestamp,
+                "X-Dialogue-Signature": signature,
+            },
+        )
+        _raise_for(response, None, None)
+        return delivery.id
 
     async def _whatsapp(self, config: WhatsAppChannel, delivery: Delivery) -> str:
         response = await self._http.post(
@@ -130,6 +163,12 @@ async def _twilio(config: TwilioChannel, delivery: Delivery) -> str:
     finally:
         await http.close()
     return str(message.sid)
+
+
+def webhook_signature(secret: str, timestamp: str, body: bytes) -> str:
+    """`X-Dialogue-Signature` of a body sent to an integrator's webhook: what its receiver recomputes."""
+    digest = hmac.new(secret.encode(), timestamp.encode() + b"." + body, hashlib.sha256).hexdigest()
+    return f"sha256={digest}"
 
 
 def _json(response: httpx.Response) -> dict[str, Any]:
