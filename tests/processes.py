@@ -16,11 +16,13 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import uvicorn
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import SecretStr
+from pydantic_core import to_jsonable_python
 
 from dialogue.platform.settings import PROJECT_ROOT, Settings
 from tests.conftest import free_port
@@ -31,19 +33,22 @@ START_TIMEOUT = 60.0
 def process_env(settings: Settings) -> dict[str, str]:
     """The environment of a process that reads `settings`: each field as its `DIALOGUE_*` variable."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("DIALOGUE_")}
-    for name, value in settings.model_dump(mode="json", exclude_none=True).items():
-        secret = getattr(settings, name)
-        if isinstance(secret, SecretStr):
-            value = secret.get_secret_value()  # dumped masked
-        elif name == "channels":  # their secrets too
-            value = {
-                channel: config.model_dump(mode="json")
-                | {k: v.get_secret_value() for k, v in config if isinstance(v, SecretStr)}
-                for channel, config in settings.channels.items()
-            }
+    for name, value in settings.model_dump(mode="python", exclude_none=True).items():
+        # Secrets, also those inside a value (a channel's), are dumped masked: the process needs them.
+        value = to_jsonable_python(_revealed(value))
         # Complex values (lists, dicts) are read back as JSON.
         env[f"DIALOGUE_{name.upper()}"] = value if isinstance(value, str) else json.dumps(value)
     return env
+
+
+def _revealed(value: Any) -> Any:
+    if isinstance(value, SecretStr):
+        return value.get_secret_value()
+    if isinstance(value, dict):
+        return {key: _revealed(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_revealed(item) for item in value]
+    return value
 
 
 async def spawn(module: list[str], settings: Settings, log: Path) -> asyncio.subprocess.Process:

@@ -79,10 +79,11 @@ async def post(http: httpx.AsyncClient, hook: Webhook) -> httpx.Response:
 
 
 async def sent_count(platform: PlatformStandIn, count: int, within: float = 60) -> None:
-    deadline = time.monotonic() + within
-    while len(platform.sent) < count:
-        assert time.monotonic() < deadline, f"{len(platform.sent)} of {count} messages reached the platform"
-        await asyncio.sleep(0.1)
+    try:
+        async with asyncio.timeout(within):
+            await platform.until(count)
+    except TimeoutError:
+        raise AssertionError(f"{len(platform.sent)} of {count} messages reached the platform") from None
 
 
 async def transcript(http: httpx.AsyncClient) -> list[dict[str, Any]]:

@@ -52,7 +52,8 @@ SLACK_TRANSIENT = {"ratelimited", "internal_error", "fatal_error", "service_unav
 
 
 class Senders:
-    """Sends deliveries, one HTTP connection pool shared by the calls made without an SDK."""
+    """Sends deliveries, one HTTP connection pool shared by the calls made without an SDK (it lives as
+    long as the worker)."""
 
     def __init__(self) -> None:
         self._http = httpx.AsyncClient(timeout=SEND_TIMEOUT_SECONDS)
@@ -68,9 +69,6 @@ class Senders:
         if isinstance(config, TwilioChannel):
             return await _twilio(config, delivery)
         return await self._webhook(config, delivery)
-
-    async def close(self) -> None:
-        await self._http.aclose()
 
     async def _telegram(self, config: TelegramChannel, delivery: Delivery) -> str:
         url = f"{config.api_url.rstrip('/')}/bot{config.bot_token.get_secret_value()}/sendMessage"
