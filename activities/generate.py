@@ -124,7 +124,7 @@ class ReplyComposer:
             case "fallback":
                 return Reply(text=_pick(bot.fallback_responses, turn))
             case "clarify":
-                return Reply(text=self._clarifying_question(request))
+                return self._clarifying_question(request)
             case "respond" | "handoff" | "end" if templates:
                 return self._templated(templates, request)
             case "handoff":
@@ -216,13 +216,16 @@ class ReplyComposer:
         again = f" {_prompt(flow, result.retry_slot)}" if result.retry_slot else ""
         return _render(flow.failed, **values) + again
 
-    def _clarifying_question(self, request: GenerateRequest) -> str:
+    def _clarifying_question(self, request: GenerateRequest) -> Reply:
+        """Which of the two likeliest intents the user meant, each offered as a quick reply (its title, which
+        the NLU reads as that intent)."""
         ranking = [p for p in request.nlu.ranking if p.name != OUT_OF_SCOPE]
         named = [self._bot.intent(p.name) for p in ranking[:2]]
         titles = [i.title or i.name.replace("_", " ") for i in named if i is not None]
         if len(titles) < 2:
-            return _pick(self._bot.fallback_responses, request.turn_index)
-        return _render(self._bot.clarify_template, first=titles[0], second=titles[1])
+            return Reply(text=_pick(self._bot.fallback_responses, request.turn_index))
+        text = _render(self._bot.clarify_template, first=titles[0], second=titles[1])
+        return Reply(text=text, quick_replies=titles)
 
 
 def _prompt(flow: Flow, slot: str) -> str:

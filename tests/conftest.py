@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 import shutil
 import socket
 import uuid
@@ -36,6 +37,7 @@ from dialogue.platform.db import get_engine, init_db
 from dialogue.platform.settings import Settings
 from dialogue.platform.temporal import SEARCH_ATTRIBUTES
 from tests.fake_llm import FakeLlm
+from tests.platforms import PlatformStandIn
 from worker import build_worker
 
 TEST_PAYLOAD_KEYS = PayloadKeys.generate("test")
@@ -322,3 +324,17 @@ def postgres_url(postgres_database: str) -> Iterator[str]:
         with admin.connect() as conn:
             conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
         admin.dispose()
+
+
+@pytest.fixture
+async def stand_in() -> AsyncIterator[tuple[PlatformStandIn, str]]:
+    """The messaging platforms' stand-in (and the integrator's webhook), served over HTTP, and its URL."""
+    platform = PlatformStandIn()
+    async with served(platform.app()) as url:
+        yield platform, url
+
+
+@pytest.fixture
+def chat() -> int:
+    """The test's chat on every platform: the dev server is shared, and a conversation is named after its chat."""
+    return random.randrange(10**9, 10**10)

@@ -47,8 +47,15 @@ class Sent:
     to: str
     text: str
     thread: str | None = None
+    buttons: list[tuple[str, str]] = field(default_factory=list)
+    """The buttons under it, as the platform shows them: (title, what a press hands back)."""
     at: float = field(default_factory=time.monotonic)
     """When the stand-in took it (this machine's monotonic clock: bench/channels.py times replies by it)."""
+
+    @property
+    def said(self) -> str:
+        """The message without the sources listed under it (plain-text platforms add them to the text)."""
+        return self.text.split("\n\nSources: ", 1)[0]
 
 
 HOOK_SECRET = "integrator-webhook-secret"
@@ -128,7 +135,17 @@ class PlatformStandIn:
             if refused == 403:
                 return JSONResponse({"ok": False, "error": "account_inactive"})
             ts = f"{time.time():.6f}"
-            self._take(Sent("slack", body["channel"], body["text"], body.get("thread_ts")))
+            blocks = body.get("blocks") or []
+            blocks = (
+                orjson.loads(blocks) if isinstance(blocks, str) else blocks
+            )  # form-encoded: a JSON string
+            buttons = [
+                (element["text"]["text"], element["value"])
+                for block in blocks
+                if block["type"] == "actions"
+                for element in block["elements"]
+            ]
+            self._take(Sent("slack", body["channel"], body["text"], body.get("thread_ts"), buttons))
             return JSONResponse({"ok": True, "channel": body["channel"], "ts": ts, "message": {"ts": ts}})
 
         @app.post("/telegram/bot{token}/sendMessage")
@@ -137,7 +154,9 @@ class PlatformStandIn:
             refused = self._refused() or (401 if token != TELEGRAM_TOKEN else None)
             if refused:
                 return JSONResponse({"ok": False, "error_code": refused, "description": "refused"}, refused)
-            self._take(Sent("telegram", str(body["chat_id"]), body["text"]))
+            keyboard = (body.get("reply_markup") or {}).get("inline_keyboard") or []
+            buttons = [(button["text"], button["callback_data"]) for row in keyboard for button in row]
+            self._take(Sent("telegram", str(body["chat_id"]), body["text"], buttons=buttons))
             return JSONResponse({"ok": True, "result": {"message_id": next(self._ids), "text": body["text"]}})
 
         @app.post("/whatsapp/v21.0/{phone_id}/messages")
@@ -147,7 +166,17 @@ class PlatformStandIn:
             refused = self._refused() or (401 if not authorized or phone_id != WHATSAPP_PHONE_ID else None)
             if refused:
                 return JSONResponse({"error": {"message": "refused", "code": refused}}, refused)
-            self._take(Sent("whatsapp", body["to"], body["text"]["body"]))
+            if body["type"] == "interactive":
+                interactive = body["interactive"]
+                action = interactive["action"]
+                rows = action.get("buttons") or action["sections"][0]["rows"]
+                buttons = [
+                    (r["reply"]["title"], r["reply"]["id"]) if "reply" in r else (r["title"], r["id"])
+                    for r in rows
+                ]
+                self._take(Sent("whatsapp", body["to"], interactive["body"]["text"], buttons=buttons))
+            else:
+                self._take(Sent("whatsapp", body["to"], body["text"]["body"]))
             return JSONResponse(
                 {
                     "messaging_product": "whatsapp",
@@ -318,6 +347,17 @@ def whatsapp_message(
     text: str, *, message_id: str, sender: str = "16315551181", secret: str = WHATSAPP_SECRET
 ) -> Webhook:
     """The WhatsApp Cloud API's documented text-message notification, signed (X-Hub-Signature-256)."""
+    message = {
+        "from": sender,
+        "id": message_id,
+        "timestamp": str(int(time.time())),
+        "text": {"body": text},
+        "type": "text",
+    }
+    return _whatsapp_signed(message, sender, secret)
+
+
+def _whatsapp_signed(message: dict[str, Any], sender: str, secret: str = WHATSAPP_SECRET) -> Webhook:
     body = orjson.dumps(
         {
             "object": "whatsapp_business_account",
@@ -333,15 +373,7 @@ def whatsapp_message(
                                     "phone_number_id": WHATSAPP_PHONE_ID,
                                 },
                                 "contacts": [{"profile": {"name": "Sheena Nelson"}, "wa_id": sender}],
-                                "messages": [
-                                    {
-                                        "from": sender,
-                                        "id": message_id,
-                                        "timestamp": str(int(time.time())),
-                                        "text": {"body": text},
-                                        "type": "text",
-                                    }
-                                ],
+                                "messages": [message],
                             },
                             "field": "messages",
                         }
@@ -390,3 +422,85 @@ def twilio_message(
         {"Content-Type": "application/x-www-form-urlencoded", "X-Twilio-Signature": signature},
         urlencode(fields).encode(),
     )
+
+
+def slack_press(
+    payload: str, title: str, *, channel: str, thread_ts: str, action_ts: str, user: str = "U123ABC456"
+) -> Webhook:
+    """Slack's documented `block_actions` interaction: a button under the bot's message in a thread
+    pressed, posted form-encoded (`payload=`) to the app's interactivity URL, signed like an event."""
+    interaction = {
+        "type": "block_actions",
+        "team": {"id": "T123ABC456", "domain": "example"},
+        "user": {"id": user, "username": "someone", "team_id": "T123ABC456"},
+        "api_app_id": "A123ABC456",
+        "token": "XXYYZZ",
+        "container": {
+            "type": "message",
+            "message_ts": "1700000001.000100",
+            "channel_id": channel,
+            "is_ephemeral": False,
+            "thread_ts": thread_ts,
+        },
+        "trigger_id": "12466734323.1395872398.0f4d4e1e5d8a7e0b1c2d3e4f5a6b7c8d",
+        "channel": {"id": channel, "name": "support"},
+        "message": {"type": "message", "ts": "1700000001.000100", "thread_ts": thread_ts, "text": "?"},
+        "response_url": "https://hooks.slack.com/actions/T123ABC456/1/abc",
+        "actions": [
+            {
+                "action_id": "dialogue-0",
+                "block_id": "dialogue-buttons",
+                "text": {"type": "plain_text", "text": title, "emoji": True},
+                "value": payload,
+                "type": "button",
+                "action_ts": action_ts,
+            }
+        ],
+    }
+    hook = slack_signed(urlencode({"payload": orjson.dumps(interaction).decode()}).encode())
+    return Webhook(
+        hook.path, {**hook.headers, "Content-Type": "application/x-www-form-urlencoded"}, hook.body
+    )
+
+
+def telegram_press(data: str, *, query_id: str, chat_id: int, message_id: int = 77) -> Webhook:
+    """Telegram's documented `Update` with a `callback_query`: a button of the bot's inline keyboard
+    pressed in a private chat."""
+    person = {"id": chat_id, "is_bot": False, "first_name": "Test Firstname", "username": "Testusername"}
+    body = orjson.dumps(
+        {
+            "update_id": 20000 + message_id,
+            "callback_query": {
+                "id": query_id,
+                "from": person,
+                "message": {
+                    "message_id": message_id,
+                    "from": {"id": 123456, "is_bot": True, "first_name": "Northwind"},
+                    "chat": {**person, "type": "private"},
+                    "date": 1441645532,
+                    "text": "?",
+                },
+                "chat_instance": "-1234567890123456789",
+                "data": data,
+            },
+        }
+    )
+    return Webhook(
+        "/v1/channels/shop-telegram",
+        {"Content-Type": "application/json", "X-Telegram-Bot-Api-Secret-Token": TELEGRAM_SECRET},
+        body,
+    )
+
+
+def whatsapp_press(button_id: str, title: str, *, message_id: str, sender: str) -> Webhook:
+    """The WhatsApp Cloud API's documented notification of a reply button pressed (`interactive`,
+    `button_reply`), signed."""
+    message = {
+        "context": {"from": "15550783881", "id": "wamid.sent0"},
+        "from": sender,
+        "id": message_id,
+        "timestamp": str(int(time.time())),
+        "type": "interactive",
+        "interactive": {"type": "button_reply", "button_reply": {"id": button_id, "title": title}},
+    }
+    return _whatsapp_signed(message, sender)

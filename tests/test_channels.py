@@ -22,7 +22,6 @@ from temporalio.testing import ActivityEnvironment
 
 from activities.deliver import DeliveryActivities
 from api import create_app
-from dialogue.apps.testing.stack import served
 from dialogue.model.contracts import ChannelAddress, Delivery
 from dialogue.platform.channels import ledger
 from dialogue.platform.channels.config import ChannelConfig
@@ -50,13 +49,6 @@ CHANNELS = TypeAdapter(dict[str, ChannelConfig])
 
 def configured(settings: Settings, stand_in_url: str) -> Settings:
     return settings.model_copy(update={"channels": CHANNELS.validate_python(channels(stand_in_url, PUBLIC))})
-
-
-@pytest.fixture
-async def stand_in() -> AsyncIterator[tuple[PlatformStandIn, str]]:
-    platform = PlatformStandIn()
-    async with served(platform.app()) as url:
-        yield platform, url
 
 
 @pytest.fixture
@@ -99,12 +91,6 @@ async def transcript(http: httpx.AsyncClient) -> list[dict[str, Any]]:
 PLATFORMS = ["slack", "telegram", "whatsapp", "twilio"]
 
 
-@pytest.fixture
-def chat() -> int:
-    """The test's chat on every platform: the dev server is shared, and a conversation is named after its chat."""
-    return random.randrange(10**9, 10**10)
-
-
 def recipient(platform: str, chat: int) -> str:
     return {"slack": f"C{chat}", "telegram": str(chat), "whatsapp": f"1{chat}", "twilio": f"+1{chat}"}[
         platform
@@ -144,7 +130,7 @@ async def test_a_platforms_sample_message_is_answered_on_the_platform(
         assert message.thread == "1700000000.000001"  # the thread is the conversation: the reply goes in it
     said = await transcript(http)
     assert [m["role"] for m in said] == ["user", "bot"] and said[0]["text"] == QUESTION
-    assert message.text == said[1]["text"] and "express" in message.text.lower()
+    assert message.said == said[1]["text"] and "express" in message.text.lower()
 
 
 @pytest.mark.parametrize("platform", PLATFORMS)
@@ -197,7 +183,7 @@ async def test_replies_reach_the_platform_in_the_order_of_the_messages(
     await sent_count(stand_in, len(texts))
     said = await transcript(http)
     assert [m["text"] for m in said if m["role"] == "user"] == texts
-    assert [m.text for m in stand_in.sent] == [m["text"] for m in said if m["role"] == "bot"]
+    assert [m.said for m in stand_in.sent] == [m["text"] for m in said if m["role"] == "bot"]
 
 
 async def test_the_platforms_handshakes(channel_api: tuple[httpx.AsyncClient, PlatformStandIn]) -> None:
@@ -303,7 +289,7 @@ async def test_a_worker_killed_while_the_platform_is_down_delivers_once_through_
                 await asyncio.sleep(3)
                 assert len(platform.sent) == 1
                 said = await transcript(http)
-                assert platform.sent[0].text == said[-1]["text"]
+                assert platform.sent[0].said == said[-1]["text"]
             finally:
                 await second.stop()
         finally:

@@ -25,6 +25,7 @@ from dialogue.model.contracts import (
     ApprovalDecision,
     ApprovalRequest,
     Approver,
+    Button,
     ContextLineage,
     ConversationInput,
     ConversationState,
@@ -199,6 +200,34 @@ def parked_agent() -> ParkedAgent:
         waiting=AgentStepRecord(calls=calls, outcomes=[ran]),
         pending=pending,
     )
+
+
+def test_a_channel_user_gets_buttons_for_quick_replies_the_memory_offer_and_their_own_approvals() -> None:
+    pending = parked_agent().pending  # `a` is a person's to approve (the console's), `b` the user's
+    asked = Reply(text="Do you want to return an item or check a refund?", quick_replies=["return an item"])
+    offered = MemoryOffer(facts={"name": "Anna"}, question="Remember?")
+    made = decisions.buttons(asked, pending, offered)
+    assert [(b.title, b.payload) for b in made] == [
+        ("return an item", "say:return an item"),
+        ("Yes", "say:yes"),
+        ("No", "say:no"),
+        ("Approve", "approve:b"),
+        ("Deny", "deny:b"),
+    ]
+    assert [Button.pressed(b.payload) for b in made[3:]] == [
+        Button(title="b", action="approve", value="b"),
+        Button(title="b", action="deny", value="b"),
+    ]
+    assert Button.pressed("somebody-elses:payload") is None and Button.pressed("say:") is None
+    # Two calls waiting: each pair names its tool.
+    both = [p.model_copy(update={"approval": "user"}) for p in pending]
+    assert [b.title for b in decisions.buttons(Reply(text="?"), both, None)] == [
+        "Approve start_return",
+        "Deny start_return",
+        "Approve start_return",
+        "Deny start_return",
+    ]
+    assert decisions.buttons(Reply(text="Hello!"), [], None) == []
 
 
 def test_approvals_wait_for_the_calls_that_need_one_each_with_its_expiry() -> None:

@@ -217,8 +217,10 @@ async def test_low_confidence_asks_which_of_the_two_likeliest_intents(demo_bot: 
     unsure = request(
         "returns", confidence=0.3, also=[IntentPrediction(name="refund_status", confidence=0.25)]
     )
-    text = (await compose(demo_bot, unsure)).text
-    assert "return an item" in text and "check a refund" in text
+    asked = await compose(demo_bot, unsure)
+    assert "return an item" in asked.text and "check a refund" in asked.text
+    # Each choice a quick reply (a button on a channel), which the NLU reads back as its intent.
+    assert asked.quick_replies == ["return an item", "check a refund"]
     sure = request(
         "returns",
         confidence=0.8,

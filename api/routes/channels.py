@@ -15,18 +15,23 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Request, Response
 from starlette.concurrency import run_in_threadpool
-from temporalio.client import WorkflowUpdateRPCTimeoutOrCancelledError, WorkflowUpdateStage
+from temporalio.client import (
+    WorkflowUpdateFailedError,
+    WorkflowUpdateRPCTimeoutOrCancelledError,
+    WorkflowUpdateStage,
+)
 from temporalio.exceptions import WorkflowAlreadyStartedError
+from temporalio.service import RPCError, RPCStatusCode
 
 from api.deps import EngineDep, PoliciesDep, ReleasesDep, SettingsDep, TemporalClientDep
 from api.errors import ApiError, responses, temporal_errors
 from api.routes.conversations import settle, turn_and_start
-from dialogue.model.contracts import TurnReply, Updates
+from dialogue.model.contracts import ApprovalReply, ApprovalRequest, Button, TurnReply, Updates
 from dialogue.platform import store
 from dialogue.platform.channels import inbound, ledger
 from dialogue.platform.channels.config import CHANNEL_NAME, ChannelConfig, TwilioChannel, WhatsAppChannel
 from dialogue.platform.settings import Settings
-from dialogue.platform.temporal import conversation_key
+from dialogue.platform.temporal import conversation_key, workflow_id
 
 router = APIRouter(prefix="/channels", tags=["channels"])
 log = logging.getLogger("dialogue.api")
@@ -70,8 +75,12 @@ async def receive_message(
         raise ApiError("channel_not_found", str(err)) from None
     if isinstance(got, inbound.Handshake):
         return Response(got.body, media_type=got.media_type)
-    if got is not None:
+    if got is not None and got.decision is not None:
+        await _decide(got, got.decision, config, settings, engine, temporal)
+    elif got is not None:
         await _take(got, config, settings, engine, temporal, policies, releases)
+    if got is not None and got.answer is not None:
+        return Response(got.answer, media_type="application/json")
     if isinstance(config, TwilioChannel):
         return Response(EMPTY_TWIML, media_type="text/xml")
     return Response(b"ok", media_type="text/plain")
@@ -137,6 +146,51 @@ async def _take(
             await settle(start)
             # Ended between the store's look and the start: the platform's retry starts the next one.
             raise ApiError("temporal_unavailable", "the conversation has just ended; send it again") from None
+
+
+async def _decide(
+    press: inbound.Inbound,
+    button: Button,
+    config: ChannelConfig,
+    settings: Settings,
+    engine: EngineDep,
+    temporal: TemporalClientDep,
+) -> None:
+    """An approval's button pressed: the decision on its call, as the conversation's user (the thread's
+    person, or the tenant where the thread is shared), once the conversation has taken it. A press the
+    conversation refuses (the call decided already by an earlier press, or gone) is acknowledged and left:
+    the platform would only send it again."""
+    conversation_id = await run_in_threadpool(ledger.current_conversation, engine, press.thread)
+    if conversation_id is None:
+        return  # under a message of a conversation this deployment does not hold
+    key = conversation_key(config.tenant, conversation_id)
+    decision = ApprovalRequest(
+        call_id=button.value, approve=button.action == "approve", by=press.by or "channel", user=press.user
+    )
+    handle = temporal.get_workflow_handle(workflow_id(key))
+    async with temporal_errors(conversation_id, temporal=temporal, key=key):
+        try:
+            await asyncio.wait_for(
+                handle.start_update(
+                    Updates.APPROVE,
+                    decision,
+                    id=press.message_id,
+                    wait_for_stage=WorkflowUpdateStage.ACCEPTED,
+                    result_type=ApprovalReply,
+                ),
+                timeout=settings.channel_ack_seconds,
+            )
+        except WorkflowUpdateFailedError as err:
+            log.info(
+                "channel %s: a press on call %s refused: %s", press.address.channel, button.value, err.cause
+            )
+        except RPCError as err:
+            if err.status != RPCStatusCode.NOT_FOUND:
+                raise
+        except (TimeoutError, WorkflowUpdateRPCTimeoutOrCancelledError):
+            raise ApiError(
+                "temporal_unavailable", "the conversation did not take the decision in time; send it again"
+            ) from None
 
 
 def _conversation_of(engine: EngineDep, message: inbound.Inbound, tenant: str) -> str:

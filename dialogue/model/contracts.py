@@ -9,7 +9,7 @@ with an older shape must still decode when replayed.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 from pydantic import BaseModel, Field, computed_field
 
@@ -139,6 +139,28 @@ class ChannelAddress(BaseModel):
     """Ours on the platform, where it has several: the number an SMS was sent to (the reply comes from it)."""
 
 
+class Button(BaseModel):
+    """A button under a message on a channel. Pressed, it is `say` (the user's next message is `value`), or
+    `approve` / `deny` (a decision on the tool call `value` that waits for the user's approval)."""
+
+    title: str
+    action: Literal["say", "approve", "deny"]
+    value: str
+
+    @property
+    def payload(self) -> str:
+        """What the platform hands back when the button is pressed (`Button.pressed` reads it)."""
+        return f"{self.action}:{self.value}"
+
+    @classmethod
+    def pressed(cls, payload: str, title: str = "") -> Button | None:
+        """The button a platform's press payload names; None for a payload not ours."""
+        action, _, value = payload.partition(":")
+        if action not in ("say", "approve", "deny") or not value:
+            return None
+        return cls(title=title or value, action=cast(Literal["say", "approve", "deny"], action), value=value)
+
+
 class Delivery(BaseModel):
     """One message for a conversation's channel: a reply, or a person's message."""
 
@@ -149,8 +171,11 @@ class Delivery(BaseModel):
     """Tenant-qualified (`ConversationInput.key`)."""
     address: ChannelAddress
     text: str
-    buttons: list[str] = []
-    """Quick replies the user may tap, where the platform has them."""
+    buttons: list[Button] = []
+    """What the user may tap under the message, where the platform has buttons: quick replies, an
+    approval's Approve and Deny."""
+    sources: list[Source] = []
+    """The documents a reply stands on, listed under it where the platform has room."""
     resend: bool = False
     """An operator's resend of a dead letter: sent again whatever the ledger says."""
 
@@ -773,6 +798,9 @@ class GenerateRequest(BaseModel):
 class Reply(BaseModel):
     text: str
     sources: list[Source] = []
+    quick_replies: list[str] = []
+    """What the user may answer with a tap, where the channel has buttons (a clarifying question's
+    choices): each is sent, pressed, as the user's message."""
     generator: str = "template"
     """What produced the text: `template`, `grounded`, or `openai:<model>`."""
     prompt_id: str | None = None

@@ -197,7 +197,8 @@ class Approvals:
             )
         )
         log.time("total", started)
-        self._outbox.send(turn_id, answer.reply.text)
+        reply = answer.reply
+        self._outbox.send(turn_id, reply.text, decisions.buttons(reply, answer.approvals, None), reply.sources)
         if again is not None:
             self.park(again)
         conversation.show()

@@ -35,6 +35,7 @@ with workflow.unsafe.imports_passed_through():
         AgentToolOutcome,
         ApprovalDecision,
         ApprovalRequest,
+        Button,
         ContextLineage,
         ConversationInput,
         ConversationState,
@@ -268,6 +269,23 @@ def memory_offer_made(decision: Decision | None, reply: Reply) -> MemoryOffer | 
     offered = decision.memory_offer if decision is not None else None
     made = offered is not None and offered.question and reply.text.endswith(offered.question)
     return offered if made else None
+
+
+def buttons(reply: Reply, approvals: Iterable[PendingApproval], offer: MemoryOffer | None) -> list[Button]:
+    """What a channel's user may tap under a reply: its quick replies, Yes and No to an offer to remember
+    them, and Approve and Deny for each call waiting for their approval (a person's approvals are the
+    console's)."""
+    made = [Button(title=text, action="say", value=text) for text in reply.quick_replies]
+    if offer is not None:
+        made += [Button(title="Yes", action="say", value="yes"), Button(title="No", action="say", value="no")]
+    waiting = [p for p in approvals if p.approval == "user"]
+    for pending in waiting:
+        named = f" {pending.name}" if len(waiting) > 1 else ""
+        made += [
+            Button(title=f"Approve{named}", action="approve", value=pending.call_id),
+            Button(title=f"Deny{named}", action="deny", value=pending.call_id),
+        ]
+    return made
 
 
 def trusted_values(state: ConversationState) -> dict[str, Any]:

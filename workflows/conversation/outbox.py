@@ -17,7 +17,7 @@ from workflows.conversation.state import Conversation
 
 with workflow.unsafe.imports_passed_through():
     from activities.deliver import DeliveryActivities
-    from dialogue.model.contracts import Delivery
+    from dialogue.model.contracts import Button, Delivery, Source
 
 
 class Outbox:
@@ -27,9 +27,12 @@ class Outbox:
         """Made and not yet delivered, oldest first."""
         self._sending: asyncio.Future[None] | None = None
 
-    def send(self, event: str, text: str) -> None:
-        """Deliver `text` to the conversation's channel, after what was sent before; `event` names what
-        it carries (a turn's id, a message's): the same event is delivered once. Nothing without a channel."""
+    def send(
+        self, event: str, text: str, buttons: list[Button] | None = None, sources: list[Source] | None = None
+    ) -> None:
+        """Deliver `text` to the conversation's channel, after what was sent before, with `buttons` to tap
+        and the `sources` it stands on; `event` names what it carries (a turn's id, a message's): the same
+        event is delivered once. Nothing without a channel."""
         conversation = self._conversation
         address = conversation.input.channel
         # Asked only in a conversation held on a channel: no other run records the marker.
@@ -41,6 +44,8 @@ class Outbox:
                 conversation_id=conversation.input.key,
                 address=address,
                 text=text,
+                buttons=buttons or [],
+                sources=sources or [],
             )
         )
         if self._sending is None:

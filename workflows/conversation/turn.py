@@ -141,7 +141,9 @@ class Turns:
                 )
             )
             log.time("record", recording)
-        self._outbox.send(turn.turn_id, outcome.reply.text)
+        reply, pending = outcome.reply, outcome.parked.pending if outcome.parked is not None else []
+        buttons = decisions.buttons(reply, pending, conversation.state.memory_offer)
+        self._outbox.send(turn.turn_id, reply.text, buttons, reply.sources)
         self._follow_up(turn.turn_id, outcome)
         if outcome.parked is not None:
             self._approvals.park(outcome.parked)

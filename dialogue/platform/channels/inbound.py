@@ -29,7 +29,7 @@ import orjson
 from slack_sdk.signature import SignatureVerifier
 from twilio.request_validator import RequestValidator
 
-from dialogue.model.contracts import ChannelAddress
+from dialogue.model.contracts import Button, ChannelAddress
 from dialogue.platform.channels.config import (
     ChannelConfig,
     SlackChannel,
@@ -76,6 +76,12 @@ class Inbound:
     user: str | None
     """The end user the conversation is for, where the thread is one person's (a private chat, a phone);
     None where several people share it (a Slack thread, a group): the channel speaks for the tenant."""
+    decision: Button | None = None
+    """A press of an approval's button (`approve` or `deny`, on the call `value`): a decision, not a turn."""
+    by: str = ""
+    """Who on the platform sent it (their platform id), for a decision's lineage."""
+    answer: bytes | None = None
+    """What the webhook's response says back to the platform (Telegram: that the press was taken)."""
 
 
 @dataclass(frozen=True)
@@ -123,6 +129,8 @@ def _slack(name: str, config: SlackChannel, request: Request) -> Inbound | Hands
     verifier = SignatureVerifier(config.signing_secret.get_secret_value())
     if not verifier.is_valid(request.body, timestamp, signature):
         raise Refused("the Slack signature does not match")
+    if request.body.startswith(b"payload="):  # a press of one of our buttons (Slack's interactivity)
+        return _slack_press(name, _json(dict(parse_qsl(request.body.decode())).get("payload", "").encode()))
     payload = _json(request.body)
     if payload.get("type") == "url_verification":
         return Handshake(orjson.dumps({"challenge": payload.get("challenge", "")}), "application/json")
@@ -146,11 +154,38 @@ def _slack(name: str, config: SlackChannel, request: Request) -> Inbound | Hands
     )
 
 
+def _slack_press(name: str, payload: dict[str, Any]) -> Inbound | None:
+    """A `block_actions` payload: the button pressed under one of our messages, in its thread."""
+    actions = payload.get("actions")
+    if payload.get("type") != "block_actions" or not isinstance(actions, list) or not actions:
+        return None  # a shortcut, a modal: nothing for the bot
+    action = actions[0] if isinstance(actions[0], dict) else {}
+    button = Button.pressed(str(action.get("value", "")), str((action.get("text") or {}).get("text", "")))
+    container = payload.get("container") or {}
+    message = payload.get("message") or {}
+    channel = container.get("channel_id") or (payload.get("channel") or {}).get("id")
+    at = action.get("action_ts")
+    thread = container.get("thread_ts") or message.get("thread_ts") or container.get("message_ts")
+    if button is None or not (isinstance(channel, str) and isinstance(at, str) and isinstance(thread, str)):
+        return None  # not a button of ours (another app's message, a stale payload)
+    team = (payload.get("team") or {}).get("id", "")
+    return _pressed(
+        button,
+        message_id=f"slack:{channel}:press:{at}",
+        thread=f"slack-{team}-{channel}-{thread}",
+        address=ChannelAddress(channel=name, platform="slack", to=channel, thread=thread),
+        user=None,
+        by=f"slack:{_safe(str((payload.get('user') or {}).get('id', '')))}",
+    )
+
+
 def _telegram(name: str, config: TelegramChannel, request: Request) -> Inbound | None:
     token = request.headers.get("x-telegram-bot-api-secret-token", "")
     if not _same(token, config.secret_token.get_secret_value()):
         raise Refused("the Telegram secret token does not match")
     payload = _json(request.body)
+    if isinstance(payload.get("callback_query"), dict):
+        return _telegram_press(name, payload["callback_query"])
     message = payload.get("message")
     if not isinstance(message, dict) or not isinstance(message.get("text"), str):
         return None  # an edit, a photo, a member joining: nothing to answer
@@ -169,6 +204,46 @@ def _telegram(name: str, config: TelegramChannel, request: Request) -> Inbound |
     )
 
 
+def _telegram_press(name: str, query: dict[str, Any]) -> Inbound | None:
+    """A `callback_query`: a button of our inline keyboard pressed. Answered in the webhook's response
+    (`answerCallbackQuery`), which stops the button's spinner without another call."""
+    message = query.get("message") or {}
+    chat = message.get("chat") or {}
+    chat_id, query_id = chat.get("id"), query.get("id")
+    sender = (query.get("from") or {}).get("id")
+    button = Button.pressed(str(query.get("data", "")))
+    if button is None or not isinstance(chat_id, int) or not isinstance(query_id, str):
+        return None
+    private = chat.get("type") == "private" and isinstance(sender, int)
+    answer = orjson.dumps({"method": "answerCallbackQuery", "callback_query_id": query_id})
+    return _pressed(
+        button,
+        message_id=f"telegram:{chat_id}:press:{query_id}",
+        thread=f"telegram-{name}-{_hidden(str(chat_id))}",
+        address=ChannelAddress(channel=name, platform="telegram", to=str(chat_id)),
+        user=f"telegram:{sender}" if private else None,
+        by=f"telegram:{sender}",
+        answer=answer,
+    )
+
+
+def _pressed(
+    button: Button,
+    *,
+    message_id: str,
+    thread: str,
+    address: ChannelAddress,
+    user: str | None,
+    by: str,
+    answer: bytes | None = None,
+) -> Inbound:
+    """A press as what it does: `say` is the user's message (its value as their words), `approve` and
+    `deny` a decision on the call the button is under."""
+    decision = button if button.action != "say" else None
+    text = button.value if decision is None else button.title
+    return Inbound(message_id, thread, address, text, user, decision=decision, by=by, answer=answer)
+
+
 def _whatsapp(name: str, config: WhatsAppChannel, request: Request) -> Inbound | None:
     signature = request.headers.get("x-hub-signature-256", "")
     expected = hmac.new(config.app_secret.get_secret_value().encode(), request.body, hashlib.sha256)
@@ -181,19 +256,27 @@ def _whatsapp(name: str, config: WhatsAppChannel, request: Request) -> Inbound |
         for change in entry.get("changes") or []:
             value = change.get("value") or {}
             for message in value.get("messages") or []:
-                if message.get("type") != "text":
+                if message.get("type") not in ("text", "interactive"):
                     continue
                 sender, message_id = message.get("from"), message.get("id")
+                if not (isinstance(sender, str) and isinstance(message_id, str)):
+                    raise Unreadable("a WhatsApp message without from or id")
+                turn_id, thread = f"whatsapp:{message_id}", f"whatsapp-{name}-{_hidden(sender)}"
+                address = ChannelAddress(channel=name, platform="whatsapp", to=sender)
+                user = f"whatsapp:{_safe(sender)}"
+                if message["type"] == "interactive":  # a reply button or a list row of ours, pressed
+                    interactive = message.get("interactive") or {}
+                    reply = interactive.get("button_reply") or interactive.get("list_reply") or {}
+                    button = Button.pressed(str(reply.get("id", "")), str(reply.get("title", "")))
+                    if button is None:
+                        continue
+                    return _pressed(
+                        button, message_id=turn_id, thread=thread, address=address, user=user, by=user
+                    )
                 text = (message.get("text") or {}).get("body")
-                if not (isinstance(sender, str) and isinstance(message_id, str) and isinstance(text, str)):
-                    raise Unreadable("a WhatsApp message without from, id or text")
-                return Inbound(
-                    message_id=f"whatsapp:{message_id}",
-                    thread=f"whatsapp-{name}-{_hidden(sender)}",
-                    address=ChannelAddress(channel=name, platform="whatsapp", to=sender),
-                    text=text,
-                    user=f"whatsapp:{_safe(sender)}",
-                )
+                if not isinstance(text, str):
+                    raise Unreadable("a WhatsApp text message without its body")
+                return Inbound(turn_id, thread, address, text, user)
     return None
 
 

@@ -33,6 +33,16 @@ from dialogue.platform.channels.config import (
 )
 
 SEND_TIMEOUT_SECONDS = 10.0
+TELEGRAM_CALLBACK_BYTES = 64
+SLACK_SECTION_CHARS = 3000
+SLACK_TEXT_BLOCKS = 40
+SLACK_BUTTONS = 25
+WHATSAPP_BUTTONS = 3
+WHATSAPP_ROWS = 10
+WHATSAPP_INTERACTIVE_CHARS = 1024
+"""The platforms' documented limits: a Telegram button's callback data; a Slack section's text, the
+blocks of a message (50, some kept for sources and buttons), the elements of an actions block; WhatsApp's
+reply buttons, a list's rows, an interactive message's body."""
 
 
 class Undeliverable(Exception):
@@ -72,7 +82,15 @@ class Senders:
 
     async def _telegram(self, config: TelegramChannel, delivery: Delivery) -> str:
         url = f"{config.api_url.rstrip('/')}/bot{config.bot_token.get_secret_value()}/sendMessage"
-        response = await self._http.post(url, json={"chat_id": delivery.address.to, "text": delivery.text})
+        message: dict[str, Any] = {"chat_id": delivery.address.to, "text": _with_sources(delivery)}
+        # An inline keyboard: a press comes back as a `callback_query` carrying the button's payload, which
+        # Telegram caps at 64 bytes (a button whose payload is longer is left out; the text still asks).
+        pressable = [b for b in delivery.buttons if len(b.payload.encode()) <= TELEGRAM_CALLBACK_BYTES]
+        if pressable:
+            rows = [pressable[i : i + 2] for i in range(0, len(pressable), 2)]
+            keyboard = [[{"text": b.title, "callback_data": b.payload} for b in row] for row in rows]
+            message["reply_markup"] = {"inline_keyboard": keyboard}
+        response = await self._http.post(url, json=message)
         body = _json(response)
         _raise_for(response, body.get("description"), (body.get("parameters") or {}).get("retry_after"))
         return str((body.get("result") or {}).get("message_id", ""))
@@ -86,6 +104,10 @@ class Senders:
                 "id": delivery.id,
                 "conversation_id": delivery.conversation_id.split("/", 1)[-1],
                 "text": delivery.text,
+                # The integrator's page shows them; a press is a turn (`say`) or a decision
+                # (`POST /v1/conversations/{id}/approvals/{value}`) over the API.
+                "buttons": [b.model_dump() for b in delivery.buttons],
+                "sources": [{"title": s.title, "url": s.url} for s in delivery.sources],
             }
         )
         timestamp = str(int(time.time()))
@@ -111,8 +133,7 @@ class Senders:
                 "messaging_product": "whatsapp",
                 "recipient_type": "individual",
                 "to": delivery.address.to,
-                "type": "text",
-                "text": {"body": delivery.text},
+                **_whatsapp_message(delivery),
             },
         )
         body = _json(response)
@@ -131,7 +152,8 @@ async def _slack(config: SlackChannel, delivery: Delivery) -> str:
         response = await client.chat_postMessage(
             channel=delivery.address.to,
             thread_ts=delivery.address.thread,
-            text=delivery.text,
+            text=delivery.text,  # what notifications show; the blocks are what the thread shows
+            blocks=_slack_blocks(delivery),
             # The delivery's id rides with the message: an operator (or a later reconciliation) can tell
             # which delivery a message in the thread is.
             metadata={"event_type": "dialogue_delivery", "event_payload": {"id": delivery.id}},
@@ -161,6 +183,79 @@ async def _twilio(config: TwilioChannel, delivery: Delivery) -> str:
     finally:
         await http.close()
     return str(message.sid)
+
+
+def _slack_blocks(delivery: Delivery) -> list[dict[str, Any]]:
+    """The message as Block Kit: its text, the sources under it, and its buttons, whose presses Slack
+    posts to the app's interactivity URL (the same `/v1/channels/{name}`) as `block_actions`."""
+    text = delivery.text
+    blocks: list[dict[str, Any]] = [
+        {
+            "type": "section",
+            "text": {"type": "mrkdwn", "text": _slack_escape(text[i : i + SLACK_SECTION_CHARS])},
+        }
+        for i in range(0, max(len(text), 1), SLACK_SECTION_CHARS)
+    ][:SLACK_TEXT_BLOCKS]
+    if delivery.sources:
+        named = [
+            f"<{s.url}|{_slack_escape(s.title)}>" if s.url else _slack_escape(s.title)
+            for s in delivery.sources
+        ]
+        blocks.append(
+            {"type": "context", "elements": [{"type": "mrkdwn", "text": "Sources: " + ", ".join(named)}]}
+        )
+    if delivery.buttons:
+        elements = []
+        for index, button in enumerate(delivery.buttons[:SLACK_BUTTONS]):
+            element: dict[str, Any] = {
+                "type": "button",
+                "action_id": f"dialogue-{index}",
+                "text": {"type": "plain_text", "text": button.title[:75]},
+                "value": button.payload[:2000],
+            }
+            if button.action != "say":
+                element["style"] = "primary" if button.action == "approve" else "danger"
+            elements.append(element)
+        blocks.append({"type": "actions", "block_id": "dialogue-buttons", "elements": elements})
+    return blocks
+
+
+def _slack_escape(text: str) -> str:
+    """Slack's mrkdwn reads `&`, `<` and `>` as its own: escaped, the text shows as written."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def _whatsapp_message(delivery: Delivery) -> dict[str, Any]:
+    """A text message; with buttons, an interactive one: up to 3 reply buttons, or a list of up to 10
+    rows (their titles cut to WhatsApp's 20 and 24 characters; the press carries the whole payload)."""
+    text, buttons = _with_sources(delivery), delivery.buttons
+    if not buttons or len(buttons) > WHATSAPP_ROWS or len(text) > WHATSAPP_INTERACTIVE_CHARS:
+        return {"type": "text", "text": {"body": text}}
+    if len(buttons) <= WHATSAPP_BUTTONS:
+        action: dict[str, Any] = {
+            "buttons": [
+                {"type": "reply", "reply": {"id": b.payload[:256], "title": _cut(b.title, 20)}}
+                for b in buttons
+            ]
+        }
+        kind = "button"
+    else:
+        rows = [{"id": b.payload[:200], "title": _cut(b.title, 24)} for b in buttons]
+        action = {"button": "Choose", "sections": [{"title": "Choose", "rows": rows}]}
+        kind = "list"
+    return {"type": "interactive", "interactive": {"type": kind, "body": {"text": text}, "action": action}}
+
+
+def _with_sources(delivery: Delivery) -> str:
+    """The text with the documents it stands on named under it, for platforms with plain text only."""
+    if not delivery.sources:
+        return delivery.text
+    named = ", ".join(f"{s.title} ({s.url})" if s.url else s.title for s in delivery.sources)
+    return f"{delivery.text}\n\nSources: {named}"
+
+
+def _cut(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def webhook_signature(secret: str, timestamp: str, body: bytes) -> str:
