@@ -149,6 +149,7 @@ def create_app(
     v1.include_router(channels.router)
     v1.include_router(deliveries.router)
     v1.include_router(reminders.router)
+    v1.include_router(reminders.events)
     app.include_router(v1)
     app.include_router(health.router)
     app.include_router(metrics_router)

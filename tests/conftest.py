@@ -338,3 +338,11 @@ async def stand_in() -> AsyncIterator[tuple[PlatformStandIn, str]]:
 def chat() -> int:
     """The test's chat on every platform: the dev server is shared, and a conversation is named after its chat."""
     return random.randrange(10**9, 10**10)
+
+
+@pytest.fixture
+async def model() -> AsyncIterator[tuple[FakeLlm, str]]:
+    """An LLM stand-in speaking the OpenAI wire protocol over HTTP, and its URL."""
+    fake = FakeLlm()
+    async with served_llm(fake) as url:
+        yield fake, url

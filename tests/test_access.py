@@ -92,6 +92,8 @@ ENDPOINTS = [
     Endpoint("POST", "/v1/conversations/{c}/agent-messages", "agent", {"text": "hi"}),
     Endpoint("POST", "/v1/conversations/{c}/reminders", "client", {"text": "hi", "in_seconds": 3600}),
     Endpoint("DELETE", "/v1/conversations/{c}/reminders/acl-reminder", "client", absent="reminder_not_found"),
+    # An event of the caller's own tenant: it tells that tenant's conversations only.
+    Endpoint("POST", "/v1/events", "client", {"name": "acl-event"}, owned=False),
     Endpoint("POST", "/v1/conversations/{c}/handback", "agent", {}),
     Endpoint("DELETE", "/v1/conversations/{c}", "admin", destructive=True),
     Endpoint("POST", "/v1/nlu/parse", "client", {"text": "hello"}, owned=False),
@@ -156,6 +158,7 @@ SERVER_ONLY = {
     "/v1/end-user-tokens",
     "/v1/conversations/{c}/reminders",
     "/v1/conversations/{c}/reminders/acl-reminder",
+    "/v1/events",
 }
 """What a server-side key does and an end user's token never does."""
 ANOTHER_USERS = {

@@ -23,7 +23,7 @@ from dialogue.brain.agent.declarations import idempotency_key
 from dialogue.platform.db import get_engine
 from dialogue.platform.settings import Settings
 from dialogue.security.identity import create_key
-from tests.conftest import api_client, bot_with, demo_shop, served_llm, worker_for
+from tests.conftest import api_client, bot_with, demo_shop, worker_for
 from tests.fake_llm import FakeLlm, Plan
 from tests.processes import WorkerProcess
 from tests.test_streaming import SSE, read_events
@@ -84,13 +84,6 @@ def agent_bot(settings: Settings, tmp_path: Path, **agent: Any) -> Path:
         flags={"agent": True},
         agent={"tools": tools, "intents": ["returns", "change_address"], **agent},
     )
-
-
-@pytest.fixture
-async def model() -> AsyncIterator[tuple[FakeLlm, str]]:
-    fake = FakeLlm()
-    async with served_llm(fake) as url:
-        yield fake, url
 
 
 @dataclass

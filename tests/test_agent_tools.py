@@ -22,12 +22,10 @@ from dialogue.brain.agent.declarations import RESULT_CLOSE, RESULT_OPEN, idempot
 from dialogue.platform.settings import Settings
 from tests.conftest import demo_shop, free_port
 from tests.fake_llm import FakeLlm, Plan
-from tests.test_agent import ORDER_STATUS, START_RETURN, agent_stack, model, scheduled, turn
+from tests.test_agent import ORDER_STATUS, START_RETURN, agent_stack, scheduled, turn
 
 demo = demo_shop()
 """The demo bot's own Python (examples/demo/shop.py): its shop keeps what the tools did."""
-
-__all__ = ["model"]  # the fixture, for this module's tests
 
 
 @dataclass

@@ -16,7 +16,7 @@ from temporalio.client import Client
 
 from api import create_app
 from dialogue.platform.settings import Settings
-from tests.conftest import api_client, served_llm, worker_for
+from tests.conftest import api_client, worker_for
 from tests.fake_llm import FakeLlm, Plan
 from tests.platforms import PlatformStandIn, Webhook, slack_press, telegram_press, whatsapp_press
 from tests.test_agent import TOOLS, agent_bot, demo
@@ -25,11 +25,17 @@ from tests.test_channels import QUESTION, configured, post, sample, sent_count, 
 ADDRESS_CHANGE = "please send order NW-105733 to Hauptstr. 1, Berlin"
 
 
-@pytest.fixture
-async def model() -> AsyncIterator[tuple[FakeLlm, str]]:
-    fake = FakeLlm()
-    async with served_llm(fake) as url:
-        yield fake, url
+@asynccontextmanager
+async def on_channels(
+    client: Client, settings: Settings, stand_in_url: str
+) -> AsyncIterator[httpx.AsyncClient]:
+    """The demo bot with a channel of each platform."""
+    with_channels = configured(settings, stand_in_url)
+    async with (
+        worker_for(client, with_channels),
+        api_client(create_app(with_channels, temporal=client)) as http,
+    ):
+        yield http
 
 
 @asynccontextmanager
@@ -123,11 +129,7 @@ async def test_an_offer_to_remember_comes_with_yes_and_no_and_a_press_answers_it
     chat: int,
 ) -> None:
     platform_stand_in, url = stand_in
-    with_channels = configured(settings, url)
-    async with (
-        worker_for(client, with_channels),
-        api_client(create_app(with_channels, temporal=client)) as http,
-    ):
+    async with on_channels(client, settings, url) as http:
         assert (await post(http, sample("telegram", "Hi, my name is Anna", chat))).status_code == 200
         await sent_count(platform_stand_in, 1)
         offered = platform_stand_in.sent[0]
@@ -147,11 +149,7 @@ async def test_a_reply_from_the_knowledge_base_names_its_articles_on_the_platfor
     chat: int,
 ) -> None:
     platform_stand_in, url = stand_in
-    with_channels = configured(settings, url)
-    async with (
-        worker_for(client, with_channels),
-        api_client(create_app(with_channels, temporal=client)) as http,
-    ):
+    async with on_channels(client, settings, url) as http:
         assert (await post(http, sample("telegram", QUESTION, chat))).status_code == 200
         await sent_count(platform_stand_in, 1)
         said = await transcript(http)

@@ -110,6 +110,68 @@ async def test_reminders_that_cannot_be_kept_are_refused(http: httpx.AsyncClient
     assert (await state(http, conversation_id))["reminders"] == []
 
 
+async def report(http: httpx.AsyncClient, event: str, *, within: float = 15) -> dict[str, Any]:
+    """`POST /v1/events` until it finds a conversation waiting (Temporal's visibility lags the workflow's
+    write a little): what it did."""
+    deadline = time.monotonic() + within
+    while True:
+        reported = await http.post("/v1/events", json={"name": event})
+        assert reported.status_code == 200, reported.text
+        outcome: dict[str, Any] = reported.json()
+        if outcome["conversations"] or time.monotonic() > deadline:
+            return outcome
+        await asyncio.sleep(0.2)
+
+
+async def test_a_reminder_waiting_for_an_event_is_said_when_the_integrator_reports_it(
+    http: httpx.AsyncClient,
+) -> None:
+    """ "Tell me when my order ships": the integrator's system reports the event, not knowing which
+    conversations wait for it; those that do say their reminder, once. One whose event does not come in
+    time is dropped unsaid."""
+    run = uuid.uuid4().hex[:8]
+    shipped, other = f"order-shipped:NW-{run}", f"order-shipped:NW-other-{run}"
+    waiting, unconcerned, impatient = (f"{name}-{run}" for name in ("waits", "unconcerned", "impatient"))
+    text = "Your order has shipped: it arrives in 2 days."
+    for conversation_id, event, seconds in (
+        (waiting, shipped, 3600),
+        (unconcerned, other, 3600),
+        (impatient, shipped, 5),
+    ):
+        await http.post(f"/v1/conversations/{conversation_id}/turns", json={"text": "hello"})
+        scheduled = await http.post(
+            f"/v1/conversations/{conversation_id}/reminders",
+            json={"text": text, "in_seconds": seconds, "on_event": event},
+        )
+        assert scheduled.status_code == 201 and scheduled.json()["on_event"] == event, scheduled.text
+    [listed] = (await state(http, waiting))["reminders"]
+    assert listed["on_event"] == shipped
+    await asyncio.sleep(6)  # the impatient one's wait is over: dropped, unsaid
+    assert (await state(http, impatient))["reminders"] == []
+
+    outcome = await report(http, shipped)
+    assert outcome == {
+        "name": shipped,
+        "conversations": [{"conversation_id": waiting, "reminders": [listed["id"]]}],
+    }
+    await said_by_bot(http, waiting, text)
+    assert (await state(http, waiting))["reminders"] == []
+    again = await http.post("/v1/events", json={"name": shipped})
+    assert again.json()["conversations"] == []  # reported twice: said once
+    await asyncio.sleep(1)
+    assert [m["text"] for m in await messages(http, waiting)].count(text) == 1
+    for untold in (unconcerned, impatient):
+        assert text not in [m["text"] for m in await messages(http, untold)]
+    assert [r["on_event"] for r in (await state(http, unconcerned))["reminders"]] == [other]
+    token = await http.post("/v1/end-user-tokens", json={"user": "someone"})
+    as_user = await http.post(
+        "/v1/events", json={"name": other}, headers={"Authorization": f"Bearer {token.json()['token']}"}
+    )
+    assert as_user.status_code == 403
+    spaced = await http.post("/v1/events", json={"name": "order shipped"})
+    assert spaced.status_code == 422
+
+
 async def test_a_reminder_outlives_continue_as_new_and_the_end_of_the_conversation(
     client: Client, settings: Settings
 ) -> None:

@@ -35,3 +35,4 @@ add DialogueTenant Keyword
 add DialogueDegradedCount Int
 add DialogueHandoff Bool
 add DialogueUser Keyword
+add DialogueAwaits KeywordList

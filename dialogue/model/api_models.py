@@ -9,7 +9,15 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints
 
-from dialogue.model.contracts import USER_PATTERN, ContentType, DoubleTextPolicy, Scope, TurnReply
+from dialogue.model.contracts import (
+    EVENT_NAME,
+    USER_PATTERN,
+    ContentType,
+    DoubleTextPolicy,
+    EventReply,
+    Scope,
+    TurnReply,
+)
 
 # Conversation and document ids become parts of workflow ids and URLs: keep them to a safe alphabet.
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
@@ -542,5 +550,25 @@ class ReminderCreate(RequestModel):
     in_seconds: float = Field(
         ge=5,
         le=365 * 86400,
-        description="When: this long from now, a year at most (work it out from the user's own time).",
+        description="When: this long from now, a year at most (work it out from the user's own time). With "
+        "`on_event`: how long it waits for the event at most (dropped, unsaid, if it has not come by then).",
     )
+    on_event: str | None = Field(
+        default=None,
+        pattern=EVENT_NAME,
+        description="Said when your system reports this event (`POST /v1/events`, e.g. `order-shipped:NW-105733`), "
+        "not at a time.",
+    )
+
+
+class EventCreate(RequestModel):
+    """Something happened in the integrator's system that conversations may be waiting for."""
+
+    name: str = Field(pattern=EVENT_NAME, description="The event, as reminders name it in `on_event`.")
+
+
+class EventOutcome(BaseModel):
+    """What an event did: the conversations whose reminders it made due, with those reminders."""
+
+    name: str
+    conversations: list[EventReply] = []

@@ -52,6 +52,7 @@ class Updates:
     APPROVE = "approve"
     REMIND = "remind"
     CANCEL_REMINDER = "cancel_reminder"
+    EVENT = "event"
 
 
 class Queries:
@@ -235,13 +236,20 @@ class AgentMessageReply(BaseModel):
     at: datetime
 
 
+EVENT_NAME = r"^[A-Za-z0-9][A-Za-z0-9._:/@-]{0,127}$"
+"""An event the integrator's system reports (`order-shipped:NW-105733`): no spaces, so that it is one
+keyword of the conversation's search attribute `DialogueAwaits`."""
+
+
 class ReminderRequest(BaseModel):
-    """The `remind` update: a message the bot sends the user later, on its own, at `due_at`."""
+    """The `remind` update: a message the bot sends the user later, on its own, at `due_at`; or, with
+    `on_event`, when the integrator reports that event, if it does by `due_at`."""
 
     text: str
     due_at: datetime
     by: str
     """Who asked for it: a key's or token's subject, or `tool:<name>` for a bot's tool."""
+    on_event: str | None = Field(default=None, pattern=EVENT_NAME)
 
 
 class Reminder(BaseModel):
@@ -250,14 +258,32 @@ class Reminder(BaseModel):
     id: str
     text: str
     due_at: datetime
+    """When it is said; for one `on_event`, when it stops waiting for the event (and is dropped, unsaid)."""
     by: str
+    on_event: str | None = None
+    """Said when the integrator reports this event (`POST /v1/events`), not at a time."""
 
 
 class ReminderTool(BaseModel):
-    """What a bot's tool puts in its result as `remind` to have the bot follow up later."""
+    """What a bot's tool puts in its result as `remind` to have the bot follow up later: in `in_seconds`,
+    or when the event `on_event` is reported (waiting `in_seconds` for it at most)."""
 
     text: str
     in_seconds: float = Field(gt=0)
+    on_event: str | None = Field(default=None, pattern=EVENT_NAME)
+
+
+class EventRequest(BaseModel):
+    """The `event` update: the integrator's system reports that something happened."""
+
+    name: str = Field(pattern=EVENT_NAME)
+
+
+class EventReply(BaseModel):
+    """What the event did in one conversation: the reminders it made due (said next, in order)."""
+
+    conversation_id: str
+    reminders: list[str] = []
 
 
 class CancelReminderRequest(BaseModel):

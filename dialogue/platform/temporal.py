@@ -23,6 +23,9 @@ HANDOFF = SearchAttributeKey.for_bool("DialogueHandoff")
 USER = SearchAttributeKey.for_keyword("DialogueUser")
 """The conversation's end user as `user_tag` names them, set at its start: erasing a user finds through it
 the conversations the store never recorded (the store was down when they started)."""
+AWAITS = SearchAttributeKey.for_keyword_list("DialogueAwaits")
+"""The events the conversation's reminders wait for (`on_event`): `POST /v1/events` finds the conversations
+an event concerns through it. Set only in conversations that have such a reminder."""
 SEARCH_ATTRIBUTES: tuple[SearchAttributeKey, ...] = (
     STATUS,
     LAST_INTENT,
@@ -31,9 +34,16 @@ SEARCH_ATTRIBUTES: tuple[SearchAttributeKey, ...] = (
     DEGRADED_COUNT,
     HANDOFF,
     USER,
+    AWAITS,
 )
 
-_TYPE_NAMES = {"KEYWORD": "Keyword", "INT": "Int", "TEXT": "Text", "BOOL": "Bool"}
+_TYPE_NAMES = {
+    "KEYWORD": "Keyword",
+    "INT": "Int",
+    "TEXT": "Text",
+    "BOOL": "Bool",
+    "KEYWORD_LIST": "KeywordList",
+}
 
 
 def search_attribute_flags() -> list[str]:

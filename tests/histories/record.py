@@ -4,7 +4,7 @@ Runs a scripted conversation (greeting, knowledge answer, the order flow with a 
 while the store cannot be written (so its records are made later, and the run waits for
 them before it continues as new), a streamed turn, a handoff asked for by the user with a
 person's reply and a handback, a goodbye that ends it) on a dev server of its own with a real worker, in runs of six
-messages, and writes the history of each run to `tests/histories/NAME-runN.json`. With `--agent`, the agent script (see AGENT_SCRIPT); with `--memory`, MEMORY_SCRIPT; with `--channel`, CHANNEL_SCRIPT; with `--reminders`, REMINDER_SCRIPT. With `--llm` (`python -m tests.histories.record
+messages, and writes the history of each run to `tests/histories/NAME-runN.json`. With `--agent`, the agent script (see AGENT_SCRIPT); with `--memory`, MEMORY_SCRIPT; with `--channel`, CHANNEL_SCRIPT; with `--reminders`, REMINDER_SCRIPT; with `--events`, EVENT_SCRIPT. With `--llm` (`python -m tests.histories.record
 NAME --llm`) the answers come from a stand-in LLM over HTTP, and the requests it received are kept
 beside the history, for the test that rebuilds them from it. Record one whenever the workflow changes
 shape, and keep the old ones: CI replays them all against the current code, so a change that would break
@@ -38,6 +38,7 @@ from dialogue.model.contracts import (
     ApprovalRequest,
     CancelReminderRequest,
     ChannelAddress,
+    EventRequest,
     HandbackRequest,
     PendingApproval,
     Reminder,
@@ -126,6 +127,23 @@ REMINDER_SCRIPT: list[tuple[str, str]] = [
     ("turn", "goodbye!"),
 ]
 
+# `--events`: a reminder waiting for an event the integrator reports ("tell me when my order ships"), kept
+# across continue-as-new and said when the event comes in the next run; another whose event never comes,
+# dropped unsaid when its wait is over.
+EVENT_SCRIPT: list[tuple[str, str]] = [
+    ("turn", "hello"),
+    ("remind", "600|Your order NW-105733 has shipped.|order-shipped:NW-105733"),
+    ("remind", "4|Never said.|order-shipped:NW-000000"),
+    ("turn", "how much does express shipping cost?"),
+    ("turn", "can I pay with PayPal?"),
+    ("turn", "how do I return an item?"),
+    ("turn", "and to Austria?"),
+    ("turn", "thanks"),
+    ("wait", "6"),
+    ("event", "order-shipped:NW-105733"),
+    ("wait", "2"),
+    ("turn", "goodbye!"),
+]
 
 LLM_MODEL = "gpt-4o-mini"
 LLM_ANSWER = "It is in our help articles [1]."
@@ -182,6 +200,7 @@ async def record(
     memory: bool = False,
     channel: bool = False,
     reminders: bool = False,
+    events: bool = False,
 ) -> list[Path]:
     """With `llm`, the bot answers with a stand-in LLM over HTTP, and the requests it got are written
     beside the history (`NAME.requests.jsonl`): a test rebuilds them from the history alone. With
@@ -197,6 +216,8 @@ async def record(
         if channel
         else REMINDER_SCRIPT
         if reminders
+        else EVENT_SCRIPT
+        if events
         else SCRIPT
     )
     platform = PlatformStandIn()
@@ -293,15 +314,21 @@ async def _record(
                             )
                             assert decided.reply is not None, decided
                         elif step == "remind":
-                            seconds, said = text.split("|", 1)
+                            seconds, said, *event = text.split("|")
                             scheduled = await handle.execute_update(
                                 ConversationWorkflow.remind,
                                 ReminderRequest(
                                     text=said,
                                     due_at=datetime.now(UTC) + timedelta(seconds=float(seconds)),
                                     by="history",
+                                    on_event=event[0] if event else None,
                                 ),
                             )
+                        elif step == "event":
+                            told = await handle.execute_update(
+                                ConversationWorkflow.event, EventRequest(name=text)
+                            )
+                            assert len(told.reminders) == 1, told
                         elif step == "cancel":
                             assert scheduled is not None
                             await handle.execute_update(
@@ -348,6 +375,7 @@ if __name__ == "__main__":
                 memory="--memory" in options,
                 channel="--channel" in options,
                 reminders="--reminders" in options,
+                events="--events" in options,
             )
         )
     )

@@ -10,9 +10,7 @@ from temporalio.client import Client
 
 from dialogue.platform.settings import Settings
 from tests.fake_llm import FakeLlm, Plan
-from tests.test_agent import agent_stack, model, turn
-
-__all__ = ["model"]  # the fixture, for this module's tests
+from tests.test_agent import agent_stack, turn
 
 
 async def test_a_repeated_call_id_cannot_overwrite_another_calls_stored_result(

@@ -18,9 +18,7 @@ from dialogue.brain.agent.declarations import CUT, shown
 from dialogue.platform.db import get_engine
 from dialogue.platform.settings import Settings
 from tests.fake_llm import FakeLlm, Plan
-from tests.test_agent import agent_stack, model, turn
-
-__all__ = ["model"]  # the fixture, for this module's tests
+from tests.test_agent import agent_stack, turn
 
 ORDER = "NW-105733"
 EMAIL = "anna.k@mailbox.org"

@@ -198,7 +198,9 @@ class Approvals:
         )
         log.time("total", started)
         reply = answer.reply
-        self._outbox.send(turn_id, reply.text, decisions.buttons(reply, answer.approvals, None), reply.sources)
+        self._outbox.send(
+            turn_id, reply.text, decisions.buttons(reply, answer.approvals, None), reply.sources
+        )
         if again is not None:
             self.park(again)
         conversation.show()

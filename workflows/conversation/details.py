@@ -10,7 +10,15 @@ from temporalio.common import SearchAttributeKey
 
 with workflow.unsafe.imports_passed_through():
     from dialogue.model.contracts import ConversationInput, ConversationState
-    from dialogue.platform.temporal import DEGRADED_COUNT, HANDOFF, LAST_INTENT, STATUS, TENANT, TURN_COUNT
+    from dialogue.platform.temporal import (
+        AWAITS,
+        DEGRADED_COUNT,
+        HANDOFF,
+        LAST_INTENT,
+        STATUS,
+        TENANT,
+        TURN_COUNT,
+    )
 
 
 def details(state: ConversationState) -> str:
@@ -68,12 +76,14 @@ class Listing:
         self._published: dict[str, object] = {}
         self._wanted: dict[str, tuple[SearchAttributeKey[Any], Any, bool]] = {}
         """Changed values by attribute name, with whether the change is written at once."""
+        listed = workflow.info().typed_search_attributes
         if lean:
-            listed = workflow.info().typed_search_attributes
             for key in (STATUS, TENANT, DEGRADED_COUNT, HANDOFF, LAST_INTENT, TURN_COUNT):
                 value = listed.get(key)
                 if value is not None:
                     self._published[key.name] = value
+        self._awaits = sorted(listed.get(AWAITS) or [])
+        """As listed now: a run continued as new has its predecessor's."""
 
     def start(self, input: ConversationInput, state: ConversationState) -> None:
         if not self._lean:
@@ -117,6 +127,14 @@ class Listing:
         if self._lean:
             self._want(TURN_COUNT, state.turn_count)
             self._publish()
+
+    def awaits(self, events: list[str]) -> None:
+        """The events the conversation's reminders wait for, written when they change (never in a
+        conversation without such a reminder: its histories are as they were)."""
+        if events == self._awaits:
+            return
+        workflow.upsert_search_attributes([AWAITS.value_set(events) if events else AWAITS.value_unset()])
+        self._awaits = list(events)
 
     def _want(self, key: SearchAttributeKey[Any], value: object, *, now: bool = True) -> None:
         """`now`: the value changed and is written with this step; otherwise it waits for the next write."""

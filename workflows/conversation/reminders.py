@@ -20,7 +20,14 @@ from workflows.conversation.recorder import Recorder
 from workflows.conversation.state import Conversation
 
 with workflow.unsafe.imports_passed_through():
-    from dialogue.model.contracts import ConversationState, Reminder, ReminderRequest, ReminderTool
+    from dialogue.model.contracts import (
+        ConversationState,
+        EventReply,
+        EventRequest,
+        Reminder,
+        ReminderRequest,
+        ReminderTool,
+    )
 
 
 class Reminders:
@@ -54,7 +61,10 @@ class Reminders:
             workflow.logger.warning("tool %s asked for a reminder it described wrongly: %s", tool, err)
             return
         request = ReminderRequest(
-            text=asked.text, due_at=workflow.now() + timedelta(seconds=asked.in_seconds), by=f"tool:{tool}"
+            text=asked.text,
+            due_at=workflow.now() + timedelta(seconds=asked.in_seconds),
+            by=f"tool:{tool}",
+            on_event=asked.on_event,
         )
         refusal = self.refusal(request)
         if refusal is not None:
@@ -74,28 +84,54 @@ class Reminders:
             text=request.text.strip(),
             due_at=request.due_at,
             by=request.by,
+            on_event=request.on_event,
         )
         state = self._conversation.state
         if any(r.id == reminder.id for r in state.reminders):
             return reminder  # the same update again
-        state.reminders = sorted([*state.reminders, reminder], key=lambda r: r.due_at)
-        self._conversation.show()
+        self._keep([*state.reminders, reminder])
         self._watch(reminder)
         return reminder
 
     def cancel(self, reminder_id: str) -> ConversationState:
         state = self._conversation.state
-        state.reminders = [r for r in state.reminders if r.id != reminder_id]
+        self._keep([r for r in state.reminders if r.id != reminder_id])
         timer = self._timers.pop(reminder_id, None)
         if timer is not None:
             timer.cancel()
-        self._conversation.show()
         return state
+
+    def happened(self, request: EventRequest) -> EventReply:
+        """The `event` update: the integrator reports `request.name`. The reminders waiting for it are due
+        now: said next, in order (and by the next run, should this one continue as new first)."""
+        now = workflow.now()
+        state = self._conversation.state
+        due = [r.id for r in state.reminders if r.on_event == request.name]
+        self._keep(
+            [
+                r.model_copy(update={"on_event": None, "due_at": now}) if r.id in due else r
+                for r in state.reminders
+            ]
+        )
+        return EventReply(conversation_id=self._conversation.input.conversation_id, reminders=due)
+
+    def _keep(self, reminders: list[Reminder]) -> None:
+        """The state's reminders from now on, soonest first, shown, and the events they wait for listed
+        (`DialogueAwaits`: how `POST /v1/events` finds the conversation)."""
+        state = self._conversation.state
+        state.reminders = sorted(reminders, key=lambda r: r.due_at)
+        self._conversation.show()
+        self._conversation.listing.awaits(sorted({r.on_event for r in state.reminders if r.on_event}))
 
     def _watch(self, reminder: Reminder) -> None:
         self._timers[reminder.id] = asyncio.ensure_future(self._fire_when_due(reminder))
 
     async def _fire_when_due(self, reminder: Reminder) -> None:
+        if reminder.on_event is not None:
+            came = await self._event_came(reminder)
+            if came is None:
+                return
+            reminder = came  # due now
         left = reminder.due_at - workflow.now()
         if left > timedelta(0):
             await workflow.sleep(left)
@@ -105,12 +141,32 @@ class Reminders:
         finally:
             self.firing -= 1
 
+    async def _event_came(self, reminder: Reminder) -> Reminder | None:
+        """Wait for the reminder's event until its `due_at`: the reminder as the event left it (due now).
+        None: the event did not come in time, and the reminder is dropped unsaid (or it was cancelled)."""
+
+        def waiting() -> bool:
+            return any(r.id == reminder.id and r.on_event for r in self._conversation.state.reminders)
+
+        left = (reminder.due_at - workflow.now()).total_seconds()
+        try:
+            if left > 0:
+                await workflow.wait_condition(lambda: not waiting(), timeout=left)
+        except TimeoutError:
+            pass
+        if waiting():
+            workflow.logger.info("reminder %s: event %s did not come in time", reminder.id, reminder.on_event)
+            self._timers.pop(reminder.id, None)
+            self._keep([r for r in self._conversation.state.reminders if r.id != reminder.id])
+            return None
+        return next((r for r in self._conversation.state.reminders if r.id == reminder.id), None)
+
     async def _send(self, reminder: Reminder) -> None:
         conversation = self._conversation
         state = conversation.state
         if all(r.id != reminder.id for r in state.reminders):
             return  # cancelled while it waited for its turn
-        state.reminders = [r for r in state.reminders if r.id != reminder.id]
+        self._keep([r for r in state.reminders if r.id != reminder.id])
         self._timers.pop(reminder.id, None)
         index = conversation.take_index()
         await self._recorder.record_message(index, "bot", reminder.text, None, "bot_message")

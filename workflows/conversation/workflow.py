@@ -54,6 +54,8 @@ with workflow.unsafe.imports_passed_through():
         ConversationInput,
         ConversationState,
         EndRequest,
+        EventReply,
+        EventRequest,
         HandbackRequest,
         HandoffRequest,
         Reminder,
@@ -221,6 +223,12 @@ class ConversationWorkflow:
     @cancel_reminder.validator
     def validate_cancel_reminder(self, request: CancelReminderRequest) -> None:
         _refuse(refuse_cancel_reminder(self._conversation.state, request.id))
+
+    @workflow.update
+    async def event(self, request: EventRequest) -> EventReply:
+        """The integrator's system reports an event: the reminders waiting for it are said (also in a
+        conversation the user has ended, which waits for its reminders)."""
+        return self._reminders.happened(request)
 
     @property
     def bot_ref(self) -> str | None:
