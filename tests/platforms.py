@@ -225,6 +225,13 @@ def channels(stand_in_url: str, webhook_base: str) -> dict[str, dict[str, Any]]:
     stand-ins (both served at `stand_in_url`)."""
     return {
         "shop-hooks": {"platform": "webhook", "url": f"{stand_in_url}/hooks/dialogue", "secret": HOOK_SECRET},
+        # Another tenant's: the default tenant's keys cannot name it.
+        "acme-hooks": {
+            "platform": "webhook",
+            "tenant": "acme",
+            "url": f"{stand_in_url}/hooks/dialogue",
+            "secret": HOOK_SECRET,
+        },
         "shop-slack": {
             "platform": "slack",
             "signing_secret": SLACK_SECRET,

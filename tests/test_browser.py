@@ -602,6 +602,36 @@ def test_the_console_shows_a_rating_given_while_it_is_open(
     browser.screenshot("rating updated")
 
 
+def test_the_console_lists_a_conversations_reminders_and_cancels_one(browser: Browser, up: Up) -> None:
+    conversation_id = f"remind-{uuid.uuid4().hex[:8]}"
+    base = f"/v1/conversations/{conversation_id}"
+    with httpx.Client(
+        base_url=up.stack.api, headers={"Authorization": f"Bearer {up.key}"}, timeout=30
+    ) as http:
+        assert http.post(f"{base}/turns", json={"text": "hello"}).status_code == 200
+        for body in (
+            {"text": "Your parcel leaves today.", "in_seconds": 3600},
+            {"text": "It has shipped!", "in_seconds": 7200, "on_event": "order-shipped:NW-105733"},
+        ):
+            assert http.post(f"{base}/reminders", json=body).status_code == 201
+        open_chat(browser, up)  # the console uses the key the chat saved
+        browser.driver.get(f"{up.console}#{conversation_id}")
+
+        def listed() -> list[str]:
+            return [item.text for item in browser.find_all("ul.reminders li")]
+
+        browser.wait_for("the two reminders", lambda _: len(listed()) == 2)
+        first, second = listed()
+        assert "Your parcel leaves today." in first and "Cancel" in first
+        assert "when order-shipped:NW-105733 is reported" in second
+        browser.screenshot("reminders listed")
+        browser.find_all("ul.reminders li button")[0].click()
+        browser.wait_for("the cancelled reminder to leave the list", lambda _: len(listed()) == 1)
+        browser.screenshot("reminder cancelled")
+        left = http.get(base).json()["reminders"]
+    assert [r["text"] for r in left] == ["It has shipped!"]
+
+
 def agent_conversation_id() -> str:
     """A new conversation id on the side of the `agent` flag's rollout that has it on."""
     while True:

@@ -344,6 +344,8 @@ async def test_a_webhook_channel_is_the_tenants_and_the_servers_to_name(
     assert unknown.status_code == 404 and unknown.json()["error"]["code"] == "channel_not_found"
     platform = await http.post("/v1/conversations", json={"channel": "shop-telegram"})  # not a webhook
     assert platform.status_code == 404
+    others = await http.post("/v1/conversations", json={"channel": "acme-hooks"})  # another tenant's
+    assert others.status_code == 404 and others.json()["error"]["code"] == "channel_not_found"
     token = (await http.post("/v1/end-user-tokens", json={"user": "someone"})).json()["token"]
     as_user = await http.post(
         "/v1/conversations", json={"channel": "shop-hooks"}, headers={"Authorization": f"Bearer {token}"}

@@ -14,6 +14,7 @@ from dialogue.model.contracts import (
     CONVERSATION_ENDED,
     INVALID_TURN,
     NO_SUCH_APPROVAL,
+    NO_SUCH_REMINDER,
     NOT_HANDED_OFF,
     NOT_YOUR_CONVERSATION,
     QUEUE_FULL,
@@ -36,6 +37,7 @@ from dialogue.model.contracts import (
     MemoryOffer,
     NluResult,
     ParkedAgent,
+    Reminder,
     Reply,
     ToolResult,
 )
@@ -228,6 +230,15 @@ def test_a_channel_user_gets_buttons_for_quick_replies_the_memory_offer_and_thei
         "Deny start_return",
     ]
     assert decisions.buttons(Reply(text="Hello!"), [], None) == []
+
+
+def test_an_event_no_reminder_waits_for_is_refused_before_it_enters_history() -> None:
+    waiting = Reminder(id="r1", text="Shipped!", due_at=NOW, by="key", on_event="order-shipped:NW-1")
+    assert decisions.refuse_event(state(reminders=[waiting]), "order-shipped:NW-1") is None
+    refused = decisions.refuse_event(state(reminders=[waiting]), "order-shipped:NW-2")
+    assert refused is not None and refused.type == NO_SUCH_REMINDER
+    timed = waiting.model_copy(update={"on_event": None})  # said at a time: no event makes it due
+    assert decisions.refuse_event(state(reminders=[timed]), "order-shipped:NW-1") is not None
 
 
 def test_approvals_wait_for_the_calls_that_need_one_each_with_its_expiry() -> None:

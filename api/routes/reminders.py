@@ -130,8 +130,11 @@ async def report_event(
                     None,
                     EventReply,
                 )
-            except ApiError as err:  # closed meanwhile, say: the others are still told
-                log.warning("event %s not told to %s: %s", body.name, conversation_id, err.message)
+            except ApiError as err:  # said already (a late match), closed since: nothing to tell
+                log.info("event %s not told to %s: %s", body.name, conversation_id, err.message)
+                return None
+            except Exception:  # one conversation failing is no reason to tell the others nothing
+                log.exception("event %s not told to %s", body.name, conversation_id)
                 return None
             return reply
 

@@ -236,9 +236,10 @@ class AgentMessageReply(BaseModel):
     at: datetime
 
 
-EVENT_NAME = r"^[A-Za-z0-9][A-Za-z0-9._:/@-]{0,127}$"
+EVENT_NAME = r"^[A-Za-z0-9][A-Za-z0-9._:/@-]{0,63}$"
 """An event the integrator's system reports (`order-shipped:NW-105733`): no spaces, so that it is one
-keyword of the conversation's search attribute `DialogueAwaits`."""
+keyword of the conversation's search attribute `DialogueAwaits`; 64 characters at most, so that the
+names a conversation's 20 reminders may wait for stay within Temporal's 2 KB for an attribute's value."""
 
 
 class ReminderRequest(BaseModel):

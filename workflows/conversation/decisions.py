@@ -151,6 +151,14 @@ def refuse_reminder(
     return None
 
 
+def refuse_event(state: ConversationState, name: str) -> Refusal | None:
+    """An event no reminder waits for is refused before it enters history: a report the visibility store
+    matched to a conversation late (its reminder said or dropped since) leaves no trace there."""
+    if all(r.on_event != name for r in state.reminders):
+        return Refusal(NO_SUCH_REMINDER, f"no reminder waits for the event {name!r}")
+    return None
+
+
 def refuse_cancel_reminder(state: ConversationState, reminder_id: str) -> Refusal | None:
     if all(r.id != reminder_id for r in state.reminders):
         return Refusal(NO_SUCH_REMINDER, f"no reminder {reminder_id!r} is waiting")

@@ -29,6 +29,7 @@ from workflows.conversation.decisions import (
     Refusal,
     refuse_agent_message,
     refuse_cancel_reminder,
+    refuse_event,
     refuse_if_ended,
     refuse_if_store_behind,
 )
@@ -229,6 +230,10 @@ class ConversationWorkflow:
         """The integrator's system reports an event: the reminders waiting for it are said (also in a
         conversation the user has ended, which waits for its reminders)."""
         return self._reminders.happened(request)
+
+    @event.validator
+    def validate_event(self, request: EventRequest) -> None:
+        _refuse(refuse_event(self._conversation.state, request.name))
 
     @property
     def bot_ref(self) -> str | None:

@@ -494,7 +494,15 @@ function reminderList(reminders) {
   const list = element("ul", "reminders");
   for (const reminder of reminders) {
     const item = element("li");
-    item.append(element("span", null, `\u201c${reminder.text}\u201d at `), timeElement(reminder.due_at));
+    if (reminder.on_event) {
+      // Said when the integrator reports the event (POST /v1/events); dropped if it has not by due_at.
+      item.append(
+        element("span", null, `\u201c${reminder.text}\u201d when ${reminder.on_event} is reported, until `),
+        timeElement(reminder.due_at),
+      );
+    } else {
+      item.append(element("span", null, `\u201c${reminder.text}\u201d at `), timeElement(reminder.due_at));
+    }
     item.append(element("span", "hint", ` (by ${reminder.by})`));
     if (!caller || !caller.user) {
       const button = element("button", "deny", "Cancel");

@@ -168,7 +168,8 @@ def _slack_press(name: str, payload: dict[str, Any]) -> Inbound | None:
     thread = container.get("thread_ts") or message.get("thread_ts") or container.get("message_ts")
     if button is None or not (isinstance(channel, str) and isinstance(at, str) and isinstance(thread, str)):
         return None  # not a button of ours (another app's message, a stale payload)
-    team = (payload.get("team") or {}).get("id", "")
+    # An Enterprise Grid org's interaction may have no team: the user's is the one the event named.
+    team = (payload.get("team") or {}).get("id") or (payload.get("user") or {}).get("team_id", "")
     return _pressed(
         button,
         message_id=f"slack:{channel}:press:{at}",
@@ -179,7 +180,7 @@ def _slack_press(name: str, payload: dict[str, Any]) -> Inbound | None:
     )
 
 
-def _telegram(name: str, config: TelegramChannel, request: Request) -> Inbound | None:
+def _telegram(name: str, config: TelegramChannel, request: Request) -> Inbound | Handshake | None:
     token = request.headers.get("x-telegram-bot-api-secret-token", "")
     if not _same(token, config.secret_token.get_secret_value()):
         raise Refused("the Telegram secret token does not match")
@@ -204,18 +205,20 @@ def _telegram(name: str, config: TelegramChannel, request: Request) -> Inbound |
     )
 
 
-def _telegram_press(name: str, query: dict[str, Any]) -> Inbound | None:
+def _telegram_press(name: str, query: dict[str, Any]) -> Inbound | Handshake | None:
     """A `callback_query`: a button of our inline keyboard pressed. Answered in the webhook's response
     (`answerCallbackQuery`), which stops the button's spinner without another call."""
     message = query.get("message") or {}
     chat = message.get("chat") or {}
     chat_id, query_id = chat.get("id"), query.get("id")
     sender = (query.get("from") or {}).get("id")
-    button = Button.pressed(str(query.get("data", "")))
-    if button is None or not isinstance(chat_id, int) or not isinstance(query_id, str):
+    if not isinstance(query_id, str):
         return None
-    private = chat.get("type") == "private" and isinstance(sender, int)
     answer = orjson.dumps({"method": "answerCallbackQuery", "callback_query_id": query_id})
+    button = Button.pressed(str(query.get("data", "")))
+    if button is None or not isinstance(chat_id, int):
+        return Handshake(answer, "application/json")  # not ours: its spinner stops all the same
+    private = chat.get("type") == "private" and isinstance(sender, int)
     return _pressed(
         button,
         message_id=f"telegram:{chat_id}:press:{query_id}",

@@ -34,15 +34,19 @@ from dialogue.platform.channels.config import (
 
 SEND_TIMEOUT_SECONDS = 10.0
 TELEGRAM_CALLBACK_BYTES = 64
+TELEGRAM_TEXT_CHARS = 4096
 SLACK_SECTION_CHARS = 3000
 SLACK_TEXT_BLOCKS = 40
 SLACK_BUTTONS = 25
+SLACK_VALUE_CHARS = 2000
 WHATSAPP_BUTTONS = 3
 WHATSAPP_ROWS = 10
 WHATSAPP_INTERACTIVE_CHARS = 1024
-"""The platforms' documented limits: a Telegram button's callback data; a Slack section's text, the
-blocks of a message (50, some kept for sources and buttons), the elements of an actions block; WhatsApp's
-reply buttons, a list's rows, an interactive message's body."""
+WHATSAPP_TEXT_CHARS = 4096
+"""The platforms' documented limits: a Telegram button's callback data, a message's text; a Slack
+section's text, the blocks of a message (50, some kept for sources and buttons), the elements of an actions
+block, a button's value; WhatsApp's reply buttons, a list's rows, an interactive message's body, a text
+message's body."""
 
 
 class Undeliverable(Exception):
@@ -82,7 +86,8 @@ class Senders:
 
     async def _telegram(self, config: TelegramChannel, delivery: Delivery) -> str:
         url = f"{config.api_url.rstrip('/')}/bot{config.bot_token.get_secret_value()}/sendMessage"
-        message: dict[str, Any] = {"chat_id": delivery.address.to, "text": _with_sources(delivery)}
+        text = _with_sources(delivery, TELEGRAM_TEXT_CHARS)
+        message: dict[str, Any] = {"chat_id": delivery.address.to, "text": text}
         # An inline keyboard: a press comes back as a `callback_query` carrying the button's payload, which
         # Telegram caps at 64 bytes (a button whose payload is longer is left out; the text still asks).
         pressable = [b for b in delivery.buttons if len(b.payload.encode()) <= TELEGRAM_CALLBACK_BYTES]
@@ -188,30 +193,27 @@ async def _twilio(config: TwilioChannel, delivery: Delivery) -> str:
 def _slack_blocks(delivery: Delivery) -> list[dict[str, Any]]:
     """The message as Block Kit: its text, the sources under it, and its buttons, whose presses Slack
     posts to the app's interactivity URL (the same `/v1/channels/{name}`) as `block_actions`."""
-    text = delivery.text
     blocks: list[dict[str, Any]] = [
-        {
-            "type": "section",
-            "text": {"type": "mrkdwn", "text": _slack_escape(text[i : i + SLACK_SECTION_CHARS])},
-        }
-        for i in range(0, max(len(text), 1), SLACK_SECTION_CHARS)
+        {"type": "section", "text": {"type": "mrkdwn", "text": piece}}
+        for piece in _pieces(_slack_escape(delivery.text) or " ", SLACK_SECTION_CHARS)
     ][:SLACK_TEXT_BLOCKS]
     if delivery.sources:
         named = [
             f"<{s.url}|{_slack_escape(s.title)}>" if s.url else _slack_escape(s.title)
             for s in delivery.sources
         ]
-        blocks.append(
-            {"type": "context", "elements": [{"type": "mrkdwn", "text": "Sources: " + ", ".join(named)}]}
-        )
-    if delivery.buttons:
+        said = _pieces("Sources: " + ", ".join(named), SLACK_SECTION_CHARS)[0]
+        blocks.append({"type": "context", "elements": [{"type": "mrkdwn", "text": said}]})
+    # A button whose payload Slack would cut is left out: its press would hand back something else.
+    pressable = [b for b in delivery.buttons if len(b.payload) <= SLACK_VALUE_CHARS][:SLACK_BUTTONS]
+    if pressable:
         elements = []
-        for index, button in enumerate(delivery.buttons[:SLACK_BUTTONS]):
+        for index, button in enumerate(pressable):
             element: dict[str, Any] = {
                 "type": "button",
                 "action_id": f"dialogue-{index}",
-                "text": {"type": "plain_text", "text": button.title[:75]},
-                "value": button.payload[:2000],
+                "text": {"type": "plain_text", "text": _cut(button.title, 75)},
+                "value": button.payload,
             }
             if button.action != "say":
                 element["style"] = "primary" if button.action == "approve" else "danger"
@@ -225,33 +227,56 @@ def _slack_escape(text: str) -> str:
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
+def _pieces(escaped: str, limit: int) -> list[str]:
+    """Escaped text in pieces of `limit` characters at most, none cutting an entity (`&amp;`) in two."""
+    pieces = []
+    while escaped:
+        end = min(limit, len(escaped))
+        entity = escaped.rfind("&", max(end - 4, 0), end)
+        if end < len(escaped) and entity > 0 and ";" not in escaped[entity:end]:
+            end = entity
+        pieces.append(escaped[:end])
+        escaped = escaped[end:]
+    return pieces
+
+
 def _whatsapp_message(delivery: Delivery) -> dict[str, Any]:
     """A text message; with buttons, an interactive one: up to 3 reply buttons, or a list of up to 10
-    rows (their titles cut to WhatsApp's 20 and 24 characters; the press carries the whole payload)."""
-    text, buttons = _with_sources(delivery), delivery.buttons
-    if not buttons or len(buttons) > WHATSAPP_ROWS or len(text) > WHATSAPP_INTERACTIVE_CHARS:
-        return {"type": "text", "text": {"body": text}}
-    if len(buttons) <= WHATSAPP_BUTTONS:
-        action: dict[str, Any] = {
-            "buttons": [
-                {"type": "reply", "reply": {"id": b.payload[:256], "title": _cut(b.title, 20)}}
-                for b in buttons
-            ]
-        }
-        kind = "button"
+    rows (their titles cut to WhatsApp's 20 and 24 characters). Buttons WhatsApp would refuse (titles
+    the same once cut, a payload too long to hand back whole) make it a text message: the text asks."""
+    text, buttons = _with_sources(delivery, WHATSAPP_INTERACTIVE_CHARS), delivery.buttons
+    as_buttons = len(buttons) <= WHATSAPP_BUTTONS
+    titles = [_cut(b.title, 20 if as_buttons else 24) for b in buttons]
+    fits = all(len(b.payload) <= (256 if as_buttons else 200) for b in buttons)
+    if (
+        not buttons
+        or len(buttons) > WHATSAPP_ROWS
+        or len(text) > WHATSAPP_INTERACTIVE_CHARS
+        or len(set(titles)) < len(titles)
+        or not fits
+    ):
+        return {"type": "text", "text": {"body": _with_sources(delivery, WHATSAPP_TEXT_CHARS)}}
+    if as_buttons:
+        replies = [
+            {"type": "reply", "reply": {"id": b.payload, "title": t}}
+            for b, t in zip(buttons, titles, strict=True)
+        ]
+        action: dict[str, Any] = {"buttons": replies}
     else:
-        rows = [{"id": b.payload[:200], "title": _cut(b.title, 24)} for b in buttons]
+        rows = [{"id": b.payload, "title": t} for b, t in zip(buttons, titles, strict=True)]
         action = {"button": "Choose", "sections": [{"title": "Choose", "rows": rows}]}
-        kind = "list"
+    kind = "button" if as_buttons else "list"
     return {"type": "interactive", "interactive": {"type": kind, "body": {"text": text}, "action": action}}
 
 
-def _with_sources(delivery: Delivery) -> str:
-    """The text with the documents it stands on named under it, for platforms with plain text only."""
+def _with_sources(delivery: Delivery, limit: int) -> str:
+    """The text with the documents it stands on named under it, for platforms with plain text only; the
+    text alone where both would pass the platform's `limit`."""
     if not delivery.sources:
         return delivery.text
     named = ", ".join(f"{s.title} ({s.url})" if s.url else s.title for s in delivery.sources)
-    return f"{delivery.text}\n\nSources: {named}"
+    with_sources = f"{delivery.text}\n\nSources: {named}"
+    return with_sources if len(with_sources) <= limit else delivery.text
 
 
 def _cut(text: str, limit: int) -> str:
